@@ -1,0 +1,343 @@
+"""Backbones and the classifier wrapper used by training, scoring and active learning.
+
+A :class:`Classifier` is a timm backbone created with ``num_classes=0`` (so it returns pooled
+features) plus a linear head. The pooled features are the embedding that active learning uses.
+Any timm model name works; ``"hssal_small_cnn"`` selects :class:`SmallCNN`, a tiny CNN for tests
+and CPU demos. ``in_chans`` is the number of input bands, so multispectral inputs (e.g. 13
+Sentinel-2 bands) work with every backbone.
+
+Weights come from scratch, from a local file (``.safetensors`` or a weights-only torch file with a
+full :class:`Classifier` state dict or a backbone-only state dict in timm layout, e.g. DINOv2), or
+from timm's hub (``pretrained_hub=True``, needs a network). ``timm`` is imported lazily so that
+importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hssal_ray.errors import ConfigError
+
+__all__ = [
+    "SMALL_CNN_NAME",
+    "Classifier",
+    "SmallCNN",
+    "WeightsLoadResult",
+    "build_model",
+    "load_weights",
+    "save_weights",
+    "unwrap_model",
+]
+
+logger = logging.getLogger(__name__)
+
+SMALL_CNN_NAME = "hssal_small_cnn"
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return the plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+class SmallCNN(nn.Module):
+    """Tiny CNN backbone (conv-bn-relu blocks, global average pool) with timm's backbone attributes.
+
+    Args:
+        in_chans: Number of input channels (bands).
+        widths: Output channels of the blocks; every block after the first halves the resolution.
+        drop_rate: Dropout applied to the pooled features.
+
+    Shapes:
+        ``forward``: ``(B, in_chans, H, W) -> (B, widths[-1])``.
+    """
+
+    def __init__(self, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128, 256), drop_rate: float = 0.0):
+        super().__init__()
+        if in_chans < 1 or not widths or min(widths) < 1:
+            raise ConfigError(f"SmallCNN needs in_chans >= 1 and positive widths, got {in_chans}, {widths}")
+        blocks: list[nn.Module] = []
+        prev = in_chans
+        for i, width in enumerate(widths):
+            blocks += [
+                nn.Conv2d(prev, width, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            prev = width
+        self.features = nn.Sequential(*blocks)
+        self.drop = nn.Dropout(drop_rate)
+        self.in_chans = in_chans
+        self.num_features = widths[-1]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled features ``(B, num_features)`` of images ``(B, C, H, W)``."""
+        return self.drop(self.features(x).mean(dim=(2, 3)))
+
+
+class Classifier(nn.Module):
+    """A backbone returning pooled features followed by a linear head.
+
+    Args:
+        backbone: Module mapping ``(B, C, H, W)`` images to ``(B, embed_dim)`` pooled features.
+        embed_dim: Size of the pooled features.
+        num_classes: Number of output classes.
+        name: Backbone name, kept for logs and checkpoints.
+    """
+
+    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, name: str = ""):
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+        self.backbone = backbone
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.embed_dim = embed_dim
+        self.num_classes = num_classes
+        self.name = name
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""
+        return self.head(self.backbone(x))
+
+    def forward_features_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Embeddings ``(B, embed_dim)`` (pooled pre-head features) and logits ``(B, num_classes)``."""
+        emb = self.backbone(x)
+        return emb, self.head(emb)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (timm's convention, e.g. position embeddings) to exclude from weight decay."""
+        fn = getattr(self.backbone, "no_weight_decay", None)
+        names = fn() if callable(fn) else set()
+        return {f"backbone.{n}" for n in names}
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    pretrained_hub: bool = False,
+    drop_rate: float = 0.0,
+    **timm_kwargs: Any,
+) -> Classifier:
+    """Build a :class:`Classifier` from a timm name (or ``"hssal_small_cnn"``).
+
+    Args:
+        name: timm model name (e.g. ``"resnet18"``, ``"vit_small_patch14_dinov2.lvd142m"``) or
+            ``"hssal_small_cnn"``.
+        num_classes: Number of classes of the linear head.
+        in_chans: Number of input bands.
+        weights: Local weights file (``.safetensors``, ``.pt``, ``.pth``, ``.bin``); see :func:`load_weights`.
+        pretrained_hub: Load timm's hub weights (needs a network; never used in tests).
+        drop_rate: Dropout before the head.
+        **timm_kwargs: Extra keyword arguments for ``timm.create_model`` (e.g. ``img_size=224``),
+            or for :class:`SmallCNN` (``widths``).
+
+    Returns:
+        The classifier, in training mode, on the CPU.
+
+    Raises:
+        ConfigError: Unknown model name, bad keyword arguments, both ``weights`` and
+            ``pretrained_hub``, or an unusable weights file.
+    """
+    if weights is not None and pretrained_hub:
+        raise ConfigError("give either a local weights file or pretrained_hub=True, not both")
+    if in_chans < 1:
+        raise ConfigError(f"in_chans must be >= 1, got {in_chans}")
+    backbone: nn.Module
+    if name == SMALL_CNN_NAME:
+        if pretrained_hub:
+            raise ConfigError(f"{SMALL_CNN_NAME} has no hub weights")
+        try:
+            backbone = SmallCNN(in_chans=in_chans, drop_rate=drop_rate, **timm_kwargs)
+        except TypeError as err:
+            raise ConfigError(f"bad keyword arguments for {SMALL_CNN_NAME}: {err}") from err
+        embed_dim = backbone.num_features
+    else:
+        import timm
+
+        if not timm.is_model(name):
+            raise ConfigError(f"unknown model {name!r}: use a timm name (timm.list_models()) or {SMALL_CNN_NAME!r}")
+        try:
+            backbone = timm.create_model(
+                name, pretrained=pretrained_hub, num_classes=0, in_chans=in_chans, drop_rate=drop_rate, **timm_kwargs
+            )
+        except TypeError as err:
+            raise ConfigError(f"bad keyword arguments for timm model {name!r}: {err}") from err
+        embed_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+    model = Classifier(backbone, embed_dim, num_classes, name=name)
+    logger.info(
+        "built %s: in_chans=%d embed_dim=%d classes=%d params=%.2fM",
+        name, in_chans, embed_dim, num_classes, sum(p.numel() for p in model.parameters()) / 1e6,
+    )
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Save a model's state dict (DDP/compile wrappers removed) to a ``.safetensors`` file.
+
+    Tensors are made contiguous and unshared, as safetensors requires.
+    """
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in unwrap_model(model).state_dict().items()}
+    save_file(state, os.fspath(path))
+
+
+@dataclass
+class WeightsLoadResult:
+    """What :func:`load_weights` did.
+
+    Attributes:
+        matched: Number of backbone tensors loaded.
+        missing: Model keys that got no tensor.
+        unexpected: File keys that the model does not have.
+        adapted: Keys whose input-channel dimension or position grid was adapted.
+        dropped: File keys dropped because their shape did not fit (e.g. another head).
+    """
+
+    matched: int
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+
+def _read_state_dict(path: str) -> dict[str, Tensor]:
+    if not os.path.isfile(path):
+        raise ConfigError(f"weights file not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state: Any = load_file(path)
+        elif path.endswith(_TORCH_SUFFIXES):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise ConfigError(f"unsupported weights file {path}: use .safetensors, .pt, .pth or .bin")
+    except ConfigError:
+        raise
+    except Exception as err:  # corrupt files, pickles that are not weights-only, ...
+        raise ConfigError(f"cannot read weights file {path}: {err}") from err
+    for container in ("state_dict", "model"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(container), dict):
+            state = state[container]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ConfigError(f"weights file {path} does not hold a flat dict of tensors")
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        while key.startswith(_WRAPPER_PREFIXES):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def _timm_filter(backbone: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Apply timm's own checkpoint conversion (DINOv2 keys, position-embedding resampling) if there is one."""
+    module = sys.modules.get(type(backbone).__module__)
+    fn = getattr(module, "checkpoint_filter_fn", None)
+    if fn is None or not type(backbone).__module__.startswith("timm."):
+        return state
+    try:
+        return dict(fn(dict(state), backbone))
+    except Exception as err:  # timm's converters assume their own layouts
+        logger.warning("timm checkpoint conversion for %s failed (%s); loading keys as they are", type(backbone), err)
+        return state
+
+
+def load_weights(model: Classifier, path: str | os.PathLike[str]) -> WeightsLoadResult:
+    """Load a local weights file into a :class:`Classifier`, adapting what can be adapted.
+
+    The file may hold a full :class:`Classifier` state dict (``backbone.*`` and ``head.*`` keys) or a
+    backbone-only state dict in timm layout (e.g. DINOv2 ViT-S/14). Wrapper prefixes (``module.``,
+    ``_orig_mod.``) are removed; timm's checkpoint converter for the architecture is applied
+    (original DINOv2 keys, position-embedding grids of another ``img_size``); 4-D input convolutions
+    with another channel count are adapted with ``timm.models.adapt_input_conv``; tensors with a
+    shape that still does not fit (e.g. a head for other classes) are dropped. The rest is loaded
+    with ``strict=False`` and the number of missing/unexpected keys is logged.
+
+    Args:
+        model: The classifier to load into (in place).
+        path: ``.safetensors`` file, or ``.pt``/``.pth``/``.bin`` read with ``weights_only=True``.
+
+    Returns:
+        What was matched, adapted, dropped, missing and unexpected.
+
+    Raises:
+        ConfigError: The file is missing, unreadable, not a dict of tensors, or no backbone key matched.
+    """
+    from timm.models import adapt_input_conv
+
+    path = os.fspath(path)
+    state = _read_state_dict(path)
+    model = unwrap_model(model)  # type: ignore[assignment]
+    full = any(k.startswith("backbone.") for k in state)
+    backbone_state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")} if full else state
+    head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")} if full else {}
+    shapes_in_file = {k: v.shape for k, v in backbone_state.items()}
+    backbone_state = _timm_filter(model.backbone, backbone_state)
+
+    target = model.backbone.state_dict()
+    result = WeightsLoadResult(matched=0)
+    result.adapted = [k for k, v in backbone_state.items() if k in shapes_in_file and shapes_in_file[k] != v.shape]
+    kept: dict[str, Tensor] = {}
+    for key, value in backbone_state.items():
+        ref = target.get(key)
+        if ref is None:
+            result.unexpected.append(key)
+            continue
+        if value.shape != ref.shape and value.ndim == 4 == ref.ndim and value.shape[0] == ref.shape[0] \
+                and value.shape[2:] == ref.shape[2:]:
+            try:
+                src_chans = value.shape[1]
+                value = adapt_input_conv(ref.shape[1], value, base_chans=src_chans)
+                result.adapted.append(key)
+                logger.info("adapted %s from %d to %d input channels", key, src_chans, ref.shape[1])
+            except (NotImplementedError, ValueError) as err:
+                logger.warning("cannot adapt %s to %d input channels: %s", key, ref.shape[1], err)
+        if value.shape != ref.shape:
+            result.dropped.append(key)
+            continue
+        kept[key] = value.to(ref.dtype)
+    if not kept:
+        raise ConfigError(
+            f"no backbone tensor in {path} matches model {model.name!r} (file keys e.g. "
+            f"{sorted(backbone_state)[:3]}, model keys e.g. {sorted(target)[:3]})"
+        )
+    missing, unexpected = model.backbone.load_state_dict(kept, strict=False)
+    result.matched = len(kept)
+    result.missing = list(missing)
+    result.unexpected += list(unexpected)
+
+    head_ref = model.head.state_dict()
+    if head_state and all(k in head_ref and head_ref[k].shape == v.shape for k, v in head_state.items()):
+        model.head.load_state_dict(head_state)
+    elif head_state:
+        result.dropped += [f"head.{k}" for k in head_state]
+        logger.warning("dropped the head in %s: its shape does not fit %d classes", path, model.num_classes)
+    logger.info(
+        "loaded %s into %s: %d backbone tensors, %d missing, %d unexpected, %d adapted, %d dropped",
+        path, model.name, result.matched, len(result.missing), len(result.unexpected),
+        len(result.adapted), len(result.dropped),
+    )
+    return result
