@@ -47,7 +47,7 @@ _KINDS = {
     "empty_id": "rows without a sample_id",
     "unknown_id": "sample ids that are not in this round's query",
     "duplicate": "duplicate sample ids",
-    "empty_label": "empty labels (every queried sample needs a class; use partial='continue' to allow gaps)",
+    "empty_label": "empty labels",
     "multi_label": "more than one class chosen",
     "unknown_class": "unknown class names",
     "bad_index": "class indices out of range",
@@ -186,7 +186,10 @@ def _read_text(path: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise _fail(path, f"not UTF-8 text (invalid byte at offset {e.start}); save it as UTF-8") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise _fail(
+            path, f"not UTF-8 text (invalid byte on line {line}, offset {e.start}); save it as UTF-8"
+        ) from None
 
 
 def _detect_format(path: str, text: str) -> str:
@@ -281,6 +284,9 @@ def _validate(
         if not label:
             if partial == "wait":
                 problems.add("empty_label", tag)
+                problems.notes["empty_label"] = (
+                    "every queried sample needs a class, or set partial='continue'"
+                )
             continue
         idx = _class_index(label, by_name, class_names, index_mode, tag, problems)
         if idx is not None:
