@@ -1,0 +1,92 @@
+"""Command-line entry points (``python -m hssal_ray.loop``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from hssal_ray.errors import HSSALError
+
+__all__ = ["loop_main", "SMOKE_OVERRIDES", "setup_logging"]
+
+SMOKE_OVERRIDES = [
+    "data.synthetic_classes=3",
+    "data.synthetic_per_class=16",
+    "data.image_size=16",
+    "data.synthetic_size=16",
+    "ssl.steps_per_round=4",
+    "ssl.batch_size=4",
+    "ssl.uratio=2",
+    "ssl.eval_batch_size=32",
+    "query.budget=3",
+    "loop.initial_labeled=6",
+    "loop.rounds=2",
+]
+"""What ``--smoke-test`` applies before the user's own overrides: a few-second run."""
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log hssal_ray's INFO lines (DEBUG with ``-v``) to stderr."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    logging.getLogger("hssal_ray").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m hssal_ray.loop",
+        description=(
+            "Run the HSSAL closed loop (SSL train -> score pool -> hierarchical query -> oracle -> evaluate). "
+            "With no --config it runs the embedded demo on generated synthetic data."
+        ),
+        epilog=(
+            "examples:\n"
+            "  python -m hssal_ray.loop --config configs/ucm_cpu.yaml data.root=../shared/data/ucm\n"
+            "  python -m hssal_ray.loop --resume runs/ucm_human --labels labels.csv\n"
+            "  ray job submit --working-dir . -- python -m hssal_ray.loop --config configs/demo.yaml"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML file of config overrides (see configs/)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN with its own config.yaml")
+    p.add_argument("--labels", metavar="FILE", help="human labels (CSV sample_id,label or Label Studio JSON) for --resume")
+    p.add_argument("--smoke-test", action="store_true", help="tiny, few-second settings (CI)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. query.budget=50")
+    return p
+
+
+def loop_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m hssal_ray.loop``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        from hssal_ray.config import config_to_yaml, load_config
+        from hssal_ray.loop.runner import LoopRunner, load_run_config
+
+        overrides = (SMOKE_OVERRIDES if args.smoke_test else []) + list(args.overrides)
+        if args.labels and not args.resume:
+            raise HSSALError("--labels needs --resume RUN")
+        if args.resume:
+            if args.config:
+                raise HSSALError("--resume uses the run's own config.yaml; do not pass --config with it")
+            cfg = load_run_config(args.resume, overrides)
+        else:
+            cfg = load_config(args.config, overrides)
+        if args.print_config:
+            print(config_to_yaml(cfg), end="")
+            return 0
+        print(f"[hssal] run directory: {cfg.run_path}", file=sys.stderr)
+        print(config_to_yaml(cfg), file=sys.stderr, end="")
+        state = LoopRunner(cfg).run(labels_file=args.labels)
+        print(f"[hssal] status: {state.status} (round {state.round}, next stage {state.stage})", file=sys.stderr)
+        return 0
+    except HSSALError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130

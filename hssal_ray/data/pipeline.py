@@ -1,0 +1,239 @@
+"""Ray Data pipelines: stream, decode and augment RS imagery in workers.
+
+The driver only ever holds *manifest rows* (ids, sources, labels: ~100 bytes a sample);
+image bytes are read, decoded and augmented inside Ray Data tasks (``map_batches``) and
+consumed by Ray Train workers (``get_dataset_shard``) or the scoring actor pool.
+
+Determinism: a training stream is a fixed, seeded *schedule* of manifest rows (each row
+carries its own augmentation seed), read in order, so a re-run of a round sees the same
+batches with the same augmentations.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from hssal_ray import _io
+from hssal_ray.data.catalog import load_bytes
+from hssal_ray.data.decode import decode_batch
+from hssal_ray.data.transforms import augment_batch, default_mean_std
+
+__all__ = [
+    "DecodeAugment",
+    "make_schedule",
+    "manifest_dataset",
+    "collect_bad_samples",
+    "BAD_DIR",
+    "stream",
+]
+
+log = logging.getLogger(__name__)
+
+BAD_DIR = "_bad_parts"
+_MANIFEST_COLS = ["sample_id", "source", "row", "label"]
+
+
+class DecodeAugment:
+    """Ray Data batch UDF: read encoded bytes, decode, augment; bad samples are dropped and listed.
+
+    Input batch columns: ``sample_id``, ``source``, ``row``, ``label`` and optionally
+    ``aug_seed`` (int64; defaults to 0). Output columns: ``sample_id``, ``label``,
+    ``aug_seed`` and one float32 ``(B, C, S, S)`` array ``x_<view>`` per requested view
+    (``none`` = resize + normalise, ``weak``, ``strong``), or ``image`` (uint8) when
+    ``views`` is empty.
+
+    Args:
+        root: Dataset root (local path or URI).
+        kind: ``files`` or ``shards`` (the catalog's kind).
+        bands: Image bands.
+        size: Decoded side length.
+        views: Views to produce.
+        mean: Normalisation mean per band (``None`` = default for ``bands``).
+        std: Normalisation std per band.
+        bad_dir: Where to write the list of samples that failed to decode (one CSV part per
+            batch that had any); ``None`` only logs them.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        kind: str,
+        bands: int,
+        size: int,
+        views: Sequence[str] = ("none",),
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        bad_dir: str | None = None,
+    ) -> None:
+        self.root = root
+        self.kind = kind
+        self.bands = bands
+        self.size = size
+        self.views = tuple(views)
+        dm, ds = default_mean_std(bands)
+        self.mean = tuple(mean) if mean is not None else tuple(dm)
+        self.std = tuple(std) if std is not None else tuple(ds)
+        self.bad_dir = bad_dir
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = [str(s) for s in batch["sample_id"]]
+        table = pa.table(
+            {
+                "sample_id": pa.array(ids, pa.string()),
+                "source": pa.array([str(s) for s in batch["source"]], pa.string()),
+                "row": pa.array(np.asarray(batch["row"], dtype=np.int32)),
+                "label": pa.array(np.asarray(batch["label"], dtype=np.int32)),
+            }
+        )
+        raw = load_bytes(self.root, self.kind, table)
+        images, good, bad = decode_batch(raw, ids, bands=self.bands, size=self.size)
+        if bad:
+            self._record_bad(bad)
+        good = np.asarray(good, dtype=np.int64)
+        seeds = np.asarray(batch.get("aug_seed", np.zeros(len(ids), np.int64)), dtype=np.int64)[good]
+        out: dict[str, np.ndarray] = {
+            "sample_id": np.asarray(ids, dtype=object)[good],
+            "label": np.asarray(batch["label"], dtype=np.int64)[good],
+            "aug_seed": seeds,
+        }
+        if not self.views:
+            out["image"] = images
+        for i, view in enumerate(self.views):
+            # Different views of the same sample must not share random draws.
+            out[f"x_{view}"] = augment_batch(
+                images, seeds * 4 + i, kind=view, crop_size=self.size, mean=self.mean, std=self.std
+            )
+        return out
+
+    def _record_bad(self, bad: list[tuple[str, str]]) -> None:
+        for sid, reason in bad[:5]:
+            log.warning("skipping unreadable sample %s: %s", sid, reason)
+        if self.bad_dir is None:
+            return
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        for sid, reason in bad:
+            w.writerow([sid, reason])
+        _io.atomic_write_text(_io.join(self.bad_dir, _io.unique_name("bad", ".csv")), buf.getvalue())
+
+
+def _decode_augment(batch: dict[str, np.ndarray], **kwargs: Any) -> dict[str, np.ndarray]:
+    """Task-based form of :class:`DecodeAugment` (no actor start-up per dataset)."""
+    return DecodeAugment(**kwargs)(batch)
+
+
+def collect_bad_samples(run_dir: str) -> int:
+    """Merge the per-batch bad-sample parts of a run into ``bad_samples.csv``.
+
+    Returns:
+        The number of distinct bad samples listed.
+    """
+    part_dir = _io.join(run_dir, BAD_DIR)
+    out_path = _io.join(run_dir, "bad_samples.csv")
+    rows: dict[str, str] = {}
+    if _io.exists(out_path):
+        for r in csv.DictReader(io.StringIO(_io.read_text(out_path))):
+            rows[r["sample_id"]] = r["reason"]
+    parts = [p for p in _io.listdir(part_dir) if p.endswith(".csv")]
+    for name in parts:
+        for r in csv.reader(io.StringIO(_io.read_text(_io.join(part_dir, name)))):
+            if len(r) == 2:
+                rows.setdefault(r[0], r[1])
+    if parts or rows:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["sample_id", "reason"])
+        for sid in sorted(rows):
+            w.writerow([sid, rows[sid]])
+        _io.atomic_write_text(out_path, buf.getvalue())
+        for name in parts:
+            _io.remove(_io.join(part_dir, name))
+    return len(rows)
+
+
+def make_schedule(table: pa.Table, length: int, seed: int) -> pa.Table:
+    """A seeded training stream of exactly ``length`` manifest rows.
+
+    Concatenates independent seeded permutations of ``table`` (epochs) and truncates, and
+    gives every position its own augmentation seed, so the stream (and its augmentations)
+    is a pure function of ``(table, length, seed)``.
+
+    Args:
+        table: Manifest rows (``sample_id, source, row, label``), in a canonical order.
+        length: Rows in the stream.
+        seed: Stream seed.
+
+    Returns:
+        The stream with an extra ``aug_seed`` (int64) column.
+    """
+    n = table.num_rows
+    if n == 0:
+        raise ValueError("cannot build a training stream from an empty set")
+    rng = np.random.default_rng(seed)
+    epochs = -(-length // n)
+    idx = np.concatenate([rng.permutation(n) for _ in range(epochs)])[:length]
+    out = table.select(_MANIFEST_COLS).take(pa.array(idx))
+    aug = rng.integers(0, 2**62, size=length, dtype=np.int64)
+    return out.append_column("aug_seed", pa.array(aug))
+
+
+def manifest_dataset(table: pa.Table, rows_per_block: int = 256) -> Any:
+    """A Ray Dataset of manifest rows, in order, split into blocks for parallel decoding."""
+    import ray.data
+
+    n = table.num_rows
+    if n == 0:
+        raise ValueError("empty manifest selection")
+    chunks = [table.slice(i, rows_per_block) for i in range(0, n, rows_per_block)]
+    return ray.data.from_arrow(chunks)
+
+
+def stream(
+    table: pa.Table,
+    *,
+    root: str,
+    kind: str,
+    bands: int,
+    size: int,
+    views: Sequence[str],
+    batch_size: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    bad_dir: str | None = None,
+    drop_ids: bool = False,
+) -> Any:
+    """Manifest rows -> Ray Dataset of decoded, augmented arrays (lazy, streaming).
+
+    Args:
+        table: Manifest rows to stream, in order.
+        root: Dataset root.
+        kind: Catalog kind.
+        bands: Image bands.
+        size: Decoded/cropped side.
+        views: Views to produce (see :class:`DecodeAugment`).
+        batch_size: Rows per decode task batch.
+        mean: Normalisation mean.
+        std: Normalisation std.
+        bad_dir: Directory for bad-sample parts.
+        drop_ids: Drop the string ``sample_id`` column (``iter_torch_batches`` cannot carry it).
+    """
+    ds = manifest_dataset(table, rows_per_block=max(batch_size, 1) * 4)
+    ds = ds.map_batches(
+        _decode_augment,
+        fn_kwargs=dict(
+            root=root, kind=kind, bands=bands, size=size, views=tuple(views), mean=mean, std=std, bad_dir=bad_dir
+        ),
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+    )
+    if drop_ids:
+        ds = ds.drop_columns(["sample_id"])
+    return ds

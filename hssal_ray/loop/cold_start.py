@@ -1,0 +1,81 @@
+"""Round-0 cold-start selection: seeded random, TypiClust-style clusters, or stratified (simulation only)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from hssal_ray import _io
+from hssal_ray.errors import DataError
+
+__all__ = ["select_cold_start"]
+
+log = logging.getLogger(__name__)
+
+
+def select_cold_start(runner: Any) -> list[str]:
+    """Pick ``loop.initial_labeled`` ids of the train split for the oracle to label first.
+
+    ``random``: a seeded uniform sample (what a real user without labels can do).
+    ``typiclust``: score the pool with the untrained (or pretrained) encoder and pick the most
+    typical sample of each of ``n`` k-means clusters (TypiClust).
+    ``stratified``: the same number per class using the dataset's labels: a *simulation*
+    option for benchmarks only (a real user has no labels yet).
+    """
+    cfg = runner.cfg
+    n = cfg.loop.initial_labeled
+    train = runner._split("train")
+    ids = np.asarray(train.column("sample_id").to_pylist(), dtype=object)
+    if n > len(ids):
+        raise DataError(f"loop.initial_labeled={n} exceeds the {len(ids)} training samples")
+    rng = np.random.default_rng([cfg.seed, 0xC01D])
+    mode = cfg.loop.cold_start
+    if mode == "random":
+        return [str(s) for s in ids[np.sort(rng.choice(len(ids), size=n, replace=False))]]
+    if mode == "stratified":
+        labels = np.asarray(train.column("label").to_numpy(zero_copy_only=False))
+        if (labels < 0).any():
+            raise DataError("loop.cold_start=stratified needs labels for every training sample (simulation only)")
+        classes = np.unique(labels)
+        per = np.full(len(classes), n // len(classes))
+        per[: n - per.sum()] += 1
+        picked: list[int] = []
+        for c, k in zip(classes, rng.permutation(per), strict=True):
+            idx = np.flatnonzero(labels == c)
+            picked.extend(rng.choice(idx, size=min(k, len(idx)), replace=False).tolist())
+        return [str(s) for s in ids[np.sort(picked)]]
+    return _typiclust(runner, n)
+
+
+def _typiclust(runner: Any, n: int) -> list[str]:
+    import os
+
+    import torch
+
+    from hssal_ray.query import load_pool, strategy_from_config
+    from hssal_ray.scoring import score_pool
+    from hssal_ray.ssl.train_loop import build_train_state, save_checkpoint_dir
+    from hssal_ray.ssl.trainer import derive_seed
+
+    cfg = runner.cfg
+    d = _io.join(runner.run_dir, "cold_start")
+    ckpt = _io.join(d, "checkpoint")
+    torch.manual_seed(derive_seed(cfg.seed, "cold_start") % (2**31))
+    state = build_train_state(cfg, len(runner.catalog.class_names), torch.device("cpu"), total_steps=1)
+    local = ckpt if not _io.is_uri(ckpt) else os.path.join("/tmp", "hssal_cold_start_ckpt")
+    save_checkpoint_dir(state, local, {"step": 0, "round": "cold_start"})
+    train = runner._split("train")
+    score_pool(
+        cfg, train, root=runner.catalog.root, kind=runner.catalog.kind, ckpt_dir=local,
+        num_classes=len(runner.catalog.class_names), run_dir=runner.run_dir, out_path=_io.join(d, "scores.parquet"),
+    )
+    pool = load_pool(_io.join(d, "scores.parquet"))
+    from types import SimpleNamespace
+
+    qcfg = SimpleNamespace(**{**cfg.query.__dict__, "strategy": "typiclust"})
+    strat = strategy_from_config(qcfg, random_state=derive_seed(cfg.seed, "cold_start") % (2**31))
+    idx = strat.select(pool, n)
+    return [str(pool.ids[i]) for i in idx]

@@ -1,0 +1,56 @@
+"""The query stage: read the round's scores, run the configured strategy, return the batch."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from hssal_ray.config import ExperimentConfig
+
+__all__ = ["run_query", "ray_map"]
+
+log = logging.getLogger(__name__)
+
+
+def ray_map(fn: Any, *iterables: Any) -> list[Any]:
+    """``map`` over Ray tasks (order preserved); used for HAL's independent per-cluster steps."""
+    import ray
+
+    remote = ray.remote(num_cpus=1)(fn)
+    return ray.get([remote.remote(*args) for args in zip(*iterables, strict=True)])
+
+
+def run_query(
+    cfg: ExperimentConfig, scores_path: str, budget: int, labeled_ids: set[str], round_idx: int
+) -> tuple[list[str], list[float], list[int] | None, dict[str, Any]]:
+    """Select ``budget`` pool samples from a scores file.
+
+    Returns:
+        ``(ids, uncertainty, coarse_cluster or None, info)`` where ``info`` goes into metrics.jsonl
+        (e.g. ``coarse_k``, ``coarse_clusters_covered``).
+    """
+    from hssal_ray.query import load_pool, strategy_from_config
+    from hssal_ray.ssl.trainer import derive_seed
+
+    pool = load_pool(scores_path)
+    if labeled_ids:
+        pool.exclude = np.isin(pool.ids, np.asarray(sorted(labeled_ids), dtype=object))
+    strat = strategy_from_config(cfg.query, random_state=derive_seed(cfg.seed, round_idx, "query") % (2**31))
+    if cfg.query.parallel and hasattr(strat, "map_fn"):
+        strat.map_fn = ray_map
+    budget = min(budget, int(len(pool.ids) - (pool.exclude.sum() if pool.exclude is not None else 0)))
+    idx = np.asarray(strat.select(pool, budget))
+    key = f"u_{cfg.query.uncertainty}"
+    u_all = pool.scores.get(key)
+    u = [float(u_all[i]) for i in idx] if u_all is not None else [float("nan")] * len(idx)
+    info_attr = getattr(strat, "info_", {}) or {}
+    coarse = info_attr.get("coarse_of_picks")
+    info: dict[str, Any] = {"query_strategy": repr(strat)}
+    if coarse is not None:
+        coarse = [int(c) for c in coarse]
+        info["coarse_k"] = int(info_attr.get("coarse_k", len(set(coarse))))
+        info["coarse_clusters_covered"] = len(set(coarse))
+    info["query_mean_u"] = float(np.nanmean(u)) if len(u) else float("nan")
+    return [str(pool.ids[i]) for i in idx], u, coarse, info

@@ -1,0 +1,195 @@
+"""The Ray Train per-worker loop: stream labeled + unlabeled shards, FixMatch steps, checkpoints.
+
+Follows the Ray example shape: ``train_loop_per_worker(config)`` -> ``get_dataset_shard`` ->
+plain step functions (:mod:`hssal_ray.ssl.steps`) -> ``ray.train.report(metrics, checkpoint=...)``,
+resuming from ``ray.train.get_checkpoint()`` after a worker failure with the step count
+continuing.
+
+Checkpoint directory layout (also the round's ``checkpoint/``):
+``model.safetensors`` (online weights), ``ema.safetensors`` (EMA weights, used for scoring and
+evaluation), ``train_state.pt`` (optimizer, scheduler, thresholds, step: tensors and plain
+Python only, loaded with ``weights_only=True``) and ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from hssal_ray.config import ExperimentConfig, config_from_dict
+from hssal_ray.models import build_model
+from hssal_ray.ssl.steps import TrainState, build_optimizer, build_scheduler, train_step
+
+__all__ = [
+    "train_loop_per_worker",
+    "save_checkpoint_dir",
+    "load_weights_dir",
+    "build_train_state",
+    "amp_dtype_for",
+]
+
+log = logging.getLogger(__name__)
+
+
+def amp_dtype_for(cfg: ExperimentConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA when ``ssl.amp`` is ``auto`` or ``bf16``; none on CPU unless forced."""
+    if cfg.ssl.amp == "none":
+        return None
+    if cfg.ssl.amp == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" else None
+
+
+def build_train_state(cfg: ExperimentConfig, num_classes: int, device: torch.device, total_steps: int) -> TrainState:
+    """Fresh model, EMA, optimizer and cosine schedule for one round."""
+    model = build_model(
+        cfg.ssl.model,
+        num_classes,
+        in_chans=cfg.data.bands,
+        weights=cfg.ssl.weights,
+        pretrained_hub=cfg.ssl.pretrained_hub,
+        **cfg.ssl.model_kwargs,
+    ).to(device)
+    if cfg.ssl.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(
+        model, lr=cfg.ssl.lr, momentum=cfg.ssl.momentum, weight_decay=cfg.ssl.weight_decay, nesterov=cfg.ssl.nesterov
+    )
+    scheduler = build_scheduler(optimizer, total_steps=total_steps, warmup_steps=cfg.ssl.warmup_steps)
+    return TrainState.create(model, optimizer, scheduler, cfg.ssl, num_classes=num_classes)
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def save_checkpoint_dir(state: TrainState, path: str, meta: dict[str, Any]) -> None:
+    """Write model, EMA, optimizer state and meta data into directory ``path``."""
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    model = _unwrap(state.model)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, os.path.join(path, "model.safetensors"))
+    ema_sd = state.ema.module.state_dict()
+    save_file({k: v.detach().contiguous().cpu() for k, v in ema_sd.items()}, os.path.join(path, "ema.safetensors"))
+    torch.save(state.state_dict(include_models=False), os.path.join(path, "train_state.pt"))
+    with open(os.path.join(path, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load_weights_dir(path: str, which: str = "ema") -> dict[str, torch.Tensor]:
+    """Load ``ema`` or ``model`` weights from a checkpoint directory (local)."""
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(path, f"{which}.safetensors"))
+
+
+def _batches(shard: Any, batch_size: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
+    it = shard.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2)
+    for i, b in enumerate(it):
+        if i < skip:
+            continue
+        yield b
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point (one call per worker).
+
+    ``config`` keys: ``experiment`` (the resolved config as a dict), ``num_classes``,
+    ``total_steps``, ``init_dir`` (previous round's checkpoint directory for a warm start, or
+    None), ``round``, ``report_every``.
+    """
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(config["experiment"])
+    total_steps = int(config["total_steps"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(int(config["seed"]) + rank)
+    torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
+
+    state = build_train_state(cfg, int(config["num_classes"]), device, total_steps)
+    init_dir = config.get("init_dir")
+    if init_dir:
+        _unwrap(state.model).load_state_dict(load_weights_dir(init_dir, "model"))
+        state.ema.module.load_state_dict(load_weights_dir(init_dir, "ema"))
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            _unwrap(state.model).load_state_dict(load_weights_dir(d, "model"))
+            state.ema.module.load_state_dict(load_weights_dir(d, "ema"))
+            state.load_state_dict(torch.load(os.path.join(d, "train_state.pt"), weights_only=True), include_models=False)
+        log.info("rank %d resumed from checkpoint at step %d", rank, state.step)
+    state.model = ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs={"find_unused_parameters": False}) if world > 1 else state.model
+
+    ssl_on = cfg.ssl.enabled and cfg.ssl.lambda_u > 0
+    bs = cfg.ssl.batch_size
+    it_l = _batches(ray.train.get_dataset_shard("labeled"), bs, state.step)
+    it_u = _batches(ray.train.get_dataset_shard("unlabeled"), bs * cfg.ssl.uratio, state.step) if ssl_on else None
+    amp = amp_dtype_for(cfg, device)
+    report_every = max(1, int(config.get("report_every", 50)))
+    ckpt_every = cfg.ssl.checkpoint_every
+    sums: dict[str, float] = {}
+    count = 0
+    images = 0
+    t0 = time.perf_counter()
+    start_step = state.step
+    while state.step < total_steps:
+        try:
+            bl = next(it_l)
+            bu = next(it_u) if it_u is not None else None
+        except StopIteration:
+            log.warning("rank %d: data stream ended at step %d of %d", rank, state.step, total_steps)
+            break
+        batch_l = {"x": bl["x_weak"], "y": bl["label"]}
+        batch_u = None
+        if bu is not None:
+            batch_u = {"x_weak": bu["x_weak"], "x_strong": bu["x_strong"], "y": bu["label"]}
+        m = train_step(state, batch_l, batch_u, cfg.ssl, device, amp_dtype=amp, channels_last=cfg.ssl.channels_last)
+        for k, v in m.items():
+            if v == v:  # skip NaN (e.g. pseudo-label accuracy with nothing masked)
+                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[f"_n_{k}"] = sums.get(f"_n_{k}", 0.0) + 1.0
+        count += 1
+        images += len(bl["label"]) + (2 * len(bu["label"]) if bu is not None else 0)
+        last = state.step >= total_steps
+        if state.step % report_every == 0 or last:
+            elapsed = time.perf_counter() - t0
+            metrics = {k: sums[k] / sums[f"_n_{k}"] for k in sums if not k.startswith("_n_")}
+            metrics.update(
+                step=state.step,
+                steps_run=state.step - start_step,
+                images_per_s_per_worker=images / max(elapsed, 1e-9),
+                world_size=world,
+            )
+            want_ckpt = last or (ckpt_every > 0 and state.step % ckpt_every == 0)
+            if want_ckpt and rank == 0:
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_checkpoint_dir(state, tmp, {"step": state.step, "round": config.get("round"), "metrics": metrics})
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(metrics)
+            if rank == 0:
+                log.info(
+                    "round %s step %d/%d loss %.3f mask %.2f %.0f img/s/worker",
+                    config.get("round"), state.step, total_steps, metrics.get("loss", float("nan")),
+                    metrics.get("mask_rate", float("nan")), metrics["images_per_s_per_worker"],
+                )
+    if state.step < total_steps:
+        # Stream ran dry: still leave a final checkpoint so the round can go on.
+        metrics = {"step": state.step, "world_size": world}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint_dir(state, tmp, {"step": state.step, "round": config.get("round"), "metrics": metrics})
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)

@@ -1,0 +1,152 @@
+"""Build and fit one round's Ray Train ``TorchTrainer`` (driver side).
+
+The driver turns the labeled set and the unlabeled pool into two seeded, ordered *schedules*
+of manifest rows, hands them to Ray Data (decode + weak/strong augmentation in workers), and
+Ray Train splits them across the DDP workers (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from hssal_ray import _io
+from hssal_ray.config import ExperimentConfig, config_to_dict
+from hssal_ray.data.pipeline import BAD_DIR, make_schedule, stream
+
+__all__ = ["TrainResult", "fit_round", "derive_seed"]
+
+log = logging.getLogger(__name__)
+
+
+def derive_seed(seed: int, *parts: Any) -> int:
+    """A 63-bit seed derived from the run seed and any labels (round, stage, ...)."""
+    h = hashlib.blake2b(repr((seed, *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
+
+
+@dataclass
+class TrainResult:
+    """What a round's training produced.
+
+    Attributes:
+        checkpoint_dir: Local/URI directory holding ``model``/``ema`` safetensors.
+        metrics: The last metrics rank 0 reported (losses, mask rate, images/s, ...).
+    """
+
+    checkpoint_dir: str
+    metrics: dict[str, Any]
+
+
+def fit_round(
+    cfg: ExperimentConfig,
+    *,
+    root: str,
+    kind: str,
+    labeled: pa.Table,
+    pool: pa.Table,
+    num_classes: int,
+    round_idx: int,
+    run_dir: str,
+    init_dir: str | None,
+) -> TrainResult:
+    """Train one round with Ray Train and copy its final checkpoint to ``round_XXX/checkpoint``.
+
+    Args:
+        cfg: The experiment config.
+        root: Dataset root.
+        kind: Catalog kind.
+        labeled: Manifest rows of labeled samples with their (oracle) labels in ``label``.
+        pool: Manifest rows of the unlabeled pool (``label`` = ground truth if known, used only
+            for the pseudo-label accuracy diagnostic, never for training).
+        num_classes: Number of classes.
+        round_idx: Round number.
+        run_dir: Run directory.
+        init_dir: Previous round's checkpoint directory for a warm start, or None.
+    """
+    import ray.train
+    from ray.data import DataContext
+    from ray.train.torch import TorchTrainer
+
+    ssl_on = cfg.ssl.enabled and cfg.ssl.lambda_u > 0 and pool.num_rows > 0
+    world = cfg.resources.num_workers
+    steps = cfg.ssl.steps_per_round
+    bs = cfg.ssl.batch_size
+    slack = 2  # spare batches per worker in case a sample fails to decode
+    rdir = _io.join(run_dir, f"round_{round_idx:03d}")
+    bad_dir = _io.join(run_dir, BAD_DIR)
+    DataContext.get_current().execution_options.preserve_order = True
+    common = dict(
+        root=root, kind=kind, bands=cfg.data.bands, size=cfg.data.image_size,
+        mean=cfg.data.mean, std=cfg.data.std, bad_dir=bad_dir, drop_ids=True,
+    )
+    sched_l = make_schedule(labeled, (steps + slack) * bs * world, derive_seed(cfg.seed, round_idx, "labeled"))
+    datasets = {"labeled": stream(sched_l, views=("weak",), batch_size=bs, **common)}
+    if ssl_on:
+        ub = bs * cfg.ssl.uratio
+        sched_u = make_schedule(pool, (steps + slack) * ub * world, derive_seed(cfg.seed, round_idx, "unlabeled"))
+        datasets["unlabeled"] = stream(sched_u, views=("weak", "strong"), batch_size=ub, **common)
+    else:
+        datasets["unlabeled"] = datasets["labeled"].limit(0)
+
+    storage = _io.join(rdir, "ray_train")
+    if not _io.is_uri(storage):
+        storage = os.path.abspath(storage)
+        shutil.rmtree(storage, ignore_errors=True)  # a killed attempt restarts the stage cleanly
+    elif _io.exists(storage):
+        _io.remove(storage)
+    train_config = {
+        "experiment": config_to_dict(cfg),
+        "num_classes": num_classes,
+        "total_steps": steps,
+        "init_dir": init_dir,
+        "round": round_idx,
+        "seed": derive_seed(cfg.seed, round_idx, "train"),
+        "report_every": max(1, min(50, steps // 4 or 1)),
+        "threads_per_worker": max(1, int(cfg.resources.cpus_per_worker)),
+    }
+    trainer = TorchTrainer(
+        _entry,
+        train_loop_config=train_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=world,
+            use_gpu=cfg.resources.use_gpu,
+            resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if cfg.resources.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name="train",
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.resources.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split="all"),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"round {round_idx}: training reported no checkpoint")
+    out = _io.join(rdir, "checkpoint")
+    _copy_checkpoint(result.checkpoint, out)
+    metrics = dict(result.metrics or {})
+    return TrainResult(checkpoint_dir=out, metrics=metrics)
+
+
+def _entry(config: dict[str, Any]) -> None:
+    from hssal_ray.ssl.train_loop import train_loop_per_worker
+
+    train_loop_per_worker(config)
+
+
+def _copy_checkpoint(ckpt: Any, out: str) -> None:
+    """Copy a Ray checkpoint's files into ``out`` (each file written atomically, meta last)."""
+    with ckpt.as_directory() as d:
+        names = sorted(os.listdir(d), key=lambda n: n == "meta.json")
+        for name in names:
+            with open(os.path.join(d, name), "rb") as f:
+                _io.atomic_write_bytes(_io.join(out, name), f.read())
