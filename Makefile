@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both create the environment (.venv, from the committed uv.lock) when it is missing.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+PYBIN := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+export UV_COMPILE_BYTECODE := 1
+export UV_PYTHON_DOWNLOADS := never
+export RAY_AUTH_MODE ?= disabled
+export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+PYTEST_ARGS ?=
+
+.PHONY: env demo test test-all lint bench clean
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(PY) -m uv sync --locked --compile-bytecode --python $(PY)
+	@touch $@
+
+env: $(VENV)/.synced  ## create/update the environment
+
+demo: env  ## run the embedded demo (synthetic data, tiny model, 3 rounds, a few minutes on 2 CPUs)
+	$(PYBIN) -m hssal_ray.loop loop.name=demo
+
+test: env  ## the test suite CI runs (no slow benchmarks, no GPU)
+	$(PYBIN) -m pytest -q $(PYTEST_ARGS)
+
+test-all: env  ## include slow tests
+	$(PYBIN) -m pytest -q -m "not gpu" $(PYTEST_ARGS)
+
+lint: env
+	$(PYBIN) -m ruff check hssal_ray tests benchmarks
+
+clean:
+	rm -rf runs .pytest_cache
