@@ -1,0 +1,440 @@
+"""Scan a dataset root into a manifest (a pyarrow Table) with stable ids and a seeded split.
+
+Three sources (``layout="auto"`` detects which):
+
+* ``imagefolder``: one folder per class (UCM / AID / NWPU-RESISC45 layouts); nested folders under a
+  class are allowed; images directly under the root are ignored with a warning.
+* ``flat``: images anywhere under the root, no labels (``label = -1``: the unlabeled pool).
+* ``shards``: Parquet files written by ``python -m hssal_ray.data.shard`` (columns ``sample_id``,
+  ``image`` (encoded bytes), ``label``, ``class_name``; class names in the schema metadata key
+  ``hssal_classes``).
+
+Scanning only lists files (and reads the small columns of shards): it never decodes an image.
+Image extensions (case-insensitive): ``.jpg .jpeg .png .tif .tiff``; names starting with ``.`` (and
+anything inside such folders) are ignored.
+
+``sample_id`` is the POSIX path of the image relative to the root (``agricultural/agricultural00.tif``),
+so it is stable across re-scans and survives sharding. Split: within each class, samples are ranked by
+``blake2b(f"{seed}:{sample_id}")`` and the first ``round_half_up(test_fraction * n_c)`` go to ``test``;
+unlabeled samples are all ``train`` (they are pool). Class index = position in the sorted class names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import posixpath
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from hssal_ray import _io
+from hssal_ray.errors import DataError
+
+__all__ = ["Catalog", "scan", "load_bytes", "root_fs", "IMAGE_EXTENSIONS", "MANIFEST_SCHEMA", "CLASSES_KEY"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+CLASSES_KEY = "hssal_classes"
+_CATALOG_KEY = "hssal_catalog"
+Layout = Literal["auto", "imagefolder", "flat", "shards"]
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("source", pa.string()),
+        ("row", pa.int32()),
+        ("label", pa.int32()),
+        ("class_name", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalog:
+    """A scanned dataset: the manifest plus where it came from.
+
+    Args:
+        root: The dataset root as given (local path or URI).
+        table: Manifest with :data:`MANIFEST_SCHEMA` columns, sorted by ``sample_id``.
+        class_names: Sorted class names; ``label`` indexes into them (``-1`` = unknown).
+        kind: ``files`` (image files under ``root``) or ``shards`` (Parquet shards).
+    """
+
+    root: str
+    table: pa.Table
+    class_names: tuple[str, ...]
+    kind: Literal["files", "shards"]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def split_table(self, split: str) -> pa.Table:
+        """Manifest rows of one split (``train`` or ``test``)."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        return self.table.filter(pc.equal(self.table["split"], split))
+
+    def split_ids(self, split: str) -> list[str]:
+        """Sample ids of one split (``train`` or ``test``), sorted."""
+        return self.split_table(split)["sample_id"].to_pylist()
+
+    def summary(self) -> str:
+        """One-line human summary (counts, classes, split)."""
+        split = self.table["split"].to_numpy(zero_copy_only=False)
+        labels = self.table["label"].to_numpy()
+        return (
+            f"{self.table.num_rows} samples ({int((labels >= 0).sum())} labeled, {int((labels < 0).sum())} "
+            f"unlabeled), {self.num_classes} classes, split train/test {int((split == 'train').sum())}/"
+            f"{int((split == 'test').sum())}, kind={self.kind}, root={self.root}"
+        )
+
+    def save(self, path: str) -> None:
+        """Write the manifest atomically as Parquet (class names, root and kind in its metadata)."""
+        meta = {
+            CLASSES_KEY.encode(): json.dumps(list(self.class_names)).encode(),
+            _CATALOG_KEY.encode(): json.dumps({"root": self.root, "kind": self.kind, "version": 1}).encode(),
+        }
+        _io.atomic_write_parquet(path, self.table.replace_schema_metadata(meta))
+
+    @classmethod
+    def load(cls, path: str) -> Catalog:
+        """Read a manifest written by :meth:`save`.
+
+        Raises:
+            DataError: The file is missing, unreadable or not a catalog.
+        """
+        try:
+            table = _io.read_parquet(path)
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"cannot read catalog {path}: {e}") from e
+        meta = table.schema.metadata or {}
+        if _CATALOG_KEY.encode() not in meta or CLASSES_KEY.encode() not in meta:
+            raise DataError(f"{path} is not a catalog written by Catalog.save (no hssal metadata)")
+        info = json.loads(meta[_CATALOG_KEY.encode()])
+        classes = tuple(json.loads(meta[CLASSES_KEY.encode()]))
+        table = table.replace_schema_metadata(None).select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
+        return cls(root=info["root"], table=table, class_names=classes, kind=info["kind"])
+
+
+def _is_hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def _list_files(root: str) -> tuple[pafs.FileSystem, str, list[str]]:
+    """All non-hidden files under ``root``, as sorted POSIX paths relative to it."""
+    fs, base = _io.resolve_fs(root)
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"data root does not exist: {root}")
+    if info.type != pafs.FileType.Directory:
+        raise DataError(f"data root is not a directory: {root}")
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    except OSError as e:
+        raise DataError(f"cannot list data root {root}: {e}") from e
+    prefix = base.rstrip("/") + "/"
+    rels = []
+    for i in infos:
+        if i.type != pafs.FileType.File or not i.path.startswith(prefix):
+            continue
+        rel = i.path[len(prefix) :]
+        if not _is_hidden(rel):
+            rels.append(rel)
+    return fs, base, sorted(rels)
+
+
+def _ext(rel: str) -> str:
+    return posixpath.splitext(rel)[1].lower()
+
+
+def _test_mask(ids: list[str], labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Seeded, stratified, stable test selection (see the module docstring)."""
+    is_test = np.zeros(len(ids), dtype=bool)
+    if not ids:
+        return is_test
+    keys = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(f"{seed}:{sid}".encode(), digest_size=8).digest(), "big")
+            for sid in ids
+        ),
+        dtype=np.uint64,
+        count=len(ids),
+    )
+    for c in np.unique(labels[labels >= 0]):
+        idx = np.flatnonzero(labels == c)  # ``ids`` are sorted, so ties (never seen) break by id
+        k = int(math.floor(test_fraction * idx.size + 0.5))
+        is_test[idx[np.argsort(keys[idx], kind="stable")[:k]]] = True
+    return is_test
+
+
+def _scan_files(rels: list[str], layout: str, root: str) -> tuple[list[str], list[str], list[str | None]]:
+    """Image files -> (sample_ids, class_names, per-sample class name or None)."""
+    images = [r for r in rels if _ext(r) in IMAGE_EXTENSIONS]
+    if layout == "flat":
+        return images, [], [None] * len(images)
+    loose = [r for r in images if "/" not in r]
+    if loose:
+        log.warning("ignoring %d image(s) directly under %s (ImageFolder layout), e.g. %s", len(loose), root, loose[0])
+    labeled = [r for r in images if "/" in r]
+    if not labeled:
+        raise DataError(f"no images in class folders under data root {root} (ImageFolder layout)")
+    per = [r.split("/", 1)[0] for r in labeled]
+    classes = sorted(set(per))
+    if len(classes) == 1:
+        log.warning("only one class folder %r under %s: is the root one level too high?", classes[0], root)
+    return labeled, classes, list(per)
+
+
+def _read_shard_index(fs: pafs.FileSystem, base: str, rel: str, root: str) -> tuple[pa.Table, list[str] | None]:
+    """Small columns of one shard (never the image bytes) and its class-name metadata."""
+    where = _io.join(root, rel)
+    try:
+        with fs.open_input_file(f"{base.rstrip('/')}/{rel}") as f:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            if "sample_id" not in names or "image" not in names:
+                raise DataError(f"shard {where} lacks the 'sample_id'/'image' columns (has {names})")
+            cols = [c for c in ("sample_id", "label", "class_name") if c in names]
+            table = pf.read(columns=cols)
+            meta = pf.schema_arrow.metadata or {}
+    except DataError:
+        raise
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise DataError(f"unreadable shard {where}: {e}") from e
+    classes = json.loads(meta[CLASSES_KEY.encode()]) if CLASSES_KEY.encode() in meta else None
+    return table, classes
+
+
+def _scan_shards(fs: pafs.FileSystem, base: str, shards: list[str], root: str) -> tuple[pa.Table, list[str]]:
+    parts: list[pa.Table] = []
+    classes: list[str] | None = None
+    for rel in shards:
+        t, cls = _read_shard_index(fs, base, rel, root)
+        if cls is not None:
+            if classes is not None and cls != classes:
+                raise DataError(f"shard {_io.join(root, rel)} lists other class names than the shards before it")
+            classes = cls
+        n = t.num_rows
+        label = t["label"].cast(pa.int32()) if "label" in t.column_names else pa.array([-1] * n, pa.int32())
+        cname = t["class_name"].cast(pa.string()) if "class_name" in t.column_names else pa.nulls(n, pa.string())
+        parts.append(
+            pa.table(
+                {
+                    "sample_id": t["sample_id"].cast(pa.string()),
+                    "source": pa.array([rel] * n, pa.string()),
+                    "row": pa.array(np.arange(n, dtype=np.int32)),
+                    "label": label,
+                    "class_name": cname,
+                }
+            )
+        )
+    table = pa.concat_tables(parts).combine_chunks() if parts else None
+    if table is None or table.num_rows == 0:
+        raise DataError(f"the Parquet shards under data root {root} hold no rows")
+    if classes is None:  # shards from elsewhere: derive classes from the class_name column
+        classes = sorted(set(x for x in table["class_name"].to_pylist() if x is not None))
+        index = {c: i for i, c in enumerate(classes)}
+        if "label" not in table.column_names or pc.all(pc.equal(table["label"], -1)).as_py():
+            labels = [index.get(x, -1) if x is not None else -1 for x in table["class_name"].to_pylist()]
+            table = table.set_column(3, "label", pa.array(labels, pa.int32()))
+    labels = table["label"].to_numpy()
+    bad = (labels < -1) | (labels >= len(classes))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"shard {_io.join(root, table['source'][i].as_py())} has label {labels[i]} outside "
+            f"[-1, {len(classes) - 1}] (sample {table['sample_id'][i].as_py()})"
+        )
+    return table, classes
+
+
+def _check_unique(table: pa.Table, root: str) -> None:
+    counts = pc.value_counts(table["sample_id"])
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(dup) == 0:
+        return
+    first = dup[0]["values"].as_py()
+    rows = table.filter(pc.equal(table["sample_id"], first))
+    where = ", ".join(sorted(set(rows["source"].to_pylist())))
+    raise DataError(
+        f"duplicate sample_id {first!r} under data root {root} (in {where}); "
+        f"{len(dup)} id(s) are duplicated in total"
+    )
+
+
+def scan(root: str, *, test_fraction: float = 0.2, seed: int = 0, layout: Layout = "auto") -> Catalog:
+    """Scan a dataset root (local path or pyarrow URI) into a :class:`Catalog`.
+
+    Args:
+        root: ImageFolder tree, flat folder of images, or folder of Parquet shards.
+        test_fraction: Fraction of each class put in the ``test`` split (``0 <= f < 1``).
+        seed: Split seed.
+        layout: ``auto``, ``imagefolder``, ``flat`` or ``shards``.
+
+    Returns:
+        The catalog; its table has one row per sample, sorted by ``sample_id``.
+
+    Raises:
+        DataError: Missing root, root with no images, duplicate ids, unreadable shard (the message
+            names the path).
+    """
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if layout not in ("auto", "imagefolder", "flat", "shards"):
+        raise ValueError(f"layout must be auto, imagefolder, flat or shards, got {layout!r}")
+    fs, base, rels = _list_files(root)
+    has_images = any(_ext(r) in IMAGE_EXTENSIONS for r in rels)
+    shards = [r for r in rels if _ext(r) == ".parquet"]
+    if layout == "auto":
+        if has_images and shards:
+            raise DataError(f"data root {root} holds both image files and Parquet shards: pass layout=...")
+        if shards:
+            layout = "shards"
+        elif has_images:
+            layout = "imagefolder" if any("/" in r and _ext(r) in IMAGE_EXTENSIONS for r in rels) else "flat"
+        else:
+            raise DataError(
+                f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or Parquet shards under data root {root}"
+            )
+    if layout == "shards":
+        if not shards:
+            raise DataError(f"no Parquet shards (*.parquet) under data root {root}")
+        table, classes = _scan_shards(fs, base, shards, root)
+        kind: Literal["files", "shards"] = "shards"
+    else:
+        if not has_images:
+            raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under data root {root}")
+        ids, classes, per = _scan_files(rels, layout, root)
+        index = {c: i for i, c in enumerate(classes)}
+        table = pa.table(
+            {
+                "sample_id": pa.array(ids, pa.string()),
+                "source": pa.array(ids, pa.string()),
+                "row": pa.array(np.full(len(ids), -1, dtype=np.int32)),
+                "label": pa.array([index[c] if c is not None else -1 for c in per], pa.int32()),
+                "class_name": pa.array(per, pa.string()),
+            }
+        )
+        kind = "files"
+    _check_unique(table, root)
+    table = table.sort_by("sample_id")
+    ids = table["sample_id"].to_pylist()
+    mask = _test_mask(ids, table["label"].to_numpy(), test_fraction, seed)
+    table = table.append_column("split", pa.array(np.where(mask, "test", "train").tolist(), pa.string()))
+    cat = Catalog(root=str(root), table=table.cast(MANIFEST_SCHEMA), class_names=tuple(classes), kind=kind)
+    log.info("scanned %s", cat.summary())
+    return cat
+
+
+# ----------------------------------------------------------------------------- reading bytes
+
+_FS_CACHE: dict[str, tuple[pafs.FileSystem, str]] = {}
+_SHARDS: OrderedDict[tuple[str, str], tuple[pq.ParquetFile, np.ndarray]] = OrderedDict()
+_GROUPS: OrderedDict[tuple[str, str, int], pa.Array] = OrderedDict()
+_MAX_SHARDS, _MAX_GROUPS = 8, 4
+_LOCK = threading.Lock()
+
+
+def root_fs(root: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path inside it)`` for a root, cached per process (S3/GCS clients are costly)."""
+    key = str(root)
+    if key not in _FS_CACHE:
+        _FS_CACHE[key] = _io.resolve_fs(key)
+    return _FS_CACHE[key]
+
+
+def _column(rows: Any, name: str) -> list[Any]:
+    if isinstance(rows, (pa.Table, pa.RecordBatch)):
+        return rows.column(name).to_pylist()
+    if isinstance(rows, Mapping) or hasattr(rows, "columns"):  # dict of arrays, pandas DataFrame
+        return [x.item() if isinstance(x, np.generic) else x for x in list(rows[name])]
+    raise TypeError(f"rows must be a pyarrow Table/RecordBatch, a mapping or a DataFrame, got {type(rows)}")
+
+
+def _shard_rows(fs: pafs.FileSystem, base: str, source: str, rows: Sequence[int]) -> list[bytes | None]:
+    """Image bytes of ``rows`` of one shard, reading only the row groups that hold them."""
+    key = (base, source)
+    with _LOCK:
+        try:
+            if key in _SHARDS:
+                _SHARDS.move_to_end(key)
+                pf, starts = _SHARDS[key]
+            else:
+                pf = pq.ParquetFile(fs.open_input_file(f"{base.rstrip('/')}/{source}"))
+                sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
+                starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+                _SHARDS[key] = (pf, starts)
+                while len(_SHARDS) > _MAX_SHARDS:
+                    _SHARDS.popitem(last=False)
+            out: list[bytes | None] = []
+            for r in rows:
+                if r < 0 or r >= starts[-1]:
+                    out.append(None)
+                    continue
+                g = int(np.searchsorted(starts, r, side="right") - 1)
+                gkey = (base, source, g)
+                if gkey in _GROUPS:
+                    _GROUPS.move_to_end(gkey)
+                else:
+                    _GROUPS[gkey] = pf.read_row_group(g, columns=["image"]).column("image").combine_chunks()
+                    while len(_GROUPS) > _MAX_GROUPS:
+                        _GROUPS.popitem(last=False)
+                out.append(_GROUPS[gkey][int(r - starts[g])].as_py())
+            return out
+        except (OSError, pa.ArrowException, ValueError, KeyError) as e:
+            log.warning("cannot read rows of shard %s: %s", source, e)
+            _SHARDS.pop(key, None)
+            return [None] * len(rows)
+
+
+def load_bytes(root: str, kind: str, rows: Any) -> list[bytes | None]:
+    """Fetch the encoded bytes of a batch of manifest rows.
+
+    Args:
+        root: The catalog's root (local path or URI).
+        kind: The catalog's kind, ``files`` or ``shards``.
+        rows: ``B`` manifest rows with at least ``source`` and ``row`` columns: a pyarrow Table or
+            RecordBatch, a mapping of column -> sequence (a Ray Data numpy batch) or a DataFrame.
+
+    Returns:
+        ``B`` entries in input order: the encoded bytes, or ``None`` where the file or shard row is
+        missing or unreadable (the caller reports those as bad samples; nothing raises).
+    """
+    if kind not in ("files", "shards"):
+        raise ValueError(f"kind must be 'files' or 'shards', got {kind!r}")
+    fs, base = root_fs(root)
+    sources = [str(s) for s in _column(rows, "source")]
+    out: list[bytes | None] = [None] * len(sources)
+    if kind == "files":
+        for i, src in enumerate(sources):
+            try:
+                with fs.open_input_file(f"{base.rstrip('/')}/{src}") as f:
+                    out[i] = f.read()
+            except (OSError, pa.ArrowException) as e:
+                log.debug("cannot read %s: %s", src, e)
+        return out
+    row_ids = [int(r) for r in _column(rows, "row")]
+    groups: dict[str, list[int]] = {}
+    for i, src in enumerate(sources):
+        groups.setdefault(src, []).append(i)
+    for src, positions in groups.items():
+        for pos, blob in zip(positions, _shard_rows(fs, base, src, [row_ids[p] for p in positions]), strict=True):
+            out[pos] = blob
+    return out
