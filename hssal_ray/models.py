@@ -66,7 +66,9 @@ class SmallCNN(nn.Module):
         ``forward``: ``(B, in_chans, H, W) -> (B, widths[-1])``.
     """
 
-    def __init__(self, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128, 256), drop_rate: float = 0.0):
+    def __init__(
+        self, in_chans: int = 3, widths: tuple[int, ...] = (32, 64, 128, 256), drop_rate: float = 0.0
+    ) -> None:
         super().__init__()
         if in_chans < 1 or not widths or min(widths) < 1:
             raise ConfigError(f"SmallCNN needs in_chans >= 1 and positive widths, got {in_chans}, {widths}")
@@ -102,7 +104,7 @@ class Classifier(nn.Module):
         name: Backbone name, kept for logs and checkpoints.
     """
 
-    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, name: str = ""):
+    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, name: str = "") -> None:
         super().__init__()
         if num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
@@ -175,10 +177,17 @@ def build_model(
         import timm
 
         if not timm.is_model(name):
-            raise ConfigError(f"unknown model {name!r}: use a timm name (timm.list_models()) or {SMALL_CNN_NAME!r}")
+            raise ConfigError(
+                f"unknown model {name!r}: use a timm name (timm.list_models()) or {SMALL_CNN_NAME!r}"
+            )
         try:
             backbone = timm.create_model(
-                name, pretrained=pretrained_hub, num_classes=0, in_chans=in_chans, drop_rate=drop_rate, **timm_kwargs
+                name,
+                pretrained=pretrained_hub,
+                num_classes=0,
+                in_chans=in_chans,
+                drop_rate=drop_rate,
+                **timm_kwargs,
             )
         except TypeError as err:
             raise ConfigError(f"bad keyword arguments for timm model {name!r}: {err}") from err
@@ -186,7 +195,11 @@ def build_model(
     model = Classifier(backbone, embed_dim, num_classes, name=name)
     logger.info(
         "built %s: in_chans=%d embed_dim=%d classes=%d params=%.2fM",
-        name, in_chans, embed_dim, num_classes, sum(p.numel() for p in model.parameters()) / 1e6,
+        name,
+        in_chans,
+        embed_dim,
+        num_classes,
+        sum(p.numel() for p in model.parameters()) / 1e6,
     )
     if weights is not None:
         load_weights(model, weights)
@@ -261,7 +274,9 @@ def _timm_filter(backbone: nn.Module, state: dict[str, Tensor]) -> dict[str, Ten
     try:
         return dict(fn(dict(state), backbone))
     except Exception as err:  # timm's converters assume their own layouts
-        logger.warning("timm checkpoint conversion for %s failed (%s); loading keys as they are", type(backbone), err)
+        logger.warning(
+            "timm checkpoint conversion for %s failed (%s); loading keys as they are", type(backbone), err
+        )
         return state
 
 
@@ -292,22 +307,30 @@ def load_weights(model: Classifier, path: str | os.PathLike[str]) -> WeightsLoad
     state = _read_state_dict(path)
     model = unwrap_model(model)  # type: ignore[assignment]
     full = any(k.startswith("backbone.") for k in state)
-    backbone_state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")} if full else state
-    head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")} if full else {}
+    backbone_state = (
+        {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")} if full else state
+    )
+    head_state = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")} if full else {}
     shapes_in_file = {k: v.shape for k, v in backbone_state.items()}
     backbone_state = _timm_filter(model.backbone, backbone_state)
 
     target = model.backbone.state_dict()
     result = WeightsLoadResult(matched=0)
-    result.adapted = [k for k, v in backbone_state.items() if k in shapes_in_file and shapes_in_file[k] != v.shape]
+    result.adapted = [
+        k for k, v in backbone_state.items() if k in shapes_in_file and shapes_in_file[k] != v.shape
+    ]
     kept: dict[str, Tensor] = {}
     for key, value in backbone_state.items():
         ref = target.get(key)
         if ref is None:
             result.unexpected.append(key)
             continue
-        if value.shape != ref.shape and value.ndim == 4 == ref.ndim and value.shape[0] == ref.shape[0] \
-                and value.shape[2:] == ref.shape[2:]:
+        if (
+            value.shape != ref.shape
+            and value.ndim == 4 == ref.ndim
+            and value.shape[0] == ref.shape[0]
+            and value.shape[2:] == ref.shape[2:]
+        ):
             try:
                 src_chans = value.shape[1]
                 value = adapt_input_conv(ref.shape[1], value, base_chans=src_chans)
@@ -337,7 +360,12 @@ def load_weights(model: Classifier, path: str | os.PathLike[str]) -> WeightsLoad
         logger.warning("dropped the head in %s: its shape does not fit %d classes", path, model.num_classes)
     logger.info(
         "loaded %s into %s: %d backbone tensors, %d missing, %d unexpected, %d adapted, %d dropped",
-        path, model.name, result.matched, len(result.missing), len(result.unexpected),
-        len(result.adapted), len(result.dropped),
+        path,
+        model.name,
+        result.matched,
+        len(result.missing),
+        len(result.unexpected),
+        len(result.adapted),
+        len(result.dropped),
     )
     return result

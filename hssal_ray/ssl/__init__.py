@@ -1,0 +1,47 @@
+"""Semi-supervised training: FixMatch loss and thresholds, EMA, and plain-torch training steps.
+
+The Ray Train worker loop (:mod:`hssal_ray.ssl.train_loop`) and the trainer builder
+(:mod:`hssal_ray.ssl.trainer`) import Ray; this package's re-exported pieces do not.
+"""
+
+from hssal_ray.ssl.ema import ModelEMA
+from hssal_ray.ssl.fixmatch import (
+    ClasswiseThresholds,
+    DistributionAlignment,
+    FixMatchStats,
+    FlexMatchThresholds,
+    FreeMatchThresholds,
+    build_thresholds,
+    fixmatch_loss,
+)
+from hssal_ray.ssl.steps import (
+    FixMatchCosine,
+    TrainState,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    maybe_compile,
+    predict,
+    prepare_model,
+    train_step,
+)
+
+__all__ = [
+    "ClasswiseThresholds",
+    "DistributionAlignment",
+    "FixMatchCosine",
+    "FixMatchStats",
+    "FlexMatchThresholds",
+    "FreeMatchThresholds",
+    "ModelEMA",
+    "TrainState",
+    "build_optimizer",
+    "build_scheduler",
+    "build_thresholds",
+    "evaluate",
+    "fixmatch_loss",
+    "maybe_compile",
+    "predict",
+    "prepare_model",
+    "train_step",
+]
