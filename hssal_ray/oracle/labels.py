@@ -2,8 +2,9 @@
 
 Two formats are accepted (chosen by extension, ``.json`` / ``.csv``, else by the first character):
 
-* CSV with a header that has the columns ``sample_id`` and ``label`` (any order; other columns such
-  as ``rank`` are ignored; ``,``, ``;`` or tab separated; UTF-8 with or without BOM).
+* CSV with a header that has the columns ``sample_id`` and ``label`` (any order, any case; other
+  columns such as ``rank`` are ignored; ``,``, ``;`` or tab separated; UTF-8 with or without BOM;
+  blank lines are skipped).
 * A Label Studio JSON export: a list of tasks with ``data.sample_id`` and
   ``annotations[*].result[*].value.choices[0]``. The latest non-cancelled annotation of a task counts
   (by ``updated_at``/``created_at``, then list order); a task without one is unanswered. The flat

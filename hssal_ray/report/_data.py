@@ -196,7 +196,7 @@ def _read_queries(run: RunData) -> None:
     by_parquet = _parquet_queries(run)
     for r in sorted(set(round_dirs) | set(by_parquet)):
         names = _labels_csv(run, round_dirs[r]) if r in round_dirs else None
-        counts = names if names is not None else by_parquet.get(r)
+        counts = names or by_parquet.get(r)
         if counts:
             run.queries[r] = counts
     metric_cov = {

@@ -15,6 +15,7 @@ import csv
 import html
 import io
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -100,7 +101,7 @@ def _slug(name: str) -> str:
 
 
 def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
 

@@ -115,3 +115,20 @@ def test_cli_writes_into_the_first_run_by_default(tmp_path: Path) -> None:
     assert str(run / "report" / "index.html") in printed and len(printed) == 5
     _valid_png(run / "report" / "learning_curve.png")
     assert "WARNING" in proc.stderr and "not valid JSON" in proc.stderr
+
+
+def test_damaged_run_files_do_not_crash_the_report(tmp_path: Path) -> None:
+    run = tmp_path / "damaged"
+    (run / "round_000").mkdir(parents=True)
+    (run / "round_000" / "labels.csv").write_text("id,class\nx,forest\n")  # wrong columns
+    (run / "round_000" / "query.csv").write_bytes(b"\xff\xfe garbage")
+    (run / "state.json").write_text("[1, 2]")
+    (run / "config.yaml").write_text("query: [unclosed\n")
+    (run / "labeled.parquet").write_bytes(b"not parquet")
+    (run / "metrics.jsonl").write_text('{"round": 0, "num_labeled": 10, "test_accuracy": 0.4, "mask_rate": NaN}\n')
+    written = build_report([str(run)], str(tmp_path / "out"))
+    page = Path(written["html"]).read_text()
+    assert "<td>40.00%</td><td>—</td>" in page  # label fraction missing; NaN mask rate shown as missing
+    for problem in ("state.json is not a JSON object", "cannot read config.yaml", "cannot read labeled.parquet"):
+        assert problem in page
+    _valid_png(written["query_classes/damaged"])
