@@ -125,10 +125,16 @@ def test_damaged_run_files_do_not_crash_the_report(tmp_path: Path) -> None:
     (run / "state.json").write_text("[1, 2]")
     (run / "config.yaml").write_text("query: [unclosed\n")
     (run / "labeled.parquet").write_bytes(b"not parquet")
-    (run / "metrics.jsonl").write_text('{"round": 0, "num_labeled": 10, "test_accuracy": 0.4, "mask_rate": NaN}\n')
+    (run / "metrics.jsonl").write_text(
+        '{"round": 0, "num_labeled": 10, "test_accuracy": 0.4, "mask_rate": NaN}\n'
+    )
     written = build_report([str(run)], str(tmp_path / "out"))
     page = Path(written["html"]).read_text()
     assert "<td>40.00%</td><td>—</td>" in page  # label fraction missing; NaN mask rate shown as missing
-    for problem in ("state.json is not a JSON object", "cannot read config.yaml", "cannot read labeled.parquet"):
+    for problem in (
+        "state.json is not a JSON object",
+        "cannot read config.yaml",
+        "cannot read labeled.parquet",
+    ):
         assert problem in page
     _valid_png(written["query_classes/damaged"])
