@@ -269,10 +269,10 @@ class TrainState:
 def _autocast(
     device: torch.device, amp_dtype: torch.dtype | None, allow_cpu_amp: bool
 ) -> contextlib.AbstractContextManager[Any]:
+    if amp_dtype is not None and amp_dtype != torch.bfloat16:
+        raise ConfigError(f"only bfloat16 autocast is supported (no loss scaling), got {amp_dtype}")
     if amp_dtype is None or (device.type != "cuda" and not allow_cpu_amp):
         return contextlib.nullcontext()
-    if amp_dtype != torch.bfloat16:
-        raise ConfigError(f"only bfloat16 autocast is supported (no loss scaling), got {amp_dtype}")
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
