@@ -1,0 +1,1 @@
+"""Tiny test-data generators (written into tmp_path at test time; nothing here is committed data)."""
