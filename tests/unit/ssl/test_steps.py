@@ -1,4 +1,4 @@
-"""Training-step tests: optimiser/schedule known answers, FixMatch overfit on stripes, checkpoint round trip."""
+"""Training-step tests: optimiser and schedule, FixMatch overfit on stripes, checkpoint round trip."""
 
 from __future__ import annotations
 
