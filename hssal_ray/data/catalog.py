@@ -191,7 +191,9 @@ def _scan_files(rels: list[str], layout: str, root: str) -> tuple[list[str], lis
         return images, [], [None] * len(images)
     loose = [r for r in images if "/" not in r]
     if loose:
-        log.warning("ignoring %d image(s) directly under %s (ImageFolder layout), e.g. %s", len(loose), root, loose[0])
+        log.warning(
+            "ignoring %d image(s) directly under %s (ImageFolder layout), e.g. %s", len(loose), root, loose[0]
+        )
     labeled = [r for r in images if "/" in r]
     if not labeled:
         raise DataError(f"no images in class folders under data root {root} (ImageFolder layout)")
@@ -202,7 +204,9 @@ def _scan_files(rels: list[str], layout: str, root: str) -> tuple[list[str], lis
     return labeled, classes, list(per)
 
 
-def _read_shard_index(fs: pafs.FileSystem, base: str, rel: str, root: str) -> tuple[pa.Table, list[str] | None]:
+def _read_shard_index(
+    fs: pafs.FileSystem, base: str, rel: str, root: str
+) -> tuple[pa.Table, list[str] | None]:
     """Small columns of one shard (never the image bytes) and its class-name metadata."""
     where = _io.join(root, rel)
     try:
@@ -229,11 +233,15 @@ def _scan_shards(fs: pafs.FileSystem, base: str, shards: list[str], root: str) -
         t, cls = _read_shard_index(fs, base, rel, root)
         if cls is not None:
             if classes is not None and cls != classes:
-                raise DataError(f"shard {_io.join(root, rel)} lists other class names than the shards before it")
+                raise DataError(
+                    f"shard {_io.join(root, rel)} lists other class names than the shards before it"
+                )
             classes = cls
         n = t.num_rows
         label = t["label"].cast(pa.int32()) if "label" in t.column_names else pa.array([-1] * n, pa.int32())
-        cname = t["class_name"].cast(pa.string()) if "class_name" in t.column_names else pa.nulls(n, pa.string())
+        cname = (
+            t["class_name"].cast(pa.string()) if "class_name" in t.column_names else pa.nulls(n, pa.string())
+        )
         parts.append(
             pa.table(
                 {
@@ -435,6 +443,8 @@ def load_bytes(root: str, kind: str, rows: Any) -> list[bytes | None]:
     for i, src in enumerate(sources):
         groups.setdefault(src, []).append(i)
     for src, positions in groups.items():
-        for pos, blob in zip(positions, _shard_rows(fs, base, src, [row_ids[p] for p in positions]), strict=True):
+        for pos, blob in zip(
+            positions, _shard_rows(fs, base, src, [row_ids[p] for p in positions]), strict=True
+        ):
             out[pos] = blob
     return out

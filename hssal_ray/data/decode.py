@@ -196,7 +196,9 @@ def _resize(chw: np.ndarray, size: int) -> np.ndarray:
     return out.round_().clamp_(0, 255).to(torch.uint8)[0].numpy()
 
 
-def decode_image(data: bytes | bytearray | memoryview, *, bands: int = 3, size: int | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes | bytearray | memoryview, *, bands: int = 3, size: int | None = None
+) -> np.ndarray:
     """Decode one encoded image into a ``(bands, H, W)`` uint8 array.
 
     Args:
@@ -287,7 +289,9 @@ def decode_batch(
             bad.append((str(sid), str(e)[:300]))
             continue
         if good and arr.shape != good[0].shape:
-            bad.append((str(sid), f"shape: {arr.shape} differs from the batch's {good[0].shape} (pass size=)"))
+            bad.append(
+                (str(sid), f"shape: {arr.shape} differs from the batch's {good[0].shape} (pass size=)")
+            )
             continue
         good.append(arr)
         index.append(i)

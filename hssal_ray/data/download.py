@@ -1,4 +1,6 @@
-"""Download and safely extract RS scene datasets: ``python -m hssal_ray.data.download {ucm,aid,nwpu} --root DIR``.
+"""Download and safely extract RS scene datasets (``python -m hssal_ray.data.download NAME --root DIR``).
+
+``NAME`` is ``ucm``, ``aid`` or ``nwpu`` (:data:`DATASETS`).
 
 * Resumable: bytes go to ``<archive>.part``; a re-run asks for the rest with an HTTP ``Range`` header
   and restarts from zero if the server ignores it.
@@ -37,7 +39,7 @@ from tqdm import tqdm
 
 from hssal_ray.errors import DownloadError, HSSALError
 
-__all__ = ["DatasetSpec", "DATASETS", "DownloadResult", "download_dataset", "fetch", "safe_extract", "file_digest", "main"]
+__all__ = ["DatasetSpec", "DATASETS", "DownloadResult", "download_dataset", "fetch", "safe_extract", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,8 @@ DATASETS: dict[str, DatasetSpec] = {
         homepage="https://captain-whu.github.io/AID/",
         manual=(
             "AID has no direct download link: its official page https://captain-whu.github.io/AID/ links "
-            "Baidu Pan (https://pan.baidu.com/s/1mifOBv6) and OneDrive (https://1drv.ms/u/s!AthY3vMZmuxChNR0Co7QHpJ56M-SvQ). "
+            "Baidu Pan (https://pan.baidu.com/s/1mifOBv6) and OneDrive "
+            "(https://1drv.ms/u/s!AthY3vMZmuxChNR0Co7QHpJ56M-SvQ). "
             "Download AID.zip in a browser, then run again with --url file:///path/to/AID.zip and "
             "--sha256 <digest you trust> (or --no-verify)."
         ),
@@ -131,7 +134,7 @@ DATASETS: dict[str, DatasetSpec] = {
         num_classes=45,
         num_images=31500,
         homepage="https://gcheng-nwpu.github.io/",
-        manual="The official release is NWPU-RESISC45.rar on OneDrive: extract it with unrar or 7z into --root.",
+        manual="The official release is NWPU-RESISC45.rar on OneDrive: extract it with unrar or 7z.",
     ),
 }
 
@@ -146,6 +149,7 @@ class DownloadResult:
         archive: Path of the downloaded archive.
         sha256: SHA-256 of the archive.
         already: True if a previous run had finished and nothing was done.
+        verified: Whether the archive's checksum was verified (``False`` after ``--no-verify``).
     """
 
     name: str
@@ -153,6 +157,7 @@ class DownloadResult:
     archive: str
     sha256: str
     already: bool
+    verified: bool = True
 
 
 def file_digest(path: str, algo: str = "sha256") -> str:
@@ -206,10 +211,11 @@ def fetch(url: str, dest: str, *, progress: bool = True, timeout: float = 60.0) 
             log.info("%s: server ignored the Range request: restarting from zero", url)
             have = 0
         total = have + int(length) if length is not None else None
-        with open(part, "ab" if have else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc=os.path.basename(dest),
-            file=sys.stderr, disable=not progress,
-        ) as bar:
+        bar_args = dict(unit="B", unit_scale=True, desc=os.path.basename(dest), file=sys.stderr)
+        with (
+            open(part, "ab" if have else "wb") as f,
+            tqdm(total=total, initial=have, disable=not progress, **bar_args) as bar,
+        ):
             while True:
                 try:
                     block = resp.read(_CHUNK)
@@ -223,7 +229,9 @@ def fetch(url: str, dest: str, *, progress: bool = True, timeout: float = 60.0) 
                 have += len(block)
                 bar.update(len(block))
     if total is not None and have < total:
-        raise DownloadError(f"download of {url} interrupted after {have} of {total} bytes; run again to resume")
+        raise DownloadError(
+            f"download of {url} interrupted after {have} of {total} bytes; run again to resume"
+        )
     os.replace(part, dest)
     return dest
 
@@ -250,7 +258,9 @@ def _check_link(name: str, link: str, dest: str) -> None:
     root = os.path.realpath(dest)
     target = os.path.realpath(os.path.join(base, link))
     if target != root and not target.startswith(root + os.sep):
-        raise DownloadError(f"unsafe archive member {name!r}: link {link!r} points outside the extraction root")
+        raise DownloadError(
+            f"unsafe archive member {name!r}: link {link!r} points outside the extraction root"
+        )
 
 
 def _archive_kind(path: str) -> str:
@@ -312,9 +322,13 @@ def safe_extract(archive: str, dest: str) -> None:
                     try:
                         _member_target(m.linkname, dest)
                     except DownloadError as e:
-                        raise DownloadError(f"unsafe archive member {m.name!r}: hard link {m.linkname!r}") from e
+                        raise DownloadError(
+                            f"unsafe archive member {m.name!r}: hard link {m.linkname!r}"
+                        ) from e
                 elif not (m.isfile() or m.isdir()):
-                    raise DownloadError(f"unsafe archive member {m.name!r}: device, fifo or other special file")
+                    raise DownloadError(
+                        f"unsafe archive member {m.name!r}: device, fifo or other special file"
+                    )
             t.extractall(dest, members=members, filter="data")
         return
     raise DownloadError(f"{archive} is not a zip or tar archive")
@@ -326,9 +340,14 @@ def _url_filename(url: str, default: str) -> str:
 
 
 def _count(data_dir: str) -> tuple[int, int]:
-    classes = [d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d)) and not d.startswith(".")]
+    classes = [
+        d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d)) and not d.startswith(".")
+    ]
     images = sum(
-        1 for c in classes for _, _, files in os.walk(os.path.join(data_dir, c)) for f in files
+        1
+        for c in classes
+        for _, _, files in os.walk(os.path.join(data_dir, c))
+        for f in files
         if f.lower().endswith((".jpg", ".jpeg", ".png", ".tif", ".tiff"))
     )
     return len(classes), images
@@ -352,12 +371,13 @@ def _verify(spec: DatasetSpec, archive: str, sha256: str | None, verify: bool) -
         if md5 != spec.md5:
             raise DownloadError(
                 f"md5 mismatch for {archive}: expected {spec.md5} (torchgeo's), got {md5} (sha256 {digest}); "
-                "if this is a different but trusted archive pass --sha256, or --no-verify"
+                "delete the file to download it again, or if it is a different but trusted archive pass "
+                "--sha256 (or --no-verify)"
             )
         return digest
     raise DownloadError(
-        f"no known checksum for {spec.name}: the downloaded {archive} has sha256 {digest}; check it against a "
-        "trusted source and run again with --sha256 <digest>, or with --no-verify"
+        f"no known checksum for {spec.name}: the downloaded {archive} has sha256 {digest}; check it "
+        "against a trusted source and run again with --sha256 <digest>, or with --no-verify"
     )
 
 
@@ -399,8 +419,11 @@ def download_dataset(
     if os.path.exists(marker):
         with open(marker) as f:
             done = json.load(f)
-        if os.path.isdir(done.get("data_dir", "")) and (sha256 is None or sha256.lower() == done.get("sha256")):
-            return DownloadResult(name, done["data_dir"], done["archive"], done["sha256"], already=True)
+        if os.path.isdir(done.get("data_dir", "")) and (
+            sha256 is None or sha256.lower() == done.get("sha256")
+        ):
+            verified = bool(done.get("verified", True))
+            return DownloadResult(name, done["data_dir"], done["archive"], done["sha256"], True, verified)
     archive = os.path.join(root, _url_filename(urls[0], spec.filename))
     if not os.path.exists(archive):
         errors = []
@@ -433,22 +456,26 @@ def download_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
     data_dir = os.path.join(root, spec.data_dir)
     if not os.path.isdir(data_dir):
-        log.warning("expected folder %s is missing after extraction: the archive has another layout", data_dir)
+        log.warning("no %s after extraction: the archive has another layout", data_dir)
         data_dir = root
     n_classes, n_images = _count(data_dir)
     if url is None and (n_classes, n_images) != (spec.num_classes, spec.num_images):
-        log.warning("%s: found %d classes / %d images, expected %d / %d", data_dir, n_classes, n_images,
-                    spec.num_classes, spec.num_images)
+        expected = (spec.num_classes, spec.num_images)
+        log.warning("%s: found %s classes / images, expected %s", data_dir, (n_classes, n_images), expected)
+    done = dict(
+        archive=archive, sha256=digest, verified=verify, data_dir=data_dir, url=urls[0], time=time.time()
+    )
     with open(marker + ".tmp", "w") as f:
-        json.dump({"archive": archive, "sha256": digest, "data_dir": data_dir, "url": urls[0],
-                   "classes": n_classes, "images": n_images, "time": time.time()}, f)
+        json.dump(done, f)
     os.replace(marker + ".tmp", marker)
-    return DownloadResult(name, data_dir, archive, digest, already=False)
+    return DownloadResult(name, data_dir, archive, digest, False, verify)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 2 error)."""
-    p = argparse.ArgumentParser(prog="python -m hssal_ray.data.download", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m hssal_ray.data.download", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("name", choices=sorted(DATASETS), help="dataset")
     p.add_argument("--root", required=True, help="download and extraction folder (local)")
     p.add_argument("--url", help="mirror URL (http(s):// or file://) overriding the registry's")
@@ -459,16 +486,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        r = download_dataset(args.name, args.root, url=args.url, sha256=args.sha256, verify=not args.no_verify,
-                             progress=not args.no_progress, timeout=args.timeout)
+        r = download_dataset(
+            args.name,
+            args.root,
+            url=args.url,
+            sha256=args.sha256,
+            verify=not args.no_verify,
+            progress=not args.no_progress,
+            timeout=args.timeout,
+        )
     except HSSALError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    state = "verified" if r.verified else "NOT verified"
     if r.already:
-        print(f"{r.name}: already downloaded and verified (sha256 {r.sha256}); data root: {r.data_dir}")
+        print(
+            f"{r.name}: already downloaded and extracted (sha256 {r.sha256}, {state}); "
+            f"data root: {r.data_dir}"
+        )
     else:
         n_classes, n_images = _count(r.data_dir)
-        print(f"{r.name}: sha256 {r.sha256}; extracted {n_classes} classes / {n_images} images; data root: {r.data_dir}")
+        print(
+            f"{r.name}: sha256 {r.sha256} ({state}); {n_classes} classes / {n_images} images in {r.data_dir}"
+        )
     return 0
 
 

@@ -67,8 +67,8 @@ class ShardReport:
         """One-line summary."""
         skipped = f", skipped {len(self.skipped)} unreadable" if self.skipped else ""
         return (
-            f"wrote {self.num_rows} samples ({self.num_classes} classes, {self.num_bytes / 1e6:.1f} MB of images) "
-            f"into {self.num_shards} shard(s) at {self.dst} in {self.seconds:.1f} s{skipped}"
+            f"wrote {self.num_rows} samples ({self.num_classes} classes, {self.num_bytes / 1e6:.1f} MB of "
+            f"images) into {self.num_shards} shard(s) at {self.dst} in {self.seconds:.1f} s{skipped}"
         )
 
 
@@ -144,7 +144,10 @@ def write_shards(
             chunk = table.slice(start, _READ_CHUNK)
             blobs = load_bytes(cat.root, cat.kind, chunk)
             for sid, label, cname, blob in zip(
-                chunk["sample_id"].to_pylist(), chunk["label"].to_pylist(), chunk["class_name"].to_pylist(), blobs,
+                chunk["sample_id"].to_pylist(),
+                chunk["label"].to_pylist(),
+                chunk["class_name"].to_pylist(),
+                blobs,
                 strict=True,
             ):
                 if blob is None:
@@ -183,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("src", help="dataset root: ImageFolder tree or flat folder (local path or URI)")
     p.add_argument("dst", help="output folder for shard-NNNNN.parquet files (local path or URI)")
     p.add_argument("--rows-per-shard", type=int, default=1000, help="rows per shard file (default 1000)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="split fraction for the summary (default 0.2)")
+    p.add_argument(
+        "--test-fraction", type=float, default=0.2, help="split fraction for the summary (default 0.2)"
+    )
     p.add_argument("--seed", type=int, default=0, help="split seed for the summary (default 0)")
     p.add_argument("--row-group-size", type=int, default=32, help="rows per Parquet row group (default 32)")
     p.add_argument("--overwrite", action="store_true", help="replace existing *.parquet files in DST")

@@ -53,7 +53,9 @@ def synthetic_class_names(num_classes: int) -> list[str]:
     return [named[k] if k < len(named) else f"synthetic_class_{k:02d}" for k in range(num_classes)]
 
 
-def _texture(family: str, yy: np.ndarray, xx: np.ndarray, f: float, theta: float, rng: np.random.Generator) -> np.ndarray:
+def _texture(
+    family: str, yy: np.ndarray, xx: np.ndarray, f: float, theta: float, rng: np.random.Generator
+) -> np.ndarray:
     """One texture in [0, 1], shape of ``yy``; ``f`` in cycles per image, ``theta`` radians."""
     u = xx * math.cos(theta) + yy * math.sin(theta)
     w = -xx * math.sin(theta) + yy * math.cos(theta)
@@ -86,7 +88,9 @@ def _texture(family: str, yy: np.ndarray, xx: np.ndarray, f: float, theta: float
     out = np.zeros_like(yy)
     for _ in range(3):
         t = rng.uniform(0, math.pi)
-        out += np.sin(2 * math.pi * rng.uniform(0.5, 1.5) * (xx * math.cos(t) + yy * math.sin(t)) + rng.uniform(0, 6.3))
+        out += np.sin(
+            2 * math.pi * rng.uniform(0.5, 1.5) * (xx * math.cos(t) + yy * math.sin(t)) + rng.uniform(0, 6.3)
+        )
     return 0.5 + out / 6.0
 
 
@@ -190,7 +194,9 @@ def make_synthetic_rs(
             rel = f"synthetic_{n:05d}.{fmt}" if unlabeled_flat else f"{name}/{name}_{i:04d}.{fmt}"
             write(rel, _encode(img, fmt))
             n += 1
-    log.info("wrote %d synthetic images (%d classes, %d bands, %s) under %s", n, num_classes, bands, fmt, root)
+    log.info(
+        "wrote %d synthetic images (%d classes, %d bands, %s) under %s", n, num_classes, bands, fmt, root
+    )
     return str(root)
 
 
@@ -256,7 +262,9 @@ def make_corrupt_files(directory: str, *, size: int = 16, seed: int = 0) -> dict
             np.dstack([half, np.full_like(half, 65535), np.zeros_like(half)]), photometric="rgb"
         ),
         "five_band_tif": tif(
-            rng.integers(0, 256, size=(5, size, size), dtype=np.uint8), photometric="minisblack", planarconfig="separate"
+            rng.integers(0, 256, size=(5, size, size), dtype=np.uint8),
+            photometric="minisblack",
+            planarconfig="separate",
         ),
     }
     out = {}

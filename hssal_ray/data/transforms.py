@@ -75,10 +75,17 @@ def _shift(rng: random.Random, v: int, side: int) -> int:
     return int(round(_signed(rng, 0.3 * v / 10.0) * side))
 
 
-def _affine(img: Image.Image | torch.Tensor, *, angle: float = 0.0, tx: int = 0, ty: int = 0,
-            shear: tuple[float, float] = (0.0, 0.0)) -> Image.Image | torch.Tensor:
-    return F.affine(img, angle=angle, translate=[tx, ty], scale=1.0, shear=list(shear),
-                    interpolation=_NEAREST, fill=_FILL)
+def _affine(
+    img: Image.Image | torch.Tensor,
+    *,
+    angle: float = 0.0,
+    tx: int = 0,
+    ty: int = 0,
+    shear: tuple[float, float] = (0.0, 0.0),
+) -> Image.Image | torch.Tensor:
+    return F.affine(
+        img, angle=angle, translate=[tx, ty], scale=1.0, shear=list(shear), interpolation=_NEAREST, fill=_FILL
+    )
 
 
 Op = Callable[[object, int, random.Random], object]
@@ -148,8 +155,9 @@ _NBAND_NAMES = tuple(_NBAND_OPS)
 
 def _resize(img: np.ndarray, side: int) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(0).float()
-    out = torch.nn.functional.interpolate(t, size=(side, side), mode="bilinear", align_corners=False,
-                                          antialias=True)
+    out = torch.nn.functional.interpolate(
+        t, size=(side, side), mode="bilinear", align_corners=False, antialias=True
+    )
     return out.round_().clamp_(0, 255).to(torch.uint8)[0].numpy()
 
 

@@ -53,7 +53,9 @@ def test_split_is_stable_seeded_and_stratified(folder):
 def test_split_depends_only_on_id_not_on_other_files(tmp_path, folder):
     base = scan(folder)
     os.remove(os.path.join(folder, "synthetic_forest", "synthetic_forest_0003.png"))
-    after = dict(zip(scan(folder).table["sample_id"].to_pylist(), scan(folder).table["split"].to_pylist(), strict=True))
+    after = dict(
+        zip(scan(folder).table["sample_id"].to_pylist(), scan(folder).table["split"].to_pylist(), strict=True)
+    )
     # ranks inside farmland are unchanged, so its split is unchanged
     for sid, split in zip(base.table["sample_id"].to_pylist(), base.table["split"].to_pylist(), strict=True):
         if sid.startswith("synthetic_farmland/"):
@@ -182,8 +184,12 @@ def test_duplicate_ids_across_shards(tmp_path):
     for i in range(2):
         write_plain_shard(
             str(d / f"shard-{i:05d}.parquet"),
-            {"sample_id": ["a/x.png", f"a/{i}.png"], "image": [b"1", b"2"], "label": pa.array([0, 0], pa.int32()),
-             "class_name": ["a", "a"]},
+            {
+                "sample_id": ["a/x.png", f"a/{i}.png"],
+                "image": [b"1", b"2"],
+                "label": pa.array([0, 0], pa.int32()),
+                "class_name": ["a", "a"],
+            },
             meta,
         )
     with pytest.raises(DataError, match="duplicate sample_id 'a/x.png'") as e:
@@ -202,8 +208,12 @@ def test_unreadable_and_inconsistent_shards(tmp_path, folder):
     assert bad in str(e.value)
     other = tmp_path / "o"
     other.mkdir()
-    write_plain_shard(str(other / "a.parquet"), {"sample_id": ["x"], "image": [b"1"]}, {CLASSES_KEY.encode(): b'["a"]'})
-    write_plain_shard(str(other / "b.parquet"), {"sample_id": ["y"], "image": [b"1"]}, {CLASSES_KEY.encode(): b'["b"]'})
+    write_plain_shard(
+        str(other / "a.parquet"), {"sample_id": ["x"], "image": [b"1"]}, {CLASSES_KEY.encode(): b'["a"]'}
+    )
+    write_plain_shard(
+        str(other / "b.parquet"), {"sample_id": ["y"], "image": [b"1"]}, {CLASSES_KEY.encode(): b'["b"]'}
+    )
     with pytest.raises(DataError, match="other class names"):
         scan(str(other))
     nocol = tmp_path / "n"
@@ -216,12 +226,17 @@ def test_unreadable_and_inconsistent_shards(tmp_path, folder):
 def test_foreign_shards_without_metadata(tmp_path):
     d = tmp_path / "f"
     d.mkdir()
-    write_plain_shard(str(d / "part.parquet"), {"sample_id": ["b/1", "a/1", "c/1"], "image": [b"", b"", b""],
-                                               "class_name": ["b", "a", None]})
+    write_plain_shard(
+        str(d / "part.parquet"),
+        {"sample_id": ["b/1", "a/1", "c/1"], "image": [b"", b"", b""], "class_name": ["b", "a", None]},
+    )
     cat = scan(str(d))
     assert cat.class_names == ("a", "b")
     assert dict(zip(cat.table["sample_id"].to_pylist(), cat.table["label"].to_pylist(), strict=True)) == {
-        "a/1": 0, "b/1": 1, "c/1": -1}
+        "a/1": 0,
+        "b/1": 1,
+        "c/1": -1,
+    }
 
 
 def test_mixed_root_needs_layout(tmp_path, folder):
@@ -250,8 +265,13 @@ def test_ucm_acceptance(tmp_path, monkeypatch):
     assert len(a) == 2100 and a.num_classes == 21
     assert Counter(a.table["split"].to_pylist()) == {"train": 1680, "test": 420}
     assert a.table.equals(b.table)
-    assert all(n == 20 for (c, s), n in Counter(zip(a.table["class_name"].to_pylist(),
-                                                   a.table["split"].to_pylist(), strict=True)).items() if s == "test")
+    assert all(
+        n == 20
+        for (c, s), n in Counter(
+            zip(a.table["class_name"].to_pylist(), a.table["split"].to_pylist(), strict=True)
+        ).items()
+        if s == "test"
+    )
     sh = scan(tiny_shards(UCM, str(tmp_path / "ucm_shards"), rows_per_shard=700, row_group_size=32))
     cols = ["sample_id", "label", "class_name", "split"]
     assert sh.table.select(cols).equals(a.table.select(cols)) and sh.class_names == a.class_names

@@ -86,7 +86,9 @@ def test_alpha_palette_cmyk():
     p = Image.fromarray(RGB).convert("P")
     buf = io.BytesIO()
     p.save(buf, "PNG")
-    np.testing.assert_array_equal(decode_image(buf.getvalue()), np.asarray(p.convert("RGB")).transpose(2, 0, 1))
+    np.testing.assert_array_equal(
+        decode_image(buf.getvalue()), np.asarray(p.convert("RGB")).transpose(2, 0, 1)
+    )
     buf = io.BytesIO()
     Image.fromarray(RGB).convert("CMYK").save(buf, "JPEG", quality=95)
     assert decode_image(buf.getvalue()).shape == (3, 24, 20)
@@ -127,7 +129,9 @@ def test_resize():
     flat = np.full((40, 40, 3), 123, np.uint8)
     assert (decode_image(pil_bytes(flat, "PNG"), size=13) == 123).all()
     x = RNG.integers(0, 256, size=(6, 16, 16), dtype=np.uint8)
-    assert decode_image(tif_bytes(x, photometric="minisblack", planarconfig="separate"), bands=6, size=32).shape == (6, 32, 32)
+    assert decode_image(
+        tif_bytes(x, photometric="minisblack", planarconfig="separate"), bands=6, size=32
+    ).shape == (6, 32, 32)
     with pytest.raises(ValueError):
         decode_image(b"x", size=0)
 
@@ -136,12 +140,20 @@ def test_errors_are_typed():
     png = bytearray(pil_bytes(RNG.integers(0, 256, size=(32, 32, 3), dtype=np.uint8), "PNG"))
     at = png.find(b"IDAT")
     png[at + 40 : at + 60] = b"\xff" * 20  # damaged compressed data, intact header
-    for data, reason in [(b"", "empty"), (b"\x00" * 300, "not an image"), (b"GIF89a" + b"\x00" * 4, "not an image"),
-                         (bytes(png), "corrupt")]:
+    for data, reason in [
+        (b"", "empty"),
+        (b"\x00" * 300, "not an image"),
+        (b"GIF89a" + b"\x00" * 4, "not an image"),
+        (bytes(png), "corrupt"),
+    ]:
         with pytest.raises(ImageDecodeError) as e:
             decode_image(data)
         assert isinstance(e.value, HSSALError) and e.value.reason == reason, (data[:8], e.value)
-    tif = tif_bytes(RNG.integers(0, 256, size=(3, 64, 64), dtype=np.uint8), photometric="minisblack", planarconfig="separate")
+    tif = tif_bytes(
+        RNG.integers(0, 256, size=(3, 64, 64), dtype=np.uint8),
+        photometric="minisblack",
+        planarconfig="separate",
+    )
     with pytest.raises(ImageDecodeError) as e:
         decode_image(tif[: len(tif) // 2])
     assert e.value.reason == "truncated"
@@ -153,7 +165,9 @@ def test_decode_batch_mixes_good_and_bad():
     images, idx, bad = decode_batch([good, b"", None, good, other], ["a", "b", "c", "d", "e"], bands=3)
     assert images.shape == (2, 3, 24, 20) and idx.tolist() == [0, 3] and idx.dtype == np.int64
     assert [sid for sid, _ in bad] == ["b", "c", "e"]
-    assert bad[0][1].startswith("empty") and bad[1][1].startswith("unreadable") and bad[2][1].startswith("shape")
+    assert (
+        bad[0][1].startswith("empty") and bad[1][1].startswith("unreadable") and bad[2][1].startswith("shape")
+    )
     images, idx, bad = decode_batch([good, other], ["a", "e"], size=16)
     assert images.shape == (2, 3, 16, 16) and not bad
     images, idx, bad = decode_batch([b""], ["z"], bands=4, size=8)

@@ -48,8 +48,10 @@ def test_download_verify_extract_and_idempotent(tmp_path, server, archive, capsy
     assert not os.path.exists(os.path.join(root, ZIP + ".part"))
     assert not [n for n in os.listdir(root) if n.startswith(".extract")]
     n_requests = len(server.requests)
-    assert main(["ucm", "--root", root, "--url", server.url(ZIP), "--sha256", archive[1], "--no-progress"]) == 0
-    assert "already downloaded and verified" in capsys.readouterr().out
+    assert (
+        main(["ucm", "--root", root, "--url", server.url(ZIP), "--sha256", archive[1], "--no-progress"]) == 0
+    )
+    assert "already downloaded and extracted (sha256" in capsys.readouterr().out
     assert len(server.requests) == n_requests  # nothing fetched again
 
 

@@ -56,8 +56,9 @@ def test_synthetic_nband_flat_and_formats(tmp_path):
     flat = tiny_flat(str(tmp_path / "flat"))
     assert sorted(os.listdir(flat))[0] == "synthetic_00000.png" and len(os.listdir(flat)) == 6
     jp = make_synthetic_rs(str(tmp_path / "jp"), num_classes=1, per_class=1, fmt="jpg", bands=1)
-    assert decode_image(open(os.path.join(jp, "synthetic_farmland", "synthetic_farmland_0000.jpg"), "rb").read(),
-                        bands=1).shape == (1, 32, 32)
+    assert decode_image(
+        open(os.path.join(jp, "synthetic_farmland", "synthetic_farmland_0000.jpg"), "rb").read(), bands=1
+    ).shape == (1, 32, 32)
     with pytest.raises(ValueError):
         make_synthetic_rs(str(tmp_path / "x"), fmt="gif")  # type: ignore[arg-type]
 
@@ -96,7 +97,10 @@ def test_write_shards_skips_unreadable_sources(tmp_path, monkeypatch):
 
     def flaky(root, kind, rows):
         out = real(root, kind, rows)
-        return [None if sid.endswith("_0001.png") else b for sid, b in zip(rows["sample_id"].to_pylist(), out, strict=True)]
+        return [
+            None if sid.endswith("_0001.png") else b
+            for sid, b in zip(rows["sample_id"].to_pylist(), out, strict=True)
+        ]
 
     monkeypatch.setattr(shard_mod, "load_bytes", flaky)
     report = write_shards(src, str(tmp_path / "dst"), rows_per_shard=10, progress=False)

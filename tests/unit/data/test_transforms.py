@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from hssal_ray.data.transforms import IMAGENET_MEAN, IMAGENET_STD, augment_batch, augment_image, default_mean_std
+from hssal_ray.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    augment_batch,
+    augment_image,
+    default_mean_std,
+)
 
 RNG = np.random.default_rng(0)
 IMGS = RNG.integers(0, 256, size=(6, 3, 32, 32), dtype=np.uint8)
