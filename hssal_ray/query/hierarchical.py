@@ -1,0 +1,427 @@
+"""HAL: hierarchical active learning (progressive clustering over embeddings and uncertainty).
+
+``HierarchicalQuery`` (``hal``), per DESIGN.md "HAL":
+
+1. coarse k-means of the pool embeddings into K1 clusters, fit on a ``coarse_fit_sample`` subsample,
+   then one chunked assignment pass over every row (the floor of the cost);
+2. budget per coarse cluster proportional to its uncertainty mass (:func:`allocate_budget`);
+3. per coarse cluster, the ``ceil(r * b_k)`` most uncertain rows are the candidates;
+4. fine clustering of the candidates into ``b_k`` clusters (k-means, or spectral on a kNN graph);
+5. one pick per fine cluster: the most uncertain (or the most typical) member.
+
+Steps 3-5 of each coarse cluster are independent: they run in :func:`_select_in_cluster`, a pure,
+picklable function mapped over :class:`ClusterTask` objects with ``map_fn`` (builtin ``map`` by
+default; the Ray runner passes a Ray-task map). ``FlatHierarchicalQuery`` (``hal_flat``) is the
+one-level reading: top ``r * B`` by uncertainty over the pool, fine clustering into ``B``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from hssal_ray.errors import BudgetError, DataError
+from hssal_ray.query.backends import BACKENDS, assign_chunked, make_kmeans, resolve_backend
+from hssal_ray.query.base import Pool, QueryStrategy, nonfinite_rows, register, top_k
+from hssal_ray.query.uncertainty import UNCERTAINTIES
+
+__all__ = [
+    "HierarchicalQuery",
+    "FlatHierarchicalQuery",
+    "ClusterTask",
+    "allocate_budget",
+    "auto_coarse_k",
+    "typicality",
+    "take_rows",
+]
+
+logger = logging.getLogger(__name__)
+MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
+
+
+def auto_coarse_k(n_available: int, budget: int) -> int:
+    """Default number of coarse clusters: ``ceil(sqrt(budget))``, at least 2, at most ``budget``/pool.
+
+    ``sqrt(B)`` balances the two levels: ~sqrt(B) coarse clusters of ~sqrt(B) picks each. The
+    assignment pass costs ``n * K1 * d`` and stays near its floor (K1 = 32 for B = 1000), while
+    the fine problems (``r*B/K1`` candidates into ``B/K1`` clusters) stay tiny; see the sweep in
+    ``benchmarks/results/query_speed.md``.
+    """
+    k = max(2, math.ceil(math.sqrt(budget)))
+    return int(max(1, min(k, budget, n_available)))
+
+
+def _largest_remainder(q: np.ndarray, total: int, tiebreak: np.ndarray) -> np.ndarray:
+    fl = np.floor(q + 1e-9).astype(np.int64)
+    rem = int(total - fl.sum())
+    if rem > 0:
+        frac = q - fl
+        order = np.lexsort((np.arange(len(q)), -tiebreak, -frac))
+        fl[order[:rem]] += 1
+    return fl
+
+
+def allocate_budget(mass: np.ndarray, counts: np.ndarray, budget: int) -> np.ndarray:
+    """Split ``budget`` over clusters proportionally to their uncertainty mass.
+
+    ``b_k = clip(lambda * mass_k, 1, counts_k)`` for every non-empty cluster, with ``lambda`` such
+    that the quotas sum to ``budget`` (leftovers from capped clusters are redistributed), then
+    largest-remainder rounding (ties: larger mass, then lower index). If the budget is smaller
+    than the number of non-empty clusters, the ``budget`` clusters with the largest mass get one
+    each. Clusters with zero mass get their floor of one; budget the positive-mass clusters cannot
+    absorb goes to the zero-mass ones in proportion to their size. All-zero mass -> by size.
+
+    Args:
+        mass: (K,) non-negative uncertainty mass per cluster.
+        counts: (K,) available rows per cluster (the caps).
+        budget: total picks, ``0 <= budget <= counts.sum()``.
+
+    Returns:
+        (K,) int64 picks per cluster, summing to ``budget``.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    mass = np.where(counts > 0, np.maximum(np.nan_to_num(np.asarray(mass, dtype=np.float64)), 0.0), 0.0)
+    if budget > counts.sum() or budget < 0:
+        raise BudgetError(f"budget {budget} must be between 0 and the {int(counts.sum())} available rows")
+    b = np.zeros(len(counts), dtype=np.int64)
+    nonempty = np.flatnonzero(counts > 0)
+    if budget == 0:
+        return b
+    if budget < nonempty.size:
+        order = np.lexsort((nonempty, -counts[nonempty], -mass[nonempty]))
+        b[nonempty[order[:budget]]] = 1
+        return b
+    if mass.sum() <= 0:
+        mass = counts.astype(np.float64)
+    lo = (counts > 0).astype(np.float64)
+    hi = counts.astype(np.float64)
+    pos = mass > 0
+    saturated = hi[pos].sum() + lo[~pos].sum()
+    if saturated <= budget:  # positive-mass clusters all at their cap; the rest by size
+        b[pos] = counts[pos]
+        zero = np.flatnonzero(~pos & (counts > 0))
+        rest = budget - int(b.sum())
+        if zero.size:
+            b[zero] = allocate_budget(counts[zero].astype(np.float64), counts[zero], rest)
+        return b
+    lam_lo, lam_hi = 0.0, float(np.max(hi[pos] / mass[pos]))
+    for _ in range(200):  # bisection on the monotone piecewise-linear sum
+        lam = 0.5 * (lam_lo + lam_hi)
+        if np.clip(lam * mass, lo, hi).sum() < budget:
+            lam_lo = lam
+        else:
+            lam_hi = lam
+    q = np.clip(lam_hi * mass, lo, hi)
+    q *= budget / q.sum()  # remove bisection residue before rounding
+    b = _largest_remainder(np.minimum(q, hi), budget, mass)
+    over = b > counts  # float-safety: never above a cap (redistribute to the largest remainders)
+    while over.any():
+        extra = int((b - counts)[over].sum())
+        b[over] = counts[over]
+        room = np.flatnonzero(b < counts)
+        order = room[np.lexsort((room, -mass[room], -(q[room] - b[room])))]
+        b[order[:extra]] += 1
+        over = b > counts
+    return b
+
+
+def take_rows(emb: Any, rows: np.ndarray) -> np.ndarray:
+    """Gather ``emb[rows]`` as a float32 numpy array (m, d); ``emb`` is numpy or torch (any device)."""
+    if isinstance(emb, torch.Tensor):
+        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(emb.device)
+        return emb.index_select(0, idx).float().cpu().numpy()
+    return np.asarray(emb[np.asarray(rows)], dtype=np.float32)
+
+
+def typicality(X: np.ndarray, n_neighbors: int = 20, chunk_size: int = 1024) -> np.ndarray:
+    """TypiClust typicality: ``1 / (mean Euclidean distance to the k nearest neighbours + 1e-8)``.
+
+    Args:
+        X: (m, d) points (float32 is used internally, in row chunks).
+        n_neighbors: k, clipped to ``m - 1``.
+        chunk_size: query rows per (chunk, m) distance block.
+
+    Returns:
+        (m,) float32; a single point gets 1.0.
+    """
+    m = X.shape[0]
+    k = min(n_neighbors, m - 1)
+    if k < 1:
+        return np.ones(m, dtype=np.float32)
+    T = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    sq = (T * T).sum(1)
+    out = np.empty(m, dtype=np.float32)
+    for s in range(0, m, chunk_size):
+        q = T[s : s + chunk_size]
+        d2 = torch.addmm(sq, q, T.T, alpha=-2.0).add_(sq[s : s + chunk_size, None]).clamp_(min=0)
+        near = torch.topk(d2, k + 1, dim=1, largest=False).values[:, 1:]  # drop self (distance 0)
+        out[s : s + q.shape[0]] = (1.0 / (near.sqrt().mean(1) + 1e-8)).numpy()
+    return out
+
+
+@dataclass(frozen=True)
+class ClusterTask:
+    """Steps 4-6 of one coarse cluster: everything :func:`_select_in_cluster` needs (picklable).
+
+    Attributes:
+        cluster: coarse cluster id (diagnostics only).
+        emb: (m, d) float32 candidate embeddings, in priority order (most uncertain first).
+        u: (m,) their uncertainty.
+        n_picks: b_k, ``1 <= n_picks <= m``.
+        fine_method: ``"kmeans"`` or ``"spectral"``.
+        pick: ``"uncertain"`` or ``"typical"``.
+        backend: CPU k-means backend for the fine level.
+        max_iter: k-means iterations.
+        seed: random seed of this task.
+    """
+
+    cluster: int
+    emb: np.ndarray
+    u: np.ndarray
+    n_picks: int
+    fine_method: str = "kmeans"
+    pick: str = "uncertain"
+    backend: str = "torch"
+    max_iter: int = 20
+    seed: int = 0
+
+
+def _fine_labels(task: ClusterTask) -> np.ndarray:
+    m, b = task.emb.shape[0], task.n_picks
+    if task.fine_method == "spectral":
+        from sklearn.cluster import SpectralClustering
+
+        sc = SpectralClustering(
+            n_clusters=b, affinity="nearest_neighbors", n_neighbors=max(1, min(10, m - 1)),
+            assign_labels="cluster_qr", random_state=task.seed,
+        )  # fmt: skip
+        return np.asarray(sc.fit_predict(task.emb), dtype=np.int64)
+    km = make_kmeans(task.backend, n_clusters=b, max_iter=task.max_iter, random_state=task.seed)
+    return np.asarray(km.fit(task.emb).labels_, dtype=np.int64)
+
+
+def _select_in_cluster(task: ClusterTask) -> np.ndarray:
+    """Fine clustering of one coarse cluster's candidates and one pick per fine cluster.
+
+    Returns:
+        (n_picks,) int64 unique positions into ``task.emb``, ascending (= priority order). Empty
+        or duplicate fine clusters (e.g. identical embeddings) are filled with the next
+        candidates in priority order (uncertain) or by typicality (typical).
+    """
+    m, b = task.emb.shape[0], task.n_picks
+    if b >= m:
+        return np.arange(m, dtype=np.int64)
+    dens = typicality(task.emb) if task.pick == "typical" else None
+    # Rank of each candidate inside its fine cluster: position (uncertain) or -density (typical).
+    rank = np.arange(m, dtype=np.float64) if dens is None else -dens.astype(np.float64)
+    if b == 1:
+        return np.array([int(np.lexsort((np.arange(m), rank))[0])], dtype=np.int64)
+    labels = _fine_labels(task)
+    order = np.lexsort((np.arange(m), rank, labels))  # by cluster, then best rank first
+    first = np.ones(m, dtype=bool)
+    first[1:] = labels[order][1:] != labels[order][:-1]
+    picks = order[first][:b]
+    if picks.size < b:
+        fill_order = np.lexsort((np.arange(m), rank))
+        rest = fill_order[np.isin(fill_order, picks, invert=True)]
+        picks = np.concatenate([picks, rest[: b - picks.size]])
+    return np.sort(picks).astype(np.int64)
+
+
+def _top_candidates(u: np.ndarray, rows: np.ndarray, conf: np.ndarray | None, m: int) -> np.ndarray:
+    """The ``m`` highest-priority rows: most uncertain first, confident rows only if needed."""
+    if conf is None or not conf.any():
+        return rows[top_k(u, m, rows)]
+    ok = np.flatnonzero(~conf)
+    if ok.size >= m:
+        return rows[ok[top_k(u[ok], m, rows[ok])]]
+    rest = np.flatnonzero(conf)
+    fill = rest[top_k(u[rest], m - ok.size, rows[rest])]
+    return np.concatenate([rows[ok[top_k(u[ok], ok.size, rows[ok])]], rows[fill]])
+
+
+class _HALBase(QueryStrategy):
+    requires_embeddings: ClassVar[bool] = True
+    _parameter_constraints: ClassVar[dict[str, Any]] = {
+        "uncertainty": UNCERTAINTIES,
+        "coarse_k": lambda v: isinstance(v, int | np.integer) and v >= 0,
+        "candidate_ratio": lambda v: isinstance(v, int | float) and v >= 1.0,
+        "fine_method": ("kmeans", "spectral"),
+        "pick": ("uncertain", "typical"),
+        "coarse_fit_sample": lambda v: isinstance(v, int | np.integer) and v >= 1,
+        "kmeans_backend": BACKENDS,
+        "kmeans_iters": lambda v: isinstance(v, int | np.integer) and v >= 1,
+        "ssl_aware": (True, False),
+        "map_fn": lambda v: v is None or callable(v),
+    }
+
+    def __init__(
+        self,
+        uncertainty: str = "badge",
+        coarse_k: int = 0,
+        candidate_ratio: float = 3.0,
+        fine_method: str = "kmeans",
+        pick: str = "uncertain",
+        coarse_fit_sample: int = 100_000,
+        kmeans_backend: str = "auto",
+        kmeans_iters: int = 20,
+        ssl_aware: bool = False,
+        random_state: int | None = None,
+        map_fn: MapFn | None = None,
+    ) -> None:
+        self.uncertainty = uncertainty
+        self.coarse_k = coarse_k
+        self.candidate_ratio = candidate_ratio
+        self.fine_method = fine_method
+        self.pick = pick
+        self.coarse_fit_sample = coarse_fit_sample
+        self.kmeans_backend = kmeans_backend
+        self.kmeans_iters = kmeans_iters
+        self.ssl_aware = ssl_aware
+        self.random_state = random_state
+        self.map_fn = map_fn
+
+    @staticmethod
+    def _fine_backend(coarse_backend: str) -> str:
+        # Fine problems are tiny and run in (possibly GPU-less) worker tasks: always a CPU backend.
+        if coarse_backend in ("faiss", "torch", "sklearn"):
+            return coarse_backend
+        return "faiss" if importlib.util.find_spec("faiss") is not None else "torch"
+
+    def _task(self, cluster: int, emb: Any, cand: np.ndarray, u: np.ndarray, b: int, backend: str,
+              seed: int) -> ClusterTask:  # fmt: skip
+        return ClusterTask(cluster=cluster, emb=take_rows(emb, cand), u=u[cand], n_picks=int(b),
+                           fine_method=self.fine_method, pick=self.pick, backend=backend,
+                           max_iter=int(self.kmeans_iters), seed=int(seed))  # fmt: skip
+
+    def _run(self, tasks: list[ClusterTask]) -> list[np.ndarray]:
+        fn = self.map_fn if self.map_fn is not None else map
+        return [np.asarray(r, dtype=np.int64) for r in fn(_select_in_cluster, tasks)]
+
+    def _confident(self, pool: Pool) -> np.ndarray | None:
+        return np.asarray(pool.confident, dtype=bool) if self.ssl_aware and pool.confident is not None else None
+
+
+@register("hal")
+class HierarchicalQuery(_HALBase):
+    """Hierarchical (two-level) clustering query; see the module docstring and DESIGN.md "HAL".
+
+    Args:
+        uncertainty: which ``u_<name>`` score drives allocation, filtering and picks.
+        coarse_k: number of coarse clusters; 0 = :func:`auto_coarse_k`.
+        candidate_ratio: r; each coarse cluster keeps ``ceil(r * b_k)`` candidates.
+        fine_method: ``"kmeans"`` or ``"spectral"`` (kNN affinity) at the fine level.
+        pick: ``"uncertain"`` (most uncertain per fine cluster) or ``"typical"`` (TypiClust density).
+        coarse_fit_sample: rows the coarse k-means is fit on (all rows are then assigned).
+        kmeans_backend: ``auto`` | ``torch`` | ``faiss`` | ``sklearn`` | ``cuml`` (coarse level).
+        kmeans_iters: Lloyd iterations at both levels.
+        ssl_aware: prefer rows not confidently pseudo-labeled (``pool.confident``) as candidates.
+        random_state: seed.
+        map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
+
+    Attributes:
+        coarse_labels_: (n,) int64 coarse cluster of every pool row (after :meth:`select`).
+        info_: diagnostics: ``coarse_k``, ``backend``, ``budget_per_cluster`` (K,), ``cluster_sizes``
+            (K,), ``cluster_mass`` (K,), ``pick_coarse_cluster`` (budget,), ``n_candidates``, ``seconds``.
+    """
+
+    def select(self, pool: Pool, budget: int) -> np.ndarray:
+        """See :meth:`QueryStrategy.select`."""
+        t0 = time.perf_counter()
+        avail = self._validate(pool, budget, check_embeddings=False)  # NaN check fused below
+        rng = self._rng()
+        emb = pool.embeddings
+        u_all = pool.uncertainty(self.uncertainty)
+        n_av = avail.size
+        k1 = int(min(self.coarse_k or auto_coarse_k(n_av, budget), n_av))
+        backend = resolve_backend(self.kmeans_backend)
+        seed = int(rng.integers(2**31 - 1))
+        sample = avail if n_av <= self.coarse_fit_sample else np.sort(
+            rng.choice(avail, size=int(self.coarse_fit_sample), replace=False))  # fmt: skip
+        xs = emb[torch.from_numpy(sample).to(emb.device)] if isinstance(emb, torch.Tensor) else emb[sample]
+        bad = nonfinite_rows(xs)
+        if bad.size:
+            raise DataError(f"embeddings have NaN or inf in rows {sample[bad][:5].tolist()} "
+                            f"(ids {[str(pool.ids[r]) for r in sample[bad][:5]]})")  # fmt: skip
+        km = make_kmeans(backend, n_clusters=k1, max_iter=int(self.kmeans_iters), random_state=seed).fit(xs)
+        del xs
+        t_fit = time.perf_counter()
+        if backend == "cuml":
+            labels = km.predict(emb)
+        else:
+            labels, _ = assign_chunked(emb, km.cluster_centers_)
+            bad = np.flatnonzero(labels < 0)
+            if bad.size:
+                raise DataError(f"embeddings have NaN or inf in {bad.size} rows: {bad[:5].tolist()} "
+                                f"(ids {[str(pool.ids[r]) for r in bad[:5]]})")  # fmt: skip
+        t_assign = time.perf_counter()
+
+        lab_av = labels[avail]
+        conf = self._confident(pool)
+        w = u_all[avail].astype(np.float64)
+        if conf is not None and (w * ~conf[avail]).sum() > 0:
+            w = w * ~conf[avail]  # mass of the rows SSL has not learned yet
+        counts = np.bincount(lab_av, minlength=k1)
+        mass = np.bincount(lab_av, weights=w, minlength=k1)
+        b = allocate_budget(mass, counts, budget)
+        order = np.argsort(lab_av, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        fine_backend = self._fine_backend(backend)
+        tasks = []
+        for k in np.flatnonzero(b):
+            rows = avail[order[starts[k] : starts[k + 1]]]
+            m = int(min(math.ceil(self.candidate_ratio * b[k]), rows.size))
+            cand = _top_candidates(u_all[rows], rows, None if conf is None else conf[rows], m)
+            tasks.append((cand, self._task(int(k), emb, cand, u_all, b[k], fine_backend, seed + 7919 * (k + 1))))
+        t_filter = time.perf_counter()
+        results = self._run([t for _, t in tasks])
+        picks = np.concatenate([cand[r] for (cand, _), r in zip(tasks, results, strict=True)])
+        picks = picks[np.lexsort((picks, -u_all[picks]))]
+        t_end = time.perf_counter()
+        self.coarse_labels_ = labels
+        self.coarse_centers_ = np.asarray(km.cluster_centers_)
+        self.info_ = {
+            "coarse_k": k1, "backend": backend, "budget_per_cluster": b, "cluster_sizes": counts,
+            "cluster_mass": mass, "pick_coarse_cluster": labels[picks],
+            "n_candidates": int(sum(len(c) for c, _ in tasks)),
+            "seconds": {"coarse_fit": t_fit - t0, "assign": t_assign - t_fit, "filter": t_filter - t_assign,
+                        "fine": t_end - t_filter, "total": t_end - t0},
+        }  # fmt: skip
+        logger.debug("hal: %s", self.info_["seconds"])
+        return self._finish(pool, picks, budget)
+
+
+@register("hal_flat")
+class FlatHierarchicalQuery(_HALBase):
+    """One-level HAL: the ``ceil(r * B)`` most uncertain rows, fine clustering into B, one pick each.
+
+    Takes the same parameters as :class:`HierarchicalQuery` (``coarse_k`` and
+    ``coarse_fit_sample`` are ignored). ``info_`` has ``n_candidates``, ``pick_coarse_cluster``
+    (all 0: the whole pool is one coarse cluster) and ``seconds``.
+    """
+
+    def select(self, pool: Pool, budget: int) -> np.ndarray:
+        """See :meth:`QueryStrategy.select`."""
+        t0 = time.perf_counter()
+        avail = self._validate(pool, budget)
+        u_all = pool.uncertainty(self.uncertainty)
+        m = int(min(math.ceil(self.candidate_ratio * budget), avail.size))
+        conf = self._confident(pool)
+        cand = _top_candidates(u_all[avail], avail, None if conf is None else conf[avail], m)
+        seed = int(self._rng().integers(2**31 - 1))
+        task = self._task(0, pool.embeddings, cand, u_all, budget, self._fine_backend(
+            resolve_backend(self.kmeans_backend)), seed)  # fmt: skip
+        picks = cand[self._run([task])[0]]
+        picks = picks[np.lexsort((picks, -u_all[picks]))]
+        self.coarse_labels_ = np.zeros(len(pool), dtype=np.int64)
+        self.info_ = {"n_candidates": int(m), "pick_coarse_cluster": np.zeros(budget, dtype=np.int64),
+                      "seconds": {"total": time.perf_counter() - t0}}  # fmt: skip
+        return self._finish(pool, picks, budget)

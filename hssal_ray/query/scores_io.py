@@ -1,0 +1,270 @@
+"""The scores-file contract: read a pool of scored samples fast, write one for tests/benchmarks.
+
+A scores "file" is one Parquet file or a directory of Parquet part files (as Ray Data writes
+them), on a local path or a URI. Columns:
+
+=================  =========================================================================
+``sample_id``      string, unique
+``embedding``      list<float16 | float32> (or fixed-size list / Ray tensor extension), L2-normalised
+``probs``          list<float32>, class probabilities
+``u_<name>``       float, one column per uncertainty (``u_badge``, ``u_entropy``, ...)
+``confident``      optional bool: weak and strong views both confidently pseudo-labeled
+``pred``           optional int: predicted class
+=================  =========================================================================
+
+:func:`load_pool` streams record batches into preallocated contiguous numpy arrays (list columns
+are flattened with Arrow, no per-row Python), so the peak is the arrays plus a few batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from hssal_ray import _io
+from hssal_ray.errors import DataError
+from hssal_ray.query.base import Pool, nonfinite_rows
+
+__all__ = ["load_pool", "write_scores", "read_id_list", "exclude_mask", "LIST_COLUMNS"]
+
+logger = logging.getLogger(__name__)
+LIST_COLUMNS = ("embedding", "probs")
+_KNOWN_SCALARS = ("confident", "pred")
+
+
+def _list_storage(arr: pa.Array) -> pa.Array:
+    while isinstance(arr, pa.ExtensionArray):  # Ray's tensor extension, arrow.fixed_shape_tensor
+        arr = arr.storage
+    return arr
+
+
+def _flatten_list(arr: pa.Array, name: str, ids: pa.Array) -> tuple[np.ndarray, int]:
+    """(m, width) numpy view of a list column batch; DataError on ragged, null or non-list data."""
+    arr = _list_storage(arr)
+    t = arr.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
+        raise DataError(f"scores column {name!r} must be a list of floats, got {t}")
+    if arr.null_count:
+        rows = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))
+        raise DataError(f"scores column {name!r} is null for sample_ids {ids.take(rows[:5]).to_pylist()}")
+    if pa.types.is_fixed_size_list(t):
+        width = t.list_size
+    else:
+        lengths = pc.list_value_length(arr).to_numpy()
+        width = int(lengths[0]) if len(lengths) else 0
+        ragged = np.flatnonzero(lengths != width)
+        if ragged.size:
+            raise DataError(f"scores column {name!r} has rows of different lengths ({width} vs "
+                            f"{int(lengths[ragged[0]])}) at sample_ids {ids.take(ragged[:5]).to_pylist()}")  # fmt: skip
+    values = arr.flatten()
+    if values.null_count:
+        raise DataError(f"scores column {name!r} holds null values")
+    if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+        raise DataError(f"scores column {name!r} must hold floats, got {values.type}")
+    flat = values.to_numpy(zero_copy_only=False)
+    return flat.reshape(len(arr), width), width
+
+
+def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: int = 65_536) -> Pool:
+    """Read a scores file (Parquet file or directory, local or URI) into a :class:`Pool`.
+
+    Args:
+        path: the file or directory.
+        columns: columns to read besides ``sample_id`` (e.g. ``["embedding", "u_badge"]``); None =
+            every known column present (``embedding``, ``probs``, ``u_*``, ``confident``, ``pred``).
+        batch_size: rows per streamed record batch.
+
+    Returns:
+        A Pool with ``ids`` (n,) object, ``embeddings`` (n, d) float16/float32, ``probs`` (n, C)
+        float32, ``scores`` name -> (n,) float32, ``confident`` (n,) bool, ``pred`` (n,) int64.
+
+    Raises:
+        DataError: missing path/columns, ragged or null lists, duplicate ids, NaN/inf rows.
+    """
+    fs, p = _io.resolve_fs(path)
+    try:
+        ds = pads.dataset(p, filesystem=fs, format="parquet")
+    except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"cannot read scores file {path!r}: {e}") from e
+    names = ds.schema.names
+    if "sample_id" not in names:
+        raise DataError(f"scores file {path!r} has no 'sample_id' column (columns: {', '.join(names)})")
+    known = [c for c in names if c in LIST_COLUMNS or c in _KNOWN_SCALARS or c.startswith("u_")]
+    want = list(known if columns is None else dict.fromkeys(columns))
+    missing = [c for c in want if c not in names]
+    if missing:
+        raise DataError(f"scores file {path!r} lacks columns {missing} (columns: {', '.join(names)})")
+    n = ds.count_rows()
+    out: dict[str, np.ndarray] = {}
+    id_chunks: list[pa.Array] = []
+    pos = 0
+    for batch in ds.to_batches(columns=["sample_id", *want], batch_size=batch_size, use_threads=True):
+        m = batch.num_rows
+        if m == 0:
+            continue
+        ids = batch.column("sample_id")
+        id_chunks.append(ids)
+        for c in want:
+            col = batch.column(c)
+            if c in LIST_COLUMNS:
+                vals, width = _flatten_list(col, c, ids)
+                if c not in out:
+                    dt = np.float16 if c == "embedding" and vals.dtype == np.float16 else np.float32
+                    out[c] = np.empty((n, width), dtype=dt)
+                elif out[c].shape[1] != width:
+                    raise DataError(f"scores column {c!r} changes width from {out[c].shape[1]} to {width} "
+                                    f"at sample_id {ids[0]}")  # fmt: skip
+                out[c][pos : pos + m] = vals
+            else:
+                if col.null_count:
+                    rows = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
+                    raise DataError(f"scores column {c!r} is null for sample_ids {ids.take(rows[:5]).to_pylist()}")
+                dt = bool if c == "confident" else np.int64 if c == "pred" else np.float32
+                if c not in out:
+                    out[c] = np.empty(n, dtype=dt)
+                out[c][pos : pos + m] = col.to_numpy(zero_copy_only=False)
+        pos += m
+    if pos != n:
+        raise DataError(f"scores file {path!r} changed while reading ({pos} of {n} rows)")
+    id_arr = pa.chunked_array(id_chunks, type=ds.schema.field("sample_id").type) if id_chunks else pa.array([], pa.string())
+    if id_arr.null_count:
+        raise DataError(f"scores file {path!r} has {id_arr.null_count} null sample_ids")
+    if n and pc.count_distinct(id_arr).as_py() != n:
+        vc = pc.value_counts(id_arr)
+        dup = vc.filter(pc.greater(vc.field("counts"), 1)).field("values")
+        raise DataError(f"scores file {path!r} has duplicate sample_ids: {dup.to_pylist()[:5]}")
+    ids_np = id_arr.to_numpy() if n else np.zeros(0, dtype=object)
+    ids_np = ids_np.astype(object) if ids_np.dtype != object else ids_np
+    for c, arr in out.items():
+        if c in ("confident", "pred"):
+            continue
+        bad = nonfinite_rows(arr)
+        if bad.size:
+            raise DataError(f"scores column {c!r} has NaN or inf in {bad.size} rows, e.g. sample_ids "
+                            f"{[str(ids_np[r]) for r in bad[:5]]}")  # fmt: skip
+    logger.debug("loaded %d rows, columns %s from %s", n, want, path)
+    return Pool(
+        ids=ids_np, embeddings=out.get("embedding"), probs=out.get("probs"),
+        scores={c: a for c, a in out.items() if c.startswith("u_")},
+        confident=out.get("confident"), pred=out.get("pred"),
+    )  # fmt: skip
+
+
+def _list_array(mat: np.ndarray) -> pa.Array:
+    mat = np.ascontiguousarray(mat)
+    n, w = mat.shape
+    flat = pa.array(mat.reshape(-1))
+    if n * w < 2**31 - 1:
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, n * w + 1, w, dtype=np.int32)), flat)
+    return pa.LargeListArray.from_arrays(pa.array(np.arange(0, n * w + 1, w, dtype=np.int64)), flat)
+
+
+def _write_table(path: str, table: pa.Table, row_group_size: int) -> None:
+    if _io.is_uri(path):
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, row_group_size=row_group_size)
+        _io.atomic_write_bytes(path, sink.getvalue().to_pybytes())
+        return
+    path = path[len("file://") :] if path.startswith("file://") else path
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
+    os.close(fd)
+    try:  # streamed to a temp file next to the target, then renamed: atomic, no in-memory copy
+        pq.write_table(table, tmp, row_group_size=row_group_size)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_scores(
+    path: str,
+    sample_ids: Sequence[str] | np.ndarray,
+    embeddings: np.ndarray | None = None,
+    probs: np.ndarray | None = None,
+    scores: Mapping[str, np.ndarray] | None = None,
+    confident: np.ndarray | None = None,
+    pred: np.ndarray | None = None,
+    *,
+    num_parts: int = 1,
+    row_group_size: int = 65_536,
+) -> None:
+    """Write a scores file (atomically); ``num_parts > 1`` writes a directory of part files.
+
+    Args:
+        path: target file, or directory when ``num_parts > 1``.
+        sample_ids: (n,) ids.
+        embeddings: (n, d) float16 or float32 (kept as given).
+        probs: (n, C) probabilities (stored as float32).
+        scores: ``u_<name>`` -> (n,) floats.
+        confident: (n,) bool.
+        pred: (n,) int.
+        num_parts: number of part files (mimics Ray Data output).
+        row_group_size: Parquet row-group size.
+    """
+    n = len(sample_ids)
+    cols: dict[str, Any] = {"sample_id": pa.array(np.asarray(sample_ids, dtype=object), type=pa.string())}
+    if embeddings is not None:
+        emb = np.asarray(embeddings)
+        cols["embedding"] = _list_array(emb if emb.dtype == np.float16 else emb.astype(np.float32, copy=False))
+    if probs is not None:
+        cols["probs"] = _list_array(np.asarray(probs, dtype=np.float32))
+    for k, v in (scores or {}).items():
+        if not k.startswith("u_"):
+            raise ValueError(f"score columns are named u_<name>, got {k!r}")
+        cols[k] = pa.array(np.asarray(v, dtype=np.float32))
+    if confident is not None:
+        cols["confident"] = pa.array(np.asarray(confident, dtype=bool))
+    if pred is not None:
+        cols["pred"] = pa.array(np.asarray(pred, dtype=np.int64))
+    for k, v in cols.items():
+        if len(v) != n:
+            raise ValueError(f"column {k!r} has {len(v)} rows, sample_ids has {n}")
+    table = pa.table(cols)
+    if num_parts <= 1:
+        _write_table(str(path), table, row_group_size)
+        return
+    _io.makedirs(str(path))
+    step = -(-n // num_parts)
+    for i in range(num_parts):
+        _write_table(_io.join(str(path), f"part-{i:05d}.parquet"), table.slice(i * step, step), row_group_size)
+
+
+def read_id_list(path: str) -> np.ndarray:
+    """Sample ids from a Parquet or CSV file with a ``sample_id`` column (CSV: else the first column).
+
+    Returns:
+        (m,) object array of str.
+    """
+    fs, p = _io.resolve_fs(path)
+    if not _io.exists(path):
+        raise DataError(f"id list {path!r} does not exist")
+    if str(path).lower().endswith((".csv", ".csv.gz", ".txt")):
+        import pyarrow.csv as pacsv
+
+        with fs.open_input_stream(p) as f:
+            t = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(column_types={"sample_id": pa.string()}))
+        col = t.column("sample_id") if "sample_id" in t.column_names else t.column(0).cast(pa.string())
+    else:
+        t = _io.read_parquet(path)
+        if "sample_id" not in t.column_names:
+            raise DataError(f"{path!r} has no 'sample_id' column (columns: {', '.join(t.column_names)})")
+        col = t.column("sample_id").cast(pa.string())
+    return np.asarray(col.to_pylist(), dtype=object)
+
+
+def exclude_mask(ids: np.ndarray, labeled_ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """(n,) bool: which ``ids`` are in ``labeled_ids`` (hash join in Arrow, no Python loop)."""
+    value_set = pa.array(np.asarray(labeled_ids, dtype=object), type=pa.string())
+    return pc.is_in(pa.array(ids, type=pa.string()), value_set=value_set).to_numpy(zero_copy_only=False)
