@@ -39,6 +39,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from hssal_ray.data.decode import resize_uint8
+
 __all__ = ["augment_batch", "augment_image", "default_mean_std", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 Kind = Literal["none", "weak", "strong"]
@@ -153,17 +155,9 @@ _NBAND_OPS: dict[str, Op] = {
 _NBAND_NAMES = tuple(_NBAND_OPS)
 
 
-def _resize(img: np.ndarray, side: int) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(0).float()
-    out = torch.nn.functional.interpolate(
-        t, size=(side, side), mode="bilinear", align_corners=False, antialias=True
-    )
-    return out.round_().clamp_(0, 255).to(torch.uint8)[0].numpy()
-
-
 def _center(img: np.ndarray, crop: int) -> np.ndarray:
     if img.shape[1] < crop or img.shape[2] < crop:
-        img = _resize(img, crop)
+        img = resize_uint8(img, crop)
     top = (img.shape[1] - crop) // 2
     left = (img.shape[2] - crop) // 2
     return img[:, top : top + crop, left : left + crop]
@@ -174,7 +168,7 @@ def _weak(img: np.ndarray, rng: random.Random, crop: int) -> np.ndarray:
         img = img[:, :, ::-1]
     pad = max(1, int(round(0.125 * crop)))
     if img.shape[1] + 2 * pad < crop or img.shape[2] + 2 * pad < crop:
-        img = _resize(img, crop)
+        img = resize_uint8(img, crop)
     pad = min(pad, img.shape[1] - 1, img.shape[2] - 1)
     if pad > 0:
         img = np.pad(img, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
