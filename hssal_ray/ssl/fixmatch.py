@@ -304,9 +304,11 @@ class FlexMatchThresholds(ClasswiseThresholds):
             idx, pred, select = (_all_gather_cat(t.to(probs_weak.device)) for t in (idx, pred, select))
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_unlabeled):
                 raise ValueError(f"unlabeled indices must be in [0, {self.num_unlabeled})")
-            self.selected_label[idx[select]] = pred[select]
+            self.selected_label[idx] = torch.where(select, pred, self.selected_label[idx])
             return
-        frac = torch.bincount(pred[select], minlength=self.num_classes).float() / max(pred.numel(), 1)
+        # Scatter instead of boolean indexing / bincount: no host-device sync on CUDA.
+        counts = torch.zeros(self.num_classes, device=pred.device).scatter_add_(0, pred, select.float())
+        frac = counts / max(pred.numel(), 1)
         frac = _all_reduce_mean(frac)
         unused = 1.0 - frac.sum()
         m = self.momentum
@@ -316,13 +318,14 @@ class FlexMatchThresholds(ClasswiseThresholds):
     def thresholds(self) -> Tensor:
         """``p_cutoff * M(beta_c)``, shape ``(C,)``."""
         if self.num_unlabeled is not None:
-            used = self.selected_label[self.selected_label >= 0]
-            sigma = torch.bincount(used, minlength=self.num_classes).float()
-            unused = (self.selected_label < 0).sum().float()
+            memory = self.selected_label + 1  # 0 = unused, c + 1 = class c
+            counts = torch.zeros(self.num_classes + 1, device=memory.device)
+            counts.scatter_add_(0, memory, torch.ones_like(memory, dtype=counts.dtype))
+            sigma, unused = counts[1:], counts[0]
         else:
             sigma, unused = self.class_freq, self.unused_freq
         denom = torch.maximum(sigma.max(), unused) if self.thresh_warmup else sigma.max()
-        beta = sigma / denom if float(denom) > 0 else torch.zeros_like(sigma)
+        beta = sigma / denom.clamp(min=1e-12)  # denom == 0 only when sigma == 0: beta = 0
         mapped = beta / (2.0 - beta) if self.mapping == "convex" else beta
         return self.p_cutoff * mapped
 
@@ -419,11 +422,9 @@ class DistributionAlignment(_TensorState):
         """Fold the batch mean of ``probs`` ``(B, C)`` into the running mean."""
         self._follow(probs)
         mean = _all_reduce_mean(probs.detach().float().mean(dim=0))
-        if bool(self.initialized):
-            self.p_model = self.momentum * self.p_model + (1 - self.momentum) * mean
-        else:
-            self.p_model = mean
-            self.initialized = torch.tensor(True, device=mean.device)
+        ema = self.momentum * self.p_model + (1 - self.momentum) * mean
+        self.p_model = torch.where(self.initialized, ema, mean)  # no host-device sync
+        self.initialized = torch.ones_like(self.initialized)
 
     @torch.no_grad()
     def align(self, probs: Tensor) -> Tensor:

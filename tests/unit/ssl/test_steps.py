@@ -259,3 +259,18 @@ def test_predict_normalised_embeddings_and_probs() -> None:
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(3))
     assert model.training  # mode restored
     assert isinstance(FreeMatchThresholds(2).thresholds(), torch.Tensor)
+
+
+def test_compiled_model_trains_and_saves_plain_keys() -> None:
+    from hssal_ray.models import unwrap_model
+
+    model = build_model("hssal_small_cnn", num_classes=2, widths=(8, 16))
+    compiled = maybe_compile(model, True, backend="eager")  # eager backend: dynamo tracing, no codegen
+    assert unwrap_model(compiled) is model
+    optimizer = build_optimizer(compiled)
+    state = TrainState.create(compiled, optimizer, build_scheduler(optimizer, 3), _cfg())
+    gen = torch.Generator().manual_seed(4)
+    x, y = _stripes(8, gen)
+    metrics = train_step(state, *_batches(gen, x, y, x, y, 4, 4), _cfg(), "cpu")
+    assert math.isfinite(metrics["loss"]) and state.step == 1
+    assert not any(k.startswith("_orig_mod.") for k in state.state_dict()["model"])
