@@ -17,6 +17,10 @@ anything inside such folders) are ignored.
 so it is stable across re-scans and survives sharding. Split: within each class, samples are ranked by
 ``blake2b(f"{seed}:{sample_id}")`` and the first ``round_half_up(test_fraction * n_c)`` go to ``test``;
 unlabeled samples are all ``train`` (they are pool). Class index = position in the sorted class names.
+
+:func:`load_bytes` fetches the encoded bytes of a batch of manifest rows (files, or shard rows grouped
+by shard, reading only the row groups needed, with a small per-process LRU of open shards and row
+groups; a shard rewritten in place while a process has it cached is not re-opened).
 """
 
 from __future__ import annotations
@@ -238,7 +242,11 @@ def _scan_shards(fs: pafs.FileSystem, base: str, shards: list[str], root: str) -
                 )
             classes = cls
         n = t.num_rows
-        label = t["label"].cast(pa.int32()) if "label" in t.column_names else pa.array([-1] * n, pa.int32())
+        label = (
+            pc.fill_null(t["label"].cast(pa.int32()), -1)
+            if "label" in t.column_names
+            else pa.array([-1] * n, pa.int32())
+        )
         cname = (
             t["class_name"].cast(pa.string()) if "class_name" in t.column_names else pa.nulls(n, pa.string())
         )
