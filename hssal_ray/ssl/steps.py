@@ -318,31 +318,27 @@ def train_step(
     """
     device = torch.device(device)
     lambda_u, T = float(_cfg(cfg, "lambda_u")), float(_cfg(cfg, "T"))
-    use_u = batch_u is not None and lambda_u > 0
+    unl = batch_u if lambda_u > 0 else None  # None: supervised only
     model = state.model
     model.train()
     x_l, y_l = _inputs(batch_l["x"], device, channels_last), batch_l["y"].to(device, non_blocking=True)
     x = x_l
-    if use_u:
-        assert batch_u is not None
-        x = torch.cat(
-            [
-                x_l,
-                _inputs(batch_u["x_weak"], device, channels_last),
-                _inputs(batch_u["x_strong"], device, channels_last),
-            ]
+    if unl is not None:
+        x_uw, x_us = (
+            _inputs(unl["x_weak"], device, channels_last),
+            _inputs(unl["x_strong"], device, channels_last),
         )
+        x = torch.cat([x_l, x_uw, x_us])
     with _autocast(device, amp_dtype, allow_cpu_amp):
         logits = model(x)
     logits = logits.float()
     zero = logits.new_zeros(())
     nan = torch.full((), float("nan"), device=logits.device)
     plabel = [nan, nan, nan, nan]
-    if use_u:
-        assert batch_u is not None
+    if unl is not None:
         logits_x = logits[: x_l.shape[0]]
         logits_uw, logits_us = logits[x_l.shape[0] :].chunk(2)
-        th, idx = state.thresholds, batch_u.get("idx")
+        th, idx = state.thresholds, unl.get("idx")
         if th is not None and th.update_before_masking:
             th.update(torch.softmax(logits_uw.detach() / T, dim=-1), idx)
         loss, stats = fixmatch_loss(
@@ -359,8 +355,8 @@ def train_step(
         if th is not None and not th.update_before_masking:
             th.update(stats.probs, idx)
         sup_loss, unsup_loss, mask_rate = stats.sup_loss, stats.unsup_loss, stats.mask_rate
-        if "y" in batch_u:
-            y_u = batch_u["y"].to(device, non_blocking=True)
+        if "y" in unl:
+            y_u = unl["y"].to(device, non_blocking=True)
             known = y_u >= 0
             hit = (stats.pseudo_labels == y_u) & known
             kept = known & stats.mask.bool()
@@ -384,7 +380,7 @@ def train_step(
     state.step += 1
     metrics = dict(zip(("loss", "sup_loss", "unsup_loss", "mask_rate"), values[:4], strict=True))
     metrics.update(lr=lr, step=float(state.step))
-    if use_u and "y" in batch_u:  # type: ignore[operator]
+    if unl is not None and "y" in unl:
         c_kept, n_kept, c_all, n_all = values[4:]
         metrics["pseudo_label_acc"] = c_kept / n_kept if n_kept > 0 else float("nan")
         metrics["pseudo_label_acc_all"] = c_all / n_all if n_all > 0 else float("nan")
