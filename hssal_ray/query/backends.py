@@ -6,7 +6,7 @@ backend, so the query strategies stay backend-agnostic (cuML follows the same AP
 
 Backends:
 
-* ``faiss``: ``faiss.Kmeans`` for the fit (fast multi-threaded CPU Lloyd, random-point init).
+* ``faiss``: ``faiss.Kmeans`` for the fit (fast multi-threaded CPU Lloyd), seeded by our k-means++.
 * ``torch``: our chunked Lloyd loop with k-means++ (or random) init; runs on CUDA when given CUDA
   tensors or ``device="cuda"``; never materialises more than one ``chunk_size`` float32 block of the
   input, so fp16 inputs are converted block by block.
@@ -31,7 +31,7 @@ import torch
 
 from hssal_ray.errors import DataError, MissingOptionalDependencyError
 
-__all__ = ["KMeansLike", "make_kmeans", "resolve_backend", "assign_chunked", "TorchKMeans", "BACKENDS"]
+__all__ = ["KMeansLike", "make_kmeans", "resolve_backend", "assign_chunked", "init_centers", "TorchKMeans", "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,61 @@ def _checked_predict(X: ArrayLike, centers: np.ndarray, chunk_size: int, device:
     return labels
 
 
+def init_centers(
+    Xt: torch.Tensor,
+    k: int,
+    rng: np.random.Generator,
+    init: str = "k-means++",
+    init_size: int | None = None,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Initial centres: greedy k-means++ (as scikit-learn) on a subsample, or random rows.
+
+    Greedy k-means++ draws ``2 + log k`` D^2-weighted candidates per step and keeps the one that
+    lowers the potential most; the candidates are scored in one (m, trials) matmul.
+
+    Args:
+        Xt: (n, d) data, any float dtype/device.
+        k: number of centres.
+        rng: numpy generator (the only source of randomness).
+        init: ``"k-means++"`` or ``"random"``.
+        init_size: rows sampled for seeding; None = ``min(n, max(10_000, 10 * k))``.
+        device: where to compute (default: ``Xt``'s device).
+
+    Returns:
+        (k, d) float32 centres on ``device``.
+    """
+    dev = device if device is not None else Xt.device
+    n = Xt.shape[0]
+    if init == "random":
+        idx = np.sort(rng.choice(n, size=k, replace=False))
+        return Xt[torch.from_numpy(idx).to(Xt.device)].to(dev, torch.float32)
+    if init != "k-means++":
+        raise ValueError(f"init must be 'k-means++' or 'random', got {init!r}")
+    m = max(k, min(init_size or min(n, max(10_000, 10 * k)), n))
+    sub = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+    S = Xt[torch.from_numpy(sub).to(Xt.device)].to(dev, torch.float32)
+    snorm = (S * S).sum(1)
+    trials = 2 + int(np.log(k))
+    centers = torch.empty((k, S.shape[1]), dtype=torch.float32, device=dev)
+    first = int(rng.integers(m))
+    centers[0] = S[first]
+    d2 = (snorm - 2 * S @ S[first] + snorm[first]).clamp_(min=0)
+    for j in range(1, k):
+        cum = np.cumsum(d2.double().cpu().numpy())
+        if not cum[-1] > 0:  # only duplicates of chosen centres left: uniform
+            cand = rng.integers(m, size=trials)
+        else:
+            cand = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1]), m - 1)
+        ct = torch.from_numpy(cand).to(dev)
+        D = (snorm[:, None] - 2 * S @ S[ct].T + snorm[ct][None, :]).clamp_(min=0)
+        D = torch.minimum(D, d2[:, None])
+        best = int(torch.argmin(D.sum(0)))
+        centers[j] = S[int(cand[best])]
+        d2 = D[:, best].contiguous()
+    return centers
+
+
 class TorchKMeans:
     """Chunked Lloyd k-means in torch (CPU or CUDA), scikit-learn API.
 
@@ -204,29 +259,7 @@ class TorchKMeans:
         )
 
     def _init_centers(self, Xt: torch.Tensor, rng: np.random.Generator, dev: torch.device) -> torch.Tensor:
-        n, k = Xt.shape[0], self.n_clusters
-        if self.init == "random":
-            idx = np.sort(rng.choice(n, size=k, replace=False))
-            return Xt[torch.from_numpy(idx).to(Xt.device)].to(dev, torch.float32)
-        if self.init != "k-means++":
-            raise ValueError(f"init must be 'k-means++' or 'random', got {self.init!r}")
-        m = self.init_size or min(n, max(10_000, 10 * k))
-        m = max(k, min(m, n))
-        sub = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
-        S = Xt[torch.from_numpy(sub).to(Xt.device)].to(dev, torch.float32)
-        snorm = (S * S).sum(1)
-        centers = torch.empty((k, S.shape[1]), dtype=torch.float32, device=dev)
-        first = int(rng.integers(m))
-        centers[0] = S[first]
-        d2 = (snorm - 2 * S @ S[first] + snorm[first]).clamp_(min=0)
-        for j in range(1, k):
-            w = d2.double().cpu().numpy()
-            tot = w.sum()
-            # D^2 sampling; all-zero distances (duplicates) fall back to uniform.
-            i = int(rng.choice(m, p=w / tot)) if tot > 0 else int(rng.integers(m))
-            centers[j] = S[i]
-            torch.minimum(d2, (snorm - 2 * S @ S[i] + snorm[i]).clamp_(min=0), out=d2)
-        return centers
+        return init_centers(Xt, self.n_clusters, rng, self.init, self.init_size, dev)
 
     def fit(self, X: ArrayLike) -> TorchKMeans:
         """Fit on ``X`` (n, d); sets ``cluster_centers_`` (k, d), ``labels_`` (n,), ``inertia_``.
@@ -307,22 +340,28 @@ class TorchKMeans:
 
 
 class FaissKMeans:
-    """``faiss.Kmeans`` fit (random-point init, no subsampling), chunked torch ``predict``.
+    """``faiss.Kmeans`` Lloyd fit on all rows (no subsampling), chunked torch ``predict``.
 
     Args:
         n_clusters: k.
         max_iter: Lloyd iterations.
-        random_state: faiss seed (None -> 1234, faiss' default).
+        random_state: seed (None -> 1234, faiss' default).
         chunk_size: rows per float32 block in ``predict`` and in the final assignment.
+        init: ``"k-means++"`` (our greedy k-means++ on ``init_size`` rows, passed to faiss as
+            ``init_centroids``) or ``"random"`` (faiss' own random-row seeding).
+        init_size: rows sampled for k-means++ seeding.
     """
 
     def __init__(
-        self, n_clusters: int = 8, max_iter: int = 20, random_state: int | None = None, chunk_size: int = 4096
-    ) -> None:
+        self, n_clusters: int = 8, max_iter: int = 20, random_state: int | None = None, chunk_size: int = 4096,
+        init: str = "k-means++", init_size: int | None = None,
+    ) -> None:  # fmt: skip
         self.n_clusters = n_clusters
         self.max_iter = max_iter
         self.random_state = random_state
         self.chunk_size = chunk_size
+        self.init = init
+        self.init_size = init_size
 
     def __repr__(self) -> str:
         return f"FaissKMeans(n_clusters={self.n_clusters}, max_iter={self.max_iter}, random_state={self.random_state})"
@@ -344,7 +383,12 @@ class FaissKMeans:
             d, self.n_clusters, niter=self.max_iter, seed=seed, verbose=False,
             max_points_per_centroid=max(n, 1), min_points_per_centroid=1,
         )  # fmt: skip
-        km.train(arr)
+        if self.init == "k-means++":  # faiss only seeds with random rows; seed it with ours
+            rng = np.random.default_rng(self.random_state)
+            c0 = init_centers(_to_torch(arr), self.n_clusters, rng, "k-means++", self.init_size).numpy()
+            km.train(arr, init_centroids=np.ascontiguousarray(c0, dtype=np.float32))
+        else:
+            km.train(arr)
         self.cluster_centers_ = np.asarray(km.centroids, dtype=np.float32).reshape(self.n_clusters, d)
         labels, sq = assign_chunked(arr, self.cluster_centers_, chunk_size=self.chunk_size, return_distances=True)
         self.labels_ = labels
