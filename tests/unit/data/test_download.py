@@ -165,3 +165,13 @@ def test_rar_and_unknown_archives(tmp_path, server):
     junk.write_bytes(b"not an archive at all")
     with pytest.raises(DownloadError, match="not a zip or tar"):
         safe_extract(str(junk), str(tmp_path / "out"))
+
+
+def test_file_url_for_manually_downloaded_archive(tmp_path, archive):
+    local = tmp_path / "AID.zip"
+    local.write_bytes(archive[0])
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "AID.zip.part").write_bytes(b"stale partial")  # file:// ignores Range: restarted
+    r = download_dataset("aid", str(root), url=local.as_uri(), sha256=archive[1], progress=False)
+    assert r.verified and len(scan(os.path.join(str(root), "UCMerced_LandUse", "Images"))) == 6
