@@ -255,7 +255,8 @@ class FlexMatchThresholds(ClasswiseThresholds):
         thresh_warmup: Count unused samples in the normalisation (the paper's threshold warm-up).
         mapping: ``"convex"`` ``M(x) = x / (2 - x)`` (the paper's default) or ``"linear"`` ``M(x) = x``.
         num_unlabeled: Size of the unlabeled set for the exact per-sample memory.
-        momentum: EMA momentum of the index-free estimate.
+        momentum: EMA momentum of the index-free estimate; its window, about ``1 / (1 - momentum)`` steps,
+            stands in for the paper's pass over the unlabeled set.
     """
 
     update_before_masking = False
@@ -268,7 +269,7 @@ class FlexMatchThresholds(ClasswiseThresholds):
         thresh_warmup: bool = True,
         mapping: Literal["convex", "linear"] = "convex",
         num_unlabeled: int | None = None,
-        momentum: float = 0.999,
+        momentum: float = 0.99,
     ) -> None:
         super().__init__(num_classes)
         if mapping not in ("convex", "linear") or not 0.0 <= p_cutoff <= 1.0 or not 0.0 <= momentum < 1.0:
