@@ -33,6 +33,8 @@ def ensure_ray(resources: Any) -> None:
     ray.init(
         num_cpus=resources.num_cpus,
         object_store_memory=resources.object_store_memory,
-        include_dashboard=False,
+        # The dashboard hosts the State API, which Ray Train's controller polls; without it
+        # every fit logs errors and is slower. It listens on 127.0.0.1 only.
+        dashboard_host="127.0.0.1",
         **kwargs,
     )

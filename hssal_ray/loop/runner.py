@@ -194,6 +194,7 @@ class LoopRunner:
         while state.status == "running":
             t0 = time.perf_counter()
             stage = state.stage
+            _fault_delay(stage, state.round)
             getattr(self, f"_stage_{stage}")(state, t0)
         return state
 
@@ -229,9 +230,9 @@ class LoopRunner:
     def _label(self, state: RunState, t0: float) -> None:
         d, ids, round_added = self._pending_query(state)
         oracle = self._oracle_for()
-        oracle.request(d, ids, {"run_dir": self.run_dir, "round": state.round})
         answer = oracle.collect(d, ids)
         if answer is None:
+            oracle.request(d, ids, {"run_dir": self.run_dir, "round": state.round})
             state.status = "awaiting_labels"
             state.save(self.run_dir)
             text = oracle.instructions(d) if hasattr(oracle, "instructions") else ""
@@ -371,6 +372,20 @@ class LoopRunner:
             build_report([self.run_dir], _io.join(self.run_dir, "report"))
         except Exception as e:  # a report must never kill a training run
             log.warning("report failed: %s", e)
+
+
+def _fault_delay(stage: str, r: int) -> None:
+    """Testing hook: ``HSSAL_FAULT_DELAY="train@1=60"`` holds stage ``train`` of round 1 open 60 s.
+
+    Lets fault-injection tests SIGKILL the driver reliably *inside* a stage.
+    """
+    spec = os.environ.get("HSSAL_FAULT_DELAY", "")
+    for item in filter(None, spec.split(",")):
+        where, _, secs = item.partition("=")
+        st, _, rr = where.partition("@")
+        if st == stage and rr and int(rr) == r:
+            log.warning("HSSAL_FAULT_DELAY: holding stage %s of round %d for %s s", stage, r, secs)
+            time.sleep(float(secs or 0))
 
 
 def _json_num(o: Any) -> Any:

@@ -7,8 +7,8 @@ continuing.
 
 Checkpoint directory layout (also the round's ``checkpoint/``):
 ``model.safetensors`` (online weights), ``ema.safetensors`` (EMA weights, used for scoring and
-evaluation), ``train_state.pt`` (optimizer, scheduler, thresholds, step: tensors and plain
-Python only, loaded with ``weights_only=True``) and ``meta.json``.
+evaluation), ``train_state.pt`` (optimizer, scheduler, thresholds, step: tensors and plain Python only,
+read back with ``torch.load(..., weights_only=True)``) and ``meta.json``.
 """
 
 from __future__ import annotations
@@ -127,7 +127,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with ckpt.as_directory() as d:
             _unwrap(state.model).load_state_dict(load_weights_dir(d, "model"))
             state.ema.module.load_state_dict(load_weights_dir(d, "ema"))
-            state.load_state_dict(torch.load(os.path.join(d, "train_state.pt"), weights_only=True), include_models=False)
+            state.load_state_dict(
+                torch.load(os.path.join(d, "train_state.pt"), map_location=device, weights_only=True),
+                include_models=False,
+            )
         log.info("rank %d resumed from checkpoint at step %d", rank, state.step)
     state.model = ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs={"find_unused_parameters": False}) if world > 1 else state.model
 
