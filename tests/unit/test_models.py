@@ -12,6 +12,15 @@ from hssal_ray.errors import ConfigError
 from hssal_ray.models import Classifier, build_model, load_weights, save_weights, unwrap_model
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():  # type: ignore[no-untyped-def]
+    """One intra-op thread: on a shared 2-core machine, OpenMP spinning makes 2 threads ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_small_cnn_forward_and_embedding() -> None:
     model = build_model("hssal_small_cnn", num_classes=5, in_chans=13)
     x = torch.randn(4, 13, 16, 16)
