@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,7 +34,7 @@ import torch
 
 from hssal_ray.errors import DataError, MissingOptionalDependencyError
 
-__all__ = ["KMeansLike", "make_kmeans", "resolve_backend", "assign_chunked", "init_centers", "TorchKMeans", "BACKENDS"]
+__all__ = ["KMeansLike", "make_kmeans", "resolve_backend", "assign_chunked", "init_centers", "limit_threads", "TorchKMeans", "BACKENDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,36 @@ class KMeansLike(Protocol):
     def fit(self, X: Any) -> KMeansLike: ...  # noqa: D102
 
     def predict(self, X: Any) -> np.ndarray: ...  # noqa: D102
+
+
+#: Below this many multiply-adds per pass (n * k * d) a problem runs single-threaded: OpenMP
+#: fork/join costs more than it saves there, and on oversubscribed machines (shared CI cores)
+#: the barrier waits dominate (measured: HAL on a 300-row pool 0.7 s with 2 threads, 0.01 s with 1).
+SMALL_WORK = 20_000_000
+
+
+@contextmanager
+def limit_threads(work: float) -> Iterator[None]:
+    """Run torch and faiss single-threaded inside the block when ``work < SMALL_WORK``.
+
+    The thread counts are process-global: do not run other torch/faiss work concurrently from
+    other Python threads inside the block (Ray tasks and the serial fine stage do not).
+    """
+    if work >= SMALL_WORK or torch.get_num_threads() == 1:
+        yield
+        return
+    prev = torch.get_num_threads()
+    faiss = sys.modules.get("faiss")
+    fprev = faiss.omp_get_max_threads() if faiss is not None else None
+    torch.set_num_threads(1)
+    if faiss is not None:
+        faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+        if faiss is not None and fprev is not None:
+            faiss.omp_set_num_threads(fprev)
 
 
 def _cuda_visible() -> bool:
@@ -120,6 +153,13 @@ def assign_chunked(
         float32 or None.
     """
     Xt = _to_torch(X)
+    with limit_threads(float(Xt.shape[0]) * len(centers) * Xt.shape[1]):
+        return _assign(Xt, centers, chunk_size, device, return_distances)
+
+
+def _assign(
+    Xt: torch.Tensor, centers: ArrayLike, chunk_size: int, device: Any, return_distances: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     dev = torch.device(device) if device is not None else Xt.device
     C = torch.as_tensor(np.asarray(centers) if not isinstance(centers, torch.Tensor) else centers)
     C = C.to(device=dev, dtype=torch.float32)
@@ -269,6 +309,10 @@ class TorchKMeans:
             DataError: rows with NaN/inf.
         """
         Xt = _to_torch(X)
+        with limit_threads(float(Xt.shape[0]) * self.n_clusters * Xt.shape[1]):
+            return self._fit(Xt)
+
+    def _fit(self, Xt: torch.Tensor) -> TorchKMeans:
         n, d = Xt.shape
         k = self.n_clusters
         if k < 1 or n < k:
@@ -368,10 +412,16 @@ class FaissKMeans:
 
     def fit(self, X: ArrayLike) -> FaissKMeans:
         """Fit on ``X`` (n, d) (converted to one float32 array: faiss needs it)."""
-        import faiss
+        import faiss  # noqa: F401  (imported before limit_threads so it can be limited too)
 
         arr = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
         arr = np.ascontiguousarray(arr, dtype=np.float32)
+        with limit_threads(float(arr.shape[0]) * self.n_clusters * arr.shape[1]):
+            return self._fit(arr)
+
+    def _fit(self, arr: np.ndarray) -> FaissKMeans:
+        import faiss
+
         n, d = arr.shape
         if self.n_clusters < 1 or n < self.n_clusters:
             raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters} >= 1")

@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from hssal_ray.errors import BudgetError, DataError
-from hssal_ray.query.backends import BACKENDS, assign_chunked, make_kmeans, resolve_backend
+from hssal_ray.query.backends import BACKENDS, assign_chunked, limit_threads, make_kmeans, resolve_backend
 from hssal_ray.query.base import Pool, QueryStrategy, nonfinite_rows, register, top_k
 from hssal_ray.query.uncertainty import UNCERTAINTIES
 
@@ -203,7 +204,9 @@ def _fine_labels(task: ClusterTask) -> np.ndarray:
             n_clusters=b, affinity="nearest_neighbors", n_neighbors=max(1, min(10, m - 1)),
             assign_labels="cluster_qr", random_state=task.seed,
         )  # fmt: skip
-        return np.asarray(sc.fit_predict(task.emb), dtype=np.int64)
+        with warnings.catch_warnings():  # disconnected kNN graphs are expected (tight clusters)
+            warnings.filterwarnings("ignore", message="Graph is not fully connected", category=UserWarning)
+            return np.asarray(sc.fit_predict(task.emb), dtype=np.int64)
     km = make_kmeans(task.backend, n_clusters=b, max_iter=task.max_iter, random_state=task.seed)
     return np.asarray(km.fit(task.emb).labels_, dtype=np.int64)
 
@@ -219,6 +222,11 @@ def _select_in_cluster(task: ClusterTask) -> np.ndarray:
     m, b = task.emb.shape[0], task.n_picks
     if b >= m:
         return np.arange(m, dtype=np.int64)
+    with limit_threads(float(m) * max(b, 20) * task.emb.shape[1]):
+        return _pick(task, m, b)
+
+
+def _pick(task: ClusterTask, m: int, b: int) -> np.ndarray:
     dens = typicality(task.emb) if task.pick == "typical" else None
     # Rank of each candidate inside its fine cluster: position (uncertain) or -density (typical).
     rank = np.arange(m, dtype=np.float64) if dens is None else -dens.astype(np.float64)
