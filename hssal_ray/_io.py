@@ -40,6 +40,15 @@ __all__ = [
 ]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def is_uri(path: str) -> bool:
     """True for ``scheme://...`` paths other than plain ``file://``."""
     return "://" in str(path) and not str(path).startswith("file://")
@@ -115,6 +124,7 @@ def _atomic_local(path: str) -> Iterator[io.BufferedWriter]:
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give files the usual permissions
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

@@ -83,6 +83,7 @@ class DecodeAugment:
         self.bad_dir = bad_dir
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        _single_thread()
         ids = [str(s) for s in batch["sample_id"]]
         table = pa.table(
             {
@@ -122,6 +123,17 @@ class DecodeAugment:
         for sid, reason in bad:
             w.writerow([sid, reason])
         _io.atomic_write_text(_io.join(self.bad_dir, _io.unique_name("bad", ".csv")), buf.getvalue())
+
+
+def _single_thread() -> None:
+    """One intra-op thread per data worker: Ray runs one task per CPU already."""
+    try:
+        import torch
+
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _decode_augment(batch: dict[str, np.ndarray], **kwargs: Any) -> dict[str, np.ndarray]:

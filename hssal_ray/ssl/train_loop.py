@@ -67,7 +67,9 @@ def build_train_state(cfg: ExperimentConfig, num_classes: int, device: torch.dev
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
+    from hssal_ray.models import unwrap_model
+
+    return unwrap_model(model)
 
 
 def save_checkpoint_dir(state: TrainState, path: str, meta: dict[str, Any]) -> None:
@@ -157,7 +159,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batch_u = None
         if bu is not None:
             batch_u = {"x_weak": bu["x_weak"], "x_strong": bu["x_strong"], "y": bu["label"]}
-        m = train_step(state, batch_l, batch_u, cfg.ssl, device, amp_dtype=amp, channels_last=cfg.ssl.channels_last)
+        m = train_step(
+            state, batch_l, batch_u, cfg.ssl, device, amp_dtype=amp, channels_last=cfg.ssl.channels_last,
+            allow_cpu_amp=cfg.ssl.amp == "bf16",
+        )
         for k, v in m.items():
             if v == v:  # skip NaN (e.g. pseudo-label accuracy with nothing masked)
                 sums[k] = sums.get(k, 0.0) + float(v)
