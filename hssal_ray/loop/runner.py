@@ -62,10 +62,18 @@ class LoopRunner:
     Args:
         cfg: The resolved experiment config.
         progress: Called with one summary line per finished stage/round (default: stderr).
+        on_round: Called after every evaluated round with all ``metrics.jsonl`` rows so far
+            (Ray Tune reports through this).
     """
 
-    def __init__(self, cfg: ExperimentConfig, progress: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        progress: Callable[[str], None] | None = None,
+        on_round: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.on_round = on_round
         self.run_dir = cfg.run_path
         self.progress = progress or (lambda s: print(s, file=sys.stderr, flush=True))
         self._catalog: Any = None
@@ -306,6 +314,8 @@ class LoopRunner:
             f"[hssal] round {r}: {len(labeled)} labels ({row['label_fraction']:.1%}), "
             f"test accuracy {ev['test_accuracy']:.4f}, mask rate {train_m.get('mask_rate', float('nan')):.2f}"
         )
+        if self.on_round is not None:
+            self.on_round(read_metrics(self.run_dir))
         if final:
             state.history.append([r, "evaluate", round(time.perf_counter() - t0, 3)])
             state.stage, state.status = "done", "done"
