@@ -2,7 +2,8 @@
 
 ``HierarchicalQuery`` (``hal``), per DESIGN.md "HAL":
 
-1. coarse k-means of the pool embeddings into K1 clusters, fit on a ``coarse_fit_sample`` subsample,
+1. coarse k-means of the pool embeddings into K1 clusters, fit on a subsample (``coarse_fit_sample``,
+   at most 256 rows per centroid),
    then one chunked assignment pass over every row (the floor of the cost);
 2. budget per coarse cluster proportional to its uncertainty mass (:func:`allocate_budget`);
 3. per coarse cluster, the ``ceil(r * b_k)`` most uncertain rows are the candidates;
@@ -48,15 +49,24 @@ logger = logging.getLogger(__name__)
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 
 
-def auto_coarse_k(n_available: int, budget: int) -> int:
-    """Default number of coarse clusters: ``ceil(sqrt(budget))``, at least 2, at most ``budget``/pool.
+#: auto K1 aims at this many picks per coarse cluster on average (so fine clustering has work).
+PICKS_PER_COARSE = 3
+#: auto K1 never exceeds this: the assignment pass costs n * K1 * d (1M x 512 x 64 ~ 0.65 s on 2 cores).
+MAX_AUTO_COARSE_K = 64
+#: the coarse k-means is fit on at most this many rows per centroid (faiss' default sampling rule).
+FIT_ROWS_PER_CENTROID = 256
 
-    ``sqrt(B)`` balances the two levels: ~sqrt(B) coarse clusters of ~sqrt(B) picks each. The
-    assignment pass costs ``n * K1 * d`` and stays near its floor (K1 = 32 for B = 1000), while
-    the fine problems (``r*B/K1`` candidates into ``B/K1`` clusters) stay tiny; see the sweep in
-    ``benchmarks/results/query_speed.md``.
+
+def auto_coarse_k(n_available: int, budget: int) -> int:
+    """Default number of coarse clusters: ``ceil(budget / 3)`` clipped to ``[2, 64]``, <= budget, <= pool.
+
+    Every non-empty coarse cluster gets at least one pick, so K1 sets how many distinct regions the
+    batch is guaranteed to touch (coverage) while the uncertainty-proportional allocation decides
+    the rest; ~3 picks per coarse cluster leaves the fine level room for diversity. The cap keeps
+    the assignment pass near its floor on large pools. See the K1 sweep (time, cluster coverage,
+    mean uncertainty) in ``benchmarks/results/query_speed.md``.
     """
-    k = max(2, math.ceil(math.sqrt(budget)))
+    k = min(max(2, math.ceil(budget / PICKS_PER_COARSE)), MAX_AUTO_COARSE_K)
     return int(max(1, min(k, budget, n_available)))
 
 
@@ -78,7 +88,8 @@ def allocate_budget(mass: np.ndarray, counts: np.ndarray, budget: int) -> np.nda
     largest-remainder rounding (ties: larger mass, then lower index). If the budget is smaller
     than the number of non-empty clusters, the ``budget`` clusters with the largest mass get one
     each. Clusters with zero mass get their floor of one; budget the positive-mass clusters cannot
-    absorb goes to the zero-mass ones in proportion to their size. All-zero mass -> by size.
+    absorb goes to the zero-mass ones in proportion to their size. All-zero mass -> by size. Masses
+    below 1e-12 of the largest count as zero.
 
     Args:
         mass: (K,) non-negative uncertainty mass per cluster.
@@ -102,6 +113,8 @@ def allocate_budget(mass: np.ndarray, counts: np.ndarray, budget: int) -> np.nda
         return b
     if mass.sum() <= 0:
         mass = counts.astype(np.float64)
+    mass = mass / mass.max()
+    mass[mass < 1e-12] = 0.0  # negligible mass (also keeps lambda below overflow)
     lo = (counts > 0).astype(np.float64)
     hi = counts.astype(np.float64)
     pos = mass > 0
@@ -201,7 +214,8 @@ def _fine_labels(task: ClusterTask) -> np.ndarray:
         from sklearn.cluster import SpectralClustering
 
         sc = SpectralClustering(
-            n_clusters=b, affinity="nearest_neighbors", n_neighbors=max(1, min(10, m - 1)),
+            # k ~ the expected fine-cluster size (r): a sparse graph whose components are the groups
+            n_clusters=b, affinity="nearest_neighbors", n_neighbors=min(m - 1, max(3, math.ceil(m / b))),
             assign_labels="cluster_qr", random_state=task.seed,
         )  # fmt: skip
         with warnings.catch_warnings():  # disconnected kNN graphs are expected (tight clusters)
@@ -328,7 +342,8 @@ class HierarchicalQuery(_HALBase):
         candidate_ratio: r; each coarse cluster keeps ``ceil(r * b_k)`` candidates.
         fine_method: ``"kmeans"`` or ``"spectral"`` (kNN affinity) at the fine level.
         pick: ``"uncertain"`` (most uncertain per fine cluster) or ``"typical"`` (TypiClust density).
-        coarse_fit_sample: rows the coarse k-means is fit on (all rows are then assigned).
+        coarse_fit_sample: at most this many rows (and at most 256 per centroid) are used to fit the
+            coarse k-means; all rows are then assigned.
         kmeans_backend: ``auto`` | ``torch`` | ``faiss`` | ``sklearn`` | ``cuml`` (coarse level).
         kmeans_iters: Lloyd iterations at both levels.
         ssl_aware: prefer rows not confidently pseudo-labeled (``pool.confident``) as candidates.
@@ -352,8 +367,8 @@ class HierarchicalQuery(_HALBase):
         k1 = int(min(self.coarse_k or auto_coarse_k(n_av, budget), n_av))
         backend = resolve_backend(self.kmeans_backend)
         seed = int(rng.integers(2**31 - 1))
-        sample = avail if n_av <= self.coarse_fit_sample else np.sort(
-            rng.choice(avail, size=int(self.coarse_fit_sample), replace=False))  # fmt: skip
+        n_fit = int(min(self.coarse_fit_sample, FIT_ROWS_PER_CENTROID * k1))
+        sample = avail if n_av <= n_fit else np.sort(rng.choice(avail, size=n_fit, replace=False))
         xs = emb[torch.from_numpy(sample).to(emb.device)] if isinstance(emb, torch.Tensor) else emb[sample]
         bad = nonfinite_rows(xs)
         if bad.size:

@@ -1,0 +1,63 @@
+"""``python -m hssal_ray.query`` end to end on a small generated scores file (subprocess)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hssal_ray.query.scores_io import write_scores
+
+from ._data import blob_pool
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "hssal_ray.query", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scores(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pool, _ = blob_pool(n=400)
+    path = tmp_path_factory.mktemp("cli") / "scores"
+    write_scores(str(path), pool.ids, pool.embeddings, pool.probs, pool.scores, pool.confident, num_parts=2)
+    return path
+
+
+def test_cli_writes_csv_and_honours_exclude(scores: Path, tmp_path: Path) -> None:
+    (tmp_path / "labeled.csv").write_text("sample_id\n" + "\n".join(f"s{i:05d}" for i in range(0, 400, 2)) + "\n")
+    out = tmp_path / "query.csv"
+    r = _run(str(scores), "--strategy", "hal", "--budget", "12", "--out", str(out), "--seed", "1",
+             "--exclude", str(tmp_path / "labeled.csv"), "--candidate-ratio", "2", "--backend", "torch")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "read " in r.stderr and "select " in r.stderr and "200 excluded" in r.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [list(rows[0])] == [["sample_id", "rank", "u", "coarse_cluster"]]
+    assert [int(x["rank"]) for x in rows] == list(range(12))
+    assert all(int(x["sample_id"][1:]) % 2 == 1 for x in rows)  # none of the labeled (even) ids
+    u = np.array([float(x["u"]) for x in rows])
+    assert (np.diff(u) <= 1e-6).all() and all(int(x["coarse_cluster"]) >= 0 for x in rows)
+
+
+def test_cli_prints_to_stdout_for_a_baseline(scores: Path) -> None:
+    r = _run(str(scores), "--strategy", "entropy", "--budget", "5")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "sample_id,rank,u,coarse_cluster" and len(lines) == 6
+    assert lines[1].endswith(",-1")
+
+
+def test_cli_errors_are_one_line_exit_2(scores: Path, tmp_path: Path) -> None:
+    r = _run(str(scores), "--strategy", "hal", "--budget", "401")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: budget 401")
+    r = _run(str(tmp_path / "missing.parquet"), "--budget", "3")
+    assert r.returncode == 2 and r.stderr.startswith("error: cannot read scores file")

@@ -1,0 +1,178 @@
+"""HAL: budget allocation, fine-level picks, known answers and the acceptance test vs random."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hssal_ray.errors import BudgetError
+from hssal_ray.query import FlatHierarchicalQuery, HierarchicalQuery, Pool, RandomQuery, allocate_budget
+from hssal_ray.query.hierarchical import ClusterTask, _select_in_cluster, auto_coarse_k
+
+from ._data import blob_pool
+
+
+@pytest.mark.parametrize(
+    ("mass", "counts", "budget", "expected"),
+    [
+        ([6, 3, 1], [100, 100, 100], 10, [6, 3, 1]),
+        ([0.5, 0.3, 0.2], [100, 100, 100], 7, [4, 2, 1]),  # quotas 3.5/2.1/1.4: largest remainder
+        ([10, 1, 1], [2, 100, 100], 6, [2, 2, 2]),  # cap 2, leftovers redistributed
+        ([100, 1, 0], [50, 50, 50], 5, [3, 1, 1]),  # floor of one per non-empty cluster
+        ([1, 5, 3, 0], [9, 9, 9, 9], 2, [0, 1, 1, 0]),  # budget < clusters: largest mass first
+        ([0, 1, 1], [0, 10, 10], 4, [0, 2, 2]),  # empty cluster gets nothing
+        ([0, 0, 0], [1, 3, 6], 5, [1, 1, 3]),  # no uncertainty at all: by size
+        ([5, 0, 0], [2, 10, 30], 12, [2, 2, 8]),  # positive mass saturated: the rest by size (tie -> larger)
+        ([1, 1], [3, 3], 6, [3, 3]),  # the whole pool
+    ],
+)
+def test_allocate_budget_known_answers(mass: list, counts: list, budget: int, expected: list) -> None:
+    np.testing.assert_array_equal(allocate_budget(np.array(mass, float), np.array(counts), budget), expected)
+
+
+def test_allocate_budget_rejects_too_large_budget() -> None:
+    with pytest.raises(BudgetError, match="budget 7 .* 6 available"):
+        allocate_budget(np.ones(2), np.array([3, 3]), 7)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 100), st.integers(0, 40)), min_size=1, max_size=25), st.data())
+def test_allocate_budget_properties(clusters: list, data: st.DataObject) -> None:
+    mass = np.array([m for m, _ in clusters])
+    counts = np.array([c for _, c in clusters])
+    budget = data.draw(st.integers(0, int(counts.sum())))
+    b = allocate_budget(mass, counts, budget)
+    assert b.sum() == budget
+    assert (b >= 0).all() and (b <= counts).all()
+    nonempty = counts > 0
+    if budget >= nonempty.sum():
+        assert (b[nonempty] >= 1).all()
+    # proportionality: a cluster with more mass (and room) never gets fewer picks than one with less
+    free = (b < counts) & nonempty
+    for i in np.flatnonzero(free):
+        for j in np.flatnonzero(nonempty):
+            if mass[i] > mass[j] * 1.0001 + 1e-9 * mass.max() and b[j] > 1:  # < 1e-12 of max counts as 0
+                assert b[i] >= b[j] - 1
+
+
+def _task(emb: np.ndarray, n_picks: int, pick: str = "uncertain", method: str = "kmeans") -> ClusterTask:
+    return ClusterTask(cluster=0, emb=emb.astype(np.float32), u=np.linspace(1, 0, len(emb)), n_picks=n_picks,
+                       fine_method=method, pick=pick, backend="torch", seed=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["kmeans", "spectral"])
+def test_select_in_cluster_known_picks(method: str) -> None:
+    # positions are priority order; group A = {0, 2, 4} around (10, 0), group B = {1, 3, 5} around (-10, 0)
+    emb = np.array([[10, 0.5], [-10, 0.7], [10, 0], [-10, 0], [10, -0.5], [-10, -0.6]])
+    np.testing.assert_array_equal(_select_in_cluster(_task(emb, 2, "uncertain", method)), [0, 1])
+    np.testing.assert_array_equal(_select_in_cluster(_task(emb, 2, "typical", method)), [2, 3])
+    np.testing.assert_array_equal(_select_in_cluster(_task(emb, 1)), [0])
+    np.testing.assert_array_equal(_select_in_cluster(_task(emb, 6)), np.arange(6))
+
+
+def test_select_in_cluster_fills_when_fine_clusters_collapse() -> None:
+    emb = np.zeros((9, 4))  # all identical: one non-empty fine cluster at most
+    np.testing.assert_array_equal(_select_in_cluster(_task(emb, 3)), [0, 1, 2])
+
+
+def _three_blobs() -> tuple[Pool, np.ndarray]:
+    rng = np.random.default_rng(0)
+    centers = np.eye(3, 8) * 10
+    lab = np.repeat(np.arange(3), 20)
+    emb = centers[lab] + 0.1 * rng.standard_normal((60, 8))
+    u = np.where(lab == 0, 0.9, 0.3) + 0.001 * rng.random(60)  # blob 0 has 3x the mass
+    return Pool(ids=np.array([f"r{i}" for i in range(60)], dtype=object), embeddings=emb.astype(np.float32),
+                scores={"u_badge": u.astype(np.float32)}), lab  # fmt: skip
+
+
+def test_hal_known_answer_on_three_blobs() -> None:
+    pool, lab = _three_blobs()
+    u = pool.scores["u_badge"]
+    s = HierarchicalQuery(coarse_k=3, kmeans_backend="torch", random_state=0)
+    picks = s.select(pool, 3)  # equal split (mass 3:1:1 but floor of one each) -> argmax u per blob
+    assert sorted(picks.tolist()) == sorted(int(np.flatnonzero(lab == k)[np.argmax(u[lab == k])]) for k in range(3))
+    picks = s.select(pool, 5)  # quotas 3:1:1
+    assert np.bincount(lab[picks], minlength=3).tolist() == [3, 1, 1]
+    assert sorted(s.info_["budget_per_cluster"].tolist()) == [1, 1, 3]
+    assert s.coarse_labels_.shape == (60,) and s.info_["coarse_k"] == 3
+    assert (s.info_["pick_coarse_cluster"] == s.coarse_labels_[picks]).all()
+    assert list(u[picks]) == sorted(u[picks], reverse=True)  # rank 0 = most uncertain
+
+
+def test_hal_flat_with_ratio_one_is_top_b() -> None:
+    pool, _ = _three_blobs()
+    u = pool.scores["u_badge"]
+    picks = FlatHierarchicalQuery(candidate_ratio=1.0, random_state=0).select(pool, 7)
+    np.testing.assert_array_equal(picks, np.argsort(-u)[:7])
+
+
+def test_map_fn_is_used_and_tasks_pickle() -> None:
+    pool, _ = blob_pool(n=400)
+    calls: list[int] = []
+
+    def recording_map(fn, tasks):  # what a Ray runner passes: map-like, results in order
+        out = []
+        for t in tasks:
+            t2 = pickle.loads(pickle.dumps(t))
+            calls.append(t2.cluster)
+            out.append(pickle.loads(pickle.dumps(fn))(t2))
+        return out
+
+    s = HierarchicalQuery(random_state=0, map_fn=recording_map)
+    a = s.select(pool, 30)
+    np.testing.assert_array_equal(a, HierarchicalQuery(random_state=0).select(pool, 30))
+    assert sorted(calls) == np.flatnonzero(s.info_["budget_per_cluster"]).tolist()
+    assert len(calls) >= 2
+
+
+def test_ssl_aware_avoids_confident_rows_and_falls_back() -> None:
+    pool, _ = blob_pool(n=400)
+    picks = HierarchicalQuery(ssl_aware=True, random_state=0).select(pool, 30)
+    assert not pool.confident[picks].any()
+    pool.confident = np.ones(400, dtype=bool)  # nothing left that SSL has not learned: fall back
+    assert HierarchicalQuery(ssl_aware=True, random_state=0).select(pool, 30).size == 30
+    flat = FlatHierarchicalQuery(ssl_aware=True, random_state=0)
+    pool.confident[:200] = False
+    assert not pool.confident[flat.select(pool, 30)].any()
+
+
+def test_coarse_fit_on_a_subsample() -> None:
+    pool, _ = blob_pool(n=500)
+    s = HierarchicalQuery(coarse_fit_sample=100, random_state=0)
+    assert s.select(pool, 20).size == 20
+    assert s.coarse_labels_.shape == (500,) and (s.coarse_labels_ >= 0).all()
+    assert set(s.info_["seconds"]) == {"coarse_fit", "assign", "filter", "fine", "total"}
+
+
+def test_auto_coarse_k() -> None:
+    assert auto_coarse_k(1_000_000, 1000) == 64
+    assert auto_coarse_k(1_000_000, 40) == 14
+    assert auto_coarse_k(1_000_000, 1) == 1
+    assert auto_coarse_k(1_000_000, 2) == 2
+    assert auto_coarse_k(5, 100) == 5
+
+
+def test_acceptance_hal_covers_more_clusters_and_is_more_uncertain_than_random() -> None:
+    """20 Gaussian blobs of unequal sizes, uncertainty higher in some: HAL beats random on both."""
+    rng = np.random.default_rng(42)
+    n_blobs, d = 20, 32
+    sizes = np.round(np.geomspace(15, 600, n_blobs)).astype(int)
+    lab = np.repeat(np.arange(n_blobs), sizes)
+    centers = rng.standard_normal((n_blobs, d))
+    emb = centers[lab] + 0.25 * rng.standard_normal((lab.size, d))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    hot = rng.permutation(n_blobs)[:6]  # blobs the model is unsure about
+    u = rng.uniform(0.05, 0.4, lab.size) + np.isin(lab, hot) * 0.5
+    pool = Pool(ids=np.array([f"a{i}" for i in range(lab.size)], dtype=object), embeddings=emb.astype(np.float16),
+                scores={"u_badge": u.astype(np.float32)})  # fmt: skip
+    budget = 40
+    hal = HierarchicalQuery(random_state=0).select(pool, budget)
+    rand = [RandomQuery(random_state=s).select(pool, budget) for s in range(10)]
+    hal_cov, rand_cov = len(set(lab[hal])), np.mean([len(set(lab[r])) for r in rand])
+    hal_u, rand_u = u[hal].mean(), np.mean([u[r].mean() for r in rand])
+    assert hal_cov > rand_cov, (hal_cov, rand_cov)
+    assert hal_u > rand_u, (hal_u, rand_u)
