@@ -1,0 +1,275 @@
+"""Helpers shared by the benchmarks: machine description, peak RSS, result files, logging.
+
+Every result file carries the command that produced it, the machine it ran on (CPU model, cores,
+memory, load average at the start: these machines are shared), library versions, the git commit
+and a UTC timestamp. Numbers are only ever compared as ratios measured in the same run.
+
+Importing this module is cheap and needs neither Ray nor a GPU (the GPU part of
+``benchmarks.train_throughput`` runs on machines without Ray).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "RESULTS_DIR",
+    "RAY_ENV",
+    "command_line",
+    "describe_machine",
+    "md_table",
+    "peak_rss_mb",
+    "rss_mb",
+    "set_ray_env",
+    "setup_logging",
+    "start_local_ray",
+    "summarize",
+    "write_result",
+]
+
+log = logging.getLogger("benchmarks")
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+#: Environment a local Ray runtime needs here (ENV.md): no token auth, no uv runtime env, no telemetry.
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+def set_ray_env() -> None:
+    """Set :data:`RAY_ENV` defaults in ``os.environ`` (before ``ray.init``; user values win)."""
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def start_local_ray(num_cpus: int, object_store_memory: int = 1_000_000_000) -> float:
+    """Start a *new* local Ray runtime with ``num_cpus`` logical CPUs; return the seconds ``ray.init`` took.
+
+    Same settings as :func:`hssal_ray._ray.ensure_ray` (dashboard on 127.0.0.1: Ray Train's
+    controller polls the State API) plus ``address="local"``: without it ``ray.init`` joins any
+    cluster another user of this machine started with ``ray start`` (and then refuses ``num_cpus``).
+    A runtime that is already initialised in this process is reused (0.0 s).
+    """
+    set_ray_env()
+    import ray
+
+    if ray.is_initialized():
+        return 0.0
+    t0 = time.perf_counter()
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        object_store_memory=object_store_memory,
+        dashboard_host="127.0.0.1",
+        include_dashboard=True,
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level=logging.WARNING,
+    )
+    return time.perf_counter() - t0
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr with timestamps (INFO, or DEBUG when ``verbose``)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+    """The command that reproduces this run, e.g. ``.venv/bin/python -m benchmarks.ingest --quick``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    exe = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable
+    return " ".join([shlex.quote(exe), "-m", module, *map(shlex.quote, args)])
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Current resident set size of a process (default: this one) in MiB (``/proc``; 0.0 if unknown)."""
+    try:
+        with open(f"/proc/{pid or 'self'}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    """Peak RSS of this process (or of its waited-for children) in MiB, from ``getrusage``."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _mem_total_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024**2, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _version(module: str) -> str | None:
+    mod = sys.modules.get(module)
+    if mod is None:
+        try:
+            mod = __import__(module)
+        except Exception:  # noqa: BLE001 - a missing optional library is just "not installed"
+            return None
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def describe_machine(*, gpu: bool = False) -> dict[str, Any]:
+    """Where a benchmark ran: host, CPU, usable cores, memory, load, versions (and the GPU if ``gpu``)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count()
+    desc: dict[str, Any] = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "mem_total_gib": _mem_total_gib(),
+        "load_avg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "ray": _version("ray"),
+        "numpy": _version("numpy"),
+        "git_commit": _git_commit(),
+        "gpu": None,
+    }
+    if gpu:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                p = torch.cuda.get_device_properties(0)
+                desc["gpu"] = f"{p.name}, {p.total_memory / 1024**3:.0f} GiB, CUDA {torch.version.cuda}"
+        except Exception as e:  # noqa: BLE001
+            desc["gpu"] = f"unavailable ({type(e).__name__})"
+    desc["summary"] = (
+        f"{desc['cpu']}, {usable} usable CPUs, {desc['mem_total_gib']} GiB RAM"
+        + (f", GPU {desc['gpu']}" if desc["gpu"] else ", no GPU")
+        + f"; Python {desc['python']}, torch {desc['torch']}, Ray {desc['ray']}"
+    )
+    return desc
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    """Median, min and max of a non-empty sequence (for per-pass rates)."""
+    vals = list(values)
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        return f"{v:.3g}" if abs(v) < 10 else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.1f}"
+    if v is None:
+        return "-"
+    return str(v)
+
+
+def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """A GitHub-markdown table of ``rows`` restricted to ``columns`` (missing cells print as ``-``)."""
+    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    return "\n".join(out)
+
+
+def write_result(
+    name: str,
+    payload: Mapping[str, Any],
+    markdown: str,
+    *,
+    module: str,
+    out_dir: str | Path | None = None,
+    gpu: bool = False,
+) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<name>.json`` and ``.md``, stamped with device, command and date.
+
+    Args:
+        name: Result name (``ingest``, ``train_throughput``).
+        payload: The measured data (``rows``, ``ratio``, ...); ``device``, ``command``, ``date`` are added.
+        markdown: Body of the ``.md`` file (tables, notes); a header with the stamp is prepended.
+        module: The benchmark's module (for the reproducing command).
+        out_dir: Target folder (default ``benchmarks/results``).
+        gpu: Describe the GPU too.
+
+    Returns:
+        The JSON and Markdown paths.
+    """
+    out = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    device = describe_machine(gpu=gpu)
+    stamp = {
+        "device": device,
+        "command": command_line(module),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    data = {**payload, **stamp}
+    jpath, mpath = out / f"{name}.json", out / f"{name}.md"
+    jtmp, mtmp = jpath.with_suffix(".json.tmp"), mpath.with_suffix(".md.tmp")
+    jtmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    header = (
+        f"# Benchmark: {name}\n\n"
+        f"- command: `{stamp['command']}`\n"
+        f"- date (UTC): {stamp['date']}\n"
+        f"- device: {device['summary']}\n"
+        f"- host load average at start (1/5/15 min): {device['load_avg_1_5_15_at_start']}"
+        " (shared machine: compare only the ratios measured in this run)\n"
+        f"- git commit: {device['git_commit']}\n\n"
+    )
+    mtmp.write_text(header + markdown.rstrip() + "\n")
+    os.replace(jtmp, jpath)
+    os.replace(mtmp, mpath)
+    log.info("wrote %s and %s", jpath, mpath)
+    return jpath, mpath
