@@ -1,0 +1,521 @@
+"""Ray Tune sweeps over the whole closed loop (one of the few modules that import Ray).
+
+Each trial is a Tune *function trainable* (:func:`run_trial`) that builds its loop config and
+runs :class:`~hssal_ray.loop.runner.LoopRunner`; the loop's training stage fits a Ray Train
+``TorchTrainer`` inside the trial, the Train V2 pattern of Ray 2.60. After every evaluated round
+the trial reports ``round``, ``num_labeled``, ``test_accuracy``, ``auc`` and ``final_accuracy``,
+so ASHA can stop weak trials with rounds as its time axis (``training_iteration`` = rounds
+evaluated, round 0 included).
+
+Resources of one trial (all reserved up front, so trials never starve each other's loops):
+
+- Tune's placement group for the trial: a head bundle ``{CPU: tune.cpus_per_trial, GPU:
+  tune.gpus_per_trial}`` for the trial function (the loop driver; it also runs the query math),
+  one ``{CPU: 1}`` bundle for Ray Data's decode tasks and ``resources.score_actors`` bundles
+  ``{CPU: 1 (+GPU: 1 with resources.use_gpu)}`` for the scoring actors. Tune trials capture child
+  tasks into their placement group, so these nested Ray Data tasks and actors run in it.
+- Ray Train's own placement group per round: ``resources.num_workers`` bundles of
+  ``{CPU: resources.cpus_per_worker (+GPU: 1)}``, created by the ``TorchTrainer`` *outside* the
+  trial's group (Train V2 always makes its own).
+
+Tune only sees the first part, so running as many trials as Tune would fit deadlocks: the trials'
+groups take every CPU and each trial's ``TorchTrainer`` waits for its workers forever. The sweep
+therefore caps concurrency at ``floor(cluster resources / whole footprint)`` and
+``tune.max_concurrent_trials`` (0 = that cap; a larger value is lowered to it with a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from hssal_ray import _io
+from hssal_ray.config import ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
+from hssal_ray.errors import ConfigError
+from hssal_ray.tune._results import DECISIONS_FILE, TrialRecord, write_outputs
+from hssal_ray.tune._space import (
+    REPEAT_KEY,
+    ParamSpec,
+    check_search_space,
+    max_reports,
+    planned_labels,
+    round_metrics,
+    sweep_fingerprint,
+    trial_config,
+    trial_name,
+)
+
+__all__ = ["SweepPlan", "load_sweep_config", "plan_sweep", "run_sweep", "run_trial", "trial_bundles"]
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    if not _io.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(_io.read_text(path)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return values
+
+
+def load_sweep_config(path: str | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a sweep YAML: a loop config plus a ``tune`` section, optionally on top of a ``base`` file.
+
+    ``base: ucm_cpu.yaml`` (a path relative to the sweep file, or absolute) loads that loop config
+    first; the sweep file's own keys are merged over it (mappings merge, other values replace),
+    then ``key=value`` overrides apply. A chain of bases is followed.
+
+    Raises:
+        ConfigError: Missing files, a cycle of bases, bad YAML, unknown keys or bad values.
+    """
+    values: dict[str, Any] = {}
+    seen: list[str] = []
+    while path is not None:
+        if path in seen:
+            raise ConfigError(f"config 'base' files form a cycle: {' -> '.join([*seen, path])}")
+        seen.append(path)
+        own = _read_yaml(path)
+        base = own.pop("base", None)
+        values = _merge(own, values)
+        if base is None:
+            break
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
+        path = (
+            base if (os.path.isabs(base) or _io.is_uri(base)) else os.path.join(os.path.dirname(path), base)
+        )
+    return config_from_dict(apply_overrides(values, overrides))
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def trial_bundles(cfg: ExperimentConfig) -> list[dict[str, float]]:
+    """Placement-group bundles Tune reserves per trial (head first; see the module docstring)."""
+    head: dict[str, float] = {"CPU": float(cfg.tune.cpus_per_trial)}
+    if cfg.tune.gpus_per_trial > 0:
+        head["GPU"] = float(cfg.tune.gpus_per_trial)
+    score = {"CPU": 1.0, **({"GPU": 1.0} if cfg.resources.use_gpu else {})}
+    return [head, {"CPU": 1.0}] + [dict(score) for _ in range(cfg.resources.score_actors)]
+
+
+def _footprint(cfg: ExperimentConfig) -> dict[str, float]:
+    bundles = trial_bundles(cfg)
+    r = cfg.resources
+    cpu = sum(b.get("CPU", 0.0) for b in bundles) + r.num_workers * r.cpus_per_worker
+    gpu = sum(b.get("GPU", 0.0) for b in bundles) + (r.num_workers if r.use_gpu else 0)
+    return {"CPU": cpu, "GPU": gpu}
+
+
+@dataclass
+class SweepPlan:
+    """Everything fixed before Ray starts.
+
+    Args:
+        cfg: The sweep config (base loop config + ``tune`` section).
+        specs: Parsed search space.
+        sweep_dir: Parent of the trials' run directories and of the sweep's outputs.
+        storage: Tune storage root; the experiment is ``storage/exp_name``.
+        exp_name: Tune experiment name (= the sweep's ``loop.name``).
+        max_t: Most reports any trial can make (ASHA's horizon).
+        footprint: CPUs/GPUs one trial holds at most (Tune's group + Train's group).
+        fingerprint: Identity of the sweep (rejects restoring a different sweep into the same place).
+    """
+
+    cfg: ExperimentConfig
+    specs: list[ParamSpec]
+    sweep_dir: str
+    storage: str
+    exp_name: str
+    max_t: int
+    footprint: dict[str, float]
+    fingerprint: str
+    keys: list[str] = field(default_factory=list)
+
+    @property
+    def exp_path(self) -> str:
+        """Tune's experiment directory."""
+        return _io.join(self.storage, self.exp_name)
+
+
+def _abs(path: str) -> str:
+    return path if _io.is_uri(path) else os.path.abspath(path)
+
+
+def plan_sweep(cfg: ExperimentConfig) -> SweepPlan:
+    """Validate the sweep (every key and value) and lay out its directories; no Ray needed.
+
+    Raises:
+        ConfigError: An empty or invalid search space, or a sweep that cannot run unattended.
+    """
+    specs = check_search_space(cfg)
+    run_dir = _abs(cfg.loop.run_dir)
+    return SweepPlan(
+        cfg=cfg,
+        specs=specs,
+        sweep_dir=_io.join(run_dir, cfg.loop.name),
+        storage=_abs(cfg.tune.storage) if cfg.tune.storage else _io.join(run_dir, "tune"),
+        exp_name=cfg.loop.name,
+        max_t=max_reports(cfg, specs),
+        footprint=_footprint(cfg),
+        fingerprint=sweep_fingerprint(cfg),
+        keys=[s.key for s in specs],
+    )
+
+
+def _param_space(plan: SweepPlan) -> dict[str, Any]:
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for s in plan.specs:
+        if s.kind == "grid":
+            space[s.key] = tune.grid_search(list(s.values))
+        elif s.kind == "choice":
+            space[s.key] = tune.choice(list(s.values))
+        else:
+            space[s.key] = getattr(tune, s.kind)(*s.values)
+    # num_samples as a grid over the repeat index: same number of trials, but each repeat gets
+    # its own stable run name (and seed + k) instead of clashing with an identical twin.
+    n = plan.cfg.tune.num_samples
+    if n > 1:
+        space[REPEAT_KEY] = tune.grid_search(list(range(n)))
+    return space
+
+
+def _concurrency(plan: SweepPlan) -> int:
+    import ray
+
+    have = ray.cluster_resources()
+    fp = plan.footprint
+    fits = [math.floor(have.get("CPU", 0.0) / fp["CPU"] + 1e-9)]
+    if fp["GPU"] > 0:
+        fits.append(math.floor(have.get("GPU", 0.0) / fp["GPU"] + 1e-9))
+    n = min(fits)
+    r = plan.cfg.resources
+    if n < 1:
+        raise ConfigError(
+            f"one trial needs {fp['CPU']:g} CPUs and {fp['GPU']:g} GPUs (tune.cpus_per_trial "
+            f"{plan.cfg.tune.cpus_per_trial:g} + 1 for data + {r.score_actors} scoring actor(s) + "
+            f"{r.num_workers} training worker(s) x {r.cpus_per_worker:g}), but the Ray cluster has "
+            f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; start Ray with more "
+            "(resources.num_cpus) or lower the per-trial resources"
+        )
+    want = plan.cfg.tune.max_concurrent_trials
+    if want > n:
+        log.warning(
+            "tune.max_concurrent_trials=%d would oversubscribe the cluster; running %d at a time", want, n
+        )
+    return n if want == 0 else min(want, n)
+
+
+def _start_ray(cfg: ExperimentConfig) -> None:
+    import ray
+
+    from hssal_ray._ray import ensure_ray
+
+    if ray.is_initialized() or cfg.resources.address or os.environ.get("RAY_ADDRESS"):
+        ensure_ray(cfg.resources)
+        return
+    # A plain ray.init() joins any cluster a `ray start` left running on this machine (and then
+    # rejects num_cpus); a sweep without an address wants its own local runtime.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(
+        address="local",
+        num_cpus=cfg.resources.num_cpus,
+        object_store_memory=cfg.resources.object_store_memory,
+        dashboard_host="127.0.0.1",
+        log_to_driver=True,
+        logging_level=logging.WARNING,
+    )
+
+
+# --------------------------------------------------------------------------- trial
+
+
+def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_dir: str) -> None:
+    """Tune function trainable: run (or resume) one trial's closed loop and report every round.
+
+    A restarted trial resumes its run directory (its name depends only on its params) and first
+    re-reports the rounds evaluated before, so ``training_iteration`` always equals the number of
+    evaluated rounds. The final round is reported after the loop has marked its run done, so a
+    scheduler decision on that report cannot cut the run short.
+
+    Args:
+        config: Tune's sampled params ``{dotted key: value}`` (and ``_repeat``).
+        base: The sweep's base config as a dict.
+        sweep_dir: Parent directory of the trials' run directories.
+    """
+    from ray import tune
+
+    from hssal_ray.loop.runner import LoopRunner, read_metrics
+
+    repeat = int(config.get(REPEAT_KEY, 0))
+    params = {k: v for k, v in config.items() if k != REPEAT_KEY}
+    cfg = trial_config(base, params, run_dir=sweep_dir, repeat=repeat)
+    name = cfg.loop.name
+    start, end = float(cfg.loop.initial_labeled), float(planned_labels(cfg))
+    reported = -1
+
+    def report(rows: list[dict[str, Any]], hold_final: bool) -> None:
+        nonlocal reported
+        for i, row in enumerate(rows):
+            r = int(row["round"])
+            if r <= reported:
+                continue
+            final = r >= cfg.loop.rounds or (
+                cfg.loop.total_budget > 0 and row["num_labeled"] >= cfg.loop.total_budget
+            )
+            if hold_final and final:
+                return  # reported after run() returns, once the run is marked done
+            tune.report({**round_metrics(rows[: i + 1], start, end), "planned_rounds": cfg.loop.rounds})
+            reported = r
+
+    def progress(line: str) -> None:
+        print(f"[{name}] {line}", file=sys.stderr, flush=True)
+
+    report(read_metrics(cfg.run_path), hold_final=True)  # rounds of an earlier attempt
+    LoopRunner(cfg, progress=progress, on_round=lambda rows: report(rows, hold_final=True)).run()
+    report(read_metrics(cfg.run_path), hold_final=False)
+
+
+def _trial_name_of(trial: Any) -> str:
+    cfg = dict(trial.config)
+    return trial_name({k: v for k, v in cfg.items() if k != REPEAT_KEY}, int(cfg.get(REPEAT_KEY, 0)))
+
+
+def _make_scheduler(plan: SweepPlan) -> Any:
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+    sweep_dir = plan.sweep_dir
+
+    class RecordingASHA(AsyncHyperBandScheduler):
+        """ASHA that appends each decision to ``<sweep dir>/scheduler_decisions.jsonl``."""
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+            action = super().on_trial_result(tune_controller, trial, result)
+            _record_decision(sweep_dir, trial, result, action, self._metric)
+            return str(action)
+
+    if plan.cfg.tune.scheduler == "fifo":
+        return FIFOScheduler()
+    t = plan.cfg.tune
+    # max_t one past the longest trial: ASHA never stops a trial just for reaching the horizon
+    return RecordingASHA(
+        time_attr="training_iteration",
+        max_t=plan.max_t + 1,
+        grace_period=t.grace_period,
+        reduction_factor=t.reduction_factor,
+    )
+
+
+def _record_decision(
+    sweep_dir: str, trial: Any, result: dict[str, Any], action: str, metric: str | None
+) -> None:
+    import json
+
+    p = _io.join(sweep_dir, DECISIONS_FILE)
+    old = _io.read_text(p) if _io.exists(p) else ""
+    row = {
+        "time": round(time.time(), 3),
+        "trial_id": trial.trial_id,
+        "name": _trial_name_of(trial),
+        "training_iteration": result.get("training_iteration"),
+        "round": result.get("round"),
+        "metric": metric,
+        "value": result.get(metric or ""),
+        "decision": str(action),
+    }
+    _io.atomic_write_text(p, old + json.dumps(row) + "\n")
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _check_same_sweep(plan: SweepPlan, resuming: bool) -> None:
+    p = _io.join(plan.sweep_dir, "sweep.json")
+    if _io.exists(p):
+        old = _io.read_json(p)
+        if old.get("fingerprint") != plan.fingerprint and resuming:
+            raise ConfigError(
+                f"{plan.exp_path} holds a different sweep (its config or search space changed); "
+                "use another loop.name for the new sweep, or delete the old one"
+            )
+    _io.atomic_write_json(
+        p,
+        {
+            "fingerprint": plan.fingerprint,
+            "experiment_path": plan.exp_path,
+            "search_space": plan.cfg.tune.search_space,
+        },
+    )
+
+
+def _collect(plan: SweepPlan, results: Any) -> list[TrialRecord]:
+    from hssal_ray.loop.runner import read_metrics
+    from hssal_ray.state import RunState
+    from hssal_ray.tune._results import read_decisions
+
+    stops: dict[str, dict[str, Any]] = {}
+    for d in read_decisions(plan.sweep_dir):
+        if d.get("decision") == "STOP":
+            stops.setdefault(d["trial_id"], d)
+    base = config_to_dict(plan.cfg)
+    out = []
+    for res in results:
+        params = dict(res.config or {})
+        repeat = int(params.pop(REPEAT_KEY, 0))
+        cfg = trial_config(base, params, run_dir=plan.sweep_dir, repeat=repeat)
+        metrics = dict(res.metrics or {})
+        trial_id = str(metrics.get("trial_id") or os.path.basename(str(res.path)))
+        rows = read_metrics(cfg.run_path)
+        state = RunState.load(cfg.run_path) if _io.exists(cfg.run_path) else None
+        stop = stops.get(trial_id)
+        rec = TrialRecord(
+            trial_id=trial_id,
+            name=cfg.loop.name,
+            params={**params, **({REPEAT_KEY: repeat} if repeat else {})},
+            config=cfg,
+            rows=rows,
+            metrics=metrics,
+        )
+        if res.error is not None:
+            rec.status, rec.error = "error", str(res.error).splitlines()[0][:300]
+        elif state is not None and state.status == "done":
+            rec.status = "completed"
+        elif stop is not None:
+            rec.status, rec.stopped_at_round = "early_stopped", stop.get("round")
+        else:
+            rec.status = "stopped" if rows else "pending"
+        out.append(rec)
+    return out
+
+
+def _best_config(plan: SweepPlan, trials: list[TrialRecord]) -> ExperimentConfig | None:
+    ranked = [t for t in trials if not math.isnan(t.value(plan.cfg.tune.metric))]
+    if not ranked:
+        return None
+    ranked.sort(key=lambda t: (t.status != "completed", -t.value(plan.cfg.tune.metric)))
+    best = ranked[0]
+    params = {k: v for k, v in best.params.items() if k != REPEAT_KEY}
+    return trial_config(
+        config_to_dict(plan.cfg),
+        params,
+        run_dir=plan.sweep_dir,
+        name="best",
+        repeat=int(best.params.get(REPEAT_KEY, 0)),
+    )
+
+
+def run_sweep(
+    cfg: ExperimentConfig, *, resume: bool = False, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) a sweep to the end and write its outputs into the sweep directory.
+
+    Args:
+        cfg: Sweep config (loop settings + ``tune`` section).
+        resume: Require an existing experiment to restore (re-running the same command restores
+            one anyway when it exists).
+        progress: Called with summary lines (default: stderr).
+
+    Returns:
+        The summary also written to ``<sweep dir>/sweep_summary.json``.
+
+    Raises:
+        ConfigError: An invalid sweep, or not enough resources for a single trial.
+        StateError: ``resume`` without an experiment to restore.
+    """
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    from hssal_ray.errors import StateError
+
+    say = progress or (lambda s: print(s, file=sys.stderr, flush=True))
+    plan = plan_sweep(cfg)
+    _start_ray(cfg)
+    limit = _concurrency(plan)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=config_to_dict(cfg), sweep_dir=plan.sweep_dir),
+        tune.PlacementGroupFactory(trial_bundles(cfg)),
+    )
+    restoring = tune.Tuner.can_restore(plan.exp_path)
+    if resume and not restoring:
+        raise StateError(f"--resume: no sweep to resume at {plan.exp_path}")
+    _check_same_sweep(plan, restoring)
+    say(
+        f"[hssal.tune] sweep {plan.exp_name}: {', '.join(plan.keys)}; one trial holds "
+        f"{plan.footprint['CPU']:g} CPUs / {plan.footprint['GPU']:g} GPUs, {limit} at a time; "
+        f"runs in {plan.sweep_dir}; Tune state in {plan.exp_path}"
+    )
+    if restoring:
+        say(f"[hssal.tune] resuming the sweep in {plan.exp_path} (finished trials are kept)")
+        tuner = tune.Tuner.restore(
+            plan.exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(plan),
+            tune_config=tune.TuneConfig(
+                metric=cfg.tune.metric,
+                mode="max",
+                scheduler=_make_scheduler(plan),
+                num_samples=1,
+                # the concurrency cap lives in the generator (Tune ignores max_concurrent_trials with one)
+                search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=limit),
+                trial_name_creator=_trial_name_of,
+                trial_dirname_creator=lambda t: str(t.trial_id),
+            ),
+            run_config=tune.RunConfig(
+                name=plan.exp_name,
+                storage_path=plan.storage,
+                failure_config=tune.FailureConfig(max_failures=1),
+                verbose=1,
+            ),
+        )
+    t0 = time.perf_counter()
+    results = tuner.fit()
+    trials = _collect(plan, results)
+    summary = write_outputs(
+        plan.sweep_dir,
+        trials,
+        metric=cfg.tune.metric,
+        keys=plan.keys,
+        best_config=_best_config(plan, trials),
+        info={
+            "experiment_path": plan.exp_path,
+            "sweep_dir": plan.sweep_dir,
+            "max_concurrent_trials": limit,
+            "trial_footprint": plan.footprint,
+            "trial_bundles": trial_bundles(cfg),
+            "fit_wall_s": round(time.perf_counter() - t0, 1),
+        },
+    )
+    say(f"[hssal.tune] {len(trials)} trials: {summary['status_counts']}; best: {summary['best']}")
+    say(
+        "[hssal.tune] wrote trials.csv, best_config.yaml, learning_curves.png, sweep_summary.json "
+        f"in {plan.sweep_dir}"
+    )
+    return summary
