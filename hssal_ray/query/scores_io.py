@@ -34,7 +34,7 @@ from hssal_ray import _io
 from hssal_ray.errors import DataError
 from hssal_ray.query.base import Pool, nonfinite_rows
 
-__all__ = ["load_pool", "write_scores", "read_id_list", "exclude_mask", "LIST_COLUMNS"]
+__all__ = ["load_pool", "write_scores", "read_id_list", "exclude_mask", "parquet_write_options", "LIST_COLUMNS"]
 
 logger = logging.getLogger(__name__)
 LIST_COLUMNS = ("embedding", "probs")
@@ -168,10 +168,25 @@ def _list_array(mat: np.ndarray) -> pa.Array:
     return pa.LargeListArray.from_arrays(pa.array(np.arange(0, n * w + 1, w, dtype=np.int64)), flat)
 
 
+def parquet_write_options(column_names: Sequence[str]) -> dict[str, Any]:
+    """``pyarrow.parquet.write_table`` options that make a scores file fast to read.
+
+    Dictionary encoding of float16 list values (fixed_len_byte_array(2)) makes reads ~4x slower
+    (measured: 13 s vs 2.9 s of CPU per 1M x 512 rows), and random fp16/fp32 values do not
+    compress: list columns are written PLAIN and uncompressed, the rest with snappy. Pass the same
+    options to Ray Data's ``write_parquet(..., arrow_parquet_args=...)``.
+    """
+    return {
+        "use_dictionary": False,
+        "compression": {c: ("NONE" if c in LIST_COLUMNS else "SNAPPY") for c in column_names},
+    }
+
+
 def _write_table(path: str, table: pa.Table, row_group_size: int) -> None:
+    opts = parquet_write_options(table.column_names)
     if _io.is_uri(path):
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, row_group_size=row_group_size)
+        pq.write_table(table, sink, row_group_size=row_group_size, **opts)
         _io.atomic_write_bytes(path, sink.getvalue().to_pybytes())
         return
     path = path[len("file://") :] if path.startswith("file://") else path
@@ -180,7 +195,7 @@ def _write_table(path: str, table: pa.Table, row_group_size: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
     os.close(fd)
     try:  # streamed to a temp file next to the target, then renamed: atomic, no in-memory copy
-        pq.write_table(table, tmp, row_group_size=row_group_size)
+        pq.write_table(table, tmp, row_group_size=row_group_size, **opts)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hssal_ray.query.__main__ import main
 from hssal_ray.query.scores_io import write_scores
 
 from ._data import blob_pool
@@ -47,17 +48,16 @@ def test_cli_writes_csv_and_honours_exclude(scores: Path, tmp_path: Path) -> Non
     assert (np.diff(u) <= 1e-6).all() and all(int(x["coarse_cluster"]) >= 0 for x in rows)
 
 
-def test_cli_prints_to_stdout_for_a_baseline(scores: Path) -> None:
-    r = _run(str(scores), "--strategy", "entropy", "--budget", "5")
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
+def test_cli_prints_to_stdout_for_a_baseline(scores: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(scores), "--strategy", "entropy", "--budget", "5"]) == 0  # in-process: fast
+    lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "sample_id,rank,u,coarse_cluster" and len(lines) == 6
     assert lines[1].endswith(",-1")
 
 
-def test_cli_errors_are_one_line_exit_2(scores: Path, tmp_path: Path) -> None:
-    r = _run(str(scores), "--strategy", "hal", "--budget", "401")
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: budget 401")
-    r = _run(str(tmp_path / "missing.parquet"), "--budget", "3")
-    assert r.returncode == 2 and r.stderr.startswith("error: cannot read scores file")
+def test_cli_errors_are_one_line_exit_2(scores: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(scores), "--strategy", "hal", "--budget", "401"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("error: budget 401")
+    assert main([str(tmp_path / "missing.parquet"), "--budget", "3"]) == 2
+    assert capsys.readouterr().err.startswith("error: cannot read scores file")
