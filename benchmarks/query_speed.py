@@ -50,9 +50,9 @@ def make_data(n: int, d: int, seed: int, out: Path) -> dict[str, str]:
     level = rng.uniform(0.1, 0.9, N_CLUSTERS).astype(np.float32)  # how unsure the model is per cluster
     emb = np.empty((n, d), dtype=np.float16)
     for s in range(0, n, 100_000):
-        x = centers[lab[s : s + 100_000]] + rng.standard_normal((len(lab[s : s + 100_000]), d), np.float32) * (
-            0.7 / np.sqrt(d)
-        )
+        x = centers[lab[s : s + 100_000]] + rng.standard_normal(
+            (len(lab[s : s + 100_000]), d), np.float32
+        ) * (0.7 / np.sqrt(d))
         emb[s : s + 100_000] = x / np.linalg.norm(x, axis=1, keepdims=True)
     u = np.clip(level[lab] + 0.1 * rng.standard_normal(n).astype(np.float32), 0.0, None).astype(np.float32)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,26 +100,42 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     u = pool.scores["u_badge"]
     info = getattr(strategy, "info_", {})
     return {
-        "n": len(pool), "strategy": spec["strategy"], "seconds": round(seconds, 3), "peak_rss_mb": round(peak, 1),
-        "cpu_seconds": round(cpu, 3), "emb_mb": round(pool.embeddings.nbytes / 2**20, 1),
+        "n": len(pool),
+        "strategy": spec["strategy"],
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": round(peak, 1),
+        "cpu_seconds": round(cpu, 3),
+        "emb_mb": round(pool.embeddings.nbytes / 2**20, 1),
         "peak_over_emb": round(peak / (pool.embeddings.nbytes / 2**20), 3),
-        "coverage": int(len(np.unique(lab[picks]))), "mean_u": round(float(u[picks].mean()), 4),
-        "budget": spec["budget"], "params": spec.get("params", {}), "measured": "measured",
-        "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "torch_threads": torch.get_num_threads(),
+        "coverage": int(len(np.unique(lab[picks]))),
+        "mean_u": round(float(u[picks].mean()), 4),
+        "budget": spec["budget"],
+        "params": spec.get("params", {}),
+        "measured": "measured",
+        "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
+        "torch_threads": torch.get_num_threads(),
         "breakdown_s": {k: round(v, 3) for k, v in info.get("seconds", {}).items()},
-        "coarse_k": info.get("coarse_k"), "backend": info.get("backend"), "peak_note": peak_note,
-    }  # fmt: skip
+        "coarse_k": info.get("coarse_k"),
+        "backend": info.get("backend"),
+        "peak_note": peak_note,
+    }
 
 
 def run_worker(spec: dict[str, Any], timeout: int = 1800) -> dict[str, Any]:
     """Run :func:`worker` in a fresh Python process."""
     cmd = [sys.executable, "-m", "benchmarks.query_speed", "--worker", json.dumps(spec)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1])
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1]
+    )
     if r.returncode != 0:
         raise RuntimeError(f"worker failed: {spec['strategy']} n={spec.get('n')}\n{r.stderr[-3000:]}")
     row = json.loads(r.stdout.strip().splitlines()[-1])
-    print(f"  {row['strategy']:<10} n={row['n']:>8} {row['seconds']:>9.3f} s  peak +{row['peak_rss_mb']:>7.1f} MB "
-          f"cov={row['coverage']:>3} u={row['mean_u']:.3f} {row['params'] or ''}", flush=True)  # fmt: skip
+    print(
+        f"  {row['strategy']:<10} n={row['n']:>8} {row['seconds']:>9.3f} s  "
+        f"peak +{row['peak_rss_mb']:>7.1f} MB "
+        f"cov={row['coverage']:>3} u={row['mean_u']:.3f} {row['params'] or ''}",
+        flush=True,
+    )
     return row
 
 
@@ -128,59 +144,112 @@ def extrapolate(rows: list[dict[str, Any]], knob: str, values: list[float], targ
     (x0, x1), (y0, y1) = values, (rows[0]["seconds"], rows[1]["seconds"])
     b = (y1 - y0) / (x1 - x0)
     row = dict(rows[1])
-    row.update(seconds=round(y0 + b * (target - x0), 3), measured="extrapolated",
-               note=f"extrapolated linearly in {knob} from measured {knob}={x0:g} ({y0:.2f} s) and "
-                    f"{knob}={x1:g} ({y1:.2f} s) to {knob}={target:g}; peak RSS, coverage and mean_u are from "
-                    f"the {knob}={x1:g} run", cpu_seconds=None)  # fmt: skip
+    row.update(
+        seconds=round(y0 + b * (target - x0), 3),
+        measured="extrapolated",
+        note=f"extrapolated linearly in {knob} from measured {knob}={x0:g} ({y0:.2f} s) and "
+        f"{knob}={x1:g} ({y1:.2f} s) to {knob}={target:g}; peak RSS, coverage and mean_u are from "
+        f"the {knob}={x1:g} run",
+        cpu_seconds=None,
+    )
     return row
 
 
 def run_cli(scores: Path, budget: int, tmp: Path) -> dict[str, Any]:
     """Time the whole CLI call (process start, imports, read, select, CSV write) on a scores file."""
-    cmd = [sys.executable, "-m", "hssal_ray.query", str(scores), "--strategy", "hal", "--budget", str(budget),
-           "--out", str(tmp / "query.csv")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "hssal_ray.query",
+        str(scores),
+        "--strategy",
+        "hal",
+        "--budget",
+        str(budget),
+        "--out",
+        str(tmp / "query.csv"),
+    ]
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    p = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     _, status, usage = os.wait4(p.pid, 0)
     seconds = time.perf_counter() - t0
     err = p.stderr.read() if p.stderr else ""
     if status != 0:
         raise RuntimeError(f"CLI failed: {err}")
-    return {"n": None, "strategy": "cli:hal", "seconds": round(seconds, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-            "measured": "measured", "stderr": err.strip().splitlines()[-1],
-            "note": "whole `python -m hssal_ray.query` call; peak_rss_mb is the process's total peak RSS "
-                    "(includes the loaded pool and Python/torch)"}  # fmt: skip
+    return {
+        "n": None,
+        "strategy": "cli:hal",
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "measured": "measured",
+        "stderr": err.strip().splitlines()[-1],
+        "note": "whole `python -m hssal_ray.query` call; peak_rss_mb is the process's total peak RSS "
+        "(includes the loaded pool and Python/torch)",
+    }
 
 
 def _device() -> str:
     import torch
 
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), platform.processor())  # fmt: skip
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), CPU only"
+    model = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    threads = torch.get_num_threads()
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({threads} threads), CPU only"
 
 
 def _markdown(res: dict[str, Any]) -> str:
-    lines = [f"# Query speed ({res['device']})", "", f"Command: `{res['command']}`  ", f"Date: {res['date']}", "",
-             "| n | strategy | seconds | peak RSS (MB) | peak / embedding matrix | coverage (of 200) | mean u | how |",
-             "|---:|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = [
+        f"# Query speed ({res['device']})",
+        "",
+        f"Command: `{res['command']}`  ",
+        f"Date: {res['date']}",
+        "",
+        "| n | strategy | seconds | peak RSS (MB) | peak / embedding matrix | coverage (of 200) | mean u "
+        "| how |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in res["rows"]:
-        lines.append(f"| {r['n'] or ''} | {r['strategy']} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | "
-                     f"{r.get('peak_over_emb') or ''} | {r.get('coverage', '')} | {r.get('mean_u', '')} | "
-                     f"{r['measured']} |")  # fmt: skip
-    lines += ["", "| n | typiclust / hal time | coreset / hal time | hal peak / embedding matrix |", "|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['n'] or ''} | {r['strategy']} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | "
+            f"{r.get('peak_over_emb') or ''} | {r.get('coverage', '')} | {r.get('mean_u', '')} | "
+            f"{r['measured']} |"
+        )
+    lines += [
+        "",
+        "| n | typiclust / hal time | coreset / hal time | hal peak / embedding matrix |",
+        "|---:|---:|---:|---:|",
+    ]
     for n, rt in res["ratios"].items():
-        lines.append(f"| {n} | {rt['typiclust_over_hal']} | {rt['coreset_over_hal']} | {rt['hal_peak_over_emb']} |")
+        lines.append(
+            f"| {n} | {rt['typiclust_over_hal']} | {rt['coreset_over_hal']} | {rt['hal_peak_over_emb']} |"
+        )
     if res.get("sweep"):
-        lines += ["", f"HAL variants on n = {res['sweep'][0]['n']} (budget {res['sweep'][0]['budget']}):", "",
-                  "| params | coarse K1 | seconds | fit / assign / fine (s) | peak RSS (MB) | coverage | mean u |",
-                  "|---|---:|---:|---|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            f"HAL variants on n = {res['sweep'][0]['n']} (budget {res['sweep'][0]['budget']}):",
+            "",
+            "| params | coarse K1 | seconds | fit / assign / fine (s) | peak RSS (MB) | coverage | mean u |",
+            "|---|---:|---:|---|---:|---:|---:|",
+        ]
         for r in res["sweep"]:
             b = r["breakdown_s"]
-            lines.append(f"| {r['strategy']} {r['params']} | {r['coarse_k'] or ''} | {r['seconds']:.2f} | "
-                         f"{b.get('coarse_fit', '')} / {b.get('assign', '')} / {b.get('fine', '')} | "
-                         f"{r['peak_rss_mb']:.0f} | {r['coverage']} | {r['mean_u']} |")  # fmt: skip
+            lines.append(
+                f"| {r['strategy']} {r['params']} | {r['coarse_k'] or ''} | {r['seconds']:.2f} | "
+                f"{b.get('coarse_fit', '')} / {b.get('assign', '')} / {b.get('fine', '')} | "
+                f"{r['peak_rss_mb']:.0f} | {r['coverage']} | {r['mean_u']} |"
+            )
     lines += ["", "Notes:", *[f"- {x}" for x in res["notes"]], ""]
     return "\n".join(lines)
 
@@ -195,17 +264,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
-    sizes, budget, d = ([10_000, 50_000], 100, 512) if args.quick else ([10_000, 100_000, 1_000_000], 1000, 512)
+    sizes, budget, d = (
+        ([10_000, 50_000], 100, 512) if args.quick else ([10_000, 100_000, 1_000_000], 1000, 512)
+    )
     rows: list[dict[str, Any]] = []
     sweep: list[dict[str, Any]] = []
     notes = [
-        "Wall-clock seconds of `strategy.select(pool, budget)` in a fresh process after a warm-up on a tiny pool; "
+        "Wall-clock seconds of `strategy.select(pool, budget)` in a fresh process after a warm-up on a "
+        "tiny pool; "
         "the pool (fp16 embeddings, u_badge, confident) is already in memory.",
-        "peak RSS = peak resident memory above the loaded pool during select (VmHWM reset via /proc/self/clear_refs).",
-        "typiclust = flat k-means with k = budget on all embeddings (same k-means backend as HAL, auto = faiss, "
+        "peak RSS = peak resident memory above the loaded pool during select (VmHWM reset via "
+        "/proc/self/clear_refs).",
+        "typiclust = flat k-means with k = budget on all embeddings (same k-means backend as HAL, "
+        "auto = faiss, "
         "20 Lloyd iterations, k-means++ seeding) + the most typical row per cluster.",
         "coverage = distinct true clusters (of 200) in the batch; mean u = mean uncertainty of the batch.",
-        "This machine is shared with other jobs: loadavg_1m in the JSON rows shows the contention during each run.",
+        "This machine is shared with other jobs: loadavg_1m in the JSON rows shows the contention "
+        "during each run.",
     ]
     with tempfile.TemporaryDirectory(prefix="query_speed_") as tmpd:
         tmp = Path(tmpd)
@@ -219,12 +294,20 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(run_worker({**base, "strategy": "typiclust"}))
                 rows.append(run_worker({**base, "strategy": "coreset"}))
                 continue
-            tc = [run_worker({**base, "strategy": "typiclust", "params": {"kmeans_iters": i}}) for i in (1, 3)]
+            tc = [
+                run_worker({**base, "strategy": "typiclust", "params": {"kmeans_iters": i}}) for i in (1, 3)
+            ]
             rows.append(extrapolate(tc, "kmeans_iters", [1, 3], 20))
             cs = [run_worker({**base, "strategy": "coreset", "budget": b}) for b in (50, 150)]
             rows.append(extrapolate(cs, "budget", [50, 150], budget))
-            for params in ({"coarse_k": 16}, {"coarse_k": 32}, {"coarse_k": 128}, {"kmeans_backend": "torch"},
-                           {"fine_method": "spectral"}, {"pick": "typical"}):  # fmt: skip
+            for params in (
+                {"coarse_k": 16},
+                {"coarse_k": 32},
+                {"coarse_k": 128},
+                {"kmeans_backend": "torch"},
+                {"fine_method": "spectral"},
+                {"pick": "typical"},
+            ):
                 sweep.append(run_worker({**base, "strategy": "hal", "params": params}))
             sweep.insert(0, next(r for r in rows if r["strategy"] == "hal" and r["n"] == n))
             sweep.append(run_worker({**base, "strategy": "random"}))
@@ -235,8 +318,13 @@ def main(argv: list[str] | None = None) -> int:
 
         pool, _ = _pool(paths)  # the largest pool, generated above
         t0 = time.perf_counter()
-        write_scores(str(tmp / "scores.parquet"), pool.ids, pool.embeddings, scores=pool.scores,
-                     confident=pool.confident)  # fmt: skip
+        write_scores(
+            str(tmp / "scores.parquet"),
+            pool.ids,
+            pool.embeddings,
+            scores=pool.scores,
+            confident=pool.confident,
+        )
         write_s = time.perf_counter() - t0
         emb_mb = pool.embeddings.nbytes / 2**20
         del pool
@@ -248,13 +336,23 @@ def main(argv: list[str] | None = None) -> int:
     for n in sizes:
         by = {r["strategy"]: r for r in rows if r["n"] == n}
         h = by["hal"]["seconds"]
-        ratios[str(n)] = {"typiclust_over_hal": round(by["typiclust"]["seconds"] / h, 1),
-                          "coreset_over_hal": round(by["coreset"]["seconds"] / h, 1),
-                          "hal_peak_over_emb": by["hal"]["peak_over_emb"]}  # fmt: skip
-    res = {"rows": rows, "ratios": ratios, "sweep": sweep, "notes": notes, "device": _device(),
-           "command": "python -m benchmarks.query_speed" + (" --quick" if args.quick else ""),
-           "date": time.strftime("%Y-%m-%d %H:%M:%S"), "budget": budget, "dim": d,
-           "clusters": N_CLUSTERS}  # fmt: skip
+        ratios[str(n)] = {
+            "typiclust_over_hal": round(by["typiclust"]["seconds"] / h, 1),
+            "coreset_over_hal": round(by["coreset"]["seconds"] / h, 1),
+            "hal_peak_over_emb": by["hal"]["peak_over_emb"],
+        }
+    res = {
+        "rows": rows,
+        "ratios": ratios,
+        "sweep": sweep,
+        "notes": notes,
+        "device": _device(),
+        "command": "python -m benchmarks.query_speed" + (" --quick" if args.quick else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "budget": budget,
+        "dim": d,
+        "clusters": N_CLUSTERS,
+    }
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = "query_speed_quick" if args.quick else "query_speed"

@@ -21,7 +21,12 @@ from hssal_ray.query.baselines import (
     RandomQuery,
     TypiClustQuery,
 )
-from hssal_ray.query.hierarchical import FlatHierarchicalQuery, HierarchicalQuery, allocate_budget, auto_coarse_k
+from hssal_ray.query.hierarchical import (
+    FlatHierarchicalQuery,
+    HierarchicalQuery,
+    allocate_budget,
+    auto_coarse_k,
+)
 from hssal_ray.query.scores_io import load_pool, write_scores
 from hssal_ray.query.uncertainty import (
     UNCERTAINTIES,

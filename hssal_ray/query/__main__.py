@@ -70,18 +70,27 @@ def _columns(path: str, strategy_name: str, requires_embeddings: bool, ucol: str
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     from hssal_ray.query.base import strategy_from_config
     from hssal_ray.query.scores_io import exclude_mask, load_pool, read_id_list
 
     try:
         cfg = types.SimpleNamespace(
-            strategy=args.strategy, uncertainty=args.uncertainty, coarse_k=args.coarse_k,
-            candidate_ratio=args.candidate_ratio, fine_method=args.fine_method, pick=args.pick,
-            coarse_fit_sample=args.coarse_fit_sample, kmeans_backend=args.backend,
-            kmeans_iters=args.kmeans_iters, ssl_aware=args.ssl_aware,
-        )  # fmt: skip
+            strategy=args.strategy,
+            uncertainty=args.uncertainty,
+            coarse_k=args.coarse_k,
+            candidate_ratio=args.candidate_ratio,
+            fine_method=args.fine_method,
+            pick=args.pick,
+            coarse_fit_sample=args.coarse_fit_sample,
+            kmeans_backend=args.backend,
+            kmeans_iters=args.kmeans_iters,
+            ssl_aware=args.ssl_aware,
+        )
         strategy = strategy_from_config(cfg, random_state=args.seed)
         uname = {"entropy": "entropy", "margin": "margin"}.get(args.strategy, args.uncertainty)
         t0 = time.perf_counter()
@@ -107,8 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             sys.stdout.write(buf.getvalue())
         n_ex = int(np.count_nonzero(pool.exclude)) if pool.exclude is not None else 0
-        print(f"read {t1 - t0:.3f} s ({len(pool)} rows, {n_ex} excluded); select {t2 - t1:.3f} s "
-              f"({strategy!r}); wrote {len(picks)} rows to {args.out or 'stdout'}", file=sys.stderr)  # fmt: skip
+        print(
+            f"read {t1 - t0:.3f} s ({len(pool)} rows, {n_ex} excluded); select {t2 - t1:.3f} s "
+            f"({strategy!r}); wrote {len(picks)} rows to {args.out or 'stdout'}",
+            file=sys.stderr,
+        )
     except HSSALError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

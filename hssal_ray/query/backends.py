@@ -34,7 +34,16 @@ import torch
 
 from hssal_ray.errors import DataError, MissingOptionalDependencyError
 
-__all__ = ["KMeansLike", "make_kmeans", "resolve_backend", "assign_chunked", "init_centers", "limit_threads", "TorchKMeans", "BACKENDS"]
+__all__ = [
+    "KMeansLike",
+    "make_kmeans",
+    "resolve_backend",
+    "assign_chunked",
+    "init_centers",
+    "limit_threads",
+    "TorchKMeans",
+    "BACKENDS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +91,10 @@ def limit_threads(work: float) -> Iterator[None]:
         torch.set_num_threads(prev)
         if faiss is not None and fprev is not None:
             faiss.omp_set_num_threads(fprev)
+
+
+def _repr(obj: object, *names: str) -> str:
+    return f"{type(obj).__name__}({', '.join(f'{k}={getattr(obj, k)!r}' for k in names)})"
 
 
 def _cuda_visible() -> bool:
@@ -293,10 +306,7 @@ class TorchKMeans:
         self.init_size = init_size
 
     def __repr__(self) -> str:
-        return (
-            f"TorchKMeans(n_clusters={self.n_clusters}, max_iter={self.max_iter}, "
-            f"random_state={self.random_state}, init={self.init!r}, device={self.device!r})"
-        )
+        return _repr(self, "n_clusters", "max_iter", "random_state", "init", "device")
 
     def _init_centers(self, Xt: torch.Tensor, rng: np.random.Generator, dev: torch.device) -> torch.Tensor:
         return init_centers(Xt, self.n_clusters, rng, self.init, self.init_size, dev)
@@ -397,9 +407,14 @@ class FaissKMeans:
     """
 
     def __init__(
-        self, n_clusters: int = 8, max_iter: int = 20, random_state: int | None = None, chunk_size: int = 4096,
-        init: str = "k-means++", init_size: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        n_clusters: int = 8,
+        max_iter: int = 20,
+        random_state: int | None = None,
+        chunk_size: int = 4096,
+        init: str = "k-means++",
+        init_size: int | None = None,
+    ) -> None:
         self.n_clusters = n_clusters
         self.max_iter = max_iter
         self.random_state = random_state
@@ -408,7 +423,7 @@ class FaissKMeans:
         self.init_size = init_size
 
     def __repr__(self) -> str:
-        return f"FaissKMeans(n_clusters={self.n_clusters}, max_iter={self.max_iter}, random_state={self.random_state})"
+        return _repr(self, "n_clusters", "max_iter", "random_state")
 
     def fit(self, X: ArrayLike) -> FaissKMeans:
         """Fit on ``X`` (n, d) (converted to one float32 array: faiss needs it)."""
@@ -430,9 +445,14 @@ class FaissKMeans:
             raise _nonfinite_error(bad)
         seed = 1234 if self.random_state is None else int(self.random_state) % (2**31)
         km = faiss.Kmeans(
-            d, self.n_clusters, niter=self.max_iter, seed=seed, verbose=False,
-            max_points_per_centroid=max(n, 1), min_points_per_centroid=1,
-        )  # fmt: skip
+            d,
+            self.n_clusters,
+            niter=self.max_iter,
+            seed=seed,
+            verbose=False,
+            max_points_per_centroid=max(n, 1),
+            min_points_per_centroid=1,
+        )
         if self.init == "k-means++":  # faiss only seeds with random rows; seed it with ours
             rng = np.random.default_rng(self.random_state)
             c0 = init_centers(_to_torch(arr), self.n_clusters, rng, "k-means++", self.init_size).numpy()
@@ -440,7 +460,9 @@ class FaissKMeans:
         else:
             km.train(arr)
         self.cluster_centers_ = np.asarray(km.centroids, dtype=np.float32).reshape(self.n_clusters, d)
-        labels, sq = assign_chunked(arr, self.cluster_centers_, chunk_size=self.chunk_size, return_distances=True)
+        labels, sq = assign_chunked(
+            arr, self.cluster_centers_, chunk_size=self.chunk_size, return_distances=True
+        )
         self.labels_ = labels
         self.inertia_ = float(np.sum(sq, dtype=np.float64))
         return self
@@ -462,7 +484,7 @@ class SklearnKMeans:
         self.chunk_size = chunk_size
 
     def __repr__(self) -> str:
-        return f"SklearnKMeans(n_clusters={self.n_clusters}, max_iter={self.max_iter}, random_state={self.random_state})"
+        return _repr(self, "n_clusters", "max_iter", "random_state")
 
     def fit(self, X: ArrayLike) -> SklearnKMeans:
         """Fit on ``X`` (n, d) as float32."""
@@ -493,7 +515,11 @@ class CumlKMeans:
     """
 
     def __init__(
-        self, n_clusters: int = 8, max_iter: int = 20, random_state: int | None = None, chunk_size: int = 262_144
+        self,
+        n_clusters: int = 8,
+        max_iter: int = 20,
+        random_state: int | None = None,
+        chunk_size: int = 262_144,
     ) -> None:
         self.n_clusters = n_clusters
         self.max_iter = max_iter
@@ -501,13 +527,13 @@ class CumlKMeans:
         self.chunk_size = chunk_size
 
     def __repr__(self) -> str:
-        return f"CumlKMeans(n_clusters={self.n_clusters}, max_iter={self.max_iter}, random_state={self.random_state})"
+        return _repr(self, "n_clusters", "max_iter", "random_state")
 
     @staticmethod
     def _modules() -> tuple[Any, Any]:
         try:
-            import cupy
             import cuml
+            import cupy
         except ImportError as e:  # the message names the missing package
             raise MissingOptionalDependencyError(e.name or "cuml", purpose="the cuml k-means backend") from e
         return cuml, cupy
@@ -528,9 +554,13 @@ class CumlKMeans:
         cuml, cupy = self._modules()
         Xc = self._to_cupy(cupy, X)
         km = cuml.KMeans(
-            n_clusters=self.n_clusters, max_iter=self.max_iter, random_state=1 if self.random_state is None else self.random_state,
-            init="scalable-k-means++", n_init=1, output_type="cupy",
-        )  # fmt: skip
+            n_clusters=self.n_clusters,
+            max_iter=self.max_iter,
+            random_state=1 if self.random_state is None else self.random_state,
+            init="scalable-k-means++",
+            n_init=1,
+            output_type="cupy",
+        )
         km.fit(Xc)
         self._model = km
         self.cluster_centers_ = cupy.asnumpy(km.cluster_centers_).astype(np.float32)
@@ -563,7 +593,8 @@ def make_kmeans(
         n_clusters: k.
         max_iter: Lloyd iterations.
         random_state: seed; the same seed gives the same result on the same machine.
-        **params: backend-specific extras (``chunk_size``; torch: ``init``, ``tol``, ``device``, ``init_size``).
+        **params: backend-specific extras (``chunk_size``; torch: ``init``, ``tol``, ``device``,
+            ``init_size``; faiss: ``init``, ``init_size``).
 
     Returns:
         An unfitted estimator: ``fit(X) -> self``, ``predict(X) -> (n,)``, ``cluster_centers_``,
@@ -574,5 +605,10 @@ def make_kmeans(
         logger.info("k-means backend: auto -> %s", name)
     else:
         logger.debug("k-means backend: %s", name)
-    cls: dict[str, Any] = {"torch": TorchKMeans, "faiss": FaissKMeans, "sklearn": SklearnKMeans, "cuml": CumlKMeans}
+    cls: dict[str, Any] = {
+        "torch": TorchKMeans,
+        "faiss": FaissKMeans,
+        "sklearn": SklearnKMeans,
+        "cuml": CumlKMeans,
+    }
     return cls[name](n_clusters=n_clusters, max_iter=max_iter, random_state=random_state, **params)  # type: ignore[no-any-return]

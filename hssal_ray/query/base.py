@@ -231,8 +231,14 @@ class QueryStrategy(ABC):
         n = len(pool)
         if n == 0:
             raise EmptyPoolError("the pool is empty: nothing to select from")
-        for what, arr in (("embeddings", pool.embeddings), ("probs", pool.probs), ("confident", pool.confident),
-                          ("exclude", pool.exclude), ("pred", pool.pred), *pool.scores.items()):  # fmt: skip
+        for what, arr in (
+            ("embeddings", pool.embeddings),
+            ("probs", pool.probs),
+            ("confident", pool.confident),
+            ("exclude", pool.exclude),
+            ("pred", pool.pred),
+            *pool.scores.items(),
+        ):
             if arr is not None and len(arr) != n:
                 raise DataError(f"pool column {what!r} has {len(arr)} rows but ids has {n}")
         avail = pool.available()
@@ -263,8 +269,10 @@ class QueryStrategy(ABC):
         """Check the output contract (an internal error here is a bug, not bad input)."""
         picks = np.asarray(picks, dtype=np.int64)
         if picks.shape != (budget,) or np.unique(picks).size != budget:
-            raise RuntimeError(f"{type(self).__name__} returned {picks.size} picks ({np.unique(picks).size} "
-                               f"unique) for budget {budget}")  # fmt: skip
+            raise RuntimeError(
+                f"{type(self).__name__} returned {picks.size} picks ({np.unique(picks).size} "
+                f"unique) for budget {budget}"
+            )
         if pool.exclude is not None and np.asarray(pool.exclude)[picks].any():
             raise RuntimeError(f"{type(self).__name__} selected an excluded row")
         return picks
@@ -279,7 +287,9 @@ def register(name: str) -> Callable[[S], S]:
 
     def deco(cls: S) -> S:
         if name in _REGISTRY:
-            raise ValueError(f"query strategy {name!r} is already registered ({_REGISTRY[name].__qualname__})")
+            raise ValueError(
+                f"query strategy {name!r} is already registered ({_REGISTRY[name].__qualname__})"
+            )
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -297,7 +307,9 @@ def get_strategy_class(name: str) -> type[QueryStrategy]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown query strategy {name!r}; valid: {', '.join(available_strategies())}") from None
+        raise ConfigError(
+            f"unknown query strategy {name!r}; valid: {', '.join(available_strategies())}"
+        ) from None
 
 
 def strategy_from_config(cfg: Any, random_state: int | None = None, **overrides: Any) -> QueryStrategy:

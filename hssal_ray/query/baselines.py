@@ -93,9 +93,12 @@ class TypiClustQuery(QueryStrategy):
     _parameter_constraints: ClassVar[dict[str, Any]] = {"kmeans_backend": BACKENDS}
 
     def __init__(
-        self, kmeans_backend: str = "auto", kmeans_iters: int = 20, n_neighbors: int = 20,
+        self,
+        kmeans_backend: str = "auto",
+        kmeans_iters: int = 20,
+        n_neighbors: int = 20,
         random_state: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.kmeans_backend = kmeans_backend
         self.kmeans_iters = kmeans_iters
         self.n_neighbors = n_neighbors
@@ -108,7 +111,9 @@ class TypiClustQuery(QueryStrategy):
         emb = pool.embeddings
         X = emb if avail.size == len(pool) else take_rows(emb, avail)
         seed = int(self._rng().integers(2**31 - 1))
-        km = make_kmeans(self.kmeans_backend, n_clusters=budget, max_iter=int(self.kmeans_iters), random_state=seed)
+        km = make_kmeans(
+            self.kmeans_backend, n_clusters=budget, max_iter=int(self.kmeans_iters), random_state=seed
+        )
         labels = np.asarray(km.fit(X).labels_, dtype=np.int64)
         del X
         t_fit = time.perf_counter()
@@ -122,8 +127,11 @@ class TypiClustQuery(QueryStrategy):
             within[members[np.lexsort((members, -typ))]] = np.arange(members.size)
         key = np.lexsort((np.arange(avail.size), labels, -sizes[labels], within))
         chosen = key[:budget]
-        self.info_ = {"pick_cluster": labels[chosen], "pick_coarse_cluster": np.full(budget, -1, dtype=np.int64),
-                      "seconds": {"kmeans": t_fit - t0, "total": time.perf_counter() - t0}}  # fmt: skip
+        self.info_ = {
+            "pick_cluster": labels[chosen],
+            "pick_coarse_cluster": np.full(budget, -1, dtype=np.int64),
+            "seconds": {"kmeans": t_fit - t0, "total": time.perf_counter() - t0},
+        }
         return self._finish(pool, avail[chosen], budget)
 
 
@@ -252,4 +260,3 @@ class BadgeQuery(QueryStrategy):
                 nxt = int(rng.choice(np.flatnonzero(allowed.cpu().numpy())))
         self.info_ = {"pick_coarse_cluster": np.full(budget, -1, dtype=np.int64)}
         return self._finish(pool, np.asarray(picks, dtype=np.int64), budget)
-

@@ -215,9 +215,12 @@ def _fine_labels(task: ClusterTask) -> np.ndarray:
 
         sc = SpectralClustering(
             # k ~ the expected fine-cluster size (r): a sparse graph whose components are the groups
-            n_clusters=b, affinity="nearest_neighbors", n_neighbors=min(m - 1, max(3, math.ceil(m / b))),
-            assign_labels="cluster_qr", random_state=task.seed,
-        )  # fmt: skip
+            n_clusters=b,
+            affinity="nearest_neighbors",
+            n_neighbors=min(m - 1, max(3, math.ceil(m / b))),
+            assign_labels="cluster_qr",
+            random_state=task.seed,
+        )
         with warnings.catch_warnings():  # disconnected kNN graphs are expected (tight clusters)
             warnings.filterwarnings("ignore", message="Graph is not fully connected", category=UserWarning)
             return np.asarray(sc.fit_predict(task.emb), dtype=np.int64)
@@ -318,18 +321,29 @@ class _HALBase(QueryStrategy):
             return coarse_backend
         return "faiss" if importlib.util.find_spec("faiss") is not None else "torch"
 
-    def _task(self, cluster: int, emb: Any, cand: np.ndarray, u: np.ndarray, b: int, backend: str,
-              seed: int) -> ClusterTask:  # fmt: skip
-        return ClusterTask(cluster=cluster, emb=take_rows(emb, cand), u=u[cand], n_picks=int(b),
-                           fine_method=self.fine_method, pick=self.pick, backend=backend,
-                           max_iter=int(self.kmeans_iters), seed=int(seed))  # fmt: skip
+    def _task(
+        self, cluster: int, emb: Any, cand: np.ndarray, u: np.ndarray, b: int, backend: str, seed: int
+    ) -> ClusterTask:
+        return ClusterTask(
+            cluster=cluster,
+            emb=take_rows(emb, cand),
+            u=u[cand],
+            n_picks=int(b),
+            fine_method=self.fine_method,
+            pick=self.pick,
+            backend=backend,
+            max_iter=int(self.kmeans_iters),
+            seed=int(seed),
+        )
 
     def _run(self, tasks: list[ClusterTask]) -> list[np.ndarray]:
         fn = self.map_fn if self.map_fn is not None else map
         return [np.asarray(r, dtype=np.int64) for r in fn(_select_in_cluster, tasks)]
 
     def _confident(self, pool: Pool) -> np.ndarray | None:
-        return np.asarray(pool.confident, dtype=bool) if self.ssl_aware and pool.confident is not None else None
+        return (
+            np.asarray(pool.confident, dtype=bool) if self.ssl_aware and pool.confident is not None else None
+        )
 
 
 @register("hal")
@@ -372,8 +386,10 @@ class HierarchicalQuery(_HALBase):
         xs = emb[torch.from_numpy(sample).to(emb.device)] if isinstance(emb, torch.Tensor) else emb[sample]
         bad = nonfinite_rows(xs)
         if bad.size:
-            raise DataError(f"embeddings have NaN or inf in rows {sample[bad][:5].tolist()} "
-                            f"(ids {[str(pool.ids[r]) for r in sample[bad][:5]]})")  # fmt: skip
+            raise DataError(
+                f"embeddings have NaN or inf in rows {sample[bad][:5].tolist()} "
+                f"(ids {[str(pool.ids[r]) for r in sample[bad][:5]]})"
+            )
         km = make_kmeans(backend, n_clusters=k1, max_iter=int(self.kmeans_iters), random_state=seed).fit(xs)
         del xs
         t_fit = time.perf_counter()
@@ -383,8 +399,10 @@ class HierarchicalQuery(_HALBase):
             labels, _ = assign_chunked(emb, km.cluster_centers_)
             bad = np.flatnonzero(labels < 0)
             if bad.size:
-                raise DataError(f"embeddings have NaN or inf in {bad.size} rows: {bad[:5].tolist()} "
-                                f"(ids {[str(pool.ids[r]) for r in bad[:5]]})")  # fmt: skip
+                raise DataError(
+                    f"embeddings have NaN or inf in {bad.size} rows: {bad[:5].tolist()} "
+                    f"(ids {[str(pool.ids[r]) for r in bad[:5]]})"
+                )
         t_assign = time.perf_counter()
 
         lab_av = labels[avail]
@@ -403,7 +421,9 @@ class HierarchicalQuery(_HALBase):
             rows = avail[order[starts[k] : starts[k + 1]]]
             m = int(min(math.ceil(self.candidate_ratio * b[k]), rows.size))
             cand = _top_candidates(u_all[rows], rows, None if conf is None else conf[rows], m)
-            tasks.append((cand, self._task(int(k), emb, cand, u_all, b[k], fine_backend, seed + 7919 * (k + 1))))
+            tasks.append(
+                (cand, self._task(int(k), emb, cand, u_all, b[k], fine_backend, seed + 7919 * (k + 1)))
+            )
         t_filter = time.perf_counter()
         results = self._run([t for _, t in tasks])
         picks = np.concatenate([cand[r] for (cand, _), r in zip(tasks, results, strict=True)])
@@ -412,12 +432,21 @@ class HierarchicalQuery(_HALBase):
         self.coarse_labels_ = labels
         self.coarse_centers_ = np.asarray(km.cluster_centers_)
         self.info_ = {
-            "coarse_k": k1, "backend": backend, "budget_per_cluster": b, "cluster_sizes": counts,
-            "cluster_mass": mass, "pick_coarse_cluster": labels[picks],
+            "coarse_k": k1,
+            "backend": backend,
+            "budget_per_cluster": b,
+            "cluster_sizes": counts,
+            "cluster_mass": mass,
+            "pick_coarse_cluster": labels[picks],
             "n_candidates": int(sum(len(c) for c, _ in tasks)),
-            "seconds": {"coarse_fit": t_fit - t0, "assign": t_assign - t_fit, "filter": t_filter - t_assign,
-                        "fine": t_end - t_filter, "total": t_end - t0},
-        }  # fmt: skip
+            "seconds": {
+                "coarse_fit": t_fit - t0,
+                "assign": t_assign - t_fit,
+                "filter": t_filter - t_assign,
+                "fine": t_end - t_filter,
+                "total": t_end - t0,
+            },
+        }
         logger.debug("hal: %s", self.info_["seconds"])
         return self._finish(pool, picks, budget)
 
@@ -440,11 +469,21 @@ class FlatHierarchicalQuery(_HALBase):
         conf = self._confident(pool)
         cand = _top_candidates(u_all[avail], avail, None if conf is None else conf[avail], m)
         seed = int(self._rng().integers(2**31 - 1))
-        task = self._task(0, pool.embeddings, cand, u_all, budget, self._fine_backend(
-            resolve_backend(self.kmeans_backend)), seed)  # fmt: skip
+        task = self._task(
+            0,
+            pool.embeddings,
+            cand,
+            u_all,
+            budget,
+            self._fine_backend(resolve_backend(self.kmeans_backend)),
+            seed,
+        )
         picks = cand[self._run([task])[0]]
         picks = picks[np.lexsort((picks, -u_all[picks]))]
         self.coarse_labels_ = np.zeros(len(pool), dtype=np.int64)
-        self.info_ = {"n_candidates": int(m), "pick_coarse_cluster": np.zeros(budget, dtype=np.int64),
-                      "seconds": {"total": time.perf_counter() - t0}}  # fmt: skip
+        self.info_ = {
+            "n_candidates": int(m),
+            "pick_coarse_cluster": np.zeros(budget, dtype=np.int64),
+            "seconds": {"total": time.perf_counter() - t0},
+        }
         return self._finish(pool, picks, budget)

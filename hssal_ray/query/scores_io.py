@@ -34,7 +34,14 @@ from hssal_ray import _io
 from hssal_ray.errors import DataError
 from hssal_ray.query.base import Pool, nonfinite_rows
 
-__all__ = ["load_pool", "write_scores", "read_id_list", "exclude_mask", "parquet_write_options", "LIST_COLUMNS"]
+__all__ = [
+    "load_pool",
+    "write_scores",
+    "read_id_list",
+    "exclude_mask",
+    "parquet_write_options",
+    "LIST_COLUMNS",
+]
 
 logger = logging.getLogger(__name__)
 LIST_COLUMNS = ("embedding", "probs")
@@ -63,8 +70,10 @@ def _flatten_list(arr: pa.Array, name: str, ids: pa.Array) -> tuple[np.ndarray, 
         width = int(lengths[0]) if len(lengths) else 0
         ragged = np.flatnonzero(lengths != width)
         if ragged.size:
-            raise DataError(f"scores column {name!r} has rows of different lengths ({width} vs "
-                            f"{int(lengths[ragged[0]])}) at sample_ids {ids.take(ragged[:5]).to_pylist()}")  # fmt: skip
+            raise DataError(
+                f"scores column {name!r} has rows of different lengths ({width} vs "
+                f"{int(lengths[ragged[0]])}) at sample_ids {ids.take(ragged[:5]).to_pylist()}"
+            )
     values = arr.flatten()
     if values.null_count:
         raise DataError(f"scores column {name!r} holds null values")
@@ -121,13 +130,17 @@ def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: in
                     dt = np.float16 if c == "embedding" and vals.dtype == np.float16 else np.float32
                     out[c] = np.empty((n, width), dtype=dt)
                 elif out[c].shape[1] != width:
-                    raise DataError(f"scores column {c!r} changes width from {out[c].shape[1]} to {width} "
-                                    f"at sample_id {ids[0]}")  # fmt: skip
+                    raise DataError(
+                        f"scores column {c!r} changes width from {out[c].shape[1]} to {width} "
+                        f"at sample_id {ids[0]}"
+                    )
                 out[c][pos : pos + m] = vals
             else:
                 if col.null_count:
                     rows = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
-                    raise DataError(f"scores column {c!r} is null for sample_ids {ids.take(rows[:5]).to_pylist()}")
+                    raise DataError(
+                        f"scores column {c!r} is null for sample_ids {ids.take(rows[:5]).to_pylist()}"
+                    )
                 dt = bool if c == "confident" else np.int64 if c == "pred" else np.float32
                 if c not in out:
                     out[c] = np.empty(n, dtype=dt)
@@ -135,7 +148,11 @@ def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: in
         pos += m
     if pos != n:
         raise DataError(f"scores file {path!r} changed while reading ({pos} of {n} rows)")
-    id_arr = pa.chunked_array(id_chunks, type=ds.schema.field("sample_id").type) if id_chunks else pa.array([], pa.string())
+    id_arr = (
+        pa.chunked_array(id_chunks, type=ds.schema.field("sample_id").type)
+        if id_chunks
+        else pa.array([], pa.string())
+    )
     if id_arr.null_count:
         raise DataError(f"scores file {path!r} has {id_arr.null_count} null sample_ids")
     if n and pc.count_distinct(id_arr).as_py() != n:
@@ -149,14 +166,19 @@ def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: in
             continue
         bad = nonfinite_rows(arr)
         if bad.size:
-            raise DataError(f"scores column {c!r} has NaN or inf in {bad.size} rows, e.g. sample_ids "
-                            f"{[str(ids_np[r]) for r in bad[:5]]}")  # fmt: skip
+            raise DataError(
+                f"scores column {c!r} has NaN or inf in {bad.size} rows, e.g. sample_ids "
+                f"{[str(ids_np[r]) for r in bad[:5]]}"
+            )
     logger.debug("loaded %d rows, columns %s from %s", n, want, path)
     return Pool(
-        ids=ids_np, embeddings=out.get("embedding"), probs=out.get("probs"),
+        ids=ids_np,
+        embeddings=out.get("embedding"),
+        probs=out.get("probs"),
         scores={c: a for c, a in out.items() if c.startswith("u_")},
-        confident=out.get("confident"), pred=out.get("pred"),
-    )  # fmt: skip
+        confident=out.get("confident"),
+        pred=out.get("pred"),
+    )
 
 
 def _list_array(mat: np.ndarray) -> pa.Array:
@@ -232,7 +254,9 @@ def write_scores(
     cols: dict[str, Any] = {"sample_id": pa.array(np.asarray(sample_ids, dtype=object), type=pa.string())}
     if embeddings is not None:
         emb = np.asarray(embeddings)
-        cols["embedding"] = _list_array(emb if emb.dtype == np.float16 else emb.astype(np.float32, copy=False))
+        cols["embedding"] = _list_array(
+            emb if emb.dtype == np.float16 else emb.astype(np.float32, copy=False)
+        )
     if probs is not None:
         cols["probs"] = _list_array(np.asarray(probs, dtype=np.float32))
     for k, v in (scores or {}).items():
@@ -253,7 +277,9 @@ def write_scores(
     _io.makedirs(str(path))
     step = -(-n // num_parts)
     for i in range(num_parts):
-        _write_table(_io.join(str(path), f"part-{i:05d}.parquet"), table.slice(i * step, step), row_group_size)
+        _write_table(
+            _io.join(str(path), f"part-{i:05d}.parquet"), table.slice(i * step, step), row_group_size
+        )
 
 
 def read_id_list(path: str) -> np.ndarray:
@@ -269,7 +295,9 @@ def read_id_list(path: str) -> np.ndarray:
         import pyarrow.csv as pacsv
 
         with fs.open_input_stream(p) as f:
-            t = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(column_types={"sample_id": pa.string()}))
+            t = pacsv.read_csv(
+                f, convert_options=pacsv.ConvertOptions(column_types={"sample_id": pa.string()})
+            )
         col = t.column("sample_id") if "sample_id" in t.column_names else t.column(0).cast(pa.string())
     else:
         t = _io.read_parquet(path)

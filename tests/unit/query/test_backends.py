@@ -35,8 +35,10 @@ def test_cpu_backends_recover_blobs(backend: str, blobs: tuple[np.ndarray, np.nd
 
 def test_backends_agree_with_each_other(blobs: tuple[np.ndarray, np.ndarray]) -> None:
     X, _ = blobs
-    labels = {b: make_kmeans(b, n_clusters=6, max_iter=50, random_state=1).fit(X).labels_
-              for b in ("torch", "faiss", "sklearn")}  # fmt: skip
+    labels = {
+        b: make_kmeans(b, n_clusters=6, max_iter=50, random_state=1).fit(X).labels_
+        for b in ("torch", "faiss", "sklearn")
+    }
     assert adjusted_rand_score(labels["torch"], labels["faiss"]) > 0.95
     assert adjusted_rand_score(labels["torch"], labels["sklearn"]) > 0.95
 
@@ -55,7 +57,9 @@ def test_torch_tensor_input_and_chunked_predict(blobs: tuple[np.ndarray, np.ndar
     km = make_kmeans("torch", n_clusters=6, random_state=0, chunk_size=100).fit(torch.from_numpy(X))
     full, _ = assign_chunked(X, km.cluster_centers_, chunk_size=10_000)
     np.testing.assert_array_equal(km.predict(X), full)
-    labels, sq = assign_chunked(X.astype(np.float16), km.cluster_centers_, chunk_size=77, return_distances=True)
+    labels, sq = assign_chunked(
+        X.astype(np.float16), km.cluster_centers_, chunk_size=77, return_distances=True
+    )
     assert sq is not None and sq.shape == (1500,) and (sq >= 0).all()
     assert (labels == full).mean() > 0.99
 

@@ -21,8 +21,14 @@ REPO = Path(__file__).resolve().parents[3]
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "hssal_ray.query", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "hssal_ray.query", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +40,27 @@ def scores(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cli_writes_csv_and_honours_exclude(scores: Path, tmp_path: Path) -> None:
-    (tmp_path / "labeled.csv").write_text("sample_id\n" + "\n".join(f"s{i:05d}" for i in range(0, 400, 2)) + "\n")
+    (tmp_path / "labeled.csv").write_text(
+        "sample_id\n" + "\n".join(f"s{i:05d}" for i in range(0, 400, 2)) + "\n"
+    )
     out = tmp_path / "query.csv"
-    r = _run(str(scores), "--strategy", "hal", "--budget", "12", "--out", str(out), "--seed", "1",
-             "--exclude", str(tmp_path / "labeled.csv"), "--candidate-ratio", "2", "--backend", "torch")  # fmt: skip
+    r = _run(
+        str(scores),
+        "--strategy",
+        "hal",
+        "--budget",
+        "12",
+        "--out",
+        str(out),
+        "--seed",
+        "1",
+        "--exclude",
+        str(tmp_path / "labeled.csv"),
+        "--candidate-ratio",
+        "2",
+        "--backend",
+        "torch",
+    )
     assert r.returncode == 0, r.stderr
     assert "read " in r.stderr and "select " in r.stderr and "200 excluded" in r.stderr
     rows = list(csv.DictReader(out.open()))
@@ -55,7 +78,9 @@ def test_cli_prints_to_stdout_for_a_baseline(scores: Path, capsys: pytest.Captur
     assert lines[1].endswith(",-1")
 
 
-def test_cli_errors_are_one_line_exit_2(scores: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_errors_are_one_line_exit_2(
+    scores: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main([str(scores), "--strategy", "hal", "--budget", "401"]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [err.strip()] and err.startswith("error: budget 401")

@@ -34,8 +34,14 @@ def pool() -> Pool:
 
 
 def _copy(pool: Pool, **changes: object) -> Pool:
-    kw = dict(ids=pool.ids, embeddings=pool.embeddings, probs=pool.probs, scores=dict(pool.scores),
-              confident=pool.confident, exclude=pool.exclude)  # fmt: skip
+    kw = dict(
+        ids=pool.ids,
+        embeddings=pool.embeddings,
+        probs=pool.probs,
+        scores=dict(pool.scores),
+        confident=pool.confident,
+        exclude=pool.exclude,
+    )
     kw.update(changes)
     return Pool(**kw)
 
@@ -59,7 +65,9 @@ def test_deterministic_under_random_state(name: str, kw: dict, pool: Pool) -> No
 
 
 def test_different_seeds_differ_for_random(pool: Pool) -> None:
-    assert not np.array_equal(make("random", seed=1).select(pool, 20), make("random", seed=2).select(pool, 20))
+    assert not np.array_equal(
+        make("random", seed=1).select(pool, 20), make("random", seed=2).select(pool, 20)
+    )
 
 
 @pytest.mark.parametrize("name", available_strategies())
@@ -78,8 +86,12 @@ def test_budget_errors_name_both_numbers(name: str, pool: Pool) -> None:
 @pytest.mark.parametrize("name", available_strategies())
 def test_empty_and_fully_excluded_pool(name: str, pool: Pool) -> None:
     s = make(name)
-    empty = Pool(ids=np.zeros(0, dtype=object), embeddings=np.zeros((0, 16), np.float16),
-                 probs=np.zeros((0, 5), np.float32), scores={k: v[:0] for k, v in pool.scores.items()})  # fmt: skip
+    empty = Pool(
+        ids=np.zeros(0, dtype=object),
+        embeddings=np.zeros((0, 16), np.float16),
+        probs=np.zeros((0, 5), np.float32),
+        scores={k: v[:0] for k, v in pool.scores.items()},
+    )
     with pytest.raises(EmptyPoolError, match="empty"):
         s.select(empty, 1)
     with pytest.raises(EmptyPoolError, match="all 300 rows"):
@@ -110,8 +122,13 @@ def test_duplicate_points_and_budget_above_distinct_points(name: str, kw: dict) 
     probs = np.repeat(rng.dirichlet(np.ones(3), size=4), 15, axis=0).astype(np.float32)
     from hssal_ray.query import compute_all
 
-    dup = Pool(ids=np.array([f"d{i}" for i in range(60)], dtype=object), embeddings=emb, probs=probs,
-               scores=compute_all(probs, emb), confident=np.zeros(60, bool))  # fmt: skip
+    dup = Pool(
+        ids=np.array([f"d{i}" for i in range(60)], dtype=object),
+        embeddings=emb,
+        probs=probs,
+        scores=compute_all(probs, emb),
+        confident=np.zeros(60, bool),
+    )
     picks = make(name, **kw).select(dup, 12)
     assert np.unique(picks).size == 12
     assert make(name, **kw).select(dup, 60).size == 60

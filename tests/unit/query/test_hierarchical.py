@@ -60,8 +60,16 @@ def test_allocate_budget_properties(clusters: list, data: st.DataObject) -> None
 
 
 def _task(emb: np.ndarray, n_picks: int, pick: str = "uncertain", method: str = "kmeans") -> ClusterTask:
-    return ClusterTask(cluster=0, emb=emb.astype(np.float32), u=np.linspace(1, 0, len(emb)), n_picks=n_picks,
-                       fine_method=method, pick=pick, backend="torch", seed=0)  # fmt: skip
+    return ClusterTask(
+        cluster=0,
+        emb=emb.astype(np.float32),
+        u=np.linspace(1, 0, len(emb)),
+        n_picks=n_picks,
+        fine_method=method,
+        pick=pick,
+        backend="torch",
+        seed=0,
+    )
 
 
 @pytest.mark.parametrize("method", ["kmeans", "spectral"])
@@ -85,8 +93,11 @@ def _three_blobs() -> tuple[Pool, np.ndarray]:
     lab = np.repeat(np.arange(3), 20)
     emb = centers[lab] + 0.1 * rng.standard_normal((60, 8))
     u = np.where(lab == 0, 0.9, 0.3) + 0.001 * rng.random(60)  # blob 0 has 3x the mass
-    return Pool(ids=np.array([f"r{i}" for i in range(60)], dtype=object), embeddings=emb.astype(np.float32),
-                scores={"u_badge": u.astype(np.float32)}), lab  # fmt: skip
+    return Pool(
+        ids=np.array([f"r{i}" for i in range(60)], dtype=object),
+        embeddings=emb.astype(np.float32),
+        scores={"u_badge": u.astype(np.float32)},
+    ), lab
 
 
 def test_hal_known_answer_on_three_blobs() -> None:
@@ -94,7 +105,9 @@ def test_hal_known_answer_on_three_blobs() -> None:
     u = pool.scores["u_badge"]
     s = HierarchicalQuery(coarse_k=3, kmeans_backend="torch", random_state=0)
     picks = s.select(pool, 3)  # equal split (mass 3:1:1 but floor of one each) -> argmax u per blob
-    assert sorted(picks.tolist()) == sorted(int(np.flatnonzero(lab == k)[np.argmax(u[lab == k])]) for k in range(3))
+    assert sorted(picks.tolist()) == sorted(
+        int(np.flatnonzero(lab == k)[np.argmax(u[lab == k])]) for k in range(3)
+    )
     picks = s.select(pool, 5)  # quotas 3:1:1
     assert np.bincount(lab[picks], minlength=3).tolist() == [3, 1, 1]
     assert sorted(s.info_["budget_per_cluster"].tolist()) == [1, 1, 3]
@@ -167,8 +180,11 @@ def test_acceptance_hal_covers_more_clusters_and_is_more_uncertain_than_random()
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     hot = rng.permutation(n_blobs)[:6]  # blobs the model is unsure about
     u = rng.uniform(0.05, 0.4, lab.size) + np.isin(lab, hot) * 0.5
-    pool = Pool(ids=np.array([f"a{i}" for i in range(lab.size)], dtype=object), embeddings=emb.astype(np.float16),
-                scores={"u_badge": u.astype(np.float32)})  # fmt: skip
+    pool = Pool(
+        ids=np.array([f"a{i}" for i in range(lab.size)], dtype=object),
+        embeddings=emb.astype(np.float16),
+        scores={"u_badge": u.astype(np.float32)},
+    )
     budget = 40
     hal = HierarchicalQuery(random_state=0).select(pool, budget)
     rand = [RandomQuery(random_state=s).select(pool, budget) for s in range(10)]

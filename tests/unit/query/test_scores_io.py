@@ -19,7 +19,10 @@ def _data(n: int = 50, d: int = 8, c: int = 4, dtype: type = np.float16) -> dict
         "sample_ids": [f"id{i}" for i in range(n)],
         "embeddings": emb,
         "probs": p,
-        "scores": {"u_badge": rng.random(n).astype(np.float32), "u_entropy": rng.random(n).astype(np.float32)},
+        "scores": {
+            "u_badge": rng.random(n).astype(np.float32),
+            "u_entropy": rng.random(n).astype(np.float32),
+        },
         "confident": rng.random(n) < 0.5,
         "pred": p.argmax(1),
     }
@@ -57,10 +60,12 @@ def test_fixed_size_list_and_ray_style_directory(tmp_path) -> None:
     emb = np.random.default_rng(1).standard_normal((n, d)).astype(np.float32)
     (tmp_path / "out").mkdir()
     for i, sl in enumerate((slice(0, 8), slice(8, 20))):
-        t = pa.table({
-            "sample_id": pa.array([f"x{j}" for j in range(n)][sl]),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb[sl].reshape(-1)), d),
-        })  # fmt: skip
+        t = pa.table(
+            {
+                "sample_id": pa.array([f"x{j}" for j in range(n)][sl]),
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb[sl].reshape(-1)), d),
+            }
+        )
         pq.write_table(t, tmp_path / "out" / f"{i}_000000.parquet")
     pool = load_pool(str(tmp_path / "out"))
     np.testing.assert_array_equal(pool.embeddings, emb)

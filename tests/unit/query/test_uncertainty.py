@@ -83,8 +83,9 @@ def test_shape_errors() -> None:
         badge_norm(np.ones((3, 2)) / 2, np.ones((4, 2)))
 
 
-probs_strategy = arrays(np.float64, st.tuples(st.integers(1, 20), st.integers(1, 12)),
-                        elements=st.floats(0.0, 1.0)).filter(lambda a: (a.sum(1) > 1e-3).all())  # fmt: skip
+probs_strategy = arrays(
+    np.float64, st.tuples(st.integers(1, 20), st.integers(1, 12)), elements=st.floats(0.0, 1.0)
+).filter(lambda a: (a.sum(1) > 1e-3).all())
 
 
 @settings(max_examples=60, deadline=None)
