@@ -1,0 +1,626 @@
+"""Training throughput: 1 vs 2 Ray Train CPU workers (DDP, gloo), and the GPU bf16/channels_last path.
+
+**Ray part** (default). The real :func:`hssal_ray.ssl.trainer.fit_round` (Ray Data streaming +
+``TorchTrainer`` + the per-worker FixMatch loop) on the same data, model and per-worker batch with
+
+* ``1w x 1t``: 1 worker, 1 intra-op thread (``resources.cpus_per_worker=1``);
+* ``2w x 1t``: 2 DDP workers (gloo), 1 thread each;
+* ``1w x 2t``: 1 worker, 2 threads (``cpus_per_worker=2``): the same cores without DDP.
+
+Ray is started with ``num_cpus=4`` *logical* CPUs on this 2-core machine: 2 for the training
+worker(s) and 2 for the Ray Data decode/augment tasks that feed them (otherwise 2 workers would
+take every CPU and the data tasks could not be scheduled). The cores are therefore shared by
+training and data preparation in every configuration alike.
+
+Images counted per step and worker = labeled + weak + strong unlabeled images (what
+``train_loop`` counts for ``images_per_s_per_worker``). Numbers per configuration:
+
+* ``steady_total_img_s``: total images/s of all workers over a steady window, from driver-side
+  timestamps of Ray Train reports (first report -> last report before the final, checkpointing
+  one): excludes worker start-up, the data pipeline's start and the first ``report_every`` steps
+  of warm-up; includes the report barriers inside the window, as real training pays them.
+* ``steady_per_worker_img_s``: the same window from each worker's own cumulative
+  ``images_per_s_per_worker`` metric (differenced), mean over workers.
+* ``loop_img_s_per_worker``: the final reported ``images_per_s_per_worker`` (whole loop, incl.
+  the wait for the first batch).
+* ``fit_wall_s`` and ``startup_teardown_s`` (= fit wall - loop time): what a round pays around the loop.
+
+Report timestamps come from a Ray Train report callback registered through Ray's
+``RAY_TRAIN_CALLBACKS`` environment variable (fit_round takes no callbacks; see the notes).
+The headline ratio is ``2w x 1t`` / ``1w x 1t`` steady total images/s (target: >= 1.0, i.e. 2
+workers not slower per image than 1); ``2w x 1t`` / ``1w x 2t`` is reported beside it.
+
+**GPU part** (``--no-ray --device cuda``): the plain-torch :func:`train_step` loop (no Ray, no data
+pipeline: random pinned host batches copied to the device each step) in fp32, bf16 autocast, and
+bf16 + channels_last, timed after warm-up steps with ``torch.cuda.synchronize``. ``--device cpu``
+runs the same code on CPU (bf16 via ``allow_cpu_amp``) so the path can't rot; CPU bf16 figures are
+not meaningful.
+
+Usage::
+
+    .venv/bin/python -m benchmarks.train_throughput                 # standard Ray set (CPU)
+    .venv/bin/python -m benchmarks.train_throughput --quick --out /tmp/r
+    python -m benchmarks.train_throughput --no-ray --device cuda    # GPU box (no Ray needed)
+    .venv/bin/python -m benchmarks.train_throughput --no-ray --device cpu --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from benchmarks._common import md_table, peak_rss_mb, setup_logging, start_local_ray, write_result
+
+log = logging.getLogger("benchmarks.train_throughput")
+
+MODULE = "benchmarks.train_throughput"
+REPORT_LOG_ENV = "HSSAL_BENCH_REPORT_LOG"
+CALLBACK_PATH = f"{MODULE}.ReportTimer"
+
+
+# ------------------------------------------------------------------------------- report callback
+
+
+def _make_report_timer() -> type:
+    """Build :class:`ReportTimer` (a Ray Train ``ReportCallback``) on first use.
+
+    Defined lazily (PEP 562 module ``__getattr__``) so that importing this module needs no Ray.
+    ``ReportCallback`` is Ray Train v2's internal report hook, the kind of class that
+    ``RAY_TRAIN_CALLBACKS`` accepts (a public ``UserCallback`` would need ``RunConfig(callbacks=)``,
+    which :func:`fit_round` does not expose).
+    """
+    from ray.train.v2._internal.execution.callback import ReportCallback
+
+    class ReportTimer(ReportCallback):
+        """Append ``{"t": wall time, "metrics": [per-worker metrics]}`` to a JSON-lines file per report.
+
+        The file path is read from ``$HSSAL_BENCH_REPORT_LOG`` when the callback is created (on the
+        driver) and travels with it to the Ray Train controller.
+        """
+
+        def __init__(self) -> None:
+            self.path = os.environ.get(REPORT_LOG_ENV)
+
+        def after_report(self, training_report: Any, metrics: list[dict[str, Any]]) -> None:
+            """Record the time and every worker's metrics of one report."""
+            if not self.path:
+                return
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"t": time.time(), "metrics": metrics}, default=float) + "\n")
+
+    ReportTimer.__module__ = __name__
+    ReportTimer.__qualname__ = "ReportTimer"
+    return ReportTimer
+
+
+_LAZY: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ReportTimer":
+        if name not in _LAZY:
+            _LAZY[name] = _make_report_timer()
+        return _LAZY[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ------------------------------------------------------------------------------------ Ray part
+
+
+@dataclass(frozen=True)
+class RayCase:
+    """One Ray Train configuration: name, workers, CPUs (= intra-op threads) per worker."""
+
+    name: str
+    workers: int
+    cpus_per_worker: int
+
+
+RAY_CASES = (RayCase("1w x 1t", 1, 1), RayCase("2w x 1t", 2, 1), RayCase("1w x 2t", 1, 2))
+
+
+def make_data(root: str | None, tmp: str, *, classes: int, per_class: int, size: int) -> str:
+    """The dataset root: ``root`` if given, else a generated synthetic RS ImageFolder under ``tmp``."""
+    if root:
+        return root
+    from hssal_ray.data.synthetic import make_synthetic_rs
+
+    out = os.path.join(tmp, "synthetic")
+    make_synthetic_rs(out, num_classes=classes, per_class=per_class, size=size, fmt="png", seed=0)
+    return out
+
+
+def steady_rates(records: list[dict[str, Any]], images_per_step: int) -> dict[str, Any]:
+    """Steady-state rates from the report log (see the module docstring).
+
+    Args:
+        records: ``{"t", "metrics": [per worker]}`` per report, in order.
+        images_per_step: Images one worker processes per step.
+
+    Returns:
+        ``window_steps`` (from, to), ``steady_total_img_s`` (driver clock) and
+        ``steady_per_worker_img_s`` (workers' own clocks, mean), or NaNs with fewer than 2 reports.
+    """
+    nan = float("nan")
+    recs = [r for r in records if r["metrics"] and all("images_per_s_per_worker" in m for m in r["metrics"])]
+    if len(recs) < 2:
+        return {"window_steps": None, "steady_total_img_s": nan, "steady_per_worker_img_s": nan}
+    a, b = recs[0], recs[-2] if len(recs) >= 3 else recs[-1]
+    world = len(b["metrics"])
+    sa, sb = int(a["metrics"][0]["steps_run"]), int(b["metrics"][0]["steps_run"])
+    total = world * (sb - sa) * images_per_step / (b["t"] - a["t"])
+    per_worker = []
+    for ma, mb in zip(a["metrics"], b["metrics"], strict=True):
+        ia, ib = ma["steps_run"] * images_per_step, mb["steps_run"] * images_per_step
+        ea, eb = ia / ma["images_per_s_per_worker"], ib / mb["images_per_s_per_worker"]
+        per_worker.append((ib - ia) / (eb - ea))
+    return {
+        "window_steps": [sa, sb],
+        "steady_total_img_s": total,
+        "steady_per_worker_img_s": sum(per_worker) / len(per_worker),
+    }
+
+
+def run_ray_case(
+    case: RayCase,
+    *,
+    root: str,
+    model: str,
+    size: int,
+    batch: int,
+    uratio: int,
+    steps: int,
+    labeled_fraction: float,
+    work: str,
+) -> dict[str, Any]:
+    """Run ``fit_round`` once for ``case`` and return its row of measurements."""
+    import numpy as np
+    import pyarrow as pa
+
+    from hssal_ray.config import load_config
+    from hssal_ray.data.catalog import scan
+    from hssal_ray.ssl.trainer import fit_round
+
+    cat = scan(root)
+    train = cat.split_table("train")
+    train = train.take(pa.array(np.random.default_rng(0).permutation(train.num_rows)))  # classes mixed
+    n_lab = max(cat.num_classes, int(round(labeled_fraction * train.num_rows)))
+    labeled, pool = train.slice(0, n_lab), train.slice(n_lab)
+    cfg = load_config(
+        None,
+        [
+            f"ssl.model={model}",
+            f"data.image_size={size}",
+            f"ssl.batch_size={batch}",
+            f"ssl.uratio={uratio}",
+            f"ssl.steps_per_round={steps}",
+            "ssl.amp=none",
+            f"resources.num_workers={case.workers}",
+            f"resources.cpus_per_worker={case.cpus_per_worker}",
+            "resources.max_failures=0",
+        ],
+    )
+    images_per_step = batch + (2 * batch * uratio if uratio > 0 else 0)
+    report_log = os.path.join(work, f"reports_{case.workers}w{case.cpus_per_worker}t.jsonl")
+    os.environ[REPORT_LOG_ENV] = report_log
+    t0 = time.perf_counter()
+    res = fit_round(
+        cfg,
+        root=cat.root,
+        kind=cat.kind,
+        labeled=labeled,
+        pool=pool,
+        num_classes=cat.num_classes,
+        round_idx=0,
+        run_dir=os.path.join(work, f"run_{case.workers}w{case.cpus_per_worker}t"),
+        init_dir=None,
+    )
+    wall = time.perf_counter() - t0
+    records = []
+    if os.path.exists(report_log):
+        with open(report_log) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    m = res.metrics
+    loop_rate = float(m.get("images_per_s_per_worker", float("nan")))
+    steps_run = int(m.get("steps_run", 0))
+    loop_s = (
+        steps_run * images_per_step / loop_rate if loop_rate == loop_rate and loop_rate > 0 else float("nan")
+    )
+    row = {
+        "config": case.name,
+        "workers": case.workers,
+        "threads_per_worker": case.cpus_per_worker,
+        "model": model,
+        "size": size,
+        "batch_per_worker": batch,
+        "uratio": uratio,
+        "images_per_step_per_worker": images_per_step,
+        "steps": steps_run,
+        "reports": len(records),
+        **steady_rates(records, images_per_step),
+        "loop_img_s_per_worker": loop_rate,
+        "loop_s": loop_s,
+        "fit_wall_s": wall,
+        "startup_teardown_s": wall - loop_s,
+        "final_loss": m.get("loss"),
+    }
+    log.info(
+        "%s: steady %.1f img/s total (%.1f per worker), loop %.1f img/s/worker, fit %.1f s",
+        case.name,
+        row["steady_total_img_s"],
+        row["steady_per_worker_img_s"],
+        loop_rate,
+        wall,
+    )
+    return row
+
+
+def ray_main(args: argparse.Namespace) -> dict[str, Any]:
+    """The Ray part: every :data:`RAY_CASES` entry, per model, in one Ray runtime."""
+    os.environ["RAY_TRAIN_CALLBACKS"] = CALLBACK_PATH
+    work = tempfile.mkdtemp(prefix="hssal_train_bench_")
+    root = make_data(args.data, work, classes=args.classes, per_class=args.per_class, size=args.gen_size)
+    ray_init_s = start_local_ray(args.num_cpus)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    log.info("ray.init: %.1f s (num_cpus=%d logical on %d cores)", ray_init_s, args.num_cpus, os.cpu_count())
+    rows = []
+    cases = [c for c in RAY_CASES if c.name in args.cases] if args.cases else list(RAY_CASES)
+    for model, size in args.models:
+        for case in cases:
+            rows.append(
+                run_ray_case(
+                    case,
+                    root=root,
+                    model=model,
+                    size=size,
+                    batch=args.batch,
+                    uratio=args.uratio,
+                    steps=args.steps,
+                    labeled_fraction=0.1,
+                    work=work,
+                )
+            )
+    ratios: dict[str, dict[str, float]] = {}
+    for model, size in args.models:
+        by = {r["config"]: r["steady_total_img_s"] for r in rows if r["model"] == model and r["size"] == size}
+        key = f"{model}@{size}"
+        ratios[key] = {}
+        if "2w x 1t" in by and "1w x 1t" in by:
+            ratios[key]["2w_vs_1w1t"] = by["2w x 1t"] / by["1w x 1t"]
+        if "2w x 1t" in by and "1w x 2t" in by:
+            ratios[key]["2w_vs_1w2t"] = by["2w x 1t"] / by["1w x 2t"]
+    return {
+        "rows": rows,
+        "ratios": ratios,
+        "ray_init_s": ray_init_s,
+        "data": root if args.data else "generated",
+    }
+
+
+# ------------------------------------------------------------------------------------ GPU part
+
+
+@dataclass(frozen=True)
+class TorchCase:
+    """One plain-torch precision/layout configuration."""
+
+    name: str
+    bf16: bool
+    channels_last: bool
+
+
+TORCH_CASES = (
+    TorchCase("fp32", False, False),
+    TorchCase("bf16", True, False),
+    TorchCase("bf16 + channels_last", True, True),
+    TorchCase("fp32 + channels_last", False, True),
+)
+
+
+def run_torch_case(
+    case: TorchCase,
+    *,
+    device: str,
+    model_name: str,
+    size: int,
+    batch: int,
+    uratio: int,
+    num_classes: int,
+    warmup: int,
+    steps: int,
+    compile_model: bool,
+) -> dict[str, Any]:
+    """Time ``steps`` FixMatch :func:`train_step` calls (after ``warmup``) for one case."""
+    import torch
+
+    from hssal_ray.models import build_model
+    from hssal_ray.ssl.steps import (
+        TrainState,
+        build_optimizer,
+        build_scheduler,
+        maybe_compile,
+        prepare_model,
+        train_step,
+    )
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    cfg = SimpleNamespace(
+        p_cutoff=0.95, lambda_u=1.0, T=1.0, ema_m=0.999, threshold_mode="fixed", dist_align=False
+    )
+    model = prepare_model(
+        build_model(model_name, num_classes, in_chans=3), dev, channels_last=case.channels_last
+    )
+    model = maybe_compile(model, compile_model)
+    opt = build_optimizer(model, lr=0.03)
+    state = TrainState.create(
+        model, opt, build_scheduler(opt, total_steps=warmup + steps), cfg, num_classes=num_classes
+    )
+    pin = dev.type == "cuda"
+    ub = batch * uratio
+
+    def host(n: int) -> torch.Tensor:
+        x = torch.randn(n, 3, size, size)
+        return x.pin_memory() if pin else x
+
+    batch_l = {"x": host(batch), "y": torch.randint(0, num_classes, (batch,))}
+    batch_u = {"x_weak": host(ub), "x_strong": host(ub)} if uratio > 0 else None
+    amp = torch.bfloat16 if case.bf16 else None
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step() -> None:
+        train_step(
+            state,
+            batch_l,
+            batch_u,
+            cfg,
+            dev,
+            amp_dtype=amp,
+            channels_last=case.channels_last,
+            allow_cpu_amp=dev.type != "cuda",
+        )
+
+    for _ in range(warmup):
+        step()
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    dt = time.perf_counter() - t0
+    images = steps * (batch + 2 * ub)
+    row = {
+        "config": case.name,
+        "device": device,
+        "model": model_name,
+        "size": size,
+        "batch": batch,
+        "uratio": uratio,
+        "compile": compile_model,
+        "steps": steps,
+        "step_ms": 1000 * dt / steps,
+        "img_s": images / dt,
+        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 1024**3 if dev.type == "cuda" else None,
+    }
+    log.info("%s on %s: %.1f img/s (%.1f ms/step)", case.name, device, row["img_s"], row["step_ms"])
+    return row
+
+
+def torch_main(args: argparse.Namespace) -> dict[str, Any]:
+    """The plain-torch part: every :data:`TORCH_CASES` entry per model on ``args.device``."""
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible")
+    if args.device == "cpu":
+        torch.set_num_threads(max(1, args.threads))
+    else:
+        torch.backends.cudnn.benchmark = True
+    rows = []
+    for model, size in args.models:
+        for case in TORCH_CASES:
+            rows.append(
+                run_torch_case(
+                    case,
+                    device=args.device,
+                    model_name=model,
+                    size=size,
+                    batch=args.batch,
+                    uratio=args.uratio,
+                    num_classes=args.classes,
+                    warmup=args.warmup,
+                    steps=args.steps,
+                    compile_model=args.compile,
+                )
+            )
+    ratios: dict[str, dict[str, float]] = {}
+    for model, size in args.models:
+        by = {r["config"]: r["img_s"] for r in rows if r["model"] == model and r["size"] == size}
+        ratios[f"{model}@{size}"] = {f"{k}_vs_fp32": v / by["fp32"] for k, v in by.items() if k != "fp32"}
+    return {"rows": rows, "ratios": ratios}
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def _models(spec: str) -> list[tuple[str, int]]:
+    """``name@size,name@size`` -> ``[(name, size), ...]``."""
+    out = []
+    for part in spec.split(","):
+        name, _, size = part.strip().partition("@")
+        out.append((name, int(size or 32)))
+    return out
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line and fill in the standard / quick settings."""
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_throughput", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument("--no-ray", action="store_true", help="plain-torch train_step loop (GPU part)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the --no-ray part")
+    ap.add_argument(
+        "--models", default=None, help="name@size list (Ray default hssal_small_cnn@32; GPU resnet18@64)"
+    )
+    ap.add_argument("--data", default=None, help="dataset root (default: generated synthetic PNGs)")
+    ap.add_argument("--classes", type=int, default=8, help="classes of the generated data / random labels")
+    ap.add_argument("--per-class", type=int, default=100, help="images per class of the generated data")
+    ap.add_argument("--gen-size", type=int, default=32, help="side of the generated images")
+    ap.add_argument("--batch", type=int, default=None, help="labeled batch per worker (Ray 16, GPU 64)")
+    ap.add_argument("--uratio", type=int, default=None, help="unlabeled per labeled (FixMatch; Ray 7, GPU 7)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per run (Ray 100, GPU 50)")
+    ap.add_argument("--warmup", type=int, default=10, help="untimed steps first (--no-ray)")
+    ap.add_argument("--threads", type=int, default=2, help="intra-op threads for --no-ray --device cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (--no-ray)")
+    ap.add_argument("--cases", action="append", help="only these Ray cases (e.g. '2w x 1t'); repeatable")
+    ap.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray runtime")
+    ap.add_argument("--quick", action="store_true", help="tiny settings (seconds, for smoke tests)")
+    ap.add_argument("--out", default=None, help="results folder (default benchmarks/results; --quick: none)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    gpu_part = args.no_ray
+    default_models = "resnet18@64" if gpu_part and args.device == "cuda" else "hssal_small_cnn@32"
+    args.models = _models(args.models or default_models)
+    if args.batch is None:
+        args.batch = 64 if gpu_part and args.device == "cuda" else 16
+    if args.uratio is None:
+        args.uratio = 7
+    if args.steps is None:
+        args.steps = 50 if gpu_part else 100
+    if args.quick:
+        args.batch = min(args.batch, 4)
+        args.uratio = min(args.uratio, 2)
+        args.warmup = min(args.warmup, 1)
+        args.steps = min(args.steps, 3 if gpu_part else 50)
+        args.per_class = min(args.per_class, 12)
+        args.classes = min(args.classes, 4)
+        args.gen_size = min(args.gen_size, 16)
+        args.models = [(m, min(s, 16)) for m, s in args.models]
+        if not args.cases and not gpu_part:
+            args.cases = ["1w x 1t", "2w x 1t"]
+    args.out = args.out if args.out is not None else (None if args.quick else "benchmarks/results")
+    return args
+
+
+def _markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
+    if args.no_ray:
+        cols = [
+            "config",
+            "device",
+            "model",
+            "size",
+            "batch",
+            "uratio",
+            "compile",
+            "step_ms",
+            "img_s",
+            "peak_gpu_mem_gib",
+        ]
+        note = (
+            "Plain-torch FixMatch `train_step` loop (no Ray, no data pipeline; random pinned host batches "
+            "copied to the device every step), timed after warm-up steps. "
+            "images/step = batch x (1 + 2 x uratio).\n"
+        )
+        if args.device != "cuda":
+            note += (
+                "\n**GPU numbers were not measured in this run** (device = CPU): this only shows the code "
+                "path runs; bf16 autocast on CPU is not a meaningful speed figure.\n"
+            )
+        return "## Plain torch train_step\n\n" + md_table(res["rows"], cols) + "\n\n" + note + _ratios_md(res)
+    cols = [
+        "config",
+        "model",
+        "size",
+        "batch_per_worker",
+        "uratio",
+        "steps",
+        "window_steps",
+        "steady_total_img_s",
+        "steady_per_worker_img_s",
+        "loop_img_s_per_worker",
+        "fit_wall_s",
+        "startup_teardown_s",
+    ]
+    note = (
+        f"- Ray started with num_cpus={args.num_cpus} *logical* CPUs on {os.cpu_count()} cores: the training "
+        "workers take 1 (or 2) each, the rest run the Ray Data decode/augment tasks that feed them; the "
+        "physical cores are shared by training and data preparation in every configuration.\n"
+        "- `steady_total_img_s`: all workers' images/s over the report window `window_steps` (driver-side "
+        "report timestamps; excludes start-up, the data pipeline's start and the first report interval). "
+        "`steady_per_worker_img_s`: the same window from each worker's cumulative `images_per_s_per_worker` "
+        "metric. `loop_img_s_per_worker`: the final cumulative metric (whole loop). "
+        "`startup_teardown_s`: fit wall time minus the loop.\n"
+        f"- Data: {res['data']}; same per-worker batch in every configuration (so 2 workers do twice the "
+        "images per step).\n"
+        f"- `ray.init`: {res['ray_init_s']:.1f} s. GPU (bf16 vs fp32) not measured here: no GPU on this "
+        "machine (run `python -m benchmarks.train_throughput --no-ray --device cuda` on one).\n"
+    )
+    return (
+        "## Ray Train, CPU (DDP gloo)\n\n"
+        + md_table(res["rows"], cols)
+        + "\n\n"
+        + _ratios_md(res)
+        + "\n"
+        + note
+    )
+
+
+def _ratios_md(res: dict[str, Any]) -> str:
+    lines = ["Ratios (same run):", ""]
+    for key, rs in res["ratios"].items():
+        for name, v in rs.items():
+            lines.append(f"- {key} {name}: **{v:.2f}**")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point (see the module docstring)."""
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    t0 = time.perf_counter()
+    res = torch_main(args) if args.no_ray else ray_main(args)
+    res["wall_s"] = time.perf_counter() - t0
+    res["driver_peak_rss_mb"] = peak_rss_mb()
+    md = _markdown(args, res)
+    print(md)
+    if args.out is not None:
+        name = "train_throughput_gpu" if args.no_ray and args.device == "cuda" else "train_throughput"
+        if args.no_ray and args.device == "cpu":
+            name = "train_throughput_torch_cpu"
+        payload = {
+            "part": "torch" if args.no_ray else "ray",
+            "rows": res["rows"],
+            "ratios": res["ratios"],
+            "ratio": _headline(res, args),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "verbose")},
+            "gpu_measured": bool(args.no_ray and args.device == "cuda"),
+            **{k: v for k, v in res.items() if k not in ("rows", "ratios")},
+        }
+        write_result(name, payload, md, module=MODULE, out_dir=args.out, gpu=args.device == "cuda")
+    return 0
+
+
+def _headline(res: dict[str, Any], args: argparse.Namespace) -> float | None:
+    """2 workers / 1 worker (Ray part) or bf16+channels_last / fp32 (torch part) of the first model."""
+    first = next(iter(res["ratios"].values()), {})
+    key = "bf16 + channels_last_vs_fp32" if args.no_ray else "2w_vs_1w1t"
+    return first.get(key)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
