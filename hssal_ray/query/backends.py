@@ -93,10 +93,6 @@ def limit_threads(work: float) -> Iterator[None]:
             faiss.omp_set_num_threads(fprev)
 
 
-def _repr(obj: object, *names: str) -> str:
-    return f"{type(obj).__name__}({', '.join(f'{k}={getattr(obj, k)!r}' for k in names)})"
-
-
 def _cuda_visible() -> bool:
     return bool(torch.cuda.is_available())
 
@@ -170,41 +166,45 @@ def assign_chunked(
         return _assign(Xt, centers, chunk_size, device, return_distances)
 
 
+def _blocks(Xt: torch.Tensor, dev: torch.device, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(start, float32 block on dev)``; non-float32/off-device input goes through one buffer."""
+    n = Xt.shape[0]
+    m0 = max(1, min(chunk_size, n))
+    direct = Xt.dtype == torch.float32 and Xt.device == dev
+    buf = None if direct else torch.empty((m0, Xt.shape[1]), dtype=torch.float32, device=dev)
+    for s in range(0, n, m0):
+        m = min(m0, n - s)
+        if buf is None:
+            yield s, Xt[s : s + m]
+        else:
+            buf[:m].copy_(Xt[s : s + m])  # into a preallocated block: ~10x faster than .float()
+            yield s, buf[:m]
+
+
+def _nearest(xb: torch.Tensor, C: torch.Tensor, dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(min_c ||c||^2 - 2 x.c, argmin)`` of a block; ``C`` is (k, d), ``dist`` a (>= m, k) buffer."""
+    db = dist[: xb.shape[0]]
+    torch.addmm((C * C).sum(1), xb, C.T, beta=1.0, alpha=-2.0, out=db)
+    return db.min(1)
+
+
 def _assign(
     Xt: torch.Tensor, centers: ArrayLike, chunk_size: int, device: Any, return_distances: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     dev = torch.device(device) if device is not None else Xt.device
     C = torch.as_tensor(np.asarray(centers) if not isinstance(centers, torch.Tensor) else centers)
     C = C.to(device=dev, dtype=torch.float32)
-    n, k = Xt.shape[0], C.shape[0]
-    CT = C.T.contiguous()
-    cnorm = (C * C).sum(1)
+    n = Xt.shape[0]
     labels = torch.empty(n, dtype=torch.int64, device=dev)
     sq = torch.empty(n, dtype=torch.float32, device=dev) if return_distances else None
-    m0 = max(1, min(chunk_size, n))
-    need_buf = Xt.dtype != torch.float32 or Xt.device != dev
-    buf = torch.empty((m0, Xt.shape[1]), dtype=torch.float32, device=dev) if need_buf else None
-    dist = torch.empty((m0, k), dtype=torch.float32, device=dev)
-    bad: list[torch.Tensor] = []
-    for s in range(0, n, m0):
-        m = min(m0, n - s)
-        if buf is not None:
-            xb = buf[:m]
-            xb.copy_(Xt[s : s + m], non_blocking=False)
-        else:
-            xb = Xt[s : s + m]
-        db = dist[:m]
-        torch.addmm(cnorm, xb, CT, beta=1.0, alpha=-2.0, out=db)
-        mins, lab = db.min(1)
-        finite = torch.isfinite(mins)
-        if not bool(finite.all()):
-            lab = torch.where(finite, lab, torch.full_like(lab, -1))
-            bad.append(torch.nonzero(~finite).flatten() + s)
-        labels[s : s + m] = lab
+    dist = torch.empty((max(1, min(chunk_size, n)), C.shape[0]), dtype=torch.float32, device=dev)
+    for s, xb in _blocks(Xt, dev, chunk_size):
+        mins, lab = _nearest(xb, C, dist)
+        finite = torch.isfinite(mins)  # NaN/inf anywhere in a row makes its distances non-finite
+        labels[s : s + xb.shape[0]] = torch.where(finite, lab, torch.full_like(lab, -1))
         if sq is not None:
-            sq[s : s + m] = (mins + (xb * xb).sum(1)).clamp_(min=0)
-    out_sq = sq.cpu().numpy() if sq is not None else None
-    return labels.cpu().numpy(), out_sq
+            sq[s : s + xb.shape[0]] = (mins + (xb * xb).sum(1)).clamp_(min=0)
+    return labels.cpu().numpy(), (sq.cpu().numpy() if sq is not None else None)
 
 
 def _checked_predict(X: ArrayLike, centers: np.ndarray, chunk_size: int, device: Any = None) -> np.ndarray:
@@ -270,7 +270,37 @@ def init_centers(
     return centers
 
 
-class TorchKMeans:
+class _KMeansBase:
+    """Parameters, ``__repr__`` and the chunked ``predict`` shared by the backends."""
+
+    def __init__(
+        self, n_clusters: int = 8, max_iter: int = 20, random_state: int | None = None, chunk_size: int = 4096
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.chunk_size = chunk_size
+
+    def __repr__(self) -> str:
+        names = [k for k in vars(self) if not k.endswith("_") and not k.startswith("_")]
+        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in names)})"
+
+    def predict(self, X: ArrayLike) -> np.ndarray:
+        """Nearest centre of each row of ``X`` (n, d), streamed in chunks. Returns (n,) int64."""
+        return _checked_predict(X, self.cluster_centers_, self.chunk_size, getattr(self, "device", None))
+
+    def _float32(self, X: ArrayLike) -> np.ndarray:
+        arr = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[0] < max(self.n_clusters, 1) or self.n_clusters < 1:
+            raise ValueError(f"n_samples={len(arr)} should be >= n_clusters={self.n_clusters} >= 1")
+        bad = np.flatnonzero(~np.isfinite(arr.sum(1)))
+        if bad.size:
+            raise _nonfinite_error(bad)
+        return arr
+
+
+class TorchKMeans(_KMeansBase):
     """Chunked Lloyd k-means in torch (CPU or CUDA), scikit-learn API.
 
     Args:
@@ -296,20 +326,11 @@ class TorchKMeans:
         device: str | None = None,
         init_size: int | None = None,
     ) -> None:
-        self.n_clusters = n_clusters
-        self.max_iter = max_iter
-        self.random_state = random_state
+        super().__init__(n_clusters, max_iter, random_state, chunk_size)
         self.init = init
         self.tol = tol
-        self.chunk_size = chunk_size
         self.device = device
         self.init_size = init_size
-
-    def __repr__(self) -> str:
-        return _repr(self, "n_clusters", "max_iter", "random_state", "init", "device")
-
-    def _init_centers(self, Xt: torch.Tensor, rng: np.random.Generator, dev: torch.device) -> torch.Tensor:
-        return init_centers(Xt, self.n_clusters, rng, self.init, self.init_size, dev)
 
     def fit(self, X: ArrayLike) -> TorchKMeans:
         """Fit on ``X`` (n, d); sets ``cluster_centers_`` (k, d), ``labels_`` (n,), ``inertia_``.
@@ -329,14 +350,11 @@ class TorchKMeans:
             raise ValueError(f"n_samples={n} should be >= n_clusters={k} >= 1")
         dev = torch.device(self.device) if self.device is not None else Xt.device
         rng = np.random.default_rng(self.random_state)
-        centers = self._init_centers(Xt, rng, dev)
+        centers = init_centers(Xt, k, rng, self.init, self.init_size, dev)
         if not bool(torch.isfinite(centers).all()):
             bad = torch.nonzero(~torch.isfinite(centers).all(1)).flatten()
             raise DataError(f"k-means input contains NaN or inf values (seed rows {bad.tolist()[:5]})")
-        m0 = max(1, min(self.chunk_size, n))
-        need_buf = Xt.dtype != torch.float32 or Xt.device != dev
-        buf = torch.empty((m0, d), dtype=torch.float32, device=dev) if need_buf else None
-        dist = torch.empty((m0, k), dtype=torch.float32, device=dev)
+        dist = torch.empty((max(1, min(self.chunk_size, n)), k), dtype=torch.float32, device=dev)
         labels = torch.empty(n, dtype=torch.int64, device=dev)
         mind = torch.empty(n, dtype=torch.float32, device=dev)
         xnorm = torch.empty(n, dtype=torch.float32, device=dev)
@@ -344,24 +362,13 @@ class TorchKMeans:
         n_iter = 0
         converged = False
         for it in range(self.max_iter + 1):
-            cnorm = (centers * centers).sum(1)
-            CT = centers.T.contiguous()
             sums = torch.zeros((k, d), dtype=torch.float32, device=dev)
-            for s in range(0, n, m0):
-                m = min(m0, n - s)
-                if buf is not None:
-                    xb = buf[:m]
-                    xb.copy_(Xt[s : s + m])
-                else:
-                    xb = Xt[s : s + m]
+            for s, xb in _blocks(Xt, dev, self.chunk_size):
+                m = xb.shape[0]
                 if it == 0:
                     xnorm[s : s + m] = (xb * xb).sum(1)
-                db = dist[:m]
-                torch.addmm(cnorm, xb, CT, beta=1.0, alpha=-2.0, out=db)
-                mins, lab = db.min(1)
-                labels[s : s + m] = lab
-                mind[s : s + m] = mins
-                sums.index_add_(0, lab, xb)
+                mind[s : s + m], labels[s : s + m] = _nearest(xb, centers, dist)
+                sums.index_add_(0, labels[s : s + m], xb)
             if it == 0:
                 bad = torch.nonzero(~torch.isfinite(xnorm)).flatten().cpu().numpy()
                 if bad.size:
@@ -388,12 +395,8 @@ class TorchKMeans:
         self.n_iter_ = n_iter
         return self
 
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        """Nearest centre of each row of ``X`` (n, d), streamed in chunks. Returns (n,) int64."""
-        return _checked_predict(X, self.cluster_centers_, self.chunk_size, self.device)
 
-
-class FaissKMeans:
+class FaissKMeans(_KMeansBase):
     """``faiss.Kmeans`` Lloyd fit on all rows (no subsampling), chunked torch ``predict``.
 
     Args:
@@ -415,99 +418,58 @@ class FaissKMeans:
         init: str = "k-means++",
         init_size: int | None = None,
     ) -> None:
-        self.n_clusters = n_clusters
-        self.max_iter = max_iter
-        self.random_state = random_state
-        self.chunk_size = chunk_size
+        super().__init__(n_clusters, max_iter, random_state, chunk_size)
         self.init = init
         self.init_size = init_size
 
-    def __repr__(self) -> str:
-        return _repr(self, "n_clusters", "max_iter", "random_state")
-
     def fit(self, X: ArrayLike) -> FaissKMeans:
         """Fit on ``X`` (n, d) (converted to one float32 array: faiss needs it)."""
-        import faiss  # noqa: F401  (imported before limit_threads so it can be limited too)
-
-        arr = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        with limit_threads(float(arr.shape[0]) * self.n_clusters * arr.shape[1]):
-            return self._fit(arr)
-
-    def _fit(self, arr: np.ndarray) -> FaissKMeans:
         import faiss
 
+        arr = self._float32(X)
         n, d = arr.shape
-        if self.n_clusters < 1 or n < self.n_clusters:
-            raise ValueError(f"n_samples={n} should be >= n_clusters={self.n_clusters} >= 1")
-        bad = np.flatnonzero(~np.isfinite(arr.sum(1)))
-        if bad.size:
-            raise _nonfinite_error(bad)
-        seed = 1234 if self.random_state is None else int(self.random_state) % (2**31)
-        km = faiss.Kmeans(
-            d,
-            self.n_clusters,
-            niter=self.max_iter,
-            seed=seed,
-            verbose=False,
-            max_points_per_centroid=max(n, 1),
-            min_points_per_centroid=1,
-        )
-        if self.init == "k-means++":  # faiss only seeds with random rows; seed it with ours
-            rng = np.random.default_rng(self.random_state)
-            c0 = init_centers(_to_torch(arr), self.n_clusters, rng, "k-means++", self.init_size).numpy()
-            km.train(arr, init_centroids=np.ascontiguousarray(c0, dtype=np.float32))
-        else:
-            km.train(arr)
-        self.cluster_centers_ = np.asarray(km.centroids, dtype=np.float32).reshape(self.n_clusters, d)
-        labels, sq = assign_chunked(
-            arr, self.cluster_centers_, chunk_size=self.chunk_size, return_distances=True
-        )
+        with limit_threads(float(n) * self.n_clusters * d):
+            seed = 1234 if self.random_state is None else int(self.random_state) % (2**31)
+            km = faiss.Kmeans(
+                d,
+                self.n_clusters,
+                niter=self.max_iter,
+                seed=seed,
+                verbose=False,
+                max_points_per_centroid=max(n, 1),
+                min_points_per_centroid=1,
+            )
+            if self.init == "k-means++":  # faiss only seeds with random rows; seed it with ours
+                rng = np.random.default_rng(self.random_state)
+                c0 = init_centers(_to_torch(arr), self.n_clusters, rng, "k-means++", self.init_size)
+                km.train(arr, init_centroids=np.ascontiguousarray(c0.numpy(), dtype=np.float32))
+            else:
+                km.train(arr)
+            self.cluster_centers_ = np.asarray(km.centroids, dtype=np.float32).reshape(self.n_clusters, d)
+            labels, sq = assign_chunked(
+                arr, self.cluster_centers_, chunk_size=self.chunk_size, return_distances=True
+            )
         self.labels_ = labels
         self.inertia_ = float(np.sum(sq, dtype=np.float64))
         return self
 
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        """Nearest centre of each row of ``X`` (n, d), streamed in chunks. Returns (n,) int64."""
-        return _checked_predict(X, self.cluster_centers_, self.chunk_size)
 
-
-class SklearnKMeans:
+class SklearnKMeans(_KMeansBase):
     """``sklearn.cluster.KMeans`` (k-means++, ``n_init=1``) with chunked ``predict``."""
-
-    def __init__(
-        self, n_clusters: int = 8, max_iter: int = 20, random_state: int | None = None, chunk_size: int = 4096
-    ) -> None:
-        self.n_clusters = n_clusters
-        self.max_iter = max_iter
-        self.random_state = random_state
-        self.chunk_size = chunk_size
-
-    def __repr__(self) -> str:
-        return _repr(self, "n_clusters", "max_iter", "random_state")
 
     def fit(self, X: ArrayLike) -> SklearnKMeans:
         """Fit on ``X`` (n, d) as float32."""
         from sklearn.cluster import KMeans
 
-        arr = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        bad = np.flatnonzero(~np.isfinite(arr.sum(1)))
-        if bad.size:
-            raise _nonfinite_error(bad)
         km = KMeans(self.n_clusters, max_iter=self.max_iter, random_state=self.random_state, n_init=1)
-        km.fit(arr)
+        km.fit(self._float32(X))
         self.cluster_centers_ = km.cluster_centers_.astype(np.float32)
         self.labels_ = km.labels_.astype(np.int64)
         self.inertia_ = float(km.inertia_)
         return self
 
-    def predict(self, X: ArrayLike) -> np.ndarray:
-        """Nearest centre of each row of ``X`` (n, d), streamed in chunks. Returns (n,) int64."""
-        return _checked_predict(X, self.cluster_centers_, self.chunk_size)
 
-
-class CumlKMeans:
+class CumlKMeans(_KMeansBase):
     """``cuml.KMeans`` on the GPU; torch CUDA tensors are passed zero-copy via DLPack/cupy.
 
     Raises:
@@ -521,13 +483,7 @@ class CumlKMeans:
         random_state: int | None = None,
         chunk_size: int = 262_144,
     ) -> None:
-        self.n_clusters = n_clusters
-        self.max_iter = max_iter
-        self.random_state = random_state
-        self.chunk_size = chunk_size
-
-    def __repr__(self) -> str:
-        return _repr(self, "n_clusters", "max_iter", "random_state")
+        super().__init__(n_clusters, max_iter, random_state, chunk_size)
 
     @staticmethod
     def _modules() -> tuple[Any, Any]:
@@ -542,17 +498,14 @@ class CumlKMeans:
     def _to_cupy(cupy: Any, X: Any) -> Any:
         if isinstance(X, torch.Tensor):
             t = X.detach()
-            if not t.is_cuda:
-                t = t.cuda()
-            if t.dtype != torch.float32:
-                t = t.float()
+            t = t if t.is_cuda else t.cuda()
+            t = t if t.dtype == torch.float32 else t.float()
             return cupy.from_dlpack(t.contiguous())  # zero-copy for contiguous float32 CUDA tensors
         return cupy.asarray(np.asarray(X, dtype=np.float32))
 
     def fit(self, X: ArrayLike) -> CumlKMeans:
         """Fit on ``X`` (n, d) on the GPU."""
         cuml, cupy = self._modules()
-        Xc = self._to_cupy(cupy, X)
         km = cuml.KMeans(
             n_clusters=self.n_clusters,
             max_iter=self.max_iter,
@@ -561,7 +514,7 @@ class CumlKMeans:
             n_init=1,
             output_type="cupy",
         )
-        km.fit(Xc)
+        km.fit(self._to_cupy(cupy, X))
         self._model = km
         self.cluster_centers_ = cupy.asnumpy(km.cluster_centers_).astype(np.float32)
         self.labels_ = cupy.asnumpy(km.labels_).astype(np.int64)
@@ -571,9 +524,8 @@ class CumlKMeans:
     def predict(self, X: ArrayLike) -> np.ndarray:
         """Nearest centre of each row, in GPU chunks of ``chunk_size`` rows. Returns (n,) int64."""
         _, cupy = self._modules()
-        n = X.shape[0]
-        out = np.empty(n, dtype=np.int64)
-        for s in range(0, n, self.chunk_size):
+        out = np.empty(X.shape[0], dtype=np.int64)
+        for s in range(0, X.shape[0], self.chunk_size):
             Xc = self._to_cupy(cupy, X[s : s + self.chunk_size])
             out[s : s + Xc.shape[0]] = cupy.asnumpy(self._model.predict(Xc))
         return out
