@@ -58,9 +58,13 @@ class KMeansLike(Protocol):
     labels_: np.ndarray
     inertia_: float
 
-    def fit(self, X: Any) -> KMeansLike: ...  # noqa: D102
+    def fit(self, X: Any) -> KMeansLike:
+        """Fit on ``X`` (n, d); returns self."""
+        ...
 
-    def predict(self, X: Any) -> np.ndarray: ...  # noqa: D102
+    def predict(self, X: Any) -> np.ndarray:
+        """Nearest centre index of each row of ``X`` (n, d) -> (n,)."""
+        ...
 
 
 #: Below this many multiply-adds per pass (n * k * d) a problem runs single-threaded: OpenMP

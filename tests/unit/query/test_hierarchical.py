@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -192,3 +193,15 @@ def test_acceptance_hal_covers_more_clusters_and_is_more_uncertain_than_random()
     hal_u, rand_u = u[hal].mean(), np.mean([u[r].mean() for r in rand])
     assert hal_cov > rand_cov, (hal_cov, rand_cov)
     assert hal_u > rand_u, (hal_u, rand_u)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_hal_on_cuda_embeddings_matches_cpu() -> None:
+    pool, lab = blob_pool(n=2000, d=32, n_blobs=10)
+    gpu = Pool(ids=pool.ids, embeddings=torch.from_numpy(pool.embeddings).cuda(), scores=pool.scores)
+    s_gpu = HierarchicalQuery(kmeans_backend="torch", random_state=0)
+    picks_gpu = s_gpu.select(gpu, 40)
+    picks_cpu = HierarchicalQuery(kmeans_backend="torch", random_state=0).select(pool, 40)
+    assert picks_gpu.size == 40 and np.unique(picks_gpu).size == 40
+    assert len(set(picks_gpu.tolist()) & set(picks_cpu.tolist())) >= 30  # float differences may move a few
