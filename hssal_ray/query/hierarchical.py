@@ -395,14 +395,15 @@ class HierarchicalQuery(_HALBase):
         t_fit = time.perf_counter()
         if backend == "cuml":
             labels = km.predict(emb)
-        else:
+            labels[nonfinite_rows(emb)] = -1  # cuML does not flag NaN rows itself
+        else:  # one streamed pass; rows with NaN/inf come back as -1 (the check is free)
             labels, _ = assign_chunked(emb, km.cluster_centers_)
-            bad = np.flatnonzero(labels < 0)
-            if bad.size:
-                raise DataError(
-                    f"embeddings have NaN or inf in {bad.size} rows: {bad[:5].tolist()} "
-                    f"(ids {[str(pool.ids[r]) for r in bad[:5]]})"
-                )
+        bad = np.flatnonzero(labels < 0)
+        if bad.size:
+            raise DataError(
+                f"embeddings have NaN or inf in {bad.size} rows: {bad[:5].tolist()} "
+                f"(ids {[str(pool.ids[r]) for r in bad[:5]]})"
+            )
         t_assign = time.perf_counter()
 
         lab_av = labels[avail]
