@@ -15,12 +15,13 @@ training and data preparation in every configuration alike.
 Images counted per step and worker = labeled + weak + strong unlabeled images (what
 ``train_loop`` counts for ``images_per_s_per_worker``). Numbers per configuration:
 
-* ``steady_total_img_s``: total images/s of all workers over a steady window, from driver-side
-  timestamps of Ray Train reports (first report -> last report before the final, checkpointing
-  one): excludes worker start-up, the data pipeline's start and the first ``report_every`` steps
-  of warm-up; includes the report barriers inside the window, as real training pays them.
-* ``steady_per_worker_img_s``: the same window from each worker's own cumulative
-  ``images_per_s_per_worker`` metric (differenced), mean over workers.
+* ``steady_per_worker_img_s``: a worker's images/s over a steady window, the first to the last
+  Ray Train report, on the worker's own clock (its cumulative ``images_per_s_per_worker`` metric
+  at two reports, differenced: see :func:`steady_rates`); mean over workers. Excludes worker
+  start-up, the data pipeline's start and the first ``report_every`` steps; includes the report
+  barriers inside the window, as real training pays them.
+* ``steady_total_img_s``: the same summed over workers (the headline quantity).
+* ``driver_total_img_s``: cross-check of the total on the driver's clock (report timestamps).
 * ``loop_img_s_per_worker``: the final reported ``images_per_s_per_worker`` (whole loop, incl.
   the wait for the first batch).
 * ``fit_wall_s`` and ``startup_teardown_s`` (= fit wall - loop time): what a round pays around the loop.
@@ -141,31 +142,45 @@ def make_data(root: str | None, tmp: str, *, classes: int, per_class: int, size:
 def steady_rates(records: list[dict[str, Any]], images_per_step: int) -> dict[str, Any]:
     """Steady-state rates from the report log (see the module docstring).
 
+    Each worker's cumulative ``images_per_s_per_worker`` at a report gives its loop time so far
+    (``images / rate``), so two reports give the worker's rate over the window between them, on its
+    own clock, free of start-up and of the wait for the first batch. The window runs from the first
+    report to the last one (the worker computes its rate *before* rank 0 saves the final checkpoint).
+    The driver-clock cross-check uses the controller's report timestamps (which trail the workers by
+    up to its polling interval) and stops at the last report before the checkpointing one.
+
     Args:
         records: ``{"t", "metrics": [per worker]}`` per report, in order.
         images_per_step: Images one worker processes per step.
 
     Returns:
-        ``window_steps`` (from, to), ``steady_total_img_s`` (driver clock) and
-        ``steady_per_worker_img_s`` (workers' own clocks, mean), or NaNs with fewer than 2 reports.
+        ``window_steps`` (from, to), ``steady_per_worker_img_s`` (mean over workers),
+        ``steady_total_img_s`` (sum over workers) and ``driver_total_img_s`` (driver clock), or NaNs
+        with fewer than 2 reports.
     """
     nan = float("nan")
     recs = [r for r in records if r["metrics"] and all("images_per_s_per_worker" in m for m in r["metrics"])]
     if len(recs) < 2:
-        return {"window_steps": None, "steady_total_img_s": nan, "steady_per_worker_img_s": nan}
-    a, b = recs[0], recs[-2] if len(recs) >= 3 else recs[-1]
-    world = len(b["metrics"])
-    sa, sb = int(a["metrics"][0]["steps_run"]), int(b["metrics"][0]["steps_run"])
-    total = world * (sb - sa) * images_per_step / (b["t"] - a["t"])
+        return {
+            "window_steps": None,
+            "steady_per_worker_img_s": nan,
+            "steady_total_img_s": nan,
+            "driver_total_img_s": nan,
+        }
+    a, b = recs[0], recs[-1]
     per_worker = []
     for ma, mb in zip(a["metrics"], b["metrics"], strict=True):
         ia, ib = ma["steps_run"] * images_per_step, mb["steps_run"] * images_per_step
         ea, eb = ia / ma["images_per_s_per_worker"], ib / mb["images_per_s_per_worker"]
         per_worker.append((ib - ia) / (eb - ea))
+    d = recs[-2] if len(recs) >= 3 else b
+    world = len(d["metrics"])
+    sa, sd = int(a["metrics"][0]["steps_run"]), int(d["metrics"][0]["steps_run"])
     return {
-        "window_steps": [sa, sb],
-        "steady_total_img_s": total,
+        "window_steps": [sa, int(b["metrics"][0]["steps_run"])],
         "steady_per_worker_img_s": sum(per_worker) / len(per_worker),
+        "steady_total_img_s": sum(per_worker),
+        "driver_total_img_s": world * (sd - sa) * images_per_step / (d["t"] - a["t"]),
     }
 
 
@@ -483,7 +498,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--gen-size", type=int, default=32, help="side of the generated images")
     ap.add_argument("--batch", type=int, default=None, help="labeled batch per worker (Ray 16, GPU 64)")
     ap.add_argument("--uratio", type=int, default=None, help="unlabeled per labeled (FixMatch; Ray 7, GPU 7)")
-    ap.add_argument("--steps", type=int, default=None, help="steps per run (Ray 100, GPU 50)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per run (Ray 120, --no-ray 50)")
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps first (--no-ray)")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads for --no-ray --device cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (--no-ray)")
@@ -501,12 +516,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.uratio is None:
         args.uratio = 7
     if args.steps is None:
-        args.steps = 50 if gpu_part else 100
+        args.steps = 50 if gpu_part else 120
     if args.quick:
         args.batch = min(args.batch, 4)
         args.uratio = min(args.uratio, 2)
         args.warmup = min(args.warmup, 1)
-        args.steps = min(args.steps, 3 if gpu_part else 50)
+        args.steps = min(args.steps, 3 if gpu_part else 30)
         args.per_class = min(args.per_class, 12)
         args.classes = min(args.classes, 4)
         args.gen_size = min(args.gen_size, 16)
@@ -552,6 +567,7 @@ def _markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
         "window_steps",
         "steady_total_img_s",
         "steady_per_worker_img_s",
+        "driver_total_img_s",
         "loop_img_s_per_worker",
         "fit_wall_s",
         "startup_teardown_s",
@@ -560,11 +576,15 @@ def _markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
         f"- Ray started with num_cpus={args.num_cpus} *logical* CPUs on {os.cpu_count()} cores: the training "
         "workers take 1 (or 2) each, the rest run the Ray Data decode/augment tasks that feed them; the "
         "physical cores are shared by training and data preparation in every configuration.\n"
-        "- `steady_total_img_s`: all workers' images/s over the report window `window_steps` (driver-side "
-        "report timestamps; excludes start-up, the data pipeline's start and the first report interval). "
-        "`steady_per_worker_img_s`: the same window from each worker's cumulative `images_per_s_per_worker` "
-        "metric. `loop_img_s_per_worker`: the final cumulative metric (whole loop). "
-        "`startup_teardown_s`: fit wall time minus the loop.\n"
+        "- Steady state = the report window `window_steps` (first to last report; excludes start-up, the "
+        "data pipeline's start and the first report interval). `steady_per_worker_img_s`: each worker's "
+        "rate on its own clock (its cumulative `images_per_s_per_worker` metric at both ends, differenced), "
+        "mean over workers; `steady_total_img_s`: their sum; `driver_total_img_s`: the total on the driver's "
+        "clock (Ray Train report timestamps, window ending before the final checkpointing report; trails "
+        "the workers by up to the controller's polling interval). `loop_img_s_per_worker`: the final "
+        "cumulative metric (whole loop, incl. the wait for the first batch). `startup_teardown_s`: fit "
+        "wall time minus the loop (worker start, dataset start-up, teardown).\n"
+        "- Images per step and worker = batch x (1 + 2 x uratio) (labeled + weak + strong).\n"
         f"- Data: {res['data']}; same per-worker batch in every configuration (so 2 workers do twice the "
         "images per step).\n"
         f"- `ray.init`: {res['ray_init_s']:.1f} s. GPU (bf16 vs fp32) not measured here: no GPU on this "
