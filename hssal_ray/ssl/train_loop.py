@@ -93,6 +93,28 @@ def load_weights_dir(path: str, which: str = "ema") -> dict[str, torch.Tensor]:
     return load_file(os.path.join(path, f"{which}.safetensors"))
 
 
+def _fault_kill(rank: int, step: int, spec: str | None) -> None:
+    """Testing hook: ``HSSAL_FAULT_KILL_WORKER="rank=1,step=30,marker=/tmp/f"`` SIGKILLs that worker once.
+
+    The marker file makes it fire on the first attempt only, so the restarted worker group
+    (``FailureConfig``) can finish from the last checkpoint.
+    """
+    if not spec:
+        return
+    kv = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+    if int(kv.get("rank", -1)) != rank or int(kv.get("step", -1)) != step:
+        return
+    marker = kv.get("marker", "")
+    if not marker or os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(f"killed rank {rank} at step {step}\n")
+    import signal
+
+    log.warning("HSSAL_FAULT_KILL_WORKER: SIGKILL rank %d at step %d", rank, step)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _batches(shard: Any, batch_size: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
     it = shard.iter_torch_batches(batch_size=batch_size, drop_last=True, prefetch_batches=2)
     for i, b in enumerate(it):
@@ -163,6 +185,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state, batch_l, batch_u, cfg.ssl, device, amp_dtype=amp, channels_last=cfg.ssl.channels_last,
             allow_cpu_amp=cfg.ssl.amp == "bf16",
         )
+        _fault_kill(rank, state.step, config.get("fault_kill"))
         for k, v in m.items():
             if v == v:  # skip NaN (e.g. pseudo-label accuracy with nothing masked)
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -170,7 +193,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         count += 1
         images += len(bl["label"]) + (2 * len(bu["label"]) if bu is not None else 0)
         last = state.step >= total_steps
-        if state.step % report_every == 0 or last:
+        want_ckpt = last or (ckpt_every > 0 and state.step % ckpt_every == 0)
+        if state.step % report_every == 0 or want_ckpt:
             elapsed = time.perf_counter() - t0
             metrics = {k: sums[k] / sums[f"_n_{k}"] for k in sums if not k.startswith("_n_")}
             metrics.update(
@@ -179,7 +203,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 images_per_s_per_worker=images / max(elapsed, 1e-9),
                 world_size=world,
             )
-            want_ckpt = last or (ckpt_every > 0 and state.step % ckpt_every == 0)
             if want_ckpt and rank == 0:
                 with tempfile.TemporaryDirectory() as tmp:
                     save_checkpoint_dir(state, tmp, {"step": state.step, "round": config.get("round"), "metrics": metrics})

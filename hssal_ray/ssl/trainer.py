@@ -111,6 +111,8 @@ def fit_round(
         # every report is a ~2 s barrier on CPU: a few per round are enough for progress
         "report_every": max(25, steps // 10),
         "threads_per_worker": max(1, int(cfg.resources.cpus_per_worker)),
+        # testing hook, forwarded from the driver's environment (see train_loop._fault_kill)
+        "fault_kill": os.environ.get("HSSAL_FAULT_KILL_WORKER"),
     }
     trainer = TorchTrainer(
         _entry,
