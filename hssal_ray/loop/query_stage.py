@@ -37,20 +37,21 @@ def run_query(
     pool = load_pool(scores_path)
     if labeled_ids:
         pool.exclude = np.isin(pool.ids, np.asarray(sorted(labeled_ids), dtype=object))
-    strat = strategy_from_config(cfg.query, random_state=derive_seed(cfg.seed, round_idx, "query") % (2**31))
-    if cfg.query.parallel and hasattr(strat, "map_fn"):
-        strat.map_fn = ray_map
+    extra = {"map_fn": ray_map} if cfg.query.parallel and cfg.query.strategy == "hal" else {}
+    strat = strategy_from_config(cfg.query, random_state=derive_seed(cfg.seed, round_idx, "query") % (2**31), **extra)
     budget = min(budget, int(len(pool.ids) - (pool.exclude.sum() if pool.exclude is not None else 0)))
     idx = np.asarray(strat.select(pool, budget))
     key = f"u_{cfg.query.uncertainty}"
     u_all = pool.scores.get(key)
     u = [float(u_all[i]) for i in idx] if u_all is not None else [float("nan")] * len(idx)
     info_attr = getattr(strat, "info_", {}) or {}
-    coarse = info_attr.get("coarse_of_picks")
+    coarse = info_attr.get("pick_coarse_cluster")
     info: dict[str, Any] = {"query_strategy": repr(strat)}
-    if coarse is not None:
+    if coarse is not None and len(coarse) == len(idx) and int(np.max(coarse, initial=-1)) >= 0:
         coarse = [int(c) for c in coarse]
         info["coarse_k"] = int(info_attr.get("coarse_k", len(set(coarse))))
         info["coarse_clusters_covered"] = len(set(coarse))
+    else:
+        coarse = None
     info["query_mean_u"] = float(np.nanmean(u)) if len(u) else float("nan")
     return [str(pool.ids[i]) for i in idx], u, coarse, info

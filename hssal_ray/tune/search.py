@@ -7,21 +7,26 @@ the trial reports ``round``, ``num_labeled``, ``test_accuracy``, ``auc`` and ``f
 so ASHA can stop weak trials with rounds as its time axis (``training_iteration`` = rounds
 evaluated, round 0 included).
 
-Resources of one trial (all reserved up front, so trials never starve each other's loops):
+Resources of one trial, measured on Ray 2.60 (``ray list actors/tasks`` during a sweep):
 
-- Tune's placement group for the trial: a head bundle ``{CPU: tune.cpus_per_trial, GPU:
-  tune.gpus_per_trial}`` for the trial function (the loop driver; it also runs the query math),
-  one ``{CPU: 1}`` bundle for Ray Data's decode tasks and ``resources.score_actors`` bundles
-  ``{CPU: 1 (+GPU: 1 with resources.use_gpu)}`` for the scoring actors. Tune trials capture child
-  tasks into their placement group, so these nested Ray Data tasks and actors run in it.
-- Ray Train's own placement group per round: ``resources.num_workers`` bundles of
-  ``{CPU: resources.cpus_per_worker (+GPU: 1)}``, created by the ``TorchTrainer`` *outside* the
-  trial's group (Train V2 always makes its own).
+- Tune reserves a placement group per trial: one head bundle ``{CPU: tune.cpus_per_trial, GPU:
+  tune.gpus_per_trial}`` for the trial function (the loop driver, which also runs the query math),
+  plus one ``{CPU: 1}`` bundle with ``query.parallel`` (HAL's per-cluster Ray tasks use default
+  scheduling, so the trial captures them into its group; without that bundle they would wait forever).
+- Everything else the loop starts runs *outside* that group, in the cluster's free CPUs: Ray Data
+  schedules its decode tasks and scoring actors with ``SPREAD``; Train V2 creates the training
+  workers' own placement group per round and pins its ``DatasetManager`` (which runs the training
+  data pipeline) to the node. Only the Train controller (0 CPUs) lands in the trial's group.
 
-Tune only sees the first part, so running as many trials as Tune would fit deadlocks: the trials'
-groups take every CPU and each trial's ``TorchTrainer`` waits for its workers forever. The sweep
-therefore caps concurrency at ``floor(cluster resources / whole footprint)`` and
-``tune.max_concurrent_trials`` (0 = that cap; a larger value is lowered to it with a warning).
+Tune only sees the first part, so letting it run as many trials as its groups fit deadlocks: the
+trials' groups take every CPU and each trial's ``TorchTrainer`` (or its decode tasks) waits forever.
+So the sweep counts a trial's whole footprint,
+``head (+1 with query.parallel) + 1 decode CPU + max(training workers x cpus_per_worker,
+score_actors)`` CPUs (training and scoring never overlap) and the GPUs likewise, and caps the
+trials running at once at ``floor(cluster resources / footprint)`` through the search generator
+(``tune.max_concurrent_trials``: 0 = that cap; a larger value is lowered to it with a warning). Then
+the long-lived holders (heads, training groups, scoring actors) always leave at least one CPU per
+running trial for the short decode tasks, and every trial makes progress.
 """
 
 from __future__ import annotations
@@ -53,7 +58,15 @@ from hssal_ray.tune._space import (
     trial_name,
 )
 
-__all__ = ["SweepPlan", "load_sweep_config", "plan_sweep", "run_sweep", "run_trial", "trial_bundles"]
+__all__ = [
+    "SweepPlan",
+    "load_sweep_config",
+    "plan_sweep",
+    "run_sweep",
+    "run_trial",
+    "trial_bundles",
+    "trial_footprint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +130,18 @@ def trial_bundles(cfg: ExperimentConfig) -> list[dict[str, float]]:
     head: dict[str, float] = {"CPU": float(cfg.tune.cpus_per_trial)}
     if cfg.tune.gpus_per_trial > 0:
         head["GPU"] = float(cfg.tune.gpus_per_trial)
-    score = {"CPU": 1.0, **({"GPU": 1.0} if cfg.resources.use_gpu else {})}
-    return [head, {"CPU": 1.0}] + [dict(score) for _ in range(cfg.resources.score_actors)]
+    return [head, {"CPU": 1.0}] if cfg.query.parallel else [head]
 
 
-def _footprint(cfg: ExperimentConfig) -> dict[str, float]:
+def trial_footprint(cfg: ExperimentConfig) -> dict[str, float]:
+    """CPUs/GPUs one trial holds at most: Tune's bundles + decode + training or scoring (not both)."""
     bundles = trial_bundles(cfg)
     r = cfg.resources
-    cpu = sum(b.get("CPU", 0.0) for b in bundles) + r.num_workers * r.cpus_per_worker
-    gpu = sum(b.get("GPU", 0.0) for b in bundles) + (r.num_workers if r.use_gpu else 0)
-    return {"CPU": cpu, "GPU": gpu}
+    cpu = (
+        sum(b.get("CPU", 0.0) for b in bundles) + 1.0 + max(r.num_workers * r.cpus_per_worker, r.score_actors)
+    )
+    gpu = sum(b.get("GPU", 0.0) for b in bundles) + (max(r.num_workers, r.score_actors) if r.use_gpu else 0)
+    return {"CPU": float(cpu), "GPU": float(gpu)}
 
 
 @dataclass
@@ -179,7 +194,7 @@ def plan_sweep(cfg: ExperimentConfig) -> SweepPlan:
         storage=_abs(cfg.tune.storage) if cfg.tune.storage else _io.join(run_dir, "tune"),
         exp_name=cfg.loop.name,
         max_t=max_reports(cfg, specs),
-        footprint=_footprint(cfg),
+        footprint=trial_footprint(cfg),
         fingerprint=sweep_fingerprint(cfg),
         keys=[s.key for s in specs],
     )
@@ -217,8 +232,9 @@ def _concurrency(plan: SweepPlan) -> int:
     if n < 1:
         raise ConfigError(
             f"one trial needs {fp['CPU']:g} CPUs and {fp['GPU']:g} GPUs (tune.cpus_per_trial "
-            f"{plan.cfg.tune.cpus_per_trial:g} + 1 for data + {r.score_actors} scoring actor(s) + "
-            f"{r.num_workers} training worker(s) x {r.cpus_per_worker:g}), but the Ray cluster has "
+            f"{plan.cfg.tune.cpus_per_trial:g} + 1 for decoding + the larger of {r.num_workers} training "
+            f"worker(s) x {r.cpus_per_worker:g} and {r.score_actors} scoring actor(s)), but the Ray cluster "
+            "has "
             f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; start Ray with more "
             "(resources.num_cpus) or lower the per-trial resources"
         )

@@ -12,7 +12,7 @@ from hssal_ray.config import load_config
 from hssal_ray.errors import ConfigError
 from hssal_ray.tune._results import DECISIONS_FILE, TrialRecord, write_outputs
 from hssal_ray.tune._space import trial_config
-from hssal_ray.tune.search import load_sweep_config, plan_sweep, trial_bundles
+from hssal_ray.tune.search import load_sweep_config, plan_sweep, trial_bundles, trial_footprint
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -43,22 +43,26 @@ def test_shipped_sweep_configs_validate() -> None:
     cfg = load_sweep_config(str(REPO / "configs" / "sweep_demo.yaml"))
     plan = plan_sweep(cfg)
     assert plan.keys == ["query.budget", "ssl.p_cutoff"] and plan.max_t == 3
-    assert plan.footprint == {"CPU": 4.0, "GPU": 0.0}
+    assert plan.footprint == {"CPU": 3.0, "GPU": 0.0}
     if (REPO / "configs" / "ucm_cpu.yaml").exists():
         plan_sweep(load_sweep_config(str(REPO / "configs" / "sweep_ucm_cpu.yaml")))
 
 
 def test_trial_bundles_follow_resources() -> None:
-    cfg = load_config(None, ["resources.use_gpu=true", "resources.score_actors=2", "resources.num_workers=2"])
-    assert trial_bundles(cfg) == [
-        {"CPU": 1.0},
-        {"CPU": 1.0},
-        {"CPU": 1.0, "GPU": 1.0},
-        {"CPU": 1.0, "GPU": 1.0},
-    ]
-    from hssal_ray.tune.search import _footprint
-
-    assert _footprint(cfg) == {"CPU": 6.0, "GPU": 4.0}
+    cfg = load_config(
+        None,
+        [
+            "resources.use_gpu=true",
+            "resources.score_actors=2",
+            "resources.num_workers=3",
+            "tune.gpus_per_trial=0.5",
+        ],
+    )
+    assert trial_bundles(cfg) == [{"CPU": 1.0, "GPU": 0.5}]
+    assert trial_footprint(cfg) == {"CPU": 5.0, "GPU": 3.5}  # head + decode + max(train, score)
+    cfg = load_config(None, ["query.parallel=true", "resources.score_actors=2"])
+    assert trial_bundles(cfg) == [{"CPU": 1.0}, {"CPU": 1.0}]  # a bundle for HAL's captured tasks
+    assert trial_footprint(cfg) == {"CPU": 5.0, "GPU": 0.0}
 
 
 def _rec(base, tid: str, budget: int, accs: list[float], status: str, auc: float) -> TrialRecord:
