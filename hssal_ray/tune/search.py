@@ -470,16 +470,16 @@ def run_sweep(
 
     say = progress or (lambda s: print(s, file=sys.stderr, flush=True))
     plan = plan_sweep(cfg)
+    restoring = tune.Tuner.can_restore(plan.exp_path)
+    if resume and not restoring:
+        raise StateError(f"--resume: no sweep to resume at {plan.exp_path}")
+    _check_same_sweep(plan, restoring)
     _start_ray(cfg)
     limit = _concurrency(plan)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=config_to_dict(cfg), sweep_dir=plan.sweep_dir),
         tune.PlacementGroupFactory(trial_bundles(cfg)),
     )
-    restoring = tune.Tuner.can_restore(plan.exp_path)
-    if resume and not restoring:
-        raise StateError(f"--resume: no sweep to resume at {plan.exp_path}")
-    _check_same_sweep(plan, restoring)
     say(
         f"[hssal.tune] sweep {plan.exp_name}: {', '.join(plan.keys)}; one trial holds "
         f"{plan.footprint['CPU']:g} CPUs / {plan.footprint['GPU']:g} GPUs, {limit} at a time; "
