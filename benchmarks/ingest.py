@@ -125,11 +125,12 @@ class FileDataset:
 
 @dataclass
 class PassResult:
-    """One drained pass: images, wall seconds, seconds to the first batch."""
+    """One drained pass: images, wall seconds, seconds to (and size of) the first batch."""
 
     images: int
     seconds: float
     first_batch_s: float
+    first_batch_images: int = 0
     checksums: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
@@ -137,24 +138,31 @@ class PassResult:
         """Images per second over the whole pass."""
         return self.images / self.seconds if self.seconds > 0 else float("nan")
 
+    @property
+    def rate_after_first(self) -> float:
+        """Images per second from the first batch to the last (the pass's start-up left out)."""
+        dt = self.seconds - self.first_batch_s
+        return (self.images - self.first_batch_images) / dt if dt > 0 else float("nan")
+
 
 def drain(batches: Iterable[dict[str, Any]], view_key: str, checksum: bool = False) -> PassResult:
     """Iterate ``batches`` to the end, counting images (and, if asked, a per-sample checksum)."""
     t0 = time.perf_counter()
     first = None
+    first_n = 0
     n = 0
     sums: dict[str, float] = {}
     for b in batches:
-        if first is None:
-            first = time.perf_counter() - t0
         x = b[view_key]
+        if first is None:
+            first, first_n = time.perf_counter() - t0, len(x)
         n += len(x)
         if checksum:
             arr = np.asarray(x, dtype=np.float64)
             for sid, s in zip(b["sample_id"], arr.reshape(len(arr), -1).sum(axis=1), strict=True):
                 sums[str(sid)] = float(s)
     dt = time.perf_counter() - t0
-    return PassResult(n, dt, first if first is not None else dt, sums)
+    return PassResult(n, dt, first if first is not None else dt, first_n, sums)
 
 
 def ray_stream_factory(
@@ -314,8 +322,10 @@ def run_config(
 
     rows = []
     base = summarize([r.rate for r in results["torch DataLoader"]["steady"]])["median"]
+    base_af = summarize([r.rate_after_first for r in results["torch DataLoader"]["steady"]])["median"]
     for name, res in results.items():
         steady = summarize([r.rate for r in res["steady"]])
+        after_first = summarize([r.rate_after_first for r in res["steady"]])["median"]
         rows.append(
             {
                 "pipeline": name,
@@ -330,6 +340,8 @@ def run_config(
                 "steady_max": steady["max"],
                 "first_batch_s": summarize([r.first_batch_s for r in res["steady"]])["median"],
                 "vs_torch": steady["median"] / base,
+                "after_first_img_s": after_first,
+                "after_first_vs_torch": after_first / base_af,
                 "passes": [round(r.rate, 1) for r in res["steady"]],
             }
         )
@@ -428,6 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steady_max",
         "first_batch_s",
         "vs_torch",
+        "after_first_img_s",
+        "after_first_vs_torch",
     ]
     table = md_table(all_rows, cols)
     headline_key = "+".join(views_list[-1])
@@ -449,7 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "`warmup_img_s` is pass 0 (Ray: worker processes start and import torch; PyTorch: DataLoader "
             "workers fork). `steady_img_s` is the median over the following passes (min/max beside it), "
             "each pass = a fresh dataset/iterator over all images, timed from the iterator's creation to "
-            "its last batch (so `first_batch_s`, the median time to the first batch, is included).\n"
+            "its last batch (so `first_batch_s`, the median time to the first batch, is included). "
+            "`after_first_img_s` leaves each pass's start-up out: images after the first batch / time from "
+            "the first batch to the last (median over passes); `after_first_vs_torch` compares those.\n"
             f"- Same files, order and seeds on both sides; the two pipelines' outputs were identical on "
             f"the warm-up pass: {identical}.\n"
             f"- Parallelism: Ray `num_cpus={args.workers}`, one CPU per decode task; PyTorch "

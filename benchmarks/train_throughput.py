@@ -225,7 +225,9 @@ def run_ray_case(
     )
     images_per_step = batch + (2 * batch * uratio if uratio > 0 else 0)
     report_log = os.path.join(work, f"reports_{case.workers}w{case.cpus_per_worker}t.jsonl")
+    os.makedirs(work, exist_ok=True)
     os.environ[REPORT_LOG_ENV] = report_log
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     res = fit_round(
         cfg,
@@ -266,6 +268,7 @@ def run_ray_case(
         "fit_wall_s": wall,
         "startup_teardown_s": wall - loop_s,
         "final_loss": m.get("loss"),
+        "load_1m_before_after": [round(load0, 1), round(os.getloadavg()[0], 1)],
     }
     log.info(
         "%s: steady %.1f img/s total (%.1f per worker), loop %.1f img/s/worker, fit %.1f s",
@@ -291,9 +294,9 @@ def ray_main(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     cases = [c for c in RAY_CASES if c.name in args.cases] if args.cases else list(RAY_CASES)
     for model, size in args.models:
-        for case in cases:
-            rows.append(
-                run_ray_case(
+        for rep in range(args.repeats):  # round-robin, so that load changes hit every case alike
+            for case in cases:
+                row = run_ray_case(
                     case,
                     root=root,
                     model=model,
@@ -302,20 +305,43 @@ def ray_main(args: argparse.Namespace) -> dict[str, Any]:
                     uratio=args.uratio,
                     steps=args.steps,
                     labeled_fraction=0.1,
-                    work=work,
+                    work=os.path.join(work, f"rep{rep}"),
                 )
-            )
+                rows.append({"repeat": rep, **row})
+    import statistics
+
     ratios: dict[str, dict[str, float]] = {}
+    medians: list[dict[str, Any]] = []
     for model, size in args.models:
-        by = {r["config"]: r["steady_total_img_s"] for r in rows if r["model"] == model and r["size"] == size}
+        by: dict[str, float] = {}
+        for case in cases:
+            vals = [
+                r["steady_total_img_s"]
+                for r in rows
+                if (r["model"], r["size"], r["config"]) == (model, size, case.name)
+            ]
+            by[case.name] = statistics.median(vals)
+            medians.append(
+                {
+                    "config": case.name,
+                    "model": model,
+                    "size": size,
+                    "repeats": len(vals),
+                    "steady_total_img_s_median": by[case.name],
+                    "runs": [round(v, 1) for v in vals],
+                }
+            )
         key = f"{model}@{size}"
         ratios[key] = {}
         if "2w x 1t" in by and "1w x 1t" in by:
             ratios[key]["2w_vs_1w1t"] = by["2w x 1t"] / by["1w x 1t"]
         if "2w x 1t" in by and "1w x 2t" in by:
             ratios[key]["2w_vs_1w2t"] = by["2w x 1t"] / by["1w x 2t"]
+        if "1w x 2t" in by and "1w x 1t" in by:
+            ratios[key]["1w2t_vs_1w1t"] = by["1w x 2t"] / by["1w x 1t"]
     return {
         "rows": rows,
+        "medians": medians,
         "ratios": ratios,
         "ray_init_s": ray_init_s,
         "data": root if args.data else "generated",
@@ -503,6 +529,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads for --no-ray --device cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (--no-ray)")
     ap.add_argument("--cases", action="append", help="only these Ray cases (e.g. '2w x 1t'); repeatable")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="round-robin repeats of the Ray cases (2; quick 1)"
+    )
     ap.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray runtime")
     ap.add_argument("--quick", action="store_true", help="tiny settings (seconds, for smoke tests)")
     ap.add_argument("--out", default=None, help="results folder (default benchmarks/results; --quick: none)")
@@ -515,6 +544,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.batch = 64 if gpu_part and args.device == "cuda" else 16
     if args.uratio is None:
         args.uratio = 7
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 2
     if args.steps is None:
         args.steps = 50 if gpu_part else 120
     if args.quick:
@@ -559,6 +590,7 @@ def _markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
         return "## Plain torch train_step\n\n" + md_table(res["rows"], cols) + "\n\n" + note + _ratios_md(res)
     cols = [
         "config",
+        "repeat",
         "model",
         "size",
         "batch_per_worker",
@@ -571,6 +603,7 @@ def _markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
         "loop_img_s_per_worker",
         "fit_wall_s",
         "startup_teardown_s",
+        "load_1m_before_after",
     ]
     note = (
         f"- Ray started with num_cpus={args.num_cpus} *logical* CPUs on {os.cpu_count()} cores: the training "
@@ -584,7 +617,9 @@ def _markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
         "the workers by up to the controller's polling interval). `loop_img_s_per_worker`: the final "
         "cumulative metric (whole loop, incl. the wait for the first batch). `startup_teardown_s`: fit "
         "wall time minus the loop (worker start, dataset start-up, teardown).\n"
-        "- Images per step and worker = batch x (1 + 2 x uratio) (labeled + weak + strong).\n"
+        "- Images per step and worker = batch x (1 + 2 x uratio) (labeled + weak + strong). Ratios use the "
+        "median over repeats of `steady_total_img_s`. `load_1m_before_after`: the host's 1-minute load "
+        "average around each fit (the machine is shared with other users' jobs).\n"
         f"- Data: {res['data']}; same per-worker batch in every configuration (so 2 workers do twice the "
         "images per step).\n"
         f"- `ray.init`: {res['ray_init_s']:.1f} s. GPU (bf16 vs fp32) not measured here: no GPU on this "
@@ -592,6 +627,10 @@ def _markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
     )
     return (
         "## Ray Train, CPU (DDP gloo)\n\n"
+        + md_table(
+            res["medians"], ["config", "model", "size", "repeats", "steady_total_img_s_median", "runs"]
+        )
+        + "\n\nAll runs (cases interleaved round-robin):\n\n"
         + md_table(res["rows"], cols)
         + "\n\n"
         + _ratios_md(res)
