@@ -474,6 +474,10 @@ def run_sweep(
     if resume and not restoring:
         raise StateError(f"--resume: no sweep to resume at {plan.exp_path}")
     _check_same_sweep(plan, restoring)
+    # Tune would chdir each trial into its trial directory; keep the job's working directory so
+    # relative paths in the config (data.root, ssl.weights) mean what they mean to the loop CLI.
+    # Tune propagates this variable from the driver to the trial actors.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     _start_ray(cfg)
     limit = _concurrency(plan)
     trainable = tune.with_resources(

@@ -66,6 +66,7 @@ def _snapshot(sweep: Path) -> dict[str, tuple[float, str]]:
     return out
 
 
+@pytest.mark.timeout(1800)  # ~12 min for 6 rounds x 2 trials at a time on 2 loaded cores; ~5 min idle
 def test_asha_sweep_table_best_config_decisions_and_rerun(tmp_path: Path) -> None:
     """4 trials (p_cutoff x 2 seeds), ASHA with grace period 1 over 2 rounds, 2 trials at a time."""
     args = [
@@ -163,6 +164,7 @@ def _tune_trials(exp: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
     """Kill the driver (and its Ray) while trial 2 of 3 runs; --resume ends it without re-running trial 1."""
     args = [
