@@ -16,6 +16,7 @@ from typing import Any
 
 from hssal_ray import _io
 from hssal_ray.config import ExperimentConfig, config_to_yaml
+from hssal_ray.tune._space import planned_labels
 
 __all__ = ["TrialRecord", "read_decisions", "write_outputs", "DECISIONS_FILE"]
 
@@ -136,13 +137,20 @@ def _curves_png(trials: Sequence[TrialRecord], metric: str, title: str) -> bytes
             continue
         xs = [r["num_labeled"] for r in t.rows]
         ys = [r.get("test_accuracy") for r in t.rows]
-        style = "--" if t.status == "early_stopped" else "-"
-        stopped = ", stopped" if style == "--" else ""
+        stopped = ", stopped early" if t.status == "early_stopped" else ""
         label = f"{t.name.rsplit('_', 1)[0]} ({metric} {t.value(metric):.3f}{stopped})"
-        ax.plot(xs, ys, style, marker="o", color=cmap(i % 10), label=label)
+        ax.plot(xs, ys, "-", marker="o", color=cmap(i % 10), label=label)
+        end = planned_labels(t.config)
+        if xs[-1] < end and ys[-1] is not None:  # the AUC holds the last accuracy to the end of the budget
+            ax.plot([xs[-1], end], [ys[-1], ys[-1]], ":", color=cmap(i % 10), alpha=0.7)
         drawn += 1
     if drawn:
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(
+            fontsize=7,
+            loc="best",
+            title="dotted: last accuracy held to the budget (as in the AUC)",
+            title_fontsize=7,
+        )
     else:
         ax.text(0.5, 0.5, "no evaluated rounds yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("labeled samples")
