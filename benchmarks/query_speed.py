@@ -81,6 +81,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     from hssal_ray.query import strategy_from_config
 
+    if spec.get("threads"):
+        import faiss
+
+        torch.set_num_threads(int(spec["threads"]))
+        faiss.omp_set_num_threads(int(spec["threads"]))
     cfg = argparse.Namespace(strategy=spec["strategy"], **spec.get("params", {}))
     tiny, _ = _pool(spec["paths"], 3000)
     strategy_from_config(cfg, random_state=0).select(tiny, min(spec["budget"], 50))  # imports, thread pools
@@ -315,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 sweep.append(run_worker({**base, "strategy": "hal", "params": params, "repeats": 3}))
             sweep.insert(0, next(r for r in rows if r["strategy"] == "hal" and r["n"] == n))
+            one = run_worker({**base, "strategy": "hal", "repeats": 3, "threads": 1})
+            sweep.append({**one, "params": {"threads": 1}})
             sweep.append(run_worker({**base, "strategy": "random"}))
             sweep.append(run_worker({**base, "strategy": "hal_flat"}))
         n_cli = sizes[-1]
