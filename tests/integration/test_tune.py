@@ -62,7 +62,8 @@ def _snapshot(sweep: Path) -> dict[str, tuple[float, str]]:
     for d in sorted(p for p in sweep.iterdir() if (p / "state.json").exists()):
         for name in ("config.yaml", "metrics.jsonl", "state.json"):
             f = d / name
-            out[f"{d.name}/{name}"] = (f.stat().st_mtime, f.read_text())
+            if f.exists():
+                out[f"{d.name}/{name}"] = (f.stat().st_mtime, f.read_text())
     return out
 
 
