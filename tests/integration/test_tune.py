@@ -20,7 +20,7 @@ import pytest
 
 from hssal_ray.config import load_config
 from hssal_ray.loop.runner import load_run_config, read_metrics, science_sha
-from hssal_ray.tune._space import learning_curve_auc, planned_labels
+from hssal_ray.tune._space import learning_curve_auc, planned_labels, trial_name
 from tests.integration.conftest import REPO, cli_env, run_cli
 
 pytestmark = pytest.mark.ray
@@ -148,8 +148,8 @@ def test_asha_sweep_table_best_config_decisions_and_rerun(tmp_path: Path) -> Non
     print(f"sweep {first_s:.0f} s, re-run {rerun_s:.0f} s; {proc.stderr.count('round ')} round lines")
 
 
-def _tune_trials(exp: Path) -> dict[str, str]:
-    """Tune's saved status of every trial ({trial_id: status}) from the newest experiment state."""
+def _tune_trials(exp: Path) -> dict[str, tuple[str, str]]:
+    """Tune's saved ``{trial_id: (status, run name)}`` from the newest experiment state."""
     states = sorted(exp.glob("experiment_state-*.json"))
     if not states:
         return {}
@@ -160,7 +160,8 @@ def _tune_trials(exp: Path) -> dict[str, str]:
     out = {}
     for item in data.get("trial_data", []):
         t = json.loads(item[0]) if isinstance(item, list) else json.loads(item)
-        out[t["trial_id"]] = t.get("status", "")
+        params = {k: v for k, v in t["config"].items() if k != "_repeat"}
+        out[t["trial_id"]] = (t.get("status", ""), trial_name(params, int(t["config"].get("_repeat", 0))))
     return out
 
 
@@ -186,14 +187,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    finished: set[str] = set()
+    finished: dict[str, str] = {}
     try:
         deadline = time.time() + 900
         while time.time() < deadline:
             assert proc.poll() is None, "the sweep ended before it could be interrupted"
             status = _tune_trials(exp)
-            finished = {t for t, s in status.items() if s == "TERMINATED"}
-            running = {t for t, s in status.items() if s == "RUNNING"}
+            finished = {t: name for t, (s, name) in status.items() if s == "TERMINATED"}
+            running = {t for t, (s, _) in status.items() if s == "RUNNING"}
             if finished and running:
                 break
             time.sleep(1.0)
@@ -202,22 +203,20 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    kept = {
-        d: v
-        for d, v in _snapshot(sweep).items()
-        if json.loads((sweep / d.split("/")[0] / "state.json").read_text())["status"] == "done"
-    }
+    # what Tune recorded as finished must not run again (config.yaml is rewritten whenever a loop starts)
+    kept = {k: v for k, v in _snapshot(sweep).items() if k.split("/")[0] in finished.values()}
     assert kept, "the finished trial's run directory is missing"
 
-    # the interrupted sweep resumes; a fresh sweep dir with a changed search space would be refused
+    # the interrupted sweep resumes and ends every trial
     out = run_tune(*args, "--resume")
     assert "resuming the sweep" in out.stderr
     rows = _rows(sweep / "trials.csv")
     assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
-    assert finished <= {r["trial_id"] for r in rows}  # the same Tune trials, not new ones
+    assert set(finished) <= {r["trial_id"] for r in rows}  # the same Tune trials, not new ones
     after = _snapshot(sweep)
     assert {d: after[d] for d in kept} == kept  # finished trials were not started again
-    assert _tune_trials(exp) == {r["trial_id"]: "TERMINATED" for r in rows}
+    assert _tune_trials(exp) == {r["trial_id"]: ("TERMINATED", r["name"]) for r in rows}
 
+    # the same place with a different search space is refused (before Ray starts)
     changed = run_tune(*args[:-1], "tune.search_space={ssl.p_cutoff: {grid: [0.5]}}", check=False)
     assert changed.returncode == 2 and "different sweep" in changed.stderr
