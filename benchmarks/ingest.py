@@ -196,6 +196,8 @@ def ray_variant_factory(
     the manifest block size (``stream`` uses ``4 * batch``); ``actors > 0`` runs the UDF in an
     actor pool of that size instead of tasks.
     """
+    from ray.data import ActorPoolStrategy
+
     from hssal_ray.data.pipeline import DecodeAugment, _decode_augment, manifest_dataset
 
     kw = dict(root=root, kind=kind, bands=3, size=size, views=tuple(views))
@@ -209,7 +211,7 @@ def ray_variant_factory(
                 batch_size=batch,
                 batch_format="numpy",
                 num_cpus=1,
-                concurrency=actors,
+                compute=ActorPoolStrategy(size=actors),
             )
         else:
             ds = ds.map_batches(
