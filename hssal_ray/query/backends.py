@@ -237,7 +237,7 @@ def init_centers(
         k: number of centres.
         rng: numpy generator (the only source of randomness).
         init: ``"k-means++"`` or ``"random"``.
-        init_size: rows sampled for seeding; None = ``min(n, max(10_000, 10 * k))``.
+        init_size: rows sampled for seeding; None = ``min(n, max(2_000, 20 * k))``.
         device: where to compute (default: ``Xt``'s device).
 
     Returns:
@@ -250,7 +250,7 @@ def init_centers(
         return Xt[torch.from_numpy(idx).to(Xt.device)].to(dev, torch.float32)
     if init != "k-means++":
         raise ValueError(f"init must be 'k-means++' or 'random', got {init!r}")
-    m = max(k, min(init_size or min(n, max(10_000, 10 * k)), n))
+    m = max(k, min(init_size or max(2_000, 20 * k), n))
     sub = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
     S = Xt[torch.from_numpy(sub).to(Xt.device)].to(dev, torch.float32)
     snorm = (S * S).sum(1)
@@ -316,7 +316,7 @@ class TorchKMeans(_KMeansBase):
         chunk_size: rows per float32 block.
         device: ``"cpu"``, ``"cuda"`` or None (= where ``X`` lives).
         init_size: rows sampled for k-means++ seeding (like MiniBatchKMeans' ``init_size``);
-            None = ``min(n, max(10_000, 10 * n_clusters))``.
+            None = ``min(n, max(2_000, 20 * n_clusters))``.
     """
 
     def __init__(

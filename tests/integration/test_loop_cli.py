@@ -80,6 +80,7 @@ def _kill_when(run_dir: Path, args: list[str], round_: int, stage: str, extra_en
         proc.wait()
 
 
+@pytest.mark.slow  # ~5 min on 2 idle cores (4 training stages); run with `pytest -m slow`
 def test_sigkill_during_training_and_query_resumes_to_same_labeled_set(reference_run: Path, tmp_path: Path) -> None:
     """Killed in round 1's training, then in round 1's query (the second round of three): same result."""
     args = [*SMOKE, f"loop.run_dir={tmp_path}", "loop.name=ref"]
