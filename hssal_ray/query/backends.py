@@ -148,7 +148,7 @@ def assign_chunked(
     X: ArrayLike,
     centers: ArrayLike,
     *,
-    chunk_size: int = 4096,
+    chunk_size: int = 2048,
     device: str | torch.device | None = None,
     return_distances: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -278,7 +278,7 @@ class _KMeansBase:
     """Parameters, ``__repr__`` and the chunked ``predict`` shared by the backends."""
 
     def __init__(
-        self, n_clusters: int = 8, max_iter: int = 20, random_state: int | None = None, chunk_size: int = 4096
+        self, n_clusters: int = 8, max_iter: int = 20, random_state: int | None = None, chunk_size: int = 2048
     ) -> None:
         self.n_clusters = n_clusters
         self.max_iter = max_iter
@@ -326,7 +326,7 @@ class TorchKMeans(_KMeansBase):
         random_state: int | None = None,
         init: str = "k-means++",
         tol: float = 1e-4,
-        chunk_size: int = 4096,
+        chunk_size: int = 2048,
         device: str | None = None,
         init_size: int | None = None,
     ) -> None:
@@ -418,7 +418,7 @@ class FaissKMeans(_KMeansBase):
         n_clusters: int = 8,
         max_iter: int = 20,
         random_state: int | None = None,
-        chunk_size: int = 4096,
+        chunk_size: int = 2048,
         init: str = "k-means++",
         init_size: int | None = None,
     ) -> None:
