@@ -42,7 +42,8 @@ class Pool:
 
     Attributes:
         ids: (n,) sample ids (str, object dtype).
-        embeddings: (n, d) L2-normalised embeddings (fp16 or fp32), or None.
+        embeddings: (n, d) L2-normalised embeddings (fp16 or fp32), or None. A torch tensor (CPU or
+            CUDA) also works for the embedding strategies: HAL then runs its k-means on that device.
         probs: (n, C) class probabilities, or None.
         scores: uncertainty columns, name (``u_badge``, ...) -> (n,) float.
         confident: (n,) bool, weak and strong views both confidently pseudo-labeled, or None.
