@@ -43,7 +43,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from benchmarks._common import md_table, peak_rss_mb, setup_logging, start_local_ray, summarize, write_result
+from benchmarks._common import (
+    CpuTracker,
+    descendants,
+    md_table,
+    peak_rss_mb,
+    setup_logging,
+    start_local_ray,
+    summarize,
+    write_result,
+)
 
 log = logging.getLogger("benchmarks.ingest")
 
@@ -132,6 +141,12 @@ class PassResult:
     first_batch_s: float
     first_batch_images: int = 0
     checksums: dict[str, float] = field(default_factory=dict, repr=False)
+    cpu_s: float = float("nan")
+
+    @property
+    def img_per_cpu_s(self) -> float:
+        """Images per CPU-second of the processes doing the work (driver + workers)."""
+        return self.images / self.cpu_s if self.cpu_s > 0 else float("nan")
 
     @property
     def rate(self) -> float:
@@ -145,8 +160,14 @@ class PassResult:
         return (self.images - self.first_batch_images) / dt if dt > 0 else float("nan")
 
 
-def drain(batches: Iterable[dict[str, Any]], view_key: str, checksum: bool = False) -> PassResult:
-    """Iterate ``batches`` to the end, counting images (and, if asked, a per-sample checksum)."""
+def drain(
+    batches: Iterable[dict[str, Any]], view_key: str, checksum: bool = False, cpu: CpuTracker | None = None
+) -> PassResult:
+    """Iterate ``batches`` to the end, counting images (and, if asked, a per-sample checksum).
+
+    ``cpu``: also account the CPU seconds its processes burn during the pass.
+    """
+    c0 = cpu.total() if cpu is not None else float("nan")
     t0 = time.perf_counter()
     first = None
     first_n = 0
@@ -162,7 +183,8 @@ def drain(batches: Iterable[dict[str, Any]], view_key: str, checksum: bool = Fal
             for sid, s in zip(b["sample_id"], arr.reshape(len(arr), -1).sum(axis=1), strict=True):
                 sums[str(sid)] = float(s)
     dt = time.perf_counter() - t0
-    return PassResult(n, dt, first if first is not None else dt, first_n, sums)
+    c1 = cpu.total() if cpu is not None else float("nan")
+    return PassResult(n, dt, first if first is not None else dt, first_n, sums, c1 - c0)
 
 
 def ray_stream_factory(
@@ -262,6 +284,7 @@ def run_config(
     loader: Any,
     torch_warmup: PassResult,
     *,
+    cpu: dict[str, CpuTracker],
     size: int,
     views: Sequence[str],
     batch: int,
@@ -274,7 +297,9 @@ def run_config(
     """Warm-up + ``passes`` interleaved steady passes of every pipeline for one (size, views, batch).
 
     ``loader`` is the PyTorch DataLoader, already warmed up (``torch_warmup``): its workers were
-    forked before Ray started, so no child inherits Ray's gRPC threads.
+    forked before Ray started, so no child inherits Ray's gRPC threads. ``cpu`` holds the CPU
+    trackers of the two sides (``torch``: driver + DataLoader workers; ``ray``: driver + Ray's
+    processes).
     """
     view_key = f"x_{views[0]}"
     pipelines: dict[str, Callable[[], Iterable[dict[str, Any]]]] = {
@@ -299,7 +324,8 @@ def run_config(
     def run_one(name: str, checksum: bool = False) -> PassResult:
         opts = DataContext.get_current().execution_options
         opts.preserve_order = preserve_order if name != "ray preserve_order=False" else False
-        return drain(pipelines[name](), view_key, checksum=checksum)
+        tracker = cpu["torch"] if name == "torch DataLoader" else cpu["ray"]
+        return drain(pipelines[name](), view_key, checksum=checksum, cpu=tracker)
 
     results: dict[str, dict[str, Any]] = {"torch DataLoader": {"warmup": torch_warmup, "steady": []}}
     for name in pipelines:  # warm-up: the checksum pass, reported separately
@@ -325,8 +351,10 @@ def run_config(
     rows = []
     base = summarize([r.rate for r in results["torch DataLoader"]["steady"]])["median"]
     base_af = summarize([r.rate_after_first for r in results["torch DataLoader"]["steady"]])["median"]
+    base_cpu = summarize([r.img_per_cpu_s for r in results["torch DataLoader"]["steady"]])["median"]
     for name, res in results.items():
         steady = summarize([r.rate for r in res["steady"]])
+        per_cpu = summarize([r.img_per_cpu_s for r in res["steady"]])["median"]
         after_first = summarize([r.rate_after_first for r in res["steady"]])["median"]
         rows.append(
             {
@@ -344,6 +372,8 @@ def run_config(
                 "vs_torch": steady["median"] / base,
                 "after_first_img_s": after_first,
                 "after_first_vs_torch": after_first / base_af,
+                "img_per_cpu_s": per_cpu,
+                "cpu_eff_vs_torch": per_cpu / base_cpu,
                 "passes": [round(r.rate, 1) for r in res["steady"]],
             }
         )
@@ -401,12 +431,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             warm.rate,
         )
         loaders.append((loader, warm))
+    loader_pids = set(descendants())  # the DataLoader workers (Ray has not started yet)
+    cpu = {
+        "torch": CpuTracker(lambda: [os.getpid(), *loader_pids]),
+        "ray": CpuTracker(lambda: [p for p in descendants(include_self=True) if p not in loader_pids]),
+    }
     ray_init_s = start_local_ray(args.workers)
     configure_ray_data(not args.no_preserve_order)
     log.info("ray.init took %.2f s (num_cpus=%d)", ray_init_s, args.workers)
 
     all_rows: list[dict[str, Any]] = []
     ratios: dict[str, float] = {}
+    cpu_ratios: dict[str, float] = {}
     identical: dict[str, bool] = {}
     t_all = time.perf_counter()
     for views, (loader, warm) in zip(views_list, loaders, strict=True):
@@ -416,6 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kind,
             loader,
             warm,
+            cpu=cpu,
             size=args.size,
             views=views,
             batch=args.batch,
@@ -427,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         key = "+".join(views)
         all_rows.extend(res["rows"])
-        ratios[key] = next(r["vs_torch"] for r in res["rows"] if r["pipeline"] == "ray stream()")
+        ours = next(r for r in res["rows"] if r["pipeline"] == "ray stream()")
+        ratios[key], cpu_ratios[key] = ours["vs_torch"], ours["cpu_eff_vs_torch"]
         identical[key] = res["identical_outputs"]
     wall = time.perf_counter() - t_all
 
@@ -444,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "vs_torch",
         "after_first_img_s",
         "after_first_vs_torch",
+        "img_per_cpu_s",
+        "cpu_eff_vs_torch",
     ]
     table = md_table(all_rows, cols)
     headline_key = "+".join(views_list[-1])
@@ -453,6 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Ray/PyTorch steady-state images/s ({headline_key}, size {args.size}, batch {args.batch}): "
         f"{ratio:.2f} ({verdict} the >= 0.8 target); per config: "
         + ", ".join(f"{k}: {v:.2f}" for k, v in ratios.items())
+        + "; images per CPU-second, Ray/PyTorch (load-robust): "
+        + ", ".join(f"{k}: {v:.2f}" for k, v in cpu_ratios.items())
     )
     print(table)
     print(f"\nray.init (start-up, once per process): {ray_init_s:.2f} s")
@@ -468,6 +510,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "its last batch (so `first_batch_s`, the median time to the first batch, is included). "
             "`after_first_img_s` leaves each pass's start-up out: images after the first batch / time from "
             "the first batch to the last (median over passes); `after_first_vs_torch` compares those.\n"
+            "- `img_per_cpu_s`: images per CPU-second (user + system, from /proc) of the processes "
+            "doing the work during a pass: PyTorch = this process + its DataLoader workers; Ray = this "
+            "process + every process of its Ray runtime (workers, raylet, GCS, dashboard: Ray's own "
+            "overhead counts against it). Unlike wall time this hardly depends on other users' load on "
+            "this shared machine; `cpu_eff_vs_torch` compares it.\n"
             f"- Same files, order and seeds on both sides; the two pipelines' outputs were identical on "
             f"the warm-up pass: {identical}.\n"
             f"- Parallelism: Ray `num_cpus={args.workers}`, one CPU per decode task; PyTorch "
@@ -483,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ratio": ratio,
                 "ratio_config": headline_key,
                 "ratios": ratios,
+                "cpu_efficiency_ratios": cpu_ratios,
                 "target": 0.8,
                 "ray_init_s": ray_init_s,
                 "identical_outputs": identical,
