@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from benchmarks._common import md_table, peak_rss_mb, setup_logging, start_local_ray, write_result
+from benchmarks._common import CpuTracker, md_table, peak_rss_mb, setup_logging, start_local_ray, write_result
 
 log = logging.getLogger("benchmarks.train_throughput")
 
@@ -166,6 +166,7 @@ def steady_rates(records: list[dict[str, Any]], images_per_step: int) -> dict[st
             "steady_per_worker_img_s": nan,
             "steady_total_img_s": nan,
             "driver_total_img_s": nan,
+            "driver_window": None,
         }
     a, b = recs[0], recs[-1]
     per_worker = []
@@ -181,6 +182,7 @@ def steady_rates(records: list[dict[str, Any]], images_per_step: int) -> dict[st
         "steady_per_worker_img_s": sum(per_worker) / len(per_worker),
         "steady_total_img_s": sum(per_worker),
         "driver_total_img_s": world * (sd - sa) * images_per_step / (d["t"] - a["t"]),
+        "driver_window": {"t0": a["t"], "t1": d["t"], "images": world * (sd - sa) * images_per_step},
     }
 
 
@@ -195,8 +197,13 @@ def run_ray_case(
     steps: int,
     labeled_fraction: float,
     work: str,
+    cpu: CpuTracker | None = None,
 ) -> dict[str, Any]:
-    """Run ``fit_round`` once for ``case`` and return its row of measurements."""
+    """Run ``fit_round`` once for ``case`` and return its row of measurements.
+
+    ``cpu``: a running tracker of the Ray runtime's processes, for images per CPU-second in the
+    steady window (every process of the runtime counts: training workers, data tasks, daemons).
+    """
     import numpy as np
     import pyarrow as pa
 
@@ -246,6 +253,10 @@ def run_ray_case(
         with open(report_log) as f:
             records = [json.loads(line) for line in f if line.strip()]
     m = res.metrics
+    rates = steady_rates(records, images_per_step)
+    win = rates.pop("driver_window")
+    cpu_s = cpu.between(win["t0"], win["t1"]) if cpu is not None and win else float("nan")
+    img_per_cpu_s = win["images"] / cpu_s if win and cpu_s > 0 else float("nan")
     loop_rate = float(m.get("images_per_s_per_worker", float("nan")))
     steps_run = int(m.get("steps_run", 0))
     loop_s = (
@@ -262,7 +273,8 @@ def run_ray_case(
         "images_per_step_per_worker": images_per_step,
         "steps": steps_run,
         "reports": len(records),
-        **steady_rates(records, images_per_step),
+        **rates,
+        "img_per_cpu_s": img_per_cpu_s,
         "loop_img_s_per_worker": loop_rate,
         "loop_s": loop_s,
         "fit_wall_s": wall,
@@ -287,6 +299,7 @@ def ray_main(args: argparse.Namespace) -> dict[str, Any]:
     work = tempfile.mkdtemp(prefix="hssal_train_bench_")
     root = make_data(args.data, work, classes=args.classes, per_class=args.per_class, size=args.gen_size)
     ray_init_s = start_local_ray(args.num_cpus)
+    cpu = CpuTracker().start(0.5)  # this driver + every process of its Ray runtime
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False
@@ -306,6 +319,7 @@ def ray_main(args: argparse.Namespace) -> dict[str, Any]:
                     steps=args.steps,
                     labeled_fraction=0.1,
                     work=os.path.join(work, f"rep{rep}"),
+                    cpu=cpu,
                 )
                 rows.append({"repeat": rep, **row})
     import statistics
@@ -314,13 +328,13 @@ def ray_main(args: argparse.Namespace) -> dict[str, Any]:
     medians: list[dict[str, Any]] = []
     for model, size in args.models:
         by: dict[str, float] = {}
+        eff: dict[str, float] = {}
         for case in cases:
-            vals = [
-                r["steady_total_img_s"]
-                for r in rows
-                if (r["model"], r["size"], r["config"]) == (model, size, case.name)
-            ]
+            mine = [r for r in rows if (r["model"], r["size"], r["config"]) == (model, size, case.name)]
+            vals = [r["steady_total_img_s"] for r in mine]
+            cpu_vals = [r["img_per_cpu_s"] for r in mine]
             by[case.name] = statistics.median(vals)
+            eff[case.name] = statistics.median(cpu_vals)
             medians.append(
                 {
                     "config": case.name,
@@ -329,16 +343,20 @@ def ray_main(args: argparse.Namespace) -> dict[str, Any]:
                     "repeats": len(vals),
                     "steady_total_img_s_median": by[case.name],
                     "runs": [round(v, 1) for v in vals],
+                    "img_per_cpu_s_median": eff[case.name],
+                    "cpu_runs": [round(v, 1) for v in cpu_vals],
                 }
             )
         key = f"{model}@{size}"
         ratios[key] = {}
-        if "2w x 1t" in by and "1w x 1t" in by:
-            ratios[key]["2w_vs_1w1t"] = by["2w x 1t"] / by["1w x 1t"]
-        if "2w x 1t" in by and "1w x 2t" in by:
-            ratios[key]["2w_vs_1w2t"] = by["2w x 1t"] / by["1w x 2t"]
-        if "1w x 2t" in by and "1w x 1t" in by:
-            ratios[key]["1w2t_vs_1w1t"] = by["1w x 2t"] / by["1w x 1t"]
+        for a, b, name in (
+            ("2w x 1t", "1w x 1t", "2w_vs_1w1t"),
+            ("2w x 1t", "1w x 2t", "2w_vs_1w2t"),
+            ("1w x 2t", "1w x 1t", "1w2t_vs_1w1t"),
+        ):
+            if a in by and b in by:
+                ratios[key][name] = by[a] / by[b]
+                ratios[key][f"{name}_per_cpu_s"] = eff[a] / eff[b]
     return {
         "rows": rows,
         "medians": medians,
@@ -600,6 +618,7 @@ def _markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
         "steady_total_img_s",
         "steady_per_worker_img_s",
         "driver_total_img_s",
+        "img_per_cpu_s",
         "loop_img_s_per_worker",
         "fit_wall_s",
         "startup_teardown_s",
@@ -619,7 +638,12 @@ def _markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
         "wall time minus the loop (worker start, dataset start-up, teardown).\n"
         "- Images per step and worker = batch x (1 + 2 x uratio) (labeled + weak + strong). Ratios use the "
         "median over repeats of `steady_total_img_s`. `load_1m_before_after`: the host's 1-minute load "
-        "average around each fit (the machine is shared with other users' jobs).\n"
+        "average around each fit (the machine is shared with other users' jobs, so wall-clock rates vary "
+        "with their load).\n"
+        "- `img_per_cpu_s`: images per CPU-second (user + system, from /proc) burnt by this driver and every "
+        "process of its Ray runtime (training workers, Ray Data tasks, Ray's daemons) over the driver-clock "
+        "window: the cost of an image, which hardly depends on other users' load. `*_per_cpu_s` ratios "
+        "compare it (>= 1: the first configuration spends less CPU per image).\n"
         f"- Data: {res['data']}; same per-worker batch in every configuration (so 2 workers do twice the "
         "images per step).\n"
         f"- `ray.init`: {res['ray_init_s']:.1f} s. GPU (bf16 vs fp32) not measured here: no GPU on this "
