@@ -131,7 +131,7 @@ def _curves_png(trials: Sequence[TrialRecord], metric: str, title: str) -> bytes
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     cmap = colormaps["tab10"]
-    drawn = 0
+    drawn = held = 0
     for i, t in enumerate(trials):
         if not t.rows:
             continue
@@ -143,14 +143,11 @@ def _curves_png(trials: Sequence[TrialRecord], metric: str, title: str) -> bytes
         end = planned_labels(t.config)
         if xs[-1] < end and ys[-1] is not None:  # the AUC holds the last accuracy to the end of the budget
             ax.plot([xs[-1], end], [ys[-1], ys[-1]], ":", color=cmap(i % 10), alpha=0.7)
+            held += 1
         drawn += 1
     if drawn:
-        ax.legend(
-            fontsize=7,
-            loc="best",
-            title="dotted: last accuracy held to the budget (as in the AUC)",
-            title_fontsize=7,
-        )
+        note = "dotted: last accuracy held to the budget (as in the AUC)" if held else None
+        ax.legend(fontsize=7, loc="best", title=note, title_fontsize=7)
     else:
         ax.text(0.5, 0.5, "no evaluated rounds yet", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("labeled samples")
