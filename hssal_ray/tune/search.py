@@ -36,27 +36,22 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-import yaml
-
 from hssal_ray import _io
-from hssal_ray.config import ExperimentConfig, apply_overrides, config_from_dict, config_to_dict
+from hssal_ray.config import ExperimentConfig, config_to_dict
 from hssal_ray.errors import ConfigError
-from hssal_ray.tune._results import DECISIONS_FILE, TrialRecord, write_outputs
-from hssal_ray.tune._space import (
-    REPEAT_KEY,
-    ParamSpec,
-    check_search_space,
-    max_reports,
-    planned_labels,
-    round_metrics,
-    sweep_fingerprint,
-    trial_config,
-    trial_name,
+from hssal_ray.tune._plan import (
+    SweepPlan,
+    check_same_sweep,
+    load_sweep_config,
+    plan_sweep,
+    trial_bundles,
+    trial_footprint,
 )
+from hssal_ray.tune._results import DECISIONS_FILE, TrialRecord, write_outputs
+from hssal_ray.tune._space import REPEAT_KEY, planned_labels, round_metrics, trial_config, trial_name
 
 __all__ = [
     "SweepPlan",
@@ -69,135 +64,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- config
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _read_yaml(path: str) -> dict[str, Any]:
-    if not _io.exists(path):
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        values = yaml.safe_load(_io.read_text(path)) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return values
-
-
-def load_sweep_config(path: str | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a sweep YAML: a loop config plus a ``tune`` section, optionally on top of a ``base`` file.
-
-    ``base: ucm_cpu.yaml`` (a path relative to the sweep file, or absolute) loads that loop config
-    first; the sweep file's own keys are merged over it (mappings merge, other values replace),
-    then ``key=value`` overrides apply. A chain of bases is followed.
-
-    Raises:
-        ConfigError: Missing files, a cycle of bases, bad YAML, unknown keys or bad values.
-    """
-    values: dict[str, Any] = {}
-    seen: list[str] = []
-    while path is not None:
-        if path in seen:
-            raise ConfigError(f"config 'base' files form a cycle: {' -> '.join([*seen, path])}")
-        seen.append(path)
-        own = _read_yaml(path)
-        base = own.pop("base", None)
-        values = _merge(own, values)
-        if base is None:
-            break
-        if not isinstance(base, str):
-            raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
-        path = (
-            base if (os.path.isabs(base) or _io.is_uri(base)) else os.path.join(os.path.dirname(path), base)
-        )
-    return config_from_dict(apply_overrides(values, overrides))
-
-
-# --------------------------------------------------------------------------- plan
-
-
-def trial_bundles(cfg: ExperimentConfig) -> list[dict[str, float]]:
-    """Placement-group bundles Tune reserves per trial (head first; see the module docstring)."""
-    head: dict[str, float] = {"CPU": float(cfg.tune.cpus_per_trial)}
-    if cfg.tune.gpus_per_trial > 0:
-        head["GPU"] = float(cfg.tune.gpus_per_trial)
-    return [head, {"CPU": 1.0}] if cfg.query.parallel else [head]
-
-
-def trial_footprint(cfg: ExperimentConfig) -> dict[str, float]:
-    """CPUs/GPUs one trial holds at most: Tune's bundles + decode + training or scoring (not both)."""
-    bundles = trial_bundles(cfg)
-    r = cfg.resources
-    cpu = (
-        sum(b.get("CPU", 0.0) for b in bundles) + 1.0 + max(r.num_workers * r.cpus_per_worker, r.score_actors)
-    )
-    gpu = sum(b.get("GPU", 0.0) for b in bundles) + (max(r.num_workers, r.score_actors) if r.use_gpu else 0)
-    return {"CPU": float(cpu), "GPU": float(gpu)}
-
-
-@dataclass
-class SweepPlan:
-    """Everything fixed before Ray starts.
-
-    Args:
-        cfg: The sweep config (base loop config + ``tune`` section).
-        specs: Parsed search space.
-        sweep_dir: Parent of the trials' run directories and of the sweep's outputs.
-        storage: Tune storage root; the experiment is ``storage/exp_name``.
-        exp_name: Tune experiment name (= the sweep's ``loop.name``).
-        max_t: Most reports any trial can make (ASHA's horizon).
-        footprint: CPUs/GPUs one trial holds at most (Tune's group + Train's group).
-        fingerprint: Identity of the sweep (rejects restoring a different sweep into the same place).
-    """
-
-    cfg: ExperimentConfig
-    specs: list[ParamSpec]
-    sweep_dir: str
-    storage: str
-    exp_name: str
-    max_t: int
-    footprint: dict[str, float]
-    fingerprint: str
-    keys: list[str] = field(default_factory=list)
-
-    @property
-    def exp_path(self) -> str:
-        """Tune's experiment directory."""
-        return _io.join(self.storage, self.exp_name)
-
-
-def _abs(path: str) -> str:
-    return path if _io.is_uri(path) else os.path.abspath(path)
-
-
-def plan_sweep(cfg: ExperimentConfig) -> SweepPlan:
-    """Validate the sweep (every key and value) and lay out its directories; no Ray needed.
-
-    Raises:
-        ConfigError: An empty or invalid search space, or a sweep that cannot run unattended.
-    """
-    specs = check_search_space(cfg)
-    run_dir = _abs(cfg.loop.run_dir)
-    return SweepPlan(
-        cfg=cfg,
-        specs=specs,
-        sweep_dir=_io.join(run_dir, cfg.loop.name),
-        storage=_abs(cfg.tune.storage) if cfg.tune.storage else _io.join(run_dir, "tune"),
-        exp_name=cfg.loop.name,
-        max_t=max_reports(cfg, specs),
-        footprint=trial_footprint(cfg),
-        fingerprint=sweep_fingerprint(cfg),
-        keys=[s.key for s in specs],
-    )
 
 
 def _param_space(plan: SweepPlan) -> dict[str, Any]:
@@ -370,25 +236,6 @@ def _record_decision(
 # --------------------------------------------------------------------------- sweep
 
 
-def _check_same_sweep(plan: SweepPlan, resuming: bool) -> None:
-    p = _io.join(plan.sweep_dir, "sweep.json")
-    if _io.exists(p):
-        old = _io.read_json(p)
-        if old.get("fingerprint") != plan.fingerprint and resuming:
-            raise ConfigError(
-                f"{plan.exp_path} holds a different sweep (its config or search space changed); "
-                "use another loop.name for the new sweep, or delete the old one"
-            )
-    _io.atomic_write_json(
-        p,
-        {
-            "fingerprint": plan.fingerprint,
-            "experiment_path": plan.exp_path,
-            "search_space": plan.cfg.tune.search_space,
-        },
-    )
-
-
 def _collect(plan: SweepPlan, results: Any) -> list[TrialRecord]:
     from hssal_ray.loop.runner import read_metrics
     from hssal_ray.state import RunState
@@ -473,7 +320,7 @@ def run_sweep(
     restoring = tune.Tuner.can_restore(plan.exp_path)
     if resume and not restoring:
         raise StateError(f"--resume: no sweep to resume at {plan.exp_path}")
-    _check_same_sweep(plan, restoring)
+    check_same_sweep(plan, restoring)
     # Tune would chdir each trial into its trial directory; keep the job's working directory so
     # relative paths in the config (data.root, ssl.weights) mean what they mean to the loop CLI.
     # Tune propagates this variable from the driver to the trial actors.
