@@ -313,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         "typiclust = flat k-means with k = budget on all embeddings (same k-means backend as HAL, auto = "
         "faiss, 20 Lloyd iterations, k-means++ seeding) + the most typical row per cluster.",
         "coverage = distinct true clusters (of 200) in the batch; mean u = mean uncertainty of the batch.",
-        "Stage breakdowns (breakdown_s) are wall-clock and affected by the load.",
+        "Stage breakdowns (breakdown_s) are wall-clock and affected by the load. The `threads: 2` HAL row "
+        "runs torch/faiss with their default 2 OpenMP threads: on this oversubscribed machine the threads "
+        "spin-wait for each other, so its CPU and wall times show the contention, not HAL's cost.",
     ]
     with tempfile.TemporaryDirectory(prefix="query_speed_") as tmpd:
         tmp = Path(tmpd)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hssal_ray import _io
-from hssal_ray.errors import DataError, HSSALError
+from hssal_ray.errors import HSSALError
 
 logger = logging.getLogger("hssal_ray.query")
 
@@ -51,13 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _columns(path: str, strategy_name: str, requires_embeddings: bool, ucol: str) -> list[str]:
-    import pyarrow.dataset as pads
+    from hssal_ray.query.scores_io import scores_columns
 
-    fs, p = _io.resolve_fs(path)
-    try:
-        names = set(pads.dataset(p, filesystem=fs, format="parquet").schema.names)
-    except (FileNotFoundError, OSError, ValueError) as e:
-        raise DataError(f"cannot read scores file {path!r}: {e}") from e
+    names = set(scores_columns(path))
     cols = ["embedding"] if requires_embeddings else []
     if ucol in names:
         cols.append(ucol)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from hssal_ray import _io
@@ -36,6 +36,7 @@ from hssal_ray.query.base import Pool, nonfinite_rows
 
 __all__ = [
     "load_pool",
+    "scores_columns",
     "write_scores",
     "read_id_list",
     "exclude_mask",
@@ -83,6 +84,34 @@ def _flatten_list(arr: pa.Array, name: str, ids: pa.Array) -> tuple[np.ndarray, 
     return flat.reshape(len(arr), width), width
 
 
+def _parquet_files(path: str) -> list[pq.ParquetFile]:
+    """The Parquet file, or the part files of a directory (sorted; names starting with ``.``/``_``
+    are skipped, as Arrow's dataset discovery does), opened without pre-buffering: a streamed
+    read then holds about one row group in memory instead of the whole file."""
+    fs, p = _io.resolve_fs(path)
+    info = fs.get_file_info(p)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"cannot read scores file {path!r}: it does not exist")
+    if info.type == pafs.FileType.Directory:
+        sel = fs.get_file_info(pafs.FileSelector(p, recursive=True))
+        paths = sorted(
+            i.path for i in sel if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))
+        )
+        if not paths:
+            raise DataError(f"cannot read scores file {path!r}: the directory holds no Parquet files")
+    else:
+        paths = [p]
+    try:
+        return [pq.ParquetFile(fs.open_input_file(f), pre_buffer=False) for f in paths]
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"cannot read scores file {path!r}: {e}") from e
+
+
+def scores_columns(path: str) -> list[str]:
+    """Column names of a scores file (Parquet file or directory), read from its footer only."""
+    return list(_parquet_files(path)[0].schema_arrow.names)
+
+
 def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: int = 65_536) -> Pool:
     """Read a scores file (Parquet file or directory, local or URI) into a :class:`Pool`.
 
@@ -99,24 +128,23 @@ def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: in
     Raises:
         DataError: missing path/columns, ragged or null lists, duplicate ids, NaN/inf rows.
     """
-    fs, p = _io.resolve_fs(path)
-    try:
-        ds = pads.dataset(p, filesystem=fs, format="parquet")
-    except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"cannot read scores file {path!r}: {e}") from e
-    names = ds.schema.names
+    files = _parquet_files(path)
+    names = files[0].schema_arrow.names
     if "sample_id" not in names:
         raise DataError(f"scores file {path!r} has no 'sample_id' column (columns: {', '.join(names)})")
     known = [c for c in names if c in LIST_COLUMNS or c in _KNOWN_SCALARS or c.startswith("u_")]
     want = list(known if columns is None else dict.fromkeys(columns))
-    missing = [c for c in want if c not in names]
-    if missing:
-        raise DataError(f"scores file {path!r} lacks columns {missing} (columns: {', '.join(names)})")
-    n = ds.count_rows()
+    for f in files:
+        missing = [c for c in ["sample_id", *want] if c not in f.schema_arrow.names]
+        if missing:
+            have = ", ".join(f.schema_arrow.names)
+            raise DataError(f"scores file {path!r} lacks columns {missing} (columns: {have})")
+    n = sum(f.metadata.num_rows for f in files)
     out: dict[str, np.ndarray] = {}
     id_chunks: list[pa.Array] = []
     pos = 0
-    for batch in ds.to_batches(columns=["sample_id", *want], batch_size=batch_size, use_threads=True):
+    batches = (b for f in files for b in f.iter_batches(batch_size=batch_size, columns=["sample_id", *want]))
+    for batch in batches:
         m = batch.num_rows
         if m == 0:
             continue
@@ -148,11 +176,7 @@ def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: in
         pos += m
     if pos != n:
         raise DataError(f"scores file {path!r} changed while reading ({pos} of {n} rows)")
-    id_arr = (
-        pa.chunked_array(id_chunks, type=ds.schema.field("sample_id").type)
-        if id_chunks
-        else pa.array([], pa.string())
-    )
+    id_arr = pa.chunked_array(id_chunks, type=id_chunks[0].type) if id_chunks else pa.array([], pa.string())
     if id_arr.null_count:
         raise DataError(f"scores file {path!r} has {id_arr.null_count} null sample_ids")
     if n and pc.count_distinct(id_arr).as_py() != n:
