@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from hssal_ray.errors import DataError
-from hssal_ray.query.scores_io import exclude_mask, load_pool, read_id_list, write_scores
+from hssal_ray.query.scores_io import exclude_mask, load_pool, read_id_list, scores_columns, write_scores
 
 
 def _data(n: int = 50, d: int = 8, c: int = 4, dtype: type = np.float16) -> dict:
@@ -111,3 +111,21 @@ def test_id_lists_and_exclude_mask(tmp_path) -> None:
     assert exclude_mask(ids, read_id_list(str(tmp_path / "l.csv"))).tolist() == [False, True, True]
     with pytest.raises(DataError, match="does not exist"):
         read_id_list(str(tmp_path / "missing.csv"))
+
+
+def test_scores_columns_and_empty_directory(tmp_path) -> None:
+    path = str(tmp_path / "s.parquet")
+    write_scores(path, **_data())
+    assert scores_columns(path) == [
+        "sample_id",
+        "embedding",
+        "probs",
+        "u_badge",
+        "u_entropy",
+        "confident",
+        "pred",
+    ]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".part.tmp").write_bytes(b"partial")
+    with pytest.raises(DataError, match="no Parquet files"):
+        load_pool(str(tmp_path / "empty"))
