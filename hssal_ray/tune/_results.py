@@ -18,7 +18,7 @@ from hssal_ray import _io
 from hssal_ray.config import ExperimentConfig, config_to_yaml
 from hssal_ray.tune._space import planned_labels
 
-__all__ = ["TrialRecord", "read_decisions", "write_outputs", "DECISIONS_FILE"]
+__all__ = ["TrialRecord", "rank_key", "read_decisions", "write_outputs", "DECISIONS_FILE"]
 
 DECISIONS_FILE = "scheduler_decisions.jsonl"
 TOP_K = 5
@@ -64,10 +64,12 @@ def read_decisions(sweep_dir: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in _io.read_text(p).splitlines() if line.strip()]
 
 
-def _rank_key(metric: str) -> Any:
-    def key(t: TrialRecord) -> tuple[int, float]:
+def rank_key(metric: str) -> Any:
+    """Sort key: completed first, then ``metric`` (higher first), ties by trial id (stable on restore)."""
+
+    def key(t: TrialRecord) -> tuple[int, float, str]:
         v = t.value(metric)
-        return (0 if t.status == "completed" else 1, -v if not math.isnan(v) else math.inf)
+        return (0 if t.status == "completed" else 1, -v if not math.isnan(v) else math.inf, t.trial_id)
 
     return key
 
@@ -182,7 +184,7 @@ def write_outputs(
     Returns:
         The summary written to ``sweep_summary.json``.
     """
-    ranked = sorted(trials, key=_rank_key(metric))
+    ranked = sorted(trials, key=rank_key(metric))
     _io.atomic_write_text(_io.join(sweep_dir, "trials.csv"), _trials_csv(ranked, keys))
     best = ranked[0] if ranked and not math.isnan(ranked[0].value(metric)) else None
     if best is not None and best_config is not None:

@@ -50,7 +50,7 @@ from hssal_ray.tune._plan import (
     trial_bundles,
     trial_footprint,
 )
-from hssal_ray.tune._results import DECISIONS_FILE, TrialRecord, write_outputs
+from hssal_ray.tune._results import DECISIONS_FILE, TrialRecord, rank_key, write_outputs
 from hssal_ray.tune._space import REPEAT_KEY, planned_labels, round_metrics, trial_config, trial_name
 
 __all__ = [
@@ -280,7 +280,7 @@ def _best_config(plan: SweepPlan, trials: list[TrialRecord]) -> ExperimentConfig
     ranked = [t for t in trials if not math.isnan(t.value(plan.cfg.tune.metric))]
     if not ranked:
         return None
-    ranked.sort(key=lambda t: (t.status != "completed", -t.value(plan.cfg.tune.metric)))
+    ranked.sort(key=rank_key(plan.cfg.tune.metric))
     best = ranked[0]
     params = {k: v for k, v in best.params.items() if k != REPEAT_KEY}
     return trial_config(
