@@ -74,10 +74,12 @@ def test_killed_worker_resumes_from_checkpoint(ray_local: None, tmp_path: Path, 
     res = fit_round(cfg, root=cat.root, kind=cat.kind, labeled=train.take(pa.array(idx[::3])), pool=train,
                     num_classes=4, round_idx=0, run_dir=cfg.run_path, init_dir=None)
     assert marker.exists(), "the fault was never injected"
-    # the restarted group continued from the step-20 checkpoint: the step count went on to 40
-    # instead of restarting from 0, and the last attempt ran only the remaining 20 steps
+    # the restarted group continued from a checkpoint: the step count went on to 40 instead of
+    # restarting from 0, and the last attempt ran only the remaining steps
     assert res.metrics["step"] == 40
-    assert res.metrics["steps_run"] == 20, res.metrics
+    # (resumed from the step-20 checkpoint, or step 10 if 20 was not yet persisted when the
+    # worker died: checkpoints upload while training goes on)
+    assert res.metrics["steps_run"] in (20, 30), res.metrics
     meta = json.loads(Path(res.checkpoint_dir, "meta.json").read_text())
     assert meta["step"] == 40
     os.environ.pop("HSSAL_FAULT_KILL_WORKER", None)

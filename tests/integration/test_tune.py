@@ -118,10 +118,11 @@ def test_asha_sweep_table_best_config_decisions_and_rerun(tmp_path: Path) -> Non
     assert {d["trial_id"] for d in decisions if d["training_iteration"] == 1} == set(by_trial)
     for d in decisions:
         assert d["decision"] in ("CONTINUE", "STOP") and d["metric"] == "auc"
-        if d["decision"] == "STOP":  # stopped after round 0: recorded as such, one round in its run dir
-            assert d["training_iteration"] == 1 and by_trial[d["trial_id"]]["status"] == "early_stopped"
-            assert by_trial[d["trial_id"]]["stopped_at_round"] == "0"
-            assert len(read_metrics(by_trial[d["trial_id"]]["run_dir"])) == 1
+        if d["decision"] == "STOP":  # stopped after round it-1: recorded as such, that many rounds in its run dir
+            it = int(d["training_iteration"])
+            assert by_trial[d["trial_id"]]["status"] == "early_stopped"
+            assert by_trial[d["trial_id"]]["stopped_at_round"] == str(it - 1)
+            assert len(read_metrics(by_trial[d["trial_id"]]["run_dir"])) == it
     summary = json.loads((sweep / "sweep_summary.json").read_text())
     assert summary["scheduler_decisions"] == len(decisions) and summary["max_concurrent_trials"] == 2
     assert (sweep / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
