@@ -156,11 +156,12 @@ def score_pool(
     if _io.is_uri(out_path):
         if _io.exists(out_path):
             _io.remove(out_path)
-        ds.write_parquet(out_path)
+        ds.write_parquet(out_path, use_dictionary=False)
         return
     tmp = out_path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.write_parquet(os.path.abspath(tmp))
+    # no dictionary encoding: fp16 list columns read ~4x faster (benchmarks/query_speed notes)
+    ds.write_parquet(os.path.abspath(tmp), use_dictionary=False)
     shutil.rmtree(out_path, ignore_errors=True)
     os.replace(tmp, out_path)
 
