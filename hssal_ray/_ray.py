@@ -31,6 +31,7 @@ def ensure_ray(resources: Any) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(
+        address="local",  # never join a cluster some `ray start` left running on this machine
         num_cpus=resources.num_cpus,
         object_store_memory=resources.object_store_memory,
         # The dashboard hosts the State API, which Ray Train's controller polls; without it

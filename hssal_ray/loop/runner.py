@@ -89,7 +89,8 @@ class LoopRunner:
                 "Use another loop.name, or `--resume RUN` to continue it with its own config."
             )
         _io.makedirs(self.run_dir)
-        _io.atomic_write_text(_io.join(self.run_dir, "config.yaml"), config_to_yaml(self.cfg))
+        if state is None or state.status != "done":  # a finished run's files stay untouched
+            _io.atomic_write_text(_io.join(self.run_dir, "config.yaml"), config_to_yaml(self.cfg))
         self._load_catalog()
         if state is None:
             state = RunState(config_sha=sha, seed=self.cfg.seed)
