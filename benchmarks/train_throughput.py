@@ -642,7 +642,7 @@ def _markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
         "with their load).\n"
         "- `img_per_cpu_s`: images per CPU-second (user + system, from /proc) burnt by this driver and every "
         "process of its Ray runtime (training workers, Ray Data tasks, Ray's daemons) over the driver-clock "
-        "window: the cost of an image, which hardly depends on other users' load. `*_per_cpu_s` ratios "
+        "window: the cost of an image, which depends much less on other users' load than wall time (it still rises under contention: shared caches, spinning threads). `*_per_cpu_s` ratios "
         "compare it (>= 1: the first configuration spends less CPU per image).\n"
         f"- Data: {res['data']}; same per-worker batch in every configuration (so 2 workers do twice the "
         "images per step).\n"
