@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        RAY_AUTH_MODE="disabled",
-        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
-        RAY_USAGE_STATS_ENABLED="0",
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=str(REPO),
-    )
-    env.pop("RAY_ADDRESS", None)
-    return env
+from tests._env import REPO, cli_env  # noqa: F401  (re-exported for the integration tests)
 
 
 def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@ tiny runs on a shared machine measure nothing.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,21 +18,12 @@ from benchmarks._common import md_table
 from benchmarks.train_throughput import main as train_throughput_main
 from benchmarks.train_throughput import steady_rates
 from hssal_ray.data.synthetic import make_synthetic_rs
+from tests._env import cli_env
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        RAY_AUTH_MODE="disabled",
-        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
-        RAY_USAGE_STATS_ENABLED="0",
-        HF_HUB_OFFLINE="1",
-        PYTHONPATH=str(REPO),
-    )
-    env.pop("RAY_ADDRESS", None)
-    return env
+_env = cli_env
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
