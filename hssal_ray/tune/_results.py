@@ -217,7 +217,7 @@ def write_outputs(
         },
         "early_stopped": {t.trial_id: t.stopped_at_round for t in trials if t.status == "early_stopped"},
         "scheduler_decisions": len(decisions),
-        "scheduler_stops": [d for d in decisions if d.get("decision") == "STOP"],
+        "scheduler_stops": [d for d in decisions if d.get("decision") == "STOP" and not d.get("final")],
         **info,
     }
     _io.atomic_write_json(_io.join(sweep_dir, "sweep_summary.json"), summary)

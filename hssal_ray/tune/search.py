@@ -172,7 +172,9 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_dir: str) -> N
             )
             if hold_final and final:
                 return  # reported after run() returns, once the run is marked done
-            tune.report({**round_metrics(rows[: i + 1], start, end), "planned_rounds": cfg.loop.rounds})
+            tune.report(
+                {**round_metrics(rows[: i + 1], start, end), "planned_rounds": cfg.loop.rounds, "final": final}
+            )
             reported = r
 
     def progress(line: str) -> None:
@@ -229,6 +231,8 @@ def _record_decision(
         "metric": metric,
         "value": result.get(metric or ""),
         "decision": str(action),
+        # a decision on a trial's last round cannot shorten it: the run is already done
+        "final": bool(result.get("final", False)),
     }
     _io.atomic_write_text(p, old + json.dumps(row) + "\n")
 
@@ -243,7 +247,7 @@ def _collect(plan: SweepPlan, results: Any) -> list[TrialRecord]:
 
     stops: dict[str, dict[str, Any]] = {}
     for d in read_decisions(plan.sweep_dir):
-        if d.get("decision") == "STOP":
+        if d.get("decision") == "STOP" and not d.get("final"):
             stops.setdefault(d["trial_id"], d)
     base = config_to_dict(plan.cfg)
     out = []
