@@ -95,3 +95,22 @@ def test_validation_split_comes_from_the_training_split(data_root: str) -> None:
     assert set(val["test"][0].tolist()) <= train_ids  # the test split is never touched
     assert not set(val["test"][0].tolist()) & set(val["train"][0].tolist())
     assert len(val["test"][0]) == 12 and np.bincount(val["test"][2]).tolist() == [4, 4, 4]
+
+
+def test_random_queries_do_not_depend_on_the_model(data_root: str) -> None:
+    """supervised + random and SSL + random label the same samples (same seed): a like-for-like pair."""
+    cfg = load_config(
+        str(REPO / "configs" / "ucm_cpu.yaml"),
+        [
+            f"data.root={data_root}",
+            "query.strategy=random",
+            "ssl.model=hssal_small_cnn",
+            "data.image_size=16",
+        ],
+    )
+    data = le.load_images(cfg, data_root, val_fraction=0.0)
+    labeled = np.arange(0, 60, 10)
+    a = le.query(cfg, le.Trainer(cfg, 3, "cpu", seed=0), data, labeled, 7, seed=1, rnd=2)
+    b = le.query(cfg, le.Trainer(cfg, 3, "cpu", seed=99), data, labeled, 7, seed=1, rnd=2)
+    c = le.query(cfg, le.Trainer(cfg, 3, "cpu", seed=0), data, labeled, 7, seed=2, rnd=2)
+    assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
