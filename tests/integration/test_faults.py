@@ -12,7 +12,10 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +24,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from tests.integration.test_multinode import (
+    WORKER_NODES,
+    actor_nodes,
+    labeled_rows,
+    local_cluster,
+    node_names,
+    run_loop,
+    single_node_reference,
+)
+
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_local() -> Iterator[None]:
+    """A local runtime for one test (the multi-node tests start their own cluster)."""
     import ray
 
     ray.init(num_cpus=3, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
@@ -107,3 +121,60 @@ def test_killed_scoring_actor_scores_every_pool_id_exactly_once(
     want = np.stack(ref.column("probs").to_numpy(zero_copy_only=False))[perm]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     os.environ.pop("HSSAL_FAULT_KILL_SCORER", None)
+
+
+@pytest.mark.slow  # ~4 min on 2 busy cores: a single-node reference run + a 4-node run
+def test_worker_node_lost_in_query_stage_run_finishes_with_same_labeled_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that ran round 0's training is killed (all its processes) while round 0 queries.
+
+    Round 1 then trains its two DDP ranks on the surviving worker node and a spare one, and the
+    run ends with the labeled set of the undisturbed single-node run (same seed and config).
+    """
+    import ray
+
+    reference = single_node_reference(tmp_path / "single")
+    # HSSAL_FAULT_DELAY holds round 0's query stage open so the node dies inside it
+    monkeypatch.setenv("HSSAL_FAULT_DELAY", "query@0=20")
+    state_path = tmp_path / "lost" / "state.json"
+    killed: dict[str, object] = {}
+
+    with local_cluster((*WORKER_NODES, "mn_worker_spare")) as (cluster, nodes):
+
+        def kill_in_query_stage() -> None:
+            deadline = time.time() + 600
+            while time.time() < deadline and not stop.is_set():
+                try:
+                    st = json.loads(state_path.read_text())
+                except (FileNotFoundError, json.JSONDecodeError):
+                    st = {}
+                if (st.get("round"), st.get("stage")) == (0, "query"):
+                    names = node_names()
+                    trained_on = [names[n] for n in actor_nodes()]
+                    victim = trained_on[0]
+                    killed.update(name=victim, node_id=nodes[victim].node_id, trained_on=trained_on)
+                    cluster.remove_node(nodes[victim], allow_graceful=False)
+                    killed["stage_after_kill"] = json.loads(state_path.read_text())["stage"]
+                    return
+                time.sleep(0.2)
+
+        stop = threading.Event()
+        killer = threading.Thread(target=kill_in_query_stage, daemon=True)
+        killer.start()
+        try:
+            run = run_loop(tmp_path, "lost", f"resources.address={cluster.address}")
+        finally:
+            stop.set()
+            killer.join(timeout=120)
+        alive = {n["NodeID"]: n["Alive"] for n in ray.nodes()}
+        trained_on = actor_nodes()
+
+    assert killed, "no node was killed"
+    assert len(killed["trained_on"]) == 2, killed  # round 0's two ranks, one of them on the victim
+    assert killed["stage_after_kill"] == "query", killed  # the node died inside the query stage
+    assert alive[killed["node_id"]] is False
+    assert len(trained_on) == 4, trained_on  # round 1 trained both ranks after the loss
+    assert killed["node_id"] not in trained_on[2:]
+    assert json.loads((run / "state.json").read_text())["status"] == "done"
+    assert labeled_rows(run) == labeled_rows(reference)
