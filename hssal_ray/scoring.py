@@ -168,6 +168,23 @@ def _fault_kill(batch: int, spec: str | None) -> None:
     os._exit(1)
 
 
+def actor_pool_size(requested: int, cluster_cpus: float, use_gpu: bool) -> int:
+    """Scoring actors to start: on CPU, at most ``cluster_cpus - 1``, so decode and write tasks keep a CPU.
+
+    With every CPU held by a scoring actor, Ray Data cannot schedule the read/write tasks and the
+    stage hangs (Ray warns "does not have any available CPUs"); GPU actors hold a GPU, not the CPUs.
+    """
+    if use_gpu or requested < cluster_cpus:
+        return requested
+    capped = max(1, int(cluster_cpus) - 1)
+    if capped < requested:
+        log.warning(
+            "resources.score_actors=%d would hold all %g CPUs of the cluster (Ray Data would hang); "
+            "using %d scoring actor(s)", requested, cluster_cpus, capped,
+        )
+    return capped
+
+
 def _run(
     cfg: ExperimentConfig, table: pa.Table, *, root: str, kind: str, ckpt_dir: str, num_classes: int,
     run_dir: str, mode: str, views: tuple[str, ...],
@@ -180,6 +197,11 @@ def _run(
     import ray.data
 
     fault = os.environ.get("HSSAL_FAULT_KILL_SCORER") if mode == "score" else None
+    import ray
+
+    actors = actor_pool_size(
+        cfg.resources.score_actors, float(ray.cluster_resources().get("CPU", 0.0)), cfg.resources.use_gpu
+    )
     return ds.map_batches(
         Scorer,
         fn_constructor_kwargs=dict(
@@ -191,7 +213,7 @@ def _run(
         ),
         batch_size=cfg.ssl.eval_batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.resources.score_actors),
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if cfg.resources.use_gpu else 0,
         num_cpus=1,
         # Ray Data's own defaults are unbounded (-1); Ray 2.60 still takes these as (deprecated,
