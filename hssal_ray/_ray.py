@@ -23,7 +23,11 @@ def ensure_ray(resources: Any) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
+    kwargs: dict[str, Any] = {
+        "log_to_driver": True,
+        "configure_logging": True,
+        "logging_level": logging.WARNING,
+    }
     address = resources.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, **kwargs)

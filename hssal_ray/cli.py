@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m hssal_ray.loop",
         description=(
-            "Run the HSSAL closed loop (SSL train -> score pool -> hierarchical query -> oracle -> evaluate). "
+            "Run the HSSAL closed loop "
+            "(SSL train -> score pool -> hierarchical query -> oracle -> evaluate). "
             "With no --config it runs the embedded demo on generated synthetic data."
         ),
         epilog=(
@@ -50,12 +51,20 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML file of config overrides (see configs/)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in directory RUN with its own config.yaml")
-    p.add_argument("--labels", metavar="FILE", help="human labels (CSV sample_id,label or Label Studio JSON) for --resume")
+    p.add_argument(
+        "--resume", metavar="RUN", help="continue the run in directory RUN with its own config.yaml"
+    )
+    p.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="human labels (CSV sample_id,label or Label Studio JSON) for --resume",
+    )
     p.add_argument("--smoke-test", action="store_true", help="tiny, few-second settings (CI)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. query.budget=50")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. query.budget=50"
+    )
     return p
 
 
@@ -82,7 +91,9 @@ def loop_main(argv: list[str] | None = None) -> int:
         print(f"[hssal] run directory: {cfg.run_path}", file=sys.stderr)
         print(config_to_yaml(cfg), file=sys.stderr, end="")
         state = LoopRunner(cfg).run(labels_file=args.labels)
-        print(f"[hssal] status: {state.status} (round {state.round}, next stage {state.stage})", file=sys.stderr)
+        print(
+            f"[hssal] status: {state.status} (round {state.round}, next stage {state.stage})", file=sys.stderr
+        )
         return 0
     except HSSALError as e:
         print(f"error: {e}", file=sys.stderr)

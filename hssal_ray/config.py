@@ -80,11 +80,19 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.bands >= 1, "data.bands", f"must be >= 1, got {self.bands}")
-        _check(8 <= self.image_size <= 4096, "data.image_size", f"must be in [8, 4096], got {self.image_size}")
-        _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        _check(
+            8 <= self.image_size <= 4096, "data.image_size", f"must be in [8, 4096], got {self.image_size}"
+        )
+        _check(
+            0.0 < self.test_fraction < 1.0,
+            "data.test_fraction",
+            f"must be in (0, 1), got {self.test_fraction}",
+        )
         for name in ("mean", "std"):
             v = getattr(self, name)
-            _check(v is None or len(v) == self.bands, f"data.{name}", f"needs {self.bands} values (one per band)")
+            _check(
+                v is None or len(v) == self.bands, f"data.{name}", f"needs {self.bands} values (one per band)"
+            )
         _check(self.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
         _check(self.synthetic_per_class >= 2, "data.synthetic_per_class", "must be >= 2")
         _check(self.decode_batch_size >= 1, "data.decode_batch_size", "must be >= 1")
@@ -183,7 +191,9 @@ class QueryConfig:
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
-    strategy: Literal["hal", "hal_flat", "random", "entropy", "margin", "typiclust", "coreset", "badge"] = "hal"
+    strategy: Literal["hal", "hal_flat", "random", "entropy", "margin", "typiclust", "coreset", "badge"] = (
+        "hal"
+    )
     budget: int = 20
     uncertainty: Literal["badge", "entropy", "margin", "least_confidence", "disagreement"] = "badge"
     coarse_k: int = 0
@@ -199,7 +209,9 @@ class QueryConfig:
     def __post_init__(self) -> None:
         _check(self.budget >= 1, "query.budget", f"must be >= 1, got {self.budget}")
         _check(self.coarse_k >= 0, "query.coarse_k", f"must be >= 0 (0 = auto), got {self.coarse_k}")
-        _check(self.candidate_ratio >= 1.0, "query.candidate_ratio", f"must be >= 1, got {self.candidate_ratio}")
+        _check(
+            self.candidate_ratio >= 1.0, "query.candidate_ratio", f"must be >= 1, got {self.candidate_ratio}"
+        )
         _check(self.coarse_fit_sample >= 100, "query.coarse_fit_sample", "must be >= 100")
         _check(self.kmeans_iters >= 1, "query.kmeans_iters", "must be >= 1")
 

@@ -81,7 +81,11 @@ def scores_table(
     for k, v in scores.items():
         cols[k] = pa.array(np.asarray(v, dtype=np.float32))
     if probs_strong is not None:
-        conf = (probs.max(1) >= p_cutoff) & (probs_strong.max(1) >= p_cutoff) & (probs.argmax(1) == probs_strong.argmax(1))
+        conf = (
+            (probs.max(1) >= p_cutoff)
+            & (probs_strong.max(1) >= p_cutoff)
+            & (probs.argmax(1) == probs_strong.argmax(1))
+        )
         cols["confident_both"] = pa.array(conf)
     return pa.table(cols)
 
@@ -180,18 +184,36 @@ def actor_pool_size(requested: int, cluster_cpus: float, use_gpu: bool) -> int:
     if capped < requested:
         log.warning(
             "resources.score_actors=%d would hold all %g CPUs of the cluster (Ray Data would hang); "
-            "using %d scoring actor(s)", requested, cluster_cpus, capped,
+            "using %d scoring actor(s)",
+            requested,
+            cluster_cpus,
+            capped,
         )
     return capped
 
 
 def _run(
-    cfg: ExperimentConfig, table: pa.Table, *, root: str, kind: str, ckpt_dir: str, num_classes: int,
-    run_dir: str, mode: str, views: tuple[str, ...],
+    cfg: ExperimentConfig,
+    table: pa.Table,
+    *,
+    root: str,
+    kind: str,
+    ckpt_dir: str,
+    num_classes: int,
+    run_dir: str,
+    mode: str,
+    views: tuple[str, ...],
 ) -> Any:
     ds = stream(
-        table, root=root, kind=kind, bands=cfg.data.bands, size=cfg.data.image_size, views=views,
-        batch_size=cfg.data.decode_batch_size, mean=cfg.data.mean, std=cfg.data.std,
+        table,
+        root=root,
+        kind=kind,
+        bands=cfg.data.bands,
+        size=cfg.data.image_size,
+        views=views,
+        batch_size=cfg.data.decode_batch_size,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
         bad_dir=_io.join(run_dir, BAD_DIR),
     )
     import ray.data
@@ -224,8 +246,15 @@ def _run(
 
 
 def score_pool(
-    cfg: ExperimentConfig, pool: pa.Table, *, root: str, kind: str, ckpt_dir: str, num_classes: int,
-    run_dir: str, out_path: str,
+    cfg: ExperimentConfig,
+    pool: pa.Table,
+    *,
+    root: str,
+    kind: str,
+    ckpt_dir: str,
+    num_classes: int,
+    run_dir: str,
+    out_path: str,
 ) -> None:
     """Score the unlabeled pool and write ``out_path`` (a directory of Parquet parts).
 
@@ -233,8 +262,17 @@ def score_pool(
     """
     strong = cfg.query.uncertainty == "disagreement" or cfg.query.ssl_aware
     views = ("none", "strong") if strong else ("none",)
-    ds = _run(cfg, pool, root=root, kind=kind, ckpt_dir=ckpt_dir, num_classes=num_classes, run_dir=run_dir,
-              mode="score", views=views)
+    ds = _run(
+        cfg,
+        pool,
+        root=root,
+        kind=kind,
+        ckpt_dir=ckpt_dir,
+        num_classes=num_classes,
+        run_dir=run_dir,
+        mode="score",
+        views=views,
+    )
     if _io.is_uri(out_path):
         if _io.exists(out_path):
             _io.remove(out_path)
@@ -249,16 +287,36 @@ def score_pool(
 
 
 def evaluate_split(
-    cfg: ExperimentConfig, table: pa.Table, *, root: str, kind: str, ckpt_dir: str, num_classes: int, run_dir: str,
+    cfg: ExperimentConfig,
+    table: pa.Table,
+    *,
+    root: str,
+    kind: str,
+    ckpt_dir: str,
+    num_classes: int,
+    run_dir: str,
 ) -> dict[str, Any]:
     """Accuracy of the EMA model on the rows of ``table`` (e.g. the test split)."""
-    ds = _run(cfg, table, root=root, kind=kind, ckpt_dir=ckpt_dir, num_classes=num_classes, run_dir=run_dir,
-              mode="eval", views=("none",))
+    ds = _run(
+        cfg,
+        table,
+        root=root,
+        kind=kind,
+        ckpt_dir=ckpt_dir,
+        num_classes=num_classes,
+        run_dir=run_dir,
+        mode="eval",
+        views=("none",),
+    )
     res = ds.select_columns(["label", "pred"]).to_arrow_refs()
     import ray
 
     tables = ray.get(res)
-    t = pa.concat_tables(tables) if tables else pa.table({"label": pa.array([], pa.int32()), "pred": pa.array([], pa.int32())})
+    t = (
+        pa.concat_tables(tables)
+        if tables
+        else pa.table({"label": pa.array([], pa.int32()), "pred": pa.array([], pa.int32())})
+    )
     y = t.column("label").to_numpy()
     p = t.column("pred").to_numpy()
     if len(y) == 0:

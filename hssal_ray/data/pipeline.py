@@ -240,7 +240,14 @@ def stream(
     ds = ds.map_batches(
         _decode_augment,
         fn_kwargs=dict(
-            root=root, kind=kind, bands=bands, size=size, views=tuple(views), mean=mean, std=std, bad_dir=bad_dir
+            root=root,
+            kind=kind,
+            bands=bands,
+            size=size,
+            views=tuple(views),
+            mean=mean,
+            std=std,
+            bad_dir=bad_dir,
         ),
         batch_size=batch_size,
         batch_format="numpy",

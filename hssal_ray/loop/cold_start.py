@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 
 from hssal_ray import _io
 from hssal_ray.errors import DataError
@@ -38,7 +37,9 @@ def select_cold_start(runner: Any) -> list[str]:
     if mode == "stratified":
         labels = np.asarray(train.column("label").to_numpy(zero_copy_only=False))
         if (labels < 0).any():
-            raise DataError("loop.cold_start=stratified needs labels for every training sample (simulation only)")
+            raise DataError(
+                "loop.cold_start=stratified needs labels for every training sample (simulation only)"
+            )
         classes = np.unique(labels)
         per = np.full(len(classes), n // len(classes))
         per[: n - per.sum()] += 1
@@ -69,8 +70,14 @@ def _typiclust(runner: Any, n: int) -> list[str]:
     save_checkpoint_dir(state, local, {"step": 0, "round": "cold_start"})
     train = runner._split("train")
     score_pool(
-        cfg, train, root=runner.catalog.root, kind=runner.catalog.kind, ckpt_dir=local,
-        num_classes=len(runner.catalog.class_names), run_dir=runner.run_dir, out_path=_io.join(d, "scores.parquet"),
+        cfg,
+        train,
+        root=runner.catalog.root,
+        kind=runner.catalog.kind,
+        ckpt_dir=local,
+        num_classes=len(runner.catalog.class_names),
+        run_dir=runner.run_dir,
+        out_path=_io.join(d, "scores.parquet"),
     )
     pool = load_pool(_io.join(d, "scores.parquet"))
     from types import SimpleNamespace

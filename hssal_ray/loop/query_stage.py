@@ -38,7 +38,9 @@ def run_query(
     if labeled_ids:
         pool.exclude = np.isin(pool.ids, np.asarray(sorted(labeled_ids), dtype=object))
     extra = {"map_fn": ray_map} if cfg.query.parallel and cfg.query.strategy == "hal" else {}
-    strat = strategy_from_config(cfg.query, random_state=derive_seed(cfg.seed, round_idx, "query") % (2**31), **extra)
+    strat = strategy_from_config(
+        cfg.query, random_state=derive_seed(cfg.seed, round_idx, "query") % (2**31), **extra
+    )
     budget = min(budget, int(len(pool.ids) - (pool.exclude.sum() if pool.exclude is not None else 0)))
     idx = np.asarray(strat.select(pool, budget))
     key = f"u_{cfg.query.uncertainty}"

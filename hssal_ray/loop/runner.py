@@ -27,14 +27,21 @@ import yaml
 from hssal_ray import _io
 from hssal_ray.config import ExperimentConfig, config_from_dict, config_to_dict, config_to_yaml
 from hssal_ray.errors import DataError, StateError
-from hssal_ray.state import STAGES, LabeledSet, RunState, round_dir
+from hssal_ray.state import LabeledSet, RunState, round_dir
 
 __all__ = ["LoopRunner", "science_sha", "read_metrics"]
 
 log = logging.getLogger(__name__)
 
 # Keys that may change between invocations of the same run without changing its science.
-_RUNTIME_KEYS = {("loop", "name"), ("loop", "run_dir"), ("loop", "rounds"), ("loop", "total_budget"), ("loop", "report"), ("oracle", "partial")}
+_RUNTIME_KEYS = {
+    ("loop", "name"),
+    ("loop", "run_dir"),
+    ("loop", "rounds"),
+    ("loop", "total_budget"),
+    ("loop", "report"),
+    ("oracle", "partial"),
+}
 
 
 def science_sha(cfg: ExperimentConfig) -> str:
@@ -85,7 +92,8 @@ class LoopRunner:
         sha = science_sha(self.cfg)
         if state is not None and state.config_sha and state.config_sha != sha:
             raise StateError(
-                f"run directory {self.run_dir} was started with a different config (science settings changed). "
+                f"run directory {self.run_dir} was started with a different config "
+                "(science settings changed). "
                 "Use another loop.name, or `--resume RUN` to continue it with its own config."
             )
         _io.makedirs(self.run_dir)
@@ -111,13 +119,19 @@ class LoopRunner:
             root = _io.join(self.run_dir, "synthetic_data")
             if not _io.exists(_io.join(root, ".complete")):
                 make_synthetic_rs(
-                    root, num_classes=self.cfg.data.synthetic_classes, per_class=self.cfg.data.synthetic_per_class,
-                    size=self.cfg.data.synthetic_size, seed=self.cfg.seed, bands=self.cfg.data.bands,
+                    root,
+                    num_classes=self.cfg.data.synthetic_classes,
+                    per_class=self.cfg.data.synthetic_per_class,
+                    size=self.cfg.data.synthetic_size,
+                    seed=self.cfg.seed,
+                    bands=self.cfg.data.bands,
                     fmt="png" if self.cfg.data.bands in (1, 3, 4) else "tif",
                 )
                 _io.atomic_write_text(_io.join(root, ".complete"), "ok\n")
             self.progress(f"[hssal] no data.root given: generated the synthetic demo dataset in {root}")
-        layout = {"imagefolder": "imagefolder", "flat": "flat", "shards": "shards"}.get(self.cfg.data.layout, "auto")
+        layout = {"imagefolder": "imagefolder", "flat": "flat", "shards": "shards"}.get(
+            self.cfg.data.layout, "auto"
+        )
         cat = scan(root, test_fraction=self.cfg.data.test_fraction, seed=self.cfg.seed, layout=layout)
         cat.save(path)
         _io.atomic_write_json(_io.join(self.run_dir, "classes.json"), list(cat.class_names))
@@ -153,7 +167,9 @@ class LoopRunner:
         exclude = set(labeled.ids) | self._bad_ids()
         if not exclude:
             return train
-        mask = pc.invert(pc.is_in(train.column("sample_id"), value_set=pa.array(sorted(exclude), pa.string())))
+        mask = pc.invert(
+            pc.is_in(train.column("sample_id"), value_set=pa.array(sorted(exclude), pa.string()))
+        )
         return train.filter(mask)
 
     def _oracle_for(self) -> Any:
@@ -164,12 +180,20 @@ class LoopRunner:
             from hssal_ray.oracle import SimulatedOracle
 
             t = self.catalog.table
-            gt = {s: int(lbl) for s, lbl in zip(t.column("sample_id").to_pylist(), t.column("label").to_pylist(), strict=True) if lbl is not None and lbl >= 0}
+            gt = {
+                s: int(lbl)
+                for s, lbl in zip(
+                    t.column("sample_id").to_pylist(), t.column("label").to_pylist(), strict=True
+                )
+                if lbl is not None and lbl >= 0
+            }
             self._oracle = SimulatedOracle(gt, names)
         else:
             from hssal_ray.oracle import HumanOracle
 
-            self._oracle = HumanOracle(names, load_image=self._load_image_hwc, partial=self.cfg.oracle.partial)
+            self._oracle = HumanOracle(
+                names, load_image=self._load_image_hwc, partial=self.cfg.oracle.partial
+            )
         return self._oracle
 
     def _load_image_hwc(self, sample_id: str) -> np.ndarray:
@@ -193,7 +217,9 @@ class LoopRunner:
         """
         state = self._setup()
         if state.status == "done":
-            self.progress(f"[hssal] run {self.run_dir} is already finished ({state.round} rounds); nothing to do")
+            self.progress(
+                f"[hssal] run {self.run_dir} is already finished ({state.round} rounds); nothing to do"
+            )
             return state
         if labels_file is not None:
             self._import_labels(state, labels_file)
@@ -218,7 +244,10 @@ class LoopRunner:
 
     def _import_labels(self, state: RunState, labels_file: str) -> None:
         if state.status != "awaiting_labels":
-            raise StateError(f"run {self.run_dir} is not waiting for labels (status {state.status!r}, stage {state.stage!r})")
+            raise StateError(
+                f"run {self.run_dir} is not waiting for labels "
+                f"(status {state.status!r}, stage {state.stage!r})"
+            )
         oracle = self._oracle_for()
         if not hasattr(oracle, "import_labels"):
             raise StateError("--labels only applies to runs with oracle.kind=human")
@@ -272,9 +301,15 @@ class LoopRunner:
         if init_dir is not None and init_dir and not _io.is_uri(init_dir):
             init_dir = os.path.abspath(init_dir)
         res = fit_round(
-            self.cfg, root=self.catalog.root, kind=self.catalog.kind, labeled=self._labeled_rows(labeled),
-            pool=self._pool_rows(labeled), num_classes=len(self.catalog.class_names), round_idx=r,
-            run_dir=self.run_dir, init_dir=init_dir,
+            self.cfg,
+            root=self.catalog.root,
+            kind=self.catalog.kind,
+            labeled=self._labeled_rows(labeled),
+            pool=self._pool_rows(labeled),
+            num_classes=len(self.catalog.class_names),
+            round_idx=r,
+            run_dir=self.run_dir,
+            init_dir=init_dir,
         )
         train_metrics = {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}
         _io.atomic_write_json(_io.join(round_dir(self.run_dir, r), "train_metrics.json"), train_metrics)
@@ -287,8 +322,13 @@ class LoopRunner:
         r = state.round
         rd = round_dir(self.run_dir, r)
         ev = evaluate_split(
-            self.cfg, self._split("test"), root=self.catalog.root, kind=self.catalog.kind,
-            ckpt_dir=_io.join(rd, "checkpoint"), num_classes=len(self.catalog.class_names), run_dir=self.run_dir,
+            self.cfg,
+            self._split("test"),
+            root=self.catalog.root,
+            kind=self.catalog.kind,
+            ckpt_dir=_io.join(rd, "checkpoint"),
+            num_classes=len(self.catalog.class_names),
+            run_dir=self.run_dir,
         )
         collect_bad_samples(self.run_dir)
         labeled = LabeledSet.load(self.run_dir)
@@ -303,11 +343,25 @@ class LoopRunner:
             "strategy": self.cfg.query.strategy,
             "ssl": self.cfg.ssl.enabled,
             **{k: v for k, v in ev.items()},
-            **{k: train_m[k] for k in ("loss", "sup_loss", "unsup_loss", "mask_rate", "pseudo_label_acc", "images_per_s_per_worker", "step") if k in train_m},
+            **{
+                k: train_m[k]
+                for k in (
+                    "loss",
+                    "sup_loss",
+                    "unsup_loss",
+                    "mask_rate",
+                    "pseudo_label_acc",
+                    "images_per_s_per_worker",
+                    "step",
+                )
+                if k in train_m
+            },
             **times,
         }
         self._update_metrics(r, row, replace=True)
-        final = r >= self.cfg.loop.rounds or (self.cfg.loop.total_budget and len(labeled) >= self.cfg.loop.total_budget)
+        final = r >= self.cfg.loop.rounds or (
+            self.cfg.loop.total_budget and len(labeled) >= self.cfg.loop.total_budget
+        )
         if not final and self._pool_rows(labeled).num_rows == 0:
             self.progress("[hssal] the unlabeled pool is exhausted: stopping")
             final = True
@@ -335,8 +389,13 @@ class LoopRunner:
         rd = round_dir(self.run_dir, r)
         labeled = LabeledSet.load(self.run_dir)
         score_pool(
-            self.cfg, self._pool_rows(labeled), root=self.catalog.root, kind=self.catalog.kind,
-            ckpt_dir=_io.join(rd, "checkpoint"), num_classes=len(self.catalog.class_names), run_dir=self.run_dir,
+            self.cfg,
+            self._pool_rows(labeled),
+            root=self.catalog.root,
+            kind=self.catalog.kind,
+            ckpt_dir=_io.join(rd, "checkpoint"),
+            num_classes=len(self.catalog.class_names),
+            run_dir=self.run_dir,
             out_path=_io.join(rd, "scores.parquet"),
         )
         collect_bad_samples(self.run_dir)
@@ -353,7 +412,9 @@ class LoopRunner:
         budget = self.cfg.query.budget
         if self.cfg.loop.total_budget:
             budget = min(budget, self.cfg.loop.total_budget - len(labeled))
-        ids, u, coarse, info = run_query(self.cfg, _io.join(rd, "scores.parquet"), budget, set(labeled.ids), r)
+        ids, u, coarse, info = run_query(
+            self.cfg, _io.join(rd, "scores.parquet"), budget, set(labeled.ids), r
+        )
         _write_query(rd, ids, u, coarse)
         secs = time.perf_counter() - t0
         self._update_metrics(r, {"wall_s.query": secs, **info})
@@ -432,7 +493,11 @@ def load_run_config(run_dir: str, overrides: list[str] | None = None) -> Experim
         raise StateError(f"{run_dir} is not a run directory (no config.yaml)")
     values = yaml.safe_load(_io.read_text(p)) or {}
     cfg = config_from_dict(apply_overrides(values, overrides))
-    parent, name = os.path.split(os.path.normpath(run_dir)) if not _io.is_uri(run_dir) else run_dir.rstrip("/").rsplit("/", 1)
+    parent, name = (
+        os.path.split(os.path.normpath(run_dir))
+        if not _io.is_uri(run_dir)
+        else run_dir.rstrip("/").rsplit("/", 1)
+    )
     if cfg.run_path != run_dir:
         d = config_to_dict(cfg)
         d["loop"]["run_dir"], d["loop"]["name"] = parent or ".", name

@@ -47,7 +47,9 @@ def amp_dtype_for(cfg: ExperimentConfig, device: torch.device) -> torch.dtype | 
     return torch.bfloat16 if device.type == "cuda" else None
 
 
-def build_train_state(cfg: ExperimentConfig, num_classes: int, device: torch.device, total_steps: int) -> TrainState:
+def build_train_state(
+    cfg: ExperimentConfig, num_classes: int, device: torch.device, total_steps: int
+) -> TrainState:
     """Fresh model, EMA, optimizer and cosine schedule for one round."""
     model = build_model(
         cfg.ssl.model,
@@ -60,7 +62,11 @@ def build_train_state(cfg: ExperimentConfig, num_classes: int, device: torch.dev
     if cfg.ssl.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(
-        model, lr=cfg.ssl.lr, momentum=cfg.ssl.momentum, weight_decay=cfg.ssl.weight_decay, nesterov=cfg.ssl.nesterov
+        model,
+        lr=cfg.ssl.lr,
+        momentum=cfg.ssl.momentum,
+        weight_decay=cfg.ssl.weight_decay,
+        nesterov=cfg.ssl.nesterov,
     )
     scheduler = build_scheduler(optimizer, total_steps=total_steps, warmup_steps=cfg.ssl.warmup_steps)
     return TrainState.create(model, optimizer, scheduler, cfg.ssl, num_classes=num_classes)
@@ -78,9 +84,14 @@ def save_checkpoint_dir(state: TrainState, path: str, meta: dict[str, Any]) -> N
 
     os.makedirs(path, exist_ok=True)
     model = _unwrap(state.model)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, os.path.join(path, "model.safetensors"))
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+        os.path.join(path, "model.safetensors"),
+    )
     ema_sd = state.ema.module.state_dict()
-    save_file({k: v.detach().contiguous().cpu() for k, v in ema_sd.items()}, os.path.join(path, "ema.safetensors"))
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in ema_sd.items()}, os.path.join(path, "ema.safetensors")
+    )
     torch.save(state.state_dict(include_models=False), os.path.join(path, "train_state.pt"))
     with open(os.path.join(path, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2)
@@ -156,12 +167,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 include_models=False,
             )
         log.info("rank %d resumed from checkpoint at step %d", rank, state.step)
-    state.model = ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs={"find_unused_parameters": False}) if world > 1 else state.model
+    state.model = (
+        ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs={"find_unused_parameters": False})
+        if world > 1
+        else state.model
+    )
 
     ssl_on = cfg.ssl.enabled and cfg.ssl.lambda_u > 0
     bs = cfg.ssl.batch_size
     it_l = _batches(ray.train.get_dataset_shard("labeled"), bs, state.step)
-    it_u = _batches(ray.train.get_dataset_shard("unlabeled"), bs * cfg.ssl.uratio, state.step) if ssl_on else None
+    it_u = (
+        _batches(ray.train.get_dataset_shard("unlabeled"), bs * cfg.ssl.uratio, state.step)
+        if ssl_on
+        else None
+    )
     amp = amp_dtype_for(cfg, device)
     report_every = max(1, int(config.get("report_every", 50)))
     ckpt_every = cfg.ssl.checkpoint_every
@@ -182,7 +201,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if bu is not None:
             batch_u = {"x_weak": bu["x_weak"], "x_strong": bu["x_strong"], "y": bu["label"]}
         m = train_step(
-            state, batch_l, batch_u, cfg.ssl, device, amp_dtype=amp, channels_last=cfg.ssl.channels_last,
+            state,
+            batch_l,
+            batch_u,
+            cfg.ssl,
+            device,
+            amp_dtype=amp,
+            channels_last=cfg.ssl.channels_last,
             allow_cpu_amp=cfg.ssl.amp == "bf16",
         )
         _fault_kill(rank, state.step, config.get("fault_kill"))
@@ -205,22 +230,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             if want_ckpt and rank == 0:
                 with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint_dir(state, tmp, {"step": state.step, "round": config.get("round"), "metrics": metrics})
+                    save_checkpoint_dir(
+                        state, tmp, {"step": state.step, "round": config.get("round"), "metrics": metrics}
+                    )
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics)
             if rank == 0:
                 log.info(
                     "round %s step %d/%d loss %.3f mask %.2f %.0f img/s/worker",
-                    config.get("round"), state.step, total_steps, metrics.get("loss", float("nan")),
-                    metrics.get("mask_rate", float("nan")), metrics["images_per_s_per_worker"],
+                    config.get("round"),
+                    state.step,
+                    total_steps,
+                    metrics.get("loss", float("nan")),
+                    metrics.get("mask_rate", float("nan")),
+                    metrics["images_per_s_per_worker"],
                 )
     if state.step < total_steps:
         # Stream ran dry: still leave a final checkpoint so the round can go on.
         metrics = {"step": state.step, "world_size": world}
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint_dir(state, tmp, {"step": state.step, "round": config.get("round"), "metrics": metrics})
+                save_checkpoint_dir(
+                    state, tmp, {"step": state.step, "round": config.get("round"), "metrics": metrics}
+                )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)

@@ -83,14 +83,24 @@ def fit_round(
     bad_dir = _io.join(run_dir, BAD_DIR)
     DataContext.get_current().execution_options.preserve_order = True
     common = dict(
-        root=root, kind=kind, bands=cfg.data.bands, size=cfg.data.image_size,
-        mean=cfg.data.mean, std=cfg.data.std, bad_dir=bad_dir, drop_ids=True,
+        root=root,
+        kind=kind,
+        bands=cfg.data.bands,
+        size=cfg.data.image_size,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+        bad_dir=bad_dir,
+        drop_ids=True,
     )
-    sched_l = make_schedule(labeled, (steps + slack) * bs * world, derive_seed(cfg.seed, round_idx, "labeled"))
+    sched_l = make_schedule(
+        labeled, (steps + slack) * bs * world, derive_seed(cfg.seed, round_idx, "labeled")
+    )
     datasets = {"labeled": stream(sched_l, views=("weak",), batch_size=bs, **common)}
     if ssl_on:
         ub = bs * cfg.ssl.uratio
-        sched_u = make_schedule(pool, (steps + slack) * ub * world, derive_seed(cfg.seed, round_idx, "unlabeled"))
+        sched_u = make_schedule(
+            pool, (steps + slack) * ub * world, derive_seed(cfg.seed, round_idx, "unlabeled")
+        )
         datasets["unlabeled"] = stream(sched_u, views=("weak", "strong"), batch_size=ub, **common)
     else:
         datasets["unlabeled"] = datasets["labeled"].limit(0)
@@ -120,7 +130,10 @@ def fit_round(
         scaling_config=ray.train.ScalingConfig(
             num_workers=world,
             use_gpu=cfg.resources.use_gpu,
-            resources_per_worker={"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if cfg.resources.use_gpu else {})},
+            resources_per_worker={
+                "CPU": cfg.resources.cpus_per_worker,
+                **({"GPU": 1} if cfg.resources.use_gpu else {}),
+            },
         ),
         run_config=ray.train.RunConfig(
             name="train",

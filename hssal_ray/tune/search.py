@@ -173,7 +173,11 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_dir: str) -> N
             if hold_final and final:
                 return  # reported after run() returns, once the run is marked done
             tune.report(
-                {**round_metrics(rows[: i + 1], start, end), "planned_rounds": cfg.loop.rounds, "final": final}
+                {
+                    **round_metrics(rows[: i + 1], start, end),
+                    "planned_rounds": cfg.loop.rounds,
+                    "final": final,
+                }
             )
             reported = r
 

@@ -15,10 +15,16 @@ def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.
     """Run ``python -m hssal_ray.loop ARGS`` and return the finished process."""
     proc = subprocess.run(
         [sys.executable, "-m", "hssal_ray.loop", *args],
-        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"CLI failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}")
+        raise AssertionError(
+            f"CLI failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}"
+        )
     return proc
 
 

@@ -1,4 +1,4 @@
-"""Human hand-off: the loop stops awaiting labels, bad files are rejected untouched, a good file resumes it."""
+"""Human hand-off: the loop stops awaiting labels, bad files are rejected untouched, a good file resumes."""
 
 from __future__ import annotations
 

@@ -33,16 +33,37 @@ def test_ray_job_submit_demo(tmp_path: Path) -> None:
         RAY_DASHBOARD_AGENT_PORT=str(_free_port()),
     )
     local_sh = str(REPO / "cluster" / "local.sh")
-    start = subprocess.run(["bash", local_sh, "start"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    start = subprocess.run(
+        ["bash", local_sh, "start"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+    )
     try:
         assert start.returncode == 0, start.stderr
         assert "dashboard http://127.0.0.1:" in start.stdout
         address = f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}"
         job = subprocess.run(
-            [str(venv_bin / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--",
-             "python", "-m", "hssal_ray.loop", "--config", "configs/demo.yaml", "--smoke-test",
-             "loop.rounds=0", f"loop.run_dir={tmp_path}"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=400,
+            [
+                str(venv_bin / "ray"),
+                "job",
+                "submit",
+                "--address",
+                address,
+                "--working-dir",
+                ".",
+                "--",
+                "python",
+                "-m",
+                "hssal_ray.loop",
+                "--config",
+                "configs/demo.yaml",
+                "--smoke-test",
+                "loop.rounds=0",
+                f"loop.run_dir={tmp_path}",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
         )
         out = job.stdout + job.stderr
         assert job.returncode == 0, out[-6000:]

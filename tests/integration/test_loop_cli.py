@@ -23,7 +23,9 @@ INITIAL = 6
 
 def _labeled(run: Path) -> list[tuple[str, int, int]]:
     t = pq.read_table(run / "labeled.parquet")
-    return sorted(zip(t["sample_id"].to_pylist(), t["label"].to_pylist(), t["round_added"].to_pylist(), strict=True))
+    return sorted(
+        zip(t["sample_id"].to_pylist(), t["label"].to_pylist(), t["round_added"].to_pylist(), strict=True)
+    )
 
 
 def test_end_to_end_three_rounds(reference_run: Path) -> None:
@@ -52,8 +54,12 @@ def _kill_when(run_dir: Path, args: list[str], round_: int, stage: str, extra_en
     env = cli_env()
     env.update(extra_env)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hssal_ray.loop", *args], cwd=REPO, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-m", "hssal_ray.loop", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 400
     try:
@@ -81,7 +87,9 @@ def _kill_when(run_dir: Path, args: list[str], round_: int, stage: str, extra_en
 
 
 @pytest.mark.slow  # ~5 min on 2 idle cores (4 training stages); run with `pytest -m slow`
-def test_sigkill_during_training_and_query_resumes_to_same_labeled_set(reference_run: Path, tmp_path: Path) -> None:
+def test_sigkill_during_training_and_query_resumes_to_same_labeled_set(
+    reference_run: Path, tmp_path: Path
+) -> None:
     """Killed in round 1's training, then in round 1's query (the second round of three): same result."""
     args = [*SMOKE, f"loop.run_dir={tmp_path}", "loop.name=ref"]
     run = tmp_path / "ref"

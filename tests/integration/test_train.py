@@ -35,8 +35,15 @@ def _setup(tmp_path: Path, *overrides: str):  # type: ignore[no-untyped-def]
     cfg = load_config(
         None,
         [
-            f"loop.run_dir={tmp_path}", "loop.name=t", "data.image_size=32", "resources.num_workers=2",
-            "ssl.batch_size=16", "ssl.uratio=1", "ssl.lr=0.05", "ssl.ema_m=0.9", *overrides,
+            f"loop.run_dir={tmp_path}",
+            "loop.name=t",
+            "data.image_size=32",
+            "resources.num_workers=2",
+            "ssl.batch_size=16",
+            "ssl.uratio=1",
+            "ssl.lr=0.05",
+            "ssl.ema_m=0.9",
+            *overrides,
         ],
     )
     t = cat.table
@@ -53,26 +60,54 @@ def test_two_workers_learn_better_than_chance(ray_local: None, tmp_path: Path) -
     # every other sample of each class is labeled (the manifest is sorted by class)
     idx = np.arange(train.num_rows)
     labeled, pool = train.take(pa.array(idx[::2])), train.take(pa.array(idx[1::2]))
-    res = fit_round(cfg, root=cat.root, kind=cat.kind, labeled=labeled, pool=pool, num_classes=4,
-                    round_idx=0, run_dir=cfg.run_path, init_dir=None)
+    res = fit_round(
+        cfg,
+        root=cat.root,
+        kind=cat.kind,
+        labeled=labeled,
+        pool=pool,
+        num_classes=4,
+        round_idx=0,
+        run_dir=cfg.run_path,
+        init_dir=None,
+    )
     assert res.metrics["world_size"] == 2
     assert res.metrics["step"] == 80
-    ev = evaluate_split(cfg, test, root=cat.root, kind=cat.kind, ckpt_dir=res.checkpoint_dir, num_classes=4,
-                        run_dir=cfg.run_path)
+    ev = evaluate_split(
+        cfg,
+        test,
+        root=cat.root,
+        kind=cat.kind,
+        ckpt_dir=res.checkpoint_dir,
+        num_classes=4,
+        run_dir=cfg.run_path,
+    )
     assert ev["test_samples"] == test.num_rows
     assert ev["test_accuracy"] >= 0.6, ev  # chance is 0.25
 
 
-def test_killed_worker_resumes_from_checkpoint(ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_worker_resumes_from_checkpoint(
+    ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hssal_ray.ssl.trainer import fit_round
 
     marker = tmp_path / "killed"
     monkeypatch.setenv("HSSAL_FAULT_KILL_WORKER", f"rank=1,step=25,marker={marker}")
-    cfg, cat, train, _ = _setup(tmp_path, "ssl.steps_per_round=40", "ssl.checkpoint_every=10",
-                                "resources.max_failures=2")
+    cfg, cat, train, _ = _setup(
+        tmp_path, "ssl.steps_per_round=40", "ssl.checkpoint_every=10", "resources.max_failures=2"
+    )
     idx = np.arange(train.num_rows)
-    res = fit_round(cfg, root=cat.root, kind=cat.kind, labeled=train.take(pa.array(idx[::3])), pool=train,
-                    num_classes=4, round_idx=0, run_dir=cfg.run_path, init_dir=None)
+    res = fit_round(
+        cfg,
+        root=cat.root,
+        kind=cat.kind,
+        labeled=train.take(pa.array(idx[::3])),
+        pool=train,
+        num_classes=4,
+        round_idx=0,
+        run_dir=cfg.run_path,
+        init_dir=None,
+    )
     assert marker.exists(), "the fault was never injected"
     # the restarted group continued from a checkpoint: the step count went on to 40 instead of
     # restarting from 0, and the last attempt ran only the remaining steps

@@ -119,7 +119,9 @@ def test_asha_sweep_table_best_config_decisions_and_rerun(tmp_path: Path) -> Non
     for d in decisions:
         assert d["decision"] in ("CONTINUE", "STOP") and d["metric"] == "auc"
         assert d["final"] == (int(d["training_iteration"]) == 2)
-        if d["decision"] == "STOP" and not d["final"]:  # stopped after round it-1: that many rounds in its run dir
+        if (
+            d["decision"] == "STOP" and not d["final"]
+        ):  # stopped after round it-1: that many rounds in its run dir
             it = int(d["training_iteration"])
             assert by_trial[d["trial_id"]]["status"] == "early_stopped"
             assert by_trial[d["trial_id"]]["stopped_at_round"] == str(it - 1)
