@@ -37,6 +37,7 @@ def test_generated_images_are_distinct_pngs() -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # ~1 min of Ray start-up and scoring; the benchmark itself runs it
 def test_archive_scale_smoke(tmp_path: Path) -> None:
     work, out = tmp_path / "work", tmp_path / "out"
     cmd = [sys.executable, "-m", MODULE, "--smoke", "--work-dir", str(work), "--out", str(out)]
