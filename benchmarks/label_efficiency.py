@@ -119,20 +119,12 @@ class Trainer:
         import torch
 
         from hssal_ray.data.transforms import augment_batch
-        from hssal_ray.ssl.steps import build_optimizer, build_scheduler, train_step
+        from hssal_ray.ssl.steps import train_step
+        from hssal_ray.ssl.train_loop import build_optimization
 
         cfg, s = self.cfg, self.state
-        opt = build_optimizer(
-            s.model,
-            lr=cfg.ssl.lr,
-            momentum=cfg.ssl.momentum,
-            weight_decay=cfg.ssl.weight_decay,
-            nesterov=cfg.ssl.nesterov,
-        )
-        s.optimizer, s.scheduler = (
-            opt,
-            build_scheduler(opt, total_steps=steps, warmup_steps=cfg.ssl.warmup_steps),
-        )
+        # warm start: weights and EMA carry over, each round gets a fresh optimizer and schedule
+        s.optimizer, s.scheduler = build_optimization(cfg, s.model, steps)
         mean, std, size = cfg.data.mean, cfg.data.std, cfg.data.image_size
         bs, ssl_on = cfg.ssl.batch_size, cfg.ssl.enabled and cfg.ssl.lambda_u > 0 and len(pool) > 0
         rng = np.random.default_rng(seed)

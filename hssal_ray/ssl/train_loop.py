@@ -61,6 +61,14 @@ def build_train_state(
     ).to(device)
     if cfg.ssl.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = build_optimization(cfg, model, total_steps)
+    return TrainState.create(model, optimizer, scheduler, cfg.ssl, num_classes=num_classes)
+
+
+def build_optimization(
+    cfg: ExperimentConfig, model: torch.nn.Module, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """A fresh SGD optimizer and cosine schedule over ``total_steps`` for ``model`` (one round)."""
     optimizer = build_optimizer(
         model,
         lr=cfg.ssl.lr,
@@ -68,8 +76,7 @@ def build_train_state(
         weight_decay=cfg.ssl.weight_decay,
         nesterov=cfg.ssl.nesterov,
     )
-    scheduler = build_scheduler(optimizer, total_steps=total_steps, warmup_steps=cfg.ssl.warmup_steps)
-    return TrainState.create(model, optimizer, scheduler, cfg.ssl, num_classes=num_classes)
+    return optimizer, build_scheduler(optimizer, total_steps=total_steps, warmup_steps=cfg.ssl.warmup_steps)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

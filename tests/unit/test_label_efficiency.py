@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,14 @@ from hssal_ray.config import load_config
 from hssal_ray.data.synthetic import make_synthetic_rs
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(data_root: str, *overrides: str) -> Any:
+    """The CPU UCM profile pointed at the generated data, with a tiny model at 16 px."""
+    return load_config(
+        str(REPO / "configs" / "ucm_cpu.yaml"),
+        [f"data.root={data_root}", "ssl.model=hssal_small_cnn", "data.image_size=16", *overrides],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,29 +65,13 @@ def test_every_method_runs_the_schedule_and_writes_outputs(data_root: str, tmp_p
 
 
 def test_queries_extend_the_labeled_set_without_repeats(data_root: str) -> None:
-    cfg = load_config(
-        str(REPO / "configs" / "ucm_cpu.yaml"),
-        [
-            f"data.root={data_root}",
-            "ssl.model=hssal_small_cnn",
-            "data.image_size=16",
-            "ssl.eval_batch_size=32",
-        ],
-    )
+    cfg = _cfg(data_root, "ssl.eval_batch_size=32")
     data = le.load_images(cfg, data_root, val_fraction=0.0)
     ids, _, y = data["train"]
     trainer = le.Trainer(cfg, 3, "cpu", seed=0)
     labeled = np.arange(0, 60, 10)
     for strategy in ("hal", "badge", "typiclust", "random"):
-        c = load_config(
-            str(REPO / "configs" / "ucm_cpu.yaml"),
-            [
-                f"data.root={data_root}",
-                f"query.strategy={strategy}",
-                "ssl.model=hssal_small_cnn",
-                "data.image_size=16",
-            ],
-        )
+        c = _cfg(data_root, f"query.strategy={strategy}")
         picked = le.query(c, trainer, data, labeled, 7, seed=0, rnd=1)
         assert len(picked) == 7 and len(set(picked.tolist())) == 7
         assert not set(picked.tolist()) & set(labeled.tolist())
@@ -86,9 +79,7 @@ def test_queries_extend_the_labeled_set_without_repeats(data_root: str) -> None:
 
 
 def test_validation_split_comes_from_the_training_split(data_root: str) -> None:
-    cfg = load_config(
-        str(REPO / "configs" / "ucm_cpu.yaml"), [f"data.root={data_root}", "data.image_size=16"]
-    )
+    cfg = _cfg(data_root)
     full = le.load_images(cfg, data_root, val_fraction=0.0)
     val = le.load_images(cfg, data_root, val_fraction=0.2)
     train_ids = set(full["train"][0].tolist())
@@ -99,15 +90,7 @@ def test_validation_split_comes_from_the_training_split(data_root: str) -> None:
 
 def test_random_queries_do_not_depend_on_the_model(data_root: str) -> None:
     """supervised + random and SSL + random label the same samples (same seed): a like-for-like pair."""
-    cfg = load_config(
-        str(REPO / "configs" / "ucm_cpu.yaml"),
-        [
-            f"data.root={data_root}",
-            "query.strategy=random",
-            "ssl.model=hssal_small_cnn",
-            "data.image_size=16",
-        ],
-    )
+    cfg = _cfg(data_root, "query.strategy=random")
     data = le.load_images(cfg, data_root, val_fraction=0.0)
     labeled = np.arange(0, 60, 10)
     a = le.query(cfg, le.Trainer(cfg, 3, "cpu", seed=0), data, labeled, 7, seed=1, rnd=2)
