@@ -67,16 +67,16 @@ def _snapshot(sweep: Path) -> dict[str, tuple[float, str]]:
     return out
 
 
-@pytest.mark.timeout(1800)  # ~12 min for 6 rounds x 2 trials at a time on 2 loaded cores; ~5 min idle
+@pytest.mark.timeout(1200)  # ~2.5 min on 2 idle cores; repeats -> seeds are unit-tested (test_space.py)
 def test_asha_sweep_table_best_config_decisions_and_rerun(tmp_path: Path) -> None:
-    """4 trials (p_cutoff x 2 seeds), ASHA with grace period 1 over 2 rounds, 2 trials at a time."""
+    """2 trials (a p_cutoff grid), ASHA with grace period 1 over 2 rounds, run side by side."""
     args = [
         *DEMO,
         f"loop.run_dir={tmp_path}",
         "resources.num_cpus=6",
         "loop.rounds=1",
         "loop.total_budget=0",
-        "tune.num_samples=2",
+        "tune.num_samples=1",
         "tune.search_space={ssl.p_cutoff: {grid: [0.7, 0.95]}}",
     ]
     t0 = time.perf_counter()
@@ -86,9 +86,9 @@ def test_asha_sweep_table_best_config_decisions_and_rerun(tmp_path: Path) -> Non
 
     # --- the table
     rows = _rows(sweep / "trials.csv")
-    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
+    assert len(rows) == 2 and len({r["trial_id"] for r in rows}) == 2
     assert {r["ssl.p_cutoff"] for r in rows} == {"0.7", "0.95"}
-    assert sorted((r["repeat"], r["seed"]) for r in rows) == [("0", "0"), ("0", "0"), ("1", "1"), ("1", "1")]
+    assert sorted((r["repeat"], r["seed"]) for r in rows) == [("0", "0"), ("0", "0")]
     for r in rows:
         assert r["status"] in ("completed", "early_stopped"), r
         run = Path(r["run_dir"])
