@@ -33,7 +33,7 @@ import math
 import posixpath
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -49,6 +49,7 @@ __all__ = ["Catalog", "scan", "load_bytes", "root_fs", "IMAGE_EXTENSIONS", "MANI
 
 log = logging.getLogger(__name__)
 
+_HASH_CHUNK = 65_536  # ids hashed per chunk by the split
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 CLASSES_KEY = "hssal_classes"
 _CATALOG_KEY = "hssal_catalog"
@@ -93,7 +94,7 @@ class Catalog:
         """Manifest rows of one split (``train`` or ``test``)."""
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        return self.table.filter(pc.equal(self.table["split"], split))
+        return _filter_rows(self.table, pc.equal(self.table["split"], split))
 
     def split_ids(self, split: str) -> list[str]:
         """Sample ids of one split (``train`` or ``test``), sorted."""
@@ -101,12 +102,13 @@ class Catalog:
 
     def summary(self) -> str:
         """One-line human summary (counts, classes, split)."""
-        split = self.table["split"].to_numpy(zero_copy_only=False)
+        split = self.table["split"]
         labels = self.table["label"].to_numpy()
+        n_train, n_test = (int(pc.sum(pc.equal(split, v)).as_py() or 0) for v in ("train", "test"))
         return (
             f"{self.table.num_rows} samples ({int((labels >= 0).sum())} labeled, {int((labels < 0).sum())} "
-            f"unlabeled), {self.num_classes} classes, split train/test {int((split == 'train').sum())}/"
-            f"{int((split == 'test').sum())}, kind={self.kind}, root={self.root}"
+            f"unlabeled), {self.num_classes} classes, split train/test {n_train}/{n_test}, "
+            f"kind={self.kind}, root={self.root}"
         )
 
     def save(self, path: str) -> None:
@@ -135,6 +137,15 @@ class Catalog:
         classes = tuple(json.loads(meta[CLASSES_KEY.encode()]))
         table = table.replace_schema_metadata(None).select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
         return cls(root=info["root"], table=table, class_names=classes, kind=info["kind"])
+
+
+def _filter_rows(table: pa.Table, mask: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """``table.filter(mask)`` (nulls drop), without a copy when the mask keeps every row (e.g. the
+    train split of an unlabeled archive: a copy would double the manifest held by the driver)."""
+    kept = int(pc.sum(mask).as_py() or 0)
+    if kept == table.num_rows and mask.null_count == 0:
+        return table
+    return table.filter(mask)
 
 
 def _is_hidden(rel: str) -> bool:
@@ -168,20 +179,37 @@ def _ext(rel: str) -> str:
     return posixpath.splitext(rel)[1].lower()
 
 
-def _test_mask(ids: list[str], labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
-    """Seeded, stratified, stable test selection (see the module docstring)."""
+def _split_keys(ids: Sequence[str] | pa.Array | pa.ChunkedArray, rows: np.ndarray) -> Iterator[str]:
+    """The ids at ``rows`` (ascending) as Python strings, a chunk at a time (bounded memory)."""
+    if not isinstance(ids, (pa.Array, pa.ChunkedArray)):
+        yield from (ids[int(r)] for r in rows)
+        return
+    for s in range(0, len(rows), _HASH_CHUNK):
+        yield from ids.take(pa.array(rows[s : s + _HASH_CHUNK])).to_pylist()
+
+
+def _test_mask(
+    ids: Sequence[str] | pa.Array | pa.ChunkedArray, labels: np.ndarray, test_fraction: float, seed: int
+) -> np.ndarray:
+    """Seeded, stratified, stable test selection (see the module docstring).
+
+    Only labeled rows are hashed (unlabeled rows are always ``train``), ``_HASH_CHUNK`` ids at a
+    time: no Python string per manifest row is held at once.
+    """
     is_test = np.zeros(len(ids), dtype=bool)
-    if not ids:
+    labeled = np.flatnonzero(labels >= 0)
+    if labeled.size == 0 or test_fraction <= 0:
         return is_test
-    keys = np.fromiter(
+    keys = np.zeros(len(ids), dtype=np.uint64)
+    keys[labeled] = np.fromiter(
         (
             int.from_bytes(hashlib.blake2b(f"{seed}:{sid}".encode(), digest_size=8).digest(), "big")
-            for sid in ids
+            for sid in _split_keys(ids, labeled)
         ),
         dtype=np.uint64,
-        count=len(ids),
+        count=labeled.size,
     )
-    for c in np.unique(labels[labels >= 0]):
+    for c in np.unique(labels[labeled]):
         idx = np.flatnonzero(labels == c)  # ``ids`` are sorted, so ties (never seen) break by id
         k = int(math.floor(test_fraction * idx.size + 0.5))
         is_test[idx[np.argsort(keys[idx], kind="stable")[:k]]] = True
@@ -261,7 +289,7 @@ def _scan_shards(fs: pafs.FileSystem, base: str, shards: list[str], root: str) -
                 }
             )
         )
-    table = pa.concat_tables(parts).combine_chunks() if parts else None
+    table = pa.concat_tables(parts) if parts else None  # one chunk per shard: no combined copy
     if table is None or table.num_rows == 0:
         raise DataError(f"the Parquet shards under data root {root} hold no rows")
     if classes is None:  # shards from elsewhere: derive classes from the class_name column
@@ -293,6 +321,17 @@ def _check_unique(table: pa.Table, root: str) -> None:
         f"duplicate sample_id {first!r} under data root {root} (in {where}); "
         f"{len(dup)} id(s) are duplicated in total"
     )
+
+
+def _strictly_increasing(ids: pa.ChunkedArray | pa.Array) -> bool:
+    """Whether ``ids`` are sorted and unique (the usual case: files are listed sorted, shards are
+    written in id order), checked without the hash table of :func:`_check_unique` or a sort."""
+    n = len(ids)
+    if n < 2:
+        return True
+    if ids.null_count:
+        return False
+    return bool(pc.all(pc.less(ids.slice(0, n - 1), ids.slice(1))).as_py())
 
 
 def scan(root: str, *, test_fraction: float = 0.2, seed: int = 0, layout: Layout = "auto") -> Catalog:
@@ -349,11 +388,12 @@ def scan(root: str, *, test_fraction: float = 0.2, seed: int = 0, layout: Layout
             }
         )
         kind = "files"
-    _check_unique(table, root)
-    table = table.sort_by("sample_id")
-    ids = table["sample_id"].to_pylist()
-    mask = _test_mask(ids, table["label"].to_numpy(), test_fraction, seed)
-    table = table.append_column("split", pa.array(np.where(mask, "test", "train").tolist(), pa.string()))
+    if not _strictly_increasing(table["sample_id"]):  # else: sorted and unique already (no copy)
+        _check_unique(table, root)
+        table = table.sort_by("sample_id")
+    mask = _test_mask(table["sample_id"], table["label"].to_numpy(), test_fraction, seed)
+    split = pc.if_else(pa.array(mask), pa.scalar("test", pa.string()), pa.scalar("train", pa.string()))
+    table = table.append_column("split", split)
     cat = Catalog(root=str(root), table=table.cast(MANIFEST_SCHEMA), class_names=tuple(classes), kind=kind)
     log.info("scanned %s", cat.summary())
     return cat

@@ -236,6 +236,10 @@ def stream(
         bad_dir: Directory for bad-sample parts.
         drop_ids: Drop the string ``sample_id`` column (``iter_torch_batches`` cannot carry it).
     """
+    # Only the columns the decode step reads go into the object store (not e.g. class_name, split).
+    keep = [c for c in (*_MANIFEST_COLS, "aug_seed") if c in table.column_names]
+    if len(keep) < table.num_columns:
+        table = table.select(keep)
     ds = manifest_dataset(table, rows_per_block=max(batch_size, 1) * 4)
     ds = ds.map_batches(
         _decode_augment,

@@ -32,11 +32,12 @@ def run_query(
         (e.g. ``coarse_k``, ``coarse_clusters_covered``).
     """
     from hssal_ray.query import load_pool, strategy_from_config
+    from hssal_ray.query.scores_io import exclude_mask
     from hssal_ray.ssl.trainer import derive_seed
 
     pool = load_pool(scores_path)
-    if labeled_ids:
-        pool.exclude = np.isin(pool.ids, np.asarray(sorted(labeled_ids), dtype=object))
+    if labeled_ids:  # Arrow hash join: no sort of the object id array (np.isin)
+        pool.exclude = exclude_mask(pool.ids, sorted(labeled_ids))
     extra = {"map_fn": ray_map} if cfg.query.parallel and cfg.query.strategy == "hal" else {}
     strat = strategy_from_config(
         cfg.query, random_state=derive_seed(cfg.seed, round_idx, "query") % (2**31), **extra

@@ -406,9 +406,10 @@ class HierarchicalQuery(_HALBase):
             )
         t_assign = time.perf_counter()
 
-        lab_av = labels[avail]
+        every = n_av == len(pool)  # then ``avail`` is arange(n): no per-row gathered copies
+        lab_av = labels if every else labels[avail]
         conf = self._confident(pool)
-        w = u_all[avail].astype(np.float64)
+        w = (u_all if every else u_all[avail]).astype(np.float64)
         if conf is not None and (w * ~conf[avail]).sum() > 0:
             w = w * ~conf[avail]  # mass of the rows SSL has not learned yet
         counts = np.bincount(lab_av, minlength=k1)

@@ -276,3 +276,80 @@ def test_ucm_acceptance(tmp_path, monkeypatch):
     cols = ["sample_id", "label", "class_name", "split"]
     assert sh.table.select(cols).equals(a.table.select(cols)) and sh.class_names == a.class_names
     assert math.isclose(len(sh.split_ids("test")) / len(sh), 0.2)
+
+
+def _reference_test_mask(ids: list[str], labels: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """The split rule of the module docstring, written out plainly (every id hashed)."""
+    import hashlib
+
+    keys = np.array(
+        [int.from_bytes(hashlib.blake2b(f"{seed}:{s}".encode(), digest_size=8).digest(), "big") for s in ids],
+        dtype=np.uint64,
+    )
+    is_test = np.zeros(len(ids), dtype=bool)
+    for c in np.unique(labels[labels >= 0]):
+        idx = np.flatnonzero(labels == c)
+        k = int(math.floor(test_fraction * idx.size + 0.5))
+        is_test[idx[np.argsort(keys[idx], kind="stable")[:k]]] = True
+    return is_test
+
+
+@pytest.mark.parametrize("as_arrow", [False, True])
+def test_test_mask_hashes_only_labeled_rows_in_chunks(monkeypatch, as_arrow):
+    from hssal_ray.data import catalog
+
+    monkeypatch.setattr(catalog, "_HASH_CHUNK", 7)  # several chunks, a partial last one
+    rng = np.random.default_rng(3)
+    ids = sorted(f"c{rng.integers(1e9)}/{i}.png" for i in range(200))
+    labels = rng.integers(-1, 4, size=200)  # about a fifth unlabeled
+    arr = pa.chunked_array([ids[:50], ids[50:]]) if as_arrow else ids
+    for frac, seed in ((0.2, 0), (0.5, 7), (0.0, 1)):
+        got = catalog._test_mask(arr, labels, frac, seed)
+        np.testing.assert_array_equal(got, _reference_test_mask(ids, labels, frac, seed))
+        assert not got[labels < 0].any()
+    assert not catalog._test_mask(arr, np.full(200, -1), 0.2, 0).any()
+
+
+def test_strictly_increasing():
+    from hssal_ray.data.catalog import _strictly_increasing
+
+    assert _strictly_increasing(pa.array(["a", "b", "c"])) and _strictly_increasing(pa.array(["a"]))
+    assert _strictly_increasing(pa.chunked_array([["a", "b"], ["c"], ["d", "e", "f"]]))
+    assert not _strictly_increasing(pa.chunked_array([["a", "c"], ["b"]]))
+    assert not _strictly_increasing(pa.chunked_array([["a", "b"], ["b", "c"]]))  # duplicate
+    assert not _strictly_increasing(pa.array(["a", None, "c"]))
+
+
+def test_unsorted_shards_are_sorted_and_split_table_shares_the_manifest(tmp_path):
+    d = tmp_path / "u"
+    d.mkdir()
+    meta = {CLASSES_KEY.encode(): json.dumps(["a", "b"]).encode()}
+    ids = [[f"x{i:03d}" for i in range(20, 40)], [f"x{i:03d}" for i in range(0, 20)]]  # shard 1 < shard 0
+    for s, part in enumerate(ids):
+        write_plain_shard(
+            str(d / f"shard-{s:05d}.parquet"),
+            {
+                "sample_id": part,
+                "image": [b"1"] * 20,
+                "label": pa.array([-1] * 20, pa.int32()),
+                "class_name": pa.array([None] * 20, pa.string()),
+            },
+            meta,
+        )
+    cat = scan(str(d), test_fraction=0.2)
+    assert cat.table["sample_id"].to_pylist() == sorted(ids[0] + ids[1])
+    assert cat.table["source"].to_pylist()[:20] == ["shard-00001.parquet"] * 20
+    assert cat.table["row"].to_pylist()[:3] == [0, 1, 2]
+    assert cat.table.schema.equals(MANIFEST_SCHEMA)
+    # every row is pool (train): the split is the manifest itself, not a copy
+    assert cat.split_table("train") is cat.table
+    test = cat.split_table("test")
+    assert test.num_rows == 0 and test.schema.equals(MANIFEST_SCHEMA)
+    assert "split train/test 40/0" in cat.summary()
+
+
+def test_split_table_filters_when_rows_differ(folder):
+    cat = scan(folder)
+    train, test = cat.split_table("train"), cat.split_table("test")
+    assert train is not cat.table and (train.num_rows, test.num_rows) == (24, 6)
+    assert set(train["split"].to_pylist()) == {"train"} and set(test["split"].to_pylist()) == {"test"}

@@ -129,3 +129,84 @@ def test_scores_columns_and_empty_directory(tmp_path) -> None:
     (tmp_path / "empty" / ".part.tmp").write_bytes(b"partial")
     with pytest.raises(DataError, match="no Parquet files"):
         load_pool(str(tmp_path / "empty"))
+
+
+def test_parts_are_opened_one_at_a_time(tmp_path, monkeypatch) -> None:
+    """A Ray Data output directory holds thousands of parts: never all of them open at once."""
+    import contextlib
+
+    from hssal_ray.query import scores_io
+
+    data = _data(n=40)
+    path = str(tmp_path / "many")
+    write_scores(path, **data, num_parts=8)
+    real = scores_io._open_part
+    live, most = [0], [0]
+
+    @contextlib.contextmanager
+    def counting(*args, **kwargs):
+        with real(*args, **kwargs) as pf:
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+            try:
+                yield pf
+            finally:
+                live[0] -= 1
+
+    monkeypatch.setattr(scores_io, "_open_part", counting)
+    pool = load_pool(path, batch_size=3)
+    assert most[0] == 1 and live[0] == 0
+    assert pool.ids.dtype == object and pool.ids.tolist() == data["sample_ids"]
+    assert all(type(s) is str for s in pool.ids)
+    np.testing.assert_array_equal(pool.embeddings, data["embeddings"])
+    assert scores_columns(path)[0] == "sample_id"
+
+
+def test_duplicate_and_null_ids_across_parts(tmp_path) -> None:
+    d = tmp_path / "dups"
+    d.mkdir()
+    pq.write_table(pa.table({"sample_id": ["a", "b", "c"], "u_badge": [0.1, 0.2, 0.3]}), d / "0.parquet")
+    pq.write_table(pa.table({"sample_id": ["d", "b", "a"], "u_badge": [0.1, 0.2, 0.3]}), d / "1.parquet")
+    with pytest.raises(DataError, match="duplicate sample_ids: \\['a', 'b'\\]"):
+        load_pool(str(d))
+    n = tmp_path / "nulls"
+    n.mkdir()
+    pq.write_table(pa.table({"sample_id": ["a", "b"], "u_badge": [0.1, 0.2]}), n / "0.parquet")
+    pq.write_table(
+        pa.table({"sample_id": pa.array([None, "c"], pa.string()), "u_badge": [0.1, 0.2]}), n / "1.parquet"
+    )
+    with pytest.raises(DataError, match="1 null sample_ids"):
+        load_pool(str(n))
+    with pytest.raises(DataError, match="lacks columns \\['u_margin'\\]"):
+        load_pool(str(n), columns=["u_margin"])
+
+
+def test_a_part_without_a_column_is_named(tmp_path) -> None:
+    d = tmp_path / "mixed"
+    d.mkdir()
+    pq.write_table(pa.table({"sample_id": ["a"], "u_badge": [0.1]}), d / "0.parquet")
+    pq.write_table(pa.table({"sample_id": ["b"]}), d / "1.parquet")
+    with pytest.raises(DataError, match="lacks columns \\['u_badge'\\]"):
+        load_pool(str(d))
+    assert load_pool(str(d), columns=[]).ids.tolist() == ["a", "b"]
+
+
+def test_read_id_list_is_an_object_array(tmp_path) -> None:
+    (tmp_path / "e.csv").write_text("sample_id\n")
+    empty = read_id_list(str(tmp_path / "e.csv"))
+    assert empty.dtype == object and empty.shape == (0,)
+    pq.write_table(pa.table({"sample_id": pa.chunked_array([["b"], ["a", "c"]])}), tmp_path / "c.parquet")
+    ids = read_id_list(str(tmp_path / "c.parquet"))
+    assert ids.dtype == object and ids.tolist() == ["b", "a", "c"] and all(type(s) is str for s in ids)
+
+
+def test_has_duplicates_survives_hash_collisions(monkeypatch) -> None:
+    from hssal_ray.query import scores_io
+
+    ids = np.array([f"id{i}" for i in range(100)], dtype=object)
+    assert not scores_io._has_duplicates(ids) and not scores_io._has_duplicates(ids[:1])
+    assert scores_io._has_duplicates(np.append(ids, "id42"))
+    # every id hashing alike: the exact check decides
+    monkeypatch.setattr(scores_io, "hash", lambda s: 7, raising=False)
+    assert not scores_io._has_duplicates(ids)
+    assert scores_io._has_duplicates(np.append(ids, "id0"))

@@ -1,0 +1,29 @@
+"""The loop's query stage (without Ray: ``query.parallel`` off): labeled ids are never picked."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hssal_ray.config import config_from_dict
+from hssal_ray.loop.query_stage import run_query
+from hssal_ray.query import load_pool, strategy_from_config, write_scores
+from hssal_ray.ssl.trainer import derive_seed
+from tests.unit.query._data import blob_pool
+
+
+def test_run_query_excludes_labeled_ids_as_np_isin_would(tmp_path) -> None:
+    pool, _ = blob_pool(n=400)
+    path = str(tmp_path / "scores")
+    write_scores(path, pool.ids, pool.embeddings, pool.probs, pool.scores, num_parts=3)
+    cfg = config_from_dict(
+        {"seed": 3, "data": {"root": str(tmp_path)}, "query": {"strategy": "hal", "budget": 20}}
+    )
+    labeled = {str(s) for s in pool.ids[::3]} | {"not-in-the-pool"}
+    ids, u, coarse, info = run_query(cfg, path, 20, labeled, round_idx=2)
+    assert len(ids) == 20 == len(set(ids)) and not set(ids) & labeled
+    assert all(type(s) is str for s in ids) and len(u) == 20 and info["query_strategy"].startswith("Hier")
+    # the same picks as the reference membership test (np.isin over the object ids)
+    ref = load_pool(path)
+    ref.exclude = np.isin(ref.ids, np.asarray(sorted(labeled), dtype=object))
+    strat = strategy_from_config(cfg.query, random_state=derive_seed(cfg.seed, 2, "query") % (2**31))
+    assert ids == [str(ref.ids[i]) for i in strat.select(ref, 20)]
