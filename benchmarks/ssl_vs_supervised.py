@@ -11,12 +11,13 @@ One training run per arm and seed, from the same initial weights:
   pseudo-label cross-entropy on strong views);
 * ``full_supervision``: every training label, supervised, the same number of steps (upper bound).
 
-The labeled subset is a seeded, class-stratified ``--fraction`` of the training split (every class
-gets ``round(fraction x n_class)`` images, at least one); it depends on the seed only, never on the
-arm. The labeled mini-batches are drawn from the same seeded stream in every arm, so the only
-difference between ``supervised`` and ``fixmatch`` is the unlabeled term. Evaluation: the EMA model
-on the test split (or, with ``--val-fraction``, on a held-out part of the training split: that is
-how the recipe was tuned; the test split is then never read).
+The labeled subset is a seeded, class-stratified ``--fraction`` of the training split
+(``round(fraction x n)`` images, spread over the classes by largest remainder, at least one per
+class); it depends on the seed only, never on the arm. The labeled mini-batches are drawn from
+the same seeded stream in every arm, so the only difference between ``supervised`` and
+``fixmatch`` is the unlabeled term. Evaluation: the EMA model on the test split (or, with
+``--val-fraction``, on a held-out part of the training split: that is how the recipe was tuned;
+the test split is then never read).
 
 The training code is the library's: ``hssal_ray.ssl.steps.train_step`` (FixMatch, EMA,
 thresholds) via ``benchmarks.label_efficiency.Trainer`` (images decoded once, in-process; see that
@@ -52,14 +53,26 @@ DEFAULT_ARMS = ("supervised", "fixmatch", "full_supervision")
 
 
 def stratified_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Sorted row indices: ``round(fraction * n_c)`` (>= 1) random rows of every class ``c``."""
+    """Sorted row indices: ``round(fraction * n)`` seeded random rows, spread over the classes.
+
+    Every class gets ``floor(fraction * n_c)`` rows (at least one); the rows left to reach the total
+    go, one each, to the classes with the largest remainders (ties broken by the seed). So the
+    subset is the requested fraction of the split, not a per-class rounding of it.
+    """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     rng = np.random.default_rng([seed, 0x5EED])
-    picked = []
-    for c in np.unique(y):
-        rows = np.flatnonzero(y == c)
-        picked.append(rng.choice(rows, size=max(1, round(fraction * len(rows))), replace=False))
+    classes, counts = np.unique(y, return_counts=True)
+    share = fraction * counts
+    take = np.maximum(1, np.floor(share)).astype(np.int64)
+    extra = max(0, round(fraction * len(y)) - int(take.sum()))
+    order = np.lexsort((rng.random(len(classes)), -(share - np.floor(share))))  # largest remainder first
+    take[order[:extra]] += 1
+    take = np.minimum(take, counts)
+    picked = [
+        rng.choice(np.flatnonzero(y == c), size=int(k), replace=False)
+        for c, k in zip(classes, take, strict=True)
+    ]
     return np.sort(np.concatenate(picked))
 
 
@@ -108,7 +121,7 @@ def run_arm(base: Any, arm: str, data: dict, fraction: float, steps: int, seed: 
 
 def summarize(rows: list[dict]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for arm in dict.fromkeys(r["arm"] for r in rows):
+    for arm in [a for a in ARMS if any(r["arm"] == a for r in rows)]:  # table order: supervised first
         rs = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["seed"])
         accs = np.asarray([r["accuracy"] for r in rs])
         out[arm] = {

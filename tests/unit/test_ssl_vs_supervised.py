@@ -25,10 +25,16 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
 
 
-def test_stratified_subset_takes_the_fraction_of_every_class() -> None:
+def test_stratified_subset_takes_the_fraction_of_the_split_over_every_class() -> None:
     y = np.repeat(np.arange(4), [10, 20, 30, 3])
     rows = svs.stratified_subset(y, 0.1, seed=0)
-    assert np.bincount(y[rows]).tolist() == [1, 2, 3, 1]  # round(0.3) -> at least one
+    assert np.bincount(y[rows]).tolist() == [1, 2, 3, 1]  # floor(0.3) -> at least one
+    # UCM's shape: 21 classes x 80 -> 8% is 134 images (6.4 a class: 6 each + 8 classes get a 7th)
+    ucm = np.repeat(np.arange(21), 80)
+    counts = [np.bincount(ucm[svs.stratified_subset(ucm, 0.08, seed=s)]) for s in (0, 1)]
+    for c in counts:
+        assert c.sum() == 134 and set(c.tolist()) == {6, 7} and (c == 7).sum() == 8
+    assert not np.array_equal(counts[0], counts[1])  # the seed picks which classes get the extra
     assert np.array_equal(rows, np.sort(rows)) and len(set(rows.tolist())) == len(rows)
     assert np.array_equal(rows, svs.stratified_subset(y, 0.1, seed=0))
     assert not np.array_equal(rows, svs.stratified_subset(y, 0.1, seed=1))
@@ -51,7 +57,7 @@ def test_arms_share_labels_and_outputs_hold(data_root: str, tmp_path: Path) -> N
     assert len(runs) == 8
     for seed in (0, 1):
         sup, fm = runs["supervised", seed], runs["fixmatch", seed]
-        assert sup["num_labeled"] == fm["num_labeled"] == 12  # 20% of 20 per class x 3
+        assert sup["num_labeled"] == fm["num_labeled"] == 12  # 20% of 60
         assert sup["labeled_digest"] == fm["labeled_digest"] == runs["freematch", seed]["labeled_digest"]
         assert sup["num_unlabeled_used"] == 0 and fm["num_unlabeled_used"] == 48
         assert "mask_rate" in fm and "mask_rate" not in sup
