@@ -405,19 +405,13 @@ def _run_one(task: tuple[str, int]) -> dict[str, Any]:
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_run_arguments(p: argparse.ArgumentParser, tag: str, jobs_help: str) -> None:
+    """Arguments shared by the in-process UCM benchmarks: data, recipe, devices, outputs, overrides."""
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ucm"))
     p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
     p.add_argument(
         "--config", default=None, help="loop config to take the recipe from (default: the profile's)"
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for the primary methods")
-    p.add_argument(
-        "--secondary-seeds", type=int, default=None, help="seeds for the other methods (default: --seeds)"
-    )
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.02, 0.04, 0.06, 0.08])
     p.add_argument(
         "--val-fraction", type=float, default=0.0, help="tune on a held-out part of the training split"
     )
@@ -425,18 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads per job (default: cores / jobs)"
     )
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="loops run in parallel processes (CPU: 1 thread each is "
-        "faster than 2 threads in one, and robust to other load)",
-    )
-    p.add_argument("--tag", default="label_efficiency", help="output file stem")
+    p.add_argument("--jobs", type=int, default=1, help=jobs_help)
+    p.add_argument("--tag", default=tag, help="output file stem")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (e.g. ssl.p_cutoff=0.9)")
-    args = p.parse_args(argv)
 
+
+def setup_run(args: argparse.Namespace) -> tuple[Any, str, str, int]:
+    """(config, its path, device, torch threads per job) from :func:`add_run_arguments`' arguments."""
     import torch
 
     from hssal_ray.config import load_config
@@ -445,7 +435,38 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cfg_path = args.config or str(REPO / PROFILES[args.profile])
-    cfg = load_config(cfg_path, [f"data.root={args.data}", *args.overrides])
+    return load_config(cfg_path, [f"data.root={args.data}", *args.overrides]), cfg_path, device, threads
+
+
+def map_jobs(fn: Any, todo: list, jobs: int, device: str) -> list:
+    """``[fn(t) for t in todo]``, in ``jobs`` forked processes on CPU (the children share the decoded
+    images copy-on-write; no torch threads exist yet), in order."""
+    if jobs > 1 and device == "cpu":
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as ex:
+            return list(ex.map(fn, todo))
+    return [fn(t) for t in todo]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(
+        p,
+        "label_efficiency",
+        "loops run in parallel processes (CPU: 1 thread each is faster than 2 threads in one, "
+        "and robust to other load)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for the primary methods")
+    p.add_argument(
+        "--secondary-seeds", type=int, default=None, help="seeds for the other methods (default: --seeds)"
+    )
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.02, 0.04, 0.06, 0.08])
+    args = p.parse_args(argv)
+
+    cfg, cfg_path, device, threads = setup_run(args)
     t_all = time.perf_counter()
     load0 = os.getloadavg()
     data = load_images(cfg, args.data, args.val_fraction)
@@ -466,15 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     global _SHARED
     _SHARED = (cfg, data, schedule, device, threads)
-    if args.jobs > 1 and device == "cpu":
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        # fork: the children share the decoded images copy-on-write (no torch threads exist yet)
-        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("fork")) as ex:
-            runs = list(ex.map(_run_one, todo))
-    else:
-        runs = [_run_one(t) for t in todo]
+    runs = map_jobs(_run_one, todo, args.jobs, device)
     summary = summarize(runs, schedule, n_train)
     prof = {
         "config": os.path.relpath(cfg_path, REPO),

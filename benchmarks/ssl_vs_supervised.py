@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.label_efficiency import PROFILES, REPO, RESULTS, Trainer, load_images
+from benchmarks.label_efficiency import REPO, Trainer, add_run_arguments, load_images, map_jobs, setup_run
 
 #: arm -> (semi-supervised?, threshold mode or None, all labels?)
 ARMS: dict[str, tuple[bool, str | None, bool]] = {
@@ -214,39 +214,16 @@ def _run_one(task: tuple[str, int]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ucm"))
-    p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    p.add_argument(
-        "--config", default=None, help="loop config to take the recipe from (default: the profile's)"
-    )
+    add_run_arguments(p, "ssl_vs_supervised", "arms run in parallel processes (CPU)")
     p.add_argument("--fraction", type=float, default=0.08, help="labeled fraction of the training split")
     p.add_argument(
         "--steps", type=int, default=None, help="optimiser steps per arm (default: the recipe's total budget)"
     )
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=list(ARMS))
-    p.add_argument(
-        "--val-fraction", type=float, default=0.0, help="tune on a held-out part of the training split"
-    )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads per job (default: cores / jobs)"
-    )
-    p.add_argument("--jobs", type=int, default=1, help="arms run in parallel processes (CPU)")
-    p.add_argument("--tag", default="ssl_vs_supervised", help="output file stem")
-    p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (e.g. ssl.p_cutoff=0.9)")
     args = p.parse_args(argv)
 
-    import torch
-
-    from hssal_ray.config import load_config
-
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
-    torch.set_num_threads(threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg_path = args.config or str(REPO / PROFILES[args.profile])
-    cfg = load_config(cfg_path, [f"data.root={args.data}", *args.overrides])
+    cfg, cfg_path, device, threads = setup_run(args)
     # default: as many steps as the closed loop trains in all (rounds + 1 trainings)
     steps = args.steps or cfg.ssl.steps_per_round * (cfg.loop.rounds + 1)
     t_all = time.perf_counter()
@@ -264,14 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     global _SHARED
     _SHARED = (cfg, data, args.fraction, steps, device, threads)
-    if args.jobs > 1 and device == "cpu":
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("fork")) as ex:
-            rows = list(ex.map(_run_one, todo))
-    else:
-        rows = [_run_one(t) for t in todo]
+    rows = map_jobs(_run_one, todo, args.jobs, device)
     summary = summarize(rows)
     result = {
         "benchmark": "ssl_vs_supervised",
