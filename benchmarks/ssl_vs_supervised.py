@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--steps", type=int, default=None, help="optimiser steps per arm (default: the recipe's total budget)"
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    p.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (more seeds later)")
     p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=list(ARMS))
     args = p.parse_args(argv)
 
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     # the slow (SSL) arms first, so parallel jobs finish together
     todo = sorted(
-        ((a, s) for s in range(args.seeds) for a in args.arms), key=lambda t: (not ARMS[t[0]][0], t[1])
+        ((a, s) for s in range(args.first_seed, args.first_seed + args.seeds) for a in args.arms),
+        key=lambda t: (not ARMS[t[0]][0], t[1]),
     )
     global _SHARED
     _SHARED = (cfg, data, args.fraction, steps, device, threads)
