@@ -438,6 +438,13 @@ def setup_run(args: argparse.Namespace) -> tuple[Any, str, str, int]:
     return load_config(cfg_path, [f"data.root={args.data}", *args.overrides]), cfg_path, device, threads
 
 
+def evaluated_on(val_fraction: float) -> str:
+    """What the reported accuracy is measured on (``--val-fraction`` 0: the test split)."""
+    if val_fraction:
+        return f"validation = {val_fraction:.0%} of the training split (test split unused)"
+    return "the test split (20% per class, catalog seed 0)"
+
+
 def map_jobs(fn: Any, todo: list, jobs: int, device: str) -> list:
     """``[fn(t) for t in todo]``, in ``jobs`` forked processes on CPU (the children share the decoded
     images copy-on-write; no torch threads exist yet), in order."""
@@ -515,11 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before_after": [load0, os.getloadavg()],
         "profile_name": args.profile,
         "profile": prof,
-        "evaluated_on": (
-            f"validation = {args.val_fraction:.0%} of the training split (test split unused)"
-            if args.val_fraction
-            else "the test split (20% per class, catalog seed 0)"
-        ),
+        "evaluated_on": evaluated_on(args.val_fraction),
         "n_train": n_train,
         "schedule": schedule,
         "label_fractions": [n / n_train for n in schedule],

@@ -39,7 +39,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.label_efficiency import REPO, Trainer, add_run_arguments, load_images, map_jobs, setup_run
+from benchmarks.label_efficiency import (
+    REPO,
+    Trainer,
+    add_run_arguments,
+    evaluated_on,
+    load_images,
+    map_jobs,
+    setup_run,
+)
 
 #: arm -> (semi-supervised?, threshold mode or None, all labels?)
 ARMS: dict[str, tuple[bool, str | None, bool]] = {
@@ -266,11 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             "lr": cfg.ssl.lr,
             "ema_m": cfg.ssl.ema_m,
         },
-        "evaluated_on": (
-            f"validation = {args.val_fraction:.0%} of the training split (test split unused)"
-            if args.val_fraction
-            else "the test split (20% per class, catalog seed 0)"
-        ),
+        "evaluated_on": evaluated_on(args.val_fraction),
         "fraction": args.fraction,
         "n_train": n_train,
         "bad_samples": data["bad_train"] + data["bad_test"],

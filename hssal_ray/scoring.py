@@ -216,11 +216,10 @@ def _run(
         std=cfg.data.std,
         bad_dir=_io.join(run_dir, BAD_DIR),
     )
+    import ray
     import ray.data
 
     fault = os.environ.get("HSSAL_FAULT_KILL_SCORER") if mode == "score" else None
-    import ray
-
     actors = actor_pool_size(
         cfg.resources.score_actors, float(ray.cluster_resources().get("CPU", 0.0)), cfg.resources.use_gpu
     )

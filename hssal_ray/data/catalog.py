@@ -182,8 +182,7 @@ def _ext(rel: str) -> str:
 def _split_keys(ids: Sequence[str] | pa.Array | pa.ChunkedArray, rows: np.ndarray) -> Iterator[str]:
     """The ids at ``rows`` (ascending) as Python strings, a chunk at a time (bounded memory)."""
     if not isinstance(ids, (pa.Array, pa.ChunkedArray)):
-        yield from (ids[int(r)] for r in rows)
-        return
+        ids = pa.array(ids, pa.string())
     for s in range(0, len(rows), _HASH_CHUNK):
         yield from ids.take(pa.array(rows[s : s + _HASH_CHUNK])).to_pylist()
 
