@@ -407,7 +407,6 @@ def run_torch_case(
         TrainState,
         build_optimizer,
         build_scheduler,
-        maybe_compile,
         prepare_model,
         train_step,
     )
@@ -420,7 +419,7 @@ def run_torch_case(
     model = prepare_model(
         build_model(model_name, num_classes, in_chans=3), dev, channels_last=case.channels_last
     )
-    model = maybe_compile(model, compile_model)
+    model = torch.compile(model) if compile_model else model
     opt = build_optimizer(model, lr=0.03)
     state = TrainState.create(
         model, opt, build_scheduler(opt, total_steps=warmup + steps), cfg, num_classes=num_classes

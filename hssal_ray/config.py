@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -39,7 +40,21 @@ __all__ = [
     "config_to_dict",
     "config_to_yaml",
     "config_from_dict",
+    "science_fields",
+    "RUNTIME",
 ]
+
+
+RUNTIME: dict[str, Any] = {"runtime": True}
+"""Field metadata of settings that change where or how fast a run goes, not its results.
+
+Every other field is *science*: it is part of the run's identity (:func:`science_fields`), and a
+run directory refuses a config whose science differs from the one it was started with.
+"""
+
+
+def _runtime(default: Any = None, **kwargs: Any) -> Any:
+    return field(default=default, metadata=RUNTIME, **kwargs)
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -64,6 +79,10 @@ class DataConfig:
         synthetic_per_class: Images per class of the synthetic dataset.
         synthetic_size: Side length of the synthetic images.
         decode_batch_size: Rows per Ray Data decode batch.
+        embedding_cache: Directory (or URI) holding frozen-encoder embedding stores shared by
+            runs on the same images (``ssl.finetune=frozen``); ``None`` keeps the store in the run
+            directory. Stores are keyed by everything that determines them, so a cache is never
+            read with the wrong backbone, size or views.
     """
 
     root: str | None = None
@@ -76,7 +95,8 @@ class DataConfig:
     synthetic_classes: int = 4
     synthetic_per_class: int = 60
     synthetic_size: int = 32
-    decode_batch_size: int = 64
+    decode_batch_size: int = _runtime(64)
+    embedding_cache: str | None = _runtime(None)
 
     def __post_init__(self) -> None:
         _check(self.bands >= 1, "data.bands", f"must be >= 1, got {self.bands}")
@@ -105,14 +125,30 @@ class SSLConfig:
     Args:
         enabled: False trains supervised only (``lambda_u`` is ignored).
         model: timm backbone name, or ``hssal_small_cnn`` (tiny, for CPU).
-        weights: Local weights file (safetensors or a weights-only torch file).
+        weights: Pretrained weights: ``package:NAME`` (weights shipped by an installed package,
+            e.g. ``package:efficientnet_lite0``; see :mod:`hssal_ray.weights`), or a local file
+            (safetensors or a weights-only torch file).
         pretrained_hub: Load timm's hub weights (needs a network).
         model_kwargs: Extra timm kwargs, e.g. ``{img_size: 224}`` for ViTs.
         p_cutoff: Confidence threshold for pseudo-labels.
         uratio: Unlabeled images per labeled image in a step.
         lambda_u: Weight of the unlabeled loss.
         T: Softmax temperature of the pseudo-labels.
-        ema_m: EMA momentum of the evaluation model.
+        ema_m: EMA momentum of the evaluation model (the decay it reaches after warm-up).
+        ema_warmup: timm ``ModelEmaV3`` warm-up: decay ``min(ema_m, 1 - (1 + t) ** -power)`` at
+            global step ``t`` (continues across warm-started rounds). Without it an EMA keeps
+            ``ema_m ** steps`` of its starting weights, far too much on short rounds.
+        ema_warmup_power: ``power`` of the warm-up.
+        eval_model: The weights that evaluation, scoring and querying use: ``ema`` or ``online``.
+            Both are evaluated every round (``test_accuracy_ema``, ``test_accuracy_online``).
+        finetune: ``full`` trains every layer; ``partial`` only the last ``trainable_stages``
+            stages (earlier ones frozen, BatchNorm in eval mode); ``frozen`` keeps the backbone
+            fixed and trains only the head on cached embeddings (encode once per run: the
+            fast path for CPUs and large archives).
+        trainable_stages: Stages of the backbone that ``partial`` trains (from the top).
+        head: Classifier head: ``linear``, or ``mlp`` (one hidden layer, ``head_hidden`` wide).
+        head_hidden: Hidden width of the ``mlp`` head.
+        embed_views: ``frozen``: seeded weak and strong augmented views cached per image (each).
         threshold_mode: ``fixed`` (FixMatch), ``flexmatch`` or ``freematch`` class-wise thresholds.
         dist_align: Distribution alignment of the weak-view probabilities.
         lr: Peak SGD learning rate.
@@ -126,7 +162,6 @@ class SSLConfig:
         eval_batch_size: Batch size for scoring and evaluation.
         amp: ``auto`` = bf16 autocast on CUDA, none on CPU.
         channels_last: Use channels_last memory format (GPU).
-        compile: ``torch.compile`` the model.
         checkpoint_every: Report a Ray Train checkpoint every N steps (0 = only at the end).
     """
 
@@ -140,6 +175,14 @@ class SSLConfig:
     lambda_u: float = 1.0
     T: float = 1.0
     ema_m: float = 0.999
+    ema_warmup: bool = True
+    ema_warmup_power: float = 2 / 3
+    eval_model: Literal["ema", "online"] = "ema"
+    finetune: Literal["full", "partial", "frozen"] = "full"
+    trainable_stages: int = 1
+    head: Literal["linear", "mlp"] = "linear"
+    head_hidden: int = 512
+    embed_views: int = 2
     threshold_mode: Literal["fixed", "flexmatch", "freematch"] = "fixed"
     dist_align: bool = False
     lr: float = 0.03
@@ -150,11 +193,10 @@ class SSLConfig:
     steps_per_round: int = 200
     warmup_steps: int = 0
     warm_start: bool = True
-    eval_batch_size: int = 128
+    eval_batch_size: int = _runtime(128)
     amp: Literal["auto", "bf16", "none"] = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    checkpoint_every: int = 0
+    channels_last: bool = _runtime(False)
+    checkpoint_every: int = _runtime(0)
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.p_cutoff <= 1.0, "ssl.p_cutoff", f"must be in [0, 1], got {self.p_cutoff}")
@@ -170,6 +212,26 @@ class SSLConfig:
         _check(self.warmup_steps >= 0, "ssl.warmup_steps", "must be >= 0")
         _check(self.eval_batch_size >= 1, "ssl.eval_batch_size", "must be >= 1")
         _check(self.checkpoint_every >= 0, "ssl.checkpoint_every", "must be >= 0")
+        _check(self.ema_warmup_power > 0, "ssl.ema_warmup_power", "must be > 0")
+        _check(self.trainable_stages >= 1, "ssl.trainable_stages", "must be >= 1")
+        _check(self.head_hidden >= 1, "ssl.head_hidden", "must be >= 1")
+        _check(1 <= self.embed_views <= 16, "ssl.embed_views", f"must be in [1, 16], got {self.embed_views}")
+        _check(
+            self.weights is None or not self.weights.startswith("package:") or not self.pretrained_hub,
+            "ssl.weights",
+            "give either packaged/local weights or ssl.pretrained_hub=true, not both",
+        )
+        if self.eval_model == "ema" and not self.ema_warmup:
+            left = self.ema_m**self.steps_per_round
+            if left > 0.05:
+                warnings.warn(
+                    f"ssl.ema_m={self.ema_m} without ssl.ema_warmup keeps {left:.0%} of each round's "
+                    f"starting weights in the EMA after ssl.steps_per_round={self.steps_per_round} steps, "
+                    "and the loop evaluates and queries with it: set ssl.ema_warmup=true, lower "
+                    "ssl.ema_m, or ssl.eval_model=online",
+                    UserWarning,
+                    stacklevel=2,
+                )
 
 
 @dataclass(frozen=True)
@@ -204,7 +266,7 @@ class QueryConfig:
     kmeans_backend: Literal["auto", "torch", "faiss", "sklearn", "cuml"] = "auto"
     kmeans_iters: int = 20
     ssl_aware: bool = False
-    parallel: bool = False
+    parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:
         _check(self.budget >= 1, "query.budget", f"must be >= 1, got {self.budget}")
@@ -228,7 +290,7 @@ class OracleConfig:
     """
 
     kind: Literal["simulated", "human"] = "simulated"
-    partial: Literal["wait", "continue"] = "wait"
+    partial: Literal["wait", "continue"] = _runtime("wait")
 
 
 @dataclass(frozen=True)
@@ -246,13 +308,13 @@ class LoopConfig:
         report: Write the HTML/PNG report at the end of every round.
     """
 
-    name: str = "demo"
-    run_dir: str = "runs"
-    rounds: int = 3
-    total_budget: int = 0
+    name: str = _runtime("demo")
+    run_dir: str = _runtime("runs")
+    rounds: int = _runtime(3)
+    total_budget: int = _runtime(0)
     initial_labeled: int = 20
     cold_start: Literal["random", "typiclust", "stratified"] = "random"
-    report: bool = True
+    report: bool = _runtime(True)
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "loop.name", "must be a non-empty name without '/'")
@@ -276,14 +338,14 @@ class ResourcesConfig:
         object_store_memory: Bytes for a local runtime's object store (``None`` = Ray's default).
     """
 
-    address: str | None = None
-    num_cpus: int | None = None
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    score_actors: int = 1
-    max_failures: int = 2
-    object_store_memory: int | None = None
+    address: str | None = _runtime(None)
+    num_cpus: int | None = _runtime(None)
+    num_workers: int = 1  # science: the global batch is num_workers * ssl.batch_size
+    use_gpu: bool = _runtime(False)
+    cpus_per_worker: float = _runtime(1.0)
+    score_actors: int = _runtime(1)
+    max_failures: int = _runtime(2)
+    object_store_memory: int | None = _runtime(None)
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "resources.num_workers", f"must be >= 1, got {self.num_workers}")
@@ -353,7 +415,7 @@ class ExperimentConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    tune: TuneConfig = field(default_factory=TuneConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig, metadata=RUNTIME)
 
     @property
     def run_path(self) -> str:
@@ -458,6 +520,17 @@ def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """Nested plain-dict form of a config (for YAML, JSON and Ray workers)."""
     return dataclasses.asdict(cfg)
+
+
+def science_fields(cfg: Any) -> dict[str, Any]:
+    """The nested dict of every field of ``cfg`` not marked :data:`RUNTIME`: the run's identity."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("runtime"):
+            continue
+        v = getattr(cfg, f.name)
+        out[f.name] = science_fields(v) if dataclasses.is_dataclass(v) else v
+    return out
 
 
 def config_to_yaml(cfg: Any) -> str:

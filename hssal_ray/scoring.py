@@ -1,6 +1,7 @@
-"""Pool scoring and evaluation: a Ray Data actor pool holding the EMA model.
+"""Pool scoring and evaluation: a Ray Data actor pool holding the round's evaluation model.
 
-Each actor loads the round's EMA weights once (``__init__``) and maps batches of decoded
+The evaluation model is the EMA or the online weights (``ssl.eval_model``). Each actor loads them
+once (``__init__``) and maps batches of decoded
 images to per-sample ``sample_id``, L2-normalised fp16 ``embedding``, ``probs``, ``pred`` and
 the uncertainty columns (``u_badge``, ``u_entropy``, ...). Results are written straight from
 the workers as Parquet parts (``round_XXX/scores.parquet/``): the driver never holds the pool.
@@ -30,6 +31,8 @@ __all__ = [
     "score_pool",
     "evaluate_split",
     "scores_table",
+    "classification_metrics",
+    "WEIGHT_FILES",
     "ACTOR_MAX_RESTARTS",
     "ACTOR_MAX_TASK_RETRIES",
 ]
@@ -48,9 +51,8 @@ def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
     return load(_io.read_bytes(path))
 
 
-def _fsl(a: np.ndarray, value_type: pa.DataType) -> pa.Array:
-    n, d = a.shape
-    return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), type=value_type), d)
+WEIGHT_FILES = {"ema": "ema.safetensors", "online": "model.safetensors"}
+"""Checkpoint file of each ``ssl.eval_model`` choice."""
 
 
 def scores_table(
@@ -60,41 +62,45 @@ def scores_table(
     probs_strong: np.ndarray | None,
     p_cutoff: float,
 ) -> pa.Table:
-    """Assemble the scores contract table from model outputs (pure numpy).
+    """The scores contract table of model outputs (pure numpy): uncertainties, prediction, confidence.
 
     Args:
         ids: ``(n,)`` sample ids.
-        emb: ``(n, d)`` L2-normalised embeddings.
+        emb: ``(n, d)`` L2-normalised embeddings (stored as fp16).
         probs: ``(n, C)`` class probabilities of the clean view.
         probs_strong: ``(n, C)`` probabilities of a strong view, or None.
-        p_cutoff: Threshold for ``confident_both``.
+        p_cutoff: Threshold of the ``confident`` column: both views predict the same class with
+            probability >= ``p_cutoff`` (what ``query.ssl_aware`` leaves out).
     """
+    from hssal_ray.query.scores_io import scores_arrow_table
     from hssal_ray.query.uncertainty import compute_all
 
-    scores = compute_all(probs, emb, probs_strong)
-    cols: dict[str, Any] = {
-        "sample_id": pa.array([str(s) for s in ids], pa.string()),
-        "embedding": _fsl(emb.astype(np.float16), pa.float16()),
-        "probs": _fsl(probs.astype(np.float32), pa.float32()),
-        "pred": pa.array(probs.argmax(1).astype(np.int32)),
-    }
-    for k, v in scores.items():
-        cols[k] = pa.array(np.asarray(v, dtype=np.float32))
+    conf = None
     if probs_strong is not None:
         conf = (
             (probs.max(1) >= p_cutoff)
             & (probs_strong.max(1) >= p_cutoff)
             & (probs.argmax(1) == probs_strong.argmax(1))
         )
-        cols["confident_both"] = pa.array(conf)
-    return pa.table(cols)
+    return scores_arrow_table(
+        np.asarray([str(s) for s in ids], dtype=object),
+        np.asarray(emb, dtype=np.float16),
+        probs,
+        compute_all(probs, emb, probs_strong),
+        conf,
+        probs.argmax(1),
+    )
 
 
 class Scorer:
-    """Ray Data actor: EMA model in memory, batches of images -> scores (or eval predictions).
+    """Ray Data actor: the evaluation model in memory, batches of images -> scores (or eval predictions).
+
+    In ``eval`` mode the other weights of the checkpoint (online when evaluating the EMA, and the
+    other way round) are evaluated on the same batch too (``pred_other``): the diagnostic that shows
+    whether the EMA lags the weights it averages.
 
     Args:
-        ckpt_dir: Checkpoint directory (local path or URI) with ``ema.safetensors``.
+        ckpt_dir: Checkpoint directory (local path or URI) with ``ema.safetensors`` and ``model.safetensors``.
         experiment: The resolved config as a dict.
         num_classes: Number of classes.
         mode: ``score`` (pool scores table) or ``eval`` (``sample_id, label, pred``).
@@ -120,20 +126,25 @@ class Scorer:
         self.device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(1)
-        model = build_model(cfg.ssl.model, num_classes, in_chans=cfg.data.bands, **cfg.ssl.model_kwargs)
-        model.load_state_dict(_load_safetensors(_io.join(ckpt_dir, "ema.safetensors")))
-        self.model = model.eval().to(self.device)
-        if cfg.ssl.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        def load(which: str) -> torch.nn.Module:
+            model = build_model(cfg.ssl.model, num_classes, in_chans=cfg.data.bands, **cfg.ssl.model_kwargs)
+            model.load_state_dict(_load_safetensors(_io.join(ckpt_dir, WEIGHT_FILES[which])))
+            model = model.eval().to(self.device)
+            return model.to(memory_format=torch.channels_last) if cfg.ssl.channels_last else model
+
+        self.model = load(cfg.ssl.eval_model)
+        other = "online" if cfg.ssl.eval_model == "ema" else "ema"
+        has_other = _io.exists(_io.join(ckpt_dir, WEIGHT_FILES[other]))
+        self.other = load(other) if mode == "eval" and has_other else None
         self.amp = torch.bfloat16 if (self.device.type == "cuda" and cfg.ssl.amp != "none") else None
 
     @torch.inference_mode()
-    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, x: np.ndarray, model: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
         if self.cfg.ssl.channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            emb, logits = self.model.forward_features_logits(t)
+            emb, logits = (model or self.model).forward_features_logits(t)
         emb = torch.nn.functional.normalize(emb.float(), dim=1)
         probs = torch.softmax(logits.float(), dim=1)
         return emb.cpu().numpy(), probs.cpu().numpy()
@@ -143,11 +154,14 @@ class Scorer:
         _fault_kill(self.batches, self.fault_kill)
         emb, probs = self._forward(batch["x_none"])
         if self.mode == "eval":
+            pred = probs.argmax(1).astype(np.int32)
+            other = self._forward(batch["x_none"], self.other)[1].argmax(1) if self.other else pred
             return pa.table(
                 {
                     "sample_id": pa.array([str(s) for s in batch["sample_id"]], pa.string()),
                     "label": pa.array(np.asarray(batch["label"], dtype=np.int32)),
-                    "pred": pa.array(probs.argmax(1).astype(np.int32)),
+                    "pred": pa.array(pred),
+                    "pred_other": pa.array(np.asarray(other, dtype=np.int32)),
                 }
             )
         probs_strong = self._forward(batch["x_strong"])[1] if "x_strong" in batch else None
@@ -295,7 +309,10 @@ def evaluate_split(
     num_classes: int,
     run_dir: str,
 ) -> dict[str, Any]:
-    """Accuracy of the EMA model on the rows of ``table`` (e.g. the test split)."""
+    """Accuracy of the evaluation model (``ssl.eval_model``) on the rows of ``table`` (e.g. the test split).
+
+    Also returns ``test_accuracy_ema`` and ``test_accuracy_online``: both weights of the checkpoint.
+    """
     ds = _run(
         cfg,
         table,
@@ -307,27 +324,42 @@ def evaluate_split(
         mode="eval",
         views=("none",),
     )
-    res = ds.select_columns(["label", "pred"]).to_arrow_refs()
+    res = ds.select_columns(["label", "pred", "pred_other"]).to_arrow_refs()
     import ray
 
     tables = ray.get(res)
-    t = (
-        pa.concat_tables(tables)
-        if tables
-        else pa.table({"label": pa.array([], pa.int32()), "pred": pa.array([], pa.int32())})
-    )
-    y = t.column("label").to_numpy()
-    p = t.column("pred").to_numpy()
+    if not tables:
+        return classification_metrics(np.zeros(0, np.int64), np.zeros(0, np.int64), num_classes)
+    t = pa.concat_tables(tables)
+    y, p, q = (t.column(c).to_numpy() for c in ("label", "pred", "pred_other"))
+    return classification_metrics(y, p, num_classes, other=q, eval_model=cfg.ssl.eval_model)
+
+
+def classification_metrics(
+    y: np.ndarray,
+    pred: np.ndarray,
+    num_classes: int,
+    *,
+    other: np.ndarray | None = None,
+    eval_model: str = "ema",
+    prefix: str = "test",
+) -> dict[str, Any]:
+    """``{prefix}_accuracy``, balanced and per-class accuracy of ``pred``; with ``other`` (the other
+    weights' predictions) also ``{prefix}_accuracy_ema`` and ``{prefix}_accuracy_online``."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
     if len(y) == 0:
-        return {"test_accuracy": float("nan"), "test_samples": 0}
-    per_class = {}
-    for c in range(num_classes):
-        m = y == c
-        if m.any():
-            per_class[c] = float((p[m] == c).mean())
-    return {
-        "test_accuracy": float((y == p).mean()),
-        "test_samples": int(len(y)),
-        "test_balanced_accuracy": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
-        "test_per_class_accuracy": per_class,
+        return {f"{prefix}_accuracy": float("nan"), f"{prefix}_samples": 0}
+    out: dict[str, Any] = {
+        f"{prefix}_accuracy": float(accuracy_score(y, pred)),
+        f"{prefix}_samples": int(len(y)),
+        f"{prefix}_balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        f"{prefix}_per_class_accuracy": {
+            int(c): float((pred[y == c] == c).mean()) for c in range(num_classes) if (y == c).any()
+        },
     }
+    if other is not None:
+        alt = "online" if eval_model == "ema" else "ema"
+        out[f"{prefix}_accuracy_{eval_model}"] = out[f"{prefix}_accuracy"]
+        out[f"{prefix}_accuracy_{alt}"] = float(accuracy_score(y, other))
+    return out

@@ -53,6 +53,7 @@ def select_cold_start(runner: Any) -> list[str]:
 
 def _typiclust(runner: Any, n: int) -> list[str]:
     import os
+    import tempfile
 
     import torch
 
@@ -63,11 +64,15 @@ def _typiclust(runner: Any, n: int) -> list[str]:
 
     cfg = runner.cfg
     d = _io.join(runner.run_dir, "cold_start")
-    ckpt = _io.join(d, "checkpoint")
+    ckpt = _io.join(d, "checkpoint")  # under the run directory: no collision between runs or trials
     torch.manual_seed(derive_seed(cfg.seed, "cold_start") % (2**31))
     state = build_train_state(cfg, len(runner.catalog.class_names), torch.device("cpu"), total_steps=1)
-    local = ckpt if not _io.is_uri(ckpt) else os.path.join("/tmp", "hssal_cold_start_ckpt")
-    save_checkpoint_dir(state, local, {"step": 0, "round": "cold_start"})
+    with tempfile.TemporaryDirectory() as tmp:  # written locally, then copied (works for URIs too)
+        save_checkpoint_dir(state, tmp, {"step": 0, "round": "cold_start"})
+        for name in sorted(os.listdir(tmp), key=lambda n: n == "meta.json"):
+            with open(os.path.join(tmp, name), "rb") as f:
+                _io.atomic_write_bytes(_io.join(ckpt, name), f.read())
+    local = ckpt
     train = runner._split("train")
     score_pool(
         cfg,

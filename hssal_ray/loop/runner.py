@@ -25,33 +25,37 @@ import pyarrow.compute as pc
 import yaml
 
 from hssal_ray import _io
-from hssal_ray.config import ExperimentConfig, config_from_dict, config_to_dict, config_to_yaml
+from hssal_ray.config import (
+    ExperimentConfig,
+    config_from_dict,
+    config_to_dict,
+    config_to_yaml,
+    science_fields,
+)
 from hssal_ray.errors import DataError, StateError
 from hssal_ray.state import LabeledSet, RunState, round_dir
 
-__all__ = ["LoopRunner", "science_sha", "read_metrics"]
+__all__ = ["LoopRunner", "science_sha", "read_metrics", "is_final_round"]
 
 log = logging.getLogger(__name__)
 
-# Keys that may change between invocations of the same run without changing its science.
-_RUNTIME_KEYS = {
-    ("loop", "name"),
-    ("loop", "run_dir"),
-    ("loop", "rounds"),
-    ("loop", "total_budget"),
-    ("loop", "report"),
-    ("oracle", "partial"),
-}
-
-
 def science_sha(cfg: ExperimentConfig) -> str:
-    """Hash of everything that determines the run's results (not where or how long it runs)."""
-    d = config_to_dict(cfg)
-    d.pop("resources", None)
-    d.pop("tune", None)
-    for sec, key in _RUNTIME_KEYS:
-        d.get(sec, {}).pop(key, None)
+    """Hash of the fields that determine the run's results (those not marked runtime in config.py)."""
+    d = science_fields(cfg)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def is_final_round(cfg: ExperimentConfig, round_idx: int, num_labeled: int, pool_remaining: int) -> bool:
+    """Whether round ``round_idx`` is the run's last: the one rule the loop and Tune both apply.
+
+    Last when ``loop.rounds`` query rounds are done, when ``loop.total_budget`` labels are reached,
+    or when the unlabeled pool is exhausted (nothing left to query).
+    """
+    return (
+        round_idx >= cfg.loop.rounds
+        or (cfg.loop.total_budget > 0 and num_labeled >= cfg.loop.total_budget)
+        or pool_remaining <= 0
+    )
 
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:
@@ -162,14 +166,24 @@ class LoopRunner:
         return rows.set_column(rows.schema.get_field_index("label"), "label", labels)
 
     def _pool_rows(self, labeled: LabeledSet) -> pa.Table:
+        return self._train_rows_without(set(labeled.ids) | self._bad_ids())
+
+    def _train_rows_without(self, exclude: set[str]) -> pa.Table:
         train = self._split("train")
-        exclude = set(labeled.ids) | self._bad_ids()
         if not exclude:
             return train
         mask = pc.invert(
             pc.is_in(train.column("sample_id"), value_set=pa.array(sorted(exclude), pa.string()))
         )
         return train.filter(mask)
+
+    def _scored_rows(self) -> pa.Table:
+        """What the score stage scores: the unlabeled pool *and* the labeled set.
+
+        The query stage marks the labeled rows (``Pool.exclude``) so that no strategy selects them,
+        while coreset starts from them as centres and TypiClust skips the clusters holding them.
+        """
+        return self._train_rows_without(self._bad_ids())
 
     def _oracle_for(self) -> Any:
         if self._oracle is not None:
@@ -341,6 +355,7 @@ class LoopRunner:
             "label_fraction": len(labeled) / max(n_train, 1),
             "strategy": self.cfg.query.strategy,
             "ssl": self.cfg.ssl.enabled,
+            "eval_model": self.cfg.ssl.eval_model,
             **{k: v for k, v in ev.items()},
             **{
                 k: train_m[k]
@@ -352,18 +367,19 @@ class LoopRunner:
                     "pseudo_label_acc",
                     "images_per_s_per_worker",
                     "step",
+                    "global_step",
+                    "ema_initial_weight",
                 )
                 if k in train_m
             },
             **times,
         }
         self._update_metrics(r, row, replace=True)
-        final = r >= self.cfg.loop.rounds or (
-            self.cfg.loop.total_budget and len(labeled) >= self.cfg.loop.total_budget
-        )
-        if not final and self._pool_rows(labeled).num_rows == 0:
+        pool_remaining = self._pool_rows(labeled).num_rows
+        final = is_final_round(self.cfg, r, len(labeled), pool_remaining)
+        if final and pool_remaining == 0 and r < self.cfg.loop.rounds:
             self.progress("[hssal] the unlabeled pool is exhausted: stopping")
-            final = True
+        self._update_metrics(r, {"pool_remaining": pool_remaining, "final": bool(final)})
         self.progress(
             f"[hssal] round {r}: {len(labeled)} labels ({row['label_fraction']:.1%}), "
             f"test accuracy {ev['test_accuracy']:.4f}, mask rate {train_m.get('mask_rate', float('nan')):.2f}"
@@ -386,10 +402,9 @@ class LoopRunner:
 
         r = state.round
         rd = round_dir(self.run_dir, r)
-        labeled = LabeledSet.load(self.run_dir)
         score_pool(
             self.cfg,
-            self._pool_rows(labeled),
+            self._scored_rows(),
             root=self.catalog.root,
             kind=self.catalog.kind,
             ckpt_dir=_io.join(rd, "checkpoint"),

@@ -73,7 +73,11 @@ class MarginQuery(ScoreRankQuery):
 
 @register("typiclust")
 class TypiClustQuery(QueryStrategy):
-    """Flat k-means with k = budget over the available rows, the most typical row per cluster.
+    """TypiClust: k-means, then the most typical row of each of the largest clusters without labels.
+
+    Without labeled rows, k = budget over the pool. With labeled rows (``pool.exclude``), the labeled
+    and unlabeled rows are clustered together into ``|L| + budget`` clusters and the clusters that
+    already hold a labeled row are skipped (used only if too few uncovered clusters remain).
 
     Typicality is TypiClust's ``1 / mean distance to the k nearest neighbours``, computed inside
     each cluster. If k-means leaves fewer non-empty clusters than the budget (duplicates), the
@@ -109,23 +113,35 @@ class TypiClustQuery(QueryStrategy):
         t0 = time.perf_counter()
         avail = self._validate(pool, budget)
         emb = pool.embeddings
-        X = emb if avail.size == len(pool) else take_rows(emb, avail)
+        labeled = np.setdiff1d(np.arange(len(pool)), avail, assume_unique=True)
+        # TypiClust: cluster labeled + unlabeled rows into |L| + B clusters and take the most typical
+        # row of the largest clusters that hold no labeled row; without labels, k = B over the pool.
+        rows = np.arange(len(pool)) if labeled.size else avail
+        k = min(budget + labeled.size, rows.size)
+        X = emb if rows.size == len(pool) else take_rows(emb, rows)
         seed = int(self._rng().integers(2**31 - 1))
-        km = make_kmeans(
-            self.kmeans_backend, n_clusters=budget, max_iter=int(self.kmeans_iters), random_state=seed
-        )
-        labels = np.asarray(km.fit(X).labels_, dtype=np.int64)
+        km = make_kmeans(self.kmeans_backend, n_clusters=k, max_iter=int(self.kmeans_iters), random_state=seed)
+        labels_all = np.asarray(km.fit(X).labels_, dtype=np.int64)
         del X
         t_fit = time.perf_counter()
-        sizes = np.bincount(labels, minlength=budget)
+        sizes = np.bincount(labels_all, minlength=k)
+        covered = np.zeros(k, dtype=bool)
+        if labeled.size:
+            covered[labels_all[labeled]] = True  # rows == arange(n): labels_all is indexed by pool row
+            labels = labels_all[avail]
+        else:
+            labels = labels_all
+        avail_sizes = np.bincount(labels, minlength=k)
         order = np.argsort(labels, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(sizes)])
+        starts = np.concatenate([[0], np.cumsum(avail_sizes)])
         within = np.empty(avail.size, dtype=np.int64)  # rank of each row inside its cluster
-        for k in np.flatnonzero(sizes):
-            members = order[starts[k] : starts[k + 1]]
+        for c in np.flatnonzero(avail_sizes):
+            members = order[starts[c] : starts[c + 1]]
             typ = typicality(take_rows(emb, avail[members]), self.n_neighbors)
             within[members[np.lexsort((members, -typ))]] = np.arange(members.size)
-        key = np.lexsort((np.arange(avail.size), labels, -sizes[labels], within))
+        # tier 0: the most typical row of each uncovered cluster; then round-robin over all clusters
+        tier = np.where(covered[labels] | (within > 0), within + 1, 0)
+        key = np.lexsort((np.arange(avail.size), labels, -sizes[labels], tier))
         chosen = key[:budget]
         self.info_ = {
             "pick_cluster": labels[chosen],

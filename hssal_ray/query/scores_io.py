@@ -39,6 +39,8 @@ __all__ = [
     "load_pool",
     "scores_columns",
     "write_scores",
+    "scores_arrow_table",
+    "CONFIDENT_COLUMN",
     "read_id_list",
     "exclude_mask",
     "parquet_write_options",
@@ -47,7 +49,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 LIST_COLUMNS = ("embedding", "probs")
-_KNOWN_SCALARS = ("confident", "pred")
+CONFIDENT_COLUMN = "confident"
+"""The scores column ``query.ssl_aware`` reads: both SSL views pseudo-label the sample confidently."""
+_KNOWN_SCALARS = (CONFIDENT_COLUMN, "pred")
 
 
 def _list_storage(arr: pa.Array) -> pa.Array:
@@ -195,7 +199,7 @@ def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: in
                     raise DataError(
                         f"scores column {c!r} is null for sample_ids {ids.take(rows[:5]).to_pylist()}"
                     )
-                dt = bool if c == "confident" else np.int64 if c == "pred" else np.float32
+                dt = bool if c == CONFIDENT_COLUMN else np.int64 if c == "pred" else np.float32
                 if c not in out:
                     out[c] = np.empty(n, dtype=dt)
                 out[c][pos : pos + m] = col.to_numpy(zero_copy_only=False)
@@ -209,7 +213,7 @@ def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: in
         dup = vc.filter(pc.greater(vc.field("counts"), 1)).field("values")
         raise DataError(f"scores file {path!r} has duplicate sample_ids: {dup.to_pylist()[:5]}")
     for c, arr in out.items():
-        if c in ("confident", "pred"):
+        if c in _KNOWN_SCALARS:
             continue
         bad = nonfinite_rows(arr)
         if bad.size:
@@ -223,7 +227,7 @@ def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: in
         embeddings=out.get("embedding"),
         probs=out.get("probs"),
         scores={c: a for c, a in out.items() if c.startswith("u_")},
-        confident=out.get("confident"),
+        confident=out.get(CONFIDENT_COLUMN),
         pred=out.get("pred"),
     )
 
@@ -297,30 +301,23 @@ def _write_table(path: str, table: pa.Table, row_group_size: int) -> None:
         raise
 
 
-def write_scores(
-    path: str,
+def scores_arrow_table(
     sample_ids: Sequence[str] | np.ndarray,
     embeddings: np.ndarray | None = None,
     probs: np.ndarray | None = None,
     scores: Mapping[str, np.ndarray] | None = None,
     confident: np.ndarray | None = None,
     pred: np.ndarray | None = None,
-    *,
-    num_parts: int = 1,
-    row_group_size: int = 65_536,
-) -> None:
-    """Write a scores file (atomically); ``num_parts > 1`` writes a directory of part files.
+) -> pa.Table:
+    """The scores contract as an Arrow table: the one place that names and types its columns.
 
     Args:
-        path: target file, or directory when ``num_parts > 1``.
         sample_ids: (n,) ids.
         embeddings: (n, d) float16 or float32 (kept as given).
         probs: (n, C) probabilities (stored as float32).
         scores: ``u_<name>`` -> (n,) floats.
-        confident: (n,) bool.
+        confident: (n,) bool (column :data:`CONFIDENT_COLUMN`).
         pred: (n,) int.
-        num_parts: number of part files (mimics Ray Data output).
-        row_group_size: Parquet row-group size.
     """
     n = len(sample_ids)
     cols: dict[str, Any] = {"sample_id": pa.array(np.asarray(sample_ids, dtype=object), type=pa.string())}
@@ -336,13 +333,34 @@ def write_scores(
             raise ValueError(f"score columns are named u_<name>, got {k!r}")
         cols[k] = pa.array(np.asarray(v, dtype=np.float32))
     if confident is not None:
-        cols["confident"] = pa.array(np.asarray(confident, dtype=bool))
+        cols[CONFIDENT_COLUMN] = pa.array(np.asarray(confident, dtype=bool))
     if pred is not None:
         cols["pred"] = pa.array(np.asarray(pred, dtype=np.int64))
     for k, v in cols.items():
         if len(v) != n:
             raise ValueError(f"column {k!r} has {len(v)} rows, sample_ids has {n}")
-    table = pa.table(cols)
+    return pa.table(cols)
+
+
+def write_scores(
+    path: str,
+    sample_ids: Sequence[str] | np.ndarray,
+    embeddings: np.ndarray | None = None,
+    probs: np.ndarray | None = None,
+    scores: Mapping[str, np.ndarray] | None = None,
+    confident: np.ndarray | None = None,
+    pred: np.ndarray | None = None,
+    *,
+    num_parts: int = 1,
+    row_group_size: int = 65_536,
+) -> None:
+    """Write a scores file (atomically); ``num_parts > 1`` writes a directory of part files.
+
+    Columns as :func:`scores_arrow_table`; ``num_parts`` mimics Ray Data's output; ``row_group_size``
+    is the Parquet row-group size.
+    """
+    n = len(sample_ids)
+    table = scores_arrow_table(sample_ids, embeddings, probs, scores, confident, pred)
     if num_parts <= 1:
         _write_table(str(path), table, row_group_size)
         return

@@ -4,7 +4,7 @@ The Ray Train worker loop (:mod:`hssal_ray.ssl.train_loop`) and the trainer buil
 (:mod:`hssal_ray.ssl.trainer`) import Ray; this package's re-exported pieces do not.
 """
 
-from hssal_ray.ssl.ema import ModelEMA
+from hssal_ray.ssl.ema import build_ema, ema_decay, ema_initial_weight
 from hssal_ray.ssl.fixmatch import (
     ClasswiseThresholds,
     DistributionAlignment,
@@ -20,7 +20,6 @@ from hssal_ray.ssl.steps import (
     build_optimizer,
     build_scheduler,
     evaluate,
-    maybe_compile,
     predict,
     prepare_model,
     train_step,
@@ -33,14 +32,15 @@ __all__ = [
     "FixMatchStats",
     "FlexMatchThresholds",
     "FreeMatchThresholds",
-    "ModelEMA",
+    "build_ema",
+    "ema_decay",
+    "ema_initial_weight",
     "TrainState",
     "build_optimizer",
     "build_scheduler",
     "build_thresholds",
     "evaluate",
     "fixmatch_loss",
-    "maybe_compile",
     "predict",
     "prepare_model",
     "train_step",

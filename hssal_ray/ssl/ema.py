@@ -1,81 +1,74 @@
-"""Exponential moving average (EMA) of a model's weights, the evaluation model of FixMatch."""
+"""The EMA evaluation model: timm's ``ModelEmaV3`` with warm-up, and what it still holds of older weights.
+
+Without warm-up an EMA with momentum ``m`` keeps ``m**s`` of its starting weights after ``s`` updates
+(0.999**200 = 0.82): on rounds of a few hundred steps it scores far below the weights it averages.
+timm's warm-up (``use_warmup=True``) uses ``decay(t) = min(m, 1 - (1 + t) ** -power)``, which is 0 at
+the first update (the EMA starts as a copy of the model) and reaches ``m`` only after many steps. The
+step ``t`` is the *global* step: it continues across warm-started rounds (see ``TrainState.step_offset``).
+Buffers (BatchNorm statistics) are averaged like the parameters, so they match the averaged weights.
+"""
 
 from __future__ import annotations
 
-import copy
 import logging
+import math
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from hssal_ray.errors import ConfigError, StateError
+from hssal_ray.errors import ConfigError
 from hssal_ray.models import unwrap_model
 
-__all__ = ["ModelEMA"]
+__all__ = ["build_ema", "ema_decay", "ema_initial_weight"]
 
 logger = logging.getLogger(__name__)
 
 
-class ModelEMA:
-    """An EMA copy of a model: ``p_ema <- m * p_ema + (1 - m) * p`` for parameters; buffers are copied.
+def build_ema(model: nn.Module, ema_m: float, *, warmup: bool = True, warmup_power: float = 2 / 3) -> nn.Module:
+    """A ``timm.utils.ModelEmaV3`` copy of ``model`` (DDP/compile wrappers removed), in eval mode.
 
-    The copy is taken from the plain module inside DDP / ``torch.compile`` wrappers, lives on the
-    same device as the model, has ``requires_grad=False`` and stays in eval mode.
+    Call ``ema.update(model, step=global_step)`` after each optimiser step (``global_step`` 1-based).
 
-    Args:
-        model: The online model (may be wrapped in DDP).
-        ema_m: EMA momentum ``m`` in ``[0, 1)``.
-
-    Attributes:
-        module: The EMA model; use it for evaluation and scoring.
+    Raises:
+        ConfigError: ``ema_m`` outside ``[0, 1)`` or a non-positive ``warmup_power``.
     """
+    from timm.utils.model_ema import ModelEmaV3
 
-    def __init__(self, model: nn.Module, ema_m: float = 0.999) -> None:
-        if not 0.0 <= ema_m < 1.0:
-            raise ConfigError(f"ema_m must be in [0, 1), got {ema_m}")
-        self.ema_m = ema_m
-        self.module = copy.deepcopy(unwrap_model(model))
-        self.module.eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
+    if not 0.0 <= ema_m < 1.0:
+        raise ConfigError(f"ema_m must be in [0, 1), got {ema_m}")
+    if warmup_power <= 0:
+        raise ConfigError(f"ema warm-up power must be > 0, got {warmup_power}")
+    ema = ModelEmaV3(unwrap_model(model), decay=ema_m, use_warmup=warmup, warmup_power=warmup_power)
+    for p in ema.module.parameters():
+        p.requires_grad_(False)
+    return ema
 
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Fold the online model's current weights into the EMA (call after each optimiser step).
 
-        Raises:
-            StateError: The model's parameters or buffers do not match the EMA copy's.
-        """
-        online = unwrap_model(model)
-        ema_params = list(self.module.parameters())
-        params = list(online.parameters())
-        ema_buffers = list(self.module.buffers())
-        buffers = list(online.buffers())
-        if len(ema_params) != len(params) or len(ema_buffers) != len(buffers):
-            raise StateError("ModelEMA.update got a model with another structure than the EMA copy")
-        if self._is_float(ema_params):
-            torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1.0 - self.ema_m)
-        else:
-            for e, p in zip(ema_params, params, strict=True):
-                e.copy_(e * self.ema_m + p.detach() * (1.0 - self.ema_m))
-        for e, b in zip(ema_buffers, buffers, strict=True):
-            e.copy_(b)
+def ema_decay(step: int, ema_m: float, *, warmup: bool = True, warmup_power: float = 2 / 3) -> float:
+    """The decay timm's ``ModelEmaV3.get_decay(step)`` uses at global step ``step`` (1-based)."""
+    t = step - 1
+    if t <= 0:
+        return 0.0
+    if not warmup:
+        return ema_m
+    return max(min(1.0 - (1.0 + t) ** -warmup_power, ema_m), 0.0)
 
-    @staticmethod
-    def _is_float(tensors: list[Tensor]) -> bool:
-        return (
-            all(t.is_floating_point() for t in tensors) and len({(t.device, t.dtype) for t in tensors}) <= 1
-        )
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """The EMA model's state dict (tensors only)."""
-        return self.module.state_dict()
+def ema_initial_weight(
+    start: int, end: int, ema_m: float, *, warmup: bool = True, warmup_power: float = 2 / 3
+) -> float:
+    """Weight the EMA still gives the weights it held at global step ``start`` after updates ``start+1..end``.
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Load a state dict produced by :meth:`state_dict` (strict)."""
-        self.module.load_state_dict(state)
-
-    def to(self, device: torch.device | str) -> ModelEMA:
-        """Move the EMA model to ``device``; returns ``self``."""
-        self.module.to(device)
-        return self
+    ``prod(decay(t) for t in start+1..end)``: 0 once the first update of a run has copied the model; with
+    ``warmup=False`` it is ``ema_m ** (end - start)``.
+    """
+    if end <= start:
+        return 1.0
+    if not warmup:
+        return ema_m ** (end - start)
+    log_w = 0.0
+    for t in range(start + 1, end + 1):
+        d = ema_decay(t, ema_m, warmup=True, warmup_power=warmup_power)
+        if d <= 0.0:
+            return 0.0
+        log_w += math.log(d)
+    return math.exp(log_w)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from hssal_ray.errors import ConfigError, DataError, HSSALError, StateError
 from hssal_ray.models import unwrap_model
-from hssal_ray.ssl.ema import ModelEMA
+from hssal_ray.ssl.ema import build_ema
 from hssal_ray.ssl.fixmatch import ClasswiseThresholds, DistributionAlignment, build_thresholds, fixmatch_loss
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "evaluate",
-    "maybe_compile",
     "predict",
     "prepare_model",
     "train_step",
@@ -51,6 +50,8 @@ _DEFAULTS: dict[str, Any] = {
     "ema_m": 0.999,
     "threshold_mode": "fixed",
     "dist_align": False,
+    "ema_warmup": True,
+    "ema_warmup_power": 2 / 3,
 }
 
 
@@ -64,14 +65,6 @@ def prepare_model(model: nn.Module, device: torch.device | str, *, channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
-
-
-def maybe_compile(model: nn.Module, enabled: bool, **compile_kwargs: Any) -> nn.Module:
-    """``torch.compile(model)`` when ``enabled``, else the model unchanged (unwrap with ``unwrap_model``)."""
-    if not enabled:
-        return model
-    logger.info("compiling %s with torch.compile(%s)", type(unwrap_model(model)).__name__, compile_kwargs)
-    return torch.compile(model, **compile_kwargs)  # type: ignore[return-value]
 
 
 def build_optimizer(
@@ -148,8 +141,10 @@ class TrainState:
         model: The online model (plain, compiled or DDP-wrapped).
         optimizer: Its optimiser.
         scheduler: LR scheduler stepped once per optimiser step, or None.
-        ema: EMA of the model (the evaluation model), or None.
-        step: Optimiser steps taken.
+        ema: EMA of the model (timm ``ModelEmaV3``; the evaluation model), or None.
+        step: Optimiser steps taken in this round.
+        step_offset: Optimiser steps of earlier warm-started rounds: the EMA's warm-up step is
+            ``step_offset + step``, so it continues across rounds.
         thresholds: Class-wise thresholds (FlexMatch/FreeMatch) or None for a fixed ``p_cutoff``.
         dist_align: Distribution alignment of the weak-view probabilities, or None.
     """
@@ -157,8 +152,9 @@ class TrainState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-    ema: ModelEMA | None = None
+    ema: nn.Module | None = None
     step: int = 0
+    step_offset: int = 0
     thresholds: ClasswiseThresholds | None = None
     dist_align: DistributionAlignment | None = None
 
@@ -191,7 +187,12 @@ class TrainState:
             model=model,
             optimizer=optimizer,
             scheduler=scheduler,
-            ema=ModelEMA(model, _cfg(cfg, "ema_m")),
+            ema=build_ema(
+                model,
+                _cfg(cfg, "ema_m"),
+                warmup=bool(_cfg(cfg, "ema_warmup")),
+                warmup_power=float(_cfg(cfg, "ema_warmup_power")),
+            ),
             thresholds=build_thresholds(_cfg(cfg, "threshold_mode"), num_classes, _cfg(cfg, "p_cutoff")),
             dist_align=DistributionAlignment(num_classes) if _cfg(cfg, "dist_align") else None,
         )
@@ -208,6 +209,7 @@ class TrainState:
         """
         out: dict[str, Any] = {
             "step": self.step,
+            "step_offset": self.step_offset,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "thresholds": None
@@ -217,7 +219,7 @@ class TrainState:
         }
         if include_models:
             out["model"] = unwrap_model(self.model).state_dict()
-            out["ema"] = self.ema.state_dict() if self.ema is not None else None
+            out["ema"] = self.ema.module.state_dict() if self.ema is not None else None
         return out
 
     def load_state_dict(self, state: Mapping[str, Any], *, include_models: bool = True) -> None:
@@ -255,7 +257,7 @@ class TrainState:
         if include_models:
             unwrap_model(self.model).load_state_dict(state["model"])
             if self.ema is not None:
-                self.ema.load_state_dict(state["ema"])
+                self.ema.module.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -264,6 +266,7 @@ class TrainState:
         if self.dist_align is not None:
             self.dist_align.load_state_dict(state["dist_align"])
         self.step = int(state["step"])
+        self.step_offset = int(state.get("step_offset", 0))
 
 
 def _autocast(
@@ -376,7 +379,7 @@ def train_step(
     if state.scheduler is not None:
         state.scheduler.step()
     if state.ema is not None:
-        state.ema.update(model)
+        state.ema.update(unwrap_model(model), step=state.step_offset + state.step + 1)
     state.step += 1
     metrics = dict(zip(("loss", "sup_loss", "unsup_loss", "mask_rate"), values[:4], strict=True))
     metrics.update(lr=lr, step=float(state.step))

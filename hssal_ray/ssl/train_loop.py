@@ -33,6 +33,8 @@ __all__ = [
     "load_weights_dir",
     "build_train_state",
     "amp_dtype_for",
+    "global_step_of",
+    "round_ema_initial_weight",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,39 @@ def load_weights_dir(path: str, which: str = "ema") -> dict[str, torch.Tensor]:
     return load_file(os.path.join(path, f"{which}.safetensors"))
 
 
+def global_step_of(ckpt_dir: str) -> int:
+    """Optimiser steps of every round up to the checkpoint in ``ckpt_dir`` (``meta.json``; 0 if absent)."""
+    from hssal_ray import _io
+
+    p = _io.join(ckpt_dir, "meta.json")
+    if not _io.exists(p):
+        return 0
+    meta = _io.read_json(p)
+    return int(meta.get("global_step", meta.get("step", 0)))
+
+
+def round_ema_initial_weight(cfg: ExperimentConfig, state: TrainState) -> float:
+    """Weight the EMA still gives the weights it started this round with (a diagnostic in metrics.jsonl)."""
+    from hssal_ray.ssl.ema import ema_initial_weight
+
+    return ema_initial_weight(
+        state.step_offset,
+        state.step_offset + state.step,
+        cfg.ssl.ema_m,
+        warmup=cfg.ssl.ema_warmup,
+        warmup_power=cfg.ssl.ema_warmup_power,
+    )
+
+
+def _meta(state: TrainState, config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "step": state.step,
+        "global_step": state.step_offset + state.step,
+        "round": config.get("round"),
+        "metrics": metrics,
+    }
+
+
 def _fault_kill(rank: int, step: int, spec: str | None) -> None:
     """Testing hook: ``HSSAL_FAULT_KILL_WORKER="rank=1,step=30,marker=/tmp/f"`` SIGKILLs that worker once.
 
@@ -164,6 +199,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if init_dir:
         _unwrap(state.model).load_state_dict(load_weights_dir(init_dir, "model"))
         state.ema.module.load_state_dict(load_weights_dir(init_dir, "ema"))
+        state.step_offset = global_step_of(init_dir)  # the EMA's warm-up continues across rounds
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -180,7 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else state.model
     )
 
-    ssl_on = cfg.ssl.enabled and cfg.ssl.lambda_u > 0
+    ssl_on = bool(config["ssl_on"])  # decided once, by the driver (trainer.ssl_active)
     bs = cfg.ssl.batch_size
     it_l = _batches(ray.train.get_dataset_shard("labeled"), bs, state.step)
     it_u = (
@@ -231,15 +267,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics = {k: sums[k] / sums[f"_n_{k}"] for k in sums if not k.startswith("_n_")}
             metrics.update(
                 step=state.step,
+                global_step=state.step_offset + state.step,
+                ema_initial_weight=round_ema_initial_weight(cfg, state),
                 steps_run=state.step - start_step,
                 images_per_s_per_worker=images / max(elapsed, 1e-9),
                 world_size=world,
             )
             if want_ckpt and rank == 0:
                 with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint_dir(
-                        state, tmp, {"step": state.step, "round": config.get("round"), "metrics": metrics}
-                    )
+                    save_checkpoint_dir(state, tmp, _meta(state, config, metrics))
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
             else:
                 ray.train.report(metrics)
@@ -255,12 +291,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
     if state.step < total_steps:
         # Stream ran dry: still leave a final checkpoint so the round can go on.
-        metrics = {"step": state.step, "world_size": world}
+        metrics = {
+            "step": state.step,
+            "global_step": state.step_offset + state.step,
+            "ema_initial_weight": round_ema_initial_weight(cfg, state),
+            "world_size": world,
+        }
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint_dir(
-                    state, tmp, {"step": state.step, "round": config.get("round"), "metrics": metrics}
-                )
+                save_checkpoint_dir(state, tmp, _meta(state, config, metrics))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)

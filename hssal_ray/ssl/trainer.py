@@ -20,7 +20,7 @@ from hssal_ray import _io
 from hssal_ray.config import ExperimentConfig, config_to_dict
 from hssal_ray.data.pipeline import BAD_DIR, make_schedule, stream
 
-__all__ = ["TrainResult", "fit_round", "derive_seed"]
+__all__ = ["TrainResult", "fit_round", "derive_seed", "ssl_active"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,21 @@ def derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed derived from the run seed and any labels (round, stage, ...)."""
     h = hashlib.blake2b(repr((seed, *parts)).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") >> 1
+
+
+def ssl_active(cfg: ExperimentConfig, pool_rows: int, round_idx: int | None = None) -> bool:
+    """Whether a round trains with the unlabeled term: the one place that decides it.
+
+    Off when ``ssl.enabled`` is false or ``ssl.lambda_u`` is 0, and (with a warning) when the
+    unlabeled pool is empty: the round then trains supervised only, for its full step count.
+    """
+    if not (cfg.ssl.enabled and cfg.ssl.lambda_u > 0):
+        return False
+    if pool_rows == 0:
+        where = f"round {round_idx}: " if round_idx is not None else ""
+        log.warning("%sthe unlabeled pool is empty: training supervised only on the labeled set", where)
+        return False
+    return True
 
 
 @dataclass
@@ -74,7 +89,7 @@ def fit_round(
     from ray.data import DataContext
     from ray.train.torch import TorchTrainer
 
-    ssl_on = cfg.ssl.enabled and cfg.ssl.lambda_u > 0 and pool.num_rows > 0
+    ssl_on = ssl_active(cfg, pool.num_rows, round_idx)
     world = cfg.resources.num_workers
     steps = cfg.ssl.steps_per_round
     bs = cfg.ssl.batch_size
@@ -117,6 +132,7 @@ def fit_round(
         "total_steps": steps,
         "init_dir": init_dir,
         "round": round_idx,
+        "ssl_on": ssl_on,
         "seed": derive_seed(cfg.seed, round_idx, "train"),
         # every report is a ~2 s barrier on CPU: a few per round are enough for progress
         "report_every": max(25, steps // 10),

@@ -167,9 +167,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_dir: str) -> N
             r = int(row["round"])
             if r <= reported:
                 continue
-            final = r >= cfg.loop.rounds or (
-                cfg.loop.total_budget > 0 and row["num_labeled"] >= cfg.loop.total_budget
-            )
+            final = row_is_final(cfg, row)
             if hold_final and final:
                 return  # reported after run() returns, once the run is marked done
             tune.report(
@@ -187,6 +185,15 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_dir: str) -> N
     report(read_metrics(cfg.run_path), hold_final=True)  # rounds of an earlier attempt
     LoopRunner(cfg, progress=progress, on_round=lambda rows: report(rows, hold_final=True)).run()
     report(read_metrics(cfg.run_path), hold_final=False)
+
+
+def row_is_final(cfg: Any, row: dict[str, Any]) -> bool:
+    """Whether a ``metrics.jsonl`` row is its run's last round (the loop's own rule, ``is_final_round``)."""
+    from hssal_ray.loop.runner import is_final_round
+
+    if "final" in row:  # the loop records its decision with the row
+        return bool(row["final"])
+    return is_final_round(cfg, int(row["round"]), int(row["num_labeled"]), int(row.get("pool_remaining", 1)))
 
 
 def _trial_name_of(trial: Any) -> str:

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from hssal_ray.ssl.ema import ModelEMA
+from hssal_ray.ssl.ema import build_ema
 from hssal_ray.ssl.fixmatch import DistributionAlignment, FlexMatchThresholds, FreeMatchThresholds
 
 WORLD = 2
@@ -63,16 +63,16 @@ def _worker(rank: int, init_file: str) -> None:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
         ddp = nn.parallel.DistributedDataParallel(model)
-        ema = ModelEMA(ddp, ema_m=0.5)
+        ema = build_ema(ddp, 0.5, warmup=False)
         p0 = [p.detach().clone() for p in model.parameters()]
         ddp(torch.randn(4, 3)).sum().backward()
         with torch.no_grad():
             for p in model.parameters():
                 p.sub_(p.grad)  # identical on both ranks after DDP's gradient all-reduce
-        ema.update(ddp)
+        ema.update(ddp.module, step=2)  # step 1 would copy (decay 0)
         for e, a, b in zip(ema.module.parameters(), p0, model.parameters(), strict=True):
             _close(e, 0.5 * a + 0.5 * b)
-        _close(ema.module[1].running_mean, model[1].running_mean)
+        _close(ema.module[1].running_var, 0.5 * torch.ones(4) + 0.5 * model[1].running_var)
     finally:
         dist.destroy_process_group()
 
