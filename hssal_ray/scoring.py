@@ -126,6 +126,7 @@ class Scorer:
         self.device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(1)
+
         def load(which: str) -> torch.nn.Module:
             model = build_model(cfg.ssl.model, num_classes, in_chans=cfg.data.bands, **cfg.ssl.model_kwargs)
             model.load_state_dict(_load_safetensors(_io.join(ckpt_dir, WEIGHT_FILES[which])))

@@ -39,6 +39,7 @@ __all__ = ["LoopRunner", "science_sha", "read_metrics", "is_final_round"]
 
 log = logging.getLogger(__name__)
 
+
 def science_sha(cfg: ExperimentConfig) -> str:
     """Hash of the fields that determine the run's results (those not marked runtime in config.py)."""
     d = science_fields(cfg)

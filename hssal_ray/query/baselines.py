@@ -120,7 +120,9 @@ class TypiClustQuery(QueryStrategy):
         k = min(budget + labeled.size, rows.size)
         X = emb if rows.size == len(pool) else take_rows(emb, rows)
         seed = int(self._rng().integers(2**31 - 1))
-        km = make_kmeans(self.kmeans_backend, n_clusters=k, max_iter=int(self.kmeans_iters), random_state=seed)
+        km = make_kmeans(
+            self.kmeans_backend, n_clusters=k, max_iter=int(self.kmeans_iters), random_state=seed
+        )
         labels_all = np.asarray(km.fit(X).labels_, dtype=np.int64)
         del X
         t_fit = time.perf_counter()

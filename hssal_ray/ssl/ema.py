@@ -23,7 +23,9 @@ __all__ = ["build_ema", "ema_decay", "ema_initial_weight"]
 logger = logging.getLogger(__name__)
 
 
-def build_ema(model: nn.Module, ema_m: float, *, warmup: bool = True, warmup_power: float = 2 / 3) -> nn.Module:
+def build_ema(
+    model: nn.Module, ema_m: float, *, warmup: bool = True, warmup_power: float = 2 / 3
+) -> nn.Module:
     """A ``timm.utils.ModelEmaV3`` copy of ``model`` (DDP/compile wrappers removed), in eval mode.
 
     Call ``ema.update(model, step=global_step)`` after each optimiser step (``global_step`` 1-based).

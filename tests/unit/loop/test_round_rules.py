@@ -1,0 +1,147 @@
+"""The loop's own rules, tested without Ray: what is scored, when a round is the last, run identity,
+where the cold start writes, and that SSL is decided in one place."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+
+from hssal_ray import _io
+from hssal_ray.config import load_config
+from hssal_ray.errors import ConfigError
+from hssal_ray.loop.runner import LoopRunner, is_final_round, science_sha
+from hssal_ray.state import LabeledSet
+from hssal_ray.tune.search import row_is_final
+
+SMALL = [
+    "data.synthetic_classes=3",
+    "data.synthetic_per_class=6",
+    "data.image_size=16",
+    "data.synthetic_size=16",
+    "loop.initial_labeled=3",
+]
+
+
+def _runner(tmp_path, *extra: str) -> LoopRunner:
+    cfg = load_config(None, [*SMALL, f"loop.run_dir={tmp_path}", "loop.name=r", *extra])
+    runner = LoopRunner(cfg, progress=lambda s: None)
+    runner._setup()
+    return runner
+
+
+def test_score_stage_scores_the_labeled_set_too(tmp_path) -> None:
+    """coreset/TypiClust need the labeled embeddings: they are scored and excluded at query time."""
+    runner = _runner(tmp_path)
+    train_ids = runner._split("train").column("sample_id").to_pylist()
+    labeled = LabeledSet().with_round(0, {train_ids[0]: 0, train_ids[1]: 1}, "seed")
+    labeled.save(runner.run_dir)
+    scored = set(runner._scored_rows().column("sample_id").to_pylist())
+    assert scored == set(train_ids)
+    assert not {train_ids[0], train_ids[1]} & set(runner._pool_rows(labeled).column("sample_id").to_pylist())
+
+
+def test_final_round_rule_shared_by_loop_and_tune() -> None:
+    cfg = load_config(None, ["loop.rounds=5", "loop.total_budget=100"])
+    assert not is_final_round(cfg, 1, 40, pool_remaining=10)
+    assert is_final_round(cfg, 5, 40, pool_remaining=10)
+    assert is_final_round(cfg, 1, 100, pool_remaining=10)
+    assert is_final_round(cfg, 1, 40, pool_remaining=0)  # pool exhausted
+    # Tune reads the loop's recorded decision, and applies the same rule to older rows
+    assert row_is_final(cfg, {"round": 1, "num_labeled": 40, "pool_remaining": 0})
+    assert row_is_final(cfg, {"round": 1, "num_labeled": 40, "final": True})
+    assert not row_is_final(cfg, {"round": 1, "num_labeled": 40, "pool_remaining": 3})
+
+
+def test_science_sha_counts_science_not_runtime() -> None:
+    base = science_sha(load_config(None, []))
+    for runtime in (
+        "ssl.eval_batch_size=7",
+        "data.decode_batch_size=7",
+        "query.parallel=true",
+        "ssl.checkpoint_every=5",
+        "resources.score_actors=3",
+        "loop.rounds=9",
+    ):
+        assert science_sha(load_config(None, [runtime])) == base, runtime
+    for science in ("resources.num_workers=2", "ssl.ema_m=0.99", "ssl.eval_model=online", "seed=3"):
+        assert science_sha(load_config(None, [science])) != base, science
+
+
+def test_ssl_compile_is_gone_and_ema_warning() -> None:
+    with pytest.raises(ConfigError, match="unknown config key 'ssl.compile'"):
+        load_config(None, ["ssl.compile=true"])
+    with pytest.warns(UserWarning, match="ssl.ema_warmup"):
+        load_config(None, ["ssl.ema_warmup=false", "ssl.steps_per_round=200"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(None, ["ssl.steps_per_round=200"])  # warm-up on (the default): no warning
+        load_config(None, ["ssl.ema_warmup=false", "ssl.eval_model=online"])
+
+
+def test_ssl_decided_once_with_a_message_when_pool_is_empty(caplog) -> None:
+    from hssal_ray.ssl.trainer import ssl_active
+
+    cfg = load_config(None, [])
+    assert ssl_active(cfg, 10)
+    assert not ssl_active(load_config(None, ["ssl.enabled=false"]), 10)
+    assert not ssl_active(load_config(None, ["ssl.lambda_u=0"]), 10)
+    with caplog.at_level(logging.WARNING, logger="hssal_ray"):
+        assert not ssl_active(cfg, 0, round_idx=4)
+    assert "round 4: the unlabeled pool is empty" in caplog.text
+
+
+def test_typiclust_cold_start_checkpoint_lives_under_a_uri_run_dir(tmp_path, monkeypatch) -> None:
+    """The cold start's checkpoint goes to RUN/cold_start/checkpoint, never a fixed /tmp path."""
+    import hssal_ray.scoring as scoring
+    from hssal_ray.loop import cold_start
+
+    real = _io.resolve_fs
+    store = tmp_path / "bucket"
+    store.mkdir()
+
+    def fake_fs(path: str):  # a "fake://" object store backed by a local folder
+        if str(path).startswith("fake://"):
+            return pafs.SubTreeFileSystem(str(store), pafs.LocalFileSystem()), str(path)[len("fake://") :]
+        return real(path)
+
+    monkeypatch.setattr(_io, "resolve_fs", fake_fs)
+    runner = _runner("fake://runs", f"data.root={_synthetic(tmp_path)}", "loop.cold_start=typiclust")
+    seen = {}
+
+    def fake_score_pool(cfg, table, *, ckpt_dir, out_path, **kw):
+        seen["ckpt"] = ckpt_dir
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(scoring, "score_pool", fake_score_pool)
+    with pytest.raises(RuntimeError, match="stop here"):
+        cold_start.select_cold_start(runner)
+    assert seen["ckpt"] == "fake://runs/r/cold_start/checkpoint"
+    assert (store / "runs/r/cold_start/checkpoint/ema.safetensors").is_file()
+
+
+def _synthetic(tmp_path) -> str:
+    from hssal_ray.data.synthetic import make_synthetic_rs
+
+    root = tmp_path / "syn"
+    make_synthetic_rs(str(root), num_classes=3, per_class=6, size=16, seed=0)
+    return str(root)
+
+
+def test_typiclust_skips_clusters_that_hold_labeled_rows() -> None:
+    from hssal_ray.query import Pool, strategy_from_config
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 0.05, (60, 4)) + np.array([1, 0, 0, 0])  # big blob, already labeled
+    b = rng.normal(0, 0.05, (20, 4)) + np.array([0, 1, 0, 0])  # small blob, no label yet
+    emb = np.concatenate([a, b]).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    exclude = np.zeros(80, bool)
+    exclude[:3] = True
+    pool = Pool(ids=np.array([f"s{i}" for i in range(80)], dtype=object), embeddings=emb, exclude=exclude)
+    cfg = load_config(None, ["query.strategy=typiclust", "query.kmeans_backend=sklearn"]).query
+    picks = strategy_from_config(cfg, random_state=0).select(pool, 1)
+    assert int(picks[0]) >= 60  # from the blob without labels
