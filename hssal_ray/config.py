@@ -215,7 +215,7 @@ class SSLConfig:
         _check(self.ema_warmup_power > 0, "ssl.ema_warmup_power", "must be > 0")
         _check(self.trainable_stages >= 1, "ssl.trainable_stages", "must be >= 1")
         _check(self.head_hidden >= 1, "ssl.head_hidden", "must be >= 1")
-        _check(1 <= self.embed_views <= 16, "ssl.embed_views", f"must be in [1, 16], got {self.embed_views}")
+        _check(0 <= self.embed_views <= 16, "ssl.embed_views", f"must be in [0, 16], got {self.embed_views}")
         _check(
             self.weights is None or not self.weights.startswith("package:") or not self.pretrained_hub,
             "ssl.weights",

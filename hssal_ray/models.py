@@ -31,8 +31,9 @@ __all__ = [
     "SmallCNN",
     "WeightsLoadResult",
     "build_model",
+    "model_from_config",
+    "set_finetune",
     "load_weights",
-    "save_weights",
     "unwrap_model",
 ]
 
@@ -104,12 +105,21 @@ class Classifier(nn.Module):
         name: Backbone name, kept for logs and checkpoints.
     """
 
-    def __init__(self, backbone: nn.Module, embed_dim: int, num_classes: int, name: str = "") -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        embed_dim: int,
+        num_classes: int,
+        name: str = "",
+        head: str = "linear",
+        head_hidden: int = 512,
+    ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         self.backbone = backbone
-        self.head = nn.Linear(embed_dim, num_classes)
+        self.head = make_head(embed_dim, num_classes, head, head_hidden)
+        self.frozen_prefixes: tuple[str, ...] = ()
         self.embed_dim = embed_dim
         self.num_classes = num_classes
         self.name = name
@@ -117,6 +127,16 @@ class Classifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""
         return self.head(self.backbone(x))
+
+    def train(self, mode: bool = True) -> Classifier:
+        """Like ``nn.Module.train``, but frozen parts (:func:`set_finetune`) stay in eval mode."""
+        super().train(mode)
+        if mode and self.frozen_prefixes:
+            dotted = tuple(p + "." for p in self.frozen_prefixes)
+            for name, m in self.named_modules():
+                if name in self.frozen_prefixes or name.startswith(dotted):
+                    m.eval()
+        return self
 
     def forward_features_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Embeddings ``(B, embed_dim)`` (pooled pre-head features) and logits ``(B, num_classes)``."""
@@ -130,6 +150,96 @@ class Classifier(nn.Module):
         return {f"backbone.{n}" for n in names}
 
 
+def make_head(embed_dim: int, num_classes: int, kind: str = "linear", hidden: int = 512) -> nn.Module:
+    """The classifier head: ``linear`` or ``mlp`` (Linear-BatchNorm-ReLU-Linear, ``hidden`` wide)."""
+    if kind == "linear":
+        return nn.Linear(embed_dim, num_classes)
+    if kind == "mlp":
+        return nn.Sequential(
+            nn.Linear(embed_dim, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+    raise ConfigError(f"unknown head {kind!r}: use linear or mlp")
+
+
+def model_from_config(cfg: Any, num_classes: int, *, with_weights: bool = True) -> Classifier:
+    """The run's classifier from ``cfg.ssl`` (backbone, weights, head, fine-tuning regime).
+
+    ``with_weights=False`` skips loading pretrained weights (callers that load a checkpoint next).
+    """
+    model = build_model(
+        cfg.ssl.model,
+        num_classes,
+        in_chans=cfg.data.bands,
+        weights=cfg.ssl.weights if with_weights else None,
+        pretrained_hub=cfg.ssl.pretrained_hub and with_weights,
+        head=cfg.ssl.head,
+        head_hidden=cfg.ssl.head_hidden,
+        **cfg.ssl.model_kwargs,
+    )
+    return set_finetune(model, cfg.ssl.finetune, cfg.ssl.trainable_stages)
+
+
+def _stage_prefixes(backbone: nn.Module) -> list[str]:
+    info = getattr(backbone, "feature_info", None)
+    names = [d["module"] for d in info] if isinstance(info, list) else []
+    if not names:  # SmallCNN and timm models without feature_info: every top-level child is a stage
+        names = [n for n, _ in backbone.named_children()]
+    return names
+
+
+def set_finetune(model: Classifier, regime: str, trainable_stages: int = 1) -> Classifier:
+    """Apply a fine-tuning regime in place: ``full``, ``partial`` or ``frozen``.
+
+    ``partial`` trains the last ``trainable_stages`` stages of the backbone (timm's ``feature_info``
+    stages; everything after the last one, e.g. the final conv, too) and the head; the earlier layers
+    get ``requires_grad=False`` and stay in eval mode (BatchNorm statistics fixed). ``frozen`` freezes the
+    whole backbone. Returns the model.
+
+    Raises:
+        ConfigError: An unknown regime, or more stages than the backbone has.
+    """
+    if regime not in ("full", "partial", "frozen"):
+        raise ConfigError(f"unknown ssl.finetune {regime!r}: use full, partial or frozen")
+    frozen: list[str] = []
+    if regime == "frozen":
+        frozen = [n for n, _ in model.backbone.named_children()]
+    elif regime == "partial":
+        stages = _stage_prefixes(model.backbone)
+        if trainable_stages > len(stages):
+            raise ConfigError(
+                f"ssl.trainable_stages={trainable_stages} but {model.name} has "
+                f"{len(stages)} stages ({stages})"
+            )
+        first = stages[-trainable_stages]
+        for name in _leaves(model.backbone):
+            if name == first or name.startswith(first + "."):
+                break
+            frozen.append(name)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for name in frozen:
+        for p in model.backbone.get_submodule(name).parameters():
+            p.requires_grad_(False)
+    model.frozen_prefixes = tuple(f"backbone.{n}" for n in frozen)
+    return model.train(model.training)
+
+
+def _leaves(backbone: nn.Module) -> list[str]:
+    """Names of the modules that hold parameters or buffers themselves, in registration order."""
+    return [
+        n
+        for n, m in backbone.named_modules()
+        if n
+        and (
+            next(m.parameters(recurse=False), None) is not None
+            or next(m.buffers(recurse=False), None) is not None
+        )
+    ]
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -138,6 +248,8 @@ def build_model(
     weights: str | os.PathLike[str] | None = None,
     pretrained_hub: bool = False,
     drop_rate: float = 0.0,
+    head: str = "linear",
+    head_hidden: int = 512,
     **timm_kwargs: Any,
 ) -> Classifier:
     """Build a :class:`Classifier` from a timm name (or ``"hssal_small_cnn"``).
@@ -147,9 +259,12 @@ def build_model(
             ``"hssal_small_cnn"``.
         num_classes: Number of classes of the linear head.
         in_chans: Number of input bands.
-        weights: Local weights file (``.safetensors``, ``.pt``, ``.pth``, ``.bin``); see :func:`load_weights`.
+        weights: ``package:NAME`` (weights an installed package ships, see :mod:`hssal_ray.weights`)
+            or a local weights file (``.safetensors``, ``.pt``, ``.pth``, ``.bin``; see :func:`load_weights`).
         pretrained_hub: Load timm's hub weights (needs a network; never used in tests).
         drop_rate: Dropout before the head.
+        head: ``linear`` or ``mlp`` (see :func:`make_head`).
+        head_hidden: Hidden width of the ``mlp`` head.
         **timm_kwargs: Extra keyword arguments for ``timm.create_model`` (e.g. ``img_size=224``),
             or for :class:`SmallCNN` (``widths``).
 
@@ -192,7 +307,7 @@ def build_model(
         except TypeError as err:
             raise ConfigError(f"bad keyword arguments for timm model {name!r}: {err}") from err
         embed_dim = int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
-    model = Classifier(backbone, embed_dim, num_classes, name=name)
+    model = Classifier(backbone, embed_dim, num_classes, name=name, head=head, head_hidden=head_hidden)
     logger.info(
         "built %s: in_chans=%d embed_dim=%d classes=%d params=%.2fM",
         name,
@@ -201,20 +316,15 @@ def build_model(
         num_classes,
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
-    if weights is not None:
+    if weights is not None and str(weights).startswith("package:"):
+        from hssal_ray.weights import packaged_backbone_state
+
+        state = packaged_backbone_state(str(weights), name, in_chans)
+        model.backbone.load_state_dict(state, strict=True)
+        logger.info("loaded %s into %s: %d tensors", weights, name, len(state))
+    elif weights is not None:
         load_weights(model, weights)
     return model
-
-
-def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Save a model's state dict (DDP/compile wrappers removed) to a ``.safetensors`` file.
-
-    Tensors are made contiguous and unshared, as safetensors requires.
-    """
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in unwrap_model(model).state_dict().items()}
-    save_file(state, os.fspath(path))
 
 
 @dataclass

@@ -116,7 +116,7 @@ class Scorer:
         mode: str = "score",
         fault_kill: str | None = None,
     ) -> None:
-        from hssal_ray.models import build_model
+        from hssal_ray.models import model_from_config
 
         cfg = config_from_dict(experiment)
         self.cfg = cfg
@@ -128,7 +128,7 @@ class Scorer:
             torch.set_num_threads(1)
 
         def load(which: str) -> torch.nn.Module:
-            model = build_model(cfg.ssl.model, num_classes, in_chans=cfg.data.bands, **cfg.ssl.model_kwargs)
+            model = model_from_config(cfg, num_classes, with_weights=False)
             model.load_state_dict(_load_safetensors(_io.join(ckpt_dir, WEIGHT_FILES[which])))
             model = model.eval().to(self.device)
             return model.to(memory_format=torch.channels_last) if cfg.ssl.channels_last else model
@@ -219,6 +219,9 @@ def _run(
     mode: str,
     views: tuple[str, ...],
 ) -> Any:
+    from hssal_ray.weights import normalisation
+
+    mean, std = normalisation(cfg)
     ds = stream(
         table,
         root=root,
@@ -227,8 +230,8 @@ def _run(
         size=cfg.data.image_size,
         views=views,
         batch_size=cfg.data.decode_batch_size,
-        mean=cfg.data.mean,
-        std=cfg.data.std,
+        mean=mean,
+        std=std,
         bad_dir=_io.join(run_dir, BAD_DIR),
     )
     import ray

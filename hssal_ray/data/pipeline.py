@@ -109,7 +109,12 @@ class DecodeAugment:
         for i, view in enumerate(self.views):
             # Different views of the same sample must not share random draws.
             out[f"x_{view}"] = augment_batch(
-                images, seeds * 4 + i, kind=view, crop_size=self.size, mean=self.mean, std=self.std
+                images,
+                seeds * 4 + i,
+                kind=view.split("_", 1)[0],  # "weak_1": a second weak view (its own draws)
+                crop_size=self.size,
+                mean=self.mean,
+                std=self.std,
             )
         return out
 

@@ -52,40 +52,43 @@ def select_cold_start(runner: Any) -> list[str]:
 
 
 def _typiclust(runner: Any, n: int) -> list[str]:
-    import os
-    import tempfile
-
     import torch
 
-    from hssal_ray.query import load_pool, strategy_from_config
+    from hssal_ray.query import load_pool
     from hssal_ray.scoring import score_pool
-    from hssal_ray.ssl.train_loop import build_train_state, save_checkpoint_dir
+    from hssal_ray.ssl.train_loop import build_train_state, write_checkpoint
     from hssal_ray.ssl.trainer import derive_seed
 
     cfg = runner.cfg
+    if cfg.ssl.finetune == "frozen":  # the pretrained encoder's cached features: no scoring pass
+        from hssal_ray.frozen.rounds import feature_pool
+
+        pool = feature_pool(runner, runner._split("train"))
+        return _typiclust_pick(cfg, pool, n)
     d = _io.join(runner.run_dir, "cold_start")
     ckpt = _io.join(d, "checkpoint")  # under the run directory: no collision between runs or trials
     torch.manual_seed(derive_seed(cfg.seed, "cold_start") % (2**31))
     state = build_train_state(cfg, len(runner.catalog.class_names), torch.device("cpu"), total_steps=1)
-    with tempfile.TemporaryDirectory() as tmp:  # written locally, then copied (works for URIs too)
-        save_checkpoint_dir(state, tmp, {"step": 0, "round": "cold_start"})
-        for name in sorted(os.listdir(tmp), key=lambda n: n == "meta.json"):
-            with open(os.path.join(tmp, name), "rb") as f:
-                _io.atomic_write_bytes(_io.join(ckpt, name), f.read())
-    local = ckpt
+    write_checkpoint(state, ckpt, {"step": 0, "round": "cold_start"})
     train = runner._split("train")
     score_pool(
         cfg,
         train,
         root=runner.catalog.root,
         kind=runner.catalog.kind,
-        ckpt_dir=local,
+        ckpt_dir=ckpt,
         num_classes=len(runner.catalog.class_names),
         run_dir=runner.run_dir,
         out_path=_io.join(d, "scores.parquet"),
     )
-    pool = load_pool(_io.join(d, "scores.parquet"))
+    return _typiclust_pick(cfg, load_pool(_io.join(d, "scores.parquet")), n)
+
+
+def _typiclust_pick(cfg: Any, pool: Any, n: int) -> list[str]:
     from types import SimpleNamespace
+
+    from hssal_ray.query import strategy_from_config
+    from hssal_ray.ssl.trainer import derive_seed
 
     qcfg = SimpleNamespace(**{**cfg.query.__dict__, "strategy": "typiclust"})
     strat = strategy_from_config(qcfg, random_state=derive_seed(cfg.seed, "cold_start") % (2**31))

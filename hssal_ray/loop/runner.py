@@ -314,18 +314,23 @@ class LoopRunner:
         init_dir = _io.join(prev, "checkpoint") if (prev and self.cfg.ssl.warm_start) else None
         if init_dir is not None and init_dir and not _io.is_uri(init_dir):
             init_dir = os.path.abspath(init_dir)
-        res = fit_round(
-            self.cfg,
-            root=self.catalog.root,
-            kind=self.catalog.kind,
-            labeled=self._labeled_rows(labeled),
-            pool=self._pool_rows(labeled),
-            num_classes=len(self.catalog.class_names),
-            round_idx=r,
-            run_dir=self.run_dir,
-            init_dir=init_dir,
-        )
-        train_metrics = {k: v for k, v in res.metrics.items() if isinstance(v, (int, float))}
+        if self.cfg.ssl.finetune == "frozen":
+            from hssal_ray.frozen import rounds
+
+            metrics = rounds.train(self, r, init_dir)
+        else:
+            metrics = fit_round(
+                self.cfg,
+                root=self.catalog.root,
+                kind=self.catalog.kind,
+                labeled=self._labeled_rows(labeled),
+                pool=self._pool_rows(labeled),
+                num_classes=len(self.catalog.class_names),
+                round_idx=r,
+                run_dir=self.run_dir,
+                init_dir=init_dir,
+            ).metrics
+        train_metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         _io.atomic_write_json(_io.join(round_dir(self.run_dir, r), "train_metrics.json"), train_metrics)
         state.advance(self.run_dir, "train", time.perf_counter() - t0)
 
@@ -335,15 +340,20 @@ class LoopRunner:
 
         r = state.round
         rd = round_dir(self.run_dir, r)
-        ev = evaluate_split(
-            self.cfg,
-            self._split("test"),
-            root=self.catalog.root,
-            kind=self.catalog.kind,
-            ckpt_dir=_io.join(rd, "checkpoint"),
-            num_classes=len(self.catalog.class_names),
-            run_dir=self.run_dir,
-        )
+        if self.cfg.ssl.finetune == "frozen":
+            from hssal_ray.frozen import rounds
+
+            ev = rounds.evaluate(self, r)
+        else:
+            ev = evaluate_split(
+                self.cfg,
+                self._split("test"),
+                root=self.catalog.root,
+                kind=self.catalog.kind,
+                ckpt_dir=_io.join(rd, "checkpoint"),
+                num_classes=len(self.catalog.class_names),
+                run_dir=self.run_dir,
+            )
         collect_bad_samples(self.run_dir)
         labeled = LabeledSet.load(self.run_dir)
         train_m = _io.read_json(_io.join(rd, "train_metrics.json"))
@@ -403,16 +413,21 @@ class LoopRunner:
 
         r = state.round
         rd = round_dir(self.run_dir, r)
-        score_pool(
-            self.cfg,
-            self._scored_rows(),
-            root=self.catalog.root,
-            kind=self.catalog.kind,
-            ckpt_dir=_io.join(rd, "checkpoint"),
-            num_classes=len(self.catalog.class_names),
-            run_dir=self.run_dir,
-            out_path=_io.join(rd, "scores.parquet"),
-        )
+        if self.cfg.ssl.finetune == "frozen":
+            from hssal_ray.frozen import rounds
+
+            rounds.score(self, r, _io.join(rd, "scores.parquet"))
+        else:
+            score_pool(
+                self.cfg,
+                self._scored_rows(),
+                root=self.catalog.root,
+                kind=self.catalog.kind,
+                ckpt_dir=_io.join(rd, "checkpoint"),
+                num_classes=len(self.catalog.class_names),
+                run_dir=self.run_dir,
+                out_path=_io.join(rd, "scores.parquet"),
+            )
         collect_bad_samples(self.run_dir)
         secs = time.perf_counter() - t0
         self._update_metrics(r, {"wall_s.score": secs})

@@ -24,12 +24,13 @@ from typing import Any
 import torch
 
 from hssal_ray.config import ExperimentConfig, config_from_dict
-from hssal_ray.models import build_model
+from hssal_ray.models import model_from_config
 from hssal_ray.ssl.steps import TrainState, build_optimizer, build_scheduler, train_step
 
 __all__ = [
     "train_loop_per_worker",
     "save_checkpoint_dir",
+    "write_checkpoint",
     "load_weights_dir",
     "build_train_state",
     "amp_dtype_for",
@@ -53,14 +54,7 @@ def build_train_state(
     cfg: ExperimentConfig, num_classes: int, device: torch.device, total_steps: int
 ) -> TrainState:
     """Fresh model, EMA, optimizer and cosine schedule for one round."""
-    model = build_model(
-        cfg.ssl.model,
-        num_classes,
-        in_chans=cfg.data.bands,
-        weights=cfg.ssl.weights,
-        pretrained_hub=cfg.ssl.pretrained_hub,
-        **cfg.ssl.model_kwargs,
-    ).to(device)
+    model = model_from_config(cfg, num_classes).to(device)
     if cfg.ssl.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimization(cfg, model, total_steps)
@@ -104,6 +98,18 @@ def save_checkpoint_dir(state: TrainState, path: str, meta: dict[str, Any]) -> N
     torch.save(state.state_dict(include_models=False), os.path.join(path, "train_state.pt"))
     with open(os.path.join(path, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2)
+
+
+def write_checkpoint(state: TrainState, dest: str, meta: dict[str, Any]) -> None:
+    """:func:`save_checkpoint_dir` to a local path or URI: written locally, then each file copied
+    atomically into ``dest`` (``meta.json`` last, so a checkpoint with its meta is whole)."""
+    from hssal_ray import _io
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint_dir(state, tmp, meta)
+        for name in sorted(os.listdir(tmp), key=lambda n: n == "meta.json"):
+            with open(os.path.join(tmp, name), "rb") as f:
+                _io.atomic_write_bytes(_io.join(dest, name), f.read())
 
 
 def load_weights_dir(path: str, which: str = "ema") -> dict[str, torch.Tensor]:

@@ -97,13 +97,16 @@ def fit_round(
     rdir = _io.join(run_dir, f"round_{round_idx:03d}")
     bad_dir = _io.join(run_dir, BAD_DIR)
     DataContext.get_current().execution_options.preserve_order = True
+    from hssal_ray.weights import normalisation
+
+    mean, std = normalisation(cfg)
     common = dict(
         root=root,
         kind=kind,
         bands=cfg.data.bands,
         size=cfg.data.image_size,
-        mean=cfg.data.mean,
-        std=cfg.data.std,
+        mean=mean,
+        std=std,
         bad_dir=bad_dir,
         drop_ids=True,
     )

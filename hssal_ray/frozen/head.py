@@ -1,0 +1,147 @@
+"""FixMatch on cached features: the head of a frozen encoder trained on stored weak/strong views (pure torch).
+
+The same loss, thresholds, EMA and optimiser as image-level training (:func:`hssal_ray.ssl.steps.train_step`),
+with the backbone's pooled features of the stored views as the inputs: a labeled batch uses one of
+the weak views of each sample, an unlabeled batch pseudo-labels a weak view and trains on a strong
+view of the same image. Features are standardised with the training split's clean-view statistics
+(kept in the head as buffers, so a checkpoint is self-contained).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hssal_ray.models import make_head
+
+__all__ = ["Standardize", "build_head", "train_head", "head_predict"]
+
+log = logging.getLogger(__name__)
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with fixed per-feature statistics (buffers)."""
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.float().clone())
+        self.register_buffer("std", std.float().clamp_min(1e-6).clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Standardised features ``(B, d)``."""
+        return (x.float() - self.mean) / self.std
+
+
+def build_head(
+    cfg: Any, dim: int, num_classes: int, mean: Tensor | None = None, std: Tensor | None = None
+) -> nn.Module:
+    """Standardize + the configured head (``ssl.head``); ``mean``/``std`` default to 0/1 (then loaded)."""
+    mean = torch.zeros(dim) if mean is None else mean
+    std = torch.ones(dim) if std is None else std
+    head = nn.Sequential(
+        Standardize(mean, std), make_head(dim, num_classes, cfg.ssl.head, cfg.ssl.head_hidden)
+    )
+    head.num_classes = num_classes  # type: ignore[assignment]
+    return head
+
+
+def train_head(
+    cfg: Any,
+    views: dict[str, np.ndarray],
+    labeled_rows: np.ndarray,
+    labels: np.ndarray,
+    pool_rows: np.ndarray,
+    pool_truth: np.ndarray | None,
+    num_classes: int,
+    *,
+    stats_rows: np.ndarray,
+    seed: int,
+    init: dict[str, Any] | None = None,
+    ssl_on: bool = True,
+    progress: bool = False,
+) -> tuple[Any, dict[str, float]]:
+    """Train the head for ``ssl.steps_per_round`` steps; returns the ``TrainState`` and mean metrics.
+
+    Args:
+        cfg: The experiment config.
+        views: The store's views (``none``, ``weak_k``, ``strong_k`` -> (n, d) fp16).
+        labeled_rows: Store rows of the labeled set; ``labels`` their oracle labels.
+        labels: (L,) int labels.
+        pool_rows: Store rows of the unlabeled pool.
+        pool_truth: Ground truth of the pool rows (-1 unknown), only for the pseudo-label accuracy
+            diagnostic; never used for training.
+        num_classes: Classes.
+        stats_rows: Rows whose clean features give the standardisation statistics.
+        seed: Seeds the batches, view draws and the head's initialisation.
+        init: A warm start: ``{"model": state_dict, "ema": state_dict, "global_step": int}``.
+        ssl_on: Train the unlabeled term (see :func:`hssal_ray.ssl.trainer.ssl_active`).
+        progress: Show a tqdm bar.
+    """
+    from tqdm.auto import tqdm
+
+    from hssal_ray.ssl.steps import TrainState, train_step
+    from hssal_ray.ssl.train_loop import build_optimization
+
+    from hssal_ray.errors import ConfigError
+
+    torch.manual_seed(seed % (2**31))
+    rng = np.random.default_rng(seed)
+    k = cfg.ssl.embed_views
+    if k < 1:
+        raise ConfigError("ssl.finetune=frozen trains on stored augmented views: set ssl.embed_views >= 1")
+    weak = np.stack([views[f"weak_{i}"] for i in range(k)])
+    strong = np.stack([views[f"strong_{i}"] for i in range(k)])
+    clean = torch.from_numpy(views["none"][stats_rows].astype(np.float32))
+    head = build_head(cfg, clean.shape[1], num_classes, clean.mean(0), clean.std(0))
+    steps = cfg.ssl.steps_per_round
+    optimizer, scheduler = build_optimization(cfg, head, steps)
+    state = TrainState.create(head, optimizer, scheduler, cfg.ssl, num_classes=num_classes)
+    if init is not None:
+        head.load_state_dict(init["model"])
+        state.ema.module.load_state_dict(init["ema"])
+        state.step_offset = int(init.get("global_step", 0))
+    bs, ub = cfg.ssl.batch_size, cfg.ssl.batch_size * cfg.ssl.uratio
+    y_all = torch.tensor(np.asarray(labels), dtype=torch.long)
+    truth = None if pool_truth is None else torch.tensor(np.asarray(pool_truth), dtype=torch.long)
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    bar = tqdm(range(steps), desc="train head", unit="step", disable=None if progress else True, leave=False)
+    for _ in bar:
+        li = rng.integers(0, len(labeled_rows), size=bs)
+        batch_l = {"x": _rows(weak, rng.integers(0, k, size=bs), labeled_rows[li]), "y": y_all[li]}
+        batch_u = None
+        if ssl_on:
+            ui = rng.integers(0, len(pool_rows), size=ub)
+            rows = pool_rows[ui]
+            batch_u = {
+                "x_weak": _rows(weak, rng.integers(0, k, size=ub), rows),
+                "x_strong": _rows(strong, rng.integers(0, k, size=ub), rows),
+            }
+            if truth is not None:
+                batch_u["y"] = truth[ui]
+        m = train_step(state, batch_l, batch_u, cfg.ssl, "cpu")
+        for key, v in m.items():
+            if v == v:  # NaN: nothing to average (e.g. no pseudo-label kept)
+                sums[key] = sums.get(key, 0.0) + float(v)
+                counts[key] = counts.get(key, 0) + 1
+    metrics = {key: sums[key] / counts[key] for key in sums}
+    metrics.update(step=float(state.step), global_step=float(state.step_offset + state.step))
+    return state, metrics
+
+
+def _rows(views: np.ndarray, which: np.ndarray, rows: np.ndarray) -> Tensor:
+    return torch.from_numpy(views[which, rows].astype(np.float32))
+
+
+@torch.inference_mode()
+def head_predict(head: nn.Module, feats: np.ndarray, batch: int = 8192) -> np.ndarray:
+    """Class probabilities ``(n, C)`` float32 of features ``(n, d)``."""
+    head.eval()
+    out = []
+    for s in range(0, len(feats), batch):
+        out.append(torch.softmax(head(torch.from_numpy(feats[s : s + batch].astype(np.float32))), 1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
