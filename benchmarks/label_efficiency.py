@@ -1,540 +1,301 @@
-"""Label efficiency on real UCM: HSSAL against SSL-only, AL-only and supervised baselines.
+"""Label efficiency on real UCM, measured on the product: HSSAL against SSL-only, AL-only and supervised runs.
 
-    python -m benchmarks.label_efficiency --data ../shared/data/ucm --profile cpu --seeds 3 \
-        --out benchmarks/results
+    python -m benchmarks.label_efficiency                      # 3 seeds, the standard set, test split
+    python -m benchmarks.label_efficiency --seeds 5
+    python -m benchmarks.label_efficiency --val-fraction 0.2 --tag label_efficiency_val   # tuning
 
-Every method runs the same closed loop on the same split (catalog split seed 0), backbone, step
-budget and cold start (seeded random, identical for all methods of a seed):
-round 0 trains on 2% of the training labels, then each round queries ~2% more (simulated oracle)
-and retrains (warm start), ending at 8%. The EMA model is evaluated on the test split after every
-round. Full supervision (all training labels, same total steps) is the reference.
-
-Why in-process: one closed loop per method and seed, 30+ loops, must fit in ~2 h on 2 CPU cores.
-The Ray loop (``python -m hssal_ray.loop``) spends ~40 s a round starting Train workers and
-re-decoding JPEGs; here the images are decoded once and every round calls the same library code
-the Ray loop runs, in one process: ``hssal_ray.ssl.steps.train_step`` (FixMatch, EMA, thresholds),
-``hssal_ray.data.transforms.augment_batch`` (weak/strong views), ``hssal_ray.scoring.scores_table``
--> Parquet -> ``hssal_ray.query.load_pool`` -> ``strategy_from_config(...).select`` (the query).
-The recipe (model, image size, steps, batch, thresholds, HAL settings) is read from the loop's
-config file (``configs/ucm_cpu.yaml`` for ``--profile cpu``, ``configs/ucm.yaml`` for ``gpu``).
-
-``--val-fraction F`` holds out F of the *training* split as a validation set (never the test
-split) and reports accuracy on it: used to tune the recipe (benchmarks/NOTES.md).
+Every method and seed is one run of the real loop (``python -m hssal_ray.loop`` with the profile
+``configs/ucm_cpu.yaml``), run as trials of a Ray Tune grid through ``hssal_ray.tune`` (a grid over
+``query.strategy`` x ``seed`` for the SSL methods, one for the supervised ones, one for full
+supervision). All methods of a seed share the split (catalog seed), the cold start (TypiClust on the
+pretrained features, no labels needed) and the ``query.budget`` schedule (2% -> 4% -> 6% -> 8% of the
+training labels). Full supervision is the same backbone, regime and pipeline on every training label.
+The test split is read once per reported number (each round's evaluation); ``--val-fraction`` instead
+evaluates on a validation split carved from the training split, for choosing the recipe.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
+import logging
 import sys
-import tempfile
 import time
-from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks._common import command_line, describe_machine, set_ray_env, setup_logging
+from benchmarks._product import base_config, pre_encode, run_grid
 
-#: method -> (semi-supervised?, query strategy); "full" trains on every training label.
-METHODS: dict[str, tuple[bool, str]] = {
-    "full_supervision": (False, "full"),
-    "supervised_random": (False, "random"),
-    "ssl_random": (True, "random"),
-    "supervised_hal": (False, "hal"),
-    "ssl_entropy": (True, "entropy"),
-    "ssl_typiclust": (True, "typiclust"),
-    "ssl_badge": (True, "badge"),
-    "hssal": (True, "hal"),
-    "hssal_flat": (True, "hal_flat"),
+log = logging.getLogger("benchmarks.label_efficiency")
+
+SSL_METHODS = {
+    "hssal": "hal",
+    "hssal_flat": "hal_flat",
+    "ssl_random": "random",
+    "ssl_entropy": "entropy",
+    "ssl_margin": "margin",
+    "ssl_typiclust": "typiclust",
+    "ssl_badge": "badge",
+    "ssl_coreset": "coreset",
 }
-PRIMARY = ("full_supervision", "supervised_random", "ssl_random", "supervised_hal", "hssal")
-PROFILES = {"cpu": "configs/ucm_cpu.yaml", "gpu": "configs/ucm.yaml"}
+SUPERVISED_METHODS = {"supervised_random": "random", "supervised_hal": "hal"}
+BASELINES = ("ssl_random", "ssl_typiclust", "ssl_badge", "supervised_hal")
 
 
-# --------------------------------------------------------------------------- data
-
-
-def load_images(cfg: Any, root: str, val_fraction: float) -> dict[str, Any]:
-    """Decode the split once: uint8 ``(N, C, S, S)`` arrays, labels and ids for train and test."""
-    from tqdm import tqdm
-
-    from hssal_ray.data.catalog import load_bytes, scan
-    from hssal_ray.data.decode import decode_batch
-
-    cat = scan(root, test_fraction=cfg.data.test_fraction, seed=0)
-    out: dict[str, Any] = {"classes": list(cat.class_names)}
-    for split in ("train", "test"):
-        t = cat.split_table(split)
-        ids, xs, ys, bad = [], [], [], []
-        for i in tqdm(range(0, t.num_rows, 128), desc=f"decode {split}", file=sys.stderr, leave=False):
-            rows = t.slice(i, 128)
-            sids = rows["sample_id"].to_pylist()
-            imgs, good, bad_b = decode_batch(
-                load_bytes(cat.root, cat.kind, rows), sids, bands=cfg.data.bands, size=cfg.data.image_size
-            )
-            labels = np.asarray(rows["label"].to_pylist())
-            ids += [sids[j] for j in good]
-            ys.append(labels[good])
-            xs.append(imgs)
-            bad += bad_b
-        out[split] = (np.asarray(ids, dtype=object), np.concatenate(xs), np.concatenate(ys).astype(np.int64))
-        out[f"bad_{split}"] = bad
-    if val_fraction > 0:  # tune on the training split only: a held-out part of it plays "test"
-        ids, x, y = out["train"]
-        rng = np.random.default_rng(12345)
-        val = np.zeros(len(ids), bool)
-        for c in np.unique(y):
-            rows = np.flatnonzero(y == c)
-            val[rng.choice(rows, size=max(1, round(val_fraction * len(rows))), replace=False)] = True
-        out["train"], out["test"] = (ids[~val], x[~val], y[~val]), (ids[val], x[val], y[val])
-    return out
-
-
-# --------------------------------------------------------------------------- one loop
-
-
-class Trainer:
-    """One method's model across rounds (warm start: weights and EMA carry over, optimizer is fresh)."""
-
-    def __init__(self, cfg: Any, num_classes: int, device: str, seed: int) -> None:
-        import torch
-
-        from hssal_ray.ssl.train_loop import build_train_state
-
-        torch.manual_seed(seed)
-        self.cfg, self.num_classes, self.device = cfg, num_classes, torch.device(device)
-        self.state = build_train_state(cfg, num_classes, self.device, total_steps=cfg.ssl.steps_per_round)
-
-    def fit(
-        self, x: np.ndarray, y: np.ndarray, labeled: np.ndarray, pool: np.ndarray, steps: int, seed: int
-    ) -> dict:
-        """``steps`` optimiser steps on rows ``labeled`` (+ ``pool`` unlabeled when SSL is on)."""
-        import torch
-
-        from hssal_ray.data.transforms import augment_batch
-        from hssal_ray.ssl.steps import train_step
-        from hssal_ray.ssl.train_loop import build_optimization
-
-        cfg, s = self.cfg, self.state
-        # warm start: weights and EMA carry over, each round gets a fresh optimizer and schedule
-        s.optimizer, s.scheduler = build_optimization(cfg, s.model, steps)
-        mean, std, size = cfg.data.mean, cfg.data.std, cfg.data.image_size
-        bs, ssl_on = cfg.ssl.batch_size, cfg.ssl.enabled and cfg.ssl.lambda_u > 0 and len(pool) > 0
-        rng = np.random.default_rng(seed)
-
-        def stream(rows: np.ndarray, per_step: int) -> np.ndarray:
-            n = steps * per_step
-            idx = np.concatenate([rng.permutation(rows) for _ in range(-(-n // len(rows)))])[:n]
-            return idx.reshape(steps, per_step)
-
-        lab = stream(labeled, bs)
-        unl = stream(pool, bs * cfg.ssl.uratio) if ssl_on else None
-        seeds = rng.integers(0, 2**62, size=(steps, 3, max(bs, bs * cfg.ssl.uratio)), dtype=np.int64)
-        sums: dict[str, float] = {}
-        for t in range(steps):
-            rl = lab[t]
-            bl = {
-                "x": torch.from_numpy(augment_batch(x[rl], seeds[t, 0, :bs], "weak", size, mean, std)),
-                "y": torch.from_numpy(y[rl]),
-            }
-            bu = None
-            if unl is not None:
-                ru, k = unl[t], len(unl[t])
-                bu = {
-                    "x_weak": torch.from_numpy(
-                        augment_batch(x[ru], seeds[t, 1, :k], "weak", size, mean, std)
-                    ),
-                    "x_strong": torch.from_numpy(
-                        augment_batch(x[ru], seeds[t, 2, :k], "strong", size, mean, std)
-                    ),
-                    "y": torch.from_numpy(y[ru]),  # diagnostic only (pseudo-label accuracy)
-                }
-            m = train_step(s, bl, bu, cfg.ssl, self.device)
-            for key in ("sup_loss", "unsup_loss", "mask_rate", "pseudo_label_acc_all"):
-                v = m.get(key)
-                if v is not None and not math.isnan(v) and t >= steps // 2:
-                    sums[key] = sums.get(key, 0.0) + v / (steps - steps // 2)
-        return sums
-
-    def predict(self, x: np.ndarray, view_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """EMA model: L2-normalised embeddings and probabilities (``view_seed``: a strong view)."""
-        import torch
-
-        from hssal_ray.data.transforms import augment_batch
-
-        cfg, model = self.cfg, self.state.ema.module.eval()
-        embs, probs = [], []
-        with torch.inference_mode():
-            for i in range(0, len(x), cfg.ssl.eval_batch_size):
-                xb = x[i : i + cfg.ssl.eval_batch_size]
-                kind, sd = (
-                    ("none", np.zeros(len(xb), np.int64))
-                    if view_seed is None
-                    else ("strong", view_seed + np.arange(i, i + len(xb)))
-                )
-                t = torch.from_numpy(
-                    augment_batch(xb, sd, kind, cfg.data.image_size, cfg.data.mean, cfg.data.std)
-                )
-                e, logits = model.forward_features_logits(t.to(self.device))
-                embs.append(torch.nn.functional.normalize(e.float(), dim=1).cpu().numpy())
-                probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        return np.concatenate(embs), np.concatenate(probs)
-
-
-def query(
-    cfg: Any, trainer: Trainer, data: dict, labeled: np.ndarray, budget: int, seed: int, rnd: int
-) -> np.ndarray:
-    """Score the pool, write the scores Parquet, load it as a Pool and run the strategy's select."""
-    import pyarrow.parquet as pq
-
-    from hssal_ray.query import load_pool, strategy_from_config
-    from hssal_ray.scoring import scores_table
-    from hssal_ray.ssl.trainer import derive_seed
-
-    ids, x, _ = data["train"]
-    pool_rows = np.setdiff1d(np.arange(len(ids)), labeled)
-    emb, probs = trainer.predict(x[pool_rows])
-    strong = cfg.query.uncertainty == "disagreement" or cfg.query.ssl_aware
-    probs_s = (
-        trainer.predict(x[pool_rows], view_seed=derive_seed(seed, rnd, "strong") % 2**40)[1]
-        if strong
-        else None
-    )
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "scores.parquet")
-        pq.write_table(
-            scores_table(ids[pool_rows], emb, probs, probs_s, cfg.ssl.p_cutoff), path, use_dictionary=False
+def collect(results: dict[str, dict[int, list[dict[str, Any]]]], n_train: int) -> dict[str, Any]:
+    """``summary[method]`` (the contract layout) plus per-seed accuracies, from the trials' metrics rows."""
+    out: dict[str, Any] = {}
+    for method, by_seed in results.items():
+        seeds = sorted(s for s, rows in by_seed.items() if rows)
+        if not seeds:
+            continue
+        n_rounds = min(len(by_seed[s]) for s in seeds)
+        acc = np.array([[r["test_accuracy"] for r in by_seed[s][:n_rounds]] for s in seeds])
+        online = np.array(
+            [[r.get("test_accuracy_online", np.nan) for r in by_seed[s][:n_rounds]] for s in seeds]
         )
-        pool = load_pool(path)
-    strat = strategy_from_config(cfg.query, random_state=derive_seed(seed, rnd, "query") % (2**31))
-    picked = strat.select(pool, min(budget, len(pool_rows)))
-    row_of = {s: i for i, s in enumerate(ids)}
-    return np.asarray([row_of[s] for s in pool.ids[picked]], dtype=np.int64)
-
-
-def run_method(
-    base: Any, method: str, data: dict, schedule: list[int], seed: int, device: str
-) -> dict[str, Any]:
-    """One closed loop (or the fully-supervised reference); returns per-round accuracies."""
-    from hssal_ray.ssl.trainer import derive_seed
-
-    ssl_on, strategy = METHODS[method]
-    cfg = replace(
-        base,
-        ssl=replace(base.ssl, enabled=ssl_on),
-        query=replace(base.query, strategy=strategy) if strategy != "full" else base.query,
-    )
-    ids, x, y = data["train"]
-    _, xt, yt = data["test"]
-    steps = cfg.ssl.steps_per_round
-    trainer = Trainer(cfg, len(data["classes"]), device, derive_seed(seed, "init") % 2**31)
-    # the same seeded random cold start for every method of a seed
-    labeled = np.sort(np.random.default_rng([seed, 0xC01D]).choice(len(ids), size=schedule[0], replace=False))
-    plan = [len(ids)] if strategy == "full" else schedule
-    rows = []
-    for rnd, target in enumerate(plan):
-        t0 = time.perf_counter()
-        if strategy == "full":
-            labeled, steps = np.arange(len(ids)), steps * len(schedule)
-        elif rnd > 0:
-            labeled = np.sort(
-                np.concatenate(
-                    [labeled, query(cfg, trainer, data, labeled, target - len(labeled), seed, rnd)]
-                )
-            )
-        t_query = time.perf_counter() - t0
-        pool = np.setdiff1d(np.arange(len(ids)), labeled)
-        if not cfg.ssl.warm_start and rnd > 0:
-            trainer = Trainer(cfg, len(data["classes"]), device, derive_seed(seed, "init", rnd) % 2**31)
-        m = trainer.fit(x, y, labeled, pool, steps, derive_seed(seed, rnd, "train") % 2**63)
-        acc = float((trainer.predict(xt)[1].argmax(1) == yt).mean())
-        rows.append(
-            {
-                "round": rnd,
-                "num_labeled": int(len(labeled)),
-                "label_fraction": len(labeled) / len(ids),
-                "test_accuracy": acc,
-                "classes_covered": int(len(np.unique(y[labeled]))),
-                "query_s": t_query,
-                "round_s": time.perf_counter() - t0,
-                **m,
-            }
-        )
-        print(
-            f"  {method:18s} seed {seed} round {rnd}: {len(labeled):4d} labels  acc {acc:.4f}  "
-            f"mask {m.get('mask_rate', float('nan')):.2f}  ({rows[-1]['round_s']:.0f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-    return {"method": method, "seed": seed, "rounds": rows}
-
-
-# --------------------------------------------------------------------------- report
-
-
-def summarize(runs: list[dict], schedule: list[int], n_train: int) -> dict[str, Any]:
-    full = [r["rounds"][-1]["test_accuracy"] for r in runs if r["method"] == "full_supervision"]
-    full_mean = float(np.mean(full)) if full else float("nan")
-    out = {}
-    for method in dict.fromkeys(r["method"] for r in runs):
-        rs = [r for r in runs if r["method"] == method]
-        if method == "full_supervision":
-            accs = np.asarray([[r["rounds"][-1]["test_accuracy"]] for r in rs])
-            labels = [n_train]
-        else:
-            accs = np.asarray([[row["test_accuracy"] for row in r["rounds"]] for r in rs])
-            labels = [row["num_labeled"] for row in rs[0]["rounds"]]
-        mean, std = accs.mean(0), accs.std(0)
+        labels = [int(r["num_labeled"]) for r in by_seed[seeds[0]][:n_rounds]]
         out[method] = {
             "num_labeled": labels,
             "label_fraction": [n / n_train for n in labels],
-            "accuracy_mean": mean.tolist(),
-            "accuracy_std": std.tolist(),
-            "seeds": [r["seed"] for r in rs],
-            "pct_of_full_supervision": (100 * mean / full_mean).tolist(),
+            "accuracy_mean": acc.mean(0).tolist(),
+            "accuracy_std": acc.std(0).tolist(),
+            "online_accuracy_mean": np.nanmean(online, 0).tolist(),
+            "seeds": seeds,
+            "per_seed": {int(s): acc[i].tolist() for i, s in enumerate(seeds)},
+        }
+    full = out.get("full_supervision")
+    if full:
+        ref = full["accuracy_mean"][-1]
+        for m in out.values():
+            m["pct_of_full_supervision"] = [100 * a / ref for a in m["accuracy_mean"]]
+    return out
+
+
+def paired(summary: dict[str, Any], method: str = "hssal") -> dict[str, Any]:
+    """HSSAL minus each baseline, seed by seed, at every round: mean, std, and whether within one std."""
+    h = summary.get(method)
+    out: dict[str, Any] = {}
+    if not h:
+        return out
+    for other, o in summary.items():
+        if other in (method, "full_supervision"):
+            continue
+        common = sorted(set(h["per_seed"]) & set(o["per_seed"]))
+        if not common:
+            continue
+        n = min(len(h["num_labeled"]), len(o["num_labeled"]))
+        d = np.array([np.array(h["per_seed"][s][:n]) - np.array(o["per_seed"][s][:n]) for s in common])
+        std_other = np.array(o["accuracy_std"][:n])
+        out[other] = {
+            "diff_mean": d.mean(0).tolist(),
+            "diff_std": d.std(0).tolist(),
+            "wins": (d > 0).sum(0).tolist(),
+            "seeds": common,
+            "within_one_std": (
+                np.abs(d.mean(0)) <= np.maximum(std_other, np.array(h["accuracy_std"][:n]))
+            ).tolist(),
         }
     return out
 
 
-def write_outputs(out_dir: Path, result: dict[str, Any], tag: str) -> None:
+def checks(summary: dict[str, Any], diffs: dict[str, Any]) -> list[str]:
+    """The issue's acceptance lines, measured."""
+    lines = []
+    h = summary.get("hssal")
+    if h and "full_supervision" in summary:
+        lines.append(
+            f"HSSAL at {h['label_fraction'][-1]:.0%} = {h['pct_of_full_supervision'][-1]:.1f}% of full supervision (goal >= 95%)"
+        )
+    for other in BASELINES:
+        if other not in diffs or not h:
+            continue
+        d = diffs[other]
+        bad = [
+            f"{h['label_fraction'][i]:.0%}"
+            for i in range(1, len(d["diff_mean"]))
+            if (d["diff_mean"][i] < 0 if other != "supervised_hal" else d["diff_mean"][i] <= 0)
+        ]
+        close = [
+            f"{h['label_fraction'][i]:.0%}" for i in range(1, len(d["diff_mean"])) if d["within_one_std"][i]
+        ]
+        op = ">" if other == "supervised_hal" else ">="
+        verdict = "yes" if not bad else f"NO at {', '.join(bad)}"
+        note = f" (margin within one std at {', '.join(close)})" if close else ""
+        lines.append(f"HSSAL {op} {other} after the cold start: {verdict}{note}")
+    return lines
+
+
+def write_outputs(out_dir: Path, tag: str, result: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    s, prof = result["summary"], result["profile"]
-    fracs = [f"{100 * f:.0f}%" for f in result["label_fractions"]]
+    s, diffs = result["summary"], result["paired_vs_hssal"]
+    fracs = [f"{f:.0%}" for f in s["hssal"]["label_fraction"]] if "hssal" in s else []
     md = [
-        f"# Label efficiency on UCM ({result['profile_name']} profile)",
+        f"# Label efficiency on UCM (product loop, {result['profile_name']} profile)",
         "",
-        f"Command: `{result['command']}`",
+        f"- command: `{result['command']}`",
+        f"- profile: `{result['profile']}` ({result['recipe']})",
+        f"- evaluated on: {result['evaluated_on']}; wall time {result['wall_s'] / 60:.1f} min "
+        f"(one-time encode {result['encode_s']:.0f} s) on {result['device']['summary']}",
         "",
-        f"Profile: {prof['model']} from scratch, {prof['image_size']} px, "
-        f"{prof['steps_per_round']} steps per round (batch {prof['batch_size']} labeled + "
-        f"{prof['batch_size'] * prof['uratio']} unlabeled, p_cutoff {prof['p_cutoff']}, "
-        f"{prof['threshold_mode']} thresholds), warm start; query {prof['query']}. "
-        f"Evaluation: {result['evaluated_on']}. "
-        f"Wall time {result['wall_s'] / 60:.1f} min on {result['device']}.",
+        "Accuracy, mean ± std over seeds, at each label fraction (each cell: the loop's own `metrics.jsonl`).",
         "",
-        "Accuracy (mean ± std over seeds) at each label fraction; last column: % of full supervision at 8%.",
-        "",
-        "| method | seeds | " + " | ".join(fracs) + " | % of full @ 8% |",
+        "| method | seeds | " + " | ".join(fracs) + " | % of full at the end |",
         "|---|---|" + "---|" * len(fracs) + "---|",
     ]
-    full = s.get("full_supervision")
     for method, m in s.items():
         if method == "full_supervision":
             continue
         cells = [f"{a:.3f} ± {d:.3f}" for a, d in zip(m["accuracy_mean"], m["accuracy_std"], strict=True)]
+        pct = m.get("pct_of_full_supervision", [float("nan")])[-1]
+        md.append(f"| {method} | {len(m['seeds'])} | " + " | ".join(cells) + f" | {pct:.1f}% |")
+    if "full_supervision" in s:
+        f = s["full_supervision"]
         md.append(
-            f"| {method} | {len(m['seeds'])} | "
-            + " | ".join(cells)
-            + f" | {m['pct_of_full_supervision'][-1]:.1f}% |"
+            f"| full_supervision ({f['num_labeled'][-1]} labels) | {len(f['seeds'])} | "
+            + " | ".join([""] * max(len(fracs) - 1, 0))
+            + f" | {f['accuracy_mean'][-1]:.3f} ± {f['accuracy_std'][-1]:.3f} | 100% |"
         )
-    if full:
-        md.append(
-            f"| full_supervision (100% labels) | {len(full['seeds'])} | "
-            + " | ".join([""] * (len(fracs) - 1))
-            + f" | {full['accuracy_mean'][0]:.3f} ± "
-            f"{full['accuracy_std'][0]:.3f} | 100% |"
-        )
-    md += ["", "Checks (mean accuracy): " + "; ".join(result["checks"]), ""]
-    (out_dir / f"{tag}.md").write_text("\n".join(md) + "\n")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    md += [
+        "",
+        "Paired per-seed difference HSSAL minus each method (mean ± std; wins = seeds where HSSAL is ahead):",
+        "",
+    ]
+    md += ["| vs | " + " | ".join(fracs) + " |", "|---|" + "---|" * len(fracs)]
+    for other, d in diffs.items():
+        cells = [
+            f"{100 * a:+.1f} ± {100 * b:.1f} ({w}/{len(d['seeds'])}){' ~' if c else ''}"
+            for a, b, w, c in zip(d["diff_mean"], d["diff_std"], d["wins"], d["within_one_std"], strict=True)
+        ]
+        md.append(f"| {other} | " + " | ".join(cells) + " |")
+    md += [
+        "",
+        "`~`: the margin is inside one standard deviation.",
+        "",
+        "Checks:",
+        *[f"- {c}" for c in result["checks"]],
+    ]
+    text = "\n".join(md) + "\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{tag}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out_dir / f"{tag}.md").write_text(text)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for method, m in s.items():
         x = [100 * f for f in m["label_fraction"]]
         if method == "full_supervision":
-            ax.axhline(m["accuracy_mean"][0], color="k", ls="--", lw=1, label="full supervision (100%)")
+            ax.axhline(m["accuracy_mean"][-1], color="k", ls="--", lw=1, label="full supervision")
             continue
-        lw = 2.5 if method == "hssal" else 1.2
         ax.errorbar(
-            x, m["accuracy_mean"], yerr=m["accuracy_std"], marker="o", ms=3, lw=lw, capsize=2, label=method
+            x,
+            m["accuracy_mean"],
+            yerr=m["accuracy_std"],
+            marker="o",
+            ms=3,
+            capsize=2,
+            lw=2.5 if method == "hssal" else 1.1,
+            label=method,
         )
     ax.set_xlabel("% of training labels")
-    ax.set_ylabel("test accuracy" if "test" in result["evaluated_on"] else "validation accuracy")
-    ax.set_title(f"UCM label efficiency ({result['profile_name']} profile)")
+    ax.set_ylabel("accuracy (" + ("validation" if "val" in result["evaluated_on"] else "test") + ")")
+    ax.set_title("UCM label efficiency, product loop")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(out_dir / f"{tag}.png", dpi=120)
-    print("\n".join(md))
-
-
-def checks(summary: dict[str, Any]) -> list[str]:
-    out = []
-    h = summary.get("hssal")
-    for other in ("ssl_random", "supervised_hal"):
-        o = summary.get(other)
-        if h and o:
-            fr = [
-                f"{100 * f:.0f}%"
-                for f, a, b in zip(h["label_fraction"], h["accuracy_mean"], o["accuracy_mean"], strict=True)
-                if a < b
-            ]
-            out.append(
-                f"hssal >= {other} at every fraction: "
-                + ("yes" if not fr else f"NO (below at {', '.join(fr)})")
-            )
-    if h and "full_supervision" in summary:
-        out.append(f"hssal at 8% = {h['pct_of_full_supervision'][-1]:.1f}% of full supervision (goal >= 95%)")
-    return out
-
-
-# --------------------------------------------------------------------------- main
-
-_SHARED: tuple[Any, ...] = ()
-
-
-def _run_one(task: tuple[str, int]) -> dict[str, Any]:
-    import torch
-
-    cfg, data, schedule, device, threads = _SHARED
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    res = run_method(cfg, task[0], data, schedule, task[1], device)
-    res["wall_s"] = time.perf_counter() - t0
-    return res
-
-
-def add_run_arguments(p: argparse.ArgumentParser, tag: str, jobs_help: str) -> None:
-    """Arguments shared by the in-process UCM benchmarks: data, recipe, devices, outputs, overrides."""
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "ucm"))
-    p.add_argument("--profile", choices=sorted(PROFILES), default="cpu")
-    p.add_argument(
-        "--config", default=None, help="loop config to take the recipe from (default: the profile's)"
-    )
-    p.add_argument(
-        "--val-fraction", type=float, default=0.0, help="tune on a held-out part of the training split"
-    )
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads per job (default: cores / jobs)"
-    )
-    p.add_argument("--jobs", type=int, default=1, help=jobs_help)
-    p.add_argument("--tag", default=tag, help="output file stem")
-    p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (e.g. ssl.p_cutoff=0.9)")
-
-
-def setup_run(args: argparse.Namespace) -> tuple[Any, str, str, int]:
-    """(config, its path, device, torch threads per job) from :func:`add_run_arguments`' arguments."""
-    import torch
-
-    from hssal_ray.config import load_config
-
-    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.jobs))
-    torch.set_num_threads(threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg_path = args.config or str(REPO / PROFILES[args.profile])
-    return load_config(cfg_path, [f"data.root={args.data}", *args.overrides]), cfg_path, device, threads
-
-
-def evaluated_on(val_fraction: float) -> str:
-    """What the reported accuracy is measured on (``--val-fraction`` 0: the test split)."""
-    if val_fraction:
-        return f"validation = {val_fraction:.0%} of the training split (test split unused)"
-    return "the test split (20% per class, catalog seed 0)"
-
-
-def map_jobs(fn: Any, todo: list, jobs: int, device: str) -> list:
-    """``[fn(t) for t in todo]``, in ``jobs`` forked processes on CPU (the children share the decoded
-    images copy-on-write; no torch threads exist yet), in order."""
-    if jobs > 1 and device == "cpu":
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as ex:
-            return list(ex.map(fn, todo))
-    return [fn(t) for t in todo]
+    print(text)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(
-        p,
-        "label_efficiency",
-        "loops run in parallel processes (CPU: 1 thread each is faster than 2 threads in one, "
-        "and robust to other load)",
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.label_efficiency", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for the primary methods")
-    p.add_argument(
-        "--secondary-seeds", type=int, default=None, help="seeds for the other methods (default: --seeds)"
-    )
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.02, 0.04, 0.06, 0.08])
+    p.add_argument("--profile", default="configs/ucm_cpu.yaml", help="loop config every trial runs")
+    p.add_argument("--data", default="../shared/data/ucm")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--methods", nargs="*", default=None, help="subset of methods (default: all)")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="evaluate on a validation split of train")
+    p.add_argument("--run-dir", default="runs/benchmarks", help="where the sweeps' run directories go")
+    p.add_argument("--tag", default="label_efficiency")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--concurrent", type=int, default=2, help="trials at once")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for every trial")
     args = p.parse_args(argv)
+    setup_logging()
+    set_ray_env()
+    t0 = time.perf_counter()
+    over = [f"data.root={args.data}", *args.overrides]
+    if args.val_fraction > 0:
+        over += [f"data.val_fraction={args.val_fraction}", "data.eval_split=val"]
+    base = base_config(args.profile, over)
+    from hssal_ray._ray import ensure_ray
+    from hssal_ray.data.catalog import scan
 
-    cfg, cfg_path, device, threads = setup_run(args)
-    t_all = time.perf_counter()
-    load0 = os.getloadavg()
-    data = load_images(cfg, args.data, args.val_fraction)
-    n_train = len(data["train"][0])
-    schedule = [max(1, round(f * n_train)) for f in args.fractions]
-    print(
-        f"[label_efficiency] {n_train} train / {len(data['test'][0])} eval images, schedule {schedule}, "
-        f"recipe {cfg_path}, device {device}",
-        file=sys.stderr,
-        flush=True,
+    ensure_ray(type(base.resources)(num_cpus=2 * args.concurrent))
+    run_dir = str(Path(args.run_dir).resolve() / args.tag)
+    encode_s = pre_encode(base, run_dir)
+    cat = scan(
+        base.data.root, test_fraction=base.data.test_fraction, seed=0, val_fraction=base.data.val_fraction
     )
-    n_sec = args.secondary_seeds if args.secondary_seeds is not None else args.seeds
-    todo = [
-        (m, seed)
-        for seed in range(max(args.seeds, n_sec))
-        for m in args.methods
-        if seed < (args.seeds if m in PRIMARY else n_sec)
-    ]
-    global _SHARED
-    _SHARED = (cfg, data, schedule, device, threads)
-    runs = map_jobs(_run_one, todo, args.jobs, device)
-    summary = summarize(runs, schedule, n_train)
-    prof = {
-        "config": os.path.relpath(cfg_path, REPO),
-        "overrides": args.overrides,
-        "model": cfg.ssl.model,
-        "image_size": cfg.data.image_size,
-        "steps_per_round": cfg.ssl.steps_per_round,
-        "batch_size": cfg.ssl.batch_size,
-        "uratio": cfg.ssl.uratio,
-        "p_cutoff": cfg.ssl.p_cutoff,
-        "threshold_mode": cfg.ssl.threshold_mode,
-        "lr": cfg.ssl.lr,
-        "ema_m": cfg.ssl.ema_m,
-        "query": f"{cfg.query.uncertainty} uncertainty, coarse_k {cfg.query.coarse_k} (0 = auto), "
-        f"fine {cfg.query.fine_method}",
-        "full_supervision_steps": cfg.ssl.steps_per_round * len(schedule),
-    }
+    n_train = cat.split_table("train").num_rows
+    seeds = list(range(args.seeds))
+    want = set(args.methods or [*SSL_METHODS, *SUPERVISED_METHODS, "full_supervision"])
+    results: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    kw = dict(num_cpus=2 * args.concurrent, concurrent=args.concurrent)
+    for group, methods, ssl in (("ssl", SSL_METHODS, True), ("supervised", SUPERVISED_METHODS, False)):
+        methods = {m: s for m, s in methods.items() if m in want}
+        if not methods:
+            continue
+        grid = {"query.strategy": list(methods.values()), "seed": seeds}
+        got = run_grid(base, f"{args.tag}_{group}", run_dir, grid, fixed={"ssl.enabled": ssl}, **kw)
+        for m, strat in methods.items():
+            results[m] = {s: got[(strat, s)] for s in seeds}
+    if "full_supervision" in want:
+        fixed = {
+            "ssl.enabled": False,
+            "loop.initial_labeled": n_train,
+            "loop.rounds": 0,
+            "loop.total_budget": 0,
+            "loop.cold_start": "random",
+        }
+        got = run_grid(base, f"{args.tag}_full", run_dir, {"seed": seeds}, fixed=fixed, **kw)
+        results["full_supervision"] = {s: got[(s,)] for s in seeds}
+    summary = collect(results, n_train)
+    diffs = paired(summary)
+    ssl_cfg = base.ssl
     result = {
-        "benchmark": "label_efficiency",
-        "command": "python -m benchmarks.label_efficiency "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": f"{platform.machine()} {device} ({os.cpu_count()} cores, "
-        f"{args.jobs} jobs x {threads} torch threads)",
-        "loadavg_before_after": [load0, os.getloadavg()],
-        "profile_name": args.profile,
-        "profile": prof,
-        "evaluated_on": evaluated_on(args.val_fraction),
+        "benchmark": args.tag,
+        "profile_name": Path(args.profile).stem,
+        "profile": args.profile,
+        "recipe": (
+            f"{ssl_cfg.model} {ssl_cfg.weights or 'from scratch'}, {base.data.image_size} px, "
+            f"finetune={ssl_cfg.finetune}, {ssl_cfg.steps_per_round} steps/round, batch {ssl_cfg.batch_size}"
+            f"+{ssl_cfg.batch_size * ssl_cfg.uratio}, p_cutoff {ssl_cfg.p_cutoff}, {ssl_cfg.threshold_mode}, "
+            f"query {base.query.strategy} budget {base.query.budget}, cold start {base.loop.cold_start}; "
+            f"overrides {args.overrides}"
+        ),
+        "command": command_line("benchmarks.label_efficiency", argv),
+        "evaluated_on": f"validation split ({args.val_fraction:.0%} of train)"
+        if args.val_fraction
+        else "test split (420 images)",
         "n_train": n_train,
-        "schedule": schedule,
-        "label_fractions": [n / n_train for n in schedule],
-        "bad_samples": data["bad_train"] + data["bad_test"],
-        "wall_s": time.perf_counter() - t_all,
+        "seeds": seeds,
         "summary": summary,
-        "runs": runs,
+        "paired_vs_hssal": diffs,
+        "encode_s": encode_s,
+        "wall_s": time.perf_counter() - t0,
+        "device": describe_machine(),
     }
-    result["checks"] = checks(summary)
-    write_outputs(Path(args.out), result, args.tag)
+    result["checks"] = checks(summary, diffs)
+    write_outputs(Path(args.out), args.tag, result)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -73,6 +73,10 @@ class DataConfig:
         bands: Number of image bands (``in_chans`` of the model). 3 for RGB.
         image_size: Side length images are resized to after decoding.
         test_fraction: Fraction of each class held out as the test split.
+        val_fraction: Fraction of each class of the training split held out as a validation split
+            (never labeled, never in the pool); 0 = none.
+        eval_split: Split the loop evaluates on every round: ``test``, or ``val`` for tuning a
+            recipe without reading the test split (metrics.jsonl then says ``eval_split: val``).
         mean: Per-band normalisation mean; ``None`` = ImageNet for 3 bands, 0.5 otherwise.
         std: Per-band normalisation std; ``None`` = ImageNet for 3 bands, 0.25 otherwise.
         synthetic_classes: Classes of the synthetic dataset (when ``root`` is None).
@@ -90,6 +94,8 @@ class DataConfig:
     bands: int = 3
     image_size: int = 32
     test_fraction: float = 0.2
+    val_fraction: float = 0.0
+    eval_split: Literal["test", "val"] = "test"
     mean: list[float] | None = None
     std: list[float] | None = None
     synthetic_classes: int = 4
@@ -107,6 +113,14 @@ class DataConfig:
             0.0 < self.test_fraction < 1.0,
             "data.test_fraction",
             f"must be in (0, 1), got {self.test_fraction}",
+        )
+        _check(
+            0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}"
+        )
+        _check(
+            self.eval_split == "test" or self.val_fraction > 0,
+            "data.eval_split",
+            "eval_split=val needs data.val_fraction > 0",
         )
         for name in ("mean", "std"):
             v = getattr(self, name)

@@ -333,7 +333,14 @@ def _strictly_increasing(ids: pa.ChunkedArray | pa.Array) -> bool:
     return bool(pc.all(pc.less(ids.slice(0, n - 1), ids.slice(1))).as_py())
 
 
-def scan(root: str, *, test_fraction: float = 0.2, seed: int = 0, layout: Layout = "auto") -> Catalog:
+def scan(
+    root: str,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    layout: Layout = "auto",
+    val_fraction: float = 0.0,
+) -> Catalog:
     """Scan a dataset root (local path or pyarrow URI) into a :class:`Catalog`.
 
     Args:
@@ -341,6 +348,8 @@ def scan(root: str, *, test_fraction: float = 0.2, seed: int = 0, layout: Layout
         test_fraction: Fraction of each class put in the ``test`` split (``0 <= f < 1``).
         seed: Split seed.
         layout: ``auto``, ``imagefolder``, ``flat`` or ``shards``.
+        val_fraction: Fraction of each class of the *training* rows moved to a ``val`` split (for
+            tuning a recipe without reading the test split); 0 = none.
 
     Returns:
         The catalog; its table has one row per sample, sorted by ``sample_id``.
@@ -390,8 +399,12 @@ def scan(root: str, *, test_fraction: float = 0.2, seed: int = 0, layout: Layout
     if not _strictly_increasing(table["sample_id"]):  # else: sorted and unique already (no copy)
         _check_unique(table, root)
         table = table.sort_by("sample_id")
-    mask = _test_mask(table["sample_id"], table["label"].to_numpy(), test_fraction, seed)
+    labels = table["label"].to_numpy()
+    mask = _test_mask(table["sample_id"], labels, test_fraction, seed)
     split = pc.if_else(pa.array(mask), pa.scalar("test", pa.string()), pa.scalar("train", pa.string()))
+    if val_fraction > 0:
+        val = _test_mask(table["sample_id"], np.where(mask, -1, labels), val_fraction, seed + 0x5A1)
+        split = pc.if_else(pa.array(val), pa.scalar("val", pa.string()), split)
     table = table.append_column("split", split)
     cat = Catalog(root=str(root), table=table.cast(MANIFEST_SCHEMA), class_names=tuple(classes), kind=kind)
     log.info("scanned %s", cat.summary())

@@ -120,7 +120,7 @@ def evaluate(runner: Any, r: int) -> dict[str, Any]:
 
     cfg = runner.cfg
     store = store_of(runner)
-    test = runner._split("test")
+    test = runner._split(cfg.data.eval_split)
     rows = store.rows_of(test.column("sample_id").to_pylist())
     y = test.column("label").to_numpy(zero_copy_only=False)
     ok = ~store.missing[rows]

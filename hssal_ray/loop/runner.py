@@ -137,7 +137,13 @@ class LoopRunner:
         layout = {"imagefolder": "imagefolder", "flat": "flat", "shards": "shards"}.get(
             self.cfg.data.layout, "auto"
         )
-        cat = scan(root, test_fraction=self.cfg.data.test_fraction, seed=self.cfg.seed, layout=layout)
+        cat = scan(
+            root,
+            test_fraction=self.cfg.data.test_fraction,
+            seed=self.cfg.seed,
+            layout=layout,
+            val_fraction=self.cfg.data.val_fraction,
+        )
         cat.save(path)
         _io.atomic_write_json(_io.join(self.run_dir, "classes.json"), list(cat.class_names))
         self._catalog = Catalog.load(path)
@@ -347,7 +353,7 @@ class LoopRunner:
         else:
             ev = evaluate_split(
                 self.cfg,
-                self._split("test"),
+                self._split(self.cfg.data.eval_split),
                 root=self.catalog.root,
                 kind=self.catalog.kind,
                 ckpt_dir=_io.join(rd, "checkpoint"),
@@ -367,6 +373,7 @@ class LoopRunner:
             "strategy": self.cfg.query.strategy,
             "ssl": self.cfg.ssl.enabled,
             "eval_model": self.cfg.ssl.eval_model,
+            "eval_split": self.cfg.data.eval_split,
             **{k: v for k, v in ev.items()},
             **{
                 k: train_m[k]

@@ -94,6 +94,8 @@ def trial_footprint(cfg: ExperimentConfig) -> dict[str, float]:
     """CPUs/GPUs one trial holds at most: Tune's bundles + decode + training or scoring (not both)."""
     bundles = trial_bundles(cfg)
     r = cfg.resources
+    if cfg.ssl.finetune == "frozen":  # rounds run in the trial itself; +1 for an encode if the store is new
+        return {"CPU": float(sum(b.get("CPU", 0.0) for b in bundles) + 1.0), "GPU": 0.0}
     cpu = (
         sum(b.get("CPU", 0.0) for b in bundles) + 1.0 + max(r.num_workers * r.cpus_per_worker, r.score_actors)
     )

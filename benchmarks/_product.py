@@ -1,0 +1,100 @@
+"""Benchmarks that measure the product: a Ray Tune grid of real ``hssal_ray.loop`` runs, then their metrics.
+
+Each benchmark describes its arms as a grid over config keys; :func:`run_grid` turns that into a sweep
+config, runs it with :func:`hssal_ray.tune.search.run_sweep` (every trial is the loop of
+``python -m hssal_ray.loop``: same cold start, training, scoring, query and evaluation code), and
+returns each trial's ``metrics.jsonl`` rows. Nothing here trains, scores or evaluates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hssal_ray import _io
+
+__all__ = ["base_config", "pre_encode", "run_grid"]
+
+log = logging.getLogger("benchmarks")
+
+
+def base_config(path: str, overrides: Sequence[str]) -> Any:
+    """The loop config the benchmark starts from (a profile YAML + overrides)."""
+    from hssal_ray.config import load_config
+
+    return load_config(path, list(overrides))
+
+
+def pre_encode(cfg: Any, run_dir: str) -> float:
+    """Build the frozen path's embedding store once, before the trials share it; returns seconds."""
+    import time
+
+    from hssal_ray._ray import ensure_ray
+    from hssal_ray.data.catalog import scan
+    from hssal_ray.frozen.store import ensure_store
+
+    if cfg.ssl.finetune != "frozen":
+        return 0.0
+    ensure_ray(cfg.resources)
+    t0 = time.perf_counter()
+    cat = scan(
+        cfg.data.root, test_fraction=cfg.data.test_fraction, seed=cfg.seed, val_fraction=cfg.data.val_fraction
+    )
+    _io.makedirs(run_dir)
+    ensure_store(cfg, cat, run_dir)
+    return time.perf_counter() - t0
+
+
+def run_grid(
+    base: Any,
+    name: str,
+    run_dir: str,
+    space: Mapping[str, Sequence[Any]],
+    *,
+    fixed: Mapping[str, Any] | None = None,
+    num_cpus: int = 4,
+    concurrent: int = 2,
+) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    """Run every combination of ``space`` as one loop trial of a Tune sweep; return their metrics rows.
+
+    Args:
+        base: The loop config (e.g. from :func:`base_config`).
+        name: The sweep's name (its directory under ``run_dir``).
+        run_dir: Parent directory of the sweep.
+        space: ``{dotted key: [values]}``; a grid (every combination).
+        fixed: Extra ``{dotted key: value}`` applied to every trial.
+        num_cpus: Logical CPUs of the local Ray runtime.
+        concurrent: Trials at once.
+
+    Returns:
+        ``{tuple of values in space order: metrics.jsonl rows}``; a trial that did not finish has ``[]``.
+    """
+    from itertools import product
+
+    from hssal_ray.config import config_from_dict, config_to_dict
+    from hssal_ray.loop.runner import read_metrics
+    from hssal_ray.tune._space import trial_name
+    from hssal_ray.tune.search import run_sweep
+
+    d = config_to_dict(base)
+    for k, v in (fixed or {}).items():
+        sec, key = k.split(".", 1)
+        d[sec][key] = v
+    d["loop"].update(name=name, run_dir=run_dir, report=False)
+    d["resources"]["num_cpus"] = num_cpus
+    d["tune"] = {
+        "scheduler": "fifo",
+        "metric": "final_accuracy",
+        "max_concurrent_trials": concurrent,
+        "search_space": {k: {"grid": list(v)} for k, v in space.items()},
+    }
+    cfg = config_from_dict(d)
+    run_sweep(cfg, progress=lambda s: log.info("%s", s))
+    sweep_dir = _io.join(run_dir, name)
+    out: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    keys = list(space)
+    for combo in product(*[space[k] for k in keys]):
+        params = dict(zip(keys, combo, strict=True))
+        out[combo] = read_metrics(_io.join(sweep_dir, trial_name(params)))
+    return out
