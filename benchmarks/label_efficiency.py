@@ -108,7 +108,8 @@ def checks(summary: dict[str, Any], diffs: dict[str, Any]) -> list[str]:
     h = summary.get("hssal")
     if h and "full_supervision" in summary:
         lines.append(
-            f"HSSAL at {h['label_fraction'][-1]:.0%} = {h['pct_of_full_supervision'][-1]:.1f}% of full supervision (goal >= 95%)"
+            f"HSSAL at {h['label_fraction'][-1]:.0%} = {h['pct_of_full_supervision'][-1]:.1f}% "
+            "of full supervision (goal >= 95%)"
         )
     for other in BASELINES:
         if other not in diffs or not h:
@@ -145,7 +146,8 @@ def write_outputs(out_dir: Path, tag: str, result: dict[str, Any]) -> None:
         f"- evaluated on: {result['evaluated_on']}; wall time {result['wall_s'] / 60:.1f} min "
         f"(one-time encode {result['encode_s']:.0f} s) on {result['device']['summary']}",
         "",
-        "Accuracy, mean ± std over seeds, at each label fraction (each cell: the loop's own `metrics.jsonl`).",
+        "Accuracy, mean ± std over seeds, at each label fraction "
+        "(each cell: the loop's own `metrics.jsonl`).",
         "",
         "| method | seeds | " + " | ".join(fracs) + " | % of full at the end |",
         "|---|---|" + "---|" * len(fracs) + "---|",

@@ -83,10 +83,9 @@ def train_head(
     """
     from tqdm.auto import tqdm
 
+    from hssal_ray.errors import ConfigError
     from hssal_ray.ssl.steps import TrainState, train_step
     from hssal_ray.ssl.train_loop import build_optimization
-
-    from hssal_ray.errors import ConfigError
 
     torch.manual_seed(seed % (2**31))
     rng = np.random.default_rng(seed)
