@@ -91,9 +91,9 @@ class Catalog:
         return self.table.num_rows
 
     def split_table(self, split: str) -> pa.Table:
-        """Manifest rows of one split (``train`` or ``test``)."""
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        """Manifest rows of one split (``train``, ``test`` or ``val``)."""
+        if split not in ("train", "test", "val"):
+            raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
         return _filter_rows(self.table, pc.equal(self.table["split"], split))
 
     def split_ids(self, split: str) -> list[str]:
@@ -104,10 +104,14 @@ class Catalog:
         """One-line human summary (counts, classes, split)."""
         split = self.table["split"]
         labels = self.table["label"].to_numpy()
-        n_train, n_test = (int(pc.sum(pc.equal(split, v)).as_py() or 0) for v in ("train", "test"))
+        n_train, n_test, n_val = (
+            int(pc.sum(pc.equal(split, v)).as_py() or 0) for v in ("train", "test", "val")
+        )
+        val = f"/val {n_val}" if n_val else ""
         return (
             f"{self.table.num_rows} samples ({int((labels >= 0).sum())} labeled, {int((labels < 0).sum())} "
-            f"unlabeled), {self.num_classes} classes, split train/test {n_train}/{n_test}, "
+            f"unlabeled), {self.num_classes} classes, split train/test{'/val' if n_val else ''} "
+            f"{n_train}/{n_test}{val.replace('/val ', '/')}, "
             f"kind={self.kind}, root={self.root}"
         )
 

@@ -211,6 +211,7 @@ class Encoder:
         self.device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+        torch.manual_seed(0)  # a backbone without pretrained weights is the same in every actor and run
         self.backbone = model_from_config(cfg, num_classes=1).backbone.eval().to(self.device)
         self.amp = torch.bfloat16 if (self.device.type == "cuda" and cfg.ssl.amp != "none") else None
 

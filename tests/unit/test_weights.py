@@ -59,9 +59,13 @@ def test_four_band_input_adapts_the_stem() -> None:
 
 
 def test_regimes_freeze_the_right_parameters_and_keep_frozen_bn_in_eval() -> None:
-    partial = model_from_config(load_config(None, [*LITE0, "ssl.finetune=partial", "ssl.trainable_stages=1"]), 5)
+    partial = model_from_config(
+        load_config(None, [*LITE0, "ssl.finetune=partial", "ssl.trainable_stages=1"]), 5
+    )
     trainable = {n for n, p in partial.named_parameters() if p.requires_grad}
-    assert all(n.startswith(("backbone.blocks.6.", "backbone.conv_head", "backbone.bn2", "head.")) for n in trainable)
+    assert all(
+        n.startswith(("backbone.blocks.6.", "backbone.conv_head", "backbone.bn2", "head.")) for n in trainable
+    )
     assert "backbone.blocks.6.0.conv_pw.weight" in trainable and "head.weight" in trainable
     partial.train()
     assert not partial.backbone.bn1.training and not partial.backbone.blocks[5][0].bn1.training

@@ -1,0 +1,71 @@
+"""The frozen-encoder path end to end: the real CLI, and an embedding store that resumes a killed encode."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.integration.conftest import SMOKE, run_cli
+
+pytestmark = pytest.mark.ray
+
+FROZEN = ["ssl.finetune=frozen", "ssl.embed_views=1", "ssl.steps_per_round=20"]
+
+
+def test_frozen_loop_end_to_end(tmp_path: Path) -> None:
+    run_cli(*SMOKE, *FROZEN, f"loop.run_dir={tmp_path}", "loop.name=fz")
+    run = tmp_path / "fz"
+    assert json.loads((run / "state.json").read_text())["status"] == "done"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["num_labeled"] for r in rows] == [6, 9, 12]
+    for r in rows:
+        assert 0.0 <= r["test_accuracy"] <= 1.0
+        assert r["test_accuracy"] == r["test_accuracy_ema"] and "test_accuracy_online" in r
+        assert r["ema_initial_weight"] < 0.5 and r["step"] == 20
+    meta = json.loads((run / "embeddings" / "meta.json").read_text())
+    assert meta["complete"] and meta["views"] == ["none", "weak_0", "strong_0"]
+    assert (run / "round_001" / "checkpoint" / "ema.safetensors").is_file()
+    assert (run / "round_001" / "scores.parquet").is_file()
+
+
+@pytest.fixture(scope="module")
+def ray_local():  # type: ignore[no-untyped-def]
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def test_half_written_store_is_detected_and_finished(ray_local, tmp_path: Path, monkeypatch) -> None:
+    from hssal_ray.config import load_config
+    from hssal_ray.data.catalog import scan
+    from hssal_ray.data.synthetic import make_synthetic_rs
+    from hssal_ray.frozen import store as st
+
+    root = tmp_path / "data"
+    make_synthetic_rs(str(root), num_classes=3, per_class=10, size=16, seed=0)
+    cfg = load_config(
+        None, [f"data.root={root}", "data.image_size=16", "ssl.finetune=frozen", "ssl.embed_views=1"]
+    )
+    cat = scan(str(root), seed=0)
+    monkeypatch.setattr(st, "CHUNK_ROWS", 8)  # 30 images -> 4 parts
+    first = st.ensure_store(cfg, cat, str(tmp_path / "run"))
+    path = Path(first.path)
+    parts = sorted(path.glob("part-*.parquet"))
+    assert len(parts) == 4 and json.loads((path / "meta.json").read_text())["complete"]
+    # a killed encode: no meta (written last), one part missing, one part damaged
+    (path / "meta.json").unlink()
+    parts[1].unlink()
+    parts[2].write_bytes(b"not parquet")
+    kept = {p.name: os.stat(p).st_mtime_ns for p in (parts[0], parts[3])}
+    again = st.ensure_store(cfg, cat, str(tmp_path / "run"))
+    assert {p.name: os.stat(p).st_mtime_ns for p in (parts[0], parts[3])} == kept  # whole parts trusted
+    np.testing.assert_array_equal(again.ids, first.ids)
+    for v in first.views:
+        np.testing.assert_array_equal(again.views[v], first.views[v])  # the same, seeded views
+    assert json.loads((path / "meta.json").read_text())["complete"]
