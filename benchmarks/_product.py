@@ -14,9 +14,34 @@ from typing import Any
 
 from hssal_ray import _io
 
-__all__ = ["base_config", "pre_encode", "run_grid"]
+__all__ = ["base_config", "pre_encode", "run_grid", "stratified_subset"]
 
 log = logging.getLogger("benchmarks")
+
+
+def stratified_subset(y: Any, fraction: float, seed: int) -> Any:
+    """Sorted row indices: ``round(fraction * n)`` seeded random rows, spread over the classes.
+
+    Every class gets ``floor(fraction * n_c)`` rows (at least one); the rows left to reach the total
+    go, one each, to the classes with the largest remainders (ties broken by the seed).
+    """
+    import numpy as np
+
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng([seed, 0x5EED])
+    classes, counts = np.unique(y, return_counts=True)
+    share = fraction * counts
+    take = np.maximum(1, np.floor(share)).astype(np.int64)
+    extra = max(0, round(fraction * len(y)) - int(take.sum()))
+    order = np.lexsort((rng.random(len(classes)), -(share - np.floor(share))))  # largest remainder first
+    take[order[:extra]] += 1
+    take = np.minimum(take, counts)
+    picked = [
+        rng.choice(np.flatnonzero(y == c), size=int(k), replace=False)
+        for c, k in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(picked))
 
 
 def base_config(path: str, overrides: Sequence[str]) -> Any:

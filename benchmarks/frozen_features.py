@@ -60,7 +60,7 @@ def fit_score(store: Any, catalog: Any, fraction: float, seed: int) -> float:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from benchmarks.ssl_vs_supervised import stratified_subset
+    from benchmarks._product import stratified_subset
 
     def split(name: str) -> tuple[np.ndarray, np.ndarray]:
         t = catalog.split_table(name)

@@ -264,6 +264,8 @@ class QueryConfig:
         kmeans_backend: ``auto`` = cuML when importable and a GPU is visible, else CPU.
         kmeans_iters: Lloyd iterations.
         ssl_aware: Leave out samples both SSL views already pseudo-label confidently.
+        alloc_temper: HAL's budget per coarse cluster follows ``mass**t * size**(1-t)``:
+            1 = uncertainty mass, 0 = cluster size.
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -280,6 +282,7 @@ class QueryConfig:
     kmeans_backend: Literal["auto", "torch", "faiss", "sklearn", "cuml"] = "auto"
     kmeans_iters: int = 20
     ssl_aware: bool = False
+    alloc_temper: float = 1.0
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:
@@ -290,6 +293,7 @@ class QueryConfig:
         )
         _check(self.coarse_fit_sample >= 100, "query.coarse_fit_sample", "must be >= 100")
         _check(self.kmeans_iters >= 1, "query.kmeans_iters", "must be >= 1")
+        _check(0.0 <= self.alloc_temper <= 1.0, "query.alloc_temper", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)

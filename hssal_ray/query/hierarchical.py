@@ -285,6 +285,7 @@ class _HALBase(QueryStrategy):
         "kmeans_backend": BACKENDS,
         "kmeans_iters": lambda v: isinstance(v, int | np.integer) and v >= 1,
         "ssl_aware": (True, False),
+        "alloc_temper": lambda v: isinstance(v, int | float) and 0.0 <= v <= 1.0,
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -299,6 +300,7 @@ class _HALBase(QueryStrategy):
         kmeans_backend: str = "auto",
         kmeans_iters: int = 20,
         ssl_aware: bool = False,
+        alloc_temper: float = 1.0,
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -311,6 +313,7 @@ class _HALBase(QueryStrategy):
         self.kmeans_backend = kmeans_backend
         self.kmeans_iters = kmeans_iters
         self.ssl_aware = ssl_aware
+        self.alloc_temper = alloc_temper  # hal only (hal_flat has no coarse level to allocate over)
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -361,6 +364,9 @@ class HierarchicalQuery(_HALBase):
         kmeans_backend: ``auto`` | ``torch`` | ``faiss`` | ``sklearn`` | ``cuml`` (coarse level).
         kmeans_iters: Lloyd iterations at both levels.
         ssl_aware: prefer rows not confidently pseudo-labeled (``pool.confident``) as candidates.
+        alloc_temper: ``t`` in ``[0, 1]``: each coarse cluster's share of the budget is proportional
+            to ``mass**t * size**(1 - t)``; 1 = by uncertainty mass (the paper's reading), 0 = by
+            size (coverage: no cluster starved because a weak model is confident there).
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -414,6 +420,9 @@ class HierarchicalQuery(_HALBase):
             w = w * ~conf[avail]  # mass of the rows SSL has not learned yet
         counts = np.bincount(lab_av, minlength=k1)
         mass = np.bincount(lab_av, weights=w, minlength=k1)
+        t = float(self.alloc_temper)
+        if t < 1.0:  # tempered: between uncertainty mass (t=1) and cluster size (t=0)
+            mass = np.power(np.maximum(mass, 0.0), t) * np.power(counts.astype(np.float64), 1.0 - t)
         b = allocate_budget(mass, counts, budget)
         order = np.argsort(lab_av, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)])
