@@ -107,11 +107,14 @@ class Catalog:
         n_train, n_test, n_val = (
             int(pc.sum(pc.equal(split, v)).as_py() or 0) for v in ("train", "test", "val")
         )
-        val = f"/val {n_val}" if n_val else ""
+        names, counts = (
+            ("train/test/val", f"{n_train}/{n_test}/{n_val}")
+            if n_val
+            else ("train/test", f"{n_train}/{n_test}")
+        )
         return (
             f"{self.table.num_rows} samples ({int((labels >= 0).sum())} labeled, {int((labels < 0).sum())} "
-            f"unlabeled), {self.num_classes} classes, split train/test{'/val' if n_val else ''} "
-            f"{n_train}/{n_test}{val.replace('/val ', '/')}, "
+            f"unlabeled), {self.num_classes} classes, split {names} {counts}, "
             f"kind={self.kind}, root={self.root}"
         )
 

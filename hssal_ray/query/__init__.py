@@ -1,7 +1,7 @@
 """Query strategies: HAL (hierarchical active learning) and baselines, behind one interface.
 
 ``strategy_from_config(cfg, random_state).select(pool, budget)`` returns the row indices to label;
-``load_pool(path)`` reads a scores file into a :class:`Pool`. See DESIGN.md "HAL".
+``load_pool(path)`` reads a scores file into a :class:`Pool`. See docs/ARCHITECTURE.md "Active learning".
 """
 
 from hssal_ray.query.backends import assign_chunked, make_kmeans, resolve_backend

@@ -1,6 +1,6 @@
 """HAL: hierarchical active learning (progressive clustering over embeddings and uncertainty).
 
-``HierarchicalQuery`` (``hal``), per DESIGN.md "HAL":
+``HierarchicalQuery`` (``hal``), (docs/ARCHITECTURE.md "Active learning"):
 
 1. coarse k-means of the pool embeddings into K1 clusters, fit on a subsample (``coarse_fit_sample``,
    at most 256 rows per centroid),
@@ -351,7 +351,7 @@ class _HALBase(QueryStrategy):
 
 @register("hal")
 class HierarchicalQuery(_HALBase):
-    """Hierarchical (two-level) clustering query; see the module docstring and DESIGN.md "HAL".
+    """Hierarchical (two-level) clustering query; see the module docstring.
 
     Args:
         uncertainty: which ``u_<name>`` score drives allocation, filtering and picks.

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hssal_ray.errors import ConfigError
-from hssal_ray.models import Classifier, build_model, load_weights, save_weights, unwrap_model
+from hssal_ray.models import Classifier, build_model, load_weights, unwrap_model
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +54,12 @@ def test_unknown_name_and_bad_kwargs_raise_config_error() -> None:
         build_model("hssal_small_cnn", num_classes=2, bogus=1)
     with pytest.raises(ConfigError, match="not both"):
         build_model("resnet18", num_classes=2, weights="x.pt", pretrained_hub=True)
+
+
+def save_weights(model, path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
 
 
 def test_full_state_dict_round_trip_safetensors_and_pt(tmp_path) -> None:

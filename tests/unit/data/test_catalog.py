@@ -144,8 +144,13 @@ def test_summary_and_split_ids(folder):
     cat = scan(folder)
     assert "30 samples" in cat.summary() and "train/test 24/6" in cat.summary()
     assert len(cat.split_ids("train")) == 24 and set(cat.split_ids("test")).isdisjoint(cat.split_ids("train"))
+    assert cat.split_ids("val") == []  # no validation split unless asked for
     with pytest.raises(ValueError):
-        cat.split_ids("val")
+        cat.split_ids("nope")
+    val = scan(folder, val_fraction=0.25)
+    assert "train/test/val 18/6/6" in val.summary()
+    assert set(val.split_ids("test")) == set(cat.split_ids("test"))  # the test split never moves
+    assert set(val.split_ids("val")) <= set(cat.split_ids("train"))
 
 
 def test_load_bytes_files(folder):
