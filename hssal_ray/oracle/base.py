@@ -1,6 +1,6 @@
 """The oracle interface: who answers a round's query batch.
 
-The loop talks to an oracle in two steps (docs/ARCHITECTURE.md "The round"), so that a human hand-off can pause
+The loop talks to an oracle in two steps (docs/ARCHITECTURE.md), so that a human hand-off can pause
 the run between them::
 
     oracle.request(round_dir, ids, context)   # hand the batch over (write files, ...)
