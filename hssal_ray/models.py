@@ -203,10 +203,15 @@ def set_finetune(model: Classifier, regime: str, trainable_stages: int = 1) -> C
     """
     if regime not in ("full", "partial", "frozen"):
         raise ConfigError(f"unknown ssl.finetune {regime!r}: use full, partial or frozen")
+    for p in model.parameters():
+        p.requires_grad_(True)
     frozen: list[str] = []
     if regime == "frozen":
-        frozen = [n for n, _ in model.backbone.named_children()]
-    elif regime == "partial":
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        model.frozen_prefixes = ("backbone",)
+        return model.train(model.training)
+    if regime == "partial":
         stages = _stage_prefixes(model.backbone)
         if trainable_stages > len(stages):
             raise ConfigError(
@@ -218,8 +223,8 @@ def set_finetune(model: Classifier, regime: str, trainable_stages: int = 1) -> C
             if name == first or name.startswith(first + "."):
                 break
             frozen.append(name)
-    for p in model.parameters():
-        p.requires_grad_(True)
+        for p in model.backbone.parameters(recurse=False):  # e.g. a ViT's cls_token and pos_embed
+            p.requires_grad_(False)
     for name in frozen:
         for p in model.backbone.get_submodule(name).parameters():
             p.requires_grad_(False)

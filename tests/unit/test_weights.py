@@ -74,3 +74,22 @@ def test_regimes_freeze_the_right_parameters_and_keep_frozen_bn_in_eval() -> Non
     assert {n.split(".")[0] for n, p in frozen.named_parameters() if p.requires_grad} == {"head"}
     with pytest.raises(ConfigError, match="trainable_stages=9"):
         model_from_config(load_config(None, [*LITE0, "ssl.finetune=partial", "ssl.trainable_stages=9"]), 5)
+
+
+def test_frozen_vit_freezes_tokens_and_position_embeddings_too() -> None:
+    cfg = load_config(
+        "configs/ucm_dinov2.yaml", ["ssl.pretrained_hub=false", "ssl.model_kwargs={img_size: 28, depth: 2}"]
+    )
+    frozen = model_from_config(cfg, 4)
+    assert {n for n, p in frozen.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
+    part = model_from_config(
+        load_config(
+            "configs/ucm_dinov2.yaml",
+            ["ssl.pretrained_hub=false", "ssl.model_kwargs={img_size: 28, depth: 2}", "ssl.finetune=partial"],
+        ),
+        4,
+    )
+    trainable = {n for n, p in part.named_parameters() if p.requires_grad}
+    assert "backbone.pos_embed" not in trainable and "backbone.cls_token" not in trainable
+    assert any(n.startswith("backbone.blocks.1.") for n in trainable)
+    assert not any(n.startswith("backbone.blocks.0.") for n in trainable)
