@@ -14,7 +14,7 @@ from typing import Any
 
 from hssal_ray import _io
 
-__all__ = ["base_config", "pre_encode", "run_grid", "stratified_subset"]
+__all__ = ["add_product_arguments", "start", "base_config", "pre_encode", "run_grid", "stratified_subset"]
 
 log = logging.getLogger("benchmarks")
 
@@ -42,6 +42,42 @@ def stratified_subset(y: Any, fraction: float, seed: int) -> Any:
         for c, k in zip(classes, take, strict=True)
     ]
     return np.sort(np.concatenate(picked))
+
+
+def add_product_arguments(p: Any, tag: str) -> None:
+    """The arguments every product benchmark takes (profile, data, seeds, validation split, where)."""
+    p.add_argument("--profile", default="configs/ucm_cpu.yaml", help="loop config every trial runs")
+    p.add_argument("--data", default="../shared/data/ucm")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--val-fraction", type=float, default=0.0, help="evaluate on a validation split of train")
+    p.add_argument("--run-dir", default="runs/benchmarks", help="where the sweeps' run directories go")
+    p.add_argument("--tag", default=tag)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--concurrent", type=int, default=2, help="trials at once")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for every trial")
+
+
+def start(args: Any) -> tuple[Any, str, float, int]:
+    """Logging, Ray, the base config and the shared store; returns (base, run_dir, encode_s, n_train)."""
+    from pathlib import Path
+
+    from benchmarks._common import set_ray_env, setup_logging
+    from hssal_ray._ray import ensure_ray
+    from hssal_ray.data.catalog import scan
+
+    setup_logging()
+    set_ray_env()
+    over = [f"data.root={args.data}", *args.overrides]
+    if args.val_fraction > 0:
+        over += [f"data.val_fraction={args.val_fraction}", "data.eval_split=val"]
+    base = base_config(args.profile, over)
+    ensure_ray(type(base.resources)(num_cpus=2 * args.concurrent))
+    run_dir = str(Path(args.run_dir).resolve() / args.tag)
+    encode_s = pre_encode(base, run_dir)
+    cat = scan(
+        base.data.root, test_fraction=base.data.test_fraction, seed=0, val_fraction=base.data.val_fraction
+    )
+    return base, run_dir, encode_s, cat.split_table("train").num_rows
 
 
 def base_config(path: str, overrides: Sequence[str]) -> Any:

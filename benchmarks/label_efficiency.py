@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import command_line, describe_machine, set_ray_env, setup_logging
-from benchmarks._product import base_config, pre_encode, run_grid
+from benchmarks._common import command_line, describe_machine
+from benchmarks._product import add_product_arguments, run_grid, start
 
 log = logging.getLogger("benchmarks.label_efficiency")
 
@@ -218,34 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.label_efficiency", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--profile", default="configs/ucm_cpu.yaml", help="loop config every trial runs")
-    p.add_argument("--data", default="../shared/data/ucm")
-    p.add_argument("--seeds", type=int, default=3)
+    add_product_arguments(p, "label_efficiency")
     p.add_argument("--methods", nargs="*", default=None, help="subset of methods (default: all)")
-    p.add_argument("--val-fraction", type=float, default=0.0, help="evaluate on a validation split of train")
-    p.add_argument("--run-dir", default="runs/benchmarks", help="where the sweeps' run directories go")
-    p.add_argument("--tag", default="label_efficiency")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--concurrent", type=int, default=2, help="trials at once")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides for every trial")
     args = p.parse_args(argv)
-    setup_logging()
-    set_ray_env()
     t0 = time.perf_counter()
-    over = [f"data.root={args.data}", *args.overrides]
-    if args.val_fraction > 0:
-        over += [f"data.val_fraction={args.val_fraction}", "data.eval_split=val"]
-    base = base_config(args.profile, over)
-    from hssal_ray._ray import ensure_ray
-    from hssal_ray.data.catalog import scan
-
-    ensure_ray(type(base.resources)(num_cpus=2 * args.concurrent))
-    run_dir = str(Path(args.run_dir).resolve() / args.tag)
-    encode_s = pre_encode(base, run_dir)
-    cat = scan(
-        base.data.root, test_fraction=base.data.test_fraction, seed=0, val_fraction=base.data.val_fraction
-    )
-    n_train = cat.split_table("train").num_rows
+    base, run_dir, encode_s, n_train = start(args)
     seeds = list(range(args.seeds))
     want = set(args.methods or [*SSL_METHODS, *SUPERVISED_METHODS, "full_supervision"])
     results: dict[str, dict[int, list[dict[str, Any]]]] = {}

@@ -20,38 +20,19 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import command_line, describe_machine, md_table, set_ray_env, setup_logging
-from benchmarks._product import base_config, pre_encode, run_grid
+from benchmarks._common import command_line, describe_machine, md_table
+from benchmarks._product import add_product_arguments, run_grid, start
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.ssl_vs_supervised", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--profile", default="configs/ucm_cpu.yaml")
-    p.add_argument("--data", default="../shared/data/ucm")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--fraction", type=float, default=0.08)
-    p.add_argument("--val-fraction", type=float, default=0.0)
-    p.add_argument("--run-dir", default="runs/benchmarks")
-    p.add_argument("--tag", default="ssl_vs_supervised")
-    p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    add_product_arguments(p, "ssl_vs_supervised")
+    p.add_argument("--fraction", type=float, default=0.08, help="labeled fraction of the training split")
     args = p.parse_args(argv)
-    setup_logging()
-    set_ray_env()
     t0 = time.perf_counter()
-    over = [f"data.root={args.data}", *args.overrides]
-    if args.val_fraction > 0:
-        over += [f"data.val_fraction={args.val_fraction}", "data.eval_split=val"]
-    base = base_config(args.profile, over)
-    from hssal_ray._ray import ensure_ray
-    from hssal_ray.data.catalog import scan
-
-    ensure_ray(type(base.resources)(num_cpus=4))
-    run_dir = str(Path(args.run_dir).resolve() / args.tag)
-    pre_encode(base, run_dir)
-    n_train = scan(base.data.root, seed=0, val_fraction=base.data.val_fraction).split_table("train").num_rows
+    base, run_dir, _, n_train = start(args)
     n_lab = round(args.fraction * n_train)
     seeds = list(range(args.seeds))
     fixed = {"loop.rounds": 0, "loop.total_budget": 0, "loop.cold_start": "stratified"}

@@ -24,7 +24,7 @@ import torch
 
 from hssal_ray import _io
 from hssal_ray.config import ExperimentConfig, config_from_dict, config_to_dict
-from hssal_ray.data.pipeline import BAD_DIR, stream
+from hssal_ray.data.pipeline import stream_for
 
 __all__ = [
     "Scorer",
@@ -219,21 +219,7 @@ def _run(
     mode: str,
     views: tuple[str, ...],
 ) -> Any:
-    from hssal_ray.weights import normalisation
-
-    mean, std = normalisation(cfg)
-    ds = stream(
-        table,
-        root=root,
-        kind=kind,
-        bands=cfg.data.bands,
-        size=cfg.data.image_size,
-        views=views,
-        batch_size=cfg.data.decode_batch_size,
-        mean=mean,
-        std=std,
-        bad_dir=_io.join(run_dir, BAD_DIR),
-    )
+    ds = stream_for(cfg, table, root=root, kind=kind, views=views, run_dir=run_dir)
     import ray
     import ray.data
 

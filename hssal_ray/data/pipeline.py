@@ -32,6 +32,7 @@ __all__ = [
     "collect_bad_samples",
     "BAD_DIR",
     "stream",
+    "stream_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -265,3 +266,22 @@ def stream(
     if drop_ids:
         ds = ds.drop_columns(["sample_id"])
     return ds
+
+
+def stream_for(cfg: Any, table: pa.Table, *, root: str, kind: str, views: Sequence[str], run_dir: str) -> Any:
+    """:func:`stream` with the run's settings: bands, size, decode batch, the weights' normalisation."""
+    from hssal_ray.weights import normalisation
+
+    mean, std = normalisation(cfg)
+    return stream(
+        table,
+        root=root,
+        kind=kind,
+        bands=cfg.data.bands,
+        size=cfg.data.image_size,
+        views=views,
+        batch_size=cfg.data.decode_batch_size,
+        mean=mean,
+        std=std,
+        bad_dir=_io.join(run_dir, BAD_DIR),
+    )

@@ -244,13 +244,11 @@ def _encode(
     from tqdm.auto import tqdm
 
     from hssal_ray.config import config_to_dict
-    from hssal_ray.data.pipeline import BAD_DIR, collect_bad_samples, stream
+    from hssal_ray.data.pipeline import collect_bad_samples, stream_for
     from hssal_ray.scoring import actor_pool_size
-    from hssal_ray.weights import normalisation
 
     table = catalog.table
     n = table.num_rows
-    mean, std = normalisation(cfg)
     actors = actor_pool_size(
         cfg.resources.score_actors, float(ray.cluster_resources().get("CPU", 0.0)), cfg.resources.use_gpu
     )
@@ -263,18 +261,7 @@ def _encode(
         part = table.slice(s, e - s).select(["sample_id", "source", "row", "label"])
         # per-image augmentation seeds from the manifest position: the same views for every run
         part = part.append_column("aug_seed", pa.array(np.arange(s, e, dtype=np.int64) * 7919 + 17))
-        ds = stream(
-            part,
-            root=catalog.root,
-            kind=catalog.kind,
-            bands=cfg.data.bands,
-            size=cfg.data.image_size,
-            views=views,
-            batch_size=cfg.data.decode_batch_size,
-            mean=mean,
-            std=std,
-            bad_dir=_io.join(run_dir, BAD_DIR),
-        )
+        ds = stream_for(cfg, part, root=catalog.root, kind=catalog.kind, views=views, run_dir=run_dir)
         ds = ds.map_batches(
             Encoder,
             fn_constructor_kwargs=dict(experiment=config_to_dict(cfg), views=views),
