@@ -228,6 +228,7 @@ def run_ray_case(
             f"resources.num_workers={case.workers}",
             f"resources.cpus_per_worker={case.cpus_per_worker}",
             "resources.max_failures=0",
+            "resources.executor=ray",  # this benchmark measures Ray Train's workers
         ],
     )
     images_per_step = batch + (2 * batch * uratio if uratio > 0 else 0)

@@ -354,6 +354,12 @@ class ResourcesConfig:
         score_actors: Scoring actors (one per GPU when ``use_gpu``).
         max_failures: Ray Train restarts from the last checkpoint after a worker failure.
         object_store_memory: Bytes for a local runtime's object store (``None`` = Ray's default).
+        executor: Where the model runs. ``ray``: training as a Ray Train ``TorchTrainer`` and
+            scoring/evaluation in a Ray Data actor pool. ``driver``: the same worker loop and
+            the same scorer in the driver process, fed by the same Ray Data decode streams (no
+            worker-group or actor start-up: ~15-30 s a round less on CPU; no automatic worker
+            restarts: a failed stage is rerun by the loop). ``auto`` = ``driver`` for one CPU
+            training worker and one scoring actor on a local runtime, else ``ray``.
     """
 
     address: str | None = _runtime(None)
@@ -364,6 +370,7 @@ class ResourcesConfig:
     score_actors: int = _runtime(1)
     max_failures: int = _runtime(2)
     object_store_memory: int | None = _runtime(None)
+    executor: Literal["auto", "ray", "driver"] = _runtime("auto")
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "resources.num_workers", f"must be >= 1, got {self.num_workers}")
@@ -371,6 +378,15 @@ class ResourcesConfig:
         _check(self.score_actors >= 1, "resources.score_actors", "must be >= 1")
         _check(self.max_failures >= 0, "resources.max_failures", "must be >= 0")
         _check(self.num_cpus is None or self.num_cpus >= 1, "resources.num_cpus", "must be >= 1")
+
+    def in_driver(self) -> bool:
+        """Whether training, scoring and evaluation run in the driver process (see ``executor``)."""
+        import os
+
+        if self.executor != "auto":
+            return self.executor == "driver"
+        one = self.num_workers == 1 and self.score_actors == 1 and not self.use_gpu
+        return one and not (self.address or os.environ.get("RAY_ADDRESS"))
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,8 @@ def _run(
     views: tuple[str, ...],
 ) -> Any:
     ds = stream_for(cfg, table, root=root, kind=kind, views=views, run_dir=run_dir)
+    if cfg.resources.in_driver():
+        return _in_driver(ds, cfg, ckpt_dir, num_classes, mode)
     import ray
     import ray.data
 
@@ -246,6 +248,18 @@ def _run(
         max_restarts=ACTOR_MAX_RESTARTS,
         max_task_retries=ACTOR_MAX_TASK_RETRIES,
     )
+
+
+def _in_driver(ds: Any, cfg: ExperimentConfig, ckpt_dir: str, num_classes: int, mode: str) -> list[pa.Table]:
+    """The scorer in this process over the decode stream (``resources.executor=driver``)."""
+    threads = torch.get_num_threads()
+    try:
+        scorer = Scorer(ckpt_dir, config_to_dict(cfg), num_classes, mode=mode)
+        torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+        it = ds.iter_batches(batch_size=cfg.ssl.eval_batch_size, batch_format="numpy")
+        return [scorer(batch) for batch in it]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def score_pool(
@@ -276,6 +290,11 @@ def score_pool(
         mode="score",
         views=views,
     )
+    if isinstance(ds, list):  # scored in the driver: one part file, written atomically
+        if _io.exists(out_path):
+            _io.remove(out_path)
+        _io.atomic_write_parquet(_io.join(out_path, "part-00000.parquet"), pa.concat_tables(ds))
+        return
     if _io.is_uri(out_path):
         if _io.exists(out_path):
             _io.remove(out_path)
@@ -314,10 +333,12 @@ def evaluate_split(
         mode="eval",
         views=("none",),
     )
-    res = ds.select_columns(["label", "pred", "pred_other"]).to_arrow_refs()
-    import ray
+    if isinstance(ds, list):  # evaluated in the driver
+        tables = ds
+    else:
+        import ray
 
-    tables = ray.get(res)
+        tables = ray.get(ds.select_columns(["label", "pred", "pred_other"]).to_arrow_refs())
     if not tables:
         return classification_metrics(np.zeros(0, np.int64), np.zeros(0, np.int64), num_classes)
     t = pa.concat_tables(tables)

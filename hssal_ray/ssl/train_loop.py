@@ -29,6 +29,8 @@ from hssal_ray.ssl.steps import TrainState, build_optimizer, build_scheduler, tr
 
 __all__ = [
     "train_loop_per_worker",
+    "run_worker",
+    "LocalContext",
     "save_checkpoint_dir",
     "write_checkpoint",
     "load_weights_dir",
@@ -182,21 +184,88 @@ def _batches(shard: Any, batch_size: int, skip: int) -> Iterator[dict[str, torch
         yield b
 
 
+class _RayTrainContext:
+    """What a worker needs from Ray Train (rank, device, shards, reports, the restart checkpoint)."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        self._train = ray.train
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def shard(self, name: str) -> Any:
+        return self._train.get_dataset_shard(name)
+
+    def restart_checkpoint(self) -> Any:
+        return self._train.get_checkpoint()
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        kw = {"find_unused_parameters": False}
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kw) if self.world > 1 else model
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        ckpt = self._train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self._train.report(metrics, checkpoint=ckpt)
+
+
+class LocalContext:
+    """The same worker loop in this process, without Ray Train (one CPU worker: no worker-group start-up).
+
+    ``datasets`` are the Ray Datasets Ray Train would have split; :attr:`metrics` and
+    :attr:`checkpoint_dir` hold the last report (the checkpoint files are copied, the caller owns
+    the temporary directory :attr:`workdir`).
+    """
+
+    rank, world = 0, 1
+
+    def __init__(self, datasets: dict[str, Any], workdir: str) -> None:
+        self.datasets = datasets
+        self.device = torch.device("cpu")
+        self.workdir = workdir
+        self.metrics: dict[str, Any] = {}
+        self.checkpoint_dir: str | None = None
+
+    def shard(self, name: str) -> Any:
+        return self.datasets[name]
+
+    def restart_checkpoint(self) -> Any:
+        return None  # a failed local round is rerun as a whole by the loop (the stage is idempotent)
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        import shutil
+
+        self.metrics = dict(metrics)
+        if checkpoint_dir:
+            dest = os.path.join(self.workdir, "checkpoint")
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, dest)
+            self.checkpoint_dir = dest
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point (one call per worker).
+    """Ray Train entry point (one call per worker): :func:`run_worker` with Ray Train's context."""
+    run_worker(config, _RayTrainContext())
+
+
+def run_worker(config: dict[str, Any], ctx: Any) -> None:
+    """One worker's round: build or warm-start the state, stream the shards, train, report checkpoints.
 
     ``config`` keys: ``experiment`` (the resolved config as a dict), ``num_classes``,
     ``total_steps``, ``init_dir`` (previous round's checkpoint directory for a warm start, or
-    None), ``round``, ``report_every``.
+    None), ``round``, ``ssl_on``, ``seed``, ``report_every``. ``ctx`` is Ray Train's context or a
+    :class:`LocalContext`.
     """
-    import ray.train
-    import ray.train.torch
-
     cfg = config_from_dict(config["experiment"])
     total_steps = int(config["total_steps"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world, device = ctx.rank, ctx.world, ctx.device
     torch.manual_seed(int(config["seed"]) + rank)
     torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
 
@@ -206,7 +275,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _unwrap(state.model).load_state_dict(load_weights_dir(init_dir, "model"))
         state.ema.module.load_state_dict(load_weights_dir(init_dir, "ema"))
         state.step_offset = global_step_of(init_dir)  # the EMA's warm-up continues across rounds
-    ckpt = ray.train.get_checkpoint()
+    ckpt = ctx.restart_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             _unwrap(state.model).load_state_dict(load_weights_dir(d, "model"))
@@ -216,20 +285,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 include_models=False,
             )
         log.info("rank %d resumed from checkpoint at step %d", rank, state.step)
-    state.model = (
-        ray.train.torch.prepare_model(state.model, parallel_strategy_kwargs={"find_unused_parameters": False})
-        if world > 1
-        else state.model
-    )
+    state.model = ctx.prepare(state.model)
 
     ssl_on = bool(config["ssl_on"])  # decided once, by the driver (trainer.ssl_active)
     bs = cfg.ssl.batch_size
-    it_l = _batches(ray.train.get_dataset_shard("labeled"), bs, state.step)
-    it_u = (
-        _batches(ray.train.get_dataset_shard("unlabeled"), bs * cfg.ssl.uratio, state.step)
-        if ssl_on
-        else None
-    )
+    it_l = _batches(ctx.shard("labeled"), bs, state.step)
+    it_u = _batches(ctx.shard("unlabeled"), bs * cfg.ssl.uratio, state.step) if ssl_on else None
     amp = amp_dtype_for(cfg, device)
     report_every = max(1, int(config.get("report_every", 50)))
     ckpt_every = cfg.ssl.checkpoint_every
@@ -282,9 +343,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if want_ckpt and rank == 0:
                 with tempfile.TemporaryDirectory() as tmp:
                     save_checkpoint_dir(state, tmp, _meta(state, config, metrics))
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                    ctx.report(metrics, tmp)
             else:
-                ray.train.report(metrics)
+                ctx.report(metrics)
             if rank == 0:
                 log.info(
                     "round %s step %d/%d loss %.3f mask %.2f %.0f img/s/worker",
@@ -306,6 +367,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint_dir(state, tmp, _meta(state, config, metrics))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                ctx.report(metrics, tmp)
         else:
-            ray.train.report(metrics)
+            ctx.report(metrics)

@@ -143,6 +143,9 @@ def fit_round(
         # testing hook, forwarded from the driver's environment (see train_loop._fault_kill)
         "fault_kill": os.environ.get("HSSAL_FAULT_KILL_WORKER"),
     }
+    out = _io.join(rdir, "checkpoint")
+    if cfg.resources.in_driver():
+        return _fit_local(train_config, datasets, out, round_idx)
     trainer = TorchTrainer(
         _entry,
         train_loop_config=train_config,
@@ -166,8 +169,8 @@ def fit_round(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"round {round_idx}: training reported no checkpoint")
-    out = _io.join(rdir, "checkpoint")
-    _copy_checkpoint(result.checkpoint, out)
+    with result.checkpoint.as_directory() as d:
+        _copy_dir(d, out)
     metrics = dict(result.metrics or {})
     return TrainResult(checkpoint_dir=out, metrics=metrics)
 
@@ -178,10 +181,31 @@ def _entry(config: dict[str, Any]) -> None:
     train_loop_per_worker(config)
 
 
-def _copy_checkpoint(ckpt: Any, out: str) -> None:
-    """Copy a Ray checkpoint's files into ``out`` (each file written atomically, meta last)."""
-    with ckpt.as_directory() as d:
-        names = sorted(os.listdir(d), key=lambda n: n == "meta.json")
-        for name in names:
-            with open(os.path.join(d, name), "rb") as f:
-                _io.atomic_write_bytes(_io.join(out, name), f.read())
+def _fit_local(
+    train_config: dict[str, Any], datasets: dict[str, Any], out: str, round_idx: int
+) -> TrainResult:
+    """The worker loop in this process (``resources.executor=driver``), on the same Ray Data streams."""
+    import tempfile
+
+    import torch
+
+    from hssal_ray.ssl.train_loop import LocalContext, run_worker
+
+    threads = torch.get_num_threads()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx = LocalContext(datasets, tmp)
+            run_worker(train_config, ctx)
+            if ctx.checkpoint_dir is None:
+                raise RuntimeError(f"round {round_idx}: training reported no checkpoint")
+            _copy_dir(ctx.checkpoint_dir, out)
+            return TrainResult(checkpoint_dir=out, metrics=dict(ctx.metrics))
+    finally:
+        torch.set_num_threads(threads)  # the worker loop sets its own thread count
+
+
+def _copy_dir(d: str, out: str) -> None:
+    """Copy a checkpoint directory's files into ``out`` (each file written atomically, meta last)."""
+    for name in sorted(os.listdir(d), key=lambda n: n == "meta.json"):
+        with open(os.path.join(d, name), "rb") as f:
+            _io.atomic_write_bytes(_io.join(out, name), f.read())

@@ -70,6 +70,7 @@ def _score(tmp_path: Path, name: str, fault: str | None, monkeypatch: pytest.Mon
             "data.decode_batch_size=8",
             "ssl.eval_batch_size=6",
             "resources.score_actors=1",
+            "resources.executor=ray",  # the actor pool is what this test kills
         ],
     )
     ckpt = tmp_path / "ckpt"
