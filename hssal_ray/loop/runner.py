@@ -337,6 +337,8 @@ class LoopRunner:
                 init_dir=init_dir,
             ).metrics
         train_metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        train_metrics["stage_started_at"] = time.time() - (time.perf_counter() - t0)
+        train_metrics["stage_ended_at"] = time.time()
         _io.atomic_write_json(_io.join(round_dir(self.run_dir, r), "train_metrics.json"), train_metrics)
         state.advance(self.run_dir, "train", time.perf_counter() - t0)
 

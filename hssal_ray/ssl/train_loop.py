@@ -299,10 +299,15 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
     images = 0
     t0 = time.perf_counter()
     start_step = state.step
+    # where a round's seconds go (benchmarks/round_overhead.py): waiting for data, inside steps,
+    # and the wall-clock times the loop started and ended (the rest of the stage is overhead)
+    timing = {"worker_started_at": time.time(), "data_wait_s": 0.0, "step_s": 0.0}
     while state.step < total_steps:
         try:
+            tw = time.perf_counter()
             bl = next(it_l)
             bu = next(it_u) if it_u is not None else None
+            timing["data_wait_s"] += time.perf_counter() - tw
         except StopIteration:
             log.warning("rank %d: data stream ended at step %d of %d", rank, state.step, total_steps)
             break
@@ -310,6 +315,7 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
         batch_u = None
         if bu is not None:
             batch_u = {"x_weak": bu["x_weak"], "x_strong": bu["x_strong"], "y": bu["label"]}
+        ts = time.perf_counter()
         m = train_step(
             state,
             batch_l,
@@ -320,6 +326,7 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
             channels_last=cfg.ssl.channels_last,
             allow_cpu_amp=cfg.ssl.amp == "bf16",
         )
+        timing["step_s"] += time.perf_counter() - ts
         _fault_kill(rank, state.step, config.get("fault_kill"))
         for k, v in m.items():
             if v == v:  # skip NaN (e.g. pseudo-label accuracy with nothing masked)
@@ -339,6 +346,8 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
                 steps_run=state.step - start_step,
                 images_per_s_per_worker=images / max(elapsed, 1e-9),
                 world_size=world,
+                **timing,
+                worker_ended_at=time.time(),
             )
             if want_ckpt and rank == 0:
                 with tempfile.TemporaryDirectory() as tmp:
