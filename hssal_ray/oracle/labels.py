@@ -69,7 +69,7 @@ _KINDS = {
     "unknown_ref": "task refs that belong to no batch of this run",
     "unknown_id": "sample ids that are not in this round's query (nor in an earlier round's)",
     "changed": "samples of earlier rounds whose label differs from the one stored",
-    "conflict": "conflicting answers for one sample (agreeing answers count once; conflicts are rejected)",
+    "conflict": "conflicting answers for one sample",
     "empty_label": "empty labels",
     "multi_label": "more than one class chosen",
     "unknown_class": "unknown class names",
@@ -495,6 +495,11 @@ def _validate(
         problems.notes["unknown_ref"] = "tasks of another run, or a batch whose query.csv is gone"
     if "unknown_id" in problems.items:
         problems.notes["unknown_id"] = "tasks of another run or dataset; export only this run's tasks"
+    if "conflict" in problems.items:
+        fix = "delete or fix all but one annotation in Label Studio" if is_json else "keep one row per sample"
+        problems.notes["conflict"] = (
+            f"in every format agreeing answers count once and conflicting ones are rejected; {fix}"
+        )
     if "changed" in problems.items:
         problems.notes["changed"] = (
             "stored labels are never changed; restore the earlier answer in Label Studio"
