@@ -34,6 +34,7 @@ from hssal_ray.oracle import HumanOracle, LabelStudioOracle
 from hssal_ray.oracle.label_studio import EXPORT_FILE, PROJECT_FILE, PUSH_FILE
 from hssal_ray.query.scores_io import write_scores
 from hssal_ray.state import LabeledSet
+from tests.integration.conftest import SMOKE, run_cli
 from tests.label_studio_server import Server, ensure_installed, start
 
 pytestmark = pytest.mark.label_studio
@@ -237,3 +238,98 @@ def test_oracle_round_trip_against_real_server(
             assert ls_server.token.encode() not in p.read_bytes(), p
     assert ls_server.token not in caplog.text
     print(f"[label studio] oracle round trip: {time.monotonic() - t0:.1f} s")
+
+
+def _run_truth(run: Path) -> dict[str, str]:
+    t = pq.read_table(run / "manifest.parquet")
+    return dict(zip(t["sample_id"].to_pylist(), t["class_name"].to_pylist(), strict=True))
+
+
+def _batch_tasks(server: Server, run: Path, batch: str) -> list[dict[str, Any]]:
+    pid = json.loads((run / PROJECT_FILE).read_text())["project_id"]
+    tasks = [t for t in _tasks(server, pid) if t["data"]["hssal_batch"] == batch]
+    return sorted(tasks, key=lambda t: t["data"]["rank"])
+
+
+@pytest.mark.slow  # ~4-5 min on 2 busy cores: five CLI runs of the loop (Ray start, train, score each)
+@pytest.mark.ray
+def test_loop_two_rounds_through_label_studio(
+    ls_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t0 = time.monotonic()
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls_server.token)
+    run = tmp_path / "lsloop"
+    outputs: list[str] = []
+
+    def cli(*args: str, check: bool = True) -> Any:
+        proc = run_cli(*args, check=check)
+        outputs.append(proc.stdout + proc.stderr)
+        return proc
+
+    cli(*SMOKE, "oracle.kind=label_studio", f"oracle.url={ls_server.url}", "loop.rounds=1",
+        f"loop.run_dir={tmp_path}", "loop.name=lsloop")  # fmt: skip
+    state = json.loads((run / "state.json").read_text())
+    assert (state["status"], state["stage"]) == ("awaiting_labels", "init")
+    truth = _run_truth(run)
+    answers: dict[str, str] = {}
+
+    def answer_batch(batch: str, bad: str | None = None) -> dict[int, int]:
+        ids = _ids(run / batch)
+        tasks = _batch_tasks(ls_server, run, batch)
+        assert len(tasks) == len(ids) and all("sample_id" not in t["data"] for t in tasks)  # hidden: auto
+        done = {}
+        for t in tasks:
+            sid = ids[t["data"]["rank"] - 1]
+            answers[sid] = truth[sid]
+            label = bad if (bad and t is tasks[0]) else truth[sid]
+            done[t["id"]] = _annotate(ls_server, t["id"], label)
+        return done
+
+    # cold start: pushed without predictions, answered in Label Studio, pulled by --resume
+    assert all(t["predictions"] == [] for t in _batch_tasks(ls_server, run, "cold_start"))
+    answer_batch("cold_start")
+    cli("--resume", str(run))
+    state = json.loads((run / "state.json").read_text())
+    assert (state["status"], state["stage"], state["round"]) == ("awaiting_labels", "label", 0)
+
+    # round 0: every task carries the model's prediction (the round's scores.parquet)
+    classes = json.loads((run / "classes.json").read_text())
+    scores = {r["sample_id"]: r for r in pq.read_table(run / "round_000" / "scores.parquet").to_pylist()}
+    ids1 = _ids(run / "round_000")
+    tasks1 = _batch_tasks(ls_server, run, "round_000")
+    for t, sid in zip(tasks1, ids1, strict=True):
+        (p,) = t["predictions"]
+        assert p["model_version"] == "hssal lsloop/round_000"
+        assert p["result"][0]["value"]["choices"] == [classes[scores[sid]["pred"]]]
+        assert p["score"] == pytest.approx(scores[sid]["probs"][scores[sid]["pred"]], abs=1e-5)
+
+    # a bad round: rejected, the run directory byte-identical
+    ann = answer_batch("round_000", bad="not_a_class")
+    before = _snapshot(run)
+    proc = cli("--resume", str(run), check=False)
+    assert proc.returncode == 2 and "'not_a_class'" in proc.stderr and "nothing was changed" in proc.stderr
+    assert _snapshot(run) == before
+
+    # fixed in Label Studio while the loop polls (oracle.wait_s): it picks the answer up and finishes
+    first, last = tasks1[0]["id"], tasks1[-1]["id"]
+    ls_server.api("PATCH", f"/api/annotations/{ann[first]}", {"result": _choice(answers[ids1[0]])})
+    ls_server.api("DELETE", f"/api/annotations/{ann[last]}")
+    later = threading.Timer(20.0, lambda: _annotate(ls_server, last, answers[ids1[-1]]))
+    later.start()
+    try:
+        cli("--resume", str(run), "oracle.wait_s=300", "oracle.poll_s=1")
+    finally:
+        later.cancel()
+    assert json.loads((run / "state.json").read_text())["status"] == "done"
+    lab = pq.read_table(run / "labeled.parquet").to_pylist()
+    assert {r["sample_id"]: classes[r["label"]] for r in lab} == answers  # exactly the scripted answers
+    assert {r["source"] for r in lab} == {"human"} and sorted({r["round_added"] for r in lab}) == [0, 1]
+
+    # the token: only in the environment
+    config = (run / "config.yaml").read_text()
+    assert "token_env: LABEL_STUDIO_API_KEY" in config
+    for p in run.rglob("*"):
+        if p.is_file():
+            assert ls_server.token.encode() not in p.read_bytes(), p
+    assert not any(ls_server.token in out for out in outputs)
+    print(f"[label studio] loop, two rounds: {time.monotonic() - t0:.1f} s")
