@@ -98,11 +98,17 @@ class LabelStudioClient:
 
     def _http_message(self, method: str, path: str, e: urllib.error.HTTPError) -> str:
         try:
-            detail = e.read().decode("utf-8", "replace")
-            doc = json.loads(detail)
+            body = e.read().decode("utf-8", "replace")
+        except OSError:
+            body = ""
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
             detail = json.dumps(doc.get("validation_errors") or doc.get("detail") or doc)[:500]
-        except (OSError, ValueError, AttributeError):
-            detail = str(detail)[:300] if "detail" in locals() else ""
+        else:
+            detail = body[:300]
         hint = ""
         if e.code in (401, 403):
             env = f"${self.token_env}" if self.token_env else "the token"

@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from hssal_ray.errors import LabelFileError
+from hssal_ray.errors import ConfigError, LabelFileError
 from hssal_ray.oracle import HumanOracle, LabelStudioOracle
-from hssal_ray.oracle.label_studio import EXPORT_FILE, PROJECT_FILE, PUSH_FILE
+from hssal_ray.oracle.label_studio import EXPORT_FILE, PROJECT_FILE, PUSH_FILE, LabelStudioError
 from hssal_ray.query.scores_io import write_scores
 from hssal_ray.state import LabeledSet
 from tests.integration.conftest import SMOKE, run_cli
@@ -231,6 +231,28 @@ def test_oracle_round_trip_against_real_server(
     assert answer1 is not None and time.monotonic() - t_wait < 30
     assert answer1.labels == {s: CLASSES.index(v) for s, v in good.items()}
     assert waiting.collect(str(r0), ids1) == answer1  # from labels.csv now
+
+    # an existing project (oracle.project_id) is checked against the run's classes; a bad token is named
+    same = LabelStudioOracle(
+        CLASSES, url=ls_server.url, token=ls_server.token, project_id=pid, hide_sample_id=True
+    )
+    assert same._project(str(run_dir)) == pid
+    other = ls_server.api(
+        "POST",
+        "/api/projects",
+        {"title": "someone else's", "label_config": project["label_config"].replace("forest", "lake")},
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"does not fit this run: its choices differ .*extra \['lake'\], absent \['forest'\]",
+    ):
+        LabelStudioOracle(CLASSES, url=ls_server.url, token=ls_server.token, project_id=other["id"])._project(
+            str(run_dir)
+        )
+    wrong = "0" * 40
+    with pytest.raises(LabelStudioError, match=r"HTTP 401.*API token from \$LABEL_STUDIO_API_KEY") as info:
+        LabelStudioOracle(CLASSES, url=ls_server.url, token=wrong, project_id=pid)._project(str(run_dir))
+    assert wrong not in str(info.value)
 
     # the token is nowhere: not in the run directory, not in the logs
     for p in run_dir.rglob("*"):
