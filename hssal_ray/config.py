@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 import warnings
@@ -301,14 +302,70 @@ class OracleConfig:
     """Who answers the queries.
 
     Args:
-        kind: ``simulated`` answers from the dataset's labels; ``human`` exports the batch
-            and stops until ``--resume RUN --labels FILE``.
-        partial: With a human oracle, ``wait`` rejects answers that miss queried ids;
-            ``continue`` goes on with what came back.
+        kind: ``simulated`` answers from the dataset's labels; ``human`` exports the batch as files
+            and stops until ``--resume RUN --labels FILE``; ``label_studio`` pushes the batch to a
+            Label Studio server (with the model's predictions) and pulls the annotations back on
+            ``--resume RUN`` or while polling (``wait_s``).
+        partial: With people answering, ``wait`` rejects answers that miss queried ids (skipped,
+            cancelled or missing tasks); ``continue`` goes on with what came back.
+        hide_sample_id: Show annotators an opaque ``ref`` instead of the sample id; ``auto`` hides
+            it when it would reveal a folder name (ImageFolder data: the class).
+        image_format: Encoding of the images embedded in the Label Studio tasks (``jpeg`` is ~3x
+            smaller than ``png`` for photos).
+        image_size: Longest side of the embedded images, in pixels.
+        url: Base URL of the Label Studio server (``kind=label_studio``).
+        project_id: An existing Label Studio project to use; ``None`` creates one per run on first
+            use (recorded in ``RUN/label_studio.json``).
+        token_env: Name of the environment variable that holds the Label Studio API token. The
+            token itself is never part of the config.
+        wait_s: Seconds the loop keeps polling Label Studio for a round's annotations before it
+            exits ``awaiting_labels`` (0: look once).
+        poll_s: Seconds between two polls.
     """
 
-    kind: Literal["simulated", "human"] = "simulated"
+    kind: Literal["simulated", "human", "label_studio"] = "simulated"
     partial: Literal["wait", "continue"] = _runtime("wait")
+    hide_sample_id: bool | Literal["auto"] = _runtime("auto")
+    image_format: Literal["jpeg", "png"] = _runtime("jpeg")
+    image_size: int = _runtime(256)
+    url: str = _runtime("http://localhost:8080")
+    project_id: int | None = _runtime(None)
+    token_env: str = _runtime("LABEL_STUDIO_API_KEY")
+    wait_s: float = _runtime(0.0)
+    poll_s: float = _runtime(10.0)
+
+    def __post_init__(self) -> None:
+        _check(
+            16 <= self.image_size <= 4096,
+            "oracle.image_size",
+            f"must be in [16, 4096], got {self.image_size}",
+        )
+        _check(
+            self.url.startswith(("http://", "https://")) and len(self.url.split("://", 1)[1].strip("/")) > 0,
+            "oracle.url",
+            f"must be an http:// or https:// URL of the Label Studio server, got {self.url!r}",
+        )
+        _check(
+            "@" not in self.url.split("://", 1)[-1].split("/", 1)[0],
+            "oracle.url",
+            f"must not hold credentials; put the API token in the environment variable {self.token_env}",
+        )
+        _check(
+            self.project_id is None or self.project_id >= 1,
+            "oracle.project_id",
+            f"must be a Label Studio project id >= 1 (or null to create one), got {self.project_id}",
+        )
+        _check(
+            bool(_ENV_NAME.match(self.token_env)),
+            "oracle.token_env",
+            f"must be the NAME of an environment variable (letters, digits, '_'), got {self.token_env!r}; "
+            "the token itself never goes into the config",
+        )
+        _check(self.wait_s >= 0, "oracle.wait_s", f"must be >= 0 seconds (0 = look once), got {self.wait_s}")
+        _check(self.poll_s >= 0.1, "oracle.poll_s", f"must be >= 0.1 seconds, got {self.poll_s}")
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)

@@ -209,11 +209,10 @@ class LoopRunner:
             }
             self._oracle = SimulatedOracle(gt, names)
         else:
-            from hssal_ray.oracle import HumanOracle
+            from hssal_ray.oracle import human_oracle_from_config
 
-            self._oracle = HumanOracle(
-                names, load_image=self._load_image_hwc, partial=self.cfg.oracle.partial
-            )
+            ids = self.catalog.table.column("sample_id")
+            self._oracle = human_oracle_from_config(self.cfg.oracle, names, self._load_image_hwc, ids)
         return self._oracle
 
     def _load_image_hwc(self, sample_id: str) -> np.ndarray:
@@ -243,6 +242,8 @@ class LoopRunner:
             return state
         if labels_file is not None:
             self._import_labels(state, labels_file)
+        elif state.status == "awaiting_labels" and getattr(self._oracle_for(), "pulls_labels", False):
+            state.status = "running"  # in memory: the label stage pulls the answer (saved once it advances)
         from hssal_ray._ray import ensure_ray
 
         ensure_ray(self.cfg.resources)
@@ -270,7 +271,7 @@ class LoopRunner:
             )
         oracle = self._oracle_for()
         if not hasattr(oracle, "import_labels"):
-            raise StateError("--labels only applies to runs with oracle.kind=human")
+            raise StateError("--labels only applies to runs with oracle.kind=human or label_studio")
         d, ids, _ = self._pending_query(state)
         oracle.import_labels(d, ids, labels_file)  # validates first; raises before writing anything
         state.status = "running"

@@ -1,10 +1,12 @@
-"""Oracles that answer query batches: simulated (dataset labels) and human (file hand-off).
+"""Oracles that answer query batches: simulated (dataset labels), human (file hand-off), Label Studio (live).
 
-See :mod:`hssal_ray.oracle.base` for the request/collect protocol and
-:mod:`hssal_ray.oracle.labels` for how untrusted label files are validated.
+See :mod:`hssal_ray.oracle.base` for the request/collect protocol,
+:mod:`hssal_ray.oracle.labels` for how untrusted label files are validated and
+:mod:`hssal_ray.oracle.label_studio` for the live Label Studio oracle.
 """
 
 from hssal_ray.oracle.base import LABELS_FILE, Oracle, OracleAnswer, PartialPolicy
+from hssal_ray.oracle.factory import human_oracle_from_config
 from hssal_ray.oracle.human import (
     CONTACT_SHEET_FILE,
     INSTRUCTIONS_FILE,
@@ -12,7 +14,9 @@ from hssal_ray.oracle.human import (
     TASKS_FILE,
     TEMPLATE_FILE,
     HumanOracle,
+    reveals_folder,
 )
+from hssal_ray.oracle.label_studio import LabelStudioOracle
 from hssal_ray.oracle.labels import parse_label_file, write_labels_csv
 from hssal_ray.oracle.simulated import SimulatedOracle
 
@@ -22,6 +26,9 @@ __all__ = [
     "PartialPolicy",
     "SimulatedOracle",
     "HumanOracle",
+    "LabelStudioOracle",
+    "human_oracle_from_config",
+    "reveals_folder",
     "parse_label_file",
     "write_labels_csv",
     "LABELS_FILE",

@@ -36,11 +36,14 @@ class OracleAnswer:
         missing: Queried ids that did not get a label (only non-empty with a ``continue`` policy),
             in query order.
         source: Provenance recorded in ``labeled.parquet``: ``oracle`` (simulated) or ``human``.
+        already_labeled: Ids of earlier rounds that the answer repeated with the label already
+            stored (a Label Studio project reused across rounds); informational, not compared.
     """
 
     labels: dict[str, int]
     missing: list[str] = field(default_factory=list)
     source: str = "oracle"
+    already_labeled: list[str] = field(default_factory=list, compare=False)
 
     def __post_init__(self) -> None:
         """Reject ids that are both answered and missing (a programming error, not user input)."""

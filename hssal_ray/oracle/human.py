@@ -3,13 +3,19 @@
 ``request`` writes, next to the loop's ``query.csv`` in the round directory:
 
 * ``labels_template.csv``: ``sample_id,label`` with the queried ids and empty labels, to fill in;
-* ``label_studio_tasks.json`` + ``label_config.xml``: a Label Studio import (images as data URIs);
-* ``contact_sheet.html``: a self-contained page of thumbnails with sample id and rank;
+* ``label_studio_tasks.json`` + ``label_config.xml``: a Label Studio import (images as JPEG or PNG data
+  URIs; each task tagged with the run and the batch, ordered by query rank, carrying the model's
+  prediction as a pre-annotation when the round has a ``scores.parquet``);
+* ``contact_sheet.html``: a self-contained page of thumbnails with sample id (or ref) and rank;
 * ``INSTRUCTIONS.txt``: what to do next, the allowed class names and the exact resume command.
 
 ``collect`` returns ``None`` until :meth:`HumanOracle.import_labels` (called by
 ``python -m hssal_ray.loop --resume RUN --labels FILE``) has validated a file and written the
 canonical ``labels.csv``.
+
+With ``hide_sample_id`` the annotators see an opaque ``ref`` (``<run>:<batch>:<rank>``) instead of
+the sample id, which on folder-organised data names the class (``airplane/airplane22.jpg``); refs
+are resolved back through the run's ``query.csv`` files.
 """
 
 from __future__ import annotations
@@ -19,17 +25,19 @@ import html
 import io
 import logging
 import posixpath
+import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
 from hssal_ray import _io
-from hssal_ray.oracle._images import png_data_uri
+from hssal_ray.oracle._images import IMAGE_FORMATS, image_data_uri, png_data_uri
+from hssal_ray.oracle._label_studio import LABEL_FROM_NAME
 from hssal_ray.oracle.base import LABELS_FILE, Oracle, OracleAnswer, PartialPolicy
-from hssal_ray.oracle.labels import parse_label_file, write_labels_csv
+from hssal_ray.oracle.labels import PARTIAL_OVERRIDE, parse_label_file, write_labels_csv
 
 __all__ = [
     "HumanOracle",
@@ -38,6 +46,9 @@ __all__ = [
     "LABEL_CONFIG_FILE",
     "CONTACT_SHEET_FILE",
     "INSTRUCTIONS_FILE",
+    "reveals_folder",
+    "run_history",
+    "read_predictions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +59,7 @@ LABEL_CONFIG_FILE = "label_config.xml"
 CONTACT_SHEET_FILE = "contact_sheet.html"
 INSTRUCTIONS_FILE = "INSTRUCTIONS.txt"
 QUERY_FILE = "query.csv"
+_BATCH_DIR = re.compile(r"^(cold_start|round_\d{3,})$")
 
 
 class HumanOracle(Oracle):
@@ -63,6 +75,9 @@ class HumanOracle(Oracle):
             accepted; its unanswered ids come back in ``OracleAnswer.missing``.
         thumb_size: Longest side of contact-sheet thumbnails, in pixels.
         image_size: Longest side of the images embedded in the Label Studio tasks, in pixels.
+        image_format: Encoding of the images embedded in the tasks: ``jpeg`` (small) or ``png``.
+        hide_sample_id: Show annotators an opaque ``ref`` instead of the sample id (use
+            :func:`reveals_folder` to decide).
     """
 
     source: ClassVar[str] = "human"
@@ -75,6 +90,8 @@ class HumanOracle(Oracle):
         partial: PartialPolicy = "wait",
         thumb_size: int = 128,
         image_size: int = 256,
+        image_format: Literal["jpeg", "png"] = "jpeg",
+        hide_sample_id: bool = False,
     ) -> None:
         """Store the parameters (see the class docstring)."""
         if not class_names:
@@ -83,6 +100,10 @@ class HumanOracle(Oracle):
             raise ValueError("class_names has duplicates")
         if partial not in ("wait", "continue"):
             raise ValueError(f"partial must be 'wait' or 'continue', got {partial!r}")
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+        self.image_format = image_format
+        self.hide_sample_id = bool(hide_sample_id)
         self.class_names = list(class_names)
         self.load_image = load_image
         self.partial: PartialPolicy = partial
@@ -101,30 +122,64 @@ class HumanOracle(Oracle):
         """
         ctx = dict(context or {})
         ids = list(dict.fromkeys(ids))
+        run_dir = str(ctx.get("run_dir") or _parent(round_dir))
+        round_name = f"round {ctx['round']}" if "round" in ctx else _basename(round_dir)
+        tasks, ranks, thumbs, query = self._tasks(round_dir, ids, ctx)
+        refs = {
+            t["data"]["ref"]: sid for t, sid in zip(tasks, sorted(ids, key=lambda s: ranks[s]), strict=True)
+        }
+        shown = {sid: ref for ref, sid in refs.items()} if self.hide_sample_id else {s: s for s in ids}
+
+        template = io.StringIO()
+        writer = csv.writer(template, lineterminator="\n")
+        writer.writerow(["ref" if self.hide_sample_id else "sample_id", "label"])
+        writer.writerows([shown[sid], ""] for sid in ids)
+        text = self._instructions(round_dir, run_dir, round_name, len(ids))
+        _io.atomic_write_text(_io.join(round_dir, TEMPLATE_FILE), template.getvalue())
+        _io.atomic_write_json(_io.join(round_dir, TASKS_FILE), tasks)
+        _io.atomic_write_text(_io.join(round_dir, LABEL_CONFIG_FILE), self.label_config())
+        sheet = _contact_sheet(round_name, ids, ranks, query, thumbs, self.class_names, text, shown)
+        _io.atomic_write_text(_io.join(round_dir, CONTACT_SHEET_FILE), sheet)
+        _io.atomic_write_text(_io.join(round_dir, INSTRUCTIONS_FILE), text)
+        logger.info("query of %s handed to annotators:\n%s", round_name, text)
+
+    def _tasks(
+        self, round_dir: str, ids: list[str], ctx: Mapping[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, int], dict[str, str], dict[str, dict[str, str]]]:
+        """The Label Studio tasks of the batch in rank order, the ranks, thumbnails and query rows."""
         query = _read_query(round_dir)
         ranks = {sid: int(r) for sid, r in (ctx.get("ranks") or {}).items()}
         for pos, sid in enumerate(ids, start=1):
             ranks.setdefault(sid, _int_or(query.get(sid, {}).get("rank"), pos))
         thumbs, images = self._encode_images(ids, ctx.get("image_paths") or {})
-        run_dir = str(ctx.get("run_dir") or _parent(round_dir))
-        round_name = f"round {ctx['round']}" if "round" in ctx else _basename(round_dir)
-
-        template = io.StringIO()
-        writer = csv.writer(template, lineterminator="\n")
-        writer.writerow(["sample_id", "label"])
-        writer.writerows([sid, ""] for sid in ids)
-        tasks = [
-            {"id": ranks[sid], "data": {"image": images.get(sid, ""), "sample_id": sid, "rank": ranks[sid]}}
-            for sid in ids
-        ]
-        text = self._instructions(round_dir, run_dir, round_name, len(ids))
-        _io.atomic_write_text(_io.join(round_dir, TEMPLATE_FILE), template.getvalue())
-        _io.atomic_write_json(_io.join(round_dir, TASKS_FILE), tasks)
-        _io.atomic_write_text(_io.join(round_dir, LABEL_CONFIG_FILE), self.label_config())
-        sheet = _contact_sheet(round_name, ids, ranks, query, thumbs, self.class_names, text)
-        _io.atomic_write_text(_io.join(round_dir, CONTACT_SHEET_FILE), sheet)
-        _io.atomic_write_text(_io.join(round_dir, INSTRUCTIONS_FILE), text)
-        logger.info("query of %s handed to annotators:\n%s", round_name, text)
+        run_name = _basename(str(ctx.get("run_dir") or _parent(round_dir)))
+        batch = _basename(round_dir)
+        preds = read_predictions(round_dir, ids, self.class_names)
+        tasks = []
+        for sid in sorted(ids, key=lambda s: ranks[s]):
+            data: dict[str, Any] = {"image": images.get(sid, ""), "ref": f"{run_name}:{batch}:{ranks[sid]}"}
+            if not self.hide_sample_id:
+                data["sample_id"] = sid
+            data.update(rank=ranks[sid], hssal_run=run_name, hssal_batch=batch)
+            task: dict[str, Any] = {"id": ranks[sid], "data": data}
+            if sid in preds:
+                name, score = preds[sid]
+                task["predictions"] = [
+                    {
+                        "model_version": f"hssal {run_name}/{batch}",
+                        "score": round(score, 6),
+                        "result": [
+                            {
+                                "from_name": LABEL_FROM_NAME,
+                                "to_name": "image",
+                                "type": "choices",
+                                "value": {"choices": [name]},
+                            }
+                        ],
+                    }
+                ]
+            tasks.append(task)
+        return tasks, ranks, thumbs, query
 
     def collect(self, round_dir: str, ids: Sequence[str]) -> OracleAnswer | None:
         """Return the imported answer, or ``None`` while no ``labels.csv`` has been imported.
@@ -158,9 +213,23 @@ class HumanOracle(Oracle):
         Raises:
             LabelFileError: The file is invalid; nothing was written.
         """
+        run_dir = _parent(round_dir)
+        refs, earlier = run_history(run_dir, _basename(round_dir))
         answer = parse_label_file(
-            labels_path, query_ids=ids, class_names=self.class_names, partial=self.partial
+            labels_path,
+            query_ids=ids,
+            class_names=self.class_names,
+            partial=self.partial,
+            refs=refs,
+            earlier=earlier,
+            partial_hint=partial_hint(run_dir, labels_path),
         )
+        if answer.already_labeled:
+            logger.info(
+                "%d tasks of earlier rounds in %s carry the labels already stored: kept as they are",
+                len(answer.already_labeled),
+                labels_path,
+            )
         write_labels_csv(_io.join(round_dir, LABELS_FILE), answer.labels, self.class_names, order=list(ids))
         logger.info(
             "imported %d labels from %s into %s (%d unanswered)",
@@ -171,18 +240,25 @@ class HumanOracle(Oracle):
         )
         return answer
 
+    def resume_command(self, run_dir: str, labels: str | None) -> str:
+        """The command that resumes the run (with ``--labels FILE`` when given)."""
+        cmd = f"python -m hssal_ray.loop --resume {shlex.quote(run_dir)}"
+        return cmd + (f" --labels {shlex.quote(labels)}" if labels else "")
+
     def instructions(self, round_dir: str) -> str:
         """The text of ``INSTRUCTIONS.txt`` written by :meth:`request` (for the loop to print)."""
         return _io.read_text(_io.join(round_dir, INSTRUCTIONS_FILE))
 
     def label_config(self) -> str:
-        """The Label Studio labeling config: the image and one single-choice list of the classes."""
+        """The Label Studio labeling config: the image, its ref or sample id, a single-choice class list."""
+        shown = "ref" if self.hide_sample_id else "sample_id"
         choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in self.class_names)
         return (
             "<View>\n"
             '  <Image name="image" value="$image"/>\n'
-            '  <Text name="sample_id" value="$sample_id"/>\n'
-            '  <Choices name="label" toName="image" choice="single" showInLine="true" required="true">\n'
+            f'  <Text name="{shown}" value="${shown}"/>\n'
+            f'  <Choices name="{LABEL_FROM_NAME}" toName="image" choice="single" showInLine="true"'
+            ' required="true">\n'
             f"{choices}\n"
             "  </Choices>\n"
             "</View>\n"
@@ -200,7 +276,7 @@ class HumanOracle(Oracle):
             try:
                 arr = self.load_image(sid)
                 thumbs[sid] = png_data_uri(arr, self.thumb_size)
-                images[sid] = png_data_uri(arr, self.image_size)
+                images[sid] = image_data_uri(arr, self.image_size, self.image_format)
             except Exception as e:  # noqa: BLE001 - a bad image must not stop the hand-off
                 failed.append(sid)
                 logger.warning("no thumbnail for %r: %s: %s", sid, type(e).__name__, e)
@@ -210,26 +286,39 @@ class HumanOracle(Oracle):
 
     def _instructions(self, round_dir: str, run_dir: str, round_name: str, n: int) -> str:
         template = _io.join(round_dir, TEMPLATE_FILE)
-        command = f"python -m hssal_ray.loop --resume {shlex.quote(run_dir)} --labels {shlex.quote(template)}"
+        command = self.resume_command(run_dir, template)
+        key = "ref" if self.hide_sample_id else "sample_id"
         gaps = (
-            "Every row needs a label: the file is rejected if any queried id is left empty or missing."
+            "Every sample needs a label: the file is rejected if any queried id is left empty, skipped "
+            "or missing."
             if self.partial == "wait"
-            else "Rows may be left empty: the run continues with the labels given (partial='continue')."
+            else f"Samples may be left unlabeled: the run goes on with the labels given ({PARTIAL_OVERRIDE})."
+        )
+        hidden = (
+            "   The tasks show an opaque ref (run:batch:rank) instead of the sample id, which would name\n"
+            "   the class folder; the run maps it back.\n"
+            if self.hide_sample_id
+            else ""
         )
         classes = "\n".join(f"  {i:>3}  {c}" for i, c in enumerate(self.class_names))
         return (
             f"The active-learning run {run_dir} is waiting for labels ({round_name}, {n} samples).\n\n"
             f"1. Label the samples. Either\n"
             f"   a) fill the 'label' column of\n        {template}\n"
-            f"      (header 'sample_id,label', one row per queried id; the thumbnails are in\n"
+            f"      (header '{key},label', one row per queried sample; the thumbnails are in\n"
             f"      {_io.join(round_dir, CONTACT_SHEET_FILE)}), or\n"
             f"   b) import {_io.join(round_dir, TASKS_FILE)} into a Label Studio project set up with\n"
-            f"      {_io.join(round_dir, LABEL_CONFIG_FILE)}, label, and export as JSON.\n"
+            f"      {_io.join(round_dir, LABEL_CONFIG_FILE)} (one project can serve every round), label,\n"
+            f"      and export as JSON, JSON_MIN, CSV or TSV.\n"
+            f"{hidden}"
             f"   Write each label as one of the class names below, exactly (case-sensitive).\n"
-            f"   {gaps}\n\n"
-            f"2. Resume the run with the filled file (or the Label Studio JSON export instead):\n\n"
+            f"   {gaps}\n"
+            f"   Several answers for one sample count once when they agree; conflicts are rejected.\n\n"
+            f"2. Resume the run with the filled file (or the Label Studio export instead):\n\n"
             f"   {command}\n\n"
-            f"   An invalid file is rejected with the offending rows listed; the run is left unchanged.\n\n"
+            f"   An invalid file is rejected with the offending rows listed; the run is left unchanged.\n"
+            f"   To go on with a partial answer, add {PARTIAL_OVERRIDE} to that command (it is then\n"
+            f"   saved in the run's config.yaml and applies to the later rounds too).\n\n"
             f"Allowed class names ({len(self.class_names)}):\n{classes}\n"
         )
 
@@ -238,6 +327,7 @@ class HumanOracle(Oracle):
             "num_classes": len(self.class_names),
             "partial": self.partial,
             "images": self.load_image is not None,
+            "hide_sample_id": self.hide_sample_id,
         }
 
 
@@ -252,6 +342,104 @@ def _read_query(round_dir: str) -> dict[str, dict[str, str]]:
     except (OSError, UnicodeDecodeError, csv.Error, KeyError) as e:
         logger.warning("could not read %s (%s); using the order of the ids as ranks", path, e)
         return {}
+
+
+def reveals_folder(ids: Any) -> bool:
+    """Whether showing these sample ids would show a folder name (on ImageFolder data, the class).
+
+    Args:
+        ids: Sample ids: a sequence of str, or an Arrow (chunked) array of strings.
+    """
+    if hasattr(ids, "type"):  # Arrow: no Python strings for a million ids
+        import pyarrow.compute as pc
+
+        return bool(pc.any(pc.match_substring_regex(ids, r"[/\\]")).as_py())
+    return any("/" in str(s) or "\\" in str(s) for s in ids)
+
+
+def partial_hint(run_dir: str, labels: str | None) -> str:
+    """The exact way to accept a partial answer, for error messages."""
+    cmd = f"python -m hssal_ray.loop --resume {shlex.quote(run_dir)}"
+    if labels:
+        cmd += f" --labels {shlex.quote(labels)}"
+    return (
+        f"or go on with the labels given: `{cmd} {PARTIAL_OVERRIDE}` "
+        "(the override is saved in the run's config.yaml and applies to the later rounds too)"
+    )
+
+
+def run_history(run_dir: str, current: str) -> tuple[dict[str, str], dict[str, int | None]]:
+    """What a reused Label Studio project may hold besides the current batch.
+
+    Args:
+        run_dir: The run directory.
+        current: The current batch's directory name (``cold_start`` or ``round_003``).
+
+    Returns:
+        ``(refs, earlier)``: ``ref -> sample_id`` of every batch of the run (the current one
+        included), and ``sample_id -> stored class index`` (``None`` if it was left unanswered) of
+        the ids of the other batches.
+    """
+    from hssal_ray.state import LabeledSet
+
+    run_name = _basename(run_dir)
+    refs: dict[str, str] = {}
+    earlier_ids: list[str] = []
+    for name in _io.listdir(run_dir):
+        if not _BATCH_DIR.match(name):
+            continue
+        rows = _read_query(_io.join(run_dir, name))
+        for pos, (sid, row) in enumerate(rows.items(), start=1):
+            refs[f"{run_name}:{name}:{_int_or(row.get('rank'), pos)}"] = sid
+            if name != current:
+                earlier_ids.append(sid)
+    stored = LabeledSet.load(run_dir).labels() if _io.exists(LabeledSet.path(run_dir)) else {}
+    return refs, {sid: stored.get(sid) for sid in earlier_ids}
+
+
+def read_predictions(
+    round_dir: str, ids: Sequence[str], class_names: Sequence[str]
+) -> dict[str, tuple[str, float]]:
+    """The model's prediction ``sample_id -> (class name, probability)`` from ``scores.parquet``.
+
+    Empty when the round has no scores (the cold start) or they cannot be read (logged).
+    """
+    import pyarrow.parquet as pq
+
+    path = _io.join(round_dir, "scores.parquet")
+    if not ids or not _io.exists(path):
+        return {}
+    try:
+        fs, p = _io.resolve_fs(path)
+        names = set(pq.read_schema(_first_part(fs, p), filesystem=fs).names)
+        columns = ["sample_id", "probs", *(["pred"] if "pred" in names else [])]
+        table = pq.read_table(p, columns=columns, filters=[("sample_id", "in", list(ids))], filesystem=fs)
+    except Exception as e:  # noqa: BLE001 - no predictions must not stop the hand-off
+        logger.warning("no predictions for the tasks: cannot read %s (%s: %s)", path, type(e).__name__, e)
+        return {}
+    out: dict[str, tuple[str, float]] = {}
+    preds = table.column("pred").to_pylist() if "pred" in table.column_names else None
+    for i, (sid, probs) in enumerate(
+        zip(table.column("sample_id").to_pylist(), table.column("probs").to_pylist(), strict=True)
+    ):
+        if not probs:
+            continue
+        k = int(preds[i]) if preds is not None and preds[i] is not None else int(np.argmax(probs))
+        if 0 <= k < len(class_names) and k < len(probs):
+            out[sid] = (class_names[k], float(probs[k]))
+    return out
+
+
+def _first_part(fs: Any, p: str) -> str:
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(p).type != pafs.FileType.Directory:
+        return p
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=True))
+    files = sorted(
+        i.path for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))
+    )
+    return files[0] if files else p
 
 
 def _int_or(value: Any, default: int) -> int:
@@ -289,12 +477,13 @@ def _contact_sheet(
     thumbs: Mapping[str, str],
     class_names: Sequence[str],
     instructions: str,
+    shown: Mapping[str, str],
 ) -> str:
     esc = html.escape
     cards = []
     for sid in sorted(ids, key=lambda s: ranks[s]):
         img = (
-            f'<img src="{thumbs[sid]}" alt="{esc(sid)}">'
+            f'<img src="{thumbs[sid]}" alt="{esc(shown[sid])}">'
             if sid in thumbs
             else '<div class="none">no image</div>'
         )
@@ -307,7 +496,7 @@ def _contact_sheet(
         meta = f"<div>{' · '.join(extra)}</div>" if extra else ""
         cards.append(
             f'<div class="card">{img}<div><b>#{ranks[sid]}</b></div>'
-            f'<div class="id">{esc(sid)}</div>{meta}</div>'
+            f'<div class="id">{esc(shown[sid])}</div>{meta}</div>'
         )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

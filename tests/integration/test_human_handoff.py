@@ -59,7 +59,7 @@ def test_human_oracle_round_trip(tmp_path: Path) -> None:
     bad_files = {
         "unknown class": [(ids[0], "not_a_class"), *good[1:]],
         "not in this round's query": [*good, ("some/other.png", classes[0])],
-        "duplicate": [*good, good[0]],
+        "conflicting answers": [*good, (ids[0], next(c for c in classes if c != truth[ids[0]]))],
         "without a label": good[:-1],
     }
     before = _snapshot(run)

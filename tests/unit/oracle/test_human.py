@@ -55,8 +55,11 @@ def test_request_writes_hand_off_files(round_dir: Path) -> None:
     tasks = json.loads((round_dir / TASKS_FILE).read_text())
     assert [t["id"] for t in tasks] == [1, 2, 3]
     assert [t["data"]["sample_id"] for t in tasks] == IDS
-    png = base64.b64decode(tasks[0]["data"]["image"].split(",", 1)[1])
-    assert tasks[0]["data"]["image"].startswith("data:image/png;base64,") and png[:8] == b"\x89PNG\r\n\x1a\n"
+    jpeg = base64.b64decode(tasks[0]["data"]["image"].split(",", 1)[1])
+    assert tasks[0]["data"]["image"].startswith("data:image/jpeg;base64,") and jpeg[:3] == b"\xff\xd8\xff"
+    assert [t["data"]["ref"] for t in tasks] == ["run:round_002:1", "run:round_002:2", "run:round_002:3"]
+    assert all(t["data"]["hssal_run"] == "run" and t["data"]["hssal_batch"] == "round_002" for t in tasks)
+    assert "predictions" not in tasks[0]  # no scores.parquet in this round
     assert tasks[2]["data"]["image"] == ""  # its image failed to load: logged, not fatal
 
     config = (round_dir / LABEL_CONFIG_FILE).read_text()

@@ -89,9 +89,9 @@ def _ann(choice: str | list[str], updated: str, cancelled: bool = False) -> dict
     }
 
 
-def test_good_label_studio_export_takes_latest_non_cancelled(tmp_path: Path) -> None:
+def test_label_studio_export_agreeing_annotations_count_once_cancelled_ignored(tmp_path: Path) -> None:
     tasks = [
-        _task(1, "img_01", _ann("river", "2025-01-02T10:00:00Z"), _ann("beach", "2025-01-01T10:00:00Z")),
+        _task(1, "img_01", _ann("river", "2025-01-02T10:00:00Z"), _ann("river", "2025-01-01T10:00:00Z")),
         _task(
             2, "img_02", _ann("forest", "2025-01-01T10:00:00Z"), _ann("river", "2025-01-03T10:00:00Z", True)
         ),
@@ -198,20 +198,24 @@ def test_rejects_ids_not_in_query(tmp_path: Path) -> None:
         tmp_path, "sample_id,label\nimg_01,beach\nimg_02,forest\nimg_03,river\nimg_99,river\nIMG_01,beach\n"
     )
     _rejected(
-        p, "not in this round's query (2)", "line 5 (sample_id 'img_99')", "line 6 (sample_id 'IMG_01')"
+        p,
+        "(CSV) rejected",
+        "not in this round's query (nor in an earlier round's) (2)",
+        "line 5 (sample_id 'img_99')",
+        "line 6 (sample_id 'IMG_01')",
     )
 
 
-def test_rejects_duplicates_conflicting_or_not(tmp_path: Path) -> None:
+def test_repeated_rows_count_once_when_they_agree_and_are_rejected_when_they_conflict(tmp_path: Path) -> None:
+    ok = _write(tmp_path, "sample_id,label\nimg_01,beach\nimg_02,forest\nimg_03,river\nimg_02,forest\n")
+    assert _parse(ok).labels == {"img_01": 0, "img_02": 1, "img_03": 2}
     p = _write(
         tmp_path, "sample_id,label\nimg_01,beach\nimg_02,forest\nimg_03,river\nimg_01,river\nimg_02,forest\n"
     )
-    _rejected(
-        p,
-        "duplicate sample ids (2)",
-        "line 5 (sample_id 'img_01'), first on line 2 (conflicting: 'beach' vs 'river')",
-        "line 6 (sample_id 'img_02'), first on line 3 (same label 'forest')",
+    msg = _rejected(
+        p, "conflicting answers for one sample (1)", "sample_id 'img_01': 'beach' (line 2), 'river' (line 5)"
     )
+    assert "img_02" not in msg
 
 
 def test_rejects_empty_labels_when_waiting(tmp_path: Path) -> None:
@@ -226,7 +230,16 @@ def test_rejects_rows_without_sample_id(tmp_path: Path) -> None:
 
 def test_rejects_missing_rows_when_waiting(tmp_path: Path) -> None:
     p = _write(tmp_path, "sample_id,label\nimg_02,forest\n")
-    _rejected(p, "queried ids without a label (2)", "'img_01'", "'img_03'", "partial='continue'")
+    msg = _rejected(
+        p,
+        "(CSV) rejected",
+        "queried ids without a label (2)",
+        "'img_01' (no row)",
+        "'img_03' (no row)",
+        "add a row with a class name for each",
+        "add oracle.partial=continue to the --resume command",
+    )
+    assert "partial='continue'" not in msg
 
 
 def test_rejects_entirely_empty_answer_even_when_continuing(tmp_path: Path) -> None:
@@ -244,9 +257,9 @@ def test_caps_the_listed_rows(tmp_path: Path) -> None:
 
 
 def test_reports_all_problems_at_once(tmp_path: Path) -> None:
-    p = _write(tmp_path, "sample_id,label\nimg_01,Beach\nimg_01,beach\nimg_77,river\n")
+    p = _write(tmp_path, "sample_id,label\nimg_01,Beach\nimg_02,forest\nimg_02,river\nimg_77,river\n")
     msg = _rejected(
-        p, "(5 problems;", "unknown class", "duplicate", "not in this round's query", "without a label"
+        p, "(4 problems;", "unknown class", "conflicting", "not in this round's query", "without a label"
     )
     assert msg.count("\n  - ") == 4
 

@@ -1,0 +1,357 @@
+"""Label Studio as the oracle, against a real Label Studio server started by the test.
+
+The server is ``label-studio==1.23.2`` from PyPI in its own cached virtualenv (see
+``tests/label_studio_server.py``), on 127.0.0.1 with a generated token. A scripted annotator answers
+through the REST API (``POST /api/tasks/{id}/annotations``), as a person in the labeling page would.
+The tests skip only when Label Studio cannot be installed (no network to PyPI).
+
+* ``test_oracle_round_trip_against_real_server``: the oracle alone (no Ray): project creation,
+  tasks in rank order with hidden sample ids and predictions, skipped tasks under ``wait``, a bad
+  round rejected with the run directory byte-identical, polling, and the server's own JSON,
+  JSON_MIN, CSV and TSV exports of the reused project accepted by ``--labels``.
+* ``test_loop_two_rounds_through_label_studio`` (slow: several CLI runs of the loop): the real CLI,
+  two batches labeled in Label Studio, a rejected bad round, the token nowhere in the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from hssal_ray.errors import ConfigError, LabelFileError
+from hssal_ray.oracle import HumanOracle, LabelStudioOracle
+from hssal_ray.oracle.label_studio import EXPORT_FILE, PROJECT_FILE, PUSH_FILE, LabelStudioError
+from hssal_ray.query.scores_io import write_scores
+from hssal_ray.state import LabeledSet
+from tests.integration.conftest import SMOKE, run_cli
+from tests.label_studio_server import Server, ensure_installed, start
+
+pytestmark = pytest.mark.label_studio
+
+CLASSES = ["airplane", "beach", "forest"]
+
+
+@pytest.fixture(scope="module")
+def ls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    exe, reason = ensure_installed()
+    if exe is None:
+        pytest.skip(f"Label Studio cannot be installed here: {reason}")
+    server = start(exe, tmp_path_factory.mktemp("label_studio"))
+    print(f"\n[label studio] started in {server.start_s:.1f} s at {server.url}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _snapshot(run: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _choice(name: str) -> list[dict[str, Any]]:
+    return [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [name]}}]
+
+
+def _annotate(server: Server, task_id: int, label: str | None) -> int:
+    """Answer one task as an annotator would (``None``: press Skip)."""
+    body = {"result": [], "was_cancelled": True} if label is None else {"result": _choice(label)}
+    return int(server.api("POST", f"/api/tasks/{task_id}/annotations", body)["id"])
+
+
+def _tasks(server: Server, project: int) -> list[dict[str, Any]]:
+    return server.api("GET", f"/api/tasks?project={project}&fields=all&page_size=1000")["tasks"]
+
+
+def _write_query(d: Path, ids: list[str]) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"{s},{i},0.5,0\n" for i, s in enumerate(ids, start=1))
+    (d / "query.csv").write_text("sample_id,rank,u,coarse_cluster\n" + rows)
+
+
+def _noise(sid: str) -> np.ndarray:
+    rng = np.random.default_rng(abs(hash(sid)) % 2**32)
+    return rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)  # big data URIs: > csv's 128 KiB limit
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A run directory as the loop leaves it after the cold start's training and round 0's query."""
+    run = tmp_path / "lsrun"
+    pool = [f"{c}/{c}{i:02d}.jpg" for c in CLASSES for i in range(4)]
+    _write_query(run / "cold_start", pool[0::4])  # airplane00, beach00, forest00
+    _write_query(run / "round_000", [pool[5], pool[1], pool[10], pool[2]])
+    probs = np.full((len(pool), 3), 0.1, dtype=np.float32)
+    pred = np.array([(i + 1) % 3 for i in range(len(pool))])  # wrong on purpose: predictions != truth
+    probs[np.arange(len(pool)), pred] = 0.8
+    write_scores(
+        str(run / "round_000" / "scores.parquet"),
+        pool,
+        embeddings=np.eye(len(pool), 4, dtype=np.float32),
+        probs=probs,
+        scores={"u_badge": np.linspace(0, 1, len(pool))},
+        pred=pred,
+        num_parts=2,
+    )
+    (run / "classes.json").write_text(json.dumps(CLASSES))
+    return run
+
+
+def _truth(sid: str) -> str:
+    return sid.split("/", 1)[0]
+
+
+def _ids(d: Path) -> list[str]:
+    with open(d / "query.csv") as f:
+        return [r["sample_id"] for r in csv.DictReader(f)]
+
+
+def test_oracle_round_trip_against_real_server(
+    ls_server: Server, run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="hssal_ray")
+    t0 = time.monotonic()
+    cold, r0 = run_dir / "cold_start", run_dir / "round_000"
+    oracle = LabelStudioOracle(  # PNG noise: data URIs larger than csv's default 128 KiB field limit
+        CLASSES,
+        url=ls_server.url,
+        token=ls_server.token,
+        load_image=_noise,
+        hide_sample_id=True,
+        image_format="png",
+    )
+    assert ls_server.token not in repr(oracle)
+
+    # --- cold start: the first collect creates the project and pushes the batch, no model yet
+    ids0 = _ids(cold)
+    assert oracle.collect(str(cold), ids0) is None
+    pid = json.loads((run_dir / PROJECT_FILE).read_text())["project_id"]
+    project = ls_server.api("GET", f"/api/projects/{pid}")
+    assert "$ref" in project["label_config"] and "$sample_id" not in project["label_config"]
+    tasks = _tasks(ls_server, pid)
+    assert [t["data"]["rank"] for t in tasks] == [1, 2, 3]  # imported in query-rank order
+    assert all("sample_id" not in t["data"] for t in tasks)  # annotators do not see the class folder
+    assert not any(sid in json.dumps(t["data"]) for t in tasks for sid in ids0)
+    assert all(t["predictions"] == [] for t in tasks)  # the cold start has no model
+    assert [t["data"]["ref"] for t in tasks] == [f"lsrun:cold_start:{i}" for i in (1, 2, 3)]
+    oracle.request(str(cold), ids0, {"round": 0})  # idempotent: nothing imported twice
+    assert len(_tasks(ls_server, pid)) == 3
+
+    by_ref = dict(zip([t["data"]["ref"] for t in tasks], ids0, strict=True))
+    _annotate(ls_server, tasks[0]["id"], _truth(by_ref[tasks[0]["data"]["ref"]]))
+    _annotate(ls_server, tasks[1]["id"], None)  # skipped
+    _annotate(ls_server, tasks[2]["id"], _truth(by_ref[tasks[2]["data"]["ref"]]))
+    assert oracle.collect(str(cold), ids0) is None  # oracle.partial=wait: a skipped task keeps it waiting
+    assert "1 skipped" in oracle.instructions(str(cold)) and "oracle.partial=continue" in oracle.instructions(
+        str(cold)
+    )
+    continuing = LabelStudioOracle(
+        CLASSES, url=ls_server.url, token=ls_server.token, partial="continue", hide_sample_id=True
+    )
+    partial_answer = continuing.collect(str(cold), ids0)  # oracle.partial=continue: goes on without it
+    assert partial_answer is not None and partial_answer.missing == [by_ref[tasks[1]["data"]["ref"]]]
+    (cold / "labels.csv").unlink()
+    (cold / EXPORT_FILE).unlink()
+    _annotate(ls_server, tasks[1]["id"], _truth(by_ref[tasks[1]["data"]["ref"]]))  # un-skipped
+    answer = oracle.collect(str(cold), ids0)
+    assert answer is not None and answer.labels == {s: CLASSES.index(_truth(s)) for s in ids0}
+    assert "image" not in json.loads((cold / EXPORT_FILE).read_text())[0]["data"]
+    LabeledSet().with_round(0, answer.labels, "human").save(str(run_dir))
+
+    # --- round 0: the model's predictions travel with the tasks
+    ids1 = _ids(r0)
+    oracle.request(str(r0), ids1, {"round": 0})
+    assert oracle.collect(str(r0), ids1) is None
+    push = json.loads((r0 / PUSH_FILE).read_text())
+    tasks1 = [t for t in _tasks(ls_server, pid) if t["data"]["hssal_batch"] == "round_000"]
+    assert [t["data"]["rank"] for t in tasks1] == [1, 2, 3, 4]
+    assert sorted(push["tasks"].values()) == [t["id"] for t in tasks1]
+    scores = pq.read_table(r0 / "scores.parquet").to_pylist()
+    model = {r["sample_id"]: (CLASSES[r["pred"]], max(r["probs"])) for r in scores}
+    for t, sid in zip(tasks1, ids1, strict=True):
+        (p,) = t["predictions"]
+        assert p["model_version"] == "hssal lsrun/round_000"
+        assert p["result"][0]["value"]["choices"] == [model[sid][0]]
+        assert p["score"] == pytest.approx(model[sid][1], abs=1e-5)
+
+    # the reused project's own exports (both batches) are accepted as files, before any API pull
+    good = {s: _truth(s) for s in ids1}
+    ann_ids = {t["id"]: _annotate(ls_server, t["id"], good[s]) for t, s in zip(tasks1, ids1, strict=True)}
+    for fmt in ("JSON", "JSON_MIN", "CSV", "TSV"):
+        raw = ls_server.api("GET", f"/api/projects/{pid}/export?exportType={fmt}", raw=True)
+        path = run_dir.parent / f"export.{fmt.lower().replace('_min', '.min')}"
+        path.write_bytes(raw)
+        if fmt in ("CSV", "TSV"):  # embedded images are larger than Python's default csv field limit
+            assert max(len(x) for x in raw.decode().replace("\t", ",").split(",")) > 131072
+        fresh = HumanOracle(CLASSES, hide_sample_id=True)
+        got = fresh.import_labels(str(r0), ids1, str(path))
+        assert got.labels == {s: CLASSES.index(v) for s, v in good.items()}, fmt
+        assert sorted(got.already_labeled) == sorted(ids0), fmt  # earlier round, stored labels: reported
+        (r0 / "labels.csv").unlink()
+
+    # --- a bad round: an unknown class and two conflicting annotations; the run stays byte-identical
+    first, second = tasks1[0]["id"], tasks1[1]["id"]
+    ls_server.api("PATCH", f"/api/annotations/{ann_ids[first]}", {"result": _choice("not_a_class")})
+    extra = _annotate(ls_server, second, "forest" if good[ids1[1]] != "forest" else "beach")
+    before = _snapshot(run_dir)
+    with pytest.raises(LabelFileError) as info:
+        oracle.collect(str(r0), ids1)
+    msg = str(info.value)
+    assert "Label Studio API" in msg and "nothing was changed" in msg
+    assert "'not_a_class'" in msg and "conflicting answers" in msg and ids1[1] in msg
+    assert _snapshot(run_dir) == before
+
+    # --- fixed in Label Studio, one task still to do: the loop polls and takes the answer once complete
+    ls_server.api("PATCH", f"/api/annotations/{ann_ids[first]}", {"result": _choice(good[ids1[0]])})
+    ls_server.api("DELETE", f"/api/annotations/{extra}")
+    last = tasks1[-1]["id"]
+    ls_server.api("DELETE", f"/api/annotations/{ann_ids[last]}")
+    fix = threading.Timer(2.0, lambda: _annotate(ls_server, last, good[ids1[-1]]))
+    waiting = LabelStudioOracle(
+        CLASSES, url=ls_server.url, token=ls_server.token, hide_sample_id=True, wait_s=60, poll_s=0.5
+    )
+    t_wait = time.monotonic()
+    fix.start()
+    answer1 = waiting.collect(str(r0), ids1)
+    fix.join()
+    assert answer1 is not None and time.monotonic() - t_wait < 30
+    assert answer1.labels == {s: CLASSES.index(v) for s, v in good.items()}
+    assert waiting.collect(str(r0), ids1) == answer1  # from labels.csv now
+
+    # an existing project (oracle.project_id) is checked against the run's classes; a bad token is named
+    same = LabelStudioOracle(
+        CLASSES, url=ls_server.url, token=ls_server.token, project_id=pid, hide_sample_id=True
+    )
+    assert same._project(str(run_dir)) == pid
+    other = ls_server.api(
+        "POST",
+        "/api/projects",
+        {"title": "someone else's", "label_config": project["label_config"].replace("forest", "lake")},
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"does not fit this run: its choices differ .*extra \['lake'\], absent \['forest'\]",
+    ):
+        LabelStudioOracle(CLASSES, url=ls_server.url, token=ls_server.token, project_id=other["id"])._project(
+            str(run_dir)
+        )
+    wrong = "0" * 40
+    with pytest.raises(LabelStudioError, match=r"HTTP 401.*API token from \$LABEL_STUDIO_API_KEY") as info:
+        LabelStudioOracle(CLASSES, url=ls_server.url, token=wrong, project_id=pid)._project(str(run_dir))
+    assert wrong not in str(info.value)
+
+    # the token is nowhere: not in the run directory, not in the logs
+    for p in run_dir.rglob("*"):
+        if p.is_file():
+            assert ls_server.token.encode() not in p.read_bytes(), p
+    assert ls_server.token not in caplog.text
+    print(f"[label studio] oracle round trip: {time.monotonic() - t0:.1f} s")
+
+
+def _run_truth(run: Path) -> dict[str, str]:
+    t = pq.read_table(run / "manifest.parquet")
+    return dict(zip(t["sample_id"].to_pylist(), t["class_name"].to_pylist(), strict=True))
+
+
+def _batch_tasks(server: Server, run: Path, batch: str) -> list[dict[str, Any]]:
+    pid = json.loads((run / PROJECT_FILE).read_text())["project_id"]
+    tasks = [t for t in _tasks(server, pid) if t["data"]["hssal_batch"] == batch]
+    return sorted(tasks, key=lambda t: t["data"]["rank"])
+
+
+@pytest.mark.slow  # ~4-5 min on 2 busy cores: five CLI runs of the loop (Ray start, train, score each)
+@pytest.mark.ray
+def test_loop_two_rounds_through_label_studio(
+    ls_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t0 = time.monotonic()
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls_server.token)
+    run = tmp_path / "lsloop"
+    outputs: list[str] = []
+
+    def cli(*args: str, check: bool = True) -> Any:
+        proc = run_cli(*args, check=check)
+        outputs.append(proc.stdout + proc.stderr)
+        return proc
+
+    cli(*SMOKE, "oracle.kind=label_studio", f"oracle.url={ls_server.url}", "loop.rounds=1",
+        f"loop.run_dir={tmp_path}", "loop.name=lsloop")  # fmt: skip
+    state = json.loads((run / "state.json").read_text())
+    assert (state["status"], state["stage"]) == ("awaiting_labels", "init")
+    truth = _run_truth(run)
+    answers: dict[str, str] = {}
+
+    def answer_batch(batch: str, bad: str | None = None) -> dict[int, int]:
+        ids = _ids(run / batch)
+        tasks = _batch_tasks(ls_server, run, batch)
+        assert len(tasks) == len(ids) and all("sample_id" not in t["data"] for t in tasks)  # hidden: auto
+        done = {}
+        for t in tasks:
+            sid = ids[t["data"]["rank"] - 1]
+            answers[sid] = truth[sid]
+            label = bad if (bad and t is tasks[0]) else truth[sid]
+            done[t["id"]] = _annotate(ls_server, t["id"], label)
+        return done
+
+    # cold start: pushed without predictions, answered in Label Studio, pulled by --resume
+    assert all(t["predictions"] == [] for t in _batch_tasks(ls_server, run, "cold_start"))
+    answer_batch("cold_start")
+    cli("--resume", str(run))
+    state = json.loads((run / "state.json").read_text())
+    assert (state["status"], state["stage"], state["round"]) == ("awaiting_labels", "label", 0)
+
+    # round 0: every task carries the model's prediction (the round's scores.parquet)
+    classes = json.loads((run / "classes.json").read_text())
+    scores = {r["sample_id"]: r for r in pq.read_table(run / "round_000" / "scores.parquet").to_pylist()}
+    ids1 = _ids(run / "round_000")
+    tasks1 = _batch_tasks(ls_server, run, "round_000")
+    for t, sid in zip(tasks1, ids1, strict=True):
+        (p,) = t["predictions"]
+        assert p["model_version"] == "hssal lsloop/round_000"
+        assert p["result"][0]["value"]["choices"] == [classes[scores[sid]["pred"]]]
+        assert p["score"] == pytest.approx(scores[sid]["probs"][scores[sid]["pred"]], abs=1e-5)
+
+    # a bad round: rejected, the run directory byte-identical
+    ann = answer_batch("round_000", bad="not_a_class")
+    before = _snapshot(run)
+    proc = cli("--resume", str(run), check=False)
+    assert proc.returncode == 2 and "'not_a_class'" in proc.stderr and "nothing was changed" in proc.stderr
+    assert _snapshot(run) == before
+
+    # fixed in Label Studio while the loop polls (oracle.wait_s): it picks the answer up and finishes
+    first, last = tasks1[0]["id"], tasks1[-1]["id"]
+    ls_server.api("PATCH", f"/api/annotations/{ann[first]}", {"result": _choice(answers[ids1[0]])})
+    ls_server.api("DELETE", f"/api/annotations/{ann[last]}")
+    later = threading.Timer(20.0, lambda: _annotate(ls_server, last, answers[ids1[-1]]))
+    later.start()
+    try:
+        cli("--resume", str(run), "oracle.wait_s=300", "oracle.poll_s=1")
+    finally:
+        later.cancel()
+    assert json.loads((run / "state.json").read_text())["status"] == "done"
+    lab = pq.read_table(run / "labeled.parquet").to_pylist()
+    assert {r["sample_id"]: classes[r["label"]] for r in lab} == answers  # exactly the scripted answers
+    assert {r["source"] for r in lab} == {"human"} and sorted({r["round_added"] for r in lab}) == [0, 1]
+
+    # the token: only in the environment
+    config = (run / "config.yaml").read_text()
+    assert "token_env: LABEL_STUDIO_API_KEY" in config
+    for p in run.rglob("*"):
+        if p.is_file():
+            assert ls_server.token.encode() not in p.read_bytes(), p
+    assert not any(ls_server.token in out for out in outputs)
+    print(f"[label studio] loop, two rounds: {time.monotonic() - t0:.1f} s")
