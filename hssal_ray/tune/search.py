@@ -185,7 +185,10 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_dir: str) -> N
         print(f"[{name}] {line}", file=sys.stderr, flush=True)
 
     report(read_metrics(cfg.run_path), hold_final=True)  # rounds of an earlier attempt
-    LoopRunner(cfg, progress=progress, on_round=lambda rows: report(rows, hold_final=True)).run()
+    # a restarted trial may find its earlier attempt's lease (a dead actor on another node): wait it out
+    LoopRunner(cfg, progress=progress, on_round=lambda rows: report(rows, hold_final=True)).run(
+        lease_wait_s=2 * cfg.loop.lease_timeout_s
+    )
     report(read_metrics(cfg.run_path), hold_final=False)
 
 
