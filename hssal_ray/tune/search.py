@@ -115,20 +115,16 @@ def _concurrency(plan: SweepPlan) -> int:
 def _start_ray(cfg: ExperimentConfig) -> None:
     import ray
 
-    from hssal_ray._ray import ensure_ray
+    from hssal_ray._ray import ensure_ray, init_private_ray
 
     if ray.is_initialized() or cfg.resources.address or os.environ.get("RAY_ADDRESS"):
         ensure_ray(cfg.resources)
         return
     # A plain ray.init() joins any cluster a `ray start` left running on this machine (and then
-    # rejects num_cpus); a sweep without an address wants its own local runtime.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local",
+    # rejects num_cpus); a sweep without an address wants its own local runtime, on no well-known port.
+    init_private_ray(
         num_cpus=cfg.resources.num_cpus,
         object_store_memory=cfg.resources.object_store_memory,
-        dashboard_host="127.0.0.1",
         log_to_driver=True,
         logging_level=logging.WARNING,
     )
