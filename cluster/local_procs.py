@@ -41,11 +41,33 @@ class Proc:
     args: str
 
 
+def _proc_table() -> list[Proc] | None:
+    """The process table from ``/proc`` (Linux), or ``None`` where there is none."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    procs = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                args = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        procs.append(Proc(int(d), int(fields[1]), int(fields[3]), args))  # ppid, session id
+    return procs
+
+
 def process_table() -> list[Proc]:
-    """Every process of the machine (``ps``; the session id where ``ps`` knows it, else the group)."""
+    """Every process of the machine: ``/proc``, else ``ps`` (session id, else process group)."""
+    table = _proc_table()
+    if table is not None:
+        return table
     for sid_field in ("sid", "pgid"):
         out = subprocess.run(
-            ["ps", "-A", "-o", "pid=", "-o", "ppid=", "-o", f"{sid_field}=", "-o", "args="],
+            ["ps", "-A", "-ww", "-o", "pid=", "-o", "ppid=", "-o", f"{sid_field}=", "-o", "args="],
             capture_output=True,
             text=True,
         )
@@ -152,11 +174,15 @@ def _stop(args: argparse.Namespace) -> None:
         time.sleep(0.25)
         left = [p for p in left if _alive(p.pid)]
     # the raylet spawns workers until it dies: kill what is left and anything started meanwhile
-    for p in left + [q for q in _find(args) if q not in procs]:
+    killed = left + [q for q in _find(args) if q not in procs]
+    for p in killed:
         try:
             os.kill(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    deadline = time.monotonic() + 5
+    while any(_alive(p.pid) for p in killed) and time.monotonic() < deadline:
+        time.sleep(0.1)
     print(
         f"stopped the cluster in {args.temp_dir}: {len(procs)} processes "
         f"({len(left)} needed SIGKILL after {args.grace:g} s)"
