@@ -95,7 +95,7 @@ case "$cmd" in
     echo "    python -m hssal_ray.loop --config configs/demo.yaml loop.run_dir=$PWD/runs"
     ;;
   stop)
-    procs stop --grace "${HSSAL_STOP_GRACE_S:-10}"
+    procs stop --grace "${HSSAL_STOP_GRACE_S:-5}"
     rm -f "$sessions" "$info"
     ;;
   status)

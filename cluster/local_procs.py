@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("action", choices=["session", "list", "stop"])
     ap.add_argument("--temp-dir", required=True, help="the cluster's Ray temp dir")
     ap.add_argument("--sessions", required=True, help="file of the session ids of its `ray start`s")
-    ap.add_argument("--grace", type=float, default=10.0, help="stop: seconds between SIGTERM and SIGKILL")
+    ap.add_argument("--grace", type=float, default=5.0, help="stop: seconds between SIGTERM and SIGKILL")
     ap.add_argument("--count", action="store_true", help="list: print only the number of processes")
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)
