@@ -67,22 +67,22 @@ def set_ray_env() -> None:
 def start_local_ray(num_cpus: int, object_store_memory: int = 1_000_000_000) -> float:
     """Start a *new* local Ray runtime with ``num_cpus`` logical CPUs; return the seconds ``ray.init`` took.
 
-    Same settings as :func:`hssal_ray._ray.ensure_ray` (dashboard on 127.0.0.1: Ray Train's
-    controller polls the State API) plus ``address="local"``: without it ``ray.init`` joins any
-    cluster another user of this machine started with ``ray start`` (and then refuses ``num_cpus``).
-    A runtime that is already initialised in this process is reused (0.0 s).
+    The runtime :func:`hssal_ray._ray.ensure_ray` starts (:func:`hssal_ray._ray.init_private_ray`:
+    ``address="local"``, never another user's ``ray start`` cluster; dashboard on 127.0.0.1, which
+    Ray Train's controller polls; no well-known port). A runtime that is already initialised in
+    this process is reused (0.0 s).
     """
     set_ray_env()
     import ray
 
+    from hssal_ray._ray import init_private_ray
+
     if ray.is_initialized():
         return 0.0
     t0 = time.perf_counter()
-    ray.init(
-        address="local",
+    init_private_ray(
         num_cpus=num_cpus,
         object_store_memory=object_store_memory,
-        dashboard_host="127.0.0.1",
         include_dashboard=True,
         log_to_driver=True,
         configure_logging=True,

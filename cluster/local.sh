@@ -3,8 +3,16 @@
 # 127.0.0.1:8265 plus optional extra worker nodes on the same machine.
 #
 #   cluster/local.sh start [--workers N] [--head-cpus C] [--worker-cpus C]
-#   cluster/local.sh status
-#   cluster/local.sh stop
+#   cluster/local.sh status     # the cluster, and exactly which processes `stop` would stop
+#   cluster/local.sh stop       # stops that cluster only
+#
+# The cluster lives in its own Ray temp dir ($HSSAL_RAY_TEMP_DIR, default
+# /tmp/ray_hssal_<user>_<port>), and every `ray start` runs in a session of its own whose id is
+# recorded there (cluster/local_procs.py). `stop` stops the processes of those sessions and their
+# children (job drivers included), and nothing else: no loop's private runtime, no other user's or
+# worktree's cluster (`ray stop` would stop every Ray instance of this user). One cluster per
+# RAY_PORT: set RAY_PORT (and RAY_DASHBOARD_PORT, RAY_CLIENT_SERVER_PORT) for a second one.
+# The agents' and workers' ports are picked free, so loops and clusters on this machine coexist.
 #
 # Token auth is turned off (RAY_AUTH_MODE=disabled) because this cluster listens on loopback
 # only and is for local use. On real clusters keep Ray's token auth on (see README).
@@ -15,15 +23,18 @@ if [ -x "$venv/bin/ray" ]; then
   export PATH="$venv/bin:$PATH"   # jobs' `python` is the project's interpreter
 fi
 command -v ray >/dev/null || { echo "error: 'ray' not found; run 'make env' first" >&2; exit 2; }
+py="$(command -v python || command -v python3)"
 export RAY_AUTH_MODE=disabled RAY_ENABLE_UV_RUN_RUNTIME_ENV=0 RAY_USAGE_STATS_ENABLED=0
 port="${RAY_PORT:-6379}"
 dash_port="${RAY_DASHBOARD_PORT:-8265}"
+client_port="${RAY_CLIENT_SERVER_PORT:-10001}"
 osm="${RAY_OBJECT_STORE_MEMORY:-1000000000}"
-# Agent ports, so that two clusters (or a cluster and a `ray.init()`) on one machine don't collide.
-agent_port="${RAY_DASHBOARD_AGENT_PORT:-52365}"
-agent_grpc_port="${RAY_DASHBOARD_AGENT_GRPC_PORT:-$((agent_port + 100))}"
-renv_port="${RAY_RUNTIME_ENV_AGENT_PORT:-$((agent_port + 200))}"
-metrics_port="${RAY_METRICS_EXPORT_PORT:-$((agent_port + 300))}"
+user="$(id -un 2>/dev/null || echo user)"
+tmp="${HSSAL_RAY_TEMP_DIR:-/tmp/ray_hssal_${user}_${port}}"   # short: unix socket paths have a length limit
+sessions="$tmp/hssal_local.sessions"
+info="$tmp/hssal_local.info"
+procs() { "$py" "$here/cluster/local_procs.py" "$1" --temp-dir "$tmp" --sessions "$sessions" "${@:2}"; }
+free_port() { "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 cmd="${1:-}"; shift || true
 workers=0; head_cpus="${HEAD_CPUS:-2}"; worker_cpus="${WORKER_CPUS:-1}"
@@ -36,19 +47,39 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# ports of one node's agents: the RAY_* variables for the head, else free ones
+agent_ports() {
+  if [ "$1" = head ] && [ -n "${RAY_DASHBOARD_AGENT_PORT:-}" ]; then
+    a="$RAY_DASHBOARD_AGENT_PORT"; g="${RAY_DASHBOARD_AGENT_GRPC_PORT:-$((a + 100))}"
+    r="${RAY_RUNTIME_ENV_AGENT_PORT:-$((a + 200))}"; m="${RAY_METRICS_EXPORT_PORT:-$((a + 300))}"
+  else
+    a="$(free_port)"; g="$(free_port)"; r="$(free_port)"; m="$(free_port)"
+  fi
+  echo "--dashboard-agent-listen-port=$a --dashboard-agent-grpc-port=$g --runtime-env-agent-port=$r --metrics-export-port=$m"
+}
+
 case "$cmd" in
   start)
-    ray start --head --port="$port" --num-cpus="$head_cpus" --object-store-memory="$osm" \
-      --include-dashboard=true --dashboard-host=127.0.0.1 --dashboard-port="$dash_port" \
-      --dashboard-agent-listen-port="$agent_port" --dashboard-agent-grpc-port="$agent_grpc_port" \
-      --runtime-env-agent-port="$renv_port" --metrics-export-port="$metrics_port" \
-      --disable-usage-stats >/dev/null
-    for i in $(seq 1 "$workers"); do
-      ray start --address="127.0.0.1:$port" --num-cpus="$worker_cpus" --object-store-memory="$osm" \
-        --dashboard-agent-listen-port="$((agent_port + i))" --dashboard-agent-grpc-port="$((agent_grpc_port + i))" \
-        --runtime-env-agent-port="$((renv_port + i))" --metrics-export-port="$((metrics_port + i))" \
+    if [ "$(procs list --count)" != 0 ]; then
+      echo "error: a cluster started by cluster/local.sh is already running in $tmp (see 'cluster/local.sh status'; 'cluster/local.sh stop' first)" >&2
+      exit 2
+    fi
+    mkdir -p "$tmp"; : > "$sessions"
+    head_agents="$(agent_ports head)"
+    agent_port="${head_agents#--dashboard-agent-listen-port=}"; agent_port="${agent_port%% *}"
+    # shellcheck disable=SC2086  # word splitting of the port options is intended
+    procs session -- ray start --head --temp-dir="$tmp" --port="$port" --num-cpus="$head_cpus" \
+      --object-store-memory="$osm" --include-dashboard=true --dashboard-host=127.0.0.1 \
+      --dashboard-port="$dash_port" --ray-client-server-port="$client_port" $head_agents \
+      --min-worker-port=0 --max-worker-port=0 --disable-usage-stats >/dev/null
+    for _ in $(seq 1 "$workers"); do
+      # shellcheck disable=SC2086
+      procs session -- ray start --address="127.0.0.1:$port" --temp-dir="$tmp" --num-cpus="$worker_cpus" \
+        --object-store-memory="$osm" $(agent_ports worker) --min-worker-port=0 --max-worker-port=0 \
         --disable-usage-stats >/dev/null
     done
+    printf 'gcs=127.0.0.1:%s\ndashboard=http://127.0.0.1:%s\nclient=ray://127.0.0.1:%s\nhead_agent_port=%s\nworkers=%s\nstarted=%s\n' \
+      "$port" "$dash_port" "$client_port" "$agent_port" "$workers" "$(date '+%F %T')" > "$info"
     # wait until the job server accepts jobs (its agent can take a few seconds after the head)
     ok=0
     for _ in $(seq 1 90); do
@@ -58,17 +89,22 @@ case "$cmd" in
     done
     [ "$ok" = 1 ] || echo "warning: the job agent on 127.0.0.1:$agent_port did not answer yet" >&2
     echo "Ray head on 127.0.0.1:$port with $workers extra worker node(s); dashboard http://127.0.0.1:$dash_port"
+    echo "temp dir $tmp ($(procs list --count) processes; 'cluster/local.sh status' lists them)"
     echo "submit with:"
     echo "  RAY_AUTH_MODE=disabled ray job submit --address http://127.0.0.1:$dash_port --working-dir . -- \\"
     echo "    python -m hssal_ray.loop --config configs/demo.yaml loop.run_dir=$PWD/runs"
     ;;
   stop)
-    # note: `ray stop` stops every Ray instance of this user on this machine
-    ray stop --force >/dev/null 2>&1 || true
-    echo "Ray stopped"
+    procs stop --grace "${HSSAL_STOP_GRACE_S:-5}"
+    rm -f "$sessions" "$info"
     ;;
   status)
-    ray status --address="127.0.0.1:$port"
+    echo "cluster of cluster/local.sh in $tmp"
+    [ -f "$info" ] && sed 's/^/  /' "$info"
+    procs list
+    if [ "$(procs list --count)" != 0 ]; then
+      ray status --address="127.0.0.1:$port" || true
+    fi
     ;;
   *)
     echo "usage: cluster/local.sh start [--workers N] [--head-cpus C] [--worker-cpus C] | status | stop" >&2

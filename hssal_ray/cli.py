@@ -6,9 +6,14 @@ import argparse
 import logging
 import sys
 
-from hssal_ray.errors import HSSALError
+from hssal_ray.errors import HSSALError, LeaseError
 
-__all__ = ["loop_main", "SMOKE_OVERRIDES", "setup_logging"]
+__all__ = ["loop_main", "SMOKE_OVERRIDES", "setup_logging", "EXIT_ERROR", "EXIT_LEASE"]
+
+EXIT_ERROR = 2
+"""Exit code of a bad config, bad input or inconsistent run directory."""
+EXIT_LEASE = 3
+"""Exit code when another driver holds (or took over) the run directory's lease."""
 
 SMOKE_OVERRIDES = [
     "data.synthetic_classes=3",
@@ -59,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="human labels (CSV sample_id,label or Label Studio JSON) for --resume",
     )
+    p.add_argument(
+        "--force-unlock",
+        action="store_true",
+        help="take over the run directory's lease even if another driver seems to hold it "
+        "(only when that driver is gone, e.g. its machine is down)",
+    )
     p.add_argument("--smoke-test", action="store_true", help="tiny, few-second settings (CI)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -90,14 +101,17 @@ def loop_main(argv: list[str] | None = None) -> int:
             return 0
         print(f"[hssal] run directory: {cfg.run_path}", file=sys.stderr)
         print(config_to_yaml(cfg), file=sys.stderr, end="")
-        state = LoopRunner(cfg).run(labels_file=args.labels)
+        state = LoopRunner(cfg).run(labels_file=args.labels, force_unlock=args.force_unlock)
         print(
             f"[hssal] status: {state.status} (round {state.round}, next stage {state.stage})", file=sys.stderr
         )
         return 0
+    except LeaseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_LEASE
     except HSSALError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130

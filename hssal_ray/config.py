@@ -381,6 +381,9 @@ class LoopConfig:
         cold_start: ``random`` (seeded), ``typiclust`` (clusters of the untrained encoder's
             features) or ``stratified`` (simulation only: uses the true labels).
         report: Write the HTML/PNG report at the end of every round.
+        lease_timeout_s: Run-directory lease (one driver per run, issue 19): a driver whose lease
+            heartbeat is older than this may be taken over by another. A runtime setting, not
+            part of the run's science (``hssal_ray/loop/lease.py``).
     """
 
     name: str = _runtime("demo")
@@ -390,12 +393,14 @@ class LoopConfig:
     initial_labeled: int = 20
     cold_start: Literal["random", "typiclust", "stratified"] = "random"
     report: bool = _runtime(True)
+    lease_timeout_s: float = _runtime(60.0)
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "loop.name", "must be a non-empty name without '/'")
         _check(self.rounds >= 0, "loop.rounds", f"must be >= 0, got {self.rounds}")
         _check(self.total_budget >= 0, "loop.total_budget", "must be >= 0 (0 = no limit)")
         _check(self.initial_labeled >= 1, "loop.initial_labeled", f"must be >= 1, got {self.initial_labeled}")
+        _check(self.lease_timeout_s > 0, "loop.lease_timeout_s", f"must be > 0, got {self.lease_timeout_s}")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ __all__ = [
     "BudgetError",
     "LabelFileError",
     "StateError",
+    "LeaseError",
+    "LeaseHeldError",
+    "LeaseLostError",
     "DownloadError",
     "MissingOptionalDependencyError",
 ]
@@ -45,6 +48,18 @@ class LabelFileError(HSSALError):
 
 class StateError(HSSALError):
     """A run directory is inconsistent or belongs to another config."""
+
+
+class LeaseError(HSSALError):
+    """The run directory's lease (one driver per run) could not be taken or kept."""
+
+
+class LeaseHeldError(LeaseError):
+    """Another driver holds the run directory's lease; the message names it."""
+
+
+class LeaseLostError(LeaseError):
+    """Another driver took over the lease while this one ran; this one stops before writing more."""
 
 
 class DownloadError(HSSALError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -72,8 +73,15 @@ class RunState:
         except (ValueError, TypeError) as e:
             raise StateError(f"{p} is not a valid run state: {e}") from None
 
+    def set_write_guard(self, guard: Callable[[], None] | None) -> None:
+        """Call ``guard`` before every save (the run lease's ownership check, which raises when lost)."""
+        self.__dict__["_write_guard"] = guard
+
     def save(self, run_dir: str) -> None:
-        """Write ``state.json`` atomically."""
+        """Write ``state.json`` atomically (after the write guard, if one is set)."""
+        guard = self.__dict__.get("_write_guard")
+        if guard is not None:
+            guard()
         self.updated = time.time()
         _io.atomic_write_json(self.path(run_dir), dataclasses.asdict(self))
 

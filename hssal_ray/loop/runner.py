@@ -90,6 +90,7 @@ class LoopRunner:
         self.progress = progress or (lambda s: print(s, file=sys.stderr, flush=True))
         self._catalog: Any = None
         self._oracle: Any = None
+        self._lease: Any = None  # the run directory's RunLease while run() holds it
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> RunState:
@@ -228,13 +229,40 @@ class LoopRunner:
         return np.transpose(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0), (1, 2, 0))
 
     # ------------------------------------------------------------------ public
-    def run(self, labels_file: str | None = None) -> RunState:
-        """Run until the loop is done or waits for human labels.
+    def run(
+        self, labels_file: str | None = None, *, force_unlock: bool = False, lease_wait_s: float = 0.0
+    ) -> RunState:
+        """Run until the loop is done or waits for human labels, holding the run directory's lease.
 
         Args:
             labels_file: A human label file answering the pending query (``--labels``).
+            force_unlock: Take the lease over even if another driver seems to hold it.
+            lease_wait_s: Wait this long for a held lease to free up before refusing.
+
+        Raises:
+            LeaseHeldError: Another driver runs this run directory (nothing was written).
+            LeaseLostError: Another driver took the run over meanwhile (this one stopped).
         """
+        from hssal_ray.loop.lease import RunLease
+
+        lease = RunLease(
+            self.run_dir, timeout_s=self.cfg.loop.lease_timeout_s, force=force_unlock, wait_s=lease_wait_s
+        )
+        with lease:
+            self._lease = lease
+            try:
+                return self._run(labels_file)
+            finally:
+                self._lease = None
+
+    def _check_lease(self) -> None:
+        """Stop (``LeaseLostError``) if another driver took the run over; called before state writes."""
+        if self._lease is not None:
+            self._lease.check()
+
+    def _run(self, labels_file: str | None) -> RunState:
         state = self._setup()
+        state.set_write_guard(self._check_lease)
         if state.status == "done":
             self.progress(
                 f"[hssal] run {self.run_dir} is already finished ({state.round} rounds); nothing to do"
@@ -251,6 +279,7 @@ class LoopRunner:
             t0 = time.perf_counter()
             stage = state.stage
             _fault_delay(stage, state.round)
+            self._check_lease()
             getattr(self, f"_stage_{stage}")(state, t0)
         return state
 
@@ -462,6 +491,7 @@ class LoopRunner:
 
     # ------------------------------------------------------------------ outputs
     def _update_metrics(self, r: int, values: dict[str, Any], replace: bool = False) -> None:
+        self._check_lease()
         rows = {m["round"]: m for m in read_metrics(self.run_dir)}
         row = {} if replace else dict(rows.get(r, {"round": r}))
         for k, v in values.items():

@@ -115,20 +115,16 @@ def _concurrency(plan: SweepPlan) -> int:
 def _start_ray(cfg: ExperimentConfig) -> None:
     import ray
 
-    from hssal_ray._ray import ensure_ray
+    from hssal_ray._ray import ensure_ray, init_private_ray
 
     if ray.is_initialized() or cfg.resources.address or os.environ.get("RAY_ADDRESS"):
         ensure_ray(cfg.resources)
         return
     # A plain ray.init() joins any cluster a `ray start` left running on this machine (and then
-    # rejects num_cpus); a sweep without an address wants its own local runtime.
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(
-        address="local",
+    # rejects num_cpus); a sweep without an address wants its own local runtime, on no well-known port.
+    init_private_ray(
         num_cpus=cfg.resources.num_cpus,
         object_store_memory=cfg.resources.object_store_memory,
-        dashboard_host="127.0.0.1",
         log_to_driver=True,
         logging_level=logging.WARNING,
     )
@@ -183,7 +179,10 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_dir: str) -> N
         print(f"[{name}] {line}", file=sys.stderr, flush=True)
 
     report(read_metrics(cfg.run_path), hold_final=True)  # rounds of an earlier attempt
-    LoopRunner(cfg, progress=progress, on_round=lambda rows: report(rows, hold_final=True)).run()
+    # a restarted trial may find its earlier attempt's lease (a dead actor on another node): wait it out
+    LoopRunner(cfg, progress=progress, on_round=lambda rows: report(rows, hold_final=True)).run(
+        lease_wait_s=2 * cfg.loop.lease_timeout_s
+    )
     report(read_metrics(cfg.run_path), hold_final=False)
 
 

@@ -42,7 +42,9 @@ def ray_local() -> Iterator[None]:
     """A local runtime for one test (the multi-node tests start their own cluster)."""
     import ray
 
-    ray.init(num_cpus=3, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
+    from hssal_ray._ray import init_private_ray
+
+    init_private_ray(num_cpus=3, include_dashboard=True, configure_logging=False)
     yield
     ray.shutdown()
 

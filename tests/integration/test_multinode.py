@@ -105,6 +105,7 @@ def local_cluster(worker_nodes: tuple[str, ...] = WORKER_NODES) -> Iterator[tupl
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",
                 dashboard_port=_free_port(),  # not 8265: another Ray on this machine may hold it
+                dashboard_agent_listen_port=0,  # not 52365 either (0: any free port)
             ),
         )
         nodes = {name: cluster.add_node(num_cpus=2, resources={name: 1}) for name in worker_nodes}

@@ -54,13 +54,14 @@ def _mem_mb() -> tuple[float, float]:
 
 @pytest.fixture(scope="module")
 def ray_runtime() -> Iterator[None]:
-    """A local Ray runtime of our own (``address="local"``: never join another user's cluster)."""
+    """A local Ray runtime of our own (never another user's cluster, no well-known port)."""
     import ray
+
+    from hssal_ray._ray import init_private_ray
 
     started = not ray.is_initialized()
     if started:
-        ray.init(
-            address="local",
+        init_private_ray(
             num_cpus=2,
             object_store_memory=STORE_MB * 2**20,
             include_dashboard=False,

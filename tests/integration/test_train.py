@@ -19,8 +19,10 @@ pytestmark = pytest.mark.ray
 def ray_local() -> Iterator[None]:
     import ray
 
+    from hssal_ray._ray import init_private_ray
+
     # 4 logical CPUs on 2 cores: 2 training workers + Ray Data tasks + the scoring actor.
-    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", configure_logging=False)
+    init_private_ray(num_cpus=4, include_dashboard=True, configure_logging=False)
     yield
     ray.shutdown()
 

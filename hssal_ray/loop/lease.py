@@ -1,0 +1,616 @@
+"""One driver per run directory: ``RUN/lease.json``, held by the running driver (plain Python, no Ray).
+
+The driver that runs a loop (a CLI run, a ``--resume --labels`` import, a Ray Tune trial) holds
+the lease for as long as it may write run state. The lease file names its owner (host, pid,
+start time, command) and is kept fresh by a heartbeat thread that refreshes its modification
+time every ``timeout / 6`` seconds (at most 10 s). A second driver:
+
+* refuses at once (:class:`~hssal_ray.errors.LeaseHeldError`) with one line naming the owner;
+* takes the lease over, with a warning, when its owner is provably gone (same host and pid
+  namespace, and that pid is not running any more or is now another process) or when its
+  heartbeat is older than the owner's timeout (judged by the file system's clock, so the hosts'
+  clocks need not agree);
+* takes it over regardless with ``force=True`` (``--force-unlock``).
+
+A driver whose lease was taken over notices it at its next heartbeat or ownership check
+(:meth:`RunLease.check`, called before every state write) and stops with
+:class:`~hssal_ray.errors.LeaseLostError` instead of writing on.
+
+What is guaranteed where:
+
+* Local and shared POSIX file systems (NFS, Lustre, ...): the lease is created atomically (a
+  fully written temp file hard-linked into place; ``O_CREAT | O_EXCL`` where hard links are not
+  supported), and a takeover or release removes the old file only under a short lock
+  (``lease.json.lock``, also created atomically) after checking it is still the file it judged.
+  Two drivers can never both acquire the lease, free or stale.
+* ``s3://``, ``gs://`` and other pyarrow URIs: best effort. pyarrow has no create-if-absent, so a
+  driver writes its lease, waits a moment and reads it back; of two drivers that start within
+  about a second of each other, one may not notice the other until the loser's next heartbeat
+  (it then stops at the next stage boundary).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import json
+import logging
+import os
+import shlex
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hssal_ray import _io
+from hssal_ray.errors import LeaseError, LeaseHeldError, LeaseLostError
+
+__all__ = ["LEASE_FILE", "LeaseOwner", "RunLease", "read_lease"]
+
+log = logging.getLogger(__name__)
+
+LEASE_FILE = "lease.json"
+"""Name of the lease file inside a run directory."""
+
+_MAX_TAKEOVERS = 10  # lease changed hands this often while we tried: give up with an error
+_LOCK_WAIT_S = 10.0  # how long a takeover or release waits for lease.json.lock
+_STALE_LOCK_S = 30.0  # a lock this old was left by a driver that died while holding it
+_EXCL = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+
+
+# --------------------------------------------------------------------------- who owns it
+
+
+def _read_first_line(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.readline().strip()
+    except OSError:
+        return ""
+
+
+def _pid_ns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """``(state, start time in clock ticks since boot)`` of a Linux process, ``None`` if unknown."""
+    text = _read_first_line(f"/proc/{pid}/stat")
+    if not text or ")" not in text:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def _command() -> str:
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        argv = [sys.executable, *sys.argv]
+    cmd = shlex.join(argv) if argv else "?"
+    return cmd if len(cmd) <= 400 else cmd[:397] + "..."
+
+
+@dataclass(frozen=True)
+class LeaseOwner:
+    """What a lease file says about the driver holding it.
+
+    Attributes:
+        owner_id: Random id of this lease (each acquisition gets a new one).
+        host: Host name of the owner.
+        pid: Process id of the owner.
+        started: Unix time the lease was taken.
+        command: The owner's command line.
+        timeout_s: The owner's heartbeat timeout: it refreshes the lease well within this.
+        boot_id: Linux boot id of the owner's machine (tells a different machine of the same name).
+        pid_ns: The owner's pid namespace (tells another container of the same host name).
+        pid_start: Start time of the owner's process (tells a reused pid).
+    """
+
+    owner_id: str
+    host: str
+    pid: int
+    started: float
+    command: str
+    timeout_s: float
+    boot_id: str = ""
+    pid_ns: str = ""
+    pid_start: str = ""
+
+    @classmethod
+    def this_process(cls, timeout_s: float, command: str | None = None) -> LeaseOwner:
+        """An owner record for the current process."""
+        st = _proc_stat(os.getpid())
+        return cls(
+            owner_id=uuid.uuid4().hex,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=time.time(),
+            command=command if command is not None else _command(),
+            timeout_s=float(timeout_s),
+            boot_id=_read_first_line("/proc/sys/kernel/random/boot_id"),
+            pid_ns=_pid_ns(),
+            pid_start=st[1] if st else "",
+        )
+
+    def to_bytes(self) -> bytes:
+        """The lease file's content."""
+        d = {"version": 1, **self.__dict__}
+        d["started_at"] = dt.datetime.fromtimestamp(self.started).astimezone().isoformat(timespec="seconds")
+        return (json.dumps(d, indent=2) + "\n").encode()
+
+    @classmethod
+    def parse(cls, data: bytes) -> LeaseOwner | None:
+        """The owner a lease file names, or ``None`` when the file is not a valid lease."""
+        try:
+            d = json.loads(data.decode("utf-8"))
+            return cls(
+                owner_id=str(d["owner_id"]),
+                host=str(d["host"]),
+                pid=int(d["pid"]),
+                started=float(d["started"]),
+                command=str(d.get("command", "?")),
+                timeout_s=float(d["timeout_s"]),
+                boot_id=str(d.get("boot_id", "")),
+                pid_ns=str(d.get("pid_ns", "")),
+                pid_start=str(d.get("pid_start", "")),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def describe(self) -> str:
+        """``host H, pid P, since TIME (command: ...)``."""
+        since = dt.datetime.fromtimestamp(self.started).strftime("%Y-%m-%d %H:%M:%S")
+        cmd = self.command if len(self.command) <= 160 else self.command[:157] + "..."
+        return f"host {self.host}, pid {self.pid}, since {since} (command: {cmd})"
+
+    def gone_reason(self) -> str | None:
+        """Why this owner is provably no longer running, or ``None`` when it may be alive.
+
+        Only an owner on this machine (same host name and boot id) in this pid namespace can be
+        checked; any other owner is judged by its heartbeat alone.
+        """
+        me = LeaseOwner.this_process(self.timeout_s, command="")
+        if self.host != me.host or (self.boot_id and me.boot_id and self.boot_id != me.boot_id):
+            return None
+        if self.pid_ns != me.pid_ns:
+            return None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return f"its process {self.pid} on this host is not running"
+        except PermissionError:
+            pass  # alive, another user's
+        st = _proc_stat(self.pid)
+        if st is not None and st[0] in ("Z", "X"):
+            return f"its process {self.pid} on this host has exited"
+        if st is not None and self.pid_start and st[1] != self.pid_start:
+            return f"its process {self.pid} on this host has exited (the pid now belongs to another process)"
+        return None
+
+
+# --------------------------------------------------------------------------- where it lives
+
+
+class _Store(Protocol):
+    def read(self) -> tuple[bytes, float] | None: ...
+    def create(self, data: bytes) -> bool: ...
+    def refresh(self, data: bytes) -> None: ...
+    def take(self, data: bytes, mtime: float | None) -> bool: ...
+    def now(self) -> float: ...
+
+
+class _LocalStore:
+    """The lease file on a local or shared POSIX file system."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+
+    def _side(self, tag: str) -> str:
+        return f"{self.path}.{uuid.uuid4().hex[:12]}.{tag}"
+
+    def read(self) -> tuple[bytes, float] | None:
+        try:
+            with open(self.path, "rb") as f:
+                return f.read(), os.fstat(f.fileno()).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _write(self, path: str, data: bytes, flags: int) -> None:
+        fd = os.open(path, flags, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def create(self, data: bytes) -> bool:
+        """Create the lease file holding ``data`` unless it exists (atomic)."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self._side("new")
+        self._write(tmp, data, _EXCL)
+        try:
+            os.link(tmp, self.path)  # appears fully written, or not at all
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in _NO_LINK:
+                raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        try:  # no hard links on this file system
+            self._write(self.path, data, _EXCL)
+            return True
+        except FileExistsError:
+            return False
+
+    def refresh(self, data: bytes) -> None:
+        os.utime(self.path)  # only the time: a racing new owner's content is never overwritten
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold ``lease.json.lock`` (atomic create): the only place a lease file is ever removed.
+
+        Creating a lease needs no lock (a create fails while any lease file exists), so a
+        takeover or release that verifies the file under this lock removes exactly the file it
+        judged, never one a racing driver has just created.
+        """
+        lock = self.path + ".lock"
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        while True:
+            try:
+                self._write(lock, f"{socket.gethostname()} {os.getpid()}\n".encode(), _EXCL)
+                break
+            except FileExistsError:
+                pass
+            try:
+                age = self.now() - os.stat(lock).st_mtime
+            except FileNotFoundError:
+                continue
+            if age > _STALE_LOCK_S:  # its holder died inside the few-millisecond section below
+                log.warning("removing the stale lock file %s (%.0f s old)", lock, age)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock)
+                continue
+            if time.monotonic() > deadline:
+                raise LeaseError(
+                    f"{lock} has been locked for {age:.0f} s; retry, or remove it if no driver runs"
+                )
+            time.sleep(0.01)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lock)
+
+    def take(self, data: bytes, mtime: float | None) -> bool:
+        """Remove the lease file if it still holds ``data`` (and, if given, still has ``mtime``)."""
+        with self._locked():
+            cur = self.read()
+            if cur is None:
+                return True
+            if cur[0] != data or (mtime is not None and cur[1] != mtime):
+                return False  # refreshed, or replaced by another driver meanwhile
+            os.unlink(self.path)
+            return True
+
+    def now(self) -> float:
+        """The file system's current time (the mtime of a file written now)."""
+        probe = self._side("clock")
+        try:
+            self._write(probe, b"", _EXCL)
+            return os.stat(probe).st_mtime
+        except OSError:
+            return time.time()
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+
+
+class _ObjectStore:
+    """The lease object on ``s3://``/``gs://`` (any pyarrow file system): best effort, see the module doc."""
+
+    def __init__(self, fs: Any, path: str, settle_s: float = 1.5) -> None:
+        self.fs, self.path, self.settle_s = fs, path, settle_s
+
+    def read(self) -> tuple[bytes, float] | None:
+        import pyarrow.fs as pafs
+
+        info = self.fs.get_file_info(self.path)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        try:
+            with self.fs.open_input_file(self.path) as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return data, (info.mtime.timestamp() if info.mtime is not None else 0.0)
+
+    def _put(self, path: str, data: bytes) -> None:
+        with self.fs.open_output_stream(path) as f:
+            f.write(data)
+
+    def create(self, data: bytes) -> bool:
+        if self.read() is not None:
+            return False
+        parent = self.path.rsplit("/", 1)[0]
+        if parent:
+            self.fs.create_dir(parent, recursive=True)
+        self._put(self.path, data)
+        time.sleep(self.settle_s)  # a racing driver's PUT lands meanwhile: the later one wins
+        cur = self.read()
+        return cur is not None and cur[0] == data
+
+    def refresh(self, data: bytes) -> None:
+        self._put(self.path, data)  # a new PUT is the new modification time
+
+    def take(self, data: bytes, mtime: float | None) -> bool:
+        cur = self.read()
+        if cur is None:
+            return True
+        if cur[0] != data or (mtime is not None and cur[1] != mtime):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.delete_file(self.path)
+        return True
+
+    def now(self) -> float:
+        probe = f"{self.path}.{uuid.uuid4().hex[:12]}.clock"
+        try:
+            self._put(probe, b"")
+            info = self.fs.get_file_info(probe)
+            return info.mtime.timestamp() if info.mtime is not None else time.time()
+        except OSError:
+            return time.time()
+        finally:
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(probe)
+
+
+def _store_for(path: str) -> _Store:
+    if _io.is_uri(path):
+        fs, p = _io.resolve_fs(path)
+        return _ObjectStore(fs, p)
+    if path.startswith("file://"):
+        path = _io.resolve_fs(path)[1]
+    return _LocalStore(path)
+
+
+def read_lease(run_dir: str) -> LeaseOwner | None:
+    """The owner named by ``RUN/lease.json`` (``None`` if there is none or it is unreadable)."""
+    cur = _store_for(_io.join(run_dir, LEASE_FILE)).read()
+    return LeaseOwner.parse(cur[0]) if cur else None
+
+
+# --------------------------------------------------------------------------- the lease
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the `finally` that releases the lease
+
+
+class RunLease:
+    """The lease of one run directory; a context manager (acquire on enter, release on exit).
+
+    Args:
+        run_dir: The run directory (local path or URI); created if missing.
+        timeout_s: Heartbeat timeout: a lease not refreshed for this long may be taken over.
+        force: Take the lease over even when its owner seems alive (``--force-unlock``).
+        wait_s: Wait up to this long for a held lease to be released or go stale before
+            refusing (0 = refuse at once).
+        heartbeat_s: Refresh period (default ``timeout_s / 6``, at most 10 s).
+        command: Command line recorded as the owner's (default: this process's).
+
+    Raises:
+        LeaseHeldError: From :meth:`acquire`, when another driver holds the lease.
+        LeaseLostError: From :meth:`check`, when another driver has taken the lease over.
+    """
+
+    def __init__(
+        self,
+        run_dir: str,
+        *,
+        timeout_s: float = 60.0,
+        force: bool = False,
+        wait_s: float = 0.0,
+        heartbeat_s: float | None = None,
+        command: str | None = None,
+        _store: _Store | None = None,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"lease timeout must be > 0, got {timeout_s}")
+        self.run_dir = str(run_dir)
+        self.path = _io.join(self.run_dir, LEASE_FILE)
+        self.timeout_s = float(timeout_s)
+        self.heartbeat_s = float(heartbeat_s) if heartbeat_s else min(10.0, self.timeout_s / 6)
+        self.force, self.wait_s, self.command = force, float(wait_s), command
+        self._store = _store if _store is not None else _store_for(self.path)
+        self.owner: LeaseOwner | None = None
+        self._data = b""
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._signals: list[int] = []
+
+    # ------------------------------------------------------------------ acquire
+    def acquire(self) -> RunLease:
+        """Take the lease (see the module doc for the rules); starts the heartbeat."""
+        if self.owner is not None:
+            raise LeaseError(f"lease {self.path} is already held by this RunLease")
+        me = LeaseOwner.this_process(self.timeout_s, self.command)
+        data = me.to_bytes()
+        deadline = time.monotonic() + self.wait_s
+        takeovers = races = 0
+        looked_again = False
+        while True:
+            if self._store.create(data):
+                break
+            cur = self._store.read()
+            if cur is None:  # released between our create and read
+                races += 1
+                if races > 100:
+                    raise LeaseError(f"could not create the lease file {self.path}; retry")
+                continue
+            old, mtime = cur
+            owner = LeaseOwner.parse(old)
+            age = self._store.now() - mtime
+            reason = self._stale_reason(owner, age)
+            if owner is None and reason is None and age < 2.0 and not looked_again:
+                looked_again = True  # maybe being written right now (no hard links here): look again
+                time.sleep(0.3)
+                continue
+            if reason is None and self.force:
+                reason = "--force-unlock"
+            if reason is not None:
+                takeovers += 1
+                if takeovers > _MAX_TAKEOVERS:
+                    raise LeaseError(f"could not take over the lease {self.path}: it keeps changing; retry")
+                who = owner.describe() if owner is not None else "an unreadable lease file"
+                log.warning("taking over the lease of %s from %s: %s", self.run_dir, who, reason)
+                self._store.take(old, mtime)
+                continue
+            if time.monotonic() < deadline:
+                time.sleep(min(self.heartbeat_s, max(0.05, deadline - time.monotonic())))
+                continue
+            raise LeaseHeldError(self._held_message(owner, age))
+        self.owner, self._data, self._lost = me, data, None
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._beat, name="hssal-lease-heartbeat", daemon=True)
+        self._thread.start()
+        log.debug("holding the lease %s (%s)", self.path, me.describe())
+        return self
+
+    def _stale_reason(self, owner: LeaseOwner | None, age: float) -> str | None:
+        if owner is None:
+            if age > self.timeout_s:
+                return f"the lease file is unreadable and has not changed for {age:.0f} s"
+            return None
+        gone = owner.gone_reason()
+        if gone is not None:
+            return gone
+        limit = owner.timeout_s if owner.timeout_s > 0 else self.timeout_s
+        if age > limit:
+            return f"its last heartbeat was {age:.0f} s ago (timeout {limit:g} s)"
+        return None
+
+    def _held_message(self, owner: LeaseOwner | None, age: float) -> str:
+        if owner is None:
+            return (
+                f"run directory {self.run_dir} has an unreadable lease file {self.path} (written {age:.0f} s "
+                "ago); if no other driver is running this run, re-run with --force-unlock"
+            )
+        return (
+            f"run directory {self.run_dir} is in use by another driver: {owner.describe()}; last heartbeat "
+            f"{max(age, 0):.0f} s ago. Wait for it to finish or stop it; if it is gone (e.g. its machine is "
+            f"down), re-run with --force-unlock"
+        )
+
+    # ------------------------------------------------------------------ hold
+    def _mark_lost(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = reason
+            log.error(
+                "lost the lease of %s: %s; this driver stops before its next state write",
+                self.run_dir,
+                reason,
+            )
+
+    def _lost_reason(self, cur: tuple[bytes, float] | None) -> str:
+        if cur is None:
+            return "the lease file was removed by someone else"
+        owner = LeaseOwner.parse(cur[0])
+        return f"it was taken over by {owner.describe()}" if owner else "the lease file was overwritten"
+
+    def _beat(self) -> None:
+        last_ok = time.monotonic()
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                cur = self._store.read()
+                if cur is None or cur[0] != self._data:
+                    self._mark_lost(self._lost_reason(cur))
+                    return
+                self._store.refresh(self._data)
+                last_ok = time.monotonic()
+            except Exception as e:  # a network file system or object store hiccup: retry
+                if time.monotonic() - last_ok > self.timeout_s:
+                    self._mark_lost(f"it could not be refreshed for {self.timeout_s:g} s ({e})")
+                    return
+                log.warning("lease heartbeat of %s failed (retrying): %s", self.run_dir, e)
+
+    @property
+    def held(self) -> bool:
+        """Whether this driver holds the lease (as far as it knows)."""
+        return self.owner is not None and self._lost is None
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` unless this driver still holds the lease (reads the file)."""
+        if self.owner is None:
+            raise LeaseLostError(f"the lease of {self.run_dir} is not held")
+        if self._lost is None:
+            try:
+                cur = self._store.read()
+            except OSError as e:  # cannot tell now; the heartbeat gives up after the timeout
+                log.warning("could not read the lease of %s: %s", self.run_dir, e)
+                return
+            if cur is None or cur[0] != self._data:
+                self._mark_lost(self._lost_reason(cur))
+        if self._lost is not None:
+            raise LeaseLostError(
+                f"this driver lost the lease of run directory {self.run_dir}: {self._lost}. "
+                "It stopped before writing more state; the run belongs to the other driver now"
+            )
+
+    # ------------------------------------------------------------------ release
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lease file (if it is still ours). Never raises."""
+        if self.owner is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.heartbeat_s + 10)
+        try:
+            if self._lost is None and not self._store.take(self._data, None):
+                log.warning("the lease of %s was no longer this driver's; left it in place", self.run_dir)
+        except Exception as e:
+            log.warning("could not remove the lease file %s: %s", self.path, e)
+        self.owner, self._thread = None, None
+        self._restore_signals()
+
+    def _install_signals(self) -> None:
+        """SIGTERM/SIGHUP with their default action would kill the driver without releasing."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+                signal.signal(sig, _raise_exit)
+                self._signals.append(sig)
+
+    def _restore_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self._signals:
+            if signal.getsignal(sig) is _raise_exit:  # not replaced since (ray.init sets its own)
+                signal.signal(sig, signal.SIG_DFL)
+        self._signals = []
+
+    def __enter__(self) -> RunLease:
+        self.acquire()
+        self._install_signals()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

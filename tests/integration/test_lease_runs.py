@@ -1,0 +1,133 @@
+"""One driver per run directory, with real CLI runs (issue 19).
+
+* A second driver started on a running run directory exits at once (exit 3) naming the owner,
+  and the first finishes with the labeled set and metrics of an uninterrupted run.
+* A SIGKILLed driver leaves its lease behind (dead pid); the next driver takes it over with a
+  warning and resumes the run to the same result.
+
+Both compare with the session's uninterrupted ``reference_run`` and cost about one smoke run
+each (2-3 min on 2 busy cores), so they are ``slow``; the same rules are checked without Ray in
+``tests/unit/test_lease.py`` and ``tests/unit/test_lease_cli.py``. Run them with
+``pytest -m slow tests/integration/test_lease_runs.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hssal_ray.cli import EXIT_LEASE
+from hssal_ray.loop.lease import LEASE_FILE, read_lease
+from tests.integration.conftest import REPO, SMOKE, cli_env, run_cli
+from tests.integration.test_loop_cli import _kill_when, _labeled
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+_TIMING = ("wall_s", "images_per_s_per_worker")
+
+
+def _metrics(run: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl`` without the keys that measure time."""
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return [{k: v for k, v in r.items() if k not in _TIMING} for r in rows]
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Equal, with floats (also inside dicts and lists) compared to 1e-6 relative."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-6, abs=1e-12)
+    return bool(a == b)
+
+
+def _assert_same_run(run: Path, reference: Path) -> None:
+    assert json.loads((run / "state.json").read_text())["status"] == "done"
+    assert _labeled(run) == _labeled(reference)
+    got, want = _metrics(run), _metrics(reference)
+    assert [r["round"] for r in got] == [r["round"] for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert _close(g, w), (g, w)
+    assert not (run / LEASE_FILE).exists()  # released at the end
+
+
+def _wait_for(cond: Any, what: str, proc: subprocess.Popen[Any], timeout: float = 400) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the first driver exited ({proc.returncode}) before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_second_driver_refused_at_once_first_finishes_like_uninterrupted(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    args = [*SMOKE, f"loop.run_dir={tmp_path}", "loop.name=ref"]
+    run = tmp_path / "ref"
+    log1 = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "hssal_ray.loop", *args],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=log1,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        # the first driver is inside round 0's training (state written, Ray running)
+        def training() -> bool:
+            owner = read_lease(str(run))
+            try:
+                st = json.loads((run / "state.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                return False
+            return owner is not None and owner.pid == first.pid and st.get("stage") == "train"
+
+        _wait_for(training, "it started training", first)
+        t0 = time.monotonic()
+        second = run_cli(*args, check=False, timeout=120)
+        refused_s = time.monotonic() - t0
+        assert first.poll() is None, "the first driver must still be running when the second starts"
+        assert second.returncode == EXIT_LEASE, second.stderr[-3000:]
+        errors = [x for x in second.stderr.splitlines() if x.startswith("error:")]
+        assert len(errors) == 1, second.stderr[-3000:]
+        assert f"pid {first.pid}" in errors[0] and "in use by another driver" in errors[0]
+        assert "--force-unlock" in errors[0]
+        assert refused_s < 30, refused_s  # no Ray, no data: it stops right after reading the lease
+        print(f"second driver refused in {refused_s:.1f} s")
+        rc = first.wait(timeout=900)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, 9)
+            first.wait()
+        log1.close()
+    assert rc == 0, (tmp_path / "first.log").read_text()[-6000:]
+    _assert_same_run(run, reference_run)
+
+
+def test_stale_lease_of_killed_driver_is_taken_over_and_run_resumes(
+    reference_run: Path, tmp_path: Path
+) -> None:
+    args = [*SMOKE, f"loop.run_dir={tmp_path}", "loop.name=ref"]
+    run = tmp_path / "ref"
+    # SIGKILL inside round 1's training: nothing releases the lease
+    _kill_when(run, args, 1, "train", {"HSSAL_FAULT_DELAY": "train@1=120"})
+    owner = read_lease(str(run))
+    assert owner is not None, "the killed driver's lease must be left behind"
+    assert owner.gone_reason() is not None
+    proc = run_cli(*args)
+    assert "taking over the lease" in proc.stderr
+    assert f"its process {owner.pid} on this host is not running" in proc.stderr
+    _assert_same_run(run, reference_run)
