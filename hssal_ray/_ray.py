@@ -9,7 +9,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["ensure_ray", "init_private_ray", "WELL_KNOWN_PORTS"]
+__all__ = ["ensure_ray", "init_private_ray", "quiet_ray_console", "verbose", "WELL_KNOWN_PORTS"]
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,10 @@ def ensure_ray(resources: Any) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    quiet_ray_console()
     kwargs: dict[str, Any] = {
-        "log_to_driver": True,
+        # workers' stdout/stderr stay in the session's log files unless --verbose
+        "log_to_driver": verbose(),
         "configure_logging": True,
         "logging_level": logging.WARNING,
     }
@@ -41,6 +43,38 @@ def ensure_ray(resources: Any) -> None:
         log.info("joined Ray cluster at %s", address)
         return
     init_private_ray(num_cpus=resources.num_cpus, object_store_memory=resources.object_store_memory, **kwargs)
+
+
+def verbose() -> bool:
+    """``--verbose`` (``HSSAL_VERBOSE=1``): show Ray's own output (progress bars, worker logs)."""
+    return os.environ.get("HSSAL_VERBOSE", "") not in ("", "0")
+
+
+class _DropProgressNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Progress bars" not in record.getMessage()
+
+
+def quiet_ray_console() -> None:
+    """Keep Ray Data's progress logging and Ray Train's controller lines out of the console.
+
+    They still go to the Ray session's log files (``ray-data.log``, the worker and controller
+    logs under ``/tmp/ray/session_latest/logs``); ``--verbose`` shows them. Warnings stay visible.
+    """
+    if verbose():
+        return
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own tqdm bars (TTY) and stage lines instead
+    for name in ("ray.data", "ray.train", "ray.tune"):
+        lg = logging.getLogger(name)
+        for h in lg.handlers:
+            if not isinstance(h, logging.FileHandler):
+                h.setLevel(max(h.level, logging.WARNING))
+                h.addFilter(_DropProgressNotice())
+        if name != "ray.data":
+            lg.setLevel(logging.WARNING)
 
 
 def init_private_ray(

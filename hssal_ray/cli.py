@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from hssal_ray.errors import HSSALError, LeaseError
 
@@ -32,11 +33,42 @@ SMOKE_OVERRIDES = [
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Log hssal_ray's INFO lines (DEBUG with ``-v``) to stderr."""
+    """Console: warnings and the loop's ``[hssal]`` lines; ``-v`` adds DEBUG logs and Ray's output."""
+    import os
+    import warnings
+
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    logging.getLogger("hssal_ray").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("hssal_ray").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if verbose:
+        os.environ["HSSAL_VERBOSE"] = "1"  # read by _ray (Ray's progress bars, worker logs) and workers
+    else:
+        warnings.simplefilter("once")  # each warning once, not once per batch or round
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # library internals
+
+
+def summary(run_dir: str, state: object) -> str:
+    """The end-of-run table: one line per evaluated round, then the report's path."""
+    from hssal_ray import _io
+    from hssal_ray.loop.runner import read_metrics
+
+    rows = read_metrics(run_dir)
+    st: Any = state
+    lines = [f"[hssal] status: {st.status} (round {st.round}, next stage {st.stage})"]
+    if rows:
+        lines.append("  round  labels  accuracy  (online)  mask  wall s")
+        for r in rows:
+            wall = sum((r.get("wall_s") or {}).values())
+            lines.append(
+                f"  {r['round']:>5}  {r['num_labeled']:>6}  {r['test_accuracy']:>8.4f}  "
+                f"({r.get('test_accuracy_online', float('nan')):.4f})  "
+                f"{r.get('mask_rate', float('nan')):>4.2f}  {wall:>6.1f}"
+            )
+    report = _io.join(run_dir, "report", "index.html")
+    if _io.exists(report):
+        lines.append(f"[hssal] report: {report}")
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--smoke-test", action="store_true", help="tiny, few-second settings (CI)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging and Ray's own output (progress bars, worker logs)",
+    )
     p.add_argument(
         "overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. query.budget=50"
     )
@@ -99,12 +136,9 @@ def loop_main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(config_to_yaml(cfg), end="")
             return 0
-        print(f"[hssal] run directory: {cfg.run_path}", file=sys.stderr)
-        print(config_to_yaml(cfg), file=sys.stderr, end="")
+        print(f"[hssal] run directory: {cfg.run_path} (resolved config: config.yaml there)", file=sys.stderr)
         state = LoopRunner(cfg).run(labels_file=args.labels, force_unlock=args.force_unlock)
-        print(
-            f"[hssal] status: {state.status} (round {state.round}, next stage {state.stage})", file=sys.stderr
-        )
+        print(summary(cfg.run_path, state), file=sys.stderr)
         return 0
     except LeaseError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -146,7 +146,8 @@ class SSLConfig:
         pretrained_hub: Load timm's hub weights (needs a network).
         model_kwargs: Extra timm kwargs, e.g. ``{img_size: 224}`` for ViTs.
         p_cutoff: Confidence threshold for pseudo-labels.
-        uratio: Unlabeled images per labeled image in a step.
+        uratio: Unlabeled images per labeled image in a step (FixMatch's reference is 7; the
+            defaults here are the embedded demo's, sized for 2 CPU cores; configs/ set their own).
         lambda_u: Weight of the unlabeled loss.
         T: Softmax temperature of the pseudo-labels.
         ema_m: EMA momentum of the evaluation model (the decay it reaches after warm-up).
@@ -186,7 +187,7 @@ class SSLConfig:
     pretrained_hub: bool = False
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     p_cutoff: float = 0.95
-    uratio: int = 7
+    uratio: int = 3
     lambda_u: float = 1.0
     T: float = 1.0
     ema_m: float = 0.999
@@ -205,7 +206,7 @@ class SSLConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     batch_size: int = 16
-    steps_per_round: int = 200
+    steps_per_round: int = 60
     warmup_steps: int = 0
     warm_start: bool = True
     eval_batch_size: int = _runtime(128)

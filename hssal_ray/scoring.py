@@ -256,8 +256,15 @@ def _in_driver(ds: Any, cfg: ExperimentConfig, ckpt_dir: str, num_classes: int, 
     try:
         scorer = Scorer(ckpt_dir, config_to_dict(cfg), num_classes, mode=mode)
         torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+        from tqdm.auto import tqdm
+
         it = ds.iter_batches(batch_size=cfg.ssl.eval_batch_size, batch_format="numpy")
-        return [scorer(batch) for batch in it]
+        out = []
+        with tqdm(desc=mode, unit="img", leave=False, disable=None) as bar:  # a bar on a terminal only
+            for batch in it:
+                out.append(scorer(batch))
+                bar.update(out[-1].num_rows)
+        return out
     finally:
         torch.set_num_threads(threads)
 

@@ -280,8 +280,24 @@ class LoopRunner:
             stage = state.stage
             _fault_delay(stage, state.round)
             self._check_lease()
+            r = state.round
             getattr(self, f"_stage_{stage}")(state, t0)
+            if stage in ("train", "score", "query"):
+                self.progress(
+                    f"[hssal] round {r} {stage}: {time.perf_counter() - t0:.1f} s{self._figure(r, stage)}"
+                )
         return state
+
+    def _figure(self, r: int, stage: str) -> str:
+        """The key figure of a finished stage for its console line."""
+        row = next((m for m in read_metrics(self.run_dir) if m["round"] == r), {})
+        if stage == "train":
+            p = _io.join(round_dir(self.run_dir, r), "train_metrics.json")
+            m = _io.read_json(p) if _io.exists(p) else {}
+            return f" ({int(m.get('step', 0))} steps, loss {m.get('loss', float('nan')):.3f})"
+        if stage == "query":
+            return f" ({self.cfg.query.strategy}, mean u {row.get('query_mean_u', float('nan')):.3f})"
+        return ""
 
     # ------------------------------------------------------------------ stages
     def _pending_query(self, state: RunState) -> tuple[str, list[str], int]:
@@ -431,8 +447,10 @@ class LoopRunner:
             self.progress("[hssal] the unlabeled pool is exhausted: stopping")
         self._update_metrics(r, {"pool_remaining": pool_remaining, "final": bool(final)})
         self.progress(
-            f"[hssal] round {r}: {len(labeled)} labels ({row['label_fraction']:.1%}), "
-            f"test accuracy {ev['test_accuracy']:.4f}, mask rate {train_m.get('mask_rate', float('nan')):.2f}"
+            f"[hssal] round {r} evaluate: {time.perf_counter() - t0:.1f} s; {len(labeled)} labels "
+            f"({row['label_fraction']:.1%}), test accuracy {ev['test_accuracy']:.4f} "
+            f"(online {ev.get('test_accuracy_online', float('nan')):.4f}), "
+            f"mask rate {train_m.get('mask_rate', float('nan')):.2f}"
         )
         if self.on_round is not None:
             self.on_round(read_metrics(self.run_dir))

@@ -302,6 +302,17 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
     # where a round's seconds go (benchmarks/round_overhead.py): waiting for data, inside steps,
     # and the wall-clock times the loop started and ended (the rest of the stage is overhead)
     timing = {"worker_started_at": time.time(), "data_wait_s": 0.0, "step_s": 0.0}
+    from tqdm.auto import tqdm
+
+    # a bar only in the driver on a terminal (disable=None: off when stderr is not a TTY)
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        desc=f"round {config.get('round')} train",
+        unit="step",
+        leave=False,
+        disable=None if isinstance(ctx, LocalContext) else True,
+    )
     while state.step < total_steps:
         try:
             tw = time.perf_counter()
@@ -327,6 +338,7 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
             allow_cpu_amp=cfg.ssl.amp == "bf16",
         )
         timing["step_s"] += time.perf_counter() - ts
+        bar.update(1)
         _fault_kill(rank, state.step, config.get("fault_kill"))
         for k, v in m.items():
             if v == v:  # skip NaN (e.g. pseudo-label accuracy with nothing masked)
@@ -365,6 +377,7 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
                     metrics.get("mask_rate", float("nan")),
                     metrics["images_per_s_per_worker"],
                 )
+    bar.close()
     if state.step < total_steps:
         # Stream ran dry: still leave a final checkpoint so the round can go on.
         metrics = {
