@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", type=int, default=2, help="ssl.embed_views of the stores (2 = the loop's)")
     p.add_argument("--no-loop", action="store_true", help="skip timing the frozen loop")
     p.add_argument("--profile", default="configs/ucm_cpu.yaml", help="loop config timed after the table")
+    p.add_argument("--no-loop", action="store_true", help="skip timing the frozen loop")
+    p.add_argument("--profile", default="configs/ucm_cpu.yaml", help="loop config timed after the table")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
@@ -173,9 +175,30 @@ def main(argv: list[str] | None = None) -> int:
         f"on the 420 test images; mean ± std over {args.seeds} seeds (all labels: one fit). `encode_s` is "
         "the one-time encode (0 when the store was cached).\n\n" + md_table(rows, cols)
     )
+    loop = (
+        None if args.no_loop else time_loop(args.profile, args.data, Path(args.cache).parent / "_frozen_loop")
+    )
+    if loop is not None:
+        cols = [
+            "round",
+            "num_labeled",
+            "test_accuracy",
+            "train",
+            "evaluate",
+            "score",
+            "query",
+            "label",
+            "total",
+        ]
+        md += (
+            f"\n\nThe frozen loop (`python -m hssal_ray.loop --config {args.profile}`, fresh run "
+            f"directory and embedding cache): {loop['wall_s']:.0f} s for the whole CLI call, one-time encode "
+            f"{loop['encode_s']:.0f} s ({loop['images']} images x {loop['views']} views); then per round "
+            "(seconds, from its metrics.jsonl):\n\n" + md_table(loop["rounds"], cols)
+        )
     write_result(
         "frozen_features",
-        {"rows": rows, "cells": cells},
+        {"rows": rows, "cells": cells, "loop": loop},
         md,
         module="benchmarks.frozen_features",
         out_dir=args.out,
