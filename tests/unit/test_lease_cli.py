@@ -125,3 +125,28 @@ def test_state_write_guard_blocks_the_write(tmp_path: Path) -> None:
         st.save(str(tmp_path))
     assert (tmp_path / "state.json").read_text() == before
     assert "_write_guard" not in json.loads(before)
+
+
+def test_driver_that_lost_its_lease_stops_before_the_next_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken over after its cold start, the driver stops at the stage boundary and writes no more."""
+    from hssal_ray.loop.runner import LoopRunner
+
+    monkeypatch.setattr("hssal_ray._ray.ensure_ray", lambda resources: None)  # the cold start needs no Ray
+    thief = LeaseOwner(**{**LeaseOwner.this_process(60).__dict__, "owner_id": "thief", "host": "elsewhere"})
+
+    class Runner(LoopRunner):
+        def _stage_init(self, state: RunState, t0: float) -> None:
+            super()._stage_init(state, t0)
+            (Path(self.run_dir) / LEASE_FILE).write_bytes(thief.to_bytes())  # e.g. --force-unlock elsewhere
+
+        def _stage_train(self, state: RunState, t0: float) -> None:
+            raise AssertionError("a driver that lost its lease must not start the next stage")
+
+    cfg = load_config(None, [*SMOKE_OVERRIDES, f"loop.run_dir={tmp_path}", "loop.name=r"])
+    with pytest.raises(LeaseLostError, match="taken over by host elsewhere"):
+        Runner(cfg, progress=lambda s: None).run()
+    st = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert (st["round"], st["stage"]) == (0, "train")  # the cold start it finished, nothing after
+    assert read_lease(str(tmp_path / "r")) == thief  # left to the new owner
