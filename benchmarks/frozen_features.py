@@ -139,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", type=int, default=2, help="ssl.embed_views of the stores (2 = the loop's)")
     p.add_argument("--no-loop", action="store_true", help="skip timing the frozen loop")
     p.add_argument("--profile", default="configs/ucm_cpu.yaml", help="loop config timed after the table")
-    p.add_argument("--no-loop", action="store_true", help="skip timing the frozen loop")
-    p.add_argument("--profile", default="configs/ucm_cpu.yaml", help="loop config timed after the table")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)

@@ -2,6 +2,7 @@
 
     python -m benchmarks.round_overhead                  # the demo's data, 3 rounds, executor ray vs driver
     python -m benchmarks.round_overhead --steps 60 --executors driver
+    python -m benchmarks.round_overhead --baseline /path/to/old/checkout   # + the same run on older code
 
 Runs the real CLI (``python -m hssal_ray.loop``, embedded demo data) once per ``resources.executor``
 and splits each round's stage wall times (``metrics.jsonl``) using what the training loop measures
@@ -12,12 +13,17 @@ set-up), *data wait*, and *end* (worker loop end -> stage end: checkpoint report
 Train teardown). Evaluation and scoring compute is the model's forward time for the same number of
 images, measured in this process with the same model and batch size; the rest of those stages is
 overhead (Ray Data pipeline and actor start, model load, decoding, writing).
+
+``--baseline DIR`` also runs the CLI of another checkout of this repository (for example the commit
+before the overhead work) with the same steps, rounds, ``ssl.uratio`` and data. Older code does not
+measure inside its workers, so that row gives stage wall times only (the "before" of the README).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import md_table, setup_logging, write_result
+
+STAGES = ("train", "evaluate", "score", "query", "label")
 
 
 def forward_seconds_per_image(cfg: Any, n: int = 256) -> float:
@@ -48,6 +56,7 @@ def forward_seconds_per_image(cfg: Any, n: int = 256) -> float:
 
 def run_loop(executor: str, steps: int, rounds: int, run_dir: Path) -> tuple[list[dict], list[dict], float]:
     name = f"overhead_{executor}"
+    shutil.rmtree(run_dir / name, ignore_errors=True)  # a finished run there would resume, not re-measure
     cmd = [
         sys.executable,
         "-m",
@@ -66,6 +75,44 @@ def run_loop(executor: str, steps: int, rounds: int, run_dir: Path) -> tuple[lis
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [json.loads((run / f"round_{r['round']:03d}" / "train_metrics.json").read_text()) for r in rows]
     return rows, train, wall
+
+
+def run_baseline(checkout: Path, steps: int, rounds: int, uratio: int, run_dir: Path) -> dict[str, Any]:
+    """Stage wall times of another checkout's CLI with the same settings (no in-worker timing there)."""
+    import os
+
+    name = "overhead_baseline"
+    shutil.rmtree(run_dir / name, ignore_errors=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "hssal_ray.loop",
+        f"loop.run_dir={run_dir.resolve()}",
+        f"loop.name={name}",
+        f"ssl.steps_per_round={steps}",
+        f"ssl.uratio={uratio}",
+        f"loop.rounds={rounds}",
+        "loop.report=false",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=checkout, env=env)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines()]
+    table = []
+    for r in rows:
+        w = r.get("wall_s", {})
+        table.append(
+            {
+                "round": r["round"],
+                "total_s": round(
+                    sum(w.get(k, 0.0) for k in ("train", "evaluate", "score", "query", "label")), 1
+                ),
+                **{f"{k}_s": round(w[k], 1) for k in ("train", "evaluate", "score", "query") if k in w},
+                "test_accuracy": round(r["test_accuracy"], 3),
+            }
+        )
+    return {"rounds": table, "wall_s": wall}
 
 
 def breakdown(rows: list[dict], train: list[dict], fwd: float, n_test: int, n_scored: int) -> list[dict]:
@@ -105,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--run-dir", default="runs/benchmarks/round_overhead")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--baseline", type=Path, default=None, help="another checkout, same settings")
     args = p.parse_args(argv)
     setup_logging()
     from hssal_ray.config import load_config
@@ -139,6 +187,20 @@ def main(argv: list[str] | None = None) -> int:
             f"rounds 1+: {mean_over:.1f} s)",
             "",
             md_table(table, cols),
+            "",
+        ]
+    if args.baseline is not None:
+        rev = subprocess.run(
+            ["git", "-C", str(args.baseline), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        base = run_baseline(args.baseline, steps, args.rounds, cfg.ssl.uratio, Path(args.run_dir))
+        base["commit"] = rev.stdout.strip()
+        results["baseline"] = base
+        md += [
+            f"### Before: commit `{base['commit']}`, same settings ({base['wall_s']:.0f} s for the CLI call; "
+            "stage wall times only, that code does not time inside its workers)",
+            "",
+            md_table(base["rounds"], list(base["rounds"][0])),
             "",
         ]
     text = (
