@@ -181,6 +181,22 @@ def write_outputs(out_dir: Path, tag: str, result: dict[str, Any]) -> None:
         "",
         "`~`: the margin is inside one standard deviation.",
         "",
+        "Reported (EMA) minus online weights' accuracy, points, mean over seeds, per round "
+        "(issue 13 diagnostic; both from each round's `metrics.jsonl`):",
+        "",
+        "| method | " + " | ".join(fracs) + " |",
+        "|---|" + "---|" * len(fracs),
+        *[
+            f"| {method} | "
+            + " | ".join(
+                f"{100 * (a - o):+.1f}"
+                for a, o in zip(m["accuracy_mean"], m.get("online_accuracy_mean", []), strict=False)
+            )
+            + " |"
+            for method, m in s.items()
+            if method != "full_supervision"
+        ],
+        "",
         "Checks:",
         *[f"- {c}" for c in result["checks"]],
     ]
