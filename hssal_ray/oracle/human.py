@@ -82,6 +82,7 @@ class HumanOracle(Oracle):
 
     source: ClassVar[str] = "human"
     may_pause: ClassVar[bool] = True
+    accepts_label_files: ClassVar[bool] = True
 
     def __init__(
         self,
