@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pyarrow as pa
 
 from hssal_ray import _io, faults
-from hssal_ray.config import ExperimentConfig, config_to_yaml
+from hssal_ray.config import config_to_yaml
 from hssal_ray.errors import StateError
 from hssal_ray.loop import stages
 from hssal_ray.loop.context import RunContext
@@ -31,23 +30,22 @@ from hssal_ray.state import LabeledSet, RunState, round_dir
 __all__ = ["LoopRunner", "science_sha", "read_metrics", "is_final_round", "load_run_config"]
 
 
+def _delegate(stage: Callable[[RunContext, RunState, float], None]) -> Callable[..., None]:
+    """A ``_stage_<name>(self, state, t0)`` method running ``stage`` (so tests can override one)."""
+
+    def method(self: RunContext, state: RunState, t0: float) -> None:
+        stage(self, state, t0)
+
+    method.__doc__ = f"Run :func:`{stage.__module__}.{stage.__name__}`."
+    return method
+
+
 class LoopRunner(RunContext):
     """Runs (or resumes) one closed-loop experiment in its run directory.
 
-    Args:
-        cfg: The resolved experiment config.
-        progress: Called with one summary line per finished stage/round (default: stderr).
-        on_round: Called after every evaluated round with all ``metrics.jsonl`` rows so far
-            (Ray Tune reports through this).
+    Constructed like :class:`~hssal_ray.loop.context.RunContext` (``cfg``, ``progress``,
+    ``on_round``); :meth:`run` does the work.
     """
-
-    def __init__(
-        self,
-        cfg: ExperimentConfig,
-        progress: Callable[[str], None] | None = None,
-        on_round: Callable[[list[dict[str, Any]]], None] | None = None,
-    ) -> None:
-        super().__init__(cfg, progress=progress, on_round=on_round)
 
     # ------------------------------------------------------------------ public
     def run(
@@ -136,23 +134,12 @@ class LoopRunner(RunContext):
         return ""
 
     # ------------------------------------------------------------------ stages (overridable in tests)
-    def _stage_init(self, state: RunState, t0: float) -> None:
-        stages.init(self, state, t0)
-
-    def _stage_train(self, state: RunState, t0: float) -> None:
-        stages.train(self, state, t0)
-
-    def _stage_evaluate(self, state: RunState, t0: float) -> None:
-        stages.evaluate(self, state, t0)
-
-    def _stage_score(self, state: RunState, t0: float) -> None:
-        stages.score(self, state, t0)
-
-    def _stage_query(self, state: RunState, t0: float) -> None:
-        stages.query(self, state, t0)
-
-    def _stage_label(self, state: RunState, t0: float) -> None:
-        stages.label(self, state, t0)
+    _stage_init = _delegate(stages.init)
+    _stage_train = _delegate(stages.train)
+    _stage_evaluate = _delegate(stages.evaluate)
+    _stage_score = _delegate(stages.score)
+    _stage_query = _delegate(stages.query)
+    _stage_label = _delegate(stages.label)
 
     # ------------------------------------------------------------------ former private names
     def _split(self, split: str) -> pa.Table:
