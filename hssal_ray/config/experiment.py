@@ -28,7 +28,7 @@ class ResourcesConfig:
         executor: Where the model runs. ``ray``: training as a Ray Train ``TorchTrainer`` and
             scoring/evaluation in a Ray Data actor pool. ``driver``: the same worker loop and
             the same scorer in the driver process, fed by the same Ray Data decode streams (no
-            worker-group or actor start-up: ~15-30 s a round less on CPU; no automatic worker
+            worker-group or actor start-up each round; no automatic worker
             restarts: a failed stage is rerun by the loop). ``auto`` = ``driver`` for one CPU
             training worker and one scoring actor on a local runtime, else ``ray``.
     """

@@ -15,7 +15,7 @@ Backends:
 
 ``predict`` of the CPU backends uses the shared chunked assignment :func:`assign_chunked` (one
 float32 block at a time, preallocated buffers, ``argmin ||c||^2 - 2 x.c``): on a 2-core machine it
-is ~4x faster than ``IndexFlatL2.search`` and bounded in memory. Rows with NaN/inf get label ``-1``
+is faster than ``IndexFlatL2.search`` and bounded in memory. Rows with NaN/inf get label ``-1``
 there and :meth:`predict` raises :class:`~hssal_ray.errors.DataError` naming them.
 """
 

@@ -56,7 +56,7 @@ MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 
 #: auto K1 aims at this many picks per coarse cluster on average (so fine clustering has work).
 PICKS_PER_COARSE = 3
-#: auto K1 never exceeds this: the assignment pass costs n * K1 * d (1M x 512 x 64 ~ 0.65 s on 2 cores).
+#: auto K1 never exceeds this: the assignment pass costs n * K1 * d multiply-adds.
 MAX_AUTO_COARSE_K = 64
 #: the coarse k-means is fit on at most this many rows per centroid (faiss' default sampling rule).
 FIT_ROWS_PER_CENTROID = 256
