@@ -103,7 +103,7 @@ class LoopRunner(RunContext):
             )
             return state
         if labels_file is not None:
-            stages.import_labels(self, state, labels_file)
+            stages.label.import_labels(self, state, labels_file)
         elif state.status == "awaiting_labels" and self.oracle.pulls_labels:
             state.status = "running"  # in memory: the label stage pulls the answer (saved once it advances)
         from hssal_ray._ray import ensure_ray
@@ -134,12 +134,12 @@ class LoopRunner(RunContext):
         return ""
 
     # ------------------------------------------------------------------ stages (overridable in tests)
-    _stage_init = _delegate(stages.init)
-    _stage_train = _delegate(stages.train)
-    _stage_evaluate = _delegate(stages.evaluate)
-    _stage_score = _delegate(stages.score)
-    _stage_query = _delegate(stages.query)
-    _stage_label = _delegate(stages.label)
+    _stage_init = _delegate(stages.init.run)
+    _stage_train = _delegate(stages.train.run)
+    _stage_evaluate = _delegate(stages.evaluate.run)
+    _stage_score = _delegate(stages.score.run)
+    _stage_query = _delegate(stages.query.run)
+    _stage_label = _delegate(stages.label.run)
 
     # ------------------------------------------------------------------ former private names
     def _split(self, split: str) -> pa.Table:

@@ -19,7 +19,7 @@ from hssal_ray.loop.context import RunContext
 from hssal_ray.loop.metrics import read_metrics
 from hssal_ray.state import LabeledSet, RunState, round_dir
 
-__all__ = ["evaluate", "is_final_round", "build_report"]
+__all__ = ["run", "is_final_round", "build_report"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _test(ctx: RunContext, r: int) -> dict[str, Any]:
     )
 
 
-def evaluate(ctx: RunContext, state: RunState, t0: float) -> None:
+def run(ctx: RunContext, state: RunState, t0: float) -> None:
     """Evaluate round ``state.round``, record its row, then advance (or finish the run).
 
     Once the row is written, ``ctx.on_round`` (if set) gets all ``metrics.jsonl`` rows so far: Ray

@@ -1,8 +1,8 @@
-"""The ``init`` and ``label`` stages: hand a batch to the oracle, add its answers to ``labeled.parquet``.
+"""The ``label`` stage: hand the pending batch to the oracle, add its answers to ``labeled.parquet``.
 
-``init`` picks the cold-start batch (:func:`hssal_ray.loop.cold_start.select_cold_start`) and
-answers it like a query. When the oracle has no answer yet (a person labels), the run records
-status ``awaiting_labels`` and returns; ``--labels FILE`` (:func:`import_labels`) or the oracle itself
+The pending batch is the round's ``query.csv`` (the cold start's for ``init``). When the oracle
+has no answer yet (a person labels), the run records status ``awaiting_labels`` and returns;
+``--labels FILE`` (:func:`import_labels`) or the oracle itself
 (:attr:`~hssal_ray.oracle.Oracle.pulls_labels`) brings the answer on the next run.
 """
 
@@ -10,27 +10,15 @@ from __future__ import annotations
 
 import time
 
-from hssal_ray import _io
 from hssal_ray.errors import StateError
 from hssal_ray.loop.context import RunContext
-from hssal_ray.loop.query_files import pending_query, write_query
+from hssal_ray.loop.query_files import pending_query
 from hssal_ray.state import LabeledSet, RunState
 
-__all__ = ["init", "label", "import_labels"]
+__all__ = ["run", "import_labels"]
 
 
-def init(ctx: RunContext, state: RunState, t0: float) -> None:
-    """Write the cold-start batch ``cold_start/query.csv`` (once), then label it."""
-    from hssal_ray.loop.cold_start import select_cold_start
-
-    d = _io.join(ctx.run_dir, "cold_start")
-    if not _io.exists(_io.join(d, "query.csv")):
-        ids = select_cold_start(ctx)
-        write_query(d, ids, None, None)
-    label(ctx, state, t0)
-
-
-def label(ctx: RunContext, state: RunState, t0: float) -> None:
+def run(ctx: RunContext, state: RunState, t0: float) -> None:
     """Collect the oracle's answer to the pending batch, or request it and await the labels."""
     d, ids, round_added = pending_query(ctx.run_dir, state)
     oracle = ctx.oracle

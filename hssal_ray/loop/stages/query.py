@@ -14,7 +14,7 @@ from hssal_ray.loop.context import RunContext
 from hssal_ray.loop.query_files import write_query
 from hssal_ray.state import LabeledSet, RunState, round_dir
 
-__all__ = ["query", "round_budget"]
+__all__ = ["run", "round_budget"]
 
 
 def round_budget(cfg: ExperimentConfig, num_labeled: int) -> int:
@@ -25,7 +25,7 @@ def round_budget(cfg: ExperimentConfig, num_labeled: int) -> int:
     return budget
 
 
-def query(ctx: RunContext, state: RunState, t0: float) -> None:
+def run(ctx: RunContext, state: RunState, t0: float) -> None:
     """Select and write round ``state.round``'s batch, then advance."""
     from hssal_ray.loop.query_stage import run_query
 

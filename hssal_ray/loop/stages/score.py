@@ -14,10 +14,10 @@ from hssal_ray import _io
 from hssal_ray.loop.context import RunContext
 from hssal_ray.state import RunState, round_dir
 
-__all__ = ["score"]
+__all__ = ["run"]
 
 
-def score(ctx: RunContext, state: RunState, t0: float) -> None:
+def run(ctx: RunContext, state: RunState, t0: float) -> None:
     """Score round ``state.round``'s rows with its checkpoint, then advance."""
     from hssal_ray.data.pipeline import collect_bad_samples
     from hssal_ray.scoring import score_pool

@@ -15,10 +15,10 @@ from hssal_ray import _io
 from hssal_ray.loop.context import RunContext
 from hssal_ray.state import LabeledSet, RunState, round_dir
 
-__all__ = ["train"]
+__all__ = ["run"]
 
 
-def train(ctx: RunContext, state: RunState, t0: float) -> None:
+def run(ctx: RunContext, state: RunState, t0: float) -> None:
     """Train round ``state.round`` on the labeled set (and the unlabeled pool), then advance."""
     from hssal_ray.ssl.trainer import fit_round
 
