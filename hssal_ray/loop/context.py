@@ -132,8 +132,8 @@ class RunContext:
 
     def load_image_hwc(self, sample_id: str) -> np.ndarray:
         """One image as HWC with 3 bands (what human oracles embed in their hand-off files)."""
-        from hssal_ray.data.catalog import load_bytes
         from hssal_ray.data.decode import decode_image
+        from hssal_ray.data.fetch import load_bytes
 
         t = self.catalog.table
         row = t.filter(pc.equal(t.column("sample_id"), sample_id))
