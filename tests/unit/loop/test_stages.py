@@ -30,14 +30,9 @@ from hssal_ray.oracle import HumanOracle, SimulatedOracle
 from hssal_ray.query.scores_io import write_scores
 from hssal_ray.state import LabeledSet, RunState, round_dir
 
-SMALL = [
-    "data.synthetic_classes=3",
-    "data.synthetic_per_class=6",
-    "data.image_size=16",
-    "data.synthetic_size=16",
-    "loop.initial_labeled=3",
-    "loop.report=false",
-]
+from .test_round_rules import SMALL as ROUND_RULES_SMALL
+
+SMALL = [*ROUND_RULES_SMALL, "loop.report=false"]  # the tiny synthetic run of the round-rule tests
 
 
 def _ctx(tmp_path, *extra: str) -> RunContext:
