@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from hssal_ray import _io
+from hssal_ray import _io, faults
 from hssal_ray.config import ExperimentConfig, config_from_dict, config_to_dict
 from hssal_ray.data.pipeline import stream_for
 
@@ -104,7 +104,7 @@ class Scorer:
         experiment: The resolved config as a dict.
         num_classes: Number of classes.
         mode: ``score`` (pool scores table) or ``eval`` (``sample_id, label, pred``).
-        fault_kill: Testing hook, see :func:`_fault_kill` (forwarded from the driver's
+        fault_kill: Testing hook, see :func:`hssal_ray.faults.kill_scorer` (forwarded from the driver's
             ``HSSAL_FAULT_KILL_SCORER``).
     """
 
@@ -152,7 +152,7 @@ class Scorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         self.batches += 1
-        _fault_kill(self.batches, self.fault_kill)
+        faults.kill_scorer(self.batches, self.fault_kill)
         emb, probs = self._forward(batch["x_none"])
         if self.mode == "eval":
             pred = probs.argmax(1).astype(np.int32)
@@ -167,24 +167,6 @@ class Scorer:
             )
         probs_strong = self._forward(batch["x_strong"])[1] if "x_strong" in batch else None
         return scores_table(batch["sample_id"], emb, probs, probs_strong, self.cfg.ssl.p_cutoff)
-
-
-def _fault_kill(batch: int, spec: str | None) -> None:
-    """Testing hook: ``HSSAL_FAULT_KILL_SCORER="batch=2,marker=/tmp/f"`` kills the actor once.
-
-    The actor exits (``os._exit``, no clean-up) when it is handed its ``batch``-th batch, unless
-    the marker file exists; it writes the marker first, so the restarted actor goes on.
-    """
-    if not spec:
-        return
-    kv = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
-    marker = kv.get("marker", "")
-    if int(kv.get("batch", -1)) != batch or not marker or os.path.exists(marker):
-        return
-    with open(marker, "w") as f:
-        f.write(f"killed scoring actor {os.getpid()} at batch {batch}\n")
-    log.warning("HSSAL_FAULT_KILL_SCORER: exiting scoring actor at batch %d", batch)
-    os._exit(1)
 
 
 def actor_pool_size(requested: int, cluster_cpus: float, use_gpu: bool) -> int:
@@ -225,7 +207,7 @@ def _run(
     import ray
     import ray.data
 
-    fault = os.environ.get("HSSAL_FAULT_KILL_SCORER") if mode == "score" else None
+    fault = faults.scorer_spec() if mode == "score" else None
     actors = actor_pool_size(
         cfg.resources.score_actors, float(ray.cluster_resources().get("CPU", 0.0)), cfg.resources.use_gpu
     )

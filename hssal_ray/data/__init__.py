@@ -29,7 +29,7 @@ __all__ = [
 _WHERE = {
     "Catalog": "catalog",
     "scan": "catalog",
-    "load_bytes": "catalog",
+    "load_bytes": "fetch",
     "ImageDecodeError": "decode",
     "decode_image": "decode",
     "decode_batch": "decode",
@@ -39,13 +39,15 @@ _WHERE = {
     "make_corrupt_files": "synthetic",
     "write_shards": "shard",
     "download_dataset": "download",
-    "DATASETS": "download",
+    "DATASETS": "datasets",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hssal_ray.data.catalog import Catalog, load_bytes, scan
+    from hssal_ray.data.catalog import Catalog, scan
+    from hssal_ray.data.datasets import DATASETS
     from hssal_ray.data.decode import ImageDecodeError, decode_batch, decode_image
-    from hssal_ray.data.download import DATASETS, download_dataset
+    from hssal_ray.data.download import download_dataset
+    from hssal_ray.data.fetch import load_bytes
     from hssal_ray.data.shard import write_shards
     from hssal_ray.data.synthetic import make_corrupt_files, make_synthetic_rs
     from hssal_ray.data.transforms import augment_batch, default_mean_std

@@ -18,9 +18,8 @@ so it is stable across re-scans and survives sharding. Split: within each class,
 ``blake2b(f"{seed}:{sample_id}")`` and the first ``round_half_up(test_fraction * n_c)`` go to ``test``;
 unlabeled samples are all ``train`` (they are pool). Class index = position in the sorted class names.
 
-:func:`load_bytes` fetches the encoded bytes of a batch of manifest rows (files, or shard rows grouped
-by shard, reading only the row groups needed, with a small per-process LRU of open shards and row
-groups; a shard rewritten in place while a process has it cached is not re-opened).
+:func:`load_bytes` (:mod:`hssal_ray.data.fetch`) fetches the encoded bytes of a batch of manifest
+rows (files, or shard rows grouped by shard, reading only the row groups needed).
 """
 
 from __future__ import annotations
@@ -31,27 +30,23 @@ import json
 import logging
 import math
 import posixpath
-import threading
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from hssal_ray import _io
+from hssal_ray.data._shard_index import CLASSES_KEY, _scan_shards
+from hssal_ray.data.fetch import load_bytes, root_fs  # noqa: F401 - re-exported (the catalog's API)
 from hssal_ray.errors import DataError
-
-__all__ = ["Catalog", "scan", "load_bytes", "root_fs", "IMAGE_EXTENSIONS", "MANIFEST_SCHEMA", "CLASSES_KEY"]
 
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 65_536  # ids hashed per chunk by the split
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
-CLASSES_KEY = "hssal_classes"
 _CATALOG_KEY = "hssal_catalog"
 Layout = Literal["auto", "imagefolder", "flat", "shards"]
 MANIFEST_SCHEMA = pa.schema(
@@ -242,79 +237,6 @@ def _scan_files(rels: list[str], layout: str, root: str) -> tuple[list[str], lis
     return labeled, classes, list(per)
 
 
-def _read_shard_index(
-    fs: pafs.FileSystem, base: str, rel: str, root: str
-) -> tuple[pa.Table, list[str] | None]:
-    """Small columns of one shard (never the image bytes) and its class-name metadata."""
-    where = _io.join(root, rel)
-    try:
-        with fs.open_input_file(f"{base.rstrip('/')}/{rel}") as f:
-            pf = pq.ParquetFile(f)
-            names = pf.schema_arrow.names
-            if "sample_id" not in names or "image" not in names:
-                raise DataError(f"shard {where} lacks the 'sample_id'/'image' columns (has {names})")
-            cols = [c for c in ("sample_id", "label", "class_name") if c in names]
-            table = pf.read(columns=cols)
-            meta = pf.schema_arrow.metadata or {}
-    except DataError:
-        raise
-    except (OSError, pa.ArrowException, ValueError) as e:
-        raise DataError(f"unreadable shard {where}: {e}") from e
-    classes = json.loads(meta[CLASSES_KEY.encode()]) if CLASSES_KEY.encode() in meta else None
-    return table, classes
-
-
-def _scan_shards(fs: pafs.FileSystem, base: str, shards: list[str], root: str) -> tuple[pa.Table, list[str]]:
-    parts: list[pa.Table] = []
-    classes: list[str] | None = None
-    for rel in shards:
-        t, cls = _read_shard_index(fs, base, rel, root)
-        if cls is not None:
-            if classes is not None and cls != classes:
-                raise DataError(
-                    f"shard {_io.join(root, rel)} lists other class names than the shards before it"
-                )
-            classes = cls
-        n = t.num_rows
-        label = (
-            pc.fill_null(t["label"].cast(pa.int32()), -1)
-            if "label" in t.column_names
-            else pa.array([-1] * n, pa.int32())
-        )
-        cname = (
-            t["class_name"].cast(pa.string()) if "class_name" in t.column_names else pa.nulls(n, pa.string())
-        )
-        parts.append(
-            pa.table(
-                {
-                    "sample_id": t["sample_id"].cast(pa.string()),
-                    "source": pa.array([rel] * n, pa.string()),
-                    "row": pa.array(np.arange(n, dtype=np.int32)),
-                    "label": label,
-                    "class_name": cname,
-                }
-            )
-        )
-    table = pa.concat_tables(parts) if parts else None  # one chunk per shard: no combined copy
-    if table is None or table.num_rows == 0:
-        raise DataError(f"the Parquet shards under data root {root} hold no rows")
-    if classes is None:  # shards from elsewhere: derive classes from the class_name column
-        classes = sorted(set(x for x in table["class_name"].to_pylist() if x is not None))
-        index = {c: i for i, c in enumerate(classes)}
-        if "label" not in table.column_names or pc.all(pc.equal(table["label"], -1)).as_py():
-            labels = [index.get(x, -1) if x is not None else -1 for x in table["class_name"].to_pylist()]
-            table = table.set_column(3, "label", pa.array(labels, pa.int32()))
-    labels = table["label"].to_numpy()
-    bad = (labels < -1) | (labels >= len(classes))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(
-            f"shard {_io.join(root, table['source'][i].as_py())} has label {labels[i]} outside "
-            f"[-1, {len(classes) - 1}] (sample {table['sample_id'][i].as_py()})"
-        )
-    return table, classes
-
-
 def _check_unique(table: pa.Table, root: str) -> None:
     counts = pc.value_counts(table["sample_id"])
     dup = counts.filter(pc.greater(counts.field("counts"), 1))
@@ -416,102 +338,3 @@ def scan(
     cat = Catalog(root=str(root), table=table.cast(MANIFEST_SCHEMA), class_names=tuple(classes), kind=kind)
     log.info("scanned %s", cat.summary())
     return cat
-
-
-# ----------------------------------------------------------------------------- reading bytes
-
-_FS_CACHE: dict[str, tuple[pafs.FileSystem, str]] = {}
-_SHARDS: OrderedDict[tuple[str, str], tuple[pq.ParquetFile, np.ndarray]] = OrderedDict()
-_GROUPS: OrderedDict[tuple[str, str, int], pa.Array] = OrderedDict()
-_MAX_SHARDS, _MAX_GROUPS = 8, 4
-_LOCK = threading.Lock()
-
-
-def root_fs(root: str) -> tuple[pafs.FileSystem, str]:
-    """``(filesystem, path inside it)`` for a root, cached per process (S3/GCS clients are costly)."""
-    key = str(root)
-    if key not in _FS_CACHE:
-        _FS_CACHE[key] = _io.resolve_fs(key)
-    return _FS_CACHE[key]
-
-
-def _column(rows: Any, name: str) -> list[Any]:
-    if isinstance(rows, (pa.Table, pa.RecordBatch)):
-        return rows.column(name).to_pylist()
-    if isinstance(rows, Mapping) or hasattr(rows, "columns"):  # dict of arrays, pandas DataFrame
-        return [x.item() if isinstance(x, np.generic) else x for x in list(rows[name])]
-    raise TypeError(f"rows must be a pyarrow Table/RecordBatch, a mapping or a DataFrame, got {type(rows)}")
-
-
-def _shard_rows(fs: pafs.FileSystem, base: str, source: str, rows: Sequence[int]) -> list[bytes | None]:
-    """Image bytes of ``rows`` of one shard, reading only the row groups that hold them."""
-    key = (base, source)
-    with _LOCK:
-        try:
-            if key in _SHARDS:
-                _SHARDS.move_to_end(key)
-                pf, starts = _SHARDS[key]
-            else:
-                pf = pq.ParquetFile(fs.open_input_file(f"{base.rstrip('/')}/{source}"))
-                sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
-                starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-                _SHARDS[key] = (pf, starts)
-                while len(_SHARDS) > _MAX_SHARDS:
-                    _SHARDS.popitem(last=False)
-            out: list[bytes | None] = []
-            for r in rows:
-                if r < 0 or r >= starts[-1]:
-                    out.append(None)
-                    continue
-                g = int(np.searchsorted(starts, r, side="right") - 1)
-                gkey = (base, source, g)
-                if gkey in _GROUPS:
-                    _GROUPS.move_to_end(gkey)
-                else:
-                    _GROUPS[gkey] = pf.read_row_group(g, columns=["image"]).column("image").combine_chunks()
-                    while len(_GROUPS) > _MAX_GROUPS:
-                        _GROUPS.popitem(last=False)
-                out.append(_GROUPS[gkey][int(r - starts[g])].as_py())
-            return out
-        except (OSError, pa.ArrowException, ValueError, KeyError) as e:
-            log.warning("cannot read rows of shard %s: %s", source, e)
-            _SHARDS.pop(key, None)
-            return [None] * len(rows)
-
-
-def load_bytes(root: str, kind: str, rows: Any) -> list[bytes | None]:
-    """Fetch the encoded bytes of a batch of manifest rows.
-
-    Args:
-        root: The catalog's root (local path or URI).
-        kind: The catalog's kind, ``files`` or ``shards``.
-        rows: ``B`` manifest rows with at least ``source`` and ``row`` columns: a pyarrow Table or
-            RecordBatch, a mapping of column -> sequence (a Ray Data numpy batch) or a DataFrame.
-
-    Returns:
-        ``B`` entries in input order: the encoded bytes, or ``None`` where the file or shard row is
-        missing or unreadable (the caller reports those as bad samples; nothing raises).
-    """
-    if kind not in ("files", "shards"):
-        raise ValueError(f"kind must be 'files' or 'shards', got {kind!r}")
-    fs, base = root_fs(root)
-    sources = [str(s) for s in _column(rows, "source")]
-    out: list[bytes | None] = [None] * len(sources)
-    if kind == "files":
-        for i, src in enumerate(sources):
-            try:
-                with fs.open_input_file(f"{base.rstrip('/')}/{src}") as f:
-                    out[i] = f.read()
-            except (OSError, pa.ArrowException) as e:
-                log.debug("cannot read %s: %s", src, e)
-        return out
-    row_ids = [int(r) for r in _column(rows, "row")]
-    groups: dict[str, list[int]] = {}
-    for i, src in enumerate(sources):
-        groups.setdefault(src, []).append(i)
-    for src, positions in groups.items():
-        for pos, blob in zip(
-            positions, _shard_rows(fs, base, src, [row_ids[p] for p in positions]), strict=True
-        ):
-            out[pos] = blob
-    return out

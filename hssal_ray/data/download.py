@@ -25,118 +25,22 @@ import logging
 import os
 import re
 import shutil
-import stat
 import sys
-import tarfile
 import time
 import urllib.parse
-import zipfile
 from collections.abc import Sequence
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
+from hssal_ray.data.datasets import DATASETS, DatasetSpec
+from hssal_ray.data.extract import _ARCHIVE_EXTS, _CHUNK, _archive_kind, safe_extract
 from hssal_ray.errors import DownloadError, HSSALError
 
 __all__ = ["DatasetSpec", "DATASETS", "DownloadResult", "download_dataset", "fetch", "safe_extract", "main"]
 
 log = logging.getLogger(__name__)
-
-_CHUNK = 1 << 20
-_ARCHIVE_EXTS = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".rar")
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """One downloadable dataset.
-
-    Args:
-        name: Registry key.
-        title: Human name.
-        urls: Direct download URLs, tried in order (empty: no direct link exists).
-        filename: Archive file name.
-        sha256: Expected SHA-256, or ``None`` if not verified by us.
-        md5: Expected MD5 as published by torchgeo (second-hand), or ``None``.
-        data_dir: ImageFolder root relative to the download root after extraction.
-        num_classes: Expected class folders.
-        num_images: Expected images.
-        homepage: Official page.
-        manual: How to get the archive when there is no direct link (or it is a RAR).
-    """
-
-    name: str
-    title: str
-    urls: tuple[str, ...]
-    filename: str
-    sha256: str | None
-    md5: str | None
-    data_dir: str
-    num_classes: int
-    num_images: int
-    homepage: str
-    manual: str = ""
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    # Official URL (the dataset's page links it); the torchgeo Hugging Face mirror serves the same
-    # archive. MD5 from torchgeo (microsoft/torchgeo, torchgeo/datasets/ucmerced.py); no SHA-256 was
-    # verified here, so none is stored.
-    "ucm": DatasetSpec(
-        name="ucm",
-        title="UC Merced Land Use",
-        urls=(
-            "http://weegee.vision.ucmerced.edu/datasets/UCMerced_LandUse.zip",
-            "https://huggingface.co/datasets/torchgeo/ucmerced/resolve/main/UCMerced_LandUse.zip",
-        ),
-        filename="UCMerced_LandUse.zip",
-        sha256=None,
-        md5="5b7ec56793786b6dc8a908e8854ac0e4",
-        data_dir="UCMerced_LandUse/Images",
-        num_classes=21,
-        num_images=2100,
-        homepage="http://weegee.vision.ucmerced.edu/datasets/landuse.html",
-    ),
-    # AID's official page only links Baidu Pan and OneDrive share pages (no direct file URL), so
-    # there is no default URL and no checksum: download AID.zip by hand and pass --url file://...
-    "aid": DatasetSpec(
-        name="aid",
-        title="AID: Aerial Image Dataset",
-        urls=(),
-        filename="AID.zip",
-        sha256=None,
-        md5=None,
-        data_dir="AID",
-        num_classes=30,
-        num_images=10000,
-        homepage="https://captain-whu.github.io/AID/",
-        manual=(
-            "AID has no direct download link: its official page https://captain-whu.github.io/AID/ links "
-            "Baidu Pan (https://pan.baidu.com/s/1mifOBv6) and OneDrive "
-            "(https://1drv.ms/u/s!AthY3vMZmuxChNR0Co7QHpJ56M-SvQ). "
-            "Download AID.zip in a browser, then run again with --url file:///path/to/AID.zip and "
-            "--sha256 <digest you trust> (or --no-verify)."
-        ),
-    ),
-    # The official NWPU-RESISC45 release is a RAR on OneDrive (out of scope); torchgeo's Hugging Face
-    # mirror re-packs it as a zip (URL pinned to a commit, MD5 from microsoft/torchgeo,
-    # torchgeo/datasets/resisc45.py). No SHA-256 was verified here.
-    "nwpu": DatasetSpec(
-        name="nwpu",
-        title="NWPU-RESISC45",
-        urls=(
-            "https://hf.co/datasets/torchgeo/resisc45/resolve/a826b44d938a883185f11ebe3d512d38b464312f/NWPU-RESISC45.zip",
-        ),
-        filename="NWPU-RESISC45.zip",
-        sha256=None,
-        md5="75206b2e16446591afa88e2628744886",
-        data_dir="NWPU-RESISC45",
-        num_classes=45,
-        num_images=31500,
-        homepage="https://gcheng-nwpu.github.io/",
-        manual="The official release is NWPU-RESISC45.rar on OneDrive: extract it with unrar or 7z.",
-    ),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,104 +138,6 @@ def fetch(url: str, dest: str, *, progress: bool = True, timeout: float = 60.0) 
         )
     os.replace(part, dest)
     return dest
-
-
-def _member_target(name: str, dest: str) -> str:
-    """Where a member would land, or DownloadError if it escapes ``dest``."""
-    n = name.replace("\\", "/")
-    if n.startswith("/") or re.match(r"^[A-Za-z]:", n):
-        raise DownloadError(f"unsafe archive member {name!r}: absolute path")
-    parts = [p for p in n.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise DownloadError(f"unsafe archive member {name!r}: '..' in path")
-    root = os.path.realpath(dest)
-    target = os.path.realpath(os.path.join(root, *parts)) if parts else root
-    if target != root and not target.startswith(root + os.sep):
-        raise DownloadError(f"unsafe archive member {name!r}: resolves outside the extraction root")
-    return target
-
-
-def _check_link(name: str, link: str, dest: str) -> None:
-    if link.startswith("/") or re.match(r"^[A-Za-z]:", link):
-        raise DownloadError(f"unsafe archive member {name!r}: link to absolute path {link!r}")
-    base = os.path.dirname(_member_target(name, dest))
-    root = os.path.realpath(dest)
-    target = os.path.realpath(os.path.join(base, link))
-    if target != root and not target.startswith(root + os.sep):
-        raise DownloadError(
-            f"unsafe archive member {name!r}: link {link!r} points outside the extraction root"
-        )
-
-
-def _archive_kind(path: str) -> str:
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if head.startswith(b"Rar!\x1a\x07"):
-        return "rar"
-    if zipfile.is_zipfile(path):
-        return "zip"
-    if tarfile.is_tarfile(path):
-        return "tar"
-    return "unknown"
-
-
-def safe_extract(archive: str, dest: str) -> None:
-    """Extract a zip or tar archive into ``dest``, refusing any member that would escape it.
-
-    All members are validated before the first byte is written.
-
-    Raises:
-        DownloadError: Unsafe member (named in the message), RAR or unknown archive format.
-    """
-    kind = _archive_kind(archive)
-    os.makedirs(dest, exist_ok=True)
-    if kind == "rar":
-        raise DownloadError(
-            f"{archive} is a RAR archive: RAR extraction is out of scope; extract it by hand "
-            f"(`unrar x {archive} {dest}/` or `7z x {archive} -o{dest}`)"
-        )
-    if kind == "zip":
-        with zipfile.ZipFile(archive) as z:
-            infos = z.infolist()
-            links = {}
-            for info in infos:
-                _member_target(info.filename, dest)
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    links[info.filename] = z.read(info).decode("utf-8", "replace")
-                    _check_link(info.filename, links[info.filename], dest)
-            for info in infos:
-                target = _member_target(info.filename, dest)
-                if info.is_dir():
-                    os.makedirs(target, exist_ok=True)
-                    continue
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                if info.filename in links:
-                    os.symlink(links[info.filename], target)
-                    continue
-                with z.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out, _CHUNK)
-        return
-    if kind == "tar":
-        with tarfile.open(archive) as t:
-            members = t.getmembers()
-            for m in members:
-                _member_target(m.name, dest)
-                if m.issym():
-                    _check_link(m.name, m.linkname, dest)
-                elif m.islnk():  # hard link names another member, relative to the archive root
-                    try:
-                        _member_target(m.linkname, dest)
-                    except DownloadError as e:
-                        raise DownloadError(
-                            f"unsafe archive member {m.name!r}: hard link {m.linkname!r}"
-                        ) from e
-                elif not (m.isfile() or m.isdir()):
-                    raise DownloadError(
-                        f"unsafe archive member {m.name!r}: device, fifo or other special file"
-                    )
-            t.extractall(dest, members=members, filter="data")
-        return
-    raise DownloadError(f"{archive} is not a zip or tar archive")
 
 
 def _url_filename(url: str, default: str) -> str:

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from hssal_ray import _io
-from hssal_ray.data.catalog import load_bytes
 from hssal_ray.data.decode import decode_batch
+from hssal_ray.data.fetch import load_bytes
 from hssal_ray.data.transforms import augment_batch, default_mean_std
 
 __all__ = [

@@ -28,7 +28,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from hssal_ray import _io
-from hssal_ray.data.catalog import CLASSES_KEY, load_bytes, scan
+from hssal_ray.data._shard_index import CLASSES_KEY
+from hssal_ray.data.catalog import scan
+from hssal_ray.data.fetch import load_bytes
 from hssal_ray.errors import DataError, HSSALError
 
 __all__ = ["write_shards", "ShardReport", "SHARD_SCHEMA", "main"]

@@ -1,4 +1,4 @@
-"""The round's train, evaluate and score stages for ``ssl.finetune=frozen`` (the runner calls these).
+"""The round's train, evaluate and score stages for ``ssl.finetune=frozen`` (the loop stages call these).
 
 Every stage reads the run's embedding store (:mod:`hssal_ray.frozen.store`, encoded once) and writes
 the same files as the image-level path: ``round_XXX/checkpoint/`` (the head's online and EMA weights),
@@ -22,17 +22,17 @@ __all__ = ["store_of", "feature_pool", "train", "evaluate", "score"]
 log = logging.getLogger(__name__)
 
 
-def store_of(runner: Any) -> Any:
-    """The run's embedding store, encoded on first use and kept on the runner."""
+def store_of(ctx: Any) -> Any:
+    """The run's embedding store, encoded on first use and kept on the run context."""
     from hssal_ray.frozen.store import ensure_store
 
-    store = getattr(runner, "_embedding_store", None)
+    store = ctx.embedding_store
     if store is None:
         from hssal_ray._ray import ensure_ray
 
-        ensure_ray(runner.cfg.resources)
-        store = ensure_store(runner.cfg, runner.catalog, runner.run_dir, progress=runner.progress)
-        runner._embedding_store = store
+        ensure_ray(ctx.cfg.resources)
+        store = ensure_store(ctx.cfg, ctx.catalog, ctx.run_dir, progress=ctx.progress)
+        ctx.embedding_store = store
     return store
 
 
@@ -46,11 +46,11 @@ def _normalised(feats: np.ndarray) -> np.ndarray:
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
-def feature_pool(runner: Any, table: pa.Table) -> Any:
+def feature_pool(ctx: Any, table: pa.Table) -> Any:
     """A query :class:`~hssal_ray.query.Pool` of the rows of ``table`` with their clean features only."""
     from hssal_ray.query import Pool
 
-    store = store_of(runner)
+    store = store_of(ctx)
     rows = _rows(store, table)
     return Pool(ids=store.ids[rows], embeddings=_normalised(store.views["none"][rows]).astype(np.float16))
 
@@ -66,7 +66,7 @@ def _load_head(cfg: Any, ckpt_dir: str, which: str, dim: int, num_classes: int) 
     return head.eval()
 
 
-def train(runner: Any, r: int, init_dir: str | None) -> dict[str, Any]:
+def train(ctx: Any, r: int, init_dir: str | None) -> dict[str, Any]:
     """Train round ``r``'s head; writes ``round_XXX/checkpoint/``; returns the train metrics."""
     from safetensors.torch import load
 
@@ -74,13 +74,13 @@ def train(runner: Any, r: int, init_dir: str | None) -> dict[str, Any]:
     from hssal_ray.ssl.train_loop import global_step_of, round_ema_initial_weight, write_checkpoint
     from hssal_ray.ssl.trainer import derive_seed, ssl_active
 
-    cfg = runner.cfg
-    store = store_of(runner)
-    labeled = LabeledSet.load(runner.run_dir)
-    lab_table = runner._labeled_rows(labeled)
+    cfg = ctx.cfg
+    store = store_of(ctx)
+    labeled = LabeledSet.load(ctx.run_dir)
+    lab_table = ctx.labeled_rows(labeled)
     lab_rows = store.rows_of(lab_table.column("sample_id").to_pylist())
     labels = lab_table.column("label").to_numpy()
-    pool = runner._pool_rows(labeled)
+    pool = ctx.pool_rows(labeled)
     pool_rows = _rows(store, pool)
     keep = ~store.missing[store.rows_of(pool.column("sample_id").to_pylist())]
     truth = pool.column("label").to_numpy(zero_copy_only=False)[keep]
@@ -98,8 +98,8 @@ def train(runner: Any, r: int, init_dir: str | None) -> dict[str, Any]:
         labels,
         pool_rows,
         truth,
-        len(runner.catalog.class_names),
-        stats_rows=_rows(store, runner._split("train")),
+        len(ctx.catalog.class_names),
+        stats_rows=_rows(store, ctx.split("train")),
         seed=derive_seed(cfg.seed, r, "train"),
         init=init,
         ssl_on=ssl_active(cfg, len(pool_rows), r),
@@ -107,46 +107,44 @@ def train(runner: Any, r: int, init_dir: str | None) -> dict[str, Any]:
     )
     metrics["ema_initial_weight"] = round_ema_initial_weight(cfg, state)
     meta = {"step": state.step, "global_step": state.step_offset + state.step, "round": r, "regime": "frozen"}
-    write_checkpoint(
-        state, _io.join(round_dir(runner.run_dir, r), "checkpoint"), {**meta, "metrics": metrics}
-    )
+    write_checkpoint(state, _io.join(round_dir(ctx.run_dir, r), "checkpoint"), {**meta, "metrics": metrics})
     return metrics
 
 
-def evaluate(runner: Any, r: int) -> dict[str, Any]:
+def evaluate(ctx: Any, r: int) -> dict[str, Any]:
     """Test-split accuracy of the evaluation head (and of the other weights, as a diagnostic)."""
     from hssal_ray.frozen.head import head_predict
     from hssal_ray.scoring import classification_metrics
 
-    cfg = runner.cfg
-    store = store_of(runner)
-    test = runner._split(cfg.data.eval_split)
+    cfg = ctx.cfg
+    store = store_of(ctx)
+    test = ctx.split(cfg.data.eval_split)
     rows = store.rows_of(test.column("sample_id").to_pylist())
     y = test.column("label").to_numpy(zero_copy_only=False)
     ok = ~store.missing[rows]
     feats = store.views["none"][rows[ok]]
-    ckpt = _io.join(round_dir(runner.run_dir, r), "checkpoint")
-    nc = len(runner.catalog.class_names)
+    ckpt = _io.join(round_dir(ctx.run_dir, r), "checkpoint")
+    nc = len(ctx.catalog.class_names)
     other = "online" if cfg.ssl.eval_model == "ema" else "ema"
     pred = head_predict(_load_head(cfg, ckpt, cfg.ssl.eval_model, store.dim, nc), feats).argmax(1)
     alt = head_predict(_load_head(cfg, ckpt, other, store.dim, nc), feats).argmax(1)
     return classification_metrics(y[ok], pred, nc, other=alt, eval_model=cfg.ssl.eval_model)
 
 
-def score(runner: Any, r: int, out_path: str) -> None:
+def score(ctx: Any, r: int, out_path: str) -> None:
     """Scores of the training split (pool and labeled set) with the evaluation head: ``scores.parquet``."""
     from hssal_ray.frozen.head import head_predict
     from hssal_ray.scoring import scores_table
 
-    cfg = runner.cfg
-    store = store_of(runner)
-    rows = _rows(store, runner._scored_rows())
+    cfg = ctx.cfg
+    store = store_of(ctx)
+    rows = _rows(store, ctx.scored_rows())
     head = _load_head(
         cfg,
-        _io.join(round_dir(runner.run_dir, r), "checkpoint"),
+        _io.join(round_dir(ctx.run_dir, r), "checkpoint"),
         cfg.ssl.eval_model,
         store.dim,
-        len(runner.catalog.class_names),
+        len(ctx.catalog.class_names),
     )
     probs = head_predict(head, store.views["none"][rows])
     strong = head_predict(head, store.views["strong_0"][rows])

@@ -15,7 +15,7 @@ __all__ = ["select_cold_start"]
 log = logging.getLogger(__name__)
 
 
-def select_cold_start(runner: Any) -> list[str]:
+def select_cold_start(ctx: Any) -> list[str]:
     """Pick ``loop.initial_labeled`` ids of the train split for the oracle to label first.
 
     ``random``: a seeded uniform sample (what a real user without labels can do).
@@ -24,9 +24,9 @@ def select_cold_start(runner: Any) -> list[str]:
     ``stratified``: the same number per class using the dataset's labels: a *simulation*
     option for benchmarks only (a real user has no labels yet).
     """
-    cfg = runner.cfg
+    cfg = ctx.cfg
     n = cfg.loop.initial_labeled
-    train = runner._split("train")
+    train = ctx.split("train")
     ids = np.asarray(train.column("sample_id").to_pylist(), dtype=object)
     if n > len(ids):
         raise DataError(f"loop.initial_labeled={n} exceeds the {len(ids)} training samples")
@@ -48,10 +48,10 @@ def select_cold_start(runner: Any) -> list[str]:
             idx = np.flatnonzero(labels == c)
             picked.extend(rng.choice(idx, size=min(k, len(idx)), replace=False).tolist())
         return [str(s) for s in ids[np.sort(picked)]]
-    return _typiclust(runner, n)
+    return _typiclust(ctx, n)
 
 
-def _typiclust(runner: Any, n: int) -> list[str]:
+def _typiclust(ctx: Any, n: int) -> list[str]:
     import torch
 
     from hssal_ray.query import load_pool
@@ -59,26 +59,26 @@ def _typiclust(runner: Any, n: int) -> list[str]:
     from hssal_ray.ssl.train_loop import build_train_state, write_checkpoint
     from hssal_ray.ssl.trainer import derive_seed
 
-    cfg = runner.cfg
+    cfg = ctx.cfg
     if cfg.ssl.finetune == "frozen":  # the pretrained encoder's cached features: no scoring pass
         from hssal_ray.frozen.rounds import feature_pool
 
-        pool = feature_pool(runner, runner._split("train"))
+        pool = feature_pool(ctx, ctx.split("train"))
         return _typiclust_pick(cfg, pool, n)
-    d = _io.join(runner.run_dir, "cold_start")
+    d = _io.join(ctx.run_dir, "cold_start")
     ckpt = _io.join(d, "checkpoint")  # under the run directory: no collision between runs or trials
     torch.manual_seed(derive_seed(cfg.seed, "cold_start") % (2**31))
-    state = build_train_state(cfg, len(runner.catalog.class_names), torch.device("cpu"), total_steps=1)
+    state = build_train_state(cfg, len(ctx.catalog.class_names), torch.device("cpu"), total_steps=1)
     write_checkpoint(state, ckpt, {"step": 0, "round": "cold_start"})
-    train = runner._split("train")
+    train = ctx.split("train")
     score_pool(
         cfg,
         train,
-        root=runner.catalog.root,
-        kind=runner.catalog.kind,
+        root=ctx.catalog.root,
+        kind=ctx.catalog.kind,
         ckpt_dir=ckpt,
-        num_classes=len(runner.catalog.class_names),
-        run_dir=runner.run_dir,
+        num_classes=len(ctx.catalog.class_names),
+        run_dir=ctx.run_dir,
         out_path=_io.join(d, "scores.parquet"),
     )
     return _typiclust_pick(cfg, load_pool(_io.join(d, "scores.parquet")), n)

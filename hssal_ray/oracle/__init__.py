@@ -6,7 +6,7 @@ See :mod:`hssal_ray.oracle.base` for the request/collect protocol,
 """
 
 from hssal_ray.oracle.base import LABELS_FILE, Oracle, OracleAnswer, PartialPolicy
-from hssal_ray.oracle.factory import human_oracle_from_config
+from hssal_ray.oracle.factory import from_config, human_oracle_from_config
 from hssal_ray.oracle.human import (
     CONTACT_SHEET_FILE,
     INSTRUCTIONS_FILE,
@@ -27,6 +27,7 @@ __all__ = [
     "SimulatedOracle",
     "HumanOracle",
     "LabelStudioOracle",
+    "from_config",
     "human_oracle_from_config",
     "reveals_folder",
     "parse_label_file",

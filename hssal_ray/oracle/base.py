@@ -66,10 +66,15 @@ class Oracle(ABC):
     Attributes:
         source: Value of the ``source`` column of ``labeled.parquet`` for labels from this oracle.
         may_pause: Whether :meth:`collect` can return ``None`` (the run then awaits labels).
+        pulls_labels: Whether :meth:`collect` fetches the answer itself (Label Studio), so that a
+            run awaiting labels resumes without ``--labels``.
+        accepts_label_files: Whether :meth:`import_labels` takes a label file (``--labels``).
     """
 
     source: ClassVar[str] = "oracle"
     may_pause: ClassVar[bool] = False
+    pulls_labels: ClassVar[bool] = False
+    accepts_label_files: ClassVar[bool] = False
 
     def request(self, round_dir: str, ids: Sequence[str], context: Mapping[str, Any] | None = None) -> None:
         """Hand a query batch to the oracle.
@@ -99,6 +104,22 @@ class Oracle(ABC):
             LabelFileError: A returned label file is invalid (nothing was changed).
             DataError: A simulated oracle has no ground truth for some ids.
         """
+
+    def import_labels(self, round_dir: str, ids: Sequence[str], labels_path: str) -> OracleAnswer:
+        """Validate a label file answering the batch of ``round_dir`` and store it as the answer.
+
+        Only oracles with :attr:`accepts_label_files` take label files; this default refuses.
+
+        Raises:
+            StateError: This oracle takes no label files.
+        """
+        from hssal_ray.errors import StateError
+
+        raise StateError("--labels only applies to runs with oracle.kind=human or label_studio")
+
+    def instructions(self, round_dir: str) -> str:
+        """What a person has to do to answer the batch of ``round_dir`` (empty: nothing)."""
+        return ""
 
     def __repr__(self) -> str:
         """Class name and public parameters, for logs."""

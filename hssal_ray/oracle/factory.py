@@ -1,4 +1,4 @@
-"""Build the human-facing oracle (file hand-off or live Label Studio) from ``OracleConfig``."""
+"""Build the run's oracle from its config: :func:`from_config` (any kind) and the human kinds."""
 
 from __future__ import annotations
 
@@ -9,9 +9,44 @@ from typing import Any
 import numpy as np
 
 from hssal_ray.errors import ConfigError
+from hssal_ray.oracle.base import Oracle
 from hssal_ray.oracle.human import HumanOracle, reveals_folder
 
-__all__ = ["human_oracle_from_config"]
+__all__ = ["from_config", "human_oracle_from_config"]
+
+
+def from_config(
+    cfg: Any,
+    catalog: Any,
+    load_image: Callable[[str], np.ndarray] | None = None,
+) -> Oracle:
+    """The oracle of ``cfg.oracle.kind`` for a run over ``catalog``.
+
+    Args:
+        cfg: The run's :class:`~hssal_ray.config.ExperimentConfig`.
+        catalog: The run's manifest (:class:`~hssal_ray.data.catalog.Catalog`): class names, and the
+            ground truth of a ``simulated`` oracle (rows with a label >= 0).
+        load_image: ``sample_id -> HWC image`` for the images that human oracles embed.
+
+    Returns:
+        A :class:`~hssal_ray.oracle.SimulatedOracle`, :class:`~hssal_ray.oracle.HumanOracle` or
+        :class:`~hssal_ray.oracle.LabelStudioOracle`.
+
+    Raises:
+        ConfigError: The Label Studio token is not set.
+    """
+    names = list(catalog.class_names)
+    t = catalog.table
+    if cfg.oracle.kind == "simulated":
+        from hssal_ray.oracle.simulated import SimulatedOracle
+
+        gt = {
+            s: int(lbl)
+            for s, lbl in zip(t.column("sample_id").to_pylist(), t.column("label").to_pylist(), strict=True)
+            if lbl is not None and lbl >= 0
+        }
+        return SimulatedOracle(gt, names)
+    return human_oracle_from_config(cfg.oracle, names, load_image, t.column("sample_id"))
 
 
 def human_oracle_from_config(

@@ -33,19 +33,11 @@ import numpy as np
 
 from hssal_ray import _io
 from hssal_ray.errors import ConfigError
+from hssal_ray.oracle._handoff import _basename, _parent, partial_hint, run_history
 from hssal_ray.oracle._label_studio import rows_from_label_studio
 from hssal_ray.oracle._ls_client import LabelStudioClient, LabelStudioError
 from hssal_ray.oracle.base import LABELS_FILE, OracleAnswer, PartialPolicy
-from hssal_ray.oracle.human import (
-    INSTRUCTIONS_FILE,
-    LABEL_CONFIG_FILE,
-    TASKS_FILE,
-    HumanOracle,
-    _basename,
-    _parent,
-    partial_hint,
-    run_history,
-)
+from hssal_ray.oracle.human import INSTRUCTIONS_FILE, LABEL_CONFIG_FILE, TASKS_FILE, HumanOracle
 from hssal_ray.oracle.labels import PARTIAL_OVERRIDE, parse_label_rows, write_labels_csv
 
 __all__ = ["LabelStudioOracle", "LabelStudioError", "PROJECT_FILE", "PUSH_FILE", "EXPORT_FILE"]

@@ -19,7 +19,7 @@ import torch
 from hssal_ray.errors import DataError
 from hssal_ray.query.backends import BACKENDS, _to_torch, make_kmeans
 from hssal_ray.query.base import Pool, QueryStrategy, register, top_k
-from hssal_ray.query.hierarchical import take_rows, typicality
+from hssal_ray.query.hal_steps import take_rows, typicality
 
 __all__ = ["RandomQuery", "EntropyQuery", "MarginQuery", "TypiClustQuery", "CoresetQuery", "BadgeQuery"]
 

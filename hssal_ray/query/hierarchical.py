@@ -22,17 +22,22 @@ import importlib.util
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from hssal_ray.errors import BudgetError, DataError
-from hssal_ray.query.backends import BACKENDS, assign_chunked, limit_threads, make_kmeans, resolve_backend
-from hssal_ray.query.base import Pool, QueryStrategy, nonfinite_rows, register, top_k
+from hssal_ray.query.backends import BACKENDS, assign_chunked, make_kmeans, resolve_backend
+from hssal_ray.query.base import Pool, QueryStrategy, nonfinite_rows, register
+from hssal_ray.query.hal_steps import (
+    ClusterTask,
+    _select_in_cluster,
+    _top_candidates,
+    take_rows,
+    typicality,
+)
 from hssal_ray.query.uncertainty import UNCERTAINTIES
 
 __all__ = [
@@ -51,7 +56,7 @@ MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 
 #: auto K1 aims at this many picks per coarse cluster on average (so fine clustering has work).
 PICKS_PER_COARSE = 3
-#: auto K1 never exceeds this: the assignment pass costs n * K1 * d (1M x 512 x 64 ~ 0.65 s on 2 cores).
+#: auto K1 never exceeds this: the assignment pass costs n * K1 * d multiply-adds.
 MAX_AUTO_COARSE_K = 64
 #: the coarse k-means is fit on at most this many rows per centroid (faiss' default sampling rule).
 FIT_ROWS_PER_CENTROID = 256
@@ -145,132 +150,6 @@ def allocate_budget(mass: np.ndarray, counts: np.ndarray, budget: int) -> np.nda
         b[order[:extra]] += 1
         over = b > counts
     return b
-
-
-def take_rows(emb: Any, rows: np.ndarray) -> np.ndarray:
-    """Gather ``emb[rows]`` as a float32 numpy array (m, d); ``emb`` is numpy or torch (any device)."""
-    if isinstance(emb, torch.Tensor):
-        idx = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(emb.device)
-        return emb.index_select(0, idx).float().cpu().numpy()
-    return np.asarray(emb[np.asarray(rows)], dtype=np.float32)
-
-
-def typicality(X: np.ndarray, n_neighbors: int = 20, chunk_size: int = 1024) -> np.ndarray:
-    """TypiClust typicality: ``1 / (mean Euclidean distance to the k nearest neighbours + 1e-8)``.
-
-    Args:
-        X: (m, d) points (float32 is used internally, in row chunks).
-        n_neighbors: k, clipped to ``m - 1``.
-        chunk_size: query rows per (chunk, m) distance block.
-
-    Returns:
-        (m,) float32; a single point gets 1.0.
-    """
-    m = X.shape[0]
-    k = min(n_neighbors, m - 1)
-    if k < 1:
-        return np.ones(m, dtype=np.float32)
-    T = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-    sq = (T * T).sum(1)
-    out = np.empty(m, dtype=np.float32)
-    for s in range(0, m, chunk_size):
-        q = T[s : s + chunk_size]
-        d2 = torch.addmm(sq, q, T.T, alpha=-2.0).add_(sq[s : s + chunk_size, None]).clamp_(min=0)
-        near = torch.topk(d2, k + 1, dim=1, largest=False).values[:, 1:]  # drop self (distance 0)
-        out[s : s + q.shape[0]] = (1.0 / (near.sqrt().mean(1) + 1e-8)).numpy()
-    return out
-
-
-@dataclass(frozen=True)
-class ClusterTask:
-    """Steps 4-6 of one coarse cluster: everything :func:`_select_in_cluster` needs (picklable).
-
-    Attributes:
-        cluster: coarse cluster id (diagnostics only).
-        emb: (m, d) float32 candidate embeddings, in priority order (most uncertain first).
-        u: (m,) their uncertainty.
-        n_picks: b_k, ``1 <= n_picks <= m``.
-        fine_method: ``"kmeans"`` or ``"spectral"``.
-        pick: ``"uncertain"`` or ``"typical"``.
-        backend: CPU k-means backend for the fine level.
-        max_iter: k-means iterations.
-        seed: random seed of this task.
-    """
-
-    cluster: int
-    emb: np.ndarray
-    u: np.ndarray
-    n_picks: int
-    fine_method: str = "kmeans"
-    pick: str = "uncertain"
-    backend: str = "torch"
-    max_iter: int = 20
-    seed: int = 0
-
-
-def _fine_labels(task: ClusterTask) -> np.ndarray:
-    m, b = task.emb.shape[0], task.n_picks
-    if task.fine_method == "spectral":
-        from sklearn.cluster import SpectralClustering
-
-        sc = SpectralClustering(
-            # k ~ the expected fine-cluster size (r): a sparse graph whose components are the groups
-            n_clusters=b,
-            affinity="nearest_neighbors",
-            n_neighbors=min(m - 1, max(3, math.ceil(m / b))),
-            assign_labels="cluster_qr",
-            random_state=task.seed,
-        )
-        with warnings.catch_warnings():  # disconnected kNN graphs are expected (tight clusters)
-            warnings.filterwarnings("ignore", message="Graph is not fully connected", category=UserWarning)
-            return np.asarray(sc.fit_predict(task.emb), dtype=np.int64)
-    km = make_kmeans(task.backend, n_clusters=b, max_iter=task.max_iter, random_state=task.seed)
-    return np.asarray(km.fit(task.emb).labels_, dtype=np.int64)
-
-
-def _select_in_cluster(task: ClusterTask) -> np.ndarray:
-    """Fine clustering of one coarse cluster's candidates and one pick per fine cluster.
-
-    Returns:
-        (n_picks,) int64 unique positions into ``task.emb``, ascending (= priority order). Empty
-        or duplicate fine clusters (e.g. identical embeddings) are filled with the next
-        candidates in priority order (uncertain) or by typicality (typical).
-    """
-    m, b = task.emb.shape[0], task.n_picks
-    if b >= m:
-        return np.arange(m, dtype=np.int64)
-    with limit_threads(float(m) * max(b, 20) * task.emb.shape[1]):
-        return _pick(task, m, b)
-
-
-def _pick(task: ClusterTask, m: int, b: int) -> np.ndarray:
-    dens = typicality(task.emb) if task.pick == "typical" else None
-    # Rank of each candidate inside its fine cluster: position (uncertain) or -density (typical).
-    rank = np.arange(m, dtype=np.float64) if dens is None else -dens.astype(np.float64)
-    if b == 1:
-        return np.array([int(np.lexsort((np.arange(m), rank))[0])], dtype=np.int64)
-    labels = _fine_labels(task)
-    order = np.lexsort((np.arange(m), rank, labels))  # by cluster, then best rank first
-    first = np.ones(m, dtype=bool)
-    first[1:] = labels[order][1:] != labels[order][:-1]
-    picks = order[first][:b]
-    if picks.size < b:
-        fill_order = np.lexsort((np.arange(m), rank))
-        rest = fill_order[np.isin(fill_order, picks, invert=True)]
-        picks = np.concatenate([picks, rest[: b - picks.size]])
-    return np.sort(picks).astype(np.int64)
-
-
-def _top_candidates(u: np.ndarray, rows: np.ndarray, conf: np.ndarray | None, m: int) -> np.ndarray:
-    """The ``m`` highest-priority rows: most uncertain first, confident rows only if needed."""
-    if conf is None or not conf.any():
-        return rows[top_k(u, m, rows)]
-    ok = np.flatnonzero(~conf)
-    if ok.size >= m:
-        return rows[ok[top_k(u[ok], m, rows[ok])]]
-    rest = np.flatnonzero(conf)
-    fill = rest[top_k(u[rest], m - ok.size, rows[rest])]
-    return np.concatenate([rows[ok[top_k(u[ok], ok.size, rows[ok])]], rows[fill]])
 
 
 class _HALBase(QueryStrategy):

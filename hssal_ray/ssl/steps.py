@@ -14,10 +14,9 @@ Batches are dicts of ready tensors:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hssal_ray.errors import ConfigError, DataError, HSSALError, StateError
+from hssal_ray.errors import ConfigError, HSSALError, StateError
 from hssal_ray.models import unwrap_model
+from hssal_ray.ssl._device import _autocast, _inputs
 from hssal_ray.ssl.ema import build_ema
+from hssal_ray.ssl.evaluation import evaluate, predict
 from hssal_ray.ssl.fixmatch import ClasswiseThresholds, DistributionAlignment, build_thresholds, fixmatch_loss
+from hssal_ray.ssl.optim import FixMatchCosine, build_optimizer, build_scheduler
 
 __all__ = [
     "FixMatchCosine",
@@ -65,72 +67,6 @@ def prepare_model(model: nn.Module, device: torch.device | str, *, channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return model
-
-
-def build_optimizer(
-    model: nn.Module,
-    lr: float = 0.03,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    nesterov: bool = True,
-) -> torch.optim.SGD:
-    """SGD with weight decay on weights only: biases, norms (1-D) and timm's ``no_weight_decay()`` are exempt.
-
-    Raises:
-        ConfigError: Non-positive ``lr``, negative decay, or Nesterov without momentum.
-    """
-    if lr <= 0 or weight_decay < 0 or not 0 <= momentum < 1 or (nesterov and momentum == 0):
-        raise ConfigError(
-            f"bad SGD settings: lr={lr} momentum={momentum} weight_decay={weight_decay} "
-            f"nesterov={nesterov} (Nesterov needs momentum > 0)"
-        )
-    plain = unwrap_model(model)
-    skip_fn = getattr(plain, "no_weight_decay", None)
-    skip = set(skip_fn()) if callable(skip_fn) else set()
-    decay, no_decay = [], []
-    for name, p in plain.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
-
-
-class FixMatchCosine:
-    """LR factor of FixMatch/USB: linear warm-up from 0, then ``cos(7 pi k / (16 K))`` over the rest.
-
-    A callable object (not a lambda) so ``LambdaLR.state_dict()`` stores its settings as plain values.
-
-    Args:
-        total_steps: ``K``, the number of optimiser steps.
-        warmup_steps: Linear warm-up steps.
-    """
-
-    def __init__(self, total_steps: int, warmup_steps: int = 0, num_cycles: float = 7.0 / 16.0) -> None:
-        self.total_steps = total_steps
-        self.warmup_steps = warmup_steps
-        self.num_cycles = num_cycles
-
-    def __call__(self, step: int) -> float:
-        """Factor of the peak learning rate at optimiser step ``step``."""
-        if step < self.warmup_steps:
-            return step / max(1, self.warmup_steps)
-        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        return max(0.0, math.cos(math.pi * self.num_cycles * progress))
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """FixMatch cosine schedule (:class:`FixMatchCosine`); call ``step()`` after each optimiser step.
-
-    Raises:
-        ConfigError: ``total_steps < 1`` or ``warmup_steps`` outside ``[0, total_steps]``.
-    """
-    if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
-        raise ConfigError(
-            f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got {total_steps}, {warmup_steps}"
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, FixMatchCosine(total_steps, warmup_steps))
 
 
 @dataclass
@@ -269,21 +205,6 @@ class TrainState:
         self.step_offset = int(state.get("step_offset", 0))
 
 
-def _autocast(
-    device: torch.device, amp_dtype: torch.dtype | None, allow_cpu_amp: bool
-) -> contextlib.AbstractContextManager[Any]:
-    if amp_dtype is not None and amp_dtype != torch.bfloat16:
-        raise ConfigError(f"only bfloat16 autocast is supported (no loss scaling), got {amp_dtype}")
-    if amp_dtype is None or (device.type != "cuda" and not allow_cpu_amp):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-
-def _inputs(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
-
-
 def train_step(
     state: TrainState,
     batch_l: Mapping[str, Tensor],
@@ -388,82 +309,3 @@ def train_step(
         metrics["pseudo_label_acc"] = c_kept / n_kept if n_kept > 0 else float("nan")
         metrics["pseudo_label_acc_all"] = c_all / n_all if n_all > 0 else float("nan")
     return metrics
-
-
-def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
-    if isinstance(batch, Mapping):
-        return batch["x"], batch["y"]
-    x, y = batch
-    return x, y
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader_or_batches: Iterable[Any],
-    device: torch.device | str,
-    *,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-) -> dict[str, Any]:
-    """Accuracy, mean cross-entropy and per-class accuracy over batches of ``{"x", "y"}`` or ``(x, y)``.
-
-    Samples with label -1 are ignored. The model's train/eval mode is restored afterwards.
-
-    Returns:
-        ``{"accuracy": float, "loss": float, "per_class_accuracy": list[float] (NaN for absent classes),
-        "num_samples": int}``.
-
-    Raises:
-        DataError: No labeled sample was seen.
-    """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, hits, counts = 0.0, 0.0, None, None
-    try:
-        for batch in loader_or_batches:
-            x, y = _unpack(batch)
-            x, y = _inputs(x, device, channels_last), y.to(device, non_blocking=True)
-            with _autocast(device, amp_dtype, False):
-                logits = model(x)
-            logits, keep = logits.float(), y >= 0
-            logits, y = logits[keep], y[keep]
-            if counts is None:
-                hits = torch.zeros(logits.shape[1], device=device)
-                counts = torch.zeros(logits.shape[1], device=device)
-            ok = (logits.argmax(dim=1) == y).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item() if y.numel() else 0.0
-            correct += float(ok.sum())
-            hits.index_add_(0, y, ok)  # type: ignore[union-attr]
-            counts.index_add_(0, y, torch.ones_like(ok))
-    finally:
-        model.train(was_training)
-    n = int(counts.sum()) if counts is not None else 0
-    if n == 0 or hits is None or counts is None:
-        raise DataError("evaluate() got no labeled samples")
-    per_class = torch.where(counts > 0, hits / counts.clamp(min=1), torch.full_like(counts, float("nan")))
-    return {
-        "accuracy": correct / n,
-        "loss": loss_sum / n,
-        "per_class_accuracy": per_class.tolist(),
-        "num_samples": n,
-    }
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: Tensor, *, amp_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
-    """L2-normalised embeddings ``(B, D)`` and class probabilities ``(B, C)``, float32, on the model's device.
-
-    ``model`` needs ``forward_features_logits`` (a :class:`~hssal_ray.models.Classifier`, maybe wrapped).
-    """
-    plain = unwrap_model(model)
-    device = next(plain.parameters()).device
-    was_training = plain.training
-    plain.eval()
-    try:
-        with _autocast(device, amp_dtype, False):
-            emb, logits = plain.forward_features_logits(x.to(device, non_blocking=True))  # type: ignore[operator]
-    finally:
-        plain.train(was_training)
-    return F.normalize(emb.float(), dim=1), torch.softmax(logits.float(), dim=1)

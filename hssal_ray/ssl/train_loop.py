@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from hssal_ray import faults
 from hssal_ray.config import ExperimentConfig, config_from_dict
 from hssal_ray.models import model_from_config
 from hssal_ray.ssl.steps import TrainState, build_optimizer, build_scheduler, train_step
@@ -152,28 +153,6 @@ def _meta(state: TrainState, config: dict[str, Any], metrics: dict[str, Any]) ->
         "round": config.get("round"),
         "metrics": metrics,
     }
-
-
-def _fault_kill(rank: int, step: int, spec: str | None) -> None:
-    """Testing hook: ``HSSAL_FAULT_KILL_WORKER="rank=1,step=30,marker=/tmp/f"`` SIGKILLs that worker once.
-
-    The marker file makes it fire on the first attempt only, so the restarted worker group
-    (``FailureConfig``) can finish from the last checkpoint.
-    """
-    if not spec:
-        return
-    kv = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
-    if int(kv.get("rank", -1)) != rank or int(kv.get("step", -1)) != step:
-        return
-    marker = kv.get("marker", "")
-    if not marker or os.path.exists(marker):
-        return
-    with open(marker, "w") as f:
-        f.write(f"killed rank {rank} at step {step}\n")
-    import signal
-
-    log.warning("HSSAL_FAULT_KILL_WORKER: SIGKILL rank %d at step %d", rank, step)
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _batches(shard: Any, batch_size: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -339,7 +318,7 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
         )
         timing["step_s"] += time.perf_counter() - ts
         bar.update(1)
-        _fault_kill(rank, state.step, config.get("fault_kill"))
+        faults.kill_worker(rank, state.step, config.get("fault_kill"))
         for k, v in m.items():
             if v == v:  # skip NaN (e.g. pseudo-label accuracy with nothing masked)
                 sums[k] = sums.get(k, 0.0) + float(v)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from hssal_ray import _io
+from hssal_ray import _io, faults
 from hssal_ray.config import ExperimentConfig, config_to_dict
 from hssal_ray.data.pipeline import BAD_DIR, make_schedule, stream
 
@@ -140,8 +140,8 @@ def fit_round(
         # every report is a ~2 s barrier on CPU: a few per round are enough for progress
         "report_every": max(25, steps // 10),
         "threads_per_worker": max(1, int(cfg.resources.cpus_per_worker)),
-        # testing hook, forwarded from the driver's environment (see train_loop._fault_kill)
-        "fault_kill": os.environ.get("HSSAL_FAULT_KILL_WORKER"),
+        # testing hook, forwarded from the driver's environment (see hssal_ray.faults)
+        "fault_kill": faults.worker_spec(),
     }
     out = _io.join(rdir, "checkpoint")
     if cfg.resources.in_driver():

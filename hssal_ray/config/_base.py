@@ -1,0 +1,27 @@
+"""Shared pieces of the config sections: the :data:`RUNTIME` marker and the check helper.
+
+See ``docs/ARCHITECTURE.md`` (run identity) for what RUNTIME means for a run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Any
+
+from hssal_ray.errors import ConfigError
+
+RUNTIME: dict[str, Any] = {"runtime": True}
+"""Field metadata of settings that change where or how fast a run goes, not its results.
+
+Every other field is *science*: it is part of the run's identity (:func:`science_fields`), and a
+run directory refuses a config whose science differs from the one it was started with.
+"""
+
+
+def _runtime(default: Any = None, **kwargs: Any) -> Any:
+    return field(default=default, metadata=RUNTIME, **kwargs)
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")

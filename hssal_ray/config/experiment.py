@@ -1,0 +1,131 @@
+"""Config sections of where a run goes and its sweeps: ``resources.*`` and ``tune.*``, and the
+whole :class:`ExperimentConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hssal_ray import _io
+from hssal_ray.config._base import RUNTIME, _check, _runtime
+from hssal_ray.config.loop import LoopConfig, OracleConfig, QueryConfig
+from hssal_ray.config.training import DataConfig, SSLConfig
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Where things run (kept apart from the science settings).
+
+    Args:
+        address: Ray address (``auto``, ``ray://...``); ``None`` starts a local runtime.
+        num_cpus: CPUs of a local runtime (``None`` = all).
+        num_workers: Ray Train workers (DDP ranks).
+        use_gpu: One GPU per training worker and per scoring actor.
+        cpus_per_worker: CPUs reserved per training worker.
+        score_actors: Scoring actors (one per GPU when ``use_gpu``).
+        max_failures: Ray Train restarts from the last checkpoint after a worker failure.
+        object_store_memory: Bytes for a local runtime's object store (``None`` = Ray's default).
+        executor: Where the model runs. ``ray``: training as a Ray Train ``TorchTrainer`` and
+            scoring/evaluation in a Ray Data actor pool. ``driver``: the same worker loop and
+            the same scorer in the driver process, fed by the same Ray Data decode streams (no
+            worker-group or actor start-up each round; no automatic worker
+            restarts: a failed stage is rerun by the loop). ``auto`` = ``driver`` for one CPU
+            training worker and one scoring actor on a local runtime, else ``ray``.
+    """
+
+    address: str | None = _runtime(None)
+    num_cpus: int | None = _runtime(None)
+    num_workers: int = 1  # science: the global batch is num_workers * ssl.batch_size
+    use_gpu: bool = _runtime(False)
+    cpus_per_worker: float = _runtime(1.0)
+    score_actors: int = _runtime(1)
+    max_failures: int = _runtime(2)
+    object_store_memory: int | None = _runtime(None)
+    executor: Literal["auto", "ray", "driver"] = _runtime("auto")
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 1, "resources.num_workers", f"must be >= 1, got {self.num_workers}")
+        _check(self.cpus_per_worker > 0, "resources.cpus_per_worker", "must be > 0")
+        _check(self.score_actors >= 1, "resources.score_actors", "must be >= 1")
+        _check(self.max_failures >= 0, "resources.max_failures", "must be >= 0")
+        _check(self.num_cpus is None or self.num_cpus >= 1, "resources.num_cpus", "must be >= 1")
+
+    def in_driver(self) -> bool:
+        """Whether training, scoring and evaluation run in the driver process (see ``executor``)."""
+        import os
+
+        if self.executor != "auto":
+            return self.executor == "driver"
+        one = self.num_workers == 1 and self.score_actors == 1 and not self.use_gpu
+        return one and not (self.address or os.environ.get("RAY_ADDRESS"))
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Ray Tune sweep over the whole loop.
+
+    Args:
+        num_samples: Samples drawn from the search space (grid values multiply).
+        scheduler: ``asha`` stops weak trials early with rounds as the time axis.
+        metric: ``auc`` (area under the learning curve) or ``final_accuracy``.
+        grace_period: ASHA's minimum rounds before stopping a trial.
+        reduction_factor: ASHA's reduction factor.
+        max_concurrent_trials: At most this many trials at once (0 = as resources allow).
+        cpus_per_trial: CPUs per trial.
+        gpus_per_trial: GPUs per trial (fractions allowed).
+        search_space: Dotted config keys to ``{grid: [...]}`` / ``{choice: [...]}`` /
+            ``{uniform: [lo, hi]}`` / ``{loguniform: [lo, hi]}``.
+        storage: Where Tune keeps its experiment state (default: ``<run_dir>/tune``).
+    """
+
+    num_samples: int = 1
+    scheduler: Literal["asha", "fifo"] = "asha"
+    metric: Literal["auc", "final_accuracy"] = "auc"
+    grace_period: int = 1
+    reduction_factor: int = 2
+    max_concurrent_trials: int = 0
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    search_space: dict[str, Any] = field(default_factory=dict)
+    storage: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.num_samples >= 1, "tune.num_samples", "must be >= 1")
+        _check(self.grace_period >= 1, "tune.grace_period", "must be >= 1")
+        _check(self.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2")
+        _check(self.max_concurrent_trials >= 0, "tune.max_concurrent_trials", "must be >= 0")
+        _check(self.cpus_per_trial > 0, "tune.cpus_per_trial", "must be > 0")
+        _check(self.gpus_per_trial >= 0, "tune.gpus_per_trial", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole experiment: one section per stage.
+
+    Args:
+        seed: Seeds the split, cold start, augmentation, training and queries.
+        data: :class:`DataConfig`.
+        ssl: :class:`SSLConfig`.
+        query: :class:`QueryConfig`.
+        oracle: :class:`OracleConfig`.
+        loop: :class:`LoopConfig`.
+        resources: :class:`ResourcesConfig`.
+        tune: :class:`TuneConfig`.
+    """
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig, metadata=RUNTIME)
+
+    @property
+    def run_path(self) -> str:
+        """The run directory ``loop.run_dir/loop.name``."""
+        return _io.join(self.loop.run_dir, self.loop.name)
+
+
+# --------------------------------------------------------------------------- coercion

@@ -1,0 +1,194 @@
+"""Building a validated :class:`ExperimentConfig` from YAML, mappings and dotted overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from hssal_ray import _io
+from hssal_ray.config.experiment import ExperimentConfig
+from hssal_ray.errors import ConfigError
+
+
+def _is_number(value: Any, kinds: tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
+# scalar type -> (accepts the value, converts it, what the error says was expected)
+_SCALARS: dict[Any, tuple[Any, Any, str]] = {
+    bool: (lambda v: isinstance(v, bool), lambda v: v, "true or false"),
+    int: (lambda v: _is_number(v, (int,)), lambda v: v, "an integer"),
+    float: (lambda v: _is_number(v, (int, float)), float, "a number"),
+    str: (lambda v: isinstance(v, str), lambda v: v, "a string"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: got {value!r}; allowed values: {', '.join(map(str, allowed))}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: got {value!r}; expected {_type_name(tp)}")
+    if tp in _SCALARS:
+        accepts, convert, expected = _SCALARS[tp]
+        if accepts(value):
+            return convert(value)
+        raise ConfigError(f"{key}: got {value!r}; expected {expected}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: got {value!r}; expected a list")
+        (inner,) = get_args(tp) or (Any,)
+        return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: got {value!r}; expected a mapping")
+        return dict(value)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, key)
+    raise ConfigError(f"{key}: unsupported type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for k, v in values.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{key}'{hint}; allowed keys here: {', '.join(names)}")
+        kwargs[k] = _coerce(key, v, hints[k])
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - guarded by the name check above
+        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from a nested mapping."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping at the top level, got {type(values).__name__}")
+    return _build(ExperimentConfig, values)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested plain-dict form of a config (for YAML, JSON and Ray workers)."""
+    return dataclasses.asdict(cfg)
+
+
+def science_fields(cfg: Any) -> dict[str, Any]:
+    """The nested dict of every field of ``cfg`` not marked :data:`RUNTIME`: the run's identity."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("runtime"):
+            continue
+        v = getattr(cfg, f.name)
+        out[f.name] = science_fields(v) if dataclasses.is_dataclass(v) else v
+    return out
+
+
+def config_to_yaml(cfg: Any) -> str:
+    """YAML text of a resolved config."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = {}
+            cur[p] = nxt
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML scalars) to a nested mapping."""
+    out = _deepcopy(values)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({e})") from None
+        _set_dotted(out, key, value)
+    return out
+
+
+def _deepcopy(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML file of overrides (or none), apply ``key=value`` overrides and validate.
+
+    Args:
+        path: YAML file (local path or URI); ``None`` for pure defaults (the embedded demo).
+        overrides: ``key.sub=value`` strings.
+
+    Returns:
+        The validated, frozen :class:`ExperimentConfig`.
+
+    Raises:
+        ConfigError: On a missing file, bad YAML, an unknown key, a wrong type or a bad value.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        if not _io.exists(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(_io.read_text(path))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        values = loaded
+    return config_from_dict(apply_overrides(values, overrides))

@@ -1,0 +1,163 @@
+"""Config sections of a round's selection and answers: ``query.*``, ``oracle.*``, ``loop.*``."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from hssal_ray.config._base import _check, _runtime
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """Active-learning query (HAL by default).
+
+    Args:
+        strategy: Query strategy name.
+        budget: Samples queried per round.
+        uncertainty: Uncertainty score HAL ranks by.
+        coarse_k: Coarse clusters K1 (0 = automatic from pool size and budget).
+        candidate_ratio: r: candidates kept per coarse cluster = ceil(r * b_k).
+        fine_method: Fine clustering of the candidates.
+        pick: Which sample of each fine cluster is queried.
+        coarse_fit_sample: Fit the coarse k-means on at most this many rows.
+        kmeans_backend: ``auto`` = cuML when importable and a GPU is visible, else CPU.
+        kmeans_iters: Lloyd iterations.
+        ssl_aware: Leave out samples both SSL views already pseudo-label confidently.
+        alloc_temper: HAL's budget per coarse cluster follows ``mass**t * size**(1-t)``:
+            1 = uncertainty mass, 0 = cluster size.
+        parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
+    """
+
+    strategy: Literal["hal", "hal_flat", "random", "entropy", "margin", "typiclust", "coreset", "badge"] = (
+        "hal"
+    )
+    budget: int = 20
+    uncertainty: Literal["badge", "entropy", "margin", "least_confidence", "disagreement"] = "badge"
+    coarse_k: int = 0
+    candidate_ratio: float = 3.0
+    fine_method: Literal["kmeans", "spectral"] = "kmeans"
+    pick: Literal["uncertain", "typical"] = "uncertain"
+    coarse_fit_sample: int = 100_000
+    kmeans_backend: Literal["auto", "torch", "faiss", "sklearn", "cuml"] = "auto"
+    kmeans_iters: int = 20
+    ssl_aware: bool = False
+    alloc_temper: float = 1.0
+    parallel: bool = _runtime(False)
+
+    def __post_init__(self) -> None:
+        _check(self.budget >= 1, "query.budget", f"must be >= 1, got {self.budget}")
+        _check(self.coarse_k >= 0, "query.coarse_k", f"must be >= 0 (0 = auto), got {self.coarse_k}")
+        _check(
+            self.candidate_ratio >= 1.0, "query.candidate_ratio", f"must be >= 1, got {self.candidate_ratio}"
+        )
+        _check(self.coarse_fit_sample >= 100, "query.coarse_fit_sample", "must be >= 100")
+        _check(self.kmeans_iters >= 1, "query.kmeans_iters", "must be >= 1")
+        _check(0.0 <= self.alloc_temper <= 1.0, "query.alloc_temper", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """Who answers the queries.
+
+    Args:
+        kind: ``simulated`` answers from the dataset's labels; ``human`` exports the batch as files
+            and stops until ``--resume RUN --labels FILE``; ``label_studio`` pushes the batch to a
+            Label Studio server (with the model's predictions) and pulls the annotations back on
+            ``--resume RUN`` or while polling (``wait_s``).
+        partial: With people answering, ``wait`` rejects answers that miss queried ids (skipped,
+            cancelled or missing tasks); ``continue`` goes on with what came back.
+        hide_sample_id: Show annotators an opaque ``ref`` instead of the sample id; ``auto`` hides
+            it when it would reveal a folder name (ImageFolder data: the class).
+        image_format: Encoding of the images embedded in the Label Studio tasks (``jpeg`` is ~3x
+            smaller than ``png`` for photos).
+        image_size: Longest side of the embedded images, in pixels.
+        url: Base URL of the Label Studio server (``kind=label_studio``).
+        project_id: An existing Label Studio project to use; ``None`` creates one per run on first
+            use (recorded in ``RUN/label_studio.json``).
+        token_env: Name of the environment variable that holds the Label Studio API token. The
+            token itself is never part of the config.
+        wait_s: Seconds the loop keeps polling Label Studio for a round's annotations before it
+            exits ``awaiting_labels`` (0: look once).
+        poll_s: Seconds between two polls.
+    """
+
+    kind: Literal["simulated", "human", "label_studio"] = "simulated"
+    partial: Literal["wait", "continue"] = _runtime("wait")
+    hide_sample_id: bool | Literal["auto"] = _runtime("auto")
+    image_format: Literal["jpeg", "png"] = _runtime("jpeg")
+    image_size: int = _runtime(256)
+    url: str = _runtime("http://localhost:8080")
+    project_id: int | None = _runtime(None)
+    token_env: str = _runtime("LABEL_STUDIO_API_KEY")
+    wait_s: float = _runtime(0.0)
+    poll_s: float = _runtime(10.0)
+
+    def __post_init__(self) -> None:
+        _check(
+            16 <= self.image_size <= 4096,
+            "oracle.image_size",
+            f"must be in [16, 4096], got {self.image_size}",
+        )
+        _check(
+            self.url.startswith(("http://", "https://")) and len(self.url.split("://", 1)[1].strip("/")) > 0,
+            "oracle.url",
+            f"must be an http:// or https:// URL of the Label Studio server, got {self.url!r}",
+        )
+        _check(
+            "@" not in self.url.split("://", 1)[-1].split("/", 1)[0],
+            "oracle.url",
+            f"must not hold credentials; put the API token in the environment variable {self.token_env}",
+        )
+        _check(
+            self.project_id is None or self.project_id >= 1,
+            "oracle.project_id",
+            f"must be a Label Studio project id >= 1 (or null to create one), got {self.project_id}",
+        )
+        _check(
+            bool(_ENV_NAME.match(self.token_env)),
+            "oracle.token_env",
+            f"must be the NAME of an environment variable (letters, digits, '_'), got {self.token_env!r}; "
+            "the token itself never goes into the config",
+        )
+        _check(self.wait_s >= 0, "oracle.wait_s", f"must be >= 0 seconds (0 = look once), got {self.wait_s}")
+        _check(self.poll_s >= 0.1, "oracle.poll_s", f"must be >= 0.1 seconds, got {self.poll_s}")
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The closed loop.
+
+    Args:
+        name: Run name; the run directory is ``run_dir/name``.
+        run_dir: Parent directory (local path or URI) of run directories.
+        rounds: Query rounds after the cold start.
+        total_budget: Stop once this many labels are reached (0 = no limit besides ``rounds``).
+        initial_labeled: Size of the round-0 cold-start set.
+        cold_start: ``random`` (seeded), ``typiclust`` (clusters of the untrained encoder's
+            features) or ``stratified`` (simulation only: uses the true labels).
+        report: Write the HTML/PNG report at the end of every round.
+        lease_timeout_s: Run-directory lease (one driver per run, issue 19): a driver whose lease
+            heartbeat is older than this may be taken over by another. A runtime setting, not
+            part of the run's science (``hssal_ray/loop/lease.py``).
+    """
+
+    name: str = _runtime("demo")
+    run_dir: str = _runtime("runs")
+    rounds: int = _runtime(3)
+    total_budget: int = _runtime(0)
+    initial_labeled: int = 20
+    cold_start: Literal["random", "typiclust", "stratified"] = "random"
+    report: bool = _runtime(True)
+    lease_timeout_s: float = _runtime(60.0)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "loop.name", "must be a non-empty name without '/'")
+        _check(self.rounds >= 0, "loop.rounds", f"must be >= 0, got {self.rounds}")
+        _check(self.total_budget >= 0, "loop.total_budget", "must be >= 0 (0 = no limit)")
+        _check(self.initial_labeled >= 1, "loop.initial_labeled", f"must be >= 1, got {self.initial_labeled}")
+        _check(self.lease_timeout_s > 0, "loop.lease_timeout_s", f"must be > 0, got {self.lease_timeout_s}")

@@ -1,0 +1,196 @@
+"""Config sections of the data and the semi-supervised training: ``data.*`` and ``ssl.*``."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hssal_ray.config._base import _check, _runtime
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images are and how they are decoded.
+
+    Args:
+        root: ImageFolder tree, flat folder of unlabeled images, or a directory/URI of Parquet
+            shards. ``None`` generates the seeded synthetic demo dataset into the run directory.
+        layout: How to read ``root``; ``auto`` detects it.
+        bands: Number of image bands (``in_chans`` of the model). 3 for RGB.
+        image_size: Side length images are resized to after decoding.
+        test_fraction: Fraction of each class held out as the test split.
+        val_fraction: Fraction of each class of the training split held out as a validation split
+            (never labeled, never in the pool); 0 = none.
+        eval_split: Split the loop evaluates on every round: ``test``, or ``val`` for tuning a
+            recipe without reading the test split (metrics.jsonl then says ``eval_split: val``).
+        mean: Per-band normalisation mean; ``None`` = ImageNet for 3 bands, 0.5 otherwise.
+        std: Per-band normalisation std; ``None`` = ImageNet for 3 bands, 0.25 otherwise.
+        synthetic_classes: Classes of the synthetic dataset (when ``root`` is None).
+        synthetic_per_class: Images per class of the synthetic dataset.
+        synthetic_size: Side length of the synthetic images.
+        decode_batch_size: Rows per Ray Data decode batch.
+        embedding_cache: Directory (or URI) holding frozen-encoder embedding stores shared by
+            runs on the same images (``ssl.finetune=frozen``); ``None`` keeps the store in the run
+            directory. Stores are keyed by everything that determines them, so a cache is never
+            read with the wrong backbone, size or views.
+    """
+
+    root: str | None = None
+    layout: Literal["auto", "imagefolder", "flat", "shards"] = "auto"
+    bands: int = 3
+    image_size: int = 32
+    test_fraction: float = 0.2
+    val_fraction: float = 0.0
+    eval_split: Literal["test", "val"] = "test"
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    synthetic_classes: int = 4
+    synthetic_per_class: int = 60
+    synthetic_size: int = 32
+    decode_batch_size: int = _runtime(64)
+    embedding_cache: str | None = _runtime(None)
+
+    def __post_init__(self) -> None:
+        _check(self.bands >= 1, "data.bands", f"must be >= 1, got {self.bands}")
+        _check(
+            8 <= self.image_size <= 4096, "data.image_size", f"must be in [8, 4096], got {self.image_size}"
+        )
+        _check(
+            0.0 < self.test_fraction < 1.0,
+            "data.test_fraction",
+            f"must be in (0, 1), got {self.test_fraction}",
+        )
+        _check(
+            0.0 <= self.val_fraction < 1.0, "data.val_fraction", f"must be in [0, 1), got {self.val_fraction}"
+        )
+        _check(
+            self.eval_split == "test" or self.val_fraction > 0,
+            "data.eval_split",
+            "eval_split=val needs data.val_fraction > 0",
+        )
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            _check(
+                v is None or len(v) == self.bands, f"data.{name}", f"needs {self.bands} values (one per band)"
+            )
+        _check(self.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
+        _check(self.synthetic_per_class >= 2, "data.synthetic_per_class", "must be >= 2")
+        _check(self.decode_batch_size >= 1, "data.decode_batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """Semi-supervised training (FixMatch family; USB's key names).
+
+    Args:
+        enabled: False trains supervised only (``lambda_u`` is ignored).
+        model: timm backbone name, or ``hssal_small_cnn`` (tiny, for CPU).
+        weights: Pretrained weights: ``package:NAME`` (weights shipped by an installed package,
+            e.g. ``package:efficientnet_lite0``; see :mod:`hssal_ray.weights`), or a local file
+            (safetensors or a weights-only torch file).
+        pretrained_hub: Load timm's hub weights (needs a network).
+        model_kwargs: Extra timm kwargs, e.g. ``{img_size: 224}`` for ViTs.
+        p_cutoff: Confidence threshold for pseudo-labels.
+        uratio: Unlabeled images per labeled image in a step (FixMatch's reference is 7; the
+            defaults here are the embedded demo's, sized for 2 CPU cores; configs/ set their own).
+        lambda_u: Weight of the unlabeled loss.
+        T: Softmax temperature of the pseudo-labels.
+        ema_m: EMA momentum of the evaluation model (the decay it reaches after warm-up).
+        ema_warmup: timm ``ModelEmaV3`` warm-up: decay ``min(ema_m, 1 - (1 + t) ** -power)`` at
+            global step ``t`` (continues across warm-started rounds). Without it an EMA keeps
+            ``ema_m ** steps`` of its starting weights, far too much on short rounds.
+        ema_warmup_power: ``power`` of the warm-up.
+        eval_model: The weights that evaluation, scoring and querying use: ``ema`` or ``online``.
+            Both are evaluated every round (``test_accuracy_ema``, ``test_accuracy_online``).
+        finetune: ``full`` trains every layer; ``partial`` only the last ``trainable_stages``
+            stages (earlier ones frozen, BatchNorm in eval mode); ``frozen`` keeps the backbone
+            fixed and trains only the head on cached embeddings (encode once per run: the
+            fast path for CPUs and large archives).
+        trainable_stages: Stages of the backbone that ``partial`` trains (from the top).
+        head: Classifier head: ``linear``, or ``mlp`` (one hidden layer, ``head_hidden`` wide).
+        head_hidden: Hidden width of the ``mlp`` head.
+        embed_views: ``frozen``: seeded weak and strong augmented views cached per image (each).
+        threshold_mode: ``fixed`` (FixMatch), ``flexmatch`` or ``freematch`` class-wise thresholds.
+        dist_align: Distribution alignment of the weak-view probabilities.
+        lr: Peak SGD learning rate.
+        momentum: SGD momentum (Nesterov when ``nesterov``).
+        nesterov: Use Nesterov momentum.
+        weight_decay: Weight decay (not applied to biases and norms).
+        batch_size: Labeled images per step per worker.
+        steps_per_round: Optimiser steps in each round's training.
+        warmup_steps: Linear warm-up steps.
+        warm_start: Start each round from the previous round's weights (else re-initialise).
+        eval_batch_size: Batch size for scoring and evaluation.
+        amp: ``auto`` = bf16 autocast on CUDA, none on CPU.
+        channels_last: Use channels_last memory format (GPU).
+        checkpoint_every: Report a Ray Train checkpoint every N steps (0 = only at the end).
+    """
+
+    enabled: bool = True
+    model: str = "hssal_small_cnn"
+    weights: str | None = None
+    pretrained_hub: bool = False
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    p_cutoff: float = 0.95
+    uratio: int = 3
+    lambda_u: float = 1.0
+    T: float = 1.0
+    ema_m: float = 0.999
+    ema_warmup: bool = True
+    ema_warmup_power: float = 2 / 3
+    eval_model: Literal["ema", "online"] = "ema"
+    finetune: Literal["full", "partial", "frozen"] = "full"
+    trainable_stages: int = 1
+    head: Literal["linear", "mlp"] = "linear"
+    head_hidden: int = 512
+    embed_views: int = 2
+    threshold_mode: Literal["fixed", "flexmatch", "freematch"] = "fixed"
+    dist_align: bool = False
+    lr: float = 0.03
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    batch_size: int = 16
+    steps_per_round: int = 60
+    warmup_steps: int = 0
+    warm_start: bool = True
+    eval_batch_size: int = _runtime(128)
+    amp: Literal["auto", "bf16", "none"] = "auto"
+    channels_last: bool = _runtime(False)
+    checkpoint_every: int = _runtime(0)
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.p_cutoff <= 1.0, "ssl.p_cutoff", f"must be in [0, 1], got {self.p_cutoff}")
+        _check(self.uratio >= 1, "ssl.uratio", f"must be >= 1, got {self.uratio}")
+        _check(self.lambda_u >= 0.0, "ssl.lambda_u", f"must be >= 0, got {self.lambda_u}")
+        _check(self.T > 0.0, "ssl.T", f"must be > 0, got {self.T}")
+        _check(0.0 <= self.ema_m < 1.0, "ssl.ema_m", f"must be in [0, 1), got {self.ema_m}")
+        _check(self.lr > 0.0, "ssl.lr", f"must be > 0, got {self.lr}")
+        _check(0.0 <= self.momentum < 1.0, "ssl.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0.0, "ssl.weight_decay", "must be >= 0")
+        _check(self.batch_size >= 1, "ssl.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.steps_per_round >= 1, "ssl.steps_per_round", f"must be >= 1, got {self.steps_per_round}")
+        _check(self.warmup_steps >= 0, "ssl.warmup_steps", "must be >= 0")
+        _check(self.eval_batch_size >= 1, "ssl.eval_batch_size", "must be >= 1")
+        _check(self.checkpoint_every >= 0, "ssl.checkpoint_every", "must be >= 0")
+        _check(self.ema_warmup_power > 0, "ssl.ema_warmup_power", "must be > 0")
+        _check(self.trainable_stages >= 1, "ssl.trainable_stages", "must be >= 1")
+        _check(self.head_hidden >= 1, "ssl.head_hidden", "must be >= 1")
+        _check(0 <= self.embed_views <= 16, "ssl.embed_views", f"must be in [0, 16], got {self.embed_views}")
+        _check(
+            self.weights is None or not self.weights.startswith("package:") or not self.pretrained_hub,
+            "ssl.weights",
+            "give either packaged/local weights or ssl.pretrained_hub=true, not both",
+        )
+        if self.eval_model == "ema" and not self.ema_warmup:
+            left = self.ema_m**self.steps_per_round
+            if left > 0.05:
+                warnings.warn(
+                    f"ssl.ema_m={self.ema_m} without ssl.ema_warmup keeps {left:.0%} of each round's "
+                    f"starting weights in the EMA after ssl.steps_per_round={self.steps_per_round} steps, "
+                    "and the loop evaluates and queries with it: set ssl.ema_warmup=true, lower "
+                    "ssl.ema_m, or ssl.eval_model=online",
+                    UserWarning,
+                    stacklevel=2,
+                )

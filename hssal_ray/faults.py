@@ -1,0 +1,89 @@
+"""Fault-injection hooks for the fault tests, all in one place; each is off unless its variable is set.
+
+* ``HSSAL_FAULT_DELAY="train@1=60"``: the driver holds stage ``train`` of round 1 open 60 s before
+  running it (:func:`delay_stage`), so a test can SIGKILL the driver *inside* a stage.
+* ``HSSAL_FAULT_KILL_WORKER="rank=1,step=30,marker=/tmp/f"``: that Ray Train worker SIGKILLs itself
+  once (:func:`kill_worker`); the marker file makes it fire on the first attempt only, so the
+  restarted worker group (``FailureConfig``) finishes from the last checkpoint.
+* ``HSSAL_FAULT_KILL_SCORER="batch=2,marker=/tmp/f"``: the scoring actor exits (``os._exit``, no
+  clean-up) when it is handed its ``batch``-th batch (:func:`kill_scorer`), once (marker file).
+
+The driver reads the kill specs (:func:`worker_spec`, :func:`scorer_spec`) and hands them to the
+workers and actors with their config, so they also fire on other nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+__all__ = ["delay_stage", "worker_spec", "scorer_spec", "kill_worker", "kill_scorer"]
+
+log = logging.getLogger(__name__)
+
+DELAY_ENV = "HSSAL_FAULT_DELAY"
+KILL_WORKER_ENV = "HSSAL_FAULT_KILL_WORKER"
+KILL_SCORER_ENV = "HSSAL_FAULT_KILL_SCORER"
+
+
+def delay_stage(stage: str, r: int) -> None:
+    """Sleep as ``HSSAL_FAULT_DELAY`` says before stage ``stage`` of round ``r`` (``st@r=secs,...``)."""
+    spec = os.environ.get(DELAY_ENV, "")
+    for item in filter(None, spec.split(",")):
+        where, _, secs = item.partition("=")
+        st, _, rr = where.partition("@")
+        if st == stage and rr and int(rr) == r:
+            log.warning("HSSAL_FAULT_DELAY: holding stage %s of round %d for %s s", stage, r, secs)
+            time.sleep(float(secs or 0))
+
+
+def worker_spec() -> str | None:
+    """The driver's ``HSSAL_FAULT_KILL_WORKER`` (forwarded to the training workers)."""
+    return os.environ.get(KILL_WORKER_ENV)
+
+
+def scorer_spec() -> str | None:
+    """The driver's ``HSSAL_FAULT_KILL_SCORER`` (forwarded to the scoring actors)."""
+    return os.environ.get(KILL_SCORER_ENV)
+
+
+def _parse(spec: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+
+
+def _first_time(marker: str, note: str) -> bool:
+    """Write ``marker`` and say True, unless there is no marker path or the marker exists."""
+    if not marker or os.path.exists(marker):
+        return False
+    with open(marker, "w") as f:
+        f.write(note)
+    return True
+
+
+def kill_worker(rank: int, step: int, spec: str | None) -> None:
+    """SIGKILL this training worker if ``spec`` names its ``rank`` and ``step`` (once, by marker)."""
+    if not spec:
+        return
+    kv = _parse(spec)
+    if int(kv.get("rank", -1)) != rank or int(kv.get("step", -1)) != step:
+        return
+    if not _first_time(kv.get("marker", ""), f"killed rank {rank} at step {step}\n"):
+        return
+    import signal
+
+    log.warning("HSSAL_FAULT_KILL_WORKER: SIGKILL rank %d at step %d", rank, step)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_scorer(batch: int, spec: str | None) -> None:
+    """Exit this scoring actor if ``spec`` names its ``batch`` (once, by marker)."""
+    if not spec:
+        return
+    kv = _parse(spec)
+    if int(kv.get("batch", -1)) != batch:
+        return
+    if not _first_time(kv.get("marker", ""), f"killed scoring actor {os.getpid()} at batch {batch}\n"):
+        return
+    log.warning("HSSAL_FAULT_KILL_SCORER: exiting scoring actor at batch %d", batch)
+    os._exit(1)

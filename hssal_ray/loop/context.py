@@ -1,0 +1,144 @@
+"""The run context every stage function takes: the config, the run directory and what they derive.
+
+:class:`RunContext` holds the resolved config, the run directory, the console line sink, the
+manifest (:func:`hssal_ray.data.bootstrap.ensure`), the oracle (:func:`hssal_ray.oracle.from_config`,
+built on first use) and the lease check; and it answers which manifest rows a stage works on:
+
+* :meth:`RunContext.split`: the rows of a split (``train``, ``test``, ``val``);
+* :meth:`RunContext.labeled_rows`: the labeled train rows, carrying the *oracle's* labels;
+* :meth:`RunContext.pool_rows`: the unlabeled pool (train rows neither labeled nor unreadable);
+* :meth:`RunContext.scored_rows`: what the score stage scores (the pool *and* the labeled rows).
+
+Rows listed in ``RUN/bad_samples.csv`` (images that failed to decode) are left out of the pool.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hssal_ray import _io
+from hssal_ray.config import ExperimentConfig
+from hssal_ray.errors import DataError
+from hssal_ray.loop.metrics import update_metrics
+from hssal_ray.state import LabeledSet
+
+__all__ = ["RunContext"]
+
+
+class RunContext:
+    """What the stages of one run share (see the module docstring).
+
+    Args:
+        cfg: The resolved experiment config.
+        progress: Called with one summary line per finished stage/round (default: stderr).
+        on_round: Called after every evaluated round with all ``metrics.jsonl`` rows so far
+            (Ray Tune reports through this).
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        progress: Callable[[str], None] | None = None,
+        on_round: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.on_round = on_round
+        self.run_dir = cfg.run_path
+        self.progress = progress or (lambda s: print(s, file=sys.stderr, flush=True))
+        self._catalog: Any = None
+        self._oracle: Any = None
+        self._lease: Any = None  # the run directory's RunLease while a driver holds it
+        self.embedding_store: Any = None  # the frozen path's store (hssal_ray.frozen.rounds.store_of)
+
+    # ------------------------------------------------------------------ what the run is made of
+    def load_catalog(self) -> None:
+        """Load (or build, on the first call of a run) the run's manifest."""
+        from hssal_ray.data.bootstrap import ensure
+
+        self._catalog = ensure(self.cfg, self.run_dir, self.progress)
+
+    @property
+    def catalog(self) -> Any:
+        """The run's manifest (``hssal_ray.data.catalog.Catalog``)."""
+        return self._catalog
+
+    @property
+    def oracle(self) -> Any:
+        """The run's :class:`~hssal_ray.oracle.Oracle` (built from ``oracle.*`` on first use)."""
+        if self._oracle is None:
+            from hssal_ray.oracle import from_config
+
+            self._oracle = from_config(self.cfg, self.catalog, self.load_image_hwc)
+        return self._oracle
+
+    def check_lease(self) -> None:
+        """Stop (``LeaseLostError``) if another driver took the run over; called before state writes."""
+        if self._lease is not None:
+            self._lease.check()
+
+    def update_metrics(self, r: int, values: dict[str, Any], replace: bool = False) -> None:
+        """Merge ``values`` into round ``r``'s row of ``metrics.jsonl`` (after the lease check)."""
+        update_metrics(self.run_dir, r, values, replace=replace, guard=self.check_lease)
+
+    # ------------------------------------------------------------------ which rows a stage uses
+    def split(self, split: str) -> pa.Table:
+        """The manifest rows of ``split`` (no copy when every row is in it)."""
+        return self.catalog.split_table(split)
+
+    def bad_ids(self) -> set[str]:
+        """Ids listed in ``RUN/bad_samples.csv`` (unreadable images, collected after each stage)."""
+        p = _io.join(self.run_dir, "bad_samples.csv")
+        if not _io.exists(p):
+            return set()
+        return {r["sample_id"] for r in csv.DictReader(io.StringIO(_io.read_text(p)))}
+
+    def labeled_rows(self, labeled: LabeledSet) -> pa.Table:
+        """Manifest rows of the labeled set, carrying the ORACLE's labels (in labeled order)."""
+        train = self.split("train")
+        lab = labeled.labels()
+        mask = pc.is_in(train.column("sample_id"), value_set=pa.array(list(lab), pa.string()))
+        rows = train.filter(mask)
+        labels = pa.array([lab[s] for s in rows.column("sample_id").to_pylist()], pa.int32())
+        return rows.set_column(rows.schema.get_field_index("label"), "label", labels)
+
+    def pool_rows(self, labeled: LabeledSet) -> pa.Table:
+        """The unlabeled pool: train rows that are neither labeled nor unreadable."""
+        return self._train_rows_without(set(labeled.ids) | self.bad_ids())
+
+    def scored_rows(self) -> pa.Table:
+        """What the score stage scores: the unlabeled pool *and* the labeled set.
+
+        The query stage marks the labeled rows (``Pool.exclude``) so that no strategy selects them,
+        while coreset starts from them as centres and TypiClust skips the clusters holding them.
+        """
+        return self._train_rows_without(self.bad_ids())
+
+    def _train_rows_without(self, exclude: set[str]) -> pa.Table:
+        train = self.split("train")
+        if not exclude:
+            return train
+        mask = pc.invert(
+            pc.is_in(train.column("sample_id"), value_set=pa.array(sorted(exclude), pa.string()))
+        )
+        return train.filter(mask)
+
+    def load_image_hwc(self, sample_id: str) -> np.ndarray:
+        """One image as HWC with 3 bands (what human oracles embed in their hand-off files)."""
+        from hssal_ray.data.decode import decode_image
+        from hssal_ray.data.fetch import load_bytes
+
+        t = self.catalog.table
+        row = t.filter(pc.equal(t.column("sample_id"), sample_id))
+        data = load_bytes(self.catalog.root, self.catalog.kind, row)[0]
+        if data is None:
+            raise DataError(f"cannot read {sample_id}")
+        img = decode_image(data, bands=self.cfg.data.bands)
+        return np.transpose(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0), (1, 2, 0))

@@ -1,0 +1,135 @@
+"""The ``evaluate`` stage: test the round's model, write its ``metrics.jsonl`` row, decide if it is the last.
+
+The accuracy comes from :func:`hssal_ray.scoring.evaluate_split` (image-level) or
+:func:`hssal_ray.frozen.rounds.evaluate` (frozen encoder), on ``data.eval_split``, for the eval
+model and the other weights (EMA vs online). The row also carries the round's training figures
+(``train_metrics.json``) and wall times. :func:`is_final_round` is the one rule for the last round;
+after it the run is ``done`` and the report is built (``loop.report``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from hssal_ray import _io
+from hssal_ray.config import ExperimentConfig
+from hssal_ray.loop.context import RunContext
+from hssal_ray.loop.metrics import read_metrics
+from hssal_ray.state import LabeledSet, RunState, round_dir
+
+__all__ = ["run", "is_final_round", "build_report"]
+
+log = logging.getLogger(__name__)
+
+#: the training figures of ``train_metrics.json`` copied into the round's metrics row
+TRAIN_FIGURES = (
+    "loss",
+    "sup_loss",
+    "unsup_loss",
+    "mask_rate",
+    "pseudo_label_acc",
+    "images_per_s_per_worker",
+    "step",
+    "global_step",
+    "ema_initial_weight",
+)
+
+
+def is_final_round(cfg: ExperimentConfig, round_idx: int, num_labeled: int, pool_remaining: int) -> bool:
+    """Whether round ``round_idx`` is the run's last: the one rule the loop and Tune both apply.
+
+    Last when ``loop.rounds`` query rounds are done, when ``loop.total_budget`` labels are reached,
+    or when the unlabeled pool is exhausted (nothing left to query).
+    """
+    return (
+        round_idx >= cfg.loop.rounds
+        or (cfg.loop.total_budget > 0 and num_labeled >= cfg.loop.total_budget)
+        or pool_remaining <= 0
+    )
+
+
+def _test(ctx: RunContext, r: int) -> dict[str, Any]:
+    """The accuracies of round ``r``'s checkpoint on ``data.eval_split``."""
+    from hssal_ray.scoring import evaluate_split
+
+    if ctx.cfg.ssl.finetune == "frozen":
+        from hssal_ray.frozen import rounds
+
+        return rounds.evaluate(ctx, r)
+    return evaluate_split(
+        ctx.cfg,
+        ctx.split(ctx.cfg.data.eval_split),
+        root=ctx.catalog.root,
+        kind=ctx.catalog.kind,
+        ckpt_dir=_io.join(round_dir(ctx.run_dir, r), "checkpoint"),
+        num_classes=len(ctx.catalog.class_names),
+        run_dir=ctx.run_dir,
+    )
+
+
+def run(ctx: RunContext, state: RunState, t0: float) -> None:
+    """Evaluate round ``state.round``, record its row, then advance (or finish the run).
+
+    Once the row is written, ``ctx.on_round`` (if set) gets all ``metrics.jsonl`` rows so far: Ray
+    Tune reports through it.
+    """
+    from hssal_ray.data.pipeline import collect_bad_samples
+
+    cfg = ctx.cfg
+    r = state.round
+    ev = _test(ctx, r)
+    collect_bad_samples(ctx.run_dir)
+    labeled = LabeledSet.load(ctx.run_dir)
+    train_m = _io.read_json(_io.join(round_dir(ctx.run_dir, r), "train_metrics.json"))
+    n_train = ctx.split("train").num_rows
+    times = {f"wall_s.{s}": secs for (rr, s, secs) in state.history if rr == r and s in ("train",)}
+    times["wall_s.evaluate"] = time.perf_counter() - t0
+    row = {
+        "round": r,
+        "num_labeled": len(labeled),
+        "label_fraction": len(labeled) / max(n_train, 1),
+        "strategy": cfg.query.strategy,
+        "ssl": cfg.ssl.enabled,
+        "eval_model": cfg.ssl.eval_model,
+        "eval_split": cfg.data.eval_split,
+        **{k: v for k, v in ev.items()},
+        **{k: train_m[k] for k in TRAIN_FIGURES if k in train_m},
+        **times,
+    }
+    ctx.update_metrics(r, row, replace=True)
+    pool_remaining = ctx.pool_rows(labeled).num_rows
+    final = is_final_round(cfg, r, len(labeled), pool_remaining)
+    if final and pool_remaining == 0 and r < cfg.loop.rounds:
+        ctx.progress("[hssal] the unlabeled pool is exhausted: stopping")
+    ctx.update_metrics(r, {"pool_remaining": pool_remaining, "final": bool(final)})
+    ctx.progress(
+        f"[hssal] round {r} evaluate: {time.perf_counter() - t0:.1f} s; {len(labeled)} labels "
+        f"({row['label_fraction']:.1%}), test accuracy {ev['test_accuracy']:.4f} "
+        f"(online {ev.get('test_accuracy_online', float('nan')):.4f}), "
+        f"mask rate {train_m.get('mask_rate', float('nan')):.2f}"
+    )
+    if ctx.on_round is not None:
+        ctx.on_round(read_metrics(ctx.run_dir))
+    if final:
+        state.history.append([r, "evaluate", round(time.perf_counter() - t0, 3)])
+        state.stage, state.status = "done", "done"
+        state.save(ctx.run_dir)
+        build_report(ctx)
+        ctx.progress(f"[hssal] done: {ctx.run_dir}")
+    else:
+        state.advance(ctx.run_dir, "evaluate", time.perf_counter() - t0)
+        build_report(ctx)
+
+
+def build_report(ctx: RunContext) -> None:
+    """Rebuild ``RUN/report/`` when ``loop.report`` is on; a failing report only logs a warning."""
+    if not ctx.cfg.loop.report:
+        return
+    try:
+        from hssal_ray.report import build_report as _build
+
+        _build([ctx.run_dir], _io.join(ctx.run_dir, "report"))
+    except Exception as e:  # a report must never kill a training run
+        log.warning("report failed: %s", e)

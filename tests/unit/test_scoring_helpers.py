@@ -1,0 +1,139 @@
+"""The scoring helpers without Ray: the scoring actor's class run in-process, the scores table's
+``confident`` rule, the evaluation metrics, and the fault-injection hooks of ``hssal_ray.faults``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hssal_ray import faults
+from hssal_ray.config import config_to_dict, load_config
+from hssal_ray.scoring import Scorer, classification_metrics, scores_table
+
+SMALL = ["ssl.model=hssal_small_cnn", "data.image_size=16", "ssl.eval_model=ema"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):  # type: ignore[no-untyped-def]
+    from hssal_ray.ssl.train_loop import build_train_state, write_checkpoint
+
+    cfg = load_config(None, SMALL)
+    torch.manual_seed(0)
+    state = build_train_state(cfg, 3, torch.device("cpu"), total_steps=1)
+    ckpt = str(tmp_path_factory.mktemp("ckpt") / "checkpoint")
+    write_checkpoint(state, ckpt, {"step": 0, "round": 0})
+    return cfg, ckpt
+
+
+def _batch(n: int = 5, with_strong: bool = True) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    b = {
+        "sample_id": np.array([f"s{i}" for i in range(n)], dtype=object),
+        "x_none": rng.normal(size=(n, 3, 16, 16)).astype(np.float32),
+        "label": np.array([0, 1, 2, 0, 1][:n]),
+    }
+    if with_strong:
+        b["x_strong"] = rng.normal(size=(n, 3, 16, 16)).astype(np.float32)
+    return b
+
+
+def test_scorer_scores_a_batch(checkpoint) -> None:  # type: ignore[no-untyped-def]
+    cfg, ckpt = checkpoint
+    scorer = Scorer(ckpt, config_to_dict(cfg), num_classes=3, mode="score")
+    t = scorer(_batch())
+    assert t.column("sample_id").to_pylist() == [f"s{i}" for i in range(5)]
+    probs = np.stack(t.column("probs").to_numpy(zero_copy_only=False))
+    assert probs.shape == (5, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    emb = np.stack(t.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-2)
+    assert {"u_badge", "u_entropy", "confident", "pred"} <= set(t.column_names)
+    assert t.column("pred").to_pylist() == probs.argmax(1).tolist()
+    assert scorer.batches == 1
+    assert "confident" not in scorer(_batch(with_strong=False)).column_names
+
+
+def test_scorer_eval_mode_predicts_with_both_weights(checkpoint) -> None:  # type: ignore[no-untyped-def]
+    cfg, ckpt = checkpoint
+    scorer = Scorer(ckpt, config_to_dict(cfg), num_classes=3, mode="eval")
+    assert scorer.other is not None  # the online weights next to the EMA
+    t = scorer(_batch())
+    assert t.column_names == ["sample_id", "label", "pred", "pred_other"]
+    assert t.column("label").to_pylist() == [0, 1, 2, 0, 1]
+
+
+def test_confident_needs_both_views_confident_and_agreeing() -> None:
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.95, 0.05]], dtype=np.float32)
+    strong = np.array([[0.8, 0.2], [0.1, 0.9], [0.9, 0.1], [0.5, 0.5]], dtype=np.float32)
+    emb = np.eye(4, 2, dtype=np.float32)
+    t = scores_table(np.array(list("abcd"), dtype=object), emb, probs, strong, p_cutoff=0.7)
+    assert t.column("confident").to_pylist() == [True, False, False, False]
+    assert t.column("embedding").type.value_type == "halffloat"
+    assert (
+        "confident"
+        not in scores_table(np.array(list("abcd"), dtype=object), emb, probs, None, 0.7).column_names
+    )
+
+
+def test_classification_metrics() -> None:
+    y = np.array([0, 0, 1, 1, 2])
+    pred = np.array([0, 1, 1, 1, 0])
+    m = classification_metrics(y, pred, 3)
+    assert m["test_accuracy"] == pytest.approx(0.6) and m["test_samples"] == 5
+    assert m["test_per_class_accuracy"] == {0: 0.5, 1: 1.0, 2: 0.0}
+    assert m["test_balanced_accuracy"] == pytest.approx(0.5)
+    m = classification_metrics(y, pred, 3, other=y, eval_model="online", prefix="val")
+    assert m["val_accuracy_online"] == pytest.approx(0.6) and m["val_accuracy_ema"] == 1.0
+    empty = classification_metrics(np.zeros(0, np.int64), np.zeros(0, np.int64), 3)
+    assert np.isnan(empty["test_accuracy"]) and empty["test_samples"] == 0
+
+
+# --------------------------------------------------------------------------- fault hooks
+
+
+def test_delay_stage_parses_its_spec(monkeypatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    monkeypatch.setenv(faults.DELAY_ENV, "train@1=60,score@2=5")
+    faults.delay_stage("train", 1)
+    faults.delay_stage("train", 2)
+    faults.delay_stage("score", 2)
+    faults.delay_stage("query", 1)
+    assert slept == [60.0, 5.0]
+    monkeypatch.delenv(faults.DELAY_ENV)
+    faults.delay_stage("train", 1)
+    assert slept == [60.0, 5.0]
+
+
+def test_kill_hooks_do_nothing_unless_named(tmp_path) -> None:
+    marker = str(tmp_path / "m")
+    faults.kill_scorer(1, None)
+    faults.kill_scorer(1, f"batch=2,marker={marker}")
+    faults.kill_worker(0, 3, f"rank=1,step=3,marker={marker}")
+    faults.kill_worker(1, 4, f"rank=1,step=3,marker={marker}")
+    faults.kill_scorer(2, "batch=2")  # no marker: would fire forever, so it never fires
+    assert not os.path.exists(marker)
+    open(marker, "w").close()
+    faults.kill_scorer(2, f"batch=2,marker={marker}")  # the marker exists: fired before
+    faults.kill_worker(1, 3, f"rank=1,step=3,marker={marker}")
+
+
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [("kill_scorer(2, spec)", 1), ("kill_worker(1, 3, spec)", -9)],
+    ids=["scorer", "worker"],
+)
+def test_kill_hooks_fire_once(tmp_path, call: str, code: int) -> None:
+    marker = str(tmp_path / "m")
+    spec = f"batch=2,rank=1,step=3,marker={marker}"
+    script = f"from hssal_ray import faults\nspec = {spec!r}\nfaults.{call}\nprint('alive')\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert first.returncode == code and "alive" not in first.stdout
+    assert os.path.exists(marker)
+    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert second.returncode == 0 and "alive" in second.stdout
