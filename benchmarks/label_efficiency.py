@@ -237,10 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     add_product_arguments(p, "label_efficiency")
     p.add_argument("--methods", nargs="*", default=None, help="subset of methods (default: all)")
     args = p.parse_args(argv)
+    known = [*SSL_METHODS, *SUPERVISED_METHODS, "full_supervision"]
+    bad = [m for m in args.methods or [] if m not in known]
+    if bad:  # e.g. key=value overrides written after --methods, which takes every word that follows
+        p.error(
+            f"unknown method(s) {bad}; known: {known}. Put key=value overrides before --methods "
+            "(it takes every word after it)"
+        )
     t0 = time.perf_counter()
     base, run_dir, encode_s, n_train = start(args)
     seeds = list(range(args.seeds))
-    want = set(args.methods or [*SSL_METHODS, *SUPERVISED_METHODS, "full_supervision"])
+    want = set(args.methods or known)
     results: dict[str, dict[int, list[dict[str, Any]]]] = {}
     kw = dict(num_cpus=2 * args.concurrent, concurrent=args.concurrent)
     for group, methods, ssl in (("ssl", SSL_METHODS, True), ("supervised", SUPERVISED_METHODS, False)):
