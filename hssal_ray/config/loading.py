@@ -129,17 +129,26 @@ def config_to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
+def set_dotted(d: dict[str, Any], key: str, value: Any, *, leaf_only: bool = False) -> None:
+    """Set ``d["a"]["b"]["c"] = value`` for ``key="a.b.c"``, creating missing sections.
+
+    The one dotted-key setter (CLI overrides and Tune's search space both use it). ``leaf_only``
+    refuses to replace a whole section (a search space must name one of its settings).
+
+    Raises:
+        ConfigError: a prefix of ``key`` is a setting, or (``leaf_only``) ``key`` is a section.
+    """
+    parts = key.split(".")
     cur = d
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         nxt = cur.get(p)
         if nxt is None:
-            nxt = {}
-            cur[p] = nxt
+            nxt = cur[p] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
+            raise ConfigError(f"'{key}': '{'.'.join(parts[: i + 1])}' is a setting, not a section")
         cur = nxt
+    if leaf_only and isinstance(cur.get(parts[-1]), dict):
+        raise ConfigError(f"'{key}' is a whole section; search over one of its settings, e.g. '{key}.<name>'")
     cur[parts[-1]] = value
 
 
@@ -157,7 +166,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str] | None) -> dict
             value = yaml.safe_load(raw) if raw.strip() != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override '{item}': value is not valid YAML ({e})") from None
-        _set_dotted(out, key, value)
+        set_dotted(out, key, value)
     return out
 
 

@@ -29,6 +29,7 @@ from itertools import product
 from typing import Any
 
 from hssal_ray.config import ExperimentConfig, TuneConfig, config_from_dict, config_to_dict
+from hssal_ray.config.loading import set_dotted
 from hssal_ray.errors import ConfigError
 
 __all__ = [
@@ -143,21 +144,6 @@ def parse_search_space(space: Mapping[str, Any], errors: list[str] | None = None
     return specs
 
 
-def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    cur = d
-    for i, p in enumerate(parts[:-1]):
-        nxt = cur.get(p)
-        if nxt is None:
-            nxt = cur[p] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"'{key}': '{'.'.join(parts[: i + 1])}' is a setting, not a section")
-        cur = nxt
-    if isinstance(cur.get(parts[-1]), dict):
-        raise ConfigError(f"'{key}' is a whole section; search over one of its settings, e.g. '{key}.<name>'")
-    cur[parts[-1]] = value
-
-
 def _adapt_rounds(d: dict[str, Any], params: Mapping[str, Any]) -> None:
     loop, query = d["loop"], d["query"]
     if loop["total_budget"] > 0 and any(k in params for k in _ROUND_KEYS):
@@ -188,7 +174,7 @@ def trial_config(
     d = json.loads(json.dumps(config_to_dict(base) if isinstance(base, ExperimentConfig) else dict(base)))
     params = {k: _plain(v) for k, v in params.items() if k != REPEAT_KEY}
     for k, v in params.items():
-        _set_dotted(d, k, v)
+        set_dotted(d, k, v, leaf_only=True)
     if repeat and "seed" not in params:
         d["seed"] = int(d.get("seed", 0)) + int(repeat)
     d.setdefault("loop", {})

@@ -81,7 +81,7 @@ def test_bad_override_strings():
         apply_overrides({}, ["query.budget"])
     with pytest.raises(ConfigError, match="has an empty key"):
         apply_overrides({}, ["=3"])
-    with pytest.raises(ConfigError, match="'seed' is not a section"):
+    with pytest.raises(ConfigError, match="'seed' is a setting, not a section"):
         apply_overrides({"seed": 1}, ["seed.x=2"])
     with pytest.raises(ConfigError, match="expected a mapping of QueryConfig fields"):
         config_from_dict({"query": 3})
