@@ -368,8 +368,10 @@ def test_store_choice() -> None:
 
 _HOLDER = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     from hssal_ray.loop.lease import RunLease
+    # a driver started from a terminal; a background job (nohup, `cmd &`) inherits SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with RunLease(sys.argv[1]):
         print("held", flush=True)
         time.sleep(120)
