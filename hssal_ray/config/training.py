@@ -45,8 +45,8 @@ class DataConfig:
     eval_split: Literal["test", "val"] = "test"
     mean: list[float] | None = None
     std: list[float] | None = None
-    synthetic_classes: int = 4
-    synthetic_per_class: int = 60
+    synthetic_classes: int = 6
+    synthetic_per_class: int = 150
     synthetic_size: int = 32
     decode_batch_size: int = _runtime(64)
     embedding_cache: str | None = _runtime(None)
@@ -108,12 +108,20 @@ class SSLConfig:
             fixed and trains only the head on cached embeddings (encode once per run: the
             fast path for CPUs and large archives).
         trainable_stages: Stages of the backbone that ``partial`` trains (from the top).
+        feature_norm: ``frozen``: ``l2`` divides each cached feature vector by its norm before the
+            head standardises it (better with few labels, equal with all); ``none`` keeps raw features.
+        tta_views: ``frozen``: evaluation and scoring average the head's probabilities over the clean
+            view and this many stored weak views (0 = clean view only; at most ``embed_views``).
         head: Classifier head: ``linear``, or ``mlp`` (one hidden layer, ``head_hidden`` wide).
         head_hidden: Hidden width of the ``mlp`` head.
         embed_views: ``frozen``: seeded weak and strong augmented views cached per image (each).
         threshold_mode: ``fixed`` (FixMatch), ``flexmatch`` or ``freematch`` class-wise thresholds.
         dist_align: Distribution alignment of the weak-view probabilities.
         lr: Peak SGD learning rate.
+        lr_schedule: Each round's schedule after the warm-up: ``cosine`` decays to 0 at the round's
+            last step (the weights settle and the EMA converges to them: on short rounds the EMA
+            and the online model then agree); ``fixmatch`` is FixMatch/USB's ``cos(7 pi k / 16 K)``,
+            which ends at 0.2 of the peak rate (made for one run of ~1M steps).
         momentum: SGD momentum (Nesterov when ``nesterov``).
         nesterov: Use Nesterov momentum.
         weight_decay: Weight decay (not applied to biases and norms).
@@ -142,12 +150,15 @@ class SSLConfig:
     eval_model: Literal["ema", "online"] = "ema"
     finetune: Literal["full", "partial", "frozen"] = "full"
     trainable_stages: int = 1
+    feature_norm: Literal["l2", "none"] = "l2"
+    tta_views: int = 0
     head: Literal["linear", "mlp"] = "linear"
     head_hidden: int = 512
     embed_views: int = 2
     threshold_mode: Literal["fixed", "flexmatch", "freematch"] = "fixed"
     dist_align: bool = False
     lr: float = 0.03
+    lr_schedule: Literal["cosine", "fixmatch"] = "cosine"
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -178,6 +189,17 @@ class SSLConfig:
         _check(self.trainable_stages >= 1, "ssl.trainable_stages", "must be >= 1")
         _check(self.head_hidden >= 1, "ssl.head_hidden", "must be >= 1")
         _check(0 <= self.embed_views <= 16, "ssl.embed_views", f"must be in [0, 16], got {self.embed_views}")
+        _check(
+            0 <= self.tta_views <= self.embed_views,
+            "ssl.tta_views",
+            f"must be in [0, ssl.embed_views={self.embed_views}] (it averages stored weak views), "
+            f"got {self.tta_views}",
+        )
+        _check(
+            self.tta_views == 0 or self.finetune == "frozen",
+            "ssl.tta_views",
+            "averages the stored views of the frozen path: it needs ssl.finetune=frozen",
+        )
         _check(
             self.weights is None or not self.weights.startswith("package:") or not self.pretrained_hub,
             "ssl.weights",

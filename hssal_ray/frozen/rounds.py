@@ -113,7 +113,7 @@ def train(ctx: Any, r: int, init_dir: str | None) -> dict[str, Any]:
 
 def evaluate(ctx: Any, r: int) -> dict[str, Any]:
     """Test-split accuracy of the evaluation head (and of the other weights, as a diagnostic)."""
-    from hssal_ray.frozen.head import head_predict
+    from hssal_ray.frozen.head import predict_views
     from hssal_ray.scoring import classification_metrics
 
     cfg = ctx.cfg
@@ -122,18 +122,19 @@ def evaluate(ctx: Any, r: int) -> dict[str, Any]:
     rows = store.rows_of(test.column("sample_id").to_pylist())
     y = test.column("label").to_numpy(zero_copy_only=False)
     ok = ~store.missing[rows]
-    feats = store.views["none"][rows[ok]]
+    tta = cfg.ssl.tta_views
     ckpt = _io.join(round_dir(ctx.run_dir, r), "checkpoint")
     nc = len(ctx.catalog.class_names)
     other = "online" if cfg.ssl.eval_model == "ema" else "ema"
-    pred = head_predict(_load_head(cfg, ckpt, cfg.ssl.eval_model, store.dim, nc), feats).argmax(1)
-    alt = head_predict(_load_head(cfg, ckpt, other, store.dim, nc), feats).argmax(1)
+    pred = predict_views(_load_head(cfg, ckpt, cfg.ssl.eval_model, store.dim, nc), store.views, rows[ok], tta)
+    alt = predict_views(_load_head(cfg, ckpt, other, store.dim, nc), store.views, rows[ok], tta)
+    pred, alt = pred.argmax(1), alt.argmax(1)
     return classification_metrics(y[ok], pred, nc, other=alt, eval_model=cfg.ssl.eval_model)
 
 
 def score(ctx: Any, r: int, out_path: str) -> None:
     """Scores of the training split (pool and labeled set) with the evaluation head: ``scores.parquet``."""
-    from hssal_ray.frozen.head import head_predict
+    from hssal_ray.frozen.head import head_predict, predict_views
     from hssal_ray.scoring import scores_table
 
     cfg = ctx.cfg
@@ -146,7 +147,7 @@ def score(ctx: Any, r: int, out_path: str) -> None:
         store.dim,
         len(ctx.catalog.class_names),
     )
-    probs = head_predict(head, store.views["none"][rows])
+    probs = predict_views(head, store.views, rows, cfg.ssl.tta_views)
     strong = head_predict(head, store.views["strong_0"][rows])
     table = scores_table(
         store.ids[rows], _normalised(store.views["none"][rows]), probs, strong, cfg.ssl.p_cutoff

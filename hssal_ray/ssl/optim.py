@@ -1,5 +1,5 @@
 """The optimiser and learning-rate schedule of FixMatch/USB: SGD without decay on biases and norms,
-linear warm-up then ``cos(7 pi k / (16 K))``."""
+linear warm-up then ``cos(7 pi k / (16 K))`` (``fixmatch``) or a cosine that reaches 0 (``cosine``)."""
 
 from __future__ import annotations
 
@@ -63,16 +63,28 @@ class FixMatchCosine:
         return max(0.0, math.cos(math.pi * self.num_cycles * progress))
 
 
+#: ``num_cycles`` of each schedule: FixMatch/USB stop at ``cos(7 pi / 16)`` = 0.2 of the peak rate
+#: (one run of ~1M steps); ``cosine`` ends at 0, so each short round's last steps settle the weights
+#: and the EMA converges to them (measured on the demo: benchmarks/NOTES.md, issue 13).
+SCHEDULES = {"fixmatch": 7.0 / 16.0, "cosine": 0.5}
+
+
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, schedule: str = "fixmatch"
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """FixMatch cosine schedule (:class:`FixMatchCosine`); call ``step()`` after each optimiser step.
+    """Cosine schedule (:class:`FixMatchCosine`) named by ``schedule`` (see :data:`SCHEDULES`);
+    call ``step()`` after each optimiser step.
 
     Raises:
-        ConfigError: ``total_steps < 1`` or ``warmup_steps`` outside ``[0, total_steps]``.
+        ConfigError: ``total_steps < 1``, ``warmup_steps`` outside ``[0, total_steps]`` or an
+            unknown ``schedule``.
     """
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"unknown lr schedule {schedule!r}; choose one of {sorted(SCHEDULES)}")
     if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
         raise ConfigError(
             f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got {total_steps}, {warmup_steps}"
         )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, FixMatchCosine(total_steps, warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, FixMatchCosine(total_steps, warmup_steps, SCHEDULES[schedule])
+    )

@@ -75,7 +75,9 @@ def build_optimization(
         weight_decay=cfg.ssl.weight_decay,
         nesterov=cfg.ssl.nesterov,
     )
-    return optimizer, build_scheduler(optimizer, total_steps=total_steps, warmup_steps=cfg.ssl.warmup_steps)
+    return optimizer, build_scheduler(
+        optimizer, total_steps=total_steps, warmup_steps=cfg.ssl.warmup_steps, schedule=cfg.ssl.lr_schedule
+    )
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

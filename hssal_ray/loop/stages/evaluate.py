@@ -106,8 +106,9 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
     ctx.update_metrics(r, {"pool_remaining": pool_remaining, "final": bool(final)})
     ctx.progress(
         f"[hssal] round {r} evaluate: {time.perf_counter() - t0:.1f} s; {len(labeled)} labels "
-        f"({row['label_fraction']:.1%}), test accuracy {ev['test_accuracy']:.4f} "
-        f"(online {ev.get('test_accuracy_online', float('nan')):.4f}), "
+        f"({row['label_fraction']:.1%}), {cfg.data.eval_split} accuracy {ev['test_accuracy']:.4f} "
+        f"({cfg.ssl.eval_model}; online {ev.get('test_accuracy_online', float('nan')):.4f}, "
+        f"EMA {ev.get('test_accuracy_ema', float('nan')):.4f}), "
         f"mask rate {train_m.get('mask_rate', float('nan')):.2f}"
     )
     if ctx.on_round is not None:

@@ -244,6 +244,31 @@ def test_optimizer_groups_and_schedule() -> None:
         build_optimizer(net, momentum=0.0, nesterov=True)
 
 
+def test_cosine_schedule_ends_each_round_at_zero() -> None:
+    """``ssl.lr_schedule=cosine`` (the default) reaches lr 0 at the round's last step; ``fixmatch`` 0.2x."""
+    from hssal_ray.config import ExperimentConfig
+    from hssal_ray.ssl.train_loop import build_optimization
+
+    net = torch.nn.Linear(3, 2)
+    opt = build_optimizer(net, lr=0.1)
+    sched = build_scheduler(opt, total_steps=10, schedule="cosine")
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[4] == pytest.approx(0.1 * math.cos(math.pi * 5 / 20))
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert ExperimentConfig().ssl.lr_schedule == "cosine"
+    opt2, sched2 = build_optimization(ExperimentConfig(), torch.nn.Linear(3, 2), total_steps=4)
+    for _ in range(4):
+        opt2.step()
+        sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ConfigError, match="unknown lr schedule"):
+        build_scheduler(opt, total_steps=10, schedule="step")
+
+
 def test_evaluate_known_answer() -> None:
     logits = torch.tensor(
         [[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 2.0], [5.0, 0.0, 0.0]]

@@ -1,0 +1,71 @@
+"""The frozen path's head: L2 feature normalisation and test-time view averaging (plain torch/numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hssal_ray.config import load_config
+from hssal_ray.errors import ConfigError
+from hssal_ray.frozen.head import L2Normalize, build_head, predict_views, train_head
+
+
+def _cfg(*over: str):
+    return load_config(
+        None,
+        ["ssl.finetune=frozen", "ssl.steps_per_round=30", "ssl.batch_size=8", "ssl.enabled=false", *over],
+    )
+
+
+def _views(n: int = 60, d: int = 8, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    centers = rng.normal(size=(3, d)) * 3
+    clean = centers[y] + rng.normal(size=(n, d))
+    # Each row has its own scale: only the direction carries the class.
+    scale = rng.uniform(0.2, 5.0, size=(n, 1))
+    views = {"none": clean * scale}
+    for i in range(2):
+        views[f"weak_{i}"] = (clean + 0.1 * rng.normal(size=(n, d))) * scale
+        views[f"strong_{i}"] = (clean + 0.5 * rng.normal(size=(n, d))) * scale
+    return {k: v.astype(np.float16) for k, v in views.items()}, y
+
+
+def test_l2_head_ignores_each_feature_vectors_scale() -> None:
+    views, y = _views()
+    rows = np.arange(60)
+    state, _ = train_head(_cfg(), views, rows[:30], y[:30], rows[30:], None, 3, stats_rows=rows, seed=0)
+    head = state.ema.module.eval()
+    assert isinstance(head[0], L2Normalize)
+    x = torch.from_numpy(views["none"].astype(np.float32))
+    with torch.no_grad():
+        assert torch.allclose(head(x), head(7.0 * x), atol=1e-5)
+    # Without normalisation the head is not scale-invariant (the test would catch a no-op option).
+    plain, _ = train_head(
+        _cfg("ssl.feature_norm=none"), views, rows[:30], y[:30], rows[30:], None, 3, stats_rows=rows, seed=0
+    )
+    with torch.no_grad():
+        assert not torch.allclose(plain.ema.module(x), plain.ema.module(7.0 * x), atol=1e-3)
+
+
+def test_predict_views_averages_clean_and_weak_views() -> None:
+    views, _ = _views()
+    head = build_head(_cfg(), 8, 3).eval()
+    rows = np.array([3, 1, 4])
+    from hssal_ray.frozen.head import head_predict
+
+    want = (
+        head_predict(head, views["none"][rows])
+        + head_predict(head, views["weak_0"][rows])
+        + head_predict(head, views["weak_1"][rows])
+    ) / 3
+    np.testing.assert_allclose(predict_views(head, views, rows, 2), want, rtol=1e-6)
+    np.testing.assert_allclose(predict_views(head, views, rows, 0), head_predict(head, views["none"][rows]))
+
+
+def test_tta_views_is_checked() -> None:
+    with pytest.raises(ConfigError, match="tta_views"):
+        _cfg("ssl.tta_views=3")  # more than the 2 stored weak views
+    with pytest.raises(ConfigError, match="finetune=frozen"):
+        load_config(None, ["ssl.tta_views=1"])
