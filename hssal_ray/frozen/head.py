@@ -50,18 +50,20 @@ class Standardize(nn.Module):
         return (x.float() - self.mean) / self.std
 
 
-def build_head(
-    cfg: Any, dim: int, num_classes: int, mean: Tensor | None = None, std: Tensor | None = None
-) -> nn.Module:
+def build_head(cfg: Any, dim: int, num_classes: int, stats_features: Tensor | None = None) -> nn.Module:
     """[L2Normalize] + Standardize + the configured head (``ssl.head``).
 
-    ``mean``/``std`` are statistics of the (normalised) features; they default to 0/1 (then loaded).
+    The standardisation statistics are those of ``stats_features`` (raw ``(n, dim)`` features, after
+    the normalisation the head applies); without them they are 0/1, to be loaded from a checkpoint.
     """
-    mean = torch.zeros(dim) if mean is None else mean
-    std = torch.ones(dim) if std is None else std
-    layers: list[nn.Module] = [L2Normalize()] if cfg.ssl.feature_norm == "l2" else []
-    layers += [Standardize(mean, std), make_head(dim, num_classes, cfg.ssl.head, cfg.ssl.head_hidden)]
-    head = nn.Sequential(*layers)
+    norm: list[nn.Module] = [L2Normalize()] if cfg.ssl.feature_norm == "l2" else []
+    mean, std = torch.zeros(dim), torch.ones(dim)
+    if stats_features is not None:
+        x = nn.Sequential(*norm)(stats_features.float())
+        mean, std = x.mean(0), x.std(0)
+    head = nn.Sequential(
+        *norm, Standardize(mean, std), make_head(dim, num_classes, cfg.ssl.head, cfg.ssl.head_hidden)
+    )
     head.num_classes = num_classes  # type: ignore[assignment]
     return head
 
@@ -112,9 +114,7 @@ def train_head(
     weak = np.stack([views[f"weak_{i}"] for i in range(k)])
     strong = np.stack([views[f"strong_{i}"] for i in range(k)])
     clean = torch.from_numpy(views["none"][stats_rows].astype(np.float32))
-    if cfg.ssl.feature_norm == "l2":
-        clean = L2Normalize()(clean)
-    head = build_head(cfg, clean.shape[1], num_classes, clean.mean(0), clean.std(0))
+    head = build_head(cfg, clean.shape[1], num_classes, stats_features=clean)
     steps = cfg.ssl.steps_per_round
     optimizer, scheduler = build_optimization(cfg, head, steps)
     state = TrainState.create(head, optimizer, scheduler, cfg.ssl, num_classes=num_classes)
