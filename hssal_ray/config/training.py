@@ -112,6 +112,19 @@ class SSLConfig:
             head standardises it (better with few labels, equal with all); ``none`` keeps raw features.
         tta_views: ``frozen``: evaluation and scoring average the head's probabilities over the clean
             view and this many stored weak views (0 = clean view only; at most ``embed_views``).
+        pseudo_labels: Where the unlabeled term's targets come from. ``model``: FixMatch, the
+            weak view's prediction of the model being trained. ``graph`` (``frozen`` only): a
+            supervised teacher head is trained first, its predictions on the labeled set and the
+            pool are smoothed over the pool's cosine k-nearest-neighbour graph (label propagation,
+            Zhou et al. 2004, started from the teacher's predictions), and the round's head trains
+            its strong views on those hard pseudo-labels (the weak-to-strong step of FixMatch with
+            a better teacher). Chosen on the UCM validation split (benchmarks/NOTES.md).
+        graph_k: ``graph``: neighbours per node of the k-NN graph.
+        graph_alpha: ``graph``: propagation weight in ``(0, 1)`` (larger = smoother).
+        graph_cutoff: ``graph``: keep a pseudo-label when its smoothed probability is at least
+            this (0 keeps every pool sample; ``p_cutoff`` is the ``model`` mode's threshold).
+        graph_max_nodes: ``graph``: at most this many pool samples (seeded random) enter the
+            graph and the unlabeled term of a round; bounds the neighbour search on large archives.
         head: Classifier head: ``linear``, or ``mlp`` (one hidden layer, ``head_hidden`` wide).
         head_hidden: Hidden width of the ``mlp`` head.
         embed_views: ``frozen``: seeded weak and strong augmented views cached per image (each).
@@ -152,6 +165,11 @@ class SSLConfig:
     trainable_stages: int = 1
     feature_norm: Literal["l2", "none"] = "l2"
     tta_views: int = 0
+    pseudo_labels: Literal["model", "graph"] = "model"
+    graph_k: int = 10
+    graph_alpha: float = 0.8
+    graph_cutoff: float = 0.0
+    graph_max_nodes: int = 50_000
     head: Literal["linear", "mlp"] = "linear"
     head_hidden: int = 512
     embed_views: int = 2
@@ -200,6 +218,23 @@ class SSLConfig:
             "ssl.tta_views",
             "averages the stored views of the frozen path: it needs ssl.finetune=frozen",
         )
+        _check(self.graph_k >= 1, "ssl.graph_k", f"must be >= 1, got {self.graph_k}")
+        _check(0.0 < self.graph_alpha < 1.0, "ssl.graph_alpha", f"must be in (0, 1), got {self.graph_alpha}")
+        _check(0.0 <= self.graph_cutoff <= 1.0, "ssl.graph_cutoff", "must be in [0, 1]")
+        _check(self.graph_max_nodes >= 2, "ssl.graph_max_nodes", f"must be >= 2, got {self.graph_max_nodes}")
+        if self.pseudo_labels == "graph":
+            _check(
+                self.finetune == "frozen",
+                "ssl.pseudo_labels",
+                "graph pseudo-labels smooth the frozen head's predictions over cached features: "
+                "they need ssl.finetune=frozen",
+            )
+            _check(
+                self.threshold_mode == "fixed" and not self.dist_align,
+                "ssl.pseudo_labels",
+                "graph pseudo-labels use ssl.graph_cutoff: they do not combine with "
+                "ssl.threshold_mode flexmatch/freematch or ssl.dist_align",
+            )
         _check(
             self.weights is None or not self.weights.startswith("package:") or not self.pretrained_hub,
             "ssl.weights",

@@ -85,6 +85,9 @@ def train_head(
 ) -> tuple[Any, dict[str, float]]:
     """Train the head for ``ssl.steps_per_round`` steps; returns the ``TrainState`` and mean metrics.
 
+    With ``ssl.pseudo_labels=graph`` (and the unlabeled term on) a supervised teacher is trained
+    first, for the same steps and from the same ``init``; the returned state is the student's.
+
     Args:
         cfg: The experiment config.
         views: The store's views (``none``, ``weak_k``, ``strong_k`` -> (n, d) fp16).
@@ -100,34 +103,129 @@ def train_head(
         ssl_on: Train the unlabeled term (see :func:`hssal_ray.ssl.trainer.ssl_active`).
         progress: Show a tqdm bar.
     """
+    from hssal_ray.errors import ConfigError
+
+    if cfg.ssl.embed_views < 1:
+        raise ConfigError("ssl.finetune=frozen trains on stored augmented views: set ssl.embed_views >= 1")
+    labeled_rows, pool_rows = np.asarray(labeled_rows), np.asarray(pool_rows)
+    labels = np.asarray(labels)
+    truth = None if pool_truth is None else np.asarray(pool_truth)
+    fit = dict(stats_rows=stats_rows, init=init, progress=progress)
+    if not (ssl_on and cfg.ssl.pseudo_labels == "graph"):
+        return _fit(
+            cfg, cfg.ssl, views, labeled_rows, labels, pool_rows, truth, num_classes, seed, ssl_on, **fit
+        )
+    return _fit_with_graph(cfg, views, labeled_rows, labels, pool_rows, truth, num_classes, seed, **fit)
+
+
+def _fit_with_graph(
+    cfg: Any,
+    views: dict[str, np.ndarray],
+    labeled_rows: np.ndarray,
+    labels: np.ndarray,
+    pool_rows: np.ndarray,
+    truth: np.ndarray | None,
+    num_classes: int,
+    seed: int,
+    **fit: Any,
+) -> tuple[Any, dict[str, float]]:
+    """Teacher (supervised), graph-smoothed pseudo-labels of the pool, then the student (FixMatch)."""
+    import dataclasses
+
+    from hssal_ray.frozen.graph import graph_pseudo_labels
+
+    s = cfg.ssl
+    pick = np.arange(len(pool_rows))
+    if len(pool_rows) > s.graph_max_nodes:
+        pick = np.sort(
+            np.random.default_rng([seed, 0x6A]).choice(len(pool_rows), s.graph_max_nodes, replace=False)
+        )
+    pool_rows = pool_rows[pick]
+    truth = None if truth is None else truth[pick]
+    teacher, tmetrics = _fit(
+        cfg,
+        s,
+        views,
+        labeled_rows,
+        labels,
+        pool_rows,
+        None,
+        num_classes,
+        seed,
+        False,
+        desc="train teacher",
+        **fit,
+    )
+    t_head = teacher.ema.module if s.eval_model == "ema" and teacher.ema is not None else teacher.model
+    nodes = np.concatenate([labeled_rows, pool_rows])
+    with torch.inference_mode():
+        t_head.eval()
+        feats = t_head[:-1](torch.from_numpy(views["none"][nodes].astype(np.float32))).numpy()
+    t_probs = predict_views(t_head, views, nodes, s.tta_views)
+    flags = np.arange(len(nodes)) < len(labeled_rows)
+    lab = np.concatenate([labels, np.zeros(len(pool_rows), dtype=labels.dtype)])
+    smoothed = graph_pseudo_labels(feats, t_probs, flags, lab, k=s.graph_k, alpha=s.graph_alpha)[
+        len(labeled_rows) :
+    ]
+    student_cfg = dataclasses.replace(s, p_cutoff=s.graph_cutoff)
+    state, metrics = _fit(
+        cfg, student_cfg, views, labeled_rows, labels, pool_rows, truth, num_classes, seed, True,
+        targets=smoothed, **fit,
+    )  # fmt: skip
+    metrics["teacher_sup_loss"] = tmetrics.get("sup_loss", float("nan"))
+    metrics["graph_pool_rows"] = float(len(pool_rows))
+    if truth is not None and (truth >= 0).any():
+        known = truth >= 0
+        metrics["teacher_label_acc"] = float((t_probs[len(labeled_rows) :].argmax(1) == truth)[known].mean())
+        metrics["graph_label_acc"] = float((smoothed.argmax(1) == truth)[known].mean())
+    return state, metrics
+
+
+def _fit(
+    cfg: Any,
+    ssl_cfg: Any,
+    views: dict[str, np.ndarray],
+    labeled_rows: np.ndarray,
+    labels: np.ndarray,
+    pool_rows: np.ndarray,
+    truth: np.ndarray | None,
+    num_classes: int,
+    seed: int,
+    ssl_on: bool,
+    *,
+    stats_rows: np.ndarray,
+    init: dict[str, Any] | None,
+    progress: bool,
+    targets: np.ndarray | None = None,
+    desc: str = "train head",
+) -> tuple[Any, dict[str, float]]:
+    """One head trained for ``ssl.steps_per_round`` steps (``ssl_cfg``: the loss's settings)."""
     from tqdm.auto import tqdm
 
-    from hssal_ray.errors import ConfigError
     from hssal_ray.ssl.steps import TrainState, train_step
     from hssal_ray.ssl.train_loop import build_optimization
 
     torch.manual_seed(seed % (2**31))
     rng = np.random.default_rng(seed)
     k = cfg.ssl.embed_views
-    if k < 1:
-        raise ConfigError("ssl.finetune=frozen trains on stored augmented views: set ssl.embed_views >= 1")
     weak = np.stack([views[f"weak_{i}"] for i in range(k)])
     strong = np.stack([views[f"strong_{i}"] for i in range(k)])
     clean = torch.from_numpy(views["none"][stats_rows].astype(np.float32))
     head = build_head(cfg, clean.shape[1], num_classes, stats_features=clean)
     steps = cfg.ssl.steps_per_round
     optimizer, scheduler = build_optimization(cfg, head, steps)
-    state = TrainState.create(head, optimizer, scheduler, cfg.ssl, num_classes=num_classes)
+    state = TrainState.create(head, optimizer, scheduler, ssl_cfg, num_classes=num_classes)
     if init is not None:
         head.load_state_dict(init["model"])
         state.ema.module.load_state_dict(init["ema"])
         state.step_offset = int(init.get("global_step", 0))
     bs, ub = cfg.ssl.batch_size, cfg.ssl.batch_size * cfg.ssl.uratio
-    y_all = torch.tensor(np.asarray(labels), dtype=torch.long)
-    truth = None if pool_truth is None else torch.tensor(np.asarray(pool_truth), dtype=torch.long)
+    y_all = torch.tensor(labels, dtype=torch.long)
+    y_pool = None if truth is None else torch.tensor(truth, dtype=torch.long)
+    t_pool = None if targets is None else torch.from_numpy(np.asarray(targets, dtype=np.float32))
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    bar = tqdm(range(steps), desc="train head", unit="step", disable=None if progress else True, leave=False)
+    bar = tqdm(range(steps), desc=desc, unit="step", disable=None if progress else True, leave=False)
     for _ in bar:
         li = rng.integers(0, len(labeled_rows), size=bs)
         batch_l = {"x": _rows(weak, rng.integers(0, k, size=bs), labeled_rows[li]), "y": y_all[li]}
@@ -139,9 +237,11 @@ def train_head(
                 "x_weak": _rows(weak, rng.integers(0, k, size=ub), rows),
                 "x_strong": _rows(strong, rng.integers(0, k, size=ub), rows),
             }
-            if truth is not None:
-                batch_u["y"] = truth[ui]
-        m = train_step(state, batch_l, batch_u, cfg.ssl, "cpu")
+            if y_pool is not None:
+                batch_u["y"] = y_pool[ui]
+            if t_pool is not None:
+                batch_u["targets"] = t_pool[ui]
+        m = train_step(state, batch_l, batch_u, ssl_cfg, "cpu")
         for key, v in m.items():
             if v == v:  # NaN: nothing to average (e.g. no pseudo-label kept)
                 sums[key] = sums.get(key, 0.0) + float(v)

@@ -50,6 +50,7 @@ def fixmatch_loss(
     T: float = 1.0,
     thresholds: Tensor | None = None,
     dist_align: DistributionAlignment | None = None,
+    targets: Tensor | None = None,
 ) -> tuple[Tensor, FixMatchStats]:
     """FixMatch: ``CE(logits_x, y) + lambda_u * mean_i(mask_i * CE(logits_u_strong_i, pseudo_i))``.
 
@@ -69,6 +70,8 @@ def fixmatch_loss(
         T: Softmax temperature of the pseudo-label probabilities.
         thresholds: Class-wise thresholds ``(C,)`` that replace ``p_cutoff``.
         dist_align: Distribution alignment applied to the weak-view probabilities.
+        targets: ``(B_u, C)`` probabilities that replace the weak view's (a teacher's
+            pseudo-labels, e.g. graph-smoothed ones); ``T`` and ``dist_align`` then do not apply.
 
     Returns:
         ``(loss, stats)``: the scalar loss to back-propagate and the detached statistics.
@@ -88,15 +91,20 @@ def fixmatch_loss(
         raise ValueError(
             f"labeled and unlabeled logits disagree on classes: {logits_x.shape}, {logits_u_weak.shape}"
         )
+    if targets is not None and targets.shape != logits_u_weak.shape:
+        raise ValueError(f"targets must be (B_u, C)={tuple(logits_u_weak.shape)}, got {tuple(targets.shape)}")
     if thresholds is not None and thresholds.shape != (logits_u_weak.shape[1],):
         raise ValueError(f"thresholds must be (C,)={logits_u_weak.shape[1]}, got {tuple(thresholds.shape)}")
 
     sup_loss = F.cross_entropy(logits_x.float(), y)
 
     with torch.no_grad():
-        probs = torch.softmax(logits_u_weak.detach().float() / T, dim=-1)
-        if dist_align is not None:
-            probs = dist_align(probs)
+        if targets is not None:
+            probs = targets.detach().float().to(logits_u_weak.device)
+        else:
+            probs = torch.softmax(logits_u_weak.detach().float() / T, dim=-1)
+            if dist_align is not None:
+                probs = dist_align(probs)
         max_probs, pseudo_labels = probs.max(dim=-1)
         cutoff = thresholds.to(probs.device)[pseudo_labels] if thresholds is not None else p_cutoff
         mask = (max_probs >= cutoff).float()

@@ -5,7 +5,8 @@ Batches are dicts of ready tensors:
 * labeled ``batch_l = {"x": (B, C, H, W) float normalised, "y": (B,) long}``;
 * unlabeled ``batch_u = {"x_weak": (B_u, C, H, W), "x_strong": (B_u, C, H, W)}`` plus optional
   ``"y": (B_u,) long`` ground truth (-1 = unknown, for pseudo-label accuracy) and ``"idx": (B_u,) long``
-  (indices for FlexMatch's per-sample memory).
+  (indices for FlexMatch's per-sample memory), and ``"targets": (B_u, C)`` a teacher's
+  probabilities that replace the weak view's as pseudo-labels (the frozen head's graph mode).
 
 ``cfg`` is any object with USB's attribute names (missing ones take these defaults):
 ``p_cutoff=0.95, lambda_u=1.0, T=1.0, ema_m=0.999, threshold_mode="fixed", dist_align=False`` and,
@@ -275,6 +276,7 @@ def train_step(
             T=T,
             thresholds=th.thresholds() if th is not None else None,
             dist_align=state.dist_align,
+            targets=unl.get("targets"),
         )
         if th is not None and not th.update_before_masking:
             th.update(stats.probs, idx)
