@@ -15,7 +15,9 @@ about +1.8 points at every budget.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -107,95 +109,79 @@ def train_head(
 
     if cfg.ssl.embed_views < 1:
         raise ConfigError("ssl.finetune=frozen trains on stored augmented views: set ssl.embed_views >= 1")
-    labeled_rows, pool_rows = np.asarray(labeled_rows), np.asarray(pool_rows)
-    labels = np.asarray(labels)
-    truth = None if pool_truth is None else np.asarray(pool_truth)
-    fit = dict(stats_rows=stats_rows, init=init, progress=progress)
-    if not (ssl_on and cfg.ssl.pseudo_labels == "graph"):
-        return _fit(
-            cfg, cfg.ssl, views, labeled_rows, labels, pool_rows, truth, num_classes, seed, ssl_on, **fit
-        )
-    return _fit_with_graph(cfg, views, labeled_rows, labels, pool_rows, truth, num_classes, seed, **fit)
+    data = _HeadData(
+        cfg=cfg,
+        views=views,
+        labeled_rows=np.asarray(labeled_rows),
+        labels=np.asarray(labels),
+        pool_rows=np.asarray(pool_rows),
+        truth=None if pool_truth is None else np.asarray(pool_truth),
+        num_classes=num_classes,
+        stats_rows=stats_rows,
+        seed=seed,
+        init=init,
+        progress=progress,
+    )
+    if ssl_on and cfg.ssl.pseudo_labels == "graph":
+        return _fit_with_graph(data)
+    return _fit(data, cfg.ssl, ssl_on)
 
 
-def _fit_with_graph(
-    cfg: Any,
-    views: dict[str, np.ndarray],
-    labeled_rows: np.ndarray,
-    labels: np.ndarray,
-    pool_rows: np.ndarray,
-    truth: np.ndarray | None,
-    num_classes: int,
-    seed: int,
-    **fit: Any,
-) -> tuple[Any, dict[str, float]]:
+@dataclass(frozen=True)
+class _HeadData:
+    """What every head trained in a round shares (:func:`train_head`'s arguments)."""
+
+    cfg: Any
+    views: dict[str, np.ndarray]
+    labeled_rows: np.ndarray
+    labels: np.ndarray
+    pool_rows: np.ndarray
+    truth: np.ndarray | None
+    num_classes: int
+    stats_rows: np.ndarray
+    seed: int
+    init: dict[str, Any] | None
+    progress: bool
+
+
+def _fit_with_graph(data: _HeadData) -> tuple[Any, dict[str, float]]:
     """Teacher (supervised), graph-smoothed pseudo-labels of the pool, then the student (FixMatch)."""
-    import dataclasses
-
     from hssal_ray.frozen.graph import graph_pseudo_labels
 
-    s = cfg.ssl
-    pick = np.arange(len(pool_rows))
-    if len(pool_rows) > s.graph_max_nodes:
+    s = data.cfg.ssl
+    n_pool, n_lab = len(data.pool_rows), len(data.labeled_rows)
+    if n_pool > s.graph_max_nodes:
         pick = np.sort(
-            np.random.default_rng([seed, 0x6A]).choice(len(pool_rows), s.graph_max_nodes, replace=False)
+            np.random.default_rng([data.seed, 0x6A]).choice(n_pool, s.graph_max_nodes, replace=False)
         )
-    pool_rows = pool_rows[pick]
-    truth = None if truth is None else truth[pick]
-    teacher, tmetrics = _fit(
-        cfg,
-        s,
-        views,
-        labeled_rows,
-        labels,
-        pool_rows,
-        None,
-        num_classes,
-        seed,
-        False,
-        desc="train teacher",
-        **fit,
-    )
+        truth = None if data.truth is None else data.truth[pick]
+        data = dataclasses.replace(data, pool_rows=data.pool_rows[pick], truth=truth)
+    teacher, tmetrics = _fit(data, s, False, desc="train teacher")
     t_head = teacher.ema.module if s.eval_model == "ema" and teacher.ema is not None else teacher.model
-    nodes = np.concatenate([labeled_rows, pool_rows])
+    nodes = np.concatenate([data.labeled_rows, data.pool_rows])
     with torch.inference_mode():
         t_head.eval()
-        feats = t_head[:-1](torch.from_numpy(views["none"][nodes].astype(np.float32))).numpy()
-    t_probs = predict_views(t_head, views, nodes, s.tta_views)
-    flags = np.arange(len(nodes)) < len(labeled_rows)
-    lab = np.concatenate([labels, np.zeros(len(pool_rows), dtype=labels.dtype)])
-    smoothed = graph_pseudo_labels(feats, t_probs, flags, lab, k=s.graph_k, alpha=s.graph_alpha)[
-        len(labeled_rows) :
-    ]
-    student_cfg = dataclasses.replace(s, p_cutoff=s.graph_cutoff)
-    state, metrics = _fit(
-        cfg, student_cfg, views, labeled_rows, labels, pool_rows, truth, num_classes, seed, True,
-        targets=smoothed, **fit,
-    )  # fmt: skip
+        feats = t_head[:-1](torch.from_numpy(data.views["none"][nodes].astype(np.float32))).numpy()
+    t_probs = predict_views(t_head, data.views, nodes, s.tta_views)
+    flags = np.arange(len(nodes)) < n_lab
+    lab = np.concatenate([data.labels, np.zeros(len(data.pool_rows), dtype=data.labels.dtype)])
+    smoothed = graph_pseudo_labels(feats, t_probs, flags, lab, k=s.graph_k, alpha=s.graph_alpha)[n_lab:]
+    state, metrics = _fit(data, dataclasses.replace(s, p_cutoff=s.graph_cutoff), True, targets=smoothed)
     metrics["teacher_sup_loss"] = tmetrics.get("sup_loss", float("nan"))
-    metrics["graph_pool_rows"] = float(len(pool_rows))
+    metrics["graph_pool_rows"] = float(len(data.pool_rows))
+    truth = data.truth
     if truth is not None and (truth >= 0).any():
         known = truth >= 0
-        metrics["teacher_label_acc"] = float((t_probs[len(labeled_rows) :].argmax(1) == truth)[known].mean())
+        metrics["teacher_label_acc"] = float((t_probs[n_lab:].argmax(1) == truth)[known].mean())
         metrics["graph_label_acc"] = float((smoothed.argmax(1) == truth)[known].mean())
     return state, metrics
 
 
 def _fit(
-    cfg: Any,
+    data: _HeadData,
     ssl_cfg: Any,
-    views: dict[str, np.ndarray],
-    labeled_rows: np.ndarray,
-    labels: np.ndarray,
-    pool_rows: np.ndarray,
-    truth: np.ndarray | None,
-    num_classes: int,
-    seed: int,
     ssl_on: bool,
     *,
-    stats_rows: np.ndarray,
-    init: dict[str, Any] | None,
-    progress: bool,
     targets: np.ndarray | None = None,
     desc: str = "train head",
 ) -> tuple[Any, dict[str, float]]:
@@ -205,27 +191,29 @@ def _fit(
     from hssal_ray.ssl.steps import TrainState, train_step
     from hssal_ray.ssl.train_loop import build_optimization
 
+    cfg, views, seed, init = data.cfg, data.views, data.seed, data.init
+    labeled_rows, pool_rows, truth = data.labeled_rows, data.pool_rows, data.truth
     torch.manual_seed(seed % (2**31))
     rng = np.random.default_rng(seed)
     k = cfg.ssl.embed_views
     weak = np.stack([views[f"weak_{i}"] for i in range(k)])
     strong = np.stack([views[f"strong_{i}"] for i in range(k)])
-    clean = torch.from_numpy(views["none"][stats_rows].astype(np.float32))
-    head = build_head(cfg, clean.shape[1], num_classes, stats_features=clean)
+    clean = torch.from_numpy(views["none"][data.stats_rows].astype(np.float32))
+    head = build_head(cfg, clean.shape[1], data.num_classes, stats_features=clean)
     steps = cfg.ssl.steps_per_round
     optimizer, scheduler = build_optimization(cfg, head, steps)
-    state = TrainState.create(head, optimizer, scheduler, ssl_cfg, num_classes=num_classes)
+    state = TrainState.create(head, optimizer, scheduler, ssl_cfg, num_classes=data.num_classes)
     if init is not None:
         head.load_state_dict(init["model"])
         state.ema.module.load_state_dict(init["ema"])
         state.step_offset = int(init.get("global_step", 0))
     bs, ub = cfg.ssl.batch_size, cfg.ssl.batch_size * cfg.ssl.uratio
-    y_all = torch.tensor(labels, dtype=torch.long)
+    y_all = torch.tensor(data.labels, dtype=torch.long)
     y_pool = None if truth is None else torch.tensor(truth, dtype=torch.long)
     t_pool = None if targets is None else torch.from_numpy(np.asarray(targets, dtype=np.float32))
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
-    bar = tqdm(range(steps), desc=desc, unit="step", disable=None if progress else True, leave=False)
+    bar = tqdm(range(steps), desc=desc, unit="step", disable=None if data.progress else True, leave=False)
     for _ in bar:
         li = rng.integers(0, len(labeled_rows), size=bs)
         batch_l = {"x": _rows(weak, rng.integers(0, k, size=bs), labeled_rows[li]), "y": y_all[li]}
