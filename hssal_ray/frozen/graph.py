@@ -26,7 +26,7 @@ import numpy as np
 if TYPE_CHECKING:
     import scipy.sparse
 
-__all__ = ["knn_affinity", "propagate", "graph_pseudo_labels"]
+__all__ = ["knn_affinity", "propagate", "graph_pseudo_labels", "balance_classes"]
 
 
 def knn_affinity(feats: np.ndarray, k: int) -> scipy.sparse.csr_matrix:
@@ -96,3 +96,21 @@ def graph_pseudo_labels(
     prior[lab] = 0.0
     prior[lab, np.asarray(labels)[lab]] = 1.0
     return propagate(knn_affinity(feats, k), prior, alpha)
+
+
+def balance_classes(probs: np.ndarray, prior: np.ndarray, iters: int = 10) -> np.ndarray:
+    """Rows of ``probs`` rescaled per class so that the column masses follow ``prior`` (Sinkhorn).
+
+    Alternately scales each class column to ``n * prior_c`` and renormalises each row to sum 1
+    (``iters`` times, ending on the rows), so every row stays a distribution.
+    """
+    p = np.asarray(probs, dtype=np.float64).copy()
+    q = np.asarray(prior, dtype=np.float64)
+    if q.shape != (p.shape[1],) or (q < 0).any() or q.sum() <= 0:
+        raise ValueError(f"prior must be ({p.shape[1]},) non-negative with a positive sum, got {q}")
+    q = q / q.sum()
+    for _ in range(iters):
+        p *= (len(p) * q) / np.maximum(p.sum(0), 1e-12)
+        p /= np.maximum(p.sum(1, keepdims=True), 1e-12)
+    return p.astype(np.float32)
+

@@ -146,7 +146,7 @@ class _HeadData:
 
 def _fit_with_graph(data: _HeadData) -> tuple[Any, dict[str, float]]:
     """Teacher (supervised), graph-smoothed pseudo-labels of the pool, then the student (FixMatch)."""
-    from hssal_ray.frozen.graph import graph_pseudo_labels
+    from hssal_ray.frozen.graph import balance_classes, graph_pseudo_labels
 
     s = data.cfg.ssl
     n_pool, n_lab = len(data.pool_rows), len(data.labeled_rows)
@@ -166,6 +166,8 @@ def _fit_with_graph(data: _HeadData) -> tuple[Any, dict[str, float]]:
     flags = np.arange(len(nodes)) < n_lab
     lab = np.concatenate([data.labels, np.zeros(len(data.pool_rows), dtype=data.labels.dtype)])
     smoothed = graph_pseudo_labels(feats, t_probs, flags, lab, k=s.graph_k, alpha=s.graph_alpha)[n_lab:]
+    if s.graph_balance == "uniform":
+        smoothed = balance_classes(smoothed, np.ones(data.num_classes))
     state, metrics = _fit(data, dataclasses.replace(s, p_cutoff=s.graph_cutoff), True, targets=smoothed)
     metrics["teacher_sup_loss"] = tmetrics.get("sup_loss", float("nan"))
     metrics["graph_pool_rows"] = float(len(data.pool_rows))

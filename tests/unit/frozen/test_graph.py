@@ -8,7 +8,7 @@ import torch
 
 from hssal_ray.config import load_config
 from hssal_ray.errors import ConfigError
-from hssal_ray.frozen.graph import graph_pseudo_labels, knn_affinity, propagate
+from hssal_ray.frozen.graph import balance_classes, graph_pseudo_labels, knn_affinity, propagate
 from hssal_ray.frozen.head import train_head
 from hssal_ray.ssl.loss import fixmatch_loss
 
@@ -61,6 +61,23 @@ def test_propagate_keeps_isolated_rows_and_checks_alpha() -> None:
         propagate(sp.csr_matrix((2, 2), dtype=np.float32), prior, 1.0)
 
 
+def test_balance_classes_matches_the_prior_and_keeps_rows_distributions() -> None:
+    rng = np.random.default_rng(0)
+    # a teacher that over-predicts class 0: three quarters of the mass lands on it
+    p = rng.dirichlet([3.0, 1.0, 1.0], size=600).astype(np.float32)
+    assert p.mean(0)[0] > 0.5
+    out = balance_classes(p, np.ones(3))
+    np.testing.assert_allclose(out.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out.mean(0), [1 / 3] * 3, atol=0.01)
+    # labels that already follow the prior are left as they are
+    even = np.concatenate([p, np.roll(p, 1, axis=1), np.roll(p, 2, axis=1)])
+    np.testing.assert_allclose(balance_classes(even, np.ones(3)), even, atol=1e-5)
+    skew = balance_classes(p, np.array([2.0, 1.0, 1.0]))
+    np.testing.assert_allclose(skew.mean(0), [0.5, 0.25, 0.25], atol=0.01)
+    with pytest.raises(ValueError, match="prior"):
+        balance_classes(p, np.ones(2))
+
+
 def test_fixmatch_loss_uses_given_targets_instead_of_the_weak_view() -> None:
     torch.manual_seed(0)
     lx, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
@@ -109,6 +126,11 @@ def test_train_head_graph_mode_trains_a_teacher_and_reports_its_labels() -> None
     assert 0.0 <= m["teacher_label_acc"] <= 1.0 and 0.0 <= m["graph_label_acc"] <= 1.0
     assert m["pseudo_label_acc"] == pytest.approx(m["graph_label_acc"], abs=0.1)  # batches of the same labels
     assert state.step == 40 and m["graph_pool_rows"] == len(pool)
+    # class-balanced smoothed labels: the same diagnostics, the pseudo-labels now split ~evenly
+    _, bal = train_head(
+        _cfg("ssl.graph_balance=uniform"), views, lab, y[lab], pool, y[pool], 2, stats_rows=rows, seed=0
+    )
+    assert 0.0 <= bal["graph_label_acc"] <= 1.0 and bal["mask_rate"] == pytest.approx(1.0)
     # the model mode has no teacher: the diagnostics are absent
     _, plain = train_head(
         _cfg("ssl.pseudo_labels=model"), views, lab, y[lab], pool, y[pool], 2, stats_rows=rows, seed=0
