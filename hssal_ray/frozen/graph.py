@@ -113,4 +113,3 @@ def balance_classes(probs: np.ndarray, prior: np.ndarray, iters: int = 10) -> np
         p *= (len(p) * q) / np.maximum(p.sum(0), 1e-12)
         p /= np.maximum(p.sum(1, keepdims=True), 1e-12)
     return p.astype(np.float32)
-
