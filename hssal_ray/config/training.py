@@ -229,6 +229,11 @@ class SSLConfig:
         _check(0.0 < self.graph_alpha < 1.0, "ssl.graph_alpha", f"must be in (0, 1), got {self.graph_alpha}")
         _check(0.0 <= self.graph_cutoff <= 1.0, "ssl.graph_cutoff", "must be in [0, 1]")
         _check(self.graph_max_nodes >= 2, "ssl.graph_max_nodes", f"must be >= 2, got {self.graph_max_nodes}")
+        _check(
+            self.graph_balance == "none" or self.pseudo_labels == "graph",
+            "ssl.graph_balance",
+            "balances the graph-smoothed pseudo-labels: it needs ssl.pseudo_labels=graph",
+        )
         if self.pseudo_labels == "graph":
             _check(
                 self.finetune == "frozen",

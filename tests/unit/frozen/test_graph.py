@@ -158,3 +158,7 @@ def test_graph_mode_is_checked() -> None:
         _cfg("ssl.threshold_mode=flexmatch")
     with pytest.raises(ConfigError, match="graph_alpha"):
         _cfg("ssl.graph_alpha=1.0")
+    with pytest.raises(ConfigError, match="graph_balance"):
+        _cfg("ssl.pseudo_labels=model", "ssl.graph_balance=uniform")
+    with pytest.raises(ConfigError, match="graph_balance"):
+        _cfg("ssl.graph_balance=prior")
