@@ -370,8 +370,10 @@ _HOLDER = textwrap.dedent(
     """
     import signal, sys, time
     from hssal_ray.loop.lease import RunLease
-    # a driver started from a terminal; a background job (nohup, `cmd &`) inherits SIGINT ignored
+    # a driver started from a terminal; a background job (`cmd &`) inherits SIGINT ignored, and one
+    # under nohup (a test run started that way) SIGHUP ignored, which the lease rightly leaves alone
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     with RunLease(sys.argv[1]):
         print("held", flush=True)
         time.sleep(120)
