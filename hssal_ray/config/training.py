@@ -127,9 +127,9 @@ class SSLConfig:
             graph and the unlabeled term of a round; bounds the neighbour search on large archives.
         graph_balance: ``graph``: ``uniform`` rescales the smoothed labels' class columns (Sinkhorn
             iterations) until every class holds the same mass over the pool, each row still a
-            distribution; ``none`` keeps them as propagated. The teacher's errors concentrate on a
-            few classes it over-predicts; balancing moves the doubtful rows to the classes they
-            were starved of. On UCM it gained 0.6-5 points, and 1.5-5.9 on a 5:1 long-tailed
+            distribution; ``none`` keeps them as propagated. Meant for the teacher's errors piling
+            up on a few classes it over-predicts: balancing moves the doubtful rows to the classes
+            they were taken from. On UCM it gained 0.6-5 points, and 1.5-5.9 on a 5:1 long-tailed
             version of it (benchmarks/NOTES.md); for strongly imbalanced archives keep ``none``.
         head: Classifier head: ``linear``, or ``mlp`` (one hidden layer, ``head_hidden`` wide).
         head_hidden: Hidden width of the ``mlp`` head.

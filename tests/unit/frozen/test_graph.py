@@ -126,7 +126,7 @@ def test_train_head_graph_mode_trains_a_teacher_and_reports_its_labels() -> None
     assert 0.0 <= m["teacher_label_acc"] <= 1.0 and 0.0 <= m["graph_label_acc"] <= 1.0
     assert m["pseudo_label_acc"] == pytest.approx(m["graph_label_acc"], abs=0.1)  # batches of the same labels
     assert state.step == 40 and m["graph_pool_rows"] == len(pool)
-    # class-balanced smoothed labels: the same diagnostics, the pseudo-labels now split ~evenly
+    # class-balanced smoothed labels: the round trains and reports the same diagnostics
     _, bal = train_head(
         _cfg("ssl.graph_balance=uniform"), views, lab, y[lab], pool, y[pool], 2, stats_rows=rows, seed=0
     )
