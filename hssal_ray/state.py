@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,11 +22,16 @@ import pyarrow as pa
 from hssal_ray import _io
 from hssal_ray.errors import StateError
 
-__all__ = ["STAGES", "RunState", "LabeledSet", "round_dir"]
+__all__ = ["STAGES", "RunState", "LabeledSet", "round_dir", "new_run_id"]
 
 STAGES: tuple[str, ...] = ("train", "evaluate", "score", "query", "label")
 
 Status = Literal["running", "awaiting_labels", "done"]
+
+
+def new_run_id() -> str:
+    """A fresh random run identity (128 bits, hex)."""
+    return uuid.uuid4().hex
 
 
 def round_dir(run_dir: str, r: int) -> str:
@@ -45,6 +51,9 @@ class RunState:
         seed: The run's seed.
         updated: Unix time of the last write.
         history: ``[round, stage, seconds]`` of every finished stage.
+        run_id: Random identity of this run, made when the run directory is created; anything
+            the run leaves outside its directory (Label Studio tasks) carries it, so two runs
+            never take each other's files or annotations for their own.
     """
 
     round: int = 0
@@ -54,6 +63,7 @@ class RunState:
     seed: int = 0
     updated: float = 0.0
     history: list[list[Any]] = field(default_factory=list)
+    run_id: str = ""
 
     @staticmethod
     def path(run_dir: str) -> str:

@@ -25,7 +25,7 @@ from hssal_ray.loop.context import RunContext
 from hssal_ray.loop.metrics import read_metrics
 from hssal_ray.loop.run_config import load_run_config, science_sha
 from hssal_ray.loop.stages.evaluate import is_final_round
-from hssal_ray.state import LabeledSet, RunState, round_dir
+from hssal_ray.state import LabeledSet, RunState, new_run_id, round_dir
 
 __all__ = ["LoopRunner", "science_sha", "read_metrics", "is_final_round", "load_run_config"]
 
@@ -90,7 +90,10 @@ class LoopRunner(RunContext):
             _io.atomic_write_text(_io.join(self.run_dir, "config.yaml"), config_to_yaml(self.cfg))
         self.load_catalog()
         if state is None:
-            state = RunState(config_sha=sha, seed=self.cfg.seed)
+            state = RunState(config_sha=sha, seed=self.cfg.seed, run_id=new_run_id())
+            state.save(self.run_dir)
+        elif not state.run_id and state.status != "done":  # a run from before run ids: give it one
+            state.run_id = new_run_id()
             state.save(self.run_dir)
         return state
 
