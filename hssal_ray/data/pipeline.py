@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from hssal_ray import _io
+from hssal_ray import _csv, _io
 from hssal_ray.data.decode import decode_batch
 from hssal_ray.data.fetch import load_bytes
 from hssal_ray.data.transforms import augment_batch, default_mean_std
@@ -157,7 +157,7 @@ def collect_bad_samples(run_dir: str) -> int:
     out_path = _io.join(run_dir, "bad_samples.csv")
     rows: dict[str, str] = {}
     if _io.exists(out_path):
-        for r in csv.DictReader(io.StringIO(_io.read_text(out_path))):
+        for r in _csv.read_dicts(_io.read_text(out_path)):
             rows[r["sample_id"]] = r["reason"]
     parts = [p for p in _io.listdir(part_dir) if p.endswith(".csv")]
     for name in parts:
@@ -166,7 +166,7 @@ def collect_bad_samples(run_dir: str) -> int:
                 rows.setdefault(r[0], r[1])
     if parts or rows:
         buf = io.StringIO()
-        w = csv.writer(buf)
+        w = _csv.writer(buf)
         w.writerow(["sample_id", "reason"])
         for sid in sorted(rows):
             w.writerow([sid, rows[sid]])

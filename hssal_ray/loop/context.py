@@ -14,8 +14,6 @@ Rows listed in ``RUN/bad_samples.csv`` (images that failed to decode) are left o
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hssal_ray import _io
+from hssal_ray import _csv, _io
 from hssal_ray.config import ExperimentConfig
 from hssal_ray.errors import DataError
 from hssal_ray.loop.metrics import update_metrics
@@ -98,7 +96,7 @@ class RunContext:
         p = _io.join(self.run_dir, "bad_samples.csv")
         if not _io.exists(p):
             return set()
-        return {r["sample_id"] for r in csv.DictReader(io.StringIO(_io.read_text(p)))}
+        return {r["sample_id"] for r in _csv.read_dicts(_io.read_text(p))}
 
     def labeled_rows(self, labeled: LabeledSet) -> pa.Table:
         """Manifest rows of the labeled set, carrying the ORACLE's labels (in labeled order)."""

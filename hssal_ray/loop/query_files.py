@@ -7,10 +7,9 @@ run answers exactly the batch that was written.
 
 from __future__ import annotations
 
-import csv
 import io
 
-from hssal_ray import _io
+from hssal_ray import _csv, _io
 from hssal_ray.errors import StateError
 from hssal_ray.state import RunState, round_dir
 
@@ -22,7 +21,7 @@ QUERY_FILE = "query.csv"
 def write_query(d: str, ids: list[str], u: list[float] | None, coarse: list[int] | None) -> None:
     """Atomically write ``d/query.csv`` for ``ids`` in rank order."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = _csv.writer(buf, lineterminator="\n")
     w.writerow(["sample_id", "rank", "u", "coarse_cluster"])
     for i, sid in enumerate(ids):
         w.writerow([sid, i + 1, "" if u is None else f"{u[i]:.6g}", "" if coarse is None else int(coarse[i])])
@@ -38,7 +37,7 @@ def read_query_ids(d: str) -> list[str]:
     p = _io.join(d, QUERY_FILE)
     if not _io.exists(p):
         raise StateError(f"query file missing: {p}")
-    return [r["sample_id"] for r in csv.DictReader(io.StringIO(_io.read_text(p)))]
+    return [r["sample_id"] for r in _csv.read_dicts(_io.read_text(p))]
 
 
 def pending_query(run_dir: str, state: RunState) -> tuple[str, list[str], int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import logging
 import posixpath
 import re
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hssal_ray import _io
+from hssal_ray import _csv, _io
 from hssal_ray.oracle.labels import PARTIAL_OVERRIDE
 
 logger = logging.getLogger(__name__)
@@ -35,7 +34,7 @@ def _read_query(round_dir: str) -> dict[str, dict[str, str]]:
     try:
         if not _io.exists(path):
             return {}
-        reader = csv.DictReader(io.StringIO(_io.read_text(path).lstrip("\ufeff")))
+        reader = _csv.read_dicts(_io.read_text(path))
         return {row["sample_id"]: row for row in reader if row.get("sample_id")}
     except (OSError, UnicodeDecodeError, csv.Error, KeyError) as e:
         logger.warning("could not read %s (%s); using the order of the ids as ranks", path, e)

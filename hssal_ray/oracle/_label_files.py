@@ -11,9 +11,10 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from dataclasses import replace
 
-from hssal_ray import _io
+from hssal_ray import _csv, _io
 from hssal_ray.errors import LabelFileError
 from hssal_ray.oracle._label_check import _fail
 from hssal_ray.oracle._label_studio import LabelRow
@@ -99,6 +100,25 @@ def _rows_from_csv(source: str, text: str) -> tuple[list[LabelRow], str]:
     if header is None:
         raise _fail(source, "file is empty; expected a CSV with header 'sample_id,label'", fmt)
     return rows, fmt
+
+
+def _unescape_rows(
+    rows: list[LabelRow], ids: Collection[str], refs: Collection[str], classes: Collection[str]
+) -> list[LabelRow]:
+    """Map cells escaped against spreadsheet formulas back to the ids, refs and classes they name.
+
+    The files the run hands out (``labels_template.csv``, ``labels.csv``) escape cells a spreadsheet
+    would evaluate (:mod:`hssal_ray._csv`); a returned file may keep or lose that escape.
+    """
+    return [
+        replace(
+            row,
+            sample_id=_csv.resolve(row.sample_id, ids),
+            ref=_csv.resolve(row.ref, refs),
+            label=_csv.resolve(row.label, classes),
+        )
+        for row in rows
+    ]
 
 
 def _cell(record: list[str], col: int | None) -> str:

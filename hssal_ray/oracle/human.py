@@ -20,7 +20,6 @@ are resolved back through the run's ``query.csv`` files.
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import shlex
@@ -30,7 +29,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from hssal_ray import _io
+from hssal_ray import _csv, _io
 from hssal_ray.oracle._handoff import (
     QUERY_FILE,  # noqa: F401
     _basename,
@@ -139,7 +138,7 @@ class HumanOracle(Oracle):
         shown = {sid: ref for ref, sid in refs.items()} if self.hide_sample_id else {s: s for s in ids}
 
         template = io.StringIO()
-        writer = csv.writer(template, lineterminator="\n")
+        writer = _csv.writer(template, lineterminator="\n")
         writer.writerow(["ref" if self.hide_sample_id else "sample_id", "label"])
         writer.writerows([shown[sid], ""] for sid in ids)
         text = self._instructions(round_dir, run_dir, round_name, len(ids))

@@ -36,15 +36,14 @@ and the exact command-line override where one helps. Files are only ever parsed 
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
 
-from hssal_ray import _io
+from hssal_ray import _csv, _io
 from hssal_ray.oracle._label_check import MAX_LISTED, _fail, _Problems, _validate
-from hssal_ray.oracle._label_files import _detect_format, _read_text, _rows_from_csv
+from hssal_ray.oracle._label_files import _detect_format, _read_text, _rows_from_csv, _unescape_rows
 from hssal_ray.oracle._label_studio import LabelRow, rows_from_label_studio
 from hssal_ray.oracle.base import OracleAnswer, PartialPolicy
 
@@ -107,6 +106,7 @@ def parse_label_file(
             raise _fail(path, shape_problems[0], "JSON")
     else:
         rows, fmt = _rows_from_csv(str(path), text)
+        rows = _unescape_rows(rows, {*query_ids, *(earlier or {})}, refs or {}, set(class_names))
         shape_problems = []
     return parse_label_rows(
         rows,
@@ -189,7 +189,7 @@ def write_labels_csv(
         ValueError: A class index is out of range.
     """
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = _csv.writer(buf, lineterminator="\n")
     writer.writerow(["sample_id", "label"])
     for sid in order if order is not None else list(labels):
         if sid not in labels:

@@ -9,7 +9,6 @@ without one). Timings go to stderr; a user error prints one ``error: ...`` line 
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import logging
 import sys
@@ -19,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hssal_ray import _io
+from hssal_ray import _csv, _io
 from hssal_ray.errors import HSSALError
 
 logger = logging.getLogger("hssal_ray.query")
@@ -103,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             u = np.full(len(picks), np.nan, dtype=np.float32)
         cc = np.asarray(getattr(strategy, "info_", {}).get("pick_coarse_cluster", np.full(len(picks), -1)))
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        w = _csv.writer(buf, lineterminator="\n")
         w.writerow(["sample_id", "rank", "u", "coarse_cluster"])
         for rank, (i, ui, ci) in enumerate(zip(picks, u, cc, strict=True)):
             w.writerow([pool.ids[i], rank, f"{float(ui):.6g}", int(ci)])

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hssal_ray import _io
+from hssal_ray import _csv, _io
 from hssal_ray.errors import DataError
 from hssal_ray.query.base import Pool, nonfinite_rows
 from hssal_ray.query.scores_table import (
@@ -272,9 +272,15 @@ def read_id_list(path: str) -> np.ndarray:
 
         with fs.open_input_stream(p) as f:
             t = pacsv.read_csv(
-                f, convert_options=pacsv.ConvertOptions(column_types={"sample_id": pa.string()})
+                f,
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(column_types={"sample_id": pa.string()}),
             )
         col = t.column("sample_id") if "sample_id" in t.column_names else t.column(0).cast(pa.string())
+        # A CSV the product wrote (query.csv, labels.csv) escapes ids a spreadsheet would evaluate.
+        col = pc.if_else(
+            pc.match_substring_regex(col, _csv.ESCAPED_REGEX), pc.utf8_slice_codeunits(col, 1), col
+        )
     else:
         t = _io.read_parquet(path)
         if "sample_id" not in t.column_names:

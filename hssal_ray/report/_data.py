@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math
@@ -14,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from hssal_ray import _io
+from hssal_ray import _csv, _io
 from hssal_ray.errors import StateError
 
 __all__ = ["RunData", "load_run", "STAGES"]
@@ -225,7 +224,7 @@ def _csv_rows(run: RunData, rel: str) -> list[dict[str, str]] | None:
         return None
     try:
         text = _io.read_bytes(path).decode("utf-8-sig")
-        return list(csv.DictReader(io.StringIO(text)))
+        return _csv.read_dicts(text)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         run.warn(f"cannot read {rel}: {e}")
         return None

@@ -11,7 +11,6 @@ Output (in ``out_dir``; every file written atomically)::
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import logging
@@ -22,7 +21,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from hssal_ray import _io
+from hssal_ray import _csv, _io
 from hssal_ray.errors import StateError
 from hssal_ray.report._data import RunData, load_run
 from hssal_ray.report._plots import NO_ROUNDS, learning_curve_png, query_classes_png
@@ -200,7 +199,7 @@ def _rounds_csv(runs: Sequence[RunData]) -> str:
     stages = list(dict.fromkeys(s for run in runs for s in run.stages()))
     keys = ["label_fraction", "test_accuracy", "mask_rate", "pseudo_label_acc", "sup_loss", "unsup_loss"]
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    writer = _csv.writer(buf, lineterminator="\n")
     writer.writerow(
         [
             "run",

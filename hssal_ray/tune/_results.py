@@ -6,7 +6,6 @@ Pure Python on plain records (no Ray): :mod:`hssal_ray.tune.search` turns Tune's
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -14,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hssal_ray import _io
+from hssal_ray import _csv, _io
 from hssal_ray.config import ExperimentConfig, config_to_yaml
 from hssal_ray.tune._space import planned_labels
 
@@ -82,7 +81,7 @@ def _num(v: Any) -> str:
 
 def _trials_csv(trials: Sequence[TrialRecord], keys: Sequence[str]) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = _csv.writer(buf, lineterminator="\n")
     w.writerow(
         [
             "trial_id",
