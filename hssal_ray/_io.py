@@ -26,6 +26,7 @@ __all__ = [
     "resolve_fs",
     "join",
     "exists",
+    "is_dir",
     "makedirs",
     "read_bytes",
     "read_text",
@@ -82,6 +83,12 @@ def makedirs(path: str) -> None:
     fs.create_dir(p, recursive=True)
 
 
+def is_dir(path: str) -> bool:
+    """Whether ``path`` is a directory."""
+    fs, p = resolve_fs(path)
+    return fs.get_file_info(p).type == pafs.FileType.Directory
+
+
 def listdir(path: str) -> list[str]:
     """Base names in a directory, sorted; empty if it does not exist."""
     fs, p = resolve_fs(path)
@@ -118,11 +125,26 @@ def read_json(path: str) -> Any:
     return json.loads(read_text(path))
 
 
+def _naming(e: OSError, path: str) -> OSError:
+    """``e`` with ``filename`` = the file being written (``write``/``fsync`` errors name none)."""
+    if e.errno is None or e.filename == path:
+        return e
+    return OSError(e.errno, e.strerror, path)
+
+
 @contextmanager
 def _atomic_local(path: str) -> Iterator[io.BufferedWriter]:
+    """A temp file next to ``path``, renamed over it on success and removed on any failure.
+
+    An ``OSError`` (disk full, read-only file system, no permission) names ``path`` itself in
+    ``filename``, so the command line can say which write failed.
+    """
     d = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
+    try:
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
+    except OSError as e:
+        raise _naming(e, path) from e
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give files the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -130,11 +152,13 @@ def _atomic_local(path: str) -> Iterator[io.BufferedWriter]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise _naming(e, path) from e
         raise
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from typing import Any
@@ -149,3 +150,25 @@ def loop_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:
+        advice = _WRITE_ERRORS.get(e.errno or 0)
+        if advice is None:
+            raise
+        print(
+            f"error: {e.filename or 'a run file'}: {e.strerror}; {advice}, "
+            "then re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+
+_WRITE_ERRORS = {
+    errno.ENOSPC: "free space on that file system",
+    errno.EDQUOT: "free space within your disk quota",
+    errno.EROFS: "the file system is read-only: remount it read-write or set loop.run_dir elsewhere",
+    errno.EACCES: "give this user access to it or set loop.run_dir elsewhere",
+    errno.EPERM: "give this user access to it or set loop.run_dir elsewhere",
+}
+"""What to do about a file system that refuses a write (or a read), by errno. Every run-state write is atomic
+(``hssal_ray/_io.py``), so the run's files are as they were before the failed write, and the same
+command resumes once the cause is fixed."""

@@ -22,7 +22,7 @@ import pyarrow as pa
 from hssal_ray import _io
 from hssal_ray.errors import StateError
 
-__all__ = ["STAGES", "RunState", "LabeledSet", "round_dir", "new_run_id"]
+__all__ = ["STAGES", "RECOVER", "RunState", "LabeledSet", "round_dir", "new_run_id"]
 
 STAGES: tuple[str, ...] = ("train", "evaluate", "score", "query", "label")
 
@@ -72,16 +72,25 @@ class RunState:
 
     @classmethod
     def load(cls, run_dir: str) -> RunState | None:
-        """The run's state, or ``None`` for a new run directory."""
+        """The run's state, or ``None`` for a new run directory.
+
+        Raises:
+            StateError: ``state.json`` is unreadable or not a run state: not a JSON object, a field
+                missing or of the wrong type, an unknown stage or status, an empty config hash.
+                The message says how to recover.
+        """
         p = cls.path(run_dir)
         if not _io.exists(p):
             return None
         try:
             raw = _io.read_json(p)
-            names = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: v for k, v in raw.items() if k in names})
-        except (ValueError, TypeError) as e:
-            raise StateError(f"{p} is not a valid run state: {e}") from None
+        except (OSError, ValueError, RecursionError) as e:
+            raise StateError(f"{p} is not a valid run state ({_one_line(e)}); {RECOVER}") from None
+        problem = _state_problem(raw)
+        if problem:
+            raise StateError(f"{p} is not a valid run state ({problem}); {RECOVER}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
 
     def set_write_guard(self, guard: Callable[[], None] | None) -> None:
         """Call ``guard`` before every save (the run lease's ownership check, which raises when lost)."""
@@ -109,6 +118,61 @@ class RunState:
         self.save(run_dir)
 
 
+RECOVER = "restore the run directory's files from one backup, or start a new run with another loop.name"
+"""How to recover a run directory whose files are unreadable or disagree with each other."""
+
+_REQUIRED: dict[str, tuple[type, ...]] = {
+    "round": (int,),
+    "stage": (str,),
+    "status": (str,),
+    "config_sha": (str,),
+    "seed": (int,),
+    "updated": (int, float),
+    "history": (list,),
+}
+"""Fields every ``state.json`` holds, and their JSON types (``run_id`` may be absent: older runs)."""
+
+
+def _state_problem(raw: Any) -> str:
+    """What makes ``raw`` (a parsed ``state.json``) not a run state; empty when it is one."""
+    if not isinstance(raw, dict):
+        return f"expected a JSON object, got {type(raw).__name__}"
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    for k, types in {**_REQUIRED, "run_id": (str,)}.items():
+        v = raw.get(k, "")
+        if not isinstance(v, types) or isinstance(v, bool):
+            return f"{k}: expected {' or '.join(t.__name__ for t in types)}, got {v!r:.40}"
+    if raw["round"] < 0:
+        return f"round: must be >= 0, got {raw['round']}"
+    if raw["stage"] not in ("init", *STAGES, "done"):
+        return f"stage: unknown stage {raw['stage']!r:.40}"
+    if raw["status"] not in ("running", "awaiting_labels", "done"):
+        return f"status: unknown status {raw['status']!r:.40}"
+    if (raw["status"] == "done") != (raw["stage"] == "done"):
+        return f"status {raw['status']!r} with stage {raw['stage']!r}"
+    if raw["status"] == "awaiting_labels" and raw["stage"] not in ("init", "label"):
+        return f"status 'awaiting_labels' with stage {raw['stage']!r}"
+    if not raw["config_sha"]:
+        return "empty config_sha: the run's config identity is gone"
+    for i, h in enumerate(raw["history"]):
+        ok = (
+            isinstance(h, list)
+            and len(h) == 3
+            and isinstance(h[0], int)
+            and isinstance(h[1], str)
+            and isinstance(h[2], (int, float))
+        )
+        if not ok:
+            return f"history[{i}]: expected [round, stage, seconds], got {h!r:.60}"
+    return ""
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 class LabeledSet:
     """``labeled.parquet``: ``sample_id`` (string), ``label`` (int32), ``round_added`` (int32), ``source``."""
 
@@ -131,11 +195,21 @@ class LabeledSet:
 
     @classmethod
     def load(cls, run_dir: str) -> LabeledSet:
-        """Load (empty if the file does not exist yet)."""
+        """Load (empty if the file does not exist yet).
+
+        Raises:
+            StateError: The file is not a Parquet table of labeled samples (corrupt, truncated or
+                of another schema).
+        """
         p = cls.path(run_dir)
         if not _io.exists(p):
             return cls()
-        return cls(_io.read_parquet(p).cast(cls.SCHEMA))
+        try:
+            table = _io.read_parquet(p)
+            table = table.select([f.name for f in cls.SCHEMA]).cast(cls.SCHEMA)
+        except (OSError, ValueError, KeyError, pa.ArrowException) as e:
+            raise StateError(f"{p} is not a readable labeled set ({_one_line(e)[:200]}); {RECOVER}") from None
+        return cls(table)
 
     def save(self, run_dir: str) -> None:
         """Write atomically."""

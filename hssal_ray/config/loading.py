@@ -163,15 +163,98 @@ def apply_overrides(values: dict[str, Any], overrides: list[str] | None) -> dict
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() != "" else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override '{item}': value is not valid YAML ({e})") from None
+            value = parse_yaml(raw) if raw.strip() != "" else ""
+        except (yaml.YAMLError, RecursionError) as e:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({_one_line(e)})") from None
         set_dotted(out, key, value)
     return out
 
 
 def _deepcopy(d: dict[str, Any]) -> dict[str, Any]:
     return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping in a YAML document names one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error.
+
+    Plain PyYAML keeps the last value of a repeated key without a word, so a config file that sets
+    ``query.budget`` twice would silently run with the second value. Merge keys (``<<:``) still
+    override as YAML defines.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    where = f"lines {first} and {line}" if first != line else f"line {line}"
+                    raise DuplicateKeyError(f"key {key!r} is given twice ({where}); keep one")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text safely (no object construction), refusing keys given twice in one mapping.
+
+    Raises:
+        yaml.YAMLError: Invalid YAML (:class:`DuplicateKeyError` for a repeated key).
+    """
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_yaml_mapping(path: str, what: str, fix: str) -> dict[str, Any]:
+    """Read the YAML mapping of a config file, every way it can be unreadable being one clear error.
+
+    Args:
+        path: The file (local path or URI).
+        what: How the messages name it (``config file``, ``run config``).
+        fix: What the user should do, appended to every message.
+
+    Raises:
+        ConfigError: The file is missing, not a regular file, not UTF-8 text, not valid YAML, names a
+            key twice, or does not hold a mapping at the top level.
+    """
+    if not _io.exists(path):
+        raise ConfigError(f"{what} not found: {path}")
+    if _io.is_dir(path):
+        raise ConfigError(f"{what} {path} is a directory, not a YAML file; {fix}")
+    try:
+        data = _io.read_bytes(path)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path} ({e.strerror or e}); {fix}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start}: binary data?); {fix}") from None
+    try:
+        loaded = parse_yaml(text)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{what} {path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML ({_one_line(e)}); {fix}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path} is nested too deeply to be a config; {fix}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level, got {type(loaded).__name__}")
+    return loaded
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
 
 
 def load_config(path: str | None, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -185,19 +268,10 @@ def load_config(path: str | None, overrides: list[str] | None = None) -> Experim
         The validated, frozen :class:`ExperimentConfig`.
 
     Raises:
-        ConfigError: On a missing file, bad YAML, an unknown key, a wrong type or a bad value.
+        ConfigError: On a missing or unreadable file, bad YAML, a key given twice, an unknown key, a
+            wrong type or a bad value.
     """
     values: dict[str, Any] = {}
     if path is not None:
-        if not _io.exists(path):
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(_io.read_text(path))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
-        values = loaded
+        values = read_yaml_mapping(path, "config file", "pass a YAML file of config overrides (see configs/)")
     return config_from_dict(apply_overrides(values, overrides))

@@ -128,15 +128,27 @@ class OracleConfig:
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _plain_name(name: str) -> bool:
+    """Whether ``name`` is a single path component that stays inside its parent folder."""
+    return (
+        name not in ("", ".", "..")
+        and name == name.strip()
+        and not any(c in name for c in "/\\")
+        and all(c.isprintable() for c in name)
+    )
+
+
 @dataclass(frozen=True)
 class LoopConfig:
     """The closed loop.
 
     Args:
-        name: Run name; the run directory is ``run_dir/name``.
+        name: Run name; the run directory is ``run_dir/name``. One plain folder name: not empty,
+            ``.`` or ``..``, without ``/``, ``\\`` or control characters.
         run_dir: Parent directory (local path or URI) of run directories.
         rounds: Query rounds after the cold start.
-        total_budget: Stop once this many labels are reached (0 = no limit besides ``rounds``).
+        total_budget: Stop once this many labels are reached (0 = no limit besides ``rounds``); at
+            least ``initial_labeled``.
         initial_labeled: Size of the round-0 cold-start set.
         cold_start: ``random`` (seeded), ``typiclust`` (clusters of the untrained encoder's
             features) or ``stratified`` (simulation only: uses the true labels).
@@ -156,8 +168,19 @@ class LoopConfig:
     lease_timeout_s: float = _runtime(60.0)
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "loop.name", "must be a non-empty name without '/'")
+        _check(
+            _plain_name(self.name),
+            "loop.name",
+            f"must be one plain folder name (not empty, '.' or '..'; no '/', '\\' or control characters; "
+            f"no leading or trailing spaces), got {self.name!r}",
+        )
         _check(self.rounds >= 0, "loop.rounds", f"must be >= 0, got {self.rounds}")
         _check(self.total_budget >= 0, "loop.total_budget", "must be >= 0 (0 = no limit)")
         _check(self.initial_labeled >= 1, "loop.initial_labeled", f"must be >= 1, got {self.initial_labeled}")
+        _check(
+            self.total_budget == 0 or self.total_budget >= self.initial_labeled,
+            "loop.total_budget",
+            f"must be >= loop.initial_labeled ({self.initial_labeled}) or 0 (no limit), "
+            f"got {self.total_budget}: the cold start alone would exceed it",
+        )
         _check(self.lease_timeout_s > 0, "loop.lease_timeout_s", f"must be > 0, got {self.lease_timeout_s}")

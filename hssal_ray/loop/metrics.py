@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from hssal_ray import _io
+from hssal_ray.errors import StateError
+from hssal_ray.state import RECOVER
 
 __all__ = ["METRICS_FILE", "read_metrics", "update_metrics"]
 
@@ -21,12 +23,34 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:
-    """The rows of ``metrics.jsonl`` (one per evaluated round), in round order."""
+    """The rows of ``metrics.jsonl`` (one per evaluated round), in round order.
+
+    Raises:
+        StateError: The file is not UTF-8 text, a line is not a JSON object with an integer
+            ``round``, or a round has two rows (the message names the line and how to recover).
+    """
     p = _io.join(run_dir, METRICS_FILE)
     if not _io.exists(p):
         return []
-    rows = [json.loads(line) for line in _io.read_text(p).splitlines() if line.strip()]
-    return sorted(rows, key=lambda r: r["round"])
+    try:
+        text = _io.read_text(p)
+    except (OSError, UnicodeDecodeError) as e:
+        raise StateError(f"{p} is unreadable ({type(e).__name__}); {RECOVER}") from None
+    rows: dict[int, dict[str, Any]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            raise StateError(f"{p} line {n} is not valid JSON ({type(e).__name__}); {RECOVER}") from None
+        r = row.get("round") if isinstance(row, dict) else None
+        if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+            raise StateError(f"{p} line {n} is not a metrics row (no integer 'round'); {RECOVER}")
+        if r in rows:
+            raise StateError(f"{p} line {n} repeats round {r}; {RECOVER}")
+        rows[r] = row
+    return [rows[r] for r in sorted(rows)]
 
 
 def update_metrics(

@@ -23,6 +23,7 @@ from hssal_ray.errors import StateError
 from hssal_ray.loop import stages
 from hssal_ray.loop.context import RunContext
 from hssal_ray.loop.metrics import read_metrics
+from hssal_ray.loop.run_check import check_run_dir
 from hssal_ray.loop.run_config import load_run_config, science_sha
 from hssal_ray.loop.stages.evaluate import is_final_round
 from hssal_ray.state import LabeledSet, RunState, new_run_id, round_dir
@@ -58,12 +59,27 @@ class LoopRunner(RunContext):
             force_unlock: Take the lease over even if another driver seems to hold it.
             lease_wait_s: Wait this long for a held lease to free up before refusing.
 
+        ``config.yaml``: a new run writes its config when it is created. A resumed run writes the
+        config of this invocation (its runtime overrides, e.g. ``oracle.partial=continue``) only
+        once the invocation has succeeded: it returns here waiting for labels or done. An
+        invocation that fails (a rejected label file, an unreachable server, a crash, Ctrl-C)
+        leaves ``config.yaml`` as it was, so a plain ``--resume`` goes on with the last config
+        that worked.
+
         Raises:
+            LabelFileError: ``labels_file`` is not a regular file or too large (checked before the
+                lease is taken), or its content is invalid (nothing was written).
+            StateError: The run directory's files disagree with ``state.json`` (see
+                :mod:`hssal_ray.loop.run_check`).
             LeaseHeldError: Another driver runs this run directory (nothing was written).
             LeaseLostError: Another driver took the run over meanwhile (this one stopped).
         """
         from hssal_ray.loop.lease import RunLease
 
+        if labels_file is not None:
+            from hssal_ray.oracle.labels import check_label_file
+
+            check_label_file(labels_file)
         lease = RunLease(
             self.run_dir, timeout_s=self.cfg.loop.lease_timeout_s, force=force_unlock, wait_s=lease_wait_s
         )
@@ -76,18 +92,23 @@ class LoopRunner(RunContext):
 
     # ------------------------------------------------------------------ sequencing
     def _setup(self) -> RunState:
-        """Check the run's identity, write ``config.yaml``, load the catalog; the state to resume."""
+        """Check the run's identity and files, load the catalog; the state to resume.
+
+        A new run writes its ``config.yaml`` and ``state.json`` here.
+        """
         state = RunState.load(self.run_dir)
         sha = science_sha(self.cfg)
-        if state is not None and state.config_sha and state.config_sha != sha:
+        if state is not None and state.config_sha != sha:
             raise StateError(
                 f"run directory {self.run_dir} was started with a different config "
                 "(science settings changed). "
                 "Use another loop.name, or `--resume RUN` to continue it with its own config."
             )
+        if state is None or state.status != "done":  # resuming a finished run writes nothing
+            check_run_dir(self.run_dir, state)
         _io.makedirs(self.run_dir)
-        if state is None or state.status != "done":  # a finished run's files stay untouched
-            _io.atomic_write_text(_io.join(self.run_dir, "config.yaml"), config_to_yaml(self.cfg))
+        if state is None:
+            self._write_config()
         self.load_catalog()
         if state is None:
             state = RunState(config_sha=sha, seed=self.cfg.seed, run_id=new_run_id())
@@ -117,13 +138,24 @@ class LoopRunner(RunContext):
             stage = state.stage
             faults.delay_stage(stage, state.round)
             self.check_lease()
+            check_run_dir(self.run_dir, state)  # a file deleted or replaced while the run goes on
             r = state.round
             getattr(self, f"_stage_{stage}")(state, t0)
             if stage in ("train", "score", "query"):
                 self.progress(
                     f"[hssal] round {r} {stage}: {time.perf_counter() - t0:.1f} s{self._figure(r, stage)}"
                 )
+        self._write_config()
         return state
+
+    def _write_config(self) -> None:
+        """Write this invocation's config to ``config.yaml`` (if it differs), after the lease check."""
+        p = _io.join(self.run_dir, "config.yaml")
+        text = config_to_yaml(self.cfg)
+        if _io.exists(p) and _io.read_bytes(p) == text.encode("utf-8"):
+            return
+        self.check_lease()
+        _io.atomic_write_text(p, text)
 
     def _figure(self, r: int, stage: str) -> str:
         """The key figure of a finished stage for its console line."""

@@ -1,6 +1,9 @@
-"""Reading label files as text for :mod:`hssal_ray.oracle.labels`: bytes checks, format, CSV/TSV rows.
+"""Reading label files as text for :mod:`hssal_ray.oracle.labels`: file checks, bytes checks, format,
+CSV/TSV rows.
 
-Files are only ever parsed as text (``csv``/``json``), never unpickled or evaluated.
+A label file is refused before a byte is read when it is not a regular file (a FIFO would block
+the reader forever, a device never ends) or larger than :data:`MAX_LABEL_FILE_BYTES`. Files are
+only ever parsed as text (``csv``/``json``), never unpickled or evaluated.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import contextlib
 import csv
 import io
 import json
+import os
+import stat
 import sys
 from collections.abc import Collection, Iterator
 from dataclasses import replace
@@ -19,15 +24,112 @@ from hssal_ray.errors import LabelFileError
 from hssal_ray.oracle._label_check import _fail
 from hssal_ray.oracle._label_studio import LabelRow
 
+MAX_LABEL_FILE_BYTES = 64 * 2**20
+"""Largest label file read (64 MiB). Parsing takes several times the file's size in memory, and a
+round's export is far smaller (a task with its embedded 256 px image is ~30 KB): a larger file is
+refused before it is read."""
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def check_label_file(path: str) -> None:
+    """Refuse a label file that is missing, not a regular file, or over :data:`MAX_LABEL_FILE_BYTES`.
+
+    Looks only at what the file is: it is opened without blocking (a named pipe with no writer
+    returns at once) and never read.
+
+    Raises:
+        LabelFileError: One line naming the file and what to do.
+    """
+    if _io.is_uri(path):
+        _check_remote(path)
+        return
+    with _open_local(path) as fd:
+        _check_stat(path, os.fstat(fd))
+
+
+def _read_bytes(path: str) -> bytes:
+    """The file's bytes, after the checks of :func:`check_label_file` on the very file opened."""
+    if _io.is_uri(path):
+        size = _check_remote(path)
+        data = _io.read_bytes(path)
+        if len(data) != size:
+            raise _fail(path, "the file changed while it was read; read it again once it is complete")
+        return data
+    with _open_local(path) as fd:
+        _check_stat(path, os.fstat(fd))
+        os.set_blocking(fd, True)
+        chunks, left = [], MAX_LABEL_FILE_BYTES + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 2**20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    data = b"".join(chunks)
+    if len(data) > MAX_LABEL_FILE_BYTES:
+        raise _fail(path, _too_big(len(data)))
+    return data
+
+
+@contextlib.contextmanager
+def _open_local(path: str) -> Iterator[int]:
+    """``path`` opened without blocking (``O_NONBLOCK``: opening a FIFO returns at once)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path.removeprefix("file://"), flags)
+    except FileNotFoundError:
+        raise _fail(path, "file not found") from None
+    except OSError as e:  # no permission, a dangling link, ...
+        raise _fail(path, f"cannot read it ({e.strerror or type(e).__name__})") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _check_stat(path: str, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+        raise _fail(path, f"{kind}, not a regular file; pass the exported label file itself")
+    if st.st_size > MAX_LABEL_FILE_BYTES:
+        raise _fail(path, _too_big(st.st_size))
+
+
+def _check_remote(path: str) -> int:
+    import pyarrow.fs as pafs
+
+    try:
+        fs, p = _io.resolve_fs(path)
+        info = fs.get_file_info(p)
+    except (OSError, ValueError) as e:
+        raise _fail(path, f"cannot read it ({type(e).__name__}: {e})") from None
+    if info.type == pafs.FileType.NotFound:
+        raise _fail(path, "file not found")
+    if info.type != pafs.FileType.File:
+        raise _fail(path, "not a regular file; pass the exported label file itself")
+    size = int(info.size or 0)
+    if size > MAX_LABEL_FILE_BYTES:
+        raise _fail(path, _too_big(size))
+    return size
+
+
+def _too_big(size: int) -> str:
+    return (
+        f"{size:,} bytes, over the {MAX_LABEL_FILE_BYTES // 2**20} MiB limit for label files; "
+        "export only this round's tasks (or a CSV sample_id,label)"
+    )
+
 
 def _read_text(path: str) -> str:
     try:
-        if not _io.exists(path):
-            raise _fail(path, "file not found")
-        data = _io.read_bytes(path)
+        data = _read_bytes(path)
     except LabelFileError:
         raise
-    except (OSError, ValueError) as e:  # a directory, no permission, bad URI, ...
+    except (OSError, ValueError) as e:  # an I/O error, a bad URI, ...
         raise _fail(path, f"cannot read it ({type(e).__name__}: {e})") from None
     if not data.strip():
         raise _fail(
@@ -131,7 +233,7 @@ def _csv_label(label: str) -> tuple[str, int]:
         return label, 1
     try:
         value = json.loads(label)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return label, 1
     choices = value.get("choices") if isinstance(value, dict) else None
     if isinstance(choices, list) and choices and all(isinstance(c, str) for c in choices):

@@ -1,6 +1,8 @@
 """Read and validate untrusted human label files and Label Studio answers.
 
-Formats (chosen by extension, ``.json`` / ``.csv`` / ``.tsv``, else by the first character):
+A label file must be a regular file of at most :data:`MAX_LABEL_FILE_BYTES` (64 MiB), checked before
+it is read (:func:`check_label_file`). Formats (chosen by extension, ``.json`` / ``.csv`` / ``.tsv``,
+else by the first character):
 
 * CSV/TSV with a header that has the columns ``sample_id`` (or ``ref``, see below) and ``label``
   (any order, any case; other columns such as ``rank`` are ignored; ``,``, ``;`` or tab separated;
@@ -43,11 +45,26 @@ from collections.abc import Mapping, Sequence
 
 from hssal_ray import _csv, _io
 from hssal_ray.oracle._label_check import MAX_LISTED, _fail, _Problems, _validate
-from hssal_ray.oracle._label_files import _detect_format, _read_text, _rows_from_csv, _unescape_rows
+from hssal_ray.oracle._label_files import (
+    MAX_LABEL_FILE_BYTES,
+    _detect_format,
+    _read_text,
+    _rows_from_csv,
+    _unescape_rows,
+    check_label_file,
+)
 from hssal_ray.oracle._label_studio import LabelRow, rows_from_label_studio
 from hssal_ray.oracle.base import OracleAnswer, PartialPolicy
 
-__all__ = ["parse_label_file", "parse_label_rows", "write_labels_csv", "MAX_LISTED", "PARTIAL_OVERRIDE"]
+__all__ = [
+    "parse_label_file",
+    "parse_label_rows",
+    "check_label_file",
+    "write_labels_csv",
+    "MAX_LISTED",
+    "MAX_LABEL_FILE_BYTES",
+    "PARTIAL_OVERRIDE",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,9 +102,9 @@ def parse_label_file(
         An :class:`OracleAnswer` with ``source="human"``.
 
     Raises:
-        LabelFileError: The file is missing, unreadable, not UTF-8 text, of the wrong shape, or has
-            invalid rows; the message names the format and lists every problem with its line (CSV)
-            or task (JSON) and id.
+        LabelFileError: The file is missing, not a regular file, over the size limit, unreadable, not
+            UTF-8 text, nested too deeply, of the wrong shape, or has invalid rows; the message names
+            the format and lists every problem with its line (CSV) or task (JSON) and id.
         ValueError: ``partial`` is not ``wait`` or ``continue``.
     """
     if partial not in ("wait", "continue"):
@@ -101,6 +118,8 @@ def parse_label_file(
             raise _fail(
                 path, f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", "JSON"
             ) from None
+        except RecursionError:
+            raise _fail(path, "JSON nested too deeply to be a Label Studio export", "JSON") from None
         rows, shape_problems, fmt = rows_from_label_studio(doc)
         if rows is None:
             raise _fail(path, shape_problems[0], "JSON")

@@ -44,7 +44,7 @@ def _ctx(tmp_path, *extra: str) -> RunContext:
 
 
 def _state(stage: str, r: int = 0) -> RunState:
-    return RunState(round=r, stage=stage)
+    return RunState(round=r, stage=stage, config_sha="test")
 
 
 # --------------------------------------------------------------------------- init and label

@@ -132,7 +132,7 @@ def test_rejects_missing_file(tmp_path: Path) -> None:
 
 def test_rejects_directory(tmp_path: Path) -> None:
     (tmp_path / "dir.csv").mkdir()
-    _rejected(tmp_path / "dir.csv", "cannot read")
+    _rejected(tmp_path / "dir.csv", "a directory, not a regular file")
 
 
 def test_rejects_empty_file(tmp_path: Path) -> None:
@@ -298,3 +298,35 @@ def test_rejects_malformed_label_studio_tasks(tmp_path: Path) -> None:
 def test_rejects_bad_partial_policy(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="partial"):
         _parse(_write(tmp_path, "sample_id,label\nimg_01,beach\n"), partial="maybe")
+
+
+def test_rejects_json_nested_too_deeply(tmp_path: Path) -> None:
+    _rejected(_write(tmp_path, "[" * 100_000 + "]" * 100_000, "export.json"), "nested too deeply")
+    # a CSV label cell Label Studio wrote as JSON, nested too deeply: an unknown class, not a crash
+    cell = '"{""choices"": ' + "[" * 100_000 + "]" * 100_000 + '}"'
+    _rejected(_write(tmp_path, f"sample_id,label\nimg_01,{cell}\n"), "unknown class")
+
+
+def test_rejects_what_is_not_a_regular_file_without_opening_it_for_reading(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)  # no writer: a plain open() would block for ever
+    _rejected(fifo, "named pipe (FIFO), not a regular file", "pass the exported label file itself")
+    _rejected(Path("/dev/zero"), "a character device, not a regular file")
+
+
+def test_rejects_files_over_the_size_limit_before_reading_them(tmp_path: Path) -> None:
+    from hssal_ray.oracle.labels import MAX_LABEL_FILE_BYTES, check_label_file
+
+    p = _write(tmp_path, "sample_id,label\nimg_01,beach\nimg_02,forest\nimg_03,river\n")
+    check_label_file(str(p))
+    with open(p, "r+b") as f:
+        f.truncate(MAX_LABEL_FILE_BYTES + 1)
+    msg = _rejected(p, "over the 64 MiB limit for label files", "export only this round's tasks")
+    assert f"{MAX_LABEL_FILE_BYTES + 1:,} bytes" in msg
+    with pytest.raises(LabelFileError, match="over the 64 MiB limit"):
+        check_label_file(str(p))
+    with open(p, "r+b") as f:
+        f.truncate(MAX_LABEL_FILE_BYTES)  # at the limit: read (and rejected for its NUL bytes)
+    _rejected(p, "binary data")
