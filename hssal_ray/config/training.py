@@ -34,6 +34,14 @@ class DataConfig:
             runs on the same images (``ssl.finetune=frozen``); ``None`` keeps the store in the run
             directory. Stores are keyed by everything that determines them, so a cache is never
             read with the wrong backbone, size or views.
+        max_image_pixels: Largest image (``height x width`` pixels) decoded, for every format;
+            a larger one is refused from its header, before any pixel data is decoded, and listed
+            in ``bad_samples.csv`` (``too large``). Default: Pillow's limit, 89,478,485 (about
+            9459 x 9459).
+        follow_symlinks: Use symbolic links under ``root`` that resolve to files or folders
+            outside it. Default false: only files whose resolved path is inside the resolved
+            root are used; links out of it are listed in ``bad_samples.csv``. Links that stay
+            inside the root are followed either way.
     """
 
     root: str | None = None
@@ -50,6 +58,8 @@ class DataConfig:
     synthetic_size: int = 32
     decode_batch_size: int = _runtime(64)
     embedding_cache: str | None = _runtime(None)
+    max_image_pixels: int = 89_478_485
+    follow_symlinks: bool = False
 
     def __post_init__(self) -> None:
         _check(self.bands >= 1, "data.bands", f"must be >= 1, got {self.bands}")
@@ -77,6 +87,11 @@ class DataConfig:
         _check(self.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
         _check(self.synthetic_per_class >= 2, "data.synthetic_per_class", "must be >= 2")
         _check(self.decode_batch_size >= 1, "data.decode_batch_size", "must be >= 1")
+        _check(
+            self.max_image_pixels >= 1,
+            "data.max_image_pixels",
+            f"must be >= 1 (pixels, height x width), got {self.max_image_pixels}",
+        )
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Building it scans ``data.root`` (or first generates the synthetic demo dataset under
 ``RUN/synthetic_data`` when no root is given), fixes the seeded train/test/val split and writes
 ``manifest.parquet`` and ``classes.json``. Every later stage, and every resumed run, reads the
-same manifest, so the split never changes within a run.
+same manifest, so the split never changes within a run. What the scan refused (links out of the
+root, dangling links, FIFOs and other non-regular files, empty class folders) is listed in
+``RUN/bad_samples.csv`` with a reason per row, before the manifest is written.
 """
 
 from __future__ import annotations
@@ -41,11 +43,19 @@ def ensure(cfg: Any, run_dir: str, progress: Callable[[str], None]) -> Catalog:
         seed=cfg.seed,
         layout=layout,
         val_fraction=cfg.data.val_fraction,
+        follow_symlinks=cfg.data.follow_symlinks,
     )
+    refused = ""
+    if cat.refused:
+        from hssal_ray.data.pipeline import BAD_DIR, collect_bad_samples, write_bad_part
+
+        write_bad_part(_io.join(run_dir, BAD_DIR), cat.refused)
+        collect_bad_samples(run_dir)
+        refused = f"; {len(cat.refused)} entries of the data root not used, listed in bad_samples.csv"
     cat.save(path)
     _io.atomic_write_json(_io.join(run_dir, "classes.json"), list(cat.class_names))
     loaded = Catalog.load(path)
-    progress(f"[hssal] catalog: {cat.summary()}")
+    progress(f"[hssal] catalog: {cat.summary()}{refused}")
     return loaded
 
 

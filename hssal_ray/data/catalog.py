@@ -13,6 +13,13 @@ Scanning only lists files (and reads the small columns of shards): it never deco
 Image extensions (case-insensitive): ``.jpg .jpeg .png .tif .tiff``; names starting with ``.`` (and
 anything inside such folders) are ignored.
 
+What a local scan refuses (:attr:`Catalog.refused`, one ``(path, reason)`` each, and one warning
+line with the counts): a symbolic link whose resolved path is outside the resolved root (a file or
+a folder; ``follow_symlinks=True`` follows them, links inside the root are always followed), a
+dangling or looping link, anything that is not a regular file or a folder (a FIFO is never
+opened: reading it could block forever), and in an ImageFolder tree a class folder with no usable
+image. Refused folders end with ``/``.
+
 ``sample_id`` is the POSIX path of the image relative to the root (``agricultural/agricultural00.tif``),
 so it is stable across re-scans and survives sharding. Split: within each class, samples are ranked by
 ``blake2b(f"{seed}:{sample_id}")`` and the first ``round_half_up(test_fraction * n_c)`` go to ``test``;
@@ -29,7 +36,10 @@ import hashlib
 import json
 import logging
 import math
+import os
 import posixpath
+import stat
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -40,7 +50,9 @@ import pyarrow.fs as pafs
 
 from hssal_ray import _io
 from hssal_ray.data._shard_index import CLASSES_KEY, _scan_shards
-from hssal_ray.data.fetch import load_bytes, root_fs  # noqa: F401 - re-exported (the catalog's API)
+from hssal_ray.data.fetch import file_kind, inside
+from hssal_ray.data.fetch import load_bytes as load_bytes  # re-exported: the catalog's API
+from hssal_ray.data.fetch import root_fs as root_fs
 from hssal_ray.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -70,12 +82,15 @@ class Catalog:
         table: Manifest with :data:`MANIFEST_SCHEMA` columns, sorted by ``sample_id``.
         class_names: Sorted class names; ``label`` indexes into them (``-1`` = unknown).
         kind: ``files`` (image files under ``root``) or ``shards`` (Parquet shards).
+        refused: ``(path relative to root, reason)`` of what the scan did not use (see the module
+            docstring); empty for a catalog read back with :meth:`load`.
     """
 
     root: str
     table: pa.Table
     class_names: tuple[str, ...]
     kind: Literal["files", "shards"]
+    refused: tuple[tuple[str, str], ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -154,27 +169,117 @@ def _is_hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/"))
 
 
-def _list_files(root: str) -> tuple[pafs.FileSystem, str, list[str]]:
-    """All non-hidden files under ``root``, as sorted POSIX paths relative to it."""
+def _list_files(
+    root: str, follow_symlinks: bool = False
+) -> tuple[pafs.FileSystem, str, list[str], list[str], list[tuple[str, str]]]:
+    """Non-hidden files under ``root``: ``(fs, base, files, top-level folders, refused)``, the paths
+    sorted and relative to the root, in POSIX form."""
     fs, base = _io.resolve_fs(root)
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
         raise DataError(f"data root does not exist: {root}")
     if info.type != pafs.FileType.Directory:
         raise DataError(f"data root is not a directory: {root}")
+    if isinstance(fs, pafs.LocalFileSystem):
+        try:
+            files, top, refused = _walk_local(base, follow_symlinks)
+        except OSError as e:
+            raise DataError(f"cannot list data root {root}: {e}") from e
+        return fs, base, files, top, refused
     try:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
     except OSError as e:
         raise DataError(f"cannot list data root {root}: {e}") from e
     prefix = base.rstrip("/") + "/"
-    rels = []
+    rels, top = [], []
     for i in infos:
-        if i.type != pafs.FileType.File or not i.path.startswith(prefix):
+        if not i.path.startswith(prefix) or _is_hidden(i.path[len(prefix) :]):
             continue
         rel = i.path[len(prefix) :]
-        if not _is_hidden(rel):
+        if i.type == pafs.FileType.File:
             rels.append(rel)
-    return fs, base, sorted(rels)
+        elif i.type == pafs.FileType.Directory and "/" not in rel:
+            top.append(rel)
+    return fs, base, sorted(rels), sorted(top), []
+
+
+def _walk_local(base: str, follow_symlinks: bool) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """Walk a local root (see the module docstring for what is refused).
+
+    File types come from the directory entries (no ``stat`` per regular file); links are resolved
+    one by one. A folder already on the path from the root (a link loop) is not entered twice.
+    """
+    real_root = os.path.realpath(base)
+    files: list[str] = []
+    top: list[str] = []
+    refused: list[tuple[str, str]] = []
+    st_root = os.stat(base)
+    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [
+        (base, "", frozenset({(st_root.st_dev, st_root.st_ino)}))
+    ]
+    while stack:
+        path, prefix, above = stack.pop()
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel = prefix + entry.name
+            if entry.is_symlink():
+                try:
+                    st = os.stat(entry.path)
+                except FileNotFoundError:
+                    refused.append((rel, f"dangling symlink: {os.readlink(entry.path)}"))
+                    continue
+                except OSError as e:
+                    refused.append((rel, f"unresolvable symlink: {e.strerror or e}"))
+                    continue
+                is_dir, is_file = stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode)
+                if not follow_symlinks:
+                    real = os.path.realpath(entry.path)
+                    if not inside(real, real_root):
+                        refused.append((rel + "/" if is_dir else rel, f"symlink outside data root: {real}"))
+                        continue
+            else:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                is_file = not is_dir and entry.is_file(follow_symlinks=False)
+            if is_file:
+                files.append(rel)
+            elif is_dir:
+                st = entry.stat()
+                key = (st.st_dev, st.st_ino)
+                if key in above:
+                    refused.append((rel + "/", "symlink loop: a folder above it"))
+                    continue
+                stack.append((entry.path, rel + "/", above | {key}))
+                if not prefix:
+                    top.append(rel)
+            else:
+                kind = file_kind(entry.stat(follow_symlinks=True).st_mode)
+                refused.append((rel, f"not a regular file ({kind})"))
+    return sorted(files), sorted(top), sorted(refused)
+
+
+def _log_refused(root: str, refused: Sequence[tuple[str, str]], follow_symlinks: bool) -> None:
+    """One warning line: how many entries were not used, by reason, with an example."""
+    if not refused:
+        return
+    counts = Counter(reason.split(":", 1)[0].split(" (", 1)[0] for _, reason in refused)
+    what = ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
+    hint = (
+        "; data.follow_symlinks=true follows links out of the root"
+        if not follow_symlinks and counts.get("symlink outside data root")
+        else ""
+    )
+    log.warning(
+        "data root %s: %d entries not used (%s), e.g. %s (%s)%s",
+        root,
+        len(refused),
+        what,
+        refused[0][0],
+        refused[0][1],
+        hint,
+    )
 
 
 def _ext(rel: str) -> str:
@@ -262,36 +367,12 @@ def _strictly_increasing(ids: pa.ChunkedArray | pa.Array) -> bool:
     return bool(pc.all(pc.less(ids.slice(0, n - 1), ids.slice(1))).as_py())
 
 
-def scan(
-    root: str,
-    *,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    layout: Layout = "auto",
-    val_fraction: float = 0.0,
-) -> Catalog:
-    """Scan a dataset root (local path or pyarrow URI) into a :class:`Catalog`.
-
-    Args:
-        root: ImageFolder tree, flat folder of images, or folder of Parquet shards.
-        test_fraction: Fraction of each class put in the ``test`` split (``0 <= f < 1``).
-        seed: Split seed.
-        layout: ``auto``, ``imagefolder``, ``flat`` or ``shards``.
-        val_fraction: Fraction of each class of the *training* rows moved to a ``val`` split (for
-            tuning a recipe without reading the test split); 0 = none.
-
-    Returns:
-        The catalog; its table has one row per sample, sorted by ``sample_id``.
-
-    Raises:
-        DataError: Missing root, root with no images, duplicate ids, unreadable shard (the message
-            names the path).
-    """
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    if layout not in ("auto", "imagefolder", "flat", "shards"):
-        raise ValueError(f"layout must be auto, imagefolder, flat or shards, got {layout!r}")
-    fs, base, rels = _list_files(root)
+def _manifest_rows(
+    fs: pafs.FileSystem, base: str, rels: list[str], top: list[str], layout: str, root: str
+) -> tuple[pa.Table, list[str], Literal["files", "shards"], list[str]]:
+    """The manifest rows (no split yet) of the listed files: ``(table, classes, kind, empty class
+    folders)``."""
+    empty: list[str] = []
     has_images = any(_ext(r) in IMAGE_EXTENSIONS for r in rels)
     shards = [r for r in rels if _ext(r) == ".parquet"]
     if layout == "auto":
@@ -314,6 +395,8 @@ def scan(
         if not has_images:
             raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under data root {root}")
         ids, classes, per = _scan_files(rels, layout, root)
+        if layout == "imagefolder":
+            empty = sorted(set(top) - set(classes))
         index = {c: i for i, c in enumerate(classes)}
         table = pa.table(
             {
@@ -325,6 +408,51 @@ def scan(
             }
         )
         kind = "files"
+    return table, list(classes), kind, empty
+
+
+def scan(
+    root: str,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    layout: Layout = "auto",
+    val_fraction: float = 0.0,
+    follow_symlinks: bool = False,
+) -> Catalog:
+    """Scan a dataset root (local path or pyarrow URI) into a :class:`Catalog`.
+
+    Args:
+        root: ImageFolder tree, flat folder of images, or folder of Parquet shards.
+        test_fraction: Fraction of each class put in the ``test`` split (``0 <= f < 1``).
+        seed: Split seed.
+        layout: ``auto``, ``imagefolder``, ``flat`` or ``shards``.
+        val_fraction: Fraction of each class of the *training* rows moved to a ``val`` split (for
+            tuning a recipe without reading the test split); 0 = none.
+        follow_symlinks: Use links whose resolved path is outside the root too (default: refuse
+            them; links inside the root are followed either way).
+
+    Returns:
+        The catalog; its table has one row per sample, sorted by ``sample_id``; what was not used
+        is in :attr:`Catalog.refused` (and one warning line).
+
+    Raises:
+        DataError: Missing root, root with no images, duplicate ids, unreadable shard (the message
+            names the path).
+    """
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if layout not in ("auto", "imagefolder", "flat", "shards"):
+        raise ValueError(f"layout must be auto, imagefolder, flat or shards, got {layout!r}")
+    fs, base, rels, top, refused = _list_files(root, follow_symlinks)
+    try:
+        table, classes, kind, empty = _manifest_rows(fs, base, rels, top, layout, root)
+    except DataError as e:
+        if not refused:
+            raise
+        path, why = refused[0]
+        raise DataError(f"{e} ({len(refused)} entries were not used, e.g. {path}: {why})") from None
+    refused = sorted([*refused, *((d + "/", "empty class folder: no usable image") for d in empty)])
     if not _strictly_increasing(table["sample_id"]):  # else: sorted and unique already (no copy)
         _check_unique(table, root)
         table = table.sort_by("sample_id")
@@ -335,6 +463,13 @@ def scan(
         val = _test_mask(table["sample_id"], np.where(mask, -1, labels), val_fraction, seed + 0x5A1)
         split = pc.if_else(pa.array(val), pa.scalar("val", pa.string()), split)
     table = table.append_column("split", split)
-    cat = Catalog(root=str(root), table=table.cast(MANIFEST_SCHEMA), class_names=tuple(classes), kind=kind)
+    _log_refused(str(root), refused, follow_symlinks)
+    cat = Catalog(
+        root=str(root),
+        table=table.cast(MANIFEST_SCHEMA),
+        class_names=tuple(classes),
+        kind=kind,
+        refused=tuple(refused),
+    )
     log.info("scanned %s", cat.summary())
     return cat

@@ -4,10 +4,20 @@ Every failure is an :class:`ImageDecodeError` with a short ``reason`` (``empty``
 ``truncated``, ``corrupt``, ``too large``, ``band count``, ``layout``), so a pipeline can skip the
 sample and list it in ``bad_samples.csv`` instead of crashing.
 
+Size limit (decompression bombs): every decoder path reads the image's header first and refuses,
+with reason ``too large`` and before any pixel data is decoded, an image of more than
+``max_pixels`` pixels (``H x W``; default :data:`DEFAULT_MAX_PIXELS`, Pillow's own default, set
+by ``data.max_image_pixels``). A TIFF is also refused before decoding when its band count cannot
+be mapped (``band count``), when it is not one image (``layout``), or when it holds more than
+``max_pixels * max(bands + 1, 4)`` samples (``too large``: e.g. a header claiming thousands of
+extra samples). So a 400 KB file that claims 20000 x 20000 pixels costs milliseconds, not gigabytes.
+
 Conversion rules (documented contract):
 
 * Pillow formats (JPEG, PNG, GIF, BMP, WebP, ...) are decoded with Pillow and ``.load()`` is always
   called, so truncated files are detected (unless someone set ``ImageFile.LOAD_TRUNCATED_IMAGES``).
+  Pillow's own bomb check (``Image.MAX_IMAGE_PIXELS``) is raised in the decoding process when
+  ``max_pixels`` is above it, so the one limit here is the one that applies.
 * TIFF (magic ``II*``/``MM*``/BigTIFF) is decoded with tifffile, which handles N-band images in
   ``YXS`` (HWC, contiguous) and ``SYX``/page-stack (CHW) layouts, 16-bit and float data; if tifffile
   cannot read a file (e.g. a compression it lacks a codec for) Pillow is tried next.
@@ -30,7 +40,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tifffile
@@ -38,7 +49,14 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from hssal_ray.errors import HSSALError
 
-__all__ = ["ImageDecodeError", "decode_image", "decode_batch", "to_uint8", "resize_uint8"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageDecodeError",
+    "decode_image",
+    "decode_batch",
+    "to_uint8",
+    "resize_uint8",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +65,10 @@ _ALPHA_MODES = {"RGBA": "RGBA", "RGBa": "RGBA", "RGBX": "RGBA", "LA": "LA", "La"
 _TO_RGB_MODES = {"CMYK", "YCbCr", "LAB", "HSV"}
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _warned_truncated = False
+
+DEFAULT_MAX_PIXELS = 89_478_485
+"""Default pixel limit: Pillow's ``Image.MAX_IMAGE_PIXELS`` (about 89.5 megapixels, 0.27 GB as
+8-bit RGB); far above any scene tile of the RS benchmarks (UCM 256 x 256, AID 600 x 600)."""
 
 
 class ImageDecodeError(HSSALError):
@@ -96,20 +118,48 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
     return out
 
 
-def _decode_pil(data: bytes) -> tuple[np.ndarray, int]:
+def _check_pixels(h: int, w: int, max_pixels: int, bands: int = 1, max_samples: int | None = None) -> None:
+    """Refuse (``too large``) an image whose header claims more than the limit; nothing is decoded yet."""
+    if h * w > max_pixels:
+        raise ImageDecodeError(
+            "too large",
+            f"{w}x{h} = {h * w} pixels, over the limit of {max_pixels} (data.max_image_pixels); not decoded",
+        )
+    if max_samples is not None and h * w * bands > max_samples:
+        raise ImageDecodeError(
+            "too large",
+            f"{w}x{h} pixels x {bands} bands = {h * w * bands} samples, over the limit of {max_samples} "
+            f"(data.max_image_pixels x max(bands + 1, 4)); not decoded",
+        )
+
+
+def _open_pil(data: bytes, max_pixels: int) -> Image.Image:
+    """``Image.open`` (header only) with this module's limit in charge of decompression bombs."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and max_pixels > 2 * limit:  # Pillow would refuse what the limit allows
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    with warnings.catch_warnings():  # Pillow warns above its limit: _check_pixels decides instead
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
+
+
+def _decode_pil(data: bytes, max_pixels: int) -> tuple[np.ndarray, int]:
     """Pillow path. Returns ``(C, H, W)`` raw-dtype array and the number of dropped alpha bands."""
     global _warned_truncated
     if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated:
         log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated images will not be detected")
         _warned_truncated = True
     try:
-        im = Image.open(io.BytesIO(data))
+        im = _open_pil(data, max_pixels)
     except UnidentifiedImageError as e:
         raise ImageDecodeError("not an image", "unrecognised image format") from e
-    except Image.DecompressionBombError as e:
-        raise ImageDecodeError("too large", str(e)) from e
+    except Image.DecompressionBombError as e:  # above twice Pillow's limit, which is >= max_pixels / 2
+        raise ImageDecodeError(
+            "too large", f"over the limit of {max_pixels} pixels (data.max_image_pixels); not decoded ({e})"
+        ) from e
     except Exception as e:  # Pillow raises many types for broken headers
         raise ImageDecodeError("corrupt", f"{type(e).__name__}: {e}") from e
+    _check_pixels(im.height, im.width, max_pixels)  # from the header, before .load() decodes
     try:
         im.load()
     except Image.DecompressionBombError as e:
@@ -138,51 +188,79 @@ def _decode_pil(data: bytes) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(arr.transpose(2, 0, 1)), 0
 
 
-def _axes_to_chw(arr: np.ndarray, axes: str) -> tuple[np.ndarray, str]:
-    """Reorder a tifffile series to ``(C, H, W)``; returns the array and the band axis letter."""
+def _chw_layout(shape: tuple[int, ...], axes: str) -> tuple[tuple[int, ...], str, str]:
+    """Where a tifffile series' axes go in ``(C, H, W)``, from its shape alone (nothing decoded).
+
+    Returns the shape and axes without their length-1 non-image axes, and the band axis letter
+    (``""`` for a single-band image).
+    """
     axes = axes.upper()
-    if len(axes) != arr.ndim or "Y" not in axes or "X" not in axes:
-        raise ImageDecodeError("layout", f"unsupported TIFF axes {axes!r} for shape {arr.shape}")
-    keep = [i for i, a in enumerate(axes) if a in "YX" or arr.shape[i] > 1]
-    arr = arr.reshape([arr.shape[i] for i in keep])
+    if len(axes) != len(shape) or "Y" not in axes or "X" not in axes:
+        raise ImageDecodeError("layout", f"unsupported TIFF axes {axes!r} for shape {shape}")
+    keep = [i for i, a in enumerate(axes) if a in "YX" or shape[i] > 1]
+    kept = tuple(shape[i] for i in keep)
     axes = "".join(axes[i] for i in keep)
     others = [a for a in axes if a not in "YX"]
     if len(others) > 1:
-        raise ImageDecodeError("layout", f"TIFF with axes {axes!r} and shape {arr.shape} is not one image")
-    if not others:
-        return (arr if axes == "YX" else arr.T)[None], ""
-    band = others[0]
-    return np.ascontiguousarray(arr.transpose([axes.index(band), axes.index("Y"), axes.index("X")])), band
+        raise ImageDecodeError("layout", f"TIFF with axes {axes!r} and shape {kept} is not one image")
+    return kept, axes, others[0] if others else ""
 
 
-def _decode_tiff(data: bytes) -> tuple[np.ndarray, int, bool]:
-    """tifffile path. Returns ``(C, H, W)`` raw-dtype array, extra samples count, RGB flag."""
+def _axes_to_chw(arr: np.ndarray, axes: str) -> np.ndarray:
+    """Reorder a decoded tifffile series to ``(C, H, W)``."""
+    kept, axes, band = _chw_layout(arr.shape, axes)
+    arr = arr.reshape(kept)
+    if not band:
+        return (arr if axes == "YX" else arr.T)[None]
+    return np.ascontiguousarray(arr.transpose([axes.index(band), axes.index("Y"), axes.index("X")]))
+
+
+def _decode_tiff(data: bytes, bands: int, max_pixels: int) -> tuple[np.ndarray, int]:
+    """tifffile path. Returns the ``(C, H, W)`` raw-dtype array and the count of bands to drop.
+
+    The shape, band count and layout are checked from the header (IFD tags) before the pixel
+    data are decoded, so a decompression bomb is refused in milliseconds.
+    """
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         if not tif.series:
             raise ImageDecodeError("corrupt", "TIFF holds no image series")
         series = tif.series[0]
         page = tif.pages[0]
-        arr = series.asarray()
+        kept, axes, band_axis = _chw_layout(tuple(int(n) for n in series.shape), series.axes)
+        c = kept[axes.index(band_axis)] if band_axis else 1
+        h, w = kept[axes.index("Y")], kept[axes.index("X")]
+        if h == 0 or w == 0:
+            raise ImageDecodeError("layout", f"decoded to an unusable shape {(c, h, w)}")
         photometric = getattr(page, "photometric", None)
-        extra = len(getattr(page, "extrasamples", ()) or ())
-        is_rgb = photometric is not None and int(photometric) == int(tifffile.PHOTOMETRIC.RGB)
-        chw, band_axis = _axes_to_chw(np.asarray(arr), series.axes)
-    # Extra samples (alpha) only make sense when the band axis is the samples axis.
-    return chw, extra if band_axis == "S" else 0, is_rgb
+        # Extra samples (alpha) only make sense when the band axis is the samples axis.
+        extra = len(getattr(page, "extrasamples", ()) or ()) if band_axis == "S" else 0
+        if photometric is not None and int(photometric) == int(tifffile.PHOTOMETRIC.RGB):
+            if bands == 3 and c > 3:
+                extra = c - 3
+        _check_pixels(h, w, max_pixels, c, max_pixels * max(bands + 1, 4))
+        _check_bands(c, bands, extra)
+        chw = _axes_to_chw(np.asarray(series.asarray()), series.axes)
+    return chw, extra
+
+
+def _check_bands(c: int, bands: int, extra: int) -> None:
+    """Refuse (``band count``) ``c`` bands that :func:`_map_bands` cannot turn into ``bands``."""
+    if c == bands or (extra and c - extra == bands) or (c == 1 and bands == 3) or (c == 3 and bands == 1):
+        return
+    raise ImageDecodeError("band count", f"image has {c} bands, expected {bands}")
 
 
 def _map_bands(chw: np.ndarray, bands: int, extra: int) -> np.ndarray:
     c = chw.shape[0]
+    _check_bands(c, bands, extra)
     if c == bands:
         return chw
     if extra and c - extra == bands:
         return chw[:bands]
     if c == 1 and bands == 3:
         return np.repeat(chw, 3, axis=0)
-    if c == 3 and bands == 1:
-        luma = np.tensordot(_LUMA, chw.astype(np.float32), axes=1)
-        return np.rint(luma).clip(0, 255).astype(np.uint8)[None]
-    raise ImageDecodeError("band count", f"image has {c} bands, expected {bands}")
+    luma = np.tensordot(_LUMA, chw.astype(np.float32), axes=1)  # c == 3, bands == 1
+    return np.rint(luma).clip(0, 255).astype(np.uint8)[None]
 
 
 def resize_uint8(chw: np.ndarray, size: int) -> np.ndarray:
@@ -207,7 +285,11 @@ def resize_uint8(chw: np.ndarray, size: int) -> np.ndarray:
 
 
 def decode_image(
-    data: bytes | bytearray | memoryview, *, bands: int = 3, size: int | None = None
+    data: bytes | bytearray | memoryview,
+    *,
+    bands: int = 3,
+    size: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Decode one encoded image into a ``(bands, H, W)`` uint8 array.
 
@@ -215,31 +297,34 @@ def decode_image(
         data: Encoded file bytes (JPEG, PNG, TIFF, ... as stored on disk or in a shard).
         bands: Bands wanted in the output (3 for RGB, N for N-band TIFF).
         size: If given, resize to ``(size, size)`` (antialiased bilinear).
+        max_pixels: Largest ``H x W`` decoded; a larger image is refused from its header
+            (reason ``too large``) before its pixel data are decoded.
 
     Returns:
         ``(bands, H, W)`` uint8 array (``H = W = size`` when ``size`` is given).
 
     Raises:
-        ImageDecodeError: Empty, truncated, corrupt or non-image data, or a band count that cannot
-            be mapped to ``bands`` (see the module docstring for the rules).
+        ImageDecodeError: Empty, truncated, corrupt, too large or non-image data, or a band count
+            that cannot be mapped to ``bands`` (see the module docstring for the rules).
     """
     if bands < 1:
         raise ValueError(f"bands must be >= 1, got {bands}")
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
     if size is not None and size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     if data is None or len(data) == 0:
         raise ImageDecodeError("empty", "zero bytes")
     data = bytes(data)
     try:
-        extra, is_rgb = 0, False
         if data[:4] in _TIFF_MAGIC:
             try:
-                chw, extra, is_rgb = _decode_tiff(data)
+                chw, extra = _decode_tiff(data, bands, max_pixels)
             except ImageDecodeError:
                 raise
             except Exception as tiff_err:  # e.g. a codec tifffile lacks: let Pillow try
                 try:
-                    chw, extra = _decode_pil(data)
+                    chw, extra = _decode_pil(data, max_pixels)
                 except ImageDecodeError as pil_err:
                     msg = str(tiff_err)
                     short = any(s in msg.lower() for s in ("failed to read", "eof", "truncated"))
@@ -248,11 +333,9 @@ def decode_image(
                         f"tifffile: {type(tiff_err).__name__}: {msg}; pillow: {pil_err}",
                     ) from tiff_err
         else:
-            chw, extra = _decode_pil(data)
+            chw, extra = _decode_pil(data, max_pixels)
         if chw.ndim != 3 or chw.shape[1] == 0 or chw.shape[2] == 0:
             raise ImageDecodeError("layout", f"decoded to an unusable shape {chw.shape}")
-        if is_rgb and bands == 3 and chw.shape[0] > 3:
-            extra = chw.shape[0] - 3
         out = _map_bands(to_uint8(chw), bands, extra)
         if size is not None:
             out = resize_uint8(out, size)
@@ -269,6 +352,8 @@ def decode_batch(
     *,
     bands: int = 3,
     size: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    unreadable: Mapping[int, str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Decode a batch, separating good images from bad samples.
 
@@ -278,6 +363,9 @@ def decode_batch(
         bands: Output bands.
         size: Output side; when ``None`` all good images must share the first good image's shape
             (others are reported bad with reason ``shape``).
+        max_pixels: Pixel limit of :func:`decode_image`.
+        unreadable: Why a ``None`` entry could not be read, by position (as filled in by
+            :func:`hssal_ray.data.fetch.load_bytes`); listed as ``unreadable: <why>``.
 
     Returns:
         ``(images, good_index, bad)``: ``images`` is ``(G, bands, S, S)`` uint8 for the ``G`` good
@@ -291,10 +379,11 @@ def decode_batch(
     bad: list[tuple[str, str]] = []
     for i, (blob, sid) in enumerate(zip(data, ids, strict=True)):
         if blob is None:
-            bad.append((str(sid), "unreadable: missing or unreadable source"))
+            why = (unreadable or {}).get(i, "missing or unreadable source")
+            bad.append((str(sid), f"unreadable: {why}"[:300]))
             continue
         try:
-            arr = decode_image(blob, bands=bands, size=size)
+            arr = decode_image(blob, bands=bands, size=size, max_pixels=max_pixels)
         except ImageDecodeError as e:
             bad.append((str(sid), str(e)[:300]))
             continue

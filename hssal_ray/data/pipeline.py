@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from hssal_ray import _csv, _io
-from hssal_ray.data.decode import decode_batch
+from hssal_ray.data.decode import DEFAULT_MAX_PIXELS, decode_batch
 from hssal_ray.data.fetch import load_bytes
 from hssal_ray.data.transforms import augment_batch, default_mean_std
 
@@ -30,6 +30,7 @@ __all__ = [
     "make_schedule",
     "manifest_dataset",
     "collect_bad_samples",
+    "write_bad_part",
     "BAD_DIR",
     "stream",
     "stream_for",
@@ -60,6 +61,9 @@ class DecodeAugment:
         std: Normalisation std per band.
         bad_dir: Where to write the list of samples that failed to decode (one CSV part per
             batch that had any); ``None`` only logs them.
+        max_pixels: Largest ``H x W`` decoded (``data.max_image_pixels``); larger images are
+            refused from their header and listed as bad (``too large``).
+        follow_symlinks: Read local files that resolve outside the root (``data.follow_symlinks``).
     """
 
     def __init__(
@@ -72,6 +76,8 @@ class DecodeAugment:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         bad_dir: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        follow_symlinks: bool = False,
     ) -> None:
         self.root = root
         self.kind = kind
@@ -82,6 +88,8 @@ class DecodeAugment:
         self.mean = tuple(mean) if mean is not None else tuple(dm)
         self.std = tuple(std) if std is not None else tuple(ds)
         self.bad_dir = bad_dir
+        self.max_pixels = max_pixels
+        self.follow_symlinks = follow_symlinks
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         _single_thread()
@@ -94,8 +102,11 @@ class DecodeAugment:
                 "label": pa.array(np.asarray(batch["label"], dtype=np.int32)),
             }
         )
-        raw = load_bytes(self.root, self.kind, table)
-        images, good, bad = decode_batch(raw, ids, bands=self.bands, size=self.size)
+        why: dict[int, str] = {}
+        raw = load_bytes(self.root, self.kind, table, follow_symlinks=self.follow_symlinks, unreadable=why)
+        images, good, bad = decode_batch(
+            raw, ids, bands=self.bands, size=self.size, max_pixels=self.max_pixels, unreadable=why
+        )
         if bad:
             self._record_bad(bad)
         good = np.asarray(good, dtype=np.int64)
@@ -122,13 +133,18 @@ class DecodeAugment:
     def _record_bad(self, bad: list[tuple[str, str]]) -> None:
         for sid, reason in bad[:5]:
             log.warning("skipping unreadable sample %s: %s", sid, reason)
-        if self.bad_dir is None:
-            return
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        for sid, reason in bad:
-            w.writerow([sid, reason])
-        _io.atomic_write_text(_io.join(self.bad_dir, _io.unique_name("bad", ".csv")), buf.getvalue())
+        if self.bad_dir is not None:
+            write_bad_part(self.bad_dir, bad)
+
+
+def write_bad_part(bad_dir: str, bad: Sequence[tuple[str, str]]) -> None:
+    """Write ``(sample_id, reason)`` rows as one new part under ``bad_dir`` (see
+    :func:`collect_bad_samples`); parts are never rewritten, so concurrent writers never clash."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    for sid, reason in bad:
+        w.writerow([sid, reason])
+    _io.atomic_write_text(_io.join(bad_dir, _io.unique_name("bad", ".csv")), buf.getvalue())
 
 
 def _single_thread() -> None:
@@ -226,6 +242,8 @@ def stream(
     std: Sequence[float] | None = None,
     bad_dir: str | None = None,
     drop_ids: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    follow_symlinks: bool = False,
 ) -> Any:
     """Manifest rows -> Ray Dataset of decoded, augmented arrays (lazy, streaming).
 
@@ -241,6 +259,8 @@ def stream(
         std: Normalisation std.
         bad_dir: Directory for bad-sample parts.
         drop_ids: Drop the string ``sample_id`` column (``iter_torch_batches`` cannot carry it).
+        max_pixels: Pixel limit of the decoder (``data.max_image_pixels``).
+        follow_symlinks: Read files that resolve outside the root (``data.follow_symlinks``).
     """
     # Only the columns the decode step reads go into the object store (not e.g. class_name, split).
     keep = [c for c in (*_MANIFEST_COLS, "aug_seed") if c in table.column_names]
@@ -258,6 +278,8 @@ def stream(
             mean=mean,
             std=std,
             bad_dir=bad_dir,
+            max_pixels=max_pixels,
+            follow_symlinks=follow_symlinks,
         ),
         batch_size=batch_size,
         batch_format="numpy",
@@ -269,7 +291,8 @@ def stream(
 
 
 def stream_for(cfg: Any, table: pa.Table, *, root: str, kind: str, views: Sequence[str], run_dir: str) -> Any:
-    """:func:`stream` with the run's settings: bands, size, decode batch, the weights' normalisation."""
+    """:func:`stream` with the run's settings: bands, size, decode batch, pixel limit, links, the
+    weights' normalisation."""
     from hssal_ray.weights import normalisation
 
     mean, std = normalisation(cfg)
@@ -284,4 +307,6 @@ def stream_for(cfg: Any, table: pa.Table, *, root: str, kind: str, views: Sequen
         mean=mean,
         std=std,
         bad_dir=_io.join(run_dir, BAD_DIR),
+        max_pixels=cfg.data.max_image_pixels,
+        follow_symlinks=cfg.data.follow_symlinks,
     )

@@ -5,7 +5,7 @@ manifest (:func:`hssal_ray.data.bootstrap.ensure`), the oracle (:func:`hssal_ray
 built on first use) and the lease check; and it answers which manifest rows a stage works on:
 
 * :meth:`RunContext.split`: the rows of a split (``train``, ``test``, ``val``);
-* :meth:`RunContext.labeled_rows`: the labeled train rows, carrying the *oracle's* labels;
+* :meth:`RunContext.labeled_rows`: the readable labeled train rows, carrying the *oracle's* labels;
 * :meth:`RunContext.pool_rows`: the unlabeled pool (train rows neither labeled nor unreadable);
 * :meth:`RunContext.scored_rows`: what the score stage scores (the pool *and* the labeled rows).
 
@@ -99,9 +99,14 @@ class RunContext:
         return {r["sample_id"] for r in _csv.read_dicts(_io.read_text(p))}
 
     def labeled_rows(self, labeled: LabeledSet) -> pa.Table:
-        """Manifest rows of the labeled set, carrying the ORACLE's labels (in labeled order)."""
+        """Manifest rows of the labeled set that can be read, carrying the ORACLE's labels.
+
+        Labeled images listed in ``bad_samples.csv`` are left out: nothing trains on them, and
+        ``num_labeled`` in ``metrics.jsonl`` counts these rows only.
+        """
         train = self.split("train")
-        lab = labeled.labels()
+        bad = self.bad_ids()
+        lab = {s: y for s, y in labeled.labels().items() if s not in bad}
         mask = pc.is_in(train.column("sample_id"), value_set=pa.array(list(lab), pa.string()))
         rows = train.filter(mask)
         labels = pa.array([lab[s] for s in rows.column("sample_id").to_pylist()], pa.int32())
@@ -135,8 +140,15 @@ class RunContext:
 
         t = self.catalog.table
         row = t.filter(pc.equal(t.column("sample_id"), sample_id))
-        data = load_bytes(self.catalog.root, self.catalog.kind, row)[0]
+        why: dict[int, str] = {}
+        data = load_bytes(
+            self.catalog.root,
+            self.catalog.kind,
+            row,
+            follow_symlinks=self.cfg.data.follow_symlinks,
+            unreadable=why,
+        )[0]
         if data is None:
-            raise DataError(f"cannot read {sample_id}")
-        img = decode_image(data, bands=self.cfg.data.bands)
+            raise DataError(f"cannot read {sample_id}: {why.get(0, 'missing')}")
+        img = decode_image(data, bands=self.cfg.data.bands, max_pixels=self.cfg.data.max_image_pixels)
         return np.transpose(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0), (1, 2, 0))

@@ -109,6 +109,8 @@ def fit_round(
         std=std,
         bad_dir=bad_dir,
         drop_ids=True,
+        max_pixels=cfg.data.max_image_pixels,
+        follow_symlinks=cfg.data.follow_symlinks,
     )
     sched_l = make_schedule(
         labeled, (steps + slack) * bs * world, derive_seed(cfg.seed, round_idx, "labeled")

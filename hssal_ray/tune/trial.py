@@ -73,4 +73,5 @@ def row_is_final(cfg: Any, row: dict[str, Any]) -> bool:
 
     if "final" in row:  # the loop records its decision with the row
         return bool(row["final"])
-    return is_final_round(cfg, int(row["round"]), int(row["num_labeled"]), int(row.get("pool_remaining", 1)))
+    asked = int(row["num_labeled"]) + int(row.get("num_labeled_unreadable", 0))  # the loop's count
+    return is_final_round(cfg, int(row["round"]), asked, int(row.get("pool_remaining", 1)))

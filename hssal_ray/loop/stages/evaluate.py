@@ -3,8 +3,10 @@
 The accuracy comes from :func:`hssal_ray.scoring.evaluate_split` (image-level) or
 :func:`hssal_ray.frozen.rounds.evaluate` (frozen encoder), on ``data.eval_split``, for the eval
 model and the other weights (EMA vs online). The row also carries the round's training figures
-(``train_metrics.json``) and wall times. :func:`is_final_round` is the one rule for the last round;
-after it the run is ``done`` and the report is built (``loop.report``).
+(``train_metrics.json``) and wall times. ``num_labeled`` counts the labeled images the round could
+train on; labeled images listed in ``bad_samples.csv`` are counted apart (``num_labeled_unreadable``)
+and still count against ``loop.total_budget`` (they were asked for). :func:`is_final_round` is the
+one rule for the last round; after it the run is ``done`` and the report is built (``loop.report``).
 """
 
 from __future__ import annotations
@@ -82,14 +84,17 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
     ev = _test(ctx, r)
     collect_bad_samples(ctx.run_dir)
     labeled = LabeledSet.load(ctx.run_dir)
+    unreadable = len(set(labeled.ids) & ctx.bad_ids())
+    usable = len(labeled) - unreadable
     train_m = _io.read_json(_io.join(round_dir(ctx.run_dir, r), "train_metrics.json"))
     n_train = ctx.split("train").num_rows
     times = {f"wall_s.{s}": secs for (rr, s, secs) in state.history if rr == r and s in ("train",)}
     times["wall_s.evaluate"] = time.perf_counter() - t0
     row = {
         "round": r,
-        "num_labeled": len(labeled),
-        "label_fraction": len(labeled) / max(n_train, 1),
+        "num_labeled": usable,
+        "num_labeled_unreadable": unreadable,
+        "label_fraction": usable / max(n_train, 1),
         "strategy": cfg.query.strategy,
         "ssl": cfg.ssl.enabled,
         "eval_model": cfg.ssl.eval_model,
@@ -104,9 +109,10 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
     if final and pool_remaining == 0 and r < cfg.loop.rounds:
         ctx.progress("[hssal] the unlabeled pool is exhausted: stopping")
     ctx.update_metrics(r, {"pool_remaining": pool_remaining, "final": bool(final)})
+    lost = f"; {unreadable} more labeled but unreadable" if unreadable else ""
     ctx.progress(
-        f"[hssal] round {r} evaluate: {time.perf_counter() - t0:.1f} s; {len(labeled)} labels "
-        f"({row['label_fraction']:.1%}), {cfg.data.eval_split} accuracy {ev['test_accuracy']:.4f} "
+        f"[hssal] round {r} evaluate: {time.perf_counter() - t0:.1f} s; {usable} labels "
+        f"({row['label_fraction']:.1%}{lost}), {cfg.data.eval_split} accuracy {ev['test_accuracy']:.4f} "
         f"({cfg.ssl.eval_model}; online {ev.get('test_accuracy_online', float('nan')):.4f}, "
         f"EMA {ev.get('test_accuracy_ema', float('nan')):.4f}), "
         f"mask rate {train_m.get('mask_rate', float('nan')):.2f}"
