@@ -3,7 +3,8 @@
 Label Studio is a Django application with its own pins, so it is kept out of the project's lock:
 ``label-studio==1.23.2`` is installed once into ``~/.cache/hssal_ray/label-studio-1.23.2/`` (override
 with ``HSSAL_LABEL_STUDIO_VENV``) and reused. The server runs on a free port of 127.0.0.1 with a
-temporary data directory, one user and a generated legacy API token, and is stopped at teardown.
+temporary data directory, one user and a generated legacy API token, and is stopped at teardown;
+:func:`restart` stops it and starts it again on the same port with the same data.
 
 By hand (what the fixture does)::
 
@@ -121,6 +122,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     data_dir: Path
     start_s: float
+    exe: Path
 
     def api(self, method: str, path: str, body: Any = None, raw: bool = False) -> Any:
         """One REST call as the test user (``Authorization: Token``)."""
@@ -153,10 +155,31 @@ class Server:
 
 def start(exe: Path, data_dir: Path) -> Server:
     """Start Label Studio on a free loopback port and wait until ``/health`` answers."""
-    port = free_port()
-    token = secrets.token_hex(20)
-    username, password = "annotator@example.com", secrets.token_urlsafe(12)
+    (data_dir / "data").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template_db(exe), data_dir / "data" / "label_studio.sqlite3")
+    server = Server(
+        f"http://127.0.0.1:{free_port()}",
+        secrets.token_hex(20),
+        "annotator@example.com",
+        secrets.token_urlsafe(12),
+        None,  # type: ignore[arg-type] - set by _launch
+        data_dir,
+        0.0,
+        exe,
+    )
+    _launch(server)
+    return server
+
+
+def restart(server: Server) -> None:
+    """Stop the server and start it again on the same port with the same data (a server restart)."""
+    server.stop()
+    _launch(server)
+
+
+def _launch(server: Server) -> None:
     env = dict(os.environ)
+    data_dir = server.data_dir
     env.update(
         LABEL_STUDIO_BASE_DATA_DIR=str(data_dir / "data"),
         LATEST_VERSION_CHECK="false",
@@ -164,20 +187,19 @@ def start(exe: Path, data_dir: Path) -> Server:
         SENTRY_DSN="",
         FRONTEND_SENTRY_DSN="",
     )
-    (data_dir / "data").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template_db(exe), data_dir / "data" / "label_studio.sqlite3")
-    log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - closed with the process
+    log = open(data_dir / "server.log", "ab")  # noqa: SIM115 - closed with the process
     t0 = time.monotonic()
-    proc = subprocess.Popen(
+    port = server.url.rsplit(":", 1)[1]
+    server.proc = subprocess.Popen(
         [
-            str(exe),
+            str(server.exe),
             "start",
             "--no-browser",
             "--internal-host=127.0.0.1",
             f"--port={port}",
-            f"--username={username}",
-            f"--password={password}",  # '=': a generated value may start with '-'
-            f"--user-token={token}",
+            f"--username={server.username}",
+            f"--password={server.password}",  # '=': a generated value may start with '-'
+            f"--user-token={server.token}",
             "--enable-legacy-api-token",
         ],
         env=env,
@@ -185,18 +207,18 @@ def start(exe: Path, data_dir: Path) -> Server:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
-    server = Server(url, token, username, password, proc, data_dir, 0.0)
     deadline = t0 + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Label Studio exited ({proc.returncode}); see {data_dir / 'server.log'}")
+        if server.proc.poll() is not None:
+            raise RuntimeError(
+                f"Label Studio exited ({server.proc.returncode}); see {data_dir / 'server.log'}"
+            )
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+            with urllib.request.urlopen(server.url + "/health", timeout=2) as resp:
                 if resp.status == 200:
                     server.api("GET", "/api/current-user/whoami")  # the token works too
                     server.start_s = time.monotonic() - t0
-                    return server
+                    return
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)

@@ -74,7 +74,7 @@ class RunContext:
         if self._oracle is None:
             from hssal_ray.oracle import from_config
 
-            self._oracle = from_config(self.cfg, self.catalog, self.load_image_hwc)
+            self._oracle = from_config(self.cfg, self.catalog, self.load_image_hwc, self.progress)
         return self._oracle
 
     def check_lease(self) -> None:

@@ -106,6 +106,9 @@ class LoopRunner(RunContext):
             )
         if state is None or state.status != "done":  # resuming a finished run writes nothing
             check_run_dir(self.run_dir, state)
+            from hssal_ray.oracle.factory import check_oracle
+
+            check_oracle(self.cfg.oracle)  # the Label Studio server and token, before the data set
         _io.makedirs(self.run_dir)
         if state is None:
             self._write_config()

@@ -8,13 +8,17 @@ Endpoints used (Label Studio 1.x; ``Authorization: Token <token>``, the legacy A
 * ``GET  /api/tasks?project={id}&fields=all&query=...``: tasks with annotations, filtered on data fields.
 
 The token is kept in the request headers only: it is never logged, never part of ``repr`` and never
-in an error message.
+in an error message. Every error is one line; :attr:`LabelStudioError.transient` tells a caller
+whether trying again later may help (no connection, a timeout, HTTP 429 or 5xx) or not (a refused
+token, a missing project, a server that is not Label Studio).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,8 +32,30 @@ __all__ = ["LabelStudioClient", "LabelStudioError"]
 logger = logging.getLogger(__name__)
 
 
+_TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
+
+
 class LabelStudioError(HSSALError):
-    """The Label Studio server could not be reached or refused a request."""
+    """The Label Studio server could not be reached or refused a request.
+
+    Args:
+        message: One line: what failed and what to do.
+        status: The HTTP status code, ``None`` when no HTTP answer came back.
+        transient: Whether the same request may succeed later (connection refused or reset, a
+            timeout, HTTP 408/429/5xx): callers that wait for annotations retry those.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, transient: bool = False) -> None:
+        """Store the message, the status code and whether the failure may pass."""
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+
+
+def _one_line(text: str, limit: int) -> str:
+    """``text`` with its whitespace runs collapsed to one space, cut to ``limit`` characters."""
+    flat = re.sub(r"\s+", " ", text).strip()
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 class LabelStudioClient:
@@ -78,37 +104,52 @@ class LabelStudioClient:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 raw = resp.read()
+                kind = resp.headers.get_content_type()
         except urllib.error.HTTPError as e:
-            raise LabelStudioError(self._http_message(method, path, e)) from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
+            raise self._http_error(method, path, e) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}".rstrip(": ")
             raise LabelStudioError(
-                f"cannot reach Label Studio at {self.url} ({method} {path}: {reason}); "
-                "is the server running and oracle.url right?"
+                f"cannot reach Label Studio at {self.url} ({method} {path}: {_one_line(str(reason), 200)}); "
+                "is the server running and oracle.url right?",
+                transient=True,
             ) from None
         if not raw.strip():
             return None
         try:
             return json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise LabelStudioError(
-                f"Label Studio at {self.url} answered {method} {path} with something that is not JSON "
-                f"({raw[:80]!r}); is oracle.url the Label Studio server?"
+                f"{self.url} answered {method} {path} with HTTP 200 and a {kind} page, not JSON: "
+                f"is oracle.url={self.url} a Label Studio server?"
             ) from None
 
-    def _http_message(self, method: str, path: str, e: urllib.error.HTTPError) -> str:
+    def _http_error(self, method: str, path: str, e: urllib.error.HTTPError) -> LabelStudioError:
+        """One line for an HTTP error: the status, the server's JSON reason if any, what to do."""
         try:
             body = e.read().decode("utf-8", "replace")
-        except OSError:
+        except (OSError, http.client.HTTPException):
             body = ""
         try:
             doc = json.loads(body)
         except ValueError:
             doc = None
-        if isinstance(doc, dict):
-            detail = json.dumps(doc.get("validation_errors") or doc.get("detail") or doc)[:500]
-        else:
-            detail = body[:300]
+        transient = e.code in _TRANSIENT_HTTP
+        if not isinstance(doc, dict):  # an HTML error page: a proxy, another web server, a wrong path
+            kind = e.headers.get_content_type() if e.headers is not None else "non-JSON"
+            what = (
+                "the server is failing or restarting"
+                if transient
+                else f"is oracle.url={self.url} a Label Studio server?"
+            )
+            return LabelStudioError(
+                f"{self.url} answered {method} {path} with HTTP {e.code} {e.reason} (a {kind} page, not "
+                f"Label Studio's JSON API): {what}",
+                status=e.code,
+                transient=transient,
+            )
+        head = f"Label Studio at {self.url} refused {method} {path}: HTTP {e.code} {e.reason}"
+        detail = _one_line(json.dumps(doc.get("validation_errors") or doc.get("detail") or doc), 300)
         hint = ""
         if e.code in (401, 403):
             env = f"${self.token_env}" if self.token_env else "the token"
@@ -118,12 +159,22 @@ class LabelStudioClient:
             )
         elif e.code == 404:
             hint = "; does the project exist (oracle.project_id)?"
-        return f"Label Studio at {self.url} refused {method} {path}: HTTP {e.code} {e.reason}: {detail}{hint}"
+        return LabelStudioError(f"{head}: {detail}{hint}", status=e.code, transient=transient)
 
     # ------------------------------------------------------------------ API
     def whoami(self) -> dict[str, Any]:
-        """The token's user (checks the URL and the token)."""
-        return self.request("GET", "/api/current-user/whoami")
+        """The token's user (checks the URL and the token).
+
+        Raises:
+            LabelStudioError: As :meth:`request`, or the answer is not a Label Studio user.
+        """
+        user = self.request("GET", "/api/current-user/whoami")
+        if not isinstance(user, dict) or "id" not in user:
+            raise LabelStudioError(
+                f"{self.url} answered GET /api/current-user/whoami without a user: "
+                f"is oracle.url={self.url} a Label Studio server?"
+            )
+        return user
 
     def create_project(self, title: str, label_config: str, description: str = "") -> dict[str, Any]:
         """Create a project; returns it (``id``, ``label_config``, ...)."""
@@ -133,6 +184,15 @@ class LabelStudioClient:
     def get_project(self, project_id: int) -> dict[str, Any]:
         """One project."""
         return self.request("GET", f"/api/projects/{int(project_id)}")
+
+    def find_project(self, project_id: int) -> dict[str, Any] | None:
+        """One project, ``None`` if the server has none with this id (HTTP 404)."""
+        try:
+            return self.get_project(project_id)
+        except LabelStudioError as e:
+            if e.status == 404:
+                return None
+            raise
 
     def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
         """Import tasks (in order) and return their new ids."""
@@ -149,9 +209,22 @@ class LabelStudioClient:
         return [int(i) for i in ids]
 
     def tasks(
-        self, project_id: int, data_equal: Mapping[str, str], page_size: int = 100
+        self,
+        project_id: int,
+        data_equal: Mapping[str, str],
+        page_size: int = 100,
+        limit: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Every task of a project whose ``data`` fields equal ``data_equal``, with annotations."""
+        """The tasks of a project whose ``data`` fields equal ``data_equal``, with annotations.
+
+        Args:
+            project_id: The project.
+            data_equal: ``field -> value`` the tasks' ``data`` must hold.
+            page_size: Tasks per request.
+            limit: Stop after this many tasks (``None``: every one).
+        """
+        if limit is not None:
+            page_size = min(page_size, max(limit, 1))
         items = [
             {"filter": f"filter:tasks:data.{k}", "operator": "equal", "type": "String", "value": v}
             for k, v in data_equal.items()
@@ -173,7 +246,7 @@ class LabelStudioClient:
                 raise LabelStudioError(f"Label Studio at {self.url}: unexpected task list from /api/tasks")
             out.extend(t for t in tasks if isinstance(t, dict))
             total = int(doc.get("total", len(out)))
-            if not tasks or len(out) >= total:
+            if not tasks or len(out) >= total or (limit is not None and len(out) >= limit):
                 break
             page += 1
         # the filter runs in the server; check it here too (an old server may ignore it)

@@ -9,6 +9,16 @@ The tests skip only when Label Studio cannot be installed (no network to PyPI).
   tasks in rank order with hidden sample ids and predictions, skipped tasks under ``wait``, a bad
   round rejected with the run directory byte-identical, polling, and the server's own JSON,
   JSON_MIN, CSV and TSV exports of the reused project accepted by ``--labels``.
+* ``test_two_runs_sharing_a_project_take_only_their_own_annotations``: two runs with the same
+  ``loop.name`` in one project each push and read only their own tasks (the run id of
+  ``state.json``); a task whose image was changed in Label Studio is refused, a deleted one named
+  and pushed again.
+* ``test_the_runs_project_through_127_0_0_1_and_localhost``: another spelling of the server's URL
+  reaches the run's project (no second project, nothing pushed twice); a server without the run's
+  project is an error naming both URLs; a wrong URL and a wrong token fail in one line before the
+  data set is built (the real CLI).
+* ``test_live_wait_prints_progress_and_survives_a_server_restart``: while the oracle waits it prints
+  the project URL, what is left and its progress; the server restarted mid-wait is retried, not fatal.
 * ``test_loop_two_rounds_through_label_studio`` (slow: several CLI runs of the loop): the real CLI,
   two batches labeled in Label Studio, a rejected bad round, the token nowhere in the run.
 """
@@ -29,13 +39,21 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from hssal_ray.config import load_config
 from hssal_ray.errors import ConfigError, LabelFileError
 from hssal_ray.oracle import HumanOracle, LabelStudioOracle
-from hssal_ray.oracle.label_studio import EXPORT_FILE, PROJECT_FILE, PUSH_FILE, LabelStudioError
+from hssal_ray.oracle.factory import check_oracle
+from hssal_ray.oracle.label_studio import (
+    EXPORT_FILE,
+    PROJECT_FILE,
+    PUSH_FILE,
+    RUN_ID_FIELD,
+    LabelStudioError,
+)
 from hssal_ray.query.scores_io import write_scores
-from hssal_ray.state import LabeledSet
+from hssal_ray.state import LabeledSet, RunState, new_run_id
 from tests.integration.conftest import SMOKE, run_cli
-from tests.label_studio_server import Server, ensure_installed, start
+from tests.label_studio_server import Server, ensure_installed, restart, start
 
 pytestmark = pytest.mark.label_studio
 
@@ -108,6 +126,7 @@ def run_dir(tmp_path: Path) -> Path:
         num_parts=2,
     )
     (run / "classes.json").write_text(json.dumps(CLASSES))
+    RunState(config_sha="0" * 16, run_id=new_run_id()).save(str(run))
     return run
 
 
@@ -260,6 +279,196 @@ def test_oracle_round_trip_against_real_server(
             assert ls_server.token.encode() not in p.read_bytes(), p
     assert ls_server.token not in caplog.text
     print(f"[label studio] oracle round trip: {time.monotonic() - t0:.1f} s")
+
+
+def _cold_run(parent: Path, ids: list[str], name: str = "lsrun") -> Path:
+    """A run directory (``state.json`` with a fresh run id) whose cold start queried ``ids``."""
+    run = parent / name
+    _write_query(run / "cold_start", ids)
+    (run / "classes.json").write_text(json.dumps(CLASSES))
+    RunState(config_sha="0" * 16, run_id=new_run_id()).save(str(run))
+    return run
+
+
+def _record(run: Path, batch: str = "cold_start") -> dict[str, Any]:
+    return json.loads((run / batch / PUSH_FILE).read_text())
+
+
+def _answer(server: Server, run: Path, skip: tuple[str, ...] = ()) -> None:
+    """Label every task the run pushed for its cold start (but ``skip`` refs) with the true class."""
+    push = _record(run)
+    for ref, tid in push["tasks"].items():
+        if ref not in skip:
+            _annotate(server, tid, _truth(push["samples"][ref]))
+
+
+def test_two_runs_sharing_a_project_take_only_their_own_annotations(
+    ls_server: Server, tmp_path: Path
+) -> None:
+    t0 = time.monotonic()
+    ids_a = [f"{c}/{c}00.jpg" for c in CLASSES]
+    ids_b = [f"{c}/{c}01.jpg" for c in reversed(CLASSES)]
+    first, second = _cold_run(tmp_path / "a", ids_a), _cold_run(tmp_path / "b", ids_b)
+    # hidden sample ids (the default on folder data): tasks show refs, the same in both runs
+    a = LabelStudioOracle(
+        CLASSES, url=ls_server.url, token=ls_server.token, load_image=_noise, hide_sample_id=True
+    )
+    assert a.collect(str(first / "cold_start"), ids_a) is None
+    _answer(ls_server, first)
+    answer_a = a.collect(str(first / "cold_start"), ids_a)
+    assert answer_a is not None and answer_a.labels == {s: CLASSES.index(_truth(s)) for s in ids_a}
+    pid = json.loads((first / PROJECT_FILE).read_text())["project_id"]
+
+    # the same loop.name, another directory and seed, the first run's project (oracle.project_id)
+    lines: list[str] = []
+    b = LabelStudioOracle(
+        CLASSES,
+        url=ls_server.url,
+        token=ls_server.token,
+        project_id=pid,
+        load_image=_noise,
+        progress=lines.append,
+        hide_sample_id=True,
+    )
+    cold_b = str(second / "cold_start")
+    assert b.collect(cold_b, ids_b) is None  # its own tasks, unanswered: it waits
+    tasks = _tasks(ls_server, pid)
+    assert len(tasks) == 6 and all(t["data"]["hssal_run"] == "lsrun" for t in tasks)  # same name, same refs
+    run_b = RunState.load(str(second)).run_id  # type: ignore[union-attr]
+    mine = [t for t in tasks if t["data"][RUN_ID_FIELD] == run_b]
+    push = _record(second)
+    assert sorted(t["id"] for t in mine) == sorted(push["tasks"].values())
+    assert sorted(push["samples"].values()) == sorted(ids_b)
+    assert all(t["annotations"] == [] for t in mine) and all("sample_id" not in t["data"] for t in mine)
+
+    # a task pointed at another image in Label Studio: its annotation is refused, nothing written
+    changed = push["tasks"]["lsrun:cold_start:2"]
+    data = next(t for t in mine if t["id"] == changed)["data"]
+    other_image = next(t for t in tasks if t["data"][RUN_ID_FIELD] != run_b)["data"]["image"]
+    ls_server.api("PATCH", f"/api/tasks/{changed}", {"data": {**data, "image": other_image}})
+    _answer(ls_server, second)
+    before = _snapshot(second)
+    with pytest.raises(LabelFileError, match=rf"task {changed} \(another image than the one pushed\)"):
+        b.collect(cold_b, ids_b)
+    assert _snapshot(second) == before
+
+    # deleted in Label Studio: named, pushed again (oracle.partial=wait), labeled, taken
+    ls_server.api("DELETE", f"/api/tasks/{changed}")
+    assert b.collect(cold_b, ids_b) is None
+    sid = push["samples"]["lsrun:cold_start:2"]
+    assert any("1 task(s) were deleted" in line and repr(sid) in line for line in lines)
+    again = _record(second)["tasks"]["lsrun:cold_start:2"]
+    assert again != changed
+    _annotate(ls_server, again, _truth(sid))
+    answer_b = b.collect(cold_b, ids_b)
+    assert answer_b is not None and answer_b.labels == {s: CLASSES.index(_truth(s)) for s in ids_b}
+    print(f"[label studio] two runs, one project: {time.monotonic() - t0:.1f} s")
+
+
+def test_the_runs_project_through_127_0_0_1_and_localhost(
+    ls_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t0 = time.monotonic()
+    ids = [f"{c}/{c}02.jpg" for c in CLASSES]
+    run = _cold_run(tmp_path, ids)
+    cold = str(run / "cold_start")
+    assert ls_server.url.startswith("http://127.0.0.1:")
+    LabelStudioOracle(CLASSES, url=ls_server.url, token=ls_server.token).request(cold, ids)
+    record = json.loads((run / PROJECT_FILE).read_text())
+    projects = ls_server.api("GET", "/api/projects?page_size=1000")["count"]
+    localhost = ls_server.url.replace("127.0.0.1", "localhost")
+    for url in (localhost, localhost + "/", ls_server.url + "/"):
+        assert LabelStudioOracle(CLASSES, url=url, token=ls_server.token).collect(cold, ids) is None
+    assert ls_server.api("GET", "/api/projects?page_size=1000")["count"] == projects  # no new project
+    assert len(_tasks(ls_server, record["project_id"])) == 3  # nothing pushed twice
+    _answer(ls_server, run)
+    answer = LabelStudioOracle(CLASSES, url=localhost, token=ls_server.token).collect(cold, ids)
+    assert answer is not None and answer.labels == {s: CLASSES.index(_truth(s)) for s in ids}
+    assert json.loads((run / PROJECT_FILE).read_text()) == record
+
+    # a record of another server: what this server has under that id is not the run's project
+    other = _cold_run(tmp_path / "other", ids)
+    foreign = ls_server.api(
+        "POST", "/api/projects", {"title": "hssal lsrun", "label_config": HumanOracle(CLASSES).label_config()}
+    )
+    elsewhere = "http://labelstudio.example:8080"
+    for pid, found in ((foreign["id"], "is not this run's"), (987654, "it has no project 987654")):
+        rec = {"url": elsewhere, "project_id": pid, "title": "hssal lsrun"}
+        (other / PROJECT_FILE).write_text(json.dumps({**rec, "run_id": RunState.load(str(other)).run_id}))
+        with pytest.raises(ConfigError) as info:
+            LabelStudioOracle(CLASSES, url=ls_server.url, token=ls_server.token).collect(
+                str(other / "cold_start"), ids
+            )
+        msg = str(info.value)
+        assert f"at {elsewhere}, but oracle.url={ls_server.url} is another server" in msg and found in msg
+        assert f"Resume with oracle.url={elsewhere}" in msg
+    assert _tasks(ls_server, foreign["id"]) == []
+
+    # a wrong URL and a wrong token: one line each, in a second, before any data set is built
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls_server.token)
+    wrong_url = ls_server.url + "/wrong-prefix"
+    with pytest.raises(LabelStudioError) as info:
+        check_oracle(load_config(None, ["oracle.kind=label_studio", f"oracle.url={wrong_url}"]).oracle)
+    msg = str(info.value)
+    assert f"is oracle.url={wrong_url} a Label Studio server?" in msg and "<" not in msg and "\n" not in msg
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0" * 40)
+    t_cli = time.monotonic()
+    proc = run_cli(*SMOKE, "oracle.kind=label_studio", f"oracle.url={localhost}", f"loop.run_dir={tmp_path}",
+                   "loop.name=badtoken", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "HTTP 401" in proc.stderr and "$LABEL_STUDIO_API_KEY" in proc.stderr
+    assert not (tmp_path / "badtoken" / "manifest.parquet").exists()
+    print(
+        f"[label studio] URL spellings: {time.monotonic() - t0:.1f} s "
+        f"(CLI refusing the token: {time.monotonic() - t_cli:.1f} s)"
+    )
+
+
+def test_live_wait_prints_progress_and_survives_a_server_restart(ls_server: Server, tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    ids = [f"{c}/{c}03.jpg" for c in CLASSES]
+    run = _cold_run(tmp_path, ids)
+    cold = str(run / "cold_start")
+    LabelStudioOracle(CLASSES, url=ls_server.url, token=ls_server.token).request(cold, ids)
+    _answer(ls_server, run, skip=("lsrun:cold_start:2", "lsrun:cold_start:3"))
+    lines: list[str] = []
+    oracle = LabelStudioOracle(
+        CLASSES,
+        url=ls_server.url,
+        token=ls_server.token,
+        wait_s=300,
+        poll_s=0.5,
+        progress=lines.append,
+        progress_every_s=2,
+    )
+    restarted: list[float] = []
+
+    def person() -> None:  # the server restarts during the wait; afterwards the person labels the rest
+        deadline = time.monotonic() + 120
+        while not any("labeled in Label Studio" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.2)  # until the first progress line
+        restart(ls_server)
+        restarted.append(ls_server.start_s)
+        push = _record(run)
+        for ref in ("lsrun:cold_start:2", "lsrun:cold_start:3"):
+            _annotate(ls_server, push["tasks"][ref], _truth(push["samples"][ref]))
+
+    worker = threading.Thread(target=person)
+    worker.start()
+    try:
+        answer = oracle.collect(cold, ids)
+    finally:
+        worker.join()
+    assert answer is not None and answer.labels == {s: CLASSES.index(_truth(s)) for s in ids}
+    pid = json.loads((run / PROJECT_FILE).read_text())["project_id"]
+    assert lines[0].startswith("[hssal] cold start: 2 of 3 samples to label in Label Studio (1 labeled")
+    assert f"{ls_server.url}/projects/{pid}/data" in lines[0] and "--resume" in lines[0]
+    assert any("1 of 3 labeled in Label Studio, 0 skipped, 2 to do (waited" in line for line in lines)
+    retries = [line for line in lines if "Trying again in" in line]
+    assert retries and all("\n" not in line for line in retries)
+    print(
+        f"[label studio] live wait across a restart ({restarted[0]:.1f} s): {time.monotonic() - t0:.1f} s, "
+        f"{len(retries)} retries"
+    )
 
 
 def _run_truth(run: Path) -> dict[str, str]:

@@ -24,7 +24,11 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
     oracle = ctx.oracle
     answer = oracle.collect(d, ids)
     if answer is None:
-        oracle.request(d, ids, {"run_dir": ctx.run_dir, "round": state.round})
+        # the cold start is named by its directory, not "round 0" (round 0's batch comes next)
+        handoff: dict[str, object] = {"run_dir": ctx.run_dir}
+        if state.stage != "init":
+            handoff["round"] = state.round
+        oracle.request(d, ids, handoff)
         state.status = "awaiting_labels"
         state.save(ctx.run_dir)
         ctx.progress(f"[hssal] waiting for labels of {len(ids)} samples.\n{oracle.instructions(d)}")
