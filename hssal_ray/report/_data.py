@@ -37,7 +37,8 @@ class RunData:
         state: Parsed ``state.json`` (empty if absent or unreadable).
         class_names: ``classes.json`` (or the names seen in label files if it is missing).
         rounds: Valid ``metrics.jsonl`` rows, one per round, sorted by round.
-        queries: ``round -> Counter(class name -> count)`` of each answered query.
+        queries: ``round -> Counter(class name -> count)`` of each answered query (the final round
+            queries nothing and has no entry).
         coverage: ``round -> (coarse clusters covered, coarse_k or None)``.
         warnings: Problems found while reading (malformed lines, unreadable files).
     """
@@ -193,10 +194,11 @@ def _read_queries(run: RunData) -> None:
     """Fill ``run.queries`` and ``run.coverage`` from round directories and ``labeled.parquet``."""
     round_dirs = {int(m.group(1)): n for n in _io.listdir(run.path) if (m := _ROUND_DIR.match(n))}
     by_parquet = _parquet_queries(run)
+    final = {int(m["round"]) for m in run.rounds if m.get("final") is True}
     for r in sorted(set(round_dirs) | set(by_parquet)):
         names = _labels_csv(run, round_dirs[r]) if r in round_dirs else None
         counts = names or by_parquet.get(r)
-        if counts:
+        if counts and r not in final:
             run.queries[r] = counts
     metric_cov = {
         int(m["round"]): (int(m["coarse_clusters_covered"]), _int_or_none(m.get("coarse_k")))
@@ -265,6 +267,11 @@ def _query_clusters(run: RunData, dirname: str) -> int | None:
 
 
 def _parquet_queries(run: RunData) -> dict[int, Counter[str]]:
+    """``round -> class counts`` of the answers stored in ``labeled.parquet``.
+
+    The loop stores round ``r``'s answers with ``round_added = r + 1`` (they are part of the next
+    round's training set); ``round_added = 0`` is the cold start, which is no round's query.
+    """
     path = _io.join(run.path, "labeled.parquet")
     if not _io.exists(path):
         return {}
@@ -277,7 +284,7 @@ def _parquet_queries(run: RunData) -> dict[int, Counter[str]]:
         return {}
     out: dict[int, Counter[str]] = {}
     for label, r, source in zip(labels, rounds, sources, strict=True):
-        if source == "seed" or label is None or r is None:
+        if source == "seed" or label is None or r is None or int(r) < 1:
             continue
-        out.setdefault(int(r), Counter())[_class_name(run, str(label))] += 1
+        out.setdefault(int(r) - 1, Counter())[_class_name(run, str(label))] += 1
     return out

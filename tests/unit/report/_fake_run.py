@@ -11,11 +11,16 @@ import pyarrow.parquet as pq
 CLASSES = ["beach", "forest", "river", "harbor"]
 
 
-def make_run(root: Path, name: str = "hal_run", rounds: int = 3, strategy: str = "hal") -> Path:
+def make_run(
+    root: Path, name: str = "hal_run", rounds: int = 3, strategy: str = "hal", final_round: bool = False
+) -> Path:
     """A run directory with ``rounds`` completed rounds and one malformed metrics line.
 
     Round r: ``num_labeled = 8 + 4 r``, ``test_accuracy = 0.5 + 0.125 r``; each query has 4 samples;
     round 1's answers are only in labeled.parquet (no labels.csv), round 0 has coverage only in query.csv.
+    As in the loop, the 8 cold-start labels have ``round_added`` 0 and round r's answers ``r + 1``.
+    ``final_round``: one more round, the last (``final`` in metrics), which trains and evaluates
+    but queries nothing.
     """
     run = root / name
     run.mkdir(parents=True)
@@ -26,7 +31,7 @@ def make_run(root: Path, name: str = "hal_run", rounds: int = 3, strategy: str =
         [f"seed{i}" for i in range(8)],
         [i % 4 for i in range(8)],
         [0] * 8,
-        ["seed"] * 8,
+        ["simulated"] * 8,
     )
     lines = []
     for r in range(rounds):
@@ -44,8 +49,8 @@ def make_run(root: Path, name: str = "hal_run", rounds: int = 3, strategy: str =
             (rd / "labels.csv").write_text("sample_id,label\n" + answers)
         ids += qids
         labels += qlabels
-        added += [r] * 4
-        sources += ["oracle"] * 4
+        added += [r + 1] * 4
+        sources += ["simulated"] * 4
         metrics = {
             "round": r,
             "num_labeled": 8 + 4 * r,
@@ -56,6 +61,7 @@ def make_run(root: Path, name: str = "hal_run", rounds: int = 3, strategy: str =
             "sup_loss": 1.23456,
             "unsup_loss": 0.5,
             "strategy": strategy,
+            "final": False,
             "wall_s": {"train": 10.0 + r, "score": 2.5, "query": 0.25, "oracle": 0.0, "eval": 1.0},
         }
         if r > 0:
@@ -64,6 +70,17 @@ def make_run(root: Path, name: str = "hal_run", rounds: int = 3, strategy: str =
         if r == 0:
             lines.append("{not json")
             lines.append(json.dumps({"round": 99, "num_labeled": "many"}))
+    if final_round:
+        (run / f"round_{rounds:03d}").mkdir()  # trained and evaluated; no query.csv, no labels.csv
+        metrics = {
+            "round": rounds,
+            "num_labeled": 8 + 4 * rounds,
+            "test_accuracy": 0.9,
+            "strategy": strategy,
+            "final": True,
+            "wall_s": {"train": 10.0, "eval": 1.0},
+        }
+        lines.append(json.dumps(metrics))
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     table = pa.table(
         {

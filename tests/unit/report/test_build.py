@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from PIL import Image
 from hssal_ray.errors import StateError
 from hssal_ray.report import build_report
 from hssal_ray.report.__main__ import main
+from hssal_ray.report._data import RunData, load_run
+from hssal_ray.report._plots import query_classes_figure
+from hssal_ray.report.build import _queries_table
 
 from ._fake_run import make_run
 
@@ -138,3 +142,35 @@ def test_damaged_run_files_do_not_crash_the_report(tmp_path: Path) -> None:
     ):
         assert problem in page
     _valid_png(written["query_classes/damaged"])
+
+
+def test_final_round_queries_nothing_and_each_round_shows_its_own_answers(tmp_path: Path) -> None:
+    run = make_run(tmp_path, rounds=3, final_round=True)  # rounds 0-2 query; round 3 is the last
+    data = load_run(str(run), "hal_run")
+    assert [r["round"] for r in data.rounds] == [0, 1, 2, 3]
+    assert sorted(data.queries) == [0, 1, 2]  # the cold start and the final round are no round's query
+    assert data.queries[1] == Counter(forest=3, river=1)  # from labeled.parquet (round_added 2)
+    assert data.queries[2] == Counter(forest=2, river=2)  # from labels.csv
+    _, rows = _queries_table(data)
+    assert [row[0] for row in rows] == ["0", "1", "2"]
+    page = Path(build_report([str(run)], str(tmp_path / "out"))["html"]).read_text()
+    assert page.count("forest 2, river 2") == 1  # the final round does not repeat round 2's query
+
+
+@pytest.mark.parametrize(("num_classes", "name_len"), [(8, 20), (30, 70)])
+def test_query_class_names_never_overlap_and_stay_inside_the_figure(num_classes: int, name_len: int) -> None:
+    names = [("sparse_residential_" * 8)[: name_len - 3] + f"{i:03d}" for i in range(num_classes)]
+    run = RunData(path="r", name="r", class_names=names)
+    run.queries = {r: Counter({c: 1 + (i + r) % 3 for i, c in enumerate(names)}) for r in range(4)}
+    fig = query_classes_figure(run)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ticks = [t for ax in fig.axes[:1] for t in (*ax.get_xticklabels(), *ax.get_yticklabels()) if t.get_text()]
+    names_shown = [t for t in ticks if t.get_text()[:3] == names[0][:3]]
+    assert len(names_shown) == num_classes
+    boxes = [t.get_window_extent(renderer) for t in names_shown]
+    for i, a in enumerate(boxes):
+        assert fig.bbox.contains(a.x0, a.y0) and fig.bbox.contains(a.x1, a.y1), names_shown[i].get_text()
+        for j in range(i + 1, len(boxes)):
+            assert not a.overlaps(boxes[j]), (names_shown[i].get_text(), names_shown[j].get_text())
+    assert len({t.get_text() for t in names_shown}) == num_classes  # shortened names stay distinct
