@@ -476,15 +476,19 @@ class LabelStudioOracle(HumanOracle):
         run_id, batch = self._run_id(run_dir), _basename(round_dir)
         wanted = {t["data"]["ref"]: t for t in _io.read_json(_io.join(round_dir, TASKS_FILE))}
         samples = self._samples(round_dir, wanted)
+        mine: dict[str, int] = {}
+        digests: dict[str, str] = {}
         if record is not None:
             mine = {r: int(i) for r, i in record["tasks"].items() if r not in again}
             digests = {r: d for r, d in record["image_sha256"].items() if r not in again}
-        else:  # tasks imported before the record was written (a crash in between) are adopted
-            mine, digests = {}, {}
-            for t in sorted(self.client.tasks(pid, {RUN_ID_FIELD: run_id, "hssal_batch": batch}), key=_id):
-                ref = str(t["data"].get("ref"))
-                if ref in wanted and ref not in mine and self._same(t["data"], wanted[ref]["data"]):
-                    mine[ref], digests[ref] = int(t["id"]), _digest(t["data"].get("image"))
+        # tasks this run imported but did not record (an import that failed after the server took it,
+        # a crash before the record was written) are adopted, not imported twice
+        known = set(mine.values())
+        for t in sorted(self.client.tasks(pid, {RUN_ID_FIELD: run_id, "hssal_batch": batch}), key=_id):
+            ref = str(t["data"].get("ref"))
+            if ref in wanted and ref not in mine and _id(t) not in known:
+                if self._same(t["data"], wanted[ref]["data"]):
+                    mine[ref], digests[ref] = _id(t), _digest(t["data"].get("image"))
         new = [
             {
                 **{k: v for k, v in t.items() if k != "id"},

@@ -33,7 +33,10 @@ class FakeLabelStudio:
         self.projects: dict[int, dict[str, Any]] = {}
         self.tasks: dict[int, dict[str, Any]] = {}
         self.requests: list[str] = []  # "METHOD /path" of every request, failed ones too
-        self.fail_next: list[str] = []  # "503" (an HTML error page) or "drop" (close the connection)
+        # what the next requests meet: "503" (an HTML error page), "drop" (the connection closed, the
+        # request not done) or "lost" (done, the answer lost); "MODE@/import": the next request whose
+        # path holds "/import"
+        self.fail_next: list[str] = []
         self.html_everywhere = False  # answer everything with a 404 HTML page (a wrong URL)
         self._next_id = 1
         self._lock = threading.Lock()
@@ -82,6 +85,8 @@ def _handler(fake: FakeLabelStudio) -> type[BaseHTTPRequestHandler]:
             pass
 
         def _send(self, code: int, body: Any, kind: str = "application/json") -> None:
+            if self.lost:
+                return
             raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
             self.send_response(code)
             self.send_header("Content-Type", kind)
@@ -92,13 +97,19 @@ def _handler(fake: FakeLabelStudio) -> type[BaseHTTPRequestHandler]:
         def _route(self, method: str) -> None:
             url = urllib.parse.urlsplit(self.path)
             fake.requests.append(f"{method} {url.path}")
-            if fake.fail_next:
-                mode = fake.fail_next.pop(0)
+            self.lost = False
+            due = [m for m in fake.fail_next if "@" not in m or m.split("@", 1)[1] in url.path]
+            if due:
+                fake.fail_next.remove(due[0])
+                mode = due[0].split("@", 1)[0]
                 if mode == "drop":  # no answer at all: the client sees the connection closed
                     self.close_connection = True
                     return
-                page = "<html><body>" + "<p>Bad gateway, try later</p>" * 20 + "</body></html>"
-                return self._send(int(mode), page, "text/html")
+                if mode == "lost":  # done, but the answer is lost: the client sees the connection closed
+                    self.close_connection = self.lost = True
+                else:
+                    page = "<html><body>" + "<p>Bad gateway, try later</p>" * 20 + "</body></html>"
+                    return self._send(int(mode), page, "text/html")
             if fake.html_everywhere:
                 page = "<!DOCTYPE html><html><head><title>Not Found</title></head><body>" + "x" * 400
                 return self._send(404, page + "</body></html>", "text/html")

@@ -205,6 +205,22 @@ def test_a_failed_poll_is_retried_with_backoff_until_the_server_is_back(
     assert all("\n" not in line and "<html" not in line for line in retries)
 
 
+def test_an_import_whose_answer_was_lost_is_not_imported_twice(fake: FakeLabelStudio, tmp_path: Path) -> None:
+    ids = ["airplane/a1.jpg", "beach/b1.jpg"]
+    run = _run(tmp_path, ids)
+    clock = _Clock()
+    oracle = _oracle(fake, sleep=clock.sleep, clock=clock)
+    fake.fail_next = ["lost@/import"]  # the server imports the batch; its answer never arrives
+    assert oracle.collect(str(run / "cold_start"), ids) is None
+    assert clock.sleeps == [1] and len(fake.tasks) == 2  # retried once, the imported tasks adopted
+    push = json.loads((run / "cold_start" / PUSH_FILE).read_text())
+    assert sorted(push["tasks"].values()) == sorted(fake.tasks)
+    del fake.tasks[push["tasks"]["lsrun:cold_start:2"]]  # deleted; pushing it again loses the answer too
+    fake.fail_next = ["lost@/import"]
+    assert oracle.collect(str(run / "cold_start"), ids) is None
+    assert len(fake.tasks) == 2 and clock.sleeps == [1, 1]
+
+
 def test_retries_give_up_after_retry_s_with_the_resume_command(fake: FakeLabelStudio, tmp_path: Path) -> None:
     ids = ["airplane/a1.jpg"]
     run = _run(tmp_path, ids)
