@@ -1,8 +1,12 @@
-"""Label efficiency on real UCM, measured on the product: HSSAL against SSL-only, AL-only and supervised runs.
+"""Label efficiency of the product on a real dataset: HSSAL against SSL-only, AL-only and supervised runs.
 
-    python -m benchmarks.label_efficiency                      # 3 seeds, the standard set, test split
+    python -m benchmarks.label_efficiency                      # UCM, 3 seeds, the standard set, test split
     python -m benchmarks.label_efficiency --seeds 5
     python -m benchmarks.label_efficiency --val-fraction 0.2 --tag label_efficiency_val   # tuning
+    python -m benchmarks.label_efficiency --data ../shared/data/siri_whu --dataset-name SIRI-WHU
+
+The report and the plot name the dataset (``--dataset-name``, default: the ``--data`` folder's name)
+and the size of the split every number was measured on.
 
 Every method and seed is one run of the real loop (``python -m hssal_ray.loop`` with the profile
 ``configs/ucm_cpu.yaml``), run as trials of a Ray Tune grid through ``hssal_ray.tune`` (a grid over
@@ -130,16 +134,43 @@ def checks(summary: dict[str, Any], diffs: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_outputs(out_dir: Path, tag: str, result: dict[str, Any]) -> None:
-    import matplotlib
+def dataset_name(data: str, name: str | None = None) -> str:
+    """The dataset's name for the report: ``name`` if given, else the ``--data`` folder's name."""
+    if name and name.strip():
+        return name.strip()
+    folder = str(data).rstrip("/").rsplit("/", 1)[-1]  # local path or URI
+    if folder in ("", ".", ".."):
+        folder = Path(data).resolve().name
+    return folder or str(data)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def evaluated_on(val_fraction: float, n_eval: int) -> str:
+    """Which split every reported number was measured on, with its size."""
+    if val_fraction:
+        return f"validation split ({val_fraction:.0%} of train, {n_eval} images)"
+    return f"test split ({n_eval} images)"
+
+
+def eval_split_size(base: Any) -> int:
+    """Images in the split the loop evaluates on (``data.eval_split``), as the runs split the data."""
+    from hssal_ray.data.catalog import scan
+
+    d = base.data
+    cat = scan(d.root, test_fraction=d.test_fraction, seed=0, val_fraction=d.val_fraction)
+    return cat.split_table(d.eval_split).num_rows
+
+
+def plot_title(result: dict[str, Any]) -> str:
+    """The plot's title: the dataset and the split measured on."""
+    return f"{result['dataset']} label efficiency, product loop ({result['evaluated_on']})"
+
+
+def report_markdown(result: dict[str, Any]) -> str:
+    """The Markdown report of a finished benchmark ``result``."""
     s, diffs = result["summary"], result["paired_vs_hssal"]
     fracs = [f"{f:.0%}" for f in s["hssal"]["label_fraction"]] if "hssal" in s else []
     md = [
-        f"# Label efficiency on UCM (product loop, {result['profile_name']} profile)",
+        f"# Label efficiency on {result['dataset']} (product loop, {result['profile_name']} profile)",
         "",
         f"- command: `{result['command']}`",
         f"- profile: `{result['profile']}` ({result['recipe']})",
@@ -200,11 +231,18 @@ def write_outputs(out_dir: Path, tag: str, result: dict[str, Any]) -> None:
         "Checks:",
         *[f"- {c}" for c in result["checks"]],
     ]
-    text = "\n".join(md) + "\n"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{tag}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out_dir / f"{tag}.md").write_text(text)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    return "\n".join(md) + "\n"
+
+
+def efficiency_figure(result: dict[str, Any]) -> Any:
+    """The learning curves of every method (a matplotlib Figure, Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    s = result["summary"]
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     for method, m in s.items():
         x = [100 * f for f in m["label_fraction"]]
         if method == "full_supervision":
@@ -222,11 +260,19 @@ def write_outputs(out_dir: Path, tag: str, result: dict[str, Any]) -> None:
         )
     ax.set_xlabel("% of training labels")
     ax.set_ylabel("accuracy (" + ("validation" if "val" in result["evaluated_on"] else "test") + ")")
-    ax.set_title("UCM label efficiency, product loop")
+    ax.set_title(plot_title(result), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out_dir / f"{tag}.png", dpi=120)
+    return fig
+
+
+def write_outputs(out_dir: Path, tag: str, result: dict[str, Any]) -> None:
+    """``<tag>.json``, ``<tag>.md`` and ``<tag>.png`` in ``out_dir``; prints the Markdown."""
+    text = report_markdown(result)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{tag}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out_dir / f"{tag}.md").write_text(text)
+    efficiency_figure(result).savefig(out_dir / f"{tag}.png", dpi=120)
     print(text)
 
 
@@ -236,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_product_arguments(p, "label_efficiency")
     p.add_argument("--methods", nargs="*", default=None, help="subset of methods (default: all)")
+    p.add_argument("--dataset-name", default=None, help="name in the report (default: --data's folder name)")
     args = p.parse_args(argv)
     known = [*SSL_METHODS, *SUPERVISED_METHODS, "full_supervision"]
     bad = [m for m in args.methods or [] if m not in known]
@@ -246,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     t0 = time.perf_counter()
     base, run_dir, encode_s, n_train = start(args)
+    n_eval = eval_split_size(base)
     seeds = list(range(args.seeds))
     want = set(args.methods or known)
     results: dict[str, dict[int, list[dict[str, Any]]]] = {}
@@ -273,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     ssl_cfg = base.ssl
     result = {
         "benchmark": args.tag,
+        "dataset": dataset_name(args.data, args.dataset_name),
+        "data": args.data,
         "profile_name": Path(args.profile).stem,
         "profile": args.profile,
         "recipe": (
@@ -283,10 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             f"overrides {args.overrides}"
         ),
         "command": command_line("benchmarks.label_efficiency", argv),
-        "evaluated_on": f"validation split ({args.val_fraction:.0%} of train)"
-        if args.val_fraction
-        else "test split (420 images)",
+        "evaluated_on": evaluated_on(args.val_fraction, n_eval),
         "n_train": n_train,
+        "n_eval": n_eval,
         "seeds": seeds,
         "summary": summary,
         "paired_vs_hssal": diffs,
