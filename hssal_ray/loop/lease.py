@@ -44,7 +44,7 @@ from hssal_ray.errors import LeaseError, LeaseHeldError, LeaseLostError
 from hssal_ray.loop.lease_owner import LeaseOwner, _proc_stat  # noqa: F401
 from hssal_ray.loop.lease_store import _LocalStore, _ObjectStore, _Store, _store_for  # noqa: F401
 
-__all__ = ["LEASE_FILE", "LeaseOwner", "RunLease", "read_lease"]
+__all__ = ["LEASE_FILE", "LeaseOwner", "RunLease", "Terminated", "read_lease"]
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,12 @@ def read_lease(run_dir: str) -> LeaseOwner | None:
 # --------------------------------------------------------------------------- the lease
 
 
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP reached a driver holding a lease; ``code`` is the exit status, 128 + signal."""
+
+
 def _raise_exit(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the `finally` that releases the lease
+    raise Terminated(128 + signum)  # unwinds through the `finally` that releases the lease
 
 
 class RunLease:
@@ -121,7 +125,14 @@ class RunLease:
         takeovers = races = 0
         looked_again = False
         while True:
-            if self._store.create(data):
+            try:
+                created = self._store.create(data)
+            except OSError as e:  # e.g. a full disk: the store has removed what it had written
+                raise LeaseError(
+                    f"could not write the lease file {self.path}: {e.strerror or e}; "
+                    "fix that (free space, permissions) and re-run"
+                ) from e
+            if created:
                 break
             cur = self._store.read()
             if cur is None:  # released between our create and read

@@ -55,12 +55,22 @@ class _LocalStore:
             return None
 
     def _write(self, path: str, data: bytes, flags: int) -> None:
+        """Create ``path`` (``O_EXCL``: it is ours) holding ``data``; on any failure it is removed again.
+
+        A full disk fails the write after the create: a file left behind would be a stray
+        ``lease.json.<id>.new``, or an empty lease file that blocks the next driver.
+        """
         fd = os.open(path, flags, 0o644)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
 
     def create(self, data: bytes) -> bool:
         """Create the lease file holding ``data`` unless it exists (atomic)."""
@@ -97,31 +107,40 @@ class _LocalStore:
         """
         lock = self.path + ".lock"
         deadline = time.monotonic() + _LOCK_WAIT_S
-        while True:
-            try:
-                self._write(lock, f"{socket.gethostname()} {os.getpid()}\n".encode(), _EXCL)
-                break
-            except FileExistsError:
-                pass
-            try:
-                age = self.now() - os.stat(lock).st_mtime
-            except FileNotFoundError:
-                continue
-            if age > _STALE_LOCK_S:  # its holder died inside the few-millisecond section below
-                log.warning("removing the stale lock file %s (%.0f s old)", lock, age)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(lock)
-                continue
-            if time.monotonic() > deadline:
-                raise LeaseError(
-                    f"{lock} has been locked for {age:.0f} s; retry, or remove it if no driver runs"
-                )
-            time.sleep(0.01)
+        held = False
         try:
+            while True:
+                try:
+                    fd = os.open(lock, _EXCL, 0o644)  # the lock is the file's existence
+                except FileExistsError:
+                    pass
+                else:
+                    held = True
+                    try:  # who holds it, for a person who finds it; a full disk leaves it empty
+                        with contextlib.suppress(OSError):
+                            os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+                    finally:
+                        os.close(fd)
+                    break
+                try:
+                    age = self.now() - os.stat(lock).st_mtime
+                except FileNotFoundError:
+                    continue
+                if age > _STALE_LOCK_S:  # its holder died inside the few-millisecond section below
+                    log.warning("removing the stale lock file %s (%.0f s old)", lock, age)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(lock)
+                    continue
+                if time.monotonic() > deadline:
+                    raise LeaseError(
+                        f"{lock} has been locked for {age:.0f} s; retry, or remove it if no driver runs"
+                    )
+                time.sleep(0.01)
             yield
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lock)
+            if held:  # removed on every way out, also when the body or a signal raises
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(lock)
 
     def take(self, data: bytes, mtime: float | None) -> bool:
         """Remove the lease file if it still holds ``data`` (and, if given, still has ``mtime``)."""

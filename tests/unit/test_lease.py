@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 import pytest
@@ -314,6 +316,57 @@ def test_local_store_without_hard_links(run_dir: Path, monkeypatch: pytest.Monke
         with pytest.raises(LeaseHeldError):
             RunLease(str(run_dir)).acquire()
     assert not (run_dir / LEASE_FILE).exists()
+
+
+@pytest.fixture
+def full_disk(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``full_disk(call)`` makes ``os.write`` (or ``os.fsync``) of files in ``run_dir`` fail with ENOSPC."""
+    real = {"write": os.write, "fsync": os.fsync}
+
+    def fail(call: str) -> None:
+        def wrapped(fd: int, *args: Any) -> Any:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(str(run_dir)):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real[call](fd, *args)
+
+        monkeypatch.setattr(os, call, wrapped)
+
+    yield fail
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("hard_links", [True, False])
+@pytest.mark.parametrize("call", ["write", "fsync"])
+def test_full_disk_while_acquiring_leaves_no_file_and_the_next_acquire_is_immediate(
+    run_dir: Path, full_disk: Any, monkeypatch: pytest.MonkeyPatch, call: str, hard_links: bool
+) -> None:
+    if not hard_links:
+        monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(errno.EPERM, "no links")))
+    run_dir.mkdir(parents=True)
+    full_disk(call)
+    with pytest.raises(LeaseError, match=f"could not write the lease file {run_dir / LEASE_FILE}: No space"):
+        RunLease(str(run_dir)).acquire()
+    assert os.listdir(run_dir) == []  # no lease.json.<id>.new, no empty lease.json
+    monkeypatch.undo()  # space freed
+    t0 = time.monotonic()
+    with RunLease(str(run_dir)) as lease:
+        assert lease.held
+    assert time.monotonic() - t0 < 5
+    assert os.listdir(run_dir) == []
+
+
+def test_full_disk_while_releasing_still_releases(
+    run_dir: Path, full_disk: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lease = RunLease(str(run_dir)).acquire()
+    full_disk("write")  # the lock file cannot hold its owner's name now
+    lease.release()
+    assert os.listdir(run_dir) == []  # no lease.json, no lease.json.lock
+    monkeypatch.undo()
+    t0 = time.monotonic()
+    with RunLease(str(run_dir)) as again:
+        assert again.held
+    assert time.monotonic() - t0 < 5
 
 
 # --------------------------------------------------------------------------- object stores
