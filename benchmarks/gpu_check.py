@@ -34,7 +34,7 @@ and the run goes on; ``--budget-s`` skips what no longer fits and sizes the fine
 Usage::
 
     .venv/bin/python -m benchmarks.gpu_check --prepare gpu_check_data    # UCM at 224 px + Lite0 weights
-    python3 -m benchmarks.gpu_check --data gpu_check_data --out "$OUT"    # on the GPU machine
+    python3 -m benchmarks.gpu_check --data gpu_check_data --out "$OUT"    # on the GPU machine (~5 min)
     .venv/bin/python -m benchmarks.gpu_check --data gpu_check_data --toy  # the same code, toy sizes, CPU
 
 Without CUDA the run is the toy one: the same functions at toy sizes on CPU (the float16 k-NN tiles
@@ -319,6 +319,7 @@ class Run:
         self.views: dict[str, np.ndarray] | None = None
         self.frozen_acc: float | None = None
         self.ft_ckpt: str | None = None
+        self.loader_ok = True
 
     # -- time and files
 
@@ -376,6 +377,8 @@ class Run:
         self.images = np.stack(imgs)
         self.train_rows = np.flatnonzero(split == "train")
         self.test_rows = np.flatnonzero(split == "test")
+        if not self.toy or self.args.workers:
+            self.loader_ok, self.results["loader_check"] = _loader_check()
         pick = stratified_subset(self.labels[self.train_rows], LABEL_FRACTION, seed=cfg.seed)
         self.lab_rows = self.train_rows[pick]
         self.pool_rows = np.setdiff1d(self.train_rows, self.lab_rows)
@@ -467,7 +470,9 @@ class Run:
 
     def workers(self, share: float) -> int:
         """DataLoader worker processes for a loader with ``share`` of the CPUs (toy runs: 0, in-process)."""
-        if self.toy:
+        if self.args.workers is not None:
+            return int(self.args.workers) if self.loader_ok else 0
+        if self.toy or not self.loader_ok:
             return 0
         return max(1, int(share * max(1, (len(os.sched_getaffinity(0)) - 2))))
 
@@ -569,6 +574,37 @@ def _identity(x: Any) -> Any:
     return x
 
 
+class _Blobs:
+    """Three 64 MiB uint8 tensors: what a training batch puts through the workers' shared memory."""
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i: int) -> Any:
+        import torch
+
+        return torch.full((64 << 20,), i, dtype=torch.uint8)
+
+
+def _loader_check() -> tuple[bool, str]:
+    """Whether DataLoader worker processes can hand batches over (a small ``/dev/shm`` breaks them)."""
+    try:
+        shm = os.statvfs("/dev/shm")
+        free = f"/dev/shm {shm.f_bavail * shm.f_frsize / 2**30:.1f} GiB free"
+    except OSError as e:
+        free = f"/dev/shm: {e}"
+    try:
+        got = [int(b[0]) for b in _loader(_Blobs(), 2, pin=False)]
+        if got != [0, 1, 2]:
+            raise RuntimeError(f"batches came back as {got}")
+    except Exception as e:  # noqa: BLE001 - then every loader runs in-process
+        return (
+            False,
+            f"worker processes failed ({type(e).__name__}: {str(e)[:200]}); {free}; loaders in-process",
+        )
+    return True, f"worker processes ok; {free}"
+
+
 def _loader(ds: Any, workers: int, *, pin: bool, collate: Callable[[Any], Any] | None = None) -> Any:
     """A DataLoader yielding ``ds[0], ds[1], ...`` (each item is a whole batch) from ``workers`` processes.
 
@@ -580,7 +616,7 @@ def _loader(ds: Any, workers: int, *, pin: bool, collate: Callable[[Any], Any] |
 
     kw: dict[str, Any] = {}
     if workers:
-        kw.update(prefetch_factor=4, multiprocessing_context=multiprocessing.get_context("fork"))
+        kw.update(prefetch_factor=2, multiprocessing_context=multiprocessing.get_context("fork"))
     if collate is not None:
         kw["collate_fn"] = collate
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin, **kw)
@@ -778,17 +814,26 @@ def sec_encode(run: Run) -> dict[str, Any]:
             rows = np.arange(b * bs, min(n, (b + 1) * bs))
             out: dict[str, Any] = {"sample_id": run.ids[rows]}
             for i, v in enumerate(views):
-                out[f"x_{v}"] = augment_batch(
+                x = augment_batch(
                     run.images[rows], seeds[rows] * 4 + i, kind=v.split("_", 1)[0], mean=mean, std=std
                 )
+                out[f"x_{v}"] = torch.from_numpy(x)  # tensors leave a worker through shared memory
             return out
 
+    def arrays(batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    t = time.perf_counter()
+    enc(arrays(Views()[0]))  # warm-up (kernel selection), not timed
+    run.sync()
+    first_s = time.perf_counter() - t
     loader = _loader(Views(), run.workers(1.0), pin=False, collate=_identity)
     feats: dict[str, list[np.ndarray]] = {v: [] for v in views}
     enc_s = 0.0
     run.reset_peak()
     t_all = time.perf_counter()
     for batch in loader:
+        batch = arrays(batch)
         t = time.perf_counter()
         table = enc(batch)
         enc_s += time.perf_counter() - t
@@ -839,6 +884,7 @@ def sec_encode(run: Run) -> dict[str, Any]:
         },
         "images": n,
         "dim": dim,
+        "first_call_s": _r(first_s, 3),
         "encoder_s": _r(enc_s, 3),
         "img_s_per_view": _r(n * len(views) / enc_s, 1),
         "images_s_all_views": _r(n / enc_s, 1),
@@ -1138,9 +1184,8 @@ def sec_finetune(run: Run) -> dict[str, Any]:
     if run.toy:
         steps = s.ft_steps_max
     else:
-        est = 1.3 * (
-            step_s if step_s else 0.5
-        )  # the loader and reports cost a little more than the bare step
+        # the loader, the first steps and the reports cost a little more than the bare step
+        est = 1.3 * (step_s if step_s else 0.5)
         steps = int(min(s.ft_steps_max, run.args.ft_steps, cap / est))
         if steps < s.ft_steps_min:
             raise RuntimeError(
@@ -1151,7 +1196,7 @@ def sec_finetune(run: Run) -> dict[str, Any]:
     lab, unl = streams(run, cfg, steps + 2)
     deadline = time.perf_counter() + (cap if not run.toy else 1e9)
     shards = {
-        "labeled": Shard(lab, max(1, run.workers(0.15)) if not run.toy else 0, run.dev, norm, deadline),
+        "labeled": Shard(lab, run.workers(0.15), run.dev, norm, deadline),
         "unlabeled": Shard(unl, run.workers(0.85), run.dev, norm, deadline),
     }
 
@@ -1267,6 +1312,8 @@ def _windows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def sec_scoring(run: Run) -> dict[str, Any]:
     """The scoring actor on the pool (clean + strong view): rows/s, forward vs scores table."""
+    import torch
+
     from hssal_ray.config import config_to_dict
     from hssal_ray.data.transforms import augment_batch
     from hssal_ray.scoring import Scorer
@@ -1276,7 +1323,7 @@ def sec_scoring(run: Run) -> dict[str, Any]:
     ckpt = run.ft_ckpt
     source = "the finetune section's checkpoint"
     if ckpt is None:
-        state = build_train_state(cfg, run.num_classes, __import__("torch").device("cpu"), total_steps=1)
+        state = build_train_state(cfg, run.num_classes, torch.device("cpu"), total_steps=1)
         ckpt = str(run.work / "score_ckpt")
         save_checkpoint_dir(state, ckpt, {"step": 0})
         source = "packaged Lite0 weights, untrained head (no finetune checkpoint)"
@@ -1469,6 +1516,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         f"Python {env.get('python')}, {env.get('cpus')} CPUs",
         f"- Ray imported: {_fmt(res.get('ray_imported'))}; git commit {env.get('git_commit')}",
     ]
+    if res.get("loader_check"):
+        lines.append(f"- DataLoader workers: {res['loader_check']}")
     d = res.get("data")
     if d:
         lines.append(
@@ -1598,6 +1647,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--ft-steps", type=int, default=2000, help="fine-tuning steps at most (the budget may allow fewer)"
+    )
+    ap.add_argument(
+        "--workers", type=int, help="DataLoader worker processes per loader (default: from the CPUs)"
     )
     ap.add_argument("--ft-max-s", type=float, default=120.0, help="fine-tuning seconds at most")
     return ap.parse_args(argv)

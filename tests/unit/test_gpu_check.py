@@ -91,7 +91,9 @@ def test_kmeans_and_knn_sections_run_without_ray(prepared: Path, tmp_path: Path)
 
 @pytest.mark.slow
 def test_every_section_runs_on_cpu(prepared: Path, tmp_path: Path) -> None:
-    res = _run("--data", str(prepared), "--out", str(tmp_path))
+    """Every section ok, the loaders in worker processes (as on the GPU machine)."""
+    res = _run("--data", str(prepared), "--out", str(tmp_path), "--workers", "1")
+    assert res["loader_check"].startswith("worker processes ok")
     secs = res["sections"]
     assert {n: s["status"] for n, s in secs.items()} == dict.fromkeys(SECTIONS, "ok")
     rows = secs["train_throughput"]["rows"]
@@ -104,6 +106,7 @@ def test_every_section_runs_on_cpu(prepared: Path, tmp_path: Path) -> None:
     ft = secs["finetune"]
     assert ft["steps_run"] == 4 and len(ft["loss_curve"]) == 4 and "finetune_minus_frozen_points" in ft
     assert secs["scoring"]["rows"] == res["data"]["pool"] and "u_badge" in secs["scoring"]["columns"]
+    assert ft["settings"]["loader_workers"] == {"labeled": 1, "unlabeled": 1}
 
 
 def test_training_batches_are_the_pipelines() -> None:
