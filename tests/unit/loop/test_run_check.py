@@ -201,7 +201,7 @@ def test_metrics_deleted_mid_run_stops_the_run_at_the_next_stage(
         state.advance(self.run_dir, "train", 0.1)
 
     monkeypatch.setattr(LoopRunner, "_stage_train", train)
-    monkeypatch.setattr(LoopRunner, "_stage_evaluate", lambda *a: ran.append("evaluate"))
+    monkeypatch.setattr(LoopRunner, "_stage_evaluate", lambda *a: pytest.fail("evaluate ran"))
     _one_error_line(capsys, loop_main(args), "round 2 (stage evaluate)", "metrics.jsonl lacks the rows")
     assert ran == ["train"]
     assert json.loads((run / "state.json").read_text())["stage"] == "evaluate"
