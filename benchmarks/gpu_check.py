@@ -1446,11 +1446,43 @@ def environment(run: Run) -> dict[str, Any]:
     return env
 
 
+def kept_sections(run: Run, path: str) -> dict[str, dict[str, Any]]:
+    """The ``ok`` sections of an earlier results file (``--keep``), marked with that run's start.
+
+    What later sections take from them is restored too: the frozen head's accuracy (the fine-tuning
+    comparison) and Lite0's step time (the fine-tuning run's length).
+
+    Raises:
+        DataError: The file is unreadable, or a toy run's results would mix with a GPU run's.
+    """
+    from hssal_ray.errors import DataError
+
+    try:
+        prev = json.loads(Path(path).read_text())
+        secs = prev["sections"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"--keep {path}: not a gpu_check results file ({type(e).__name__}: {e})") from None
+    if bool(prev.get("toy")) != run.toy:
+        kind = "toy" if prev.get("toy") else "GPU"
+        raise DataError(f"--keep {path}: holds a {kind} run's results, and this run is not one")
+    kept = {
+        n: {**r, "kept_from_run": prev.get("started_utc")} for n, r in secs.items() if r.get("status") == "ok"
+    }
+    if "frozen_head" in kept:
+        run.frozen_acc = kept["frozen_head"].get("test_accuracy")
+    for row in kept.get("train_throughput", {}).get("rows", []):
+        if row.get("case") == "profile" and row.get("status") == "ok":
+            run.step_s[row["model"]] = row["step_ms"] / 1000.0
+    run.results["kept"] = {"from": str(path), "sections": sorted(kept)}
+    return kept
+
+
 def execute(run: Run, sections: Sequence[str]) -> int:
     """Run the selected sections in order, writing the results after each; returns the exit code."""
     import torch
 
     run.results["environment"] = environment(run)
+    earlier = kept_sections(run, run.args.keep) if run.args.keep else {}
     run.write()
     run.load()
     run.write()
@@ -1458,7 +1490,7 @@ def execute(run: Run, sections: Sequence[str]) -> int:
         res: dict[str, Any]
         need = run.sizes.min_s[name]
         if name not in sections:
-            res = {"status": "skipped", "reason": "not selected (--sections)"}
+            res = earlier.get(name) or {"status": "skipped", "reason": "not selected (--sections)"}
         elif run.remaining() < need:
             res = {
                 "status": "skipped",
@@ -1530,6 +1562,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         if sec.get("status") != "ok":
             lines.append(f"**{sec.get('status')}**: {sec.get('reason') or sec.get('error')}")
             continue
+        if sec.get("kept_from_run"):
+            lines += [f"(kept from the run started {sec['kept_from_run']}: `--keep`)", ""]
         if "settings" in sec:
             lines.append("settings: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sec["settings"].items()))
             lines.append("")
@@ -1647,6 +1681,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--ft-steps", type=int, default=2000, help="fine-tuning steps at most (the budget may allow fewer)"
+    )
+    ap.add_argument(
+        "--keep", metavar="JSON", help="an earlier results file: its ok sections stand for those not run now"
     )
     ap.add_argument(
         "--workers", type=int, help="DataLoader worker processes per loader (default: from the CPUs)"

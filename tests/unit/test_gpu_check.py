@@ -171,23 +171,54 @@ def test_failures_are_recorded_and_the_run_goes_on() -> None:
     assert "**oom**: CUDA out of memory" in md and "**skipped**: budget: 3 s left" in md
 
 
-def test_budget_skips_what_no_longer_fits(prepared: Path, tmp_path: Path) -> None:
+def _main(*args: str) -> int:
     threads = torch.get_num_threads()
     try:
-        code = main(["--data", str(prepared), "--out", str(tmp_path), "--device", "cpu", "--budget-s", "-1"])
+        return main(["--device", "cpu", *args])
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # a toy run sets one thread for its process
+
+
+def test_budget_skips_what_no_longer_fits(prepared: Path, tmp_path: Path) -> None:
+    assert _main("--data", str(prepared), "--out", str(tmp_path), "--budget-s", "-1") == 0
     res = json.loads((tmp_path / "gpu_check_toy.json").read_text())
-    assert code == 0
     secs = res["sections"].values()
     assert all(s["status"] == "skipped" and s["reason"].startswith("budget") for s in secs)
 
 
+def test_a_rerun_keeps_the_earlier_runs_good_sections(prepared: Path, tmp_path: Path) -> None:
+    """``--keep``: a rerun of the failed sections (the GPU time allows one) still writes one whole file."""
+    earlier = {
+        "toy": True,
+        "started_utc": "2026-01-01T00:00:00Z",
+        "sections": {
+            "frozen_head": {"status": "ok", "test_accuracy": 0.75},
+            "kmeans": {"status": "oom", "error": "CUDA out of memory"},
+        },
+    }
+    prev = tmp_path / "earlier.json"
+    prev.write_text(json.dumps(earlier))
+    out = tmp_path / "out"
+    args = ("--data", str(prepared), "--out", str(out), "--sections", "kmeans", "--budget-s", "-1")
+    assert _main(*args, "--keep", str(prev)) == 0
+    res = json.loads((out / "gpu_check_toy.json").read_text())
+    secs = res["sections"]
+    assert secs["frozen_head"] == {
+        **earlier["sections"]["frozen_head"],
+        "kept_from_run": "2026-01-01T00:00:00Z",
+    }
+    assert secs["kmeans"]["status"] == "skipped" and secs["kmeans"]["reason"].startswith("budget")
+    assert secs["knn"]["reason"] == "not selected (--sections)" and res["kept"]["sections"] == ["frozen_head"]
+    assert "kept from the run started 2026-01-01" in (out / "gpu_check_toy.md").read_text()
+    prev.write_text(json.dumps({**earlier, "toy": False}))  # GPU results never mix with a toy run's
+    assert _main(*args, "--keep", str(prev)) == 2
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--data", str(tmp_path / "missing"), "--device", "cpu"]) == 2
+    assert _main("--data", str(tmp_path / "missing")) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "--prepare" in err and "\n" not in err
     with pytest.raises(DataError, match="no class folders"):
         prepare(tmp_path / "out", tmp_path)
-    assert main(["--device", "cpu", "--sections", "kmeans,gpu"]) == 2
+    assert _main("--sections", "kmeans,gpu") == 2
     assert "unknown ['gpu']" in capsys.readouterr().err
