@@ -56,7 +56,7 @@ WEIGHT_FILES = {"ema": "ema.safetensors", "online": "model.safetensors"}
 
 
 def scores_table(
-    ids: np.ndarray,
+    ids: np.ndarray | pa.Array,
     emb: np.ndarray,
     probs: np.ndarray,
     probs_strong: np.ndarray | None,
@@ -65,7 +65,7 @@ def scores_table(
     """The scores contract table of model outputs (pure numpy): uncertainties, prediction, confidence.
 
     Args:
-        ids: ``(n,)`` sample ids.
+        ids: ``(n,)`` sample ids (or an Arrow string array, used as it is).
         emb: ``(n, d)`` L2-normalised embeddings (stored as fp16).
         probs: ``(n, C)`` class probabilities of the clean view.
         probs_strong: ``(n, C)`` probabilities of a strong view, or None.
@@ -83,7 +83,7 @@ def scores_table(
             & (probs.argmax(1) == probs_strong.argmax(1))
         )
     return scores_arrow_table(
-        np.asarray([str(s) for s in ids], dtype=object),
+        ids if isinstance(ids, pa.Array) else np.asarray([str(s) for s in ids], dtype=object),
         np.asarray(emb, dtype=np.float16),
         probs,
         compute_all(probs, emb, probs_strong),

@@ -138,8 +138,11 @@ class SSLConfig:
         graph_alpha: ``graph``: propagation weight in ``(0, 1)`` (larger = smoother).
         graph_cutoff: ``graph``: keep a pseudo-label when its smoothed probability is at least
             this (0 keeps every pool sample; ``p_cutoff`` is the ``model`` mode's threshold).
-        graph_max_nodes: ``graph``: at most this many pool samples (seeded random) enter the
-            graph and the unlabeled term of a round; bounds the neighbour search on large archives.
+        graph_max_nodes: ``graph``: the k-NN graph of the training split (built once per run and
+            saved beside the embedding store) is searched exactly up to this many rows; above, an
+            approximate search (faiss k-means lists, each searched exactly among its nearest
+            lists; on a GPU with ``resources.use_gpu`` the search stays exact). Every pool sample
+            enters the graph and the unlabeled term, whatever the size.
         graph_balance: ``graph``: ``uniform`` rescales the smoothed labels' class columns (Sinkhorn
             iterations) until every class holds the same mass over the pool, each row still a
             distribution; ``none`` keeps them as propagated. Meant for the teacher's errors piling

@@ -1,4 +1,4 @@
-"""Graph-smoothed pseudo-labels for the frozen head (``ssl.pseudo_labels=graph``): numpy/scipy/sklearn.
+"""Graph-smoothed pseudo-labels for the frozen head (``ssl.pseudo_labels=graph``): numpy/scipy/faiss.
 
 A supervised teacher head predicts the labeled set and the pool; the predictions are propagated
 over the cosine k-nearest-neighbour graph of the samples' features (Zhou et al. 2004, "Learning
@@ -13,47 +13,385 @@ of the pool are 3-4 points more accurate than the teacher's (benchmarks/NOTES.md
 
 scikit-learn's ``LabelSpreading`` propagates the labeled rows' labels only (no teacher prior):
 measured that way on the same graph, the pool's labels were 7-10 points *less* accurate than the
-teacher's at 8% UCM labels, so the propagation is written here (a few sparse matrix products);
-the neighbour search is sklearn's.
+teacher's at 8% UCM labels, so the propagation is written here (a few sparse matrix products).
+
+The graph (:class:`KnnGraph`, :func:`build_graph`). The head's graph features (the clean view,
+L2-normalised and standardised with fixed statistics) do not change during a run, so the graph of
+the whole training split is built once and every round propagates over it (the rows of the round:
+the labeled set and the whole pool). The neighbour search is exact up to ``max_exact`` nodes
+(tiled matrix products and top-k, :func:`hssal_ray.frozen.knn_torch.knn_cosine`; on a GPU at any
+size) and approximate above, by :func:`ivf_knn`: faiss k-means splits the rows into lists of about
+:data:`LIST_ROWS` rows (in a :data:`PCA_DIM`-dimensional PCA projection), and the rows of each list
+are searched exactly (one faiss matrix product and top-k, in the full dimension) among the rows of
+the nearest lists, about :data:`PROBE_ROWS` of them. Its cost is ``n * PROBE_ROWS * d`` instead of
+``n^2 * d``; its recall of the exact neighbours is measured in ``tests/unit/frozen/test_graph_scale.py``.
+The propagation runs in the lists' order, so that a row's neighbours are near it in memory.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     import scipy.sparse
 
-__all__ = ["knn_affinity", "propagate", "graph_pseudo_labels", "balance_classes"]
+__all__ = [
+    "knn_affinity",
+    "propagate",
+    "graph_pseudo_labels",
+    "balance_classes",
+    "KnnGraph",
+    "build_graph",
+    "exact_knn",
+    "ivf_knn",
+    "symmetric_weights",
+    "normalised_affinity",
+    "recall_at_k",
+    "LIST_ROWS",
+    "PROBE_ROWS",
+    "PCA_DIM",
+]
+
+log = logging.getLogger(__name__)
+
+LIST_ROWS = 1024
+"""Mean rows of an IVF list of :func:`ivf_knn`."""
+PROBE_ROWS = 4096
+"""Rows (of the nearest lists, its own first) that each IVF list's rows are searched among."""
+PCA_DIM = 128
+"""Dimension of the projection that the IVF lists are made in (the search itself is in full)."""
+KMEANS_ITERS = 10
+SAMPLE_PER_LIST = 64
+"""Rows sampled per list to fit the projection and the k-means (at least 16,384, at most all)."""
+BLOCK_ROWS = 16384
+"""Rows per feature block when the search reads all rows."""
+TILE_BYTES_CPU = 256 << 20
+"""Bytes of one similarity tile of the exact search on a CPU."""
+
+Features = Callable[[np.ndarray], np.ndarray]
+"""``positions -> (len(positions), d)`` float32 unit rows (the graph's features of those nodes)."""
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# ------------------------------------------------------------------------------ neighbour search
+
+
+def exact_knn(feats: np.ndarray, k: int, device: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most cosine-similar other rows of every row, exactly: ``(cos, idx)`` ``(n, k')``.
+
+    ``k' = min(k, n - 1)``; ``cos`` float32 descending per row, ``idx`` int64 (the row itself excluded).
+    """
+    import torch
+
+    from hssal_ray.frozen.knn_torch import knn_cosine
+
+    x = feats if isinstance(feats, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(feats))
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    block = max(1, TILE_BYTES_CPU // max(1, 4 * len(x))) if on_cpu else None
+    return knn_cosine(x, k, device=device, block_rows=block)
+
+
+def ivf_knn(
+    feats: Features,
+    n: int,
+    k: int,
+    *,
+    seed: int = 0,
+    list_rows: int = LIST_ROWS,
+    probe_rows: int = PROBE_ROWS,
+    pca_dim: int = PCA_DIM,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Approximate cosine k-NN of ``n`` rows by IVF lists searched block by block (see the module doc).
+
+    Args:
+        feats: The rows' unit features by position (read twice, in blocks; see :data:`Features`).
+        n: Rows.
+        k: Neighbours per row.
+        seed: Seeds the sample and the k-means.
+        list_rows: Mean rows of a list.
+        probe_rows: Rows each list's rows are searched among (whole nearest lists, its own first).
+        pca_dim: Dimension the lists are made in.
+
+    Returns:
+        ``(cos, idx, order)``: ``(n, k')`` float32 similarities (descending) and int64 neighbours,
+        ``k' = min(k, n - 1)``, and the positions sorted by list (a memory-friendly node order).
+    """
+    import faiss
+    import torch
+
+    k = min(k, n - 1)
+    if k < 1:
+        return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64), np.arange(n)
+    rng = np.random.default_rng([seed, 0x1F])
+    nlist = max(1, min(n // 2, round(n / list_rows)))
+    m = min(n, max(16_384, SAMPLE_PER_LIST * nlist))
+    sample = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
+    xs = np.ascontiguousarray(feats(sample), dtype=np.float32)
+    d = xs.shape[1]
+    pca = None
+    if d > pca_dim:
+        pca = faiss.PCAMatrix(d, pca_dim)
+        pca.train(xs)
+        xs = pca.apply(xs)
+    km = faiss.Kmeans(
+        xs.shape[1],
+        nlist,
+        niter=KMEANS_ITERS,
+        seed=int(seed) % (2**31),
+        min_points_per_centroid=1,
+        verbose=False,
+    )
+    km.train(np.ascontiguousarray(xs))
+    del xs
+    lists = np.empty(n, dtype=np.int64)
+    for s in range(0, n, BLOCK_ROWS):  # pass 1: every row's list
+        pos = np.arange(s, min(n, s + BLOCK_ROWS))
+        x = np.ascontiguousarray(feats(pos), dtype=np.float32)
+        _, a = km.index.search(pca.apply(x) if pca is not None else x, 1)
+        lists[pos] = a[:, 0]
+    order = np.argsort(lists, kind="stable")
+    where = np.empty(n, dtype=np.int64)
+    where[order] = np.arange(n)
+    bounds = np.searchsorted(lists[order], np.arange(nlist + 1))
+    z = np.empty((n, d), dtype=np.float16)  # pass 2: the rows in list order, float16 (2 bytes a value)
+    for s in range(0, n, BLOCK_ROWS):
+        pos = np.arange(s, min(n, s + BLOCK_ROWS))
+        z[where[pos]] = torch.from_numpy(np.ascontiguousarray(feats(pos), dtype=np.float32)).half().numpy()
+    near = np.argsort(faiss.pairwise_distances(km.centroids, km.centroids), axis=1, kind="stable")
+    sizes = np.diff(bounds)
+    cos_out = np.empty((n, k), dtype=np.float32)
+    idx_out = np.empty((n, k), dtype=np.int64)
+    for c in range(nlist):
+        a, b = int(bounds[c]), int(bounds[c + 1])
+        if a == b:
+            continue
+        probe, got = [], 0
+        for j in near[c]:  # its own list first (distance 0), then the nearest ones
+            if sizes[j] == 0:
+                continue
+            probe.append(int(j))
+            got += int(sizes[j])
+            if got >= max(probe_rows, k + 1):
+                break
+        if probe[0] != c:  # duplicate centroids can tie with c: keep c first (self = its own position)
+            probe.remove(c)
+            probe.insert(0, c)
+        cand = np.concatenate([np.arange(bounds[j], bounds[j + 1]) for j in probe])
+        q = torch.from_numpy(z[a:b]).float().numpy()
+        xb = torch.from_numpy(z[cand] if len(probe) > 1 else z[a:b]).float().numpy()
+        kk = min(k + 1, len(cand))
+        sims, nn = faiss.knn(q, xb, kk, metric=faiss.METRIC_INNER_PRODUCT)
+        own = nn == np.arange(b - a)[:, None]  # the row itself (list c is the first of the candidates)
+        keep = np.argsort(own, axis=1, kind="stable")[:, : kk - 1]  # drops self, keeps the order
+        sims = np.take_along_axis(sims, keep, 1)
+        nn = np.take_along_axis(nn, keep, 1)
+        if kk - 1 < k:  # fewer candidates than neighbours (tiny n): repeat the last one, weight 0
+            pad = k - (kk - 1)
+            sims = np.concatenate([sims, np.zeros((b - a, pad), np.float32)], 1)
+            nn = np.concatenate([nn, np.repeat(nn[:, -1:], pad, 1)], 1)
+        rows = order[a:b]
+        cos_out[rows] = sims
+        idx_out[rows] = order[cand[nn]]
+    return cos_out, idx_out, order
+
+
+def recall_at_k(idx: np.ndarray, ref: np.ndarray) -> float:
+    """Fraction of the reference neighbours ``ref`` ``(n, k)`` that ``idx`` ``(n, k)`` found."""
+    if ref.size == 0:
+        return 1.0
+    hit = sum(len(np.intersect1d(a, b, assume_unique=False)) for a, b in zip(idx, ref, strict=True))
+    return hit / ref.size
+
+
+# ------------------------------------------------------------------------------ affinity
+
+
+def symmetric_weights(cos: np.ndarray, idx: np.ndarray) -> scipy.sparse.csr_matrix:
+    """``W + W.T`` with ``W_ij = max(cos_ij, 0) ** 3`` on the k-NN edges ``(n, k)`` (float32 CSR)."""
+    import scipy.sparse as sp
+
+    n, k = idx.shape
+    w = np.maximum(np.asarray(cos, dtype=np.float32), 0.0) ** 3
+    W = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, n))
+    return (W + W.T).tocsr()
+
+
+def normalised_affinity(W: scipy.sparse.csr_matrix) -> scipy.sparse.csr_matrix:
+    """``D^-1/2 W D^-1/2`` of a symmetric weight matrix (rows without edges stay empty)."""
+    import scipy.sparse as sp
+
+    deg = np.asarray(W.sum(1)).ravel()
+    inv = 1.0 / np.sqrt(np.where(deg > 0, deg, 1.0))
+    D = sp.diags(inv.astype(np.float32))
+    return (D @ W @ D).tocsr()
 
 
 def knn_affinity(feats: np.ndarray, k: int) -> scipy.sparse.csr_matrix:
     """Symmetric, normalised k-NN affinity ``D^-1/2 W D^-1/2`` of ``(n, d)`` features (cosine).
 
     ``W_ij = max(cos_ij, 0) ** 3`` for ``j`` among the ``k`` nearest neighbours of ``i`` (self
-    excluded), symmetrised by ``W + W.T``. Rows are L2-normalised here.
+    excluded, exact search), symmetrised by ``W + W.T``. Rows are L2-normalised here.
     """
     import scipy.sparse as sp
-    from sklearn.neighbors import NearestNeighbors
 
-    x = np.asarray(feats, dtype=np.float32)
-    n = len(x)
+    n = len(feats)
     if n < 2:
         return sp.csr_matrix((n, n), dtype=np.float32)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    k = min(k, n - 1)
-    dist, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(x).kneighbors(x)
-    dist, idx = dist[:, 1:], idx[:, 1:]  # drop each point itself
-    cos = 1.0 - dist.astype(np.float32) ** 2 / 2.0  # unit vectors: |a - b|^2 = 2 - 2 cos
-    w = np.maximum(cos, 0.0) ** 3
-    W = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, n))
-    W = (W + W.T).tocsr()
-    deg = np.asarray(W.sum(1)).ravel()
-    inv = 1.0 / np.sqrt(np.where(deg > 0, deg, 1.0))
-    D = sp.diags(inv.astype(np.float32))
-    return (D @ W @ D).tocsr()
+    cos, idx = exact_knn(_unit(feats), k)
+    return normalised_affinity(symmetric_weights(cos, idx))
+
+
+# ------------------------------------------------------------------------------ the run's graph
+
+
+@dataclass
+class KnnGraph:
+    """The k-NN graph of a set of store rows (its nodes), built once and propagated over every round.
+
+    Attributes:
+        rows: ``(n,)`` store rows of the nodes (node ``i`` is store row ``rows[i]``).
+        cos: ``(n, k)`` float32 cosine of each node's neighbours.
+        idx: ``(n, k)`` int64 neighbour nodes (self excluded).
+        order: A node order that keeps neighbours near each other in memory (or None).
+        method: ``exact`` or ``ivf``.
+    """
+
+    rows: np.ndarray
+    cos: np.ndarray
+    idx: np.ndarray
+    order: np.ndarray | None = None
+    method: str = "exact"
+    _sorted: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _W: Any = field(default=None, repr=False)
+    _S: Any = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def positions(self, rows: np.ndarray) -> np.ndarray:
+        """Nodes of store rows ``rows`` (ValueError if one is not a node)."""
+        if self._sorted is None:
+            o = np.argsort(self.rows, kind="stable")
+            self._sorted = (self.rows[o], o)
+        srt, o = self._sorted
+        rows = np.asarray(rows, dtype=np.int64)
+        p = np.minimum(np.searchsorted(srt, rows), max(len(srt) - 1, 0))
+        if len(rows) and (len(srt) == 0 or not np.array_equal(srt[p], rows)):
+            raise ValueError("rows outside the graph's nodes")
+        return o[p]
+
+    def smooth(self, prior: np.ndarray, alpha: float, nodes: np.ndarray | None = None) -> np.ndarray:
+        """Propagate ``prior`` ``(n, C)`` (one row per node) over the graph; returns ``(n, C)``.
+
+        With ``nodes`` (positions), only those nodes take part: the graph is restricted to the
+        edges between them and normalised again; the other rows of the result are the prior's.
+        """
+        if self._W is None:
+            self._W = symmetric_weights(self.cos, self.idx)
+        if nodes is not None and len(nodes) < len(self):
+            nodes = np.asarray(nodes, dtype=np.int64)
+            out = np.asarray(prior, dtype=np.float32).copy()
+            S = normalised_affinity(self._W[nodes][:, nodes].tocsr())
+            out[nodes] = propagate(S, out[nodes], alpha)
+            return out
+        if self._S is None:
+            S = normalised_affinity(self._W)
+            self._S = S if self.order is None else S[self.order][:, self.order].tocsr()
+        if self.order is None:
+            return propagate(self._S, prior, alpha)
+        out = np.empty_like(np.asarray(prior, dtype=np.float32))
+        out[self.order] = propagate(self._S, np.asarray(prior, dtype=np.float32)[self.order], alpha)
+        return out
+
+    def to_bytes(self) -> bytes:
+        """The graph as an ``.npz`` file (no pickled objects)."""
+        import io
+
+        buf = io.BytesIO()
+        order = self.order if self.order is not None else np.zeros(0, np.int64)
+        np.savez(
+            buf,
+            rows=self.rows,
+            cos=self.cos,
+            idx=self.idx.astype(np.int32 if len(self) < 2**31 else np.int64),
+            order=order,
+            method=np.array(self.method),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> KnnGraph:
+        """Read :meth:`to_bytes`; ValueError on a file that is not a consistent graph."""
+        import io
+
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            rows, cos, idx, order = z["rows"], z["cos"], z["idx"].astype(np.int64), z["order"]
+            method = str(z["method"])
+        n = len(rows)
+        if cos.shape != idx.shape or cos.ndim != 2 or len(cos) != n or (len(order) not in (0, n)):
+            raise ValueError(
+                f"inconsistent graph arrays: rows {rows.shape}, cos {cos.shape}, idx {idx.shape}"
+            )
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError("neighbour index out of range")
+        return cls(
+            rows=rows.astype(np.int64),
+            cos=cos.astype(np.float32),
+            idx=idx,
+            order=order.astype(np.int64) if len(order) else None,
+            method=method,
+        )
+
+
+def build_graph(
+    feats: Features,
+    rows: np.ndarray,
+    k: int,
+    *,
+    max_exact: int,
+    seed: int = 0,
+    device: Any = None,
+) -> KnnGraph:
+    """The k-NN graph of store rows ``rows`` (exact up to ``max_exact`` nodes or on ``device`` cuda).
+
+    Args:
+        feats: The nodes' unit features by position (:data:`Features`).
+        rows: ``(n,)`` store rows of the nodes.
+        k: Neighbours per node.
+        max_exact: The largest node count searched exactly on a CPU.
+        seed: Seeds the approximate search.
+        device: ``cuda`` searches exactly on the GPU whatever the size (None or ``cpu``: the CPU).
+    """
+    import torch
+
+    rows = np.asarray(rows, dtype=np.int64)
+    n = len(rows)
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    if n <= max_exact or on_gpu:
+        z = np.empty((n, 0), np.float32)
+        for s in range(0, n, BLOCK_ROWS):
+            block = np.ascontiguousarray(feats(np.arange(s, min(n, s + BLOCK_ROWS))), dtype=np.float32)
+            if s == 0:
+                z = np.empty((n, block.shape[1]), dtype=np.float16 if on_gpu else np.float32)
+            z[s : s + len(block)] = block
+        if n < 2:
+            return KnnGraph(rows=rows, cos=np.zeros((n, 0), np.float32), idx=np.zeros((n, 0), np.int64))
+        cos, idx = exact_knn(z, k, device=device)
+        return KnnGraph(rows=rows, cos=cos, idx=idx, method="exact")
+    cos, idx, order = ivf_knn(feats, n, k, seed=seed)
+    return KnnGraph(rows=rows, cos=cos, idx=idx, order=order, method="ivf")
+
+
+# ------------------------------------------------------------------------------ propagation
 
 
 def propagate(S: scipy.sparse.csr_matrix, prior: np.ndarray, alpha: float, iters: int = 30) -> np.ndarray:
@@ -70,6 +408,14 @@ def propagate(S: scipy.sparse.csr_matrix, prior: np.ndarray, alpha: float, iters
     return out.astype(np.float32)
 
 
+def _prior(teacher_probs: np.ndarray, labeled: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    prior = np.asarray(teacher_probs, dtype=np.float32).copy()
+    lab = np.flatnonzero(labeled)
+    prior[lab] = 0.0
+    prior[lab, np.asarray(labels)[lab]] = 1.0
+    return prior
+
+
 def graph_pseudo_labels(
     feats: np.ndarray,
     teacher_probs: np.ndarray,
@@ -79,7 +425,7 @@ def graph_pseudo_labels(
     k: int,
     alpha: float,
 ) -> np.ndarray:
-    """Smoothed class probabilities ``(n, C)`` of every row.
+    """Smoothed class probabilities ``(n, C)`` of every row (exact graph of ``feats``).
 
     Args:
         feats: ``(n, d)`` features of the graph's nodes (labeled rows and pool rows).
@@ -89,13 +435,11 @@ def graph_pseudo_labels(
         k: Neighbours per node.
         alpha: Propagation weight.
     """
-    prior = np.asarray(teacher_probs, dtype=np.float32).copy()
-    if prior.shape[0] != len(feats) or len(labeled) != len(feats):
-        raise ValueError(f"{len(feats)} features, {prior.shape[0]} teacher rows, {len(labeled)} flags")
-    lab = np.flatnonzero(labeled)
-    prior[lab] = 0.0
-    prior[lab, np.asarray(labels)[lab]] = 1.0
-    return propagate(knn_affinity(feats, k), prior, alpha)
+    if np.shape(teacher_probs)[0] != len(feats) or len(labeled) != len(feats):
+        raise ValueError(
+            f"{len(feats)} features, {np.shape(teacher_probs)[0]} teacher rows, {len(labeled)} flags"
+        )
+    return propagate(knn_affinity(feats, k), _prior(teacher_probs, labeled, labels), alpha)
 
 
 def balance_classes(probs: np.ndarray, prior: np.ndarray, iters: int = 10) -> np.ndarray:

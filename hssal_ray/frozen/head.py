@@ -11,12 +11,17 @@ self-contained). Evaluation and scoring can average the head's probabilities ove
 Both were chosen on the UCM validation split (benchmarks/NOTES.md): L2 normalisation gains +3.2
 points on 27 stratified labels, +0.7 on 108 and nothing on all 1,344; averaging 2 weak views adds
 about +1.8 points at every budget.
+
+Memory. The views may be memory-mapped (:mod:`hssal_ray.frozen.store`): a training batch gathers
+its rows from the one view each row drew, and predictions read the rows in blocks
+(:class:`~hssal_ray.frozen.store.RowReader`), so nothing here copies a whole view.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +31,20 @@ from torch import Tensor, nn
 
 from hssal_ray.models import make_head
 
-__all__ = ["L2Normalize", "Standardize", "build_head", "train_head", "head_predict", "predict_views"]
+__all__ = [
+    "L2Normalize",
+    "Standardize",
+    "build_head",
+    "feature_stats",
+    "graph_features",
+    "train_head",
+    "head_predict",
+    "predict_views",
+    "score_rows",
+]
+
+RELEASE_EVERY = 32
+"""Training steps between drops of the mapped pages the batches touched (a bounded working set)."""
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +70,25 @@ class Standardize(nn.Module):
         return (x.float() - self.mean) / self.std
 
 
-def build_head(cfg: Any, dim: int, num_classes: int, stats_features: Tensor | None = None) -> nn.Module:
+def build_head(
+    cfg: Any,
+    dim: int,
+    num_classes: int,
+    stats_features: Tensor | None = None,
+    *,
+    stats: tuple[Tensor, Tensor] | None = None,
+) -> nn.Module:
     """[L2Normalize] + Standardize + the configured head (``ssl.head``).
 
-    The standardisation statistics are those of ``stats_features`` (raw ``(n, dim)`` features, after
-    the normalisation the head applies); without them they are 0/1, to be loaded from a checkpoint.
+    The standardisation statistics are ``stats`` (``(mean, std)`` of the normalised features, see
+    :func:`feature_stats`), or those of ``stats_features`` (raw ``(n, dim)`` features); without
+    either they are 0/1, to be loaded from a checkpoint.
     """
     norm: list[nn.Module] = [L2Normalize()] if cfg.ssl.feature_norm == "l2" else []
     mean, std = torch.zeros(dim), torch.ones(dim)
-    if stats_features is not None:
+    if stats is not None:
+        mean, std = stats
+    elif stats_features is not None:
         x = nn.Sequential(*norm)(stats_features.float())
         mean, std = x.mean(0), x.std(0)
     head = nn.Sequential(
@@ -68,6 +96,58 @@ def build_head(cfg: Any, dim: int, num_classes: int, stats_features: Tensor | No
     )
     head.num_classes = num_classes  # type: ignore[assignment]
     return head
+
+
+def feature_stats(cfg: Any, view: np.ndarray, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+    """``(mean, std)`` (float32, unbiased std) of the rows' features after ``ssl.feature_norm``.
+
+    One pass in blocks, accumulated in float64 (Chan et al.'s pairwise update), whatever ``n``.
+    """
+    from hssal_ray.frozen.store import scan_rows
+
+    rows = np.asarray(rows, dtype=np.int64)
+    d = view.shape[1]
+    count, mean, m2 = 0, torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+    l2 = cfg.ssl.feature_norm == "l2"
+    for _, x in scan_rows(view, rows):
+        if l2:
+            x = torch.nn.functional.normalize(x, dim=1, eps=1e-12)
+        b = x.double()
+        nb = b.shape[0]
+        bm = b.mean(0)
+        bm2 = ((b - bm) ** 2).sum(0)
+        delta = bm - mean
+        tot = count + nb
+        mean = mean + delta * (nb / tot)
+        m2 = m2 + bm2 + delta**2 * (count * nb / tot)
+        count = tot
+    if count < 2:
+        return mean.float(), torch.ones(d)
+    return mean.float(), (m2 / (count - 1)).sqrt().float()
+
+
+def graph_features(
+    cfg: Any, views: dict[str, np.ndarray], rows: np.ndarray, stats: tuple[Tensor, Tensor]
+) -> Any:
+    """The graph's features of store rows ``rows``, by position: unit rows of the standardised clean view.
+
+    Returns a :data:`hssal_ray.frozen.graph.Features` callable (the head's normalisation and
+    standardisation, then L2 normalisation, in float32).
+    """
+    from hssal_ray.frozen.store import scan_rows
+
+    prefix = build_head(cfg, views["none"].shape[1], 1, stats=stats)[:-1].eval()
+    rows = np.asarray(rows, dtype=np.int64)
+
+    @torch.inference_mode()
+    def feats(pos: np.ndarray) -> np.ndarray:
+        out = np.empty((len(pos), views["none"].shape[1]), dtype=np.float32)
+        for s, x in scan_rows(views["none"], rows[np.asarray(pos)]):
+            z = torch.nn.functional.normalize(prefix(x), dim=1, eps=1e-12)
+            out[s : s + len(z)] = z.numpy()
+        return out
+
+    return feats
 
 
 def train_head(
@@ -84,6 +164,8 @@ def train_head(
     init: dict[str, Any] | None = None,
     ssl_on: bool = True,
     progress: bool = False,
+    stats: tuple[Tensor, Tensor] | None = None,
+    graph: Any = None,
 ) -> tuple[Any, dict[str, float]]:
     """Train the head for ``ssl.steps_per_round`` steps; returns the ``TrainState`` and mean metrics.
 
@@ -92,7 +174,7 @@ def train_head(
 
     Args:
         cfg: The experiment config.
-        views: The store's views (``none``, ``weak_k``, ``strong_k`` -> (n, d) fp16).
+        views: The store's views (``none``, ``weak_k``, ``strong_k`` -> (n, d) fp16, maybe mapped).
         labeled_rows: Store rows of the labeled set; ``labels`` their oracle labels.
         labels: (L,) int labels.
         pool_rows: Store rows of the unlabeled pool.
@@ -104,26 +186,33 @@ def train_head(
         init: A warm start: ``{"model": state_dict, "ema": state_dict, "global_step": int}``.
         ssl_on: Train the unlabeled term (see :func:`hssal_ray.ssl.trainer.ssl_active`).
         progress: Show a tqdm bar.
+        stats: The statistics of ``stats_rows`` when already known (:func:`feature_stats`, which
+            is otherwise run once here).
+        graph: A :class:`~hssal_ray.frozen.graph.KnnGraph` whose nodes hold the labeled and pool
+            rows (the run's graph of the training split); None builds one of those rows here.
     """
     from hssal_ray.errors import ConfigError
 
     if cfg.ssl.embed_views < 1:
         raise ConfigError("ssl.finetune=frozen trains on stored augmented views: set ssl.embed_views >= 1")
+    graph_mode = ssl_on and cfg.ssl.pseudo_labels == "graph"
+    if stats is None and (init is None or graph_mode):
+        stats = feature_stats(cfg, views["none"], stats_rows)
     data = _HeadData(
         cfg=cfg,
         views=views,
-        labeled_rows=np.asarray(labeled_rows),
+        labeled_rows=np.asarray(labeled_rows, dtype=np.int64),
         labels=np.asarray(labels),
-        pool_rows=np.asarray(pool_rows),
+        pool_rows=np.asarray(pool_rows, dtype=np.int64),
         truth=None if pool_truth is None else np.asarray(pool_truth),
         num_classes=num_classes,
-        stats_rows=stats_rows,
+        stats=stats,
         seed=seed,
         init=init,
         progress=progress,
     )
-    if ssl_on and cfg.ssl.pseudo_labels == "graph":
-        return _fit_with_graph(data)
+    if graph_mode:
+        return _fit_with_graph(data, graph)
     return _fit(data, cfg.ssl, ssl_on)
 
 
@@ -138,43 +227,44 @@ class _HeadData:
     pool_rows: np.ndarray
     truth: np.ndarray | None
     num_classes: int
-    stats_rows: np.ndarray
+    stats: tuple[Tensor, Tensor] | None
     seed: int
     init: dict[str, Any] | None
     progress: bool
 
 
-def _fit_with_graph(data: _HeadData) -> tuple[Any, dict[str, float]]:
+def _fit_with_graph(data: _HeadData, graph: Any) -> tuple[Any, dict[str, float]]:
     """Teacher (supervised), graph-smoothed pseudo-labels of the pool, then the student (FixMatch)."""
-    from hssal_ray.frozen.graph import balance_classes, graph_pseudo_labels
+    from hssal_ray.frozen.graph import balance_classes, build_graph
 
     s = data.cfg.ssl
-    n_pool, n_lab = len(data.pool_rows), len(data.labeled_rows)
-    if n_pool > s.graph_max_nodes:
-        pick = np.sort(
-            np.random.default_rng([data.seed, 0x6A]).choice(n_pool, s.graph_max_nodes, replace=False)
-        )
-        truth = None if data.truth is None else data.truth[pick]
-        data = dataclasses.replace(data, pool_rows=data.pool_rows[pick], truth=truth)
+    assert data.stats is not None  # train_head computes them for the graph
     teacher, tmetrics = _fit(data, s, False, desc="train teacher")
     t_head = teacher.ema.module if s.eval_model == "ema" and teacher.ema is not None else teacher.model
-    nodes = np.concatenate([data.labeled_rows, data.pool_rows])
-    with torch.inference_mode():
-        t_head.eval()
-        feats = t_head[:-1](torch.from_numpy(data.views["none"][nodes].astype(np.float32))).numpy()
-    t_probs = predict_views(t_head, data.views, nodes, s.tta_views)
-    flags = np.arange(len(nodes)) < n_lab
-    lab = np.concatenate([data.labels, np.zeros(len(data.pool_rows), dtype=data.labels.dtype)])
-    smoothed = graph_pseudo_labels(feats, t_probs, flags, lab, k=s.graph_k, alpha=s.graph_alpha)[n_lab:]
+    if graph is None:  # the graph of this round's rows, in the order labeled + pool
+        nodes = np.concatenate([data.labeled_rows, data.pool_rows])
+        feats = graph_features(data.cfg, data.views, nodes, data.stats)
+        graph = build_graph(feats, nodes, s.graph_k, max_exact=s.graph_max_nodes, seed=data.seed)
+    lab_pos = graph.positions(data.labeled_rows)
+    pool_pos = graph.positions(data.pool_rows)
+    prior = predict_views(t_head, data.views, graph.rows, s.tta_views)  # every node, store order
+    t_pool = prior[pool_pos]
+    prior[lab_pos] = 0.0
+    prior[lab_pos, data.labels] = 1.0
+    members = np.concatenate([lab_pos, pool_pos])
+    nodes_in = None if len(members) == len(graph) else np.sort(members)
+    smoothed = graph.smooth(prior, s.graph_alpha, nodes=nodes_in)[pool_pos]
+    del prior
     if s.graph_balance == "uniform":
         smoothed = balance_classes(smoothed, np.ones(data.num_classes))
     state, metrics = _fit(data, dataclasses.replace(s, p_cutoff=s.graph_cutoff), True, targets=smoothed)
     metrics["teacher_sup_loss"] = tmetrics.get("sup_loss", float("nan"))
     metrics["graph_pool_rows"] = float(len(data.pool_rows))
+    metrics["graph_nodes"] = float(len(members))
     truth = data.truth
     if truth is not None and (truth >= 0).any():
         known = truth >= 0
-        metrics["teacher_label_acc"] = float((t_probs[n_lab:].argmax(1) == truth)[known].mean())
+        metrics["teacher_label_acc"] = float((t_pool.argmax(1) == truth)[known].mean())
         metrics["graph_label_acc"] = float((smoothed.argmax(1) == truth)[known].mean())
     return state, metrics
 
@@ -190,6 +280,7 @@ def _fit(
     """One head trained for ``ssl.steps_per_round`` steps (``ssl_cfg``: the loss's settings)."""
     from tqdm.auto import tqdm
 
+    from hssal_ray.frozen.store import release
     from hssal_ray.ssl.steps import TrainState, train_step
     from hssal_ray.ssl.train_loop import build_optimization
 
@@ -198,10 +289,9 @@ def _fit(
     torch.manual_seed(seed % (2**31))
     rng = np.random.default_rng(seed)
     k = cfg.ssl.embed_views
-    weak = np.stack([views[f"weak_{i}"] for i in range(k)])
-    strong = np.stack([views[f"strong_{i}"] for i in range(k)])
-    clean = torch.from_numpy(views["none"][data.stats_rows].astype(np.float32))
-    head = build_head(cfg, clean.shape[1], data.num_classes, stats_features=clean)
+    weak = [views[f"weak_{i}"] for i in range(k)]
+    strong = [views[f"strong_{i}"] for i in range(k)]
+    head = build_head(cfg, views["none"].shape[1], data.num_classes, stats=data.stats)
     steps = cfg.ssl.steps_per_round
     optimizer, scheduler = build_optimization(cfg, head, steps)
     state = TrainState.create(head, optimizer, scheduler, ssl_cfg, num_classes=data.num_classes)
@@ -216,7 +306,7 @@ def _fit(
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     bar = tqdm(range(steps), desc=desc, unit="step", disable=None if data.progress else True, leave=False)
-    for _ in bar:
+    for step in bar:
         li = rng.integers(0, len(labeled_rows), size=bs)
         batch_l = {"x": _rows(weak, rng.integers(0, k, size=bs), labeled_rows[li]), "y": y_all[li]}
         batch_u = None
@@ -236,30 +326,94 @@ def _fit(
             if v == v:  # NaN: nothing to average (e.g. no pseudo-label kept)
                 sums[key] = sums.get(key, 0.0) + float(v)
                 counts[key] = counts.get(key, 0) + 1
+        if (step + 1) % RELEASE_EVERY == 0 or step + 1 == steps:
+            for v in (*weak, *strong):
+                release(v)
     metrics = {key: sums[key] / counts[key] for key in sums}
     metrics.update(step=float(state.step), global_step=float(state.step_offset + state.step))
     return state, metrics
 
 
-def _rows(views: np.ndarray, which: np.ndarray, rows: np.ndarray) -> Tensor:
-    return torch.from_numpy(views[which, rows].astype(np.float32))
+def _rows(views: list[np.ndarray], which: np.ndarray, rows: np.ndarray) -> Tensor:
+    """Row ``rows[i]`` of view ``views[which[i]]`` for every ``i`` (float32), one gather per view."""
+    out = np.empty((len(rows), views[0].shape[1]), dtype=np.float16)
+    for v in np.unique(which):
+        sel = which == v
+        out[sel] = views[int(v)][rows[sel]]
+    return torch.from_numpy(out).float()
 
 
 @torch.inference_mode()
 def head_predict(head: nn.Module, feats: np.ndarray, batch: int = 8192) -> np.ndarray:
-    """Class probabilities ``(n, C)`` float32 of features ``(n, d)``."""
+    """Class probabilities ``(n, C)`` float32 of features ``(n, d)`` (float16 read by a RowReader)."""
+    from hssal_ray.frozen.store import RowReader
+
     head.eval()
-    out = []
-    for s in range(0, len(feats), batch):
-        out.append(torch.softmax(head(torch.from_numpy(feats[s : s + batch].astype(np.float32))), 1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    n = len(feats)
+    reader = RowReader(feats.shape[1], min(batch, n)) if feats.dtype == np.float16 else None
+    out: np.ndarray | None = None
+    for s in range(0, n, batch):
+        if reader is not None:
+            x = reader.read(feats, np.arange(s, min(n, s + batch)))
+        else:
+            x = torch.from_numpy(np.asarray(feats[s : s + batch], dtype=np.float32))
+        p = torch.softmax(head(x), 1).numpy()
+        if out is None:
+            out = np.empty((n, p.shape[1]), dtype=np.float32)
+        out[s : s + len(p)] = p
+    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
+@torch.inference_mode()
 def predict_views(
     head: nn.Module, views: dict[str, np.ndarray], rows: np.ndarray, tta_views: int
 ) -> np.ndarray:
-    """Probabilities of ``rows`` averaged over the clean view and the first ``tta_views`` weak views."""
-    probs = head_predict(head, views["none"][rows])
-    for i in range(tta_views):
-        probs = probs + head_predict(head, views[f"weak_{i}"][rows])
-    return probs / (1 + tta_views)
+    """Probabilities of ``rows`` averaged over the clean view and the first ``tta_views`` weak views.
+
+    Each view is read once, in blocks of rows (its pages dropped after each block).
+    """
+    from hssal_ray.frozen.store import scan_rows
+
+    head.eval()
+    rows = np.asarray(rows, dtype=np.int64)
+    out: np.ndarray | None = None
+    for v in ["none", *(f"weak_{i}" for i in range(tta_views))]:
+        for s, x in scan_rows(views[v], rows):
+            p = torch.softmax(head(x), 1).numpy()
+            if out is None:
+                out = np.zeros((len(rows), p.shape[1]), dtype=np.float32)
+            out[s : s + len(p)] += p
+    if out is None:
+        return np.zeros((0, 0), np.float32)
+    out /= 1 + tta_views
+    return out
+
+
+@torch.inference_mode()
+def score_rows(
+    head: nn.Module,
+    views: dict[str, np.ndarray],
+    rows: np.ndarray,
+    tta_views: int,
+    chunk: int = 16384,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """What the scores file needs of ``rows``, block by block: ``(start, probs, strong, embedding)``.
+
+    ``probs`` are :func:`predict_views`'s, ``strong`` the probabilities of the ``strong_0`` view,
+    ``embedding`` the L2-normalised clean view (float32) of rows ``rows[start:start+len(probs)]``.
+    """
+    from hssal_ray.frozen.store import RowReader
+
+    head.eval()
+    rows = np.asarray(rows, dtype=np.int64)
+    reader = RowReader(views["none"].shape[1], min(chunk, len(rows)))
+    for s in range(0, len(rows), chunk):
+        r = rows[s : s + chunk]
+        x = reader.read(views["none"], r)
+        emb = torch.nn.functional.normalize(x, dim=1, eps=1e-12).numpy()
+        p = torch.softmax(head(x), 1)
+        for i in range(tta_views):
+            p += torch.softmax(head(reader.read(views[f"weak_{i}"], r)), 1)
+        p = (p / (1 + tta_views)).numpy()
+        strong = torch.softmax(head(reader.read(views["strong_0"], r)), 1).numpy()
+        yield s, p, strong, emb

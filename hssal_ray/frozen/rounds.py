@@ -4,20 +4,44 @@ Every stage reads the run's embedding store (:mod:`hssal_ray.frozen.store`, enco
 the same files as the image-level path: ``round_XXX/checkpoint/`` (the head's online and EMA weights),
 ``train_metrics.json``, ``scores.parquet`` (the scores contract, so every query strategy works
 unchanged) and the metrics row. No Ray is needed after the encode.
+
+What depends only on the store and the training split is derived once per run and kept with the
+store (``EmbeddingStore.cache``): the standardisation statistics of the training split's clean
+view, and (``ssl.pseudo_labels=graph``) the k-NN graph of the training split, which is also saved
+beside the store (``graph-<key>.npz``, keyed by the store, the rows, the statistics and the search),
+so runs and seeds sharing a ``data.embedding_cache`` build it once. Scores are written block by
+block (:class:`~hssal_ray.query.scores_table.ScoresWriter`): memory follows the block, not the pool.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from hssal_ray import _io
 from hssal_ray.state import LabeledSet, round_dir
 
-__all__ = ["store_of", "feature_pool", "train", "evaluate", "score"]
+__all__ = [
+    "store_of",
+    "feature_pool",
+    "train",
+    "evaluate",
+    "score",
+    "run_stats",
+    "run_graph",
+    "GRAPH_VERSION",
+]
+
+GRAPH_VERSION = 1
+"""Part of the graph cache key: raise it when the graph's construction changes."""
+SCORE_BLOCK_ROWS = 16384
+"""Rows scored and written per block (one Parquet row group each)."""
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +61,100 @@ def store_of(ctx: Any) -> Any:
 
 
 def _rows(store: Any, table: pa.Table) -> np.ndarray:
-    rows = store.rows_of(table.column("sample_id").to_pylist())
+    rows = store.rows_of(table.column("sample_id"))
     return rows[~store.missing[rows]]
-
-
-def _normalised(feats: np.ndarray) -> np.ndarray:
-    f = feats.astype(np.float32)
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
 def feature_pool(ctx: Any, table: pa.Table) -> Any:
     """A query :class:`~hssal_ray.query.Pool` of the rows of ``table`` with their clean features only."""
+    import torch
+
+    from hssal_ray.frozen.store import scan_rows
     from hssal_ray.query import Pool
 
     store = store_of(ctx)
     rows = _rows(store, table)
-    return Pool(ids=store.ids[rows], embeddings=_normalised(store.views["none"][rows]).astype(np.float16))
+    emb = np.empty((len(rows), store.dim), dtype=np.float16)
+    for s, x in scan_rows(store.views["none"], rows):
+        emb[s : s + len(x)] = torch.nn.functional.normalize(x, dim=1, eps=1e-12).half().numpy()
+    return Pool(ids=store.ids[rows], embeddings=emb)
+
+
+def run_stats(cfg: Any, store: Any, rows: np.ndarray) -> tuple[Any, Any]:
+    """Standardisation statistics of the clean view of ``rows`` (the training split), once per run."""
+    from hssal_ray.frozen.head import feature_stats
+
+    key = f"stats:{cfg.ssl.feature_norm}:{_digest(rows)}"
+    if key not in store.cache:
+        store.cache[key] = feature_stats(cfg, store.views["none"], rows)
+    return store.cache[key]
+
+
+def run_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any], progress: Any = None) -> Any:
+    """The k-NN graph of ``rows`` (the training split): kept with the store, saved beside it.
+
+    Built once per store, rows, statistics and search (:func:`hssal_ray.frozen.graph.build_graph`;
+    exact up to ``ssl.graph_max_nodes`` nodes, or on a GPU with ``resources.use_gpu``); a saved
+    graph that does not read back is built again.
+    """
+    import torch
+
+    from hssal_ray.frozen import graph as g
+    from hssal_ray.frozen.head import graph_features
+
+    device = "cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else None
+    n = len(rows)
+    method = "exact" if n <= cfg.ssl.graph_max_nodes or device == "cuda" else "ivf"
+    spec = {
+        "version": GRAPH_VERSION,
+        "store": store.key or store.path,
+        "rows": _digest(rows),
+        "stats": _digest(stats[0].numpy(), stats[1].numpy()),
+        "feature_norm": cfg.ssl.feature_norm,
+        "k": cfg.ssl.graph_k,
+        "method": method,
+        "ivf": [g.LIST_ROWS, g.PROBE_ROWS, g.PCA_DIM, g.KMEANS_ITERS, g.SAMPLE_PER_LIST]
+        if method == "ivf"
+        else None,
+    }
+    key = hashlib.blake2b(repr(sorted(spec.items())).encode(), digest_size=10).hexdigest()
+    if f"graph:{key}" in store.cache:
+        return store.cache[f"graph:{key}"]
+    path = _io.join(store.path, f"graph-{key}.npz")
+    graph = None
+    if _io.exists(path):
+        try:
+            graph = g.KnnGraph.from_bytes(_io.read_bytes(path))
+            if not np.array_equal(graph.rows, rows) or graph.idx.shape[1] != min(
+                cfg.ssl.graph_k, max(n - 1, 0)
+            ):
+                raise ValueError("its nodes or k differ")
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("k-NN graph %s is unusable (%s): building it again", path, err)
+            graph = None
+    if graph is None:
+        t0 = time.perf_counter()
+        feats = graph_features(cfg, store.views, rows, stats)
+        graph = g.build_graph(feats, rows, cfg.ssl.graph_k, max_exact=cfg.ssl.graph_max_nodes, device=device)
+        secs = time.perf_counter() - t0
+        (progress or log.info)(
+            f"[hssal] k-NN graph of {n} training rows ({graph.method}) built in {secs:.1f} s"
+        )
+        try:
+            _io.atomic_write_bytes(path, graph.to_bytes())
+        except OSError as err:  # a read-only cache: the graph is still used for this run
+            log.warning("cannot save the k-NN graph to %s (%s)", path, err)
+    store.cache[f"graph:{key}"] = graph
+    return graph
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=10)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def _load_head(cfg: Any, ckpt_dir: str, which: str, dim: int, num_classes: int) -> Any:
@@ -78,12 +180,17 @@ def train(ctx: Any, r: int, init_dir: str | None) -> dict[str, Any]:
     store = store_of(ctx)
     labeled = LabeledSet.load(ctx.run_dir)
     lab_table = ctx.labeled_rows(labeled)
-    lab_rows = store.rows_of(lab_table.column("sample_id").to_pylist())
+    lab_rows = store.rows_of(lab_table.column("sample_id"))
     labels = lab_table.column("label").to_numpy()
+    ok = ~store.missing[lab_rows]  # a row without features cannot be trained on
+    lab_rows, labels = lab_rows[ok], labels[ok]
     pool = ctx.pool_rows(labeled)
-    pool_rows = _rows(store, pool)
-    keep = ~store.missing[store.rows_of(pool.column("sample_id").to_pylist())]
+    all_pool = store.rows_of(pool.column("sample_id"))
+    keep = ~store.missing[all_pool]
+    pool_rows = all_pool[keep]
     truth = pool.column("label").to_numpy(zero_copy_only=False)[keep]
+    train_rows = _rows(store, ctx.split("train"))
+    stats = run_stats(cfg, store, train_rows)
     init = None
     if init_dir is not None:
         init = {
@@ -91,6 +198,10 @@ def train(ctx: Any, r: int, init_dir: str | None) -> dict[str, Any]:
             "ema": load(_io.read_bytes(_io.join(init_dir, "ema.safetensors"))),
             "global_step": global_step_of(init_dir),
         }
+    ssl_on = ssl_active(cfg, len(pool_rows), r)
+    graph = None
+    if ssl_on and cfg.ssl.pseudo_labels == "graph":
+        graph = run_graph(cfg, store, train_rows, stats, progress=ctx.progress)
     state, metrics = train_head(
         cfg,
         store.views,
@@ -99,11 +210,13 @@ def train(ctx: Any, r: int, init_dir: str | None) -> dict[str, Any]:
         pool_rows,
         truth,
         len(ctx.catalog.class_names),
-        stats_rows=_rows(store, ctx.split("train")),
+        stats_rows=train_rows,
         seed=derive_seed(cfg.seed, r, "train"),
         init=init,
-        ssl_on=ssl_active(cfg, len(pool_rows), r),
+        ssl_on=ssl_on,
         progress=True,
+        stats=stats,
+        graph=graph,
     )
     metrics["ema_initial_weight"] = round_ema_initial_weight(cfg, state)
     meta = {"step": state.step, "global_step": state.step_offset + state.step, "round": r, "regime": "frozen"}
@@ -119,7 +232,7 @@ def evaluate(ctx: Any, r: int) -> dict[str, Any]:
     cfg = ctx.cfg
     store = store_of(ctx)
     test = ctx.split(cfg.data.eval_split)
-    rows = store.rows_of(test.column("sample_id").to_pylist())
+    rows = store.rows_of(test.column("sample_id"))
     y = test.column("label").to_numpy(zero_copy_only=False)
     ok = ~store.missing[rows]
     tta = cfg.ssl.tta_views
@@ -133,8 +246,12 @@ def evaluate(ctx: Any, r: int) -> dict[str, Any]:
 
 
 def score(ctx: Any, r: int, out_path: str) -> None:
-    """Scores of the training split (pool and labeled set) with the evaluation head: ``scores.parquet``."""
-    from hssal_ray.frozen.head import head_predict, predict_views
+    """Scores of the training split (pool and labeled set) with the evaluation head: ``scores.parquet``.
+
+    Written block by block (:func:`hssal_ray.frozen.head.score_rows`), renamed into place when whole.
+    """
+    from hssal_ray.frozen.head import score_rows
+    from hssal_ray.query.scores_table import ScoresWriter
     from hssal_ray.scoring import scores_table
 
     cfg = ctx.cfg
@@ -147,11 +264,16 @@ def score(ctx: Any, r: int, out_path: str) -> None:
         store.dim,
         len(ctx.catalog.class_names),
     )
-    probs = predict_views(head, store.views, rows, cfg.ssl.tta_views)
-    strong = head_predict(head, store.views["strong_0"][rows])
-    table = scores_table(
-        store.ids[rows], _normalised(store.views["none"][rows]), probs, strong, cfg.ssl.p_cutoff
-    )
-    if _io.exists(out_path):
+    fs, inner = _io.resolve_fs(out_path)
+    if fs.get_file_info(inner).type == pafs.FileType.Directory:  # parts left by an image-level run
         _io.remove(out_path)
-    _io.atomic_write_parquet(out_path, table)
+    with ScoresWriter(out_path) as out:
+        for s, probs, strong, emb in score_rows(head, store.views, rows, cfg.ssl.tta_views, SCORE_BLOCK_ROWS):
+            ids = store.id_array.take(pa.array(rows[s : s + len(probs)]))
+            out.write(scores_table(ids, emb, probs, strong, cfg.ssl.p_cutoff))
+        if out.rows == 0:  # nothing to score: the file still has the contract's columns
+            nc = len(ctx.catalog.class_names)
+            none = np.zeros((0, nc), np.float32)
+            out.write(
+                scores_table(pa.array([], pa.string()), np.zeros((0, store.dim), np.float32), none, none, 1.0)
+            )

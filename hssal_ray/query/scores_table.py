@@ -1,8 +1,10 @@
 """Writing the scores contract (see :mod:`hssal_ray.query.scores_io` for its columns).
 
-:func:`scores_arrow_table` is the one place that names and types the columns; :func:`write_scores`
-writes a file or a directory of parts atomically (tests, benchmarks and the frozen path);
-:func:`parquet_write_options` are the options Ray Data's scoring writes with.
+:func:`scores_arrow_table` is the one place that names and types the columns; :class:`ScoresWriter`
+streams a file block by block (one Parquet row group or more per block) and renames it into place
+when whole (the frozen path scores a pool of any size in bounded memory); :func:`write_scores`
+writes a file or a directory of parts atomically (tests, benchmarks); :func:`parquet_write_options`
+are the options Ray Data's scoring writes with.
 """
 
 from __future__ import annotations
@@ -11,15 +13,26 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from types import TracebackType
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from hssal_ray import _io
 
 logger = logging.getLogger(__name__)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask is process-wide, not thread-safe to probe
 
 LIST_COLUMNS = ("embedding", "probs")
 CONFIDENT_COLUMN = "confident"
@@ -49,25 +62,85 @@ def parquet_write_options(column_names: Sequence[str]) -> dict[str, Any]:
     }
 
 
+class ScoresWriter:
+    """Writes a scores file block by block; the file appears (renamed into place) only when closed whole.
+
+    Local paths are written to a temporary file next to the target and renamed; a URI is written
+    to a local temporary file and then copied in one upload (an object store shows it whole or
+    not at all). An exception inside the ``with`` block removes the temporary file and leaves any
+    previous file untouched. Every block must have the same columns (:func:`scores_arrow_table`).
+
+    Args:
+        path: The target file (local path or URI).
+        row_group_size: Most rows per Parquet row group.
+    """
+
+    def __init__(self, path: str, row_group_size: int = 65_536) -> None:
+        self.path = str(path)
+        self.row_group_size = row_group_size
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        local = self.path[len("file://") :] if self.path.startswith("file://") else self.path
+        d = tempfile.gettempdir() if _io.is_uri(self.path) else os.path.dirname(os.path.abspath(local))
+        os.makedirs(d, exist_ok=True)
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(local)}.", suffix=".tmp", dir=d)
+        os.close(fd)
+        self._target = local
+
+    def write(self, table: pa.Table) -> None:
+        """Append a block of rows (the first block fixes the schema)."""
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(
+                self._tmp, table.schema, **parquet_write_options(table.column_names)
+            )
+        elif table.schema != self._writer.schema:
+            raise ValueError(f"scores block schema {table.schema} differs from {self._writer.schema}")
+        self._writer.write_table(table, row_group_size=self.row_group_size)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        """Finish the file and put it in place (an empty file when no block was written)."""
+        if self._writer is None:
+            raise ValueError(f"no scores written to {self.path}")
+        self._writer.close()
+        try:
+            if _io.is_uri(self.path):
+                fs, p = _io.resolve_fs(self.path)
+                fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+                pafs.copy_files(self._tmp, p, destination_filesystem=fs)
+                os.unlink(self._tmp)
+            else:
+                os.chmod(self._tmp, 0o666 & ~_UMASK)
+                os.replace(self._tmp, self._target)
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Drop what was written (the target is left as it was)."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # noqa: BLE001 - the file is deleted anyway
+                logger.debug("closing an aborted scores writer failed", exc_info=True)
+        if os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+
+    def __enter__(self) -> ScoresWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def _write_table(path: str, table: pa.Table, row_group_size: int) -> None:
-    opts = parquet_write_options(table.column_names)
-    if _io.is_uri(path):
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, row_group_size=row_group_size, **opts)
-        _io.atomic_write_bytes(path, sink.getvalue().to_pybytes())
-        return
-    path = path[len("file://") :] if path.startswith("file://") else path
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
-    os.close(fd)
-    try:  # streamed to a temp file next to the target, then renamed: atomic, no in-memory copy
-        pq.write_table(table, tmp, row_group_size=row_group_size, **opts)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with ScoresWriter(path, row_group_size) as w:
+        w.write(table)
 
 
 def scores_arrow_table(
@@ -81,7 +154,7 @@ def scores_arrow_table(
     """The scores contract as an Arrow table: the one place that names and types its columns.
 
     Args:
-        sample_ids: (n,) ids.
+        sample_ids: (n,) ids (a sequence, numpy array or Arrow string array).
         embeddings: (n, d) float16 or float32 (kept as given).
         probs: (n, C) probabilities (stored as float32).
         scores: ``u_<name>`` -> (n,) floats.
@@ -89,7 +162,14 @@ def scores_arrow_table(
         pred: (n,) int.
     """
     n = len(sample_ids)
-    cols: dict[str, Any] = {"sample_id": pa.array(np.asarray(sample_ids, dtype=object), type=pa.string())}
+    if isinstance(sample_ids, pa.ChunkedArray):
+        sample_ids = sample_ids.combine_chunks()
+    ids = (
+        sample_ids.cast(pa.string())
+        if isinstance(sample_ids, pa.Array)
+        else pa.array(np.asarray(sample_ids, dtype=object), type=pa.string())
+    )
+    cols: dict[str, Any] = {"sample_id": ids}
     if embeddings is not None:
         emb = np.asarray(embeddings)
         cols["embedding"] = _list_array(

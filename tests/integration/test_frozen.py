@@ -58,6 +58,13 @@ def test_half_written_store_is_detected_and_finished(ray_local, tmp_path: Path, 
     path = Path(first.path)
     parts = sorted(path.glob("part-*.parquet"))
     assert len(parts) == 4 and json.loads((path / "meta.json").read_text())["complete"]
+    # once complete, the views are memory-mapped arrays written beside the parts
+    assert sorted(p.name for p in path.glob("view-*.npy")) == [
+        "view-none.npy",
+        "view-strong_0.npy",
+        "view-weak_0.npy",
+    ]
+    assert all(isinstance(a, np.memmap) for a in first.views.values()) and len(first.ids) == 30
     # a killed encode: no meta (written last), one part missing, one part damaged
     (path / "meta.json").unlink()
     parts[1].unlink()
@@ -68,4 +75,5 @@ def test_half_written_store_is_detected_and_finished(ray_local, tmp_path: Path, 
     np.testing.assert_array_equal(again.ids, first.ids)
     for v in first.views:
         np.testing.assert_array_equal(again.views[v], first.views[v])  # the same, seeded views
-    assert json.loads((path / "meta.json").read_text())["complete"]
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["complete"] and meta["arrays"]["rows"] == 30

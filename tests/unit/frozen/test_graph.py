@@ -141,16 +141,6 @@ def test_train_head_graph_mode_trains_a_teacher_and_reports_its_labels() -> None
     assert "graph_label_acc" not in sup
 
 
-def test_graph_max_nodes_bounds_the_unlabeled_term() -> None:
-    x, y = _two_moons_like(200)
-    rows = np.arange(200)
-    lab, pool = rows[:6], rows[6:]
-    _, m = train_head(
-        _cfg("ssl.graph_max_nodes=50"), _views(x), lab, y[lab], pool, y[pool], 2, stats_rows=rows, seed=0
-    )
-    assert m["graph_pool_rows"] == 50
-
-
 def test_graph_mode_is_checked() -> None:
     with pytest.raises(ConfigError, match="finetune=frozen"):
         load_config(None, ["ssl.pseudo_labels=graph"])

@@ -1,0 +1,93 @@
+"""The frozen path's scores file, written block by block: the same contract and values as in one piece."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hssal_ray.config import load_config
+from hssal_ray.frozen import rounds
+from hssal_ray.frozen.head import build_head, head_predict, predict_views
+from hssal_ray.frozen.store import EmbeddingStore, view_names
+from hssal_ray.query import load_pool
+from hssal_ray.query.scores_table import ScoresWriter, scores_arrow_table
+from hssal_ray.scoring import scores_table
+from hssal_ray.state import round_dir
+
+
+def test_streamed_scores_equal_the_whole_pool_table(tmp_path: Path, monkeypatch) -> None:
+    cfg = load_config(None, ["ssl.finetune=frozen", "ssl.embed_views=2", "ssl.tta_views=2"])
+    rng = np.random.default_rng(0)
+    n, d, nc = 50, 12, 3
+    views = {v: rng.normal(size=(n, d)).astype(np.float16) for v in view_names(2)}
+    missing = np.zeros(n, bool)
+    missing[[4, 31]] = True
+    ids = [f"img{i:03d}" for i in range(n)]
+    store = EmbeddingStore(path=str(tmp_path / "emb"), ids=ids, views=views, missing=missing)
+    torch.manual_seed(0)
+    head = build_head(cfg, d, nc, stats=(torch.zeros(d), torch.ones(d)))
+    ckpt = Path(round_dir(str(tmp_path), 1)) / "checkpoint"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(ckpt / "ema.safetensors"))
+    scored = pa.table({"sample_id": pa.array(ids[::-1])})  # the order of the table does not matter
+    ctx = types.SimpleNamespace(
+        cfg=cfg,
+        run_dir=str(tmp_path),
+        embedding_store=store,
+        catalog=types.SimpleNamespace(class_names=["a", "b", "c"]),
+        scored_rows=lambda: scored,
+    )
+    monkeypatch.setattr(rounds, "SCORE_BLOCK_ROWS", 7)  # 48 rows -> 7 blocks
+    out = tmp_path / "round_001" / "scores.parquet"
+    rounds.score(ctx, 1, str(out))
+    assert pq.ParquetFile(out).metadata.num_row_groups == 7
+    # the table as it was built before streaming: every row at once
+    rows = store.rows_of(scored.column("sample_id"))
+    rows = rows[~missing[rows]]
+    head.eval()
+    f = views["none"][rows].astype(np.float32)
+    emb = f / np.linalg.norm(f, axis=1, keepdims=True)
+    want = scores_table(
+        store.ids[rows],
+        emb,
+        predict_views(head, views, rows, 2),
+        head_predict(head, views["strong_0"][rows]),
+        0.95,
+    )
+    got = pq.read_table(out)
+    assert got.schema == want.schema
+    assert got.column("sample_id").to_pylist() == want.column("sample_id").to_pylist()
+    for c in want.column_names[1:]:
+        a, b = got.column(c).to_pylist(), want.column(c).to_pylist()
+        np.testing.assert_allclose(
+            np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), atol=1e-5
+        )
+    pool = load_pool(str(out))  # the query stage reads it
+    assert len(pool.ids) == 48 and pool.embeddings.dtype == np.float16
+
+
+def test_scores_writer_is_atomic_and_checks_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "s.parquet"
+    a = scores_arrow_table(
+        ["x", "y"], np.ones((2, 3), np.float16), np.full((2, 2), 0.5), {"u_entropy": [0.1, 0.2]}
+    )
+    with ScoresWriter(str(path), row_group_size=1) as w:
+        w.write(a)
+        w.write(a.slice(0, 1))
+    assert pq.read_table(path).num_rows == 3 and pq.ParquetFile(path).metadata.num_row_groups == 3
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="boom"), ScoresWriter(str(path)) as w:
+        w.write(a)
+        raise RuntimeError("boom")
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(ValueError, match="schema"), ScoresWriter(str(path)) as w:
+        w.write(a)
+        w.write(a.drop_columns(["u_entropy"]))
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
