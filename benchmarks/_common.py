@@ -49,9 +49,9 @@ log = logging.getLogger("benchmarks")
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"
 
-#: Environment a local Ray runtime needs here (ENV.md): no token auth, no uv runtime env, no telemetry.
+#: Environment a local Ray runtime needs here (ENV.md): token auth, no uv runtime env, no telemetry.
 RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled",
+    "RAY_AUTH_MODE": "token",
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "HF_HUB_OFFLINE": "1",

@@ -150,6 +150,13 @@ def loop_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: re-run the same command to resume", file=sys.stderr)
         return 130
+    except SystemExit as e:  # SIGTERM/SIGHUP while the run's lease is held (hssal_ray.loop.lease)
+        from hssal_ray.loop.lease import Terminated
+
+        if not isinstance(e, Terminated):
+            raise
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return int(e.code)  # type: ignore[arg-type]
     except OSError as e:
         advice = _WRITE_ERRORS.get(e.errno or 0)
         if advice is None:

@@ -1,7 +1,8 @@
-"""Linux process-tree helpers for the tests: descendants of a pid and the TCP ports they listen on."""
+"""Linux process-tree helpers for the tests: descendants of a pid and the TCP sockets they listen on."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 
@@ -28,6 +29,24 @@ def descendants(root: int) -> set[int]:
 
 def listening_ports(pids: set[int]) -> dict[int, int]:
     """``port -> pid`` of every TCP socket in LISTEN state that one of ``pids`` holds."""
+    return {port: pid for _addr, port, pid in listening_sockets(pids)}
+
+
+def _address(hex_addr: str) -> str:
+    """An address of ``/proc/net/tcp[6]`` (32-bit words in host byte order, little-endian here)."""
+    raw = b"".join(bytes.fromhex(hex_addr[i : i + 8])[::-1] for i in range(0, len(hex_addr), 8))
+    return str(ipaddress.ip_address(raw))
+
+
+def is_loopback(address: str) -> bool:
+    """127.0.0.0/8, ``::1``, or an IPv4 loopback address mapped into IPv6 (``::ffff:127.0.0.1``)."""
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool((mapped or ip).is_loopback)
+
+
+def listening_sockets(pids: set[int]) -> set[tuple[str, int, int]]:
+    """``(address, port, pid)`` of every TCP socket in LISTEN state that one of ``pids`` holds."""
     inode_pid: dict[str, int] = {}
     for pid in pids:
         try:
@@ -41,7 +60,7 @@ def listening_ports(pids: set[int]) -> dict[int, int]:
                 continue
             if target.startswith("socket:["):
                 inode_pid[target[8:-1]] = pid
-    ports: dict[int, int] = {}
+    out: set[tuple[str, int, int]] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
@@ -51,5 +70,6 @@ def listening_ports(pids: set[int]) -> dict[int, int]:
         for row in rows:
             cols = row.split()
             if len(cols) > 9 and cols[3] == "0A" and cols[9] in inode_pid:  # 0A = LISTEN
-                ports[int(cols[1].rsplit(":", 1)[1], 16)] = inode_pid[cols[9]]
-    return ports
+                addr, port = cols[1].rsplit(":", 1)
+                out.add((_address(addr), int(port, 16), inode_pid[cols[9]]))
+    return out

@@ -67,7 +67,11 @@ class Terminated(SystemExit):
     """SIGTERM or SIGHUP reached a driver holding a lease; ``code`` is the exit status, 128 + signal."""
 
 
+_signals_received: list[int] = []
+
+
 def _raise_exit(signum: int, frame: Any) -> None:
+    _signals_received.append(signum)
     raise Terminated(128 + signum)  # unwinds through the `finally` that releases the lease
 
 
@@ -285,8 +289,14 @@ class RunLease:
 
     def __enter__(self) -> RunLease:
         self.acquire()
+        _signals_received.clear()
         self._install_signals()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.release()
+        if _signals_received and isinstance(exc, SystemExit | KeyboardInterrupt):
+            if not isinstance(exc, Terminated):
+                # the signal's exception came through code that replaced it: Ray turns a SystemExit
+                # raised while it waits (ray.get) into SystemExit(1)
+                raise Terminated(128 + _signals_received[0]) from None
