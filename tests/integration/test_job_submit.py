@@ -3,7 +3,9 @@
 * CI: the demo is submitted to a `cluster/local.sh start` cluster while a private runtime (what
   a running loop holds, ``hssal_ray._ray.ensure_ray``) lives on the same machine. That runtime
   takes no well-known port, `status` lists exactly what `stop` stops, and `stop` stops the
-  cluster (job driver included) but not the private runtime, which keeps answering.
+  cluster (job driver included) but not the private runtime, which keeps answering. The cluster
+  has token auth with a token of its own (``start`` prints the variables a client needs; a
+  client without them is refused) and, with no worker nodes, listens on loopback only.
 * slow: a whole loop runs to completion, with the labeled set of an uninterrupted run, while
   `local.sh start`, a `ray job submit` of another loop and `local.sh stop` happen beside it.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -26,7 +29,7 @@ from typing import IO, Any
 import pytest
 
 from hssal_ray._ray import WELL_KNOWN_PORTS
-from tests._procs import descendants, listening_ports
+from tests._procs import descendants, is_loopback, listening_ports, listening_sockets
 from tests.integration.conftest import REPO, SMOKE, cli_env
 from tests.integration.test_loop_cli import _labeled
 
@@ -79,9 +82,10 @@ def _readline(stream: IO[str], timeout: float) -> str:
 
 
 def _cluster_env(tmp_path: Path, default_ports: bool = False) -> dict[str, str]:
+    """The environment of a user who runs ``local.sh``: token auth on, no token of their own."""
     venv_bin = Path(sys.executable).parent
     pick = _port_or_free if default_ports else (lambda _p: _free_port())
-    env = cli_env()
+    env = {k: v for k, v in cli_env().items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     env.update(
         HSSAL_VENV=str(venv_bin.parent),
         PATH=f"{venv_bin}:{env.get('PATH', '')}",
@@ -100,6 +104,12 @@ def _local_sh(env: dict[str, str], *args: str, timeout: float = 180) -> subproce
     if args[0] == "stop":
         shutil.rmtree(env["HSSAL_RAY_TEMP_DIR"], ignore_errors=True)
     return proc
+
+
+def _client_auth(start_stdout: str) -> dict[str, str]:
+    """The ``RAY_AUTH_*`` variables of the submit command that ``local.sh start`` printed."""
+    line = next(x for x in start_stdout.splitlines() if "ray job submit" in x)
+    return dict(w.split("=", 1) for w in shlex.split(line.rstrip(" \\")) if w.startswith("RAY_AUTH_"))
 
 
 def _submit(env: dict[str, str], run_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -186,6 +196,20 @@ def test_ray_job_submit_demo_beside_a_private_runtime(
     try:
         assert start.returncode == 0, start.stderr
         assert "dashboard http://127.0.0.1:" in start.stdout
+        assert "listening on 127.0.0.1 only; token auth: token" in start.stdout, start.stdout
+        auth = _client_auth(start.stdout)
+        token_file = Path(auth["RAY_AUTH_TOKEN_PATH"])
+        assert auth["RAY_AUTH_MODE"] == "token" and token_file.stat().st_mode & 0o077 == 0, auth
+        refused = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "list", "--address"]
+            + [f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode != 0, refused.stdout  # a client without the token
+        env.update(auth)
         job = _submit(env, tmp_path, timeout=400)
         out = job.stdout + job.stderr
         assert job.returncode == 0, out[-6000:]
@@ -204,10 +228,13 @@ def test_ray_job_submit_demo_beside_a_private_runtime(
         }
         assert listed, status.stdout
         assert not listed & descendants(by.pid), "status lists processes of the private runtime"
+        sockets = listening_sockets(set().union(*(descendants(pid) for pid in listed)))
+        assert sockets and all(is_loopback(a) for a, _port, _pid in sockets), sockets
     finally:
         stop = _local_sh(env, "stop", timeout=120)
     assert stop.returncode == 0 and "stopped the cluster" in stop.stdout, stop.stdout + stop.stderr
     assert _processes_naming(env["HSSAL_RAY_TEMP_DIR"]) == []  # nothing of the cluster is left
+    assert not token_file.exists()
     # the private runtime survived `local.sh stop` (the old `ray stop --force` killed it)
     time.sleep(3)
     assert by.poll() is None, "the private runtime died"
@@ -258,6 +285,7 @@ def test_loop_runs_to_completion_beside_local_cluster_start_job_and_stop(
         events["loop_ports"] = sorted(listening_ports(descendants(loop.pid)))
         start = _local_sh(env, "start")
         assert start.returncode == 0, start.stderr
+        env.update(_client_auth(start.stdout))
         events["started"] = where()
         job = _submit(env, tmp_path / "job")
         assert job.returncode == 0 and "succeeded" in job.stdout + job.stderr, (job.stdout + job.stderr)[

@@ -4,6 +4,9 @@
   and the first finishes with the labeled set and metrics of an uninterrupted run.
 * A SIGKILLed driver leaves its lease behind (dead pid); the next driver takes it over with a
   warning and resumes the run to the same result.
+* A driver stopped with SIGTERM (``kill PID``) or SIGINT (Ctrl-C: the whole process group) in the
+  middle of training exits 143 or 130 with one line and no stack dump, releases its lease and
+  leaves its Ray runtime stopped; the same command resumes the run to the same result.
 
 Both compare with the session's uninterrupted ``reference_run`` and cost about one smoke run
 each (2-3 min on 2 busy cores), so they are ``slow``; the same rules are checked without Ray in
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +29,7 @@ import pytest
 
 from hssal_ray.cli import EXIT_LEASE
 from hssal_ray.loop.lease import LEASE_FILE, read_lease
+from tests._procs import descendants
 from tests.integration.conftest import REPO, SMOKE, cli_env, run_cli
 from tests.integration.test_loop_cli import _kill_when, _labeled
 
@@ -131,3 +136,66 @@ def test_stale_lease_of_killed_driver_is_taken_over_and_run_resumes(
     assert "taking over the lease" in proc.stderr
     assert f"its process {owner.pid} on this host is not running" in proc.stderr
     _assert_same_run(run, reference_run)
+
+
+@pytest.mark.parametrize(
+    ("sig", "to_group"), [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["sigterm", "ctrl-c"]
+)
+def test_signal_mid_training_exits_cleanly_and_the_same_command_resumes(
+    reference_run: Path, tmp_path: Path, sig: int, to_group: bool
+) -> None:
+    args = [*SMOKE, f"loop.run_dir={tmp_path}", "loop.name=ref"]
+    run = tmp_path / "ref"
+    log = (tmp_path / "first.err").open("w")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "hssal_ray.loop", *args],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+    )
+    try:
+
+        def training() -> bool:
+            try:
+                st = json.loads((run / "state.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                return False
+            return st.get("stage") == "train" and (run / LEASE_FILE).exists()
+
+        _wait_for(training, "it started training", first)
+        time.sleep(3)  # inside round 0's fit (Ray Train and Ray Data running)
+        tree = descendants(first.pid)
+        if to_group:
+            os.killpg(first.pid, sig)
+        else:
+            first.send_signal(sig)
+        first.wait(timeout=300)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        log.close()
+    err = (tmp_path / "first.err").read_text()
+    assert first.returncode == 128 + sig, err[-4000:]
+    assert err.rstrip().endswith("interrupted: re-run the same command to resume"), err[-4000:]
+    for dump in ("SIGTERM received", "SIGINT received", "Aborted", "Traceback", "Fatal Python error"):
+        assert dump not in err, err[-4000:]
+    assert not (run / LEASE_FILE).exists()
+    assert not list(run.glob(LEASE_FILE + ".*")), list(run.iterdir())
+    deadline = time.monotonic() + 60
+    while (left := [p for p in tree if _alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes of its Ray runtime still running: {left}"
+    proc = run_cli(*args)
+    assert "taking over the lease" not in proc.stderr
+    _assert_same_run(run, reference_run)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -12,6 +12,7 @@ in a subprocess. While it runs:
   token: with token auth and a wrong token, with token auth and no token, and with auth off.
   None of them runs the task that would write a file;
 * the same client with the right token does run it (so the refusals above are the token's);
+* the loop's CLI joining it as a cluster with a wrong token stops with one line saying what to set;
 * the token is not on any command line of the runtime's processes nor in its log files.
 
 The slow test samples the sockets of a whole real CLI loop run (training, scoring, query) the
@@ -161,6 +162,22 @@ def test_private_runtime_listens_on_loopback_only_and_refuses_clients_without_it
             ),
             marker,
         )
+    # the loop joining it as a cluster (resources.address) with a wrong token: one line, exit 2
+    loop = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hssal_ray.loop",
+            *SMOKE,
+            f"loop.run_dir={tmp_path}",
+            f"resources.address={local}",
+        ],
+        cwd=REPO,
+        env=_client_env(tmp_path, **here, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     results = {}
     for name, (p, marker) in procs.items():
         out, err = p.communicate(timeout=300)
@@ -173,6 +190,11 @@ def test_private_runtime_listens_on_loopback_only_and_refuses_clients_without_it
     assert "InvalidAuthToken" in results["wrong token"][2], results["wrong token"][2][-3000:]
     assert "no authentication token was found" in results["no token"][2]
     assert "InvalidAuthToken" in results["auth off"][2], results["auth off"][2][-3000:]
+    _, err = loop.communicate(timeout=300)
+    errors = [x for x in err.splitlines() if x.startswith("error:")]
+    assert loop.returncode == 2 and len(errors) == 1, err[-3000:]
+    assert f"the Ray cluster at {local} refused this driver" in errors[0], errors
+    assert "Traceback" not in err, err[-3000:]
 
     # the token is in no command line (visible to every user) and in no log of the runtime
     for pid in pids:
