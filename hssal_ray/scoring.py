@@ -61,6 +61,7 @@ def scores_table(
     probs: np.ndarray,
     probs_strong: np.ndarray | None,
     p_cutoff: float,
+    emb_norms: np.ndarray | None = None,
 ) -> pa.Table:
     """The scores contract table of model outputs (pure numpy): uncertainties, prediction, confidence.
 
@@ -71,6 +72,8 @@ def scores_table(
         probs_strong: ``(n, C)`` probabilities of a strong view, or None.
         p_cutoff: Threshold of the ``confident`` column: both views predict the same class with
             probability >= ``p_cutoff`` (what ``query.ssl_aware`` leaves out).
+        emb_norms: ``(n,)`` norms of the embeddings when known (``u_badge`` then reads them instead
+            of converting ``emb``: the frozen path passes float16 unit rows).
     """
     from hssal_ray.query.scores_io import scores_arrow_table
     from hssal_ray.query.uncertainty import compute_all
@@ -86,7 +89,7 @@ def scores_table(
         ids if isinstance(ids, pa.Array) else np.asarray([str(s) for s in ids], dtype=object),
         np.asarray(emb, dtype=np.float16),
         probs,
-        compute_all(probs, emb, probs_strong),
+        compute_all(probs, emb if emb_norms is None else np.asarray(emb_norms)[:, None], probs_strong),
         conf,
         probs.argmax(1),
     )

@@ -270,7 +270,8 @@ def score(ctx: Any, r: int, out_path: str) -> None:
     with ScoresWriter(out_path) as out:
         for s, probs, strong, emb in score_rows(head, store.views, rows, cfg.ssl.tta_views, SCORE_BLOCK_ROWS):
             ids = store.id_array.take(pa.array(rows[s : s + len(probs)]))
-            out.write(scores_table(ids, emb, probs, strong, cfg.ssl.p_cutoff))
+            norms = np.ones(len(probs), np.float32)  # the embeddings are unit rows (u_badge's ||h||)
+            out.write(scores_table(ids, emb, probs, strong, cfg.ssl.p_cutoff, emb_norms=norms))
         if out.rows == 0:  # nothing to score: the file still has the contract's columns
             nc = len(ctx.catalog.class_names)
             none = np.zeros((0, nc), np.float32)

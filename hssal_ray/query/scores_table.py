@@ -53,12 +53,14 @@ def parquet_write_options(column_names: Sequence[str]) -> dict[str, Any]:
 
     Dictionary encoding of float16 list values (fixed_len_byte_array(2)) makes reads several times
     slower, and random fp16/fp32 values do not compress: list columns are written PLAIN and
-    uncompressed, the rest with snappy. Pass the same options to Ray Data's
-    ``write_parquet(..., arrow_parquet_args=...)``.
+    uncompressed, the rest with snappy. Nothing filters on a list value, so list columns get no
+    min/max statistics (computing them per value took ~20% of the write). Pass the same options to
+    Ray Data's ``write_parquet(..., arrow_parquet_args=...)``.
     """
     return {
         "use_dictionary": False,
         "compression": {c: ("NONE" if c in LIST_COLUMNS else "SNAPPY") for c in column_names},
+        "write_statistics": [c for c in column_names if c not in LIST_COLUMNS],
     }
 
 

@@ -8,7 +8,7 @@ import torch
 
 from hssal_ray.config import load_config
 from hssal_ray.errors import ConfigError
-from hssal_ray.frozen.head import L2Normalize, build_head, predict_views, train_head
+from hssal_ray.frozen.head import L2Normalize, build_head, head_predict, predict_views, train_head
 
 
 def _cfg(*over: str):
@@ -69,3 +69,27 @@ def test_tta_views_is_checked() -> None:
         _cfg("ssl.tta_views=3")  # more than the 2 stored weak views
     with pytest.raises(ConfigError, match="finetune=frozen"):
         load_config(None, ["ssl.tta_views=1"])
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("norm", ["l2", "none"])
+def test_folded_inference_equals_the_module(kind: str, norm: str) -> None:
+    """Predictions fold normalisation and standardisation into one product: the module's outputs."""
+    from hssal_ray.frozen.head import _Forward
+
+    cfg = _cfg(f"ssl.head={kind}", f"ssl.feature_norm={norm}", "ssl.head_hidden=16")
+    torch.manual_seed(0)
+    stats = (torch.randn(8) * 0.1, torch.rand(8) + 0.5)
+    head = build_head(cfg, 8, 3, stats=stats).eval()
+    if kind == "mlp":  # BatchNorm with statistics of its own
+        head[-1][1].running_mean.normal_()
+        head[-1][1].running_var.uniform_(0.5, 2.0)
+    views, _ = _views(n=2500)  # more rows than one folded block
+    x = views["none"]
+    with torch.no_grad():
+        want = torch.softmax(head(torch.from_numpy(x.astype(np.float32))), 1).numpy()
+    np.testing.assert_allclose(head_predict(head, x, batch=1000), want, atol=1e-5)
+    emb = np.empty(x.shape, np.float16)
+    _Forward(head)(x, emb)
+    unit = x.astype(np.float32) / np.linalg.norm(x.astype(np.float32), axis=1, keepdims=True)
+    np.testing.assert_allclose(emb.astype(np.float32), unit, atol=1e-3)
