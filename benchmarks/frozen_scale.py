@@ -1,0 +1,466 @@
+"""Frozen-encoder path at archive scale: one-time graph build and whole rounds on 10k, 100k and 1M images.
+
+``python -m benchmarks.frozen_scale --sizes 10000 100000 1000000``
+
+For every size N the benchmark
+
+1. writes (once; reused while the parameters match) a synthetic embedding store of the real shape
+   under ``--work-dir`` (default ``/tmp/hssal_frozen_scale``, never in the repository): d=1280
+   float16 pooled features of the clean view and ``ssl.embed_views`` = 2 weak and 2 strong views
+   (12.8 KB an image), 21 classes of clustered, rectified features (class centres, sub-modes, a
+   low-rank spread and noise; a weak view adds a little noise, a strong one more), through the
+   store's own writer (:func:`hssal_ray.frozen.store.write_arrays`), as the encode leaves it;
+2. in a *fresh* Python process (peak memory per size), single-threaded (torch, faiss and BLAS on
+   one thread), runs the product's own code on it: :func:`hssal_ray.frozen.store.open_store`, a
+   :class:`hssal_ray.loop.context.RunContext` holding a synthetic manifest (train split N - test,
+   test split min(N/5, 10,000), 2% of the training split labeled at round 0), the one-time
+   statistics and k-NN graph (:func:`hssal_ray.frozen.rounds.run_stats`, ``run_graph``), then two
+   rounds of :func:`hssal_ray.frozen.rounds.train`, :func:`~hssal_ray.frozen.rounds.score` and
+   :func:`hssal_ray.loop.query_stage.run_query` (the picks labeled in between, from the synthetic
+   labels) and :func:`~hssal_ray.frozen.rounds.evaluate`, all with the ``configs/ucm_cpu.yaml``
+   recipe (500 steps of a teacher and a student head, graph pseudo-labels, HAL budget 34);
+3. measures per step: CPU seconds (the process, sampled from ``/proc`` by
+   :class:`benchmarks._common.CpuTracker`; one thread, so they are what one idle core takes), wall
+   seconds (meaningless on a shared machine, kept for the record) and peak RSS (``VmHWM``, reset
+   before each step: :func:`benchmarks.archive_scale.reset_peak_rss`); and the recall@10 of the
+   graph against an exact search for 200 sampled rows.
+
+The round is round 1 (warm-started from round 0, as every later round): train + score + query.
+Checks (targets of issue 28): a 1M round <= 60 CPU-s after the one-time graph build; the graph
+build for 1M <= 10 min; peak RSS at 1M <= 6 GB; round CPU time 1M / (10 x 100k) <= 1.2.
+``--smoke`` runs one tiny size in this process (a test runs it). Writes ``<out>/frozen_scale.json``
+and ``.md`` (``--smoke``: ``frozen_scale_smoke.*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks._common import CpuTracker, md_table, setup_logging, write_result
+
+log = logging.getLogger("benchmarks.frozen_scale")
+
+MODULE = "benchmarks.frozen_scale"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_WORK = "/tmp/hssal_frozen_scale"
+NUM_CLASSES = 21
+DIM = 1280
+EMBED_VIEWS = 2
+LABELED_FRACTION = 0.02
+GEN_ROWS = 16_384
+THREAD_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+TARGETS = {"round_cpu_s_1m": 60.0, "graph_wall_s_1m": 600.0, "peak_rss_gb_1m": 6.0, "round_ratio": 1.2}
+
+
+def sample_id(i: int) -> str:
+    """The id of synthetic row ``i`` (zero-padded: sorted ids = row order, as a manifest is)."""
+    return f"img{i:08d}.png"
+
+
+# ------------------------------------------------------------------------------------ the store
+
+
+def _labels(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng([seed, 1]).integers(0, NUM_CLASSES, n).astype(np.int32)
+
+
+def _blocks(n: int, dim: int, seed: int) -> Any:
+    """Blocks of ``{view: (m, dim) float16}`` of the synthetic store (torch: fast float16 casts)."""
+    import torch
+
+    from hssal_ray.frozen.store import view_names
+
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(NUM_CLASSES, dim, generator=g)
+    modes = centres[:, None, :] + 0.6 * torch.randn(NUM_CLASSES, 4, dim, generator=g)
+    bases = torch.randn(NUM_CLASSES, 8, dim, generator=g) / 8**0.5
+    y_all = torch.from_numpy(_labels(n, seed).astype(np.int64))
+    names = view_names(EMBED_VIEWS)
+    for s in range(0, n, GEN_ROWS):
+        m = min(GEN_ROWS, n - s)
+        gb = torch.Generator().manual_seed(seed * 1_000_003 + s)
+        y = y_all[s : s + m]
+        x = modes[y, torch.randint(0, 4, (m,), generator=gb)] + 1.0 * torch.randn(m, dim, generator=gb)
+        coef = 0.8 * torch.randn(m, 8, generator=gb)
+        for c in range(NUM_CLASSES):
+            sel = y == c
+            x[sel] += coef[sel] @ bases[c]
+        out = {}
+        for v in names:
+            scale = 0.0 if v == "none" else 0.1 if v.startswith("weak") else 0.3
+            xv = x if scale == 0.0 else x + scale * torch.randn(m, dim, generator=gb)
+            out[v] = torch.relu(xv).half().numpy()
+        yield out
+
+
+def make_store(path: str, n: int, dim: int, seed: int) -> float:
+    """Write the synthetic store at ``path`` unless one with these parameters is there; returns seconds."""
+    from hssal_ray.frozen.store import view_names, write_arrays
+
+    params = {"n": n, "dim": dim, "seed": seed, "views": EMBED_VIEWS, "version": 1}
+    meta_path = Path(path) / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("synthetic") == params and meta.get("arrays"):
+            return 0.0
+    shutil.rmtree(path, ignore_errors=True)
+    t0 = time.perf_counter()
+    views = view_names(EMBED_VIEWS)
+    meta = {"key": f"synthetic-{n}-{dim}-{seed}", "views": list(views), "rows": n, "complete": True}
+    ids = [sample_id(i) for i in range(n)]
+    write_arrays(path, ids, _blocks(n, dim, seed), views, meta={**meta, "synthetic": params})
+    return time.perf_counter() - t0
+
+
+def _manifest(n: int, seed: int) -> Any:
+    import pyarrow as pa
+
+    from hssal_ray.data.catalog import MANIFEST_SCHEMA
+
+    test = min(n // 5, 10_000)
+    split = np.full(n, "train", dtype=object)
+    split[np.random.default_rng([seed, 2]).choice(n, test, replace=False)] = "test"
+    y = _labels(n, seed)
+    return pa.table(
+        {
+            "sample_id": pa.array([sample_id(i) for i in range(n)], pa.string()),
+            "source": pa.array([""] * n, pa.string()),
+            "row": pa.array(np.zeros(n, np.int32)),
+            "label": pa.array(y),
+            "class_name": pa.array([f"class_{c:02d}" for c in y], pa.string()),
+            "split": pa.array(split, pa.string()),
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+
+
+# ------------------------------------------------------------------------------ one size (child)
+
+
+def experiment(spec: dict[str, Any]) -> Any:
+    """The ``configs/ucm_cpu.yaml`` recipe in this size's run directory (with ``spec["overrides"]``)."""
+    from hssal_ray.config import load_config
+
+    over = [
+        f"loop.run_dir={spec['run_root']}",
+        f"loop.name=n{spec['n']}",
+        f"data.root={spec['store']}",
+        *spec.get("overrides", []),
+    ]
+    return load_config(str(REPO / "configs" / "ucm_cpu.yaml"), over)
+
+
+def _single_thread() -> tuple[int, int]:
+    """torch and faiss on one thread; returns their thread counts before."""
+    import faiss
+    import torch
+
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    return before
+
+
+def _recall(
+    store: Any, cfg: Any, rows: np.ndarray, stats: Any, graph: Any, seed: int, queries: int = 200
+) -> float:
+    """recall@k of the graph's neighbours of ``queries`` sampled nodes against an exact search."""
+    from hssal_ray.frozen.graph import recall_at_k
+    from hssal_ray.frozen.head import graph_features
+
+    feats = graph_features(cfg, store.views, rows, stats)
+    q = np.sort(np.random.default_rng([seed, 3]).choice(len(rows), min(queries, len(rows)), replace=False))
+    zq = feats(q)
+    k = graph.idx.shape[1]
+    best = np.full((len(q), k + 1), -np.inf, np.float32)
+    best_i = np.zeros((len(q), k + 1), np.int64)
+    for s in range(0, len(rows), 65_536):
+        pos = np.arange(s, min(len(rows), s + 65_536))
+        sims = zq @ feats(pos).T
+        allv = np.concatenate([best, sims], 1)
+        alli = np.concatenate([best_i, np.broadcast_to(pos, sims.shape)], 1)
+        top = np.argpartition(-allv, k, axis=1)[:, : k + 1]
+        best, best_i = np.take_along_axis(allv, top, 1), np.take_along_axis(alli, top, 1)
+    ref = np.array(
+        [[j for j in r[np.argsort(-v)] if j != qi][:k] for r, v, qi in zip(best_i, best, q, strict=True)]
+    )
+    return recall_at_k(graph.idx[q], ref)
+
+
+def run_size(spec: dict[str, Any]) -> dict[str, Any]:
+    """Open the store and run the one-time steps and two rounds in this (fresh) process."""
+    import faiss
+    import torch
+
+    threads = _single_thread()
+    try:
+        return _run_size(spec)
+    finally:
+        torch.set_num_threads(threads[0])
+        faiss.omp_set_num_threads(threads[1])
+
+
+def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
+    import pyarrow as pa
+
+    from benchmarks.archive_scale import driver_peak_mb, reset_peak_rss
+    from hssal_ray.data.catalog import Catalog
+    from hssal_ray.frozen import rounds
+    from hssal_ray.frozen.store import open_store
+    from hssal_ray.loop.context import RunContext
+    from hssal_ray.loop.query_stage import run_query
+    from hssal_ray.state import LabeledSet, round_dir
+
+    n, seed = int(spec["n"]), int(spec["seed"])
+    cfg = experiment(spec)
+    run_dir = cfg.run_path
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
+    for old in Path(spec["store"]).glob("graph-*.npz"):
+        old.unlink()  # the one-time build is measured, not read back
+    cpu = CpuTracker(lambda: [os.getpid()])
+    steps: dict[str, dict[str, Any]] = {}
+    reset_ok = reset_peak_rss()
+
+    def step(name: str, fn: Any) -> Any:
+        reset_peak_rss()
+        t0, c0 = time.perf_counter(), cpu.total()
+        out = fn()
+        steps[name] = {
+            "cpu_s": round(cpu.total() - c0, 2),
+            "wall_s": round(time.perf_counter() - t0, 2),
+            "peak_rss_mb": round(driver_peak_mb(), 1),
+        }
+        log.info("n=%d %-14s %s", n, name, steps[name])
+        return out
+
+    manifest = _manifest(n, seed)
+    ctx = RunContext(cfg, progress=lambda line: log.info("%s", line))
+    ctx._catalog = Catalog(  # the synthetic manifest stands in for a scanned archive
+        root=spec["store"],
+        table=manifest,
+        class_names=tuple(f"class_{c:02d}" for c in range(NUM_CLASSES)),
+        kind="files",
+    )
+    store = step("open_store", lambda: open_store(spec["store"], rows=n))
+    ctx.embedding_store = store
+    train = ctx.split("train")
+    rng = np.random.default_rng([seed, 4])
+    first = rng.choice(train.num_rows, max(1, round(LABELED_FRACTION * train.num_rows)), replace=False)
+    lab = train.take(pa.array(np.sort(first)))
+    labeled = LabeledSet().with_round(
+        0,
+        dict(zip(lab.column("sample_id").to_pylist(), lab.column("label").to_pylist(), strict=True)),
+        "benchmark",
+    )
+    labeled.save(run_dir)
+    train_rows = rounds._rows(store, train)
+    stats = step("stats", lambda: rounds.run_stats(cfg, store, train_rows))
+    graph = step("graph_build", lambda: rounds.run_graph(cfg, store, train_rows, stats))
+    truth = dict(
+        zip(manifest.column("sample_id").to_pylist(), manifest.column("label").to_pylist(), strict=True)
+    )
+    info: dict[str, Any] = {}
+    for r in (0, 1):
+        init = None if r == 0 else os.path.join(round_dir(run_dir, 0), "checkpoint")
+        m = step(f"r{r}_train", lambda r=r, init=init: rounds.train(ctx, r, init))
+        scores = os.path.join(round_dir(run_dir, r), "scores.parquet")
+        step(f"r{r}_score", lambda r=r, scores=scores: rounds.score(ctx, r, scores))
+        lab_ids = set(LabeledSet.load(run_dir).ids)
+        picked = step(
+            f"r{r}_query", lambda r=r, s=scores, ids=lab_ids: run_query(cfg, s, cfg.query.budget, ids, r)
+        )[0]
+        ev = step(f"r{r}_evaluate", lambda r=r: rounds.evaluate(ctx, r))
+        labeled = LabeledSet.load(run_dir).with_round(r + 1, {s: truth[s] for s in picked}, "benchmark")
+        labeled.save(run_dir)
+        info[f"r{r}"] = {
+            "picks": len(picked),
+            "test_accuracy": ev.get("test_accuracy"),
+            "graph_label_acc": m.get("graph_label_acc"),
+            "teacher_label_acc": m.get("teacher_label_acc"),
+            "graph_pool_rows": m.get("graph_pool_rows"),
+        }
+    recall = step("recall_check", lambda: _recall(store, cfg, train_rows, stats, graph, seed))
+    rnd = {k: sum(steps[f"r1_{s}"][k] for s in ("train", "score", "query")) for k in ("cpu_s", "wall_s")}
+    return {
+        "n": n,
+        "train_rows": int(train.num_rows),
+        "labeled_r0": int(len(first)),
+        "graph_method": graph.method,
+        "graph_recall_at_10": round(float(recall), 4),
+        "steps": steps,
+        "round_cpu_s": round(rnd["cpu_s"], 2),
+        "round_wall_s": round(rnd["wall_s"], 2),
+        "peak_rss_mb": max(v["peak_rss_mb"] for k, v in steps.items() if k != "recall_check"),
+        "peak_reset_ok": reset_ok,
+        "rounds": info,
+        "load_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def run_size_subprocess(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """:func:`run_size` in a fresh single-threaded ``python -m benchmarks.frozen_scale --worker`` process."""
+    out = Path(spec["run_root"]) / f"n{spec['n']}.result.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", MODULE, "--worker", json.dumps({**spec, "result": str(out)})]
+    env = {
+        **os.environ,
+        **THREAD_ENV,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 or not out.exists():
+        raise RuntimeError(
+            f"size {spec['n']} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
+    return json.loads(out.read_text())
+
+
+# ------------------------------------------------------------------------------------- reporting
+
+
+def checks(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The issue's targets, where the sizes measured allow them (1M, and 100k for the ratio)."""
+    by = {r["n"]: r for r in rows}
+    big = by.get(1_000_000)
+    if big is None:
+        return None
+    out: dict[str, Any] = {
+        "round_cpu_s_1m": {"value": big["round_cpu_s"], "target": TARGETS["round_cpu_s_1m"]},
+        "graph_wall_s_1m": {
+            "value": big["steps"]["graph_build"]["wall_s"],
+            "target": TARGETS["graph_wall_s_1m"],
+        },
+        "graph_cpu_s_1m": {
+            "value": big["steps"]["graph_build"]["cpu_s"],
+            "target": TARGETS["graph_wall_s_1m"],
+        },
+        "peak_rss_gb_1m": {"value": round(big["peak_rss_mb"] / 1024, 2), "target": TARGETS["peak_rss_gb_1m"]},
+    }
+    small = by.get(100_000)
+    if small is not None and small["round_cpu_s"] > 0:
+        ratio = big["round_cpu_s"] / (10 * small["round_cpu_s"])
+        out["round_ratio_1m_vs_10x100k"] = {"value": round(ratio, 3), "target": TARGETS["round_ratio"]}
+    for v in out.values():
+        v["met"] = bool(v["value"] <= v["target"])
+    return out
+
+
+def report(rows: list[dict[str, Any]], payload: dict[str, Any], out_dir: str, name: str) -> None:
+    table_rows = []
+    for r in rows:
+        s = r["steps"]
+        table_rows.append(
+            {
+                "n": r["n"],
+                "graph": r["graph_method"],
+                "recall@10": r["graph_recall_at_10"],
+                "graph build cpu_s": s["graph_build"]["cpu_s"],
+                "graph build wall_s": s["graph_build"]["wall_s"],
+                "round cpu_s": r["round_cpu_s"],
+                "round wall_s": r["round_wall_s"],
+                "train cpu_s": s["r1_train"]["cpu_s"],
+                "score cpu_s": s["r1_score"]["cpu_s"],
+                "query cpu_s": s["r1_query"]["cpu_s"],
+                "peak RSS MB": r["peak_rss_mb"],
+            }
+        )
+    cols = list(table_rows[0]) if table_rows else []
+    step_rows = [{"n": r["n"], "step": k, **v} for r in rows for k, v in r["steps"].items()]
+    md = [
+        f"Synthetic stores of the real shape (d={payload['dim']}, float16, clean + {EMBED_VIEWS} weak + "
+        f"{EMBED_VIEWS} strong views, {LABELED_FRACTION:.0%} of the training split labeled), "
+        "`configs/ucm_cpu.yaml` recipe, the product's round functions, one thread. "
+        "Round = round 1 (warm-started): train + score + query.",
+        "",
+        md_table(table_rows, cols),
+        "",
+        "## Every step (CPU seconds of the process, wall seconds, peak RSS since the step began)",
+        "",
+        md_table(step_rows, ["n", "step", "cpu_s", "wall_s", "peak_rss_mb"]),
+    ]
+    c = payload.get("checks")
+    if c:
+        md += [
+            "",
+            "## Checks",
+            "",
+            md_table([{"check": k, **v} for k, v in c.items()], ["check", "value", "target", "met"]),
+        ]
+    if payload.get("note"):
+        md += ["", payload["note"]]
+    write_result(name, payload, "\n".join(md), module=MODULE, out_dir=out_dir)
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument(
+        "--work-dir", default=DEFAULT_WORK, help="synthetic stores and run directories (not the repo)"
+    )
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--keep", action="store_true", help="keep the synthetic stores (default: delete each after use)"
+    )
+    p.add_argument("--smoke", action="store_true", help="one tiny size, few steps (a test runs this)")
+    p.add_argument(
+        "--note", default="", help="a line added to the result (e.g. what else ran on the machine)"
+    )
+    p.add_argument("--timeout", type=float, default=7200.0, help="seconds per size")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    setup_logging()
+    if args.worker:
+        spec = json.loads(args.worker)
+        row = run_size(spec)
+        Path(spec["result"]).write_text(json.dumps(row))
+        return 0
+    sizes, dim, over = args.sizes, DIM, []
+    if args.smoke:
+        sizes, dim = [2000], 32
+        over = ["ssl.steps_per_round=10", "query.budget=10"]
+    work = Path(args.work_dir)
+    rows = []
+    for n in sizes:
+        store = str(work / f"store-{n}-{dim}")
+        gen_s = make_store(store, n, dim, args.seed)
+        log.info("n=%d: store ready (%.1f s to write)", n, gen_s)
+        spec = {"n": n, "seed": args.seed, "store": store, "run_root": str(work / "runs"), "overrides": over}
+        try:  # the smoke run stays in this process (a test calls it); sizes get a fresh one each
+            row = run_size(spec) if args.smoke else run_size_subprocess(spec, args.timeout)
+        finally:
+            if not args.keep:
+                shutil.rmtree(store, ignore_errors=True)
+        row["store_write_s"] = round(gen_s, 1)
+        rows.append(row)
+    payload = {
+        "sizes": sizes,
+        "dim": dim,
+        "rows": rows,
+        "checks": checks(rows),
+        "targets": TARGETS,
+        "note": args.note,
+    }
+    report(rows, payload, args.out, "frozen_scale_smoke" if args.smoke else "frozen_scale")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
