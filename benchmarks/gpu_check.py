@@ -1718,7 +1718,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             raise ConfigError(f"--sections: unknown {unknown}; choose from {', '.join(SECTIONS)}")
         run = Run(args)
-        code = execute(run, sections)
+        try:
+            code = execute(run, sections)
+        finally:
+            shutil.rmtree(run.work, ignore_errors=True)  # scratch checkpoints and runs
         print(f"wrote {run.out / run.name}.json and .md (exit {code})")
         return code
     except HSSALError as e:
