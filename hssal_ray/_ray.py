@@ -195,6 +195,7 @@ def _use_token_auth() -> None:
     os.environ["RAY_AUTH_MODE"] = "token"
     _refresh_auth_config()
     loader = AuthenticationTokenLoader.instance()
+    loader.reset_cache()  # the environment may have changed since Ray last looked
     try:
         has_token = loader.has_token(ignore_auth_mode=True)
     except AuthenticationError:  # RAY_AUTH_TOKEN_PATH set, file unreadable or empty

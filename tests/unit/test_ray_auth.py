@@ -18,9 +18,10 @@ def clean_auth(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    yield tmp_path
     from ray._raylet import AuthenticationTokenLoader
 
+    AuthenticationTokenLoader.instance().reset_cache()  # an earlier test of the session may have loaded one
+    yield tmp_path
     AuthenticationTokenLoader.instance().reset_cache()
 
 
