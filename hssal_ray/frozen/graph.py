@@ -22,8 +22,9 @@ the labeled set and the whole pool). The neighbour search is exact up to ``max_e
 (tiled matrix products and top-k, :func:`hssal_ray.frozen.knn_torch.knn_cosine`; on a GPU at any
 size) and approximate above, by :func:`ivf_knn`: faiss k-means splits the rows into lists of about
 :data:`LIST_ROWS` rows (in a :data:`PCA_DIM`-dimensional PCA projection), and the rows of each list
-are searched exactly (one faiss matrix product and top-k, in the full dimension) among the rows of
-the nearest lists, about :data:`PROBE_ROWS` of them. Its cost is ``n * PROBE_ROWS * d`` instead of
+are searched exactly (one faiss matrix product and top-k, in the full dimension) among about
+:data:`PROBE_ROWS` rows of the lists nearest to them (the lists that are among the
+:data:`NEAR_LISTS` nearest of most of the list's rows). Its cost is ``n * PROBE_ROWS * d`` instead of
 ``n^2 * d``; its recall of the exact neighbours is measured in ``tests/unit/frozen/test_graph_scale.py``.
 The propagation runs in the lists' order, so that a row's neighbours are near it in memory.
 """
@@ -66,6 +67,8 @@ PROBE_ROWS = 4096
 PCA_DIM = 128
 """Dimension of the projection that the IVF lists are made in (the search itself is in full)."""
 KMEANS_ITERS = 10
+NEAR_LISTS = 3
+"""Nearest lists of each row that vote for the lists its list is searched among."""
 SAMPLE_PER_LIST = 64
 """Rows sampled per list to fit the projection and the k-means (at least 16,384, at most all)."""
 BLOCK_ROWS = 16384
@@ -152,12 +155,13 @@ def ivf_knn(
     )
     km.train(np.ascontiguousarray(xs))
     del xs
-    lists = np.empty(n, dtype=np.int64)
-    for s in range(0, n, BLOCK_ROWS):  # pass 1: every row's list
+    near_lists = np.empty((n, min(NEAR_LISTS, nlist)), dtype=np.int32)
+    for s in range(0, n, BLOCK_ROWS):  # pass 1: every row's nearest lists (the first is its own)
         pos = np.arange(s, min(n, s + BLOCK_ROWS))
         x = np.ascontiguousarray(feats(pos), dtype=np.float32)
-        _, a = km.index.search(pca.apply(x) if pca is not None else x, 1)
-        lists[pos] = a[:, 0]
+        _, a = km.index.search(pca.apply(x) if pca is not None else x, near_lists.shape[1])
+        near_lists[pos] = a
+    lists = near_lists[:, 0].astype(np.int64)
     order = np.argsort(lists, kind="stable")
     where = np.empty(n, dtype=np.int64)
     where[order] = np.arange(n)
@@ -166,7 +170,7 @@ def ivf_knn(
     for s in range(0, n, BLOCK_ROWS):
         pos = np.arange(s, min(n, s + BLOCK_ROWS))
         z[where[pos]] = torch.from_numpy(np.ascontiguousarray(feats(pos), dtype=np.float32)).half().numpy()
-    near = np.argsort(faiss.pairwise_distances(km.centroids, km.centroids), axis=1, kind="stable")
+    rank = np.argsort(np.argsort(faiss.pairwise_distances(km.centroids, km.centroids), axis=1), axis=1)
     sizes = np.diff(bounds)
     cos_out = np.empty((n, k), dtype=np.float32)
     idx_out = np.empty((n, k), dtype=np.int64)
@@ -174,17 +178,17 @@ def ivf_knn(
         a, b = int(bounds[c]), int(bounds[c + 1])
         if a == b:
             continue
-        probe, got = [], 0
-        for j in near[c]:  # its own list first (distance 0), then the nearest ones
-            if sizes[j] == 0:
-                continue
-            probe.append(int(j))
-            got += int(sizes[j])
+        # its own list first (self = its own position), then the lists that are among the nearest
+        # of most of its rows (ties: by nearness of the centroids), until probe_rows rows
+        votes = np.bincount(near_lists[order[a:b]].ravel(), minlength=nlist)
+        ranked = np.lexsort((rank[c], -votes))
+        probe, got = [c], int(sizes[c])
+        for j in ranked:
             if got >= max(probe_rows, k + 1):
                 break
-        if probe[0] != c:  # duplicate centroids can tie with c: keep c first (self = its own position)
-            probe.remove(c)
-            probe.insert(0, c)
+            if j != c and sizes[j] > 0:
+                probe.append(int(j))
+                got += int(sizes[j])
         cand = np.concatenate([np.arange(bounds[j], bounds[j + 1]) for j in probe])
         q = torch.from_numpy(z[a:b]).float().numpy()
         xb = torch.from_numpy(z[cand] if len(probe) > 1 else z[a:b]).float().numpy()
