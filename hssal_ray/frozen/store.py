@@ -450,7 +450,13 @@ def open_store(path: str, views: tuple[str, ...] | None = None, rows: int | None
     store = _open_arrays(local, n, views, key, meta.get("arrays"))
     if store is None:
         t0 = time.perf_counter()
-        write_arrays(local, _parts_ids(local, n), _part_chunks(local, n, views), views, meta=meta)
+        try:
+            write_arrays(local, _parts_ids(local, n), _part_chunks(local, n, views), views, meta=meta)
+        except PermissionError as err:  # a read-only cache: read it into memory, as a URI store
+            log.warning(
+                "embedding store %s: cannot write its arrays (%s): reading it into memory", local, err
+            )
+            return _load_parts(local, n, views, key)
         log.info(
             "embedding store %s: memory-mapped arrays written in %.1f s", local, time.perf_counter() - t0
         )

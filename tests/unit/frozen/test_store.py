@@ -146,3 +146,19 @@ def test_encode_progress_without_a_terminal_prints_rate_and_eta() -> None:
     tty.chunk(10)
     tty.close()
     assert quiet == []  # on a terminal the tqdm bar shows it
+
+
+def test_a_store_whose_arrays_cannot_be_written_is_read_into_memory(tmp_path: Path, monkeypatch) -> None:
+    """A read-only cache (another user's, a read-only mount) still serves the run, from memory."""
+    monkeypatch.setattr(st, "CHUNK_ROWS", 4)
+    path = tmp_path / "store"
+    views = _old_store(path)
+
+    def refused(*a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(st, "write_arrays", refused)
+    s = open_store(str(path))
+    assert not isinstance(s.views["none"], np.memmap) and s.key == "k1"
+    np.testing.assert_array_equal(s.views["weak_0"], views["weak_0"])
+    assert s.missing.tolist() == [j == 3 for j in range(10)]
