@@ -43,7 +43,7 @@ __all__ = [
     "score_rows",
 ]
 
-RELEASE_EVERY = 32
+RELEASE_EVERY = 100
 """Training steps between drops of the mapped pages the batches touched (a bounded working set)."""
 
 log = logging.getLogger(__name__)
@@ -101,29 +101,27 @@ def build_head(
 def feature_stats(cfg: Any, view: np.ndarray, rows: np.ndarray) -> tuple[Tensor, Tensor]:
     """``(mean, std)`` (float32, unbiased std) of the rows' features after ``ssl.feature_norm``.
 
-    One pass in blocks, accumulated in float64 (Chan et al.'s pairwise update), whatever ``n``.
+    One pass in blocks: per-block sums of the float32 features and of their squares (matrix
+    products), accumulated in float64 across blocks, whatever ``n``.
     """
     from hssal_ray.frozen.store import scan_rows
 
     rows = np.asarray(rows, dtype=np.int64)
     d = view.shape[1]
-    count, mean, m2 = 0, torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
+    count, s1, s2 = 0, torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
     l2 = cfg.ssl.feature_norm == "l2"
-    for _, x in scan_rows(view, rows):
+    for _, x in scan_rows(view, rows):  # x: the reader's buffer, changed in place
         if l2:
-            x = torch.nn.functional.normalize(x, dim=1, eps=1e-12)
-        b = x.double()
-        nb = b.shape[0]
-        bm = b.mean(0)
-        bm2 = ((b - bm) ** 2).sum(0)
-        delta = bm - mean
-        tot = count + nb
-        mean = mean + delta * (nb / tot)
-        m2 = m2 + bm2 + delta**2 * (count * nb / tot)
-        count = tot
+            x.mul_((1.0 / torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12))[:, None])
+        ones = torch.ones(1, len(x))
+        s1 += torch.mm(ones, x)[0].double()  # a block's sum in float32 (BLAS), the total in float64
+        s2 += torch.mm(ones, x.mul_(x))[0].double()
+        count += len(x)
     if count < 2:
-        return mean.float(), torch.ones(d)
-    return mean.float(), (m2 / (count - 1)).sqrt().float()
+        return (s1 / max(count, 1)).float(), torch.ones(d)
+    mean = s1 / count
+    var = (s2 - count * mean**2).clamp_min(0.0) / (count - 1)
+    return mean.float(), var.sqrt().float()
 
 
 def graph_features(
@@ -261,6 +259,7 @@ def _fit_with_graph(data: _HeadData, graph: Any) -> tuple[Any, dict[str, float]]
     metrics["teacher_sup_loss"] = tmetrics.get("sup_loss", float("nan"))
     metrics["graph_pool_rows"] = float(len(data.pool_rows))
     metrics["graph_nodes"] = float(len(members))
+    metrics["graph_recall"] = float(graph.recall)
     truth = data.truth
     if truth is not None and (truth >= 0).any():
         known = truth >= 0
@@ -383,10 +382,10 @@ class _Forward:
             t = torch.mm(self.w, b.T).T
             if self.l2 or emb is not None:
                 inv = 1.0 / torch.linalg.vector_norm(b, dim=1).clamp_min(1e-12)
-                if emb is not None:
-                    emb[s:e] = (b * inv[:, None]).half().numpy()
                 if self.l2:
                     t = t * inv[:, None]
+                if emb is not None:  # the unit rows, converted into emb (no temporary copies)
+                    torch.from_numpy(emb[s:e]).copy_(b.mul_(inv[:, None]))
             out[s:e] = t + self.b
         return out if self.rest is None else self.rest(out)
 

@@ -38,7 +38,7 @@ __all__ = [
     "GRAPH_VERSION",
 ]
 
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2
 """Part of the graph cache key: raise it when the graph's construction changes."""
 SCORE_BLOCK_ROWS = 16384
 """Rows scored and written per block (one Parquet row group each)."""
@@ -113,7 +113,7 @@ def run_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any], pr
         "feature_norm": cfg.ssl.feature_norm,
         "k": cfg.ssl.graph_k,
         "method": method,
-        "ivf": [g.LIST_ROWS, g.PROBE_ROWS, g.PCA_DIM, g.KMEANS_ITERS, g.SAMPLE_PER_LIST]
+        "ivf": [g.LIST_ROWS, g.PROBE_ROWS, g.PCA_DIM, g.KMEANS_ITERS, g.SAMPLE_PER_LIST, g.NEAR_LISTS]
         if method == "ivf"
         else None,
     }
@@ -138,7 +138,8 @@ def run_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any], pr
         graph = g.build_graph(feats, rows, cfg.ssl.graph_k, max_exact=cfg.ssl.graph_max_nodes, device=device)
         secs = time.perf_counter() - t0
         (progress or log.info)(
-            f"[hssal] k-NN graph of {n} training rows ({graph.method}) built in {secs:.1f} s"
+            f"[hssal] k-NN graph of {n} training rows ({graph.method}, recall@{cfg.ssl.graph_k} "
+            f"{graph.recall:.3f}) built in {secs:.1f} s"
         )
         try:
             _io.atomic_write_bytes(path, graph.to_bytes())

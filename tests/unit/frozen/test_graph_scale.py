@@ -16,7 +16,15 @@ import torch
 
 from hssal_ray.config import load_config
 from hssal_ray.frozen import graph as g
-from hssal_ray.frozen.graph import KnnGraph, build_graph, exact_knn, graph_pseudo_labels, ivf_knn, recall_at_k
+from hssal_ray.frozen.graph import (
+    KnnGraph,
+    build_graph,
+    exact_knn,
+    graph_pseudo_labels,
+    ivf_knn,
+    recall_at_k,
+    sampled_recall,
+)
 from hssal_ray.frozen.head import build_head, feature_stats, graph_features, predict_views, train_head
 
 
@@ -51,6 +59,9 @@ def test_ivf_recall_against_exact_knn_on_a_clustered_set() -> None:
     assert not (idx == np.arange(4000)[:, None]).any()  # never the row itself
     recall = recall_at_k(idx, ref)
     assert recall >= 0.95, recall
+    # the build's own estimate on 100 sampled rows; the exact lists score 1
+    assert sampled_recall(lambda p: z[p], len(z), idx) == pytest.approx(recall, abs=0.05)
+    assert sampled_recall(lambda p: z[p], len(z), ref) == 1.0
     assert np.all(np.diff(cos, axis=1) <= 1e-6)
     # similarities are those of the neighbours found (float16 rows: ~1e-3)
     np.testing.assert_allclose(cos[:, 0], np.einsum("nd,nd->n", z, z[idx[:, 0]]), atol=2e-3)
@@ -150,7 +161,9 @@ def test_graph_max_nodes_switches_to_the_approximate_search_over_the_whole_pool(
     approx = build_graph(graph_features(_cfg(), views, rows, stats), rows, 10, max_exact=50)
     exact = build_graph(graph_features(_cfg(), views, rows, stats), rows, 10, max_exact=300)
     assert (approx.method, exact.method) == ("ivf", "exact") and approx.order is not None
-    assert recall_at_k(approx.idx, exact.idx) > 0.9
+    assert recall_at_k(approx.idx, exact.idx) > 0.9 and exact.recall == 1.0 and 0.9 < approx.recall <= 1.0
+    assert KnnGraph.from_bytes(approx.to_bytes()).recall == approx.recall
+    assert "graph_recall" in m
 
 
 def test_train_head_with_the_run_graph_equals_a_graph_built_per_round(monkeypatch) -> None:
