@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from benchmarks.frozen_scale import main
 
 
@@ -26,7 +28,9 @@ def test_frozen_scale_smoke(tmp_path: Path) -> None:
     assert set(row["steps"]) == want
     for step in row["steps"].values():
         assert step["cpu_s"] >= 0 and step["wall_s"] >= 0 and step["peak_rss_mb"] > 0
-    assert row["round_cpu_s"] == sum(row["steps"][f"r1_{s}"]["cpu_s"] for s in ("train", "score", "query"))
+    assert row["round_cpu_s"] == pytest.approx(
+        sum(row["steps"][f"r1_{s}"]["cpu_s"] for s in ("train", "score", "query")), abs=0.02
+    )
     assert row["rounds"]["r1"]["picks"] == 10 and row["rounds"]["r0"]["graph_pool_rows"] == 1600 - 32
     assert not list(work.glob("store-*"))  # the synthetic store is removed after use
     md = (out / "frozen_scale_smoke.md").read_text()
