@@ -223,7 +223,7 @@ def _auth_error(exc: BaseException, address: str) -> RayAuthError | None:
     while e is not None and len(chain) < 10:
         chain.append(e)
         e = e.__cause__ or e.__context__
-    mode = os.environ.get("RAY_AUTH_MODE", "disabled")
+    mode = os.environ.get("RAY_AUTH_MODE", "token")
     for e in chain:
         text = str(e)
         if "RAY_AUTH_TOKEN_PATH is set but" in text:
@@ -235,7 +235,7 @@ def _auth_error(exc: BaseException, address: str) -> RayAuthError | None:
         if "no authentication token was found" in text:
             return RayAuthError(
                 f"token auth is on (RAY_AUTH_MODE={mode}) but no Ray auth token is set for the cluster at "
-                f"{address}: {_TOKEN_HELP}; or RAY_AUTH_MODE=disabled for a cluster without auth"
+                f"{address}: {_TOKEN_HELP}"
             )
         if isinstance(e, AuthenticationError) or "InvalidAuthToken" in text or "Unauthenticated" in text:
             sent = "a token that is not the cluster's" if mode == "token" else "no token"
