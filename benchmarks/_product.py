@@ -14,7 +14,15 @@ from typing import Any
 
 from hssal_ray import _io
 
-__all__ = ["add_product_arguments", "start", "base_config", "pre_encode", "run_grid", "stratified_subset"]
+__all__ = [
+    "add_product_arguments",
+    "start",
+    "base_config",
+    "pre_encode",
+    "run_grid",
+    "stratified_subset",
+    "labels_setting",
+]
 
 log = logging.getLogger("benchmarks")
 
@@ -42,6 +50,14 @@ def stratified_subset(y: Any, fraction: float, seed: int) -> Any:
         for c, k in zip(classes, take, strict=True)
     ]
     return np.sort(np.concatenate(picked))
+
+
+def labels_setting(base: Any, fraction: float, n_train: int) -> int | float:
+    """``fraction`` of the training split as the profile writes its budgets: a fraction when they
+    are fractions, else the count (the config refuses a mix of the two)."""
+    from hssal_ray.config.loop import budget_unit, label_count
+
+    return float(fraction) if budget_unit(base.loop) == "fraction" else label_count(float(fraction), n_train)
 
 
 def add_product_arguments(p: Any, tag: str) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import command_line, describe_machine
-from benchmarks._product import add_product_arguments, run_grid, start
+from benchmarks._product import add_product_arguments, labels_setting, run_grid, start
 
 log = logging.getLogger("benchmarks.label_efficiency")
 
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     if "full_supervision" in want:
         fixed = {
             "ssl.enabled": False,
-            "loop.initial_labeled": n_train,
+            "loop.initial_labeled": labels_setting(base, 1.0, n_train),  # every training label
             "loop.rounds": 0,
             "loop.total_budget": 0,
             "loop.cold_start": "random",

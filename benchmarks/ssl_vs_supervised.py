@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import command_line, describe_machine, md_table
-from benchmarks._product import add_product_arguments, run_grid, start
+from benchmarks._product import add_product_arguments, labels_setting, run_grid, start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,14 +41,19 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.tag}_arms",
         run_dir,
         {"ssl.enabled": [False, True], "seed": seeds},
-        fixed={**fixed, "loop.initial_labeled": n_lab},
+        fixed={**fixed, "loop.initial_labeled": labels_setting(base, args.fraction, n_train)},
     )
     full = run_grid(
         base,
         f"{args.tag}_full",
         run_dir,
         {"seed": seeds},
-        fixed={**fixed, "loop.initial_labeled": n_train, "ssl.enabled": False, "loop.cold_start": "random"},
+        fixed={
+            **fixed,
+            "loop.initial_labeled": labels_setting(base, 1.0, n_train),
+            "ssl.enabled": False,
+            "loop.cold_start": "random",
+        },
     )
     acc: dict[str, list[float]] = {"supervised": [], "fixmatch": [], "full_supervision": []}
     mask: list[float] = []

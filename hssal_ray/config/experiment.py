@@ -122,6 +122,24 @@ class ExperimentConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tune: TuneConfig = field(default_factory=TuneConfig, metadata=RUNTIME)
 
+    def __post_init__(self) -> None:
+        kinds = {
+            k: isinstance(v, float)
+            for k, v in (
+                ("loop.initial_labeled", self.loop.initial_labeled),
+                ("query.budget", self.query.budget),
+                ("loop.total_budget", self.loop.total_budget),
+            )
+            if not (k == "loop.total_budget" and v == 0)
+        }
+        _check(
+            len(set(kinds.values())) == 1,
+            "query.budget",
+            "loop.initial_labeled, query.budget and loop.total_budget must all be counts (integers) or "
+            "all fractions of the training split (floats in (0, 1]); got "
+            + ", ".join(f"{k}={'a fraction' if f else 'a count'}" for k, f in kinds.items()),
+        )
+
     @property
     def run_path(self) -> str:
         """The run directory ``loop.run_dir/loop.name``."""

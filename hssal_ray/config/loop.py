@@ -15,7 +15,10 @@ class QueryConfig:
 
     Args:
         strategy: Query strategy name.
-        budget: Samples queried per round.
+        budget: Samples queried per round: an integer count, or a float in (0, 1] = that fraction
+            of the training split (scikit-learn's ``test_size`` convention), rounded to the nearest
+            count (at least 1) once the data set is known: ``0.02`` asks 2% of the training images
+            per round on any data set.
         uncertainty: Uncertainty score HAL ranks by.
         coarse_k: Coarse clusters K1 (0 = automatic from pool size and budget).
         candidate_ratio: r: candidates kept per coarse cluster = ceil(r * b_k).
@@ -33,7 +36,7 @@ class QueryConfig:
     strategy: Literal["hal", "hal_flat", "random", "entropy", "margin", "typiclust", "coreset", "badge"] = (
         "hal"
     )
-    budget: int = 20
+    budget: int | float = 20
     uncertainty: Literal["badge", "entropy", "margin", "least_confidence", "disagreement"] = "badge"
     coarse_k: int = 0
     candidate_ratio: float = 3.0
@@ -47,7 +50,7 @@ class QueryConfig:
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:
-        _check(self.budget >= 1, "query.budget", f"must be >= 1, got {self.budget}")
+        _check_count("query.budget", self.budget, minimum=1)
         _check(self.coarse_k >= 0, "query.coarse_k", f"must be >= 0 (0 = auto), got {self.coarse_k}")
         _check(
             self.candidate_ratio >= 1.0, "query.candidate_ratio", f"must be >= 1, got {self.candidate_ratio}"
@@ -125,6 +128,37 @@ class OracleConfig:
         _check(self.poll_s >= 0.1, "oracle.poll_s", f"must be >= 0.1 seconds, got {self.poll_s}")
 
 
+def _check_count(key: str, value: int | float, minimum: int) -> None:
+    """A label count (int >= ``minimum``) or a fraction of the training split (float in (0, 1])."""
+    if isinstance(value, float):
+        _check(
+            0.0 < value <= 1.0 or (minimum == 0 and value == 0.0),
+            key,
+            f"a float is a fraction of the training split and must be in (0, 1], got {value}; "
+            "write a whole number (e.g. 34) for a count",
+        )
+    else:
+        word = "(0 = no limit)" if minimum == 0 else ""
+        _check(value >= minimum, key, f"must be >= {minimum} {word}, got {value}".replace("  ", " "))
+
+
+def label_count(value: int | float, n_train: int) -> int:
+    """A count-or-fraction setting (``query.budget``, ``loop.initial_labeled``, ``loop.total_budget``)
+    as a number of samples of a training split of ``n_train`` rows: ints as they are, fractions
+    ``round(value * n_train)`` (half up), at least 1 unless the value is 0."""
+    if not isinstance(value, float):
+        return int(value)
+    if value == 0.0:
+        return 0
+    return max(1, int(value * n_train + 0.5))
+
+
+def budget_unit(loop: LoopConfig) -> str:
+    """``"fraction"`` when the budgets are fractions of the training split, else ``"count"``
+    (the config requires the three budget keys to agree)."""
+    return "fraction" if isinstance(loop.initial_labeled, float) else "count"
+
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -148,8 +182,9 @@ class LoopConfig:
         run_dir: Parent directory (local path or URI) of run directories.
         rounds: Query rounds after the cold start.
         total_budget: Stop once this many labels are reached (0 = no limit besides ``rounds``); at
-            least ``initial_labeled``.
-        initial_labeled: Size of the round-0 cold-start set.
+            least ``initial_labeled``. A count, or a fraction of the training split (as ``query.budget``).
+        initial_labeled: Size of the round-0 cold-start set: a count, or a fraction of the training
+            split (as ``query.budget``).
         cold_start: ``random`` (seeded), ``typiclust`` (clusters of the untrained encoder's
             features) or ``stratified`` (simulation only: uses the true labels).
         report: Write the HTML/PNG report at the end of every round.
@@ -161,8 +196,8 @@ class LoopConfig:
     name: str = _runtime("demo")
     run_dir: str = _runtime("runs")
     rounds: int = _runtime(3)
-    total_budget: int = _runtime(0)
-    initial_labeled: int = 20
+    total_budget: int | float = _runtime(0)
+    initial_labeled: int | float = 20
     cold_start: Literal["random", "typiclust", "stratified"] = "random"
     report: bool = _runtime(True)
     lease_timeout_s: float = _runtime(60.0)
@@ -175,10 +210,11 @@ class LoopConfig:
             f"no leading or trailing spaces), got {self.name!r}",
         )
         _check(self.rounds >= 0, "loop.rounds", f"must be >= 0, got {self.rounds}")
-        _check(self.total_budget >= 0, "loop.total_budget", "must be >= 0 (0 = no limit)")
-        _check(self.initial_labeled >= 1, "loop.initial_labeled", f"must be >= 1, got {self.initial_labeled}")
+        _check_count("loop.total_budget", self.total_budget, minimum=0)
+        _check_count("loop.initial_labeled", self.initial_labeled, minimum=1)
+        same_unit = isinstance(self.total_budget, float) == isinstance(self.initial_labeled, float)
         _check(
-            self.total_budget == 0 or self.total_budget >= self.initial_labeled,
+            self.total_budget == 0 or not same_unit or self.total_budget >= self.initial_labeled,
             "loop.total_budget",
             f"must be >= loop.initial_labeled ({self.initial_labeled}) or 0 (no limit), "
             f"got {self.total_budget}: the cold start alone would exceed it",

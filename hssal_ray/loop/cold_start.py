@@ -24,12 +24,17 @@ def select_cold_start(ctx: Any) -> list[str]:
     ``stratified``: the same number per class using the dataset's labels: a *simulation*
     option for benchmarks only (a real user has no labels yet).
     """
+    from hssal_ray.config.loop import label_count
+
     cfg = ctx.cfg
-    n = cfg.loop.initial_labeled
     train = ctx.split("train")
     ids = np.asarray(train.column("sample_id").to_pylist(), dtype=object)
+    n = label_count(cfg.loop.initial_labeled, len(ids))
     if n > len(ids):
-        raise DataError(f"loop.initial_labeled={n} exceeds the {len(ids)} training samples")
+        raise DataError(
+            f"loop.initial_labeled={cfg.loop.initial_labeled} ({n} samples) exceeds the "
+            f"{len(ids)} training samples"
+        )
     rng = np.random.default_rng([cfg.seed, 0xC01D])
     mode = cfg.loop.cold_start
     if mode == "random":

@@ -15,7 +15,7 @@ from typing import Any
 
 from hssal_ray import _csv, _io
 from hssal_ray.config import ExperimentConfig, config_to_yaml
-from hssal_ray.tune._space import planned_labels
+from hssal_ray.tune._space import label_axis, planned_labels
 
 __all__ = ["TrialRecord", "rank_key", "read_decisions", "write_outputs", "DECISIONS_FILE"]
 
@@ -136,7 +136,7 @@ def _curves_png(trials: Sequence[TrialRecord], metric: str, title: str) -> bytes
     for i, t in enumerate(trials):
         if not t.rows:
             continue
-        xs = [r["num_labeled"] for r in t.rows]
+        xs = [r[label_axis(t.config)] for r in t.rows]
         ys = [r.get("test_accuracy") for r in t.rows]
         stopped = ", stopped early" if t.status == "early_stopped" else ""
         label = f"{t.name.rsplit('_', 1)[0]} ({metric} {t.value(metric):.3f}{stopped})"
@@ -151,7 +151,8 @@ def _curves_png(trials: Sequence[TrialRecord], metric: str, title: str) -> bytes
         ax.legend(fontsize=7, loc="best", title=note, title_fontsize=7)
     else:
         ax.text(0.5, 0.5, "no evaluated rounds yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("labeled samples")
+    frac = bool(trials) and label_axis(trials[0].config) == "label_fraction"
+    ax.set_xlabel("fraction of the training split labeled" if frac else "labeled samples")
     ax.set_ylabel("test accuracy")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

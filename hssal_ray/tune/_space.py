@@ -41,6 +41,7 @@ __all__ = [
     "trial_config",
     "trial_name",
     "planned_labels",
+    "label_axis",
     "max_reports",
     "learning_curve_auc",
     "round_metrics",
@@ -147,7 +148,10 @@ def parse_search_space(space: Mapping[str, Any], errors: list[str] | None = None
 def _adapt_rounds(d: dict[str, Any], params: Mapping[str, Any]) -> None:
     loop, query = d["loop"], d["query"]
     if loop["total_budget"] > 0 and any(k in params for k in _ROUND_KEYS):
-        loop["rounds"] = max(0, math.ceil((loop["total_budget"] - loop["initial_labeled"]) / query["budget"]))
+        # 1e-9: fractions (0.08 - 0.02) / 0.02 must give 3 rounds, not ceil(3.0000000000000004) = 4
+        loop["rounds"] = max(
+            0, math.ceil((loop["total_budget"] - loop["initial_labeled"]) / query["budget"] - 1e-9)
+        )
 
 
 def trial_config(
@@ -270,8 +274,16 @@ def trial_name(params: Mapping[str, Any], repeat: int = 0) -> str:
     return f"{prefix}{slug}_{digest}"
 
 
-def planned_labels(cfg: ExperimentConfig) -> int:
-    """Labels at the end of the trial's budget: ``initial + rounds * budget``, capped by ``total_budget``."""
+def label_axis(cfg: ExperimentConfig) -> str:
+    """The ``metrics.jsonl`` field in the budgets' unit: ``label_fraction`` or ``num_labeled``."""
+    from hssal_ray.config.loop import budget_unit
+
+    return "label_fraction" if budget_unit(cfg.loop) == "fraction" else "num_labeled"
+
+
+def planned_labels(cfg: ExperimentConfig) -> float:
+    """Labels at the end of the trial's budget: ``initial + rounds * budget``, capped by ``total_budget``
+    (in the budgets' unit: a count, or a fraction of the training split)."""
     n = cfg.loop.initial_labeled + cfg.loop.rounds * cfg.query.budget
     return min(n, cfg.loop.total_budget) if cfg.loop.total_budget > 0 else n
 
@@ -334,8 +346,11 @@ def learning_curve_auc(points: Sequence[tuple[float, float]], start: float, end:
     return area / (end - start)
 
 
-def round_metrics(rows: Sequence[Mapping[str, Any]], start: float, end: float) -> dict[str, Any]:
-    """What a trial reports to Tune after a round, from the ``metrics.jsonl`` rows so far."""
+def round_metrics(
+    rows: Sequence[Mapping[str, Any]], start: float, end: float, x_key: str = "num_labeled"
+) -> dict[str, Any]:
+    """What a trial reports to Tune after a round, from the ``metrics.jsonl`` rows so far
+    (``x_key``: the learning curve's x axis, in the unit of ``start`` and ``end``)."""
     last = rows[-1]
     acc = last.get("test_accuracy")
     return {
@@ -344,7 +359,7 @@ def round_metrics(rows: Sequence[Mapping[str, Any]], start: float, end: float) -
         "label_fraction": float(last.get("label_fraction", float("nan"))),
         "test_accuracy": float(acc) if acc is not None else float("nan"),
         "final_accuracy": float(acc) if acc is not None else float("nan"),
-        "auc": learning_curve_auc([(r["num_labeled"], r.get("test_accuracy")) for r in rows], start, end),
+        "auc": learning_curve_auc([(r[x_key], r.get("test_accuracy")) for r in rows], start, end),
         "mask_rate": float(last.get("mask_rate", float("nan"))),
     }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from hssal_ray.tune._space import REPEAT_KEY, planned_labels, round_metrics, trial_config
+from hssal_ray.tune._space import REPEAT_KEY, label_axis, planned_labels, round_metrics, trial_config
 
 __all__ = ["run_trial", "row_is_final"]
 
@@ -36,6 +36,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_dir: str) -> N
     cfg = trial_config(base, params, run_dir=sweep_dir, repeat=repeat)
     name = cfg.loop.name
     start, end = float(cfg.loop.initial_labeled), float(planned_labels(cfg))
+    x_key = label_axis(cfg)  # the AUC's x axis, in the budgets' own unit (counts or fractions)
     reported = -1
 
     def report(rows: list[dict[str, Any]], hold_final: bool) -> None:
@@ -49,7 +50,7 @@ def run_trial(config: dict[str, Any], base: dict[str, Any], sweep_dir: str) -> N
                 return  # reported after run() returns, once the run is marked done
             tune.report(
                 {
-                    **round_metrics(rows[: i + 1], start, end),
+                    **round_metrics(rows[: i + 1], start, end, x_key),
                     "planned_rounds": cfg.loop.rounds,
                     "final": final,
                 }
@@ -74,4 +75,6 @@ def row_is_final(cfg: Any, row: dict[str, Any]) -> bool:
     if "final" in row:  # the loop records its decision with the row
         return bool(row["final"])
     asked = int(row["num_labeled"]) + int(row.get("num_labeled_unreadable", 0))  # the loop's count
-    return is_final_round(cfg, int(row["round"]), asked, int(row.get("pool_remaining", 1)))
+    frac = max(float(row.get("label_fraction", 1.0)), 1e-9)
+    n_train = int(row.get("n_train") or round(int(row["num_labeled"]) / frac))
+    return is_final_round(cfg, int(row["round"]), asked, int(row.get("pool_remaining", 1)), n_train)

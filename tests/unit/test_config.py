@@ -47,11 +47,13 @@ def test_file_then_overrides(tmp_path):
 
 def test_ints_become_floats_but_not_the_other_way():
     assert isinstance(load_config(None, ["ssl.p_cutoff=1"]).ssl.p_cutoff, float)
-    with pytest.raises(ConfigError, match=r"query\.budget: got 1\.5; expected an integer"):
+    with pytest.raises(ConfigError, match=r"query\.budget: a float is a fraction .* must be in \(0, 1\]"):
         load_config(None, ["query.budget=1.5"])
+    with pytest.raises(ConfigError, match=r"loop\.rounds: got 1\.5; expected an integer"):
+        load_config(None, ["loop.rounds=1.5"])
     with pytest.raises(ConfigError, match=r"ssl\.enabled: got 'yes please'; expected true or false"):
         load_config(None, ["ssl.enabled=yes please"])
-    with pytest.raises(ConfigError, match=r"query\.budget: got True; expected an integer"):
+    with pytest.raises(ConfigError, match=r"query\.budget: got True; expected int or float"):
         load_config(None, ["query.budget=true"])
     with pytest.raises(ConfigError, match=r"loop\.name: got 3; expected a string"):
         load_config(None, ["loop.name=3"])

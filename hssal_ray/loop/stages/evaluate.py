@@ -17,6 +17,7 @@ from typing import Any
 
 from hssal_ray import _io
 from hssal_ray.config import ExperimentConfig
+from hssal_ray.config.loop import label_count
 from hssal_ray.loop.context import RunContext
 from hssal_ray.loop.metrics import read_metrics
 from hssal_ray.state import LabeledSet, RunState, round_dir
@@ -39,17 +40,17 @@ TRAIN_FIGURES = (
 )
 
 
-def is_final_round(cfg: ExperimentConfig, round_idx: int, num_labeled: int, pool_remaining: int) -> bool:
+def is_final_round(
+    cfg: ExperimentConfig, round_idx: int, num_labeled: int, pool_remaining: int, n_train: int
+) -> bool:
     """Whether round ``round_idx`` is the run's last: the one rule the loop and Tune both apply.
 
-    Last when ``loop.rounds`` query rounds are done, when ``loop.total_budget`` labels are reached,
-    or when the unlabeled pool is exhausted (nothing left to query).
+    Last when ``loop.rounds`` query rounds are done, when ``loop.total_budget`` labels are reached
+    (a fraction is resolved against the ``n_train`` training rows), or when the unlabeled pool is
+    exhausted (nothing left to query).
     """
-    return (
-        round_idx >= cfg.loop.rounds
-        or (cfg.loop.total_budget > 0 and num_labeled >= cfg.loop.total_budget)
-        or pool_remaining <= 0
-    )
+    total = label_count(cfg.loop.total_budget, n_train)
+    return round_idx >= cfg.loop.rounds or (total > 0 and num_labeled >= total) or pool_remaining <= 0
 
 
 def _test(ctx: RunContext, r: int) -> dict[str, Any]:
@@ -95,6 +96,7 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
         "num_labeled": usable,
         "num_labeled_unreadable": unreadable,
         "label_fraction": usable / max(n_train, 1),
+        "n_train": n_train,
         "strategy": cfg.query.strategy,
         "ssl": cfg.ssl.enabled,
         "eval_model": cfg.ssl.eval_model,
@@ -105,7 +107,7 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
     }
     ctx.update_metrics(r, row, replace=True)
     pool_remaining = ctx.pool_rows(labeled).num_rows
-    final = is_final_round(cfg, r, len(labeled), pool_remaining)
+    final = is_final_round(cfg, r, len(labeled), pool_remaining, n_train)
     if final and pool_remaining == 0 and r < cfg.loop.rounds:
         ctx.progress("[hssal] the unlabeled pool is exhausted: stopping")
     ctx.update_metrics(r, {"pool_remaining": pool_remaining, "final": bool(final)})

@@ -10,6 +10,7 @@ import time
 
 from hssal_ray import _io
 from hssal_ray.config import ExperimentConfig
+from hssal_ray.config.loop import label_count
 from hssal_ray.loop.context import RunContext
 from hssal_ray.loop.query_files import write_query
 from hssal_ray.state import LabeledSet, RunState, round_dir
@@ -17,11 +18,12 @@ from hssal_ray.state import LabeledSet, RunState, round_dir
 __all__ = ["run", "round_budget"]
 
 
-def round_budget(cfg: ExperimentConfig, num_labeled: int) -> int:
-    """This round's batch size: ``query.budget``, at most what ``loop.total_budget`` still allows."""
-    budget = cfg.query.budget
+def round_budget(cfg: ExperimentConfig, num_labeled: int, n_train: int) -> int:
+    """This round's batch size: ``query.budget``, at most what ``loop.total_budget`` still allows
+    (fractions of the training split resolved against its ``n_train`` rows)."""
+    budget = label_count(cfg.query.budget, n_train)
     if cfg.loop.total_budget:
-        budget = min(budget, cfg.loop.total_budget - num_labeled)
+        budget = min(budget, label_count(cfg.loop.total_budget, n_train) - num_labeled)
     return budget
 
 
@@ -32,7 +34,7 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
     r = state.round
     rd = round_dir(ctx.run_dir, r)
     labeled = LabeledSet.load(ctx.run_dir)
-    budget = round_budget(ctx.cfg, len(labeled))
+    budget = round_budget(ctx.cfg, len(labeled), ctx.split("train").num_rows)
     ids, u, coarse, info = run_query(ctx.cfg, _io.join(rd, "scores.parquet"), budget, set(labeled.ids), r)
     write_query(rd, ids, u, coarse)
     secs = time.perf_counter() - t0

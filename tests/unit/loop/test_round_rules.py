@@ -46,10 +46,18 @@ def test_score_stage_scores_the_labeled_set_too(tmp_path) -> None:
 
 def test_final_round_rule_shared_by_loop_and_tune() -> None:
     cfg = load_config(None, ["loop.rounds=5", "loop.total_budget=100"])
-    assert not is_final_round(cfg, 1, 40, pool_remaining=10)
-    assert is_final_round(cfg, 5, 40, pool_remaining=10)
-    assert is_final_round(cfg, 1, 100, pool_remaining=10)
-    assert is_final_round(cfg, 1, 40, pool_remaining=0)  # pool exhausted
+    assert not is_final_round(cfg, 1, 40, pool_remaining=10, n_train=500)
+    assert is_final_round(cfg, 5, 40, pool_remaining=10, n_train=500)
+    assert is_final_round(cfg, 1, 100, pool_remaining=10, n_train=500)
+    assert is_final_round(cfg, 1, 40, pool_remaining=0, n_train=500)  # pool exhausted
+    frac = load_config(
+        None, ["loop.rounds=5", "loop.initial_labeled=0.02", "query.budget=0.02", "loop.total_budget=0.08"]
+    )
+    assert not is_final_round(frac, 2, 133, pool_remaining=10, n_train=1680)
+    assert is_final_round(frac, 2, 134, pool_remaining=10, n_train=1680)  # round(0.08 * 1680)
+    assert row_is_final(
+        frac, {"round": 3, "num_labeled": 134, "label_fraction": 134 / 1680, "pool_remaining": 5}
+    )
     # Tune reads the loop's recorded decision, and applies the same rule to older rows
     assert row_is_final(cfg, {"round": 1, "num_labeled": 40, "pool_remaining": 0})
     assert row_is_final(cfg, {"round": 1, "num_labeled": 40, "final": True})

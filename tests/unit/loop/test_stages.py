@@ -239,8 +239,16 @@ def test_query_stage_writes_the_batch_without_labeled_rows(tmp_path) -> None:
 
 def test_round_budget() -> None:
     cfg = load_config(None, ["query.budget=10", "loop.total_budget=25"])
-    assert round_budget(cfg, 5) == 10 and round_budget(cfg, 20) == 5
-    assert round_budget(load_config(None, ["query.budget=10"]), 10_000) == 10
+    assert round_budget(cfg, 5, 1000) == 10 and round_budget(cfg, 20, 1000) == 5
+    assert round_budget(load_config(None, ["query.budget=10"]), 10_000, 1000) == 10
+
+
+def test_round_budget_fractions_follow_the_training_split() -> None:
+    cfg = load_config(None, ["loop.initial_labeled=0.02", "query.budget=0.02", "loop.total_budget=0.08"])
+    # UCM's 1,680 training images: 2% = 34 (33.6), 8% = 134 (134.4): the last round gets what is left
+    assert round_budget(cfg, 34, 1680) == 34 and round_budget(cfg, 102, 1680) == 32
+    # the same profile on SIRI-WHU's 1,918 training images: 38 a round (38.4), at most 153 (153.4) in all
+    assert round_budget(cfg, 38, 1918) == 38 and round_budget(cfg, 140, 1918) == 13
 
 
 # --------------------------------------------------------------------------- files between stages
