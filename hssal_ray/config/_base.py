@@ -18,8 +18,18 @@ run directory refuses a config whose science differs from the one it was started
 """
 
 
+ADDED: dict[str, Any] = {"identity": "omit_default"}
+"""Field metadata of science settings added after runs already existed: such a field is part of
+the run's identity only when it differs from its default, so a run started before the field
+existed (or one leaving it at its default) keeps its ``science_sha``."""
+
+
 def _runtime(default: Any = None, **kwargs: Any) -> Any:
     return field(default=default, metadata=RUNTIME, **kwargs)
+
+
+def _added(default: Any = None) -> Any:
+    return field(default=default, metadata=ADDED)
 
 
 def _check(cond: bool, key: str, msg: str) -> None:

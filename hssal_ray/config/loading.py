@@ -114,12 +114,16 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def science_fields(cfg: Any) -> dict[str, Any]:
-    """The nested dict of every field of ``cfg`` not marked :data:`RUNTIME`: the run's identity."""
+    """The nested dict of every field of ``cfg`` not marked :data:`RUNTIME`: the run's identity.
+
+    A field marked ``ADDED`` (``config._base``) counts only when it differs from its default."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         if f.metadata.get("runtime"):
             continue
         v = getattr(cfg, f.name)
+        if f.metadata.get("identity") == "omit_default" and v == f.default:
+            continue
         out[f.name] = science_fields(v) if dataclasses.is_dataclass(v) else v
     return out
 

@@ -6,7 +6,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hssal_ray.config._base import _check, _runtime
+from hssal_ray.config._base import _added, _check, _runtime
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,16 @@ class DataConfig:
             outside it. Default false: only files whose resolved path is inside the resolved
             root are used; links out of it are listed in ``bad_samples.csv``. Links that stay
             inside the root are followed either way.
+        band_select: Bands of each image the model sees, 1-based as in GDAL/rasterio, in the
+            model's channel order (``[3, 2, 1]``: red, green, blue of a Sentinel-2 B2,B3,B4,B8
+            chip); ``data.bands`` must equal its length. ``None`` uses every band. Shards keep all
+            bands; the selection happens when an image is decoded.
+        value_range: ``[low, high]``: a fixed linear scaling of every selected band to the
+            model's 8-bit input, ``round(clip((x - low) / (high - low), 0, 1) * 255)`` (e.g.
+            ``[0, 3000]`` for Sentinel-2 L2A reflectance x 10000). Chips of one archive then keep
+            their relative brightness (a per-image stretch makes water and desert equally
+            bright). ``None`` = the per-image, per-band 2nd-98th percentile stretch of
+            :mod:`hssal_ray.data.decode` (8-bit images pass unchanged either way).
     """
 
     root: str | None = None
@@ -60,6 +70,8 @@ class DataConfig:
     embedding_cache: str | None = _runtime(None)
     max_image_pixels: int = 89_478_485
     follow_symlinks: bool = False
+    band_select: list[int] | None = _added(None)
+    value_range: list[float] | None = _added(None)
 
     def __post_init__(self) -> None:
         _check(self.bands >= 1, "data.bands", f"must be >= 1, got {self.bands}")
@@ -83,6 +95,19 @@ class DataConfig:
             v = getattr(self, name)
             _check(
                 v is None or len(v) == self.bands, f"data.{name}", f"needs {self.bands} values (one per band)"
+            )
+        if self.band_select is not None:
+            _check(
+                len(self.band_select) == self.bands and all(b >= 1 for b in self.band_select),
+                "data.band_select",
+                f"needs data.bands = {self.bands} band numbers, each >= 1 (1 = the first band), "
+                f"got {self.band_select}",
+            )
+        if self.value_range is not None:
+            _check(
+                len(self.value_range) == 2 and self.value_range[0] < self.value_range[1],
+                "data.value_range",
+                f"needs [low, high] with low < high, got {self.value_range}",
             )
         _check(self.synthetic_classes >= 2, "data.synthetic_classes", "must be >= 2")
         _check(self.synthetic_per_class >= 2, "data.synthetic_per_class", "must be >= 2")

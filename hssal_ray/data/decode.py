@@ -30,6 +30,12 @@ Conversion rules (documented contract):
   Non-finite float values are set to the band's finite minimum first. (Pillow itself reduces
   16-bit-per-channel RGB PNGs to 8 bits when opening them; 16-bit grayscale ``I;16`` PNGs and all
   TIFF data go through this stretch.)
+* Band selection and fixed scaling (``data.band_select``, ``data.value_range``; N-band 16-bit
+  chips, e.g. from ``python -m hssal_ray.data.tile``): ``select`` keeps the listed bands (1-based,
+  in that order) before anything else, so the header checks count the selected bands; with
+  ``value_range = (low, high)`` non-uint8 data become ``round(clip((x - low) / (high - low), 0, 1)
+  * 255)`` for every band instead of the percentile stretch (comparable brightness across the
+  chips of an archive). A band number above the image's band count is ``band count``.
 * Band mapping to the requested ``bands``: equal counts pass; 1 band -> 3 by replication; 3 -> 1 by
   ITU-R 601-2 luma (as Pillow's ``L``); anything else is an error with reason ``band count``.
 * ``size``: resize to ``size x size`` (aspect ratio not kept; RS scene tiles are square) with
@@ -86,11 +92,13 @@ class ImageDecodeError(HSSALError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-def to_uint8(arr: np.ndarray) -> np.ndarray:
+def to_uint8(arr: np.ndarray, value_range: Sequence[float] | None = None) -> np.ndarray:
     """Convert a ``(C, H, W)`` array of any numeric dtype to uint8 (see the module rules).
 
     Args:
         arr: ``(C, H, W)`` array; uint8 is returned unchanged, bool becomes 0/255.
+        value_range: ``(low, high)`` for a fixed linear scaling of every band; ``None`` = the
+            per-band 2nd-98th percentile stretch.
 
     Returns:
         ``(C, H, W)`` uint8 array.
@@ -99,6 +107,11 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
         return arr
     if arr.dtype == np.bool_:
         return arr.astype(np.uint8) * 255
+    if value_range is not None:
+        lo, hi = float(value_range[0]), float(value_range[1])
+        x = arr.astype(np.float64)
+        x[~np.isfinite(x)] = lo
+        return np.rint(np.clip((x - lo) / (hi - lo), 0.0, 1.0) * 255.0).astype(np.uint8)
     out = np.empty(arr.shape, dtype=np.uint8)
     for c in range(arr.shape[0]):
         band = arr[c]
@@ -215,7 +228,24 @@ def _axes_to_chw(arr: np.ndarray, axes: str) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose([axes.index(band), axes.index("Y"), axes.index("X")]))
 
 
-def _decode_tiff(data: bytes, bands: int, max_pixels: int) -> tuple[np.ndarray, int]:
+def _select_bands(chw: np.ndarray, select: Sequence[int] | None) -> np.ndarray:
+    """The ``select`` bands (1-based) of a ``(C, H, W)`` array, in that order."""
+    if select is None:
+        return chw
+    _check_select(chw.shape[0], select)
+    return chw[[b - 1 for b in select]]
+
+
+def _check_select(c: int, select: Sequence[int]) -> None:
+    if max(select) > c:
+        raise ImageDecodeError(
+            "band count", f"image has {c} bands, data.band_select asks for band {max(select)}"
+        )
+
+
+def _decode_tiff(
+    data: bytes, bands: int, max_pixels: int, select: Sequence[int] | None = None
+) -> tuple[np.ndarray, int]:
     """tifffile path. Returns the ``(C, H, W)`` raw-dtype array and the count of bands to drop.
 
     The shape, band count and layout are checked from the header (IFD tags) before the pixel
@@ -238,8 +268,11 @@ def _decode_tiff(data: bytes, bands: int, max_pixels: int) -> tuple[np.ndarray, 
             if bands == 3 and c > 3:
                 extra = c - 3
         _check_pixels(h, w, max_pixels, c, max_pixels * max(bands + 1, 4))
+        if select is not None:
+            _check_select(c, select)
+            c, extra = len(select), 0
         _check_bands(c, bands, extra)
-        chw = _axes_to_chw(np.asarray(series.asarray()), series.axes)
+        chw = _select_bands(_axes_to_chw(np.asarray(series.asarray()), series.axes), select)
     return chw, extra
 
 
@@ -290,6 +323,8 @@ def decode_image(
     bands: int = 3,
     size: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    select: Sequence[int] | None = None,
+    value_range: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Decode one encoded image into a ``(bands, H, W)`` uint8 array.
 
@@ -299,6 +334,9 @@ def decode_image(
         size: If given, resize to ``(size, size)`` (antialiased bilinear).
         max_pixels: Largest ``H x W`` decoded; a larger image is refused from its header
             (reason ``too large``) before its pixel data are decoded.
+        select: 1-based bands to keep, in this order (``data.band_select``); ``None`` = all.
+        value_range: ``(low, high)`` fixed scaling of non-uint8 data (``data.value_range``);
+            ``None`` = per-image percentile stretch.
 
     Returns:
         ``(bands, H, W)`` uint8 array (``H = W = size`` when ``size`` is given).
@@ -319,12 +357,13 @@ def decode_image(
     try:
         if data[:4] in _TIFF_MAGIC:
             try:
-                chw, extra = _decode_tiff(data, bands, max_pixels)
+                chw, extra = _decode_tiff(data, bands, max_pixels, select)
             except ImageDecodeError:
                 raise
             except Exception as tiff_err:  # e.g. a codec tifffile lacks: let Pillow try
                 try:
                     chw, extra = _decode_pil(data, max_pixels)
+                    chw, extra = (_select_bands(chw, select), 0) if select is not None else (chw, extra)
                 except ImageDecodeError as pil_err:
                     msg = str(tiff_err)
                     short = any(s in msg.lower() for s in ("failed to read", "eof", "truncated"))
@@ -334,9 +373,11 @@ def decode_image(
                     ) from tiff_err
         else:
             chw, extra = _decode_pil(data, max_pixels)
+            if select is not None:
+                chw, extra = _select_bands(chw, select), 0
         if chw.ndim != 3 or chw.shape[1] == 0 or chw.shape[2] == 0:
             raise ImageDecodeError("layout", f"decoded to an unusable shape {chw.shape}")
-        out = _map_bands(to_uint8(chw), bands, extra)
+        out = _map_bands(to_uint8(chw, value_range), bands, extra)
         if size is not None:
             out = resize_uint8(out, size)
         return np.ascontiguousarray(out)
@@ -354,6 +395,8 @@ def decode_batch(
     size: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     unreadable: Mapping[int, str] | None = None,
+    select: Sequence[int] | None = None,
+    value_range: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Decode a batch, separating good images from bad samples.
 
@@ -366,6 +409,8 @@ def decode_batch(
         max_pixels: Pixel limit of :func:`decode_image`.
         unreadable: Why a ``None`` entry could not be read, by position (as filled in by
             :func:`hssal_ray.data.fetch.load_bytes`); listed as ``unreadable: <why>``.
+        select: Bands to keep (1-based), as in :func:`decode_image`.
+        value_range: Fixed scaling, as in :func:`decode_image`.
 
     Returns:
         ``(images, good_index, bad)``: ``images`` is ``(G, bands, S, S)`` uint8 for the ``G`` good
@@ -383,7 +428,9 @@ def decode_batch(
             bad.append((str(sid), f"unreadable: {why}"[:300]))
             continue
         try:
-            arr = decode_image(blob, bands=bands, size=size, max_pixels=max_pixels)
+            arr = decode_image(
+                blob, bands=bands, size=size, max_pixels=max_pixels, select=select, value_range=value_range
+            )
         except ImageDecodeError as e:
             bad.append((str(sid), str(e)[:300]))
             continue

@@ -64,6 +64,8 @@ class DecodeAugment:
         max_pixels: Largest ``H x W`` decoded (``data.max_image_pixels``); larger images are
             refused from their header and listed as bad (``too large``).
         follow_symlinks: Read local files that resolve outside the root (``data.follow_symlinks``).
+        select: Bands kept from each image, 1-based (``data.band_select``); ``None`` = all.
+        value_range: Fixed ``(low, high)`` scaling of non-8-bit images (``data.value_range``).
     """
 
     def __init__(
@@ -78,7 +80,11 @@ class DecodeAugment:
         bad_dir: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         follow_symlinks: bool = False,
+        select: Sequence[int] | None = None,
+        value_range: Sequence[float] | None = None,
     ) -> None:
+        self.select = tuple(select) if select is not None else None
+        self.value_range = tuple(value_range) if value_range is not None else None
         self.root = root
         self.kind = kind
         self.bands = bands
@@ -105,7 +111,14 @@ class DecodeAugment:
         why: dict[int, str] = {}
         raw = load_bytes(self.root, self.kind, table, follow_symlinks=self.follow_symlinks, unreadable=why)
         images, good, bad = decode_batch(
-            raw, ids, bands=self.bands, size=self.size, max_pixels=self.max_pixels, unreadable=why
+            raw,
+            ids,
+            bands=self.bands,
+            size=self.size,
+            max_pixels=self.max_pixels,
+            unreadable=why,
+            select=self.select,
+            value_range=self.value_range,
         )
         if bad:
             self._record_bad(bad)
@@ -244,6 +257,8 @@ def stream(
     drop_ids: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     follow_symlinks: bool = False,
+    select: Sequence[int] | None = None,
+    value_range: Sequence[float] | None = None,
 ) -> Any:
     """Manifest rows -> Ray Dataset of decoded, augmented arrays (lazy, streaming).
 
@@ -261,6 +276,8 @@ def stream(
         drop_ids: Drop the string ``sample_id`` column (``iter_torch_batches`` cannot carry it).
         max_pixels: Pixel limit of the decoder (``data.max_image_pixels``).
         follow_symlinks: Read files that resolve outside the root (``data.follow_symlinks``).
+        select: Bands kept, 1-based (``data.band_select``).
+        value_range: Fixed scaling of non-8-bit images (``data.value_range``).
     """
     # Only the columns the decode step reads go into the object store (not e.g. class_name, split).
     keep = [c for c in (*_MANIFEST_COLS, "aug_seed") if c in table.column_names]
@@ -280,6 +297,8 @@ def stream(
             bad_dir=bad_dir,
             max_pixels=max_pixels,
             follow_symlinks=follow_symlinks,
+            select=select,
+            value_range=value_range,
         ),
         batch_size=batch_size,
         batch_format="numpy",
@@ -309,4 +328,6 @@ def stream_for(cfg: Any, table: pa.Table, *, root: str, kind: str, views: Sequen
         bad_dir=_io.join(run_dir, BAD_DIR),
         max_pixels=cfg.data.max_image_pixels,
         follow_symlinks=cfg.data.follow_symlinks,
+        select=cfg.data.band_select,
+        value_range=cfg.data.value_range,
     )

@@ -150,5 +150,12 @@ class RunContext:
         )[0]
         if data is None:
             raise DataError(f"cannot read {sample_id}: {why.get(0, 'missing')}")
-        img = decode_image(data, bands=self.cfg.data.bands, max_pixels=self.cfg.data.max_image_pixels)
+        d = self.cfg.data
+        img = decode_image(
+            data,
+            bands=d.bands,
+            max_pixels=d.max_image_pixels,
+            select=d.band_select,
+            value_range=d.value_range,
+        )
         return np.transpose(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0), (1, 2, 0))

@@ -111,6 +111,8 @@ def fit_round(
         drop_ids=True,
         max_pixels=cfg.data.max_image_pixels,
         follow_symlinks=cfg.data.follow_symlinks,
+        select=cfg.data.band_select,
+        value_range=cfg.data.value_range,
     )
     sched_l = make_schedule(
         labeled, (steps + slack) * bs * world, derive_seed(cfg.seed, round_idx, "labeled")
