@@ -23,7 +23,11 @@ class QueryConfig:
         coarse_k: Coarse clusters K1 (0 = automatic from pool size and budget).
         candidate_ratio: r: candidates kept per coarse cluster = ceil(r * b_k).
         fine_method: Fine clustering of the candidates.
-        pick: Which sample of each fine cluster is queried.
+        pick: Which sample of each fine cluster is queried: the most ``uncertain``, the most
+            ``typical`` (TypiClust density), or ``auto``: typical while the labeled set holds fewer
+            than ``typical_until`` labels per class on average, uncertain from then on.
+        typical_until: Labels per class (average) at which ``pick: auto`` turns from typical to
+            uncertain.
         coarse_fit_sample: Fit the coarse k-means on at most this many rows.
         kmeans_backend: ``auto`` = cuML when importable and a GPU is visible, else CPU.
         kmeans_iters: Lloyd iterations.
@@ -41,7 +45,8 @@ class QueryConfig:
     coarse_k: int = 0
     candidate_ratio: float = 3.0
     fine_method: Literal["kmeans", "spectral"] = "kmeans"
-    pick: Literal["uncertain", "typical"] = "uncertain"
+    pick: Literal["uncertain", "typical", "auto"] = "uncertain"
+    typical_until: float = 3.0
     coarse_fit_sample: int = 100_000
     kmeans_backend: Literal["auto", "torch", "faiss", "sklearn", "cuml"] = "auto"
     kmeans_iters: int = 20
@@ -58,6 +63,7 @@ class QueryConfig:
         _check(self.coarse_fit_sample >= 100, "query.coarse_fit_sample", "must be >= 100")
         _check(self.kmeans_iters >= 1, "query.kmeans_iters", "must be >= 1")
         _check(0.0 <= self.alloc_temper <= 1.0, "query.alloc_temper", "must be in [0, 1]")
+        _check(self.typical_until >= 0, "query.typical_until", f"must be >= 0, got {self.typical_until}")
 
 
 @dataclass(frozen=True)

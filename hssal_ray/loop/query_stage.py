@@ -56,5 +56,7 @@ def run_query(
         info["coarse_clusters_covered"] = len(set(coarse))
     else:
         coarse = None
+    if "pick" in info_attr:  # HAL's pick rule this round (``pick: auto`` changes it with the budget)
+        info["query_pick"] = str(info_attr["pick"])
     info["query_mean_u"] = float(np.nanmean(u)) if len(u) else float("nan")
     return [str(pool.ids[i]) for i in idx], u, coarse, info

@@ -159,7 +159,8 @@ class _HALBase(QueryStrategy):
         "coarse_k": lambda v: isinstance(v, int | np.integer) and v >= 0,
         "candidate_ratio": lambda v: isinstance(v, int | float) and v >= 1.0,
         "fine_method": ("kmeans", "spectral"),
-        "pick": ("uncertain", "typical"),
+        "pick": ("uncertain", "typical", "auto"),
+        "typical_until": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
         "coarse_fit_sample": lambda v: isinstance(v, int | np.integer) and v >= 1,
         "kmeans_backend": BACKENDS,
         "kmeans_iters": lambda v: isinstance(v, int | np.integer) and v >= 1,
@@ -180,6 +181,7 @@ class _HALBase(QueryStrategy):
         kmeans_iters: int = 20,
         ssl_aware: bool = False,
         alloc_temper: float = 1.0,
+        typical_until: float = 3.0,
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -193,6 +195,7 @@ class _HALBase(QueryStrategy):
         self.kmeans_iters = kmeans_iters
         self.ssl_aware = ssl_aware
         self.alloc_temper = alloc_temper  # hal only (hal_flat has no coarse level to allocate over)
+        self.typical_until = typical_until
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -203,8 +206,32 @@ class _HALBase(QueryStrategy):
             return coarse_backend
         return "faiss" if importlib.util.find_spec("faiss") is not None else "torch"
 
+    def pick_rule(self, pool: Pool) -> str:
+        """The pick rule this round: ``pick``, or for ``auto`` the budget regime's rule.
+
+        ``auto`` follows TypiClust's finding (Hacohen et al., 2022): with very few labels per class
+        the model's uncertainty is a poor guide and the most *typical* sample of each fine cluster
+        is the better query; once the labeled set holds ``typical_until`` labels per class on
+        average (labeled rows of the pool / number of classes) the most *uncertain* one is.
+        """
+        if self.pick != "auto":
+            return self.pick
+        n_labeled = int(np.count_nonzero(pool.exclude)) if pool.exclude is not None else 0
+        n_classes = int(np.shape(pool.probs)[1]) if pool.probs is not None else 0
+        if n_classes == 0:
+            return "typical"
+        return "typical" if n_labeled < self.typical_until * n_classes else "uncertain"
+
     def _task(
-        self, cluster: int, emb: Any, cand: np.ndarray, u: np.ndarray, b: int, backend: str, seed: int
+        self,
+        cluster: int,
+        emb: Any,
+        cand: np.ndarray,
+        u: np.ndarray,
+        b: int,
+        backend: str,
+        seed: int,
+        pick: str | None = None,
     ) -> ClusterTask:
         return ClusterTask(
             cluster=cluster,
@@ -212,7 +239,7 @@ class _HALBase(QueryStrategy):
             u=u[cand],
             n_picks=int(b),
             fine_method=self.fine_method,
-            pick=self.pick,
+            pick=pick or self.pick,
             backend=backend,
             max_iter=int(self.kmeans_iters),
             seed=int(seed),
@@ -237,7 +264,10 @@ class HierarchicalQuery(_HALBase):
         coarse_k: number of coarse clusters; 0 = :func:`auto_coarse_k`.
         candidate_ratio: r; each coarse cluster keeps ``ceil(r * b_k)`` candidates.
         fine_method: ``"kmeans"`` or ``"spectral"`` (kNN affinity) at the fine level.
-        pick: ``"uncertain"`` (most uncertain per fine cluster) or ``"typical"`` (TypiClust density).
+        pick: ``"uncertain"`` (most uncertain per fine cluster), ``"typical"`` (TypiClust density),
+            or ``"auto"``: typical while the labeled set is small, uncertain after (:meth:`pick_rule`).
+        typical_until: for ``pick="auto"``: labels per class (on average) from which picks are
+            the most uncertain instead of the most typical.
         coarse_fit_sample: at most this many rows (and at most 256 per centroid) are used to fit the
             coarse k-means; all rows are then assigned.
         kmeans_backend: ``auto`` | ``torch`` | ``faiss`` | ``sklearn`` | ``cuml`` (coarse level).
@@ -306,13 +336,14 @@ class HierarchicalQuery(_HALBase):
         order = np.argsort(lab_av, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)])
         fine_backend = self._fine_backend(backend)
+        pick = self.pick_rule(pool)
         tasks = []
         for k in np.flatnonzero(b):
             rows = avail[order[starts[k] : starts[k + 1]]]
             m = int(min(math.ceil(self.candidate_ratio * b[k]), rows.size))
             cand = _top_candidates(u_all[rows], rows, None if conf is None else conf[rows], m)
             tasks.append(
-                (cand, self._task(int(k), emb, cand, u_all, b[k], fine_backend, seed + 7919 * (k + 1)))
+                (cand, self._task(int(k), emb, cand, u_all, b[k], fine_backend, seed + 7919 * (k + 1), pick))
             )
         t_filter = time.perf_counter()
         results = self._run([t for _, t in tasks])
@@ -329,6 +360,7 @@ class HierarchicalQuery(_HALBase):
             "cluster_mass": mass,
             "pick_coarse_cluster": labels[picks],
             "n_candidates": int(sum(len(c) for c, _ in tasks)),
+            "pick": pick,
             "seconds": {
                 "coarse_fit": t_fit - t0,
                 "assign": t_assign - t_fit,
@@ -367,12 +399,14 @@ class FlatHierarchicalQuery(_HALBase):
             budget,
             self._fine_backend(resolve_backend(self.kmeans_backend)),
             seed,
+            self.pick_rule(pool),
         )
         picks = cand[self._run([task])[0]]
         picks = picks[np.lexsort((picks, -u_all[picks]))]
         self.coarse_labels_ = np.zeros(len(pool), dtype=np.int64)
         self.info_ = {
             "n_candidates": int(m),
+            "pick": task.pick,
             "pick_coarse_cluster": np.zeros(budget, dtype=np.int64),
             "seconds": {"total": time.perf_counter() - t0},
         }

@@ -205,3 +205,22 @@ def test_hal_on_cuda_embeddings_matches_cpu() -> None:
     picks_cpu = HierarchicalQuery(kmeans_backend="torch", random_state=0).select(pool, 40)
     assert picks_gpu.size == 40 and np.unique(picks_gpu).size == 40
     assert len(set(picks_gpu.tolist()) & set(picks_cpu.tolist())) >= 30  # float differences may move a few
+
+
+def test_auto_pick_turns_from_typical_to_uncertain_with_labels_per_class() -> None:
+    pool, _ = blob_pool(n=400)
+    c = pool.probs.shape[1]
+    s = HierarchicalQuery(pick="auto", typical_until=2.0, random_state=0)
+    pool.exclude = np.zeros(400, dtype=bool)
+    pool.exclude[: 2 * c - 1] = True  # just under two labels per class: typical
+    assert s.pick_rule(pool) == "typical"
+    picks = s.select(pool, 12)
+    assert s.info_["pick"] == "typical"
+    np.testing.assert_array_equal(picks, HierarchicalQuery(pick="typical", random_state=0).select(pool, 12))
+    pool.exclude[: 2 * c] = True  # two per class: uncertain, the same picks as pick="uncertain"
+    picks = s.select(pool, 12)
+    assert s.info_["pick"] == "uncertain"
+    np.testing.assert_array_equal(picks, HierarchicalQuery(pick="uncertain", random_state=0).select(pool, 12))
+    flat = FlatHierarchicalQuery(pick="auto", typical_until=2.0, random_state=0)
+    flat.select(pool, 12)
+    assert flat.info_["pick"] == "uncertain"
