@@ -1,7 +1,7 @@
 """Per-round diagnostics of the batches the product's query strategies picked, from finished runs.
 
     python -m benchmarks.query_diagnostics runs/benchmarks/label_efficiency/label_efficiency_ssl
-    python -m benchmarks.query_diagnostics SWEEP_DIR [SWEEP_DIR ...] --out benchmarks/results/query_diagnostics
+    python -m benchmarks.query_diagnostics SWEEP [SWEEP ...] --out benchmarks/results/query_diagnostics
 
 Reads what the loop wrote and nothing else: each trial's ``round_XXX/query.csv`` (the batch),
 ``round_XXX/scores.parquet`` (the round model's predictions, uncertainties and embeddings over the
@@ -27,7 +27,6 @@ import re
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
