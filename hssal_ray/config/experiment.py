@@ -31,6 +31,10 @@ class ResourcesConfig:
             worker-group or actor start-up each round; no automatic worker
             restarts: a failed stage is rerun by the loop). ``auto`` = ``driver`` for one CPU
             training worker and one scoring actor on a local runtime, else ``ray``.
+        store_shards: ``ssl.finetune=frozen`` beyond one machine: ``>= 2`` builds the k-NN graph
+            (exactly) and scores each round on that many Ray actors, each holding one row range
+            of the embedding store (:mod:`hssal_ray.frozen.sharded`); the store must be on a path
+            every node reads (or a URI). ``0``: everything in the driver.
     """
 
     address: str | None = _runtime(None)
@@ -42,6 +46,7 @@ class ResourcesConfig:
     max_failures: int = _runtime(2)
     object_store_memory: int | None = _runtime(None)
     executor: Literal["auto", "ray", "driver"] = _runtime("auto")
+    store_shards: int = _runtime(0)
 
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "resources.num_workers", f"must be >= 1, got {self.num_workers}")
@@ -49,6 +54,7 @@ class ResourcesConfig:
         _check(self.score_actors >= 1, "resources.score_actors", "must be >= 1")
         _check(self.max_failures >= 0, "resources.max_failures", "must be >= 0")
         _check(self.num_cpus is None or self.num_cpus >= 1, "resources.num_cpus", "must be >= 1")
+        _check(self.store_shards >= 0, "resources.store_shards", "must be >= 0")
 
     def in_driver(self) -> bool:
         """Whether training, scoring and evaluation run in the driver process (see ``executor``)."""

@@ -11,6 +11,8 @@ view, and (``ssl.pseudo_labels=graph``) the k-NN graph of the training split, wh
 beside the store (``graph-<key>.npz``, keyed by the store, the rows, the statistics and the search),
 so runs and seeds sharing a ``data.embedding_cache`` build it once. Scores are written block by
 block (:class:`~hssal_ray.query.scores_table.ScoresWriter`): memory follows the block, not the pool.
+With ``resources.store_shards >= 2`` the graph build and the scoring run on Ray actors, one per
+row range of the store (:mod:`hssal_ray.frozen.sharded`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "score",
     "run_stats",
     "run_graph",
+    "write_scores_of",
     "GRAPH_VERSION",
 ]
 
@@ -101,10 +104,12 @@ def run_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any], pr
 
     from hssal_ray.frozen import graph as g
     from hssal_ray.frozen.head import graph_features
+    from hssal_ray.frozen.sharded import shard_count, sharded_graph
 
     device = "cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else None
     n = len(rows)
-    method = "exact" if n <= cfg.ssl.graph_max_nodes or device == "cuda" else "ivf"
+    shards = shard_count(cfg)
+    method = "exact" if n <= cfg.ssl.graph_max_nodes or device == "cuda" or shards >= 2 else "ivf"
     spec = {
         "version": GRAPH_VERSION,
         "store": store.key or store.path,
@@ -134,8 +139,13 @@ def run_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any], pr
             graph = None
     if graph is None:
         t0 = time.perf_counter()
-        feats = graph_features(cfg, store.views, rows, stats)
-        graph = g.build_graph(feats, rows, cfg.ssl.graph_k, max_exact=cfg.ssl.graph_max_nodes, device=device)
+        if shards >= 2:  # the exact graph, searched shard by shard on Ray actors
+            graph = sharded_graph(cfg, store, rows, stats, shards)
+        else:
+            feats = graph_features(cfg, store.views, rows, stats)
+            graph = g.build_graph(
+                feats, rows, cfg.ssl.graph_k, max_exact=cfg.ssl.graph_max_nodes, device=device
+            )
         secs = time.perf_counter() - t0
         (progress or log.info)(
             f"[hssal] k-NN graph of {n} training rows ({graph.method}, recall@{cfg.ssl.graph_k} "
@@ -249,33 +259,48 @@ def evaluate(ctx: Any, r: int) -> dict[str, Any]:
 def score(ctx: Any, r: int, out_path: str) -> None:
     """Scores of the training split (pool and labeled set) with the evaluation head: ``scores.parquet``.
 
-    Written block by block (:func:`hssal_ray.frozen.head.score_rows`), renamed into place when whole.
+    Written block by block (:func:`write_scores_of`), renamed into place when whole; with
+    ``resources.store_shards >= 2`` a directory of parts written by shard actors.
+    """
+    from hssal_ray.frozen.sharded import shard_count, sharded_score
+
+    cfg = ctx.cfg
+    store = store_of(ctx)
+    rows = _rows(store, ctx.scored_rows())
+    nc = len(ctx.catalog.class_names)
+    head = _load_head(
+        cfg, _io.join(round_dir(ctx.run_dir, r), "checkpoint"), cfg.ssl.eval_model, store.dim, nc
+    )
+    if shard_count(cfg) >= 2 and len(rows):
+        sharded_score(cfg, store, rows, head, nc, out_path, shard_count(cfg))
+        return
+    fs, inner = _io.resolve_fs(out_path)
+    if fs.get_file_info(inner).type == pafs.FileType.Directory:  # parts left by an image-level run
+        _io.remove(out_path)
+    write_scores_of(cfg, store, head, rows, out_path, nc)
+
+
+def write_scores_of(
+    cfg: Any, store: Any, head: Any, rows: np.ndarray, out_path: str, num_classes: int
+) -> int:
+    """Score store rows ``rows`` with ``head`` into the Parquet file ``out_path``; returns the rows.
+
+    Block by block (:func:`hssal_ray.frozen.head.score_rows`, one row group each), renamed into
+    place when whole; no rows still give a file with the contract's columns.
     """
     from hssal_ray.frozen.head import score_rows
     from hssal_ray.query.scores_table import ScoresWriter
     from hssal_ray.scoring import scores_table
 
-    cfg = ctx.cfg
-    store = store_of(ctx)
-    rows = _rows(store, ctx.scored_rows())
-    head = _load_head(
-        cfg,
-        _io.join(round_dir(ctx.run_dir, r), "checkpoint"),
-        cfg.ssl.eval_model,
-        store.dim,
-        len(ctx.catalog.class_names),
-    )
-    fs, inner = _io.resolve_fs(out_path)
-    if fs.get_file_info(inner).type == pafs.FileType.Directory:  # parts left by an image-level run
-        _io.remove(out_path)
+    rows = np.asarray(rows, dtype=np.int64)
     with ScoresWriter(out_path) as out:
         for s, probs, strong, emb in score_rows(head, store.views, rows, cfg.ssl.tta_views, SCORE_BLOCK_ROWS):
             ids = store.id_array.take(pa.array(rows[s : s + len(probs)]))
             norms = np.ones(len(probs), np.float32)  # the embeddings are unit rows (u_badge's ||h||)
             out.write(scores_table(ids, emb, probs, strong, cfg.ssl.p_cutoff, emb_norms=norms))
         if out.rows == 0:  # nothing to score: the file still has the contract's columns
-            nc = len(ctx.catalog.class_names)
-            none = np.zeros((0, nc), np.float32)
+            none = np.zeros((0, num_classes), np.float32)
             out.write(
                 scores_table(pa.array([], pa.string()), np.zeros((0, store.dim), np.float32), none, none, 1.0)
             )
+        return int(out.rows)

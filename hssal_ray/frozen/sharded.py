@@ -1,0 +1,188 @@
+"""The frozen path beyond one machine: the graph build and the round's scoring as Ray actors on shards.
+
+With ``resources.store_shards = S >= 2`` (a pool whose graph features or scoring do not fit one
+machine), :func:`~hssal_ray.frozen.rounds.run_graph` and :func:`~hssal_ray.frozen.rounds.score`
+run here. ``S`` :class:`StoreShard` actors (one CPU each, spread over the cluster's nodes) open the
+store themselves (its memory-mapped views on a shared path, or a URI), so the driver never reads
+the features:
+
+- **graph**: shard ``j`` holds the graph features (float32 unit rows) of the nodes of row range
+  ``j`` only (:func:`hssal_ray.frozen.shards.shard_bounds`). For each shard ``i`` in turn, its
+  features go (through the object store, never the driver) to every shard, which returns its own
+  ``k`` best neighbours of each of those nodes; the driver merges the ``S`` lists
+  (:func:`~hssal_ray.frozen.shards.merge_topk`). The result is the exact k-NN graph, equal to the
+  single-machine exact search; the driver holds the graph (``n * k`` similarities and indices) and
+  one shard's candidate lists.
+- **scores**: the scored rows are split into ``S`` contiguous ranges; shard ``j`` scores range
+  ``j`` with the evaluation head (:func:`~hssal_ray.frozen.head.score_rows`) and writes
+  ``part-0000j.parquet``. The parts are written into a temporary directory that is renamed into
+  place when all are written: the scores "file" is the directory of parts (the contract's
+  multi-part form, read by :func:`hssal_ray.query.load_pool` in part order = row order).
+
+The math is :mod:`hssal_ray.frozen.shards` (unit-tested without Ray); this module only places it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from hssal_ray import _io
+
+__all__ = ["StoreShard", "sharded_graph", "sharded_score", "shard_count"]
+
+log = logging.getLogger(__name__)
+
+
+def shard_count(cfg: Any) -> int:
+    """``resources.store_shards`` (0 or 1: the single-machine path)."""
+    return int(getattr(cfg.resources, "store_shards", 0) or 0)
+
+
+class StoreShard:
+    """One shard's work on a store it opens itself (a Ray actor: :func:`_actors`).
+
+    Args:
+        store_path: The store directory (shared by every node, or a URI).
+        cfg: The experiment config (feature normalisation, TTA views, the head's shape).
+    """
+
+    def __init__(self, store_path: str, cfg: Any) -> None:
+        from hssal_ray.frozen.store import open_store
+
+        self.cfg = cfg
+        self.store = open_store(store_path)
+        self.z: np.ndarray | None = None
+        self.start = 0
+
+    def load_nodes(self, rows: np.ndarray, start: int, stats: tuple[Any, Any]) -> int:
+        """Keep the graph features of store rows ``rows`` (nodes ``start..``); returns their count."""
+        from hssal_ray.frozen.head import graph_features
+
+        feats = graph_features(self.cfg, self.store.views, rows, stats)
+        self.z = feats(np.arange(len(rows)))
+        self.start = int(start)
+        return len(rows)
+
+    def features(self) -> np.ndarray:
+        """This shard's node features (sent to the other shards through the object store)."""
+        assert self.z is not None, "load_nodes first"
+        return self.z
+
+    def search(self, q: np.ndarray, q_start: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """This shard's ``k`` best neighbours of query nodes ``q`` (:func:`.shards.block_topk`)."""
+        from hssal_ray.frozen.shards import block_topk
+
+        assert self.z is not None, "load_nodes first"
+        return block_topk(q, q_start, self.z, self.start, k)
+
+    def score(self, head_state: dict[str, Any], num_classes: int, rows: np.ndarray, part: str) -> int:
+        """Score store rows ``rows`` with the head of ``head_state`` into the Parquet file ``part``."""
+        from hssal_ray.frozen.head import build_head
+        from hssal_ray.frozen.rounds import write_scores_of
+
+        head = build_head(self.cfg, self.store.dim, num_classes)
+        head.load_state_dict(head_state)
+        return write_scores_of(self.cfg, self.store, head.eval(), rows, part, num_classes)
+
+
+def _actors(cfg: Any, store_path: str, count: int) -> list[Any]:
+    """``count`` :class:`StoreShard` actors, one CPU each, spread over the nodes."""
+    import ray
+
+    from hssal_ray._ray import ensure_ray
+
+    ensure_ray(cfg.resources)
+    cls = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(StoreShard)
+    return [cls.remote(store_path, cfg) for _ in range(count)]
+
+
+def _kill(actors: list[Any]) -> None:
+    import ray
+
+    for a in actors:
+        ray.kill(a)
+
+
+def sharded_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any], shards: int) -> Any:
+    """The exact k-NN graph of store rows ``rows`` built by ``shards`` actors (see the module doc)."""
+    import ray
+
+    from hssal_ray.frozen.graph import KnnGraph
+    from hssal_ray.frozen.shards import merge_topk, shard_bounds
+
+    rows = np.asarray(rows, dtype=np.int64)
+    n = len(rows)
+    k = min(cfg.ssl.graph_k, max(n - 1, 0))
+    if k < 1:
+        return KnnGraph(rows=rows, cos=np.zeros((n, 0), np.float32), idx=np.zeros((n, 0), np.int64))
+    bounds = shard_bounds(n, shards)
+    actors = _actors(cfg, store.path, len(bounds))
+    t0 = time.perf_counter()
+    try:
+        ray.get([a.load_nodes.remote(rows[s:e], s, stats) for a, (s, e) in zip(actors, bounds, strict=True)])
+        cos = np.empty((n, k), np.float32)
+        idx = np.empty((n, k), np.int64)
+        for a, (s, e) in zip(actors, bounds, strict=True):
+            q = a.features.remote()  # stays in the object store: the shards fetch it, the driver does not
+            parts = ray.get([b.search.remote(q, s, k) for b in actors])
+            cos[s:e], idx[s:e] = merge_topk(parts, k)
+            del q
+    finally:
+        _kill(actors)
+    log.info("sharded k-NN graph: %d nodes on %d shards in %.1f s", n, len(bounds), time.perf_counter() - t0)
+    return KnnGraph(rows=rows, cos=cos, idx=idx, method="exact")
+
+
+def sharded_score(
+    cfg: Any, store: Any, rows: np.ndarray, head: Any, num_classes: int, out_path: str, shards: int
+) -> int:
+    """Score store rows ``rows`` on ``shards`` actors into the parts directory ``out_path``; returns rows."""
+    import ray
+
+    from hssal_ray.frozen.shards import shard_bounds
+
+    rows = np.asarray(rows, dtype=np.int64)
+    bounds = shard_bounds(len(rows), shards)
+    uri = _io.is_uri(out_path)
+    if uri:  # an object store has no rename: the parts go straight to the target
+        tmp = out_path
+    else:
+        parent = os.path.dirname(os.path.abspath(out_path))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.", suffix=".parts", dir=parent)
+    state = ray.put({k: v.detach().cpu() for k, v in head.state_dict().items()})
+    actors = _actors(cfg, store.path, len(bounds))
+    try:
+        done = ray.get(
+            [
+                a.score.remote(state, num_classes, rows[s:e], _io.join(tmp, f"part-{i:05d}.parquet"))
+                for i, (a, (s, e)) in enumerate(zip(actors, bounds, strict=True))
+            ]
+        )
+    except BaseException:
+        if not uri:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        _kill(actors)
+    if not uri:
+        if os.path.isdir(out_path):
+            shutil.rmtree(out_path)
+        elif os.path.exists(out_path):
+            os.unlink(out_path)
+        os.chmod(tmp, 0o777 & ~_umask())
+        os.replace(tmp, out_path)
+    return int(sum(done))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

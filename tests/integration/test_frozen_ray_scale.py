@@ -1,0 +1,101 @@
+"""The frozen path beyond one machine: graph and scores on shard actors of a 2-node Ray cluster.
+
+A small store (on a path both nodes read) is processed by :mod:`hssal_ray.frozen.sharded` through
+the rounds' own entry points (``resources.store_shards=2``); the merged graph must equal the
+single-machine exact graph and the scores the single-machine scores file, row for row.
+"""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hssal_ray.config import load_config
+from hssal_ray.frozen import rounds
+from hssal_ray.frozen.graph import build_graph
+from hssal_ray.frozen.head import build_head, graph_features
+from hssal_ray.frozen.store import open_store, view_names, write_arrays
+from hssal_ray.query import load_pool
+from hssal_ray.state import round_dir
+from tests.integration.test_multinode import actor_nodes, local_cluster
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+N, D, NC = 700, 24, 4
+
+
+def _store(path: Path) -> str:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, NC, N)
+    centres = rng.normal(size=(NC, D))
+    clean = centres[y] + 0.7 * rng.normal(size=(N, D))
+    blocks = {v: (clean + 0.2 * rng.normal(size=(N, D))).astype(np.float16) for v in view_names(2)}
+    blocks["none"] = clean.astype(np.float16)
+    views = view_names(2)
+    ids = [f"img{i:05d}" for i in range(N)]
+    meta = {"key": "sharded-test", "views": list(views), "rows": N, "complete": True}
+    write_arrays(str(path), ids, [blocks], views, meta=meta)
+    return str(path)
+
+
+def _ctx(cfg, run_dir: Path, store, scored: pa.Table) -> types.SimpleNamespace:
+    return types.SimpleNamespace(
+        cfg=cfg,
+        run_dir=str(run_dir),
+        embedding_store=store,
+        catalog=types.SimpleNamespace(class_names=[f"c{i}" for i in range(NC)]),
+        scored_rows=lambda: scored,
+    )
+
+
+def test_sharded_graph_and_scores_equal_the_single_machine_path(tmp_path: Path) -> None:
+    import ray
+
+    over = ["ssl.finetune=frozen", "ssl.embed_views=2", "ssl.tta_views=1", "ssl.graph_k=6"]
+    local_cfg = load_config(None, over)
+    shard_cfg = load_config(None, [*over, "resources.store_shards=2"])
+    store = open_store(_store(tmp_path / "emb"))
+    rows = np.arange(0, N, 2, dtype=np.int64)[::-1].copy()  # the training split: any order of rows
+    stats = rounds.run_stats(local_cfg, store, rows)
+    feats = graph_features(local_cfg, store.views, rows, stats)
+    ref = build_graph(feats, rows, 6, max_exact=10**6)
+
+    torch.manual_seed(0)
+    head = build_head(local_cfg, D, NC, stats=stats)
+    ckpt = Path(round_dir(str(tmp_path), 1)) / "checkpoint"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(ckpt / "ema.safetensors"))
+    scored = pa.table({"sample_id": pa.array([f"img{i:05d}" for i in range(N - 1, -1, -3)])})
+    local_out = tmp_path / "local.parquet"
+    rounds.score(_ctx(local_cfg, tmp_path, store, scored), 1, str(local_out))
+
+    with local_cluster() as (cluster, _):
+        ray.init(address=cluster.address)
+        store.cache.clear()
+        graph = rounds.run_graph(shard_cfg, store, rows, stats)
+        shard_out = tmp_path / "round_001" / "scores.parquet"
+        rounds.score(_ctx(shard_cfg, tmp_path, store, scored), 1, str(shard_out))
+        nodes = set(actor_nodes("StoreShard"))
+    assert len(nodes) >= 2, "the shard actors ran on one node"
+
+    assert graph.method == "exact" and np.array_equal(graph.rows, ref.rows)
+    np.testing.assert_array_equal(graph.idx, ref.idx)
+    np.testing.assert_allclose(graph.cos, ref.cos, rtol=0, atol=1e-6)
+    assert list((tmp_path / "emb").glob("graph-*.npz")), "the sharded graph is saved beside the store"
+
+    assert shard_out.is_dir() and len(list(shard_out.glob("part-*.parquet"))) == 2
+    a, b = load_pool(str(local_out)), load_pool(str(shard_out))
+    assert list(a.ids) == list(b.ids)
+    np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-6)
+    assert a.scores.keys() == b.scores.keys()
+    for k in a.scores:
+        np.testing.assert_allclose(a.scores[k], b.scores[k], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(a.pred, b.pred)
+    np.testing.assert_array_equal(a.confident, b.confident)
