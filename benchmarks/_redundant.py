@@ -1,0 +1,304 @@
+"""The pure part of :mod:`benchmarks.redundant_pool`: copy names, leak-free splits, copy views, wasted picks.
+
+No Ray and no image: names and split hashes (the product's ``hssal_ray.data.catalog`` split),
+view assignments, and counts read from finished run directories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import posixpath
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hssal_ray.errors import DataError
+
+__all__ = [
+    "VAL_FRACTIONS",
+    "original_of",
+    "copy_index",
+    "copy_name",
+    "copy_views",
+    "plan_copies",
+    "check_groups",
+    "wasted_picks",
+    "waste_summary",
+    "waste_markdown",
+]
+
+VAL_FRACTIONS = (0.0, 0.2)
+_COPY = re.compile(r"__copy(\d+)(?:s\d+)?(?=\.[^./]*$|$)")
+_VAL_SEED = 0x5A1  # hssal_ray.data.catalog.scan: the validation split's seed offset
+_TRIAL = re.compile(r"strategy=(?P<strategy>[^-]+)-seed=(?P<seed>\d+)")
+
+
+def original_of(sample_id: str) -> str:
+    """The id of the image a copy was made from (an image's own id for an image)."""
+    return _COPY.sub("", sample_id, count=1)
+
+
+def copy_index(sample_id: str) -> int:
+    """``j`` of a copy ``<stem>__copy<j>...``; 0 for an image."""
+    m = _COPY.search(sample_id)
+    return int(m.group(1)) if m else 0
+
+
+def copy_name(sample_id: str, j: int, salt: int = 0) -> str:
+    """``<stem>__copy<j><ext>``, with ``s<salt>`` after ``j`` when ``salt`` > 0."""
+    stem, ext = posixpath.splitext(sample_id)
+    return f"{stem}__copy{j}{f's{salt}' if salt else ''}{ext}"
+
+
+def copy_views(k: int, copies: int) -> list[dict[str, str]]:
+    """For the image (index 0) and each copy ``j`` (index ``j``): its view name -> the image's view.
+
+    Args:
+        k: ``ssl.embed_views`` (views ``none``, ``weak_0..k-1``, ``strong_0..k-1``).
+        copies: Copies per image (at most ``2k``: one per augmented view).
+    """
+    weak_type = ["none", *(f"weak_{i}" for i in range(k))]
+    strong_type = [f"strong_{i}" for i in range(k)]
+    aug = [*weak_type[1:], *strong_type]
+    if not 0 <= copies <= len(aug):
+        raise DataError(f"--copies must be in [0, {len(aug)}] with ssl.embed_views={k}, got {copies}")
+    out = [{v: v for v in (*weak_type, *strong_type)}]
+    used = {frozenset(weak_type)}  # the views averaged by scoring and evaluation (clean + weak)
+    for clean in aug[:copies]:
+        pref = [v for v in (*weak_type, *strong_type) if v != clean]
+        weak = next((c for c in itertools.combinations(pref, k) if frozenset((clean, *c)) not in used), None)
+        weak = weak or tuple(pref[:k])
+        used.add(frozenset((clean, *weak)))
+        strong = (
+            [v for v in strong_type if v != clean and v not in weak]
+            or [v for v in strong_type if v != clean]
+            or [v for v in pref if v not in weak]
+        )
+        m = {"none": clean, **{f"weak_{i}": weak[i] for i in range(k)}}
+        m.update({f"strong_{i}": strong[i % len(strong)] for i in range(k)})
+        out.append(m)
+    return out
+
+
+# ------------------------------------------------------------------------------ leak-free copy names
+
+
+def _h(seed: int, sid: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{sid}".encode(), digest_size=8).digest(), "big")
+
+
+def _codes(ids: list[str], labels: np.ndarray, seed: int, tf: float, vf: float) -> np.ndarray:
+    """Per id: 0 train, 1 test, 2 val, as ``scan`` splits them (the product's own ``_test_mask``)."""
+    from hssal_ray.data.catalog import _test_mask
+
+    test = _test_mask(ids, labels, tf, seed)
+    code = test.astype(np.int8)
+    if vf > 0:
+        code[_test_mask(ids, np.where(test, -1, labels), vf, seed + _VAL_SEED)] = 2
+    return code
+
+
+def _cut(keys: list[int], inside: np.ndarray) -> int:
+    """A hash value above the keys ``inside`` (the lowest ones) and below the others."""
+    lo = max((k for k, i in zip(keys, inside, strict=True) if i), default=-1)
+    hi = min((k for k, i in zip(keys, inside, strict=True) if not i), default=2**64)
+    return (lo + hi) // 2
+
+
+def plan_copies(
+    ids: list[str], labels: np.ndarray, copies: int, seeds: int, test_fraction: float, tries: int = 1 << 16
+) -> dict[str, dict[int, str]]:
+    """``{image id: {j: copy id}}``: copy names that never put a group across two splits of ``scan``.
+
+    Every image keeps the split it has without copies, for each seed in ``range(seeds)``
+    (validation fraction 0.2 and 0). Each copy name is salted until its split hashes fall on its
+    image's side of the cuts between the images' splits. A split holds the lowest-ranked
+    ``round(f * n)`` members of a class, so the copies per image are then chosen (an integer
+    program, ``scipy.optimize.milp``, most copies first) so that, in every setting, the groups
+    on each side hold exactly that many members.
+
+    Args:
+        ids: The images' sample ids; labels: their classes (every image labeled).
+        copies: Copies wanted per image (some images get fewer when the counts demand it).
+        seeds: Split seeds: ``range(seeds)``.
+        test_fraction: ``data.test_fraction``.
+        tries: Names tried per copy before it is given up.
+    """
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    bad = [s for s in ids if original_of(s) != s]
+    if bad:
+        raise DataError(f"the source already holds names of copies (e.g. {bad[0]}): use another source")
+    labels = np.asarray(labels)
+    vf = max(VAL_FRACTIONS)
+    codes = np.stack([_codes(ids, labels, s, test_fraction, vf) for s in range(seeds)])  # (seeds, n)
+    plan: dict[str, dict[int, str]] = {}
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        members = [ids[i] for i in rows]
+        cuts = []
+        for s in range(seeds):
+            code = codes[s, rows]
+            tr = code != 1
+            val_keys = [_h(s + _VAL_SEED, m) for m, t in zip(members, tr, strict=True) if t]
+            cuts.append((_cut([_h(s, m) for m in members], code == 1), _cut(val_keys, code[tr] == 2)))
+        found: list[list[str]] = []
+        for i, m in zip(rows, members, strict=True):
+            want = codes[:, i]
+            got: list[str] = []
+            for j in range(1, copies + 1):
+                for t in range(tries):
+                    name = copy_name(m, j, t)
+                    if all(_side(name, s, cuts[s]) == want[s] for s in range(seeds)):
+                        got.append(name)
+                        break
+                else:
+                    break  # copies are kept in order j = 1, 2, ...
+            found.append(got)
+        # x_i copies of image i: on each side of each split, the members must number round(f * total)
+        cons_a, lo, hi = [], [], []
+        n, ones = len(rows), np.ones(len(rows))
+        for s in range(seeds):
+            test, val = codes[s, rows] == 1, codes[s, rows] == 2
+            for f, inside, pool in ((test_fraction, test, ones), (vf, val, (~test).astype(float))):
+                if f <= 0:
+                    continue  # one side only: nothing to balance
+                a = inside - f * pool  # members inside minus f * members split
+                base = float(inside.sum() - f * pool.sum())
+                cons_a.append(a)
+                lo.append(-0.5 + 1e-6 - base)
+                hi.append(0.5 - 1e-6 - base)
+        ub = np.array([len(g) for g in found], dtype=float)
+        res = milp(
+            -ones,
+            integrality=ones,
+            bounds=Bounds(np.zeros(n), ub),
+            constraints=LinearConstraint(np.array(cons_a), lo, hi) if cons_a else (),
+        )
+        x = np.round(res.x).astype(int) if res.success else np.zeros(n, int)
+        for i, g, k in zip(rows, found, x, strict=True):
+            plan[ids[i]] = {j + 1: name for j, name in enumerate(g[:k])}
+    return {s: plan[s] for s in ids}
+
+
+def _side(name: str, seed: int, cuts: tuple[int, int]) -> int:
+    if _h(seed, name) < cuts[0]:
+        return 1
+    return 2 if _h(seed + _VAL_SEED, name) < cuts[1] else 0
+
+
+def check_groups(root: str, seeds: int, test_fraction: float) -> dict[str, Any]:
+    """Scan ``root`` with the product's ``scan()`` for every seed and val_fraction 0 / 0.2.
+
+    Returns:
+        Pool size and per-class test fractions (of the root, and of its images).
+
+    Raises:
+        DataError: A group (image + copies) straddles two splits in some setting.
+    """
+    from hssal_ray.data.catalog import scan
+
+    frac: dict[str, list[float]] = defaultdict(list)
+    img_frac: dict[str, list[float]] = defaultdict(list)
+    n = 0
+    for seed, vf in itertools.product(range(seeds), VAL_FRACTIONS):
+        cat = scan(root, test_fraction=test_fraction, seed=seed, val_fraction=vf)
+        t = cat.table.to_pydict()
+        n = len(t["sample_id"])
+        split_of: dict[str, set[str]] = defaultdict(set)
+        for sid, sp in zip(t["sample_id"], t["split"], strict=True):
+            split_of[original_of(sid)].add(sp)
+        leak = [g for g, sp in split_of.items() if len(sp) > 1]
+        if leak:
+            raise DataError(
+                f"{root}: {len(leak)} group(s) straddle splits at seed {seed}, val_fraction {vf} "
+                f"(e.g. {leak[0]}: {sorted(split_of[leak[0]])})"
+            )
+        if vf == 0:
+            for c in cat.class_names:
+                rows = [i for i, x in enumerate(t["class_name"]) if x == c]
+                test = [i for i in rows if t["split"][i] == "test"]
+                frac[c].append(len(test) / len(rows))
+                imgs = [i for i in rows if original_of(t["sample_id"][i]) == t["sample_id"][i]]
+                img_frac[c].append(sum(t["split"][i] == "test" for i in imgs) / len(imgs))
+    return {
+        "pool": n,
+        "test_fraction_by_class": {c: float(np.mean(v)) for c, v in frac.items()},
+        "image_test_fraction_by_class": {c: [round(x, 4) for x in v] for c, v in img_frac.items()},
+    }
+
+
+# ------------------------------------------------------------------------------ wasted picks
+
+
+def wasted_picks(run: Path) -> list[dict[str, float]]:
+    """Per query round of one finished run: batch size, picks sharing a group with another pick of
+    the batch (``dup_in_batch``), picks of a group labeled before the round (``group_labeled``), and
+    ``wasted`` = picks that add no new group to the labels."""
+    import pyarrow.parquet as pq
+
+    from hssal_ray import _csv
+
+    lab = pq.read_table(run / "labeled.parquet", columns=["sample_id", "round_added"]).to_pydict()
+    out = []
+    for rd in sorted(run.glob("round_[0-9][0-9][0-9]")):
+        r = int(rd.name.split("_")[1])
+        if not (rd / "query.csv").exists():
+            continue
+        picks = [row["sample_id"] for row in _csv.read_dicts((rd / "query.csv").read_text())]
+        if not picks:
+            continue
+        before = {original_of(s) for s, a in zip(lab["sample_id"], lab["round_added"], strict=True) if a <= r}
+        groups = [original_of(s) for s in picks]
+        out.append(
+            {
+                "round": r,
+                "batch": len(picks),
+                "dup_in_batch": len(picks) - len(set(groups)),
+                "group_labeled": sum(g in before for g in groups),
+                "wasted": len(picks) - len(set(groups) - before),
+            }
+        )
+    return out
+
+
+def waste_summary(sweep: Path) -> dict[str, dict[int, dict[str, float]]]:
+    """``{strategy: {round: {column: mean over seeds}}}`` over the trials of a sweep directory."""
+    acc: dict[str, dict[int, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for run in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        m = _TRIAL.search(run.name)
+        if not m or not (run / "labeled.parquet").exists():
+            continue
+        for d in wasted_picks(run):
+            for key, v in d.items():
+                if key != "round":
+                    acc[m["strategy"]][int(d["round"])][key].append(v)
+    return {
+        s: {r: {k: float(np.mean(v)) for k, v in ks.items()} for r, ks in sorted(rs.items())}
+        for s, rs in acc.items()
+    }
+
+
+def waste_markdown(summary: dict[str, dict[int, dict[str, float]]], dataset: str) -> str:
+    cols = ("batch", "dup_in_batch", "group_labeled", "wasted")
+    md = [
+        f"# Wasted picks on {dataset} (picks that add no new image to the labels)",
+        "",
+        "Per strategy and query round, mean over seeds: `dup_in_batch` = picks in the same group (image +",
+        "its near-copies) as another pick of the batch; `group_labeled` = picks of a group labeled before",
+        "the round; `wasted` = picks that add no new group (batch minus new groups).",
+        "",
+        "| strategy | round | " + " | ".join(cols) + " | wasted % |",
+        "|---|---|" + "---|" * (len(cols) + 1),
+    ]
+    for s, rounds in summary.items():
+        for r, d in rounds.items():
+            cells = [f"{d[c]:.1f}" for c in cols]
+            md.append(f"| {s} | {r} | " + " | ".join(cells) + f" | {100 * d['wasted'] / d['batch']:.0f}% |")
+    return "\n".join(md) + "\n"
