@@ -207,6 +207,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     plan = plan_copies(t["sample_id"], np.array(t["label"]), args.copies, args.seeds, tf)
     got = np.array([len(p) for p in plan.values()])
     meta = {"source": src, "copies": args.copies, "seeds": args.seeds, "test_fraction": tf}
+    meta.update(images=len(plan), pool=len(plan) + int(got.sum()))
     link_root(src, out, plan, meta)
     checked = check_groups(out, args.seeds, tf)
     path = write_store(cfg, _config(args.profile, out, args.overrides))
@@ -247,6 +248,18 @@ def build_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def budget_overrides(cfg: Any, factor: float, overrides: list[str]) -> list[str]:
+    """The profile's budget fractions divided by ``factor`` (pool / images): the same label counts as
+    on the source dataset. None when the budgets are counts or are overridden."""
+    from hssal_ray.config.loop import budget_unit
+
+    keys = ("loop.initial_labeled", "query.budget", "loop.total_budget")
+    if budget_unit(cfg.loop) != "fraction" or any(o.split("=", 1)[0] in keys for o in overrides):
+        return []
+    values = (cfg.loop.initial_labeled, cfg.query.budget, cfg.loop.total_budget)
+    return [f"{k}={v / factor!r}" for k, v in zip(keys, values, strict=True)]
+
+
 def run(args: argparse.Namespace) -> int:
     from benchmarks import label_efficiency
 
@@ -263,6 +276,9 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isfile(os.path.join(path, "meta.json")):
         raise DataError(f"no embedding store for {root} at {path}: run `build` again (the runs would encode)")
     name = args.dataset_name or f"{Path(meta['source']).name.upper()} x{meta['copies'] + 1} near-copies"
+    over = [*args.overrides]
+    if args.budgets_of == "images":
+        over += budget_overrides(_config(args.profile, root, over), meta["pool"] / meta["images"], over)
     argv = [
         "--profile",
         args.profile,
@@ -280,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         args.run_dir,
         "--concurrent",
         str(args.concurrent),
-        *args.overrides,
+        *over,
         "--methods",
         *args.methods,
     ]
@@ -326,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--run-dir", default="runs/benchmarks")
     r.add_argument("--concurrent", type=int, default=2)
     r.add_argument("--val-fraction", type=float, default=0.0)
+    r.add_argument(
+        "--budgets-of",
+        choices=("images", "pool"),
+        default="images",
+        help="budget fractions of the source's images (default: same label counts) or of the pool",
+    )
     r.add_argument(
         "--methods", nargs="+", default=["hssal", "hssal_flat", "ssl_margin", "ssl_entropy", "ssl_random"]
     )

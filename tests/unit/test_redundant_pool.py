@@ -141,3 +141,15 @@ def test_wasted_picks(tmp_path: Path) -> None:
     assert got[1] == {"round": 1, "batch": 2, "dup_in_batch": 0, "group_labeled": 1, "wasted": 1}
     summary = rp.waste_summary(tmp_path)
     assert summary["margin"][0]["wasted"] == 2.0
+
+
+def test_budget_overrides_keep_the_source_label_counts() -> None:
+    from hssal_ray.config.loop import label_count
+
+    cfg = rp._config("configs/ucm_cpu.yaml", "unused", [])
+    over = rp.budget_overrides(cfg, 5.0, [])
+    assert [o.split("=")[0] for o in over] == ["loop.initial_labeled", "query.budget", "loop.total_budget"]
+    values = [float(o.split("=")[1]) for o in over]
+    # 2% / 8% of UCM's 1,680 training images = the same counts of its x5 pool's 8,400
+    assert [label_count(v, 8400) for v in values] == [label_count(0.02, 1680), 34, label_count(0.08, 1680)]
+    assert rp.budget_overrides(cfg, 5.0, ["query.budget=0.01"]) == []
