@@ -182,19 +182,20 @@ def read_geo_rows(root: str, rows: pa.Table) -> pa.Table | None:
     if rows.num_rows == 0:
         return None
     fs, base = root_fs(root)
-    out: dict[int, dict[str, Any]] = {}
-    sources = rows.column("source").to_pylist()
-    want = rows.column("row").to_pylist()
-    for source in sorted(set(sources)):
+    sources = rows.column("source").to_numpy(zero_copy_only=False)
+    want = rows.column("row").to_numpy().astype(np.int64)
+    parts, order = [], []
+    for source in np.unique(sources):
         with fs.open_input_file(f"{base.rstrip('/')}/{source}") as f:
             pf = pq.ParquetFile(f)
             if not has_geo(pf.schema_arrow):
                 return None
             t = pf.read(columns=GEO_COLUMNS)
-        for i, (s, r) in enumerate(zip(sources, want, strict=True)):
-            if s == source:
-                out[i] = {c: t.column(c)[r].as_py() for c in GEO_COLUMNS}
-    return pa.Table.from_pylist([out[i] for i in range(rows.num_rows)], schema=pa.schema(GEO_FIELDS))
+        at = np.flatnonzero(sources == source)
+        parts.append(t.take(pa.array(want[at])).cast(pa.schema(GEO_FIELDS)))
+        order.append(at)
+    table = pa.concat_tables(parts)
+    return table.take(pa.array(np.argsort(np.concatenate(order), kind="stable")))
 
 
 def feature(geometry_wkb: bytes, properties: dict[str, Any]) -> dict[str, Any]:

@@ -360,4 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: Ray pickles classes and functions of
+    # __main__ by value (with their globals), those of an importable module by reference.
+    from hssal_ray.data.tile import main as _main
+
+    sys.exit(_main())
