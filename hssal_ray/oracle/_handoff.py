@@ -3,13 +3,16 @@
 Reading a batch's ``query.csv`` (:func:`_read_query`), the run's earlier batches for a reused
 Label Studio project (:func:`run_history`), the model's predictions as pre-annotations
 (:func:`read_predictions`), the exact resume command for partial answers (:func:`partial_hint`),
-whether sample ids would show a folder name (:func:`reveals_folder`) and the contact sheet.
+whether sample ids would show a folder name (:func:`reveals_folder`), the contact sheet, and for
+geo-referenced chips the batch's footprints (:func:`write_query_geojson`, ``query.geojson``) and
+their coordinates (:func:`read_coordinates`), which the contact sheet and the tasks show.
 """
 
 from __future__ import annotations
 
 import csv
 import html
+import json
 import logging
 import posixpath
 import re
@@ -25,19 +28,106 @@ from hssal_ray.oracle.labels import PARTIAL_OVERRIDE
 logger = logging.getLogger(__name__)
 
 QUERY_FILE = "query.csv"
+QUERY_GEOJSON = "query.geojson"
 _BATCH_DIR = re.compile(r"^(cold_start|round_\d{3,})$")
 
 
 def _read_query(round_dir: str) -> dict[str, dict[str, str]]:
-    """``query.csv`` rows by sample id (empty if the file is absent or unreadable)."""
+    """``query.csv`` rows by sample id (empty if the file is absent or unreadable), with each
+    chip's ``coordinates`` from ``query.geojson`` when the batch has one (geo-referenced chips)."""
     path = _io.join(round_dir, QUERY_FILE)
     try:
         if not _io.exists(path):
             return {}
         reader = _csv.read_dicts(_io.read_text(path))
-        return {row["sample_id"]: row for row in reader if row.get("sample_id")}
+        rows = {row["sample_id"]: row for row in reader if row.get("sample_id")}
     except (OSError, UnicodeDecodeError, csv.Error, KeyError) as e:
         logger.warning("could not read %s (%s); using the order of the ids as ranks", path, e)
+        return {}
+    for sid, where in read_coordinates(round_dir).items():
+        if sid in rows:
+            rows[sid]["coordinates"] = where
+    return rows
+
+
+def _centre(ring: Sequence[Sequence[float]]) -> tuple[float, float]:
+    pts = np.asarray(ring[:-1], dtype=np.float64)
+    return float(pts[:, 0].mean()), float(pts[:, 1].mean())
+
+
+def coordinates_text(lon: float, lat: float) -> str:
+    """``41.23456 N, 12.34567 E``: a chip centre as people read it (5 decimals, about 1 m)."""
+    return f"{abs(lat):.5f} {'N' if lat >= 0 else 'S'}, {abs(lon):.5f} {'E' if lon >= 0 else 'W'}"
+
+
+def write_query_geojson(round_dir: str, ids: Sequence[str], u: Sequence[float] | None) -> int:
+    """``query.geojson`` beside ``query.csv``: the batch's chip footprints (WGS84) with rank,
+    uncertainty, the model's guess and its probability (``scores.parquet`` of the round), scene,
+    pixel window and CRS, for QGIS. Written only when the run's data are geo-referenced chips
+    (``python -m hssal_ray.data.tile``); returns the number of features (0: none written).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hssal_ray.data.bootstrap import MANIFEST_FILE
+    from hssal_ray.data.geo import feature, read_geo_rows, write_geojson
+
+    run_dir = _parent(round_dir)
+    manifest = _io.join(run_dir, MANIFEST_FILE)
+    if not ids or not _io.exists(manifest):
+        return 0
+    fs, p = _io.resolve_fs(manifest)
+    info = json.loads((pq.read_schema(p, filesystem=fs).metadata or {}).get(b"hssal_catalog", b"{}"))
+    if info.get("kind") != "shards":
+        return 0
+    rows = pq.read_table(
+        p, columns=["sample_id", "source", "row"], filters=[("sample_id", "in", list(ids))], filesystem=fs
+    )
+    pos = {sid: i for i, sid in enumerate(rows.column("sample_id").to_pylist())}
+    ordered = [sid for sid in ids if sid in pos]
+    geo = read_geo_rows(info["root"], rows.take(pa.array([pos[s] for s in ordered], pa.int64())))
+    if geo is None:
+        return 0
+    classes = (
+        _io.read_json(_io.join(run_dir, "classes.json"))
+        if _io.exists(_io.join(run_dir, "classes.json"))
+        else []
+    )
+    guess = read_predictions(round_dir, ordered, classes) if classes else {}
+    rank = {sid: i + 1 for i, sid in enumerate(ids)}
+    unc = {sid: float(u[i]) for i, sid in enumerate(ids)} if u is not None else {}
+    g = geo.to_pylist()
+
+    def features() -> Any:
+        for sid, chip in zip(ordered, g, strict=True):
+            props = {
+                "sample_id": sid,
+                "rank": rank[sid],
+                "u": unc.get(sid),
+                "guess": guess[sid][0] if sid in guess else None,
+                "guess_probability": guess[sid][1] if sid in guess else None,
+                **{k: chip[k] for k in ("scene", "row_off", "col_off", "crs")},
+            }
+            yield feature(chip["geometry"], props)
+
+    return write_geojson(_io.join(round_dir, QUERY_GEOJSON), features())
+
+
+def read_coordinates(round_dir: str) -> dict[str, str]:
+    """``sample_id -> "lat N, lon E"`` (chip centre) from the batch's ``query.geojson``; empty when
+    it has none or it cannot be read."""
+    path = _io.join(round_dir, QUERY_GEOJSON)
+    try:
+        if not _io.exists(path):
+            return {}
+        doc = _io.read_json(path)
+        out = {}
+        for f in doc.get("features", []):
+            lon, lat = _centre(f["geometry"]["coordinates"][0])
+            out[str(f["properties"]["sample_id"])] = coordinates_text(lon, lat)
+        return out
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        logger.warning("could not read %s (%s): no coordinates in the hand-off", path, e)
         return {}
 
 
@@ -190,6 +280,8 @@ def _contact_sheet(
             extra.append(f"u={esc(row['u'].strip())}")
         if row.get("coarse_cluster", "").strip() not in ("", "-1"):
             extra.append(f"cluster {esc(row['coarse_cluster'].strip())}")
+        if row.get("coordinates"):
+            extra.append(esc(row["coordinates"]))
         meta = f"<div>{' · '.join(extra)}</div>" if extra else ""
         cards.append(
             f'<div class="card">{img}<div><b>#{ranks[sid]}</b></div>'

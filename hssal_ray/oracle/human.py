@@ -168,6 +168,8 @@ class HumanOracle(Oracle):
             if not self.hide_sample_id:
                 data["sample_id"] = sid
             data.update(rank=ranks[sid], hssal_run=run_name, hssal_batch=batch)
+            if query.get(sid, {}).get("coordinates"):  # geo-referenced chips: where it is
+                data["coordinates"] = query[sid]["coordinates"]
             task: dict[str, Any] = {"id": ranks[sid], "data": data}
             if sid in preds:
                 name, score = preds[sid]
