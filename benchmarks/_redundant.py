@@ -29,6 +29,7 @@ __all__ = [
     "wasted_picks",
     "waste_summary",
     "waste_markdown",
+    "accuracy_markdown",
 ]
 
 VAL_FRACTIONS = (0.0, 0.2)
@@ -290,15 +291,42 @@ def waste_markdown(summary: dict[str, dict[int, dict[str, float]]], dataset: str
     md = [
         f"# Wasted picks on {dataset} (picks that add no new image to the labels)",
         "",
-        "Per strategy and query round, mean over seeds: `dup_in_batch` = picks in the same group (image +",
+        "Per method and query round, mean over seeds: `dup_in_batch` = picks in the same group (image +",
         "its near-copies) as another pick of the batch; `group_labeled` = picks of a group labeled before",
         "the round; `wasted` = picks that add no new group (batch minus new groups).",
         "",
-        "| strategy | round | " + " | ".join(cols) + " | wasted % |",
+        "| method | round | " + " | ".join(cols) + " | wasted % |",
         "|---|---|" + "---|" * (len(cols) + 1),
     ]
     for s, rounds in summary.items():
         for r, d in rounds.items():
             cells = [f"{d[c]:.1f}" for c in cols]
             md.append(f"| {s} | {r} | " + " | ".join(cells) + f" | {100 * d['wasted'] / d['batch']:.0f}% |")
+    return "\n".join(md) + "\n"
+
+
+def accuracy_markdown(result: dict[str, Any]) -> str:
+    """The label-efficiency result of the pool by label count (its fractions of a 5x pool are < 1%)."""
+    s, diffs = result["summary"], result.get("paired_vs_hssal", {})
+    methods = [m for m in s if m != "full_supervision"]
+    if not methods:
+        return ""
+    labels = s[methods[0]]["num_labeled"]
+    md = [
+        f"Accuracy on the {result['evaluated_on']}, mean ± std over seeds {result['seeds']}, by labels:",
+        "",
+        "| method | " + " | ".join(f"{n} labels" for n in labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for m in methods:
+        a, d = s[m]["accuracy_mean"], s[m]["accuracy_std"]
+        md.append(f"| {m} | " + " | ".join(f"{x:.3f} ± {y:.3f}" for x, y in zip(a, d, strict=True)) + " |")
+    md += ["", "HSSAL minus each method, points (seeds where HSSAL is ahead; `~` inside one std):", ""]
+    md += ["| vs | " + " | ".join(f"{n} labels" for n in labels) + " |", "|---|" + "---|" * len(labels)]
+    for m, d in diffs.items():
+        cells = [
+            f"{100 * x:+.1f} ({w}/{len(d['seeds'])}){' ~' if c else ''}"
+            for x, w, c in zip(d["diff_mean"], d["wins"], d["within_one_std"], strict=True)
+        ]
+        md.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(md) + "\n"

@@ -40,6 +40,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ import numpy as np
 
 from benchmarks._redundant import (
     VAL_FRACTIONS,
+    accuracy_markdown,
     check_groups,
     copy_index,
     copy_name,
@@ -242,6 +244,7 @@ def build_markdown(r: dict[str, Any]) -> str:
         f"- {r['images']} images + {r['copies_made']} copies = pool of {r['pool']} "
         f"(images by copies held: {r['images_by_copies']})",
         f"- {r['checked']}",
+        f"- build: {r.get('cpu_s', float('nan')):.0f} CPU-seconds (this process)",
         f"- test fraction of the root per class: max drift {r['test_fraction_max_drift']:+.4f} "
         f"from {r['test_fraction']}; share of each class's images in test, any seed: {lo:.3f}-{hi:.3f}",
     ]
@@ -303,11 +306,14 @@ def run(args: argparse.Namespace) -> int:
     if args.val_fraction:
         argv[:0] = ["--val-fraction", str(args.val_fraction)]
     rc = label_efficiency.main(argv)
-    summary = waste_summary(Path(args.run_dir).resolve() / args.tag / f"{args.tag}_ssl")
-    text = waste_markdown(summary, name)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"{args.tag}.waste.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (Path(args.out) / f"{args.tag}.waste.md").write_text(text)
+    method_of = {s: m for m, s in label_efficiency.SSL_METHODS.items()}
+    wasted = waste_summary(Path(args.run_dir).resolve() / args.tag / f"{args.tag}_ssl")
+    summary = {method_of.get(s, s): v for s, v in wasted.items()}
+    out = Path(args.out)
+    result = json.loads((out / f"{args.tag}.json").read_text())
+    text = waste_markdown(summary, name) + "\n" + accuracy_markdown(result)
+    (out / f"{args.tag}.redundancy.json").write_text(json.dumps({"wasted": summary}, indent=2) + "\n")
+    (out / f"{args.tag}.redundancy.md").write_text(text)
     print(text)
     return rc
 
@@ -361,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "run":
             return run(args)
+        cpu = time.process_time()
         result = build(args)
+        result["cpu_s"] = round(time.process_time() - cpu, 1)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
