@@ -35,6 +35,7 @@ batch, and picks of a group already labeled.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._common import command_line
 from benchmarks._redundant import (
     VAL_FRACTIONS,
     accuracy_markdown,
@@ -59,6 +61,7 @@ from benchmarks._redundant import (
     waste_summary,
     wasted_picks,
 )
+from hssal_ray import _io
 from hssal_ray.errors import DataError
 
 __all__ = [
@@ -109,7 +112,7 @@ def link_root(src: str, out: str, plan: dict[str, dict[int, str]], meta: dict[st
         os.rename(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if getattr(e, "errno", None) == 18:  # EXDEV
+        if e.errno == errno.EXDEV:
             raise DataError(
                 f"cannot hard-link {src} into {out}: another file system; put --out beside it"
             ) from e
@@ -203,6 +206,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     src = os.path.abspath(args.data)
     out = os.path.abspath(args.out)
     cfg = _config(args.profile, src, args.overrides)
+    copy_views(cfg.ssl.embed_views, args.copies)  # refuses more copies than stored views, before any work
     tf = cfg.data.test_fraction
     cat = scan(src, test_fraction=tf, seed=0)
     t = cat.table.to_pydict()
@@ -216,7 +220,6 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     drift = {c: f - tf for c, f in checked["test_fraction_by_class"].items()}
     img = checked["image_test_fraction_by_class"]
     return {
-        "command": " ".join(["python -m benchmarks.redundant_pool", *sys.argv[1:]]),
         **meta,
         "root": out,
         "images": len(plan),
@@ -306,14 +309,16 @@ def run(args: argparse.Namespace) -> int:
     if args.val_fraction:
         argv[:0] = ["--val-fraction", str(args.val_fraction)]
     rc = label_efficiency.main(argv)
+    if rc:
+        return rc
     method_of = {s: m for m, s in label_efficiency.SSL_METHODS.items()}
     wasted = waste_summary(Path(args.run_dir).resolve() / args.tag / f"{args.tag}_ssl")
     summary = {method_of.get(s, s): v for s, v in wasted.items()}
     out = Path(args.out)
     result = json.loads((out / f"{args.tag}.json").read_text())
     text = waste_markdown(summary, name) + "\n" + accuracy_markdown(result)
-    (out / f"{args.tag}.redundancy.json").write_text(json.dumps({"wasted": summary}, indent=2) + "\n")
-    (out / f"{args.tag}.redundancy.md").write_text(text)
+    _io.atomic_write_json(str(out / f"{args.tag}.redundancy.json"), {"wasted": summary})
+    _io.atomic_write_text(str(out / f"{args.tag}.redundancy.md"), text)
     print(text)
     return rc
 
@@ -370,14 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         cpu = time.process_time()
         result = build(args)
         result["cpu_s"] = round(time.process_time() - cpu, 1)
+        result["command"] = command_line("benchmarks.redundant_pool", argv)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.report is None:
         args.report = f"benchmarks/results/redundant_pool.build.{Path(args.out).name}"
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.report + ".json").write_text(json.dumps(result, indent=2) + "\n")
-    Path(args.report + ".md").write_text(build_markdown(result))
+    _io.atomic_write_json(args.report + ".json", result)
+    _io.atomic_write_text(args.report + ".md", build_markdown(result))
     print(build_markdown(result))
     return 0
 
