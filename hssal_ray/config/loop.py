@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from hssal_ray.config._base import _check, _runtime
+from hssal_ray.config._base import _added, _check, _runtime
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class QueryConfig:
     candidate_ratio: float = 3.0
     fine_method: Literal["kmeans", "spectral"] = "kmeans"
     pick: Literal["uncertain", "typical", "auto"] = "uncertain"
-    typical_until: float = 3.0
+    typical_until: float = _added(3.0)
     coarse_fit_sample: int = 100_000
     kmeans_backend: Literal["auto", "torch", "faiss", "sklearn", "cuml"] = "auto"
     kmeans_iters: int = 20
