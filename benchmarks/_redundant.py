@@ -236,34 +236,37 @@ def check_groups(root: str, seeds: int, test_fraction: float) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ wasted picks
 
 
+def _waste(r: int, picks: list[str], before: set[str]) -> dict[str, float]:
+    groups = [original_of(s) for s in picks]
+    return {
+        "round": r,
+        "batch": len(picks),
+        "dup_in_batch": len(picks) - len(set(groups)),
+        "group_labeled": sum(g in before for g in groups),
+        "wasted": len(picks) - len(set(groups) - before),
+    }
+
+
 def wasted_picks(run: Path) -> list[dict[str, float]]:
-    """Per query round of one finished run: batch size, picks sharing a group with another pick of
-    the batch (``dup_in_batch``), picks of a group labeled before the round (``group_labeled``), and
-    ``wasted`` = picks that add no new group to the labels."""
+    """Per batch of one finished run: its size, picks sharing a group with another pick of the
+    batch (``dup_in_batch``), picks of a group labeled before it (``group_labeled``), and ``wasted``
+    = picks that add no new group to the labels. Round -1 is the cold start (the labels of round 0),
+    then one row per query round (``round_XXX/query.csv``)."""
     import pyarrow.parquet as pq
 
     from hssal_ray import _csv
 
     lab = pq.read_table(run / "labeled.parquet", columns=["sample_id", "round_added"]).to_pydict()
-    out = []
+    added = list(zip(lab["sample_id"], lab["round_added"], strict=True))
+    cold = [s for s, a in added if a == 0]
+    out = [_waste(-1, cold, set())] if cold else []
     for rd in sorted(run.glob("round_[0-9][0-9][0-9]")):
         r = int(rd.name.split("_")[1])
         if not (rd / "query.csv").exists():
             continue
         picks = [row["sample_id"] for row in _csv.read_dicts((rd / "query.csv").read_text())]
-        if not picks:
-            continue
-        before = {original_of(s) for s, a in zip(lab["sample_id"], lab["round_added"], strict=True) if a <= r}
-        groups = [original_of(s) for s in picks]
-        out.append(
-            {
-                "round": r,
-                "batch": len(picks),
-                "dup_in_batch": len(picks) - len(set(groups)),
-                "group_labeled": sum(g in before for g in groups),
-                "wasted": len(picks) - len(set(groups) - before),
-            }
-        )
+        if picks:
+            out.append(_waste(r, picks, {original_of(s) for s, a in added if a <= r}))
     return out
 
 
@@ -301,7 +304,11 @@ def waste_markdown(summary: dict[str, dict[int, dict[str, float]]], dataset: str
     for s, rounds in summary.items():
         for r, d in rounds.items():
             cells = [f"{d[c]:.1f}" for c in cols]
-            md.append(f"| {s} | {r} | " + " | ".join(cells) + f" | {100 * d['wasted'] / d['batch']:.0f}% |")
+            md.append(
+                f"| {s} | {'cold start' if r < 0 else r} | "
+                + " | ".join(cells)
+                + f" | {100 * d['wasted'] / d['batch']:.0f}% |"
+            )
     return "\n".join(md) + "\n"
 
 

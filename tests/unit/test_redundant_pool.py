@@ -137,6 +137,7 @@ def test_wasted_picks(tmp_path: Path) -> None:
     )
     (run / "round_001" / "query.csv").write_text("sample_id\na/x__copy3.png\nb/w.png\n")
     got = rp.wasted_picks(run)
+    assert got.pop(0) == {"round": -1, "batch": 1, "dup_in_batch": 0, "group_labeled": 0, "wasted": 0}
     assert got[0] == {"round": 0, "batch": 4, "dup_in_batch": 1, "group_labeled": 1, "wasted": 2}
     assert got[1] == {"round": 1, "batch": 2, "dup_in_batch": 0, "group_labeled": 1, "wasted": 1}
     summary = rp.waste_summary(tmp_path)
