@@ -61,6 +61,8 @@ EMBED_VIEWS = 2
 LABELED_FRACTION = 0.02
 GEN_ROWS = 16_384
 THREAD_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+BUDGETS = ("query.budget=34", "loop.initial_labeled=34", "loop.total_budget=134")
+"""The recipe's UCM budgets as counts at every size (its fractions would query 2% of a 1M pool a round)."""
 TARGETS = {"round_cpu_s_1m": 60.0, "graph_wall_s_1m": 600.0, "peak_rss_gb_1m": 6.0, "round_ratio": 1.2}
 
 
@@ -157,6 +159,7 @@ def experiment(spec: dict[str, Any]) -> Any:
         f"loop.run_dir={spec['run_root']}",
         f"loop.name=n{spec['n']}",
         f"data.root={spec['store']}",
+        *BUDGETS,
         *spec.get("overrides", []),
     ]
     return load_config(str(REPO / "configs" / "ucm_cpu.yaml"), over)

@@ -62,6 +62,8 @@ def scores_table(
     probs_strong: np.ndarray | None,
     p_cutoff: float,
     emb_norms: np.ndarray | None = None,
+    *,
+    pack_embeddings: bool = False,
 ) -> pa.Table:
     """The scores contract table of model outputs (pure numpy): uncertainties, prediction, confidence.
 
@@ -74,6 +76,8 @@ def scores_table(
             probability >= ``p_cutoff`` (what ``query.ssl_aware`` leaves out).
         emb_norms: ``(n,)`` norms of the embeddings when known (``u_badge`` then reads them instead
             of converting ``emb``: the frozen path passes float16 unit rows).
+        pack_embeddings: One ``fixed_size_binary`` value per row for the embedding column instead
+            of a list (:func:`hssal_ray.query.scores_table.packed_array`; the frozen path).
     """
     from hssal_ray.query.scores_io import scores_arrow_table
     from hssal_ray.query.uncertainty import compute_all
@@ -92,6 +96,7 @@ def scores_table(
         compute_all(probs, emb if emb_norms is None else np.asarray(emb_norms)[:, None], probs_strong),
         conf,
         probs.argmax(1),
+        pack_embeddings=pack_embeddings,
     )
 
 

@@ -12,15 +12,16 @@ Both were chosen on the UCM validation split (benchmarks/NOTES.md): L2 normalisa
 points on 27 stratified labels, +0.7 on 108 and nothing on all 1,344; averaging 2 weak views adds
 about +1.8 points at every budget.
 
-Memory. The views may be memory-mapped (:mod:`hssal_ray.frozen.store`): a training batch gathers
-its rows from the one view each row drew, and predictions read the rows in blocks
-(:class:`~hssal_ray.frozen.store.RowReader`), so nothing here copies a whole view.
+Memory. The views may be memory-mapped (:mod:`hssal_ray.frozen.store`): a training batch reads
+its rows from the one view each row drew (``pread`` from a store file), and predictions read the
+rows in blocks (:class:`~hssal_ray.frozen.store.RowReader`), so nothing here copies a whole view.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -279,7 +280,7 @@ def _fit(
     """One head trained for ``ssl.steps_per_round`` steps (``ssl_cfg``: the loss's settings)."""
     from tqdm.auto import tqdm
 
-    from hssal_ray.frozen.store import release
+    from hssal_ray.frozen.store import file_backed, release
     from hssal_ray.ssl.steps import TrainState, train_step
     from hssal_ray.ssl.train_loop import build_optimization
 
@@ -305,44 +306,54 @@ def _fit(
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     bar = tqdm(range(steps), desc=desc, unit="step", disable=None if data.progress else True, leave=False)
-    for step in bar:
-        li = rng.integers(0, len(labeled_rows), size=bs)
-        batch_l = {"x": _rows(weak, rng.integers(0, k, size=bs), labeled_rows[li]), "y": y_all[li]}
-        batch_u = None
-        if ssl_on:
-            ui = rng.integers(0, len(pool_rows), size=ub)
-            rows = pool_rows[ui]
-            batch_u = {
-                "x_weak": _rows(weak, rng.integers(0, k, size=ub), rows),
-                "x_strong": _rows(strong, rng.integers(0, k, size=ub), rows),
-            }
-            if y_pool is not None:
-                batch_u["y"] = y_pool[ui]
-            if t_pool is not None:
-                batch_u["targets"] = t_pool[ui]
-        m = train_step(state, batch_l, batch_u, ssl_cfg, "cpu")
-        for key, v in m.items():
-            if v == v:  # NaN: nothing to average (e.g. no pseudo-label kept)
-                sums[key] = sums.get(key, 0.0) + float(v)
-                counts[key] = counts.get(key, 0) + 1
-        if (step + 1) % RELEASE_EVERY == 0 or step + 1 == steps:
-            for v in (*weak, *strong):
-                release(v)
+    mapped = [v for v in (*weak, *strong) if not file_backed(v)]  # indexed in place: pages to drop
+    fds: dict[str, int] = {}
+    try:
+        for step in bar:
+            li = rng.integers(0, len(labeled_rows), size=bs)
+            x_l = _rows(weak, rng.integers(0, k, size=bs), labeled_rows[li], fds)
+            batch_l = {"x": x_l, "y": y_all[li]}
+            batch_u = None
+            if ssl_on:
+                ui = rng.integers(0, len(pool_rows), size=ub)
+                rows = pool_rows[ui]
+                batch_u = {
+                    "x_weak": _rows(weak, rng.integers(0, k, size=ub), rows, fds),
+                    "x_strong": _rows(strong, rng.integers(0, k, size=ub), rows, fds),
+                }
+                if y_pool is not None:
+                    batch_u["y"] = y_pool[ui]
+                if t_pool is not None:
+                    batch_u["targets"] = t_pool[ui]
+            m = train_step(state, batch_l, batch_u, ssl_cfg, "cpu")
+            for key, v in m.items():
+                if v == v:  # NaN: nothing to average (e.g. no pseudo-label kept)
+                    sums[key] = sums.get(key, 0.0) + float(v)
+                    counts[key] = counts.get(key, 0) + 1
+            if (step + 1) % RELEASE_EVERY == 0 or step + 1 == steps:
+                for v in mapped:
+                    release(v)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
     metrics = {key: sums[key] / counts[key] for key in sums}
     metrics.update(step=float(state.step), global_step=float(state.step_offset + state.step))
     return state, metrics
 
 
-def _rows(views: list[np.ndarray], which: np.ndarray, rows: np.ndarray) -> Tensor:
-    """Row ``rows[i]`` of view ``views[which[i]]`` for every ``i`` (float32), one gather per view.
+def _rows(views: list[np.ndarray], which: np.ndarray, rows: np.ndarray, fds: dict[str, int]) -> Tensor:
+    """Row ``rows[i]`` of view ``views[which[i]]`` for every ``i`` (float32), one read per view.
 
-    A mapped view is indexed in place (a few scattered rows: no system call per row); the caller
-    drops the pages touched every :data:`RELEASE_EVERY` steps.
+    A view that maps a store file is read with ``pread`` (:func:`~hssal_ray.frozen.store.read_rows`,
+    files kept open in ``fds``): its pages never enter the process. Another mapped view is indexed
+    in place, and the caller drops the pages touched every :data:`RELEASE_EVERY` steps.
     """
+    from hssal_ray.frozen.store import read_rows
+
     out = np.empty((len(rows), views[0].shape[1]), dtype=np.float16)
     for v in np.unique(which):
-        sel = which == v
-        out[sel] = np.take(views[int(v)], rows[sel], axis=0)
+        sel = np.flatnonzero(which == v)
+        out[sel] = read_rows(views[int(v)], rows[sel], fds=fds)
     return torch.from_numpy(out).float()
 
 

@@ -286,7 +286,10 @@ def write_scores_of(
     """Score store rows ``rows`` with ``head`` into the Parquet file ``out_path``; returns the rows.
 
     Block by block (:func:`hssal_ray.frozen.head.score_rows`, one row group each), renamed into
-    place when whole; no rows still give a file with the contract's columns.
+    place when whole; no rows still give a file with the contract's columns. The embedding column
+    is packed (one ``fixed_size_binary`` value of float16 bytes per row,
+    :func:`hssal_ray.query.scores_table.packed_array`): as a Parquet list, its 1,280 values a row
+    took most of a 1M-row round writing and reading it.
     """
     from hssal_ray.frozen.head import score_rows
     from hssal_ray.query.scores_table import ScoresWriter
@@ -297,10 +300,11 @@ def write_scores_of(
         for s, probs, strong, emb in score_rows(head, store.views, rows, cfg.ssl.tta_views, SCORE_BLOCK_ROWS):
             ids = store.id_array.take(pa.array(rows[s : s + len(probs)]))
             norms = np.ones(len(probs), np.float32)  # the embeddings are unit rows (u_badge's ||h||)
-            out.write(scores_table(ids, emb, probs, strong, cfg.ssl.p_cutoff, emb_norms=norms))
+            out.write(
+                scores_table(ids, emb, probs, strong, cfg.ssl.p_cutoff, emb_norms=norms, pack_embeddings=True)
+            )
         if out.rows == 0:  # nothing to score: the file still has the contract's columns
             none = np.zeros((0, num_classes), np.float32)
-            out.write(
-                scores_table(pa.array([], pa.string()), np.zeros((0, store.dim), np.float32), none, none, 1.0)
-            )
+            emb = np.zeros((0, store.dim), np.float16)
+            out.write(scores_table(pa.array([], pa.string()), emb, none, none, 1.0, pack_embeddings=True))
         return int(out.rows)

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from hssal_ray import _io
@@ -61,6 +62,7 @@ __all__ = [
     "scan_rows",
     "RowReader",
     "release",
+    "file_backed",
     "STORE_VERSION",
 ]
 
@@ -139,15 +141,10 @@ class EmbeddingStore:
         self.missing = np.asarray(missing, dtype=bool)
         self.cache: dict[str, Any] = {}
         self._ids: np.ndarray | None = None
-        keys = _fixed_width(self.id_array)
-        self._order: np.ndarray | None = None
-        if len(keys) > 1 and not bool((keys[1:] > keys[:-1]).all()):  # the manifest is sorted by id
-            self._order = np.argsort(keys, kind="stable")
-            keys = keys[self._order]
-            dup = np.flatnonzero(keys[1:] == keys[:-1])
-            if dup.size:
-                raise DataError(f"embedding store {path} holds sample {keys[dup[0]].decode()!r} twice")
-        self._keys = keys
+        if len(self.id_array) > 1 and pc.count_distinct(self.id_array).as_py() != len(self.id_array):
+            counts = pc.value_counts(self.id_array)
+            dup = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")[0].as_py()
+            raise DataError(f"embedding store {path} holds sample {dup!r} twice")
 
     @property
     def ids(self) -> np.ndarray:
@@ -167,8 +164,7 @@ class EmbeddingStore:
     def rows_of(self, sample_ids: Any) -> np.ndarray:
         """Row indices of ``sample_ids`` (int64; a list, numpy array or Arrow array of ids).
 
-        A binary search in the store's sorted fixed-width ids (kept with the store): no
-        per-call index, no Python loop over the ids.
+        One Arrow hash lookup (``index_in``) against the store's ids: no Python loop over the ids.
 
         Raises:
             DataError: An id is not in the store.
@@ -176,17 +172,11 @@ class EmbeddingStore:
         q = _string_array(sample_ids)
         if len(q) == 0:
             return np.zeros(0, dtype=np.int64)
-        width = self._keys.dtype.itemsize
-        lens = _lengths(q)
-        keys = _fixed_width(q, width)
-        pos = np.searchsorted(self._keys, keys)
-        np.minimum(pos, len(self._keys) - 1, out=pos)
-        found = (lens <= width) & (self._keys[pos] == keys) if len(self._keys) else np.zeros(len(q), bool)
-        if not found.all():
-            first = q[int(np.flatnonzero(~found)[0])].as_py()
+        pos = pc.index_in(q, value_set=self.id_array)
+        if pos.null_count:
+            first = q[int(np.flatnonzero(pos.is_null().to_numpy(zero_copy_only=False))[0])].as_py()
             raise DataError(f"sample {first!r} is not in the embedding store {self.path}")
-        rows = pos if self._order is None else self._order[pos]
-        return rows.astype(np.int64, copy=False)
+        return pos.to_numpy().astype(np.int64, copy=False)
 
 
 def _string_array(ids: Any) -> pa.Array:
@@ -197,29 +187,6 @@ def _string_array(ids: Any) -> pa.Array:
         return ids if ids.type == pa.string() else ids.cast(pa.string())
     arr = np.asarray(ids, dtype=object) if not isinstance(ids, np.ndarray) else ids
     return pa.array(arr.astype(object, copy=False), type=pa.string())
-
-
-def _lengths(a: pa.Array) -> np.ndarray:
-    offsets = np.frombuffer(a.buffers()[1], dtype=np.int32, count=len(a) + 1, offset=a.offset * 4)
-    return np.diff(offsets)
-
-
-def _fixed_width(a: pa.Array, width: int | None = None) -> np.ndarray:
-    """UTF-8 bytes of an Arrow string array as a numpy ``S<width>`` array (vectorised; longer ids
-    are cut at ``width``, which :meth:`EmbeddingStore.rows_of` then rejects by their length)."""
-    n = len(a)
-    offsets = np.frombuffer(a.buffers()[1], dtype=np.int32, count=n + 1, offset=a.offset * 4)
-    lens = np.diff(offsets)
-    w = max(1, int(lens.max(initial=0)) if width is None else width)
-    out = np.zeros((n, w), dtype=np.uint8)
-    if n and offsets[-1] > offsets[0]:
-        data = np.frombuffer(a.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
-        take = np.minimum(lens, w)
-        row = np.repeat(np.arange(n), lens)
-        col = np.arange(len(data)) - np.repeat(offsets[:-1] - offsets[0], lens)
-        keep = col < np.repeat(take, lens)
-        out[row[keep], col[keep]] = data[keep]
-    return out.view(f"S{w}").ravel()
 
 
 # ------------------------------------------------------------------------------ reading rows
@@ -233,6 +200,11 @@ def release(view: np.ndarray) -> None:
             mm.madvise(mmap.MADV_DONTNEED)
         except (OSError, ValueError):  # a closed map, or a kernel without it: nothing held to drop
             pass
+
+
+def file_backed(view: np.ndarray) -> bool:
+    """Whether :func:`read_rows` reads ``view`` with ``pread`` (a view mapping a whole ``.npy`` file)."""
+    return _file_of(view) is not None
 
 
 def _file_of(view: np.ndarray) -> tuple[str, int] | None:

@@ -5,7 +5,9 @@ them), on a local path or a URI. Columns:
 
 =================  =========================================================================
 ``sample_id``      string, unique
-``embedding``      list<float16 | float32> (or fixed-size list / Ray tensor extension), L2-normalised
+``embedding``      list<float16 | float32> (or fixed-size list / Ray tensor extension), L2-normalised;
+                   or packed: fixed_size_binary(d * itemsize), one row's little-endian floats a
+                   value, the dtype in the field metadata ``hssal.dtype`` (the frozen path's files)
 ``probs``          list<float32>, class probabilities
 ``u_<name>``       float, one column per uncertainty (``u_badge``, ``u_entropy``, ...)
 ``confident``      optional bool: weak and strong views both confidently pseudo-labeled
@@ -34,6 +36,7 @@ from hssal_ray.query.base import Pool, nonfinite_rows
 from hssal_ray.query.scores_table import (
     CONFIDENT_COLUMN,
     LIST_COLUMNS,
+    PACKED_DTYPE_KEY,
     parquet_write_options,
     scores_arrow_table,
     write_scores,
@@ -61,10 +64,12 @@ def _list_storage(arr: pa.Array) -> pa.Array:
     return arr
 
 
-def _flatten_list(arr: pa.Array, name: str, ids: pa.Array) -> tuple[np.ndarray, int]:
+def _flatten_list(arr: pa.Array, name: str, ids: pa.Array, field: pa.Field) -> tuple[np.ndarray, int]:
     """(m, width) numpy view of a list column batch; DataError on ragged, null or non-list data."""
     arr = _list_storage(arr)
     t = arr.type
+    if pa.types.is_fixed_size_binary(t):
+        return _unpack(arr, name, ids, field)
     if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
         raise DataError(f"scores column {name!r} must be a list of floats, got {t}")
     if arr.null_count:
@@ -87,6 +92,28 @@ def _flatten_list(arr: pa.Array, name: str, ids: pa.Array) -> tuple[np.ndarray, 
     if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
         raise DataError(f"scores column {name!r} must hold floats, got {values.type}")
     flat = values.to_numpy(zero_copy_only=False)
+    return flat.reshape(len(arr), width), width
+
+
+def _unpack(
+    arr: pa.FixedSizeBinaryArray, name: str, ids: pa.Array, field: pa.Field
+) -> tuple[np.ndarray, int]:
+    """(m, width) view of a packed list column (:func:`~hssal_ray.query.scores_table.packed_array`)."""
+    dtype = (field.metadata or {}).get(PACKED_DTYPE_KEY, b"").decode()
+    if dtype not in ("float16", "float32"):
+        raise DataError(
+            f"scores column {name!r} is fixed_size_binary without a float16/float32 "
+            f"{PACKED_DTYPE_KEY.decode()} field metadata (got {dtype!r})"
+        )
+    if arr.null_count:
+        rows = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))
+        raise DataError(f"scores column {name!r} is null for sample_ids {ids.take(rows[:5]).to_pylist()}")
+    dt = np.dtype(dtype).newbyteorder("<")
+    size = arr.type.byte_width
+    if size % dt.itemsize:
+        raise DataError(f"scores column {name!r}: {size}-byte values do not hold whole {dtype} numbers")
+    width = size // dt.itemsize
+    flat = np.frombuffer(arr.buffers()[1], dtype=dt, count=len(arr) * width, offset=arr.offset * size)
     return flat.reshape(len(arr), width), width
 
 
@@ -184,7 +211,7 @@ def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: in
         for c in want:
             col = batch.column(c)
             if c in LIST_COLUMNS:
-                vals, width = _flatten_list(col, c, ids)
+                vals, width = _flatten_list(col, c, ids, batch.schema.field(c))
                 if c not in out:
                     dt = np.float16 if c == "embedding" and vals.dtype == np.float16 else np.float32
                     out[c] = np.empty((n, width), dtype=dt)

@@ -39,6 +39,27 @@ CONFIDENT_COLUMN = "confident"
 """The scores column ``query.ssl_aware`` reads: both SSL views pseudo-label the sample confidently."""
 
 
+PACKED_DTYPE_KEY = b"hssal.dtype"
+"""Field metadata key of a packed list column: the numpy dtype of its values (``float16``/``float32``)."""
+
+
+def packed_array(mat: np.ndarray) -> tuple[pa.Field, pa.Array]:
+    """Rows of ``(n, d)`` float16/float32 ``mat`` as one ``fixed_size_binary(d * itemsize)`` value each.
+
+    The bytes of each row, little-endian, with the dtype in the field's metadata
+    (:data:`PACKED_DTYPE_KEY`). A Parquet list column stores a repetition and a definition level
+    per value (1.28 billion values for a million 1280-d rows): packed, a row is one value, and
+    writing and reading it is a copy of the buffer (about 15 and 10 times faster).
+    """
+    mat = np.ascontiguousarray(mat)
+    if mat.dtype not in (np.float16, np.float32) or mat.ndim != 2:
+        raise ValueError(f"a packed column holds (n, d) float16/float32 rows, got {mat.dtype} {mat.shape}")
+    n, w = mat.shape
+    buf = pa.py_buffer(mat.astype(mat.dtype.newbyteorder("<"), copy=False))
+    arr = pa.FixedSizeBinaryArray.from_buffers(pa.binary(w * mat.dtype.itemsize), n, [None, buf])
+    return pa.field("embedding", arr.type, nullable=False, metadata={PACKED_DTYPE_KEY: mat.dtype.name}), arr
+
+
 def _list_array(mat: np.ndarray) -> pa.Array:
     mat = np.ascontiguousarray(mat)
     n, w = mat.shape
@@ -152,12 +173,15 @@ def scores_arrow_table(
     scores: Mapping[str, np.ndarray] | None = None,
     confident: np.ndarray | None = None,
     pred: np.ndarray | None = None,
+    *,
+    pack_embeddings: bool = False,
 ) -> pa.Table:
     """The scores contract as an Arrow table: the one place that names and types its columns.
 
     Args:
         sample_ids: (n,) ids (a sequence, numpy array or Arrow string array).
-        embeddings: (n, d) float16 or float32 (kept as given).
+        embeddings: (n, d) float16 or float32 (kept as given): a ``list`` column, or with
+            ``pack_embeddings`` one ``fixed_size_binary`` value per row (:func:`packed_array`).
         probs: (n, C) probabilities (stored as float32).
         scores: ``u_<name>`` -> (n,) floats.
         confident: (n,) bool (column :data:`CONFIDENT_COLUMN`).
@@ -172,11 +196,14 @@ def scores_arrow_table(
         else pa.array(np.asarray(sample_ids, dtype=object), type=pa.string())
     )
     cols: dict[str, Any] = {"sample_id": ids}
+    fields: dict[str, pa.Field] = {}
     if embeddings is not None:
         emb = np.asarray(embeddings)
-        cols["embedding"] = _list_array(
-            emb if emb.dtype == np.float16 else emb.astype(np.float32, copy=False)
-        )
+        emb = emb if emb.dtype == np.float16 else emb.astype(np.float32, copy=False)
+        if pack_embeddings:
+            fields["embedding"], cols["embedding"] = packed_array(emb)
+        else:
+            cols["embedding"] = _list_array(emb)
     if probs is not None:
         cols["probs"] = _list_array(np.asarray(probs, dtype=np.float32))
     for k, v in (scores or {}).items():
@@ -190,7 +217,8 @@ def scores_arrow_table(
     for k, v in cols.items():
         if len(v) != n:
             raise ValueError(f"column {k!r} has {len(v)} rows, sample_ids has {n}")
-    return pa.table(cols)
+    schema = pa.schema([fields.get(k, pa.field(k, v.type)) for k, v in cols.items()])
+    return pa.table(cols, schema=schema)
 
 
 def write_scores(
@@ -204,14 +232,17 @@ def write_scores(
     *,
     num_parts: int = 1,
     row_group_size: int = 65_536,
+    pack_embeddings: bool = False,
 ) -> None:
     """Write a scores file (atomically); ``num_parts > 1`` writes a directory of part files.
 
     Columns as :func:`scores_arrow_table`; ``num_parts`` mimics Ray Data's output; ``row_group_size``
-    is the Parquet row-group size.
+    is the Parquet row-group size; ``pack_embeddings`` as :func:`scores_arrow_table`.
     """
     n = len(sample_ids)
-    table = scores_arrow_table(sample_ids, embeddings, probs, scores, confident, pred)
+    table = scores_arrow_table(
+        sample_ids, embeddings, probs, scores, confident, pred, pack_embeddings=pack_embeddings
+    )
     if num_parts <= 1:
         _write_table(str(path), table, row_group_size)
         return

@@ -93,3 +93,22 @@ def test_folded_inference_equals_the_module(kind: str, norm: str) -> None:
     _Forward(head)(x, emb)
     unit = x.astype(np.float32) / np.linalg.norm(x.astype(np.float32), axis=1, keepdims=True)
     np.testing.assert_allclose(emb.astype(np.float32), unit, atol=1e-3)
+
+
+def test_training_on_store_files_equals_training_on_arrays(tmp_path) -> None:
+    """Batches read with pread from a store's files train the same head as in-memory views."""
+    from hssal_ray.frozen.store import file_backed, open_store, view_names, write_arrays
+
+    views, y = _views()
+    names = view_names(2)
+    meta = {"key": "t", "views": list(names), "rows": 60, "complete": True}
+    write_arrays(str(tmp_path), [f"i{j:02d}" for j in range(60)], [views], names, meta=meta)
+    store = open_store(str(tmp_path))
+    assert all(file_backed(v) for v in store.views.values()) and not file_backed(views["none"])
+    rows = np.arange(60)
+    cfg = _cfg("ssl.enabled=true")
+    args = (rows[:30], y[:30], rows[30:], None, 3)
+    a, _ = train_head(cfg, views, *args, stats_rows=rows, seed=3)
+    b, _ = train_head(cfg, store.views, *args, stats_rows=rows, seed=3)
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k

@@ -30,10 +30,15 @@ def _data(n: int = 50, d: int = 8, c: int = 4, dtype: type = np.float16) -> dict
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("num_parts", [1, 3])
-def test_round_trip(tmp_path, dtype: type, num_parts: int) -> None:
+@pytest.mark.parametrize("pack", [False, True])
+def test_round_trip(tmp_path, dtype: type, num_parts: int, pack: bool) -> None:
     data = _data(dtype=dtype)
     path = str(tmp_path / ("scores.parquet" if num_parts == 1 else "scores"))
-    write_scores(path, **data, num_parts=num_parts, row_group_size=7)
+    write_scores(path, **data, num_parts=num_parts, row_group_size=7, pack_embeddings=pack)
+    field = pq.read_schema(path if num_parts == 1 else sorted((tmp_path / "scores").iterdir())[0]).field(
+        "embedding"
+    )
+    assert pa.types.is_fixed_size_binary(field.type) == pack
     pool = load_pool(path, batch_size=11)
     assert pool.ids.tolist() == data["sample_ids"]
     assert pool.embeddings.dtype == dtype and pool.embeddings.flags.c_contiguous
@@ -210,3 +215,25 @@ def test_has_duplicates_survives_hash_collisions(monkeypatch) -> None:
     monkeypatch.setattr(scores_io, "hash", lambda s: 7, raising=False)
     assert not scores_io._has_duplicates(ids)
     assert scores_io._has_duplicates(np.append(ids, "id0"))
+
+
+def test_packed_embeddings_equal_the_list_column_and_bad_packing_is_named(tmp_path) -> None:
+    data = _data(n=40, d=12)
+    write_scores(str(tmp_path / "list.parquet"), **data)
+    write_scores(str(tmp_path / "packed.parquet"), **data, pack_embeddings=True)
+    a, b = (
+        load_pool(str(tmp_path / "list.parquet")),
+        load_pool(str(tmp_path / "packed.parquet"), batch_size=9),
+    )
+    assert a.embeddings.dtype == b.embeddings.dtype == np.float16
+    np.testing.assert_array_equal(a.embeddings, b.embeddings)
+    raw = pa.FixedSizeBinaryArray.from_buffers(pa.binary(6), 2, [None, pa.py_buffer(b"\0" * 12)])
+    pq.write_table(pa.table({"sample_id": ["a", "b"], "embedding": raw}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match="fixed_size_binary without a float16/float32"):
+        load_pool(str(tmp_path / "bad.parquet"))
+    odd = pa.field("embedding", pa.binary(3), metadata={"hssal.dtype": "float16"})
+    raw3 = pa.FixedSizeBinaryArray.from_buffers(pa.binary(3), 2, [None, pa.py_buffer(b"\0" * 6)])
+    t = pa.table([pa.array(["a", "b"]), raw3], schema=pa.schema([pa.field("sample_id", pa.string()), odd]))
+    pq.write_table(t, tmp_path / "odd.parquet")
+    with pytest.raises(DataError, match="whole float16"):
+        load_pool(str(tmp_path / "odd.parquet"))
