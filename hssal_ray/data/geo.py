@@ -118,16 +118,14 @@ def chip_geometry(
         crs: The scene's CRS (``rasterio.crs.CRS``).
         row_off, col_off, width, height: The chip's pixel window.
     """
+    from rasterio import Affine
     from rasterio.warp import transform as warp_points
     from rasterio.warp import transform_bounds
-    from rasterio.windows import Window, bounds
-    from rasterio.windows import transform as window_transform
 
-    win = Window(col_off, row_off, width, height)
-    t = window_transform(win, transform)
-    left, bottom, right, top = bounds(win, transform)
+    t = transform @ Affine.translation(col_off, row_off)
     cols, rows = [0, width, width, 0], [0, 0, height, height]
     xs, ys = zip(*(t @ (c, r) for c, r in zip(cols, rows, strict=True)), strict=True)
+    left, right, bottom, top = min(xs), max(xs), min(ys), max(ys)
     lon, lat = warp_points(crs, "EPSG:4326", list(xs), list(ys))
     return {
         "row_off": row_off,

@@ -30,11 +30,23 @@ def chips(tmp_path_factory):
     return root / "chips"
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, chips):
+    root = tmp_path_factory.mktemp("exported")
+    run = fake_run(root / "run", chips, band_select=[4, 3, 1], value_range=[0, 4000], seed=3)
+    return run, export(str(run), str(root / "out")), root / "out"
+
+
 @pytest.mark.parametrize("frozen", [False, True])
-def test_export_writes_weights_metadata_and_an_onnx_model_that_matches_torch(tmp_path, chips, frozen):
-    run = fake_run(tmp_path / "run", chips, frozen=frozen, band_select=[4, 3, 1], value_range=[0, 4000])
-    meta = export(str(run), str(tmp_path / "out"))
-    out = tmp_path / "out"
+def test_export_writes_weights_metadata_and_an_onnx_model_that_matches_torch(
+    tmp_path, chips, exported, frozen
+):
+    if frozen:
+        run = fake_run(tmp_path / "run", chips, frozen=True, band_select=[4, 3, 1], value_range=[0, 4000])
+        out = tmp_path / "out"
+        meta = export(str(run), str(out))
+    else:
+        run, meta, out = exported
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "model.onnx", "model.json", "classify.py"}
     on_disk = json.loads((out / "model.json").read_text())
     assert on_disk == json.loads(json.dumps(meta))
@@ -53,9 +65,8 @@ def test_export_writes_weights_metadata_and_an_onnx_model_that_matches_torch(tmp
     np.testing.assert_allclose(got, want.numpy(), atol=PARITY_ATOL)
 
 
-def test_the_reader_in_a_fresh_process_gives_the_predictions_of_the_run_model(tmp_path, chips):
-    run = fake_run(tmp_path / "run", chips, band_select=[4, 3, 1], value_range=[0, 4000], seed=3)
-    export(str(run), str(tmp_path / "out"))
+def test_the_reader_in_a_fresh_process_gives_the_predictions_of_the_run_model(tmp_path, chips, exported):
+    run, _, model_dir = exported
     pred = predict(str(run), str(chips), str(tmp_path / "pred"), local=True, geojson=False)
     assert pred["predicted_now"] == 40
     table = pq.read_table(tmp_path / "pred" / "predictions.parquet")
@@ -76,8 +87,8 @@ def test_the_reader_in_a_fresh_process_gives_the_predictions_of_the_run_model(tm
             "ignore",
             "-c",
             check,
-            str(tmp_path / "out" / "classify.py"),
-            str(tmp_path / "out"),
+            str(model_dir / "classify.py"),
+            str(model_dir),
             *map(str, files),
         ],
         cwd=tmp_path,

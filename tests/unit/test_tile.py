@@ -14,6 +14,8 @@ from hssal_ray.data.tile import main, tile
 from tests.data.make_scenes import CLASSES, block_classes, two_scenes
 
 rasterio = pytest.importorskip("rasterio")
+from rasterio.warp import transform as warp_points  # noqa: E402
+from rasterio.windows import Window  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def test_rows_carry_window_crs_transform_bounds_and_footprint_that_match_the_sce
                 assert row["transform"] == pytest.approx([src.res[0], 0, x0, 0, -src.res[1], y0])
                 assert row["bounds"] == pytest.approx([x0, y1, x1, y0])
                 ring = np.array(wkb_ring(row["geometry"]))
-                lon, lat = rasterio.warp.transform(src.crs, "EPSG:4326", [x0, x1], [y1, y0])
+                lon, lat = warp_points(src.crs, "EPSG:4326", [x0, x1], [y1, y0])
                 assert ring[:, 0].min() == pytest.approx(min(lon)) and ring[:, 0].max() == pytest.approx(
                     max(lon)
                 )
@@ -88,7 +90,7 @@ def test_chips_keep_bands_and_dtype_and_the_loop_decodes_them(tiled):
     sid = rows.column("sample_id")[0].as_py()
     r, c = (int(v) for v in sid.split("/")[1].split("_"))
     with rasterio.open(scenes[0][0]) as src:
-        expect = src.read(window=rasterio.windows.Window(c, r, 32, 32))
+        expect = src.read(window=Window(c, r, 32, 32))
     np.testing.assert_array_equal(raw, expect)
     img = decode_image(blobs[0], bands=3, select=[4, 3, 2], value_range=[0, 4000])
     assert img.shape == (3, 32, 32) and img.dtype == np.uint8
