@@ -28,9 +28,11 @@ the majority class index among the valid pixels of its window (for the simulated
 evaluation); without them labels are -1 (unknown).
 
 Ray: one task per scene (``--local`` runs them in this process). Resumable: each scene's shards
-are written atomically under ``OUT/<scene>/`` and the scene's ``.done.json`` marker last; a rerun
-skips scenes with a marker and redoes the others from scratch. Progress: a tqdm bar on a terminal
-and a log line per finished scene with the rate and the ETA.
+are written atomically under ``OUT/<scene>/`` and the scene's ``.done.json`` marker (with the
+settings used) last; a rerun skips scenes with a marker and redoes the others from scratch; a
+rerun with other settings (size, stride, threshold, classes, labels) into the same folder is
+refused. Progress: a tqdm bar on a terminal and a log line per finished scene with the rate and
+the ETA.
 """
 
 from __future__ import annotations
@@ -145,9 +147,22 @@ def tile_scene(
     t0 = time.perf_counter()
     stride = stride or size
     folder = _io.join(out, scene_id)
+    params = {
+        "scene": scene,
+        "size": size,
+        "stride": stride,
+        "max_nodata": max_nodata,
+        "label_raster": label_raster,
+        "classes": list(classes) if classes is not None else None,
+    }
     if _io.exists(_io.join(folder, DONE)):
         done = _io.read_json(_io.join(folder, DONE))
-        return SceneReport(**{**done, "seconds": 0.0, "resumed": True})
+        if done.get("params") != params:
+            raise DataError(
+                f"{folder} was tiled with other settings ({done.get('params')}, now {params}): "
+                "tile into another --out folder, or delete that scene's folder to redo it"
+            )
+        return SceneReport(**{k: v for k, v in done.items() if k != "params"}, seconds=0.0, resumed=True)
     if _io.exists(folder):  # an interrupted earlier attempt: its shards may be incomplete
         _io.remove(folder)
     n_classes = len(classes) if classes is not None else 0
@@ -207,6 +222,7 @@ def tile_scene(
         raise DataError(f"cannot tile scene {scene}: {type(e).__name__}: {e}") from e
     report = SceneReport(scene, scene_id, chips, skipped, shards, time.perf_counter() - t0)
     done = {k: v for k, v in dataclasses.asdict(report).items() if k not in ("seconds", "resumed")}
+    done["params"] = params
     _io.atomic_write_json(_io.join(folder, DONE), done)
     return report
 
@@ -277,7 +293,13 @@ def tile(
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 i = pending.pop(ref)
-                reports[i] = ray.get(ref)
+                try:
+                    reports[i] = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:  # the task's own error, as one line
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, HSSALError):
+                        raise cause from None
+                    raise
                 progress.scene(reports[i])
     progress.close()
     return [reports[i] for i in range(len(scenes))]

@@ -11,6 +11,7 @@ from hssal_ray.data.decode import decode_image
 from hssal_ray.data.fetch import load_bytes
 from hssal_ray.data.geo import chip_offsets, wkb_ring
 from hssal_ray.data.tile import main, tile
+from hssal_ray.errors import DataError
 from tests.data.make_scenes import CLASSES, block_classes, two_scenes
 
 rasterio = pytest.importorskip("rasterio")
@@ -110,6 +111,8 @@ def test_a_rerun_skips_finished_scenes_and_redoes_an_interrupted_one(tiled, tmp_
     assert (out / "utm_scene" / "shard-00000.parquet").stat().st_mtime_ns == before
     assert pq.read_table(out / "wgs84_scene" / "shard-00000.parquet").num_rows == 20
     assert scan(str(out)).table["label"].to_pylist() == [-1] * 40  # no label rasters: unknown
+    with pytest.raises(DataError, match="tiled with other settings"):
+        tile(paths, str(out), **{**args, "size": 64})
 
 
 def test_cli_tiles_and_bad_scenes_are_one_line_errors(tiled, tmp_path, capsys):
