@@ -24,7 +24,8 @@ class QueryConfig:
         candidate_ratio: r: candidates kept per coarse cluster = ceil(r * b_k).
         fine_method: Fine clustering of the candidates.
         pick: Which sample of each fine cluster is queried: the most ``uncertain``, the most
-            ``typical`` (TypiClust density), or ``auto``: typical while the labeled set holds fewer
+            ``typical`` (TypiClust density), ``balanced`` (best sum of its uncertainty rank and its
+            typicality rank among the candidates), or ``auto``: typical while the labeled set holds fewer
             than ``typical_until`` labels per class on average, uncertain from then on.
         typical_until: Labels per class (average) at which ``pick: auto`` turns from typical to
             uncertain.
@@ -45,7 +46,7 @@ class QueryConfig:
     coarse_k: int = 0
     candidate_ratio: float = 3.0
     fine_method: Literal["kmeans", "spectral"] = "kmeans"
-    pick: Literal["uncertain", "typical", "auto"] = "uncertain"
+    pick: Literal["uncertain", "typical", "balanced", "auto"] = "uncertain"
     typical_until: float = _added(3.0)
     coarse_fit_sample: int = 100_000
     kmeans_backend: Literal["auto", "torch", "faiss", "sklearn", "cuml"] = "auto"

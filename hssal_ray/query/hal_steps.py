@@ -64,7 +64,7 @@ class ClusterTask:
         u: (m,) their uncertainty.
         n_picks: b_k, ``1 <= n_picks <= m``.
         fine_method: ``"kmeans"`` or ``"spectral"``.
-        pick: ``"uncertain"`` or ``"typical"``.
+        pick: ``"uncertain"``, ``"typical"`` or ``"balanced"``.
         backend: CPU k-means backend for the fine level.
         max_iter: k-means iterations.
         seed: random seed of this task.
@@ -117,9 +117,18 @@ def _select_in_cluster(task: ClusterTask) -> np.ndarray:
 
 
 def _pick(task: ClusterTask, m: int, b: int) -> np.ndarray:
-    dens = typicality(task.emb) if task.pick == "typical" else None
-    # Rank of each candidate inside its fine cluster: position (uncertain) or -density (typical).
-    rank = np.arange(m, dtype=np.float64) if dens is None else -dens.astype(np.float64)
+    dens = typicality(task.emb) if task.pick in ("typical", "balanced") else None
+    # Rank of each candidate inside its fine cluster (lower = picked first): position in priority
+    # order (uncertain), -density (typical), or the sum of both ranks over the task's candidates
+    # (balanced: Borda count of uncertainty and typicality, scale-free: information density).
+    if dens is None:
+        rank = np.arange(m, dtype=np.float64)
+    elif task.pick == "typical":
+        rank = -dens.astype(np.float64)
+    else:
+        by_density = np.empty(m, dtype=np.float64)
+        by_density[np.argsort(-dens, kind="stable")] = np.arange(m)
+        rank = np.arange(m, dtype=np.float64) + by_density
     if b == 1:
         return np.array([int(np.lexsort((np.arange(m), rank))[0])], dtype=np.int64)
     labels = _fine_labels(task)

@@ -159,7 +159,7 @@ class _HALBase(QueryStrategy):
         "coarse_k": lambda v: isinstance(v, int | np.integer) and v >= 0,
         "candidate_ratio": lambda v: isinstance(v, int | float) and v >= 1.0,
         "fine_method": ("kmeans", "spectral"),
-        "pick": ("uncertain", "typical", "auto"),
+        "pick": ("uncertain", "typical", "balanced", "auto"),
         "typical_until": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
         "coarse_fit_sample": lambda v: isinstance(v, int | np.integer) and v >= 1,
         "kmeans_backend": BACKENDS,
@@ -265,7 +265,9 @@ class HierarchicalQuery(_HALBase):
         candidate_ratio: r; each coarse cluster keeps ``ceil(r * b_k)`` candidates.
         fine_method: ``"kmeans"`` or ``"spectral"`` (kNN affinity) at the fine level.
         pick: ``"uncertain"`` (most uncertain per fine cluster), ``"typical"`` (TypiClust density),
-            or ``"auto"``: typical while the labeled set is small, uncertain after (:meth:`pick_rule`).
+            ``"balanced"`` (best sum of the uncertainty rank and the typicality rank: information
+            density without a scale), or ``"auto"``: typical while the labeled set is small,
+            uncertain after (:meth:`pick_rule`).
         typical_until: for ``pick="auto"``: labels per class (on average) from which picks are
             the most uncertain instead of the most typical.
         coarse_fit_sample: at most this many rows (and at most 256 per centroid) are used to fit the

@@ -224,3 +224,16 @@ def test_auto_pick_turns_from_typical_to_uncertain_with_labels_per_class() -> No
     flat = FlatHierarchicalQuery(pick="auto", typical_until=2.0, random_state=0)
     flat.select(pool, 12)
     assert flat.info_["pick"] == "uncertain"
+
+
+def test_balanced_pick_trades_uncertainty_against_typicality() -> None:
+    rng = np.random.default_rng(0)
+    dense = rng.normal(0.0, 0.05, size=(8, 2))  # a tight group: typical
+    outlier = np.array([[3.0, 3.0]])  # far away: least typical
+    emb = np.vstack([outlier, dense]).astype(np.float32)  # priority order: the outlier is most uncertain
+    task = ClusterTask(cluster=0, emb=emb, u=np.linspace(1, 0, 9), n_picks=1, pick="balanced")
+    pick = int(_select_in_cluster(task)[0])
+    assert pick != 0  # the most uncertain point is the least typical: balanced passes it over
+    typical = int(_select_in_cluster(ClusterTask(0, emb, np.linspace(1, 0, 9), 1, pick="typical"))[0])
+    assert pick <= typical  # among the typical ones it prefers the more uncertain (earlier) rows
+    assert int(_select_in_cluster(ClusterTask(0, emb, np.linspace(1, 0, 9), 1, pick="uncertain"))[0]) == 0
