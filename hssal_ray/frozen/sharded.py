@@ -151,7 +151,8 @@ def sharded_score(
     rows = np.asarray(rows, dtype=np.int64)
     bounds = shard_bounds(len(rows), shards)
     uri = _io.is_uri(out_path)
-    if uri:  # an object store has no rename: the parts go straight to the target
+    if uri:  # an object store has no rename: the parts go straight to the target, emptied first
+        _io.remove(out_path)
         tmp = out_path
     else:
         parent = os.path.dirname(os.path.abspath(out_path))
