@@ -38,6 +38,7 @@ the ETA.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 
 TILE_SCHEMA = pa.schema([*SHARD_SCHEMA, *GEO_FIELDS])
 DONE = ".done.json"
+GDAL_CACHE_MB = 128
 _ROW_GROUP = 32
 
 
@@ -169,7 +171,11 @@ def tile_scene(
     rows: list[dict[str, Any]] = []
     chips = skipped = shards = 0
     try:
-        with rasterio.open(scene) as src, rasterio.open(label_raster) if label_raster else _NoLabels() as lab:
+        with contextlib.ExitStack() as stack:
+            # Each strip is read once: a small GDAL block cache keeps a tile worker's memory flat.
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB))
+            src = stack.enter_context(rasterio.open(scene))
+            lab = stack.enter_context(rasterio.open(label_raster)) if label_raster else None
             if src.crs is None:
                 raise DataError(f"scene {scene} has no CRS: only geo-referenced scenes can be tiled")
             if lab is not None and (lab.width, lab.height, lab.transform) != (
@@ -225,14 +231,6 @@ def tile_scene(
     done["params"] = params
     _io.atomic_write_json(_io.join(folder, DONE), done)
     return report
-
-
-class _NoLabels:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _duration(secs: float) -> str:
