@@ -27,9 +27,12 @@ copies too: the test split holds the same images as on ``--data``, each with its
 
 ``run`` is ``benchmarks.label_efficiency`` on that root (methods ``hssal hssal_flat ssl_margin
 ssl_entropy ssl_random``, tag ``redundant_pool``), refusing to start when the store is missing (the
-runs would encode). It then reads each trial's ``round_XXX/query.csv`` and ``labeled.parquet`` and
-reports, per method and query round, the wasted picks: picks in the same group as another pick of the
-batch, and picks of a group already labeled.
+runs would encode). Its budgets are by default the profile's fractions of the *source's* images
+(the profile's fractions divided by pool / images: the same label counts as on ``--data``;
+``--budgets-of pool`` keeps them fractions of the pool). It then reads each trial's
+``round_XXX/query.csv`` and ``labeled.parquet`` and writes ``<tag>.redundancy.{md,json}``: per
+method and batch, the wasted picks (in the same group as another pick of the batch, or of a group
+already labeled), and the accuracy table by label count.
 """
 
 from __future__ import annotations
