@@ -103,7 +103,9 @@ def eval_model(rm: RunModel) -> nn.Module:
     Image-level runs: :func:`hssal_ray.models.model_from_config` with the checkpoint's weights (as
     :class:`hssal_ray.scoring.Scorer` loads them). Frozen runs: the encoder of
     :class:`hssal_ray.frozen.store.Encoder` (same weights, same seed) and the head of
-    :func:`hssal_ray.frozen.head.build_head` with the checkpoint's weights.
+    :func:`hssal_ray.frozen.head.build_head` with the checkpoint's weights. It computes the clean
+    view: the frozen path's scores match it to float16 rounding of the stored features when
+    ``ssl.tta_views`` is 0 (with more, the loop also averages stored augmented views).
     """
     from safetensors.torch import load
 
