@@ -199,10 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "predict_driver_growth_mb",
         ],
     )
-    md += f"\n\nMedian predict/score throughput ratio: {ratio:.2f} (target >= 0.9).\n"
+    if ratios:
+        md += f"\n\nMedian predict/score throughput ratio: {ratio:.2f} (target >= 0.9).\n"
     name = "predict_memory" if args.predict_only else "predict_throughput"
     write_result(name, payload, md, module="benchmarks.predict_throughput", out_dir=args.out)
-    print(f"median ratio predict/score: {ratio:.2f}")
+    if ratios:
+        print(f"median ratio predict/score: {ratio:.2f}")
     return 0
 
 
