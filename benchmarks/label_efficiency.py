@@ -46,7 +46,7 @@ SSL_METHODS = {
     "ssl_coreset": "coreset",
 }
 SUPERVISED_METHODS = {"supervised_random": "random", "supervised_hal": "hal"}
-BASELINES = ("ssl_random", "ssl_typiclust", "ssl_badge", "supervised_hal")
+BASELINES = ("hssal_flat", "ssl_entropy", "ssl_margin", "ssl_badge", "ssl_typiclust", "ssl_random", "supervised_hal")
 
 
 def collect(results: dict[str, dict[int, list[dict[str, Any]]]], n_train: int) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def checks(summary: dict[str, Any], diffs: dict[str, Any]) -> list[str]:
     h = summary.get("hssal")
     if h and "full_supervision" in summary:
         lines.append(
-            f"HSSAL at {h['label_fraction'][-1]:.0%} = {h['pct_of_full_supervision'][-1]:.1f}% "
+            f"HSSAL at {h['label_fraction'][-1]:.1%} = {h['pct_of_full_supervision'][-1]:.1f}% "
             "of full supervision (goal >= 95%)"
         )
     for other in BASELINES:
@@ -120,12 +120,12 @@ def checks(summary: dict[str, Any], diffs: dict[str, Any]) -> list[str]:
             continue
         d = diffs[other]
         bad = [
-            f"{h['label_fraction'][i]:.0%}"
+            f"{h['label_fraction'][i]:.1%}"
             for i in range(1, len(d["diff_mean"]))
             if (d["diff_mean"][i] < 0 if other != "supervised_hal" else d["diff_mean"][i] <= 0)
         ]
         close = [
-            f"{h['label_fraction'][i]:.0%}" for i in range(1, len(d["diff_mean"])) if d["within_one_std"][i]
+            f"{h['label_fraction'][i]:.1%}" for i in range(1, len(d["diff_mean"])) if d["within_one_std"][i]
         ]
         op = ">" if other == "supervised_hal" else ">="
         verdict = "yes" if not bad else f"NO at {', '.join(bad)}"
@@ -168,7 +168,14 @@ def plot_title(result: dict[str, Any]) -> str:
 def report_markdown(result: dict[str, Any]) -> str:
     """The Markdown report of a finished benchmark ``result``."""
     s, diffs = result["summary"], result["paired_vs_hssal"]
-    fracs = [f"{f:.0%}" for f in s["hssal"]["label_fraction"]] if "hssal" in s else []
+    fracs = (
+        [
+            f"{f:.1%} ({n})"
+            for f, n in zip(s["hssal"]["label_fraction"], s["hssal"]["num_labeled"], strict=True)
+        ]
+        if "hssal" in s
+        else []
+    )
     md = [
         f"# Label efficiency on {result['dataset']} (product loop, {result['profile_name']} profile)",
         "",
