@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,63 @@ from hssal_ray.errors import DataError
 from hssal_ray.predict import Predictor, _part_path, _Progress, _write_part, predictions_table
 from hssal_ray.scoring import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES
 
-__all__ = ["predict_ray"]
+__all__ = ["predict_ray", "route"]
+
+
+def route(
+    batches: Iterable[pa.Table], chunk_ids: Iterable[Any], seen: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, pa.Table | None]]:
+    """Group an ordered stream of result batches into the chunks they belong to.
+
+    Args:
+        batches: Result tables with a ``sample_id`` column, in the order of the chunks' rows
+            (rows may be missing: images that failed to decode).
+        chunk_ids: Each chunk's ``sample_id`` values, in order (read one chunk at a time).
+        seen: Called with the row count of each batch (progress).
+
+    Yields:
+        ``(k, table)`` for every chunk ``k`` in order, as soon as the stream has moved past it;
+        ``table`` is None when none of its rows came back. Only one chunk's ids and results are
+        held at a time.
+
+    Raises:
+        DataError: A row of no remaining chunk (the stream was not in chunk order).
+    """
+    chunk_iter = iter(chunk_ids)
+    n = -1
+    current: set[str] = set()
+    buf: list[pa.Table] = []
+
+    def advance() -> bool:
+        nonlocal n, current
+        nxt = next(chunk_iter, None)
+        if nxt is None:
+            return False
+        n, current = n + 1, set(nxt.to_pylist() if hasattr(nxt, "to_pylist") else nxt)
+        return True
+
+    if not advance():
+        return
+    for b in batches:
+        if seen is not None:
+            seen(b.num_rows)
+        ids = b.column("sample_id").to_pylist()
+        s = 0
+        while s < len(ids):
+            e = s
+            while e < len(ids) and ids[e] in current:
+                e += 1
+            if e > s:
+                buf.append(b.slice(s, e - s))
+            if e < len(ids):  # the stream moved on: this chunk is complete
+                yield n, pa.concat_tables(buf) if buf else None
+                buf = []
+                if not advance():
+                    raise DataError(f"prediction for {ids[e]!r}, which is in no pending chunk")
+            s = e
+    yield n, pa.concat_tables(buf) if buf else None
+    while advance():
+        yield n, None
 
 
 def predict_ray(
@@ -31,8 +88,8 @@ def predict_ray(
     """Predict the ``todo`` chunks through Ray Data; returns the rows written.
 
     With ``preserve_order`` the results come back in input order, so the driver holds one chunk's
-    result columns at a time: a chunk is written when the first row of a later chunk arrives
-    (its missing rows failed to decode and are in the bad-sample parts).
+    result columns at a time (:func:`route`): a chunk is written when the first row of a later
+    chunk arrives (its missing rows failed to decode and are in the bad-sample parts).
     """
     import ray
     import ray.data
@@ -62,38 +119,12 @@ def predict_ray(
         max_restarts=ACTOR_MAX_RESTARTS,
         max_task_retries=ACTOR_MAX_TASK_RETRIES,
     )
-    k, written = 0, 0
-    current = set(chunks[todo[0]].column("sample_id").to_pylist())
-    buf: list[pa.Table] = []
-
-    def flush() -> None:
-        nonlocal k, current, buf, written
+    written = 0
+    ids_of = (chunks[i].column("sample_id") for i in todo)
+    for k, preds in route(ds.iter_batches(batch_size=None, batch_format="pyarrow"), ids_of, progress.batch):
         i = todo[k]
-        preds = (
-            pa.concat_tables(buf)
-            if buf
-            else predictions_table([], np.zeros((0, len(rm.classes))), rm.classes, top_k)
-        )
+        if preds is None:
+            preds = predictions_table([], np.zeros((0, len(rm.classes))), rm.classes, top_k)
         written += _write_part(_part_path(out, i), chunks[i], preds, tags[i], cat.root, cat.kind == "shards")
         progress.chunk(preds.num_rows, chunks[i].column("source")[0].as_py())
-        k, buf = k + 1, []
-        current = set(chunks[todo[k]].column("sample_id").to_pylist()) if k < len(todo) else set()
-
-    for b in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        progress.batch(b.num_rows)
-        ids = b.column("sample_id").to_pylist()
-        s = 0
-        while s < len(ids):
-            e = s
-            while e < len(ids) and ids[e] in current:
-                e += 1
-            if e > s:
-                buf.append(b.slice(s, e - s))
-            if e < len(ids):  # the stream moved on: this chunk is complete (missing rows failed to decode)
-                if k >= len(todo) - 1:
-                    raise DataError(f"prediction for {ids[e]!r}, which is in no pending chunk")
-                flush()
-            s = e
-    while k < len(todo):
-        flush()
     return written

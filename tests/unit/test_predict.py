@@ -106,3 +106,32 @@ def test_an_image_folder_archive_has_predictions_without_geo_columns(archive, tm
     assert not (out / "predictions.geojson").exists()
     assert "water/broken.png" in (out / "bad_samples.csv").read_text()
     assert main([str(run), "--data", str(tmp_path / "missing"), "--out", str(out), "--local"]) == 2
+
+
+def _batch(ids):
+    import pyarrow as pa
+
+    return pa.table({"sample_id": pa.array(ids, pa.string())})
+
+
+def test_route_groups_an_ordered_stream_into_chunks_with_missing_rows_and_empty_chunks():
+    from hssal_ray._predict_ray import route
+
+    chunks = [["a1", "a2", "a3"], ["b1", "b2"], ["c1"], ["d1", "d2"], ["e1"]]
+    # a2 failed to decode; chunk c and chunk e came back empty; batches straddle chunk boundaries
+    stream = [_batch(["a1"]), _batch(["a3", "b1", "b2"]), _batch(["d1", "d2"])]
+    seen = []
+    out = [
+        (k, None if t is None else t.column("sample_id").to_pylist())
+        for k, t in route(stream, chunks, seen.append)
+    ]
+    assert out == [(0, ["a1", "a3"]), (1, ["b1", "b2"]), (2, None), (3, ["d1", "d2"]), (4, None)]
+    assert seen == [1, 3, 2]
+
+
+def test_route_refuses_a_stream_out_of_chunk_order():
+    from hssal_ray._predict_ray import route
+    from hssal_ray.errors import DataError
+
+    with pytest.raises(DataError, match="in no pending chunk"):
+        list(route([_batch(["b1", "a1"])], [["a1"], ["b1"]]))
