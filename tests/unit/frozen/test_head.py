@@ -75,7 +75,7 @@ def test_tta_views_is_checked() -> None:
 @pytest.mark.parametrize("norm", ["l2", "none"])
 def test_folded_inference_equals_the_module(kind: str, norm: str) -> None:
     """Predictions fold normalisation and standardisation into one product: the module's outputs."""
-    from hssal_ray.frozen.head import _Forward
+    from hssal_ray.frozen.infer import _Forward
 
     cfg = _cfg(f"ssl.head={kind}", f"ssl.feature_norm={norm}", "ssl.head_hidden=16")
     torch.manual_seed(0)
