@@ -237,7 +237,7 @@ def train(ctx: Any, r: int, init_dir: str | None) -> dict[str, Any]:
 
 def evaluate(ctx: Any, r: int) -> dict[str, Any]:
     """Test-split accuracy of the evaluation head (and of the other weights, as a diagnostic)."""
-    from hssal_ray.frozen.head import predict_views
+    from hssal_ray.frozen.infer import predict_views
     from hssal_ray.scoring import classification_metrics
 
     cfg = ctx.cfg
@@ -291,7 +291,7 @@ def write_scores_of(
     :func:`hssal_ray.query.scores_table.packed_array`): as a Parquet list, its 1,280 values a row
     took most of a 1M-row round writing and reading it.
     """
-    from hssal_ray.frozen.head import score_rows
+    from hssal_ray.frozen.infer import score_rows
     from hssal_ray.query.scores_table import ScoresWriter
     from hssal_ray.scoring import scores_table
 
