@@ -50,6 +50,11 @@ def store_key(cfg: Any, ids: pa.ChunkedArray | pa.Array, root: str) -> str:
         std=std,
         views=cfg.ssl.embed_views,
     )
+    # How pixels become the model's input, only when set: stores keyed before these existed keep their key.
+    for name in ("band_select", "value_range"):
+        value = getattr(cfg.data, name, None)
+        if value is not None:
+            spec[name] = list(value)
     h.update(json.dumps(spec, sort_keys=True, default=str).encode())
     for chunk in pa.chunked_array([ids]).chunks if isinstance(ids, pa.Array) else ids.chunks:
         for buf in chunk.buffers():
