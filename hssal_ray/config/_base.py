@@ -13,8 +13,9 @@ from hssal_ray.errors import ConfigError
 RUNTIME: dict[str, Any] = {"runtime": True}
 """Field metadata of settings that change where or how fast a run goes, not its results.
 
-Every other field is *science*: it is part of the run's identity (:func:`science_fields`), and a
-run directory refuses a config whose science differs from the one it was started with.
+Every other field is *science* (:func:`science_fields`): part of the run's identity when the run
+reads it (:func:`hssal_ray.loop.run_config.science_sha`), and a run directory refuses a config
+whose identity differs from the one it was started with.
 """
 
 

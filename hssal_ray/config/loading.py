@@ -114,9 +114,11 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def science_fields(cfg: Any) -> dict[str, Any]:
-    """The nested dict of every field of ``cfg`` not marked :data:`RUNTIME`: the run's identity.
+    """The nested dict of every field of ``cfg`` not marked :data:`RUNTIME`.
 
-    A field marked ``ADDED`` (``config._base``) counts only when it differs from its default."""
+    A field marked ``ADDED`` (``config._base``) counts only when it differs from its default. The
+    run's identity (:func:`hssal_ray.loop.run_config.science_sha`) is this less the keys the run
+    never reads (a query key its strategy does not take, a frozen-path key on the image path)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
         if f.metadata.get("runtime"):

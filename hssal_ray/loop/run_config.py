@@ -1,10 +1,18 @@
-"""A run directory's identity and config: :func:`science_sha` and :func:`load_run_config`."""
+"""A run directory's identity and config: :func:`science_sha` and :func:`load_run_config`.
+
+A run's identity is the hash of its science settings (the config fields not marked runtime,
+:func:`hssal_ray.config.science_fields`) less the keys this run never reads
+(:func:`unused_keys`): a query key its strategy does not take, a frozen-path key on the image
+path, and so on. Changing such a key leaves the run the same run.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+from typing import Any
 
 from hssal_ray import _io
 from hssal_ray.config import (
@@ -17,13 +25,87 @@ from hssal_ray.config import (
 from hssal_ray.config.loading import read_yaml_mapping
 from hssal_ray.errors import StateError
 
-__all__ = ["science_sha", "load_run_config"]
+__all__ = ["science_sha", "legacy_science_sha", "unused_keys", "load_run_config"]
+
+_QUERY_ALWAYS = ("strategy", "budget", "uncertainty")
+"""Query keys every run reads: the strategy, its budget, and ``uncertainty``, the score recorded
+for every queried sample (``query_mean_u``) whatever the strategy ranks by."""
+
+_FLAT_IGNORES = frozenset({"coarse_k", "coarse_fit_sample", "alloc_temper"})
+"""Constructor parameters of ``hal_flat`` that its ``select`` never reads (it has no coarse level)."""
+
+_FROZEN_ONLY = ("feature_norm", "tta_views", "pseudo_labels", "embed_views")
+"""``ssl`` keys read only by the frozen path (:mod:`hssal_ray.frozen`)."""
+
+_GRAPH = ("graph_k", "graph_alpha", "graph_cutoff", "graph_max_nodes", "graph_balance")
+"""``ssl`` keys read only with ``ssl.pseudo_labels=graph`` (which needs ``ssl.finetune=frozen``)."""
+
+
+def _strategy_keys(name: str, pick: str) -> set[str]:
+    """The ``query.*`` keys the strategy registered as ``name`` reads."""
+    from hssal_ray.query.base import get_strategy_class
+
+    keys = set(get_strategy_class(name)._param_defaults()) - {"random_state", "map_fn"}
+    if name == "hal_flat":
+        keys -= _FLAT_IGNORES
+    if pick != "auto":
+        keys.discard("typical_until")
+    return keys
+
+
+def unused_keys(cfg: ExperimentConfig) -> set[str]:
+    """Dotted science keys that ``cfg``'s run never reads, so not part of its identity.
+
+    * ``query.*``: all but :data:`_QUERY_ALWAYS` and the strategy's constructor parameters
+      (also TypiClust's for ``loop.cold_start=typiclust``); ``typical_until`` only with
+      ``pick=auto``; ``hal_flat`` ignores :data:`_FLAT_IGNORES`.
+    * ``ssl.*``: :data:`_FROZEN_ONLY` unless ``finetune=frozen``; :data:`_GRAPH` unless
+      ``pseudo_labels=graph``; ``trainable_stages`` unless ``finetune=partial``; ``head_hidden``
+      unless ``head=mlp``.
+    * ``resources.num_workers`` with ``finetune=frozen`` (the head trains in the driver).
+    """
+    q, s = cfg.query, cfg.ssl
+    used = set(_QUERY_ALWAYS) | _strategy_keys(q.strategy, q.pick)
+    if cfg.loop.cold_start == "typiclust":
+        used |= _strategy_keys("typiclust", q.pick)
+    out = {
+        f"query.{f.name}"
+        for f in dataclasses.fields(q)
+        if f.name not in used and not f.metadata.get("runtime")
+    }
+    if s.finetune == "frozen":
+        out.add("resources.num_workers")
+    else:
+        out |= {f"ssl.{k}" for k in _FROZEN_ONLY}
+    if s.pseudo_labels != "graph":
+        out |= {f"ssl.{k}" for k in _GRAPH}
+    if s.finetune != "partial":
+        out.add("ssl.trainable_stages")
+    if s.head != "mlp":
+        out.add("ssl.head_hidden")
+    return out
+
+
+def _hash(d: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def science_sha(cfg: ExperimentConfig) -> str:
-    """Hash of the fields that determine the run's results (those not marked runtime in the config)."""
+    """The run's identity: hash of its science fields less :func:`unused_keys`.
+
+    A run directory refuses a config whose ``science_sha`` differs from the one it was started with.
+    """
     d = science_fields(cfg)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    for key in unused_keys(cfg):
+        section, name = key.split(".")
+        d.get(section, {}).pop(name, None)
+    return _hash(d)
+
+
+def legacy_science_sha(cfg: ExperimentConfig) -> str:
+    """The identity of run directories created before :func:`unused_keys` existed: the hash of
+    every science field. ``LoopRunner`` accepts it on resume and rewrites it to :func:`science_sha`."""
+    return _hash(science_fields(cfg))
 
 
 def load_run_config(run_dir: str, overrides: list[str] | None = None) -> ExperimentConfig:

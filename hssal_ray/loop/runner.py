@@ -24,7 +24,7 @@ from hssal_ray.loop import stages
 from hssal_ray.loop.context import RunContext
 from hssal_ray.loop.metrics import read_metrics
 from hssal_ray.loop.run_check import check_run_dir
-from hssal_ray.loop.run_config import load_run_config, science_sha
+from hssal_ray.loop.run_config import legacy_science_sha, load_run_config, science_sha
 from hssal_ray.loop.stages.evaluate import is_final_round
 from hssal_ray.state import LabeledSet, RunState, new_run_id, round_dir
 
@@ -94,11 +94,14 @@ class LoopRunner(RunContext):
     def _setup(self) -> RunState:
         """Check the run's identity and files, load the catalog; the state to resume.
 
-        A new run writes its ``config.yaml`` and ``state.json`` here.
+        A new run writes its ``config.yaml`` and ``state.json`` here. A run started before
+        :func:`~hssal_ray.loop.run_config.unused_keys` left its identity holds the
+        :func:`~hssal_ray.loop.run_config.legacy_science_sha` of its config: it is accepted, and
+        (unless finished) ``state.json`` gets the config's ``science_sha``.
         """
         state = RunState.load(self.run_dir)
         sha = science_sha(self.cfg)
-        if state is not None and state.config_sha != sha:
+        if state is not None and state.config_sha not in (sha, legacy_science_sha(self.cfg)):
             raise StateError(
                 f"run directory {self.run_dir} was started with a different config "
                 "(science settings changed). "
@@ -116,8 +119,11 @@ class LoopRunner(RunContext):
         if state is None:
             state = RunState(config_sha=sha, seed=self.cfg.seed, run_id=new_run_id())
             state.save(self.run_dir)
-        elif not state.run_id and state.status != "done":  # a run from before run ids: give it one
-            state.run_id = new_run_id()
+        elif state.status != "done" and (state.config_sha != sha or not state.run_id):
+            # a run from before run ids gets one; one from before unused keys left the identity
+            # (legacy_science_sha) gets its science_sha
+            state.run_id = state.run_id or new_run_id()
+            state.config_sha = sha
             state.save(self.run_dir)
         return state
 
