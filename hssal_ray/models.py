@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from hssal_ray.errors import ConfigError
-from hssal_ray.weight_files import WeightsLoadResult, load_weights
+from hssal_ray.weight_files import WeightsLoadResult, load_weights, unwrap_model
 
 __all__ = [
     "SMALL_CNN_NAME",
@@ -38,17 +38,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SMALL_CNN_NAME = "hssal_small_cnn"
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Return the plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 class SmallCNN(nn.Module):

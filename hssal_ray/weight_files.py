@@ -11,22 +11,30 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hssal_ray.errors import ConfigError
 
-if TYPE_CHECKING:
-    from hssal_ray.models import Classifier
-
-__all__ = ["WeightsLoadResult", "load_weights"]
+__all__ = ["WeightsLoadResult", "load_weights", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
 
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Return the plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 @dataclass
@@ -92,10 +100,10 @@ def _timm_filter(backbone: nn.Module, state: dict[str, Tensor]) -> dict[str, Ten
         return state
 
 
-def load_weights(model: Classifier, path: str | os.PathLike[str]) -> WeightsLoadResult:
-    """Load a local weights file into a :class:`Classifier`, adapting what can be adapted.
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> WeightsLoadResult:
+    """Load a local weights file into a :class:`~hssal_ray.models.Classifier`, adapting what can be adapted.
 
-    The file may hold a full :class:`Classifier` state dict (``backbone.*`` and ``head.*`` keys) or a
+    The file may hold a full classifier state dict (``backbone.*`` and ``head.*`` keys) or a
     backbone-only state dict in timm layout (e.g. DINOv2 ViT-S/14). Wrapper prefixes (``module.``,
     ``_orig_mod.``) are removed; timm's checkpoint converter for the architecture is applied
     (original DINOv2 keys, position-embedding grids of another ``img_size``); 4-D input convolutions
@@ -115,11 +123,9 @@ def load_weights(model: Classifier, path: str | os.PathLike[str]) -> WeightsLoad
     """
     from timm.models import adapt_input_conv
 
-    from hssal_ray.models import unwrap_model
-
     path = os.fspath(path)
     state = _read_state_dict(path)
-    model = unwrap_model(model)  # type: ignore[assignment]
+    model = unwrap_model(model)
     full = any(k.startswith("backbone.") for k in state)
     backbone_state = (
         {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")} if full else state

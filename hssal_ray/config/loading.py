@@ -50,14 +50,13 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(key, value, a)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: got {value!r}; expected {_type_name(tp)}")
     if tp in _SCALARS:
         accepts, convert, expected = _SCALARS[tp]

@@ -195,7 +195,7 @@ class LoopConfig:
         cold_start: ``random`` (seeded), ``typiclust`` (clusters of the untrained encoder's
             features) or ``stratified`` (simulation only: uses the true labels).
         report: Write the HTML/PNG report at the end of every round.
-        lease_timeout_s: Run-directory lease (one driver per run, issue 19): a driver whose lease
+        lease_timeout_s: Run-directory lease (one driver per run): a driver whose lease
             heartbeat is older than this may be taken over by another. A runtime setting, not
             part of the run's science (``hssal_ray/loop/lease.py``).
     """

@@ -172,8 +172,9 @@ class SSLConfig:
             iterations) until every class holds the same mass over the pool, each row still a
             distribution; ``none`` keeps them as propagated. Meant for the teacher's errors piling
             up on a few classes it over-predicts: balancing moves the doubtful rows to the classes
-            they were taken from. On UCM it gained 0.6-5 points, and 1.5-5.9 on a 5:1 long-tailed
-            version of it (benchmarks/NOTES.md); for strongly imbalanced archives keep ``none``.
+            they were taken from (measured on UCM and a long-tailed version of it:
+            benchmarks/NOTES.md). It assumes balanced classes: for strongly imbalanced archives
+            keep ``none``.
         head: Classifier head: ``linear``, or ``mlp`` (one hidden layer, ``head_hidden`` wide).
         head_hidden: Hidden width of the ``mlp`` head.
         embed_views: ``frozen``: seeded weak and strong augmented views cached per image (each).

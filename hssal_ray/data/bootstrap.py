@@ -36,12 +36,11 @@ def ensure(cfg: Any, run_dir: str, progress: Callable[[str], None]) -> Catalog:
     if root is None:
         root = _synthetic_root(cfg, run_dir)
         progress(f"[hssal] no data.root given: generated the synthetic demo dataset in {root}")
-    layout = {"imagefolder": "imagefolder", "flat": "flat", "shards": "shards"}.get(cfg.data.layout, "auto")
     cat = scan(
         root,
         test_fraction=cfg.data.test_fraction,
         seed=cfg.seed,
-        layout=layout,
+        layout=cfg.data.layout,
         val_fraction=cfg.data.val_fraction,
         follow_symlinks=cfg.data.follow_symlinks,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -90,12 +91,10 @@ def _typiclust(ctx: Any, n: int) -> list[str]:
 
 
 def _typiclust_pick(cfg: Any, pool: Any, n: int) -> list[str]:
-    from types import SimpleNamespace
-
     from hssal_ray.query import strategy_from_config
     from hssal_ray.ssl.trainer import derive_seed
 
-    qcfg = SimpleNamespace(**{**cfg.query.__dict__, "strategy": "typiclust"})
+    qcfg = dataclasses.replace(cfg.query, strategy="typiclust")
     strat = strategy_from_config(qcfg, random_state=derive_seed(cfg.seed, "cold_start") % (2**31))
     idx = strat.select(pool, n)
     return [str(pool.ids[i]) for i in idx]

@@ -15,8 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import pyarrow as pa
-
 from hssal_ray import _io, faults
 from hssal_ray.config import config_to_yaml
 from hssal_ray.errors import StateError
@@ -26,7 +24,7 @@ from hssal_ray.loop.metrics import read_metrics
 from hssal_ray.loop.run_check import check_run_dir
 from hssal_ray.loop.run_config import legacy_science_sha, load_run_config, science_sha
 from hssal_ray.loop.stages.evaluate import is_final_round
-from hssal_ray.state import LabeledSet, RunState, new_run_id, round_dir
+from hssal_ray.state import RunState, new_run_id, round_dir
 
 __all__ = ["LoopRunner", "science_sha", "read_metrics", "is_final_round", "load_run_config"]
 
@@ -184,16 +182,3 @@ class LoopRunner(RunContext):
     _stage_score = _delegate(stages.score.run)
     _stage_query = _delegate(stages.query.run)
     _stage_label = _delegate(stages.label.run)
-
-    # ------------------------------------------------------------------ former private names
-    def _split(self, split: str) -> pa.Table:
-        """Old name of :meth:`RunContext.split`."""
-        return self.split(split)
-
-    def _pool_rows(self, labeled: LabeledSet) -> pa.Table:
-        """Old name of :meth:`RunContext.pool_rows`."""
-        return self.pool_rows(labeled)
-
-    def _scored_rows(self) -> pa.Table:
-        """Old name of :meth:`RunContext.scored_rows`."""
-        return self.scored_rows()

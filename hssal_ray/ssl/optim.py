@@ -65,7 +65,7 @@ class FixMatchCosine:
 
 #: ``num_cycles`` of each schedule: FixMatch/USB stop at ``cos(7 pi / 16)`` = 0.2 of the peak rate
 #: (one run of ~1M steps); ``cosine`` ends at 0, so each short round's last steps settle the weights
-#: and the EMA converges to them (measured on the demo: benchmarks/NOTES.md, issue 13).
+#: and the EMA converges to them (measured on the demo: benchmarks/NOTES.md).
 SCHEDULES = {"fixmatch": 7.0 / 16.0, "cosine": 0.5}
 
 

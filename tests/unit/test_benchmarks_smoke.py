@@ -81,6 +81,8 @@ def test_train_throughput_torch_path_quick(tmp_path: Path, monkeypatch: pytest.M
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # starts Ray in a subprocess; the package's Ray Data ingest path (pipeline.stream)
+# runs end to end in CI in tests/integration/test_streaming.py
 def test_ingest_quick(tmp_path: Path) -> None:
     """Ray Data stream vs DataLoader on 48 generated images: both run, outputs identical, files written."""
     data_dir = make_synthetic_rs(str(tmp_path / "ds"), num_classes=3, per_class=16, size=32, fmt="png")

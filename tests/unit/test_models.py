@@ -155,3 +155,17 @@ def test_unwrap_model_handles_wrappers() -> None:
     assert unwrap_model(Wrapper(inner)) is inner
     assert unwrap_model(nn.DataParallel(inner)) is inner
     assert isinstance(build_model("hssal_small_cnn", 2), Classifier)
+
+
+def test_weight_files_does_not_import_models() -> None:
+    """``models`` uses ``weight_files``, never the other way round (no import cycle)."""
+    import ast
+    from pathlib import Path
+
+    import hssal_ray.weight_files as wf
+
+    tree = ast.parse(Path(wf.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.startswith("hssal_ray.models")}
+    assert unwrap_model is wf.unwrap_model

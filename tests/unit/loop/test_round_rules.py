@@ -36,12 +36,12 @@ def _runner(tmp_path, *extra: str) -> LoopRunner:
 def test_score_stage_scores_the_labeled_set_too(tmp_path) -> None:
     """coreset/TypiClust need the labeled embeddings: they are scored and excluded at query time."""
     runner = _runner(tmp_path)
-    train_ids = runner._split("train").column("sample_id").to_pylist()
+    train_ids = runner.split("train").column("sample_id").to_pylist()
     labeled = LabeledSet().with_round(0, {train_ids[0]: 0, train_ids[1]: 1}, "seed")
     labeled.save(runner.run_dir)
-    scored = set(runner._scored_rows().column("sample_id").to_pylist())
+    scored = set(runner.scored_rows().column("sample_id").to_pylist())
     assert scored == set(train_ids)
-    assert not {train_ids[0], train_ids[1]} & set(runner._pool_rows(labeled).column("sample_id").to_pylist())
+    assert not {train_ids[0], train_ids[1]} & set(runner.pool_rows(labeled).column("sample_id").to_pylist())
 
 
 def test_final_round_rule_shared_by_loop_and_tune() -> None:
@@ -153,3 +153,19 @@ def test_typiclust_skips_clusters_that_hold_labeled_rows() -> None:
     cfg = load_config(None, ["query.strategy=typiclust", "query.kmeans_backend=sklearn"]).query
     picks = strategy_from_config(cfg, random_state=0).select(pool, 1)
     assert int(picks[0]) >= 60  # from the blob without labels
+
+
+def test_typiclust_cold_start_picks_with_the_query_sections_kmeans_settings() -> None:
+    """The cold start runs TypiClust (whatever ``query.strategy``) with ``query.kmeans_*``."""
+    from hssal_ray.loop.cold_start import _typiclust_pick
+    from hssal_ray.query import TypiClustQuery
+    from hssal_ray.ssl.trainer import derive_seed
+
+    from ..query._data import blob_pool
+
+    pool, _ = blob_pool(n=200, seed=2)
+    cfg = load_config(None, ["query.strategy=margin", "query.kmeans_backend=torch", "query.kmeans_iters=3"])
+    want = TypiClustQuery(
+        kmeans_backend="torch", kmeans_iters=3, random_state=derive_seed(cfg.seed, "cold_start") % (2**31)
+    ).select(pool, 8)
+    assert _typiclust_pick(cfg, pool, 8) == [str(pool.ids[i]) for i in want]
