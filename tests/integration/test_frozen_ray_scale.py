@@ -25,7 +25,7 @@ from hssal_ray.query import load_pool
 from hssal_ray.state import round_dir
 from tests.integration.test_multinode import actor_nodes, local_cluster
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.ray
 
 N, D, NC = 700, 24, 4
 

@@ -22,7 +22,10 @@ import pytest
 
 from hssal_ray.cli import SMOKE_OVERRIDES
 
-pytestmark = pytest.mark.ray
+# slow: ~3-5 min on 2 cores (two full loop runs, one on a 3-node cluster); CI covers multi-node Ray
+# with the frozen path's sharded graph and scores (tests/integration/test_frozen_ray_scale.py) and
+# with `ray job submit` on a local.sh cluster (tests/integration/test_job_submit.py)
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 # cold start + one query round: the query of round 0 is the one multi-node training decides;
 # the final round's training (round 1) only evaluates, so it cannot change the labeled set
