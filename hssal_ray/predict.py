@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 import torch
 
 from hssal_ray import _io
+from hssal_ray._progress import duration
 from hssal_ray.errors import HSSALError
 from hssal_ray.scoring import Scorer
 
@@ -177,8 +178,6 @@ class _Progress:
         self.bar.update(rows)
 
     def chunk(self, rows: int, name: str) -> None:
-        from hssal_ray.data.tile import _duration
-
         self.rows, self.done = self.rows + rows, self.done + 1
         dt = time.perf_counter() - self.t0
         rate = self.rows / dt if dt > 0 else 0.0
@@ -190,7 +189,7 @@ class _Progress:
             name,
             rows,
             rate,
-            _duration(eta),
+            duration(eta),
         )
 
     def close(self) -> float:

@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hssal_ray import _io
+from hssal_ray._progress import duration
 from hssal_ray.data._shard_index import CLASSES_KEY
 from hssal_ray.data.geo import GEO_FIELDS, bbox_of, chip_geometry, chip_offsets, geoparquet_metadata
 from hssal_ray.data.shard import SHARD_SCHEMA
@@ -233,15 +234,6 @@ def tile_scene(
     return report
 
 
-def _duration(secs: float) -> str:
-    secs = max(0.0, secs)
-    if secs < 90:
-        return f"{secs:.0f} s"
-    if secs < 5400:
-        return f"{secs / 60:.0f} min"
-    return f"{secs / 3600:.1f} h"
-
-
 def tile(
     scenes: Sequence[str],
     out: str,
@@ -326,7 +318,7 @@ class _Progress:
             r.scene_id,
             how,
             self.chips / dt if dt > 0 else 0.0,
-            _duration(eta),
+            duration(eta),
         )
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hssal_ray import _io
+from hssal_ray._progress import duration
 from hssal_ray.errors import DataError
 from hssal_ray.frozen import store as _store
 from hssal_ray.frozen.store import STORE_VERSION, EmbeddingStore, _part, open_store, view_names
@@ -226,23 +227,12 @@ class EncodeProgress:
         self.last = now
         secs = now - self.t0
         rate = self.done / secs if secs > 0 else 0.0
-        eta = _duration((self.total - self.done) / rate) if rate > 0 else "?"
+        eta = duration((self.total - self.done) / rate) if rate > 0 else "?"
         self.emit(
             f"[hssal] encode: {self.done}/{self.total} images (chunk {min(self.chunks_done + 1, self.chunks)}"
             f"/{self.chunks}{', written' if self.done == self.chunk_base else ''}), "
             f"{rate:.1f} img/s, ETA {eta}"
         )
-
-
-def _duration(secs: float) -> str:
-    secs = max(0.0, secs)
-    if secs < 120:
-        return f"{secs:.0f} s"
-    if secs < 7200:
-        return f"{secs / 60:.0f} min"
-    if secs < 172800:
-        return f"{int(secs // 3600)} h {int(secs % 3600 // 60)} min"
-    return f"{int(secs // 86400)} d {int(secs % 86400 // 3600)} h"
 
 
 def _encode(

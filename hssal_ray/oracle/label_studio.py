@@ -56,6 +56,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from hssal_ray import _io
+from hssal_ray._progress import duration
 from hssal_ray.errors import ConfigError, LabelFileError, StateError
 from hssal_ray.oracle._handoff import _basename, _parent, partial_hint, run_history
 from hssal_ray.oracle._label_studio import rows_from_label_studio
@@ -101,16 +102,6 @@ PROGRESS_EVERY_S = 60.0
 def _digest(value: Any) -> str:
     """SHA-256 of a task's image reference (a data URI or a path), to tell if it was changed."""
     return hashlib.sha256(str(value if value is not None else "").encode("utf-8")).hexdigest()
-
-
-def _duration(seconds: float) -> str:
-    """``45 s``, ``10 min``, ``2 h 5 min``."""
-    s = max(round(seconds), 0)
-    if s < 120:
-        return f"{s} s"
-    if s < 7200:
-        return f"{round(s / 60)} min"
-    return f"{s // 3600} h {round((s % 3600) / 60)} min"
 
 
 def _batch_name(round_dir: str) -> str:
@@ -266,7 +257,7 @@ class LabelStudioOracle(HumanOracle):
             f"[hssal] {_batch_name(round_dir)}: {todo} of {n} samples to label in Label Studio "
             f"({answered} labeled, {skipped} skipped): {self.url}/projects/{pid}/data "
             f"(tasks with hssal_batch={_basename(round_dir)}). The run goes on by itself once they are "
-            f"labeled; {gaps}. It polls every {self.poll_s:g} s for up to {_duration(self.wait_s)} "
+            f"labeled; {gaps}. It polls every {self.poll_s:g} s for up to {duration(self.wait_s)} "
             f"(oracle.wait_s); stop it any time and resume later with "
             f"`{self.resume_command(_parent(round_dir), None)}`."
         )
@@ -275,7 +266,7 @@ class LabelStudioOracle(HumanOracle):
         answered, skipped, todo, n = self._counts.get(round_dir, (0, 0, 0, 0))
         line = (
             f"[hssal] {_batch_name(round_dir)}: {answered} of {n} labeled in Label Studio, {skipped} "
-            f"skipped, {todo} to do (waited {_duration(waited)} of {_duration(self.wait_s)})"
+            f"skipped, {todo} to do (waited {duration(waited)} of {duration(self.wait_s)})"
         )
         if skipped and self.partial == "wait":
             line += (
@@ -297,13 +288,13 @@ class LabelStudioOracle(HumanOracle):
                 first = now if first is None else first
                 if now - first + delay > self.retry_s:
                     raise LabelStudioError(
-                        f"{e} Gave up {what} after {tries} tries over {_duration(now - first)}: resume "
+                        f"{e} Gave up {what} after {tries} tries over {duration(now - first)}: resume "
                         f"the run once the server answers: `{self.resume_command(run_dir, None)}`",
                         status=e.status,
                     ) from None
                 self._say(
                     f"[hssal] {what}: {e} Trying again in {delay:g} s (try {tries + 1}; the run gives up "
-                    f"after {_duration(self.retry_s)} without an answer)"
+                    f"after {duration(self.retry_s)} without an answer)"
                 )
                 self._sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_DELAY_S)
