@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import shlex
 import statistics
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,10 +43,43 @@ __all__ = [
     "setup_logging",
     "start_local_ray",
     "summarize",
+    "sweep_round_means",
     "write_result",
 ]
 
 log = logging.getLogger("benchmarks")
+
+#: A trial's run directory name in a benchmark's Tune sweep (``hssal_ray.tune._space.trial_name``).
+TRIAL_NAME = re.compile(r"strategy=(?P<strategy>[^-]+)-seed=(?P<seed>\d+)")
+
+
+def sweep_round_means(
+    sweeps: Iterable[Path], per_run: Callable[[Path], list[dict[str, float]]], needs: str
+) -> dict[str, dict[int, dict[str, float]]]:
+    """``{strategy: {round: {figure: mean over seeds}}}`` of ``per_run(run_dir)`` over the trials
+    of benchmark sweeps (run directories named ``strategy=<s>-seed=<n>_...`` that hold ``needs``).
+
+    ``per_run`` returns one dict of figures per round, each with its ``round``.
+    """
+    import numpy as np
+
+    acc: dict[str, dict[int, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for sweep in sweeps:
+        for run in sorted(p for p in Path(sweep).iterdir() if p.is_dir()):
+            m = TRIAL_NAME.search(run.name)
+            if not m or not (run / needs).exists():
+                continue
+            for d in per_run(run):
+                for k, v in d.items():
+                    if k != "round":
+                        acc[m["strategy"]][int(d["round"])][k].append(v)
+    return {
+        s: {r: {k: float(np.mean(v)) for k, v in ks.items()} for r, ks in sorted(rs.items())}
+        for s, rs in acc.items()
+    }
+
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "benchmarks" / "results"

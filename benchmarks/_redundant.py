@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._common import sweep_round_means
 from hssal_ray.errors import DataError
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
 VAL_FRACTIONS = (0.0, 0.2)
 _COPY = re.compile(r"__copy(\d+)(?:s\d+)?(?=\.[^./]*$|$)")
 _VAL_SEED = 0x5A1  # hssal_ray.data.catalog.scan: the validation split's seed offset
-_TRIAL = re.compile(r"strategy=(?P<strategy>[^-]+)-seed=(?P<seed>\d+)")
 
 
 def original_of(sample_id: str) -> str:
@@ -272,21 +272,7 @@ def wasted_picks(run: Path) -> list[dict[str, float]]:
 
 def waste_summary(sweep: Path) -> dict[str, dict[int, dict[str, float]]]:
     """``{strategy: {round: {column: mean over seeds}}}`` over the trials of a sweep directory."""
-    acc: dict[str, dict[int, dict[str, list[float]]]] = defaultdict(
-        lambda: defaultdict(lambda: defaultdict(list))
-    )
-    for run in sorted(p for p in sweep.iterdir() if p.is_dir()):
-        m = _TRIAL.search(run.name)
-        if not m or not (run / "labeled.parquet").exists():
-            continue
-        for d in wasted_picks(run):
-            for key, v in d.items():
-                if key != "round":
-                    acc[m["strategy"]][int(d["round"])][key].append(v)
-    return {
-        s: {r: {k: float(np.mean(v)) for k, v in ks.items()} for r, ks in sorted(rs.items())}
-        for s, rs in acc.items()
-    }
+    return sweep_round_means([sweep], wasted_picks, "labeled.parquet")
 
 
 def waste_markdown(summary: dict[str, dict[int, dict[str, float]]], dataset: str) -> str:

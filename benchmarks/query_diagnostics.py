@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["round_diagnostics", "trial_diagnostics", "summarise", "main"]
+from benchmarks._common import command_line, sweep_round_means
+from hssal_ray import _csv
 
-_TRIAL = re.compile(r"strategy=(?P<strategy>[^-]+)-seed=(?P<seed>\d+)")
+__all__ = ["round_diagnostics", "trial_diagnostics", "summarise", "main"]
 
 
 def round_diagnostics(
@@ -102,8 +101,6 @@ def trial_diagnostics(run: Path) -> list[dict[str, float]]:
         qf, sf = rd / "query.csv", rd / "scores.parquet"
         if not qf.exists() or not sf.exists():
             continue
-        from hssal_ray import _csv
-
         q = [row["sample_id"] for row in _csv.read_dicts(qf.read_text())]
         pool_s = load_pool(str(sf), columns=["embedding", "probs", "u_margin", "pred"])
         ids = np.asarray(pool_s.ids, dtype=object)
@@ -132,22 +129,7 @@ def trial_diagnostics(run: Path) -> list[dict[str, float]]:
 
 def summarise(sweeps: list[Path]) -> dict[str, dict[int, dict[str, float]]]:
     """``{strategy: {round: {diagnostic: mean over seeds}}}`` over every trial of the sweeps."""
-    acc: dict[str, dict[int, dict[str, list[float]]]] = defaultdict(
-        lambda: defaultdict(lambda: defaultdict(list))
-    )
-    for sweep in sweeps:
-        for run in sorted(p for p in sweep.iterdir() if p.is_dir()):
-            m = _TRIAL.search(run.name)
-            if not m or not (run / "metrics.jsonl").exists():
-                continue
-            for d in trial_diagnostics(run):
-                for k, v in d.items():
-                    if k != "round":
-                        acc[m["strategy"]][int(d["round"])][k].append(v)
-    return {
-        s: {r: {k: float(np.mean(v)) for k, v in ks.items()} for r, ks in sorted(rs.items())}
-        for s, rs in acc.items()
-    }
+    return sweep_round_means(sweeps, trial_diagnostics, "metrics.jsonl")
 
 
 COLUMNS = ("classes", "wrong", "pool_wrong", "u_pct", "sim_batch", "sim_labeled", "err_cover", "gain")
@@ -178,8 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sweeps", nargs="+", help="sweep directories holding trial run directories")
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = p.parse_args(argv)
-    from benchmarks._common import command_line
-
     summary = summarise([Path(s) for s in args.sweeps])
     text = report_markdown(summary, command_line("benchmarks.query_diagnostics", argv))
     if args.out:
