@@ -46,7 +46,15 @@ SSL_METHODS = {
     "ssl_coreset": "coreset",
 }
 SUPERVISED_METHODS = {"supervised_random": "random", "supervised_hal": "hal"}
-BASELINES = ("hssal_flat", "ssl_entropy", "ssl_margin", "ssl_badge", "ssl_typiclust", "ssl_random", "supervised_hal")
+BASELINES = (
+    "hssal_flat",
+    "ssl_entropy",
+    "ssl_margin",
+    "ssl_badge",
+    "ssl_typiclust",
+    "ssl_random",
+    "supervised_hal",
+)
 
 
 def collect(results: dict[str, dict[int, list[dict[str, Any]]]], n_train: int) -> dict[str, Any]:
