@@ -151,24 +151,9 @@ def preprocess_spec(cfg: Any) -> dict[str, Any]:
 def decoder(cfg: Any, root: str, kind: str, bad_dir: str | None = None) -> Any:
     """The loop's decode step (:class:`hssal_ray.data.pipeline.DecodeAugment`, clean view only)
     with the run's settings: a plain callable on numpy batches of manifest rows."""
-    from hssal_ray.data.pipeline import DecodeAugment
-    from hssal_ray.weights import normalisation
+    from hssal_ray.data.pipeline import DecodeAugment, decode_settings
 
-    mean, std = normalisation(cfg)
-    return DecodeAugment(
-        root,
-        kind,
-        cfg.data.bands,
-        cfg.data.image_size,
-        views=("none",),
-        mean=mean,
-        std=std,
-        bad_dir=bad_dir,
-        max_pixels=cfg.data.max_image_pixels,
-        follow_symlinks=cfg.data.follow_symlinks,
-        select=cfg.data.band_select,
-        value_range=cfg.data.value_range,
-    )
+    return DecodeAugment(views=("none",), **decode_settings(cfg, root=root, kind=kind, bad_dir=bad_dir))
 
 
 def run_images(rm: RunModel, n: int = 8) -> np.ndarray | None:

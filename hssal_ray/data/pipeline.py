@@ -34,6 +34,7 @@ __all__ = [
     "BAD_DIR",
     "stream",
     "stream_for",
+    "decode_settings",
 ]
 
 log = logging.getLogger(__name__)
@@ -309,25 +310,32 @@ def stream(
     return ds
 
 
-def stream_for(cfg: Any, table: pa.Table, *, root: str, kind: str, views: Sequence[str], run_dir: str) -> Any:
-    """:func:`stream` with the run's settings: bands, size, decode batch, pixel limit, links, the
-    weights' normalisation."""
+def decode_settings(cfg: Any, *, root: str, kind: str, bad_dir: str | None) -> dict[str, Any]:
+    """The run's decode settings, as :class:`DecodeAugment` and :func:`stream` take them: bands,
+    size, the weights' normalisation, pixel limit, links, band selection and value range."""
     from hssal_ray.weights import normalisation
 
     mean, std = normalisation(cfg)
-    return stream(
-        table,
+    return dict(
         root=root,
         kind=kind,
         bands=cfg.data.bands,
         size=cfg.data.image_size,
-        views=views,
-        batch_size=cfg.data.decode_batch_size,
         mean=mean,
         std=std,
-        bad_dir=_io.join(run_dir, BAD_DIR),
+        bad_dir=bad_dir,
         max_pixels=cfg.data.max_image_pixels,
         follow_symlinks=cfg.data.follow_symlinks,
         select=cfg.data.band_select,
         value_range=cfg.data.value_range,
+    )
+
+
+def stream_for(cfg: Any, table: pa.Table, *, root: str, kind: str, views: Sequence[str], run_dir: str) -> Any:
+    """:func:`stream` with the run's settings (:func:`decode_settings`) and decode batch size."""
+    return stream(
+        table,
+        views=views,
+        batch_size=cfg.data.decode_batch_size,
+        **decode_settings(cfg, root=root, kind=kind, bad_dir=_io.join(run_dir, BAD_DIR)),
     )

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from hssal_ray import _io, faults
 from hssal_ray.config import ExperimentConfig, config_to_dict
-from hssal_ray.data.pipeline import BAD_DIR, make_schedule, stream
+from hssal_ray.data.pipeline import BAD_DIR, decode_settings, make_schedule, stream
 
 __all__ = ["TrainResult", "fit_round", "derive_seed", "ssl_active"]
 
@@ -97,23 +97,7 @@ def fit_round(
     rdir = _io.join(run_dir, f"round_{round_idx:03d}")
     bad_dir = _io.join(run_dir, BAD_DIR)
     DataContext.get_current().execution_options.preserve_order = True
-    from hssal_ray.weights import normalisation
-
-    mean, std = normalisation(cfg)
-    common = dict(
-        root=root,
-        kind=kind,
-        bands=cfg.data.bands,
-        size=cfg.data.image_size,
-        mean=mean,
-        std=std,
-        bad_dir=bad_dir,
-        drop_ids=True,
-        max_pixels=cfg.data.max_image_pixels,
-        follow_symlinks=cfg.data.follow_symlinks,
-        select=cfg.data.band_select,
-        value_range=cfg.data.value_range,
-    )
+    common = dict(drop_ids=True, **decode_settings(cfg, root=root, kind=kind, bad_dir=bad_dir))
     sched_l = make_schedule(
         labeled, (steps + slack) * bs * world, derive_seed(cfg.seed, round_idx, "labeled")
     )
