@@ -231,7 +231,7 @@ class _HALBase(QueryStrategy):
         b: int,
         backend: str,
         seed: int,
-        pick: str | None = None,
+        pick: str,
     ) -> ClusterTask:
         return ClusterTask(
             cluster=cluster,
@@ -239,7 +239,7 @@ class _HALBase(QueryStrategy):
             u=u[cand],
             n_picks=int(b),
             fine_method=self.fine_method,
-            pick=pick or self.pick,
+            pick=pick,
             backend=backend,
             max_iter=int(self.kmeans_iters),
             seed=int(seed),
