@@ -113,8 +113,8 @@ class FileDataset:
     def __getitem__(self, i: int) -> dict[str, Any]:
         import torch
 
-        from hssal_ray.data.catalog import load_bytes
         from hssal_ray.data.decode import decode_image
+        from hssal_ray.data.fetch import load_bytes
         from hssal_ray.data.transforms import augment_batch
 
         raw = load_bytes(self.root, self.kind, {"source": [self.sources[i]], "row": [self.rows[i]]})[0]

@@ -404,13 +404,8 @@ def run_torch_case(
     import torch
 
     from hssal_ray.models import build_model
-    from hssal_ray.ssl.steps import (
-        TrainState,
-        build_optimizer,
-        build_scheduler,
-        prepare_model,
-        train_step,
-    )
+    from hssal_ray.ssl.optim import build_optimizer, build_scheduler
+    from hssal_ray.ssl.steps import TrainState, prepare_model, train_step
 
     dev = torch.device(device)
     torch.manual_seed(0)
