@@ -43,16 +43,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from benchmarks._common import (
-    CpuTracker,
-    descendants,
-    md_table,
-    peak_rss_mb,
-    setup_logging,
-    start_local_ray,
-    summarize,
-    write_result,
-)
+from benchmarks._common import md_table, setup_logging, start_local_ray, summarize, write_result
+from benchmarks._sampler import CpuTracker, descendants, peak_rss_mb
 
 log = logging.getLogger("benchmarks.ingest")
 

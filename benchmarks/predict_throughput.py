@@ -115,7 +115,7 @@ def make_run(work: Path, chips: Path, size: int, model: str, actors: int, num_cp
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; writes ``<out>/predict_throughput.json`` and ``.md``."""
-    from benchmarks.archive_scale import driver_peak_mb, reset_peak_rss
+    from benchmarks._sampler import peak_mb, reset_peak_rss
 
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.predict_throughput", description=__doc__.split("\n\n")[0]
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         score_s = time.perf_counter() - t0
         shutil.rmtree(work / "pred", ignore_errors=True)
         reset_peak_rss()
-        start_mb = driver_peak_mb()
+        start_mb = peak_mb()
         t0 = time.perf_counter()
         s = predict(str(run), str(chips), str(work / "pred"), actors=args.actors)
         pred_s = time.perf_counter() - t0
@@ -173,8 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "predict_img_s": len(cat) / pred_s,
                 "ratio": score_s / pred_s if not args.predict_only else None,
                 "predict_driver_start_mb": start_mb,
-                "predict_driver_peak_mb": driver_peak_mb(),
-                "predict_driver_growth_mb": driver_peak_mb() - start_mb,
+                "predict_driver_peak_mb": peak_mb(),
+                "predict_driver_growth_mb": peak_mb() - start_mb,
             }
         )
         print(json.dumps(rows[-1]))
