@@ -37,6 +37,7 @@ __all__ = [
     "start_local_ray",
     "summarize",
     "sweep_round_means",
+    "write_initial_checkpoint",
     "write_result",
 ]
 
@@ -133,6 +134,22 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     args = list(sys.argv[1:] if argv is None else argv)
     exe = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable
     return " ".join([shlex.quote(exe), "-m", module, *map(shlex.quote, args)])
+
+
+def write_initial_checkpoint(cfg: Any, ckpt_dir: str, num_classes: int) -> int:
+    """A round checkpoint of the seeded random-init model in ``ckpt_dir`` (what the scorer loads); returns d.
+
+    Built and written by the training code itself (:func:`~hssal_ray.ssl.train_loop.build_train_state`,
+    ``write_checkpoint``): the same files a trained round leaves, at step 0.
+    """
+    import torch
+
+    from hssal_ray.ssl.train_loop import build_train_state, write_checkpoint
+
+    torch.manual_seed(cfg.seed)
+    state = build_train_state(cfg, num_classes, torch.device("cpu"), total_steps=1)
+    write_checkpoint(state, ckpt_dir, {"step": 0, "global_step": 0, "round": 0, "metrics": {}})
+    return int(state.model.embed_dim)
 
 
 def _cpu_model() -> str:

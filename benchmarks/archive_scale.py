@@ -48,7 +48,7 @@ import numpy as np
 
 from benchmarks._archive_data import NUM_CLASSES, generate_archive, sample_id
 from benchmarks._archive_report import MODULE, _flat, report
-from benchmarks._common import set_ray_env, setup_logging
+from benchmarks._common import set_ray_env, setup_logging, write_initial_checkpoint
 from benchmarks._sampler import CpuTracker, RaySampler, peak_mb, reset_peak_rss
 
 log = logging.getLogger("benchmarks.archive_scale")
@@ -74,22 +74,6 @@ def experiment(spec: dict[str, Any]) -> Any:
             },
         }
     )
-
-
-def write_initial_checkpoint(cfg: Any, ckpt_dir: str, num_classes: int) -> int:
-    """A round checkpoint of the seeded random-init model in ``ckpt_dir`` (what the scorer loads); returns d.
-
-    Built and written by the training code itself (:func:`~hssal_ray.ssl.train_loop.build_train_state`,
-    ``write_checkpoint``): the same files a trained round leaves, at step 0.
-    """
-    import torch
-
-    from hssal_ray.ssl.train_loop import build_train_state, write_checkpoint
-
-    torch.manual_seed(cfg.seed)
-    state = build_train_state(cfg, num_classes, torch.device("cpu"), total_steps=1)
-    write_checkpoint(state, ckpt_dir, {"step": 0, "global_step": 0, "round": 0, "metrics": {}})
-    return int(state.model.embed_dim)
 
 
 @contextmanager
