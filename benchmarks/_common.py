@@ -16,12 +16,10 @@ import logging
 import os
 import platform
 import re
-import resource
 import shlex
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,21 +27,17 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "CpuTracker",
     "RESULTS_DIR",
     "RAY_ENV",
     "command_line",
-    "descendants",
     "describe_machine",
-    "process_cpu_seconds",
     "md_table",
-    "peak_rss_mb",
-    "rss_mb",
     "set_ray_env",
     "setup_logging",
     "start_local_ray",
     "summarize",
     "sweep_round_means",
+    "write_initial_checkpoint",
     "write_result",
 ]
 
@@ -142,135 +136,20 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     return " ".join([shlex.quote(exe), "-m", module, *map(shlex.quote, args)])
 
 
-def rss_mb(pid: int | None = None) -> float:
-    """Current resident set size of a process (default: this one) in MiB (``/proc``; 0.0 if unknown)."""
-    try:
-        with open(f"/proc/{pid or 'self'}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
+def write_initial_checkpoint(cfg: Any, ckpt_dir: str, num_classes: int) -> int:
+    """A round checkpoint of the seeded random-init model in ``ckpt_dir`` (what the scorer loads); returns d.
 
-
-def peak_rss_mb(children: bool = False) -> float:
-    """Peak RSS of this process (or of its waited-for children) in MiB, from ``getrusage``."""
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux: KiB
-
-
-class CpuTracker:
-    """CPU seconds (user + system, ``/proc``) consumed by a set of processes: robust to others' load.
-
-    On a shared 2-core machine wall-clock rates mostly measure the neighbours; the CPU time a
-    pipeline burns per image does not depend much on them. The tracker remembers the last value
-    seen for every process, so processes that exit between samples keep their share (the total
-    never goes down), and it can sample in a background thread so that CPU time in any time window
-    can be read off later (:meth:`between`).
-
-    Args:
-        select: Returns the pids to account for at each sample (default: this process and all
-            its descendants; Ray's daemons and workers are descendants of the driver that started
-            the runtime, DataLoader workers are children).
+    Built and written by the training code itself (:func:`~hssal_ray.ssl.train_loop.build_train_state`,
+    ``write_checkpoint``): the same files a trained round leaves, at step 0.
     """
+    import torch
 
-    def __init__(self, select: Callable[[], Iterable[int]] | None = None) -> None:
-        self._select = select or (lambda: descendants(include_self=True))
-        self._last: dict[int, float] = {}
-        self._samples: list[tuple[float, float]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    from hssal_ray.ssl.train_loop import build_train_state, write_checkpoint
 
-    def total(self) -> float:
-        """Sample now; CPU seconds of every process ever selected (up to its last sample)."""
-        for pid in self._select():
-            t = process_cpu_seconds(pid)
-            if t is None:
-                continue
-            with self._lock:
-                self._last[pid] = max(self._last.get(pid, 0.0), t)
-        with self._lock:
-            return sum(self._last.values())
-
-    def start(self, interval: float = 0.5) -> CpuTracker:
-        """Sample ``(time.time(), total())`` every ``interval`` seconds in a daemon thread."""
-
-        def loop() -> None:
-            while not self._stop.is_set():
-                self._samples.append((time.time(), self.total()))
-                self._stop.wait(interval)
-
-        self._thread = threading.Thread(target=loop, name="cpu-tracker", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop the sampling thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def between(self, t0: float, t1: float) -> float:
-        """CPU seconds between wall times ``t0`` and ``t1`` (``time.time()``), linearly interpolated."""
-        xs = list(self._samples)
-        if len(xs) < 2 or not xs[0][0] <= t0 <= t1 <= xs[-1][0]:
-            return float("nan")
-
-        def at(t: float) -> float:
-            for (ta, ca), (tb, cb) in zip(xs, xs[1:], strict=False):
-                if ta <= t <= tb:
-                    return ca + (cb - ca) * ((t - ta) / (tb - ta) if tb > ta else 0.0)
-            return float("nan")
-
-        return at(t1) - at(t0)
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of ``/proc/<pid>/stat`` after the command name (``state`` first), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rfind(")") + 2 :].split()
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of one process (all its threads), from ``/proc``; None if it is gone."""
-    fields = _stat_fields(pid)
-    if fields is None:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (fields 14, 15 of stat)
-
-
-def descendants(pid: int | None = None, *, include_self: bool = False) -> list[int]:
-    """Pids of all descendants of ``pid`` (default: this process), optionally with ``pid`` itself.
-
-    Reads the parent of every process in ``/proc`` (Linux; no psutil, which the lock does not pin).
-    """
-    root = pid or os.getpid()
-    children: dict[int, list[int]] = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return [root] if include_self else []
-    for name in names:
-        if not name.isdigit():
-            continue
-        fields = _stat_fields(int(name))
-        if fields is not None:
-            children.setdefault(int(fields[1]), []).append(int(name))
-    out, todo = [], [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return ([root] if include_self else []) + out
+    torch.manual_seed(cfg.seed)
+    state = build_train_state(cfg, num_classes, torch.device("cpu"), total_steps=1)
+    write_checkpoint(state, ckpt_dir, {"step": 0, "global_step": 0, "round": 0, "metrics": {}})
+    return int(state.model.embed_dim)
 
 
 def _cpu_model() -> str:

@@ -20,9 +20,9 @@ For every size N the benchmark
    labels) and :func:`~hssal_ray.frozen.rounds.evaluate`, all with the ``configs/ucm_cpu.yaml``
    recipe (500 steps of a teacher and a student head, graph pseudo-labels, HAL budget 34);
 3. measures per step: CPU seconds (the process, sampled from ``/proc`` by
-   :class:`benchmarks._common.CpuTracker`; one thread, so they are what one idle core takes), wall
+   :class:`benchmarks._sampler.CpuTracker`; one thread, so they are what one idle core takes), wall
    seconds (meaningless on a shared machine, kept for the record) and peak RSS (``VmHWM``, reset
-   before each step: :func:`benchmarks.archive_scale.reset_peak_rss`); and the graph's recall@10
+   before each step: :func:`benchmarks._sampler.reset_peak_rss`); and the graph's recall@10
    against the exact search as the build measures it (100 sampled rows).
 
 The round is round 1 (warm-started from round 0, as every later round): train + score + query.
@@ -48,7 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import CpuTracker, md_table, setup_logging, write_result
+from benchmarks._common import md_table, setup_logging, write_result
+from benchmarks._sampler import CpuTracker, peak_mb, reset_peak_rss
 
 log = logging.getLogger("benchmarks.frozen_scale")
 
@@ -192,7 +193,6 @@ def run_size(spec: dict[str, Any]) -> dict[str, Any]:
 def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
     import pyarrow as pa
 
-    from benchmarks.archive_scale import driver_peak_mb, reset_peak_rss
     from hssal_ray.data.catalog import Catalog
     from hssal_ray.frozen import rounds
     from hssal_ray.frozen.store import open_store
@@ -218,7 +218,7 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
         steps[name] = {
             "cpu_s": round(cpu.total() - c0, 2),
             "wall_s": round(time.perf_counter() - t0, 2),
-            "peak_rss_mb": round(driver_peak_mb(), 1),
+            "peak_rss_mb": round(peak_mb(), 1),
         }
         log.info("n=%d %-14s %s", n, name, steps[name])
         return out

@@ -78,7 +78,7 @@ WEIGHTS_FILE = "efficientnet_lite0.safetensors"
 MANIFEST = "manifest.json"
 LABEL_FRACTION = 0.08
 LITE0 = "efficientnet_lite0"
-LITE0_MEAN_STD = "[0.5,0.5,0.5]"  # the packaged weights' own normalisation (hssal_ray.weights.PACKAGED)
+LITE0_MEAN_STD = "[0.5,0.5,0.5]"  # packaged weights' normalisation (hssal_ray.packaged_weights.PACKAGED)
 SECTIONS = ("train_throughput", "encode", "frozen_head", "kmeans", "knn", "finetune", "scoring")
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
@@ -180,7 +180,7 @@ def prepare(
     Images keep their relative paths (``class/name``; a non-JPEG source gets a ``.jpg`` name), so the
     product's seeded split is the one of the source. The weights are the packaged ImageNet
     EfficientNet-Lite0 (``ssl.weights: package:efficientnet_lite0``) mapped onto timm's layout and
-    checked tensor by tensor (:func:`hssal_ray.weights.packaged_backbone_state`), written as
+    checked tensor by tensor (:func:`hssal_ray.packaged_weights.packaged_backbone_state`), written as
     safetensors: the GPU machine lacks the package, and a local file loads through
     :func:`hssal_ray.models.load_weights`.
 
@@ -192,7 +192,7 @@ def prepare(
 
     from hssal_ray.data.decode import decode_image
     from hssal_ray.errors import DataError
-    from hssal_ray.weights import PACKAGED, packaged_backbone_state
+    from hssal_ray.packaged_weights import PACKAGED, packaged_backbone_state
 
     src, out = Path(source), Path(dest)
     classes = (
@@ -444,7 +444,7 @@ class Run:
 
     def mean_std(self, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
         from hssal_ray.data.transforms import default_mean_std
-        from hssal_ray.weights import normalisation
+        from hssal_ray.packaged_weights import normalisation
 
         mean, std = normalisation(cfg)
         dm, ds = default_mean_std(cfg.data.bands)

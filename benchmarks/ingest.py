@@ -43,16 +43,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from benchmarks._common import (
-    CpuTracker,
-    descendants,
-    md_table,
-    peak_rss_mb,
-    setup_logging,
-    start_local_ray,
-    summarize,
-    write_result,
-)
+from benchmarks._common import md_table, setup_logging, start_local_ray, summarize, write_result
+from benchmarks._sampler import CpuTracker, descendants, peak_rss_mb
 
 log = logging.getLogger("benchmarks.ingest")
 
@@ -113,8 +105,8 @@ class FileDataset:
     def __getitem__(self, i: int) -> dict[str, Any]:
         import torch
 
-        from hssal_ray.data.catalog import load_bytes
         from hssal_ray.data.decode import decode_image
+        from hssal_ray.data.fetch import load_bytes
         from hssal_ray.data.transforms import augment_batch
 
         raw = load_bytes(self.root, self.kind, {"source": [self.sources[i]], "row": [self.rows[i]]})[0]

@@ -30,7 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import md_table, setup_logging, start_local_ray, write_result
+from benchmarks._common import (
+    md_table,
+    setup_logging,
+    start_local_ray,
+    write_initial_checkpoint,
+    write_result,
+)
 
 CLASSES = ["a", "b", "c"]
 
@@ -80,11 +86,7 @@ def make_chips(work: Path, chips: int, size: int, seed: int = 0) -> Path:
 
 def make_run(work: Path, chips: Path, size: int, model: str, actors: int, num_cpus: int) -> tuple[Path, Any]:
     """A run directory whose round 0 checkpoint is a seeded random ``model``."""
-    import torch
-    from safetensors.torch import save_file
-
     from hssal_ray.config import config_from_dict, config_to_yaml
-    from hssal_ray.models import model_from_config
 
     run = work / "run"
     shutil.rmtree(run, ignore_errors=True)
@@ -102,12 +104,7 @@ def make_run(work: Path, chips: Path, size: int, model: str, actors: int, num_cp
             "resources": {"num_cpus": num_cpus, "score_actors": actors, "executor": "ray"},
         }
     )
-    torch.manual_seed(0)
-    state = model_from_config(cfg, len(CLASSES), with_weights=False).state_dict()
-    ckpt = run / "round_000" / "checkpoint"
-    ckpt.mkdir(parents=True)
-    for name in ("ema.safetensors", "model.safetensors"):
-        save_file({k: v.contiguous() for k, v in state.items()}, str(ckpt / name))
+    write_initial_checkpoint(cfg, str(run / "round_000" / "checkpoint"), len(CLASSES))
     (run / "config.yaml").write_text(config_to_yaml(cfg))
     (run / "classes.json").write_text(json.dumps(CLASSES))
     return run, cfg
@@ -115,7 +112,7 @@ def make_run(work: Path, chips: Path, size: int, model: str, actors: int, num_cp
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; writes ``<out>/predict_throughput.json`` and ``.md``."""
-    from benchmarks.archive_scale import driver_peak_mb, reset_peak_rss
+    from benchmarks._sampler import peak_mb, reset_peak_rss
 
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.predict_throughput", description=__doc__.split("\n\n")[0]
@@ -160,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         score_s = time.perf_counter() - t0
         shutil.rmtree(work / "pred", ignore_errors=True)
         reset_peak_rss()
-        start_mb = driver_peak_mb()
+        start_mb = peak_mb()
         t0 = time.perf_counter()
         s = predict(str(run), str(chips), str(work / "pred"), actors=args.actors)
         pred_s = time.perf_counter() - t0
@@ -173,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "predict_img_s": len(cat) / pred_s,
                 "ratio": score_s / pred_s if not args.predict_only else None,
                 "predict_driver_start_mb": start_mb,
-                "predict_driver_peak_mb": driver_peak_mb(),
-                "predict_driver_growth_mb": driver_peak_mb() - start_mb,
+                "predict_driver_peak_mb": peak_mb(),
+                "predict_driver_growth_mb": peak_mb() - start_mb,
             }
         )
         print(json.dumps(rows[-1]))

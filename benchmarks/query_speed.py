@@ -30,15 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._sampler import peak_mb, proc_status, reset_peak_rss
+
 RESULTS = Path(__file__).resolve().parent / "results"
 N_CLUSTERS = 200
-
-
-def _status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def make_data(n: int, d: int, seed: int, out: Path) -> dict[str, str]:
@@ -92,11 +87,10 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     strategy_from_config(cfg, random_state=0).select(tiny, min(spec["budget"], 50))  # imports, thread pools
     pool, lab = _pool(spec["paths"])
     strategy = strategy_from_config(cfg, random_state=0)
-    rss0 = _status_kb("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+    rss0 = proc_status("self").get("VmRSS", 0) / 1024
+    if reset_peak_rss():  # the peak RSS is now the current RSS
         peak_note = "peak RSS above the loaded pool (VmHWM reset before select)"
-    except OSError:
+    else:
         peak_note = "peak RSS of the whole process minus RSS before select (could not reset VmHWM)"
     load0 = os.getloadavg()[0]
     times, cpus = [], []
@@ -106,7 +100,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
     wall, cpu = float(np.median(times)), float(np.median(cpus))
-    peak = max(_status_kb("VmHWM") - rss0, 0) / 1024
+    peak = max(peak_mb() - rss0, 0.0)
     u = pool.scores["u_badge"]
     info = getattr(strategy, "info_", {})
     return {

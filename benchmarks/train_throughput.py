@@ -26,8 +26,8 @@ Images counted per step and worker = labeled + weak + strong unlabeled images (w
   the wait for the first batch).
 * ``fit_wall_s`` and ``startup_teardown_s`` (= fit wall - loop time): what a round pays around the loop.
 
-Report timestamps come from a Ray Train report callback registered through Ray's
-``RAY_TRAIN_CALLBACKS`` environment variable (fit_round takes no callbacks; see the notes).
+Report timestamps come from a Ray Train report callback (:mod:`benchmarks._report_timer`)
+registered through Ray's ``RAY_TRAIN_CALLBACKS`` environment variable (fit_round takes no callbacks).
 The headline ratio is ``2w x 1t`` / ``1w x 1t`` steady total images/s (target: >= 1.0, i.e. 2
 workers not slower per image than 1); ``2w x 1t`` / ``1w x 2t`` is reported beside it.
 
@@ -55,62 +55,18 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
-from benchmarks._common import CpuTracker, md_table, peak_rss_mb, setup_logging, start_local_ray, write_result
+from benchmarks._common import setup_logging, start_local_ray, write_result
+from benchmarks._sampler import CpuTracker, peak_rss_mb
+from benchmarks._train_report import _headline, _markdown
+from benchmarks._train_torch import torch_main
 
 log = logging.getLogger("benchmarks.train_throughput")
 
 MODULE = "benchmarks.train_throughput"
 REPORT_LOG_ENV = "HSSAL_BENCH_REPORT_LOG"
-CALLBACK_PATH = f"{MODULE}.ReportTimer"
-
-
-# ------------------------------------------------------------------------------- report callback
-
-
-def _make_report_timer() -> type:
-    """Build :class:`ReportTimer` (a Ray Train ``ReportCallback``) on first use.
-
-    Defined lazily (PEP 562 module ``__getattr__``) so that importing this module needs no Ray.
-    ``ReportCallback`` is Ray Train v2's internal report hook, the kind of class that
-    ``RAY_TRAIN_CALLBACKS`` accepts (a public ``UserCallback`` would need ``RunConfig(callbacks=)``,
-    which :func:`fit_round` does not expose).
-    """
-    from ray.train.v2._internal.execution.callback import ReportCallback
-
-    class ReportTimer(ReportCallback):
-        """Append ``{"t": wall time, "metrics": [per-worker metrics]}`` to a JSON-lines file per report.
-
-        The file path is read from ``$HSSAL_BENCH_REPORT_LOG`` when the callback is created (on the
-        driver) and travels with it to the Ray Train controller.
-        """
-
-        def __init__(self) -> None:
-            self.path = os.environ.get(REPORT_LOG_ENV)
-
-        def after_report(self, training_report: Any, metrics: list[dict[str, Any]]) -> None:
-            """Record the time and every worker's metrics of one report."""
-            if not self.path:
-                return
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"t": time.time(), "metrics": metrics}, default=float) + "\n")
-
-    ReportTimer.__module__ = __name__
-    ReportTimer.__qualname__ = "ReportTimer"
-    return ReportTimer
-
-
-_LAZY: dict[str, type] = {}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "ReportTimer":
-        if name not in _LAZY:
-            _LAZY[name] = _make_report_timer()
-        return _LAZY[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+CALLBACK_PATH = "benchmarks._report_timer.ReportTimer"  # Ray Train creates it from the name
 
 
 # ------------------------------------------------------------------------------------ Ray part
@@ -367,153 +323,6 @@ def ray_main(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------------------------ GPU part
-
-
-@dataclass(frozen=True)
-class TorchCase:
-    """One plain-torch precision/layout configuration."""
-
-    name: str
-    bf16: bool
-    channels_last: bool
-
-
-TORCH_CASES = (
-    TorchCase("fp32", False, False),
-    TorchCase("bf16", True, False),
-    TorchCase("bf16 + channels_last", True, True),
-    TorchCase("fp32 + channels_last", False, True),
-)
-
-
-def run_torch_case(
-    case: TorchCase,
-    *,
-    device: str,
-    model_name: str,
-    size: int,
-    batch: int,
-    uratio: int,
-    num_classes: int,
-    warmup: int,
-    steps: int,
-    compile_model: bool,
-) -> dict[str, Any]:
-    """Time ``steps`` FixMatch :func:`train_step` calls (after ``warmup``) for one case."""
-    import torch
-
-    from hssal_ray.models import build_model
-    from hssal_ray.ssl.steps import (
-        TrainState,
-        build_optimizer,
-        build_scheduler,
-        prepare_model,
-        train_step,
-    )
-
-    dev = torch.device(device)
-    torch.manual_seed(0)
-    cfg = SimpleNamespace(
-        p_cutoff=0.95, lambda_u=1.0, T=1.0, ema_m=0.999, threshold_mode="fixed", dist_align=False
-    )
-    model = prepare_model(
-        build_model(model_name, num_classes, in_chans=3), dev, channels_last=case.channels_last
-    )
-    model = torch.compile(model) if compile_model else model
-    opt = build_optimizer(model, lr=0.03)
-    state = TrainState.create(
-        model, opt, build_scheduler(opt, total_steps=warmup + steps), cfg, num_classes=num_classes
-    )
-    pin = dev.type == "cuda"
-    ub = batch * uratio
-
-    def host(n: int) -> torch.Tensor:
-        x = torch.randn(n, 3, size, size)
-        return x.pin_memory() if pin else x
-
-    batch_l = {"x": host(batch), "y": torch.randint(0, num_classes, (batch,))}
-    batch_u = {"x_weak": host(ub), "x_strong": host(ub)} if uratio > 0 else None
-    amp = torch.bfloat16 if case.bf16 else None
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    def step() -> None:
-        train_step(
-            state,
-            batch_l,
-            batch_u,
-            cfg,
-            dev,
-            amp_dtype=amp,
-            channels_last=case.channels_last,
-            allow_cpu_amp=dev.type != "cuda",
-        )
-
-    for _ in range(warmup):
-        step()
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    dt = time.perf_counter() - t0
-    images = steps * (batch + 2 * ub)
-    row = {
-        "config": case.name,
-        "device": device,
-        "model": model_name,
-        "size": size,
-        "batch": batch,
-        "uratio": uratio,
-        "compile": compile_model,
-        "steps": steps,
-        "step_ms": 1000 * dt / steps,
-        "img_s": images / dt,
-        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 1024**3 if dev.type == "cuda" else None,
-    }
-    log.info("%s on %s: %.1f img/s (%.1f ms/step)", case.name, device, row["img_s"], row["step_ms"])
-    return row
-
-
-def torch_main(args: argparse.Namespace) -> dict[str, Any]:
-    """The plain-torch part: every :data:`TORCH_CASES` entry per model on ``args.device``."""
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device visible")
-    if args.device == "cpu":
-        torch.set_num_threads(max(1, args.threads))
-    else:
-        torch.backends.cudnn.benchmark = True
-    rows = []
-    for model, size in args.models:
-        for case in TORCH_CASES:
-            rows.append(
-                run_torch_case(
-                    case,
-                    device=args.device,
-                    model_name=model,
-                    size=size,
-                    batch=args.batch,
-                    uratio=args.uratio,
-                    num_classes=args.classes,
-                    warmup=args.warmup,
-                    steps=args.steps,
-                    compile_model=args.compile,
-                )
-            )
-    ratios: dict[str, dict[str, float]] = {}
-    for model, size in args.models:
-        by = {r["config"]: r["img_s"] for r in rows if r["model"] == model and r["size"] == size}
-        ratios[f"{model}@{size}"] = {f"{k}_vs_fp32": v / by["fp32"] for k, v in by.items() if k != "fp32"}
-    return {"rows": rows, "ratios": ratios}
-
-
 # ---------------------------------------------------------------------------------------- CLI
 
 
@@ -581,97 +390,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
-    if args.no_ray:
-        cols = [
-            "config",
-            "device",
-            "model",
-            "size",
-            "batch",
-            "uratio",
-            "compile",
-            "step_ms",
-            "img_s",
-            "peak_gpu_mem_gib",
-        ]
-        note = (
-            "Plain-torch FixMatch `train_step` loop (no Ray, no data pipeline; random pinned host batches "
-            "copied to the device every step), timed after warm-up steps. "
-            "images/step = batch x (1 + 2 x uratio).\n"
-        )
-        if args.device != "cuda":
-            note += (
-                "\n**GPU numbers were not measured in this run** (device = CPU): this only shows the code "
-                "path runs; bf16 autocast on CPU is not a meaningful speed figure.\n"
-            )
-        return "## Plain torch train_step\n\n" + md_table(res["rows"], cols) + "\n\n" + note + _ratios_md(res)
-    cols = [
-        "config",
-        "repeat",
-        "model",
-        "size",
-        "batch_per_worker",
-        "uratio",
-        "steps",
-        "window_steps",
-        "steady_total_img_s",
-        "steady_per_worker_img_s",
-        "driver_total_img_s",
-        "img_per_cpu_s",
-        "loop_img_s_per_worker",
-        "fit_wall_s",
-        "startup_teardown_s",
-        "load_1m_before_after",
-    ]
-    note = (
-        f"- Ray started with num_cpus={args.num_cpus} *logical* CPUs on {os.cpu_count()} cores: the training "
-        "workers take 1 (or 2) each, the rest run the Ray Data decode/augment tasks that feed them; the "
-        "physical cores are shared by training and data preparation in every configuration.\n"
-        "- Steady state = the report window `window_steps` (first to last report; excludes start-up, the "
-        "data pipeline's start and the first report interval). `steady_per_worker_img_s`: each worker's "
-        "rate on its own clock (its cumulative `images_per_s_per_worker` metric at both ends, differenced), "
-        "mean over workers; `steady_total_img_s`: their sum; `driver_total_img_s`: the total on the driver's "
-        "clock (Ray Train report timestamps, window ending before the final checkpointing report; trails "
-        "the workers by up to the controller's polling interval). `loop_img_s_per_worker`: the final "
-        "cumulative metric (whole loop, incl. the wait for the first batch). `startup_teardown_s`: fit "
-        "wall time minus the loop (worker start, dataset start-up, teardown).\n"
-        "- Images per step and worker = batch x (1 + 2 x uratio) (labeled + weak + strong). Ratios use the "
-        "median over repeats of `steady_total_img_s`. `load_1m_before_after`: the host's 1-minute load "
-        "average around each fit (the machine is shared with other users' jobs, so wall-clock rates vary "
-        "with their load).\n"
-        "- `img_per_cpu_s`: images per CPU-second (user + system, from /proc) burnt by this driver and every "
-        "process of its Ray runtime (training workers, Ray Data tasks, Ray's daemons) over the driver-clock "
-        "window: the cost of an image, which depends much less on other users' load than wall time "
-        "(it still rises under contention: shared caches, spinning threads). `*_per_cpu_s` ratios "
-        "compare it (>= 1: the first configuration spends less CPU per image).\n"
-        f"- Data: {res['data']}; same per-worker batch in every configuration (so 2 workers do twice the "
-        "images per step).\n"
-        f"- `ray.init`: {res['ray_init_s']:.1f} s. GPU (bf16 vs fp32) not measured here: no GPU on this "
-        "machine (run `python -m benchmarks.train_throughput --no-ray --device cuda` on one).\n"
-    )
-    return (
-        "## Ray Train, CPU (DDP gloo)\n\n"
-        + md_table(
-            res["medians"], ["config", "model", "size", "repeats", "steady_total_img_s_median", "runs"]
-        )
-        + "\n\nAll runs (cases interleaved round-robin):\n\n"
-        + md_table(res["rows"], cols)
-        + "\n\n"
-        + _ratios_md(res)
-        + "\n"
-        + note
-    )
-
-
-def _ratios_md(res: dict[str, Any]) -> str:
-    lines = ["Ratios (same run):", ""]
-    for key, rs in res["ratios"].items():
-        for name, v in rs.items():
-            lines.append(f"- {key} {name}: **{v:.2f}**")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point (see the module docstring)."""
     args = parse_args(argv)
@@ -697,13 +415,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         write_result(name, payload, md, module=MODULE, out_dir=args.out, gpu=args.device == "cuda")
     return 0
-
-
-def _headline(res: dict[str, Any], args: argparse.Namespace) -> float | None:
-    """2 workers / 1 worker (Ray part) or bf16+channels_last / fp32 (torch part) of the first model."""
-    first = next(iter(res["ratios"].values()), {})
-    key = "bf16 + channels_last_vs_fp32" if args.no_ray else "2w_vs_1w1t"
-    return first.get(key)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ _LAZY = {
     "scan": "hssal_ray.data.catalog",
     "Catalog": "hssal_ray.data.catalog",
     "build_model": "hssal_ray.models",
-    "fixmatch_loss": "hssal_ray.ssl.fixmatch",
+    "fixmatch_loss": "hssal_ray.ssl.loss",
     "strategy_from_config": "hssal_ray.query",
     "load_pool": "hssal_ray.query",
     "build_report": "hssal_ray.report",

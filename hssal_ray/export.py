@@ -88,7 +88,7 @@ for path in sys.argv[2:]:
 def _package(cfg: Any) -> dict[str, Any] | None:
     from importlib import metadata
 
-    from hssal_ray.weights import packaged
+    from hssal_ray.packaged_weights import packaged
 
     pw = packaged(cfg.ssl.weights)
     if pw is None:

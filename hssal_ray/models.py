@@ -249,7 +249,7 @@ def build_model(
             ``"hssal_small_cnn"``.
         num_classes: Number of classes of the linear head.
         in_chans: Number of input bands.
-        weights: ``package:NAME`` (weights an installed package ships, see :mod:`hssal_ray.weights`)
+        weights: ``package:NAME`` (weights an installed package ships, see :mod:`hssal_ray.packaged_weights`)
             or a local weights file (``.safetensors``, ``.pt``, ``.pth``, ``.bin``; see :func:`load_weights`).
         pretrained_hub: Load timm's hub weights (needs a network; never used in tests).
         drop_rate: Dropout before the head.
@@ -307,7 +307,7 @@ def build_model(
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
     if weights is not None and str(weights).startswith("package:"):
-        from hssal_ray.weights import packaged_backbone_state
+        from hssal_ray.packaged_weights import packaged_backbone_state
 
         state = packaged_backbone_state(str(weights), name, in_chans)
         model.backbone.load_state_dict(state, strict=True)

@@ -131,7 +131,7 @@ def eval_model(rm: RunModel) -> nn.Module:
 def preprocess_spec(cfg: Any) -> dict[str, Any]:
     """How an image becomes the model's input (the ``input`` section of ``model.json``)."""
     from hssal_ray.data.transforms import default_mean_std
-    from hssal_ray.weights import normalisation
+    from hssal_ray.packaged_weights import normalisation
 
     mean, std = normalisation(cfg)
     dm, ds = default_mean_std(cfg.data.bands)

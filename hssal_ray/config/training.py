@@ -127,7 +127,7 @@ class SSLConfig:
         enabled: False trains supervised only (``lambda_u`` is ignored).
         model: timm backbone name, or ``hssal_small_cnn`` (tiny, for CPU).
         weights: Pretrained weights: ``package:NAME`` (weights shipped by an installed package,
-            e.g. ``package:efficientnet_lite0``; see :mod:`hssal_ray.weights`), or a local file
+            e.g. ``package:efficientnet_lite0``; see :mod:`hssal_ray.packaged_weights`), or a local file
             (safetensors or a weights-only torch file).
         pretrained_hub: Load timm's hub weights (needs a network).
         model_kwargs: Extra timm kwargs, e.g. ``{img_size: 224}`` for ViTs.

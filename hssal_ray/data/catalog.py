@@ -51,8 +51,6 @@ import pyarrow.fs as pafs
 from hssal_ray import _io
 from hssal_ray.data._shard_index import CLASSES_KEY, _scan_shards
 from hssal_ray.data.fetch import file_kind, inside
-from hssal_ray.data.fetch import load_bytes as load_bytes  # re-exported: the catalog's API
-from hssal_ray.data.fetch import root_fs as root_fs
 from hssal_ray.errors import DataError
 
 log = logging.getLogger(__name__)

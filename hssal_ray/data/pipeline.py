@@ -313,7 +313,7 @@ def stream(
 def decode_settings(cfg: Any, *, root: str, kind: str, bad_dir: str | None) -> dict[str, Any]:
     """The run's decode settings, as :class:`DecodeAugment` and :func:`stream` take them: bands,
     size, the weights' normalisation, pixel limit, links, band selection and value range."""
-    from hssal_ray.weights import normalisation
+    from hssal_ray.packaged_weights import normalisation
 
     mean, std = normalisation(cfg)
     return dict(

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def store_key(cfg: Any, ids: pa.ChunkedArray | pa.Array, root: str) -> str:
     """Hash of what determines the embeddings: images (root + manifest ids), backbone, weights, input."""
-    from hssal_ray.weights import normalisation
+    from hssal_ray.packaged_weights import normalisation
 
     h = hashlib.blake2b(digest_size=10)
     mean, std = normalisation(cfg)

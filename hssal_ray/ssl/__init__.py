@@ -5,25 +5,17 @@ The Ray Train worker loop (:mod:`hssal_ray.ssl.train_loop`) and the trainer buil
 """
 
 from hssal_ray.ssl.ema import build_ema, ema_decay, ema_initial_weight
+from hssal_ray.ssl.evaluation import evaluate, predict
 from hssal_ray.ssl.fixmatch import (
     ClasswiseThresholds,
     DistributionAlignment,
-    FixMatchStats,
     FlexMatchThresholds,
     FreeMatchThresholds,
     build_thresholds,
-    fixmatch_loss,
 )
-from hssal_ray.ssl.steps import (
-    FixMatchCosine,
-    TrainState,
-    build_optimizer,
-    build_scheduler,
-    evaluate,
-    predict,
-    prepare_model,
-    train_step,
-)
+from hssal_ray.ssl.loss import FixMatchStats, fixmatch_loss
+from hssal_ray.ssl.optim import FixMatchCosine, build_optimizer, build_scheduler
+from hssal_ray.ssl.steps import TrainState, prepare_model, train_step
 
 __all__ = [
     "ClasswiseThresholds",

@@ -1,7 +1,7 @@
 """FixMatch's stateful helpers: class-wise adaptive thresholds and distribution alignment.
 
 Names follow USB (semilearn): ``p_cutoff``, ``lambda_u``, ``T``. The loss itself is one readable
-function, :func:`fixmatch_loss` (:mod:`hssal_ray.ssl.loss`, re-exported here). Class-wise thresholds
+function, :func:`~hssal_ray.ssl.loss.fixmatch_loss` in :mod:`hssal_ray.ssl.loss`. Class-wise thresholds
 (:class:`FlexMatchThresholds`, :class:`FreeMatchThresholds`) and :class:`DistributionAlignment`
 keep their state as tensors with ``state_dict()``/``load_state_dict()``, so it goes into
 checkpoints, and average their batch statistics across DDP ranks when ``torch.distributed`` is
@@ -19,16 +19,13 @@ import torch.distributed as dist
 from torch import Tensor
 
 from hssal_ray.errors import ConfigError, StateError
-from hssal_ray.ssl.loss import FixMatchStats, fixmatch_loss
 
 __all__ = [
     "ClasswiseThresholds",
     "DistributionAlignment",
-    "FixMatchStats",
     "FlexMatchThresholds",
     "FreeMatchThresholds",
     "build_thresholds",
-    "fixmatch_loss",
 ]
 
 logger = logging.getLogger(__name__)

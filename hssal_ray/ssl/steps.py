@@ -8,9 +8,11 @@ Batches are dicts of ready tensors:
   (indices for FlexMatch's per-sample memory), and ``"targets": (B_u, C)`` a teacher's
   probabilities that replace the weak view's as pseudo-labels (the frozen head's graph mode).
 
-``cfg`` is any object with USB's attribute names (missing ones take these defaults):
-``p_cutoff=0.95, lambda_u=1.0, T=1.0, ema_m=0.999, threshold_mode="fixed", dist_align=False`` and,
-``TrainState.create`` reads ``ema_m``, ``threshold_mode``, ``p_cutoff`` and ``dist_align``.
+``cfg`` is any object with USB's attribute names (``p_cutoff``, ``lambda_u``, ``T``, ``ema_m``,
+``ema_warmup``, ``ema_warmup_power``, ``threshold_mode``, ``dist_align``), for example
+:class:`hssal_ray.config.SSLConfig`; a missing one takes that class's default.
+``TrainState.create`` reads ``ema_*``, ``threshold_mode``, ``p_cutoff`` and ``dist_align``.
+Optimiser and schedule: :mod:`hssal_ray.ssl.optim`; evaluation: :mod:`hssal_ray.ssl.evaluation`.
 """
 
 from __future__ import annotations
@@ -25,41 +27,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hssal_ray.config import SSLConfig
 from hssal_ray.errors import ConfigError, HSSALError, StateError
 from hssal_ray.models import unwrap_model
 from hssal_ray.ssl._device import _autocast, _inputs
 from hssal_ray.ssl.ema import build_ema
-from hssal_ray.ssl.evaluation import evaluate, predict
-from hssal_ray.ssl.fixmatch import ClasswiseThresholds, DistributionAlignment, build_thresholds, fixmatch_loss
-from hssal_ray.ssl.optim import FixMatchCosine, build_optimizer, build_scheduler
+from hssal_ray.ssl.fixmatch import ClasswiseThresholds, DistributionAlignment, build_thresholds
+from hssal_ray.ssl.loss import fixmatch_loss
 
-__all__ = [
-    "FixMatchCosine",
-    "TrainState",
-    "build_optimizer",
-    "build_scheduler",
-    "evaluate",
-    "predict",
-    "prepare_model",
-    "train_step",
-]
+__all__ = ["TrainState", "prepare_model", "train_step"]
 
 logger = logging.getLogger(__name__)
 
-_DEFAULTS: dict[str, Any] = {
-    "p_cutoff": 0.95,
-    "lambda_u": 1.0,
-    "T": 1.0,
-    "ema_m": 0.999,
-    "threshold_mode": "fixed",
-    "dist_align": False,
-    "ema_warmup": True,
-    "ema_warmup_power": 2 / 3,
-}
+_DEFAULTS = SSLConfig()  # the training math's defaults live in hssal_ray.config only
 
 
 def _cfg(cfg: Any, name: str) -> Any:
-    return getattr(cfg, name, _DEFAULTS[name])
+    return getattr(cfg, name, getattr(_DEFAULTS, name))
 
 
 def prepare_model(model: nn.Module, device: torch.device | str, *, channels_last: bool = False) -> nn.Module:
@@ -109,8 +93,8 @@ class TrainState:
 
         Args:
             model: The online model, already on its device (DDP-wrap it before or after).
-            optimizer: From :func:`build_optimizer`.
-            scheduler: From :func:`build_scheduler`, or None.
+            optimizer: From :func:`~hssal_ray.ssl.optim.build_optimizer`.
+            scheduler: From :func:`~hssal_ray.ssl.optim.build_scheduler`, or None.
             cfg: Config with ``ema_m``, ``threshold_mode``, ``p_cutoff``, ``dist_align`` (defaults if absent).
             num_classes: Number of classes; read from ``model.num_classes`` when None.
 

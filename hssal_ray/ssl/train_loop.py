@@ -26,7 +26,8 @@ import torch
 from hssal_ray import faults
 from hssal_ray.config import ExperimentConfig, config_from_dict
 from hssal_ray.models import model_from_config
-from hssal_ray.ssl.steps import TrainState, build_optimizer, build_scheduler, train_step
+from hssal_ray.ssl.optim import build_optimizer, build_scheduler
+from hssal_ray.ssl.steps import TrainState, train_step
 
 __all__ = [
     "train_loop_per_worker",

@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.archive_scale import MODULE, _tiles, image_array, sample_id
+from benchmarks._archive_data import _tiles, image_array, sample_id
+from benchmarks.archive_scale import MODULE
 from tests._env import REPO, cli_env
 
 
@@ -24,7 +25,7 @@ def test_generated_images_are_distinct_pngs() -> None:
     """Pixel (0, 0) carries the index: images of the same tile and roll still differ; PNG round-trips."""
     from PIL import Image
 
-    from benchmarks.archive_scale import N_TILES, _encode_png
+    from benchmarks._archive_data import N_TILES, _encode_png
 
     tiles = _tiles(0, 32)
     idx = [0, 1, N_TILES, 32 * N_TILES, 32 * 32 * N_TILES, 5 * 32 * 32 * N_TILES + 7]

@@ -11,8 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from hssal_ray.data.catalog import load_bytes, scan
+from hssal_ray.data.catalog import scan
 from hssal_ray.data.decode import ImageDecodeError, decode_batch, decode_image
+from hssal_ray.data.fetch import load_bytes
 from hssal_ray.data.synthetic import CORRUPT_CASES, make_corrupt_files
 from hssal_ray.errors import DataError
 from tests.data.make_tiny import tiny_imagefolder

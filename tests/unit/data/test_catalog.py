@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from hssal_ray.data.catalog import CLASSES_KEY, MANIFEST_SCHEMA, Catalog, load_bytes, scan
+from hssal_ray.data.catalog import CLASSES_KEY, MANIFEST_SCHEMA, Catalog, scan
+from hssal_ray.data.fetch import load_bytes
 from hssal_ray.errors import DataError
 from tests.data.make_tiny import tiny_flat, tiny_imagefolder, tiny_shards, write_plain_shard
 

@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from hssal_ray.data import shard as shard_mod
-from hssal_ray.data.catalog import CLASSES_KEY, load_bytes, scan
+from hssal_ray.data.catalog import CLASSES_KEY, scan
 from hssal_ray.data.decode import decode_image
+from hssal_ray.data.fetch import load_bytes
 from hssal_ray.data.shard import SHARD_SCHEMA, main, write_shards
 from hssal_ray.data.synthetic import make_synthetic_rs, synthetic_class_names
 from hssal_ray.errors import DataError

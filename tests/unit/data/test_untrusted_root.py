@@ -18,8 +18,9 @@ import pytest
 
 from hssal_ray.config import load_config
 from hssal_ray.data.bootstrap import ensure
-from hssal_ray.data.catalog import load_bytes, scan
+from hssal_ray.data.catalog import scan
 from hssal_ray.data.decode import decode_batch
+from hssal_ray.data.fetch import load_bytes
 from tests.data.make_tiny import tiny_imagefolder
 
 

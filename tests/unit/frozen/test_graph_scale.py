@@ -260,7 +260,7 @@ def test_ivf_recall_on_ucm_features() -> None:
     from PIL import Image
 
     from hssal_ray.models import model_from_config
-    from hssal_ray.weights import normalisation
+    from hssal_ray.packaged_weights import normalisation
 
     cfg = load_config(
         str(Path(__file__).resolve().parents[3] / "configs" / "ucm_cpu.yaml"), ["data.image_size=64"]

@@ -14,8 +14,8 @@ from hssal_ray.ssl.fixmatch import (
     FlexMatchThresholds,
     FreeMatchThresholds,
     build_thresholds,
-    fixmatch_loss,
 )
+from hssal_ray.ssl.loss import fixmatch_loss
 
 
 def _logits(*probs: list[float]) -> torch.Tensor:

@@ -12,16 +12,10 @@ from torch import nn
 
 from hssal_ray.errors import ConfigError, DataError, HSSALError, StateError
 from hssal_ray.models import build_model
+from hssal_ray.ssl.evaluation import evaluate, predict
 from hssal_ray.ssl.fixmatch import FreeMatchThresholds
-from hssal_ray.ssl.steps import (
-    TrainState,
-    build_optimizer,
-    build_scheduler,
-    evaluate,
-    predict,
-    prepare_model,
-    train_step,
-)
+from hssal_ray.ssl.optim import build_optimizer, build_scheduler
+from hssal_ray.ssl.steps import TrainState, prepare_model, train_step
 
 
 @pytest.fixture(autouse=True)

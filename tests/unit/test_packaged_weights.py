@@ -8,7 +8,7 @@ import torch
 from hssal_ray.config import load_config
 from hssal_ray.errors import ConfigError
 from hssal_ray.models import model_from_config
-from hssal_ray.weights import PACKAGED, map_in_order, normalisation, packaged
+from hssal_ray.packaged_weights import PACKAGED, map_in_order, normalisation, packaged
 
 LITE0 = ["ssl.model=efficientnet_lite0", "ssl.weights=package:efficientnet_lite0"]
 
