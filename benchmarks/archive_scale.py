@@ -364,8 +364,8 @@ def run_size(spec: dict[str, Any]) -> dict[str, Any]:
     from hssal_ray.data.catalog import scan
     from hssal_ray.data.pipeline import collect_bad_samples
     from hssal_ray.query import load_pool, strategy_from_config
+    from hssal_ray.rounds import derive_seed
     from hssal_ray.scoring import score_pool
-    from hssal_ray.ssl.trainer import derive_seed
 
     n, run_dir = int(spec["n"]), spec["run_dir"]
     shutil.rmtree(run_dir, ignore_errors=True)

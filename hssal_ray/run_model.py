@@ -69,7 +69,7 @@ def run_model(run_dir: str, round_idx: int | None = None) -> RunModel:
         StateError: Not a run directory, no classes, or no checkpoint (of that round).
     """
     from hssal_ray.loop.run_config import load_run_config
-    from hssal_ray.scoring import WEIGHT_FILES
+    from hssal_ray.rounds import WEIGHT_FILES
     from hssal_ray.state import round_dir
 
     cfg = load_run_config(run_dir)

@@ -27,6 +27,19 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from hssal_ray import _io
+from hssal_ray.rounds import (
+    checkpoint_meta,
+    classification_metrics,
+    derive_seed,
+    empty_scores_table,
+    load_weights,
+    round_ema_initial_weight,
+    scores_strong_view,
+    scores_table,
+    ssl_active,
+    warm_start_of,
+    write_checkpoint,
+)
 from hssal_ray.state import LabeledSet, round_dir
 
 __all__ = [
@@ -169,23 +182,16 @@ def _digest(*arrays: np.ndarray) -> str:
 
 
 def _load_head(cfg: Any, ckpt_dir: str, which: str, dim: int, num_classes: int) -> Any:
-    from safetensors.torch import load
-
     from hssal_ray.frozen.head import build_head
-    from hssal_ray.scoring import WEIGHT_FILES
 
     head = build_head(cfg, dim, num_classes)
-    head.load_state_dict(load(_io.read_bytes(_io.join(ckpt_dir, WEIGHT_FILES[which]))))
+    head.load_state_dict(load_weights(ckpt_dir, which))
     return head.eval()
 
 
 def train(ctx: Any, r: int, init_dir: str | None) -> dict[str, Any]:
     """Train round ``r``'s head; writes ``round_XXX/checkpoint/``; returns the train metrics."""
-    from safetensors.torch import load
-
     from hssal_ray.frozen.head import train_head
-    from hssal_ray.ssl.train_loop import global_step_of, round_ema_initial_weight, write_checkpoint
-    from hssal_ray.ssl.trainer import derive_seed, ssl_active
 
     cfg = ctx.cfg
     store = store_of(ctx)
@@ -202,13 +208,7 @@ def train(ctx: Any, r: int, init_dir: str | None) -> dict[str, Any]:
     truth = pool.column("label").to_numpy(zero_copy_only=False)[keep]
     train_rows = _rows(store, ctx.split("train"))
     stats = run_stats(cfg, store, train_rows)
-    init = None
-    if init_dir is not None:
-        init = {
-            "model": load(_io.read_bytes(_io.join(init_dir, "model.safetensors"))),
-            "ema": load(_io.read_bytes(_io.join(init_dir, "ema.safetensors"))),
-            "global_step": global_step_of(init_dir),
-        }
+    init = warm_start_of(init_dir) if init_dir is not None else None
     ssl_on = ssl_active(cfg, len(pool_rows), r)
     graph = None
     if ssl_on and cfg.ssl.pseudo_labels == "graph":
@@ -230,15 +230,14 @@ def train(ctx: Any, r: int, init_dir: str | None) -> dict[str, Any]:
         graph=graph,
     )
     metrics["ema_initial_weight"] = round_ema_initial_weight(cfg, state)
-    meta = {"step": state.step, "global_step": state.step_offset + state.step, "round": r, "regime": "frozen"}
-    write_checkpoint(state, _io.join(round_dir(ctx.run_dir, r), "checkpoint"), {**meta, "metrics": metrics})
+    meta = checkpoint_meta(state, r, metrics, regime="frozen")
+    write_checkpoint(state, _io.join(round_dir(ctx.run_dir, r), "checkpoint"), meta)
     return metrics
 
 
 def evaluate(ctx: Any, r: int) -> dict[str, Any]:
     """Test-split accuracy of the evaluation head (and of the other weights, as a diagnostic)."""
     from hssal_ray.frozen.infer import predict_views
-    from hssal_ray.scoring import classification_metrics
 
     cfg = ctx.cfg
     store = store_of(ctx)
@@ -286,25 +285,26 @@ def write_scores_of(
     """Score store rows ``rows`` with ``head`` into the Parquet file ``out_path``; returns the rows.
 
     Block by block (:func:`hssal_ray.frozen.head.score_rows`, one row group each), renamed into
-    place when whole; no rows still give a file with the contract's columns. The embedding column
+    place when whole; no rows still give a file with the contract's columns. The strong view is
+    scored only when the query reads it (:func:`hssal_ray.rounds.scores_strong_view`), as on the
+    image-level path, so both write the same columns. The embedding column
     is packed (one ``fixed_size_binary`` value of float16 bytes per row,
     :func:`hssal_ray.query.scores_table.packed_array`): as a Parquet list, its 1,280 values a row
     took most of a 1M-row round writing and reading it.
     """
     from hssal_ray.frozen.infer import score_rows
     from hssal_ray.query.scores_table import ScoresWriter
-    from hssal_ray.scoring import scores_table
 
     rows = np.asarray(rows, dtype=np.int64)
+    strong_on = scores_strong_view(cfg)
     with ScoresWriter(out_path) as out:
-        for s, probs, strong, emb in score_rows(head, store.views, rows, cfg.ssl.tta_views, SCORE_BLOCK_ROWS):
+        blocks = score_rows(head, store.views, rows, cfg.ssl.tta_views, SCORE_BLOCK_ROWS, strong=strong_on)
+        for s, probs, strong, emb in blocks:
             ids = store.id_array.take(pa.array(rows[s : s + len(probs)]))
             norms = np.ones(len(probs), np.float32)  # the embeddings are unit rows (u_badge's ||h||)
             out.write(
                 scores_table(ids, emb, probs, strong, cfg.ssl.p_cutoff, emb_norms=norms, pack_embeddings=True)
             )
         if out.rows == 0:  # nothing to score: the file still has the contract's columns
-            none = np.zeros((0, num_classes), np.float32)
-            emb = np.zeros((0, store.dim), np.float16)
-            out.write(scores_table(pa.array([], pa.string()), emb, none, none, 1.0, pack_embeddings=True))
+            out.write(empty_scores_table(store.dim, num_classes, strong_on, pack_embeddings=True))
         return int(out.rows)

@@ -61,9 +61,9 @@ def _typiclust(ctx: Any, n: int) -> list[str]:
     import torch
 
     from hssal_ray.query import load_pool
+    from hssal_ray.rounds import derive_seed, write_checkpoint
     from hssal_ray.scoring import score_pool
-    from hssal_ray.ssl.train_loop import build_train_state, write_checkpoint
-    from hssal_ray.ssl.trainer import derive_seed
+    from hssal_ray.ssl.train_loop import build_train_state
 
     cfg = ctx.cfg
     if cfg.ssl.finetune == "frozen":  # the pretrained encoder's cached features: no scoring pass
@@ -92,7 +92,7 @@ def _typiclust(ctx: Any, n: int) -> list[str]:
 
 def _typiclust_pick(cfg: Any, pool: Any, n: int) -> list[str]:
     from hssal_ray.query import strategy_from_config
-    from hssal_ray.ssl.trainer import derive_seed
+    from hssal_ray.rounds import derive_seed
 
     qcfg = dataclasses.replace(cfg.query, strategy="typiclust")
     strat = strategy_from_config(qcfg, random_state=derive_seed(cfg.seed, "cold_start") % (2**31))

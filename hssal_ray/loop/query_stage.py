@@ -33,7 +33,7 @@ def run_query(
     """
     from hssal_ray.query import load_pool, strategy_from_config
     from hssal_ray.query.scores_io import exclude_mask
-    from hssal_ray.ssl.trainer import derive_seed
+    from hssal_ray.rounds import derive_seed
 
     pool = load_pool(scores_path)
     if labeled_ids:  # Arrow hash join: no sort of the object id array (np.isin)

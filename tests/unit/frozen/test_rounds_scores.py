@@ -18,12 +18,14 @@ from hssal_ray.frozen.head import build_head, head_predict, predict_views
 from hssal_ray.frozen.store import EmbeddingStore, view_names
 from hssal_ray.query import load_pool
 from hssal_ray.query.scores_table import ScoresWriter, scores_arrow_table
-from hssal_ray.scoring import scores_table
+from hssal_ray.rounds import scores_strong_view, scores_table
 from hssal_ray.state import round_dir
 
 
-def test_streamed_scores_equal_the_whole_pool_table(tmp_path: Path, monkeypatch) -> None:
-    cfg = load_config(None, ["ssl.finetune=frozen", "ssl.embed_views=2", "ssl.tta_views=2"])
+@pytest.mark.parametrize("query", [[], ["query.ssl_aware=true"]])
+def test_streamed_scores_equal_the_whole_pool_table(tmp_path: Path, monkeypatch, query: list[str]) -> None:
+    cfg = load_config(None, ["ssl.finetune=frozen", "ssl.embed_views=2", "ssl.tta_views=2", *query])
+    strong = scores_strong_view(cfg)  # scored only when the query reads it, as on the image path
     rng = np.random.default_rng(0)
     n, d, nc = 50, 12, 3
     views = {v: rng.normal(size=(n, d)).astype(np.float16) for v in view_names(2)}
@@ -58,11 +60,12 @@ def test_streamed_scores_equal_the_whole_pool_table(tmp_path: Path, monkeypatch)
         store.ids[rows],
         emb,
         predict_views(head, views, rows, 2),
-        head_predict(head, views["strong_0"][rows]),
+        head_predict(head, views["strong_0"][rows]) if strong else None,
         0.95,
     )
     got = pq.read_table(out)
     assert got.column_names == want.column_names
+    assert ("confident" in got.column_names) == ("u_disagreement" in got.column_names) == bool(query)
     assert pa.types.is_fixed_size_binary(got.schema.field("embedding").type)  # packed float16 rows
     assert got.column("sample_id").to_pylist() == want.column("sample_id").to_pylist()
     for c in want.column_names[2:]:
