@@ -147,21 +147,8 @@ def actor_pool_size(requested: int, cluster_cpus: float, use_gpu: bool) -> int:
     return capped
 
 
-def _run(
-    cfg: ExperimentConfig,
-    table: pa.Table,
-    *,
-    root: str,
-    kind: str,
-    ckpt_dir: str,
-    num_classes: int,
-    run_dir: str,
-    mode: str,
-    views: tuple[str, ...],
-) -> Any:
-    ds = stream_for(cfg, table, root=root, kind=kind, views=views, run_dir=run_dir)
-    if cfg.resources.in_driver():
-        return _in_driver(ds, cfg, ckpt_dir, num_classes, mode)
+def _on_actors(ds: Any, cfg: ExperimentConfig, ckpt_dir: str, num_classes: int, mode: str) -> Any:
+    """The decode stream mapped by a pool of :class:`Scorer` actors (a lazy Ray Dataset of result tables)."""
     import ray
     import ray.data
 
@@ -223,24 +210,18 @@ def score_pool(
     """Score the unlabeled pool and write ``out_path`` (a directory of Parquet parts).
 
     A strong view is scored too when the query needs it (:func:`hssal_ray.rounds.scores_strong_view`).
+    With ``resources.executor=driver`` the scorer runs in this process and writes one part file,
+    atomically; otherwise the actors write one part per block.
     """
     views = ("none", "strong") if scores_strong_view(cfg) else ("none",)
-    ds = _run(
-        cfg,
-        pool,
-        root=root,
-        kind=kind,
-        ckpt_dir=ckpt_dir,
-        num_classes=num_classes,
-        run_dir=run_dir,
-        mode="score",
-        views=views,
-    )
-    if isinstance(ds, list):  # scored in the driver: one part file, written atomically
+    ds = stream_for(cfg, pool, root=root, kind=kind, views=views, run_dir=run_dir)
+    if cfg.resources.in_driver():
+        tables = _in_driver(ds, cfg, ckpt_dir, num_classes, "score")
         if _io.exists(out_path):
             _io.remove(out_path)
-        _io.atomic_write_parquet(_io.join(out_path, "part-00000.parquet"), pa.concat_tables(ds))
+        _io.atomic_write_parquet(_io.join(out_path, "part-00000.parquet"), pa.concat_tables(tables))
         return
+    ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "score")
     if _io.is_uri(out_path):
         if _io.exists(out_path):
             _io.remove(out_path)
@@ -268,22 +249,13 @@ def evaluate_split(
 
     Also returns ``test_accuracy_ema`` and ``test_accuracy_online``: both weights of the checkpoint.
     """
-    ds = _run(
-        cfg,
-        table,
-        root=root,
-        kind=kind,
-        ckpt_dir=ckpt_dir,
-        num_classes=num_classes,
-        run_dir=run_dir,
-        mode="eval",
-        views=("none",),
-    )
-    if isinstance(ds, list):  # evaluated in the driver
-        tables = ds
+    ds = stream_for(cfg, table, root=root, kind=kind, views=("none",), run_dir=run_dir)
+    if cfg.resources.in_driver():
+        tables = _in_driver(ds, cfg, ckpt_dir, num_classes, "eval")
     else:
         import ray
 
+        ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "eval")
         tables = ray.get(ds.select_columns(["label", "pred", "pred_other"]).to_arrow_refs())
     if not tables:
         return classification_metrics(np.zeros(0, np.int64), np.zeros(0, np.int64), num_classes)

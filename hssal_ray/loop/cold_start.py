@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from hssal_ray import _io
 from hssal_ray.errors import DataError
 
 __all__ = ["select_cold_start"]
@@ -58,36 +57,8 @@ def select_cold_start(ctx: Any) -> list[str]:
 
 
 def _typiclust(ctx: Any, n: int) -> list[str]:
-    import torch
-
-    from hssal_ray.query import load_pool
-    from hssal_ray.rounds import derive_seed, write_checkpoint
-    from hssal_ray.scoring import score_pool
-    from hssal_ray.ssl.train_loop import build_train_state
-
-    cfg = ctx.cfg
-    if cfg.ssl.finetune == "frozen":  # the pretrained encoder's cached features: no scoring pass
-        from hssal_ray.frozen.rounds import feature_pool
-
-        pool = feature_pool(ctx, ctx.split("train"))
-        return _typiclust_pick(cfg, pool, n)
-    d = _io.join(ctx.run_dir, "cold_start")
-    ckpt = _io.join(d, "checkpoint")  # under the run directory: no collision between runs or trials
-    torch.manual_seed(derive_seed(cfg.seed, "cold_start") % (2**31))
-    state = build_train_state(cfg, len(ctx.catalog.class_names), torch.device("cpu"), total_steps=1)
-    write_checkpoint(state, ckpt, {"step": 0, "round": "cold_start"})
-    train = ctx.split("train")
-    score_pool(
-        cfg,
-        train,
-        root=ctx.catalog.root,
-        kind=ctx.catalog.kind,
-        ckpt_dir=ckpt,
-        num_classes=len(ctx.catalog.class_names),
-        run_dir=ctx.run_dir,
-        out_path=_io.join(d, "scores.parquet"),
-    )
-    return _typiclust_pick(cfg, load_pool(_io.join(d, "scores.parquet")), n)
+    """TypiClust on the features the run's learner gives the train split before any training."""
+    return _typiclust_pick(ctx.cfg, ctx.learner.cold_start_pool(), n)
 
 
 def _typiclust_pick(cfg: Any, pool: Any, n: int) -> list[str]:

@@ -13,9 +13,10 @@ import torch
 from safetensors.torch import save_file
 
 from hssal_ray.config import load_config
-from hssal_ray.frozen import rounds
+from hssal_ray.frozen import scores as frozen_scores
 from hssal_ray.frozen.head import build_head, head_predict, predict_views
 from hssal_ray.frozen.store import EmbeddingStore, view_names
+from hssal_ray.learners.frozen import FrozenLearner
 from hssal_ray.query import load_pool
 from hssal_ray.query.scores_table import ScoresWriter, scores_arrow_table
 from hssal_ray.rounds import scores_strong_view, scores_table
@@ -39,16 +40,15 @@ def test_streamed_scores_equal_the_whole_pool_table(tmp_path: Path, monkeypatch,
     ckpt.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(ckpt / "ema.safetensors"))
     scored = pa.table({"sample_id": pa.array(ids[::-1])})  # the order of the table does not matter
-    ctx = types.SimpleNamespace(
+    run = types.SimpleNamespace(
         cfg=cfg,
         run_dir=str(tmp_path),
-        embedding_store=store,
         catalog=types.SimpleNamespace(class_names=["a", "b", "c"]),
         scored_rows=lambda: scored,
     )
-    monkeypatch.setattr(rounds, "SCORE_BLOCK_ROWS", 7)  # 48 rows -> 7 blocks
+    monkeypatch.setattr(frozen_scores, "SCORE_BLOCK_ROWS", 7)  # 48 rows -> 7 blocks
     out = tmp_path / "round_001" / "scores.parquet"
-    rounds.score(ctx, 1, str(out))
+    FrozenLearner(run, store=store).score(1, str(out))
     assert pq.ParquetFile(out).metadata.num_row_groups == 7
     # the table as it was built before streaming: every row at once
     rows = store.rows_of(scored.column("sample_id"))

@@ -1,4 +1,8 @@
-"""The query stage: read the round's scores, run the configured strategy, return the batch."""
+"""The round's query batch from a scores file: load the pool, run the configured strategy, return the picks.
+
+The ``query`` stage (:mod:`hssal_ray.loop.stages.query`) writes what this returns; benchmarks call it
+directly on a scores file.
+"""
 
 from __future__ import annotations
 
