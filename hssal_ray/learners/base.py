@@ -98,9 +98,9 @@ class Learner(Protocol):
         ...
 
     @staticmethod
-    def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
-        """CPUs and GPUs a Tune trial of this path holds beyond Tune's own bundles (decode plus
-        training or scoring, whichever holds more: they never run at once)."""
+    def trial_footprint(cfg: ExperimentConfig, bundles: list[dict[str, float]]) -> dict[str, float]:
+        """``{"CPU", "GPU"}`` one Tune trial of this path holds at most, given the placement-group
+        ``bundles`` Tune reserves for it (:func:`hssal_ray.tune._plan.trial_bundles`)."""
         ...
 
     @staticmethod

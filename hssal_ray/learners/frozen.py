@@ -199,9 +199,10 @@ class FrozenLearner:
         cls._ensure_store(cfg, catalog, run_dir, progress)
 
     @staticmethod
-    def trial_resources(cfg: Any) -> dict[str, float]:
-        """One CPU: the rounds run in the trial itself; the CPU is for an encode if the store is new."""
-        return {"CPU": 1.0, "GPU": 0.0}
+    def trial_footprint(cfg: Any, bundles: list[dict[str, float]]) -> dict[str, float]:
+        """The CPUs of Tune's bundles plus one: the rounds run in the trial itself; the extra CPU
+        is for an encode if the store is new. No GPU is counted."""
+        return {"CPU": float(sum(b.get("CPU", 0.0) for b in bundles) + 1.0), "GPU": 0.0}
 
     @staticmethod
     def classifier(cfg: Any, weights: dict[str, Any], num_classes: int) -> nn.Module:

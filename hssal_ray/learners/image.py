@@ -105,11 +105,18 @@ class ImageLearner:
         """Nothing: every run decodes its images itself."""
 
     @staticmethod
-    def trial_resources(cfg: Any) -> dict[str, float]:
-        """One decode CPU plus the Ray Train worker group or the scoring actor pool, whichever is larger."""
+    def trial_footprint(cfg: Any, bundles: list[dict[str, float]]) -> dict[str, float]:
+        """Tune's bundles, one decode CPU, and the Ray Train worker group or the scoring actor pool,
+        whichever is larger (training and scoring never run at once)."""
         r = cfg.resources
-        cpu = 1.0 + max(r.num_workers * r.cpus_per_worker, r.score_actors)
-        gpu = max(r.num_workers, r.score_actors) if r.use_gpu else 0
+        cpu = (
+            sum(b.get("CPU", 0.0) for b in bundles)
+            + 1.0
+            + max(r.num_workers * r.cpus_per_worker, r.score_actors)
+        )
+        gpu = sum(b.get("GPU", 0.0) for b in bundles) + (
+            max(r.num_workers, r.score_actors) if r.use_gpu else 0
+        )
         return {"CPU": float(cpu), "GPU": float(gpu)}
 
     @staticmethod

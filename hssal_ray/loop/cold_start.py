@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hssal_ray.errors import DataError
+
+if TYPE_CHECKING:
+    from hssal_ray.loop.context import RunContext
 
 __all__ = ["select_cold_start"]
 
 log = logging.getLogger(__name__)
 
 
-def select_cold_start(ctx: Any) -> list[str]:
+def select_cold_start(ctx: RunContext) -> list[str]:
     """Pick ``loop.initial_labeled`` ids of the train split for the oracle to label first.
 
     ``random``: a seeded uniform sample (what a real user without labels can do).
@@ -56,7 +59,7 @@ def select_cold_start(ctx: Any) -> list[str]:
     return _typiclust(ctx, n)
 
 
-def _typiclust(ctx: Any, n: int) -> list[str]:
+def _typiclust(ctx: RunContext, n: int) -> list[str]:
     """TypiClust on the features the run's learner gives the train split before any training."""
     return _typiclust_pick(ctx.cfg, ctx.learner.cold_start_pool(), n)
 

@@ -94,9 +94,7 @@ def trial_footprint(cfg: ExperimentConfig) -> dict[str, float]:
     """CPUs/GPUs one trial holds at most: Tune's bundles + decode + training or scoring (not both)."""
     from hssal_ray.learners import learner_class
 
-    bundles = trial_bundles(cfg)
-    extra = learner_class(cfg).trial_resources(cfg)
-    return {k: float(sum(b.get(k, 0.0) for b in bundles) + extra[k]) for k in ("CPU", "GPU")}
+    return learner_class(cfg).trial_footprint(cfg, trial_bundles(cfg))
 
 
 @dataclass

@@ -113,8 +113,12 @@ def test_make_learner_picks_the_path_once_from_the_config(tmp_path) -> None:
     for regime in ("full", "partial"):
         assert learner_class(load_config(None, [f"ssl.finetune={regime}"])) is ImageLearner
     assert isinstance(_ctx(tmp_path).learner, ImageLearner)
-    assert ImageLearner.trial_resources(load_config(None, ["resources.num_workers=2"]))["CPU"] >= 3
-    assert FrozenLearner.trial_resources(load_config(None, FROZEN)) == {"CPU": 1.0, "GPU": 0.0}
+    bundles = [{"CPU": 2.0}, {"CPU": 1.0}]
+    image = load_config(
+        None, ["resources.num_workers=2", "resources.cpus_per_worker=2", "resources.score_actors=1"]
+    )
+    assert ImageLearner.trial_footprint(image, bundles) == {"CPU": 3.0 + 1.0 + 4.0, "GPU": 0.0}
+    assert FrozenLearner.trial_footprint(load_config(None, FROZEN), bundles) == {"CPU": 4.0, "GPU": 0.0}
 
 
 def test_frozen_learner_keeps_the_contract(tmp_path) -> None:
