@@ -43,10 +43,10 @@ def amp_dtype(amp: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype of ``ssl.amp`` on ``device``, for training, scoring, encoding and prediction.
 
     ``none``: no autocast. ``auto``: bfloat16 on CUDA, none elsewhere. ``bf16``: bfloat16 on any
-    device, CPU included. ``bf16`` is the explicit request: it differs from ``auto`` only on a CPU,
-    so it must mean bfloat16 there, and a model trained under bfloat16 autocast is then scored and
-    evaluated with the same numerics. (The inference copies this replaces read ``bf16`` as ``auto``,
-    which left the value without effect there while training on the same CPU used it.)
+    device, CPU included. Why ``bf16`` autocasts on a CPU: it is the explicit request, and it
+    differs from ``auto`` only there, so reading it as ``auto`` would leave it without effect; and
+    one rule for every caller means a model trained under bfloat16 autocast is scored, evaluated,
+    encoded and used for prediction with the same numerics.
     """
     if amp == "none":
         return None

@@ -80,7 +80,7 @@ class _Shard:
 @pytest.mark.parametrize("amp", ["auto", "bf16", "none"])
 def test_scoring_encoding_and_training_use_the_same_amp_rule(amp: str, tmp_path, monkeypatch) -> None:
     """On a CPU: the scoring actor, the frozen encoder and the Ray Train worker loop all autocast
-    exactly as :func:`amp_dtype` says (they used to read ``bf16`` differently)."""
+    exactly as :func:`amp_dtype` says, ``bf16`` included."""
     from hssal_ray.frozen.encode import Encoder
     from hssal_ray.scoring import Scorer
     from hssal_ray.ssl import train_loop
