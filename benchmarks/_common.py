@@ -144,7 +144,8 @@ def write_initial_checkpoint(cfg: Any, ckpt_dir: str, num_classes: int) -> int:
     """
     import torch
 
-    from hssal_ray.ssl.train_loop import build_train_state, write_checkpoint
+    from hssal_ray.rounds import write_checkpoint
+    from hssal_ray.ssl.train_loop import build_train_state
 
     torch.manual_seed(cfg.seed)
     state = build_train_state(cfg, num_classes, torch.device("cpu"), total_steps=1)

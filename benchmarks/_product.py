@@ -104,14 +104,16 @@ def base_config(path: str, overrides: Sequence[str]) -> Any:
 
 
 def pre_encode(cfg: Any, run_dir: str) -> float:
-    """Build the frozen path's embedding store once, before the trials share it; returns seconds."""
+    """Build what the trials' learner shares (the frozen path's embedding store) once, before the
+    trials; returns seconds (0 when the learner shares nothing)."""
     import time
 
     from hssal_ray._ray import ensure_ray
     from hssal_ray.data.catalog import scan
-    from hssal_ray.frozen.store import ensure_store
+    from hssal_ray.learners import learner_class
 
-    if cfg.ssl.finetune != "frozen":
+    learner = learner_class(cfg)
+    if not learner.shares_inputs:
         return 0.0
     ensure_ray(cfg.resources)
     t0 = time.perf_counter()
@@ -119,7 +121,7 @@ def pre_encode(cfg: Any, run_dir: str) -> float:
         cfg.data.root, test_fraction=cfg.data.test_fraction, seed=cfg.seed, val_fraction=cfg.data.val_fraction
     )
     _io.makedirs(run_dir)
-    ensure_store(cfg, cat, run_dir)
+    learner.prepare_inputs(cfg, cat, run_dir)
     return time.perf_counter() - t0
 
 

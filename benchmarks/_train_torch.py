@@ -52,8 +52,8 @@ def run_torch_case(
 
     from hssal_ray.config import load_config
     from hssal_ray.models import build_model
+    from hssal_ray.rounds import build_optimization
     from hssal_ray.ssl.steps import TrainState, prepare_model, train_step
-    from hssal_ray.ssl.train_loop import build_optimization
 
     dev = torch.device(device)
     torch.manual_seed(0)

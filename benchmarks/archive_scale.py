@@ -12,7 +12,7 @@ For every size N the benchmark
    :func:`hssal_ray.scoring.score_pool` (Ray Data decode tasks + an actor pool holding a tiny
    randomly initialised ``hssal_small_cnn``, written as a round's checkpoint by the training code's
    own :func:`~hssal_ray.ssl.train_loop.build_train_state` and ``write_checkpoint``), then the
-   query stage's :func:`hssal_ray.loop.query_stage.run_query` (``load_pool`` + HAL ``select``);
+   query stage's :func:`hssal_ray.loop.query_batch.run_query` (``load_pool`` + HAL ``select``);
 3. measures per stage: wall time (and CPU seconds of the driver and all its Ray processes, which
    depends less on the other jobs of a shared machine), the driver's peak RSS (``VmHWM``, reset
    before each stage through ``/proc/self/clear_refs``), and the RSS of the Ray worker processes
@@ -80,7 +80,7 @@ def experiment(spec: dict[str, Any]) -> Any:
 def timed_load_pool() -> Iterator[dict[str, Any]]:
     """Time the query stage's ``load_pool`` call and keep the pool it returns (``seconds``, ``pool``).
 
-    :func:`hssal_ray.loop.query_stage.run_query` looks ``load_pool`` up in :mod:`hssal_ray.query`
+    :func:`hssal_ray.loop.query_batch.run_query` looks ``load_pool`` up in :mod:`hssal_ray.query`
     when it runs; the wrapper there splits the stage's time into loading and selecting and gives
     the benchmark the loaded pool (its ids and embedding matrix) without loading it a second time.
     """
@@ -110,7 +110,7 @@ def run_size(spec: dict[str, Any]) -> dict[str, Any]:
     from hssal_ray._ray import ensure_ray
     from hssal_ray.data.catalog import scan
     from hssal_ray.data.pipeline import collect_bad_samples
-    from hssal_ray.loop.query_stage import run_query
+    from hssal_ray.loop.query_batch import run_query
     from hssal_ray.scoring import score_pool
 
     n, run_dir = int(spec["n"]), spec["run_dir"]

@@ -14,10 +14,10 @@ For every size N the benchmark
    one thread), runs the product's own code on it: :func:`hssal_ray.frozen.store.open_store`, a
    :class:`hssal_ray.loop.context.RunContext` holding a synthetic manifest (train split N - test,
    test split min(N/5, 10,000), 2% of the training split labeled at round 0), the one-time
-   statistics and k-NN graph (:func:`hssal_ray.frozen.rounds.run_stats`, ``run_graph``), then two
-   rounds of :func:`hssal_ray.frozen.rounds.train`, :func:`~hssal_ray.frozen.rounds.score` and
-   :func:`hssal_ray.loop.query_stage.run_query` (the picks labeled in between, from the synthetic
-   labels) and :func:`~hssal_ray.frozen.rounds.evaluate`, all with the ``configs/ucm_cpu.yaml``
+   statistics and k-NN graph (:func:`hssal_ray.frozen.split_cache.run_stats`, ``run_graph``), then two
+   rounds of the frozen learner's :meth:`~hssal_ray.learners.frozen.FrozenLearner.train`, ``score`` and
+   :func:`hssal_ray.loop.query_batch.run_query` (the picks labeled in between, from the synthetic
+   labels) and ``evaluate``, all with the ``configs/ucm_cpu.yaml``
    recipe (500 steps of a teacher and a student head, graph pseudo-labels, HAL budget 34);
 3. measures per step: CPU seconds (the process, sampled from ``/proc`` by
    :class:`benchmarks._sampler.CpuTracker`; one thread, so they are what one idle core takes), wall
@@ -194,10 +194,11 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
     import pyarrow as pa
 
     from hssal_ray.data.catalog import Catalog
-    from hssal_ray.frozen import rounds
+    from hssal_ray.frozen.split_cache import run_graph, run_stats
     from hssal_ray.frozen.store import open_store
+    from hssal_ray.learners.frozen import stored_rows
     from hssal_ray.loop.context import RunContext
-    from hssal_ray.loop.query_stage import run_query
+    from hssal_ray.loop.query_batch import run_query
     from hssal_ray.state import LabeledSet, round_dir
 
     n, seed = int(spec["n"]), int(spec["seed"])
@@ -232,7 +233,7 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
         kind="files",
     )
     store = step("open_store", lambda: open_store(spec["store"], rows=n))
-    ctx.embedding_store = store
+    ctx.learner.store = store
     train = ctx.split("train")
     rng = np.random.default_rng([seed, 4])
     first = rng.choice(train.num_rows, max(1, round(LABELED_FRACTION * train.num_rows)), replace=False)
@@ -243,23 +244,23 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
         "benchmark",
     )
     labeled.save(run_dir)
-    train_rows = rounds._rows(store, train)
-    stats = step("stats", lambda: rounds.run_stats(cfg, store, train_rows))
-    graph = step("graph_build", lambda: rounds.run_graph(cfg, store, train_rows, stats))
+    train_rows = stored_rows(store, train)
+    stats = step("stats", lambda: run_stats(cfg, store, train_rows))
+    graph = step("graph_build", lambda: run_graph(cfg, store, train_rows, stats))
     truth = dict(
         zip(manifest.column("sample_id").to_pylist(), manifest.column("label").to_pylist(), strict=True)
     )
     info: dict[str, Any] = {}
     for r in (0, 1):
         init = None if r == 0 else os.path.join(round_dir(run_dir, 0), "checkpoint")
-        m = step(f"r{r}_train", lambda r=r, init=init: rounds.train(ctx, r, init))
+        m = step(f"r{r}_train", lambda r=r, init=init: ctx.learner.train(r, init))
         scores = os.path.join(round_dir(run_dir, r), "scores.parquet")
-        step(f"r{r}_score", lambda r=r, scores=scores: rounds.score(ctx, r, scores))
+        step(f"r{r}_score", lambda r=r, scores=scores: ctx.learner.score(r, scores))
         lab_ids = set(LabeledSet.load(run_dir).ids)
         picked = step(
             f"r{r}_query", lambda r=r, s=scores, ids=lab_ids: run_query(cfg, s, cfg.query.budget, ids, r)
         )[0]
-        ev = step(f"r{r}_evaluate", lambda r=r: rounds.evaluate(ctx, r))
+        ev = step(f"r{r}_evaluate", lambda r=r: ctx.learner.evaluate(r))
         labeled = LabeledSet.load(run_dir).with_round(r + 1, {s: truth[s] for s in picked}, "benchmark")
         labeled.save(run_dir)
         info[f"r{r}"] = {

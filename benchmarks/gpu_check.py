@@ -676,7 +676,7 @@ def schedule(run: Run, rows: np.ndarray, length: int, seed: int) -> tuple[np.nda
 
 def streams(run: Run, cfg: Any, steps: int, round_idx: int = 0) -> tuple[AugSteps, AugSteps]:
     """The labeled (weak) and unlabeled (weak + strong) streams of ``steps`` steps, seeded as the trainer."""
-    from hssal_ray.ssl.trainer import derive_seed
+    from hssal_ray.rounds import derive_seed
 
     bs, ub = cfg.ssl.batch_size, cfg.ssl.batch_size * cfg.ssl.uratio
     rl, sl = schedule(run, run.lab_rows, steps * bs, derive_seed(cfg.seed, round_idx, "labeled"))
@@ -693,8 +693,9 @@ def _throughput_case(run: Run, cfg: Any, raw: list[tuple[dict[str, Any], dict[st
     """Time ``train_step`` on the state a training worker builds, cycling the prepared step batches."""
     import torch
 
+    from hssal_ray.rounds import amp_dtype
     from hssal_ray.ssl.steps import train_step
-    from hssal_ray.ssl.train_loop import amp_dtype_for, build_train_state
+    from hssal_ray.ssl.train_loop import build_train_state
 
     s = run.sizes
     norm = Normalise(*run.mean_std(cfg), run.dev)
@@ -711,7 +712,7 @@ def _throughput_case(run: Run, cfg: Any, raw: list[tuple[dict[str, Any], dict[st
     ]
     torch.manual_seed(0)
     state = build_train_state(cfg, run.num_classes, run.dev, total_steps=s.tp_warmup + s.tp_steps)
-    amp = amp_dtype_for(cfg, run.dev)
+    amp = amp_dtype(cfg.ssl.amp, run.dev)
     losses: list[float] = []
     times: list[float] = []
     for i in range(s.tp_warmup + s.tp_steps):
@@ -901,7 +902,7 @@ def sec_encode(run: Run) -> dict[str, Any]:
 def sec_frozen_head(run: Run) -> dict[str, Any]:
     """The frozen-head recipe (``train_head``) on the encoded features, 8% labels: test accuracy."""
     from hssal_ray.frozen.head import predict_views, train_head
-    from hssal_ray.ssl.trainer import derive_seed
+    from hssal_ray.rounds import derive_seed
 
     if run.views is None:
         raise RuntimeError("needs the encode section's features (it did not run)")
@@ -1172,9 +1173,9 @@ def sec_finetune(run: Run) -> dict[str, Any]:
     """Full FixMatch fine-tuning of Lite0 through the worker loop; the evaluation actor on the test split."""
     from hssal_ray.config import config_to_dict
     from hssal_ray.data.transforms import augment_batch
+    from hssal_ray.rounds import derive_seed
     from hssal_ray.scoring import Scorer
     from hssal_ray.ssl.train_loop import LocalContext, run_worker
-    from hssal_ray.ssl.trainer import derive_seed
 
     s = run.sizes
     base = run.profile_cfg()
@@ -1316,8 +1317,9 @@ def sec_scoring(run: Run) -> dict[str, Any]:
 
     from hssal_ray.config import config_to_dict
     from hssal_ray.data.transforms import augment_batch
+    from hssal_ray.rounds import save_checkpoint_dir
     from hssal_ray.scoring import Scorer
-    from hssal_ray.ssl.train_loop import build_train_state, save_checkpoint_dir
+    from hssal_ray.ssl.train_loop import build_train_state
 
     cfg = run.profile_cfg(LITE0)
     ckpt = run.ft_ckpt

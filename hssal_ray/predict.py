@@ -84,6 +84,7 @@ class Predictor(Scorer):
     scorer; batches of decoded images -> :func:`predictions_table` rows."""
 
     def __init__(self, run_dir: str, round_idx: int, top_k: int, use_gpu: bool) -> None:
+        from hssal_ray.rounds import amp_dtype
         from hssal_ray.run_model import eval_model, run_model
 
         rm = run_model(run_dir, round_idx)
@@ -94,7 +95,7 @@ class Predictor(Scorer):
             torch.set_num_threads(1)
         model = eval_model(rm).to(self.device)
         self.model = model.to(memory_format=torch.channels_last) if self.cfg.ssl.channels_last else model
-        self.amp = torch.bfloat16 if (self.device.type == "cuda" and self.cfg.ssl.amp != "none") else None
+        self.amp = amp_dtype(self.cfg.ssl.amp, self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         _, probs = self._forward(batch["x_none"])

@@ -69,7 +69,7 @@ def run_model(run_dir: str, round_idx: int | None = None) -> RunModel:
         StateError: Not a run directory, no classes, or no checkpoint (of that round).
     """
     from hssal_ray.loop.run_config import load_run_config
-    from hssal_ray.scoring import WEIGHT_FILES
+    from hssal_ray.rounds import WEIGHT_FILES
     from hssal_ray.state import round_dir
 
     cfg = load_run_config(run_dir)
@@ -98,34 +98,22 @@ def run_model(run_dir: str, round_idx: int | None = None) -> RunModel:
 
 
 def eval_model(rm: RunModel) -> nn.Module:
-    """The run's evaluation classifier in eval mode, built as the loop builds it.
+    """The run's evaluation classifier in eval mode, built as the loop's learner builds it
+    (:meth:`hssal_ray.learners.base.Learner.classifier`).
 
-    Image-level runs: :func:`hssal_ray.models.model_from_config` with the checkpoint's weights (as
+    Image-level runs: the classifier with the checkpoint's weights (as
     :class:`hssal_ray.scoring.Scorer` loads them). Frozen runs: the encoder of
-    :class:`hssal_ray.frozen.store.Encoder` (same weights, same seed) and the head of
-    :func:`hssal_ray.frozen.head.build_head` with the checkpoint's weights. It computes the clean
-    view: the frozen path's scores match it to float16 rounding of the stored features when
-    ``ssl.tta_views`` is 0 (with more, the loop also averages stored augmented views).
+    :class:`hssal_ray.frozen.encode.Encoder` (same weights, same seed) and the head with the
+    checkpoint's weights (a :class:`FrozenClassifier`). It computes the clean view: the frozen
+    path's scores match it to float16 rounding of the stored features when ``ssl.tta_views`` is 0
+    (with more, the loop also averages stored augmented views).
     """
     from safetensors.torch import load
 
-    from hssal_ray.models import model_from_config
+    from hssal_ray.learners import learner_class
 
-    cfg, nc = rm.cfg, len(rm.classes)
     state = load(_io.read_bytes(_io.join(rm.ckpt_dir, rm.weights)))
-    if cfg.ssl.finetune != "frozen":
-        model = model_from_config(cfg, nc, with_weights=False)
-        model.load_state_dict(state)
-        return model.eval()
-    from hssal_ray.frozen.head import build_head
-
-    torch.manual_seed(0)  # what Encoder does: a backbone without pretrained weights is reproducible
-    backbone = model_from_config(cfg, num_classes=1).backbone.eval()
-    with torch.no_grad():
-        dim = int(backbone(torch.zeros(1, cfg.data.bands, cfg.data.image_size, cfg.data.image_size)).shape[1])
-    head = build_head(cfg, dim, nc)
-    head.load_state_dict(state)
-    return FrozenClassifier(backbone, head).eval()
+    return learner_class(rm.cfg).classifier(rm.cfg, state, len(rm.classes))
 
 
 def preprocess_spec(cfg: Any) -> dict[str, Any]:

@@ -25,14 +25,19 @@ import torch
 from hssal_ray import _io, faults
 from hssal_ray.config import ExperimentConfig, config_from_dict, config_to_dict
 from hssal_ray.data.pipeline import stream_for
+from hssal_ray.rounds import (
+    WEIGHT_FILES,
+    amp_dtype,
+    classification_metrics,
+    load_weights,
+    scores_strong_view,
+    scores_table,
+)
 
 __all__ = [
     "Scorer",
     "score_pool",
     "evaluate_split",
-    "scores_table",
-    "classification_metrics",
-    "WEIGHT_FILES",
     "ACTOR_MAX_RESTARTS",
     "ACTOR_MAX_TASK_RETRIES",
 ]
@@ -43,61 +48,6 @@ ACTOR_MAX_RESTARTS = 4
 """How often Ray restarts a dead scoring actor (finite: a deterministic crash must fail the stage)."""
 ACTOR_MAX_TASK_RETRIES = 4
 """How often a batch that was running on a dead scoring actor is retried."""
-
-
-def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
-    return load(_io.read_bytes(path))
-
-
-WEIGHT_FILES = {"ema": "ema.safetensors", "online": "model.safetensors"}
-"""Checkpoint file of each ``ssl.eval_model`` choice."""
-
-
-def scores_table(
-    ids: np.ndarray | pa.Array,
-    emb: np.ndarray,
-    probs: np.ndarray,
-    probs_strong: np.ndarray | None,
-    p_cutoff: float,
-    emb_norms: np.ndarray | None = None,
-    *,
-    pack_embeddings: bool = False,
-) -> pa.Table:
-    """The scores contract table of model outputs (pure numpy): uncertainties, prediction, confidence.
-
-    Args:
-        ids: ``(n,)`` sample ids (or an Arrow string array, used as it is).
-        emb: ``(n, d)`` L2-normalised embeddings (stored as fp16).
-        probs: ``(n, C)`` class probabilities of the clean view.
-        probs_strong: ``(n, C)`` probabilities of a strong view, or None.
-        p_cutoff: Threshold of the ``confident`` column: both views predict the same class with
-            probability >= ``p_cutoff`` (what ``query.ssl_aware`` leaves out).
-        emb_norms: ``(n,)`` norms of the embeddings when known (``u_badge`` then reads them instead
-            of converting ``emb``: the frozen path passes float16 unit rows).
-        pack_embeddings: One ``fixed_size_binary`` value per row for the embedding column instead
-            of a list (:func:`hssal_ray.query.scores_table.packed_array`; the frozen path).
-    """
-    from hssal_ray.query.scores_io import scores_arrow_table
-    from hssal_ray.query.uncertainty import compute_all
-
-    conf = None
-    if probs_strong is not None:
-        conf = (
-            (probs.max(1) >= p_cutoff)
-            & (probs_strong.max(1) >= p_cutoff)
-            & (probs.argmax(1) == probs_strong.argmax(1))
-        )
-    return scores_arrow_table(
-        ids if isinstance(ids, pa.Array) else np.asarray([str(s) for s in ids], dtype=object),
-        np.asarray(emb, dtype=np.float16),
-        probs,
-        compute_all(probs, emb if emb_norms is None else np.asarray(emb_norms)[:, None], probs_strong),
-        conf,
-        probs.argmax(1),
-        pack_embeddings=pack_embeddings,
-    )
 
 
 class Scorer:
@@ -137,7 +87,7 @@ class Scorer:
 
         def load(which: str) -> torch.nn.Module:
             model = model_from_config(cfg, num_classes, with_weights=False)
-            model.load_state_dict(_load_safetensors(_io.join(ckpt_dir, WEIGHT_FILES[which])))
+            model.load_state_dict(load_weights(ckpt_dir, which))
             model = model.eval().to(self.device)
             return model.to(memory_format=torch.channels_last) if cfg.ssl.channels_last else model
 
@@ -145,7 +95,7 @@ class Scorer:
         other = "online" if cfg.ssl.eval_model == "ema" else "ema"
         has_other = _io.exists(_io.join(ckpt_dir, WEIGHT_FILES[other]))
         self.other = load(other) if mode == "eval" and has_other else None
-        self.amp = torch.bfloat16 if (self.device.type == "cuda" and cfg.ssl.amp != "none") else None
+        self.amp = amp_dtype(cfg.ssl.amp, self.device)
 
     @torch.inference_mode()
     def _forward(self, x: np.ndarray, model: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -197,21 +147,8 @@ def actor_pool_size(requested: int, cluster_cpus: float, use_gpu: bool) -> int:
     return capped
 
 
-def _run(
-    cfg: ExperimentConfig,
-    table: pa.Table,
-    *,
-    root: str,
-    kind: str,
-    ckpt_dir: str,
-    num_classes: int,
-    run_dir: str,
-    mode: str,
-    views: tuple[str, ...],
-) -> Any:
-    ds = stream_for(cfg, table, root=root, kind=kind, views=views, run_dir=run_dir)
-    if cfg.resources.in_driver():
-        return _in_driver(ds, cfg, ckpt_dir, num_classes, mode)
+def _on_actors(ds: Any, cfg: ExperimentConfig, ckpt_dir: str, num_classes: int, mode: str) -> Any:
+    """The decode stream mapped by a pool of :class:`Scorer` actors (a lazy Ray Dataset of result tables)."""
     import ray
     import ray.data
 
@@ -272,26 +209,19 @@ def score_pool(
 ) -> None:
     """Score the unlabeled pool and write ``out_path`` (a directory of Parquet parts).
 
-    A strong view is scored too when the query needs it (``disagreement`` or ``ssl_aware``).
+    A strong view is scored too when the query needs it (:func:`hssal_ray.rounds.scores_strong_view`).
+    With ``resources.executor=driver`` the scorer runs in this process and writes one part file,
+    atomically; otherwise the actors write one part per block.
     """
-    strong = cfg.query.uncertainty == "disagreement" or cfg.query.ssl_aware
-    views = ("none", "strong") if strong else ("none",)
-    ds = _run(
-        cfg,
-        pool,
-        root=root,
-        kind=kind,
-        ckpt_dir=ckpt_dir,
-        num_classes=num_classes,
-        run_dir=run_dir,
-        mode="score",
-        views=views,
-    )
-    if isinstance(ds, list):  # scored in the driver: one part file, written atomically
+    views = ("none", "strong") if scores_strong_view(cfg) else ("none",)
+    ds = stream_for(cfg, pool, root=root, kind=kind, views=views, run_dir=run_dir)
+    if cfg.resources.in_driver():
+        tables = _in_driver(ds, cfg, ckpt_dir, num_classes, "score")
         if _io.exists(out_path):
             _io.remove(out_path)
-        _io.atomic_write_parquet(_io.join(out_path, "part-00000.parquet"), pa.concat_tables(ds))
+        _io.atomic_write_parquet(_io.join(out_path, "part-00000.parquet"), pa.concat_tables(tables))
         return
+    ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "score")
     if _io.is_uri(out_path):
         if _io.exists(out_path):
             _io.remove(out_path)
@@ -319,55 +249,16 @@ def evaluate_split(
 
     Also returns ``test_accuracy_ema`` and ``test_accuracy_online``: both weights of the checkpoint.
     """
-    ds = _run(
-        cfg,
-        table,
-        root=root,
-        kind=kind,
-        ckpt_dir=ckpt_dir,
-        num_classes=num_classes,
-        run_dir=run_dir,
-        mode="eval",
-        views=("none",),
-    )
-    if isinstance(ds, list):  # evaluated in the driver
-        tables = ds
+    ds = stream_for(cfg, table, root=root, kind=kind, views=("none",), run_dir=run_dir)
+    if cfg.resources.in_driver():
+        tables = _in_driver(ds, cfg, ckpt_dir, num_classes, "eval")
     else:
         import ray
 
+        ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "eval")
         tables = ray.get(ds.select_columns(["label", "pred", "pred_other"]).to_arrow_refs())
     if not tables:
         return classification_metrics(np.zeros(0, np.int64), np.zeros(0, np.int64), num_classes)
     t = pa.concat_tables(tables)
     y, p, q = (t.column(c).to_numpy() for c in ("label", "pred", "pred_other"))
     return classification_metrics(y, p, num_classes, other=q, eval_model=cfg.ssl.eval_model)
-
-
-def classification_metrics(
-    y: np.ndarray,
-    pred: np.ndarray,
-    num_classes: int,
-    *,
-    other: np.ndarray | None = None,
-    eval_model: str = "ema",
-    prefix: str = "test",
-) -> dict[str, Any]:
-    """``{prefix}_accuracy``, balanced and per-class accuracy of ``pred``; with ``other`` (the other
-    weights' predictions) also ``{prefix}_accuracy_ema`` and ``{prefix}_accuracy_online``."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-
-    if len(y) == 0:
-        return {f"{prefix}_accuracy": float("nan"), f"{prefix}_samples": 0}
-    out: dict[str, Any] = {
-        f"{prefix}_accuracy": float(accuracy_score(y, pred)),
-        f"{prefix}_samples": int(len(y)),
-        f"{prefix}_balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-        f"{prefix}_per_class_accuracy": {
-            int(c): float((pred[y == c] == c).mean()) for c in range(num_classes) if (y == c).any()
-        },
-    }
-    if other is not None:
-        alt = "online" if eval_model == "ema" else "ema"
-        out[f"{prefix}_accuracy_{eval_model}"] = out[f"{prefix}_accuracy"]
-        out[f"{prefix}_accuracy_{alt}"] = float(accuracy_score(y, other))
-    return out

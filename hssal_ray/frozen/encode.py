@@ -135,6 +135,7 @@ class Encoder:
 
         from hssal_ray.config import config_from_dict
         from hssal_ray.models import model_from_config
+        from hssal_ray.rounds import amp_dtype
 
         cfg = config_from_dict(experiment)
         self.views = views
@@ -143,7 +144,7 @@ class Encoder:
             torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
         torch.manual_seed(0)  # a backbone without pretrained weights is the same in every actor and run
         self.backbone = model_from_config(cfg, num_classes=1).backbone.eval().to(self.device)
-        self.amp = torch.bfloat16 if (self.device.type == "cuda" and cfg.ssl.amp != "none") else None
+        self.amp = amp_dtype(cfg.ssl.amp, self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         import torch

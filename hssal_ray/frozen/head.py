@@ -180,7 +180,7 @@ def train_head(
         stats_rows: Rows whose clean features give the standardisation statistics.
         seed: Seeds the batches, view draws and the head's initialisation.
         init: A warm start: ``{"model": state_dict, "ema": state_dict, "global_step": int}``.
-        ssl_on: Train the unlabeled term (see :func:`hssal_ray.ssl.trainer.ssl_active`).
+        ssl_on: Train the unlabeled term (see :func:`hssal_ray.rounds.ssl_active`).
         progress: Show a tqdm bar.
         stats: The statistics of ``stats_rows`` when already known (:func:`feature_stats`, which
             is otherwise run once here).
@@ -279,8 +279,8 @@ def _fit(
     from tqdm.auto import tqdm
 
     from hssal_ray.frozen.store import file_backed, release
+    from hssal_ray.rounds import MetricMeans, apply_warm_start, build_optimization
     from hssal_ray.ssl.steps import TrainState, train_step
-    from hssal_ray.ssl.train_loop import build_optimization
 
     cfg, views, seed, init = data.cfg, data.views, data.seed, data.init
     labeled_rows, pool_rows, truth = data.labeled_rows, data.pool_rows, data.truth
@@ -294,15 +294,12 @@ def _fit(
     optimizer, scheduler = build_optimization(cfg, head, steps)
     state = TrainState.create(head, optimizer, scheduler, ssl_cfg, num_classes=data.num_classes)
     if init is not None:
-        head.load_state_dict(init["model"])
-        state.ema.module.load_state_dict(init["ema"])
-        state.step_offset = int(init.get("global_step", 0))
+        apply_warm_start(state, {"global_step": 0, **init})
     bs, ub = cfg.ssl.batch_size, cfg.ssl.batch_size * cfg.ssl.uratio
     y_all = torch.tensor(data.labels, dtype=torch.long)
     y_pool = None if truth is None else torch.tensor(truth, dtype=torch.long)
     t_pool = None if targets is None else torch.from_numpy(np.asarray(targets, dtype=np.float32))
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
+    means = MetricMeans()
     bar = tqdm(range(steps), desc=desc, unit="step", disable=None if data.progress else True, leave=False)
     mapped = [v for v in (*weak, *strong) if not file_backed(v)]  # indexed in place: pages to drop
     fds: dict[str, int] = {}
@@ -324,17 +321,14 @@ def _fit(
                 if t_pool is not None:
                     batch_u["targets"] = t_pool[ui]
             m = train_step(state, batch_l, batch_u, ssl_cfg, "cpu")
-            for key, v in m.items():
-                if v == v:  # NaN: nothing to average (e.g. no pseudo-label kept)
-                    sums[key] = sums.get(key, 0.0) + float(v)
-                    counts[key] = counts.get(key, 0) + 1
+            means.add(m)
             if (step + 1) % RELEASE_EVERY == 0 or step + 1 == steps:
                 for v in mapped:
                     release(v)
     finally:
         for fd in fds.values():
             os.close(fd)
-    metrics = {key: sums[key] / counts[key] for key in sums}
+    metrics = means.means()
     metrics.update(step=float(state.step), global_step=float(state.step_offset + state.step))
     return state, metrics
 

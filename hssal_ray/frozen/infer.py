@@ -118,11 +118,13 @@ def score_rows(
     rows: np.ndarray,
     tta_views: int,
     chunk: int = 16384,
-) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    strong: bool = True,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None, np.ndarray]]:
     """What the scores file needs of ``rows``, block by block: ``(start, probs, strong, embedding)``.
 
-    ``probs`` are :func:`predict_views`'s, ``strong`` the probabilities of the ``strong_0`` view,
-    ``embedding`` the L2-normalised clean view (float16) of rows ``rows[start:start+len(probs)]``.
+    ``probs`` are :func:`predict_views`'s, ``strong`` the probabilities of the ``strong_0`` view
+    (None unless ``strong``), ``embedding`` the L2-normalised clean view (float16) of rows
+    ``rows[start:start+len(probs)]``.
     """
     from hssal_ray.frozen.store import RowReader
 
@@ -137,5 +139,5 @@ def score_rows(
         for i in range(tta_views):
             p += torch.softmax(fwd(reader.read16(views[f"weak_{i}"], r)), 1)
         p = (p / (1 + tta_views)).numpy()
-        strong = torch.softmax(fwd(reader.read16(views["strong_0"], r)), 1).numpy()
-        yield s, p, strong, emb
+        ps = torch.softmax(fwd(reader.read16(views["strong_0"], r)), 1).numpy() if strong else None
+        yield s, p, ps, emb

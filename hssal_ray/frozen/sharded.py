@@ -1,10 +1,10 @@
 """The frozen path beyond one machine: the graph build and the round's scoring as Ray actors on shards.
 
 With ``resources.store_shards = S >= 2`` (a pool whose graph features or scoring do not fit one
-machine), :func:`~hssal_ray.frozen.rounds.run_graph` and :func:`~hssal_ray.frozen.rounds.score`
-run here. ``S`` :class:`StoreShard` actors (one CPU each, spread over the cluster's nodes) open the
-store themselves (its memory-mapped views on a shared path, or a URI), so the driver never reads
-the features:
+machine), :func:`~hssal_ray.frozen.split_cache.run_graph` and the frozen learner's
+:meth:`~hssal_ray.learners.frozen.FrozenLearner.score` run here. ``S`` :class:`StoreShard` actors
+(one CPU each, spread over the cluster's nodes) open the store themselves (its memory-mapped
+views on a shared path, or a URI), so the driver never reads the features:
 
 - **graph**: shard ``j`` holds the graph features (float32 unit rows) of the nodes of row range
   ``j`` only (:func:`hssal_ray.frozen.shards.shard_bounds`). For each shard ``i`` in turn, its
@@ -85,7 +85,7 @@ class StoreShard:
     def score(self, head_state: dict[str, Any], num_classes: int, rows: np.ndarray, part: str) -> int:
         """Score store rows ``rows`` with the head of ``head_state`` into the Parquet file ``part``."""
         from hssal_ray.frozen.head import build_head
-        from hssal_ray.frozen.rounds import write_scores_of
+        from hssal_ray.frozen.scores import write_scores_of
 
         head = build_head(self.cfg, self.store.dim, num_classes)
         head.load_state_dict(head_state)

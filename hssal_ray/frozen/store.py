@@ -96,7 +96,7 @@ class EmbeddingStore:
         views: view name -> (n, d) float16 pooled features (memory-mapped for local stores).
         missing: (n,) bool, rows that could not be decoded (no features; never used).
         cache: What a run derives from the store once (standardisation statistics, the k-NN
-            graph; :mod:`hssal_ray.frozen.rounds`), kept with it for the run.
+            graph; :mod:`hssal_ray.frozen.split_cache`), kept with it for the run.
     """
 
     def __init__(

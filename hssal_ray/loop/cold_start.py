@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hssal_ray import _io
 from hssal_ray.errors import DataError
+
+if TYPE_CHECKING:
+    from hssal_ray.loop.context import RunContext
 
 __all__ = ["select_cold_start"]
 
 log = logging.getLogger(__name__)
 
 
-def select_cold_start(ctx: Any) -> list[str]:
+def select_cold_start(ctx: RunContext) -> list[str]:
     """Pick ``loop.initial_labeled`` ids of the train split for the oracle to label first.
 
     ``random``: a seeded uniform sample (what a real user without labels can do).
@@ -57,42 +59,14 @@ def select_cold_start(ctx: Any) -> list[str]:
     return _typiclust(ctx, n)
 
 
-def _typiclust(ctx: Any, n: int) -> list[str]:
-    import torch
-
-    from hssal_ray.query import load_pool
-    from hssal_ray.scoring import score_pool
-    from hssal_ray.ssl.train_loop import build_train_state, write_checkpoint
-    from hssal_ray.ssl.trainer import derive_seed
-
-    cfg = ctx.cfg
-    if cfg.ssl.finetune == "frozen":  # the pretrained encoder's cached features: no scoring pass
-        from hssal_ray.frozen.rounds import feature_pool
-
-        pool = feature_pool(ctx, ctx.split("train"))
-        return _typiclust_pick(cfg, pool, n)
-    d = _io.join(ctx.run_dir, "cold_start")
-    ckpt = _io.join(d, "checkpoint")  # under the run directory: no collision between runs or trials
-    torch.manual_seed(derive_seed(cfg.seed, "cold_start") % (2**31))
-    state = build_train_state(cfg, len(ctx.catalog.class_names), torch.device("cpu"), total_steps=1)
-    write_checkpoint(state, ckpt, {"step": 0, "round": "cold_start"})
-    train = ctx.split("train")
-    score_pool(
-        cfg,
-        train,
-        root=ctx.catalog.root,
-        kind=ctx.catalog.kind,
-        ckpt_dir=ckpt,
-        num_classes=len(ctx.catalog.class_names),
-        run_dir=ctx.run_dir,
-        out_path=_io.join(d, "scores.parquet"),
-    )
-    return _typiclust_pick(cfg, load_pool(_io.join(d, "scores.parquet")), n)
+def _typiclust(ctx: RunContext, n: int) -> list[str]:
+    """TypiClust on the features the run's learner gives the train split before any training."""
+    return _typiclust_pick(ctx.cfg, ctx.learner.cold_start_pool(), n)
 
 
 def _typiclust_pick(cfg: Any, pool: Any, n: int) -> list[str]:
     from hssal_ray.query import strategy_from_config
-    from hssal_ray.ssl.trainer import derive_seed
+    from hssal_ray.rounds import derive_seed
 
     qcfg = dataclasses.replace(cfg.query, strategy="typiclust")
     strat = strategy_from_config(qcfg, random_state=derive_seed(cfg.seed, "cold_start") % (2**31))

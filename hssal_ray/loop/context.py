@@ -2,7 +2,9 @@
 
 :class:`RunContext` holds the resolved config, the run directory, the console line sink, the
 manifest (:func:`hssal_ray.data.bootstrap.ensure`), the oracle (:func:`hssal_ray.oracle.from_config`,
-built on first use) and the lease check; and it answers which manifest rows a stage works on:
+built on first use), the lease check and the run's learner (:attr:`RunContext.learner`, chosen once
+here by :func:`hssal_ray.learners.make_learner`: the train, evaluate and score stages and the cold
+start call it); and it answers which manifest rows a stage works on:
 
 * :meth:`RunContext.split`: the rows of a split (``train``, ``test``, ``val``);
 * :meth:`RunContext.labeled_rows`: the readable labeled train rows, carrying the *oracle's* labels;
@@ -25,6 +27,7 @@ import pyarrow.compute as pc
 from hssal_ray import _csv, _io
 from hssal_ray.config import ExperimentConfig
 from hssal_ray.errors import DataError
+from hssal_ray.learners import Learner, make_learner
 from hssal_ray.loop.metrics import update_metrics
 from hssal_ray.state import LabeledSet
 
@@ -54,7 +57,7 @@ class RunContext:
         self._catalog: Any = None
         self._oracle: Any = None
         self._lease: Any = None  # the run directory's RunLease while a driver holds it
-        self.embedding_store: Any = None  # the frozen path's store (hssal_ray.frozen.rounds.store_of)
+        self.learner: Learner = make_learner(cfg, self)
 
     # ------------------------------------------------------------------ what the run is made of
     def load_catalog(self) -> None:

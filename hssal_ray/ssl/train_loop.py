@@ -5,15 +5,13 @@ plain step functions (:mod:`hssal_ray.ssl.steps`) -> ``ray.train.report(metrics,
 resuming from ``ray.train.get_checkpoint()`` after a worker failure with the step count
 continuing.
 
-Checkpoint directory layout (also the round's ``checkpoint/``):
-``model.safetensors`` (online weights), ``ema.safetensors`` (EMA weights, used for scoring and
-evaluation), ``train_state.pt`` (optimizer, scheduler, thresholds, step: tensors and plain Python only,
-read back with ``torch.load(..., weights_only=True)``) and ``meta.json``.
+Checkpoints have the layout of :mod:`hssal_ray.rounds.checkpoint` (also the round's ``checkpoint/``).
+The plumbing both learners share (seeds, AMP, optimiser, checkpoint I/O, metric means) is in
+:mod:`hssal_ray.rounds`; this module holds only the worker's side of Ray Train.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -26,32 +24,22 @@ import torch
 from hssal_ray import faults
 from hssal_ray.config import ExperimentConfig, config_from_dict
 from hssal_ray.models import model_from_config
-from hssal_ray.ssl.optim import build_optimizer, build_scheduler
+from hssal_ray.rounds import (
+    MetricMeans,
+    amp_dtype,
+    apply_warm_start,
+    build_optimization,
+    checkpoint_meta,
+    load_weights,
+    round_ema_initial_weight,
+    save_checkpoint_dir,
+    warm_start_of,
+)
 from hssal_ray.ssl.steps import TrainState, train_step
 
-__all__ = [
-    "train_loop_per_worker",
-    "run_worker",
-    "LocalContext",
-    "save_checkpoint_dir",
-    "write_checkpoint",
-    "load_weights_dir",
-    "build_train_state",
-    "amp_dtype_for",
-    "global_step_of",
-    "round_ema_initial_weight",
-]
+__all__ = ["train_loop_per_worker", "run_worker", "LocalContext", "build_train_state"]
 
 log = logging.getLogger(__name__)
-
-
-def amp_dtype_for(cfg: ExperimentConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA when ``ssl.amp`` is ``auto`` or ``bf16``; none on CPU unless forced."""
-    if cfg.ssl.amp == "none":
-        return None
-    if cfg.ssl.amp == "bf16":
-        return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" else None
 
 
 def build_train_state(
@@ -63,99 +51,6 @@ def build_train_state(
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = build_optimization(cfg, model, total_steps)
     return TrainState.create(model, optimizer, scheduler, cfg.ssl, num_classes=num_classes)
-
-
-def build_optimization(
-    cfg: ExperimentConfig, model: torch.nn.Module, total_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """A fresh SGD optimizer and cosine schedule over ``total_steps`` for ``model`` (one round)."""
-    optimizer = build_optimizer(
-        model,
-        lr=cfg.ssl.lr,
-        momentum=cfg.ssl.momentum,
-        weight_decay=cfg.ssl.weight_decay,
-        nesterov=cfg.ssl.nesterov,
-    )
-    return optimizer, build_scheduler(
-        optimizer, total_steps=total_steps, warmup_steps=cfg.ssl.warmup_steps, schedule=cfg.ssl.lr_schedule
-    )
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    from hssal_ray.models import unwrap_model
-
-    return unwrap_model(model)
-
-
-def save_checkpoint_dir(state: TrainState, path: str, meta: dict[str, Any]) -> None:
-    """Write model, EMA, optimizer state and meta data into directory ``path``."""
-    from safetensors.torch import save_file
-
-    os.makedirs(path, exist_ok=True)
-    model = _unwrap(state.model)
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-        os.path.join(path, "model.safetensors"),
-    )
-    ema_sd = state.ema.module.state_dict()
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in ema_sd.items()}, os.path.join(path, "ema.safetensors")
-    )
-    torch.save(state.state_dict(include_models=False), os.path.join(path, "train_state.pt"))
-    with open(os.path.join(path, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=2)
-
-
-def write_checkpoint(state: TrainState, dest: str, meta: dict[str, Any]) -> None:
-    """:func:`save_checkpoint_dir` to a local path or URI: written locally, then each file copied
-    atomically into ``dest`` (``meta.json`` last, so a checkpoint with its meta is whole)."""
-    from hssal_ray import _io
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint_dir(state, tmp, meta)
-        for name in sorted(os.listdir(tmp), key=lambda n: n == "meta.json"):
-            with open(os.path.join(tmp, name), "rb") as f:
-                _io.atomic_write_bytes(_io.join(dest, name), f.read())
-
-
-def load_weights_dir(path: str, which: str = "ema") -> dict[str, torch.Tensor]:
-    """Load ``ema`` or ``model`` weights from a checkpoint directory (local)."""
-    from safetensors.torch import load_file
-
-    return load_file(os.path.join(path, f"{which}.safetensors"))
-
-
-def global_step_of(ckpt_dir: str) -> int:
-    """Optimiser steps of every round up to the checkpoint in ``ckpt_dir`` (``meta.json``; 0 if absent)."""
-    from hssal_ray import _io
-
-    p = _io.join(ckpt_dir, "meta.json")
-    if not _io.exists(p):
-        return 0
-    meta = _io.read_json(p)
-    return int(meta.get("global_step", meta.get("step", 0)))
-
-
-def round_ema_initial_weight(cfg: ExperimentConfig, state: TrainState) -> float:
-    """Weight the EMA still gives the weights it started this round with (a diagnostic in metrics.jsonl)."""
-    from hssal_ray.ssl.ema import ema_initial_weight
-
-    return ema_initial_weight(
-        state.step_offset,
-        state.step_offset + state.step,
-        cfg.ssl.ema_m,
-        warmup=cfg.ssl.ema_warmup,
-        warmup_power=cfg.ssl.ema_warmup_power,
-    )
-
-
-def _meta(state: TrainState, config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "step": state.step,
-        "global_step": state.step_offset + state.step,
-        "round": config.get("round"),
-        "metrics": metrics,
-    }
 
 
 def _batches(shard: Any, batch_size: int, skip: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -254,14 +149,11 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
     state = build_train_state(cfg, int(config["num_classes"]), device, total_steps)
     init_dir = config.get("init_dir")
     if init_dir:
-        _unwrap(state.model).load_state_dict(load_weights_dir(init_dir, "model"))
-        state.ema.module.load_state_dict(load_weights_dir(init_dir, "ema"))
-        state.step_offset = global_step_of(init_dir)  # the EMA's warm-up continues across rounds
+        apply_warm_start(state, warm_start_of(init_dir))
     ckpt = ctx.restart_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            _unwrap(state.model).load_state_dict(load_weights_dir(d, "model"))
-            state.ema.module.load_state_dict(load_weights_dir(d, "ema"))
+            apply_warm_start(state, {"model": load_weights(d, "online"), "ema": load_weights(d, "ema")})
             state.load_state_dict(
                 torch.load(os.path.join(d, "train_state.pt"), map_location=device, weights_only=True),
                 include_models=False,
@@ -269,15 +161,14 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
         log.info("rank %d resumed from checkpoint at step %d", rank, state.step)
     state.model = ctx.prepare(state.model)
 
-    ssl_on = bool(config["ssl_on"])  # decided once, by the driver (trainer.ssl_active)
+    ssl_on = bool(config["ssl_on"])  # decided once, by the driver (rounds.ssl_active)
     bs = cfg.ssl.batch_size
     it_l = _batches(ctx.shard("labeled"), bs, state.step)
     it_u = _batches(ctx.shard("unlabeled"), bs * cfg.ssl.uratio, state.step) if ssl_on else None
-    amp = amp_dtype_for(cfg, device)
+    amp = amp_dtype(cfg.ssl.amp, device)
     report_every = max(1, int(config.get("report_every", 50)))
     ckpt_every = cfg.ssl.checkpoint_every
-    sums: dict[str, float] = {}
-    count = 0
+    means = MetricMeans()
     images = 0
     t0 = time.perf_counter()
     start_step = state.step
@@ -317,22 +208,18 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
             device,
             amp_dtype=amp,
             channels_last=cfg.ssl.channels_last,
-            allow_cpu_amp=cfg.ssl.amp == "bf16",
+            allow_cpu_amp=amp is not None,
         )
         timing["step_s"] += time.perf_counter() - ts
         bar.update(1)
         faults.kill_worker(rank, state.step, config.get("fault_kill"))
-        for k, v in m.items():
-            if v == v:  # skip NaN (e.g. pseudo-label accuracy with nothing masked)
-                sums[k] = sums.get(k, 0.0) + float(v)
-                sums[f"_n_{k}"] = sums.get(f"_n_{k}", 0.0) + 1.0
-        count += 1
+        means.add(m)
         images += len(bl["label"]) + (2 * len(bu["label"]) if bu is not None else 0)
         last = state.step >= total_steps
         want_ckpt = last or (ckpt_every > 0 and state.step % ckpt_every == 0)
         if state.step % report_every == 0 or want_ckpt:
             elapsed = time.perf_counter() - t0
-            metrics = {k: sums[k] / sums[f"_n_{k}"] for k in sums if not k.startswith("_n_")}
+            metrics = means.means()
             metrics.update(
                 step=state.step,
                 global_step=state.step_offset + state.step,
@@ -345,7 +232,7 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
             )
             if want_ckpt and rank == 0:
                 with tempfile.TemporaryDirectory() as tmp:
-                    save_checkpoint_dir(state, tmp, _meta(state, config, metrics))
+                    save_checkpoint_dir(state, tmp, checkpoint_meta(state, config.get("round"), metrics))
                     ctx.report(metrics, tmp)
             else:
                 ctx.report(metrics)
@@ -370,7 +257,7 @@ def run_worker(config: dict[str, Any], ctx: Any) -> None:
         }
         if rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint_dir(state, tmp, _meta(state, config, metrics))
+                save_checkpoint_dir(state, tmp, checkpoint_meta(state, config.get("round"), metrics))
                 ctx.report(metrics, tmp)
         else:
             ctx.report(metrics)

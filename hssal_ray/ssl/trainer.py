@@ -7,7 +7,6 @@ Ray Train splits them across the DDP workers (gloo on CPU, nccl on GPU).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,31 +18,11 @@ import pyarrow as pa
 from hssal_ray import _io, faults
 from hssal_ray.config import ExperimentConfig, config_to_dict
 from hssal_ray.data.pipeline import BAD_DIR, decode_settings, make_schedule, stream
+from hssal_ray.rounds import copy_checkpoint_files, derive_seed, ssl_active
 
-__all__ = ["TrainResult", "fit_round", "derive_seed", "ssl_active"]
+__all__ = ["TrainResult", "fit_round"]
 
 log = logging.getLogger(__name__)
-
-
-def derive_seed(seed: int, *parts: Any) -> int:
-    """A 63-bit seed derived from the run seed and any labels (round, stage, ...)."""
-    h = hashlib.blake2b(repr((seed, *parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") >> 1
-
-
-def ssl_active(cfg: ExperimentConfig, pool_rows: int, round_idx: int | None = None) -> bool:
-    """Whether a round trains with the unlabeled term: the one place that decides it.
-
-    Off when ``ssl.enabled`` is false or ``ssl.lambda_u`` is 0, and (with a warning) when the
-    unlabeled pool is empty: the round then trains supervised only, for its full step count.
-    """
-    if not (cfg.ssl.enabled and cfg.ssl.lambda_u > 0):
-        return False
-    if pool_rows == 0:
-        where = f"round {round_idx}: " if round_idx is not None else ""
-        log.warning("%sthe unlabeled pool is empty: training supervised only on the labeled set", where)
-        return False
-    return True
 
 
 @dataclass
@@ -158,7 +137,7 @@ def fit_round(
     if result.checkpoint is None:
         raise RuntimeError(f"round {round_idx}: training reported no checkpoint")
     with result.checkpoint.as_directory() as d:
-        _copy_dir(d, out)
+        copy_checkpoint_files(d, out)
     metrics = dict(result.metrics or {})
     return TrainResult(checkpoint_dir=out, metrics=metrics)
 
@@ -186,14 +165,7 @@ def _fit_local(
             run_worker(train_config, ctx)
             if ctx.checkpoint_dir is None:
                 raise RuntimeError(f"round {round_idx}: training reported no checkpoint")
-            _copy_dir(ctx.checkpoint_dir, out)
+            copy_checkpoint_files(ctx.checkpoint_dir, out)
             return TrainResult(checkpoint_dir=out, metrics=dict(ctx.metrics))
     finally:
         torch.set_num_threads(threads)  # the worker loop sets its own thread count
-
-
-def _copy_dir(d: str, out: str) -> None:
-    """Copy a checkpoint directory's files into ``out`` (each file written atomically, meta last)."""
-    for name in sorted(os.listdir(d), key=lambda n: n == "meta.json"):
-        with open(os.path.join(d, name), "rb") as f:
-            _io.atomic_write_bytes(_io.join(out, name), f.read())

@@ -92,15 +92,9 @@ def trial_bundles(cfg: ExperimentConfig) -> list[dict[str, float]]:
 
 def trial_footprint(cfg: ExperimentConfig) -> dict[str, float]:
     """CPUs/GPUs one trial holds at most: Tune's bundles + decode + training or scoring (not both)."""
-    bundles = trial_bundles(cfg)
-    r = cfg.resources
-    if cfg.ssl.finetune == "frozen":  # rounds run in the trial itself; +1 for an encode if the store is new
-        return {"CPU": float(sum(b.get("CPU", 0.0) for b in bundles) + 1.0), "GPU": 0.0}
-    cpu = (
-        sum(b.get("CPU", 0.0) for b in bundles) + 1.0 + max(r.num_workers * r.cpus_per_worker, r.score_actors)
-    )
-    gpu = sum(b.get("GPU", 0.0) for b in bundles) + (max(r.num_workers, r.score_actors) if r.use_gpu else 0)
-    return {"CPU": float(cpu), "GPU": float(gpu)}
+    from hssal_ray.learners import learner_class
+
+    return learner_class(cfg).trial_footprint(cfg, trial_bundles(cfg))
 
 
 @dataclass

@@ -17,10 +17,11 @@ import torch
 from safetensors.torch import save_file
 
 from hssal_ray.config import load_config
-from hssal_ray.frozen import rounds
 from hssal_ray.frozen.graph import build_graph
 from hssal_ray.frozen.head import build_head, graph_features
+from hssal_ray.frozen.split_cache import run_graph, run_stats
 from hssal_ray.frozen.store import open_store, view_names, write_arrays
+from hssal_ray.learners.frozen import FrozenLearner
 from hssal_ray.query import load_pool
 from hssal_ray.state import round_dir
 from tests.integration.test_multinode import actor_nodes, local_cluster
@@ -44,14 +45,14 @@ def _store(path: Path) -> str:
     return str(path)
 
 
-def _ctx(cfg, run_dir: Path, store, scored: pa.Table) -> types.SimpleNamespace:
-    return types.SimpleNamespace(
+def _learner(cfg, run_dir: Path, store, scored: pa.Table) -> FrozenLearner:
+    run = types.SimpleNamespace(
         cfg=cfg,
         run_dir=str(run_dir),
-        embedding_store=store,
         catalog=types.SimpleNamespace(class_names=[f"c{i}" for i in range(NC)]),
         scored_rows=lambda: scored,
     )
+    return FrozenLearner(run, store=store)
 
 
 def test_sharded_graph_and_scores_equal_the_single_machine_path(tmp_path: Path) -> None:
@@ -62,7 +63,7 @@ def test_sharded_graph_and_scores_equal_the_single_machine_path(tmp_path: Path) 
     shard_cfg = load_config(None, [*over, "resources.store_shards=2"])
     store = open_store(_store(tmp_path / "emb"))
     rows = np.arange(0, N, 2, dtype=np.int64)[::-1].copy()  # the training split: any order of rows
-    stats = rounds.run_stats(local_cfg, store, rows)
+    stats = run_stats(local_cfg, store, rows)
     feats = graph_features(local_cfg, store.views, rows, stats)
     ref = build_graph(feats, rows, 6, max_exact=10**6)
 
@@ -73,14 +74,14 @@ def test_sharded_graph_and_scores_equal_the_single_machine_path(tmp_path: Path) 
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(ckpt / "ema.safetensors"))
     scored = pa.table({"sample_id": pa.array([f"img{i:05d}" for i in range(N - 1, -1, -3)])})
     local_out = tmp_path / "local.parquet"
-    rounds.score(_ctx(local_cfg, tmp_path, store, scored), 1, str(local_out))
+    _learner(local_cfg, tmp_path, store, scored).score(1, str(local_out))
 
     with local_cluster() as (cluster, _):
         ray.init(address=cluster.address)
         store.cache.clear()
-        graph = rounds.run_graph(shard_cfg, store, rows, stats)
+        graph = run_graph(shard_cfg, store, rows, stats)
         shard_out = tmp_path / "round_001" / "scores.parquet"
-        rounds.score(_ctx(shard_cfg, tmp_path, store, scored), 1, str(shard_out))
+        _learner(shard_cfg, tmp_path, store, scored).score(1, str(shard_out))
         nodes = set(actor_nodes("StoreShard"))
     assert len(nodes) >= 2, "the shard actors ran on one node"
 

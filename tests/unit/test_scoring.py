@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from hssal_ray.config import load_config
 from hssal_ray.query import load_pool, strategy_from_config
-from hssal_ray.scoring import classification_metrics, scores_table
+from hssal_ray.rounds import classification_metrics, scores_table
 
 
 def _outputs(n: int = 40, c: int = 3, seed: int = 0):

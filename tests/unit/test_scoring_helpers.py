@@ -13,14 +13,16 @@ import torch
 
 from hssal_ray import faults
 from hssal_ray.config import config_to_dict, load_config
-from hssal_ray.scoring import Scorer, classification_metrics, scores_table
+from hssal_ray.rounds import classification_metrics, scores_table
+from hssal_ray.scoring import Scorer
 
 SMALL = ["ssl.model=hssal_small_cnn", "data.image_size=16", "ssl.eval_model=ema"]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):  # type: ignore[no-untyped-def]
-    from hssal_ray.ssl.train_loop import build_train_state, write_checkpoint
+    from hssal_ray.rounds import write_checkpoint
+    from hssal_ray.ssl.train_loop import build_train_state
 
     cfg = load_config(None, SMALL)
     torch.manual_seed(0)

@@ -1,10 +1,10 @@
 """The ``evaluate`` stage: test the round's model, write its ``metrics.jsonl`` row, decide if it is the last.
 
-The accuracy comes from :func:`hssal_ray.scoring.evaluate_split` (image-level) or
-:func:`hssal_ray.frozen.rounds.evaluate` (frozen encoder), on ``data.eval_split``, for the eval
-model and the other weights (EMA vs online). The row also carries the round's training figures
-(``train_metrics.json``) and wall times. ``num_labeled`` counts the labeled images the round could
-train on; labeled images listed in ``bad_samples.csv`` are counted apart (``num_labeled_unreadable``)
+The accuracy comes from the run's learner (:meth:`hssal_ray.learners.base.Learner.evaluate`), on
+``data.eval_split``, for the eval model and the other weights (EMA vs online). The row also
+carries the round's training figures (``train_metrics.json``) and wall times. ``num_labeled``
+counts the labeled images the round could train on; labeled images listed in ``bad_samples.csv``
+are counted apart (``num_labeled_unreadable``)
 and still count against ``loop.total_budget`` (they were asked for). :func:`is_final_round` is the
 one rule for the last round; after it the run is ``done`` and the report is built (``loop.report``).
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from hssal_ray import _io
 from hssal_ray.config import ExperimentConfig
@@ -53,25 +52,6 @@ def is_final_round(
     return round_idx >= cfg.loop.rounds or (total > 0 and num_labeled >= total) or pool_remaining <= 0
 
 
-def _test(ctx: RunContext, r: int) -> dict[str, Any]:
-    """The accuracies of round ``r``'s checkpoint on ``data.eval_split``."""
-    from hssal_ray.scoring import evaluate_split
-
-    if ctx.cfg.ssl.finetune == "frozen":
-        from hssal_ray.frozen import rounds
-
-        return rounds.evaluate(ctx, r)
-    return evaluate_split(
-        ctx.cfg,
-        ctx.split(ctx.cfg.data.eval_split),
-        root=ctx.catalog.root,
-        kind=ctx.catalog.kind,
-        ckpt_dir=_io.join(round_dir(ctx.run_dir, r), "checkpoint"),
-        num_classes=len(ctx.catalog.class_names),
-        run_dir=ctx.run_dir,
-    )
-
-
 def run(ctx: RunContext, state: RunState, t0: float) -> None:
     """Evaluate round ``state.round``, record its row, then advance (or finish the run).
 
@@ -82,7 +62,7 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
 
     cfg = ctx.cfg
     r = state.round
-    ev = _test(ctx, r)
+    ev = ctx.learner.evaluate(r)
     collect_bad_samples(ctx.run_dir)
     labeled = LabeledSet.load(ctx.run_dir)
     unreadable = len(set(labeled.ids) & ctx.bad_ids())

@@ -1,7 +1,7 @@
 """The ``query`` stage: select the round's batch from its scores and write ``round_XXX/query.csv``.
 
 The batch size is ``query.budget``, capped by what is left of ``loop.total_budget``; the selection
-itself is :func:`hssal_ray.loop.query_stage.run_query` (labeled rows excluded).
+itself is :func:`hssal_ray.loop.query_batch.run_query` (labeled rows excluded).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def round_budget(cfg: ExperimentConfig, num_labeled: int, n_train: int) -> int:
 
 def run(ctx: RunContext, state: RunState, t0: float) -> None:
     """Select and write round ``state.round``'s batch, then advance."""
-    from hssal_ray.loop.query_stage import run_query
+    from hssal_ray.loop.query_batch import run_query
 
     r = state.round
     rd = round_dir(ctx.run_dir, r)

@@ -207,7 +207,7 @@ def test_run_graph_is_built_once_and_read_back(tmp_path: Path, monkeypatch) -> N
 
     A damaged file is built again; other statistics are another graph.
     """
-    from hssal_ray.frozen.rounds import run_graph, run_stats
+    from hssal_ray.frozen.split_cache import run_graph, run_stats
     from hssal_ray.frozen.store import EmbeddingStore
 
     cfg = _cfg()

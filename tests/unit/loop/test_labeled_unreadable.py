@@ -20,7 +20,7 @@ def test_num_labeled_leaves_out_labeled_images_that_became_unreadable(tmp_path, 
         _io.join(ctx.run_dir, "bad_samples.csv"), f"sample_id,reason\n{train[1]},truncated\n"
     )
     _io.atomic_write_json(_io.join(round_dir(ctx.run_dir, 0), "train_metrics.json"), {"loss": 1.0})
-    monkeypatch.setattr(evaluate_stage, "_test", lambda ctx, r: {"test_accuracy": 0.5})
+    monkeypatch.setattr(ctx.learner, "evaluate", lambda r: {"test_accuracy": 0.5})
 
     labeled = LabeledSet.load(ctx.run_dir)
     assert ctx.labeled_rows(labeled).column("sample_id").to_pylist() == [train[0], train[2]]  # trained on

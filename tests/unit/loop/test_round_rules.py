@@ -91,7 +91,7 @@ def test_ssl_compile_is_gone_and_ema_warning() -> None:
 
 
 def test_ssl_decided_once_with_a_message_when_pool_is_empty(caplog) -> None:
-    from hssal_ray.ssl.trainer import ssl_active
+    from hssal_ray.rounds import ssl_active
 
     cfg = load_config(None, [])
     assert ssl_active(cfg, 10)
@@ -159,7 +159,7 @@ def test_typiclust_cold_start_picks_with_the_query_sections_kmeans_settings() ->
     """The cold start runs TypiClust (whatever ``query.strategy``) with ``query.kmeans_*``."""
     from hssal_ray.loop.cold_start import _typiclust_pick
     from hssal_ray.query import TypiClustQuery
-    from hssal_ray.ssl.trainer import derive_seed
+    from hssal_ray.rounds import derive_seed
 
     from ..query._data import blob_pool
 

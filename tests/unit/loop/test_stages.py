@@ -159,7 +159,7 @@ def _evaluated(tmp_path, monkeypatch, *extra: str) -> tuple[RunContext, RunState
         _io.join(round_dir(ctx.run_dir, 0), "train_metrics.json"), {"loss": 1.0, "mask_rate": 0.5, "x": 3}
     )
     monkeypatch.setattr(
-        evaluate_stage, "_test", lambda ctx, r: {"test_accuracy": 0.75, "test_accuracy_online": 0.5}
+        ctx.learner, "evaluate", lambda r: {"test_accuracy": 0.75, "test_accuracy_online": 0.5}
     )
     reports: list = []
     ctx.on_round = reports.append

@@ -241,7 +241,7 @@ def test_optimizer_groups_and_schedule() -> None:
 def test_cosine_schedule_ends_each_round_at_zero() -> None:
     """``ssl.lr_schedule=cosine`` (the default) reaches lr 0 at the round's last step; ``fixmatch`` 0.2x."""
     from hssal_ray.config import ExperimentConfig
-    from hssal_ray.ssl.train_loop import build_optimization
+    from hssal_ray.rounds import build_optimization
 
     net = torch.nn.Linear(3, 2)
     opt = build_optimizer(net, lr=0.1)

@@ -1,4 +1,8 @@
-"""The query stage: read the round's scores, run the configured strategy, return the batch."""
+"""The round's query batch from a scores file: load the pool, run the configured strategy, return the picks.
+
+The ``query`` stage (:mod:`hssal_ray.loop.stages.query`) writes what this returns; benchmarks call it
+directly on a scores file.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ def run_query(
     """
     from hssal_ray.query import load_pool, strategy_from_config
     from hssal_ray.query.scores_io import exclude_mask
-    from hssal_ray.ssl.trainer import derive_seed
+    from hssal_ray.rounds import derive_seed
 
     pool = load_pool(scores_path)
     if labeled_ids:  # Arrow hash join: no sort of the object id array (np.isin)

@@ -13,17 +13,20 @@ import torch
 from safetensors.torch import save_file
 
 from hssal_ray.config import load_config
-from hssal_ray.frozen import rounds
+from hssal_ray.frozen import scores as frozen_scores
 from hssal_ray.frozen.head import build_head, head_predict, predict_views
 from hssal_ray.frozen.store import EmbeddingStore, view_names
+from hssal_ray.learners.frozen import FrozenLearner
 from hssal_ray.query import load_pool
 from hssal_ray.query.scores_table import ScoresWriter, scores_arrow_table
-from hssal_ray.scoring import scores_table
+from hssal_ray.rounds import scores_strong_view, scores_table
 from hssal_ray.state import round_dir
 
 
-def test_streamed_scores_equal_the_whole_pool_table(tmp_path: Path, monkeypatch) -> None:
-    cfg = load_config(None, ["ssl.finetune=frozen", "ssl.embed_views=2", "ssl.tta_views=2"])
+@pytest.mark.parametrize("query", [[], ["query.ssl_aware=true"]])
+def test_streamed_scores_equal_the_whole_pool_table(tmp_path: Path, monkeypatch, query: list[str]) -> None:
+    cfg = load_config(None, ["ssl.finetune=frozen", "ssl.embed_views=2", "ssl.tta_views=2", *query])
+    strong = scores_strong_view(cfg)  # scored only when the query reads it, as on the image path
     rng = np.random.default_rng(0)
     n, d, nc = 50, 12, 3
     views = {v: rng.normal(size=(n, d)).astype(np.float16) for v in view_names(2)}
@@ -37,16 +40,15 @@ def test_streamed_scores_equal_the_whole_pool_table(tmp_path: Path, monkeypatch)
     ckpt.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(ckpt / "ema.safetensors"))
     scored = pa.table({"sample_id": pa.array(ids[::-1])})  # the order of the table does not matter
-    ctx = types.SimpleNamespace(
+    run = types.SimpleNamespace(
         cfg=cfg,
         run_dir=str(tmp_path),
-        embedding_store=store,
         catalog=types.SimpleNamespace(class_names=["a", "b", "c"]),
         scored_rows=lambda: scored,
     )
-    monkeypatch.setattr(rounds, "SCORE_BLOCK_ROWS", 7)  # 48 rows -> 7 blocks
+    monkeypatch.setattr(frozen_scores, "SCORE_BLOCK_ROWS", 7)  # 48 rows -> 7 blocks
     out = tmp_path / "round_001" / "scores.parquet"
-    rounds.score(ctx, 1, str(out))
+    FrozenLearner(run, store=store).score(1, str(out))
     assert pq.ParquetFile(out).metadata.num_row_groups == 7
     # the table as it was built before streaming: every row at once
     rows = store.rows_of(scored.column("sample_id"))
@@ -58,11 +60,12 @@ def test_streamed_scores_equal_the_whole_pool_table(tmp_path: Path, monkeypatch)
         store.ids[rows],
         emb,
         predict_views(head, views, rows, 2),
-        head_predict(head, views["strong_0"][rows]),
+        head_predict(head, views["strong_0"][rows]) if strong else None,
         0.95,
     )
     got = pq.read_table(out)
     assert got.column_names == want.column_names
+    assert ("confident" in got.column_names) == ("u_disagreement" in got.column_names) == bool(query)
     assert pa.types.is_fixed_size_binary(got.schema.field("embedding").type)  # packed float16 rows
     assert got.column("sample_id").to_pylist() == want.column("sample_id").to_pylist()
     for c in want.column_names[2:]:

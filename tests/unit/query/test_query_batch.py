@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from hssal_ray.config import config_from_dict
-from hssal_ray.loop.query_stage import run_query
+from hssal_ray.loop.query_batch import run_query
 from hssal_ray.query import load_pool, strategy_from_config, write_scores
-from hssal_ray.ssl.trainer import derive_seed
+from hssal_ray.rounds import derive_seed
 from tests.unit.query._data import blob_pool
 
 
