@@ -26,8 +26,8 @@ Images counted per step and worker = labeled + weak + strong unlabeled images (w
   the wait for the first batch).
 * ``fit_wall_s`` and ``startup_teardown_s`` (= fit wall - loop time): what a round pays around the loop.
 
-Report timestamps come from a Ray Train report callback (:mod:`benchmarks._report_timer`)
-registered through Ray's ``RAY_TRAIN_CALLBACKS`` environment variable (fit_round takes no callbacks).
+Report timestamps come from a Ray Train ``UserCallback`` (:mod:`benchmarks._report_timer`) passed
+to ``fit_round(callbacks=...)``.
 The headline ratio is ``2w x 1t`` / ``1w x 1t`` steady total images/s (target: >= 1.0, i.e. 2
 workers not slower per image than 1); ``2w x 1t`` / ``1w x 2t`` is reported beside it.
 
@@ -65,8 +65,6 @@ from benchmarks._train_torch import torch_main
 log = logging.getLogger("benchmarks.train_throughput")
 
 MODULE = "benchmarks.train_throughput"
-REPORT_LOG_ENV = "HSSAL_BENCH_REPORT_LOG"
-CALLBACK_PATH = "benchmarks._report_timer.ReportTimer"  # Ray Train creates it from the name
 
 
 # ------------------------------------------------------------------------------------ Ray part
@@ -163,6 +161,7 @@ def run_ray_case(
     import numpy as np
     import pyarrow as pa
 
+    from benchmarks._report_timer import ReportTimer
     from hssal_ray.config import load_config
     from hssal_ray.data.catalog import scan
     from hssal_ray.ssl.trainer import fit_round
@@ -190,7 +189,6 @@ def run_ray_case(
     images_per_step = batch + (2 * batch * uratio if uratio > 0 else 0)
     report_log = os.path.join(work, f"reports_{case.workers}w{case.cpus_per_worker}t.jsonl")
     os.makedirs(work, exist_ok=True)
-    os.environ[REPORT_LOG_ENV] = report_log
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     res = fit_round(
@@ -203,6 +201,7 @@ def run_ray_case(
         round_idx=0,
         run_dir=os.path.join(work, f"run_{case.workers}w{case.cpus_per_worker}t"),
         init_dir=None,
+        callbacks=[ReportTimer(report_log)],
     )
     wall = time.perf_counter() - t0
     records = []
@@ -252,7 +251,6 @@ def run_ray_case(
 
 def ray_main(args: argparse.Namespace) -> dict[str, Any]:
     """The Ray part: every :data:`RAY_CASES` entry, per model, in one Ray runtime."""
-    os.environ["RAY_TRAIN_CALLBACKS"] = CALLBACK_PATH
     work = tempfile.mkdtemp(prefix="hssal_train_bench_")
     root = make_data(args.data, work, classes=args.classes, per_class=args.per_class, size=args.gen_size)
     ray_init_s = start_local_ray(args.num_cpus)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,7 @@ def fit_round(
     round_idx: int,
     run_dir: str,
     init_dir: str | None,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     """Train one round with Ray Train and copy its final checkpoint to ``round_XXX/checkpoint``.
 
@@ -63,6 +65,8 @@ def fit_round(
         round_idx: Round number.
         run_dir: Run directory.
         init_dir: Previous round's checkpoint directory for a warm start, or None.
+        callbacks: ``ray.train.UserCallback`` instances for the Ray Train run (e.g. a benchmark's
+            report timer); not used by the in-driver executor.
     """
     import ray.train
     from ray.data import DataContext
@@ -129,6 +133,7 @@ def fit_round(
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.resources.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=list(callbacks) or None,
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
