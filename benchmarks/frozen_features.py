@@ -33,7 +33,7 @@ log = logging.getLogger("benchmarks.frozen_features")
 FRACTIONS = (0.02, 0.04, 0.08, 1.0)
 
 
-def encode(root: str, size: int, cache: str, run_dir: str, views: int = 2) -> tuple[Any, Any, float]:
+def encode(root: str, size: int, cache: str, run_dir: str, views: int) -> tuple[Any, Any, float]:
     """The product's store at ``size`` px (the clean view is what the table uses; with ``views`` = the
     loop's ``frozen.embed_views`` the same store serves the frozen loop).
 
@@ -138,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--cache", default="runs/embedding_cache")
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--views", type=int, default=2, help="frozen.embed_views of the stores (2 = the loop's)")
+    from hssal_ray.config import FrozenConfig
+
+    views = FrozenConfig().embed_views
+    p.add_argument(
+        "--views", type=int, default=views, help=f"frozen.embed_views of the stores ({views} = the loop's)"
+    )
     p.add_argument("--no-loop", action="store_true", help="skip timing the frozen loop")
     p.add_argument("--profile", default="configs/ucm_cpu.yaml", help="loop config timed after the table")
     p.add_argument("-v", "--verbose", action="store_true")
