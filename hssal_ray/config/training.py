@@ -146,7 +146,8 @@ class SSLConfig:
         finetune: ``full`` trains every layer; ``partial`` only the last ``trainable_stages``
             stages (earlier ones frozen, BatchNorm in eval mode); ``frozen`` keeps the backbone
             fixed and trains only the head on cached embeddings (encode once per run: the
-            fast path for CPUs and large archives).
+            fast path for CPUs and large archives; its settings are the ``frozen.*`` section,
+            :class:`~hssal_ray.config.frozen.FrozenConfig`).
         trainable_stages: Stages of the backbone that ``partial`` trains (from the top).
         head: Classifier head: ``linear``, or ``mlp`` (one hidden layer, ``head_hidden`` wide).
         head_hidden: Hidden width of the ``mlp`` head.
