@@ -59,14 +59,14 @@ def copy_views(k: int, copies: int) -> list[dict[str, str]]:
     """For the image (index 0) and each copy ``j`` (index ``j``): its view name -> the image's view.
 
     Args:
-        k: ``ssl.embed_views`` (views ``none``, ``weak_0..k-1``, ``strong_0..k-1``).
+        k: ``frozen.embed_views`` (views ``none``, ``weak_0..k-1``, ``strong_0..k-1``).
         copies: Copies per image (at most ``2k``: one per augmented view).
     """
     weak_type = ["none", *(f"weak_{i}" for i in range(k))]
     strong_type = [f"strong_{i}" for i in range(k)]
     aug = [*weak_type[1:], *strong_type]
     if not 0 <= copies <= len(aug):
-        raise DataError(f"--copies must be in [0, {len(aug)}] with ssl.embed_views={k}, got {copies}")
+        raise DataError(f"--copies must be in [0, {len(aug)}] with frozen.embed_views={k}, got {copies}")
     out = [{v: v for v in (*weak_type, *strong_type)}]
     used = {frozenset(weak_type)}  # the views averaged by scoring and evaluation (clean + weak)
     for clean in aug[:copies]:

@@ -33,9 +33,11 @@ log = logging.getLogger("benchmarks.frozen_features")
 FRACTIONS = (0.02, 0.04, 0.08, 1.0)
 
 
-def encode(root: str, size: int, cache: str, run_dir: str, views: int = 2) -> tuple[Any, Any, float]:
+def encode(root: str, size: int, cache: str, run_dir: str, views: int) -> tuple[Any, Any, float]:
     """The product's store at ``size`` px (the clean view is what the table uses; with ``views`` = the
-    loop's ``ssl.embed_views`` the same store serves the frozen loop); returns (catalog, store, seconds)."""
+    loop's ``frozen.embed_views`` the same store serves the frozen loop).
+
+    Returns (catalog, store, seconds)."""
     from hssal_ray.config import load_config
     from hssal_ray.data.catalog import scan
     from hssal_ray.frozen.store import ensure_store
@@ -49,7 +51,7 @@ def encode(root: str, size: int, cache: str, run_dir: str, views: int = 2) -> tu
             "ssl.model=efficientnet_lite0",
             "ssl.weights=package:efficientnet_lite0",
             "ssl.finetune=frozen",
-            f"ssl.embed_views={views}",
+            f"frozen.embed_views={views}",
             "ssl.eval_batch_size=64",
         ],
     )
@@ -136,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--cache", default="runs/embedding_cache")
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--views", type=int, default=2, help="ssl.embed_views of the stores (2 = the loop's)")
+    from hssal_ray.config import FrozenConfig
+
+    views = FrozenConfig().embed_views
+    p.add_argument(
+        "--views", type=int, default=views, help=f"frozen.embed_views of the stores ({views} = the loop's)"
+    )
     p.add_argument("--no-loop", action="store_true", help="skip timing the frozen loop")
     p.add_argument("--profile", default="configs/ucm_cpu.yaml", help="loop config timed after the table")
     p.add_argument("-v", "--verbose", action="store_true")

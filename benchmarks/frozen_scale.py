@@ -6,7 +6,7 @@ For every size N the benchmark
 
 1. writes (once; reused while the parameters match) a synthetic embedding store of the real shape
    under ``--work-dir`` (default ``/tmp/hssal_frozen_scale``, never in the repository): d=1280
-   float16 pooled features of the clean view and ``ssl.embed_views`` = 2 weak and 2 strong views
+   float16 pooled features of the clean view and ``frozen.embed_views`` = 2 weak and 2 strong views
    (12.8 KB an image), 21 classes of clustered, rectified features (class centres, sub-modes, a
    low-rank spread and noise; a weak view adds a little noise, a strong one more), through the
    store's own writer (:func:`hssal_ray.frozen.store.write_arrays`), as the encode leaves it;

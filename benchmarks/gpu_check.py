@@ -801,7 +801,7 @@ def sec_encode(run: Run) -> dict[str, Any]:
     from hssal_ray.frozen.store import Encoder, view_names
 
     cfg = run.frozen_cfg()
-    views = view_names(cfg.ssl.embed_views)
+    views = view_names(cfg.frozen.embed_views)
     mean, std = run.mean_std(cfg)
     enc = Encoder(config_to_dict(cfg), views)
     n, bs = len(run.ids), cfg.ssl.eval_batch_size
@@ -924,11 +924,11 @@ def sec_frozen_head(run: Run) -> dict[str, Any]:
     y = run.labels[run.test_rows]
     heads = {"ema": state.ema.module, "online": state.model}
     acc = {
-        w: float((predict_views(h, run.views, run.test_rows, cfg.ssl.tta_views).argmax(1) == y).mean())
+        w: float((predict_views(h, run.views, run.test_rows, cfg.frozen.tta_views).argmax(1) == y).mean())
         for w, h in heads.items()
     }
     run.frozen_acc = acc[cfg.ssl.eval_model]
-    s = cfg.ssl
+    s, f = cfg.ssl, cfg.frozen
     return {
         "settings": {
             "recipe": "configs/ucm_cpu.yaml",
@@ -937,12 +937,12 @@ def sec_frozen_head(run: Run) -> dict[str, Any]:
             "uratio": s.uratio,
             "lr": s.lr,
             "weight_decay": s.weight_decay,
-            "pseudo_labels": s.pseudo_labels,
-            "graph_k": s.graph_k,
-            "graph_alpha": s.graph_alpha,
-            "graph_balance": s.graph_balance,
-            "tta_views": s.tta_views,
-            "feature_norm": s.feature_norm,
+            "pseudo_labels": f.pseudo_labels,
+            "graph_k": f.graph_k,
+            "graph_alpha": f.graph_alpha,
+            "graph_balance": f.graph_balance,
+            "tta_views": f.tta_views,
+            "feature_norm": f.feature_norm,
             "eval_model": s.eval_model,
             "device": "cpu (train_head trains on CPU)",
             "cpu_threads": __import__("torch").get_num_threads(),
@@ -1108,7 +1108,7 @@ def sec_knn(run: Run) -> dict[str, Any]:
     from hssal_ray.frozen.knn_torch import affinity_from_neighbours, knn_cosine
 
     s = run.sizes
-    k = run.frozen_cfg().ssl.graph_k
+    k = run.frozen_cfg().frozen.graph_k
     x = _clustered(s.knn_n, s.knn_d, s.centres, run.dev, seed=7)
     dtype = torch.float16  # the GPU arithmetic, also in the CPU twin
     knn_cosine(x[:4096], k, device=run.dev, compute_dtype=dtype)  # warm-up

@@ -152,7 +152,7 @@ def write_store(src_cfg: Any, new_cfg: Any) -> str:
     from hssal_ray.data.catalog import scan
     from hssal_ray.frozen.store import STORE_VERSION, open_store, read_rows, view_names, write_arrays
 
-    k = new_cfg.ssl.embed_views
+    k = new_cfg.frozen.embed_views
     views = view_names(k)
     src_path, src_rows = store_location(src_cfg)
     if not os.path.isfile(os.path.join(src_path, "meta.json")):
@@ -209,7 +209,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     src = os.path.abspath(args.data)
     out = os.path.abspath(args.out)
     cfg = _config(args.profile, src, args.overrides)
-    copy_views(cfg.ssl.embed_views, args.copies)  # refuses more copies than stored views, before any work
+    copy_views(cfg.frozen.embed_views, args.copies)  # refuses more copies than stored views, before any work
     tf = cfg.data.test_fraction
     cat = scan(src, test_fraction=tf, seed=0)
     t = cat.table.to_pydict()
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="the hard-linked root with near-copies and its embedding store")
     b.add_argument("--data", required=True, help="source ImageFolder root (its store must be complete)")
     b.add_argument(
-        "--copies", type=int, default=4, help="near-copies per image (at most 2 x ssl.embed_views)"
+        "--copies", type=int, default=4, help="near-copies per image (at most 2 x frozen.embed_views)"
     )
     b.add_argument("--seeds", type=int, default=5, help="split seeds checked leak-free: range(seeds)")
     b.add_argument(

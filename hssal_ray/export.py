@@ -216,7 +216,7 @@ def export(run_dir: str, out: str, *, round_idx: int | None = None, sample: np.n
             "model_kwargs": cfg.ssl.model_kwargs,
             "head": cfg.ssl.head,
             "head_hidden": cfg.ssl.head_hidden,
-            "feature_norm": cfg.ssl.feature_norm if frozen else None,
+            "feature_norm": cfg.frozen.feature_norm if frozen else None,
         },
         "input": preprocess_spec(cfg),
         "encoder_package": _package(cfg),
@@ -261,9 +261,10 @@ def load_exported(folder: str) -> tuple[nn.Module, dict[str, Any]]:
         "head_hidden": arch["head_hidden"],
         "finetune": "frozen" if frozen else "full",
     }
+    values: dict[str, Any] = {"data": {"bands": inp["bands"], "image_size": inp["size"]}, "ssl": ssl}
     if frozen:
-        ssl["feature_norm"] = arch["feature_norm"]
-    cfg = config_from_dict({"data": {"bands": inp["bands"], "image_size": inp["size"]}, "ssl": ssl})
+        values["frozen"] = {"feature_norm": arch["feature_norm"]}
+    cfg = config_from_dict(values)
     from hssal_ray.models import model_from_config
 
     state = load(_io.read_bytes(_io.join(folder, "model.safetensors")))

@@ -105,7 +105,7 @@ def eval_model(rm: RunModel) -> nn.Module:
     :class:`hssal_ray.scoring.Scorer` loads them). Frozen runs: the encoder of
     :class:`hssal_ray.frozen.encode.Encoder` (same weights, same seed) and the head with the
     checkpoint's weights (a :class:`FrozenClassifier`). It computes the clean view: the frozen
-    path's scores match it to float16 rounding of the stored features when ``ssl.tta_views`` is 0
+    path's scores match it to float16 rounding of the stored features when ``frozen.tta_views`` is 0
     (with more, the loop also averages stored augmented views).
     """
     from safetensors.torch import load

@@ -13,6 +13,7 @@ Example:
 
 from hssal_ray.config._base import RUNTIME
 from hssal_ray.config.experiment import ExperimentConfig, ResourcesConfig, TuneConfig
+from hssal_ray.config.frozen import FrozenConfig
 from hssal_ray.config.loading import (
     apply_overrides,
     config_from_dict,
@@ -27,6 +28,7 @@ from hssal_ray.config.training import DataConfig, SSLConfig
 __all__ = [
     "DataConfig",
     "SSLConfig",
+    "FrozenConfig",
     "QueryConfig",
     "OracleConfig",
     "LoopConfig",

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from hssal_ray import _io
 from hssal_ray.config._base import RUNTIME, _check, _runtime
+from hssal_ray.config.frozen import FrozenConfig
 from hssal_ray.config.loop import LoopConfig, OracleConfig, QueryConfig
 from hssal_ray.config.training import DataConfig, SSLConfig
 
@@ -112,6 +113,7 @@ class ExperimentConfig:
         seed: Seeds the split, cold start, augmentation, training and queries.
         data: :class:`DataConfig`.
         ssl: :class:`SSLConfig`.
+        frozen: :class:`~hssal_ray.config.frozen.FrozenConfig` (read with ``ssl.finetune=frozen``).
         query: :class:`QueryConfig`.
         oracle: :class:`OracleConfig`.
         loop: :class:`LoopConfig`.
@@ -122,6 +124,7 @@ class ExperimentConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
+    frozen: FrozenConfig = field(default_factory=FrozenConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
@@ -129,6 +132,7 @@ class ExperimentConfig:
     tune: TuneConfig = field(default_factory=TuneConfig, metadata=RUNTIME)
 
     def __post_init__(self) -> None:
+        self._check_frozen()
         kinds = {
             k: isinstance(v, float)
             for k, v in (
@@ -145,6 +149,35 @@ class ExperimentConfig:
             "all fractions of the training split (floats in (0, 1]); got "
             + ", ".join(f"{k}={'a fraction' if f else 'a count'}" for k, f in kinds.items()),
         )
+
+    def _check_frozen(self) -> None:
+        """The rules between ``frozen.*`` and ``ssl.*`` (each ``frozen`` key's own range is checked
+        by :class:`FrozenConfig`). Other ``frozen`` keys are simply not read off the frozen path."""
+        f, s = self.frozen, self.ssl
+        if s.finetune == "frozen":
+            _check(
+                f.embed_views >= 1,
+                "frozen.embed_views",
+                "ssl.finetune=frozen trains the head on stored augmented views: it needs >= 1, got 0",
+            )
+        _check(
+            f.tta_views == 0 or s.finetune == "frozen",
+            "frozen.tta_views",
+            "averages the stored views of the frozen path: it needs ssl.finetune=frozen",
+        )
+        if f.pseudo_labels == "graph":
+            _check(
+                s.finetune == "frozen",
+                "frozen.pseudo_labels",
+                "graph pseudo-labels smooth the frozen head's predictions over cached features: "
+                "they need ssl.finetune=frozen",
+            )
+            _check(
+                s.threshold_mode == "fixed" and not s.dist_align,
+                "frozen.pseudo_labels",
+                "graph pseudo-labels use frozen.graph_cutoff: they do not combine with "
+                "ssl.threshold_mode flexmatch/freematch or ssl.dist_align",
+            )
 
     @property
     def run_path(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -12,7 +13,10 @@ import yaml
 
 from hssal_ray import _io
 from hssal_ray.config.experiment import ExperimentConfig
+from hssal_ray.config.frozen import MOVED_FROM_SSL
 from hssal_ray.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def _is_number(value: Any, kinds: tuple[type, ...]) -> bool:
@@ -101,10 +105,56 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
 
 
 def config_from_dict(values: dict[str, Any]) -> ExperimentConfig:
-    """Build and validate an :class:`ExperimentConfig` from a nested mapping."""
+    """Build and validate an :class:`ExperimentConfig` from a nested mapping.
+
+    Keys under their old names (``ssl.<key>`` for a ``frozen.*`` key) are read as the new ones
+    (:func:`move_old_keys`)."""
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping at the top level, got {type(values).__name__}")
-    return _build(ExperimentConfig, values)
+    return _build(ExperimentConfig, move_old_keys(values))
+
+
+def new_key_name(key: str) -> str:
+    """The current name of the dotted config key ``key`` (``ssl.graph_k`` -> ``frozen.graph_k``)."""
+    section, _, name = key.partition(".")
+    return f"frozen.{name}" if section == "ssl" and name in MOVED_FROM_SSL else key
+
+
+def _warn_moved(old: list[str]) -> None:
+    if old:
+        log.warning(
+            "config keys moved to the frozen section: %s; the old names still load, write the new ones",
+            ", ".join(f"{k} is now {new_key_name(k)}" for k in old),
+        )
+
+
+def move_old_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every ``ssl.<key>`` that is now ``frozen.<key>`` moved there, and one
+    warning naming the new keys (``values`` itself is not changed).
+
+    Raises:
+        ConfigError: One mapping gives a key under both names with different values.
+    """
+    ssl = values.get("ssl")
+    if not isinstance(ssl, dict) or not any(k in MOVED_FROM_SSL for k in ssl):
+        return values
+    frozen = values.get("frozen")
+    frozen = dict(frozen) if isinstance(frozen, dict) else {} if frozen is None else frozen
+    if not isinstance(frozen, dict):
+        return values  # a non-mapping frozen section: _build names it
+    out, ssl, moved = dict(values), dict(ssl), []
+    for k in [k for k in ssl if k in MOVED_FROM_SSL]:
+        v = ssl.pop(k)
+        if k in frozen and frozen[k] != v:
+            raise ConfigError(
+                f"ssl.{k}={v!r} and frozen.{k}={frozen[k]!r} are both given: ssl.{k} is the old name of "
+                f"frozen.{k}; keep frozen.{k}"
+            )
+        frozen[k] = v
+        moved.append(f"ssl.{k}")
+    out["ssl"], out["frozen"] = ssl, frozen
+    _warn_moved(moved)
+    return out
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -140,9 +190,12 @@ def set_dotted(d: dict[str, Any], key: str, value: Any, *, leaf_only: bool = Fal
     The one dotted-key setter (CLI overrides and Tune's search space both use it). ``leaf_only``
     refuses to replace a whole section (a search space must name one of its settings).
 
+    A key under its old name (``ssl.graph_k``) sets the new one (``frozen.graph_k``).
+
     Raises:
         ConfigError: a prefix of ``key`` is a setting, or (``leaf_only``) ``key`` is a section.
     """
+    key = new_key_name(key)
     parts = key.split(".")
     cur = d
     for i, p in enumerate(parts[:-1]):
@@ -158,8 +211,18 @@ def set_dotted(d: dict[str, Any], key: str, value: Any, *, leaf_only: bool = Fal
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings (values parsed as YAML scalars) to a nested mapping."""
-    out = _deepcopy(values)
+    """Apply ``key.sub=value`` strings (values parsed as YAML scalars) to a nested mapping.
+
+    Keys under their old names are moved first, in ``values`` and then in the overrides
+    (:func:`move_old_keys`), so a later override wins whichever name either uses.
+
+    Raises:
+        ConfigError: A malformed override, or one that gives a key under its old and its new name
+            with different values.
+    """
+    out = _deepcopy(move_old_keys(values))
+    given: dict[str, tuple[str, Any]] = {}
+    old: list[str] = []
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key.sub=value")
@@ -171,7 +234,18 @@ def apply_overrides(values: dict[str, Any], overrides: list[str] | None) -> dict
             value = parse_yaml(raw) if raw.strip() != "" else ""
         except (yaml.YAMLError, RecursionError) as e:
             raise ConfigError(f"override '{item}': value is not valid YAML ({_one_line(e)})") from None
+        new = new_key_name(key)
+        if new != key:
+            old.append(key)
+        first, before = given.get(new, (key, value))
+        if first != key and before != value:
+            raise ConfigError(
+                f"overrides {first}={before!r} and {key}={value!r} set the same key ({new}) to different "
+                f"values; keep {new}"
+            )
+        given[new] = (key, value)
         set_dotted(out, key, value)
+    _warn_moved(old)
     return out
 
 

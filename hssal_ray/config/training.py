@@ -146,38 +146,11 @@ class SSLConfig:
         finetune: ``full`` trains every layer; ``partial`` only the last ``trainable_stages``
             stages (earlier ones frozen, BatchNorm in eval mode); ``frozen`` keeps the backbone
             fixed and trains only the head on cached embeddings (encode once per run: the
-            fast path for CPUs and large archives).
+            fast path for CPUs and large archives; its settings are the ``frozen.*`` section,
+            :class:`~hssal_ray.config.frozen.FrozenConfig`).
         trainable_stages: Stages of the backbone that ``partial`` trains (from the top).
-        feature_norm: ``frozen``: ``l2`` divides each cached feature vector by its norm before the
-            head standardises it (better with few labels, equal with all); ``none`` keeps raw features.
-        tta_views: ``frozen``: evaluation and scoring average the head's probabilities over the clean
-            view and this many stored weak views (0 = clean view only; at most ``embed_views``).
-        pseudo_labels: Where the unlabeled term's targets come from. ``model``: FixMatch, the
-            weak view's prediction of the model being trained. ``graph`` (``frozen`` only): a
-            supervised teacher head is trained first, its predictions on the labeled set and the
-            pool are smoothed over the pool's cosine k-nearest-neighbour graph (label propagation,
-            Zhou et al. 2004, started from the teacher's predictions), and the round's head trains
-            its strong views on those hard pseudo-labels (the weak-to-strong step of FixMatch with
-            a better teacher). Chosen on the UCM validation split (benchmarks/NOTES.md).
-        graph_k: ``graph``: neighbours per node of the k-NN graph.
-        graph_alpha: ``graph``: propagation weight in ``(0, 1)`` (larger = smoother).
-        graph_cutoff: ``graph``: keep a pseudo-label when its smoothed probability is at least
-            this (0 keeps every pool sample; ``p_cutoff`` is the ``model`` mode's threshold).
-        graph_max_nodes: ``graph``: the k-NN graph of the training split (built once per run and
-            saved beside the embedding store) is searched exactly up to this many rows; above, an
-            approximate search (faiss k-means lists, each searched exactly among its nearest
-            lists; on a GPU with ``resources.use_gpu`` the search stays exact). Every pool sample
-            enters the graph and the unlabeled term, whatever the size.
-        graph_balance: ``graph``: ``uniform`` rescales the smoothed labels' class columns (Sinkhorn
-            iterations) until every class holds the same mass over the pool, each row still a
-            distribution; ``none`` keeps them as propagated. Meant for the teacher's errors piling
-            up on a few classes it over-predicts: balancing moves the doubtful rows to the classes
-            they were taken from (measured on UCM and a long-tailed version of it:
-            benchmarks/NOTES.md). It assumes balanced classes: for strongly imbalanced archives
-            keep ``none``.
         head: Classifier head: ``linear``, or ``mlp`` (one hidden layer, ``head_hidden`` wide).
         head_hidden: Hidden width of the ``mlp`` head.
-        embed_views: ``frozen``: seeded weak and strong augmented views cached per image (each).
         threshold_mode: ``fixed`` (FixMatch), ``flexmatch`` or ``freematch`` class-wise thresholds.
         dist_align: Distribution alignment of the weak-view probabilities.
         lr: Peak SGD learning rate.
@@ -213,17 +186,8 @@ class SSLConfig:
     eval_model: Literal["ema", "online"] = "ema"
     finetune: Literal["full", "partial", "frozen"] = "full"
     trainable_stages: int = 1
-    feature_norm: Literal["l2", "none"] = "l2"
-    tta_views: int = 0
-    pseudo_labels: Literal["model", "graph"] = "model"
-    graph_k: int = 10
-    graph_alpha: float = 0.8
-    graph_cutoff: float = 0.0
-    graph_max_nodes: int = 50_000
-    graph_balance: Literal["none", "uniform"] = "none"
     head: Literal["linear", "mlp"] = "linear"
     head_hidden: int = 512
-    embed_views: int = 2
     threshold_mode: Literal["fixed", "flexmatch", "freematch"] = "fixed"
     dist_align: bool = False
     lr: float = 0.03
@@ -257,42 +221,8 @@ class SSLConfig:
         _check(self.ema_warmup_power > 0, "ssl.ema_warmup_power", "must be > 0")
         _check(self.trainable_stages >= 1, "ssl.trainable_stages", "must be >= 1")
         _check(self.head_hidden >= 1, "ssl.head_hidden", "must be >= 1")
-        _check(0 <= self.embed_views <= 16, "ssl.embed_views", f"must be in [0, 16], got {self.embed_views}")
         _check(
-            0 <= self.tta_views <= self.embed_views,
-            "ssl.tta_views",
-            f"must be in [0, ssl.embed_views={self.embed_views}] (it averages stored weak views), "
-            f"got {self.tta_views}",
-        )
-        _check(
-            self.tta_views == 0 or self.finetune == "frozen",
-            "ssl.tta_views",
-            "averages the stored views of the frozen path: it needs ssl.finetune=frozen",
-        )
-        _check(self.graph_k >= 1, "ssl.graph_k", f"must be >= 1, got {self.graph_k}")
-        _check(0.0 < self.graph_alpha < 1.0, "ssl.graph_alpha", f"must be in (0, 1), got {self.graph_alpha}")
-        _check(0.0 <= self.graph_cutoff <= 1.0, "ssl.graph_cutoff", "must be in [0, 1]")
-        _check(self.graph_max_nodes >= 2, "ssl.graph_max_nodes", f"must be >= 2, got {self.graph_max_nodes}")
-        _check(
-            self.graph_balance == "none" or self.pseudo_labels == "graph",
-            "ssl.graph_balance",
-            "balances the graph-smoothed pseudo-labels: it needs ssl.pseudo_labels=graph",
-        )
-        if self.pseudo_labels == "graph":
-            _check(
-                self.finetune == "frozen",
-                "ssl.pseudo_labels",
-                "graph pseudo-labels smooth the frozen head's predictions over cached features: "
-                "they need ssl.finetune=frozen",
-            )
-            _check(
-                self.threshold_mode == "fixed" and not self.dist_align,
-                "ssl.pseudo_labels",
-                "graph pseudo-labels use ssl.graph_cutoff: they do not combine with "
-                "ssl.threshold_mode flexmatch/freematch or ssl.dist_align",
-            )
-        _check(
-            self.weights is None or not self.weights.startswith("package:") or not self.pretrained_hub,
+            self.weights is None or not self.pretrained_hub,
             "ssl.weights",
             "give either packaged/local weights or ssl.pretrained_hub=true, not both",
         )

@@ -49,7 +49,7 @@ def store_key(cfg: Any, ids: pa.ChunkedArray | pa.Array, root: str) -> str:
         size=cfg.data.image_size,
         mean=mean,
         std=std,
-        views=cfg.ssl.embed_views,
+        views=cfg.frozen.embed_views,
     )
     # How pixels become the model's input, only when set: stores keyed before these existed keep their key.
     for name in ("band_select", "value_range"):
@@ -98,7 +98,7 @@ def ensure_store(cfg: Any, catalog: Any, run_dir: str, progress: Any = None) -> 
     table = catalog.table
     key = store_key(cfg, table.column("sample_id"), catalog.root)
     path = store_path(cfg, run_dir, key)
-    views = view_names(cfg.ssl.embed_views)
+    views = view_names(cfg.frozen.embed_views)
     meta_path = _io.join(path, "meta.json")
     n = table.num_rows
     meta = _io.read_json(meta_path) if _io.exists(meta_path) else None

@@ -1,4 +1,4 @@
-"""Graph-smoothed pseudo-labels for the frozen head (``ssl.pseudo_labels=graph``): numpy/scipy/faiss.
+"""Graph-smoothed pseudo-labels for the frozen head (``frozen.pseudo_labels=graph``): numpy/scipy/faiss.
 
 A supervised teacher head predicts the labeled set and the pool; the predictions are propagated
 over the cosine k-nearest-neighbour graph of the samples' features (Zhou et al. 2004, "Learning

@@ -3,10 +3,10 @@
 The same loss, thresholds, EMA and optimiser as image-level training (:func:`hssal_ray.ssl.steps.train_step`),
 with the backbone's pooled features of the stored views as the inputs: a labeled batch uses one of
 the weak views of each sample, an unlabeled batch pseudo-labels a weak view and trains on a strong
-view of the same image. Features are L2-normalised (``ssl.feature_norm=l2``), then standardised with
+view of the same image. Features are L2-normalised (``frozen.feature_norm=l2``), then standardised with
 the training split's clean-view statistics (kept in the head as buffers, so a checkpoint is
 self-contained). Evaluation and scoring can average the head's probabilities over the clean view and
-``ssl.tta_views`` stored weak views (test-time augmentation at no encoding cost; the inference is
+``frozen.tta_views`` stored weak views (test-time augmentation at no encoding cost; the inference is
 :mod:`hssal_ray.frozen.infer`, its names importable from here).
 
 Both were chosen on the UCM validation split (benchmarks/NOTES.md): L2 normalisation gains +3.2
@@ -82,7 +82,7 @@ def build_head(
     :func:`feature_stats`), or those of ``stats_features`` (raw ``(n, dim)`` features); without
     either they are 0/1, to be loaded from a checkpoint.
     """
-    norm: list[nn.Module] = [L2Normalize()] if cfg.ssl.feature_norm == "l2" else []
+    norm: list[nn.Module] = [L2Normalize()] if cfg.frozen.feature_norm == "l2" else []
     mean, std = torch.zeros(dim), torch.ones(dim)
     if stats is not None:
         mean, std = stats
@@ -97,7 +97,7 @@ def build_head(
 
 
 def feature_stats(cfg: Any, view: np.ndarray, rows: np.ndarray) -> tuple[Tensor, Tensor]:
-    """``(mean, std)`` (float32, unbiased std) of the rows' features after ``ssl.feature_norm``.
+    """``(mean, std)`` (float32, unbiased std) of the rows' features after ``frozen.feature_norm``.
 
     One pass in blocks: per-block sums of the float32 features and of their squares (matrix
     products), accumulated in float64 across blocks, whatever ``n``.
@@ -107,7 +107,7 @@ def feature_stats(cfg: Any, view: np.ndarray, rows: np.ndarray) -> tuple[Tensor,
     rows = np.asarray(rows, dtype=np.int64)
     d = view.shape[1]
     count, s1, s2 = 0, torch.zeros(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64)
-    l2 = cfg.ssl.feature_norm == "l2"
+    l2 = cfg.frozen.feature_norm == "l2"
     for _, x in scan_rows(view, rows):  # x: the reader's buffer, changed in place
         if l2:
             x.mul_((1.0 / torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12))[:, None])
@@ -165,7 +165,7 @@ def train_head(
 ) -> tuple[Any, dict[str, float]]:
     """Train the head for ``ssl.steps_per_round`` steps; returns the ``TrainState`` and mean metrics.
 
-    With ``ssl.pseudo_labels=graph`` (and the unlabeled term on) a supervised teacher is trained
+    With ``frozen.pseudo_labels=graph`` (and the unlabeled term on) a supervised teacher is trained
     first, for the same steps and from the same ``init``; the returned state is the student's.
 
     Args:
@@ -187,11 +187,7 @@ def train_head(
         graph: A :class:`~hssal_ray.frozen.graph.KnnGraph` whose nodes hold the labeled and pool
             rows (the run's graph of the training split); None builds one of those rows here.
     """
-    from hssal_ray.errors import ConfigError
-
-    if cfg.ssl.embed_views < 1:
-        raise ConfigError("ssl.finetune=frozen trains on stored augmented views: set ssl.embed_views >= 1")
-    graph_mode = ssl_on and cfg.ssl.pseudo_labels == "graph"
+    graph_mode = ssl_on and cfg.frozen.pseudo_labels == "graph"
     if stats is None and (init is None or graph_mode):
         stats = feature_stats(cfg, views["none"], stats_rows)
     data = _HeadData(
@@ -234,27 +230,27 @@ def _fit_with_graph(data: _HeadData, graph: Any) -> tuple[Any, dict[str, float]]
     from hssal_ray.frozen.graph import balance_classes, build_graph
     from hssal_ray.frozen.infer import predict_views
 
-    s = data.cfg.ssl
+    s, f = data.cfg.ssl, data.cfg.frozen
     assert data.stats is not None  # train_head computes them for the graph
     teacher, tmetrics = _fit(data, s, False, desc="train teacher")
     t_head = teacher.ema.module if s.eval_model == "ema" and teacher.ema is not None else teacher.model
     if graph is None:  # the graph of this round's rows, in the order labeled + pool
         nodes = np.concatenate([data.labeled_rows, data.pool_rows])
         feats = graph_features(data.cfg, data.views, nodes, data.stats)
-        graph = build_graph(feats, nodes, s.graph_k, max_exact=s.graph_max_nodes, seed=data.seed)
+        graph = build_graph(feats, nodes, f.graph_k, max_exact=f.graph_max_nodes, seed=data.seed)
     lab_pos = graph.positions(data.labeled_rows)
     pool_pos = graph.positions(data.pool_rows)
-    prior = predict_views(t_head, data.views, graph.rows, s.tta_views)  # every node, store order
+    prior = predict_views(t_head, data.views, graph.rows, f.tta_views)  # every node, store order
     t_pool = prior[pool_pos]
     prior[lab_pos] = 0.0
     prior[lab_pos, data.labels] = 1.0
     members = np.concatenate([lab_pos, pool_pos])
     nodes_in = None if len(members) == len(graph) else np.sort(members)
-    smoothed = graph.smooth(prior, s.graph_alpha, nodes=nodes_in)[pool_pos]
+    smoothed = graph.smooth(prior, f.graph_alpha, nodes=nodes_in)[pool_pos]
     del prior
-    if s.graph_balance == "uniform":
+    if f.graph_balance == "uniform":
         smoothed = balance_classes(smoothed, np.ones(data.num_classes))
-    state, metrics = _fit(data, dataclasses.replace(s, p_cutoff=s.graph_cutoff), True, targets=smoothed)
+    state, metrics = _fit(data, dataclasses.replace(s, p_cutoff=f.graph_cutoff), True, targets=smoothed)
     metrics["teacher_sup_loss"] = tmetrics.get("sup_loss", float("nan"))
     metrics["graph_pool_rows"] = float(len(data.pool_rows))
     metrics["graph_nodes"] = float(len(members))
@@ -286,7 +282,7 @@ def _fit(
     labeled_rows, pool_rows, truth = data.labeled_rows, data.pool_rows, data.truth
     torch.manual_seed(seed % (2**31))
     rng = np.random.default_rng(seed)
-    k = cfg.ssl.embed_views
+    k = cfg.frozen.embed_views
     weak = [views[f"weak_{i}"] for i in range(k)]
     strong = [views[f"strong_{i}"] for i in range(k)]
     head = build_head(cfg, views["none"].shape[1], data.num_classes, stats=data.stats)

@@ -2,7 +2,7 @@
 
 :class:`_Forward` folds the head's ``[L2Normalize] + Standardize + Linear`` into one matrix product
 on cache-sized float32 blocks; :func:`head_predict`, :func:`predict_views` (the clean view and
-``ssl.tta_views`` weak views averaged) and :func:`score_rows` (what the scores file needs, block by
+``frozen.tta_views`` weak views averaged) and :func:`score_rows` (what the scores file needs, block by
 block) read the rows with a :class:`~hssal_ray.frozen.store.RowReader`. The head is built by
 :func:`hssal_ray.frozen.head.build_head`.
 """

@@ -34,7 +34,7 @@ def write_scores_of(
     rows = np.asarray(rows, dtype=np.int64)
     strong_on = scores_strong_view(cfg)
     with ScoresWriter(out_path) as out:
-        blocks = score_rows(head, store.views, rows, cfg.ssl.tta_views, SCORE_BLOCK_ROWS, strong=strong_on)
+        blocks = score_rows(head, store.views, rows, cfg.frozen.tta_views, SCORE_BLOCK_ROWS, strong=strong_on)
         for s, probs, strong, emb in blocks:
             ids = store.id_array.take(pa.array(rows[s : s + len(probs)]))
             norms = np.ones(len(probs), np.float32)  # the embeddings are unit rows (u_badge's ||h||)

@@ -119,7 +119,7 @@ def sharded_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any]
 
     rows = np.asarray(rows, dtype=np.int64)
     n = len(rows)
-    k = min(cfg.ssl.graph_k, max(n - 1, 0))
+    k = min(cfg.frozen.graph_k, max(n - 1, 0))
     if k < 1:
         return KnnGraph(rows=rows, cos=np.zeros((n, 0), np.float32), idx=np.zeros((n, 0), np.int64))
     bounds = shard_bounds(n, shards)

@@ -1,7 +1,7 @@
 """What the frozen learner derives once per run from the store and the training split, kept with the store.
 
 The standardisation statistics of the training split's clean view (:func:`run_stats`) and, for
-``ssl.pseudo_labels=graph``, the k-NN graph of the training split (:func:`run_graph`), which is
+``frozen.pseudo_labels=graph``, the k-NN graph of the training split (:func:`run_graph`), which is
 also saved beside the store (``graph-<key>.npz``, keyed by the store, the rows, the statistics and
 the search), so runs and seeds sharing a ``data.embedding_cache`` build it once. With
 ``resources.store_shards >= 2`` the graph is searched on Ray actors, one per row range of the
@@ -31,7 +31,7 @@ def run_stats(cfg: Any, store: Any, rows: np.ndarray) -> tuple[Any, Any]:
     """Standardisation statistics of the clean view of ``rows`` (the training split), once per run."""
     from hssal_ray.frozen.head import feature_stats
 
-    key = f"stats:{cfg.ssl.feature_norm}:{_digest(rows)}"
+    key = f"stats:{cfg.frozen.feature_norm}:{_digest(rows)}"
     if key not in store.cache:
         store.cache[key] = feature_stats(cfg, store.views["none"], rows)
     return store.cache[key]
@@ -41,7 +41,7 @@ def run_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any], pr
     """The k-NN graph of ``rows`` (the training split): kept with the store, saved beside it.
 
     Built once per store, rows, statistics and search (:func:`hssal_ray.frozen.graph.build_graph`;
-    exact up to ``ssl.graph_max_nodes`` nodes, or on a GPU with ``resources.use_gpu``); a saved
+    exact up to ``frozen.graph_max_nodes`` nodes, or on a GPU with ``resources.use_gpu``); a saved
     graph that does not read back is built again.
     """
     import torch
@@ -53,14 +53,14 @@ def run_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any], pr
     device = "cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else None
     n = len(rows)
     shards = shard_count(cfg)
-    method = "exact" if n <= cfg.ssl.graph_max_nodes or device == "cuda" or shards >= 2 else "ivf"
+    method = "exact" if n <= cfg.frozen.graph_max_nodes or device == "cuda" or shards >= 2 else "ivf"
     spec = {
         "version": GRAPH_VERSION,
         "store": store.key or store.path,
         "rows": _digest(rows),
         "stats": _digest(stats[0].numpy(), stats[1].numpy()),
-        "feature_norm": cfg.ssl.feature_norm,
-        "k": cfg.ssl.graph_k,
+        "feature_norm": cfg.frozen.feature_norm,
+        "k": cfg.frozen.graph_k,
         "method": method,
         "ivf": [g.LIST_ROWS, g.PROBE_ROWS, g.PCA_DIM, g.KMEANS_ITERS, g.SAMPLE_PER_LIST, g.NEAR_LISTS]
         if method == "ivf"
@@ -75,7 +75,7 @@ def run_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any], pr
         try:
             graph = g.KnnGraph.from_bytes(_io.read_bytes(path))
             if not np.array_equal(graph.rows, rows) or graph.idx.shape[1] != min(
-                cfg.ssl.graph_k, max(n - 1, 0)
+                cfg.frozen.graph_k, max(n - 1, 0)
             ):
                 raise ValueError("its nodes or k differ")
         except (OSError, ValueError, KeyError) as err:
@@ -88,11 +88,11 @@ def run_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any], pr
         else:
             feats = graph_features(cfg, store.views, rows, stats)
             graph = g.build_graph(
-                feats, rows, cfg.ssl.graph_k, max_exact=cfg.ssl.graph_max_nodes, device=device
+                feats, rows, cfg.frozen.graph_k, max_exact=cfg.frozen.graph_max_nodes, device=device
             )
         secs = time.perf_counter() - t0
         (progress or log.info)(
-            f"[hssal] k-NN graph of {n} training rows ({graph.method}, recall@{cfg.ssl.graph_k} "
+            f"[hssal] k-NN graph of {n} training rows ({graph.method}, recall@{cfg.frozen.graph_k} "
             f"{graph.recall:.3f}) built in {secs:.1f} s"
         )
         try:

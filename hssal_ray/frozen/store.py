@@ -1,7 +1,7 @@
 """The embedding store of the frozen-encoder path: every image encoded once per run (or once per cache).
 
 With ``ssl.finetune=frozen`` the backbone never changes, so the loop encodes each image of the
-manifest once: its clean view and ``ssl.embed_views`` seeded weak and strong augmented views, as
+manifest once: its clean view and ``frozen.embed_views`` seeded weak and strong augmented views, as
 pooled backbone features (fp16). Encoding is Ray Data batch inference: decode + augment tasks feed
 an actor pool holding the backbone (one actor per GPU with ``resources.use_gpu``), chunk by chunk
 (:mod:`hssal_ray.frozen.encode`: ``ensure_store``, ``store_key``, ``store_path``, ``Encoder``,

@@ -113,7 +113,7 @@ class FrozenLearner:
         init = warm_start_of(init_dir) if init_dir is not None else None
         ssl_on = ssl_active(cfg, len(pool_rows), r)
         graph = None
-        if ssl_on and cfg.ssl.pseudo_labels == "graph":
+        if ssl_on and cfg.frozen.pseudo_labels == "graph":
             graph = run_graph(cfg, store, train_rows, stats, progress=run.progress)
         state, metrics = train_head(
             cfg,
@@ -145,7 +145,7 @@ class FrozenLearner:
         rows = store.rows_of(test.column("sample_id"))
         y = test.column("label").to_numpy(zero_copy_only=False)
         ok = ~store.missing[rows]
-        tta = cfg.ssl.tta_views
+        tta = cfg.frozen.tta_views
         ckpt = _io.join(round_dir(self.run.run_dir, round_idx), "checkpoint")
         other = "online" if cfg.ssl.eval_model == "ema" else "ema"
         pred = predict_views(self._load_head(ckpt, cfg.ssl.eval_model), store.views, rows[ok], tta)

@@ -4,6 +4,10 @@ A run's identity is the hash of its science settings (the config fields not mark
 :func:`hssal_ray.config.science_fields`) less the keys this run never reads
 (:func:`unused_keys`): a query key its strategy does not take, a frozen-path key on the image
 path, and so on. Changing such a key leaves the run the same run.
+
+The hash is taken over the layout runs were first identified with: the ``frozen.*`` keys hash as
+the ``ssl.*`` keys they once were (:func:`_identity_layout`), so run directories started before
+the ``frozen`` section existed keep their identity.
 """
 
 from __future__ import annotations
@@ -34,11 +38,8 @@ for every queried sample (``query_mean_u``) whatever the strategy ranks by."""
 _FLAT_IGNORES = frozenset({"coarse_k", "coarse_fit_sample", "alloc_temper"})
 """Constructor parameters of ``hal_flat`` that its ``select`` never reads (it has no coarse level)."""
 
-_FROZEN_ONLY = ("feature_norm", "tta_views", "pseudo_labels", "embed_views")
-"""``ssl`` keys read only by the frozen path (:mod:`hssal_ray.frozen`)."""
-
 _GRAPH = ("graph_k", "graph_alpha", "graph_cutoff", "graph_max_nodes", "graph_balance")
-"""``ssl`` keys read only with ``ssl.pseudo_labels=graph`` (which needs ``ssl.finetune=frozen``)."""
+"""``frozen`` keys read only with ``frozen.pseudo_labels=graph`` (which needs ``ssl.finetune=frozen``)."""
 
 
 def _strategy_keys(name: str, pick: str) -> set[str]:
@@ -59,12 +60,13 @@ def unused_keys(cfg: ExperimentConfig) -> set[str]:
     * ``query.*``: all but :data:`_QUERY_ALWAYS` and the strategy's constructor parameters
       (also TypiClust's for ``loop.cold_start=typiclust``); ``typical_until`` only with
       ``pick=auto``; ``hal_flat`` ignores :data:`_FLAT_IGNORES`.
-    * ``ssl.*``: :data:`_FROZEN_ONLY` unless ``finetune=frozen``; :data:`_GRAPH` unless
-      ``pseudo_labels=graph``; ``trainable_stages`` unless ``finetune=partial``; ``head_hidden``
-      unless ``head=mlp``.
-    * ``resources.num_workers`` with ``finetune=frozen`` (the head trains in the driver).
+    * ``frozen.*``: all unless ``ssl.finetune=frozen``; :data:`_GRAPH` unless
+      ``frozen.pseudo_labels=graph``.
+    * ``ssl.*``: ``trainable_stages`` unless ``finetune=partial``; ``head_hidden`` unless
+      ``head=mlp``.
+    * ``resources.num_workers`` with ``ssl.finetune=frozen`` (the head trains in the driver).
     """
-    q, s = cfg.query, cfg.ssl
+    q, s, f = cfg.query, cfg.ssl, cfg.frozen
     used = set(_QUERY_ALWAYS) | _strategy_keys(q.strategy, q.pick)
     if cfg.loop.cold_start == "typiclust":
         used |= _strategy_keys("typiclust", q.pick)
@@ -76,9 +78,9 @@ def unused_keys(cfg: ExperimentConfig) -> set[str]:
     if s.finetune == "frozen":
         out.add("resources.num_workers")
     else:
-        out |= {f"ssl.{k}" for k in _FROZEN_ONLY}
-    if s.pseudo_labels != "graph":
-        out |= {f"ssl.{k}" for k in _GRAPH}
+        out |= {f"frozen.{x.name}" for x in dataclasses.fields(f)}
+    if f.pseudo_labels != "graph":
+        out |= {f"frozen.{k}" for k in _GRAPH}
     if s.finetune != "partial":
         out.add("ssl.trainable_stages")
     if s.head != "mlp":
@@ -90,6 +92,15 @@ def _hash(d: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _identity_layout(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` (science fields) with the ``frozen`` section's keys back under ``ssl``, where they
+    were when run identities were first computed: the hash of a config is the same whichever
+    layout its file used."""
+    frozen = d.pop("frozen", {})
+    d["ssl"] = {**d.get("ssl", {}), **frozen}
+    return d
+
+
 def science_sha(cfg: ExperimentConfig) -> str:
     """The run's identity: hash of its science fields less :func:`unused_keys`.
 
@@ -99,13 +110,13 @@ def science_sha(cfg: ExperimentConfig) -> str:
     for key in unused_keys(cfg):
         section, name = key.split(".")
         d.get(section, {}).pop(name, None)
-    return _hash(d)
+    return _hash(_identity_layout(d))
 
 
 def legacy_science_sha(cfg: ExperimentConfig) -> str:
     """The identity of run directories created before :func:`unused_keys` existed: the hash of
     every science field. ``LoopRunner`` accepts it on resume and rewrites it to :func:`science_sha`."""
-    return _hash(science_fields(cfg))
+    return _hash(_identity_layout(science_fields(cfg)))
 
 
 def load_run_config(run_dir: str, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -15,6 +15,7 @@ import yaml
 
 from hssal_ray import _io
 from hssal_ray.config import ExperimentConfig, apply_overrides, config_from_dict
+from hssal_ray.config.loading import move_old_keys
 from hssal_ray.errors import ConfigError
 from hssal_ray.tune._space import ParamSpec, check_search_space, max_reports, sweep_fingerprint
 
@@ -66,7 +67,7 @@ def load_sweep_config(path: str | None, overrides: list[str] | None = None) -> E
         if path in seen:
             raise ConfigError(f"config 'base' files form a cycle: {' -> '.join([*seen, path])}")
         seen.append(path)
-        own = _read_yaml(path)
+        own = move_old_keys(_read_yaml(path))  # before merging: a file's old key names its own value
         base = own.pop("base", None)
         values = _merge(own, values)
         if base is None:

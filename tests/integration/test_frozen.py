@@ -13,7 +13,7 @@ from tests.integration.conftest import SMOKE, run_cli
 
 pytestmark = pytest.mark.ray
 
-FROZEN = ["ssl.finetune=frozen", "ssl.embed_views=1", "ssl.steps_per_round=20"]
+FROZEN = ["ssl.finetune=frozen", "frozen.embed_views=1", "ssl.steps_per_round=20"]
 
 
 def test_frozen_loop_end_to_end(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_half_written_store_is_detected_and_finished(ray_local, tmp_path: Path, 
     root = tmp_path / "data"
     make_synthetic_rs(str(root), num_classes=3, per_class=10, size=16, seed=0)
     cfg = load_config(
-        None, [f"data.root={root}", "data.image_size=16", "ssl.finetune=frozen", "ssl.embed_views=1"]
+        None, [f"data.root={root}", "data.image_size=16", "ssl.finetune=frozen", "frozen.embed_views=1"]
     )
     cat = scan(str(root), seed=0)
     monkeypatch.setattr(st, "CHUNK_ROWS", 8)  # 30 images -> 4 parts

@@ -58,7 +58,7 @@ def _learner(cfg, run_dir: Path, store, scored: pa.Table) -> FrozenLearner:
 def test_sharded_graph_and_scores_equal_the_single_machine_path(tmp_path: Path) -> None:
     import ray
 
-    over = ["ssl.finetune=frozen", "ssl.embed_views=2", "ssl.tta_views=1", "ssl.graph_k=6"]
+    over = ["ssl.finetune=frozen", "frozen.embed_views=2", "frozen.tta_views=1", "frozen.graph_k=6"]
     local_cfg = load_config(None, over)
     shard_cfg = load_config(None, [*over, "resources.store_shards=2"])
     store = open_store(_store(tmp_path / "emb"))

@@ -37,7 +37,7 @@ def _source_store(src: str, cache: str) -> tuple[dict[str, np.ndarray], list[str
     cfg = rp._config("configs/ucm_cpu.yaml", src, [f"data.embedding_cache={cache}"])
     path, n = rp.store_location(cfg)
     ids = scan(src).table.column("sample_id").to_pylist()
-    views = view_names(cfg.ssl.embed_views)
+    views = view_names(cfg.frozen.embed_views)
     rng = np.random.default_rng(0)
     feats = {v: rng.standard_normal((n, 8)).astype(np.float16) for v in views}
     write_arrays(path, ids, [feats], views, meta={"key": os.path.basename(path), "complete": True, "rows": n})

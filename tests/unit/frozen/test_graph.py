@@ -1,4 +1,4 @@
-"""Graph-smoothed pseudo-labels (``ssl.pseudo_labels=graph``): the affinity, the propagation, the head."""
+"""Graph-smoothed pseudo-labels (``frozen.pseudo_labels=graph``): the affinity, the propagation, the head."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def _cfg(*over: str):
             "ssl.finetune=frozen",
             "ssl.steps_per_round=40",
             "ssl.batch_size=8",
-            "ssl.pseudo_labels=graph",
+            "frozen.pseudo_labels=graph",
             *over,
         ],
     )
@@ -128,12 +128,12 @@ def test_train_head_graph_mode_trains_a_teacher_and_reports_its_labels() -> None
     assert state.step == 40 and m["graph_pool_rows"] == len(pool)
     # class-balanced smoothed labels: the round trains and reports the same diagnostics
     _, bal = train_head(
-        _cfg("ssl.graph_balance=uniform"), views, lab, y[lab], pool, y[pool], 2, stats_rows=rows, seed=0
+        _cfg("frozen.graph_balance=uniform"), views, lab, y[lab], pool, y[pool], 2, stats_rows=rows, seed=0
     )
     assert 0.0 <= bal["graph_label_acc"] <= 1.0 and bal["mask_rate"] == pytest.approx(1.0)
     # the model mode has no teacher: the diagnostics are absent
     _, plain = train_head(
-        _cfg("ssl.pseudo_labels=model"), views, lab, y[lab], pool, y[pool], 2, stats_rows=rows, seed=0
+        _cfg("frozen.pseudo_labels=model"), views, lab, y[lab], pool, y[pool], 2, stats_rows=rows, seed=0
     )
     assert "teacher_label_acc" not in plain and "graph_label_acc" not in plain
     # supervised rounds never build a graph
@@ -143,12 +143,12 @@ def test_train_head_graph_mode_trains_a_teacher_and_reports_its_labels() -> None
 
 def test_graph_mode_is_checked() -> None:
     with pytest.raises(ConfigError, match="finetune=frozen"):
-        load_config(None, ["ssl.pseudo_labels=graph"])
+        load_config(None, ["frozen.pseudo_labels=graph"])
     with pytest.raises(ConfigError, match="flexmatch"):
         _cfg("ssl.threshold_mode=flexmatch")
     with pytest.raises(ConfigError, match="graph_alpha"):
-        _cfg("ssl.graph_alpha=1.0")
+        _cfg("frozen.graph_alpha=1.0")
     with pytest.raises(ConfigError, match="graph_balance"):
-        _cfg("ssl.pseudo_labels=model", "ssl.graph_balance=uniform")
+        _cfg("frozen.pseudo_labels=model", "frozen.graph_balance=uniform")
     with pytest.raises(ConfigError, match="graph_balance"):
-        _cfg("ssl.graph_balance=prior")
+        _cfg("frozen.graph_balance=prior")

@@ -1,6 +1,6 @@
 """The run's k-NN graph at archive scale: approximate search recall, equivalence with the exact path, cache.
 
-The graph of the whole training split is built once (exact up to ``ssl.graph_max_nodes`` rows, IVF
+The graph of the whole training split is built once (exact up to ``frozen.graph_max_nodes`` rows, IVF
 lists above) and every round propagates the teacher's predictions over all of it. These tests pin
 down what that may change: nothing for pools under the cap (the same smoothed labels as the
 per-round exact graph of the labeled + pool rows), and, above it, the recall of the neighbours.
@@ -84,7 +84,7 @@ def _cfg(*over: str):
             "ssl.finetune=frozen",
             "ssl.steps_per_round=30",
             "ssl.batch_size=8",
-            "ssl.pseudo_labels=graph",
+            "frozen.pseudo_labels=graph",
             *over,
         ],
     )
@@ -107,7 +107,7 @@ def test_run_graph_gives_the_per_round_exact_smoothing() -> None:
     missing row left out), the teacher's prior placed on its nodes. Same node set, same affinity:
     the same smoothed labels.
     """
-    cfg = _cfg("ssl.tta_views=2")
+    cfg = _cfg("frozen.tta_views=2")
     x = clustered(600, 32, seed=3)
     views = _views(x)
     train = np.setdiff1d(np.arange(600), [7])  # row 7: a missing row, not in the split's graph
@@ -146,14 +146,14 @@ def test_run_graph_gives_the_per_round_exact_smoothing() -> None:
 
 
 def test_graph_max_nodes_switches_to_the_approximate_search_over_the_whole_pool() -> None:
-    """Above ``ssl.graph_max_nodes`` rows the search is approximate; the whole pool still takes part."""
+    """Above ``frozen.graph_max_nodes`` rows the search is approximate; the whole pool still takes part."""
     x = clustered(300, 24, seed=1, classes=3, noise=0.3)
     y = np.argmax(x[:, :3], 1)  # any fixed labelling; the graph's diagnostics only need one
     rows = np.arange(300)
     lab, pool = rows[:9], rows[9:]
     views = _views(x)
     _, m = train_head(
-        _cfg("ssl.graph_max_nodes=50"), views, lab, y[lab], pool, y[pool], 3, stats_rows=rows, seed=0
+        _cfg("frozen.graph_max_nodes=50"), views, lab, y[lab], pool, y[pool], 3, stats_rows=rows, seed=0
     )
     assert m["graph_pool_rows"] == len(pool) == 291 and m["graph_nodes"] == 300
     assert 0.0 <= m["graph_label_acc"] <= 1.0
@@ -176,7 +176,7 @@ def test_train_head_with_the_run_graph_equals_a_graph_built_per_round(monkeypatc
     lab, pool = rows[::40], np.setdiff1d(rows, rows[::40])
     own, m1 = train_head(cfg, views, lab, y[lab], pool, y[pool], 4, stats_rows=rows, seed=3)
     stats = feature_stats(cfg, views["none"], rows)
-    graph = build_graph(graph_features(cfg, views, rows, stats), rows, cfg.ssl.graph_k, max_exact=10_000)
+    graph = build_graph(graph_features(cfg, views, rows, stats), rows, cfg.frozen.graph_k, max_exact=10_000)
 
     def no_stats(*a, **k):  # given statistics are not computed again
         raise AssertionError("feature_stats called")

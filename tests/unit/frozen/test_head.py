@@ -43,7 +43,15 @@ def test_l2_head_ignores_each_feature_vectors_scale() -> None:
         assert torch.allclose(head(x), head(7.0 * x), atol=1e-5)
     # Without normalisation the head is not scale-invariant (the test would catch a no-op option).
     plain, _ = train_head(
-        _cfg("ssl.feature_norm=none"), views, rows[:30], y[:30], rows[30:], None, 3, stats_rows=rows, seed=0
+        _cfg("frozen.feature_norm=none"),
+        views,
+        rows[:30],
+        y[:30],
+        rows[30:],
+        None,
+        3,
+        stats_rows=rows,
+        seed=0,
     )
     with torch.no_grad():
         assert not torch.allclose(plain.ema.module(x), plain.ema.module(7.0 * x), atol=1e-3)
@@ -66,9 +74,9 @@ def test_predict_views_averages_clean_and_weak_views() -> None:
 
 def test_tta_views_is_checked() -> None:
     with pytest.raises(ConfigError, match="tta_views"):
-        _cfg("ssl.tta_views=3")  # more than the 2 stored weak views
+        _cfg("frozen.tta_views=3")  # more than the 2 stored weak views
     with pytest.raises(ConfigError, match="finetune=frozen"):
-        load_config(None, ["ssl.tta_views=1"])
+        load_config(None, ["frozen.tta_views=1"])
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
@@ -77,7 +85,7 @@ def test_folded_inference_equals_the_module(kind: str, norm: str) -> None:
     """Predictions fold normalisation and standardisation into one product: the module's outputs."""
     from hssal_ray.frozen.infer import _Forward
 
-    cfg = _cfg(f"ssl.head={kind}", f"ssl.feature_norm={norm}", "ssl.head_hidden=16")
+    cfg = _cfg(f"ssl.head={kind}", f"frozen.feature_norm={norm}", "ssl.head_hidden=16")
     torch.manual_seed(0)
     stats = (torch.randn(8) * 0.1, torch.rand(8) + 0.5)
     head = build_head(cfg, 8, 3, stats=stats).eval()

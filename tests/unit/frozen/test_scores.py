@@ -25,7 +25,7 @@ from hssal_ray.state import round_dir
 
 @pytest.mark.parametrize("query", [[], ["query.ssl_aware=true"]])
 def test_streamed_scores_equal_the_whole_pool_table(tmp_path: Path, monkeypatch, query: list[str]) -> None:
-    cfg = load_config(None, ["ssl.finetune=frozen", "ssl.embed_views=2", "ssl.tta_views=2", *query])
+    cfg = load_config(None, ["ssl.finetune=frozen", "frozen.embed_views=2", "frozen.tta_views=2", *query])
     strong = scores_strong_view(cfg)  # scored only when the query reads it, as on the image path
     rng = np.random.default_rng(0)
     n, d, nc = 50, 12, 3

@@ -42,7 +42,7 @@ SMALL = [
     "ssl.uratio=1",
     "ssl.eval_batch_size=8",
 ]
-FROZEN = ["ssl.finetune=frozen", "ssl.embed_views=1"]
+FROZEN = ["ssl.finetune=frozen", "frozen.embed_views=1"]
 DIM = 8
 
 

@@ -24,7 +24,7 @@ from hssal_ray.state import RunState
 from ..query._data import blob_pool
 
 FROZEN = ["ssl.finetune=frozen"]
-GRAPH = [*FROZEN, "ssl.pseudo_labels=graph"]
+GRAPH = [*FROZEN, "frozen.pseudo_labels=graph"]
 
 
 @pytest.mark.parametrize(
@@ -38,10 +38,10 @@ GRAPH = [*FROZEN, "ssl.pseudo_labels=graph"]
         (["query.strategy=hal_flat"], "query.coarse_k=4"),
         (["query.strategy=hal_flat"], "query.alloc_temper=0.2"),
         (["query.strategy=hal_flat"], "query.coarse_fit_sample=500"),
-        ([], "ssl.graph_k=3"),
-        ([], "ssl.feature_norm=none"),
-        ([], "ssl.embed_views=4"),
-        (FROZEN, "ssl.graph_alpha=0.5"),
+        ([], "frozen.graph_k=3"),
+        ([], "frozen.feature_norm=none"),
+        ([], "frozen.embed_views=4"),
+        (FROZEN, "frozen.graph_alpha=0.5"),
         (FROZEN, "resources.num_workers=2"),
         (FROZEN, "ssl.trainable_stages=2"),
         ([], "ssl.trainable_stages=2"),
@@ -63,9 +63,9 @@ def test_an_unused_key_leaves_the_identity(base: list[str], change: str) -> None
         (["query.strategy=margin"], "query.uncertainty=entropy"),  # the score recorded per query
         (["query.strategy=margin", "loop.cold_start=typiclust"], "query.kmeans_iters=5"),
         (["query.strategy=typiclust"], "query.kmeans_backend=torch"),
-        (GRAPH, "ssl.graph_k=3"),
-        (FROZEN, "ssl.feature_norm=none"),
-        (FROZEN, "ssl.embed_views=4"),
+        (GRAPH, "frozen.graph_k=3"),
+        (FROZEN, "frozen.feature_norm=none"),
+        (FROZEN, "frozen.embed_views=4"),
         ([], "resources.num_workers=2"),
         (["ssl.finetune=partial"], "ssl.trainable_stages=2"),
         (["ssl.head=mlp"], "ssl.head_hidden=64"),

@@ -35,3 +35,11 @@ def test_optimiser_defaults_equal_the_config_defaults() -> None:
 def test_schedule_warmup_default_equals_the_config_default() -> None:
     # the schedule's name has no config-equal default: build_optimization always passes ssl.lr_schedule
     assert _defaults(build_scheduler)["warmup_steps"] == CONFIG.warmup_steps
+
+
+def test_head_defaults_equal_the_config_defaults() -> None:
+    from hssal_ray.models import build_model, make_head
+
+    assert _defaults(make_head) == {"kind": CONFIG.head, "hidden": CONFIG.head_hidden}
+    got = _defaults(build_model)
+    assert (got["head"], got["head_hidden"]) == (CONFIG.head, CONFIG.head_hidden)
