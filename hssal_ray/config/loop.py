@@ -35,6 +35,8 @@ class QueryConfig:
         ssl_aware: Leave out samples both SSL views already pseudo-label confidently.
         alloc_temper: HAL's budget per coarse cluster follows ``mass**t * size**(1-t)``:
             1 = uncertainty mass, 0 = cluster size.
+        cover_labeled: HAL's fine clustering includes the labeled rows (of each coarse cluster) and
+            picks only from fine clusters that hold none (TypiClust's coverage rule).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -53,6 +55,7 @@ class QueryConfig:
     kmeans_iters: int = 20
     ssl_aware: bool = False
     alloc_temper: float = 1.0
+    cover_labeled: bool = _added(False)
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

@@ -166,6 +166,7 @@ class _HALBase(QueryStrategy):
         "kmeans_iters": lambda v: isinstance(v, int | np.integer) and v >= 1,
         "ssl_aware": (True, False),
         "alloc_temper": lambda v: isinstance(v, int | float) and 0.0 <= v <= 1.0,
+        "cover_labeled": (True, False),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -182,6 +183,7 @@ class _HALBase(QueryStrategy):
         ssl_aware: bool = False,
         alloc_temper: float = 1.0,
         typical_until: float = 3.0,
+        cover_labeled: bool = False,
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -196,6 +198,7 @@ class _HALBase(QueryStrategy):
         self.ssl_aware = ssl_aware
         self.alloc_temper = alloc_temper  # hal only (hal_flat has no coarse level to allocate over)
         self.typical_until = typical_until
+        self.cover_labeled = cover_labeled
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -232,6 +235,7 @@ class _HALBase(QueryStrategy):
         backend: str,
         seed: int,
         pick: str,
+        labeled: np.ndarray | None = None,
     ) -> ClusterTask:
         return ClusterTask(
             cluster=cluster,
@@ -243,11 +247,18 @@ class _HALBase(QueryStrategy):
             backend=backend,
             max_iter=int(self.kmeans_iters),
             seed=int(seed),
+            labeled=None if labeled is None or labeled.size == 0 else take_rows(emb, labeled),
         )
 
     def _run(self, tasks: list[ClusterTask]) -> list[np.ndarray]:
         fn = self.map_fn if self.map_fn is not None else map
         return [np.asarray(r, dtype=np.int64) for r in fn(_select_in_cluster, tasks)]
+
+    def _labeled_rows(self, pool: Pool) -> np.ndarray | None:
+        """Labeled pool rows (``pool.exclude``) when ``cover_labeled`` is on, else None."""
+        if not self.cover_labeled or pool.exclude is None:
+            return None
+        return np.flatnonzero(np.asarray(pool.exclude, dtype=bool)).astype(np.int64)
 
     def _confident(self, pool: Pool) -> np.ndarray | None:
         return (
@@ -339,14 +350,17 @@ class HierarchicalQuery(_HALBase):
         starts = np.concatenate([[0], np.cumsum(counts)])
         fine_backend = self._fine_backend(backend)
         pick = self.pick_rule(pool)
+        labeled = self._labeled_rows(pool)
+        lab_of = labels[labeled] if labeled is not None else None
         tasks = []
         for k in np.flatnonzero(b):
             rows = avail[order[starts[k] : starts[k + 1]]]
             m = int(min(math.ceil(self.candidate_ratio * b[k]), rows.size))
             cand = _top_candidates(u_all[rows], rows, None if conf is None else conf[rows], m)
-            tasks.append(
-                (cand, self._task(int(k), emb, cand, u_all, b[k], fine_backend, seed + 7919 * (k + 1), pick))
-            )
+            lab_k = None if labeled is None else labeled[lab_of == k]
+            seed_k = seed + 7919 * (k + 1)
+            task = self._task(int(k), emb, cand, u_all, b[k], fine_backend, seed_k, pick, lab_k)
+            tasks.append((cand, task))
         t_filter = time.perf_counter()
         results = self._run([t for _, t in tasks])
         picks = np.concatenate([cand[r] for (cand, _), r in zip(tasks, results, strict=True)])
@@ -402,6 +416,7 @@ class FlatHierarchicalQuery(_HALBase):
             self._fine_backend(resolve_backend(self.kmeans_backend)),
             seed,
             self.pick_rule(pool),
+            self._labeled_rows(pool),
         )
         picks = cand[self._run([task])[0]]
         picks = picks[np.lexsort((picks, -u_all[picks]))]
