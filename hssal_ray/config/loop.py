@@ -26,7 +26,8 @@ class QueryConfig:
         pick: Which sample of each fine cluster is queried: the most ``uncertain``, the most
             ``typical`` (TypiClust density), ``balanced`` (best sum of its uncertainty rank and its
             typicality rank among the candidates), or ``auto``: typical while the labeled set holds fewer
-            than ``typical_until`` labels per class on average, uncertain from then on.
+            than ``typical_until`` labels per class on average, uncertain from then on;
+            ``auto_local`` (HAL): that rule inside each coarse cluster, by its share of the labels.
         typical_until: Labels per class (average) at which ``pick: auto`` turns from typical to
             uncertain.
         coarse_fit_sample: Fit the coarse k-means on at most this many rows.
@@ -48,7 +49,7 @@ class QueryConfig:
     coarse_k: int = 0
     candidate_ratio: float = 3.0
     fine_method: Literal["kmeans", "spectral"] = "kmeans"
-    pick: Literal["uncertain", "typical", "balanced", "auto"] = "uncertain"
+    pick: Literal["uncertain", "typical", "balanced", "auto", "auto_local"] = "uncertain"
     typical_until: float = _added(3.0)
     coarse_fit_sample: int = 100_000
     kmeans_backend: Literal["auto", "torch", "faiss", "sklearn", "cuml"] = "auto"

@@ -152,6 +152,11 @@ def allocate_budget(mass: np.ndarray, counts: np.ndarray, budget: int) -> np.nda
     return b
 
 
+def _summary(rules: list[str]) -> str:
+    """One word for the round's pick rules: the rule when every cluster used it, else ``mixed``."""
+    return rules[0] if len(set(rules)) == 1 else "mixed"
+
+
 class _HALBase(QueryStrategy):
     requires_embeddings: ClassVar[bool] = True
     _parameter_constraints: ClassVar[dict[str, Any]] = {
@@ -159,7 +164,7 @@ class _HALBase(QueryStrategy):
         "coarse_k": lambda v: isinstance(v, int | np.integer) and v >= 0,
         "candidate_ratio": lambda v: isinstance(v, int | float) and v >= 1.0,
         "fine_method": ("kmeans", "spectral"),
-        "pick": ("uncertain", "typical", "balanced", "auto"),
+        "pick": ("uncertain", "typical", "balanced", "auto", "auto_local"),
         "typical_until": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
         "coarse_fit_sample": lambda v: isinstance(v, int | np.integer) and v >= 1,
         "kmeans_backend": BACKENDS,
@@ -217,7 +222,7 @@ class _HALBase(QueryStrategy):
         is the better query; once the labeled set holds ``typical_until`` labels per class on
         average (labeled rows of the pool / number of classes) the most *uncertain* one is.
         """
-        if self.pick != "auto":
+        if self.pick not in ("auto", "auto_local"):
             return self.pick
         n_labeled = int(np.count_nonzero(pool.exclude)) if pool.exclude is not None else 0
         n_classes = int(np.shape(pool.probs)[1]) if pool.probs is not None else 0
@@ -253,6 +258,24 @@ class _HALBase(QueryStrategy):
     def _run(self, tasks: list[ClusterTask]) -> list[np.ndarray]:
         fn = self.map_fn if self.map_fn is not None else map
         return [np.asarray(r, dtype=np.int64) for r in fn(_select_in_cluster, tasks)]
+
+    def _local_rules(self, pool: Pool, labels: np.ndarray, k1: int) -> list[str]:
+        """``auto_local``: the ``auto`` rule applied inside each coarse cluster.
+
+        Cluster k turns from typical to uncertain once its labeled rows reach its share of the
+        ``typical_until * n_classes`` labels the global rule asks for: ``L_k >= typical_until *
+        n_classes * N_k / N`` (``N_k`` rows of the cluster, labeled or not, ``N`` rows of the pool).
+        Regions the labels already cover are refined at the decision boundary while regions they
+        do not are explored with typical picks, in the same round. With one cluster this is ``auto``.
+        """
+        n_classes = int(np.shape(pool.probs)[1]) if pool.probs is not None else 0
+        sizes = np.bincount(labels, minlength=k1).astype(np.float64)
+        ex = np.asarray(pool.exclude, dtype=bool) if pool.exclude is not None else np.zeros(len(pool), bool)
+        n_lab = np.bincount(labels[ex], minlength=k1).astype(np.float64)
+        need = self.typical_until * n_classes * sizes / max(len(pool), 1)
+        if n_classes == 0:
+            return ["typical"] * k1
+        return ["uncertain" if n_lab[k] >= need[k] else "typical" for k in range(k1)]
 
     def _labeled_rows(self, pool: Pool) -> np.ndarray | None:
         """Labeled pool rows (``pool.exclude``) when ``cover_labeled`` is on, else None."""
@@ -352,6 +375,7 @@ class HierarchicalQuery(_HALBase):
         pick = self.pick_rule(pool)
         labeled = self._labeled_rows(pool)
         lab_of = labels[labeled] if labeled is not None else None
+        picks_by_cluster = self._local_rules(pool, labels, k1) if self.pick == "auto_local" else None
         tasks = []
         for k in np.flatnonzero(b):
             rows = avail[order[starts[k] : starts[k + 1]]]
@@ -359,7 +383,8 @@ class HierarchicalQuery(_HALBase):
             cand = _top_candidates(u_all[rows], rows, None if conf is None else conf[rows], m)
             lab_k = None if labeled is None else labeled[lab_of == k]
             seed_k = seed + 7919 * (k + 1)
-            task = self._task(int(k), emb, cand, u_all, b[k], fine_backend, seed_k, pick, lab_k)
+            pick_k = pick if picks_by_cluster is None else picks_by_cluster[k]
+            task = self._task(int(k), emb, cand, u_all, b[k], fine_backend, seed_k, pick_k, lab_k)
             tasks.append((cand, task))
         t_filter = time.perf_counter()
         results = self._run([t for _, t in tasks])
@@ -376,7 +401,7 @@ class HierarchicalQuery(_HALBase):
             "cluster_mass": mass,
             "pick_coarse_cluster": labels[picks],
             "n_candidates": int(sum(len(c) for c, _ in tasks)),
-            "pick": pick,
+            "pick": pick if picks_by_cluster is None else _summary([t.pick for _, t in tasks]),
             "seconds": {
                 "coarse_fit": t_fit - t0,
                 "assign": t_assign - t_fit,

@@ -266,3 +266,22 @@ def test_cover_labeled_moves_picks_away_from_labeled_rows(cls: type) -> None:
     assert not pool.exclude[cover].any() and len(set(cover.tolist())) == 8
     assert (lab[cover] >= 4).sum() > (lab[base] >= 4).sum()
     assert (lab[cover] >= 4).sum() >= 6
+
+
+def test_auto_local_picks_uncertain_where_labels_are_and_typical_elsewhere() -> None:
+    pool, lab = _three_blobs()
+    pool.probs = np.full((60, 2), 0.5, dtype=np.float32)  # 2 classes: typical_until=3 asks 6 labels
+    pool.exclude = np.zeros(60, dtype=bool)
+    pool.exclude[np.flatnonzero(lab == 0)[:3]] = True  # blob 0 holds 3 labels >= its share 6 * 20/60 = 2
+    s = HierarchicalQuery(
+        coarse_k=3, pick="auto_local", typical_until=3, kmeans_backend="torch", random_state=0
+    )
+    rules = s._local_rules(pool, lab, 3)
+    assert rules == ["uncertain", "typical", "typical"]
+    s.select(pool, 6)
+    assert s.info_["pick"] == "mixed"
+    glob = HierarchicalQuery(coarse_k=3, pick="auto", typical_until=3, kmeans_backend="torch", random_state=0)
+    assert glob.pick_rule(pool) == "typical"  # 3 labels < 6: the global rule stays typical everywhere
+    pool.exclude[np.flatnonzero(lab == 1)[:2]] = True
+    pool.exclude[np.flatnonzero(lab == 2)[:1]] = True
+    assert s._local_rules(pool, lab, 3) == ["uncertain", "uncertain", "typical"]
