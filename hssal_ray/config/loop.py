@@ -26,7 +26,8 @@ class QueryConfig:
         pick: Which sample of each fine cluster is queried: the most ``uncertain``, the most
             ``typical`` (TypiClust density), ``balanced`` (best sum of its uncertainty rank and its
             typicality rank among the candidates), or ``auto``: typical while the labeled set holds fewer
-            than ``typical_until`` labels per class on average, uncertain from then on.
+            than ``typical_until`` labels per class on average, uncertain from then on;
+            ``auto_local`` (HAL): that rule inside each coarse cluster, by its share of the labels.
         typical_until: Labels per class (average) at which ``pick: auto`` turns from typical to
             uncertain.
         coarse_fit_sample: Fit the coarse k-means on at most this many rows.
@@ -35,6 +36,8 @@ class QueryConfig:
         ssl_aware: Leave out samples both SSL views already pseudo-label confidently.
         alloc_temper: HAL's budget per coarse cluster follows ``mass**t * size**(1-t)``:
             1 = uncertainty mass, 0 = cluster size.
+        cover_labeled: HAL's fine clustering includes the labeled rows (of each coarse cluster) and
+            picks only from fine clusters that hold none (TypiClust's coverage rule).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -46,13 +49,14 @@ class QueryConfig:
     coarse_k: int = 0
     candidate_ratio: float = 3.0
     fine_method: Literal["kmeans", "spectral"] = "kmeans"
-    pick: Literal["uncertain", "typical", "balanced", "auto"] = "uncertain"
+    pick: Literal["uncertain", "typical", "balanced", "auto", "auto_local"] = "uncertain"
     typical_until: float = _added(3.0)
     coarse_fit_sample: int = 100_000
     kmeans_backend: Literal["auto", "torch", "faiss", "sklearn", "cuml"] = "auto"
     kmeans_iters: int = 20
     ssl_aware: bool = False
     alloc_temper: float = 1.0
+    cover_labeled: bool = _added(False)
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

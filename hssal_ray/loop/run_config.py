@@ -49,7 +49,7 @@ def _strategy_keys(name: str, pick: str) -> set[str]:
     keys = set(get_strategy_class(name)._param_defaults()) - {"random_state", "map_fn"}
     if name == "hal_flat":
         keys -= _FLAT_IGNORES
-    if pick != "auto":
+    if pick not in ("auto", "auto_local"):
         keys.discard("typical_until")
     return keys
 
@@ -59,7 +59,7 @@ def unused_keys(cfg: ExperimentConfig) -> set[str]:
 
     * ``query.*``: all but :data:`_QUERY_ALWAYS` and the strategy's constructor parameters
       (also TypiClust's for ``loop.cold_start=typiclust``); ``typical_until`` only with
-      ``pick=auto``; ``hal_flat`` ignores :data:`_FLAT_IGNORES`.
+      ``pick=auto`` or ``auto_local``; ``hal_flat`` ignores :data:`_FLAT_IGNORES`.
     * ``frozen.*``: all unless ``ssl.finetune=frozen``; :data:`_GRAPH` unless
       ``frozen.pseudo_labels=graph``.
     * ``ssl.*``: ``trainable_stages`` unless ``finetune=partial``; ``head_hidden`` unless

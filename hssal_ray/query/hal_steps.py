@@ -68,6 +68,10 @@ class ClusterTask:
         backend: CPU k-means backend for the fine level.
         max_iter: k-means iterations.
         seed: random seed of this task.
+        labeled: (L, d) float32 embeddings of the labeled rows of this coarse cluster, or None.
+            With rows, the fine clustering covers candidates and labeled rows together into
+            ``n_picks + L`` clusters and picks come from the clusters that hold no labeled row,
+            largest first (TypiClust's coverage rule inside HAL's candidate set).
     """
 
     cluster: int
@@ -79,6 +83,7 @@ class ClusterTask:
     backend: str = "torch"
     max_iter: int = 20
     seed: int = 0
+    labeled: np.ndarray | None = None
 
 
 def _fine_labels(task: ClusterTask) -> np.ndarray:
@@ -129,18 +134,46 @@ def _pick(task: ClusterTask, m: int, b: int) -> np.ndarray:
         by_density = np.empty(m, dtype=np.float64)
         by_density[np.argsort(-dens, kind="stable")] = np.arange(m)
         rank = np.arange(m, dtype=np.float64) + by_density
-    if b == 1:
+    if task.labeled is not None and len(task.labeled):
+        picks = _uncovered_picks(task, m, b, rank)
+    elif b == 1:
         return np.array([int(np.lexsort((np.arange(m), rank))[0])], dtype=np.int64)
-    labels = _fine_labels(task)
-    order = np.lexsort((np.arange(m), rank, labels))  # by cluster, then best rank first
-    first = np.ones(m, dtype=bool)
-    first[1:] = labels[order][1:] != labels[order][:-1]
-    picks = order[first][:b]
+    else:
+        labels = _fine_labels(task)
+        order = np.lexsort((np.arange(m), rank, labels))  # by cluster, then best rank first
+        first = np.ones(m, dtype=bool)
+        first[1:] = labels[order][1:] != labels[order][:-1]
+        picks = order[first][:b]
     if picks.size < b:
         fill_order = np.lexsort((np.arange(m), rank))
         rest = fill_order[np.isin(fill_order, picks, invert=True)]
         picks = np.concatenate([picks, rest[: b - picks.size]])
     return np.sort(picks).astype(np.int64)
+
+
+def _uncovered_picks(task: ClusterTask, m: int, b: int, rank: np.ndarray) -> np.ndarray:
+    """Best-ranked candidate of each fine cluster without a labeled row, largest clusters first.
+
+    Candidates and the labeled rows are clustered together into ``b + L`` clusters (at most the
+    number of points); a cluster holding a labeled row is covered. Uncovered clusters are taken by
+    candidate count (descending), then covered ones by fewest labeled rows, as in TypiClust.
+    """
+    lab = np.asarray(task.labeled, dtype=np.float32)
+    n_lab = lab.shape[0]
+    x = np.concatenate([task.emb, lab])
+    k = int(min(b + n_lab, m + n_lab))
+    km = make_kmeans(task.backend, n_clusters=k, max_iter=task.max_iter, random_state=task.seed)
+    labels_all = np.asarray(km.fit(x).labels_, dtype=np.int64)
+    labels, lab_labels = labels_all[:m], labels_all[m:]
+    n_cand = np.bincount(labels, minlength=k)
+    n_lab_in = np.bincount(lab_labels, minlength=k)
+    order = np.lexsort((np.arange(m), rank, labels))  # by cluster, then best rank first
+    first = np.ones(m, dtype=bool)
+    first[1:] = labels[order][1:] != labels[order][:-1]
+    heads = order[first]  # best candidate of each non-empty candidate cluster
+    c = labels[heads]
+    prio = np.lexsort((c, -n_cand[c], n_lab_in[c]))  # fewest labeled, then largest, then id
+    return heads[prio][:b]
 
 
 def _top_candidates(u: np.ndarray, rows: np.ndarray, conf: np.ndarray | None, m: int) -> np.ndarray:

@@ -152,6 +152,11 @@ def allocate_budget(mass: np.ndarray, counts: np.ndarray, budget: int) -> np.nda
     return b
 
 
+def _summary(rules: list[str]) -> str:
+    """One word for the round's pick rules: the rule when every cluster used it, else ``mixed``."""
+    return rules[0] if len(set(rules)) == 1 else "mixed"
+
+
 class _HALBase(QueryStrategy):
     requires_embeddings: ClassVar[bool] = True
     _parameter_constraints: ClassVar[dict[str, Any]] = {
@@ -159,13 +164,14 @@ class _HALBase(QueryStrategy):
         "coarse_k": lambda v: isinstance(v, int | np.integer) and v >= 0,
         "candidate_ratio": lambda v: isinstance(v, int | float) and v >= 1.0,
         "fine_method": ("kmeans", "spectral"),
-        "pick": ("uncertain", "typical", "balanced", "auto"),
+        "pick": ("uncertain", "typical", "balanced", "auto", "auto_local"),
         "typical_until": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
         "coarse_fit_sample": lambda v: isinstance(v, int | np.integer) and v >= 1,
         "kmeans_backend": BACKENDS,
         "kmeans_iters": lambda v: isinstance(v, int | np.integer) and v >= 1,
         "ssl_aware": (True, False),
         "alloc_temper": lambda v: isinstance(v, int | float) and 0.0 <= v <= 1.0,
+        "cover_labeled": (True, False),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -182,6 +188,7 @@ class _HALBase(QueryStrategy):
         ssl_aware: bool = False,
         alloc_temper: float = 1.0,
         typical_until: float = 3.0,
+        cover_labeled: bool = False,
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -196,6 +203,7 @@ class _HALBase(QueryStrategy):
         self.ssl_aware = ssl_aware
         self.alloc_temper = alloc_temper  # hal only (hal_flat has no coarse level to allocate over)
         self.typical_until = typical_until
+        self.cover_labeled = cover_labeled
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -214,7 +222,7 @@ class _HALBase(QueryStrategy):
         is the better query; once the labeled set holds ``typical_until`` labels per class on
         average (labeled rows of the pool / number of classes) the most *uncertain* one is.
         """
-        if self.pick != "auto":
+        if self.pick not in ("auto", "auto_local"):
             return self.pick
         n_labeled = int(np.count_nonzero(pool.exclude)) if pool.exclude is not None else 0
         n_classes = int(np.shape(pool.probs)[1]) if pool.probs is not None else 0
@@ -232,6 +240,7 @@ class _HALBase(QueryStrategy):
         backend: str,
         seed: int,
         pick: str,
+        labeled: np.ndarray | None = None,
     ) -> ClusterTask:
         return ClusterTask(
             cluster=cluster,
@@ -243,11 +252,36 @@ class _HALBase(QueryStrategy):
             backend=backend,
             max_iter=int(self.kmeans_iters),
             seed=int(seed),
+            labeled=None if labeled is None or labeled.size == 0 else take_rows(emb, labeled),
         )
 
     def _run(self, tasks: list[ClusterTask]) -> list[np.ndarray]:
         fn = self.map_fn if self.map_fn is not None else map
         return [np.asarray(r, dtype=np.int64) for r in fn(_select_in_cluster, tasks)]
+
+    def _local_rules(self, pool: Pool, labels: np.ndarray, k1: int) -> list[str]:
+        """``auto_local``: the ``auto`` rule applied inside each coarse cluster.
+
+        Cluster k turns from typical to uncertain once its labeled rows reach its share of the
+        ``typical_until * n_classes`` labels the global rule asks for: ``L_k >= typical_until *
+        n_classes * N_k / N`` (``N_k`` rows of the cluster, labeled or not, ``N`` rows of the pool).
+        Regions the labels already cover are refined at the decision boundary while regions they
+        do not are explored with typical picks, in the same round. With one cluster this is ``auto``.
+        """
+        n_classes = int(np.shape(pool.probs)[1]) if pool.probs is not None else 0
+        sizes = np.bincount(labels, minlength=k1).astype(np.float64)
+        ex = np.asarray(pool.exclude, dtype=bool) if pool.exclude is not None else np.zeros(len(pool), bool)
+        n_lab = np.bincount(labels[ex], minlength=k1).astype(np.float64)
+        need = self.typical_until * n_classes * sizes / max(len(pool), 1)
+        if n_classes == 0:
+            return ["typical"] * k1
+        return ["uncertain" if n_lab[k] >= need[k] else "typical" for k in range(k1)]
+
+    def _labeled_rows(self, pool: Pool) -> np.ndarray | None:
+        """Labeled pool rows (``pool.exclude``) when ``cover_labeled`` is on, else None."""
+        if not self.cover_labeled or pool.exclude is None:
+            return None
+        return np.flatnonzero(np.asarray(pool.exclude, dtype=bool)).astype(np.int64)
 
     def _confident(self, pool: Pool) -> np.ndarray | None:
         return (
@@ -339,14 +373,19 @@ class HierarchicalQuery(_HALBase):
         starts = np.concatenate([[0], np.cumsum(counts)])
         fine_backend = self._fine_backend(backend)
         pick = self.pick_rule(pool)
+        labeled = self._labeled_rows(pool)
+        lab_of = labels[labeled] if labeled is not None else None
+        picks_by_cluster = self._local_rules(pool, labels, k1) if self.pick == "auto_local" else None
         tasks = []
         for k in np.flatnonzero(b):
             rows = avail[order[starts[k] : starts[k + 1]]]
             m = int(min(math.ceil(self.candidate_ratio * b[k]), rows.size))
             cand = _top_candidates(u_all[rows], rows, None if conf is None else conf[rows], m)
-            tasks.append(
-                (cand, self._task(int(k), emb, cand, u_all, b[k], fine_backend, seed + 7919 * (k + 1), pick))
-            )
+            lab_k = None if labeled is None else labeled[lab_of == k]
+            seed_k = seed + 7919 * (k + 1)
+            pick_k = pick if picks_by_cluster is None else picks_by_cluster[k]
+            task = self._task(int(k), emb, cand, u_all, b[k], fine_backend, seed_k, pick_k, lab_k)
+            tasks.append((cand, task))
         t_filter = time.perf_counter()
         results = self._run([t for _, t in tasks])
         picks = np.concatenate([cand[r] for (cand, _), r in zip(tasks, results, strict=True)])
@@ -362,7 +401,7 @@ class HierarchicalQuery(_HALBase):
             "cluster_mass": mass,
             "pick_coarse_cluster": labels[picks],
             "n_candidates": int(sum(len(c) for c, _ in tasks)),
-            "pick": pick,
+            "pick": pick if picks_by_cluster is None else _summary([t.pick for _, t in tasks]),
             "seconds": {
                 "coarse_fit": t_fit - t0,
                 "assign": t_assign - t_fit,
@@ -402,6 +441,7 @@ class FlatHierarchicalQuery(_HALBase):
             self._fine_backend(resolve_backend(self.kmeans_backend)),
             seed,
             self.pick_rule(pool),
+            self._labeled_rows(pool),
         )
         picks = cand[self._run([task])[0]]
         picks = picks[np.lexsort((picks, -u_all[picks]))]

@@ -237,3 +237,51 @@ def test_balanced_pick_trades_uncertainty_against_typicality() -> None:
     typical = int(_select_in_cluster(ClusterTask(0, emb, np.linspace(1, 0, 9), 1, pick="typical"))[0])
     assert pick <= typical  # among the typical ones it prefers the more uncertain (earlier) rows
     assert int(_select_in_cluster(ClusterTask(0, emb, np.linspace(1, 0, 9), 1, pick="uncertain"))[0]) == 0
+
+
+def test_select_in_cluster_skips_fine_clusters_that_hold_a_labeled_row() -> None:
+    # candidate groups A ~ (10, 0), B ~ (-10, 0), C ~ (0, 10); a labeled row in A
+    emb = np.array([[10, 0.5], [-10, 0.7], [0, 10.2], [10, 0], [-10, 0], [0, 9.8]], dtype=np.float32)
+    labeled = np.array([[10.0, 0.1]], dtype=np.float32)
+    covered = ClusterTask(
+        cluster=0, emb=emb, u=np.zeros(6, np.float32), n_picks=2, backend="torch", seed=0, labeled=labeled
+    )
+    np.testing.assert_array_equal(_select_in_cluster(covered), [1, 2])  # A covered: B, C
+    # more picks than uncovered clusters: the covered cluster's best candidate fills the batch
+    three = ClusterTask(
+        cluster=0, emb=emb, u=np.zeros(6, np.float32), n_picks=3, backend="torch", seed=0, labeled=labeled
+    )
+    np.testing.assert_array_equal(_select_in_cluster(three), [0, 1, 2])
+
+
+@pytest.mark.parametrize("cls", [HierarchicalQuery, FlatHierarchicalQuery])
+def test_cover_labeled_moves_picks_away_from_labeled_rows(cls: type) -> None:
+    pool, lab = blob_pool(n=800, n_blobs=8, seed=3, fp16=False)
+    labeled = np.flatnonzero(lab < 4)[::5]  # blobs 0-3 hold labels, blobs 4-7 none
+    pool.exclude = np.zeros(len(pool), dtype=bool)
+    pool.exclude[labeled] = True
+    base = cls(candidate_ratio=10, kmeans_backend="torch", random_state=0).select(pool, 8)
+    cover = cls(candidate_ratio=10, kmeans_backend="torch", random_state=0, cover_labeled=True)
+    cover = cover.select(pool, 8)
+    assert not pool.exclude[cover].any() and len(set(cover.tolist())) == 8
+    assert (lab[cover] >= 4).sum() > (lab[base] >= 4).sum()
+    assert (lab[cover] >= 4).sum() >= 6
+
+
+def test_auto_local_picks_uncertain_where_labels_are_and_typical_elsewhere() -> None:
+    pool, lab = _three_blobs()
+    pool.probs = np.full((60, 2), 0.5, dtype=np.float32)  # 2 classes: typical_until=3 asks 6 labels
+    pool.exclude = np.zeros(60, dtype=bool)
+    pool.exclude[np.flatnonzero(lab == 0)[:3]] = True  # blob 0 holds 3 labels >= its share 6 * 20/60 = 2
+    s = HierarchicalQuery(
+        coarse_k=3, pick="auto_local", typical_until=3, kmeans_backend="torch", random_state=0
+    )
+    rules = s._local_rules(pool, lab, 3)
+    assert rules == ["uncertain", "typical", "typical"]
+    s.select(pool, 6)
+    assert s.info_["pick"] == "mixed"
+    glob = HierarchicalQuery(coarse_k=3, pick="auto", typical_until=3, kmeans_backend="torch", random_state=0)
+    assert glob.pick_rule(pool) == "typical"  # 3 labels < 6: the global rule stays typical everywhere
+    pool.exclude[np.flatnonzero(lab == 1)[:2]] = True
+    pool.exclude[np.flatnonzero(lab == 2)[:1]] = True
+    assert s._local_rules(pool, lab, 3) == ["uncertain", "uncertain", "typical"]
