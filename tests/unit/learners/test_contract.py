@@ -28,6 +28,7 @@ from hssal_ray.loop.context import RunContext
 from hssal_ray.query import load_pool
 from hssal_ray.rounds import scores_strong_view, write_checkpoint
 from hssal_ray.state import LabeledSet, round_dir
+from tests.unit._run_context import run_context
 
 STEPS = 4
 SMALL = [
@@ -47,11 +48,7 @@ DIM = 8
 
 
 def _ctx(tmp_path, *extra: str) -> RunContext:
-    cfg = load_config(None, [*SMALL, f"loop.run_dir={tmp_path}", "loop.name=r", *extra])
-    ctx = RunContext(cfg, progress=lambda s: None)
-    _io.makedirs(ctx.run_dir)
-    ctx.load_catalog()
-    return ctx
+    return run_context(tmp_path, SMALL, *extra)
 
 
 def _frozen_ctx(tmp_path, *extra: str) -> RunContext:

@@ -29,6 +29,7 @@ from hssal_ray.loop.stages.query import round_budget
 from hssal_ray.oracle import HumanOracle, SimulatedOracle
 from hssal_ray.query.scores_io import write_scores
 from hssal_ray.state import LabeledSet, RunState, round_dir
+from tests.unit._run_context import run_context
 
 from .test_round_rules import SMALL as ROUND_RULES_SMALL
 
@@ -36,11 +37,7 @@ SMALL = [*ROUND_RULES_SMALL, "loop.report=false"]  # the tiny synthetic run of t
 
 
 def _ctx(tmp_path, *extra: str) -> RunContext:
-    cfg = load_config(None, [*SMALL, f"loop.run_dir={tmp_path}", "loop.name=r", *extra])
-    ctx = RunContext(cfg, progress=lambda s: None)
-    _io.makedirs(ctx.run_dir)
-    ctx.load_catalog()
-    return ctx
+    return run_context(tmp_path, SMALL, *extra)
 
 
 def _state(stage: str, r: int = 0) -> RunState:

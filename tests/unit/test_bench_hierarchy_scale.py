@@ -1,0 +1,26 @@
+"""benchmarks.hierarchy_scale on a tiny pool: both measured, the largest flat batch extrapolated."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.hierarchy_scale import RECIPE, measure, table
+from benchmarks.query_speed import make_data
+
+
+@pytest.mark.slow
+def test_measure_and_table_on_a_tiny_pool(tmp_path) -> None:
+    paths = make_data(4000, 32, seed=0, out=tmp_path)
+    rows = measure(paths, 4000, [40, 80], flat_measured_up_to=40)
+    assert [(r["strategy"], r["budget"]) for r in rows] == [
+        ("hal", 40),
+        ("hal_flat", 40),
+        ("hal", 80),
+        ("hal_flat", 80),
+    ]
+    assert rows[1]["measured"] == "measured" and rows[3]["measured"] == "extrapolated"
+    assert all(r["params"].items() >= RECIPE.items() for r in rows if r["measured"] == "measured")
+    lines = table(rows)
+    assert [x["budget"] for x in lines] == [40, 80]
+    assert all(x["HAL s"] > 0 and x["flat s"] > 0 for x in lines)
+    assert lines[0]["flat / HAL"] == round(rows[1]["seconds"] / rows[0]["seconds"], 1)
