@@ -132,8 +132,9 @@ def store_location(cfg: Any) -> tuple[str, int]:
     """Where the loop looks for ``cfg``'s embedding store, and its row count."""
     from hssal_ray.data.catalog import scan
     from hssal_ray.frozen.store import store_key, store_path
+    from hssal_ray.learners import learner_class
 
-    if cfg.ssl.finetune != "frozen" or not cfg.data.embedding_cache:
+    if not learner_class(cfg).shares_inputs or not cfg.data.embedding_cache:  # the frozen learner's store
         raise DataError("the profile must use ssl.finetune=frozen with a data.embedding_cache")
     cat = scan(cfg.data.root, test_fraction=cfg.data.test_fraction, seed=0)
     key = store_key(cfg, cat.table.column("sample_id"), cat.root)

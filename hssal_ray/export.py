@@ -204,7 +204,7 @@ def export(run_dir: str, out: str, *, round_idx: int | None = None, sample: np.n
     diff, scale = _onnx(model, _io.join(out, "model.onnx"), torch.from_numpy(np.ascontiguousarray(sample)))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     _io.atomic_write_bytes(_io.join(out, "model.safetensors"), save(state))
-    frozen = cfg.ssl.finetune == "frozen"
+    frozen = isinstance(model, FrozenClassifier)  # the architecture written, as built for the run
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
