@@ -8,6 +8,9 @@ from typing import Literal
 
 from hssal_ray.config._base import _added, _check, _runtime
 
+#: the smallest ``query.coarse_fit_sample``; HAL's constructor checks the same bound
+MIN_COARSE_FIT_SAMPLE = 100
+
 
 @dataclass(frozen=True)
 class QueryConfig:
@@ -65,7 +68,11 @@ class QueryConfig:
         _check(
             self.candidate_ratio >= 1.0, "query.candidate_ratio", f"must be >= 1, got {self.candidate_ratio}"
         )
-        _check(self.coarse_fit_sample >= 100, "query.coarse_fit_sample", "must be >= 100")
+        _check(
+            self.coarse_fit_sample >= MIN_COARSE_FIT_SAMPLE,
+            "query.coarse_fit_sample",
+            f"must be >= {MIN_COARSE_FIT_SAMPLE}",
+        )
         _check(self.kmeans_iters >= 1, "query.kmeans_iters", "must be >= 1")
         _check(0.0 <= self.alloc_temper <= 1.0, "query.alloc_temper", "must be in [0, 1]")
         _check(self.typical_until >= 0, "query.typical_until", f"must be >= 0, got {self.typical_until}")

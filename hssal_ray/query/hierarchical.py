@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from hssal_ray.config.loop import MIN_COARSE_FIT_SAMPLE
 from hssal_ray.errors import BudgetError, DataError
 from hssal_ray.query.backends import BACKENDS, assign_chunked, make_kmeans, resolve_backend
 from hssal_ray.query.base import Pool, QueryStrategy, nonfinite_rows, register
@@ -166,7 +167,7 @@ class _HALBase(QueryStrategy):
         "fine_method": ("kmeans", "spectral"),
         "pick": ("uncertain", "typical", "balanced", "auto", "auto_local"),
         "typical_until": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
-        "coarse_fit_sample": lambda v: isinstance(v, int | np.integer) and v >= 1,
+        "coarse_fit_sample": lambda v: isinstance(v, int | np.integer) and v >= MIN_COARSE_FIT_SAMPLE,
         "kmeans_backend": BACKENDS,
         "kmeans_iters": lambda v: isinstance(v, int | np.integer) and v >= 1,
         "ssl_aware": (True, False),

@@ -285,3 +285,15 @@ def test_auto_local_picks_uncertain_where_labels_are_and_typical_elsewhere() -> 
     pool.exclude[np.flatnonzero(lab == 1)[:2]] = True
     pool.exclude[np.flatnonzero(lab == 2)[:1]] = True
     assert s._local_rules(pool, lab, 3) == ["uncertain", "uncertain", "typical"]
+
+
+def test_coarse_fit_sample_has_one_lower_bound_in_config_and_strategy() -> None:
+    from hssal_ray.config import load_config
+    from hssal_ray.config.loop import MIN_COARSE_FIT_SAMPLE
+    from hssal_ray.errors import ConfigError
+
+    HierarchicalQuery(coarse_fit_sample=MIN_COARSE_FIT_SAMPLE)._check_params()
+    with pytest.raises(ConfigError, match="coarse_fit_sample"):
+        HierarchicalQuery(coarse_fit_sample=MIN_COARSE_FIT_SAMPLE - 1)._check_params()
+    with pytest.raises(ConfigError, match="coarse_fit_sample"):
+        load_config(None, [f"query.coarse_fit_sample={MIN_COARSE_FIT_SAMPLE - 1}"])
