@@ -70,7 +70,7 @@ SCHEDULES = {"fixmatch": 7.0 / 16.0, "cosine": 0.5}
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, schedule: str = "fixmatch"
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, schedule: str = "cosine"
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Cosine schedule (:class:`FixMatchCosine`) named by ``schedule`` (see :data:`SCHEDULES`);
     call ``step()`` after each optimiser step.

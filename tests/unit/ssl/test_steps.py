@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from types import SimpleNamespace
 
@@ -215,7 +216,7 @@ def test_optimizer_groups_and_schedule() -> None:
     assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0  # conv bias, bn w/b, pos_embed
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
 
-    sched = build_scheduler(opt, total_steps=100)
+    sched = build_scheduler(opt, total_steps=100, schedule="fixmatch")
     lrs = []
     for _ in range(100):
         lrs.append(opt.param_groups[0]["lr"])
@@ -226,7 +227,7 @@ def test_optimizer_groups_and_schedule() -> None:
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * math.cos(7 * math.pi / 16))
 
     warm = build_optimizer(net, lr=0.1)
-    sched = build_scheduler(warm, total_steps=20, warmup_steps=10)
+    sched = build_scheduler(warm, total_steps=20, warmup_steps=10, schedule="fixmatch")
     assert warm.param_groups[0]["lr"] == 0.0
     for _ in range(5):
         warm.step()
@@ -254,6 +255,10 @@ def test_cosine_schedule_ends_each_round_at_zero() -> None:
     assert lrs[4] == pytest.approx(0.1 * math.cos(math.pi * 5 / 20))
     assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
     assert ExperimentConfig().ssl.lr_schedule == "cosine"
+    assert (
+        inspect.signature(build_scheduler).parameters["schedule"].default
+        == ExperimentConfig().ssl.lr_schedule
+    )
     opt2, sched2 = build_optimization(ExperimentConfig(), torch.nn.Linear(3, 2), total_steps=4)
     for _ in range(4):
         opt2.step()
