@@ -1,0 +1,133 @@
+"""Where HAL's hierarchy pays: the query's cost, HAL against its flat variant, as the batch grows.
+
+Both run the product's strategies with the profile's query recipe (``configs/ucm_cpu.yaml``:
+``candidate_ratio`` 10, ``pick: typical``, ``u_badge``) on the clustered synthetic pool of
+:mod:`benchmarks.query_speed` (n rows, d = 512, fp16, 200 true clusters of geometric sizes). The flat
+variant clusters the ``r * B`` most uncertain rows into B fine clusters, so its fine k-means costs
+``r * B^2 * d`` per Lloyd iteration and its typicality ``(r * B)^2 * d``; HAL first splits the pool
+into K1 coarse clusters (``auto_coarse_k``: ``ceil(B / 3)`` capped at 64) and solves K1 problems of
+about ``B / K1`` picks each, which divides both terms by about K1. On the label-efficiency
+benchmarks the two pick batches of the same accuracy (``benchmarks/results/label_efficiency*.md``):
+this is what the coarse level buys.
+
+Seconds are single-threaded process CPU seconds of ``select`` in a fresh process (the measure of
+``query_speed``, robust to other jobs on the machine). The flat variant's largest batch is
+extrapolated linearly in ``kmeans_iters`` from measured 1- and 2-iteration runs (its cost is
+``a + b * iterations``; 20 iterations are the default) and marked so.
+
+    python -m benchmarks.hierarchy_scale                 # n = 1M, B in {1k, 2k, 4k}
+    python -m benchmarks.hierarchy_scale --quick --out /tmp/hs   # n = 100k, B in {500, 2k}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import describe_machine, md_table
+from benchmarks.query_speed import extrapolate, make_data, run_worker
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: the profile's query recipe (configs/ucm_cpu.yaml), the same for both strategies
+RECIPE = {"candidate_ratio": 10.0, "pick": "typical", "uncertainty": "badge"}
+
+
+def measure(
+    paths: dict[str, str], n: int, budgets: list[int], flat_measured_up_to: int
+) -> list[dict[str, Any]]:
+    """HAL and hal_flat at each budget; hal_flat above ``flat_measured_up_to`` is extrapolated."""
+    rows = []
+    for budget in budgets:
+        base = {"paths": paths, "budget": budget, "n": n}
+        rows.append(run_worker({**base, "strategy": "hal", "params": dict(RECIPE)}, timeout=3600))
+        if budget <= flat_measured_up_to:
+            rows.append(run_worker({**base, "strategy": "hal_flat", "params": dict(RECIPE)}, timeout=3600))
+            continue
+        two = [
+            run_worker(
+                {**base, "strategy": "hal_flat", "params": {**RECIPE, "kmeans_iters": i}}, timeout=3600
+            )
+            for i in (1, 2)
+        ]
+        rows.append(extrapolate(two, "kmeans_iters", [1, 2], 20))
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per budget: both strategies' CPU seconds, their ratio, coverage and mean u."""
+    out = []
+    for budget in sorted({r["budget"] for r in rows}):
+        h = next(r for r in rows if r["budget"] == budget and r["strategy"] == "hal")
+        f = next(r for r in rows if r["budget"] == budget and r["strategy"] == "hal_flat")
+        out.append(
+            {
+                "budget": budget,
+                "coarse K1": h.get("coarse_k"),
+                "HAL s": h["seconds"],
+                "flat s": f["seconds"],
+                "flat / HAL": round(f["seconds"] / max(h["seconds"], 1e-9), 1),
+                "flat how": f["measured"],
+                "HAL peak MB": h["peak_rss_mb"],
+                "flat peak MB": f["peak_rss_mb"],
+                "coverage HAL / flat (of 200)": f"{h['coverage']} / {f['coverage']}",
+                "mean u HAL / flat": f"{h['mean_u']:.3f} / {f['mean_u']:.3f}",
+            }
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (see the module docstring)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="n = 100k, budgets 500 and 2000")
+    ap.add_argument("--out", default=str(RESULTS), help="result directory")
+    args = ap.parse_args(argv)
+    n, budgets, flat_up_to = (
+        (100_000, [500, 2000], 2000) if args.quick else (1_000_000, [1000, 2000, 4000], 2000)
+    )
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hierarchy_scale_") as tmp:
+        print(f"n = {n}: generating data", flush=True)
+        paths = make_data(n, 512, seed=0, out=Path(tmp))
+        rows = measure(paths, n, budgets, flat_up_to)
+    lines = table(rows)
+    command = "python -m benchmarks.hierarchy_scale" + (" --quick" if args.quick else "")
+    res = {
+        "benchmark": "hierarchy_scale",
+        "command": command,
+        "n": n,
+        "dim": 512,
+        "recipe": RECIPE,
+        "table": lines,
+        "rows": rows,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "device": describe_machine(),
+    }
+    md = [
+        "# HAL against its flat variant as the batch grows (query CPU seconds)",
+        "",
+        f"- command: `{command}`; n = {n:,} rows, d = 512 fp16, 200 true clusters; recipe {RECIPE}",
+        "- seconds: single-threaded process CPU seconds of `select` in a fresh process; "
+        "`extrapolated`: linear in `kmeans_iters` from measured 1- and 2-iteration runs",
+        f"- wall time of the benchmark {res['wall_s'] / 60:.1f} min on {res['device'].get('cpu')}, "
+        "shared machine",
+        "",
+        md_table(lines, list(lines[0])),
+        "",
+    ]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "hierarchy_scale_quick" if args.quick else "hierarchy_scale"
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
