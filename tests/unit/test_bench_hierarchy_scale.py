@@ -1,4 +1,4 @@
-"""benchmarks.hierarchy_scale on a tiny pool: both measured, the largest flat batch extrapolated."""
+"""benchmarks.hierarchy_scale on a tiny pool: both strategies measured at each budget."""
 
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ from benchmarks.query_speed import make_data
 @pytest.mark.slow
 def test_measure_and_table_on_a_tiny_pool(tmp_path) -> None:
     paths = make_data(4000, 32, seed=0, out=tmp_path)
-    rows = measure(paths, 4000, [40, 80], flat_measured_up_to=40)
+    rows = measure(paths, 4000, [40, 80])
     assert [(r["strategy"], r["budget"]) for r in rows] == [
         ("hal", 40),
         ("hal_flat", 40),
         ("hal", 80),
         ("hal_flat", 80),
     ]
-    assert rows[1]["measured"] == "measured" and rows[3]["measured"] == "extrapolated"
-    assert all(r["params"].items() >= RECIPE.items() for r in rows if r["measured"] == "measured")
+    assert all(r["params"] == RECIPE and r["measured"] == "measured" for r in rows)
     lines = table(rows)
     assert [x["budget"] for x in lines] == [40, 80]
     assert all(x["HAL s"] > 0 and x["flat s"] > 0 for x in lines)

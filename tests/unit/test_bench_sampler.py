@@ -61,6 +61,9 @@ def test_ray_sampler_tells_workers_from_daemons_per_stage() -> None:
     worker = subprocess.Popen(["ray::IDLE", "30"], executable="/bin/sleep")
     daemon = subprocess.Popen(["raylet", "30"], executable="/bin/sleep")
     try:
+        deadline = time.monotonic() + 10  # /proc/PID/cmdline is empty until the child has exec'd
+        while not (cmdline(worker.pid) and cmdline(daemon.pid)) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert cmdline(worker.pid).startswith("ray::IDLE")
         sampler = RaySampler(interval=0.05).start()
         sampler.stage("score")
