@@ -18,14 +18,13 @@ def _markdown(args: argparse.Namespace, res: dict[str, Any]) -> str:
             "size",
             "batch",
             "uratio",
-            "compile",
             "step_ms",
             "img_s",
             "peak_gpu_mem_gib",
         ]
         note = (
-            "Plain-torch FixMatch `train_step` loop (no Ray, no data pipeline; random pinned host batches "
-            "copied to the device every step), timed after warm-up steps. "
+            "The product's worker loop (`ssl.train_loop.run_worker`; no Ray, no data pipeline: random pinned "
+            "host batches copied to the device every step), its time inside `train_step` after warm-up. "
             "images/step = batch x (1 + 2 x uratio).\n"
         )
         if args.device != "cuda":

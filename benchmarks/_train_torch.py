@@ -1,16 +1,16 @@
-"""The GPU part of :mod:`benchmarks.train_throughput` (``--no-ray``): the plain-torch FixMatch step loop.
+"""The GPU part of :mod:`benchmarks.train_throughput` (``--no-ray``): the product's worker loop, no Ray.
 
-The product's :func:`~hssal_ray.ssl.steps.train_step` on a state built from the default config
-(:func:`~hssal_ray.ssl.train_loop.build_optimization`, ``TrainState.create``), fed random pinned
-host batches copied to the device each step, in fp32, bf16 autocast and with channels_last; timed
-after warm-up steps with ``torch.cuda.synchronize``. No Ray and no data pipeline.
+:func:`hssal_ray.ssl.train_loop.run_worker` (the loop Ray Train runs on each worker) configured per
+case (``ssl.model``, ``ssl.amp``, ``ssl.channels_last``, batch sizes) and fed random pinned host
+batches that it copies to the device each step (:mod:`benchmarks._worker_steps`), in fp32, bf16
+autocast and with channels_last. Seconds are the loop's own time inside ``train_step`` after the
+warm-up steps. No Ray and no data pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,25 +45,26 @@ def run_torch_case(
     num_classes: int,
     warmup: int,
     steps: int,
-    compile_model: bool,
+    threads: int,
 ) -> dict[str, Any]:
-    """Time ``steps`` FixMatch :func:`train_step` calls (after ``warmup``) for one case."""
+    """Time ``steps`` steps of the product's worker loop (after ``warmup``) for one case."""
     import torch
 
+    from benchmarks._worker_steps import run_worker_steps
     from hssal_ray.config import load_config
-    from hssal_ray.models import build_model
-    from hssal_ray.rounds import build_optimization
-    from hssal_ray.ssl.steps import TrainState, prepare_model, train_step
 
     dev = torch.device(device)
-    torch.manual_seed(0)
-    cfg = load_config(None, [])  # the training defaults (thresholds, EMA, optimiser, schedule)
-    model = prepare_model(
-        build_model(model_name, num_classes, in_chans=3), dev, channels_last=case.channels_last
+    cfg = load_config(
+        None,
+        [
+            f"ssl.model={model_name}",
+            f"ssl.amp={'bf16' if case.bf16 else 'none'}",
+            f"ssl.channels_last={str(case.channels_last).lower()}",
+            f"ssl.batch_size={batch}",
+            f"ssl.uratio={uratio}",
+            f"data.image_size={size}",
+        ],
     )
-    model = torch.compile(model) if compile_model else model
-    opt, scheduler = build_optimization(cfg, model, warmup + steps)
-    state = TrainState.create(model, opt, scheduler, cfg.ssl, num_classes=num_classes)
     pin = dev.type == "cuda"
     ub = batch * uratio
 
@@ -71,36 +72,21 @@ def run_torch_case(
         x = torch.randn(n, 3, size, size)
         return x.pin_memory() if pin else x
 
-    batch_l = {"x": host(batch), "y": torch.randint(0, num_classes, (batch,))}
-    batch_u = {"x_weak": host(ub), "x_strong": host(ub)} if uratio > 0 else None
-    amp = torch.bfloat16 if case.bf16 else None
+    labeled = [{"x_weak": host(batch), "label": torch.randint(0, num_classes, (batch,))}]
+    unlabeled = (
+        [{"x_weak": host(ub), "x_strong": host(ub), "label": torch.randint(0, num_classes, (ub,))}]
+        if uratio > 0
+        else None
+    )
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+    def after(step: int) -> None:
+        if step == warmup and dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
 
-    def step() -> None:
-        train_step(
-            state,
-            batch_l,
-            batch_u,
-            cfg.ssl,
-            dev,
-            amp_dtype=amp,
-            channels_last=case.channels_last,
-            allow_cpu_amp=dev.type != "cuda",
-        )
-
-    for _ in range(warmup):
-        step()
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    dt = time.perf_counter() - t0
+    rows = run_worker_steps(
+        cfg, num_classes, dev, labeled, unlabeled, warmup + steps, threads=threads, on_step=after
+    )
+    dt = sum(r["step_s"] for r in rows[warmup:])
     images = steps * (batch + 2 * ub)
     row = {
         "config": case.name,
@@ -109,7 +95,6 @@ def run_torch_case(
         "size": size,
         "batch": batch,
         "uratio": uratio,
-        "compile": compile_model,
         "steps": steps,
         "step_ms": 1000 * dt / steps,
         "img_s": images / dt,
@@ -125,9 +110,7 @@ def torch_main(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible")
-    if args.device == "cpu":
-        torch.set_num_threads(max(1, args.threads))
-    else:
+    if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = []
     for model, size in args.models:
@@ -143,7 +126,7 @@ def torch_main(args: argparse.Namespace) -> dict[str, Any]:
                     num_classes=args.classes,
                     warmup=args.warmup,
                     steps=args.steps,
-                    compile_model=args.compile,
+                    threads=max(1, args.threads),
                 )
             )
     ratios: dict[str, dict[str, float]] = {}

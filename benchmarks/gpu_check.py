@@ -4,8 +4,8 @@ Every section calls the product's Ray-free code on real images, on the GPU, with
 settings (``configs/ucm.yaml``: bf16 autocast, channels_last; the profile does not use
 ``torch.compile``, so neither does this):
 
-* ``train_throughput``: :func:`hssal_ray.ssl.steps.train_step` on a state from
-  :func:`hssal_ray.ssl.train_loop.build_train_state` (what a Ray Train worker builds), for
+* ``train_throughput``: :func:`hssal_ray.ssl.train_loop.run_worker` (the loop a Ray Train worker
+  runs, in process, on prepared step batches: :mod:`benchmarks._worker_steps`), for
   EfficientNet-Lite0 (the packaged ImageNet weights) and ResNet-50 (random init), profile settings
   and fp32: images/s (labeled + weak + strong per step), peak GPU memory, the loss at every step.
 * ``encode``: :class:`hssal_ray.frozen.store.Encoder` (the encode actor) on the clean + 2 weak + 2
@@ -690,50 +690,34 @@ def streams(run: Run, cfg: Any, steps: int, round_idx: int = 0) -> tuple[AugStep
 
 
 def _throughput_case(run: Run, cfg: Any, raw: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
-    """Time ``train_step`` on the state a training worker builds, cycling the prepared step batches."""
-    import torch
-
+    """Time the product's worker loop (``run_worker``, no Ray) cycling the prepared step batches."""
+    from benchmarks._worker_steps import run_worker_steps
     from hssal_ray.rounds import amp_dtype
-    from hssal_ray.ssl.steps import train_step
-    from hssal_ray.ssl.train_loop import build_train_state
 
     s = run.sizes
     norm = Normalise(*run.mean_std(cfg), run.dev)
-    batches = [
-        (
-            {"x": norm(bl["x_weak"].to(run.dev)), "y": bl["label"]},
-            {
-                "x_weak": norm(bu["x_weak"].to(run.dev)),
-                "x_strong": norm(bu["x_strong"].to(run.dev)),
-                "y": bu["label"],
-            },
-        )
-        for bl, bu in raw
+    labeled = [{"x_weak": norm(bl["x_weak"].to(run.dev)), "label": bl["label"]} for bl, _ in raw]
+    unlabeled = [
+        {
+            "x_weak": norm(bu["x_weak"].to(run.dev)),
+            "x_strong": norm(bu["x_strong"].to(run.dev)),
+            "label": bu["label"],
+        }
+        for _, bu in raw
     ]
-    torch.manual_seed(0)
-    state = build_train_state(cfg, run.num_classes, run.dev, total_steps=s.tp_warmup + s.tp_steps)
     amp = amp_dtype(cfg.ssl.amp, run.dev)
-    losses: list[float] = []
-    times: list[float] = []
-    for i in range(s.tp_warmup + s.tp_steps):
-        if i == s.tp_warmup:
+
+    def after(step: int) -> None:
+        if step == s.tp_warmup:
+            run.sync()
             run.reset_peak()
-        run.sync()
-        t = time.perf_counter()
-        bl, bu = batches[i % len(batches)]
-        m = train_step(
-            state,
-            bl,
-            bu,
-            cfg.ssl,
-            run.dev,
-            amp_dtype=amp,
-            channels_last=cfg.ssl.channels_last,
-            allow_cpu_amp=cfg.ssl.amp == "bf16",
-        )
-        run.sync()
-        times.append(time.perf_counter() - t)
-        losses.append(_r(m["loss"]))
+
+    rows = run_worker_steps(
+        cfg, run.num_classes, run.dev, labeled, unlabeled, s.tp_warmup + s.tp_steps, on_step=after
+    )
+    run.sync()
+    times = [r["step_s"] for r in rows]
+    losses = [_r(r["loss"]) for r in rows]
     dt = float(np.sum(times[s.tp_warmup :]))
     per_step = cfg.ssl.batch_size * (1 + 2 * cfg.ssl.uratio)
     q = max(1, len(losses) // 4)
@@ -785,7 +769,8 @@ def sec_train_throughput(run: Run) -> dict[str, Any]:
             "on the device, cycled",
             "torch_compile": False,
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-            "timing": "each step synchronised (the step's own metrics sync the host once too)",
+            "timing": "the worker loop's own time inside train_step (ssl.train_loop.run_worker, no Ray); "
+            "the step's metrics sync the host once per step",
             "note": "images/s counts labeled + weak + strong images per step",
         },
         "rows": rows,
@@ -1294,21 +1279,10 @@ def sec_finetune(run: Run) -> dict[str, Any]:
 
 
 def _windows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-window means from the worker loop's running means (``step`` reports: mean since step 0)."""
-    out: list[dict[str, Any]] = []
-    prev_n, prev = 0, {}
-    keys = ("loss", "sup_loss", "unsup_loss", "mask_rate")  # finite at every step: exact window means
-    for r in reports:
-        n = int(r.get("steps_run", r.get("step", 0)))
-        if n <= prev_n or "loss" not in r:
-            continue
-        row: dict[str, Any] = {"steps": f"{prev_n + 1}-{n}"}
-        for k in keys:
-            if k in r:
-                row[k] = _r((r[k] * n - prev.get(k, 0.0) * prev_n) / (n - prev_n))
-        out.append(row)
-        prev_n, prev = n, {k: r[k] for k in keys if k in r}
-    return out
+    """:func:`benchmarks._worker_steps.window_means` of the worker loop's reports, rounded for the result."""
+    from benchmarks._worker_steps import window_means
+
+    return [{k: v if k == "steps" else _r(v) for k, v in w.items()} for w in window_means(reports)]
 
 
 def sec_scoring(run: Run) -> dict[str, Any]:

@@ -31,11 +31,12 @@ to ``fit_round(callbacks=...)``.
 The headline ratio is ``2w x 1t`` / ``1w x 1t`` steady total images/s (target: >= 1.0, i.e. 2
 workers not slower per image than 1); ``2w x 1t`` / ``1w x 2t`` is reported beside it.
 
-**GPU part** (``--no-ray --device cuda``): the plain-torch :func:`train_step` loop (no Ray, no data
-pipeline: random pinned host batches copied to the device each step) in fp32, bf16 autocast, and
-bf16 + channels_last, timed after warm-up steps with ``torch.cuda.synchronize``. ``--device cpu``
-runs the same code on CPU (bf16 via ``allow_cpu_amp``) so the path can't rot; CPU bf16 figures are
-not meaningful.
+**GPU part** (``--no-ray --device cuda``): the product's worker loop
+(:func:`hssal_ray.ssl.train_loop.run_worker`, no Ray, no data pipeline: random pinned host batches
+copied to the device each step, :mod:`benchmarks._worker_steps`) in fp32, bf16 autocast, and
+bf16 + channels_last; seconds are the loop's time inside ``train_step`` after warm-up steps.
+``--device cpu`` runs the same code on CPU (``ssl.amp=bf16`` autocasts on CPU too) so the path
+can't rot; CPU bf16 figures are not meaningful.
 
 Usage::
 
@@ -351,8 +352,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--uratio", type=int, default=None, help="unlabeled per labeled (FixMatch; Ray 7, GPU 7)")
     ap.add_argument("--steps", type=int, default=None, help="steps per run (Ray 120, --no-ray 50)")
     ap.add_argument("--warmup", type=int, default=10, help="untimed steps first (--no-ray)")
-    ap.add_argument("--threads", type=int, default=2, help="intra-op threads for --no-ray --device cpu")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model (--no-ray)")
+    ap.add_argument("--threads", type=int, default=2, help="intra-op threads of the --no-ray worker loop")
     ap.add_argument("--cases", action="append", help="only these Ray cases (e.g. '2w x 1t'); repeatable")
     ap.add_argument(
         "--repeats", type=int, default=None, help="round-robin repeats of the Ray cases (2; quick 1)"

@@ -120,3 +120,26 @@ def test_train_throughput_ray_quick(tmp_path: Path) -> None:
     assert set(rows) == {"1w x 1t", "2w x 1t"}
     for r in rows.values():
         assert r["reports"] >= 2 and r["steady_total_img_s"] > 0, r
+
+
+def test_run_worker_steps_reports_every_step_of_the_product_loop() -> None:
+    import torch
+
+    from benchmarks._worker_steps import run_worker_steps
+    from hssal_ray.config import load_config
+
+    cfg = load_config(None, ["ssl.batch_size=4", "ssl.uratio=1", "data.image_size=16"])
+    lab = [{"x_weak": torch.randn(4, 3, 16, 16), "label": torch.randint(0, 3, (4,))}]
+    unl = [
+        {
+            "x_weak": torch.randn(4, 3, 16, 16),
+            "x_strong": torch.randn(4, 3, 16, 16),
+            "label": torch.zeros(4, dtype=torch.long),
+        }
+    ]
+    seen: list[int] = []
+    rows = run_worker_steps(cfg, 3, torch.device("cpu"), lab, unl, 3, on_step=seen.append)
+    assert [r["step"] for r in rows] == [1, 2, 3] and seen == [1, 2, 3]
+    assert all(r["step_s"] > 0 and r["loss"] == r["loss"] for r in rows)
+    sup = run_worker_steps(cfg, 3, torch.device("cpu"), lab, None, 2)  # no unlabeled batches: no SSL term
+    assert [r["step"] for r in sup] == [1, 2]
