@@ -29,7 +29,7 @@ are searched exactly (one faiss matrix product and top-k, in the full dimension)
 (:func:`sampled_recall`: logged, and ``graph_recall`` in the round's metrics), and in
 ``tests/unit/frozen/test_graph_scale.py``.
 The propagation runs in the lists' order, so that a row's neighbours are near it in memory.
-The search itself is :mod:`hssal_ray.frozen.knn_search` (its names are importable from here).
+The search itself is :mod:`hssal_ray.frozen.knn_search`.
 """
 
 from __future__ import annotations
@@ -43,17 +43,10 @@ import numpy as np
 
 from hssal_ray.frozen.knn_search import (
     BLOCK_ROWS,
-    KMEANS_ITERS,
-    LIST_ROWS,
-    NEAR_LISTS,
-    PCA_DIM,
-    PROBE_ROWS,
-    SAMPLE_PER_LIST,
     Features,
     _unit,
     exact_knn,
     ivf_knn,
-    recall_at_k,
     sampled_recall,
 )
 
@@ -67,21 +60,9 @@ __all__ = [
     "balance_classes",
     "KnnGraph",
     "build_graph",
-    "exact_knn",
-    "ivf_knn",
     "symmetric_weights",
     "normalised_affinity",
-    "recall_at_k",
-    "sampled_recall",
     "torch_csr",
-    "LIST_ROWS",
-    "PROBE_ROWS",
-    "PCA_DIM",
-    "KMEANS_ITERS",
-    "NEAR_LISTS",
-    "SAMPLE_PER_LIST",
-    "BLOCK_ROWS",
-    "Features",
 ]
 
 log = logging.getLogger(__name__)

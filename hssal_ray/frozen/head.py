@@ -127,7 +127,7 @@ def graph_features(
 ) -> Any:
     """The graph's features of store rows ``rows``, by position: unit rows of the standardised clean view.
 
-    Returns a :data:`hssal_ray.frozen.graph.Features` callable (the head's normalisation and
+    Returns a :data:`hssal_ray.frozen.knn_search.Features` callable (the head's normalisation and
     standardisation, then L2 normalisation, in float32).
     """
     from hssal_ray.frozen.store import scan_rows

@@ -47,6 +47,7 @@ def run_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any], pr
     import torch
 
     from hssal_ray.frozen import graph as g
+    from hssal_ray.frozen import knn_search as ks
     from hssal_ray.frozen.head import graph_features
     from hssal_ray.frozen.sharded import shard_count, sharded_graph
 
@@ -62,7 +63,7 @@ def run_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any], pr
         "feature_norm": cfg.frozen.feature_norm,
         "k": cfg.frozen.graph_k,
         "method": method,
-        "ivf": [g.LIST_ROWS, g.PROBE_ROWS, g.PCA_DIM, g.KMEANS_ITERS, g.SAMPLE_PER_LIST, g.NEAR_LISTS]
+        "ivf": [ks.LIST_ROWS, ks.PROBE_ROWS, ks.PCA_DIM, ks.KMEANS_ITERS, ks.SAMPLE_PER_LIST, ks.NEAR_LISTS]
         if method == "ivf"
         else None,
     }

@@ -16,16 +16,9 @@ import torch
 
 from hssal_ray.config import load_config
 from hssal_ray.frozen import graph as g
-from hssal_ray.frozen.graph import (
-    KnnGraph,
-    build_graph,
-    exact_knn,
-    graph_pseudo_labels,
-    ivf_knn,
-    recall_at_k,
-    sampled_recall,
-)
+from hssal_ray.frozen.graph import KnnGraph, build_graph, graph_pseudo_labels
 from hssal_ray.frozen.head import build_head, feature_stats, graph_features, predict_views, train_head
+from hssal_ray.frozen.knn_search import exact_knn, ivf_knn, recall_at_k, sampled_recall
 
 
 def clustered(n: int, d: int, seed: int = 0, classes: int = 10, noise: float = 1.0) -> np.ndarray:
