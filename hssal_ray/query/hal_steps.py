@@ -161,7 +161,7 @@ def _uncovered_picks(task: ClusterTask, m: int, b: int, rank: np.ndarray) -> np.
     lab = np.asarray(task.labeled, dtype=np.float32)
     n_lab = lab.shape[0]
     x = np.concatenate([task.emb, lab])
-    k = int(min(b + n_lab, m + n_lab))
+    k = b + n_lab  # b < m here (the caller returns every candidate when b >= m)
     km = make_kmeans(task.backend, n_clusters=k, max_iter=task.max_iter, random_state=task.seed)
     labels_all = np.asarray(km.fit(x).labels_, dtype=np.int64)
     labels, lab_labels = labels_all[:m], labels_all[m:]

@@ -270,12 +270,12 @@ class _HALBase(QueryStrategy):
         do not are explored with typical picks, in the same round. With one cluster this is ``auto``.
         """
         n_classes = int(np.shape(pool.probs)[1]) if pool.probs is not None else 0
+        if n_classes == 0:
+            return ["typical"] * k1
         sizes = np.bincount(labels, minlength=k1).astype(np.float64)
         ex = np.asarray(pool.exclude, dtype=bool) if pool.exclude is not None else np.zeros(len(pool), bool)
         n_lab = np.bincount(labels[ex], minlength=k1).astype(np.float64)
         need = self.typical_until * n_classes * sizes / max(len(pool), 1)
-        if n_classes == 0:
-            return ["typical"] * k1
         return ["uncertain" if n_lab[k] >= need[k] else "typical" for k in range(k1)]
 
     def _labeled_rows(self, pool: Pool) -> np.ndarray | None:
