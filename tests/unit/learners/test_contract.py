@@ -166,3 +166,9 @@ def test_image_learner_keeps_the_same_contract(tmp_path, ray_local: None) -> Non
     image_cols = _check_contract(ctx)
     frozen_cols = _check_contract(_frozen_ctx(tmp_path / "frozen"))
     assert image_cols == frozen_cols
+
+
+def test_frozen_learner_keeps_the_contract_with_graph_labels_on_the_ivf_graph(tmp_path) -> None:
+    """graph_max_nodes below the split: the graph is built by the IVF search (its settings key the cache)."""
+    ctx = _frozen_ctx(tmp_path, "frozen.pseudo_labels=graph", "frozen.graph_k=3", "frozen.graph_max_nodes=2")
+    _check_contract(ctx)
