@@ -41,6 +41,9 @@ class QueryConfig:
             1 = uncertainty mass, 0 = cluster size.
         cover_labeled: HAL's fine clustering includes the labeled rows (of each coarse cluster) and
             picks only from fine clusters that hold none (TypiClust's coverage rule).
+        alloc_over: HAL sums each coarse cluster's uncertainty mass over all its rows (``pool``) or
+            only over its rows among the pool's ``ceil(candidate_ratio * budget)`` most uncertain
+            (``candidates``).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -60,6 +63,7 @@ class QueryConfig:
     ssl_aware: bool = False
     alloc_temper: float = 1.0
     cover_labeled: bool = _added(False)
+    alloc_over: Literal["pool", "candidates"] = _added("pool")
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

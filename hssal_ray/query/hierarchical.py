@@ -173,6 +173,7 @@ class _HALBase(QueryStrategy):
         "ssl_aware": (True, False),
         "alloc_temper": lambda v: isinstance(v, int | float) and 0.0 <= v <= 1.0,
         "cover_labeled": (True, False),
+        "alloc_over": ("pool", "candidates"),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -190,6 +191,7 @@ class _HALBase(QueryStrategy):
         alloc_temper: float = 1.0,
         typical_until: float = 3.0,
         cover_labeled: bool = False,
+        alloc_over: str = "pool",
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -205,6 +207,7 @@ class _HALBase(QueryStrategy):
         self.alloc_temper = alloc_temper  # hal only (hal_flat has no coarse level to allocate over)
         self.typical_until = typical_until
         self.cover_labeled = cover_labeled
+        self.alloc_over = alloc_over  # hal only, as alloc_temper
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -313,6 +316,11 @@ class HierarchicalQuery(_HALBase):
         alloc_temper: ``t`` in ``[0, 1]``: each coarse cluster's share of the budget is proportional
             to ``mass**t * size**(1 - t)``; 1 = by uncertainty mass (the paper's reading), 0 = by
             size (coverage: no cluster starved because a weak model is confident there).
+        alloc_over: where a coarse cluster's uncertainty mass is summed: over all its rows
+            (``"pool"``), or only over its rows among the pool's ``ceil(r * B)`` most uncertain
+            (``"candidates"``, the rows the flat variant would cluster): the budget then follows where
+            the high-uncertainty rows are instead of the clusters' sizes, which dominate a sum over
+            thousands of moderately uncertain rows; every non-empty cluster still gets one pick.
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -365,7 +373,12 @@ class HierarchicalQuery(_HALBase):
         if conf is not None and (w * ~conf[avail]).sum() > 0:
             w = w * ~conf[avail]  # mass of the rows SSL has not learned yet
         counts = np.bincount(lab_av, minlength=k1)
-        mass = np.bincount(lab_av, weights=w, minlength=k1)
+        if self.alloc_over == "candidates":  # only the pool's r * B most uncertain rows carry mass
+            m_all = int(min(math.ceil(self.candidate_ratio * budget), n_av))
+            top = np.argpartition(-w, m_all - 1)[:m_all] if m_all < n_av else np.arange(n_av)
+            mass = np.bincount(lab_av[top], weights=w[top], minlength=k1)
+        else:
+            mass = np.bincount(lab_av, weights=w, minlength=k1)
         t = float(self.alloc_temper)
         if t < 1.0:  # tempered: between uncertainty mass (t=1) and cluster size (t=0)
             mass = np.power(np.maximum(mass, 0.0), t) * np.power(counts.astype(np.float64), 1.0 - t)

@@ -37,6 +37,8 @@ GRAPH = [*FROZEN, "frozen.pseudo_labels=graph"]
         (["query.pick=typical"], "query.typical_until=5"),
         (["query.strategy=hal_flat"], "query.coarse_k=4"),
         (["query.strategy=hal_flat"], "query.alloc_temper=0.2"),
+        (["query.strategy=hal_flat"], "query.alloc_over=candidates"),
+        (["query.strategy=margin"], "query.alloc_over=candidates"),
         (["query.strategy=hal_flat"], "query.coarse_fit_sample=500"),
         ([], "frozen.graph_k=3"),
         ([], "frozen.feature_norm=none"),
@@ -57,6 +59,7 @@ def test_an_unused_key_leaves_the_identity(base: list[str], change: str) -> None
     ("base", "change"),
     [
         ([], "query.alloc_temper=0.5"),
+        ([], "query.alloc_over=candidates"),
         (["query.strategy=hal_flat"], "query.candidate_ratio=2"),
         (["query.pick=auto"], "query.typical_until=5"),
         (["query.strategy=margin"], "query.budget=7"),
@@ -95,8 +98,10 @@ def test_hal_flat_reads_none_of_the_keys_left_out_of_its_identity() -> None:
         return strategy_from_config(q, random_state=7).select(pool, 12)
 
     base = picks()
-    assert {"query.coarse_k", "query.alloc_temper", "query.coarse_fit_sample"} <= unused_keys(cfg)
-    np.testing.assert_array_equal(picks("query.coarse_k=5", "query.alloc_temper=0.0"), base)
+    assert {"query.coarse_k", "query.alloc_temper", "query.alloc_over", "query.coarse_fit_sample"} <= unused_keys(cfg)
+    np.testing.assert_array_equal(
+        picks("query.coarse_k=5", "query.alloc_temper=0.0", "query.alloc_over=candidates"), base
+    )
     np.testing.assert_array_equal(picks("query.coarse_fit_sample=100"), base)
     assert not np.array_equal(picks("query.candidate_ratio=1.0", "query.uncertainty=entropy"), base)
 

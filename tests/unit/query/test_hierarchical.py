@@ -268,6 +268,27 @@ def test_cover_labeled_moves_picks_away_from_labeled_rows(cls: type) -> None:
     assert (lab[cover] >= 4).sum() >= 6
 
 
+def test_alloc_over_candidates_follows_the_most_uncertain_rows() -> None:
+    """Two blobs of equal uncertainty mass: one large and mildly uncertain, one small with the
+    pool's most uncertain rows. Summed over the pool the two share the budget; summed over the
+    r * B candidates the small one takes it, and the large one keeps its one pick."""
+    rng = np.random.default_rng(0)
+    big = rng.normal(size=(400, 2)).astype(np.float32) + np.float32(20)
+    small = rng.normal(size=(40, 2)).astype(np.float32) - np.float32(20)
+    emb = np.concatenate([big, small])
+    u = np.concatenate([np.full(400, 0.1), np.linspace(0.9, 1.1, 40)]).astype(np.float32)
+    pool = Pool(ids=np.arange(440).astype(str), embeddings=emb, scores={"u_badge": u})
+    kw = {"coarse_k": 2, "candidate_ratio": 3, "kmeans_backend": "torch", "random_state": 0}
+    over_pool = HierarchicalQuery(**kw).select(pool, 10)
+    over_cand = HierarchicalQuery(alloc_over="candidates", **kw)
+    picks = over_cand.select(pool, 10)
+    assert (over_pool >= 400).sum() == 5  # mass 40 vs 40: half each
+    assert (picks >= 400).sum() == 9 and (picks < 400).sum() == 1
+    assert sorted(over_cand.info_["budget_per_cluster"].tolist()) == [1, 9]
+    with pytest.raises(Exception, match="alloc_over"):
+        HierarchicalQuery(alloc_over="rows")._check_params()
+
+
 def test_auto_local_picks_uncertain_where_labels_are_and_typical_elsewhere() -> None:
     pool, lab = _three_blobs()
     pool.probs = np.full((60, 2), 0.5, dtype=np.float32)  # 2 classes: typical_until=3 asks 6 labels
