@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import gc
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -34,8 +33,6 @@ from benchmarks._gpu.sizes import (
     WEIGHTS_FILE,
     _r,
 )
-
-log = logging.getLogger("benchmarks.gpu_check")
 
 
 class Run:
