@@ -39,8 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,34 +75,6 @@ def experiment(spec: dict[str, Any]) -> Any:
     )
 
 
-@contextmanager
-def timed_load_pool() -> Iterator[dict[str, Any]]:
-    """Time the query stage's ``load_pool`` call and keep the pool it returns (``seconds``, ``pool``).
-
-    :func:`hssal_ray.loop.query_batch.run_query` looks ``load_pool`` up in :mod:`hssal_ray.query`
-    when it runs; the wrapper there splits the stage's time into loading and selecting and gives
-    the benchmark the loaded pool (its ids and embedding matrix) without loading it a second time.
-    """
-    import hssal_ray.query as query
-
-    seen: dict[str, Any] = {}
-    real = query.load_pool
-
-    def load_pool(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        seen["pool"] = real(*args, **kwargs)
-        seen["seconds"] = time.perf_counter() - t0
-        return seen["pool"]
-
-    query.load_pool = load_pool  # type: ignore[assignment]
-    try:
-        yield seen
-    finally:
-        query.load_pool = real  # type: ignore[assignment]
-    if "pool" not in seen:
-        raise RuntimeError("run_query did not call hssal_ray.query.load_pool: the query timing is broken")
-
-
 def run_size(spec: dict[str, Any]) -> dict[str, Any]:
     """Scan, score and query one archive in this (fresh) process; returns the result row."""
     set_ray_env()
@@ -111,6 +82,7 @@ def run_size(spec: dict[str, Any]) -> dict[str, Any]:
     from hssal_ray.data.catalog import scan
     from hssal_ray.data.pipeline import collect_bad_samples
     from hssal_ray.loop.query_batch import run_query
+    from hssal_ray.query import load_pool
     from hssal_ray.scoring import score_pool
 
     n, run_dir = int(spec["n"]), spec["run_dir"]
@@ -177,21 +149,20 @@ def run_size(spec: dict[str, Any]) -> dict[str, Any]:
     s["parts"] = len([p for p in os.listdir(scores) if p.endswith(".parquet")])
     del pool_rows
 
-    t = stage("query")
-    with timed_load_pool() as loaded:  # the loop's query stage, on a pool with no labeled ids yet
-        picks, _, _, info = run_query(cfg, scores, cfg.query.budget, set(), 0)
-    pool = loaded["pool"]
-    load_s = loaded["seconds"]
-    emb_mb = pool.embeddings.nbytes / 2**20
+    t = stage("query")  # the loop's query stage, on a pool with no labeled ids yet
+    picks, _, _, info = run_query(cfg, scores, cfg.query.budget, set(), 0)
     q = done(
         "query",
         t,
-        load_s=round(load_s, 3),
-        select_s=round(time.perf_counter() - t[0] - load_s, 3),
+        load_s=round(info["query_load_s"], 3),
+        select_s=round(info["query_select_s"], 3),
         picks=len(picks),
         distinct_picks=len(set(picks)),
-        budget=min(cfg.query.budget, len(pool.ids)),
     )
+    # the pool once more, after the stage's time and memory are taken: its ids and embedding size
+    pool = load_pool(scores)
+    emb_mb = pool.embeddings.nbytes / 2**20
+    q["budget"] = min(cfg.query.budget, len(pool.ids))
     q["driver_peak_excl_emb_mb"] = round(q["driver_peak_mb"] - emb_mb, 1)
     q["coarse_k"] = info.get("coarse_k")
 

@@ -7,6 +7,7 @@ directly on a scores file.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -33,15 +34,19 @@ def run_query(
 
     Returns:
         ``(ids, uncertainty, coarse_cluster or None, info)`` where ``info`` goes into metrics.jsonl
-        (e.g. ``coarse_k``, ``coarse_clusters_covered``).
+        (e.g. ``coarse_k``, ``coarse_clusters_covered``), with where the time went (``perf_counter``
+        seconds): ``query_load_s`` reading the pool and leaving out the labeled ids,
+        ``query_select_s`` the strategy's selection and the picks' uncertainties.
     """
     from hssal_ray.query import load_pool, strategy_from_config
     from hssal_ray.query.scores_io import exclude_mask
     from hssal_ray.rounds import derive_seed
 
+    t0 = time.perf_counter()
     pool = load_pool(scores_path)
     if labeled_ids:  # Arrow hash join: no sort of the object id array (np.isin)
         pool.exclude = exclude_mask(pool.ids, sorted(labeled_ids))
+    t1 = time.perf_counter()
     extra = {"map_fn": ray_map} if cfg.query.parallel and cfg.query.strategy == "hal" else {}
     strat = strategy_from_config(
         cfg.query, random_state=derive_seed(cfg.seed, round_idx, "query") % (2**31), **extra
@@ -51,6 +56,7 @@ def run_query(
     key = f"u_{cfg.query.uncertainty}"
     u_all = pool.scores.get(key)
     u = [float(u_all[i]) for i in idx] if u_all is not None else [float("nan")] * len(idx)
+    t2 = time.perf_counter()
     info_attr = getattr(strat, "info_", {}) or {}
     coarse = info_attr.get("pick_coarse_cluster")
     info: dict[str, Any] = {"query_strategy": repr(strat)}
@@ -63,4 +69,6 @@ def run_query(
     if "pick" in info_attr:  # HAL's pick rule this round (``pick: auto`` changes it with the budget)
         info["query_pick"] = str(info_attr["pick"])
     info["query_mean_u"] = float(np.nanmean(u)) if len(u) else float("nan")
+    info["query_load_s"] = t1 - t0
+    info["query_select_s"] = t2 - t1
     return [str(pool.ids[i]) for i in idx], u, coarse, info

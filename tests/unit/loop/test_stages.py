@@ -231,6 +231,7 @@ def test_query_stage_writes_the_batch_without_labeled_rows(tmp_path) -> None:
     assert not set(ids) & set(train[:3]) and set(ids) <= set(train)
     row = read_metrics(ctx.run_dir)[0]
     assert "query" in row["wall_s"] and "RandomQuery" in row["query_strategy"]
+    assert row["query_load_s"] >= 0.0 and row["query_select_s"] >= 0.0
     assert state.stage == "label"
 
 

@@ -22,6 +22,8 @@ def test_run_query_excludes_labeled_ids_as_np_isin_would(tmp_path) -> None:
     ids, u, coarse, info = run_query(cfg, path, 20, labeled, round_idx=2)
     assert len(ids) == 20 == len(set(ids)) and not set(ids) & labeled
     assert all(type(s) is str for s in ids) and len(u) == 20 and info["query_strategy"].startswith("Hier")
+    for key in ("query_load_s", "query_select_s"):  # where the round's query time went
+        assert type(info[key]) is float and info[key] >= 0.0, key
     # the same picks as the reference membership test (np.isin over the object ids)
     ref = load_pool(path)
     ref.exclude = np.isin(ref.ids, np.asarray(sorted(labeled), dtype=object))
