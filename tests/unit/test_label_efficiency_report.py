@@ -11,6 +11,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import benchmarks.label_efficiency as le
@@ -71,3 +72,51 @@ def test_report_and_plot_name_the_dataset_used_and_its_test_split(
     title = le.efficiency_figure(result).axes[0].get_title()  # the figure saved as the PNG
     assert want in title and "12 images" in title and "UCM" not in title
     assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _summary(per_seed: dict[str, dict[int, list[float]]]) -> dict[str, Any]:
+    return {m: {"num_labeled": [10, 20, 30], "per_seed": s} for m, s in per_seed.items()}
+
+
+def test_curve_margins_average_the_rounds_after_the_cold_start_per_seed() -> None:
+    from benchmarks._efficiency_report import curve_margins
+
+    h = {0: [0.5, 0.80, 0.90], 1: [0.6, 0.82, 0.86], 2: [0.4, 0.78, 0.88]}
+    ahead = {s: [a, b - 0.02, c - 0.04] for s, (a, b, c) in h.items()}  # HSSAL +3 points on every seed
+    mixed = {0: [0.5, 0.81, 0.91], 1: [0.6, 0.80, 0.86], 2: [0.4, 0.79, 0.87]}  # -1, +1, 0 points
+    c = curve_margins(
+        _summary({"hssal": h, "ssl_margin": ahead, "ssl_entropy": mixed, "full_supervision": h})
+    )
+    assert set(c) == {"ssl_margin", "ssl_entropy"}
+    np.testing.assert_allclose(c["ssl_margin"]["per_seed"], [0.03, 0.03, 0.03], atol=1e-12)
+    assert c["ssl_margin"]["verdict"] == "ahead" and c["ssl_margin"]["wins"] == 3
+    np.testing.assert_allclose(c["ssl_entropy"]["per_seed"], [-0.01, 0.01, 0.0], atol=1e-12)
+    lo, hi = c["ssl_entropy"]["ci95"]  # t(0.975, 2) = 4.303, std 0.01, n 3
+    np.testing.assert_allclose([lo, hi], [-4.303 * 0.01 / 3**0.5, 4.303 * 0.01 / 3**0.5], atol=1e-4)
+    assert c["ssl_entropy"]["verdict"] == "tied"
+    behind = curve_margins(_summary({"hssal": ahead, "ssl_margin": h}))["ssl_margin"]
+    assert behind["verdict"] == "behind" and behind["wins"] == 0
+
+
+def test_render_rebuilds_the_report_from_a_result_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_synthetic_rs(str(tmp_path / "d"), num_classes=4, per_class=10, size=16)
+    base = load_config(None, [f"data.root={root}", "data.test_fraction=0.3"])
+    monkeypatch.setattr(le, "start", lambda args: (base, str(tmp_path / "runs"), 0.0, 28))
+    monkeypatch.setattr(le, "run_grid", _fake_grid)
+    out = tmp_path / "out"
+    argv = ["--data", root, "--seeds", "2", "--out", str(out), "--methods", "hssal", "ssl_margin"]
+    assert le.main(argv) == 0
+    path = out / "label_efficiency.json"
+    stored = json.loads(path.read_text())
+    assert stored["curve_vs_hssal"]["ssl_margin"]["verdict"] == "tied"  # the fake grid: identical curves
+    del stored["curve_vs_hssal"], stored["checks"]  # a result written before these fields existed
+    path.write_text(json.dumps(stored))
+    (out / "label_efficiency.md").unlink()
+    assert le.main(["--render", str(path)]) == 0
+    again = json.loads(path.read_text())
+    assert again["curve_vs_hssal"]["ssl_margin"]["verdict"] == "tied" and again["checks"]
+    assert "Over the whole curve after the cold start" in (out / "label_efficiency.md").read_text()
+    with pytest.raises(SystemExit):
+        le.main(["--render", str(tmp_path / "missing.json")])
