@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="*", default=None, help="subset of methods (default: all)")
     p.add_argument("--dataset-name", default=None, help="name in the report (default: --data's folder name)")
     p.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="run seeds first-seed .. first-seed + seeds - 1 (e.g. more seeds for an earlier result)",
+    )
+    p.add_argument(
         "--render",
         metavar="RESULT_JSON",
         default=None,
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     base, run_dir, encode_s, n_train = start(args)
     n_eval = eval_split_size(base)
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     want = set(args.methods or known)
     results: dict[str, dict[int, list[dict[str, Any]]]] = {}
     kw = dict(num_cpus=2 * args.concurrent, concurrent=args.concurrent)
