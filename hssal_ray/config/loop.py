@@ -43,7 +43,8 @@ class QueryConfig:
             picks only from fine clusters that hold none (TypiClust's coverage rule).
         alloc_over: HAL sums each coarse cluster's uncertainty mass over all its rows (``pool``) or
             only over its rows among the pool's ``ceil(candidate_ratio * budget)`` most uncertain
-            (``candidates``).
+            (``candidates``); ``auto``: ``pool`` while the round's pick rule is typical, ``candidates``
+            once it is uncertain.
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -63,7 +64,7 @@ class QueryConfig:
     ssl_aware: bool = False
     alloc_temper: float = 1.0
     cover_labeled: bool = _added(False)
-    alloc_over: Literal["pool", "candidates"] = _added("pool")
+    alloc_over: Literal["pool", "candidates", "auto"] = _added("pool")
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

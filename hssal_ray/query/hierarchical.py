@@ -173,7 +173,7 @@ class _HALBase(QueryStrategy):
         "ssl_aware": (True, False),
         "alloc_temper": lambda v: isinstance(v, int | float) and 0.0 <= v <= 1.0,
         "cover_labeled": (True, False),
-        "alloc_over": ("pool", "candidates"),
+        "alloc_over": ("pool", "candidates", "auto"),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -321,6 +321,8 @@ class HierarchicalQuery(_HALBase):
             (``"candidates"``, the rows the flat variant would cluster): the budget then follows where
             the high-uncertainty rows are instead of the clusters' sizes, which dominate a sum over
             thousands of moderately uncertain rows; every non-empty cluster still gets one pick.
+            ``"auto"``: ``pool`` while the round's pick rule is typical (explore: spread the budget
+            by region), ``candidates`` once it is uncertain (exploit: follow the most uncertain rows).
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -373,7 +375,10 @@ class HierarchicalQuery(_HALBase):
         if conf is not None and (w * ~conf[avail]).sum() > 0:
             w = w * ~conf[avail]  # mass of the rows SSL has not learned yet
         counts = np.bincount(lab_av, minlength=k1)
-        if self.alloc_over == "candidates":  # only the pool's r * B most uncertain rows carry mass
+        over = self.alloc_over
+        if over == "auto":
+            over = "candidates" if self.pick_rule(pool) == "uncertain" else "pool"
+        if over == "candidates":  # only the pool's r * B most uncertain rows carry mass
             m_all = int(min(math.ceil(self.candidate_ratio * budget), n_av))
             top = np.argpartition(-w, m_all - 1)[:m_all] if m_all < n_av else np.arange(n_av)
             mass = np.bincount(lab_av[top], weights=w[top], minlength=k1)
@@ -414,6 +419,7 @@ class HierarchicalQuery(_HALBase):
             "cluster_sizes": counts,
             "cluster_mass": mass,
             "pick_coarse_cluster": labels[picks],
+            "alloc_over": over,
             "n_candidates": int(sum(len(c) for c, _ in tasks)),
             "pick": pick if picks_by_cluster is None else _summary([t.pick for _, t in tasks]),
             "seconds": {

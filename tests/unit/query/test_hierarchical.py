@@ -289,6 +289,33 @@ def test_alloc_over_candidates_follows_the_most_uncertain_rows() -> None:
         HierarchicalQuery(alloc_over="rows")._check_params()
 
 
+@pytest.mark.parametrize(
+    ("n_labeled", "rule", "over"), [(2, "typical", "pool"), (12, "uncertain", "candidates")]
+)
+def test_alloc_over_auto_follows_the_pick_rule(n_labeled: int, rule: str, over: str) -> None:
+    """``auto``: by the pool's mass while picks are typical, by the candidates' once they are uncertain."""
+    pool, _ = blob_pool(n=600, n_blobs=6, seed=2, fp16=False)
+    pool.exclude = np.zeros(len(pool), dtype=bool)
+    pool.exclude[:n_labeled] = True  # 4 classes x typical_until 3 = 12 labels switch the rule
+    pool.probs = np.full((len(pool), 4), 0.25, dtype=np.float32)
+    kw = {
+        "pick": "auto",
+        "typical_until": 3,
+        "candidate_ratio": 3,
+        "kmeans_backend": "torch",
+        "random_state": 0,
+    }
+    auto = HierarchicalQuery(alloc_over="auto", **kw)
+    picks = auto.select(pool, 12)
+    assert auto.info_["pick"] == rule and auto.info_["alloc_over"] == over
+    fixed = HierarchicalQuery(alloc_over=over, **kw)
+    np.testing.assert_array_equal(picks, fixed.select(pool, 12))
+    np.testing.assert_array_equal(auto.info_["budget_per_cluster"], fixed.info_["budget_per_cluster"])
+    other = HierarchicalQuery(alloc_over="candidates" if over == "pool" else "pool", **kw)
+    other.select(pool, 12)  # the two allocations differ on this pool, so the rule is what chose
+    assert not np.array_equal(other.info_["budget_per_cluster"], fixed.info_["budget_per_cluster"])
+
+
 def test_auto_local_picks_uncertain_where_labels_are_and_typical_elsewhere() -> None:
     pool, lab = _three_blobs()
     pool.probs = np.full((60, 2), 0.5, dtype=np.float32)  # 2 classes: typical_until=3 asks 6 labels
