@@ -63,13 +63,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks._common import _git_commit
 from benchmarks._gpu.features import sec_encode, sec_frozen_head
 from benchmarks._gpu.loaders import AugSteps, Normalise
 from benchmarks._gpu.prepare import prepare
 from benchmarks._gpu.report import render_markdown
 from benchmarks._gpu.run import Run, guarded
 from benchmarks._gpu.search import sec_kmeans, sec_knn
-from benchmarks._gpu.sizes import MODULE, REPO, SECTIONS, _dist_version, _git_commit, _r
+from benchmarks._gpu.sizes import MODULE, REPO, SECTIONS, _dist_version, _r
 from benchmarks._gpu.train import _windows, sec_finetune, sec_scoring, sec_train_throughput
 
 __all__ = [

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._common import _git_commit
 from benchmarks._gpu.sizes import (
     _IMAGE_EXT,
     IMAGES_DIR,
@@ -19,7 +20,6 @@ from benchmarks._gpu.sizes import (
     MANIFEST,
     WEIGHTS_FILE,
     _dist_version,
-    _git_commit,
 )
 
 
