@@ -45,6 +45,8 @@ class QueryConfig:
             only over its rows among the pool's ``ceil(candidate_ratio * budget)`` most uncertain
             (``candidates``); ``auto``: ``pool`` while the round's pick rule is typical, ``candidates``
             once it is uncertain.
+        late_uncertainty: With ``pick: auto``/``auto_local``: the score HAL ranks by once picks are
+            uncertain (``same`` = ``uncertainty``).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -65,6 +67,7 @@ class QueryConfig:
     alloc_temper: float = 1.0
     cover_labeled: bool = _added(False)
     alloc_over: Literal["pool", "candidates", "auto"] = _added("pool")
+    late_uncertainty: Literal["same", "badge", "entropy", "margin", "least_confidence"] = _added("same")
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

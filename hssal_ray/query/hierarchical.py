@@ -174,6 +174,7 @@ class _HALBase(QueryStrategy):
         "alloc_temper": lambda v: isinstance(v, int | float) and 0.0 <= v <= 1.0,
         "cover_labeled": (True, False),
         "alloc_over": ("pool", "candidates", "auto"),
+        "late_uncertainty": ("same", *(u for u in UNCERTAINTIES if u != "disagreement")),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -192,6 +193,7 @@ class _HALBase(QueryStrategy):
         typical_until: float = 3.0,
         cover_labeled: bool = False,
         alloc_over: str = "pool",
+        late_uncertainty: str = "same",
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -208,6 +210,7 @@ class _HALBase(QueryStrategy):
         self.typical_until = typical_until
         self.cover_labeled = cover_labeled
         self.alloc_over = alloc_over  # hal only, as alloc_temper
+        self.late_uncertainty = late_uncertainty
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -233,6 +236,13 @@ class _HALBase(QueryStrategy):
         if n_classes == 0:
             return "typical"
         return "typical" if n_labeled < self.typical_until * n_classes else "uncertain"
+
+    def ranking(self, pool: Pool) -> str:
+        """The uncertainty this round ranks by: ``late_uncertainty`` once ``auto`` picks uncertain."""
+        late = self.late_uncertainty
+        if late == "same" or self.pick not in ("auto", "auto_local") or self.pick_rule(pool) != "uncertain":
+            return self.uncertainty
+        return late
 
     def _task(
         self,
@@ -323,6 +333,10 @@ class HierarchicalQuery(_HALBase):
             thousands of moderately uncertain rows; every non-empty cluster still gets one pick.
             ``"auto"``: ``pool`` while the round's pick rule is typical (explore: spread the budget
             by region), ``candidates`` once it is uncertain (exploit: follow the most uncertain rows).
+        late_uncertainty: with ``pick="auto"``/``"auto_local"``: the score HAL ranks, allocates and
+            picks by once the round's rule is uncertain (``"same"``: ``uncertainty``). While picks
+            are typical the score only chooses candidates; once they are uncertain it chooses the
+            picks themselves, and a different score may serve each job better.
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -338,7 +352,7 @@ class HierarchicalQuery(_HALBase):
         avail = self._validate(pool, budget, check_embeddings=False)  # NaN check fused below
         rng = self._rng()
         emb = pool.embeddings
-        u_all = pool.uncertainty(self.uncertainty)
+        u_all = pool.uncertainty(self.ranking(pool))
         n_av = avail.size
         k1 = int(min(self.coarse_k or auto_coarse_k(n_av, budget), n_av))
         backend = resolve_backend(self.kmeans_backend)
@@ -420,6 +434,7 @@ class HierarchicalQuery(_HALBase):
             "cluster_mass": mass,
             "pick_coarse_cluster": labels[picks],
             "alloc_over": over,
+            "uncertainty": self.ranking(pool),
             "n_candidates": int(sum(len(c) for c, _ in tasks)),
             "pick": pick if picks_by_cluster is None else _summary([t.pick for _, t in tasks]),
             "seconds": {
@@ -447,7 +462,7 @@ class FlatHierarchicalQuery(_HALBase):
         """See :meth:`QueryStrategy.select`."""
         t0 = time.perf_counter()
         avail = self._validate(pool, budget)
-        u_all = pool.uncertainty(self.uncertainty)
+        u_all = pool.uncertainty(self.ranking(pool))
         m = int(min(math.ceil(self.candidate_ratio * budget), avail.size))
         conf = self._confident(pool)
         cand = _top_candidates(u_all[avail], avail, None if conf is None else conf[avail], m)

@@ -316,6 +316,33 @@ def test_alloc_over_auto_follows_the_pick_rule(n_labeled: int, rule: str, over: 
     assert not np.array_equal(other.info_["budget_per_cluster"], fixed.info_["budget_per_cluster"])
 
 
+@pytest.mark.parametrize("cls", [HierarchicalQuery, FlatHierarchicalQuery])
+def test_late_uncertainty_ranks_once_auto_turns_uncertain(cls: type) -> None:
+    pool, _ = blob_pool(n=600, n_blobs=6, seed=4, fp16=False)
+    pool.scores["u_margin"] = -pool.scores["u_badge"]  # the opposite ranking: the picks must move
+    pool.probs = np.full((len(pool), 4), 0.25, dtype=np.float32)  # 4 classes: typical_until 3 = 12 labels
+    pool.exclude = np.zeros(len(pool), dtype=bool)
+    kw = {
+        "pick": "auto",
+        "typical_until": 3,
+        "candidate_ratio": 3,
+        "kmeans_backend": "torch",
+        "random_state": 0,
+    }
+    late = cls(late_uncertainty="margin", **kw)
+    pool.exclude[:2] = True  # typical: the candidates still come from ``uncertainty``
+    assert late.ranking(pool) == "badge"
+    np.testing.assert_array_equal(late.select(pool, 10), cls(**kw).select(pool, 10))
+    pool.exclude[:12] = True  # uncertain: ranked, allocated and picked by margin
+    assert late.ranking(pool) == "margin"
+    same_as = cls(**{**kw, "uncertainty": "margin"})
+    np.testing.assert_array_equal(late.select(pool, 10), same_as.select(pool, 10))
+    assert not np.array_equal(late.select(pool, 10), cls(**kw).select(pool, 10))
+    assert cls(pick="uncertain", late_uncertainty="margin").ranking(pool) == "badge"  # only with auto
+    with pytest.raises(Exception, match="late_uncertainty"):
+        cls(late_uncertainty="disagreement")._check_params()  # its column is written only on request
+
+
 def test_auto_local_picks_uncertain_where_labels_are_and_typical_elsewhere() -> None:
     pool, lab = _three_blobs()
     pool.probs = np.full((60, 2), 0.5, dtype=np.float32)  # 2 classes: typical_until=3 asks 6 labels
