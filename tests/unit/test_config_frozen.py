@@ -186,7 +186,12 @@ def test_a_sweep_file_and_its_search_space_may_use_the_old_names(tmp_path: Path)
 # science_sha and legacy_science_sha computed before the frozen section existed
 PINNED = [
     (None, [], "b02539d80ea76d72", "72d4582c0972a53f"),
-    ("ucm_cpu.yaml", [], "25939a226732554e", "3dd7640a15934953"),
+    (  # the profile's query recipe as it was then
+        "ucm_cpu.yaml",
+        ["query.uncertainty=badge", "query.pick=typical", "query.typical_until=3.0", "query.alloc_over=pool"],
+        "25939a226732554e",
+        "3dd7640a15934953",
+    ),
     ("ucm_dinov2.yaml", [], "83ce8165253f1cbd", "c8f6949457e7ea19"),
     ("smoke.yaml", [], "b007df64c64f2d20", "dbff5253d9e2ebf4"),
     (None, ["ssl.finetune=frozen"], "cefdbcb9a02892eb", "8bbdd80ca8c912f7"),
