@@ -1,7 +1,8 @@
 """Where HAL's hierarchy pays: the query's cost, HAL against its flat variant, as the batch grows.
 
-Both run the product's strategies with the profile's query recipe (``configs/ucm_cpu.yaml``:
-``candidate_ratio`` 10, ``pick: typical``, ``u_badge``) on the clustered synthetic pool of
+Both run the product's strategies with the profile's query recipe (read from ``configs/ucm_cpu.yaml``:
+``candidate_ratio``, ``pick``, ``typical_until``, ``alloc_over``, ``alloc_temper``; an archive's first
+rounds have few labels, so ``pick: auto`` picks typical) on the clustered synthetic pool of
 :mod:`benchmarks.query_speed` (n rows, d = 512, fp16, 200 true clusters of geometric sizes). The flat
 variant clusters the ``r * B`` most uncertain rows into B fine clusters, so its fine k-means costs
 ``r * B^2 * d`` per Lloyd iteration and its typicality ``(r * B)^2 * d``; HAL first splits the pool
@@ -33,17 +34,29 @@ from benchmarks._common import describe_machine, md_table
 from benchmarks.query_speed import make_data, run_worker
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: the profile's query recipe (configs/ucm_cpu.yaml), the same for both strategies
-RECIPE = {"candidate_ratio": 10.0, "pick": "typical", "uncertainty": "badge"}
+PROFILE = Path(__file__).resolve().parents[1] / "configs" / "ucm_cpu.yaml"
+
+
+def recipe() -> dict[str, Any]:
+    """The profile's HAL parameters, the same for both strategies.
+
+    The synthetic pool has one uncertainty column (``u_badge``); which score fills it does not change
+    what ``select`` costs, so the recipe ranks by that column whatever the profile's ``uncertainty``.
+    """
+    from hssal_ray.config import load_config
+
+    q = load_config(str(PROFILE)).query
+    keys = ("candidate_ratio", "pick", "typical_until", "alloc_over", "alloc_temper")
+    return {**{k: getattr(q, k) for k in keys}, "uncertainty": "badge"}
 
 
 def measure(paths: dict[str, str], n: int, budgets: list[int]) -> list[dict[str, Any]]:
     """HAL and hal_flat, the profile's recipe, at each budget (one fresh process each)."""
-    rows = []
+    rows, params = [], recipe()
     for budget in budgets:
         base = {"paths": paths, "budget": budget, "n": n}
         for strategy in ("hal", "hal_flat"):
-            rows.append(run_worker({**base, "strategy": strategy, "params": dict(RECIPE)}, timeout=3600))
+            rows.append(run_worker({**base, "strategy": strategy, "params": dict(params)}, timeout=3600))
     return rows
 
 
@@ -88,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "n": n,
         "dim": 512,
-        "recipe": RECIPE,
+        "recipe": recipe(),
         "table": lines,
         "rows": rows,
         "wall_s": round(time.perf_counter() - t0, 1),
@@ -97,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         "# HAL against its flat variant as the batch grows (query CPU seconds)",
         "",
-        f"- command: `{command}`; n = {n:,} rows, d = 512 fp16, 200 true clusters; recipe {RECIPE}",
+        f"- command: `{command}`; n = {n:,} rows, d = 512 fp16, 200 true clusters; recipe {res['recipe']}",
         "- seconds: single-threaded process CPU seconds of `select` in a fresh process, every cell measured",
         f"- wall time of the benchmark {res['wall_s'] / 60:.1f} min on {res['device'].get('cpu')}, "
         "shared machine",

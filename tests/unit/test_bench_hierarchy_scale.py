@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.hierarchy_scale import RECIPE, measure, table
+from benchmarks.hierarchy_scale import measure, recipe, table
 from benchmarks.query_speed import make_data
 
 
@@ -18,7 +18,8 @@ def test_measure_and_table_on_a_tiny_pool(tmp_path) -> None:
         ("hal", 80),
         ("hal_flat", 80),
     ]
-    assert all(r["params"] == RECIPE and r["measured"] == "measured" for r in rows)
+    assert all(r["params"] == recipe() and r["measured"] == "measured" for r in rows)
+    assert recipe()["pick"] == "auto" and recipe()["alloc_over"] == "candidates"  # read from the profile
     lines = table(rows)
     assert [x["budget"] for x in lines] == [40, 80]
     assert all(x["HAL s"] > 0 and x["flat s"] > 0 for x in lines)
