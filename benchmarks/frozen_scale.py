@@ -226,11 +226,13 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
 
     manifest = _manifest(n, seed)
     ctx = RunContext(cfg, progress=lambda line: log.info("%s", line))
-    ctx._catalog = Catalog(  # the synthetic manifest stands in for a scanned archive
-        root=spec["store"],
-        table=manifest,
-        class_names=tuple(f"class_{c:02d}" for c in range(NUM_CLASSES)),
-        kind="files",
+    ctx.load_catalog(  # the synthetic manifest stands in for a scanned archive
+        Catalog(
+            root=spec["store"],
+            table=manifest,
+            class_names=tuple(f"class_{c:02d}" for c in range(NUM_CLASSES)),
+            kind="files",
+        )
     )
     store = step("open_store", lambda: open_store(spec["store"], rows=n))
     ctx.learner.store = store

@@ -60,8 +60,16 @@ class RunContext:
         self.learner: Learner = make_learner(cfg, self)
 
     # ------------------------------------------------------------------ what the run is made of
-    def load_catalog(self) -> None:
-        """Load (or build, on the first call of a run) the run's manifest."""
+    def load_catalog(self, catalog: Any = None) -> None:
+        """Load (or build, on the first call of a run) the run's manifest.
+
+        Args:
+            catalog: a manifest built elsewhere (a ``Catalog``, e.g. an archive index) to use instead
+                of the run's own scan.
+        """
+        if catalog is not None:
+            self._catalog = catalog
+            return
         from hssal_ray.data.bootstrap import ensure
 
         self._catalog = ensure(self.cfg, self.run_dir, self.progress)

@@ -282,3 +282,17 @@ def test_metrics_store_merges_rows(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="lease lost"):
         update_metrics(run, 0, {"a": 5}, guard=lost)
     assert read_metrics(run)[0]["a"] == 0
+
+
+def test_load_catalog_takes_a_manifest_built_elsewhere(tmp_path) -> None:
+    """A manifest from elsewhere (an archive index) replaces the run's scan; nothing is scanned or written."""
+    from hssal_ray.data.catalog import scan
+    from hssal_ray.data.synthetic import make_synthetic_rs
+
+    root = make_synthetic_rs(str(tmp_path / "d"), num_classes=3, per_class=4, size=8)
+    cfg = load_config(None, [f"loop.run_dir={tmp_path / 'runs'}", "loop.name=r", "data.root=/nonexistent"])
+    ctx = RunContext(cfg, progress=lambda s: None)
+    cat = scan(root, test_fraction=0.25)
+    ctx.load_catalog(cat)
+    assert ctx.catalog is cat and ctx.split("train").num_rows == cat.split_table("train").num_rows
+    assert not os.path.exists(ctx.run_dir)
