@@ -289,6 +289,10 @@ def test_alloc_over_candidates_follows_the_most_uncertain_rows() -> None:
         HierarchicalQuery(alloc_over="rows")._check_params()
 
 
+#: ``pick: auto`` on a 4-class pool: typical below 12 labels, uncertain from 12
+AUTO_KW = {"pick": "auto", "typical_until": 3, "candidate_ratio": 3, "kmeans_backend": "torch", "random_state": 0}
+
+
 @pytest.mark.parametrize(
     ("n_labeled", "rule", "over"), [(2, "typical", "pool"), (12, "uncertain", "candidates")]
 )
@@ -298,13 +302,7 @@ def test_alloc_over_auto_follows_the_pick_rule(n_labeled: int, rule: str, over: 
     pool.exclude = np.zeros(len(pool), dtype=bool)
     pool.exclude[:n_labeled] = True  # 4 classes x typical_until 3 = 12 labels switch the rule
     pool.probs = np.full((len(pool), 4), 0.25, dtype=np.float32)
-    kw = {
-        "pick": "auto",
-        "typical_until": 3,
-        "candidate_ratio": 3,
-        "kmeans_backend": "torch",
-        "random_state": 0,
-    }
+    kw = AUTO_KW
     auto = HierarchicalQuery(alloc_over="auto", **kw)
     picks = auto.select(pool, 12)
     assert auto.info_["pick"] == rule and auto.info_["alloc_over"] == over
@@ -322,13 +320,7 @@ def test_late_uncertainty_ranks_once_auto_turns_uncertain(cls: type) -> None:
     pool.scores["u_margin"] = -pool.scores["u_badge"]  # the opposite ranking: the picks must move
     pool.probs = np.full((len(pool), 4), 0.25, dtype=np.float32)  # 4 classes: typical_until 3 = 12 labels
     pool.exclude = np.zeros(len(pool), dtype=bool)
-    kw = {
-        "pick": "auto",
-        "typical_until": 3,
-        "candidate_ratio": 3,
-        "kmeans_backend": "torch",
-        "random_state": 0,
-    }
+    kw = AUTO_KW
     late = cls(late_uncertainty="margin", **kw)
     pool.exclude[:2] = True  # typical: the candidates still come from ``uncertainty``
     assert late.ranking(pool) == "badge"
