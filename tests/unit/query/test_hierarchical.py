@@ -290,7 +290,13 @@ def test_alloc_over_candidates_follows_the_most_uncertain_rows() -> None:
 
 
 #: ``pick: auto`` on a 4-class pool: typical below 12 labels, uncertain from 12
-AUTO_KW = {"pick": "auto", "typical_until": 3, "candidate_ratio": 3, "kmeans_backend": "torch", "random_state": 0}
+AUTO_KW = {
+    "pick": "auto",
+    "typical_until": 3,
+    "candidate_ratio": 3,
+    "kmeans_backend": "torch",
+    "random_state": 0,
+}
 
 
 @pytest.mark.parametrize(
