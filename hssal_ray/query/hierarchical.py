@@ -239,8 +239,11 @@ class _HALBase(QueryStrategy):
 
     def ranking(self, pool: Pool) -> str:
         """The uncertainty this round ranks by: ``late_uncertainty`` once ``auto`` picks uncertain."""
+        return self._ranking_for(self.pick_rule(pool))
+
+    def _ranking_for(self, rule: str) -> str:
         late = self.late_uncertainty
-        if late == "same" or self.pick not in ("auto", "auto_local") or self.pick_rule(pool) != "uncertain":
+        if late == "same" or self.pick not in ("auto", "auto_local") or rule != "uncertain":
             return self.uncertainty
         return late
 
@@ -352,7 +355,9 @@ class HierarchicalQuery(_HALBase):
         avail = self._validate(pool, budget, check_embeddings=False)  # NaN check fused below
         rng = self._rng()
         emb = pool.embeddings
-        u_all = pool.uncertainty(self.ranking(pool))
+        pick = self.pick_rule(pool)  # the round's rule: it sets the score, the allocation and the picks
+        score = self._ranking_for(pick)
+        u_all = pool.uncertainty(score)
         n_av = avail.size
         k1 = int(min(self.coarse_k or auto_coarse_k(n_av, budget), n_av))
         backend = resolve_backend(self.kmeans_backend)
@@ -391,7 +396,7 @@ class HierarchicalQuery(_HALBase):
         counts = np.bincount(lab_av, minlength=k1)
         over = self.alloc_over
         if over == "auto":
-            over = "candidates" if self.pick_rule(pool) == "uncertain" else "pool"
+            over = "candidates" if pick == "uncertain" else "pool"
         if over == "candidates":  # only the pool's r * B most uncertain rows carry mass
             m_all = int(min(math.ceil(self.candidate_ratio * budget), n_av))
             top = np.argpartition(-w, m_all - 1)[:m_all] if m_all < n_av else np.arange(n_av)
@@ -405,7 +410,6 @@ class HierarchicalQuery(_HALBase):
         order = np.argsort(lab_av, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)])
         fine_backend = self._fine_backend(backend)
-        pick = self.pick_rule(pool)
         labeled = self._labeled_rows(pool)
         lab_of = labels[labeled] if labeled is not None else None
         picks_by_cluster = self._local_rules(pool, labels, k1) if self.pick == "auto_local" else None
@@ -434,7 +438,7 @@ class HierarchicalQuery(_HALBase):
             "cluster_mass": mass,
             "pick_coarse_cluster": labels[picks],
             "alloc_over": over,
-            "uncertainty": self.ranking(pool),
+            "uncertainty": score,
             "n_candidates": int(sum(len(c) for c, _ in tasks)),
             "pick": pick if picks_by_cluster is None else _summary([t.pick for _, t in tasks]),
             "seconds": {
@@ -462,7 +466,8 @@ class FlatHierarchicalQuery(_HALBase):
         """See :meth:`QueryStrategy.select`."""
         t0 = time.perf_counter()
         avail = self._validate(pool, budget)
-        u_all = pool.uncertainty(self.ranking(pool))
+        pick = self.pick_rule(pool)
+        u_all = pool.uncertainty(self._ranking_for(pick))
         m = int(min(math.ceil(self.candidate_ratio * budget), avail.size))
         conf = self._confident(pool)
         cand = _top_candidates(u_all[avail], avail, None if conf is None else conf[avail], m)
@@ -475,7 +480,7 @@ class FlatHierarchicalQuery(_HALBase):
             budget,
             self._fine_backend(resolve_backend(self.kmeans_backend)),
             seed,
-            self.pick_rule(pool),
+            pick,
             self._labeled_rows(pool),
         )
         picks = cand[self._run([task])[0]]
