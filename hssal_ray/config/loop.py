@@ -28,8 +28,9 @@ class QueryConfig:
         fine_method: Fine clustering of the candidates.
         pick: Which sample of each fine cluster is queried: the most ``uncertain``, the most
             ``typical`` (TypiClust density), ``balanced`` (best sum of its uncertainty rank and its
-            typicality rank among the candidates), or ``auto``: typical while the labeled set holds fewer
-            than ``typical_until`` labels per class on average, uncertain from then on;
+            typicality rank among the candidates), ``eer`` (the largest expected error reduction on
+            the pool's k-NN graph, ``hssal_ray/query/eer.py``), or ``auto``: typical while the labeled
+            set holds fewer than ``typical_until`` labels per class on average, ``late_pick`` from then on;
             ``auto_local`` (HAL): that rule inside each coarse cluster, by its share of the labels.
         typical_until: Labels per class (average) at which ``pick: auto`` turns from typical to
             uncertain.
@@ -47,6 +48,8 @@ class QueryConfig:
             once it is uncertain.
         late_uncertainty: With ``pick: auto``/``auto_local``: the score HAL ranks by once picks are
             uncertain (``same`` = ``uncertainty``).
+        late_pick: With ``pick: auto``/``auto_local``: the pick once the labeled set is past
+            ``typical_until`` (``uncertain`` or ``eer``).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -58,7 +61,7 @@ class QueryConfig:
     coarse_k: int = 0
     candidate_ratio: float = 3.0
     fine_method: Literal["kmeans", "spectral"] = "kmeans"
-    pick: Literal["uncertain", "typical", "balanced", "auto", "auto_local"] = "uncertain"
+    pick: Literal["uncertain", "typical", "balanced", "eer", "auto", "auto_local"] = "uncertain"
     typical_until: float = _added(3.0)
     coarse_fit_sample: int = 100_000
     kmeans_backend: Literal["auto", "torch", "faiss", "sklearn", "cuml"] = "auto"
@@ -68,6 +71,7 @@ class QueryConfig:
     cover_labeled: bool = _added(False)
     alloc_over: Literal["pool", "candidates", "auto"] = _added("pool")
     late_uncertainty: Literal["same", "badge", "entropy", "margin", "least_confidence"] = _added("same")
+    late_pick: Literal["uncertain", "eer"] = _added("uncertain")
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

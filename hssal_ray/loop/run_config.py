@@ -50,7 +50,7 @@ def _strategy_keys(name: str, pick: str) -> set[str]:
     if name == "hal_flat":
         keys -= _FLAT_IGNORES
     if pick not in ("auto", "auto_local"):
-        keys -= {"typical_until", "late_uncertainty"}
+        keys -= {"typical_until", "late_uncertainty", "late_pick"}
     return keys
 
 

@@ -64,10 +64,12 @@ class ClusterTask:
         u: (m,) their uncertainty.
         n_picks: b_k, ``1 <= n_picks <= m``.
         fine_method: ``"kmeans"`` or ``"spectral"``.
-        pick: ``"uncertain"``, ``"typical"`` or ``"balanced"``.
+        pick: ``"uncertain"``, ``"typical"``, ``"balanced"`` or ``"eer"`` (largest ``gain``).
         backend: CPU k-means backend for the fine level.
         max_iter: k-means iterations.
         seed: random seed of this task.
+        gain: (m,) expected error reduction of labeling each candidate (``pick="eer"``,
+            :func:`hssal_ray.query.eer.eer_gain`), or None.
         labeled: (L, d) float32 embeddings of the labeled rows of this coarse cluster, or None.
             With rows, the fine clustering covers candidates and labeled rows together into
             ``n_picks + L`` clusters and picks come from the clusters that hold no labeled row,
@@ -84,6 +86,7 @@ class ClusterTask:
     max_iter: int = 20
     seed: int = 0
     labeled: np.ndarray | None = None
+    gain: np.ndarray | None = None
 
 
 def _fine_labels(task: ClusterTask) -> np.ndarray:
@@ -125,8 +128,13 @@ def _pick(task: ClusterTask, m: int, b: int) -> np.ndarray:
     dens = typicality(task.emb) if task.pick in ("typical", "balanced") else None
     # Rank of each candidate inside its fine cluster (lower = picked first): position in priority
     # order (uncertain), -density (typical), or the sum of both ranks over the task's candidates
-    # (balanced: Borda count of uncertainty and typicality, scale-free: information density).
-    if dens is None:
+    # (balanced: Borda count of uncertainty and typicality, scale-free: information density), or
+    # -gain (eer: expected error reduction on the graph).
+    if task.pick == "eer":
+        if task.gain is None or len(task.gain) != m:
+            raise ValueError(f"pick 'eer' needs a gain per candidate ({m}), got {task.gain!r:.60}")
+        rank = -np.asarray(task.gain, dtype=np.float64)
+    elif dens is None:
         rank = np.arange(m, dtype=np.float64)
     elif task.pick == "typical":
         rank = -dens.astype(np.float64)

@@ -8,7 +8,8 @@
 2. budget per coarse cluster proportional to its uncertainty mass (:func:`allocate_budget`);
 3. per coarse cluster, the ``ceil(r * b_k)`` most uncertain rows are the candidates;
 4. fine clustering of the candidates into ``b_k`` clusters (k-means, or spectral on a kNN graph);
-5. one pick per fine cluster: the most uncertain (or the most typical) member.
+5. one pick per fine cluster: the most uncertain (or the most typical) member, or the one whose
+   label is expected to settle the most of the graph (``eer``, :mod:`hssal_ray.query.eer`).
 
 Steps 3-5 of each coarse cluster are independent: they run in :func:`_select_in_cluster`, a pure,
 picklable function mapped over :class:`ClusterTask` objects with ``map_fn`` (builtin ``map`` by
@@ -32,6 +33,7 @@ from hssal_ray.config.loop import MIN_COARSE_FIT_SAMPLE
 from hssal_ray.errors import BudgetError, DataError
 from hssal_ray.query.backends import BACKENDS, assign_chunked, make_kmeans, resolve_backend
 from hssal_ray.query.base import Pool, QueryStrategy, nonfinite_rows, register
+from hssal_ray.query.eer import MAX_CONTEXT, context_rows, eer_gain
 from hssal_ray.query.hal_steps import (
     ClusterTask,
     _select_in_cluster,
@@ -165,7 +167,7 @@ class _HALBase(QueryStrategy):
         "coarse_k": lambda v: isinstance(v, int | np.integer) and v >= 0,
         "candidate_ratio": lambda v: isinstance(v, int | float) and v >= 1.0,
         "fine_method": ("kmeans", "spectral"),
-        "pick": ("uncertain", "typical", "balanced", "auto", "auto_local"),
+        "pick": ("uncertain", "typical", "balanced", "eer", "auto", "auto_local"),
         "typical_until": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
         "coarse_fit_sample": lambda v: isinstance(v, int | np.integer) and v >= MIN_COARSE_FIT_SAMPLE,
         "kmeans_backend": BACKENDS,
@@ -175,6 +177,7 @@ class _HALBase(QueryStrategy):
         "cover_labeled": (True, False),
         "alloc_over": ("pool", "candidates", "auto"),
         "late_uncertainty": ("same", *(u for u in UNCERTAINTIES if u != "disagreement")),
+        "late_pick": ("uncertain", "eer"),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -194,6 +197,7 @@ class _HALBase(QueryStrategy):
         cover_labeled: bool = False,
         alloc_over: str = "pool",
         late_uncertainty: str = "same",
+        late_pick: str = "uncertain",
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -211,6 +215,7 @@ class _HALBase(QueryStrategy):
         self.cover_labeled = cover_labeled
         self.alloc_over = alloc_over  # hal only, as alloc_temper
         self.late_uncertainty = late_uncertainty
+        self.late_pick = late_pick
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -227,7 +232,8 @@ class _HALBase(QueryStrategy):
         ``auto`` follows TypiClust's finding (Hacohen et al., 2022): with very few labels per class
         the model's uncertainty is a poor guide and the most *typical* sample of each fine cluster
         is the better query; once the labeled set holds ``typical_until`` labels per class on
-        average (labeled rows of the pool / number of classes) the most *uncertain* one is.
+        average (labeled rows of the pool / number of classes) ``late_pick`` is (the most
+        *uncertain* one, or ``eer``).
         """
         if self.pick not in ("auto", "auto_local"):
             return self.pick
@@ -235,7 +241,7 @@ class _HALBase(QueryStrategy):
         n_classes = int(np.shape(pool.probs)[1]) if pool.probs is not None else 0
         if n_classes == 0:
             return "typical"
-        return "typical" if n_labeled < self.typical_until * n_classes else "uncertain"
+        return "typical" if n_labeled < self.typical_until * n_classes else self.late_pick
 
     def ranking(self, pool: Pool) -> str:
         """The uncertainty this round ranks by: ``late_uncertainty`` once ``auto`` picks uncertain."""
@@ -243,7 +249,7 @@ class _HALBase(QueryStrategy):
 
     def _ranking_for(self, rule: str) -> str:
         late = self.late_uncertainty
-        if late == "same" or self.pick not in ("auto", "auto_local") or rule != "uncertain":
+        if late == "same" or self.pick not in ("auto", "auto_local") or rule == "typical":
             return self.uncertainty
         return late
 
@@ -258,6 +264,7 @@ class _HALBase(QueryStrategy):
         seed: int,
         pick: str,
         labeled: np.ndarray | None = None,
+        gain: np.ndarray | None = None,
     ) -> ClusterTask:
         return ClusterTask(
             cluster=cluster,
@@ -270,6 +277,7 @@ class _HALBase(QueryStrategy):
             max_iter=int(self.kmeans_iters),
             seed=int(seed),
             labeled=None if labeled is None or labeled.size == 0 else take_rows(emb, labeled),
+            gain=gain,
         )
 
     def _run(self, tasks: list[ClusterTask]) -> list[np.ndarray]:
@@ -292,7 +300,34 @@ class _HALBase(QueryStrategy):
         ex = np.asarray(pool.exclude, dtype=bool) if pool.exclude is not None else np.zeros(len(pool), bool)
         n_lab = np.bincount(labels[ex], minlength=k1).astype(np.float64)
         need = self.typical_until * n_classes * sizes / max(len(pool), 1)
-        return ["uncertain" if n_lab[k] >= need[k] else "typical" for k in range(k1)]
+        return [self.late_pick if n_lab[k] >= need[k] else "typical" for k in range(k1)]
+
+    def _eer_gains(
+        self, pool: Pool, cands: list[np.ndarray], groups: list[np.ndarray | None], seed: int
+    ) -> list[np.ndarray]:
+        """Expected error reduction of every candidate (:func:`hssal_ray.query.eer.eer_gain`).
+
+        One graph over the whole pool (labeled rows included) while it has at most
+        :data:`~hssal_ray.query.eer.MAX_CONTEXT` rows; above that one graph per group (``groups[i]``:
+        the pool rows of candidate set ``i``'s coarse cluster), each capped at that many rows (the
+        candidates and a sample of the rest), so the cost grows with the pool, not its square.
+        """
+        if pool.probs is None:
+            raise DataError("query.pick 'eer' needs the pool's class probabilities (the scores' probs column)")
+        probs = np.asarray(pool.probs, dtype=np.float32)
+        free = ~np.asarray(pool.exclude, dtype=bool) if pool.exclude is not None else np.ones(len(pool), bool)
+        rng = np.random.default_rng(seed)
+        n = len(pool)
+        if n <= MAX_CONTEXT:
+            allc = np.concatenate(cands)
+            gain = eer_gain(take_rows(pool.embeddings, np.arange(n)), probs, free, allc)
+            return np.split(gain, np.cumsum([c.size for c in cands])[:-1])
+        out = []
+        for cand, rows in zip(cands, groups, strict=True):
+            ctx = context_rows(np.arange(n) if rows is None else rows, cand, MAX_CONTEXT, rng)
+            pos = np.searchsorted(ctx, cand)
+            out.append(eer_gain(take_rows(pool.embeddings, ctx), probs[ctx], free[ctx], pos))
+        return out
 
     def _labeled_rows(self, pool: Pool) -> np.ndarray | None:
         """Labeled pool rows (``pool.exclude``) when ``cover_labeled`` is on, else None."""
@@ -317,7 +352,8 @@ class HierarchicalQuery(_HALBase):
         fine_method: ``"kmeans"`` or ``"spectral"`` (kNN affinity) at the fine level.
         pick: ``"uncertain"`` (most uncertain per fine cluster), ``"typical"`` (TypiClust density),
             ``"balanced"`` (best sum of the uncertainty rank and the typicality rank: information
-            density without a scale), or ``"auto"``: typical while the labeled set is small,
+            density without a scale), ``"eer"`` (the largest expected error reduction on the k-NN
+            graph labels spread over, :mod:`hssal_ray.query.eer`), or ``"auto"``: typical while the labeled set is small,
             uncertain after (:meth:`pick_rule`).
         typical_until: for ``pick="auto"``: labels per class (on average) from which picks are
             the most uncertain instead of the most typical.
@@ -340,6 +376,8 @@ class HierarchicalQuery(_HALBase):
             picks by once the round's rule is uncertain (``"same"``: ``uncertainty``). While picks
             are typical the score only chooses candidates; once they are uncertain it chooses the
             picks themselves, and a different score may serve each job better.
+        late_pick: with ``pick="auto"``/``"auto_local"``: the pick once the rule leaves typical:
+            ``"uncertain"``, or ``"eer"`` (expected error reduction on the pool's k-NN graph).
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -396,7 +434,7 @@ class HierarchicalQuery(_HALBase):
         counts = np.bincount(lab_av, minlength=k1)
         over = self.alloc_over
         if over == "auto":
-            over = "candidates" if pick == "uncertain" else "pool"
+            over = "candidates" if pick in ("uncertain", "eer") else "pool"
         if over == "candidates":  # only the pool's r * B most uncertain rows carry mass
             m_all = int(min(math.ceil(self.candidate_ratio * budget), n_av))
             top = np.argpartition(-w, m_all - 1)[:m_all] if m_all < n_av else np.arange(n_av)
@@ -413,17 +451,29 @@ class HierarchicalQuery(_HALBase):
         labeled = self._labeled_rows(pool)
         lab_of = labels[labeled] if labeled is not None else None
         picks_by_cluster = self._local_rules(pool, labels, k1) if self.pick == "auto_local" else None
-        tasks = []
-        for k in np.flatnonzero(b):
+        ks = np.flatnonzero(b)
+        cands = []
+        for k in ks:
             rows = avail[order[starts[k] : starts[k + 1]]]
             m = int(min(math.ceil(self.candidate_ratio * b[k]), rows.size))
-            cand = _top_candidates(u_all[rows], rows, None if conf is None else conf[rows], m)
+            cands.append(_top_candidates(u_all[rows], rows, None if conf is None else conf[rows], m))
+        rules = [pick if picks_by_cluster is None else picks_by_cluster[k] for k in ks]
+        gains: list[np.ndarray | None] = [None] * len(ks)
+        t_filter = time.perf_counter()
+        if "eer" in rules:
+            by_cluster = np.argsort(labels, kind="stable")
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k1))])
+            groups = [np.sort(by_cluster[bounds[k] : bounds[k + 1]]) for k in ks]
+            gains = list(self._eer_gains(pool, cands, list(groups), seed))
+        t_eer = time.perf_counter()
+        tasks = []
+        for i, k in enumerate(ks):
             lab_k = None if labeled is None else labeled[lab_of == k]
             seed_k = seed + 7919 * (k + 1)
-            pick_k = pick if picks_by_cluster is None else picks_by_cluster[k]
-            task = self._task(int(k), emb, cand, u_all, b[k], fine_backend, seed_k, pick_k, lab_k)
-            tasks.append((cand, task))
-        t_filter = time.perf_counter()
+            task = self._task(
+                int(k), emb, cands[i], u_all, b[k], fine_backend, seed_k, rules[i], lab_k, gains[i]
+            )
+            tasks.append((cands[i], task))
         results = self._run([t for _, t in tasks])
         picks = np.concatenate([cand[r] for (cand, _), r in zip(tasks, results, strict=True)])
         picks = picks[np.lexsort((picks, -u_all[picks]))]
@@ -445,7 +495,8 @@ class HierarchicalQuery(_HALBase):
                 "coarse_fit": t_fit - t0,
                 "assign": t_assign - t_fit,
                 "filter": t_filter - t_assign,
-                "fine": t_end - t_filter,
+                "eer": t_eer - t_filter,
+                "fine": t_end - t_eer,
                 "total": t_end - t0,
             },
         }
@@ -472,6 +523,7 @@ class FlatHierarchicalQuery(_HALBase):
         conf = self._confident(pool)
         cand = _top_candidates(u_all[avail], avail, None if conf is None else conf[avail], m)
         seed = int(self._rng().integers(2**31 - 1))
+        gain = self._eer_gains(pool, [cand], [None], seed)[0] if pick == "eer" else None
         task = self._task(
             0,
             pool.embeddings,
@@ -482,6 +534,7 @@ class FlatHierarchicalQuery(_HALBase):
             seed,
             pick,
             self._labeled_rows(pool),
+            gain,
         )
         picks = cand[self._run([task])[0]]
         picks = picks[np.lexsort((picks, -u_all[picks]))]
