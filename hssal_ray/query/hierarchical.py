@@ -313,7 +313,7 @@ class _HALBase(QueryStrategy):
         candidates and a sample of the rest), so the cost grows with the pool, not its square.
         """
         if pool.probs is None:
-            raise DataError("query.pick 'eer' needs the pool's class probabilities (the scores' probs column)")
+            raise DataError("query.pick 'eer' needs the pool's class probabilities (the scores' 'probs')")
         probs = np.asarray(pool.probs, dtype=np.float32)
         free = ~np.asarray(pool.exclude, dtype=bool) if pool.exclude is not None else np.ones(len(pool), bool)
         rng = np.random.default_rng(seed)
@@ -353,8 +353,8 @@ class HierarchicalQuery(_HALBase):
         pick: ``"uncertain"`` (most uncertain per fine cluster), ``"typical"`` (TypiClust density),
             ``"balanced"`` (best sum of the uncertainty rank and the typicality rank: information
             density without a scale), ``"eer"`` (the largest expected error reduction on the k-NN
-            graph labels spread over, :mod:`hssal_ray.query.eer`), or ``"auto"``: typical while the labeled set is small,
-            uncertain after (:meth:`pick_rule`).
+            graph labels spread over, :mod:`hssal_ray.query.eer`), or ``"auto"``: typical while the
+            labeled set is small, ``late_pick`` after (:meth:`pick_rule`).
         typical_until: for ``pick="auto"``: labels per class (on average) from which picks are
             the most uncertain instead of the most typical.
         coarse_fit_sample: at most this many rows (and at most 256 per centroid) are used to fit the

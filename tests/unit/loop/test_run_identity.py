@@ -36,6 +36,7 @@ GRAPH = [*FROZEN, "frozen.pseudo_labels=graph"]
         (["query.strategy=random"], "query.pick=typical"),
         (["query.pick=typical"], "query.typical_until=5"),
         (["query.pick=typical"], "query.late_uncertainty=margin"),
+        (["query.pick=eer"], "query.late_pick=eer"),
         (["query.strategy=hal_flat"], "query.coarse_k=4"),
         (["query.strategy=hal_flat"], "query.alloc_temper=0.2"),
         (["query.strategy=hal_flat"], "query.alloc_over=candidates"),
@@ -65,6 +66,7 @@ def test_an_unused_key_leaves_the_identity(base: list[str], change: str) -> None
         (["query.pick=auto"], "query.typical_until=5"),
         (["query.pick=auto"], "query.late_uncertainty=margin"),
         (["query.strategy=hal_flat", "query.pick=auto"], "query.late_uncertainty=margin"),
+        (["query.pick=auto"], "query.late_pick=eer"),
         (["query.strategy=margin"], "query.budget=7"),
         (["query.strategy=margin"], "query.uncertainty=entropy"),  # the score recorded per query
         (["query.strategy=margin", "loop.cold_start=typiclust"], "query.kmeans_iters=5"),
