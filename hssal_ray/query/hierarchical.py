@@ -32,7 +32,7 @@ import torch
 from hssal_ray.config.loop import MIN_COARSE_FIT_SAMPLE
 from hssal_ray.errors import BudgetError, DataError
 from hssal_ray.query.backends import BACKENDS, assign_chunked, make_kmeans, resolve_backend
-from hssal_ray.query.base import Pool, QueryStrategy, nonfinite_rows, register
+from hssal_ray.query.base import Pool, QueryStrategy, nonfinite_rows, register, top_k
 from hssal_ray.query.eer import MAX_CONTEXT, context_rows, eer_gain
 from hssal_ray.query.hal_steps import (
     ClusterTask,
@@ -437,7 +437,7 @@ class HierarchicalQuery(_HALBase):
             over = "candidates" if pick in ("uncertain", "eer") else "pool"
         if over == "candidates":  # only the pool's r * B most uncertain rows carry mass
             m_all = int(min(math.ceil(self.candidate_ratio * budget), n_av))
-            top = np.argpartition(-w, m_all - 1)[:m_all] if m_all < n_av else np.arange(n_av)
+            top = top_k(w, m_all)  # the rows the flat variant would take (ties: lower row first)
             mass = np.bincount(lab_av[top], weights=w[top], minlength=k1)
         else:
             mass = np.bincount(lab_av, weights=w, minlength=k1)
