@@ -159,10 +159,10 @@ def run_size(spec: dict[str, Any]) -> dict[str, Any]:
         picks=len(picks),
         distinct_picks=len(set(picks)),
     )
-    # the pool once more, after the stage's time and memory are taken: its ids and embedding size
-    pool = load_pool(scores)
-    emb_mb = pool.embeddings.nbytes / 2**20
-    q["budget"] = min(cfg.query.budget, len(pool.ids))
+    # the scored ids (that column only), after the stage's time and memory are taken
+    pool = load_pool(scores, columns=[])
+    emb_mb = info["query_embedding_mb"]
+    q["budget"] = min(cfg.query.budget, info["query_pool_rows"])
     q["driver_peak_excl_emb_mb"] = round(q["driver_peak_mb"] - emb_mb, 1)
     q["coarse_k"] = info.get("coarse_k")
 

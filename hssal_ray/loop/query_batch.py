@@ -36,7 +36,8 @@ def run_query(
         ``(ids, uncertainty, coarse_cluster or None, info)`` where ``info`` goes into metrics.jsonl
         (e.g. ``coarse_k``, ``coarse_clusters_covered``), with where the time went (``perf_counter``
         seconds): ``query_load_s`` reading the pool and leaving out the labeled ids,
-        ``query_select_s`` the strategy's selection and the picks' uncertainties.
+        ``query_select_s`` the strategy's selection and the picks' uncertainties; ``query_pool_rows``
+        and ``query_embedding_mb``, the pool it read (labeled rows included).
     """
     from hssal_ray.query import load_pool, strategy_from_config
     from hssal_ray.query.scores_io import exclude_mask
@@ -71,4 +72,7 @@ def run_query(
     info["query_mean_u"] = float(np.nanmean(u)) if len(u) else float("nan")
     info["query_load_s"] = t1 - t0
     info["query_select_s"] = t2 - t1
+    info["query_pool_rows"] = int(len(pool.ids))
+    emb = pool.embeddings
+    info["query_embedding_mb"] = float(emb.nbytes / 2**20) if emb is not None else 0.0
     return [str(pool.ids[i]) for i in idx], u, coarse, info

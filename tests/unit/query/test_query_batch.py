@@ -24,6 +24,8 @@ def test_run_query_excludes_labeled_ids_as_np_isin_would(tmp_path) -> None:
     assert all(type(s) is str for s in ids) and len(u) == 20 and info["query_strategy"].startswith("Hier")
     for key in ("query_load_s", "query_select_s"):  # where the round's query time went
         assert type(info[key]) is float and info[key] >= 0.0, key
+    assert info["query_pool_rows"] == 400  # the pool it read, labeled rows included
+    assert info["query_embedding_mb"] == pool.embeddings.nbytes / 2**20
     # the same picks as the reference membership test (np.isin over the object ids)
     ref = load_pool(path)
     ref.exclude = np.isin(ref.ids, np.asarray(sorted(labeled), dtype=object))
