@@ -89,6 +89,53 @@ def curve_margins(summary: dict[str, Any], method: str = "hssal") -> dict[str, A
     return out
 
 
+def lead_needed(
+    summary: dict[str, Any],
+    method: str = "hssal",
+    levels: tuple[float, ...] = (0.8, 0.95),
+    n_boot: int = 20_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How far ahead a method must truly be to pass "``method`` >= every baseline in every cell".
+
+    The cells are the rounds after the cold start against each ``>=`` baseline (:data:`BASELINES`
+    but supervised + HAL). Each cell's per-seed paired differences are centred on their mean (the
+    spread the runs measured, with no lead), a uniform lead ``delta`` is added, and the seeds are
+    resampled with replacement, the same seeds for every cell (so the cells' correlation is kept):
+    the share of resamples where every cell's mean is >= 0 is the chance to pass. The bootstrap of
+    a few seeds under-states their spread, so the leads found are lower bounds.
+
+    Returns:
+        ``{"cells": int, "seeds": int, "lead": {level: points or None}, "p_at": {points: prob}}``;
+        empty when fewer than 2 seeds or no baseline is shared.
+    """
+    h = summary.get(method)
+    cols = []
+    seeds: list[Any] = []
+    if h:
+        for other in BASELINES:
+            o = summary.get(other)
+            if other == "supervised_hal" or not o:
+                continue
+            common = sorted(set(h["per_seed"]) & set(o["per_seed"]))
+            n = min(len(h["num_labeled"]), len(o["num_labeled"]))
+            if len(common) < 2 or n < 2 or (seeds and common != seeds):
+                continue
+            seeds = common
+            d = 100 * np.array([np.subtract(h["per_seed"][s][1:n], o["per_seed"][s][1:n]) for s in common])
+            cols.append(d - d.mean(0))
+    if not cols:
+        return {}
+    centred = np.concatenate(cols, axis=1)  # (seeds, cells), points
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(seeds), size=(n_boot, len(seeds)))
+    worst = centred[idx].mean(1).min(1)  # per resample, the lowest cell mean at no lead
+    grid = np.round(np.arange(0.0, 10.01, 0.1), 1)
+    p = {float(g): float((worst + g >= 0).mean()) for g in grid}
+    lead = {lv: next((g for g in p if p[g] >= lv), None) for lv in levels}
+    return {"cells": int(centred.shape[1]), "seeds": len(seeds), "lead": lead, "p_at": p}
+
+
 def checks(summary: dict[str, Any], diffs: dict[str, Any]) -> list[str]:
     """The issue's acceptance lines, measured."""
     lines = []
@@ -114,6 +161,19 @@ def checks(summary: dict[str, Any], diffs: dict[str, Any]) -> list[str]:
         verdict = "yes" if not bad else f"NO at {', '.join(bad)}"
         note = f" (margin within one std at {', '.join(close)})" if close else ""
         lines.append(f"HSSAL {op} {other} after the cold start: {verdict}{note}")
+    need = lead_needed(summary)
+    if need:
+        lv = need["lead"]
+        say = ", ".join(
+            f"{v:.1f} points for {100 * k:.0f}%" if v is not None else f"over 10 points for {100 * k:.0f}%"
+            for k, v in lv.items()
+        )
+        lines.append(
+            f'How demanding "HSSAL >= every baseline in all {need["cells"]} cells" is with this '
+            "seed spread: a method truly ahead of each by the same lead in every cell passes it with a "
+            f"chance of {100 * need['p_at'][1.0]:.0f}% at 1 point; it needs {say} (bootstrap over the "
+            f"{need['seeds']} seeds, cells resampled together; lower bounds)"
+        )
     return lines
 
 

@@ -120,3 +120,32 @@ def test_render_rebuilds_the_report_from_a_result_file(
     assert "Over the whole curve after the cold start" in (out / "label_efficiency.md").read_text()
     with pytest.raises(SystemExit):
         le.main(["--render", str(tmp_path / "missing.json")])
+
+
+def test_lead_needed_grows_with_the_seed_spread_and_the_number_of_cells() -> None:
+    from benchmarks._efficiency_report import checks, lead_needed, paired
+
+    rng = np.random.default_rng(0)
+    h = {s: [0.5, 0.8, 0.85, 0.9] for s in range(5)}
+
+    def noisy(sd: float) -> dict[int, list[float]]:
+        return {s: [0.5, *(np.array(v[1:]) + rng.normal(0, sd, 3))] for s, v in h.items()}
+
+    flat = lead_needed(_summary4({"hssal": h, "ssl_margin": h}))  # no spread: no lead needed
+    assert flat["cells"] == 3 and flat["seeds"] == 5 and flat["lead"] == {0.8: 0.0, 0.95: 0.0}
+    small = lead_needed(_summary4({"hssal": h, "ssl_margin": noisy(0.005)}))
+    wide = lead_needed(_summary4({"hssal": h, "ssl_margin": noisy(0.02)}))
+    assert 0.0 < small["lead"][0.95] < wide["lead"][0.95]
+    p = list(wide["p_at"].values())
+    assert all(a <= b for a, b in zip(p, p[1:], strict=False)) and p[-1] == 1.0  # a chance, rising
+    more = lead_needed(_summary4({"hssal": h, **{m: noisy(0.02) for m in ("ssl_margin", "ssl_entropy")}}))
+    assert more["cells"] == 6
+    assert lead_needed(_summary4({"hssal": h, "supervised_hal": noisy(0.02)})) == {}  # ">" is not ">="
+    s = _summary4({"hssal": h, "ssl_margin": noisy(0.02)})
+    for m in s.values():
+        m |= {"accuracy_std": [0.0] * 4, "label_fraction": [0.02, 0.04, 0.06, 0.08]}
+    assert any(line.startswith("How demanding") for line in checks(s, paired(s)))
+
+
+def _summary4(per_seed: dict[str, dict[int, list[float]]]) -> dict[str, Any]:
+    return {m: {"num_labeled": [10, 20, 30, 40], "per_seed": s} for m, s in per_seed.items()}
