@@ -26,6 +26,7 @@ __all__ = [
     "copy_name",
     "copy_views",
     "plan_copies",
+    "long_tail_subset",
     "check_groups",
     "wasted_picks",
     "waste_summary",
@@ -108,6 +109,37 @@ def _cut(keys: list[int], inside: np.ndarray) -> int:
     lo = max((k for k, i in zip(keys, inside, strict=True) if i), default=-1)
     hi = min((k for k, i in zip(keys, inside, strict=True) if not i), default=2**64)
     return (lo + hi) // 2
+
+
+def long_tail_subset(
+    ids: list[str], labels: np.ndarray, ratio: float, seed: int = 0
+) -> tuple[list[str], dict[int, int]]:
+    """The images a ``ratio``:1 long-tailed version of a dataset keeps (Cui et al. 2019's profile).
+
+    The classes are put in a seeded random order; class ``i`` of ``C`` keeps ``ceil(n_i *
+    ratio ** (-i / (C - 1)))`` of its ``n_i`` images (at least 1), those ranked first by a hash of
+    their id, so the head class keeps all of them and the last about ``1 / ratio``. Deterministic.
+
+    Returns:
+        (the kept ids in the input's order, {class: images kept}).
+    """
+    if ratio < 1:
+        raise DataError(f"--long-tail must be >= 1 (head : tail), got {ratio}")
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    order = np.random.default_rng(seed).permutation(classes)
+    keep: set[str] = set()
+    kept: dict[int, int] = {}
+    for i, c in enumerate(order):
+        members = [s for s, lab in zip(ids, labels, strict=True) if lab == c]
+        share = ratio ** (-i / max(len(order) - 1, 1))
+        n = max(1, int(np.ceil(len(members) * share - 1e-9)))
+        ranked = sorted(
+            members, key=lambda s: hashlib.blake2b(f"lt{seed}:{s}".encode(), digest_size=8).digest()
+        )
+        keep.update(ranked[:n])
+        kept[int(c)] = n
+    return [s for s in ids if s in keep], kept
 
 
 def plan_copies(

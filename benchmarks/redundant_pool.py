@@ -58,6 +58,7 @@ from benchmarks._redundant import (
     copy_index,
     copy_name,
     copy_views,
+    long_tail_subset,
     original_of,
     plan_copies,
     waste_markdown,
@@ -214,9 +215,17 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     tf = cfg.data.test_fraction
     cat = scan(src, test_fraction=tf, seed=0)
     t = cat.table.to_pydict()
-    plan = plan_copies(t["sample_id"], np.array(t["label"]), args.copies, args.seeds, tf)
+    ids, labels = t["sample_id"], np.array(t["label"])
+    per_class = None
+    if args.long_tail > 1:  # a subset of the images first, then the copies of what is kept
+        ids, kept = long_tail_subset(ids, labels, args.long_tail)
+        labels = np.array([t["label"][i] for i in np.flatnonzero(np.isin(t["sample_id"], ids))])
+        per_class = {cat.class_names[c]: n for c, n in kept.items()}
+    plan = plan_copies(ids, labels, args.copies, args.seeds, tf)
     got = np.array([len(p) for p in plan.values()])
     meta = {"source": src, "copies": args.copies, "seeds": args.seeds, "test_fraction": tf}
+    if per_class is not None:
+        meta.update(long_tail=args.long_tail, images_by_class=per_class)
     meta.update(images=len(plan), pool=len(plan) + int(got.sum()))
     link_root(src, out, plan, meta)
     checked = check_groups(out, args.seeds, tf)
@@ -242,8 +251,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_markdown(r: dict[str, Any]) -> str:
     lo, hi = r["image_test_fraction_range"]
+    tail = f", {r['long_tail']:g}:1 long-tailed" if r.get("long_tail") else ""
     lines = [
-        f"# Redundant pool: {r['source']} with up to {r['copies']} near-copies per image",
+        f"# Redundant pool: {r['source']}{tail} with up to {r['copies']} near-copies per image",
         "",
         f"- command: `{r['command']}`",
         f"- root: `{r['root']}` (hard links)",
@@ -251,6 +261,11 @@ def build_markdown(r: dict[str, Any]) -> str:
         f"- {r['images']} images + {r['copies_made']} copies = pool of {r['pool']} "
         f"(images by copies held: {r['images_by_copies']})",
         f"- {r['checked']}",
+        *(
+            [f"- images kept per class (head to tail, seeded order): {r['images_by_class']}"]
+            if r.get("long_tail")
+            else []
+        ),
         f"- build: {r.get('cpu_s', float('nan')):.0f} CPU-seconds (this process)",
         f"- test fraction of the root per class: max drift {r['test_fraction_max_drift']:+.4f} "
         f"from {r['test_fraction']}; share of each class's images in test, any seed: {lo:.3f}-{hi:.3f}",
@@ -285,7 +300,12 @@ def run(args: argparse.Namespace) -> int:
     path, _ = store_location(_config(args.profile, root, args.overrides))
     if not os.path.isfile(os.path.join(path, "meta.json")):
         raise DataError(f"no embedding store for {root} at {path}: run `build` again (the runs would encode)")
-    name = args.dataset_name or f"{Path(meta['source']).name.upper()} x{meta['copies'] + 1} near-copies"
+    parts = [Path(meta["source"]).name.upper()]
+    if meta.get("long_tail"):
+        parts.append(f"{meta['long_tail']:g}:1 long-tailed")
+    if meta["copies"]:
+        parts.append(f"x{meta['copies'] + 1} near-copies")
+    name = args.dataset_name or " ".join(parts)
     over = [*args.overrides]
     if args.budgets_of == "images":
         over += budget_overrides(_config(args.profile, root, over), meta["pool"] / meta["images"], over)
@@ -315,6 +335,8 @@ def run(args: argparse.Namespace) -> int:
     rc = label_efficiency.main(argv)
     if rc:
         return rc
+    if not meta["copies"]:  # nothing to waste picks on: the label-efficiency report is the result
+        return rc
     method_of = {s: m for m, s in label_efficiency.SSL_METHODS.items()}
     wasted = waste_summary(Path(args.run_dir).resolve() / args.tag / f"{args.tag}_ssl")
     summary = {method_of.get(s, s): v for s, v in wasted.items()}
@@ -338,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         "--copies", type=int, default=4, help="near-copies per image (at most 2 x frozen.embed_views)"
     )
     b.add_argument("--seeds", type=int, default=5, help="split seeds checked leak-free: range(seeds)")
+    b.add_argument(
+        "--long-tail",
+        type=float,
+        default=1.0,
+        help="keep a R:1 long-tailed subset of the images first (class i of C keeps R**(-i/(C-1)))",
+    )
     b.add_argument(
         "--out", required=True, help="the new root (beside the source's file system, not in the repo)"
     )
