@@ -154,3 +154,38 @@ def test_budget_overrides_keep_the_source_label_counts() -> None:
     # 2% / 8% of UCM's 1,680 training images = the same counts of its x5 pool's 8,400
     assert [label_count(v, 8400) for v in values] == [label_count(0.02, 1680), 34, label_count(0.08, 1680)]
     assert rp.budget_overrides(cfg, 5.0, ["query.budget=0.01"]) == []
+
+
+def test_long_tail_subset_profile() -> None:
+    from benchmarks._redundant import long_tail_subset
+
+    ids = [f"c{c}/x{i:03d}.png" for c in range(5) for i in range(100)]
+    labels = np.repeat(np.arange(5), 100)
+    kept, per_class = long_tail_subset(ids, labels, 5.0, seed=1)
+    assert sorted(per_class.values()) == [20, 30, 45, 67, 100]  # ceil(100 * 5 ** (-i / 4))
+    assert kept == [s for s in ids if s in set(kept)]  # the input's order
+    for c, n in per_class.items():
+        assert sum(s.startswith(f"c{c}/") for s in kept) == n
+    assert long_tail_subset(ids, labels, 5.0, seed=1) == (kept, per_class)  # deterministic
+    assert long_tail_subset(ids, labels, 5.0, seed=2)[1] != per_class  # the class order is seeded
+    assert long_tail_subset(ids, labels, 1.0)[0] == ids
+    with pytest.raises(DataError, match="long-tail"):
+        long_tail_subset(ids, labels, 0.5)
+
+
+def test_build_a_long_tailed_root(tmp_path: Path) -> None:
+    src, images = _source(tmp_path)
+    cache = str(tmp_path / "cache")
+    feats, src_ids = _source_store(src, cache)
+    out = str(tmp_path / "lt")
+    over = [f"data.embedding_cache={cache}"]
+    argv = ["build", "--data", src, "--copies", "0", "--long-tail", "2", "--seeds", "2", "--out", out]
+    assert rp.main([*argv, "--report", str(tmp_path / "report"), *over]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["long_tail"] == 2 and report["images_by_class"] == {"road": 12, "farm": 8, "lake": 6}
+    files = sorted(str(p.relative_to(out)) for p in Path(out).rglob("*.png"))
+    assert len(files) == report["pool"] == 26 and set(files) <= set(images)
+    store = open_store(rp.store_location(rp._config("configs/ucm_cpu.yaml", out, over))[0])
+    for r, sid in enumerate(store.ids):  # every kept image keeps its own views
+        assert np.array_equal(store.views["none"][r], feats["none"][src_ids.index(sid)])
+    assert "2:1 long-tailed" in (tmp_path / "report.md").read_text()
