@@ -44,8 +44,9 @@ class QueryConfig:
             picks only from fine clusters that hold none (TypiClust's coverage rule).
         alloc_over: HAL sums each coarse cluster's uncertainty mass over all its rows (``pool``) or
             only over its rows among the pool's ``ceil(candidate_ratio * budget)`` most uncertain
-            (``candidates``); ``auto``: ``pool`` while the round's pick rule is typical, ``candidates``
-            once it is uncertain.
+            (``candidates``); ``global``: those rows are also the candidates, each coarse cluster
+            clustering its share of them (the flat variant's selection in K1 pieces); ``auto``:
+            ``pool`` while the round's pick rule is typical, ``candidates`` once it is uncertain.
         late_uncertainty: With ``pick: auto``/``auto_local``: the score HAL ranks by once picks are
             uncertain (``same`` = ``uncertainty``).
         late_pick: With ``pick: auto``/``auto_local``: the pick once the labeled set is past
@@ -69,7 +70,7 @@ class QueryConfig:
     ssl_aware: bool = False
     alloc_temper: float = 1.0
     cover_labeled: bool = _added(False)
-    alloc_over: Literal["pool", "candidates", "auto"] = _added("pool")
+    alloc_over: Literal["pool", "candidates", "global", "auto"] = _added("pool")
     late_uncertainty: Literal["same", "badge", "entropy", "margin", "least_confidence"] = _added("same")
     late_pick: Literal["uncertain", "eer"] = _added("uncertain")
     parallel: bool = _runtime(False)

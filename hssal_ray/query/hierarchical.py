@@ -175,7 +175,7 @@ class _HALBase(QueryStrategy):
         "ssl_aware": (True, False),
         "alloc_temper": lambda v: isinstance(v, int | float) and 0.0 <= v <= 1.0,
         "cover_labeled": (True, False),
-        "alloc_over": ("pool", "candidates", "auto"),
+        "alloc_over": ("pool", "candidates", "global", "auto"),
         "late_uncertainty": ("same", *(u for u in UNCERTAINTIES if u != "disagreement")),
         "late_pick": ("uncertain", "eer"),
         "map_fn": lambda v: v is None or callable(v),
@@ -372,6 +372,10 @@ class HierarchicalQuery(_HALBase):
             thousands of moderately uncertain rows; every non-empty cluster still gets one pick.
             ``"auto"``: ``pool`` while the round's pick rule is typical (explore: spread the budget
             by region), ``candidates`` once it is uncertain (exploit: follow the most uncertain rows).
+            ``"global"``: the coarse level only splits the work: the pool's ``ceil(r * B)`` most
+            uncertain rows (the flat variant's candidates) are the candidates, each coarse cluster
+            clusters its share of them into a share of the budget by their uncertainty mass
+            (clusters holding none get no pick), so the fine problems are K1 pieces of the flat one.
         late_uncertainty: with ``pick="auto"``/``"auto_local"``: the score HAL ranks, allocates and
             picks by once the round's rule is uncertain (``"same"``: ``uncertainty``). While picks
             are typical the score only chooses candidates; once they are uncertain it chooses the
@@ -435,7 +439,13 @@ class HierarchicalQuery(_HALBase):
         over = self.alloc_over
         if over == "auto":
             over = "candidates" if pick in ("uncertain", "eer") else "pool"
-        if over == "candidates":  # only the pool's r * B most uncertain rows carry mass
+        shared, cap = None, counts  # cap: the most picks a cluster can take
+        if over == "global":  # the flat variant's candidates, each coarse cluster clustering its share
+            m_all = int(min(math.ceil(self.candidate_ratio * budget), n_av))
+            shared = _top_candidates(u_all[avail], avail, None if conf is None else conf[avail], m_all)
+            cap = np.bincount(labels[shared], minlength=k1)
+            mass = np.bincount(labels[shared], weights=u_all[shared].astype(np.float64), minlength=k1)
+        elif over == "candidates":  # only the pool's r * B most uncertain rows carry mass
             m_all = int(min(math.ceil(self.candidate_ratio * budget), n_av))
             top = top_k(w, m_all)  # the rows the flat variant would take (ties: lower row first)
             mass = np.bincount(lab_av[top], weights=w[top], minlength=k1)
@@ -443,8 +453,8 @@ class HierarchicalQuery(_HALBase):
             mass = np.bincount(lab_av, weights=w, minlength=k1)
         t = float(self.alloc_temper)
         if t < 1.0:  # tempered: between uncertainty mass (t=1) and cluster size (t=0)
-            mass = np.power(np.maximum(mass, 0.0), t) * np.power(counts.astype(np.float64), 1.0 - t)
-        b = allocate_budget(mass, counts, budget)
+            mass = np.power(np.maximum(mass, 0.0), t) * np.power(cap.astype(np.float64), 1.0 - t)
+        b = allocate_budget(mass, cap, budget)
         order = np.argsort(lab_av, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)])
         fine_backend = self._fine_backend(backend)
@@ -453,7 +463,10 @@ class HierarchicalQuery(_HALBase):
         picks_by_cluster = self._local_rules(pool, labels, k1) if self.pick == "auto_local" else None
         ks = np.flatnonzero(b)
         cands = []
-        for k in ks:
+        if shared is not None:  # priority order kept inside each cluster
+            lab_sh = labels[shared]
+            cands = [shared[lab_sh == k] for k in ks]
+        for k in ks if shared is None else []:
             rows = avail[order[starts[k] : starts[k + 1]]]
             m = int(min(math.ceil(self.candidate_ratio * b[k]), rows.size))
             cands.append(_top_candidates(u_all[rows], rows, None if conf is None else conf[rows], m))
