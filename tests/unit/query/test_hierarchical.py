@@ -370,3 +370,25 @@ def test_coarse_fit_sample_has_one_lower_bound_in_config_and_strategy() -> None:
         HierarchicalQuery(coarse_fit_sample=MIN_COARSE_FIT_SAMPLE - 1)._check_params()
     with pytest.raises(ConfigError, match="coarse_fit_sample"):
         load_config(None, [f"query.coarse_fit_sample={MIN_COARSE_FIT_SAMPLE - 1}"])
+
+
+def test_alloc_over_global_splits_the_flat_candidates() -> None:
+    """``global``: the flat variant's r*B candidates are the only candidates; empty clusters get none."""
+    pool, blob = blob_pool(n=600, n_blobs=6, seed=5, fp16=False)
+    noise = np.random.default_rng(0).random(len(pool)).astype(np.float32)
+    pool.scores["u_badge"] = np.where(blob < 2, 1.0 + noise, 0.1 * noise)  # doubt in two blobs only
+    pool.exclude = np.zeros(len(pool), dtype=bool)
+    pool.exclude[:10] = True
+    kw = {"candidate_ratio": 2, "coarse_k": 8, "random_state": 0}
+    q = HierarchicalQuery(alloc_over="global", **kw)
+    picks = q.select(pool, 20)
+    flat = FlatHierarchicalQuery(candidate_ratio=2, random_state=0)
+    flat.select(pool, 20)
+    u = pool.uncertainty("badge")
+    cand = np.flatnonzero(~pool.exclude)[np.argsort(-u[~pool.exclude], kind="stable")[:40]]
+    assert set(picks) <= set(cand) and picks.size == 20 == np.unique(picks).size
+    assert q.info_["n_candidates"] == flat.info_["n_candidates"] == 40
+    held = np.bincount(q.coarse_labels_[cand], minlength=8)
+    b = q.info_["budget_per_cluster"]
+    assert b.sum() == 20 and (b <= held).all() and (b[held == 0] == 0).all()
+    assert (held == 0).any()  # this pool has coarse clusters without candidates: they get nothing
