@@ -19,7 +19,7 @@ def test_measure_and_table_on_a_tiny_pool(tmp_path) -> None:
         ("hal_flat", 80),
     ]
     assert all(r["params"] == recipe() and r["measured"] == "measured" for r in rows)
-    assert recipe()["pick"] == "auto" and recipe()["alloc_over"] == "candidates"  # read from the profile
+    assert recipe()["pick"] == "auto" and recipe()["alloc_over"] == "global"  # read from the profile
     lines = table(rows)
     assert [x["budget"] for x in lines] == [40, 80]
     assert all(x["HAL s"] > 0 and x["flat s"] > 0 for x in lines)
