@@ -7,6 +7,7 @@ import json
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -44,15 +45,22 @@ def _source_store(src: str, cache: str) -> tuple[dict[str, np.ndarray], list[str
     return feats, ids
 
 
-def test_build_links_splits_and_views(tmp_path: Path) -> None:
+def _build(tmp_path: Path, name: str, *flags: str) -> tuple[Any, ...]:
+    """``build`` of the synthetic source into ``tmp_path / name``: (src, images, feats, src ids, out,
+    overrides, report)."""
     src, images = _source(tmp_path)
     cache = str(tmp_path / "cache")
     feats, src_ids = _source_store(src, cache)
-    out = str(tmp_path / "pool")
+    out = str(tmp_path / name)
     over = [f"data.embedding_cache={cache}"]
-    argv = ["build", "--data", src, "--copies", "4", "--seeds", "3", "--out", out]
-    assert rp.main([*argv, "--report", str(tmp_path / "report"), *over]) == 0
+    argv = ["build", "--data", src, *flags, "--out", out, "--report", str(tmp_path / "report"), *over]
+    assert rp.main(argv) == 0
     report = json.loads((tmp_path / "report.json").read_text())
+    return src, images, feats, src_ids, out, over, report
+
+
+def test_build_links_splits_and_views(tmp_path: Path) -> None:
+    src, images, feats, src_ids, out, over, report = _build(tmp_path, "pool", "--copies", "4", "--seeds", "3")
 
     # hard links of the source images, nothing else
     files = sorted(
@@ -174,14 +182,8 @@ def test_long_tail_subset_profile() -> None:
 
 
 def test_build_a_long_tailed_root(tmp_path: Path) -> None:
-    src, images = _source(tmp_path)
-    cache = str(tmp_path / "cache")
-    feats, src_ids = _source_store(src, cache)
-    out = str(tmp_path / "lt")
-    over = [f"data.embedding_cache={cache}"]
-    argv = ["build", "--data", src, "--copies", "0", "--long-tail", "2", "--seeds", "2", "--out", out]
-    assert rp.main([*argv, "--report", str(tmp_path / "report"), *over]) == 0
-    report = json.loads((tmp_path / "report.json").read_text())
+    flags = ("--copies", "0", "--long-tail", "2", "--seeds", "2")
+    _, images, feats, src_ids, out, over, report = _build(tmp_path, "lt", *flags)
     assert report["long_tail"] == 2 and report["images_by_class"] == {"road": 12, "farm": 8, "lake": 6}
     files = sorted(str(p.relative_to(out)) for p in Path(out).rglob("*.png"))
     assert len(files) == report["pool"] == 26 and set(files) <= set(images)
