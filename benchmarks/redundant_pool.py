@@ -219,7 +219,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     per_class = None
     if args.long_tail > 1:  # a subset of the images first, then the copies of what is kept
         ids, kept = long_tail_subset(ids, labels, args.long_tail)
-        labels = np.array([t["label"][i] for i in np.flatnonzero(np.isin(t["sample_id"], ids))])
+        labels = labels[np.isin(t["sample_id"], ids)]  # the kept ids keep the scan's order
         per_class = {cat.class_names[c]: n for c, n in kept.items()}
     plan = plan_copies(ids, labels, args.copies, args.seeds, tf)
     got = np.array([len(p) for p in plan.values()])

@@ -303,14 +303,20 @@ class _HALBase(QueryStrategy):
         return [self.late_pick if n_lab[k] >= need[k] else "typical" for k in range(k1)]
 
     def _eer_gains(
-        self, pool: Pool, cands: list[np.ndarray], groups: list[np.ndarray | None], seed: int
+        self,
+        pool: Pool,
+        cands: list[np.ndarray],
+        seed: int,
+        labels: np.ndarray | None = None,
+        clusters: np.ndarray | None = None,
     ) -> list[np.ndarray]:
         """Expected error reduction of every candidate (:func:`hssal_ray.query.eer.eer_gain`).
 
         One graph over the whole pool (labeled rows included) while it has at most
-        :data:`~hssal_ray.query.eer.MAX_CONTEXT` rows; above that one graph per group (``groups[i]``:
-        the pool rows of candidate set ``i``'s coarse cluster), each capped at that many rows (the
-        candidates and a sample of the rest), so the cost grows with the pool, not its square.
+        :data:`~hssal_ray.query.eer.MAX_CONTEXT` rows; above that one graph per candidate set, over
+        the pool rows of its coarse cluster (``labels == clusters[i]``; the whole pool without
+        ``labels``), each capped at that many rows (the candidates and a sample of the rest), so the
+        cost grows with the pool, not its square.
         """
         if pool.probs is None:
             raise DataError("query.pick 'eer' needs the pool's class probabilities (the scores' 'probs')")
@@ -323,8 +329,10 @@ class _HALBase(QueryStrategy):
             gain = eer_gain(take_rows(pool.embeddings, np.arange(n)), probs, free, allc)
             return np.split(gain, np.cumsum([c.size for c in cands])[:-1])
         out = []
-        for cand, rows in zip(cands, groups, strict=True):
-            ctx = context_rows(np.arange(n) if rows is None else rows, cand, MAX_CONTEXT, rng)
+        for i, cand in enumerate(cands):
+            whole = labels is None or clusters is None
+            rows = np.arange(n) if whole else np.flatnonzero(labels == clusters[i])
+            ctx = context_rows(rows, cand, MAX_CONTEXT, rng)
             pos = np.searchsorted(ctx, cand)
             out.append(eer_gain(take_rows(pool.embeddings, ctx), probs[ctx], free[ctx], pos))
         return out
@@ -440,13 +448,12 @@ class HierarchicalQuery(_HALBase):
         if over == "auto":
             over = "candidates" if pick in ("uncertain", "eer") else "pool"
         shared, cap = None, counts  # cap: the most picks a cluster can take
+        m_all = int(min(math.ceil(self.candidate_ratio * budget), n_av))  # the flat variant's r * B
         if over == "global":  # the flat variant's candidates, each coarse cluster clustering its share
-            m_all = int(min(math.ceil(self.candidate_ratio * budget), n_av))
             shared = _top_candidates(u_all[avail], avail, None if conf is None else conf[avail], m_all)
             cap = np.bincount(labels[shared], minlength=k1)
             mass = np.bincount(labels[shared], weights=u_all[shared].astype(np.float64), minlength=k1)
         elif over == "candidates":  # only the pool's r * B most uncertain rows carry mass
-            m_all = int(min(math.ceil(self.candidate_ratio * budget), n_av))
             top = top_k(w, m_all)  # the rows the flat variant would take (ties: lower row first)
             mass = np.bincount(lab_av[top], weights=w[top], minlength=k1)
         else:
@@ -462,22 +469,20 @@ class HierarchicalQuery(_HALBase):
         lab_of = labels[labeled] if labeled is not None else None
         picks_by_cluster = self._local_rules(pool, labels, k1) if self.pick == "auto_local" else None
         ks = np.flatnonzero(b)
-        cands = []
         if shared is not None:  # priority order kept inside each cluster
             lab_sh = labels[shared]
             cands = [shared[lab_sh == k] for k in ks]
-        for k in ks if shared is None else []:
-            rows = avail[order[starts[k] : starts[k + 1]]]
-            m = int(min(math.ceil(self.candidate_ratio * b[k]), rows.size))
-            cands.append(_top_candidates(u_all[rows], rows, None if conf is None else conf[rows], m))
+        else:
+            cands = []
+            for k in ks:
+                rows = avail[order[starts[k] : starts[k + 1]]]
+                m = int(min(math.ceil(self.candidate_ratio * b[k]), rows.size))
+                cands.append(_top_candidates(u_all[rows], rows, None if conf is None else conf[rows], m))
         rules = [pick if picks_by_cluster is None else picks_by_cluster[k] for k in ks]
         gains: list[np.ndarray | None] = [None] * len(ks)
         t_filter = time.perf_counter()
         if "eer" in rules:
-            by_cluster = np.argsort(labels, kind="stable")
-            bounds = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k1))])
-            groups = [np.sort(by_cluster[bounds[k] : bounds[k + 1]]) for k in ks]
-            gains = list(self._eer_gains(pool, cands, list(groups), seed))
+            gains = [*self._eer_gains(pool, cands, seed, labels, ks)]
         t_eer = time.perf_counter()
         tasks = []
         for i, k in enumerate(ks):
@@ -536,7 +541,7 @@ class FlatHierarchicalQuery(_HALBase):
         conf = self._confident(pool)
         cand = _top_candidates(u_all[avail], avail, None if conf is None else conf[avail], m)
         seed = int(self._rng().integers(2**31 - 1))
-        gain = self._eer_gains(pool, [cand], [None], seed)[0] if pick == "eer" else None
+        gain = self._eer_gains(pool, [cand], seed)[0] if pick == "eer" else None
         task = self._task(
             0,
             pool.embeddings,
