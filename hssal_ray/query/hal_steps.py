@@ -194,3 +194,113 @@ def _top_candidates(u: np.ndarray, rows: np.ndarray, conf: np.ndarray | None, m:
     rest = np.flatnonzero(conf)
     fill = rest[top_k(u[rest], m - ok.size, rows[rest])]
     return np.concatenate([rows[ok[top_k(u[ok], ok.size, rows[ok])]], rows[fill]])
+
+
+def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(len(a), len(b)) squared Euclidean distances, clamped at 0 (float32)."""
+    return torch.addmm((b * b).sum(1), a, b.T, alpha=-2.0).add_((a * a).sum(1)[:, None]).clamp_(min=0)
+
+
+def cross_cluster_duplicates(
+    emb: Any,
+    picks: np.ndarray,
+    cands: list[np.ndarray],
+    coarse: np.ndarray,
+    chunk_size: int = 2048,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Replace picks that duplicate a pick of another coarse cluster (HAL's boundary check).
+
+    The fine level keeps the picks of one coarse cluster apart (one per fine cluster), but two
+    coarse clusters are solved apart: near-copies of one scene that straddle a coarse boundary are
+    picked once on each side. The flat variant, which clusters all candidates together, puts them
+    in one fine cluster. The scale of "one fine cluster" is measured, not set: ``radius`` is the
+    median distance from a candidate (not a pick) to the nearest pick of its own coarse cluster.
+    Going down the batch in priority order, a pick closer than ``radius`` to an earlier kept pick
+    of *another* coarse cluster is dropped; each dropped pick is replaced by the first candidate
+    of its own coarse cluster (priority order) at least ``radius`` from every pick, or, when none
+    is, by the candidate farthest from them (if farther than the dropped pick was); else it stays.
+
+    Args:
+        emb: pool embeddings (numpy or torch, any device); rows are indexed by ``picks``/``cands``.
+        picks: (B,) pool rows in priority order (most uncertain first).
+        cands: candidate pool rows of each coarse cluster that has picks, priority order each; the
+            picks are among them.
+        coarse: (n,) coarse cluster of every pool row.
+        chunk_size: rows per distance block.
+
+    Returns:
+        ``(picks, info)``: the batch (same size, priority order of the original kept, then the
+        replacements), and ``info`` with ``radius``, ``n_dropped`` and ``n_replaced``.
+    """
+    picks = np.asarray(picks, dtype=np.int64)
+    B = picks.size
+    info = {"radius": 0.0, "n_dropped": 0, "n_replaced": 0}
+    if B < 2 or len(cands) < 2:
+        return picks, info
+    P = torch.from_numpy(take_rows(emb, picks))
+    pc = coarse[picks]
+    is_pick = set(picks.tolist())
+    near = []  # each non-pick candidate's distance to the nearest pick of its coarse cluster
+    for c in cands:
+        rest = np.array([r for r in c.tolist() if r not in is_pick], dtype=np.int64)
+        own = torch.from_numpy(np.flatnonzero(pc == coarse[c[0]]))
+        if rest.size == 0 or own.numel() == 0:
+            continue
+        X = torch.from_numpy(take_rows(emb, rest))
+        near.append(_sq_dists(X, P[own]).min(1).values)
+    if not near:
+        return picks, info
+    r2 = float(torch.cat(near).median())
+    info["radius"] = math.sqrt(r2)
+    # close cross-cluster pairs (i later than j in priority order), found in blocks
+    pairs: list[tuple[int, int]] = []
+    pct = torch.from_numpy(pc)
+    for s in range(0, B, chunk_size):
+        d2 = _sq_dists(P[s : s + chunk_size], P)
+        i_idx = torch.arange(s, min(s + chunk_size, B))[:, None]
+        other = pct[s : s + chunk_size, None] != pct[None, :]
+        mask = (d2 < r2) & (torch.arange(B)[None, :] < i_idx) & other
+        ii, jj = torch.nonzero(mask, as_tuple=True)
+        pairs += list(zip((ii + s).tolist(), jj.tolist(), strict=True))
+    if not pairs:
+        return picks, info
+    dropped = np.zeros(B, dtype=bool)
+    by_i: dict[int, list[int]] = {}
+    for i, j in pairs:
+        by_i.setdefault(i, []).append(j)
+    for i in sorted(by_i):
+        dropped[i] = any(not dropped[j] for j in by_i[i])
+    kept = picks[~dropped]
+    info["n_dropped"] = int(dropped.sum())
+    chosen = torch.from_numpy(take_rows(emb, kept))
+    cand_of = {int(coarse[c[0]]): c for c in cands}
+    mins: dict[int, torch.Tensor] = {}  # per coarse cluster: its candidates' distance to the batch
+    cx: dict[int, torch.Tensor] = {}  # and their embeddings
+    taken = set(kept.tolist())
+    out = [*kept.tolist()]
+    for i in np.flatnonzero(dropped):
+        k = int(pc[i])
+        c = cand_of[k]
+        if k not in mins:
+            cx[k] = torch.from_numpy(take_rows(emb, c))
+            mins[k] = _sq_dists(cx[k], chosen).min(1).values
+        free = torch.from_numpy(np.array([r not in taken for r in c.tolist()]))
+        m = torch.where(free, mins[k], torch.full_like(mins[k], -1.0))
+        ok = torch.nonzero(m >= r2).flatten()
+        dp = float(_sq_dists(P[i : i + 1], chosen).min()) if chosen.shape[0] else 0.0
+        if ok.numel():
+            pos = int(ok[0])
+        elif float(m.max()) > dp:
+            pos = int(m.argmax())
+        else:  # nothing farther from the batch than the dropped pick: it stays
+            pos = int(np.flatnonzero(c == picks[i])[0])
+        row = int(c[pos])
+        if row != picks[i]:
+            info["n_replaced"] += 1
+        out.append(row)
+        taken.add(row)
+        new = torch.from_numpy(take_rows(emb, np.array([row])))
+        chosen = torch.cat([chosen, new])
+        for kk, v in mins.items():  # the new pick is now part of the batch
+            mins[kk] = torch.minimum(v, _sq_dists(cx[kk], new)[:, 0])
+    return np.asarray(out, dtype=np.int64), info

@@ -38,6 +38,7 @@ from hssal_ray.query.hal_steps import (
     ClusterTask,
     _select_in_cluster,
     _top_candidates,
+    cross_cluster_duplicates,
     take_rows,
     typicality,
 )
@@ -178,6 +179,7 @@ class _HALBase(QueryStrategy):
         "alloc_over": ("pool", "candidates", "global", "auto"),
         "late_uncertainty": ("same", *(u for u in UNCERTAINTIES if u != "disagreement")),
         "late_pick": ("uncertain", "eer"),
+        "boundary_check": (True, False),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -198,6 +200,7 @@ class _HALBase(QueryStrategy):
         alloc_over: str = "pool",
         late_uncertainty: str = "same",
         late_pick: str = "uncertain",
+        boundary_check: bool = False,
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -216,6 +219,7 @@ class _HALBase(QueryStrategy):
         self.alloc_over = alloc_over  # hal only, as alloc_temper
         self.late_uncertainty = late_uncertainty
         self.late_pick = late_pick
+        self.boundary_check = boundary_check  # hal only, as alloc_temper
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -390,6 +394,10 @@ class HierarchicalQuery(_HALBase):
             picks themselves, and a different score may serve each job better.
         late_pick: with ``pick="auto"``/``"auto_local"``: the pick once the rule leaves typical:
             ``"uncertain"``, or ``"eer"`` (expected error reduction on the pool's k-NN graph).
+        boundary_check: after the fine level, a pick closer than the fine clusters' measured radius
+            to a pick of another coarse cluster is replaced by the next candidate of its own cluster
+            that is not (:func:`~hssal_ray.query.hal_steps.cross_cluster_duplicates`): near-copies
+            split by a coarse boundary are otherwise picked once on each side.
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -495,6 +503,11 @@ class HierarchicalQuery(_HALBase):
         results = self._run([t for _, t in tasks])
         picks = np.concatenate([cand[r] for (cand, _), r in zip(tasks, results, strict=True)])
         picks = picks[np.lexsort((picks, -u_all[picks]))]
+        t_fine = time.perf_counter()
+        boundary = None
+        if self.boundary_check:
+            picks, boundary = cross_cluster_duplicates(emb, picks, cands, labels)
+            picks = picks[np.lexsort((picks, -u_all[picks]))]
         t_end = time.perf_counter()
         self.coarse_labels_ = labels
         self.coarse_centers_ = np.asarray(km.cluster_centers_)
@@ -509,12 +522,14 @@ class HierarchicalQuery(_HALBase):
             "uncertainty": score,
             "n_candidates": int(sum(len(c) for c, _ in tasks)),
             "pick": pick if picks_by_cluster is None else _summary([t.pick for _, t in tasks]),
+            "boundary": boundary,
             "seconds": {
                 "coarse_fit": t_fit - t0,
                 "assign": t_assign - t_fit,
                 "filter": t_filter - t_assign,
                 "eer": t_eer - t_filter,
-                "fine": t_end - t_eer,
+                "fine": t_fine - t_eer,
+                "boundary": t_end - t_fine,
                 "total": t_end - t0,
             },
         }

@@ -159,7 +159,7 @@ def test_coarse_fit_on_a_subsample() -> None:
     s = HierarchicalQuery(coarse_fit_sample=100, random_state=0)
     assert s.select(pool, 20).size == 20
     assert s.coarse_labels_.shape == (500,) and (s.coarse_labels_ >= 0).all()
-    assert set(s.info_["seconds"]) == {"coarse_fit", "assign", "filter", "eer", "fine", "total"}
+    assert set(s.info_["seconds"]) == {"coarse_fit", "assign", "filter", "eer", "fine", "boundary", "total"}
 
 
 def test_auto_coarse_k() -> None:
