@@ -8,6 +8,7 @@ other strategies share (:func:`take_rows`, :func:`typicality`).
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,24 +125,30 @@ def _select_in_cluster(task: ClusterTask) -> np.ndarray:
         return _pick(task, m, b)
 
 
-def _pick(task: ClusterTask, m: int, b: int) -> np.ndarray:
-    dens = typicality(task.emb) if task.pick in ("typical", "balanced") else None
-    # Rank of each candidate inside its fine cluster (lower = picked first): position in priority
-    # order (uncertain), -density (typical), or the sum of both ranks over the task's candidates
-    # (balanced: Borda count of uncertainty and typicality, scale-free: information density), or
-    # -gain (eer: expected error reduction on the graph).
+def candidate_rank(task: ClusterTask) -> np.ndarray:
+    """(m,) float64 rank of each candidate under the task's pick rule (lower = picked first).
+
+    Position in priority order (``uncertain``), -density (``typical``), the sum of both ranks over
+    the task's candidates (``balanced``: Borda count of uncertainty and typicality, scale-free:
+    information density), or -gain (``eer``: expected error reduction on the graph).
+    """
+    m = task.emb.shape[0]
     if task.pick == "eer":
         if task.gain is None or len(task.gain) != m:
             raise ValueError(f"pick 'eer' needs a gain per candidate ({m}), got {task.gain!r:.60}")
-        rank = -np.asarray(task.gain, dtype=np.float64)
-    elif dens is None:
-        rank = np.arange(m, dtype=np.float64)
-    elif task.pick == "typical":
-        rank = -dens.astype(np.float64)
-    else:
-        by_density = np.empty(m, dtype=np.float64)
-        by_density[np.argsort(-dens, kind="stable")] = np.arange(m)
-        rank = np.arange(m, dtype=np.float64) + by_density
+        return -np.asarray(task.gain, dtype=np.float64)
+    if task.pick not in ("typical", "balanced"):
+        return np.arange(m, dtype=np.float64)
+    dens = typicality(task.emb)
+    if task.pick == "typical":
+        return -dens.astype(np.float64)
+    by_density = np.empty(m, dtype=np.float64)
+    by_density[np.argsort(-dens, kind="stable")] = np.arange(m)
+    return np.arange(m, dtype=np.float64) + by_density
+
+
+def _pick(task: ClusterTask, m: int, b: int) -> np.ndarray:
+    rank = candidate_rank(task)  # inside each fine cluster, the best-ranked candidate is picked
     if task.labeled is not None and len(task.labeled):
         picks = _uncovered_picks(task, m, b, rank)
     elif b == 1:
@@ -206,6 +213,7 @@ def cross_cluster_duplicates(
     picks: np.ndarray,
     cands: list[np.ndarray],
     coarse: np.ndarray,
+    rank_of: Callable[[int], np.ndarray] | None = None,
     chunk_size: int = 2048,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Replace picks that duplicate a pick of another coarse cluster (HAL's boundary check).
@@ -219,6 +227,7 @@ def cross_cluster_duplicates(
     of *another* coarse cluster is dropped; each dropped pick is replaced by the first candidate
     of its own coarse cluster (priority order) at least ``radius`` from every pick, or, when none
     is, by the candidate farthest from them (if farther than the dropped pick was); else it stays.
+    With ``rank_of``, "first" follows the round's pick rule (e.g. the most typical) instead.
 
     Args:
         emb: pool embeddings (numpy or torch, any device); rows are indexed by ``picks``/``cands``.
@@ -226,6 +235,9 @@ def cross_cluster_duplicates(
         cands: candidate pool rows of each coarse cluster that has picks, priority order each; the
             picks are among them.
         coarse: (n,) coarse cluster of every pool row.
+        rank_of: ``rank_of(i)`` is the (len(cands[i]),) rank of ``cands[i]`` under the pick rule
+            (lower first, :func:`candidate_rank`); None: priority order. Called only for clusters
+            that lost a pick.
         chunk_size: rows per distance block.
 
     Returns:
@@ -273,22 +285,29 @@ def cross_cluster_duplicates(
     kept = picks[~dropped]
     info["n_dropped"] = int(dropped.sum())
     chosen = torch.from_numpy(take_rows(emb, kept))
-    cand_of = {int(coarse[c[0]]): c for c in cands}
+    index_of = {int(coarse[c[0]]): i for i, c in enumerate(cands)}
     mins: dict[int, torch.Tensor] = {}  # per coarse cluster: its candidates' distance to the batch
     cx: dict[int, torch.Tensor] = {}  # and their embeddings
+    best: dict[int, np.ndarray] = {}  # and their order of preference
     taken = set(kept.tolist())
     out = [*kept.tolist()]
     for i in np.flatnonzero(dropped):
         k = int(pc[i])
-        c = cand_of[k]
+        c = cands[index_of[k]]
         if k not in mins:
             cx[k] = torch.from_numpy(take_rows(emb, c))
             mins[k] = _sq_dists(cx[k], chosen).min(1).values
+            best[k] = (
+                np.arange(c.size)
+                if rank_of is None
+                else np.lexsort((np.arange(c.size), rank_of(index_of[k])))
+            )
         free = torch.from_numpy(np.array([r not in taken for r in c.tolist()]))
         m = torch.where(free, mins[k], torch.full_like(mins[k], -1.0))
-        ok = torch.nonzero(m >= r2).flatten()
+        far = (m >= r2).numpy()[best[k]]
+        ok = best[k][far]
         dp = float(_sq_dists(P[i : i + 1], chosen).min()) if chosen.shape[0] else 0.0
-        if ok.numel():
+        if ok.size:
             pos = int(ok[0])
         elif float(m.max()) > dp:
             pos = int(m.argmax())

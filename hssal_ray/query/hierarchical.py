@@ -38,6 +38,7 @@ from hssal_ray.query.hal_steps import (
     ClusterTask,
     _select_in_cluster,
     _top_candidates,
+    candidate_rank,
     cross_cluster_duplicates,
     take_rows,
     typicality,
@@ -506,7 +507,10 @@ class HierarchicalQuery(_HALBase):
         t_fine = time.perf_counter()
         boundary = None
         if self.boundary_check:
-            picks, boundary = cross_cluster_duplicates(emb, picks, cands, labels)
+            ts = [t for _, t in tasks]
+            picks, boundary = cross_cluster_duplicates(
+                emb, picks, cands, labels, rank_of=lambda i: candidate_rank(ts[i])
+            )
             picks = picks[np.lexsort((picks, -u_all[picks]))]
         t_end = time.perf_counter()
         self.coarse_labels_ = labels

@@ -1,0 +1,110 @@
+"""HAL's boundary check: picks that duplicate a pick of another coarse cluster are replaced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hssal_ray.query import HierarchicalQuery, Pool, compute_all
+from hssal_ray.query.hal_steps import cross_cluster_duplicates
+
+from ._data import blob_pool
+
+
+def _grid() -> tuple[np.ndarray, np.ndarray]:
+    """Two coarse clusters on a line: rows 0-9 (cluster 0) at x = 0..9, rows 10-19 (cluster 1) at x = row,
+    except row 10 at 9.05 (a near-copy of row 9 across the boundary), row 11 at 10.9, row 13 at 12.8.
+    """
+    x = np.arange(20.0)
+    x[[10, 11, 13]] = [9.05, 10.9, 12.8]
+    emb = np.stack([x, np.zeros_like(x)], 1).astype(np.float32)
+    coarse = np.array([0] * 10 + [1] * 10)
+    return emb, coarse
+
+
+def test_a_near_copy_across_the_boundary_is_replaced_by_its_clusters_next_candidate() -> None:
+    emb, coarse = _grid()
+    # picks in priority order: 9 (cluster 0), 10 (its near-copy, cluster 1), 1, 15, 19
+    picks = np.array([9, 10, 1, 15, 19])
+    cands = [np.array([9, 1, 5, 3, 0]), np.array([10, 11, 15, 19, 13])]
+    out, info = cross_cluster_duplicates(emb, picks, cands, coarse)
+    # radius: median distance of the non-picked candidates to their own cluster's nearest pick
+    # (5 -> 1: 4, 3 -> 1: 2, 0 -> 1: 1; 11 -> 10: 1.85, 13 -> 15: 2.2) = 2
+    assert info["radius"] == pytest.approx(2.0)
+    assert info["n_dropped"] == 1 and info["n_replaced"] == 1
+    # 11 is 1.9 from 9 (too close); 13 is the first candidate of cluster 1 >= 2 from every kept pick
+    np.testing.assert_array_equal(out, [9, 1, 15, 19, 13])
+
+
+def test_close_picks_of_one_coarse_cluster_are_left_alone() -> None:
+    emb, _ = _grid()
+    coarse = np.zeros(20, dtype=np.int64)
+    coarse[16:] = 1
+    picks = np.array([9, 10, 1, 17])  # 9 and 10 are twins, but both in cluster 0
+    cands = [np.array([9, 10, 1, 5, 3]), np.array([17, 16, 19])]
+    out, info = cross_cluster_duplicates(emb, picks, cands, coarse)
+    np.testing.assert_array_equal(out, picks)
+    assert info["n_dropped"] == 0
+
+
+def test_a_dropped_pick_stays_when_no_candidate_is_farther_from_the_batch() -> None:
+    emb, coarse = _grid()
+    picks = np.array([9, 10, 1, 15])
+    cands = [np.array([9, 1, 5, 3, 0]), np.array([10, 11, 15])]  # cluster 1's only other candidate: 11
+    out, info = cross_cluster_duplicates(emb, picks, cands, coarse)
+    # radius 1.85 (lower median of 4, 2, 1, 1.85); 11 is 1.9 from the batch: it replaces 10
+    assert info["radius"] == pytest.approx(1.85, abs=1e-5)
+    assert info["n_dropped"] == 1 and 11 in out and 10 not in out
+    cands = [np.array([9, 1, 5, 3, 0]), np.array([10, 15])]  # no other candidate in cluster 1
+    out, info = cross_cluster_duplicates(emb, picks, cands, coarse)
+    assert info["n_dropped"] == 1 and info["n_replaced"] == 0
+    assert sorted(out.tolist()) == sorted(picks.tolist())
+
+
+def test_torch_embeddings_give_the_same_batch() -> None:
+    emb, coarse = _grid()
+    picks = np.array([9, 10, 1, 15, 19])
+    cands = [np.array([9, 1, 5, 3, 0]), np.array([10, 11, 15, 19, 13])]
+    a, _ = cross_cluster_duplicates(emb, picks, cands, coarse)
+    b, _ = cross_cluster_duplicates(torch.from_numpy(emb), picks, cands, coarse, chunk_size=2)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_hal_with_the_check_spreads_a_pool_of_near_copies_across_more_scenes() -> None:
+    base, _ = blob_pool(n=400, d=16, n_blobs=6, seed=3, fp16=False)
+    rng = np.random.default_rng(0)
+    X = np.repeat(np.asarray(base.embeddings), 5, axis=0)
+    X += 0.02 * rng.standard_normal(X.shape).astype(np.float32)  # 5 near-copies of every scene
+    group = np.repeat(np.arange(400), 5)
+    P = np.repeat(np.asarray(base.probs), 5, axis=0)
+    pool = Pool(
+        ids=np.array([f"c{i}" for i in range(2000)], dtype=object),
+        embeddings=X,
+        probs=P,
+        scores=compute_all(P, X),
+    )
+    kw = dict(uncertainty="margin", candidate_ratio=10, alloc_over="global", coarse_k=12, random_state=0)
+    plain = HierarchicalQuery(**kw).select(pool, 60)
+    q = HierarchicalQuery(boundary_check=True, **kw)
+    checked = q.select(pool, 60)
+    assert checked.size == 60 and np.unique(checked).size == 60
+    assert q.info_["boundary"]["n_dropped"] >= 1
+    assert q.info_["seconds"]["boundary"] >= 0
+    assert np.unique(group[checked]).size > np.unique(group[plain]).size
+
+
+def test_the_replacement_follows_the_pick_rules_rank() -> None:
+    emb, coarse = _grid()
+    picks = np.array([9, 10, 1, 15, 19])
+    cands = [np.array([9, 1, 5, 3, 0]), np.array([10, 11, 15, 19, 13, 12])]
+    out, info = cross_cluster_duplicates(emb, picks, cands, coarse)
+    assert info["radius"] == pytest.approx(2.0) and out[-1] == 13  # priority order: 13 before 12
+    asked = []
+
+    def backwards(i: int) -> np.ndarray:  # a rule that prefers the last candidates
+        asked.append(i)
+        return -np.arange(cands[i].size, dtype=np.float64)
+
+    out, _ = cross_cluster_duplicates(emb, picks, cands, coarse, rank_of=backwards)
+    assert out[-1] == 12 and asked == [1]  # asked only for the cluster that lost a pick
