@@ -53,7 +53,8 @@ class QueryConfig:
             ``typical_until`` (``uncertain`` or ``eer``).
         boundary_check: HAL replaces a pick closer than the fine clusters' measured radius to a
             pick of another coarse cluster (near-copies split by a coarse boundary) with the next
-            candidate of its own coarse cluster that is not.
+            candidate of its own coarse cluster that is not; ``late``: only in rounds whose pick rule
+            is not typical (``pick: auto`` past ``typical_until``).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -76,7 +77,7 @@ class QueryConfig:
     alloc_over: Literal["pool", "candidates", "global", "auto"] = _added("pool")
     late_uncertainty: Literal["same", "badge", "entropy", "margin", "least_confidence"] = _added("same")
     late_pick: Literal["uncertain", "eer"] = _added("uncertain")
-    boundary_check: bool = _added(False)
+    boundary_check: bool | Literal["late"] = _added(False)
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

@@ -180,7 +180,7 @@ class _HALBase(QueryStrategy):
         "alloc_over": ("pool", "candidates", "global", "auto"),
         "late_uncertainty": ("same", *(u for u in UNCERTAINTIES if u != "disagreement")),
         "late_pick": ("uncertain", "eer"),
-        "boundary_check": (True, False),
+        "boundary_check": (True, False, "late"),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -201,7 +201,7 @@ class _HALBase(QueryStrategy):
         alloc_over: str = "pool",
         late_uncertainty: str = "same",
         late_pick: str = "uncertain",
-        boundary_check: bool = False,
+        boundary_check: bool | str = False,
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -398,7 +398,8 @@ class HierarchicalQuery(_HALBase):
         boundary_check: after the fine level, a pick closer than the fine clusters' measured radius
             to a pick of another coarse cluster is replaced by the next candidate of its own cluster
             that is not (:func:`~hssal_ray.query.hal_steps.cross_cluster_duplicates`): near-copies
-            split by a coarse boundary are otherwise picked once on each side.
+            split by a coarse boundary are otherwise picked once on each side. ``"late"``: only in
+            rounds whose pick rule is not ``typical``.
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -506,7 +507,7 @@ class HierarchicalQuery(_HALBase):
         picks = picks[np.lexsort((picks, -u_all[picks]))]
         t_fine = time.perf_counter()
         boundary = None
-        if self.boundary_check:
+        if self.boundary_check is True or (self.boundary_check == "late" and pick != "typical"):
             ts = [t for _, t in tasks]
             picks, boundary = cross_cluster_duplicates(
                 emb, picks, cands, labels, rank_of=lambda i: candidate_rank(ts[i])

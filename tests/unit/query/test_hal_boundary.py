@@ -108,3 +108,20 @@ def test_the_replacement_follows_the_pick_rules_rank() -> None:
 
     out, _ = cross_cluster_duplicates(emb, picks, cands, coarse, rank_of=backwards)
     assert out[-1] == 12 and asked == [1]  # asked only for the cluster that lost a pick
+
+
+@pytest.mark.parametrize(("typical_until", "checked"), [(1e9, False), (0.0, True)])
+def test_late_checks_only_rounds_past_the_typical_regime(typical_until: float, checked: bool) -> None:
+    pool, _ = blob_pool(n=600, seed=1)
+    q = HierarchicalQuery(
+        uncertainty="margin",
+        pick="auto",
+        typical_until=typical_until,
+        alloc_over="global",
+        candidate_ratio=10,
+        boundary_check="late",
+        random_state=0,
+    )
+    q.select(pool, 40)
+    assert q.info_["pick"] == ("uncertain" if checked else "typical")
+    assert (q.info_["boundary"] is not None) is checked
