@@ -55,6 +55,9 @@ class QueryConfig:
             pick of another coarse cluster (near-copies split by a coarse boundary) with the next
             candidate of its own coarse cluster that is not; ``late``: only in rounds whose pick rule
             is not typical (``pick: auto`` past ``typical_until``).
+        typical_scale: HAL's typical picks rank by density among the 20 nearest candidates of
+            their coarse cluster (``cluster``) or at the flat variant's scale (``flat``: 20 among
+            all the round's candidates, ``20 * m_k / M`` of a coarse cluster's ``m_k``).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -78,6 +81,7 @@ class QueryConfig:
     late_uncertainty: Literal["same", "badge", "entropy", "margin", "least_confidence"] = _added("same")
     late_pick: Literal["uncertain", "eer"] = _added("uncertain")
     boundary_check: bool | Literal["late"] = _added(False)
+    typical_scale: Literal["cluster", "flat"] = _added("cluster")
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

@@ -35,7 +35,9 @@ _QUERY_ALWAYS = ("strategy", "budget", "uncertainty")
 """Query keys every run reads: the strategy, its budget, and ``uncertainty``, the score recorded
 for every queried sample (``query_mean_u``) whatever the strategy ranks by."""
 
-_FLAT_IGNORES = frozenset({"coarse_k", "coarse_fit_sample", "alloc_temper", "alloc_over", "boundary_check"})
+_FLAT_IGNORES = frozenset(
+    {"coarse_k", "coarse_fit_sample", "alloc_temper", "alloc_over", "boundary_check", "typical_scale"}
+)
 """Constructor parameters of ``hal_flat`` that its ``select`` never reads (it has no coarse level)."""
 
 _GRAPH = ("graph_k", "graph_alpha", "graph_cutoff", "graph_max_nodes", "graph_balance")

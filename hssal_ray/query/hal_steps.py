@@ -20,6 +20,9 @@ from hssal_ray.query.base import top_k
 
 logger = logging.getLogger(__name__)
 
+#: TypiClust's k: typicality is the inverse mean distance to a candidate's 20 nearest neighbours.
+TYPICAL_NEIGHBORS = 20
+
 
 def take_rows(emb: Any, rows: np.ndarray) -> np.ndarray:
     """Gather ``emb[rows]`` as a float32 numpy array (m, d); ``emb`` is numpy or torch (any device)."""
@@ -29,7 +32,7 @@ def take_rows(emb: Any, rows: np.ndarray) -> np.ndarray:
     return np.asarray(emb[np.asarray(rows)], dtype=np.float32)
 
 
-def typicality(X: np.ndarray, n_neighbors: int = 20, chunk_size: int = 1024) -> np.ndarray:
+def typicality(X: np.ndarray, n_neighbors: int = TYPICAL_NEIGHBORS, chunk_size: int = 1024) -> np.ndarray:
     """TypiClust typicality: ``1 / (mean Euclidean distance to the k nearest neighbours + 1e-8)``.
 
     Args:
@@ -75,6 +78,7 @@ class ClusterTask:
             With rows, the fine clustering covers candidates and labeled rows together into
             ``n_picks + L`` clusters and picks come from the clusters that hold no labeled row,
             largest first (TypiClust's coverage rule inside HAL's candidate set).
+        n_neighbors: k of the typicality (``typical`` and ``balanced`` picks).
     """
 
     cluster: int
@@ -88,6 +92,7 @@ class ClusterTask:
     seed: int = 0
     labeled: np.ndarray | None = None
     gain: np.ndarray | None = None
+    n_neighbors: int = TYPICAL_NEIGHBORS
 
 
 def _fine_labels(task: ClusterTask) -> np.ndarray:
@@ -139,7 +144,7 @@ def candidate_rank(task: ClusterTask) -> np.ndarray:
         return -np.asarray(task.gain, dtype=np.float64)
     if task.pick not in ("typical", "balanced"):
         return np.arange(m, dtype=np.float64)
-    dens = typicality(task.emb)
+    dens = typicality(task.emb, task.n_neighbors)
     if task.pick == "typical":
         return -dens.astype(np.float64)
     by_density = np.empty(m, dtype=np.float64)

@@ -35,6 +35,7 @@ from hssal_ray.query.backends import BACKENDS, assign_chunked, make_kmeans, reso
 from hssal_ray.query.base import Pool, QueryStrategy, nonfinite_rows, register, top_k
 from hssal_ray.query.eer import MAX_CONTEXT, context_rows, eer_gain
 from hssal_ray.query.hal_steps import (
+    TYPICAL_NEIGHBORS,
     ClusterTask,
     _select_in_cluster,
     _top_candidates,
@@ -181,6 +182,7 @@ class _HALBase(QueryStrategy):
         "late_uncertainty": ("same", *(u for u in UNCERTAINTIES if u != "disagreement")),
         "late_pick": ("uncertain", "eer"),
         "boundary_check": (True, False, "late"),
+        "typical_scale": ("cluster", "flat"),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -202,6 +204,7 @@ class _HALBase(QueryStrategy):
         late_uncertainty: str = "same",
         late_pick: str = "uncertain",
         boundary_check: bool | str = False,
+        typical_scale: str = "cluster",
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -221,6 +224,7 @@ class _HALBase(QueryStrategy):
         self.late_uncertainty = late_uncertainty
         self.late_pick = late_pick
         self.boundary_check = boundary_check  # hal only, as alloc_temper
+        self.typical_scale = typical_scale  # hal only, as alloc_temper
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -270,6 +274,7 @@ class _HALBase(QueryStrategy):
         pick: str,
         labeled: np.ndarray | None = None,
         gain: np.ndarray | None = None,
+        n_neighbors: int = TYPICAL_NEIGHBORS,
     ) -> ClusterTask:
         return ClusterTask(
             cluster=cluster,
@@ -283,6 +288,7 @@ class _HALBase(QueryStrategy):
             seed=int(seed),
             labeled=None if labeled is None or labeled.size == 0 else take_rows(emb, labeled),
             gain=gain,
+            n_neighbors=int(n_neighbors),
         )
 
     def _run(self, tasks: list[ClusterTask]) -> list[np.ndarray]:
@@ -400,6 +406,11 @@ class HierarchicalQuery(_HALBase):
             that is not (:func:`~hssal_ray.query.hal_steps.cross_cluster_duplicates`): near-copies
             split by a coarse boundary are otherwise picked once on each side. ``"late"``: only in
             rounds whose pick rule is not ``typical``.
+        typical_scale: the neighbourhood of a typical pick's density: TypiClust's 20 nearest
+            candidates of its coarse cluster (``"cluster"``), or ``"flat"``: the flat variant's
+            scale, 20 neighbours among all the round's candidates, i.e. ``20 * m_k / M`` among the
+            ``m_k`` of a coarse cluster (at least 1). With a few dozen candidates per coarse cluster
+            the first is the cluster's centre, the second a local density as in the flat variant.
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -494,12 +505,16 @@ class HierarchicalQuery(_HALBase):
         if "eer" in rules:
             gains = [*self._eer_gains(pool, cands, seed, labels, ks)]
         t_eer = time.perf_counter()
+        n_flat = shared.size if shared is not None else sum(c.size for c in cands)
         tasks = []
         for i, k in enumerate(ks):
             lab_k = None if labeled is None else labeled[lab_of == k]
             seed_k = seed + 7919 * (k + 1)
+            nn = TYPICAL_NEIGHBORS
+            if self.typical_scale == "flat":  # the flat variant's 20 neighbours among all candidates
+                nn = max(1, round(TYPICAL_NEIGHBORS * cands[i].size / max(n_flat, 1)))
             task = self._task(
-                int(k), emb, cands[i], u_all, b[k], fine_backend, seed_k, rules[i], lab_k, gains[i]
+                int(k), emb, cands[i], u_all, b[k], fine_backend, seed_k, rules[i], lab_k, gains[i], nn
             )
             tasks.append((cands[i], task))
         results = self._run([t for _, t in tasks])

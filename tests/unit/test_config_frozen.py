@@ -188,7 +188,14 @@ PINNED = [
     (None, [], "b02539d80ea76d72", "72d4582c0972a53f"),
     (  # the profile's query recipe as it was then
         "ucm_cpu.yaml",
-        ["query.uncertainty=badge", "query.pick=typical", "query.typical_until=3.0", "query.alloc_over=pool"],
+        [
+            "query.uncertainty=badge",
+            "query.pick=typical",
+            "query.typical_until=3.0",
+            "query.alloc_over=pool",
+            "query.boundary_check=false",
+            "query.typical_scale=cluster",
+        ],
         "25939a226732554e",
         "3dd7640a15934953",
     ),
