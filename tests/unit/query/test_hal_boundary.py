@@ -125,3 +125,26 @@ def test_late_checks_only_rounds_past_the_typical_regime(typical_until: float, c
     q.select(pool, 40)
     assert q.info_["pick"] == ("uncertain" if checked else "typical")
     assert (q.info_["boundary"] is not None) is checked
+
+
+def test_typical_scale_flat_measures_density_with_the_flat_variants_share_of_neighbours() -> None:
+    pool, _ = blob_pool(n=2000, seed=2)
+    seen: list = []
+
+    def record(fn, tasks):  # a map_fn that keeps the tasks it runs
+        tasks = list(tasks)
+        seen.extend(tasks)
+        return map(fn, tasks)
+
+    kw = dict(uncertainty="margin", pick="typical", candidate_ratio=10, alloc_over="global", random_state=0)
+    HierarchicalQuery(typical_scale="flat", coarse_k=8, map_fn=record, **kw).select(pool, 40)
+    total = sum(t.emb.shape[0] for t in seen)
+    assert total == 400 and len(seen) > 1
+    for t in seen:
+        assert t.n_neighbors == max(1, round(20 * t.emb.shape[0] / total))
+    seen.clear()
+    HierarchicalQuery(coarse_k=8, map_fn=record, **kw).select(pool, 40)
+    assert {t.n_neighbors for t in seen} == {20}  # the default: TypiClust's 20 in every coarse cluster
+    # one coarse cluster holds all the candidates: both scales are the flat variant's
+    one = [HierarchicalQuery(typical_scale=s, coarse_k=1, **kw).select(pool, 40) for s in ("flat", "cluster")]
+    np.testing.assert_array_equal(*one)
