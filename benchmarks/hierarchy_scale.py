@@ -1,7 +1,8 @@
 """Where HAL's hierarchy pays: the query's cost, HAL against its flat variant, as the batch grows.
 
 Both run the product's strategies with the profile's query recipe (read from ``configs/ucm_cpu.yaml``:
-``candidate_ratio``, ``pick``, ``typical_until``, ``alloc_over``, ``alloc_temper``; an archive's first
+``candidate_ratio``, ``pick``, ``typical_until``, ``alloc_over``, ``alloc_temper``, ``typical_scale``,
+``boundary_check``; an archive's first
 rounds have few labels, so ``pick: auto`` picks typical) on the clustered synthetic pool of
 :mod:`benchmarks.query_speed` (n rows, d = 512, fp16, 200 true clusters of geometric sizes). The flat
 variant clusters the ``r * B`` most uncertain rows into B fine clusters, so its fine k-means costs
@@ -46,7 +47,8 @@ def recipe() -> dict[str, Any]:
     from hssal_ray.config import load_config
 
     q = load_config(str(PROFILE)).query
-    keys = ("candidate_ratio", "pick", "typical_until", "alloc_over", "alloc_temper")
+    keys = ("candidate_ratio", "pick", "typical_until", "alloc_over", "alloc_temper", "typical_scale")
+    keys += ("boundary_check",)
     return {**{k: getattr(q, k) for k in keys}, "uncertainty": "badge"}
 
 
