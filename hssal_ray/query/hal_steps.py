@@ -289,7 +289,9 @@ def cross_cluster_duplicates(
         dropped[i] = any(not dropped[j] for j in by_i[i])
     kept = picks[~dropped]
     info["n_dropped"] = int(dropped.sum())
-    chosen = torch.from_numpy(take_rows(emb, kept))
+    buf = torch.empty((B, P.shape[1]), dtype=P.dtype)  # the batch so far: kept, then replacements
+    n_in = kept.size
+    buf[:n_in] = P[torch.from_numpy(np.flatnonzero(~dropped))]
     index_of = {int(coarse[c[0]]): i for i, c in enumerate(cands)}
     mins: dict[int, torch.Tensor] = {}  # per coarse cluster: its candidates' distance to the batch
     cx: dict[int, torch.Tensor] = {}  # and their embeddings
@@ -301,7 +303,7 @@ def cross_cluster_duplicates(
         c = cands[index_of[k]]
         if k not in mins:
             cx[k] = torch.from_numpy(take_rows(emb, c))
-            mins[k] = _sq_dists(cx[k], chosen).min(1).values
+            mins[k] = _sq_dists(cx[k], buf[:n_in]).min(1).values
             best[k] = (
                 np.arange(c.size)
                 if rank_of is None
@@ -311,7 +313,7 @@ def cross_cluster_duplicates(
         m = torch.where(free, mins[k], torch.full_like(mins[k], -1.0))
         far = (m >= r2).numpy()[best[k]]
         ok = best[k][far]
-        dp = float(_sq_dists(P[i : i + 1], chosen).min()) if chosen.shape[0] else 0.0
+        dp = float(_sq_dists(P[i : i + 1], buf[:n_in]).min()) if n_in else 0.0
         if ok.size:
             pos = int(ok[0])
         elif float(m.max()) > dp:
@@ -324,7 +326,8 @@ def cross_cluster_duplicates(
         out.append(row)
         taken.add(row)
         new = torch.from_numpy(take_rows(emb, np.array([row])))
-        chosen = torch.cat([chosen, new])
+        buf[n_in] = new[0]
+        n_in += 1
         for kk, v in mins.items():  # the new pick is now part of the batch
             mins[kk] = torch.minimum(v, _sq_dists(cx[kk], new)[:, 0])
     return np.asarray(out, dtype=np.int64), info
