@@ -47,8 +47,15 @@ def recipe() -> dict[str, Any]:
     from hssal_ray.config import load_config
 
     q = load_config(str(PROFILE)).query
-    keys = ("candidate_ratio", "pick", "typical_until", "alloc_over", "alloc_temper", "typical_scale")
-    keys += ("boundary_check",)
+    keys = (
+        "candidate_ratio",
+        "pick",
+        "typical_until",
+        "alloc_over",
+        "alloc_temper",
+        "typical_scale",
+        "boundary_check",
+    )
     return {**{k: getattr(q, k) for k in keys}, "uncertainty": "badge"}
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hssal_ray.query.backends import limit_threads, make_kmeans
+from hssal_ray.query.backends import assign_chunked, limit_threads, make_kmeans
 from hssal_ray.query.base import top_k
 
 logger = logging.getLogger(__name__)
@@ -213,6 +213,11 @@ def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.addmm((b * b).sum(1), a, b.T, alpha=-2.0).add_((a * a).sum(1)[:, None]).clamp_(min=0)
 
 
+def _nearest_sq(x: Any, centers: torch.Tensor) -> torch.Tensor:
+    """(len(x),) squared distance of each row of ``x`` to its nearest row of ``centers``."""
+    return torch.from_numpy(assign_chunked(x, centers, return_distances=True)[1])
+
+
 def cross_cluster_duplicates(
     emb: Any,
     picks: np.ndarray,
@@ -263,11 +268,10 @@ def cross_cluster_duplicates(
         own = torch.from_numpy(np.flatnonzero(pc == coarse[c[0]]))
         if rest.size == 0 or own.numel() == 0:
             continue
-        X = torch.from_numpy(take_rows(emb, rest))
-        near.append(_sq_dists(X, P[own]).min(1).values)
+        near.append(_nearest_sq(take_rows(emb, rest), P[own]))
     if not near:
         return picks, info
-    r2 = float(torch.cat(near).median())
+    r2 = float(torch.cat(near).median())  # the lower median
     info["radius"] = math.sqrt(r2)
     # close cross-cluster pairs (i later than j in priority order), found in blocks
     pairs: list[tuple[int, int]] = []
@@ -303,7 +307,7 @@ def cross_cluster_duplicates(
         c = cands[index_of[k]]
         if k not in mins:
             cx[k] = torch.from_numpy(take_rows(emb, c))
-            mins[k] = _sq_dists(cx[k], buf[:n_in]).min(1).values
+            mins[k] = _nearest_sq(cx[k], buf[:n_in])
             best[k] = (
                 np.arange(c.size)
                 if rank_of is None
@@ -313,7 +317,7 @@ def cross_cluster_duplicates(
         m = torch.where(free, mins[k], torch.full_like(mins[k], -1.0))
         far = (m >= r2).numpy()[best[k]]
         ok = best[k][far]
-        dp = float(_sq_dists(P[i : i + 1], buf[:n_in]).min()) if n_in else 0.0
+        dp = float(_nearest_sq(P[i : i + 1], buf[:n_in])[0]) if n_in else 0.0
         if ok.size:
             pos = int(ok[0])
         elif float(m.max()) > dp:
@@ -329,5 +333,5 @@ def cross_cluster_duplicates(
         buf[n_in] = new[0]
         n_in += 1
         for kk, v in mins.items():  # the new pick is now part of the batch
-            mins[kk] = torch.minimum(v, _sq_dists(cx[kk], new)[:, 0])
+            mins[kk] = torch.minimum(v, _nearest_sq(cx[kk], new))
     return np.asarray(out, dtype=np.int64), info

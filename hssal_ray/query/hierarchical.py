@@ -517,13 +517,13 @@ class HierarchicalQuery(_HALBase):
                 int(k), emb, cands[i], u_all, b[k], fine_backend, seed_k, rules[i], lab_k, gains[i], nn
             )
             tasks.append((cands[i], task))
-        results = self._run([t for _, t in tasks])
+        ts = [t for _, t in tasks]
+        results = self._run(ts)
         picks = np.concatenate([cand[r] for (cand, _), r in zip(tasks, results, strict=True)])
         picks = picks[np.lexsort((picks, -u_all[picks]))]
         t_fine = time.perf_counter()
         boundary = None
         if self.boundary_check is True or (self.boundary_check == "late" and pick != "typical"):
-            ts = [t for _, t in tasks]
             picks, boundary = cross_cluster_duplicates(
                 emb, picks, cands, labels, rank_of=lambda i: candidate_rank(ts[i])
             )
