@@ -1,9 +1,15 @@
-"""``python -m hssal_ray.query SCORES --strategy NAME --budget N [--out FILE.csv] ...``
+"""``python -m hssal_ray.query SCORES --budget N [--config FILE.yaml] [--strategy NAME] [--out FILE.csv] ...``
 
 Reads a scores file (Parquet file or directory, local or URI), selects ``N`` samples and writes
 a CSV ``sample_id,rank,u,coarse_cluster`` (atomically) or prints it to stdout. ``u`` is the
 strategy's uncertainty of the pick; ``coarse_cluster`` is HAL's coarse cluster (-1 for strategies
 without one). Timings go to stderr; a user error prints one ``error: ...`` line and exits 2.
+
+The strategy's settings are the ``query`` section of ``--config`` (a loop config such as
+``configs/ucm_cpu.yaml``: the same HAL the loop runs), then ``--set query.KEY=VALUE`` overrides, then
+the flags given; without ``--config`` they start from ``QueryConfig``'s defaults. Any ``query.*``
+key can be set, and each is validated as in the loop (its ``budget`` is ignored: ``--budget`` is the
+batch size here).
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ import io
 import logging
 import sys
 import time
-import types
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,32 +37,90 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m hssal_ray.query", description=__doc__.split("\n\n")[1])
     p.add_argument("scores", help="scores Parquet file or directory (local path or URI)")
-    p.add_argument("--strategy", default="hal", choices=available_strategies())
     p.add_argument("--budget", type=int, required=True, help="number of samples to select")
+    p.add_argument("--config", help="loop config YAML whose query section sets the strategy (local or URI)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="query.KEY=VALUE",
+        help="override one query setting (repeatable), e.g. --set query.alloc_over=global",
+    )
     p.add_argument("--out", help="output CSV (default: print to stdout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--exclude", help="already labeled ids: Parquet or CSV with a sample_id column")
-    p.add_argument("--uncertainty", default="badge", choices=UNCERTAINTIES)
-    p.add_argument("--coarse-k", type=int, default=0, help="coarse clusters (0 = auto)")
-    p.add_argument("--candidate-ratio", type=float, default=3.0)
-    p.add_argument("--fine-method", default="kmeans", choices=("kmeans", "spectral"))
-    p.add_argument("--pick", default="uncertain", choices=("uncertain", "typical"))
-    p.add_argument("--coarse-fit-sample", type=int, default=100_000)
-    p.add_argument("--kmeans-iters", type=int, default=20)
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help="k-means backend")
-    p.add_argument("--ssl-aware", action="store_true", help="avoid confidently pseudo-labeled rows")
+    # The flags below override --config and --set; left out, the config's (or the default) value holds.
+    p.add_argument("--strategy", choices=available_strategies(), help="default: hal")
+    p.add_argument("--uncertainty", choices=UNCERTAINTIES, help="default: badge")
+    p.add_argument("--coarse-k", type=int, help="coarse clusters (0 = auto, the default)")
+    p.add_argument("--candidate-ratio", type=float, help="default: 3")
+    p.add_argument("--fine-method", choices=("kmeans", "spectral"))
+    p.add_argument("--pick", choices=("uncertain", "typical", "balanced", "eer", "auto", "auto_local"))
+    p.add_argument("--coarse-fit-sample", type=int)
+    p.add_argument("--kmeans-iters", type=int)
+    p.add_argument("--backend", choices=BACKENDS, help="k-means backend (default: auto)")
+    p.add_argument(
+        "--ssl-aware", action="store_true", default=None, help="avoid confidently pseudo-labeled rows"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
-def _columns(path: str, strategy_name: str, requires_embeddings: bool, ucol: str) -> list[str]:
+#: flag -> ``query`` key; a flag given on the command line overrides the config and ``--set``
+_FLAG_KEYS = {
+    "strategy": "strategy",
+    "uncertainty": "uncertainty",
+    "coarse_k": "coarse_k",
+    "candidate_ratio": "candidate_ratio",
+    "fine_method": "fine_method",
+    "pick": "pick",
+    "coarse_fit_sample": "coarse_fit_sample",
+    "kmeans_iters": "kmeans_iters",
+    "backend": "kmeans_backend",
+    "ssl_aware": "ssl_aware",
+}
+
+
+def query_config(args: argparse.Namespace) -> Any:
+    """The validated ``QueryConfig``: ``--config``'s query section, ``--set``, then the flags given.
+
+    Raises:
+        ConfigError: an unreadable config, a key outside ``query``, or a bad value.
+    """
+    from hssal_ray.config import load_config
+    from hssal_ray.errors import ConfigError
+
+    overrides = []
+    for item in args.set:
+        key = item.split("=", 1)[0].strip()
+        if not key.startswith("query."):
+            raise ConfigError(f"--set {item!r}: only query.* settings apply here (e.g. query.pick=auto)")
+        overrides.append(item)
+    for flag, key in _FLAG_KEYS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"query.{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return load_config(args.config, overrides).query
+
+
+def _needs_probs(cfg: Any, names: set[str], ucols: list[str]) -> bool:
+    """Whether the strategy reads class probabilities: BADGE, a score the file lacks, or a pick
+    rule that counts the classes (``auto``) or spreads labels (``eer``)."""
+    return (
+        cfg.strategy == "badge"
+        or any(c not in names for c in ucols)
+        or cfg.pick in ("auto", "auto_local", "eer")
+        or cfg.late_pick == "eer"
+    )
+
+
+def _columns(path: str, cfg: Any, requires_embeddings: bool, ucols: list[str]) -> list[str]:
     from hssal_ray.query.scores_io import scores_columns
 
     names = set(scores_columns(path))
     cols = ["embedding"] if requires_embeddings else []
-    if ucol in names:
-        cols.append(ucol)
-    if strategy_name == "badge" or ucol not in names:
+    cols += [c for c in dict.fromkeys(ucols) if c in names]
+    if _needs_probs(cfg, names, ucols):
         cols.append("probs")
     cols += [c for c in ("confident",) if c in names]
     return [c for c in cols if c in names or c == "embedding"]
@@ -74,22 +138,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hssal_ray.query.scores_io import exclude_mask, load_pool, read_id_list
 
     try:
-        cfg = types.SimpleNamespace(
-            strategy=args.strategy,
-            uncertainty=args.uncertainty,
-            coarse_k=args.coarse_k,
-            candidate_ratio=args.candidate_ratio,
-            fine_method=args.fine_method,
-            pick=args.pick,
-            coarse_fit_sample=args.coarse_fit_sample,
-            kmeans_backend=args.backend,
-            kmeans_iters=args.kmeans_iters,
-            ssl_aware=args.ssl_aware,
-        )
+        cfg = query_config(args)
         strategy = strategy_from_config(cfg, random_state=args.seed)
-        uname = {"entropy": "entropy", "margin": "margin"}.get(args.strategy, args.uncertainty)
+        uname = {"entropy": "entropy", "margin": "margin"}.get(cfg.strategy, cfg.uncertainty)
+        ucols = [f"u_{uname}"]
+        if cfg.late_uncertainty != "same" and cfg.pick in ("auto", "auto_local"):
+            ucols.append(f"u_{cfg.late_uncertainty}")
         t0 = time.perf_counter()
-        cols = _columns(args.scores, args.strategy, strategy.requires_embeddings, f"u_{uname}")
+        cols = _columns(args.scores, cfg, strategy.requires_embeddings, ucols)
         pool = load_pool(args.scores, columns=cols)
         if args.exclude:
             pool.exclude = exclude_mask(pool.ids, read_id_list(args.exclude))

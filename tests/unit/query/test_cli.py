@@ -86,3 +86,40 @@ def test_cli_errors_are_one_line_exit_2(
     assert err.strip().splitlines() == [err.strip()] and err.startswith("error: budget 401")
     assert main([str(tmp_path / "missing.parquet"), "--budget", "3"]) == 2
     assert capsys.readouterr().err.startswith("error: cannot read scores file")
+
+
+def test_cli_config_gives_the_loops_strategy_and_flags_override_it(
+    scores: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hssal_ray.config import load_config
+    from hssal_ray.query.base import strategy_from_config
+    from hssal_ray.query.scores_io import exclude_mask, load_pool, read_id_list
+
+    labeled = tmp_path / "labeled.csv"
+    labeled.write_text("sample_id\n" + "\n".join(f"s{i:05d}" for i in range(0, 400, 9)) + "\n")
+    profile = str(REPO / "configs" / "ucm_cpu.yaml")
+
+    def batch(*extra: str) -> list[str]:
+        argv = [str(scores), "--budget", "12", "--seed", "3", "--exclude", str(labeled), "--backend", "torch"]
+        assert main([*argv, *extra]) == 0
+        return [line.split(",")[0] for line in capsys.readouterr().out.strip().splitlines()[1:]]
+
+    def expected(*overrides: str) -> list[str]:
+        cfg = load_config(profile, ["query.kmeans_backend=torch", *overrides]).query
+        pool = load_pool(str(scores))
+        pool.exclude = exclude_mask(pool.ids, read_id_list(str(labeled)))
+        picks = strategy_from_config(cfg, random_state=3).select(pool, 12)
+        return [str(pool.ids[i]) for i in picks]
+
+    # the profile's HAL (alloc_over global, pick auto, boundary check, ...) is what the CLI runs
+    got = batch("--config", profile)
+    assert got == expected() and len(set(got)) == 12
+    assert got != batch()  # QueryConfig's defaults are another strategy
+    # --set and the flags override the config, in that order
+    assert batch("--config", profile, "--set", "query.alloc_over=pool", "--pick", "uncertain") == expected(
+        "query.alloc_over=pool", "query.pick=uncertain"
+    )
+    assert main([str(scores), "--budget", "3", "--set", "loop.rounds=2"]) == 2
+    assert "only query.* settings" in capsys.readouterr().err
+    assert main([str(scores), "--budget", "3", "--set", "query.typical_scale=wide"]) == 2
+    assert capsys.readouterr().err.startswith("error: query.typical_scale")
