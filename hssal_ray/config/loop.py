@@ -58,6 +58,9 @@ class QueryConfig:
         typical_scale: HAL's typical picks rank by density among the 20 nearest candidates of
             their coarse cluster (``cluster``) or at the flat variant's scale (``flat``: 20 among
             all the round's candidates, ``20 * m_k / M`` of a coarse cluster's ``m_k``).
+        typical_over: A typical pick's density is measured among the round's candidates
+            (``candidates``) or, as TypiClust does, among the pool (``pool``: the 20 nearest rows of
+            the candidate's coarse cluster, labeled ones included; the whole pool for ``hal_flat``).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -82,6 +85,7 @@ class QueryConfig:
     late_pick: Literal["uncertain", "eer"] = _added("uncertain")
     boundary_check: bool | Literal["late"] = _added(False)
     typical_scale: Literal["cluster", "flat"] = _added("cluster")
+    typical_over: Literal["candidates", "pool"] = _added("candidates")
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

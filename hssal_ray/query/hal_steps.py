@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 #: TypiClust's k: typicality is the inverse mean distance to a candidate's 20 nearest neighbours.
 TYPICAL_NEIGHBORS = 20
+#: ``typical_over: pool`` measures a candidate's density against at most this many rows of its coarse
+#: cluster (of the pool for the flat variant), a seeded sample above it, with k scaled by the sample's share.
+DENSITY_REFERENCE_ROWS = 4096
 
 
 def take_rows(emb: Any, rows: np.ndarray) -> np.ndarray:
@@ -58,6 +61,46 @@ def typicality(X: np.ndarray, n_neighbors: int = TYPICAL_NEIGHBORS, chunk_size: 
     return out
 
 
+def reference_typicality(
+    cand: np.ndarray,
+    ref: np.ndarray,
+    self_pos: np.ndarray,
+    n_neighbors: int = TYPICAL_NEIGHBORS,
+    chunk_size: int = 1024,
+) -> np.ndarray:
+    """TypiClust typicality of the rows ``cand`` measured against other rows ``ref`` (e.g. the pool).
+
+    ``1 / (mean Euclidean distance to the k nearest rows of ref + 1e-8)``, a candidate's own row
+    left out: TypiClust's density of the data around a candidate, not of the candidates around it.
+
+    Args:
+        cand: (m, d) candidate points.
+        ref: (R, d) reference points.
+        self_pos: (m,) position of each candidate in ``ref``, or -1 where it is not there.
+        n_neighbors: k, clipped to the rows available.
+        chunk_size: candidates per (chunk, R) distance block.
+
+    Returns:
+        (m,) float32; 1.0 for every candidate when ``ref`` has no other row.
+    """
+    m, R = cand.shape[0], ref.shape[0]
+    k = min(n_neighbors, R - 1 if (np.asarray(self_pos) >= 0).any() else R)
+    if k < 1 or m == 0:
+        return np.ones(m, dtype=np.float32)
+    C = torch.from_numpy(np.ascontiguousarray(cand, dtype=np.float32))
+    F = torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))
+    pos = torch.from_numpy(np.asarray(self_pos, dtype=np.int64))
+    out = np.empty(m, dtype=np.float32)
+    for s in range(0, m, chunk_size):
+        d2 = _sq_dists(C[s : s + chunk_size], F)
+        p = pos[s : s + chunk_size]
+        own = torch.nonzero(p >= 0).flatten()
+        d2[own, p[own]] = float("inf")  # its own row is not a neighbour
+        near = torch.topk(d2, k, dim=1, largest=False).values
+        out[s : s + d2.shape[0]] = (1.0 / (near.sqrt().mean(1) + 1e-8)).numpy()
+    return out
+
+
 @dataclass(frozen=True)
 class ClusterTask:
     """Steps 4-6 of one coarse cluster: everything :func:`_select_in_cluster` needs (picklable).
@@ -79,6 +122,8 @@ class ClusterTask:
             ``n_picks + L`` clusters and picks come from the clusters that hold no labeled row,
             largest first (TypiClust's coverage rule inside HAL's candidate set).
         n_neighbors: k of the typicality (``typical`` and ``balanced`` picks).
+        density: (m,) typicality of the candidates measured elsewhere (``typical_over: pool``:
+            against the pool rows of the coarse cluster), used instead of the candidates' own.
     """
 
     cluster: int
@@ -93,6 +138,7 @@ class ClusterTask:
     labeled: np.ndarray | None = None
     gain: np.ndarray | None = None
     n_neighbors: int = TYPICAL_NEIGHBORS
+    density: np.ndarray | None = None
 
 
 def _fine_labels(task: ClusterTask) -> np.ndarray:
@@ -144,7 +190,9 @@ def candidate_rank(task: ClusterTask) -> np.ndarray:
         return -np.asarray(task.gain, dtype=np.float64)
     if task.pick not in ("typical", "balanced"):
         return np.arange(m, dtype=np.float64)
-    dens = typicality(task.emb, task.n_neighbors)
+    if task.density is not None and len(task.density) != m:
+        raise ValueError(f"a density per candidate ({m}) is needed, got {len(task.density)}")
+    dens = task.density if task.density is not None else typicality(task.emb, task.n_neighbors)
     if task.pick == "typical":
         return -dens.astype(np.float64)
     by_density = np.empty(m, dtype=np.float64)

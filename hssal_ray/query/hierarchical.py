@@ -35,12 +35,14 @@ from hssal_ray.query.backends import BACKENDS, assign_chunked, make_kmeans, reso
 from hssal_ray.query.base import Pool, QueryStrategy, nonfinite_rows, register, top_k
 from hssal_ray.query.eer import MAX_CONTEXT, context_rows, eer_gain
 from hssal_ray.query.hal_steps import (
+    DENSITY_REFERENCE_ROWS,
     TYPICAL_NEIGHBORS,
     ClusterTask,
     _select_in_cluster,
     _top_candidates,
     candidate_rank,
     cross_cluster_duplicates,
+    reference_typicality,
     take_rows,
     typicality,
 )
@@ -183,6 +185,7 @@ class _HALBase(QueryStrategy):
         "late_pick": ("uncertain", "eer"),
         "boundary_check": (True, False, "late"),
         "typical_scale": ("cluster", "flat"),
+        "typical_over": ("candidates", "pool"),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -205,6 +208,7 @@ class _HALBase(QueryStrategy):
         late_pick: str = "uncertain",
         boundary_check: bool | str = False,
         typical_scale: str = "cluster",
+        typical_over: str = "candidates",
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -225,6 +229,7 @@ class _HALBase(QueryStrategy):
         self.late_pick = late_pick
         self.boundary_check = boundary_check  # hal only, as alloc_temper
         self.typical_scale = typical_scale  # hal only, as alloc_temper
+        self.typical_over = typical_over
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -275,6 +280,7 @@ class _HALBase(QueryStrategy):
         labeled: np.ndarray | None = None,
         gain: np.ndarray | None = None,
         n_neighbors: int = TYPICAL_NEIGHBORS,
+        density: np.ndarray | None = None,
     ) -> ClusterTask:
         return ClusterTask(
             cluster=cluster,
@@ -289,7 +295,28 @@ class _HALBase(QueryStrategy):
             labeled=None if labeled is None or labeled.size == 0 else take_rows(emb, labeled),
             gain=gain,
             n_neighbors=int(n_neighbors),
+            density=density,
         )
+
+    def _pool_density(self, emb: Any, cand: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarray:
+        """``typical_over: pool``: typicality of the candidates ``cand`` among the pool rows ``rows``.
+
+        TypiClust measures a sample's typicality in the data, not among the candidates: this is the
+        density of the pool around each candidate (its 20 nearest rows of ``rows``, labeled rows
+        included, its own left out). Above :data:`DENSITY_REFERENCE_ROWS` rows a seeded sample of
+        that many stands for them, with k scaled by its share (at least 1). HAL passes the rows of a
+        candidate's coarse cluster, so the cost is ``sum_k m_k * N_k`` instead of ``M * N``.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        nn = TYPICAL_NEIGHBORS
+        if rows.size > DENSITY_REFERENCE_ROWS:
+            nn = max(1, round(TYPICAL_NEIGHBORS * DENSITY_REFERENCE_ROWS / rows.size))
+            rng = np.random.default_rng(seed)
+            rows = np.sort(rng.choice(rows, size=DENSITY_REFERENCE_ROWS, replace=False))
+        pos = np.searchsorted(rows, cand)
+        pos_c = np.minimum(pos, rows.size - 1)
+        self_pos = np.where(rows[pos_c] == cand, pos_c, -1)
+        return reference_typicality(take_rows(emb, cand), take_rows(emb, rows), self_pos, nn)
 
     def _run(self, tasks: list[ClusterTask]) -> list[np.ndarray]:
         fn = self.map_fn if self.map_fn is not None else map
@@ -411,6 +438,12 @@ class HierarchicalQuery(_HALBase):
             scale, 20 neighbours among all the round's candidates, i.e. ``20 * m_k / M`` among the
             ``m_k`` of a coarse cluster (at least 1). With a few dozen candidates per coarse cluster
             the first is the cluster's centre, the second a local density as in the flat variant.
+        typical_over: what a typical pick's density is measured among: the round's candidates
+            (``"candidates"``, scaled by ``typical_scale``), or ``"pool"``: TypiClust's own density,
+            the 20 nearest pool rows of the candidate's coarse cluster (labeled rows included; a
+            sample of 4,096 with k scaled above that, :meth:`_pool_density`). The flat variant
+            measures it among the whole pool (the same sample rule): ``M * N`` distances there,
+            ``sum_k m_k * N_k`` here.
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -506,6 +539,10 @@ class HierarchicalQuery(_HALBase):
             gains = [*self._eer_gains(pool, cands, seed, labels, ks)]
         t_eer = time.perf_counter()
         n_flat = shared.size if shared is not None else sum(c.size for c in cands)
+        by_density = self.typical_over == "pool" and any(r in ("typical", "balanced") for r in rules)
+        if by_density:  # every pool row (labeled too) by coarse cluster
+            ord_all = np.argsort(labels, kind="stable")
+            st_all = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k1))])
         tasks = []
         for i, k in enumerate(ks):
             lab_k = None if labeled is None else labeled[lab_of == k]
@@ -513,8 +550,12 @@ class HierarchicalQuery(_HALBase):
             nn = TYPICAL_NEIGHBORS
             if self.typical_scale == "flat":  # the flat variant's 20 neighbours among all candidates
                 nn = max(1, round(TYPICAL_NEIGHBORS * cands[i].size / max(n_flat, 1)))
+            dens = None
+            if by_density and rules[i] in ("typical", "balanced") and b[k] < cands[i].size:
+                rows_k = np.sort(ord_all[st_all[k] : st_all[k + 1]])
+                dens = self._pool_density(emb, cands[i], rows_k, seed_k)
             task = self._task(
-                int(k), emb, cands[i], u_all, b[k], fine_backend, seed_k, rules[i], lab_k, gains[i], nn
+                int(k), emb, cands[i], u_all, b[k], fine_backend, seed_k, rules[i], lab_k, gains[i], nn, dens
             )
             tasks.append((cands[i], task))
         ts = [t for _, t in tasks]
@@ -577,6 +618,9 @@ class FlatHierarchicalQuery(_HALBase):
         cand = _top_candidates(u_all[avail], avail, None if conf is None else conf[avail], m)
         seed = int(self._rng().integers(2**31 - 1))
         gain = self._eer_gains(pool, [cand], seed)[0] if pick == "eer" else None
+        dens = None
+        if self.typical_over == "pool" and pick in ("typical", "balanced") and budget < cand.size:
+            dens = self._pool_density(pool.embeddings, cand, np.arange(len(pool)), seed)
         task = self._task(
             0,
             pool.embeddings,
@@ -588,6 +632,7 @@ class FlatHierarchicalQuery(_HALBase):
             pick,
             self._labeled_rows(pool),
             gain,
+            density=dens,
         )
         picks = cand[self._run([task])[0]]
         picks = picks[np.lexsort((picks, -u_all[picks]))]

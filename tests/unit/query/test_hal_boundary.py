@@ -148,3 +148,50 @@ def test_typical_scale_flat_measures_density_with_the_flat_variants_share_of_nei
     # one coarse cluster holds all the candidates: both scales are the flat variant's
     one = [HierarchicalQuery(typical_scale=s, coarse_k=1, **kw).select(pool, 40) for s in ("flat", "cluster")]
     np.testing.assert_array_equal(*one)
+
+
+def test_reference_typicality_is_the_density_of_the_reference_rows_around_each_candidate() -> None:
+    from hssal_ray.query.hal_steps import reference_typicality
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(300, 5)).astype(np.float32)
+    cand_rows = np.array([3, 77, 150])
+    cand = np.concatenate([ref[cand_rows], rng.normal(size=(2, 5)).astype(np.float32)])
+    self_pos = np.array([3, 77, 150, -1, -1])
+    got = reference_typicality(cand, ref, self_pos, n_neighbors=7, chunk_size=2)
+    for i in range(5):
+        d = np.linalg.norm(ref - cand[i], axis=1)
+        if self_pos[i] >= 0:
+            d = np.delete(d, self_pos[i])  # its own row is not a neighbour
+        assert got[i] == pytest.approx(1.0 / (np.sort(d)[:7].mean() + 1e-8), rel=1e-4)
+    assert (reference_typicality(cand[:1], ref[:1], np.array([0])) == 1.0).all()  # no other row
+
+
+@pytest.mark.parametrize("strategy", ["hal", "hal_flat"])
+def test_typical_over_pool_ranks_candidates_by_the_density_of_the_pool_around_them(strategy: str) -> None:
+    from hssal_ray.query import FlatHierarchicalQuery
+    from hssal_ray.query.hal_steps import reference_typicality
+
+    pool, _ = blob_pool(n=1500, seed=4)
+    seen: list = []
+
+    def record(fn, tasks):
+        tasks = list(tasks)
+        seen.extend(tasks)
+        return map(fn, tasks)
+
+    cls = HierarchicalQuery if strategy == "hal" else FlatHierarchicalQuery
+    kw = dict(uncertainty="margin", pick="typical", candidate_ratio=10, alloc_over="global", random_state=0)
+    q = cls(typical_over="pool", coarse_k=6, map_fn=record, **kw)
+    picks = q.select(pool, 30)
+    emb = np.asarray(pool.embeddings, dtype=np.float32)
+    coarse = q.coarse_labels_
+    for t in seen:
+        assert t.density is not None and t.density.shape == (t.emb.shape[0],)
+        rows = np.flatnonzero(coarse == coarse[np.flatnonzero((emb == t.emb[0]).all(1))[0]])
+        pos = np.array([np.flatnonzero((emb[rows] == e).all(1))[0] for e in t.emb])
+        np.testing.assert_allclose(t.density, reference_typicality(t.emb, emb[rows], pos), rtol=1e-5)
+    seen.clear()
+    other = cls(coarse_k=6, map_fn=record, **kw).select(pool, 30)  # density among the candidates
+    assert all(t.density is None for t in seen)
+    assert set(picks.tolist()) != set(other.tolist())
