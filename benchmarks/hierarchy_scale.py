@@ -2,7 +2,7 @@
 
 Both run the product's strategies with the profile's query recipe (read from ``configs/ucm_cpu.yaml``:
 ``candidate_ratio``, ``pick``, ``typical_until``, ``alloc_over``, ``alloc_temper``, ``typical_scale``,
-``boundary_check``; an archive's first
+``typical_over``, ``boundary_check``; an archive's first
 rounds have few labels, so ``pick: auto`` picks typical) on the clustered synthetic pool of
 :mod:`benchmarks.query_speed` (n rows, d = 512, fp16, 200 true clusters of geometric sizes). The flat
 variant clusters the ``r * B`` most uncertain rows into B fine clusters, so its fine k-means costs
@@ -54,6 +54,7 @@ def recipe() -> dict[str, Any]:
         "alloc_over",
         "alloc_temper",
         "typical_scale",
+        "typical_over",
         "boundary_check",
     )
     return {**{k: getattr(q, k) for k in keys}, "uncertainty": "badge"}
