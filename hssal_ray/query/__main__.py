@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     from hssal_ray.query.base import available_strategies
     from hssal_ray.query.uncertainty import UNCERTAINTIES
 
-    p = argparse.ArgumentParser(prog="python -m hssal_ray.query", description=__doc__.split("\n\n")[1])
+    parts = __doc__.split("\n\n")
+    p = argparse.ArgumentParser(prog="python -m hssal_ray.query", description=parts[1], epilog=parts[2])
     p.add_argument("scores", help="scores Parquet file or directory (local path or URI)")
     p.add_argument("--budget", type=int, required=True, help="number of samples to select")
     p.add_argument("--config", help="loop config YAML whose query section sets the strategy (local or URI)")
