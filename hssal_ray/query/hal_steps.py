@@ -38,6 +38,8 @@ def take_rows(emb: Any, rows: np.ndarray) -> np.ndarray:
 def typicality(X: np.ndarray, n_neighbors: int = TYPICAL_NEIGHBORS, chunk_size: int = 1024) -> np.ndarray:
     """TypiClust typicality: ``1 / (mean Euclidean distance to the k nearest neighbours + 1e-8)``.
 
+    The points' density among themselves: :func:`reference_typicality` with ``X`` as its own reference.
+
     Args:
         X: (m, d) points (float32 is used internally, in row chunks).
         n_neighbors: k, clipped to ``m - 1``.
@@ -46,19 +48,7 @@ def typicality(X: np.ndarray, n_neighbors: int = TYPICAL_NEIGHBORS, chunk_size: 
     Returns:
         (m,) float32; a single point gets 1.0.
     """
-    m = X.shape[0]
-    k = min(n_neighbors, m - 1)
-    if k < 1:
-        return np.ones(m, dtype=np.float32)
-    T = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-    sq = (T * T).sum(1)
-    out = np.empty(m, dtype=np.float32)
-    for s in range(0, m, chunk_size):
-        q = T[s : s + chunk_size]
-        d2 = torch.addmm(sq, q, T.T, alpha=-2.0).add_(sq[s : s + chunk_size, None]).clamp_(min=0)
-        near = torch.topk(d2, k + 1, dim=1, largest=False).values[:, 1:]  # drop self (distance 0)
-        out[s : s + q.shape[0]] = (1.0 / (near.sqrt().mean(1) + 1e-8)).numpy()
-    return out
+    return reference_typicality(X, X, np.arange(X.shape[0]), n_neighbors, chunk_size)
 
 
 def reference_typicality(
