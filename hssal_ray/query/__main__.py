@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pick", choices=("uncertain", "typical", "balanced", "eer", "auto", "auto_local"))
     p.add_argument("--coarse-fit-sample", type=int)
     p.add_argument("--kmeans-iters", type=int)
-    p.add_argument("--backend", choices=BACKENDS, help="k-means backend (default: auto)")
+    p.add_argument(
+        "--backend", dest="kmeans_backend", choices=BACKENDS, help="k-means backend (default: auto)"
+    )
     p.add_argument(
         "--ssl-aware", action="store_true", default=None, help="avoid confidently pseudo-labeled rows"
     )
@@ -67,19 +69,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-#: flag -> ``query`` key; a flag given on the command line overrides the config and ``--set``
-_FLAG_KEYS = {
-    "strategy": "strategy",
-    "uncertainty": "uncertainty",
-    "coarse_k": "coarse_k",
-    "candidate_ratio": "candidate_ratio",
-    "fine_method": "fine_method",
-    "pick": "pick",
-    "coarse_fit_sample": "coarse_fit_sample",
-    "kmeans_iters": "kmeans_iters",
-    "backend": "kmeans_backend",
-    "ssl_aware": "ssl_aware",
-}
+#: ``query`` keys with a flag of their own (the flag given overrides the config and ``--set``)
+_FLAG_KEYS = (
+    "strategy",
+    "uncertainty",
+    "coarse_k",
+    "candidate_ratio",
+    "fine_method",
+    "pick",
+    "coarse_fit_sample",
+    "kmeans_iters",
+    "kmeans_backend",
+    "ssl_aware",
+)
 
 
 def query_config(args: argparse.Namespace) -> Any:
@@ -97,8 +99,8 @@ def query_config(args: argparse.Namespace) -> Any:
         if not key.startswith("query."):
             raise ConfigError(f"--set {item!r}: only query.* settings apply here (e.g. query.pick=auto)")
         overrides.append(item)
-    for flag, key in _FLAG_KEYS.items():
-        value = getattr(args, flag)
+    for key in _FLAG_KEYS:
+        value = getattr(args, key)
         if value is not None:
             overrides.append(f"query.{key}={str(value).lower() if isinstance(value, bool) else value}")
     return load_config(args.config, overrides).query
