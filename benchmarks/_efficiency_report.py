@@ -89,6 +89,13 @@ def curve_margins(summary: dict[str, Any], method: str = "hssal") -> dict[str, A
     return out
 
 
+def round_diffs(h: dict[str, Any], o: dict[str, Any], seeds: list[str]) -> np.ndarray:
+    """(seeds, rounds after the cold start) paired margins ``h - o``, points, over the budgets both have."""
+    n = min(len(h["num_labeled"]), len(o["num_labeled"]))
+    d = 100 * np.array([np.subtract(h["per_seed"][s][1:n], o["per_seed"][s][1:n]) for s in seeds])
+    return d.reshape(len(seeds), max(n - 1, 0))
+
+
 def lead_needed(
     summary: dict[str, Any],
     method: str = "hssal",
@@ -122,7 +129,7 @@ def lead_needed(
             if len(common) < 2 or n < 2 or (seeds and common != seeds):
                 continue
             seeds = common
-            d = 100 * np.array([np.subtract(h["per_seed"][s][1:n], o["per_seed"][s][1:n]) for s in common])
+            d = round_diffs(h, o, common)
             cols.append(d - d.mean(0))
     if not cols:
         return {}

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import command_line, md_table
-from benchmarks._efficiency_report import curve_margins
+from benchmarks._efficiency_report import curve_margins, round_diffs
 
 __all__ = ["pool_summaries", "pass_chance", "report", "main"]
 
@@ -70,9 +70,7 @@ def _diffs(summary: dict[str, Any], other: str) -> tuple[list[str], np.ndarray]:
     """Common seeds and HSSAL minus ``other`` there, (seeds, rounds after the cold start), points."""
     h, o = summary[METHOD], summary[other]
     common = sorted(set(h["per_seed"]) & set(o["per_seed"]), key=lambda s: (len(s), s))
-    n = min(len(h["num_labeled"]), len(o["num_labeled"]))
-    d = 100 * np.array([np.subtract(h["per_seed"][s][1:n], o["per_seed"][s][1:n]) for s in common])
-    return common, d.reshape(len(common), max(n - 1, 0))
+    return common, round_diffs(h, o, common)
 
 
 def pass_chance(
