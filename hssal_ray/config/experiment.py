@@ -153,7 +153,14 @@ class ExperimentConfig:
     def _check_frozen(self) -> None:
         """The rules between ``frozen.*`` and ``ssl.*`` (each ``frozen`` key's own range is checked
         by :class:`FrozenConfig`). Other ``frozen`` keys are simply not read off the frozen path."""
-        f, s = self.frozen, self.ssl
+        f, s, q = self.frozen, self.ssl, self.query
+        _check(
+            "committee" not in (q.uncertainty, q.late_uncertainty)
+            or (s.finetune == "frozen" and f.pseudo_labels == "graph"),
+            "query.uncertainty" if q.uncertainty == "committee" else "query.late_uncertainty",
+            "committee ranks by the student, the teacher and the graph-smoothed pseudo-labels of the "
+            "frozen path: it needs ssl.finetune=frozen and frozen.pseudo_labels=graph",
+        )
         if s.finetune == "frozen":
             _check(
                 f.embed_views >= 1,

@@ -22,7 +22,10 @@ class QueryConfig:
             of the training split (scikit-learn's ``test_size`` convention), rounded to the nearest
             count (at least 1) once the data set is known: ``0.02`` asks 2% of the training images
             per round on any data set.
-        uncertainty: Uncertainty score HAL ranks by.
+        uncertainty: Uncertainty score HAL ranks by. ``committee`` (frozen path with graph
+            pseudo-labels only): the margin of the mean of the student's, the supervised teacher's and
+            the graph-smoothed pseudo-labels' class probabilities (query by committee,
+            :func:`hssal_ray.query.uncertainty.committee`).
         coarse_k: Coarse clusters K1 (0 = automatic from pool size and budget).
         candidate_ratio: r: candidates kept per coarse cluster = ceil(r * b_k).
         fine_method: Fine clustering of the candidates.
@@ -68,7 +71,9 @@ class QueryConfig:
         "hal"
     )
     budget: int | float = 20
-    uncertainty: Literal["badge", "entropy", "margin", "least_confidence", "disagreement"] = "badge"
+    uncertainty: Literal["badge", "entropy", "margin", "least_confidence", "disagreement", "committee"] = (
+        "badge"
+    )
     coarse_k: int = 0
     candidate_ratio: float = 3.0
     fine_method: Literal["kmeans", "spectral"] = "kmeans"
@@ -81,7 +86,9 @@ class QueryConfig:
     alloc_temper: float = 1.0
     cover_labeled: bool = _added(False)
     alloc_over: Literal["pool", "candidates", "global", "auto"] = _added("pool")
-    late_uncertainty: Literal["same", "badge", "entropy", "margin", "least_confidence"] = _added("same")
+    late_uncertainty: Literal["same", "badge", "entropy", "margin", "least_confidence", "committee"] = _added(
+        "same"
+    )
     late_pick: Literal["uncertain", "eer"] = _added("uncertain")
     boundary_check: bool | Literal["late"] = _added(False)
     typical_scale: Literal["cluster", "flat"] = _added("cluster")

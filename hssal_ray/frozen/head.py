@@ -162,6 +162,7 @@ def train_head(
     progress: bool = False,
     stats: tuple[Tensor, Tensor] | None = None,
     graph: Any = None,
+    committee_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[Any, dict[str, float]]:
     """Train the head for ``ssl.steps_per_round`` steps; returns the ``TrainState`` and mean metrics.
 
@@ -186,6 +187,10 @@ def train_head(
             is otherwise run once here).
         graph: A :class:`~hssal_ray.frozen.graph.KnnGraph` whose nodes hold the labeled and pool
             rows (the run's graph of the training split); None builds one of those rows here.
+        committee_out: A dict that receives, when the graph pseudo-labels are used, the pool's
+            other committee members (``query.uncertainty=committee``): ``rows`` (the pool rows),
+            ``teacher`` (the teacher's probabilities) and ``graph`` (the smoothed pseudo-labels),
+            ``(len(rows), C)`` float32, row-aligned.
     """
     graph_mode = ssl_on and cfg.frozen.pseudo_labels == "graph"
     if stats is None and (init is None or graph_mode):
@@ -204,7 +209,7 @@ def train_head(
         progress=progress,
     )
     if graph_mode:
-        return _fit_with_graph(data, graph)
+        return _fit_with_graph(data, graph, committee_out)
     return _fit(data, cfg.ssl, ssl_on)
 
 
@@ -225,8 +230,13 @@ class _HeadData:
     progress: bool
 
 
-def _fit_with_graph(data: _HeadData, graph: Any) -> tuple[Any, dict[str, float]]:
-    """Teacher (supervised), graph-smoothed pseudo-labels of the pool, then the student (FixMatch)."""
+def _fit_with_graph(
+    data: _HeadData, graph: Any, committee_out: dict[str, np.ndarray] | None = None
+) -> tuple[Any, dict[str, float]]:
+    """Teacher (supervised), graph-smoothed pseudo-labels of the pool, then the student (FixMatch).
+
+    ``committee_out`` (when given) receives the pool's teacher probabilities and smoothed labels.
+    """
     from hssal_ray.frozen.graph import balance_classes, build_graph
     from hssal_ray.frozen.infer import predict_views
 
@@ -250,6 +260,8 @@ def _fit_with_graph(data: _HeadData, graph: Any) -> tuple[Any, dict[str, float]]
     del prior
     if f.graph_balance == "uniform":
         smoothed = balance_classes(smoothed, np.ones(data.num_classes))
+    if committee_out is not None:
+        committee_out.update(rows=data.pool_rows, teacher=t_pool, graph=smoothed)
     state, metrics = _fit(data, dataclasses.replace(s, p_cutoff=f.graph_cutoff), True, targets=smoothed)
     metrics["teacher_sup_loss"] = tmetrics.get("sup_loss", float("nan"))
     metrics["graph_pool_rows"] = float(len(data.pool_rows))

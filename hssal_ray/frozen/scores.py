@@ -16,7 +16,13 @@ SCORE_BLOCK_ROWS = 16384
 
 
 def write_scores_of(
-    cfg: Any, store: Any, head: Any, rows: np.ndarray, out_path: str, num_classes: int
+    cfg: Any,
+    store: Any,
+    head: Any,
+    rows: np.ndarray,
+    out_path: str,
+    num_classes: int,
+    members: list[np.ndarray] | None = None,
 ) -> int:
     """Score store rows ``rows`` with ``head`` into the Parquet file ``out_path``; returns the rows.
 
@@ -27,6 +33,9 @@ def write_scores_of(
     is packed (one ``fixed_size_binary`` value of float16 bytes per row,
     :func:`hssal_ray.query.scores_table.packed_array`): as a Parquet list, its 1,280 values a row
     took most of a 1M-row round writing and reading it.
+
+    ``members``: the committee's other members, ``(len(rows), C)`` each (NaN rows: none), row-aligned
+    with ``rows``; given, the file has ``u_committee`` (:func:`hssal_ray.rounds.scores_committee`).
     """
     from hssal_ray.frozen.infer import score_rows
     from hssal_ray.query.scores_table import ScoresWriter
@@ -38,9 +47,23 @@ def write_scores_of(
         for s, probs, strong, emb in blocks:
             ids = store.id_array.take(pa.array(rows[s : s + len(probs)]))
             norms = np.ones(len(probs), np.float32)  # the embeddings are unit rows (u_badge's ||h||)
+            block = None if members is None else [m[s : s + len(probs)] for m in members]
             out.write(
-                scores_table(ids, emb, probs, strong, cfg.ssl.p_cutoff, emb_norms=norms, pack_embeddings=True)
+                scores_table(
+                    ids,
+                    emb,
+                    probs,
+                    strong,
+                    cfg.ssl.p_cutoff,
+                    emb_norms=norms,
+                    pack_embeddings=True,
+                    members=block,
+                )
             )
         if out.rows == 0:  # nothing to score: the file still has the contract's columns
-            out.write(empty_scores_table(store.dim, num_classes, strong_on, pack_embeddings=True))
+            out.write(
+                empty_scores_table(
+                    store.dim, num_classes, strong_on, pack_embeddings=True, committee=members is not None
+                )
+            )
         return int(out.rows)

@@ -82,14 +82,21 @@ class StoreShard:
         assert self.z is not None, "load_nodes first"
         return block_topk(q, q_start, self.z, self.start, k)
 
-    def score(self, head_state: dict[str, Any], num_classes: int, rows: np.ndarray, part: str) -> int:
+    def score(
+        self,
+        head_state: dict[str, Any],
+        num_classes: int,
+        rows: np.ndarray,
+        part: str,
+        members: list[np.ndarray] | None = None,
+    ) -> int:
         """Score store rows ``rows`` with the head of ``head_state`` into the Parquet file ``part``."""
         from hssal_ray.frozen.head import build_head
         from hssal_ray.frozen.scores import write_scores_of
 
         head = build_head(self.cfg, self.store.dim, num_classes)
         head.load_state_dict(head_state)
-        return write_scores_of(self.cfg, self.store, head.eval(), rows, part, num_classes)
+        return write_scores_of(self.cfg, self.store, head.eval(), rows, part, num_classes, members)
 
 
 def _actors(cfg: Any, store_path: str, count: int) -> list[Any]:
@@ -141,9 +148,19 @@ def sharded_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any]
 
 
 def sharded_score(
-    cfg: Any, store: Any, rows: np.ndarray, head: Any, num_classes: int, out_path: str, shards: int
+    cfg: Any,
+    store: Any,
+    rows: np.ndarray,
+    head: Any,
+    num_classes: int,
+    out_path: str,
+    shards: int,
+    members: list[np.ndarray] | None = None,
 ) -> int:
-    """Score store rows ``rows`` on ``shards`` actors into the parts directory ``out_path``; returns rows."""
+    """Score store rows ``rows`` on ``shards`` actors into the parts directory ``out_path``; returns rows.
+
+    ``members``: the committee's other members, row-aligned with ``rows`` (each actor gets its slice).
+    """
     import ray
 
     from hssal_ray.frozen.shards import shard_bounds
@@ -163,7 +180,13 @@ def sharded_score(
     try:
         done = ray.get(
             [
-                a.score.remote(state, num_classes, rows[s:e], _io.join(tmp, f"part-{i:05d}.parquet"))
+                a.score.remote(
+                    state,
+                    num_classes,
+                    rows[s:e],
+                    _io.join(tmp, f"part-{i:05d}.parquet"),
+                    None if members is None else [m[s:e] for m in members],
+                )
                 for i, (a, (s, e)) in enumerate(zip(actors, bounds, strict=True))
             ]
         )

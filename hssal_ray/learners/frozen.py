@@ -30,13 +30,18 @@ from hssal_ray.rounds import (
     derive_seed,
     load_weights,
     round_ema_initial_weight,
+    scores_committee,
     ssl_active,
     warm_start_of,
     write_checkpoint,
 )
 from hssal_ray.state import LabeledSet, round_dir
 
-__all__ = ["FrozenLearner", "stored_rows"]
+__all__ = ["FrozenLearner", "stored_rows", "COMMITTEE_FILE"]
+
+COMMITTEE_FILE = "committee.safetensors"
+"""``round_XXX/`` file of the pool's other committee members (``query.uncertainty=committee``):
+``rows`` (store rows, int64), ``teacher`` and ``graph`` (float16 ``(rows, C)``), row-aligned."""
 
 
 def stored_rows(store: Any, table: pa.Table) -> np.ndarray:
@@ -115,6 +120,7 @@ class FrozenLearner:
         graph = None
         if ssl_on and cfg.frozen.pseudo_labels == "graph":
             graph = run_graph(cfg, store, train_rows, stats, progress=run.progress)
+        members: dict[str, np.ndarray] | None = {} if scores_committee(cfg) else None
         state, metrics = train_head(
             cfg,
             store.views,
@@ -130,11 +136,54 @@ class FrozenLearner:
             progress=True,
             stats=stats,
             graph=graph,
+            committee_out=members,
         )
+        if members is not None:  # before the checkpoint: a round with a checkpoint has its committee
+            self._write_committee(round_dir(run.run_dir, r), members)
         metrics["ema_initial_weight"] = round_ema_initial_weight(cfg, state)
         meta = checkpoint_meta(state, r, metrics, regime="frozen")
         write_checkpoint(state, _io.join(round_dir(run.run_dir, r), "checkpoint"), meta)
         return metrics
+
+    @staticmethod
+    def _write_committee(rdir: str, members: dict[str, np.ndarray]) -> None:
+        """The round's committee file (:data:`COMMITTEE_FILE`), atomically; removed when the round
+        trained no graph pseudo-labels (no unlabeled term): its rows then score their own margin."""
+        from safetensors.numpy import save
+
+        path = _io.join(rdir, COMMITTEE_FILE)
+        if not members:
+            if _io.exists(path):
+                _io.remove(path)
+            return
+        tensors = {
+            "rows": np.ascontiguousarray(members["rows"], dtype=np.int64),
+            "teacher": np.ascontiguousarray(members["teacher"], dtype=np.float16),
+            "graph": np.ascontiguousarray(members["graph"], dtype=np.float16),
+        }
+        _io.makedirs(rdir)
+        _io.atomic_write_bytes(path, save(tensors))
+
+    def _committee_of(self, round_idx: int, rows: np.ndarray) -> list[np.ndarray]:
+        """The other committee members of store rows ``rows``: ``[teacher, graph]``, ``(len(rows), C)``
+        float32 each, NaN for a row the round's committee file does not hold (a labeled row, or a
+        round without the unlabeled term)."""
+        from safetensors.numpy import load
+
+        nc = self._num_classes()
+        out = [np.full((len(rows), nc), np.nan, np.float32) for _ in range(2)]
+        path = _io.join(round_dir(self.run.run_dir, round_idx), COMMITTEE_FILE)
+        if not _io.exists(path):
+            return out
+        got = load(_io.read_bytes(path))
+        have = got["rows"]
+        order = np.argsort(have, kind="stable")
+        pos = np.searchsorted(have, rows, sorter=order)
+        pos = np.minimum(pos, max(len(have) - 1, 0))
+        found = np.flatnonzero(have[order[pos]] == rows) if len(have) else np.zeros(0, np.int64)
+        for o, name in zip(out, ("teacher", "graph"), strict=True):
+            o[found] = got[name][order[pos[found]]]
+        return out
 
     def evaluate(self, round_idx: int) -> dict[str, Any]:
         """Test-split accuracy of the evaluation head (and of the other weights, as a diagnostic)."""
@@ -167,13 +216,14 @@ class FrozenLearner:
         head = self._load_head(
             _io.join(round_dir(self.run.run_dir, round_idx), "checkpoint"), cfg.ssl.eval_model
         )
+        members = self._committee_of(round_idx, rows) if scores_committee(cfg) else None
         if shard_count(cfg) >= 2 and len(rows):
-            sharded_score(cfg, store, rows, head, nc, out_path, shard_count(cfg))
+            sharded_score(cfg, store, rows, head, nc, out_path, shard_count(cfg), members)
             return
         fs, inner = _io.resolve_fs(out_path)
         if fs.get_file_info(inner).type == pafs.FileType.Directory:  # parts left by an image-level run
             _io.remove(out_path)
-        write_scores_of(cfg, store, head, rows, out_path, nc)
+        write_scores_of(cfg, store, head, rows, out_path, nc, members)
 
     def cold_start_pool(self) -> Any:
         """The train split with the pretrained encoder's clean features (L2-normalised): no scoring pass."""

@@ -77,7 +77,7 @@ class Pool:
         col = unc.score_column(name)
         if col in self.scores:
             return np.asarray(self.scores[col], dtype=np.float32)
-        if self.probs is None or name == "disagreement" or (name == "badge" and self.embeddings is None):
+        if self.probs is None or name in unc.NEEDS_COLUMN or (name == "badge" and self.embeddings is None):
             have = ", ".join(sorted(self.scores)) or "none"
             raise DataError(f"the pool has no {col!r} column and cannot compute it (score columns: {have})")
         fn = {"entropy": unc.entropy, "margin": unc.margin, "least_confidence": unc.least_confidence}

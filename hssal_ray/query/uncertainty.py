@@ -5,12 +5,13 @@ in float32, so fp16 embeddings and large pools never get a full float32 copy. Ev
 "higher = more uncertain", so all strategies rank the same way.
 
 Columns written to the scores file (see :mod:`hssal_ray.query.scores_io`) are named
-``u_<name>``: ``u_badge``, ``u_entropy``, ``u_margin``, ``u_least_confidence``, ``u_disagreement``.
+``u_<name>``: ``u_badge``, ``u_entropy``, ``u_margin``, ``u_least_confidence``, ``u_disagreement``,
+``u_committee``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,10 +26,13 @@ __all__ = [
     "margin",
     "least_confidence",
     "disagreement",
+    "committee",
     "compute_all",
 ]
 
-UNCERTAINTIES = ("badge", "entropy", "margin", "least_confidence", "disagreement")
+UNCERTAINTIES = ("badge", "entropy", "margin", "least_confidence", "disagreement", "committee")
+NEEDS_COLUMN = ("disagreement", "committee")
+"""Scores that need more than the clean view's probabilities: they exist only as scores-file columns."""
 _CHUNK = 16_384
 
 
@@ -170,17 +174,57 @@ def disagreement(probs_weak: Any, probs_strong: Any, chunk_size: int = _CHUNK) -
     return out
 
 
-def compute_all(probs: Any, emb: Any | None, probs_strong: Any | None = None) -> dict[str, np.ndarray]:
+def committee(probs: Any, members: Sequence[Any], chunk_size: int = _CHUNK) -> np.ndarray:
+    """Consensus margin of a committee: :func:`margin` of the mean of ``probs`` and ``members``.
+
+    Query by committee with the frozen path's three predictors of a pool row: the student (the
+    evaluation head, ``probs``), the supervised teacher and the graph-smoothed pseudo-labels the
+    student was trained on (``members``). Rows where the members disagree, or agree on a close
+    call, have a small consensus margin. A member row holding NaN (a row the member never saw)
+    counts as a copy of ``probs``, so a row no member saw scores its plain margin.
+
+    Args:
+        probs: (n, C) class probabilities of the student.
+        members: (n, C) probability arrays of the other members (any float dtype).
+        chunk_size: rows per float32 block.
+
+    Returns:
+        (n,) float32 in ``[0, 1]``; 1 = a tie between the two top classes of the consensus.
+    """
+    p = _as_2d(probs, "probs")
+    ms = [_as_2d(m, "committee member") for m in members]
+    for m in ms:
+        if m.shape != p.shape:
+            raise DataError(f"a committee member has shape {m.shape} but probs has {p.shape}")
+    out = np.empty(p.shape[0], dtype=np.float32)
+    for s in range(0, p.shape[0], chunk_size):
+        pc = np.asarray(p[s : s + chunk_size], dtype=np.float32)
+        total = pc.copy()
+        for m in ms:
+            mc = np.asarray(m[s : s + chunk_size], dtype=np.float32)
+            total += np.where(np.isnan(mc).any(axis=1, keepdims=True), pc, mc)
+        out[s : s + chunk_size] = _margin_chunk(total / (1 + len(ms)))
+    return out
+
+
+def compute_all(
+    probs: Any,
+    emb: Any | None,
+    probs_strong: Any | None = None,
+    members: Sequence[Any] | None = None,
+) -> dict[str, np.ndarray]:
     """Every uncertainty column for the scores file.
 
     Args:
         probs: (n, C) class probabilities (of the weak/plain view).
         emb: (n, d) embeddings, or None to skip ``u_badge``.
         probs_strong: (n, C) strong-view probabilities, or None to skip ``u_disagreement``.
+        members: the other committee members' (n, C) probabilities (:func:`committee`), or None
+            to skip ``u_committee``.
 
     Returns:
-        ``{"u_badge", "u_entropy", "u_margin", "u_least_confidence"[, "u_disagreement"]}`` of
-        (n,) float32 arrays (``u_badge`` only when ``emb`` is given).
+        ``{"u_badge", "u_entropy", "u_margin", "u_least_confidence"[, "u_disagreement"]
+        [, "u_committee"]}`` of (n,) float32 arrays (``u_badge`` only when ``emb`` is given).
     """
     out: dict[str, np.ndarray] = {}
     if emb is not None:
@@ -190,4 +234,6 @@ def compute_all(probs: Any, emb: Any | None, probs_strong: Any | None = None) ->
     out["u_least_confidence"] = least_confidence(probs)
     if probs_strong is not None:
         out["u_disagreement"] = disagreement(probs, probs_strong)
+    if members is not None:
+        out["u_committee"] = committee(probs, members)
     return out

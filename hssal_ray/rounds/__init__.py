@@ -28,7 +28,14 @@ from hssal_ray.rounds.checkpoint import (
     write_checkpoint,
 )
 from hssal_ray.rounds.metrics import MetricMeans, classification_metrics
-from hssal_ray.rounds.policy import amp_dtype, build_optimization, derive_seed, scores_strong_view, ssl_active
+from hssal_ray.rounds.policy import (
+    amp_dtype,
+    build_optimization,
+    derive_seed,
+    scores_committee,
+    scores_strong_view,
+    ssl_active,
+)
 from hssal_ray.rounds.scores import empty_scores_table, scores_table
 
 __all__ = [
@@ -47,6 +54,7 @@ __all__ = [
     "round_ema_initial_weight",
     "save_checkpoint_dir",
     "scores_strong_view",
+    "scores_committee",
     "scores_table",
     "ssl_active",
     "warm_start_of",

@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["derive_seed", "ssl_active", "amp_dtype", "build_optimization", "scores_strong_view"]
+__all__ = [
+    "derive_seed",
+    "ssl_active",
+    "amp_dtype",
+    "build_optimization",
+    "scores_strong_view",
+    "scores_committee",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +88,13 @@ def scores_strong_view(cfg: Any) -> bool:
     second. Without either, the columns are left out on both paths and the extra forward is saved.
     """
     return cfg.query.uncertainty == "disagreement" or bool(cfg.query.ssl_aware)
+
+
+def scores_committee(cfg: Any) -> bool:
+    """Whether the frozen learner keeps the round's committee and scores ``u_committee``.
+
+    Only ``query.uncertainty`` or ``query.late_uncertainty`` ``committee`` reads the column; the
+    config allows it only on the frozen path with graph pseudo-labels (where the teacher and the
+    smoothed labels exist).
+    """
+    return "committee" in (cfg.query.uncertainty, cfg.query.late_uncertainty)

@@ -22,6 +22,7 @@ def scores_table(
     emb_norms: np.ndarray | None = None,
     *,
     pack_embeddings: bool = False,
+    members: list[np.ndarray] | None = None,
 ) -> pa.Table:
     """The scores contract table of model outputs (pure numpy): uncertainties, prediction, confidence.
 
@@ -37,6 +38,8 @@ def scores_table(
             of converting ``emb``: the frozen path passes float16 unit rows).
         pack_embeddings: One ``fixed_size_binary`` value per row for the embedding column instead
             of a list (:func:`hssal_ray.query.scores_table.packed_array`; the frozen path).
+        members: The other committee members' ``(n, C)`` probabilities (NaN rows: none), or None:
+            then the table has no ``u_committee`` (:func:`hssal_ray.query.uncertainty.committee`).
     """
     from hssal_ray.query.scores_io import scores_arrow_table
     from hssal_ray.query.uncertainty import compute_all
@@ -52,7 +55,9 @@ def scores_table(
         ids if isinstance(ids, pa.Array) else np.asarray([str(s) for s in ids], dtype=object),
         np.asarray(emb, dtype=np.float16),
         probs,
-        compute_all(probs, emb if emb_norms is None else np.asarray(emb_norms)[:, None], probs_strong),
+        compute_all(
+            probs, emb if emb_norms is None else np.asarray(emb_norms)[:, None], probs_strong, members
+        ),
         conf,
         probs.argmax(1),
         pack_embeddings=pack_embeddings,
@@ -60,11 +65,17 @@ def scores_table(
 
 
 def empty_scores_table(
-    dim: int, num_classes: int, strong: bool, *, pack_embeddings: bool = False
+    dim: int, num_classes: int, strong: bool, *, pack_embeddings: bool = False, committee: bool = False
 ) -> pa.Table:
     """A table of no rows with the columns a round that scored nothing would have written."""
     none = np.zeros((0, num_classes), np.float32)
     emb = np.zeros((0, dim), np.float16)
     return scores_table(
-        pa.array([], pa.string()), emb, none, none if strong else None, 1.0, pack_embeddings=pack_embeddings
+        pa.array([], pa.string()),
+        emb,
+        none,
+        none if strong else None,
+        1.0,
+        pack_embeddings=pack_embeddings,
+        members=[none] if committee else None,
     )
