@@ -88,6 +88,10 @@ def test_yaml_section_and_overrides_are_read(tmp_path: Path) -> None:
         ([*FROZEN, "frozen.pseudo_labels=graph", "ssl.threshold_mode=flexmatch"], "frozen.pseudo_labels"),
         ([*FROZEN, "frozen.pseudo_labels=graph", "ssl.dist_align=true"], "frozen.pseudo_labels"),
         ([*FROZEN, "frozen.embed_views=0"], "frozen.embed_views"),  # the head trains on stored views
+        # the committee's teacher and smoothed labels exist only with graph pseudo-labels
+        (["query.uncertainty=committee"], "query.uncertainty"),
+        ([*FROZEN, "query.uncertainty=committee"], "query.uncertainty"),
+        ([*FROZEN, "query.late_uncertainty=committee"], "query.late_uncertainty"),
     ],
 )
 def test_each_bad_value_is_one_error_naming_its_key(overrides: list[str], key: str) -> None:

@@ -172,3 +172,37 @@ def test_frozen_learner_keeps_the_contract_with_graph_labels_on_the_ivf_graph(tm
     """graph_max_nodes below the split: the graph is built by the IVF search (its settings key the cache)."""
     ctx = _frozen_ctx(tmp_path, "frozen.pseudo_labels=graph", "frozen.graph_k=3", "frozen.graph_max_nodes=2")
     _check_contract(ctx)
+
+
+def test_frozen_learner_keeps_the_round_committee_and_scores_it(tmp_path) -> None:
+    """``query.uncertainty=committee``: the round keeps its pool's teacher and smoothed labels, and the
+    scores' ``u_committee`` is their consensus margin with the student (a labeled row: its own margin)."""
+    from safetensors.numpy import load
+
+    from hssal_ray.learners.frozen import COMMITTEE_FILE
+    from hssal_ray.query.uncertainty import committee, margin
+
+    ctx = _frozen_ctx(tmp_path, "frozen.pseudo_labels=graph", "frozen.graph_k=3", "query.uncertainty=committee")
+    _label_some(ctx)
+    ctx.learner.train(0, None)
+    rdir = round_dir(ctx.run_dir, 0)
+    kept = load(_io.read_bytes(_io.join(rdir, COMMITTEE_FILE)))
+    store = ctx.learner.store
+    pool_rows = store.rows_of(ctx.pool_rows(LabeledSet.load(ctx.run_dir)).column("sample_id"))
+    assert sorted(kept["rows"].tolist()) == sorted(pool_rows.tolist())
+    assert kept["teacher"].shape == kept["graph"].shape == (len(pool_rows), 3)
+    np.testing.assert_allclose(kept["graph"].astype(np.float32).sum(1), 1.0, atol=1e-2)
+
+    out = _io.join(rdir, "scores.parquet")
+    ctx.learner.score(0, out)
+    pool = load_pool(out)
+    rows = store.rows_of(pool.ids)
+    where = {int(r): i for i, r in enumerate(kept["rows"])}
+    in_pool = np.array([int(r) in where for r in rows])
+    assert in_pool.sum() == len(pool_rows) and (~in_pool).sum() == 6  # the labeled rows are scored too
+    at = [where[int(r)] for r in rows[in_pool]]
+    members = [kept["teacher"][at].astype(np.float32), kept["graph"][at].astype(np.float32)]
+    want = committee(pool.probs[in_pool], members)
+    np.testing.assert_allclose(pool.scores["u_committee"][in_pool], want, atol=1e-4)
+    np.testing.assert_allclose(pool.scores["u_committee"][~in_pool], margin(pool.probs[~in_pool]), atol=1e-5)
+    assert not np.allclose(pool.scores["u_committee"][in_pool], pool.scores["u_margin"][in_pool], atol=1e-3)

@@ -14,6 +14,7 @@ from hypothesis.extra.numpy import arrays
 from hssal_ray.errors import DataError
 from hssal_ray.query.uncertainty import (
     badge_norm,
+    committee,
     compute_all,
     disagreement,
     entropy,
@@ -52,6 +53,21 @@ def test_disagreement_flip_scores_one_else_tv() -> None:
     np.testing.assert_allclose(disagreement(a, b), [1.0, 0.2], atol=1e-6)
     with pytest.raises(DataError, match="shape"):
         disagreement(a, b[:1])
+
+
+def test_committee_is_the_margin_of_the_members_mean() -> None:
+    student = np.array([[0.9, 0.1, 0.0], [0.6, 0.4, 0.0], [0.2, 0.7, 0.1]], np.float32)
+    teacher = np.array([[0.1, 0.9, 0.0], [0.6, 0.4, 0.0], [np.nan] * 3], np.float32)
+    graph = np.array([[0.5, 0.5, 0.0], [0.6, 0.4, 0.0], [np.nan] * 3], np.float16)
+    got = committee(student, [teacher, graph])
+    # row 0: the three disagree, the mean is a tie -> 1; row 1: all agree -> the plain margin;
+    # row 2: no member saw it (NaN) -> the student's own margin
+    np.testing.assert_allclose(got, [1.0, 0.8, 0.5], atol=1e-3)
+    np.testing.assert_allclose(committee(student, []), margin(student), atol=1e-6)
+    assert "u_committee" not in compute_all(student, None)
+    np.testing.assert_allclose(compute_all(student, None, members=[teacher, graph])["u_committee"], got)
+    with pytest.raises(DataError, match="committee member has shape"):
+        committee(student, [teacher[:2]])
 
 
 def test_compute_all_columns_and_torch_input() -> None:
