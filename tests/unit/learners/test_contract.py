@@ -182,7 +182,9 @@ def test_frozen_learner_keeps_the_round_committee_and_scores_it(tmp_path) -> Non
     from hssal_ray.learners.frozen import COMMITTEE_FILE
     from hssal_ray.query.uncertainty import committee, margin
 
-    ctx = _frozen_ctx(tmp_path, "frozen.pseudo_labels=graph", "frozen.graph_k=3", "query.uncertainty=committee")
+    ctx = _frozen_ctx(
+        tmp_path, "frozen.pseudo_labels=graph", "frozen.graph_k=3", "query.uncertainty=committee"
+    )
     _label_some(ctx)
     ctx.learner.train(0, None)
     rdir = round_dir(ctx.run_dir, 0)
