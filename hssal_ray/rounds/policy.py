@@ -93,8 +93,11 @@ def scores_strong_view(cfg: Any) -> bool:
 def scores_committee(cfg: Any) -> bool:
     """Whether the frozen learner keeps the round's committee and scores ``u_committee``.
 
-    Only ``query.uncertainty`` or ``query.late_uncertainty`` ``committee`` reads the column; the
-    config allows it only on the frozen path with graph pseudo-labels (where the teacher and the
-    smoothed labels exist).
+    Only ``query.uncertainty=committee`` reads the column, or ``query.late_uncertainty=committee``
+    with ``pick`` ``auto``/``auto_local`` (the only picks that read it). The config allows
+    ``committee`` only on the frozen path with graph pseudo-labels, where the teacher and the
+    smoothed labels exist.
     """
-    return "committee" in (cfg.query.uncertainty, cfg.query.late_uncertainty)
+    q = cfg.query
+    late = q.late_uncertainty == "committee" and q.pick in ("auto", "auto_local")
+    return q.uncertainty == "committee" or late

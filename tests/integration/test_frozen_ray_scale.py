@@ -58,7 +58,14 @@ def _learner(cfg, run_dir: Path, store, scored: pa.Table) -> FrozenLearner:
 def test_sharded_graph_and_scores_equal_the_single_machine_path(tmp_path: Path) -> None:
     import ray
 
-    over = ["ssl.finetune=frozen", "frozen.embed_views=2", "frozen.tta_views=1", "frozen.graph_k=6"]
+    over = [
+        "ssl.finetune=frozen",
+        "frozen.embed_views=2",
+        "frozen.tta_views=1",
+        "frozen.graph_k=6",
+        "frozen.pseudo_labels=graph",
+        "query.uncertainty=committee",
+    ]
     local_cfg = load_config(None, over)
     shard_cfg = load_config(None, [*over, "resources.store_shards=2"])
     store = open_store(_store(tmp_path / "emb"))
@@ -72,6 +79,12 @@ def test_sharded_graph_and_scores_equal_the_single_machine_path(tmp_path: Path) 
     ckpt = Path(round_dir(str(tmp_path), 1)) / "checkpoint"
     ckpt.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(ckpt / "ema.safetensors"))
+    rng = np.random.default_rng(1)  # the round's committee: teacher and smoothed labels of half the rows
+    held = rng.permutation(N)[: N // 2]
+    members = {
+        name: rng.dirichlet(np.ones(NC), size=len(held)).astype(np.float16) for name in ("teacher", "graph")
+    }
+    FrozenLearner._write_committee(round_dir(str(tmp_path), 1), {"rows": held, **members})
     scored = pa.table({"sample_id": pa.array([f"img{i:05d}" for i in range(N - 1, -1, -3)])})
     local_out = tmp_path / "local.parquet"
     _learner(local_cfg, tmp_path, store, scored).score(1, str(local_out))
@@ -95,7 +108,8 @@ def test_sharded_graph_and_scores_equal_the_single_machine_path(tmp_path: Path) 
     assert list(a.ids) == list(b.ids)
     np.testing.assert_array_equal(a.embeddings, b.embeddings)
     np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-6)
-    assert a.scores.keys() == b.scores.keys()
+    assert a.scores.keys() == b.scores.keys() and "u_committee" in a.scores
+    assert not np.allclose(a.scores["u_committee"], a.scores["u_margin"], atol=1e-3)
     for k in a.scores:
         np.testing.assert_allclose(a.scores[k], b.scores[k], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(a.pred, b.pred)

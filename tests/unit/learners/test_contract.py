@@ -208,3 +208,15 @@ def test_frozen_learner_keeps_the_round_committee_and_scores_it(tmp_path) -> Non
     np.testing.assert_allclose(pool.scores["u_committee"][in_pool], want, atol=1e-4)
     np.testing.assert_allclose(pool.scores["u_committee"][~in_pool], margin(pool.probs[~in_pool]), atol=1e-5)
     assert not np.allclose(pool.scores["u_committee"][in_pool], pool.scores["u_margin"][in_pool], atol=1e-3)
+
+
+def test_the_committee_is_kept_only_when_the_query_reads_it() -> None:
+    from hssal_ray.rounds import scores_committee
+
+    graph = [*FROZEN, "frozen.pseudo_labels=graph"]
+    assert scores_committee(load_config(None, [*graph, "query.uncertainty=committee"]))
+    late = [*graph, "query.late_uncertainty=committee"]
+    assert scores_committee(load_config(None, [*late, "query.pick=auto"]))
+    assert scores_committee(load_config(None, [*late, "query.pick=auto_local"]))
+    assert not scores_committee(load_config(None, [*late, "query.pick=uncertain"]))  # never read
+    assert not scores_committee(load_config(None, graph))
