@@ -8,6 +8,10 @@ Each argument is ``RESULT.json:method[,method...]``: the per-seed accuracies of 
 taken from that result (``python -m benchmarks.label_efficiency`` wrote it). A method's seeds may
 come from several results (e.g. seeds 0-9 from one run and 10-19 from another); a seed measured
 twice with different numbers is an error, as are results with different budgets. Runs nothing.
+``method=NAME`` takes the method under another name, so a recipe variant is compared with the
+profile: ``VARIANT.json:hssal,hssal_flat PROFILE.json:hssal=profile`` reports the variant's HSSAL
+against its own flat variant and against the profile's HSSAL (``--not-in-chance profile`` leaves
+the profile out of the pass chance, which is about the baselines).
 
 For HSSAL against every other method it reports, paired by seed over the seeds both have, the
 mean margin at each budget after the cold start and over the whole curve (95% t-interval, as the
@@ -49,10 +53,12 @@ def pool_summaries(specs: list[str]) -> dict[str, Any]:
         if not sep or not path or not methods:
             raise ValueError(f"{spec!r}: expected RESULT.json:method[,method...]")
         summary = json.loads(Path(path).read_text())["summary"]
-        for m in methods.split(","):
-            if m not in summary:
-                raise ValueError(f"{path} has no {m!r} (it has {sorted(summary)})")
-            s = summary[m]
+        for item in methods.split(","):
+            src, _, m = item.partition("=")
+            m = m or src
+            if src not in summary:
+                raise ValueError(f"{path} has no {src!r} (it has {sorted(summary)})")
+            s = summary[src]
             got = out.setdefault(m, {"num_labeled": s["num_labeled"], "per_seed": {}, "sources": []})
             if got["num_labeled"] != s["num_labeled"]:
                 raise ValueError(f"{path}: {m} budgets {s['num_labeled']} != {got['num_labeled']} elsewhere")
@@ -99,8 +105,9 @@ def pass_chance(
     }
 
 
-def report(summary: dict[str, Any], n_seeds: int = 5) -> dict[str, Any]:
-    """Paired margins, whole-curve intervals and pass chances of HSSAL against every other method."""
+def report(summary: dict[str, Any], n_seeds: int = 5, not_in_chance: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Paired margins, whole-curve intervals and pass chances of HSSAL against every other method
+    (the methods in ``not_in_chance`` get margins and intervals but no pass chance)."""
     others = [m for m in summary if m not in (METHOD, "full_supervision")]
     curve = curve_margins(summary, METHOD)
     rows, diffs, seeds = [], {}, None
@@ -123,9 +130,13 @@ def report(summary: dict[str, Any], n_seeds: int = 5) -> dict[str, Any]:
                 "wins": f"{c['wins']}/{len(common)}",
             }
         )
-    chance = pass_chance(diffs, n_seeds) if seeds else None
+    in_chance = {m: d for m, d in diffs.items() if m not in not_in_chance}
+    chance = pass_chance(in_chance, n_seeds) if seeds and in_chance else None
     if chance:
         for r in rows:
+            if r["HSSAL minus"] not in in_chance:
+                r[f"P({n_seeds}-seed mean >= 0)"] = r["P(every budget)"] = "—"
+                continue
             p = chance["per_cell"][r["HSSAL minus"]]
             r[f"P({n_seeds}-seed mean >= 0)"] = " / ".join(f"{x:.2f}" for x in p)
             r["P(every budget)"] = f"{chance['per_method'][r['HSSAL minus']]:.2f}"
@@ -135,17 +146,28 @@ def report(summary: dict[str, Any], n_seeds: int = 5) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the tool (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("specs", nargs="+", metavar="RESULT.json:method[,method...]")
+    ap.add_argument("specs", nargs="+", metavar="RESULT.json:method[=NAME][,method...]")
     ap.add_argument("--name", default="pooled seeds", help="title of the report")
     ap.add_argument("--seeds", type=int, default=5, help="seeds of the run whose outcome is estimated")
     ap.add_argument("--out", help="write <out>.md and <out>.json (default: print the Markdown)")
+    ap.add_argument(
+        "--not-in-chance",
+        default="",
+        metavar="M[,M...]",
+        help="methods compared but left out of the pass chance (e.g. the profile a variant is compared with)",
+    )
     args = ap.parse_args(argv)
     try:
         summary = pool_summaries(args.specs)
     except (ValueError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    res = report(summary, args.seeds)
+    skip = tuple(m for m in args.not_in_chance.split(",") if m)
+    unknown = [m for m in skip if m not in summary]
+    if unknown:
+        print(f"error: --not-in-chance names {unknown}, which no result gives", file=sys.stderr)
+        return 2
+    res = report(summary, args.seeds, skip)
     md = [
         f"# {args.name}: HSSAL against every method, seeds pooled",
         "",
@@ -157,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     if res["pass_chance"]:
         md += [
             "",
-            f"Chance that a {args.seeds}-seed run finds HSSAL's mean >= every method's at every budget: "
+            f"Chance that a {args.seeds}-seed run finds HSSAL's mean >= every method's at every budget"
+            + (f" ({', '.join(skip)} left out)" if skip else "")
+            + ": "
             f"**{res['pass_chance']['all']:.2f}** ({args.seeds} of the {len(res['seeds'])} seeds drawn with "
             "replacement, 20,000 draws, the same draw for every cell).",
         ]

@@ -62,3 +62,26 @@ def test_cli_writes_the_table_and_the_chance(tmp_path: Path, capsys: pytest.Capt
     assert "# toy" in text and "+2.00 ± 0.00" in text and "ahead" in text and "**1.00**" in text
     assert json.loads((tmp_path / "out.json").read_text())["pass_chance"]["all"] == 1.0
     assert main([f"{r}:nope"]) == 2 and "error:" in capsys.readouterr().err
+
+
+def test_a_variant_is_compared_with_the_profile_under_another_name(tmp_path: Path) -> None:
+    h = {str(s): [0.5, 0.80, 0.90] for s in range(4)}
+    variant = _result(tmp_path / "v.json", {"hssal": h, "hssal_flat": {s: [0.5, 0.79, 0.89] for s in h}})
+    profile = _result(tmp_path / "p.json", {"hssal": {s: [0.5, 0.81, 0.91] for s in h}})
+    s = pool_summaries([f"{variant}:hssal,hssal_flat", f"{profile}:hssal=profile"])
+    assert sorted(s) == ["hssal", "hssal_flat", "profile"]
+    assert s["hssal"]["per_seed"]["0"] == [0.5, 0.80, 0.90] and s["profile"]["per_seed"]["0"] == [
+        0.5,
+        0.81,
+        0.91,
+    ]
+    out = tmp_path / "out"
+    args = [f"{variant}:hssal,hssal_flat", f"{profile}:hssal=profile", "--out", str(out)]
+    assert main([*args, "--not-in-chance", "profile"]) == 0
+    res = json.loads((tmp_path / "out.json").read_text())
+    rows = {r["HSSAL minus"]: r for r in res["rows"]}
+    assert rows["profile"]["curve [95% CI]"].startswith("-1.00") and rows["profile"]["P(every budget)"] == "—"
+    assert res["pass_chance"]["all"] == 1.0  # ahead of its flat variant on every seed; the profile left out
+    assert main(args) == 0
+    assert json.loads((tmp_path / "out.json").read_text())["pass_chance"]["all"] == 0.0  # behind the profile
+    assert main([*args, "--not-in-chance", "nope"]) == 2
