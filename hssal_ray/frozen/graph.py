@@ -63,9 +63,23 @@ __all__ = [
     "symmetric_weights",
     "normalised_affinity",
     "torch_csr",
+    "find_rows",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def find_rows(sorted_rows: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where store rows ``rows`` sit in the ascending ``sorted_rows``: ``(positions, found)``.
+
+    ``found[i]`` says whether ``rows[i]`` is there; where it is not, ``positions[i]`` is a valid
+    index of ``sorted_rows`` (when it has any rows) that holds another row.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    p = np.minimum(np.searchsorted(sorted_rows, rows), max(len(sorted_rows) - 1, 0))
+    found = sorted_rows[p] == rows if len(sorted_rows) else np.zeros(len(rows), dtype=bool)
+    return p, found
+
 
 # ------------------------------------------------------------------------------ affinity
 
@@ -141,9 +155,8 @@ class KnnGraph:
             o = np.argsort(self.rows, kind="stable")
             self._sorted = (self.rows[o], o)
         srt, o = self._sorted
-        rows = np.asarray(rows, dtype=np.int64)
-        p = np.minimum(np.searchsorted(srt, rows), max(len(srt) - 1, 0))
-        if len(rows) and (len(srt) == 0 or not np.array_equal(srt[p], rows)):
+        p, found = find_rows(srt, rows)
+        if not found.all():
             raise ValueError("rows outside the graph's nodes")
         return o[p]
 

@@ -170,19 +170,19 @@ class FrozenLearner:
         round without the unlabeled term)."""
         from safetensors.numpy import load
 
+        from hssal_ray.frozen.graph import find_rows
+
         nc = self._num_classes()
         out = [np.full((len(rows), nc), np.nan, np.float32) for _ in range(2)]
         path = _io.join(round_dir(self.run.run_dir, round_idx), COMMITTEE_FILE)
         if not _io.exists(path):
             return out
         got = load(_io.read_bytes(path))
-        have = got["rows"]
-        order = np.argsort(have, kind="stable")
-        pos = np.searchsorted(have, rows, sorter=order)
-        pos = np.minimum(pos, max(len(have) - 1, 0))
-        found = np.flatnonzero(have[order[pos]] == rows) if len(have) else np.zeros(0, np.int64)
+        order = np.argsort(got["rows"], kind="stable")
+        pos, found = find_rows(got["rows"][order], rows)
+        at = order[pos[found]]
         for o, name in zip(out, ("teacher", "graph"), strict=True):
-            o[found] = got[name][order[pos[found]]]
+            o[found] = got[name][at]
         return out
 
     def evaluate(self, round_idx: int) -> dict[str, Any]:
