@@ -32,9 +32,12 @@ class QueryConfig:
         pick: Which sample of each fine cluster is queried: the most ``uncertain``, the most
             ``typical`` (TypiClust density), ``balanced`` (best sum of its uncertainty rank and its
             typicality rank among the candidates), ``eer`` (the largest expected error reduction on
-            the pool's k-NN graph, ``hssal_ray/query/eer.py``), or ``auto``: typical while the labeled
-            set holds fewer than ``typical_until`` labels per class on average, ``late_pick`` from then on;
-            ``auto_local`` (HAL): that rule inside each coarse cluster, by its share of the labels.
+            the pool's k-NN graph, ``hssal_ray/query/eer.py``), ``cover`` (no fine clustering: ProbCover's
+            greedy max coverage, the candidates whose balls hold the most pool rows no labeled row or
+            earlier pick is near, ties to the more uncertain; the ball holds a typical row's 20 nearest
+            rows), or ``auto``: ``early_pick`` while the labeled set holds fewer than ``typical_until``
+            labels per class on average, ``late_pick`` from then on; ``auto_local`` (HAL): that rule
+            inside each coarse cluster, by its share of the labels.
         typical_until: Labels per class (average) at which ``pick: auto`` turns from typical to
             uncertain.
         coarse_fit_sample: Fit the coarse k-means on at most this many rows.
@@ -54,6 +57,8 @@ class QueryConfig:
             uncertain (``same`` = ``uncertainty``).
         late_pick: With ``pick: auto``/``auto_local``: the pick once the labeled set is past
             ``typical_until`` (``uncertain`` or ``eer``).
+        early_pick: With ``pick: auto``/``auto_local``: the pick before that (``typical`` or
+            ``cover``).
         boundary_check: HAL replaces a pick closer than the fine clusters' measured radius to a
             pick of another coarse cluster (near-copies split by a coarse boundary) with the next
             candidate of its own coarse cluster that is not; ``late``: only in rounds whose pick rule
@@ -77,7 +82,7 @@ class QueryConfig:
     coarse_k: int = 0
     candidate_ratio: float = 3.0
     fine_method: Literal["kmeans", "spectral"] = "kmeans"
-    pick: Literal["uncertain", "typical", "balanced", "eer", "auto", "auto_local"] = "uncertain"
+    pick: Literal["uncertain", "typical", "balanced", "eer", "cover", "auto", "auto_local"] = "uncertain"
     typical_until: float = _added(3.0)
     coarse_fit_sample: int = 100_000
     kmeans_backend: Literal["auto", "torch", "faiss", "sklearn", "cuml"] = "auto"
@@ -90,6 +95,7 @@ class QueryConfig:
         "same"
     )
     late_pick: Literal["uncertain", "eer"] = _added("uncertain")
+    early_pick: Literal["typical", "cover"] = _added("typical")
     boundary_check: bool | Literal["late"] = _added(False)
     typical_scale: Literal["cluster", "flat"] = _added("cluster")
     typical_over: Literal["candidates", "pool"] = _added("candidates")

@@ -52,7 +52,7 @@ def _strategy_keys(name: str, pick: str) -> set[str]:
     if name == "hal_flat":
         keys -= _FLAT_IGNORES
     if pick not in ("auto", "auto_local"):
-        keys -= {"typical_until", "late_uncertainty", "late_pick"}
+        keys -= {"typical_until", "late_uncertainty", "late_pick", "early_pick"}
     return keys
 
 

@@ -56,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--coarse-k", type=int, help="coarse clusters (0 = auto, the default)")
     p.add_argument("--candidate-ratio", type=float, help="default: 3")
     p.add_argument("--fine-method", choices=("kmeans", "spectral"))
-    p.add_argument("--pick", choices=("uncertain", "typical", "balanced", "eer", "auto", "auto_local"))
+    p.add_argument(
+        "--pick", choices=("uncertain", "typical", "balanced", "eer", "cover", "auto", "auto_local")
+    )
     p.add_argument("--coarse-fit-sample", type=int)
     p.add_argument("--kmeans-iters", type=int)
     p.add_argument(

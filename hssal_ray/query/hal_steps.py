@@ -114,6 +114,11 @@ class ClusterTask:
         n_neighbors: k of the typicality (``typical`` and ``balanced`` picks).
         density: (m,) typicality of the candidates measured elsewhere (``typical_over: pool``:
             against the pool rows of the coarse cluster), used instead of the candidates' own.
+        cover: (m, R) bool, ``pick="cover"``: which reference rows (pool rows of the coarse
+            cluster, or a sample of them) lie within the covering radius of each candidate
+            (:func:`coverage`).
+        covered: (R,) bool, ``pick="cover"``: reference rows already within the radius of a
+            labeled row.
     """
 
     cluster: int
@@ -129,6 +134,8 @@ class ClusterTask:
     gain: np.ndarray | None = None
     n_neighbors: int = TYPICAL_NEIGHBORS
     density: np.ndarray | None = None
+    cover: np.ndarray | None = None
+    covered: np.ndarray | None = None
 
 
 def _fine_labels(task: ClusterTask) -> np.ndarray:
@@ -162,6 +169,10 @@ def _select_in_cluster(task: ClusterTask) -> np.ndarray:
     m, b = task.emb.shape[0], task.n_picks
     if b >= m:
         return np.arange(m, dtype=np.int64)
+    if task.pick == "cover":
+        if task.cover is None or task.covered is None or task.cover.shape != (m, task.covered.size):
+            raise ValueError(f"pick 'cover' needs an (m={m}, R) cover matrix and an (R,) covered mask")
+        return np.sort(greedy_cover(task.cover, task.covered, b))
     with limit_threads(float(m) * max(b, 20) * task.emb.shape[1]):
         return _pick(task, m, b)
 
@@ -169,7 +180,7 @@ def _select_in_cluster(task: ClusterTask) -> np.ndarray:
 def candidate_rank(task: ClusterTask) -> np.ndarray:
     """(m,) float64 rank of each candidate under the task's pick rule (lower = picked first).
 
-    Position in priority order (``uncertain``), -density (``typical``), the sum of both ranks over
+    Position in priority order (``uncertain``, ``cover``), -density (``typical``), the sum of both ranks over
     the task's candidates (``balanced``: Borda count of uncertainty and typicality, scale-free:
     information density), or -gain (``eer``: expected error reduction on the graph).
     """
@@ -232,6 +243,93 @@ def _uncovered_picks(task: ClusterTask, m: int, b: int, rank: np.ndarray) -> np.
     c = labels[heads]
     prio = np.lexsort((c, -n_cand[c], n_lab_in[c]))  # fewest labeled, then largest, then id
     return heads[prio][:b]
+
+
+def kth_neighbor_distance(X: np.ndarray, k: int, chunk_size: int = 1024) -> np.ndarray:
+    """(R,) float32 Euclidean distance of each row of ``X`` to its ``k``-th nearest other row.
+
+    ``k`` is clipped to ``R - 1``; a single row gets 0.
+    """
+    R = X.shape[0]
+    k = min(int(k), R - 1)
+    if k < 1:
+        return np.zeros(R, dtype=np.float32)
+    F = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    out = np.empty(R, dtype=np.float32)
+    for s in range(0, R, chunk_size):
+        d2 = _sq_dists(F[s : s + chunk_size], F)
+        i = torch.arange(d2.shape[0])
+        d2[i, i + s] = float("inf")  # a row is not its own neighbour
+        out[s : s + d2.shape[0]] = torch.topk(d2, k, dim=1, largest=False).values[:, -1].sqrt().numpy()
+    return out
+
+
+def coverage(
+    cand: np.ndarray, ref: np.ndarray, labeled: np.ndarray | None, radius: float, chunk_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """ProbCover's balls (Yehuda et al., 2022): which reference rows each candidate would cover.
+
+    Args:
+        cand: (m, d) candidate points.
+        ref: (R, d) reference points (the data to cover).
+        labeled: (L, d) labeled points, or None.
+        radius: the ball's radius (Euclidean).
+        chunk_size: rows per distance block.
+
+    Returns:
+        ``(cover, covered)``: (m, R) bool, ``||cand_j - ref_i|| <= radius``; (R,) bool, reference rows
+        already within ``radius`` of a labeled point.
+    """
+    r2 = float(radius) ** 2
+    F = torch.from_numpy(np.ascontiguousarray(ref, dtype=np.float32))
+
+    def within(x: np.ndarray) -> np.ndarray:
+        X = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        out = np.zeros((X.shape[0], F.shape[0]), dtype=bool)
+        for s in range(0, X.shape[0], chunk_size):
+            out[s : s + chunk_size] = (_sq_dists(X[s : s + chunk_size], F) <= r2).numpy()
+        return out
+
+    cover = within(cand)
+    if labeled is None or len(labeled) == 0:
+        return cover, np.zeros(F.shape[0], dtype=bool)
+    covered = np.zeros(F.shape[0], dtype=bool)
+    for s in range(0, len(labeled), chunk_size):
+        covered |= within(labeled[s : s + chunk_size]).any(0)
+    return cover, covered
+
+
+def greedy_cover(cover: np.ndarray, covered: np.ndarray, b: int) -> np.ndarray:
+    """ProbCover's greedy max coverage: ``b`` times, the candidate whose ball holds the most
+    reference rows no labeled row or earlier pick covers yet.
+
+    Ties (and candidates once nothing uncovered is left within reach) go to the lower position,
+    i.e. the more uncertain candidate: candidates come in priority order. Greedy is within
+    ``1 - 1/e`` of the best coverage (the objective is submodular).
+
+    Args:
+        cover: (m, R) bool ball membership (:func:`coverage`).
+        covered: (R,) bool, already covered.
+        b: picks, ``b <= m``.
+
+    Returns:
+        (b,) int64 candidate positions in the order they were picked.
+    """
+    m = cover.shape[0]
+    if b > m:
+        raise ValueError(f"cannot pick {b} of {m} candidates")
+    free = ~np.asarray(covered, dtype=bool)
+    gain = cover[:, free].sum(1).astype(np.int64)
+    out = np.empty(b, dtype=np.int64)
+    for t in range(b):
+        j = int(np.argmax(gain))  # the first maximum: the most uncertain of the best
+        out[t] = j
+        new = cover[j] & free
+        if new.any():
+            gain -= cover[:, new].sum(1)
+            free &= ~new
+        gain[j] = -1
+    return out
 
 
 def _top_candidates(u: np.ndarray, rows: np.ndarray, conf: np.ndarray | None, m: int) -> np.ndarray:

@@ -41,7 +41,9 @@ from hssal_ray.query.hal_steps import (
     _select_in_cluster,
     _top_candidates,
     candidate_rank,
+    coverage,
     cross_cluster_duplicates,
+    kth_neighbor_distance,
     reference_typicality,
     take_rows,
     typicality,
@@ -160,6 +162,17 @@ def allocate_budget(mass: np.ndarray, counts: np.ndarray, budget: int) -> np.nda
     return b
 
 
+def _reference_sample(rows: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
+    """``rows`` (sorted), or a seeded sample of :data:`DENSITY_REFERENCE_ROWS` of them above that,
+    and TypiClust's 20 neighbours scaled by the sample's share (at least 1)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size <= DENSITY_REFERENCE_ROWS:
+        return rows, TYPICAL_NEIGHBORS
+    nn = max(1, round(TYPICAL_NEIGHBORS * DENSITY_REFERENCE_ROWS / rows.size))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(rows, size=DENSITY_REFERENCE_ROWS, replace=False)), nn
+
+
 def _summary(rules: list[str]) -> str:
     """One word for the round's pick rules: the rule when every cluster used it, else ``mixed``."""
     return rules[0] if len(set(rules)) == 1 else "mixed"
@@ -172,7 +185,8 @@ class _HALBase(QueryStrategy):
         "coarse_k": lambda v: isinstance(v, int | np.integer) and v >= 0,
         "candidate_ratio": lambda v: isinstance(v, int | float) and v >= 1.0,
         "fine_method": ("kmeans", "spectral"),
-        "pick": ("uncertain", "typical", "balanced", "eer", "auto", "auto_local"),
+        "pick": ("uncertain", "typical", "balanced", "eer", "cover", "auto", "auto_local"),
+        "early_pick": ("typical", "cover"),
         "typical_until": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
         "coarse_fit_sample": lambda v: isinstance(v, int | np.integer) and v >= MIN_COARSE_FIT_SAMPLE,
         "kmeans_backend": BACKENDS,
@@ -206,6 +220,7 @@ class _HALBase(QueryStrategy):
         alloc_over: str = "pool",
         late_uncertainty: str = "same",
         late_pick: str = "uncertain",
+        early_pick: str = "typical",
         boundary_check: bool | str = False,
         typical_scale: str = "cluster",
         typical_over: str = "candidates",
@@ -227,6 +242,7 @@ class _HALBase(QueryStrategy):
         self.alloc_over = alloc_over  # hal only, as alloc_temper
         self.late_uncertainty = late_uncertainty
         self.late_pick = late_pick
+        self.early_pick = early_pick
         self.boundary_check = boundary_check  # hal only, as alloc_temper
         self.typical_scale = typical_scale  # hal only, as alloc_temper
         self.typical_over = typical_over
@@ -254,8 +270,8 @@ class _HALBase(QueryStrategy):
         n_labeled = int(np.count_nonzero(pool.exclude)) if pool.exclude is not None else 0
         n_classes = int(np.shape(pool.probs)[1]) if pool.probs is not None else 0
         if n_classes == 0:
-            return "typical"
-        return "typical" if n_labeled < self.typical_until * n_classes else self.late_pick
+            return self.early_pick
+        return self.early_pick if n_labeled < self.typical_until * n_classes else self.late_pick
 
     def ranking(self, pool: Pool) -> str:
         """The uncertainty this round ranks by: ``late_uncertainty`` once ``auto`` picks uncertain."""
@@ -263,7 +279,7 @@ class _HALBase(QueryStrategy):
 
     def _ranking_for(self, rule: str) -> str:
         late = self.late_uncertainty
-        if late == "same" or self.pick not in ("auto", "auto_local") or rule == "typical":
+        if late == "same" or self.pick not in ("auto", "auto_local") or rule == self.early_pick:
             return self.uncertainty
         return late
 
@@ -281,6 +297,7 @@ class _HALBase(QueryStrategy):
         gain: np.ndarray | None = None,
         n_neighbors: int = TYPICAL_NEIGHBORS,
         density: np.ndarray | None = None,
+        cover: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ClusterTask:
         return ClusterTask(
             cluster=cluster,
@@ -296,6 +313,8 @@ class _HALBase(QueryStrategy):
             gain=gain,
             n_neighbors=int(n_neighbors),
             density=density,
+            cover=None if cover is None else cover[0],
+            covered=None if cover is None else cover[1],
         )
 
     def _pool_density(self, emb: Any, cand: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarray:
@@ -307,16 +326,36 @@ class _HALBase(QueryStrategy):
         that many stands for them, with k scaled by its share (at least 1). HAL passes the rows of a
         candidate's coarse cluster, so the cost is ``sum_k m_k * N_k`` instead of ``M * N``.
         """
-        rows = np.asarray(rows, dtype=np.int64)
-        nn = TYPICAL_NEIGHBORS
-        if rows.size > DENSITY_REFERENCE_ROWS:
-            nn = max(1, round(TYPICAL_NEIGHBORS * DENSITY_REFERENCE_ROWS / rows.size))
-            rng = np.random.default_rng(seed)
-            rows = np.sort(rng.choice(rows, size=DENSITY_REFERENCE_ROWS, replace=False))
+        rows, nn = _reference_sample(rows, seed)
         pos = np.searchsorted(rows, cand)
         pos_c = np.minimum(pos, rows.size - 1)
         self_pos = np.where(rows[pos_c] == cand, pos_c, -1)
         return reference_typicality(take_rows(emb, cand), take_rows(emb, rows), self_pos, nn)
+
+    def _cover_radius(self, emb: Any, n: int, seed: int) -> float:
+        """``pick: cover``: the ball's radius, the median distance from a pool row (labeled ones
+        included) to its 20th nearest row; on a seeded sample of :data:`DENSITY_REFERENCE_ROWS` rows
+        above that, with k scaled by its share, as for the density (:meth:`_pool_density`). The
+        ball of a typical row holds about the 20 rows TypiClust measures its density over."""
+        rows, nn = _reference_sample(np.arange(n, dtype=np.int64), seed)
+        return float(np.median(kth_neighbor_distance(take_rows(emb, rows), nn)))
+
+    def _coverage(
+        self, emb: Any, cand: np.ndarray, rows: np.ndarray, labeled: np.ndarray, radius: float, seed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``pick: cover``: the candidates' balls over ``rows`` (a coarse cluster's pool rows, or a
+        seeded sample of :data:`DENSITY_REFERENCE_ROWS` of them) and the part the ``labeled`` rows
+        cover already (:func:`~hssal_ray.query.hal_steps.coverage`)."""
+        ref, _ = _reference_sample(rows, seed)
+        lab = take_rows(emb, labeled) if labeled.size else None
+        return coverage(take_rows(emb, cand), take_rows(emb, ref), lab, radius)
+
+    def _labeled(self, pool: Pool) -> np.ndarray:
+        return (
+            np.flatnonzero(np.asarray(pool.exclude, dtype=bool)).astype(np.int64)
+            if pool.exclude is not None
+            else np.zeros(0, dtype=np.int64)
+        )
 
     def _run(self, tasks: list[ClusterTask]) -> list[np.ndarray]:
         fn = self.map_fn if self.map_fn is not None else map
@@ -333,12 +372,12 @@ class _HALBase(QueryStrategy):
         """
         n_classes = int(np.shape(pool.probs)[1]) if pool.probs is not None else 0
         if n_classes == 0:
-            return ["typical"] * k1
+            return [self.early_pick] * k1
         sizes = np.bincount(labels, minlength=k1).astype(np.float64)
         ex = np.asarray(pool.exclude, dtype=bool) if pool.exclude is not None else np.zeros(len(pool), bool)
         n_lab = np.bincount(labels[ex], minlength=k1).astype(np.float64)
         need = self.typical_until * n_classes * sizes / max(len(pool), 1)
-        return [self.late_pick if n_lab[k] >= need[k] else "typical" for k in range(k1)]
+        return [self.late_pick if n_lab[k] >= need[k] else self.early_pick for k in range(k1)]
 
     def _eer_gains(
         self,
@@ -379,7 +418,7 @@ class _HALBase(QueryStrategy):
         """Labeled pool rows (``pool.exclude``) when ``cover_labeled`` is on, else None."""
         if not self.cover_labeled or pool.exclude is None:
             return None
-        return np.flatnonzero(np.asarray(pool.exclude, dtype=bool)).astype(np.int64)
+        return self._labeled(pool)
 
     def _confident(self, pool: Pool) -> np.ndarray | None:
         return (
@@ -540,9 +579,14 @@ class HierarchicalQuery(_HALBase):
         t_eer = time.perf_counter()
         n_flat = shared.size if shared is not None else sum(c.size for c in cands)
         by_density = self.typical_over == "pool" and any(r in ("typical", "balanced") for r in rules)
-        if by_density:  # every pool row (labeled too) by coarse cluster
+        by_cover = "cover" in rules
+        if by_density or by_cover:  # every pool row (labeled too) by coarse cluster
             ord_all = np.argsort(labels, kind="stable")
             st_all = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k1))])
+        if by_cover:
+            radius = self._cover_radius(emb, len(pool), seed)
+            lab_all = self._labeled(pool)
+            lab_all_of = labels[lab_all]
         tasks = []
         for i, k in enumerate(ks):
             lab_k = None if labeled is None else labeled[lab_of == k]
@@ -554,9 +598,12 @@ class HierarchicalQuery(_HALBase):
             if by_density and rules[i] in ("typical", "balanced") and b[k] < cands[i].size:
                 rows_k = np.sort(ord_all[st_all[k] : st_all[k + 1]])
                 dens = self._pool_density(emb, cands[i], rows_k, seed_k)
-            task = self._task(
-                int(k), emb, cands[i], u_all, b[k], fine_backend, seed_k, rules[i], lab_k, gains[i], nn, dens
-            )
+            cov = None
+            if rules[i] == "cover" and b[k] < cands[i].size:  # balls over the coarse cluster's pool rows
+                rows_k = np.sort(ord_all[st_all[k] : st_all[k + 1]])
+                cov = self._coverage(emb, cands[i], rows_k, lab_all[lab_all_of == k], radius, seed_k)
+            args = (int(k), emb, cands[i], u_all, b[k], fine_backend, seed_k, rules[i], lab_k, gains[i])
+            task = self._task(*args, n_neighbors=nn, density=dens, cover=cov)
             tasks.append((cands[i], task))
         ts = [t for _, t in tasks]
         results = self._run(ts)
@@ -564,7 +611,8 @@ class HierarchicalQuery(_HALBase):
         picks = picks[np.lexsort((picks, -u_all[picks]))]
         t_fine = time.perf_counter()
         boundary = None
-        if self.boundary_check is True or (self.boundary_check == "late" and pick != "typical"):
+        early = pick in ("typical", "cover")
+        if self.boundary_check is True or (self.boundary_check == "late" and not early):
             picks, boundary = cross_cluster_duplicates(
                 emb, picks, cands, labels, rank_of=lambda i: candidate_rank(ts[i])
             )
@@ -621,6 +669,11 @@ class FlatHierarchicalQuery(_HALBase):
         dens = None
         if self.typical_over == "pool" and pick in ("typical", "balanced") and budget < cand.size:
             dens = self._pool_density(pool.embeddings, cand, np.arange(len(pool)), seed)
+        cov = None
+        if pick == "cover" and budget < cand.size:  # balls over the whole pool
+            radius = self._cover_radius(pool.embeddings, len(pool), seed)
+            every = np.arange(len(pool), dtype=np.int64)
+            cov = self._coverage(pool.embeddings, cand, every, self._labeled(pool), radius, seed)
         task = self._task(
             0,
             pool.embeddings,
@@ -633,6 +686,7 @@ class FlatHierarchicalQuery(_HALBase):
             self._labeled_rows(pool),
             gain,
             density=dens,
+            cover=cov,
         )
         picks = cand[self._run([task])[0]]
         picks = picks[np.lexsort((picks, -u_all[picks]))]
