@@ -59,6 +59,8 @@ class QueryConfig:
             ``typical_until`` (``uncertain`` or ``eer``).
         early_pick: With ``pick: auto``/``auto_local``: the pick before that (``typical`` or
             ``cover``).
+        cover_by: What a ``cover`` pick's ball gains: the pool ``rows`` it newly covers, or their
+            summed ``uncertainty`` (the most uncertain mass not yet near a label).
         boundary_check: HAL replaces a pick closer than the fine clusters' measured radius to a
             pick of another coarse cluster (near-copies split by a coarse boundary) with the next
             candidate of its own coarse cluster that is not; ``late``: only in rounds whose pick rule
@@ -96,6 +98,7 @@ class QueryConfig:
     )
     late_pick: Literal["uncertain", "eer"] = _added("uncertain")
     early_pick: Literal["typical", "cover"] = _added("typical")
+    cover_by: Literal["rows", "uncertainty"] = _added("rows")
     boundary_check: bool | Literal["late"] = _added(False)
     typical_scale: Literal["cluster", "flat"] = _added("cluster")
     typical_over: Literal["candidates", "pool"] = _added("candidates")

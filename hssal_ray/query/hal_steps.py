@@ -119,6 +119,8 @@ class ClusterTask:
             (:func:`coverage`).
         covered: (R,) bool, ``pick="cover"``: reference rows already within the radius of a
             labeled row.
+        cover_weight: (R,) weight of each reference row in a ball's gain (``cover_by:
+            uncertainty``), or None: each row counts 1.
     """
 
     cluster: int
@@ -136,6 +138,7 @@ class ClusterTask:
     density: np.ndarray | None = None
     cover: np.ndarray | None = None
     covered: np.ndarray | None = None
+    cover_weight: np.ndarray | None = None
 
 
 def _fine_labels(task: ClusterTask) -> np.ndarray:
@@ -172,7 +175,7 @@ def _select_in_cluster(task: ClusterTask) -> np.ndarray:
     if task.pick == "cover":
         if task.cover is None or task.covered is None or task.cover.shape != (m, task.covered.size):
             raise ValueError(f"pick 'cover' needs an (m={m}, R) cover matrix and an (R,) covered mask")
-        return np.sort(greedy_cover(task.cover, task.covered, b))
+        return np.sort(greedy_cover(task.cover, task.covered, b, task.cover_weight))
     with limit_threads(float(m) * max(b, 20) * task.emb.shape[1]):
         return _pick(task, m, b)
 
@@ -299,9 +302,12 @@ def coverage(
     return cover, covered
 
 
-def greedy_cover(cover: np.ndarray, covered: np.ndarray, b: int) -> np.ndarray:
+def greedy_cover(
+    cover: np.ndarray, covered: np.ndarray, b: int, weight: np.ndarray | None = None
+) -> np.ndarray:
     """ProbCover's greedy max coverage: ``b`` times, the candidate whose ball holds the most
-    reference rows no labeled row or earlier pick covers yet.
+    reference rows no labeled row or earlier pick covers yet (with ``weight``: the largest sum of
+    their weights, e.g. their uncertainty: the most uncertain mass not yet near a label).
 
     Ties (and candidates once nothing uncovered is left within reach) go to the lower position,
     i.e. the more uncertain candidate: candidates come in priority order. Greedy is within
@@ -311,24 +317,28 @@ def greedy_cover(cover: np.ndarray, covered: np.ndarray, b: int) -> np.ndarray:
         cover: (m, R) bool ball membership (:func:`coverage`).
         covered: (R,) bool, already covered.
         b: picks, ``b <= m``.
+        weight: (R,) non-negative weight of each reference row, or None (each counts 1).
 
     Returns:
         (b,) int64 candidate positions in the order they were picked.
     """
-    m = cover.shape[0]
+    m, R = cover.shape
     if b > m:
         raise ValueError(f"cannot pick {b} of {m} candidates")
+    w = np.ones(R) if weight is None else np.asarray(weight, dtype=np.float64)
+    if w.shape != (R,) or not (w >= 0).all():
+        raise ValueError(f"weight must be ({R},) and non-negative")
     free = ~np.asarray(covered, dtype=bool)
-    gain = cover[:, free].sum(1).astype(np.int64)
+    gain = cover[:, free].astype(np.float64) @ w[free]
     out = np.empty(b, dtype=np.int64)
     for t in range(b):
         j = int(np.argmax(gain))  # the first maximum: the most uncertain of the best
         out[t] = j
         new = cover[j] & free
         if new.any():
-            gain -= cover[:, new].sum(1)
+            gain -= cover[:, new].astype(np.float64) @ w[new]
             free &= ~new
-        gain[j] = -1
+        gain[j] = -np.inf
     return out
 
 

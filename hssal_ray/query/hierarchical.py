@@ -187,6 +187,7 @@ class _HALBase(QueryStrategy):
         "fine_method": ("kmeans", "spectral"),
         "pick": ("uncertain", "typical", "balanced", "eer", "cover", "auto", "auto_local"),
         "early_pick": ("typical", "cover"),
+        "cover_by": ("rows", "uncertainty"),
         "typical_until": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
         "coarse_fit_sample": lambda v: isinstance(v, int | np.integer) and v >= MIN_COARSE_FIT_SAMPLE,
         "kmeans_backend": BACKENDS,
@@ -221,6 +222,7 @@ class _HALBase(QueryStrategy):
         late_uncertainty: str = "same",
         late_pick: str = "uncertain",
         early_pick: str = "typical",
+        cover_by: str = "rows",
         boundary_check: bool | str = False,
         typical_scale: str = "cluster",
         typical_over: str = "candidates",
@@ -243,6 +245,7 @@ class _HALBase(QueryStrategy):
         self.late_uncertainty = late_uncertainty
         self.late_pick = late_pick
         self.early_pick = early_pick
+        self.cover_by = cover_by
         self.boundary_check = boundary_check  # hal only, as alloc_temper
         self.typical_scale = typical_scale  # hal only, as alloc_temper
         self.typical_over = typical_over
@@ -297,7 +300,7 @@ class _HALBase(QueryStrategy):
         gain: np.ndarray | None = None,
         n_neighbors: int = TYPICAL_NEIGHBORS,
         density: np.ndarray | None = None,
-        cover: tuple[np.ndarray, np.ndarray] | None = None,
+        cover: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
     ) -> ClusterTask:
         return ClusterTask(
             cluster=cluster,
@@ -315,6 +318,7 @@ class _HALBase(QueryStrategy):
             density=density,
             cover=None if cover is None else cover[0],
             covered=None if cover is None else cover[1],
+            cover_weight=None if cover is None else cover[2],
         )
 
     def _pool_density(self, emb: Any, cand: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarray:
@@ -341,14 +345,26 @@ class _HALBase(QueryStrategy):
         return float(np.median(kth_neighbor_distance(take_rows(emb, rows), nn)))
 
     def _coverage(
-        self, emb: Any, cand: np.ndarray, rows: np.ndarray, labeled: np.ndarray, radius: float, seed: int
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self,
+        emb: Any,
+        cand: np.ndarray,
+        rows: np.ndarray,
+        labeled: np.ndarray,
+        radius: float,
+        seed: int,
+        u: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``pick: cover``: the candidates' balls over ``rows`` (a coarse cluster's pool rows, or a
-        seeded sample of :data:`DENSITY_REFERENCE_ROWS` of them) and the part the ``labeled`` rows
-        cover already (:func:`~hssal_ray.query.hal_steps.coverage`)."""
+        seeded sample of :data:`DENSITY_REFERENCE_ROWS` of them), the part the ``labeled`` rows
+        cover already (:func:`~hssal_ray.query.hal_steps.coverage`), and with ``cover_by:
+        uncertainty`` each reference row's weight, its uncertainty ``u`` (None: rows count 1)."""
         ref, _ = _reference_sample(rows, seed)
         lab = take_rows(emb, labeled) if labeled.size else None
-        return coverage(take_rows(emb, cand), take_rows(emb, ref), lab, radius)
+        cover, covered = coverage(take_rows(emb, cand), take_rows(emb, ref), lab, radius)
+        weight = (
+            None if self.cover_by == "rows" else np.maximum(np.nan_to_num(u[ref].astype(np.float64)), 0.0)
+        )
+        return cover, covered, weight
 
     def _labeled(self, pool: Pool) -> np.ndarray:
         return (
@@ -601,7 +617,7 @@ class HierarchicalQuery(_HALBase):
             cov = None
             if rules[i] == "cover" and b[k] < cands[i].size:  # balls over the coarse cluster's pool rows
                 rows_k = np.sort(ord_all[st_all[k] : st_all[k + 1]])
-                cov = self._coverage(emb, cands[i], rows_k, lab_all[lab_all_of == k], radius, seed_k)
+                cov = self._coverage(emb, cands[i], rows_k, lab_all[lab_all_of == k], radius, seed_k, u_all)
             args = (int(k), emb, cands[i], u_all, b[k], fine_backend, seed_k, rules[i], lab_k, gains[i])
             task = self._task(*args, n_neighbors=nn, density=dens, cover=cov)
             tasks.append((cands[i], task))
@@ -673,7 +689,7 @@ class FlatHierarchicalQuery(_HALBase):
         if pick == "cover" and budget < cand.size:  # balls over the whole pool
             radius = self._cover_radius(pool.embeddings, len(pool), seed)
             every = np.arange(len(pool), dtype=np.int64)
-            cov = self._coverage(pool.embeddings, cand, every, self._labeled(pool), radius, seed)
+            cov = self._coverage(pool.embeddings, cand, every, self._labeled(pool), radius, seed, u_all)
         task = self._task(
             0,
             pool.embeddings,

@@ -114,3 +114,38 @@ def test_auto_with_early_pick_cover_covers_then_turns_uncertain() -> None:
     assert q.pick_rule(pool) == "uncertain"
     with pytest.raises(Exception, match="early_pick"):
         HierarchicalQuery(early_pick="uncertain")._check_params()
+
+
+def test_greedy_cover_by_weight_takes_the_ball_with_the_most_uncertain_mass() -> None:
+    cover = np.array([[1, 1, 1, 0], [0, 0, 0, 1]], dtype=bool)
+    covered = np.zeros(4, dtype=bool)
+    assert greedy_cover(cover, covered, 1).tolist() == [0]  # three rows over one
+    w = np.array([0.1, 0.1, 0.1, 0.9])
+    assert greedy_cover(cover, covered, 2, w).tolist() == [1, 0]  # 0.9 over 0.3
+    with pytest.raises(ValueError, match="non-negative"):
+        greedy_cover(cover, covered, 1, -w)
+
+
+@pytest.mark.parametrize("cls", [HierarchicalQuery, FlatHierarchicalQuery])
+def test_cover_by_uncertainty_weighs_each_ball_by_the_uncertainty_of_its_rows(cls: type) -> None:
+    pool, _ = blob_pool(n=900, seed=6, fp16=False)
+    pool.exclude = np.zeros(len(pool), dtype=bool)
+    pool.exclude[:30] = True
+    seen: list[ClusterTask] = []
+
+    def record(fn, tasks):
+        tasks = list(tasks)
+        seen.extend(tasks)
+        return map(fn, tasks)
+
+    kw = dict(uncertainty="margin", pick="cover", candidate_ratio=10, coarse_k=3, alloc_over="global")
+    by_u = cls(cover_by="uncertainty", map_fn=record, random_state=0, **kw).select(pool, 20)
+    u = pool.uncertainty("margin")
+    weighted = [t for t in seen if t.cover is not None]
+    assert weighted and all(t.cover_weight is not None for t in weighted)
+    for t in weighted:  # each reference row weighs its uncertainty: the weights are values of u
+        assert np.isin(t.cover_weight.astype(np.float32), u.astype(np.float32)).all()
+    seen.clear()
+    by_rows = cls(map_fn=record, random_state=0, **kw).select(pool, 20)
+    assert all(t.cover_weight is None for t in seen)
+    assert set(by_u.tolist()) != set(by_rows.tolist())
