@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
-from hssal_ray.query import FlatHierarchicalQuery, HierarchicalQuery
+from hssal_ray.query import FlatHierarchicalQuery, HierarchicalQuery, Pool
 from hssal_ray.query.hal_steps import (
     ClusterTask,
     _select_in_cluster,
@@ -15,6 +17,25 @@ from hssal_ray.query.hal_steps import (
 )
 
 from ._data import blob_pool
+
+
+def _labeled_pool(n: int, seed: int, n_labeled: int) -> Pool:
+    pool, _ = blob_pool(n=n, seed=seed, fp16=False)
+    pool.exclude = np.zeros(len(pool), dtype=bool)
+    pool.exclude[:n_labeled] = True
+    return pool
+
+
+def _recorder() -> tuple[list[ClusterTask], Callable]:
+    """A ``map_fn`` that keeps the tasks HAL hands to its fine level."""
+    seen: list[ClusterTask] = []
+
+    def record(fn, tasks):
+        tasks = list(tasks)
+        seen.extend(tasks)
+        return map(fn, tasks)
+
+    return seen, record
 
 
 def _line(xs: list[float]) -> np.ndarray:
@@ -75,16 +96,8 @@ def test_a_cover_task_needs_its_balls() -> None:
 
 @pytest.mark.parametrize("cls", [HierarchicalQuery, FlatHierarchicalQuery])
 def test_cover_picks_spread_over_more_of_the_pool_than_the_most_uncertain(cls: type) -> None:
-    pool, _ = blob_pool(n=1200, seed=5, fp16=False)
-    pool.exclude = np.zeros(len(pool), dtype=bool)
-    pool.exclude[:40] = True
-    seen: list[ClusterTask] = []
-
-    def record(fn, tasks):
-        tasks = list(tasks)
-        seen.extend(tasks)
-        return map(fn, tasks)
-
+    pool = _labeled_pool(n=1200, seed=5, n_labeled=40)
+    seen, record = _recorder()
     kw = dict(uncertainty="margin", candidate_ratio=10, coarse_k=4, alloc_over="global", random_state=0)
     picks = cls(pick="cover", map_fn=record, **kw).select(pool, 24)
     assert picks.size == 24 and np.unique(picks).size == 24 and not pool.exclude[picks].any()
@@ -128,16 +141,8 @@ def test_greedy_cover_by_weight_takes_the_ball_with_the_most_uncertain_mass() ->
 
 @pytest.mark.parametrize("cls", [HierarchicalQuery, FlatHierarchicalQuery])
 def test_cover_by_uncertainty_weighs_each_ball_by_the_uncertainty_of_its_rows(cls: type) -> None:
-    pool, _ = blob_pool(n=900, seed=6, fp16=False)
-    pool.exclude = np.zeros(len(pool), dtype=bool)
-    pool.exclude[:30] = True
-    seen: list[ClusterTask] = []
-
-    def record(fn, tasks):
-        tasks = list(tasks)
-        seen.extend(tasks)
-        return map(fn, tasks)
-
+    pool = _labeled_pool(n=900, seed=6, n_labeled=30)
+    seen, record = _recorder()
     kw = dict(uncertainty="margin", pick="cover", candidate_ratio=10, coarse_k=3, alloc_over="global")
     by_u = cls(cover_by="uncertainty", map_fn=record, random_state=0, **kw).select(pool, 20)
     u = pool.uncertainty("margin")
@@ -149,3 +154,20 @@ def test_cover_by_uncertainty_weighs_each_ball_by_the_uncertainty_of_its_rows(cl
     by_rows = cls(map_fn=record, random_state=0, **kw).select(pool, 20)
     assert all(t.cover_weight is None for t in seen)
     assert set(by_u.tolist()) != set(by_rows.tolist())
+
+
+def test_balls_of_a_large_coarse_cluster_cover_a_seeded_sample_of_its_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import hssal_ray.query.hierarchical as hal_mod
+
+    monkeypatch.setattr(hal_mod, "DENSITY_REFERENCE_ROWS", 100)
+    pool = _labeled_pool(n=1200, seed=7, n_labeled=40)
+    seen, record = _recorder()
+    kw = dict(uncertainty="margin", pick="cover", candidate_ratio=10, coarse_k=3, alloc_over="global")
+    a = HierarchicalQuery(map_fn=record, random_state=0, **kw).select(pool, 24)
+    widths = {t.cover.shape[1] for t in seen if t.cover is not None}
+    assert widths == {100}  # every coarse cluster holds more than 100 rows: a 100-row sample each
+    assert all(t.covered.shape == (100,) for t in seen if t.cover is not None)
+    b = HierarchicalQuery(random_state=0, **kw).select(pool, 24)
+    np.testing.assert_array_equal(a, b)  # the sample is seeded
