@@ -454,7 +454,10 @@ class HierarchicalQuery(_HALBase):
         pick: ``"uncertain"`` (most uncertain per fine cluster), ``"typical"`` (TypiClust density),
             ``"balanced"`` (best sum of the uncertainty rank and the typicality rank: information
             density without a scale), ``"eer"`` (the largest expected error reduction on the k-NN
-            graph labels spread over, :mod:`hssal_ray.query.eer`), or ``"auto"``: typical while the
+            graph labels spread over, :mod:`hssal_ray.query.eer`), ``"cover"`` (no fine clustering:
+            ProbCover's greedy max coverage among the candidates,
+            :func:`~hssal_ray.query.hal_steps.greedy_cover`, balls over the coarse cluster's pool rows
+            at the pool's median 20th-neighbour distance), or ``"auto"``: ``early_pick`` while the
             labeled set is small, ``late_pick`` after (:meth:`pick_rule`).
         typical_until: for ``pick="auto"``: labels per class (on average) from which picks are
             the most uncertain instead of the most typical.
@@ -483,6 +486,10 @@ class HierarchicalQuery(_HALBase):
             picks themselves, and a different score may serve each job better.
         late_pick: with ``pick="auto"``/``"auto_local"``: the pick once the rule leaves typical:
             ``"uncertain"``, or ``"eer"`` (expected error reduction on the pool's k-NN graph).
+        early_pick: with ``pick="auto"``/``"auto_local"``: the pick before that, ``"typical"`` or
+            ``"cover"``.
+        cover_by: a ``cover`` pick's gain: the uncovered pool rows a ball holds (``"rows"``), or
+            their summed uncertainty (``"uncertainty"``).
         boundary_check: after the fine level, a pick closer than the fine clusters' measured radius
             to a pick of another coarse cluster is replaced by the next candidate of its own cluster
             that is not (:func:`~hssal_ray.query.hal_steps.cross_cluster_duplicates`): near-copies
