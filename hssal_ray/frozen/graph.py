@@ -49,6 +49,7 @@ from hssal_ray.frozen.knn_search import (
     ivf_knn,
     sampled_recall,
 )
+from hssal_ray.query.base import find_rows
 
 if TYPE_CHECKING:
     import scipy.sparse
@@ -63,22 +64,9 @@ __all__ = [
     "symmetric_weights",
     "normalised_affinity",
     "torch_csr",
-    "find_rows",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def find_rows(sorted_rows: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where store rows ``rows`` sit in the ascending ``sorted_rows``: ``(positions, found)``.
-
-    ``found[i]`` says whether ``rows[i]`` is there; where it is not, ``positions[i]`` is a valid
-    index of ``sorted_rows`` (when it has any rows) that holds another row.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    p = np.minimum(np.searchsorted(sorted_rows, rows), max(len(sorted_rows) - 1, 0))
-    found = sorted_rows[p] == rows if len(sorted_rows) else np.zeros(len(rows), dtype=bool)
-    return p, found
 
 
 # ------------------------------------------------------------------------------ affinity

@@ -170,7 +170,7 @@ class FrozenLearner:
         round without the unlabeled term)."""
         from safetensors.numpy import load
 
-        from hssal_ray.frozen.graph import find_rows
+        from hssal_ray.query.base import find_rows
 
         nc = self._num_classes()
         out = [np.full((len(rows), nc), np.nan, np.float32) for _ in range(2)]

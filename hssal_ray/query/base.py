@@ -132,6 +132,18 @@ def _rows_error(what: str, rows: np.ndarray, ids: np.ndarray | None = None) -> D
     return DataError(f"{what} has NaN or inf in {len(rows)} rows: {shown}{more}")
 
 
+def find_rows(sorted_rows: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where rows ``rows`` sit in the ascending ``sorted_rows``: ``(positions, found)``.
+
+    ``found[i]`` says whether ``rows[i]`` is there; where it is not, ``positions[i]`` is a valid
+    index of ``sorted_rows`` (when it has any rows) that holds another row.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    p = np.minimum(np.searchsorted(sorted_rows, rows), max(len(sorted_rows) - 1, 0))
+    found = sorted_rows[p] == rows if len(sorted_rows) else np.zeros(len(rows), dtype=bool)
+    return p, found
+
+
 def top_k(values: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
     """Positions of the ``k`` largest ``values``, largest first, ties broken by lower position.
 

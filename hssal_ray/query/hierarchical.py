@@ -32,7 +32,7 @@ import torch
 from hssal_ray.config.loop import MIN_COARSE_FIT_SAMPLE
 from hssal_ray.errors import BudgetError, DataError
 from hssal_ray.query.backends import BACKENDS, assign_chunked, make_kmeans, resolve_backend
-from hssal_ray.query.base import Pool, QueryStrategy, nonfinite_rows, register, top_k
+from hssal_ray.query.base import Pool, QueryStrategy, find_rows, nonfinite_rows, register, top_k
 from hssal_ray.query.eer import MAX_CONTEXT, context_rows, eer_gain
 from hssal_ray.query.hal_steps import (
     DENSITY_REFERENCE_ROWS,
@@ -331,9 +331,8 @@ class _HALBase(QueryStrategy):
         candidate's coarse cluster, so the cost is ``sum_k m_k * N_k`` instead of ``M * N``.
         """
         rows, nn = _reference_sample(rows, seed)
-        pos = np.searchsorted(rows, cand)
-        pos_c = np.minimum(pos, rows.size - 1)
-        self_pos = np.where(rows[pos_c] == cand, pos_c, -1)
+        pos, found = find_rows(rows, cand)
+        self_pos = np.where(found, pos, -1)
         return reference_typicality(take_rows(emb, cand), take_rows(emb, rows), self_pos, nn)
 
     def _cover_radius(self, emb: Any, n: int, seed: int) -> float:
