@@ -44,15 +44,18 @@ _GRAPH = ("graph_k", "graph_alpha", "graph_cutoff", "graph_max_nodes", "graph_ba
 """``frozen`` keys read only with ``frozen.pseudo_labels=graph`` (which needs ``ssl.finetune=frozen``)."""
 
 
-def _strategy_keys(name: str, pick: str) -> set[str]:
-    """The ``query.*`` keys the strategy registered as ``name`` reads."""
+def _strategy_keys(name: str, q: Any) -> set[str]:
+    """The ``query.*`` keys the strategy registered as ``name`` reads under the query config ``q``."""
     from hssal_ray.query.base import get_strategy_class
 
     keys = set(get_strategy_class(name)._param_defaults()) - {"random_state", "map_fn"}
     if name == "hal_flat":
         keys -= _FLAT_IGNORES
-    if pick not in ("auto", "auto_local"):
+    auto = q.pick in ("auto", "auto_local")
+    if not auto:
         keys -= {"typical_until", "late_uncertainty", "late_pick", "early_pick"}
+    if not (q.pick == "cover" or (auto and q.early_pick == "cover")):
+        keys -= {"cover_by"}
     return keys
 
 
@@ -61,7 +64,8 @@ def unused_keys(cfg: ExperimentConfig) -> set[str]:
 
     * ``query.*``: all but :data:`_QUERY_ALWAYS` and the strategy's constructor parameters
       (also TypiClust's for ``loop.cold_start=typiclust``); ``typical_until`` only with
-      ``pick=auto`` or ``auto_local``; ``hal_flat`` ignores :data:`_FLAT_IGNORES`.
+      ``pick=auto`` or ``auto_local``; ``cover_by`` only when a pick covers (``pick=cover``, or
+      ``early_pick=cover`` with ``auto``); ``hal_flat`` ignores :data:`_FLAT_IGNORES`.
     * ``frozen.*``: all unless ``ssl.finetune=frozen``; :data:`_GRAPH` unless
       ``frozen.pseudo_labels=graph``.
     * ``ssl.*``: ``trainable_stages`` unless ``finetune=partial``; ``head_hidden`` unless
@@ -69,9 +73,9 @@ def unused_keys(cfg: ExperimentConfig) -> set[str]:
     * ``resources.num_workers`` with ``ssl.finetune=frozen`` (the head trains in the driver).
     """
     q, s, f = cfg.query, cfg.ssl, cfg.frozen
-    used = set(_QUERY_ALWAYS) | _strategy_keys(q.strategy, q.pick)
+    used = set(_QUERY_ALWAYS) | _strategy_keys(q.strategy, q)
     if cfg.loop.cold_start == "typiclust":
-        used |= _strategy_keys("typiclust", q.pick)
+        used |= _strategy_keys("typiclust", q)
     out = {
         f"query.{f.name}"
         for f in dataclasses.fields(q)
