@@ -54,7 +54,8 @@ class QueryConfig:
             clustering its share of them (the flat variant's selection in K1 pieces); ``auto``:
             ``pool`` while the round's pick rule is typical, ``candidates`` once it is uncertain.
         late_uncertainty: With ``pick: auto``/``auto_local``: the score HAL ranks by once picks are
-            uncertain (``same`` = ``uncertainty``).
+            uncertain (``same`` = ``uncertainty``; ``disagreement`` has the score stage score a strong
+            view too, :func:`hssal_ray.rounds.policy.scores_strong_view`).
         late_pick: With ``pick: auto``/``auto_local``: the pick once the labeled set is past
             ``typical_until`` (``uncertain`` or ``eer``).
         early_pick: With ``pick: auto``/``auto_local``: the pick before that (``typical`` or
@@ -93,9 +94,9 @@ class QueryConfig:
     alloc_temper: float = 1.0
     cover_labeled: bool = _added(False)
     alloc_over: Literal["pool", "candidates", "global", "auto"] = _added("pool")
-    late_uncertainty: Literal["same", "badge", "entropy", "margin", "least_confidence", "committee"] = _added(
-        "same"
-    )
+    late_uncertainty: Literal[
+        "same", "badge", "entropy", "margin", "least_confidence", "disagreement", "committee"
+    ] = _added("same")
     late_pick: Literal["uncertain", "eer"] = _added("uncertain")
     early_pick: Literal["typical", "cover"] = _added("typical")
     cover_by: Literal["rows", "uncertainty"] = _added("rows")

@@ -196,7 +196,7 @@ class _HALBase(QueryStrategy):
         "alloc_temper": lambda v: isinstance(v, int | float) and 0.0 <= v <= 1.0,
         "cover_labeled": (True, False),
         "alloc_over": ("pool", "candidates", "global", "auto"),
-        "late_uncertainty": ("same", *(u for u in UNCERTAINTIES if u != "disagreement")),
+        "late_uncertainty": ("same", *UNCERTAINTIES),
         "late_pick": ("uncertain", "eer"),
         "boundary_check": (True, False, "late"),
         "typical_scale": ("cluster", "flat"),

@@ -147,11 +147,12 @@ def least_confidence(probs: Any, chunk_size: int = _CHUNK) -> np.ndarray:
 
 
 def disagreement(probs_weak: Any, probs_strong: Any, chunk_size: int = _CHUNK) -> np.ndarray:
-    """Weak/strong-view disagreement.
+    """Weak/strong-view disagreement: the total-variation distance, plus 1 where the argmax flips.
 
-    ``1`` where the two views' argmax classes differ, otherwise the total-variation distance
-    ``0.5 * sum_c |p_weak - p_strong|`` (which is < 1 when the argmaxes agree), so every
-    label flip ranks above every agreeing pair.
+    ``tv = 0.5 * sum_c |p_weak - p_strong|`` (< 1 when the argmaxes agree), and ``1 + tv`` where
+    the two views' argmax classes differ, so every label flip ranks above every agreeing pair and
+    flips are ordered among themselves by how far apart the views are (a constant 1 left the
+    flips tied, and a top-k over ties falls back to row order).
 
     Args:
         probs_weak: (n, C) probabilities of the weakly augmented view.
@@ -159,7 +160,7 @@ def disagreement(probs_weak: Any, probs_strong: Any, chunk_size: int = _CHUNK) -
         chunk_size: rows per float32 block.
 
     Returns:
-        (n,) float32 in ``[0, 1]``.
+        (n,) float32 in ``[0, 2]``.
     """
     pw = _as_2d(probs_weak, "probs_weak")
     ps = _as_2d(probs_strong, "probs_strong")
@@ -170,7 +171,7 @@ def disagreement(probs_weak: Any, probs_strong: Any, chunk_size: int = _CHUNK) -
         a = np.asarray(pw[s : s + chunk_size], dtype=np.float32)
         b = np.asarray(ps[s : s + chunk_size], dtype=np.float32)
         tv = np.minimum(0.5 * np.abs(a - b).sum(axis=1), 1.0)
-        out[s : s + chunk_size] = np.where(a.argmax(1) != b.argmax(1), 1.0, tv)
+        out[s : s + chunk_size] = np.where(a.argmax(1) != b.argmax(1), 1.0 + tv, tv)
     return out
 
 

@@ -84,10 +84,13 @@ def scores_strong_view(cfg: Any) -> bool:
     """Whether the score stage scores a strong view too (both learners ask this).
 
     Only the query reads what the strong view adds to ``scores.parquet`` (``u_disagreement`` and
-    ``confident``): ``query.uncertainty=disagreement`` ranks by the first, ``query.ssl_aware`` the
-    second. Without either, the columns are left out on both paths and the extra forward is saved.
+    ``confident``): ``query.uncertainty=disagreement`` (or ``late_uncertainty``, with ``pick: auto`` /
+    ``auto_local``) ranks by the first, ``query.ssl_aware`` the second. Without either, the columns
+    are left out on both paths and the extra forward is saved.
     """
-    return cfg.query.uncertainty == "disagreement" or bool(cfg.query.ssl_aware)
+    q = cfg.query
+    late = q.late_uncertainty == "disagreement" and q.pick in ("auto", "auto_local")
+    return q.uncertainty == "disagreement" or late or bool(q.ssl_aware)
 
 
 def scores_committee(cfg: Any) -> bool:

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hssal_ray.errors import BudgetError
+from hssal_ray.errors import BudgetError, DataError
 from hssal_ray.query import FlatHierarchicalQuery, HierarchicalQuery, Pool, RandomQuery, allocate_budget
 from hssal_ray.query.hierarchical import ClusterTask, _select_in_cluster, auto_coarse_k
 
@@ -338,7 +338,12 @@ def test_late_uncertainty_ranks_once_auto_turns_uncertain(cls: type) -> None:
     assert not np.array_equal(late.select(pool, 10), cls(**kw).select(pool, 10))
     assert cls(pick="uncertain", late_uncertainty="margin").ranking(pool) == "badge"  # only with auto
     with pytest.raises(Exception, match="late_uncertainty"):
-        cls(late_uncertainty="disagreement")._check_params()  # its column is written only on request
+        cls(late_uncertainty="flips")._check_params()
+    weak_strong = cls(late_uncertainty="disagreement", **kw)  # a column the score stage writes on request
+    with pytest.raises(DataError, match="u_disagreement"):
+        weak_strong.select(pool, 10)  # not computed from probs: a clear error, not a silent fallback
+    pool.scores["u_disagreement"] = pool.scores["u_margin"].copy()
+    np.testing.assert_array_equal(weak_strong.select(pool, 10), same_as.select(pool, 10))
 
 
 def test_auto_local_picks_uncertain_where_labels_are_and_typical_elsewhere() -> None:

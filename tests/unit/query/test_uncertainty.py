@@ -47,10 +47,12 @@ def test_badge_norm_known_answer() -> None:
     assert badge_norm(ONEHOT, h)[0] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_disagreement_flip_scores_one_else_tv() -> None:
-    a = np.array([[0.6, 0.4], [0.9, 0.1]], dtype=np.float32)
-    b = np.array([[0.4, 0.6], [0.7, 0.3]], dtype=np.float32)
-    np.testing.assert_allclose(disagreement(a, b), [1.0, 0.2], atol=1e-6)
+def test_disagreement_flip_scores_one_plus_tv_else_tv() -> None:
+    a = np.array([[0.6, 0.4], [0.9, 0.1], [0.55, 0.45], [1.0, 0.0]], dtype=np.float32)
+    b = np.array([[0.4, 0.6], [0.7, 0.3], [0.45, 0.55], [0.0, 1.0]], dtype=np.float32)
+    got = disagreement(a, b)
+    np.testing.assert_allclose(got, [1.2, 0.2, 1.1, 2.0], atol=1e-6)
+    assert got[2] < got[0] < got[3]  # flips are ordered among themselves, not tied at 1
     with pytest.raises(DataError, match="shape"):
         disagreement(a, b[:1])
 

@@ -159,6 +159,9 @@ def test_strong_view_columns_follow_the_one_rule() -> None:
     assert not scores_strong_view(load_config(None, []))
     assert scores_strong_view(load_config(None, ["query.ssl_aware=true"]))
     assert scores_strong_view(load_config(None, ["query.uncertainty=disagreement"]))
+    late = ["query.late_uncertainty=disagreement"]
+    assert scores_strong_view(load_config(None, [*late, "query.pick=auto"]))
+    assert not scores_strong_view(load_config(None, [*late, "query.pick=uncertain"]))  # never read then
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3), size=4).astype(np.float32)
     emb = rng.normal(size=(4, 5)).astype(np.float32)
