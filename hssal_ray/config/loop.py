@@ -72,6 +72,9 @@ class QueryConfig:
         typical_over: A typical pick's density is measured among the round's candidates
             (``candidates``) or, as TypiClust does, among the pool (``pool``: the 20 nearest rows of
             the candidate's coarse cluster, labeled ones included; the whole pool for ``hal_flat``).
+        alloc_flips: HAL weighs each coarse cluster's uncertainty mass by the rate at which its
+            rows' weak and strong views predict different classes, relative to the pool's (where
+            consistency training has not settled); the score stage then scores a strong view too.
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -103,6 +106,7 @@ class QueryConfig:
     boundary_check: bool | Literal["late"] = _added(False)
     typical_scale: Literal["cluster", "flat"] = _added("cluster")
     typical_over: Literal["candidates", "pool"] = _added("candidates")
+    alloc_flips: bool = _added(False)
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

@@ -36,7 +36,15 @@ _QUERY_ALWAYS = ("strategy", "budget", "uncertainty")
 for every queried sample (``query_mean_u``) whatever the strategy ranks by."""
 
 _FLAT_IGNORES = frozenset(
-    {"coarse_k", "coarse_fit_sample", "alloc_temper", "alloc_over", "boundary_check", "typical_scale"}
+    {
+        "coarse_k",
+        "coarse_fit_sample",
+        "alloc_temper",
+        "alloc_over",
+        "boundary_check",
+        "typical_scale",
+        "alloc_flips",
+    }
 )
 """Constructor parameters of ``hal_flat`` that its ``select`` never reads (it has no coarse level)."""
 

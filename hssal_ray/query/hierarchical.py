@@ -58,6 +58,7 @@ __all__ = [
     "auto_coarse_k",
     "typicality",
     "take_rows",
+    "flip_rates",
 ]
 
 logger = logging.getLogger(__name__)
@@ -162,6 +163,29 @@ def allocate_budget(mass: np.ndarray, counts: np.ndarray, budget: int) -> np.nda
     return b
 
 
+def flip_rates(labels: np.ndarray, flips: np.ndarray, k: int) -> np.ndarray:
+    """Each cluster's weak/strong flip rate relative to the pool's, shrunk toward 1.
+
+    ``((f_k + rbar) / (n_k + 1)) / rbar`` with ``f_k`` flips among the ``n_k`` rows of cluster ``k``
+    and ``rbar`` the pool's rate: one pseudo-row at the pool's rate keeps a small cluster from a 0
+    or an extreme weight. No flips anywhere (or no rows): all ones.
+
+    Args:
+        labels: (n,) int cluster of each row, in ``[0, k)``.
+        flips: (n,) bool, the row's weak and strong views predict different classes.
+        k: number of clusters.
+
+    Returns:
+        (k,) float64 weights, mean about 1 over the rows.
+    """
+    n = np.bincount(labels, minlength=k).astype(np.float64)
+    f = np.bincount(labels, weights=np.asarray(flips, dtype=np.float64), minlength=k)
+    if n.sum() == 0 or f.sum() == 0:
+        return np.ones(k, dtype=np.float64)
+    rbar = f.sum() / n.sum()
+    return ((f + rbar) / (n + 1.0)) / rbar
+
+
 def _reference_sample(rows: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
     """``rows`` (sorted), or a seeded sample of :data:`DENSITY_REFERENCE_ROWS` of them above that,
     and TypiClust's 20 neighbours scaled by the sample's share (at least 1)."""
@@ -201,6 +225,7 @@ class _HALBase(QueryStrategy):
         "boundary_check": (True, False, "late"),
         "typical_scale": ("cluster", "flat"),
         "typical_over": ("candidates", "pool"),
+        "alloc_flips": (True, False),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -226,6 +251,7 @@ class _HALBase(QueryStrategy):
         boundary_check: bool | str = False,
         typical_scale: str = "cluster",
         typical_over: str = "candidates",
+        alloc_flips: bool = False,
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -249,6 +275,7 @@ class _HALBase(QueryStrategy):
         self.boundary_check = boundary_check  # hal only, as alloc_temper
         self.typical_scale = typical_scale  # hal only, as alloc_temper
         self.typical_over = typical_over
+        self.alloc_flips = alloc_flips  # hal only, as alloc_temper
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -505,6 +532,11 @@ class HierarchicalQuery(_HALBase):
             sample of 4,096 with k scaled above that, :meth:`_pool_density`). The flat variant
             measures it among the whole pool (the same sample rule): ``M * N`` distances there,
             ``sum_k m_k * N_k`` here.
+        alloc_flips: weigh each coarse cluster's uncertainty mass by how often its rows' weak and
+            strong views disagree on the class, relative to the pool (:func:`flip_rates`; needs the
+            ``u_disagreement`` column). A single row's flip is one augmentation's verdict, noisy; a
+            coarse cluster's rate says where consistency training (the SSL half) has not settled,
+            i.e. where self-training will not fix the model by itself and labels are worth most.
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -573,6 +605,11 @@ class HierarchicalQuery(_HALBase):
             mass = np.bincount(lab_av[top], weights=w[top], minlength=k1)
         else:
             mass = np.bincount(lab_av, weights=w, minlength=k1)
+        flip_rate = None
+        if self.alloc_flips:  # where consistency training has not settled, by coarse cluster
+            flips = pool.uncertainty("disagreement") >= 1.0
+            flip_rate = flip_rates(lab_av, flips if every else flips[avail], k1)
+            mass = mass * flip_rate
         t = float(self.alloc_temper)
         if t < 1.0:  # tempered: between uncertainty mass (t=1) and cluster size (t=0)
             mass = np.power(np.maximum(mass, 0.0), t) * np.power(cap.astype(np.float64), 1.0 - t)
@@ -648,6 +685,7 @@ class HierarchicalQuery(_HALBase):
             "budget_per_cluster": b,
             "cluster_sizes": counts,
             "cluster_mass": mass,
+            "cluster_flip_rate": flip_rate,
             "pick_coarse_cluster": labels[picks],
             "alloc_over": over,
             "uncertainty": score,

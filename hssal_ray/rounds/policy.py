@@ -85,12 +85,14 @@ def scores_strong_view(cfg: Any) -> bool:
 
     Only the query reads what the strong view adds to ``scores.parquet`` (``u_disagreement`` and
     ``confident``): ``query.uncertainty=disagreement`` (or ``late_uncertainty``, with ``pick: auto`` /
-    ``auto_local``) ranks by the first, ``query.ssl_aware`` the second. Without either, the columns
+    ``auto_local``) ranks by the first, as ``query.alloc_flips`` weighs HAL's coarse clusters by it,
+    ``query.ssl_aware`` reads the second. Without either, the columns
     are left out on both paths and the extra forward is saved.
     """
     q = cfg.query
     late = q.late_uncertainty == "disagreement" and q.pick in ("auto", "auto_local")
-    return q.uncertainty == "disagreement" or late or bool(q.ssl_aware)
+    flips = bool(q.alloc_flips) and q.strategy == "hal"
+    return q.uncertainty == "disagreement" or late or flips or bool(q.ssl_aware)
 
 
 def scores_committee(cfg: Any) -> bool:
