@@ -166,9 +166,13 @@ def allocate_budget(mass: np.ndarray, counts: np.ndarray, budget: int) -> np.nda
 def flip_rates(labels: np.ndarray, flips: np.ndarray, k: int) -> np.ndarray:
     """Each cluster's weak/strong flip rate relative to the pool's, shrunk toward 1.
 
-    ``((f_k + rbar) / (n_k + 1)) / rbar`` with ``f_k`` flips among the ``n_k`` rows of cluster ``k``
-    and ``rbar`` the pool's rate: one pseudo-row at the pool's rate keeps a small cluster from a 0
-    or an extreme weight. No flips anywhere (or no rows): all ones.
+    ``((f_k + 1) / (n_k + 1 / rbar)) / rbar`` with ``f_k`` flips among the ``n_k`` rows of cluster
+    ``k`` and ``rbar`` the pool's rate: a prior worth one flip (``1 / rbar`` rows at the pool's
+    rate). Flips are rare (well under 1% of a small pool's rows once the head is trained), so a
+    prior of a fixed number of rows would let a cluster's one or two flips, or none, decide its
+    weight; with one flip's worth, a cluster moves only as far as its flips outnumber one, and on
+    a large pool (``n_k >> 1 / rbar``) the measured rates are used as they are. No flips anywhere
+    (or no rows): all ones.
 
     Args:
         labels: (n,) int cluster of each row, in ``[0, k)``.
@@ -176,14 +180,14 @@ def flip_rates(labels: np.ndarray, flips: np.ndarray, k: int) -> np.ndarray:
         k: number of clusters.
 
     Returns:
-        (k,) float64 weights, mean about 1 over the rows.
+        (k,) float64 weights (1 = the pool's rate).
     """
     n = np.bincount(labels, minlength=k).astype(np.float64)
     f = np.bincount(labels, weights=np.asarray(flips, dtype=np.float64), minlength=k)
     if n.sum() == 0 or f.sum() == 0:
         return np.ones(k, dtype=np.float64)
     rbar = f.sum() / n.sum()
-    return ((f + rbar) / (n + 1.0)) / rbar
+    return ((f + 1.0) / (n + 1.0 / rbar)) / rbar
 
 
 def _reference_sample(rows: np.ndarray, seed: int) -> tuple[np.ndarray, int]:

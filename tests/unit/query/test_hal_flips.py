@@ -17,9 +17,11 @@ from ._data import blob_pool
 def test_flip_rates_known_answer_and_shrinkage() -> None:
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2])
     flips = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
-    rbar = 2 / 9
-    want = [(2 + rbar) / 5 / rbar, rbar / 5 / rbar, rbar / 2 / rbar]
+    rbar = 2 / 9  # the prior: one flip in 1 / rbar = 4.5 rows
+    want = [3 / 8.5 / rbar, 1 / 8.5 / rbar, 1 / 5.5 / rbar]
     np.testing.assert_allclose(flip_rates(labels, flips, 4), [*want, 1.0])  # empty cluster 3: the prior
+    rare = flip_rates(np.repeat([0, 1], 150), np.r_[True, np.zeros(299, bool)], 2)  # 1 flip in 300 rows
+    assert 0.5 < rare[1] < 1.0 < rare[0] < 2.0  # one flip moves a cluster, it does not decide it
     assert flip_rates(labels, np.zeros(9, bool), 3).tolist() == [1.0, 1.0, 1.0]  # no flips: no weighing
     big = flip_rates(np.repeat([0, 1], 1000), np.r_[np.ones(500, bool), np.zeros(1500, bool)], 2)
     assert big[0] == pytest.approx(2.0, rel=1e-2) and big[1] == pytest.approx(0.0, abs=1e-2)
