@@ -74,7 +74,8 @@ class QueryConfig:
             the candidate's coarse cluster, labeled ones included; the whole pool for ``hal_flat``).
         alloc_flips: HAL weighs each coarse cluster's uncertainty mass by the rate at which its
             rows' weak and strong views predict different classes, relative to the pool's (where
-            consistency training has not settled); the score stage then scores a strong view too.
+            consistency training has not settled); ``mass``: by their summed disagreement instead of
+            the flip count; the score stage then scores a strong view too.
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -106,7 +107,7 @@ class QueryConfig:
     boundary_check: bool | Literal["late"] = _added(False)
     typical_scale: Literal["cluster", "flat"] = _added("cluster")
     typical_over: Literal["candidates", "pool"] = _added("candidates")
-    alloc_flips: bool = _added(False)
+    alloc_flips: bool | Literal["mass"] = _added(False)
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

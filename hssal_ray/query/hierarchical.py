@@ -176,7 +176,8 @@ def flip_rates(labels: np.ndarray, flips: np.ndarray, k: int) -> np.ndarray:
 
     Args:
         labels: (n,) int cluster of each row, in ``[0, k)``.
-        flips: (n,) bool, the row's weak and strong views predict different classes.
+        flips: (n,) bool, the row's weak and strong views predict different classes (or any
+            non-negative per-row amount, e.g. the disagreement itself: the prior is then worth 1).
         k: number of clusters.
 
     Returns:
@@ -229,7 +230,7 @@ class _HALBase(QueryStrategy):
         "boundary_check": (True, False, "late"),
         "typical_scale": ("cluster", "flat"),
         "typical_over": ("candidates", "pool"),
-        "alloc_flips": (True, False),
+        "alloc_flips": (True, False, "mass"),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -255,7 +256,7 @@ class _HALBase(QueryStrategy):
         boundary_check: bool | str = False,
         typical_scale: str = "cluster",
         typical_over: str = "candidates",
-        alloc_flips: bool = False,
+        alloc_flips: bool | str = False,
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -541,6 +542,8 @@ class HierarchicalQuery(_HALBase):
             ``u_disagreement`` column). A single row's flip is one augmentation's verdict, noisy; a
             coarse cluster's rate says where consistency training (the SSL half) has not settled,
             i.e. where self-training will not fix the model by itself and labels are worth most.
+            ``"mass"``: the cluster's summed disagreement (total variation, plus 1 per flip) instead
+            of its flip count, a denser signal where flips are few (the same prior, worth 1).
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -611,7 +614,8 @@ class HierarchicalQuery(_HALBase):
             mass = np.bincount(lab_av, weights=w, minlength=k1)
         flip_rate = None
         if self.alloc_flips:  # where consistency training has not settled, by coarse cluster
-            flips = pool.uncertainty("disagreement") >= 1.0
+            u_dis = pool.uncertainty("disagreement")
+            flips = u_dis if self.alloc_flips == "mass" else u_dis >= 1.0
             flip_rate = flip_rates(lab_av, flips if every else flips[avail], k1)
             mass = mass * flip_rate
         t = float(self.alloc_temper)

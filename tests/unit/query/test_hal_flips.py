@@ -74,3 +74,29 @@ def test_the_strong_view_is_scored_only_when_hal_weighs_by_flips() -> None:
     assert scores_strong_view(load_config(None, ["query.alloc_flips=true"]))
     assert not scores_strong_view(load_config(None, ["query.alloc_flips=true", "query.strategy=margin"]))
     assert not scores_strong_view(load_config(None, []))
+
+
+def test_mass_weighs_by_the_summed_disagreement_where_nothing_flips() -> None:
+    pool, _ = _pool_with_flips(seed=5)
+    kw = {
+        "uncertainty": "margin",
+        "coarse_k": 6,
+        "alloc_over": "global",
+        "candidate_ratio": 10,
+        "random_state": 0,
+    }
+    plain = HierarchicalQuery(**kw)
+    plain.select(pool, 30)
+    labels, b0 = plain.coarse_labels_, plain.info_["budget_per_cluster"]
+    target = int(np.flatnonzero(b0 > 0)[np.argmin(b0[b0 > 0])])
+    pool.scores["u_disagreement"][:] = 0.05
+    pool.scores["u_disagreement"][labels == target] = 0.5  # no flip anywhere: only the mass tells
+    by_count = HierarchicalQuery(alloc_flips=True, **kw)
+    by_count.select(pool, 30)
+    np.testing.assert_array_equal(by_count.info_["budget_per_cluster"], b0)
+    by_mass = HierarchicalQuery(alloc_flips="mass", **kw)
+    by_mass.select(pool, 30)
+    assert by_mass.info_["budget_per_cluster"][target] > b0[target]
+    assert load_config(None, ["query.alloc_flips=mass"]).query.alloc_flips == "mass"
+    with pytest.raises(Exception, match="alloc_flips"):
+        HierarchicalQuery(alloc_flips="rate")._check_params()
