@@ -33,22 +33,29 @@ def _pool_with_flips(seed: int = 3):
     return pool, blob
 
 
+KW = {
+    "uncertainty": "margin",
+    "coarse_k": 6,
+    "alloc_over": "global",
+    "candidate_ratio": 10,
+    "random_state": 0,
+}
+
+
+def _plain_and_smallest(pool) -> tuple[HierarchicalQuery, int]:
+    """HAL without flips on ``pool``, and the coarse cluster with the smallest non-zero budget."""
+    plain = HierarchicalQuery(**KW)
+    plain.select(pool, 30)
+    b0 = plain.info_["budget_per_cluster"]
+    return plain, int(np.flatnonzero(b0 > 0)[np.argmin(b0[b0 > 0])])
+
+
 def test_budget_moves_to_the_coarse_clusters_whose_views_disagree() -> None:
     pool, _ = _pool_with_flips()
-    kw = {
-        "uncertainty": "margin",
-        "coarse_k": 6,
-        "alloc_over": "global",
-        "candidate_ratio": 10,
-        "random_state": 0,
-    }
-    plain = HierarchicalQuery(**kw)
-    plain.select(pool, 30)
+    plain, target = _plain_and_smallest(pool)
     labels = plain.coarse_labels_
-    target = int(np.argmin(plain.info_["budget_per_cluster"][plain.info_["budget_per_cluster"] > 0]))
-    target = int(np.flatnonzero(plain.info_["budget_per_cluster"] > 0)[target])
     pool.scores["u_disagreement"][labels == target] = 1.5  # every row of one cluster flips
-    flips = HierarchicalQuery(alloc_flips=True, **kw)
+    flips = HierarchicalQuery(alloc_flips=True, **KW)
     picks = flips.select(pool, 30)
     np.testing.assert_array_equal(flips.coarse_labels_, labels)  # same coarse level, only the weights move
     before = plain.info_["budget_per_cluster"][target]
@@ -78,23 +85,14 @@ def test_the_strong_view_is_scored_only_when_hal_weighs_by_flips() -> None:
 
 def test_mass_weighs_by_the_summed_disagreement_where_nothing_flips() -> None:
     pool, _ = _pool_with_flips(seed=5)
-    kw = {
-        "uncertainty": "margin",
-        "coarse_k": 6,
-        "alloc_over": "global",
-        "candidate_ratio": 10,
-        "random_state": 0,
-    }
-    plain = HierarchicalQuery(**kw)
-    plain.select(pool, 30)
+    plain, target = _plain_and_smallest(pool)
     labels, b0 = plain.coarse_labels_, plain.info_["budget_per_cluster"]
-    target = int(np.flatnonzero(b0 > 0)[np.argmin(b0[b0 > 0])])
     pool.scores["u_disagreement"][:] = 0.05
     pool.scores["u_disagreement"][labels == target] = 0.5  # no flip anywhere: only the mass tells
-    by_count = HierarchicalQuery(alloc_flips=True, **kw)
+    by_count = HierarchicalQuery(alloc_flips=True, **KW)
     by_count.select(pool, 30)
     np.testing.assert_array_equal(by_count.info_["budget_per_cluster"], b0)
-    by_mass = HierarchicalQuery(alloc_flips="mass", **kw)
+    by_mass = HierarchicalQuery(alloc_flips="mass", **KW)
     by_mass.select(pool, 30)
     assert by_mass.info_["budget_per_cluster"][target] > b0[target]
     assert load_config(None, ["query.alloc_flips=mass"]).query.alloc_flips == "mass"
