@@ -149,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ucols = [f"u_{uname}"]
         if cfg.late_uncertainty != "same" and cfg.pick in ("auto", "auto_local"):
             ucols.append(f"u_{cfg.late_uncertainty}")
+        if getattr(cfg, "alloc_flips", False) and cfg.strategy == "hal":  # HAL weighs coarse clusters by it
+            ucols.append("u_disagreement")
         t0 = time.perf_counter()
         cols = _columns(args.scores, cfg, strategy.requires_embeddings, ucols)
         pool = load_pool(args.scores, columns=cols)

@@ -123,3 +123,32 @@ def test_cli_config_gives_the_loops_strategy_and_flags_override_it(
     assert "only query.* settings" in capsys.readouterr().err
     assert main([str(scores), "--budget", "3", "--set", "query.typical_scale=wide"]) == 2
     assert capsys.readouterr().err.startswith("error: query.typical_scale")
+
+
+def test_cli_reads_the_disagreement_column_when_hal_weighs_by_flips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hssal_ray.query import HierarchicalQuery
+    from hssal_ray.query.scores_io import load_pool
+
+    pool, _ = blob_pool(n=300, seed=2)
+    rng = np.random.default_rng(0)
+    pool.scores["u_disagreement"] = np.where(rng.random(300) < 0.2, 1.5, 0.1).astype(np.float32)
+    path = tmp_path / "scores"
+    write_scores(str(path), pool.ids, pool.embeddings, pool.probs, pool.scores, pool.confident)
+    argv = [
+        str(path),
+        "--budget",
+        "9",
+        "--seed",
+        "1",
+        "--backend",
+        "torch",
+        "--set",
+        "query.alloc_flips=true",
+    ]
+    assert main(argv) == 0, capsys.readouterr().err
+    got = [line.split(",")[0] for line in capsys.readouterr().out.strip().splitlines()[1:]]
+    full = load_pool(str(path))
+    want = HierarchicalQuery(alloc_flips=True, kmeans_backend="torch", random_state=1).select(full, 9)
+    assert got == [str(full.ids[i]) for i in want]
