@@ -86,8 +86,8 @@ def scores_strong_view(cfg: Any) -> bool:
     Only the query reads what the strong view adds to ``scores.parquet`` (``u_disagreement`` and
     ``confident``): ``query.uncertainty=disagreement`` (or ``late_uncertainty``, with ``pick: auto`` /
     ``auto_local``) ranks by the first, as ``query.alloc_flips`` weighs HAL's coarse clusters by it,
-    ``query.ssl_aware`` reads the second. Without either, the columns
-    are left out on both paths and the extra forward is saved.
+    ``query.ssl_aware`` reads the second. Without any of these, the columns are left out on both
+    paths and the extra forward is saved.
     """
     q = cfg.query
     late = q.late_uncertainty == "disagreement" and q.pick in ("auto", "auto_local")
