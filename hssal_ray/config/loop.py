@@ -125,6 +125,20 @@ class QueryConfig:
         _check(0.0 <= self.alloc_temper <= 1.0, "query.alloc_temper", "must be in [0, 1]")
         _check(self.typical_until >= 0, "query.typical_until", f"must be >= 0, got {self.typical_until}")
 
+    def scores_read(self) -> tuple[str, ...]:
+        """The uncertainty scores the query reads, ``uncertainty`` first (each a ``u_<name>`` column).
+
+        ``late_uncertainty`` counts only with ``pick: auto``/``auto_local`` (the picks that switch),
+        and HAL's ``alloc_flips`` reads ``disagreement``. The score stage decides from this which
+        optional columns to write (:mod:`hssal_ray.rounds.policy`); the query CLI which to load.
+        """
+        reads = [self.uncertainty]
+        if self.late_uncertainty != "same" and self.pick in ("auto", "auto_local"):
+            reads.append(self.late_uncertainty)
+        if self.alloc_flips and self.strategy == "hal":
+            reads.append("disagreement")
+        return tuple(dict.fromkeys(reads))
+
 
 @dataclass(frozen=True)
 class OracleConfig:

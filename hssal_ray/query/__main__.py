@@ -146,11 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = query_config(args)
         strategy = strategy_from_config(cfg, random_state=args.seed)
         uname = {"entropy": "entropy", "margin": "margin"}.get(cfg.strategy, cfg.uncertainty)
-        ucols = [f"u_{uname}"]
-        if cfg.late_uncertainty != "same" and cfg.pick in ("auto", "auto_local"):
-            ucols.append(f"u_{cfg.late_uncertainty}")
-        if getattr(cfg, "alloc_flips", False) and cfg.strategy == "hal":  # HAL weighs coarse clusters by it
-            ucols.append("u_disagreement")
+        ucols = [f"u_{uname}", *(f"u_{name}" for name in cfg.scores_read()[1:])]
         t0 = time.perf_counter()
         cols = _columns(args.scores, cfg, strategy.requires_embeddings, ucols)
         pool = load_pool(args.scores, columns=cols)

@@ -89,10 +89,7 @@ def scores_strong_view(cfg: Any) -> bool:
     ``query.ssl_aware`` reads the second. Without any of these, the columns are left out on both
     paths and the extra forward is saved.
     """
-    q = cfg.query
-    late = q.late_uncertainty == "disagreement" and q.pick in ("auto", "auto_local")
-    flips = bool(q.alloc_flips) and q.strategy == "hal"
-    return q.uncertainty == "disagreement" or late or flips or bool(q.ssl_aware)
+    return "disagreement" in cfg.query.scores_read() or bool(cfg.query.ssl_aware)
 
 
 def scores_committee(cfg: Any) -> bool:
@@ -103,6 +100,4 @@ def scores_committee(cfg: Any) -> bool:
     ``committee`` only on the frozen path with graph pseudo-labels, where the teacher and the
     smoothed labels exist.
     """
-    q = cfg.query
-    late = q.late_uncertainty == "committee" and q.pick in ("auto", "auto_local")
-    return q.uncertainty == "committee" or late
+    return "committee" in cfg.query.scores_read()

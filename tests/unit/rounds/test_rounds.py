@@ -162,6 +162,12 @@ def test_strong_view_columns_follow_the_one_rule() -> None:
     late = ["query.late_uncertainty=disagreement"]
     assert scores_strong_view(load_config(None, [*late, "query.pick=auto"]))
     assert not scores_strong_view(load_config(None, [*late, "query.pick=uncertain"]))  # never read then
+    reads = load_config(
+        None, ["query.uncertainty=margin", "query.pick=auto", *late, "query.alloc_flips=true"]
+    )
+    assert reads.query.scores_read() == ("margin", "disagreement")  # once each, uncertainty first
+    flat = ["query.strategy=hal_flat", "query.pick=typical", "query.late_uncertainty=entropy"]
+    assert load_config(None, [*flat, "query.alloc_flips=true"]).query.scores_read() == ("badge",)
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(3), size=4).astype(np.float32)
     emb = rng.normal(size=(4, 5)).astype(np.float32)
