@@ -76,6 +76,11 @@ class QueryConfig:
             rows' weak and strong views predict different classes, relative to the pool's (where
             consistency training has not settled); ``mass``: by their summed disagreement instead of
             the flip count; the score stage then scores a strong view too.
+        alloc_purity: HAL weighs each coarse cluster's uncertainty mass by how mixed the oracle's
+            labels in it are (the share of its labeled rows outside its majority class, relative to
+            the pool's; Dasgupta & Hsu's hierarchical sampling): clusters the labels show to be one
+            class get less of the budget, mixed ones more. Needs the labeled rows' classes (the loop
+            has them; ``python -m hssal_ray.query`` reads them from ``--exclude``'s ``label`` column).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -108,6 +113,7 @@ class QueryConfig:
     typical_scale: Literal["cluster", "flat"] = _added("cluster")
     typical_over: Literal["candidates", "pool"] = _added("candidates")
     alloc_flips: bool | Literal["mass"] = _added(False)
+    alloc_purity: bool = _added(False)
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -28,9 +29,16 @@ def ray_map(fn: Any, *iterables: Any) -> list[Any]:
 
 
 def run_query(
-    cfg: ExperimentConfig, scores_path: str, budget: int, labeled_ids: set[str], round_idx: int
+    cfg: ExperimentConfig,
+    scores_path: str,
+    budget: int,
+    labeled_ids: set[str] | Mapping[str, int],
+    round_idx: int,
 ) -> tuple[list[str], list[float], list[int] | None, dict[str, Any]]:
     """Select ``budget`` pool samples from a scores file.
+
+    ``labeled_ids`` are left out of the selection; a mapping id -> class also gives the strategy
+    the labeled rows' classes (``Pool.labels``, read by HAL's ``alloc_purity``).
 
     Returns:
         ``(ids, uncertainty, coarse_cluster or None, info)`` where ``info`` goes into metrics.jsonl
@@ -40,13 +48,15 @@ def run_query(
         and ``query_embedding_mb``, the pool it read (labeled rows included).
     """
     from hssal_ray.query import load_pool, strategy_from_config
-    from hssal_ray.query.scores_io import exclude_mask
+    from hssal_ray.query.scores_io import exclude_mask, pool_labels
     from hssal_ray.rounds import derive_seed
 
     t0 = time.perf_counter()
     pool = load_pool(scores_path)
     if labeled_ids:  # Arrow hash join: no sort of the object id array (np.isin)
         pool.exclude = exclude_mask(pool.ids, sorted(labeled_ids))
+        if isinstance(labeled_ids, Mapping):
+            pool.labels = pool_labels(pool.ids, pool.exclude, labeled_ids)
     t1 = time.perf_counter()
     extra = {"map_fn": ray_map} if cfg.query.parallel and cfg.query.strategy == "hal" else {}
     strat = strategy_from_config(

@@ -44,6 +44,7 @@ _FLAT_IGNORES = frozenset(
         "boundary_check",
         "typical_scale",
         "alloc_flips",
+        "alloc_purity",
     }
 )
 """Constructor parameters of ``hal_flat`` that its ``select`` never reads (it has no coarse level)."""

@@ -49,6 +49,8 @@ class Pool:
         confident: (n,) bool, weak and strong views both confidently pseudo-labeled, or None.
         exclude: (n,) bool, rows that are already labeled and must never be selected, or None.
         pred: (n,) int predicted class, or None.
+        labels: (n,) int the oracle's class of each labeled row, -1 for the others, or None (the
+            loop sets it from ``labeled.parquet``; HAL's ``alloc_purity: labels`` reads it).
     """
 
     ids: np.ndarray
@@ -58,6 +60,7 @@ class Pool:
     confident: np.ndarray | None = None
     exclude: np.ndarray | None = None
     pred: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(len(self.ids))

@@ -59,6 +59,7 @@ __all__ = [
     "typicality",
     "take_rows",
     "flip_rates",
+    "label_impurity",
 ]
 
 logger = logging.getLogger(__name__)
@@ -185,10 +186,47 @@ def flip_rates(labels: np.ndarray, flips: np.ndarray, k: int) -> np.ndarray:
     """
     n = np.bincount(labels, minlength=k).astype(np.float64)
     f = np.bincount(labels, weights=np.asarray(flips, dtype=np.float64), minlength=k)
+    return _relative_rates(f, n)
+
+
+def _relative_rates(f: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """``((f + 1) / (n + 1 / rbar)) / rbar``, ``rbar = sum(f) / sum(n)``: each group's rate of
+    ``f`` events in ``n`` rows relative to the whole's, shrunk toward 1 by a prior worth one event;
+    all ones when nothing happened anywhere (or there are no rows)."""
     if n.sum() == 0 or f.sum() == 0:
-        return np.ones(k, dtype=np.float64)
+        return np.ones(n.shape, dtype=np.float64)
     rbar = f.sum() / n.sum()
     return ((f + 1.0) / (n + 1.0 / rbar)) / rbar
+
+
+def label_impurity(labels: np.ndarray, classes: np.ndarray, k: int) -> np.ndarray:
+    """Each cluster's share of labeled rows outside its majority class, relative to the pool's.
+
+    Dasgupta & Hsu's hierarchical sampling (ICML 2008) spends labels where a cluster's labels show
+    it is not pure: a cluster whose labels are all one class is settled by label propagation,
+    one whose labels disagree holds a decision boundary. With ``n_k`` labeled rows in cluster
+    ``k`` and ``m_k`` of them outside its majority class, the weight is ``m_k / n_k`` relative to
+    the pool's ``sum(m) / sum(n)``, shrunk as :func:`flip_rates` is (a prior worth one minority
+    label), so a cluster with no or few labels stays near 1 and one label decides little. No
+    minority label anywhere (every cluster pure, or no labels): all ones.
+
+    Args:
+        labels: (m,) int coarse cluster of each labeled row, in ``[0, k)``.
+        classes: (m,) int the oracle's class of each labeled row (>= 0).
+        k: number of clusters.
+
+    Returns:
+        (k,) float64 weights (1 = the pool's impurity).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    classes = np.asarray(classes, dtype=np.int64)
+    n = np.bincount(labels, minlength=k).astype(np.float64)
+    if labels.size == 0:
+        return np.ones(k, dtype=np.float64)
+    c = int(classes.max()) + 1
+    per_class = np.bincount(labels * c + classes, minlength=k * c).reshape(k, c)
+    minority = n - per_class.max(axis=1)
+    return _relative_rates(minority, n)
 
 
 def _reference_sample(rows: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
@@ -231,6 +269,7 @@ class _HALBase(QueryStrategy):
         "typical_scale": ("cluster", "flat"),
         "typical_over": ("candidates", "pool"),
         "alloc_flips": (True, False, "mass"),
+        "alloc_purity": (True, False),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -257,6 +296,7 @@ class _HALBase(QueryStrategy):
         typical_scale: str = "cluster",
         typical_over: str = "candidates",
         alloc_flips: bool | str = False,
+        alloc_purity: bool = False,
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -281,6 +321,7 @@ class _HALBase(QueryStrategy):
         self.typical_scale = typical_scale  # hal only, as alloc_temper
         self.typical_over = typical_over
         self.alloc_flips = alloc_flips  # hal only, as alloc_temper
+        self.alloc_purity = alloc_purity  # hal only, as alloc_temper
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -461,6 +502,22 @@ class _HALBase(QueryStrategy):
             out.append(eer_gain(take_rows(pool.embeddings, ctx), probs[ctx], free[ctx], pos))
         return out
 
+    def _impurity(self, pool: Pool, labels: np.ndarray, k1: int) -> np.ndarray:
+        """:func:`label_impurity` of the coarse clusters from the labeled rows' classes (``pool.labels``)."""
+        lab = self._labeled(pool)
+        if lab.size and pool.labels is None:
+            raise DataError(
+                "query.alloc_purity needs the labeled rows' classes (pool.labels); the loop sets them, "
+                "python -m hssal_ray.query reads them from --exclude's 'label' column"
+            )
+        classes = np.asarray(pool.labels)[lab] if lab.size else np.zeros(0, dtype=np.int64)
+        if (classes < 0).any():
+            bad = lab[classes < 0][:5]
+            raise DataError(
+                f"query.alloc_purity: labeled rows without a class: ids {[str(pool.ids[r]) for r in bad]}"
+            )
+        return label_impurity(labels[lab], classes, k1)
+
     def _labeled_rows(self, pool: Pool) -> np.ndarray | None:
         """Labeled pool rows (``pool.exclude``) when ``cover_labeled`` is on, else None."""
         if not self.cover_labeled or pool.exclude is None:
@@ -544,6 +601,9 @@ class HierarchicalQuery(_HALBase):
             i.e. where self-training will not fix the model by itself and labels are worth most.
             ``"mass"``: the cluster's summed disagreement (total variation, plus 1 per flip) instead
             of its flip count, a denser signal where flips are few (the same prior, worth 1).
+        alloc_purity: weigh each coarse cluster's uncertainty mass by how mixed the oracle's labels
+            in it are (:func:`label_impurity`, needs ``pool.labels``): the hierarchy's own use of the
+            labels, which a single cluster cannot make (Dasgupta & Hsu's hierarchical sampling).
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -618,6 +678,10 @@ class HierarchicalQuery(_HALBase):
             flips = u_dis if self.alloc_flips == "mass" else u_dis >= 1.0
             flip_rate = flip_rates(lab_av, flips if every else flips[avail], k1)
             mass = mass * flip_rate
+        impurity = None
+        if self.alloc_purity:  # where the oracle's labels show a cluster mixes classes
+            impurity = self._impurity(pool, labels, k1)
+            mass = mass * impurity
         t = float(self.alloc_temper)
         if t < 1.0:  # tempered: between uncertainty mass (t=1) and cluster size (t=0)
             mass = np.power(np.maximum(mass, 0.0), t) * np.power(cap.astype(np.float64), 1.0 - t)
@@ -694,6 +758,7 @@ class HierarchicalQuery(_HALBase):
             "cluster_sizes": counts,
             "cluster_mass": mass,
             "cluster_flip_rate": flip_rate,
+            "cluster_impurity": impurity,
             "pick_coarse_cluster": labels[picks],
             "alloc_over": over,
             "uncertainty": score,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +50,7 @@ __all__ = [
     "CONFIDENT_COLUMN",
     "read_id_list",
     "exclude_mask",
+    "pool_labels",
     "parquet_write_options",
     "LIST_COLUMNS",
 ]
@@ -320,3 +321,18 @@ def exclude_mask(ids: np.ndarray, labeled_ids: Sequence[str] | np.ndarray) -> np
     """(n,) bool: which ``ids`` are in ``labeled_ids`` (hash join in Arrow, no Python loop)."""
     value_set = pa.array(np.asarray(labeled_ids, dtype=object), type=pa.string())
     return pc.is_in(pa.array(ids, type=pa.string()), value_set=value_set).to_numpy(zero_copy_only=False)
+
+
+def pool_labels(ids: np.ndarray, exclude: np.ndarray, classes: Mapping[str, int]) -> np.ndarray:
+    """(n,) int64: the class of each excluded (labeled) row from ``classes`` (id -> class), -1 elsewhere.
+
+    Raises:
+        DataError: a labeled row has no class in ``classes``.
+    """
+    out = np.full(len(ids), -1, dtype=np.int64)
+    rows = np.flatnonzero(exclude)
+    missing = [str(ids[r]) for r in rows if str(ids[r]) not in classes]
+    if missing:
+        raise DataError(f"labeled rows without a class: {missing[:5]} ({len(missing)} in all)")
+    out[rows] = [int(classes[str(ids[r])]) for r in rows]
+    return out
