@@ -9,7 +9,8 @@ The strategy's settings are the ``query`` section of ``--config`` (a loop config
 ``configs/ucm_cpu.yaml``: the same HAL the loop runs), then ``--set query.KEY=VALUE`` overrides, then
 the flags given; without ``--config`` they start from ``QueryConfig``'s defaults. Any ``query.*``
 key can be set, and each is validated as in the loop (its ``budget`` is ignored: ``--budget`` is the
-batch size here).
+batch size here). With ``query.alloc_purity`` the ``--exclude`` file must hold a ``label`` column
+too (the run's ``labeled.parquet`` does).
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="output CSV (default: print to stdout)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--exclude", help="already labeled ids: Parquet or CSV with a sample_id column")
+    p.add_argument(
+        "--exclude",
+        help="already labeled ids: Parquet or CSV with a sample_id column (and label: query.alloc_purity)",
+    )
     # The flags below override --config and --set; left out, the config's (or the default) value holds.
     p.add_argument("--strategy", choices=available_strategies(), help="default: hal")
     p.add_argument("--uncertainty", choices=UNCERTAINTIES, help="default: badge")
@@ -140,7 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     from hssal_ray.query.base import strategy_from_config
-    from hssal_ray.query.scores_io import exclude_mask, load_pool, read_id_list
+    from hssal_ray.query.scores_io import (
+        exclude_mask,
+        load_pool,
+        pool_labels,
+        read_id_list,
+        read_labeled_classes,
+    )
 
     try:
         cfg = query_config(args)
@@ -150,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         cols = _columns(args.scores, cfg, strategy.requires_embeddings, ucols)
         pool = load_pool(args.scores, columns=cols)
-        if args.exclude:
+        if args.exclude and cfg.strategy == "hal" and cfg.alloc_purity:  # the labeled rows' classes too
+            classes = read_labeled_classes(args.exclude)
+            pool.exclude = exclude_mask(pool.ids, list(classes))
+            pool.labels = pool_labels(pool.ids, pool.exclude, classes)
+        elif args.exclude:
             pool.exclude = exclude_mask(pool.ids, read_id_list(args.exclude))
         t1 = time.perf_counter()
         picks = strategy.select(pool, args.budget)

@@ -51,6 +51,7 @@ __all__ = [
     "read_id_list",
     "exclude_mask",
     "pool_labels",
+    "read_labeled_classes",
     "parquet_write_options",
     "LIST_COLUMNS",
 ]
@@ -292,6 +293,34 @@ def read_id_list(path: str) -> np.ndarray:
     Returns:
         (m,) object array of str.
     """
+    return _read_ids(path)[0]
+
+
+def read_labeled_classes(path: str) -> dict[str, int]:
+    """``sample_id -> class`` from a Parquet or CSV file with ``sample_id`` and ``label`` columns
+    (the loop's ``labeled.parquet``, or a ``labels.csv``).
+
+    Raises:
+        DataError: the file is missing, has no ``label`` column, or a label is not an integer >= 0.
+    """
+    ids, t = _read_ids(path)
+    if "label" not in t.column_names:
+        raise DataError(
+            f"{path!r} has no 'label' column (columns: {', '.join(t.column_names)}); "
+            "query.alloc_purity needs the labeled rows' classes"
+        )
+    col = t.column("label")
+    try:
+        labels = col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowException, ValueError):
+        raise DataError(f"{path!r}: column 'label' must hold integer classes") from None
+    if col.null_count or (labels < 0).any():
+        raise DataError(f"{path!r}: column 'label' must hold integer classes >= 0 (no empty cells)")
+    return dict(zip(ids.tolist(), labels.tolist(), strict=True))
+
+
+def _read_ids(path: str) -> tuple[np.ndarray, pa.Table]:
+    """``read_id_list``'s ids and the table they came from."""
     fs, p = _io.resolve_fs(path)
     if not _io.exists(path):
         raise DataError(f"id list {path!r} does not exist")
@@ -314,7 +343,7 @@ def read_id_list(path: str) -> np.ndarray:
         if "sample_id" not in t.column_names:
             raise DataError(f"{path!r} has no 'sample_id' column (columns: {', '.join(t.column_names)})")
         col = t.column("sample_id").cast(pa.string())
-    return col.to_numpy().astype(object, copy=False)  # no intermediate Python list
+    return col.to_numpy().astype(object, copy=False), t  # no intermediate Python list
 
 
 def exclude_mask(ids: np.ndarray, labeled_ids: Sequence[str] | np.ndarray) -> np.ndarray:
