@@ -32,3 +32,14 @@ def blob_pool(
         confident=rng.random(n) < 0.3,
     )
     return pool, lab
+
+
+#: HAL with the profile's allocation (``alloc_over: global``) on a 6-blob pool: the reference the
+#: coarse-weighing options (``alloc_flips``, ``alloc_purity``) are compared with
+GLOBAL_HAL = {
+    "uncertainty": "margin",
+    "coarse_k": 6,
+    "alloc_over": "global",
+    "candidate_ratio": 10,
+    "random_state": 0,
+}

@@ -11,7 +11,7 @@ from hssal_ray.query import HierarchicalQuery
 from hssal_ray.query.hierarchical import flip_rates
 from hssal_ray.rounds import scores_strong_view
 
-from ._data import blob_pool
+from ._data import GLOBAL_HAL, blob_pool
 
 
 def test_flip_rates_known_answer_and_shrinkage() -> None:
@@ -33,13 +33,7 @@ def _pool_with_flips(seed: int = 3):
     return pool, blob
 
 
-KW = {
-    "uncertainty": "margin",
-    "coarse_k": 6,
-    "alloc_over": "global",
-    "candidate_ratio": 10,
-    "random_state": 0,
-}
+KW = GLOBAL_HAL
 
 
 def _plain_and_smallest(pool) -> tuple[HierarchicalQuery, int]:

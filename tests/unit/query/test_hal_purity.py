@@ -16,7 +16,7 @@ from hssal_ray.query.__main__ import main
 from hssal_ray.query.hierarchical import label_impurity
 from hssal_ray.query.scores_io import pool_labels, read_labeled_classes
 
-from ._data import blob_pool
+from ._data import GLOBAL_HAL, blob_pool
 
 
 def test_label_impurity_known_answer_and_shrinkage() -> None:
@@ -33,13 +33,7 @@ def test_label_impurity_known_answer_and_shrinkage() -> None:
     assert tie[0] > 1.0 > tie[1]
 
 
-KW = {
-    "uncertainty": "margin",
-    "coarse_k": 6,
-    "alloc_over": "global",
-    "candidate_ratio": 10,
-    "random_state": 0,
-}
+KW = GLOBAL_HAL
 
 
 def _labeled_pool(seed: int = 3):
