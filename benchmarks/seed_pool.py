@@ -40,8 +40,9 @@ __all__ = ["pool_summaries", "pass_chance", "report", "main"]
 METHOD = "hssal"
 
 
-def pool_summaries(specs: list[str]) -> dict[str, Any]:
-    """Merge ``RESULT.json:m1,m2`` specs into one summary ``{method: {per_seed, num_labeled, ...}}``.
+def pool_summaries(specs: list[str], require: str | None = METHOD) -> dict[str, Any]:
+    """Merge ``RESULT.json:m1,m2`` specs into one summary ``{method: {per_seed, num_labeled, ...}}``
+    (``require``: a method the specs must give, None for any).
 
     Raises:
         ValueError: a malformed spec, a method missing from its result, budgets that differ, or a
@@ -67,8 +68,8 @@ def pool_summaries(specs: list[str]) -> dict[str, Any]:
                     raise ValueError(f"{m} seed {seed} differs between {path} and an earlier result")
                 got["per_seed"][seed] = acc
             got["sources"].append(path)
-    if METHOD not in out:
-        raise ValueError(f"no result gives {METHOD!r}")
+    if require is not None and require not in out:
+        raise ValueError(f"no result gives {require!r}")
     return out
 
 

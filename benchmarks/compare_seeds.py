@@ -1,0 +1,107 @@
+"""Two measurements of the same methods, seed by seed: which accuracies match, and how far the rest moved.
+
+    python -m benchmarks.compare_seeds --name "UCM validation, baselines: this machine vs stored" \\
+        --a benchmarks/results/hal_val11/le_val_ucm_b11.json:ssl_entropy,ssl_margin \\
+        --b benchmarks/results/hal_val5/le_val_ucm_base5.json:ssl_entropy,ssl_margin ... [--out PATH]
+
+Each side is one or more ``RESULT.json:method[,method...]`` specs, merged as ``benchmarks.seed_pool``
+merges them (a seed measured twice on one side must agree). For every method and seed both sides
+hold it compares the accuracies after the cold start: cells identical (bit for bit), the largest
+difference, and the mean difference ``a - b`` at each budget. Runs nothing. It answers "does the
+product give the same numbers on another machine / cache / commit?" from results already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks._common import command_line, md_table
+from benchmarks.seed_pool import pool_summaries
+
+__all__ = ["compare", "report", "main"]
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per method both summaries hold: ``seeds``, ``cells``, ``identical``, ``max_diff`` (points) and
+    ``mean_diff`` (points, a - b, one per budget after the cold start) over their common seeds.
+
+    Raises:
+        ValueError: the two sides' budgets differ for a method.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for m in sorted(set(a) & set(b)):
+        if list(a[m]["num_labeled"]) != list(b[m]["num_labeled"]):
+            raise ValueError(f"{m}: budgets differ ({a[m]['num_labeled']} vs {b[m]['num_labeled']})")
+        seeds = sorted(set(a[m]["per_seed"]) & set(b[m]["per_seed"]), key=int)
+        if not seeds:
+            continue
+        x = np.array([a[m]["per_seed"][s][1:] for s in seeds], dtype=np.float64)
+        y = np.array([b[m]["per_seed"][s][1:] for s in seeds], dtype=np.float64)
+        d = (x - y) * 100.0
+        out[m] = {
+            "seeds": len(seeds),
+            "cells": int(d.size),
+            "identical": int((x == y).sum()),
+            "seeds_identical": int((x == y).all(axis=1).sum()),
+            "max_diff": float(np.abs(d).max()),
+            "mean_diff": [float(v) for v in d.mean(axis=0)],
+            "num_labeled": list(a[m]["num_labeled"][1:]),
+        }
+    return out
+
+
+def report(result: dict[str, dict[str, Any]], name: str, command: str) -> str:
+    rows = []
+    total = sum(r["cells"] for r in result.values())
+    same = sum(r["identical"] for r in result.values())
+    for m, r in result.items():
+        rows.append(
+            {
+                "method": m,
+                "seeds identical in every cell": f"{r['seeds_identical']} / {r['seeds']}",
+                "cells identical": f"{r['identical']} / {r['cells']}",
+                "largest difference (points)": f"{r['max_diff']:.1f}",
+                "mean a - b (points)": " / ".join(f"{v:+.2f}" for v in r["mean_diff"]),
+            }
+        )
+    budgets = " / ".join(str(n) for n in next(iter(result.values()))["num_labeled"]) if result else ""
+    share = f"{same} of {total} ({100.0 * same / total:.0f}%)" if total else "none"
+    return (
+        f"# {name}: the same methods measured twice, seed by seed\n\n"
+        f"- command: `{command}`\n"
+        f"- cells after the cold start identical bit for bit: **{share}**\n\n"
+        + f"- budgets after the cold start: {budgets} labels\n\n"
+        + md_table(rows, list(rows[0]) if rows else ["method"])
+        + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare_seeds", description=__doc__.split("\n")[0])
+    p.add_argument("--name", default="Comparison", help="title of the report")
+    p.add_argument("--a", nargs="+", required=True, metavar="RESULT.json:methods", help="one measurement")
+    p.add_argument("--b", nargs="+", required=True, metavar="RESULT.json:methods", help="the other")
+    p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    args = p.parse_args(argv)
+    try:
+        result = compare(pool_summaries(args.a, require=None), pool_summaries(args.b, require=None))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = report(result, args.name, command_line("benchmarks.compare_seeds", argv))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.out + ".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

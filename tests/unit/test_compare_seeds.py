@@ -1,0 +1,48 @@
+"""``benchmarks.compare_seeds``: identical cells counted bit for bit, the rest measured, bad input refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.compare_seeds import compare, main
+from benchmarks.seed_pool import pool_summaries
+
+
+def _result(path: Path, per_method: dict[str, dict[str, list[float]]], labels=(20, 40, 60, 80)) -> str:
+    summary = {m: {"num_labeled": list(labels), "per_seed": seeds} for m, seeds in per_method.items()}
+    path.write_text(json.dumps({"summary": summary}))
+    return str(path)
+
+
+def test_compare_counts_identical_cells_and_the_moves(tmp_path: Path) -> None:
+    a = _result(
+        tmp_path / "a.json",
+        {"m": {"0": [0.5, 0.6, 0.7, 0.8], "1": [0.5, 0.61, 0.7, 0.8], "2": [0.4, 0.5, 0.6, 0.7]}},
+    )
+    b1 = _result(
+        tmp_path / "b1.json", {"m": {"0": [0.5, 0.6, 0.7, 0.8]}, "other": {"0": [0.1, 0.2, 0.3, 0.4]}}
+    )
+    b2 = _result(tmp_path / "b2.json", {"m": {"1": [0.5, 0.6, 0.7, 0.82]}})
+    got = compare(
+        pool_summaries([f"{a}:m"], require=None), pool_summaries([f"{b1}:m,other", f"{b2}:m"], None)
+    )
+    assert list(got) == ["m"]  # only what both sides hold; seed 2 has no partner
+    m = got["m"]
+    assert (m["seeds"], m["cells"], m["identical"], m["seeds_identical"]) == (2, 6, 4, 1)
+    assert m["max_diff"] == pytest.approx(2.0) and m["mean_diff"] == pytest.approx([0.5, 0.0, -1.0])
+    out = tmp_path / "rep"
+    assert main(["--a", f"{a}:m", "--b", f"{b1}:m", f"{b2}:m", "--out", str(out)]) == 0
+    md = (tmp_path / "rep.md").read_text()
+    assert "**4 of 6 (67%)**" in md and "| m | 1 / 2 | 4 / 6 | 2.0 | +0.50 / +0.00 / -1.00 |" in md
+
+
+def test_other_budgets_and_missing_methods_are_errors(tmp_path: Path, capsys) -> None:
+    a = _result(tmp_path / "a.json", {"m": {"0": [0.5, 0.6, 0.7, 0.8]}})
+    b = _result(tmp_path / "b.json", {"m": {"0": [0.5, 0.6, 0.7, 0.8]}}, labels=(20, 40, 60, 90))
+    assert main(["--a", f"{a}:m", "--b", f"{b}:m"]) == 2
+    assert "budgets differ" in capsys.readouterr().err
+    assert main(["--a", f"{a}:nope", "--b", f"{b}:m"]) == 2
+    assert "has no 'nope'" in capsys.readouterr().err
