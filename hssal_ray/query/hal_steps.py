@@ -35,20 +35,43 @@ def take_rows(emb: Any, rows: np.ndarray) -> np.ndarray:
     return np.asarray(emb[np.asarray(rows)], dtype=np.float32)
 
 
+#: relative margin below the squared radius of :func:`cross_cluster_duplicates` (float32 rounding is ~1e-7)
+RADIUS_MARGIN = 1e-4
+
+#: :func:`typicality` of at most this many points builds the whole (m, m) distance matrix and makes it
+#: exactly symmetric (64 MB at the bound); above it, row chunks
+SYMMETRIC_ROWS = 4096
+
+
 def typicality(X: np.ndarray, n_neighbors: int = TYPICAL_NEIGHBORS, chunk_size: int = 1024) -> np.ndarray:
     """TypiClust typicality: ``1 / (mean Euclidean distance to the k nearest neighbours + 1e-8)``.
 
     The points' density among themselves: :func:`reference_typicality` with ``X`` as its own reference.
+    Up to :data:`SYMMETRIC_ROWS` points the distance matrix is made exactly symmetric first
+    (``(D + D.T) / 2``): a matrix product rounds ``d(a, b)`` and ``d(b, a)`` differently, and with few
+    neighbours (``k = 1`` is common at the flat variant's scale) two mutual nearest neighbours have
+    the same typicality, so which of them was "more typical" was decided by the last bit, which
+    differs between CPUs (AVX2 and AVX-512 kernels); symmetric, they tie exactly and the pick rule's
+    tie-break (priority order) decides, on every CPU.
 
     Args:
-        X: (m, d) points (float32 is used internally, in row chunks).
+        X: (m, d) points (float32 is used internally, in row chunks above the bound).
         n_neighbors: k, clipped to ``m - 1``.
         chunk_size: query rows per (chunk, m) distance block.
 
     Returns:
         (m,) float32; a single point gets 1.0.
     """
-    return reference_typicality(X, X, np.arange(X.shape[0]), n_neighbors, chunk_size)
+    m = X.shape[0]
+    k = min(n_neighbors, m - 1)
+    if m > SYMMETRIC_ROWS or k < 1:
+        return reference_typicality(X, X, np.arange(m), n_neighbors, chunk_size)
+    C = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    d2 = _sq_dists(C, C)
+    d2 = (d2 + d2.T).mul_(0.5)
+    d2.fill_diagonal_(float("inf"))  # its own row is not a neighbour
+    near = torch.topk(d2, k, dim=1, largest=False).values
+    return (1.0 / (near.sqrt().mean(1) + 1e-8)).numpy()
 
 
 def reference_typicality(
@@ -419,6 +442,10 @@ def cross_cluster_duplicates(
         return picks, info
     r2 = float(torch.cat(near).median())  # the lower median
     info["radius"] = math.sqrt(r2)
+    # The radius is one candidate's own distance, which the comparisons below compute again through
+    # other matrix shapes: compared with r2 itself, that candidate's side of it was the last bit's
+    # call and differed between CPUs. A margin far below any scale of the data settles it.
+    r2 = r2 * (1.0 - RADIUS_MARGIN)
     # close cross-cluster pairs (i later than j in priority order), found in blocks
     pairs: list[tuple[int, int]] = []
     pct = torch.from_numpy(pc)
