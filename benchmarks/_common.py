@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +255,30 @@ def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     for r in rows:
         out.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
     return "\n".join(out)
+
+
+def query_rounds(run: Path) -> Iterator[tuple[int, Path, list[str]]]:
+    """``(round, scores.parquet path, recorded batch ids)`` of every query round a run directory holds
+    (both ``round_XXX/scores.parquet`` and ``round_XXX/query.csv``), in round order."""
+    from hssal_ray import _csv
+
+    for rd in sorted(run.glob("round_[0-9][0-9][0-9]")):
+        qf, sf = rd / "query.csv", rd / "scores.parquet"
+        if qf.exists() and sf.exists():
+            yield (
+                int(rd.name.split("_")[1]),
+                sf,
+                [row["sample_id"] for row in _csv.read_dicts(qf.read_text())],
+            )
+
+
+def emit_report(out: str | None, payload: Any, text: str) -> None:
+    """Print ``text``; with ``out``, also write ``OUT.json`` (``payload``) and ``OUT.md`` (``text``)."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out + ".json").write_text(json.dumps(payload, indent=2) + "\n")
+        Path(out + ".md").write_text(text)
+    print(text)
 
 
 def write_result(

@@ -14,14 +14,12 @@ product give the same numbers on another machine / cache / commit?" from results
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks._common import command_line, md_table
+from benchmarks._common import command_line, emit_report, md_table
 from benchmarks.seed_pool import pool_summaries
 
 __all__ = ["compare", "report", "main"]
@@ -95,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = report(result, args.name, command_line("benchmarks.compare_seeds", argv))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
-        Path(args.out + ".md").write_text(text)
-    print(text)
+    emit_report(args.out, result, text)
     return 0
 
 

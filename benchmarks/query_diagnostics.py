@@ -28,8 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import command_line, sweep_round_means
-from hssal_ray import _csv
+from benchmarks._common import command_line, emit_report, query_rounds, sweep_round_means
 
 __all__ = ["round_diagnostics", "trial_diagnostics", "summarise", "main"]
 
@@ -96,12 +95,7 @@ def trial_diagnostics(run: Path) -> list[dict[str, float]]:
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     acc = {int(m["round"]): m.get("test_accuracy") for m in metrics}
     out = []
-    for rd in sorted(run.glob("round_[0-9][0-9][0-9]")):
-        r = int(rd.name.split("_")[1])
-        qf, sf = rd / "query.csv", rd / "scores.parquet"
-        if not qf.exists() or not sf.exists():
-            continue
-        q = [row["sample_id"] for row in _csv.read_dicts(qf.read_text())]
+    for r, sf, q in query_rounds(run):
         pool_s = load_pool(str(sf), columns=["embedding", "probs", "u_margin", "pred"])
         ids = np.asarray(pool_s.ids, dtype=object)
         row_of = {s: i for i, s in enumerate(ids)}
@@ -162,11 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     summary = summarise([Path(s) for s in args.sweeps])
     text = report_markdown(summary, command_line("benchmarks.query_diagnostics", argv))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out + ".json").write_text(json.dumps(summary, indent=2) + "\n")
-        Path(args.out + ".md").write_text(text)
-    print(text)
+    emit_report(args.out, summary, text)
     return 0
 
 

@@ -23,15 +23,13 @@ and ``moved``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks._common import command_line
-from hssal_ray import _csv
+from benchmarks._common import command_line, emit_report, query_rounds
 
 __all__ = ["replay_trial", "summarise", "main"]
 
@@ -56,12 +54,7 @@ def replay_trial(run: Path, overrides: list[str]) -> list[dict[str, Any]]:
     alt = load_run_config(str(run), overrides) if overrides else None
     lab = pq.read_table(run / "labeled.parquet", columns=["sample_id", "label", "round_added"]).to_pydict()
     out = []
-    for rd in sorted(run.glob("round_[0-9][0-9][0-9]")):
-        r = int(rd.name.split("_")[1])
-        qf, sf = rd / "query.csv", rd / "scores.parquet"
-        if not qf.exists() or not sf.exists():
-            continue
-        recorded = [row["sample_id"] for row in _csv.read_dicts(qf.read_text())]
+    for r, sf, recorded in query_rounds(run):
         rows = zip(lab["sample_id"], lab["label"], lab["round_added"], strict=True)
         known = {s: int(c) for s, c, a in rows if a <= r}  # the labels (with classes) the round's query saw
         ids, _, coarse, _ = run_query(cfg, str(sf), len(recorded), known, r)
@@ -137,11 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     summary = summarise([Path(s) for s in args.sweeps], args.set)
     text = report_markdown(summary, command_line("benchmarks.query_replay", argv))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out + ".json").write_text(json.dumps(summary, indent=2) + "\n")
-        Path(args.out + ".md").write_text(text)
-    print(text)
+    emit_report(args.out, summary, text)
     return 0
 
 
