@@ -6,9 +6,10 @@
 
 Each side is one or more ``RESULT.json:method[,method...]`` specs, merged as ``benchmarks.seed_pool``
 merges them (a seed measured twice on one side must agree). For every method and seed both sides
-hold it compares the accuracies after the cold start: cells identical (bit for bit), the largest
-difference, and the mean difference ``a - b`` at each budget. Runs nothing. It answers "does the
-product give the same numbers on another machine / cache / commit?" from results already written.
+hold it compares the accuracies after the cold start (full supervision: its one budget): cells
+identical (bit for bit), the largest difference, and the mean difference ``a - b`` at each budget.
+Runs nothing. It answers "does the product give the same numbers on another machine / cache /
+commit?" from results already written.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
         seeds = sorted(set(a[m]["per_seed"]) & set(b[m]["per_seed"]), key=int)
         if not seeds:
             continue
-        x = np.array([a[m]["per_seed"][s][1:] for s in seeds], dtype=np.float64)
-        y = np.array([b[m]["per_seed"][s][1:] for s in seeds], dtype=np.float64)
+        first = 1 if len(a[m]["num_labeled"]) > 1 else 0  # full supervision has one budget and no cold start
+        x = np.array([a[m]["per_seed"][s][first:] for s in seeds], dtype=np.float64)
+        y = np.array([b[m]["per_seed"][s][first:] for s in seeds], dtype=np.float64)
         d = (x - y) * 100.0
         out[m] = {
             "seeds": len(seeds),
@@ -49,7 +51,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "seeds_identical": int((x == y).all(axis=1).sum()),
             "max_diff": float(np.abs(d).max()),
             "mean_diff": [float(v) for v in d.mean(axis=0)],
-            "num_labeled": list(a[m]["num_labeled"][1:]),
+            "num_labeled": list(a[m]["num_labeled"][first:]),
         }
     return out
 
@@ -68,7 +70,8 @@ def report(result: dict[str, dict[str, Any]], name: str, command: str) -> str:
                 "mean a - b (points)": " / ".join(f"{v:+.2f}" for v in r["mean_diff"]),
             }
         )
-    budgets = " / ".join(str(n) for n in next(iter(result.values()))["num_labeled"]) if result else ""
+    longest = max((r["num_labeled"] for r in result.values()), key=len, default=[])
+    budgets = " / ".join(str(n) for n in longest)
     share = f"{same} of {total} ({100.0 * same / total:.0f}%)" if total else "none"
     return (
         f"# {name}: the same methods measured twice, seed by seed\n\n"

@@ -33,6 +33,9 @@ def test_compare_counts_identical_cells_and_the_moves(tmp_path: Path) -> None:
     m = got["m"]
     assert (m["seeds"], m["cells"], m["identical"], m["seeds_identical"]) == (2, 6, 4, 1)
     assert m["max_diff"] == pytest.approx(2.0) and m["mean_diff"] == pytest.approx([0.5, 0.0, -1.0])
+    full = _result(tmp_path / "f.json", {"full": {"0": [0.9], "1": [0.91]}}, labels=(800,))
+    one = compare(pool_summaries([f"{full}:full"], None), pool_summaries([f"{full}:full"], None))["full"]
+    assert (one["cells"], one["identical"], one["num_labeled"]) == (2, 2, [800])  # one budget: that cell
     out = tmp_path / "rep"
     assert main(["--a", f"{a}:m", "--b", f"{b1}:m", f"{b2}:m", "--out", str(out)]) == 0
     md = (tmp_path / "rep.md").read_text()
