@@ -145,6 +145,10 @@ class QueryConfig:
             reads.append("disagreement")
         return tuple(dict.fromkeys(reads))
 
+    def reads_classes(self) -> bool:
+        """Whether the query reads the labeled rows' classes (HAL's ``alloc_purity``), not only their ids."""
+        return self.strategy == "hal" and self.alloc_purity
+
 
 @dataclass(frozen=True)
 class OracleConfig:

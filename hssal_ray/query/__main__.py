@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         cols = _columns(args.scores, cfg, strategy.requires_embeddings, ucols)
         pool = load_pool(args.scores, columns=cols)
-        if args.exclude and cfg.strategy == "hal" and cfg.alloc_purity:  # the labeled rows' classes too
+        if args.exclude and cfg.reads_classes():  # the labeled rows' classes too
             classes = read_labeled_classes(args.exclude)
             pool.exclude = exclude_mask(pool.ids, list(classes))
             pool.labels = pool_labels(pool.ids, pool.exclude, classes)

@@ -50,7 +50,7 @@ class Pool:
         exclude: (n,) bool, rows that are already labeled and must never be selected, or None.
         pred: (n,) int predicted class, or None.
         labels: (n,) int the oracle's class of each labeled row, -1 for the others, or None (the
-            loop sets it from ``labeled.parquet``; HAL's ``alloc_purity: labels`` reads it).
+            loop sets it from ``labeled.parquet``; HAL's ``alloc_purity`` reads it).
     """
 
     ids: np.ndarray

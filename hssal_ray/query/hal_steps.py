@@ -70,6 +70,11 @@ def typicality(X: np.ndarray, n_neighbors: int = TYPICAL_NEIGHBORS, chunk_size: 
     d2 = _sq_dists(C, C)
     d2 = (d2 + d2.T).mul_(0.5)
     d2.fill_diagonal_(float("inf"))  # its own row is not a neighbour
+    return _density(d2, k)
+
+
+def _density(d2: torch.Tensor, k: int) -> np.ndarray:
+    """TypiClust density per row of squared distances: ``1 / (mean distance to the k nearest + 1e-8)``."""
     near = torch.topk(d2, k, dim=1, largest=False).values
     return (1.0 / (near.sqrt().mean(1) + 1e-8)).numpy()
 
@@ -109,8 +114,7 @@ def reference_typicality(
         p = pos[s : s + chunk_size]
         own = torch.nonzero(p >= 0).flatten()
         d2[own, p[own]] = float("inf")  # its own row is not a neighbour
-        near = torch.topk(d2, k, dim=1, largest=False).values
-        out[s : s + d2.shape[0]] = (1.0 / (near.sqrt().mean(1) + 1e-8)).numpy()
+        out[s : s + d2.shape[0]] = _density(d2, k)
     return out
 
 

@@ -360,8 +360,9 @@ def pool_labels(ids: np.ndarray, exclude: np.ndarray, classes: Mapping[str, int]
     """
     out = np.full(len(ids), -1, dtype=np.int64)
     rows = np.flatnonzero(exclude)
-    missing = [str(ids[r]) for r in rows if str(ids[r]) not in classes]
+    keys = [str(ids[r]) for r in rows]
+    missing = [s for s in keys if s not in classes]
     if missing:
         raise DataError(f"labeled rows without a class: {missing[:5]} ({len(missing)} in all)")
-    out[rows] = [int(classes[str(ids[r])]) for r in rows]
+    out[rows] = [int(classes[s]) for s in keys]
     return out

@@ -35,8 +35,7 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
     rd = round_dir(ctx.run_dir, r)
     labeled = LabeledSet.load(ctx.run_dir)
     budget = round_budget(ctx.cfg, len(labeled), ctx.split("train").num_rows)
-    q = ctx.cfg.query
-    known = labeled.labels() if q.strategy == "hal" and q.alloc_purity else set(labeled.ids)
+    known = labeled.labels() if ctx.cfg.query.reads_classes() else set(labeled.ids)
     ids, u, coarse, info = run_query(ctx.cfg, _io.join(rd, "scores.parquet"), budget, known, r)
     write_query(rd, ids, u, coarse)
     secs = time.perf_counter() - t0
