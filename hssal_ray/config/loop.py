@@ -81,6 +81,10 @@ class QueryConfig:
             the pool's; Dasgupta & Hsu's hierarchical sampling): clusters the labels show to be one
             class get less of the budget, mixed ones more. Needs the labeled rows' classes (the loop
             has them; ``python -m hssal_ray.query`` reads them from ``--exclude``'s ``label`` column).
+        coarse_by: HAL's coarse level: ``kmeans`` of the embeddings (``coarse_k`` clusters), or the
+            model's classes without a k-means: ``predicted`` (one group per predicted class) or
+            ``confusion`` (one per unordered pair of the two most probable classes, i.e. per
+            decision boundary); needs the scores file's ``pred``/``probs`` columns.
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -114,6 +118,7 @@ class QueryConfig:
     typical_over: Literal["candidates", "pool"] = _added("candidates")
     alloc_flips: bool | Literal["mass"] = _added(False)
     alloc_purity: bool = _added(False)
+    coarse_by: Literal["kmeans", "predicted", "confusion"] = _added("kmeans")
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

@@ -45,6 +45,7 @@ _FLAT_IGNORES = frozenset(
         "typical_scale",
         "alloc_flips",
         "alloc_purity",
+        "coarse_by",
     }
 )
 """Constructor parameters of ``hal_flat`` that its ``select`` never reads (it has no coarse level)."""

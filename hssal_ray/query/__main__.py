@@ -114,9 +114,11 @@ def query_config(args: argparse.Namespace) -> Any:
 
 def _needs_probs(cfg: Any, names: set[str], ucols: list[str]) -> bool:
     """Whether the strategy reads class probabilities: BADGE, a score the file lacks, or a pick
-    rule that counts the classes (``auto``) or spreads labels (``eer``)."""
+    rule that counts the classes (``auto``) or spreads labels (``eer``), or HAL's coarse level read
+    from the classes (``coarse_by``)."""
     return (
         cfg.strategy == "badge"
+        or (cfg.strategy == "hal" and cfg.coarse_by != "kmeans")
         or any(c not in names for c in ucols)
         or cfg.pick in ("auto", "auto_local", "eer")
         or cfg.late_pick == "eer"

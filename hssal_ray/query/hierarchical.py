@@ -60,6 +60,7 @@ __all__ = [
     "take_rows",
     "flip_rates",
     "label_impurity",
+    "class_groups",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,38 @@ def auto_coarse_k(n_available: int, budget: int) -> int:
     """
     k = min(max(2, math.ceil(budget / PICKS_PER_COARSE)), MAX_AUTO_COARSE_K)
     return int(max(1, min(k, budget, n_available)))
+
+
+def class_groups(pool: Pool, how: str) -> tuple[np.ndarray, int]:
+    """The coarse level read from the model instead of k-means: (n,) group of every row, and K1.
+
+    ``how="predicted"``: the row's predicted class (``pool.pred``, else the argmax of
+    ``pool.probs``); ``"confusion"``: the unordered pair of its two most probable classes (needs
+    ``pool.probs``; ties between classes go to the lower index). Groups are numbered 0..K1-1 in the
+    order of their class (pair) index, and only groups that hold a row exist.
+
+    Raises:
+        DataError: the pool lacks what ``how`` needs.
+    """
+    if how == "predicted" and pool.pred is not None:
+        key = np.asarray(pool.pred, dtype=np.int64)
+    else:
+        if pool.probs is None:
+            need = "a 'pred' or 'probs' column" if how == "predicted" else "a 'probs' column"
+            raise DataError(f"query.coarse_by={how} needs {need} in the scores file")
+        p = np.asarray(pool.probs)
+        if how == "predicted":
+            key = p.argmax(axis=1).astype(np.int64)
+        else:
+            if p.shape[1] < 2:
+                raise DataError(f"query.coarse_by=confusion needs >= 2 classes, the probs have {p.shape[1]}")
+            top2 = np.argsort(-p, axis=1, kind="stable")[:, :2].astype(np.int64)
+            key = top2.min(axis=1) * p.shape[1] + top2.max(axis=1)
+    if key.shape != (len(pool),):
+        raise DataError(f"the pool's predictions have shape {key.shape}, expected ({len(pool)},)")
+    _, groups = np.unique(key, return_inverse=True)
+    groups = groups.astype(np.int64).reshape(-1)
+    return groups, int(groups.max(initial=-1) + 1)
 
 
 def _largest_remainder(q: np.ndarray, total: int, tiebreak: np.ndarray) -> np.ndarray:
@@ -270,6 +303,7 @@ class _HALBase(QueryStrategy):
         "typical_over": ("candidates", "pool"),
         "alloc_flips": (True, False, "mass"),
         "alloc_purity": (True, False),
+        "coarse_by": ("kmeans", "predicted", "confusion"),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -297,6 +331,7 @@ class _HALBase(QueryStrategy):
         typical_over: str = "candidates",
         alloc_flips: bool | str = False,
         alloc_purity: bool = False,
+        coarse_by: str = "kmeans",
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -322,6 +357,7 @@ class _HALBase(QueryStrategy):
         self.typical_over = typical_over
         self.alloc_flips = alloc_flips  # hal only, as alloc_temper
         self.alloc_purity = alloc_purity  # hal only, as alloc_temper
+        self.coarse_by = coarse_by  # hal only, as alloc_temper
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -604,6 +640,12 @@ class HierarchicalQuery(_HALBase):
         alloc_purity: weigh each coarse cluster's uncertainty mass by how mixed the oracle's labels
             in it are (:func:`label_impurity`, needs ``pool.labels``): the hierarchy's own use of the
             labels, which a single cluster cannot make (Dasgupta & Hsu's hierarchical sampling).
+        coarse_by: what the coarse level is: ``"kmeans"`` of the embeddings (K1 clusters), or the
+            model's view of the classes (:func:`class_groups`, no k-means): ``"predicted"``, one
+            coarse group per predicted class (the budget follows the classes whose rows are
+            uncertain, and the fine level spreads the picks inside each), or ``"confusion"``, one
+            per unordered pair of the two most probable classes (a group is one decision boundary).
+            ``coarse_k`` and ``coarse_fit_sample`` are then not read.
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -613,18 +655,17 @@ class HierarchicalQuery(_HALBase):
             (K,), ``cluster_mass`` (K,), ``pick_coarse_cluster`` (budget,), ``n_candidates``, ``seconds``.
     """
 
-    def select(self, pool: Pool, budget: int) -> np.ndarray:
-        """See :meth:`QueryStrategy.select`."""
-        t0 = time.perf_counter()
-        avail = self._validate(pool, budget, check_embeddings=False)  # NaN check fused below
-        rng = self._rng()
+    def _coarse_kmeans(
+        self, pool: Pool, avail: np.ndarray, budget: int, backend: str, rng: np.random.Generator
+    ) -> tuple[np.ndarray, int, int, np.ndarray, float]:
+        """The coarse k-means: fit on a sample of the available rows, one pass assigns every row.
+
+        Returns ``(labels (n,), K1, seed, centers (K1, d), time the fit ended)``; the seed, drawn
+        from ``rng`` first, also seeds the fine level.
+        """
         emb = pool.embeddings
-        pick = self.pick_rule(pool)  # the round's rule: it sets the score, the allocation and the picks
-        score = self._ranking_for(pick)
-        u_all = pool.uncertainty(score)
         n_av = avail.size
         k1 = int(min(self.coarse_k or auto_coarse_k(n_av, budget), n_av))
-        backend = resolve_backend(self.kmeans_backend)
         seed = int(rng.integers(2**31 - 1))
         n_fit = int(min(self.coarse_fit_sample, FIT_ROWS_PER_CENTROID * k1))
         sample = avail if n_av <= n_fit else np.sort(rng.choice(avail, size=n_fit, replace=False))
@@ -649,7 +690,33 @@ class HierarchicalQuery(_HALBase):
                 f"embeddings have NaN or inf in {bad.size} rows: {bad[:5].tolist()} "
                 f"(ids {[str(pool.ids[r]) for r in bad[:5]]})"
             )
-        t_assign = time.perf_counter()
+        return labels, k1, seed, np.asarray(km.cluster_centers_), t_fit
+
+    def select(self, pool: Pool, budget: int) -> np.ndarray:
+        """See :meth:`QueryStrategy.select`."""
+        t0 = time.perf_counter()
+        avail = self._validate(pool, budget, check_embeddings=False)  # NaN check fused below
+        rng = self._rng()
+        emb = pool.embeddings
+        pick = self.pick_rule(pool)  # the round's rule: it sets the score, the allocation and the picks
+        score = self._ranking_for(pick)
+        u_all = pool.uncertainty(score)
+        n_av = avail.size
+        backend = resolve_backend(self.kmeans_backend)
+        if self.coarse_by != "kmeans":  # the coarse level is the model's classes: no fit, no pass
+            bad = nonfinite_rows(emb)  # what the k-means pass checks for free
+            if bad.size:
+                raise DataError(
+                    f"embeddings have NaN or inf in {bad.size} rows: {bad[:5].tolist()} "
+                    f"(ids {[str(pool.ids[r]) for r in bad[:5]]})"
+                )
+            labels, k1 = class_groups(pool, self.coarse_by)
+            seed = int(rng.integers(2**31 - 1))
+            centers = None
+            t_fit = t_assign = time.perf_counter()
+        else:
+            labels, k1, seed, centers, t_fit = self._coarse_kmeans(pool, avail, budget, backend, rng)
+            t_assign = time.perf_counter()
 
         every = n_av == len(pool)  # then ``avail`` is arange(n): no per-row gathered copies
         lab_av = labels if every else labels[avail]
@@ -750,9 +817,10 @@ class HierarchicalQuery(_HALBase):
             picks = picks[np.lexsort((picks, -u_all[picks]))]
         t_end = time.perf_counter()
         self.coarse_labels_ = labels
-        self.coarse_centers_ = np.asarray(km.cluster_centers_)
+        self.coarse_centers_ = centers
         self.info_ = {
             "coarse_k": k1,
+            "coarse_by": self.coarse_by,
             "backend": backend,
             "budget_per_cluster": b,
             "cluster_sizes": counts,
