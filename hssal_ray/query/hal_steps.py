@@ -39,7 +39,8 @@ def take_rows(emb: Any, rows: np.ndarray) -> np.ndarray:
 RADIUS_MARGIN = 1e-4
 
 #: :func:`typicality` of at most this many points builds the whole (m, m) distance matrix and makes it
-#: exactly symmetric (64 MB at the bound); above it, row chunks
+#: exactly symmetric (64 MB at the bound); above it, blocks of the upper triangle, each used for both
+#: of its row ranges (:func:`_blocked_density`)
 SYMMETRIC_ROWS = 4096
 
 
@@ -52,25 +53,56 @@ def typicality(X: np.ndarray, n_neighbors: int = TYPICAL_NEIGHBORS, chunk_size: 
     neighbours (``k = 1`` is common at the flat variant's scale) two mutual nearest neighbours have
     the same typicality, so which of them was "more typical" was decided by the last bit, which
     differs between CPUs (AVX2 and AVX-512 kernels); symmetric, they tie exactly and the pick rule's
-    tie-break (priority order) decides, on every CPU.
+    tie-break (priority order) decides, on every CPU. Above the bound the same holds block by block
+    (:func:`_blocked_density`: HAL's coarse clusters hold that many candidates on an archive).
 
     Args:
-        X: (m, d) points (float32 is used internally, in row chunks above the bound).
+        X: (m, d) points (float32 is used internally).
         n_neighbors: k, clipped to ``m - 1``.
-        chunk_size: query rows per (chunk, m) distance block.
+        chunk_size: rows per (chunk, chunk) distance block above :data:`SYMMETRIC_ROWS`.
 
     Returns:
         (m,) float32; a single point gets 1.0.
     """
     m = X.shape[0]
     k = min(n_neighbors, m - 1)
-    if m > SYMMETRIC_ROWS or k < 1:
-        return reference_typicality(X, X, np.arange(m), n_neighbors, chunk_size)
+    if k < 1:
+        return np.ones(m, dtype=np.float32)
     C = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    if m > SYMMETRIC_ROWS:
+        return _blocked_density(C, k, chunk_size)
     d2 = _sq_dists(C, C)
     d2 = (d2 + d2.T).mul_(0.5)
     d2.fill_diagonal_(float("inf"))  # its own row is not a neighbour
     return _density(d2, k)
+
+
+def _blocked_density(C: torch.Tensor, k: int, chunk_size: int) -> np.ndarray:
+    """:func:`_density` of the points ``C`` among themselves, by row strips, exactly symmetric.
+
+    Strip ``s`` computes only its distances to rows ``>= s`` (the upper triangle); they serve its own
+    rows and, transposed, the later rows, so ``d(a, b)`` and ``d(b, a)`` are one number (the strip's
+    diagonal block is symmetrised as the whole matrix is below :data:`SYMMETRIC_ROWS`). Each row keeps
+    its ``k`` smallest distances so far, sorted, so the mean adds them in one order whichever strip they
+    came from. Memory: ``(m, k)`` plus one ``(chunk, m)`` strip, as a row-chunked pass; half its products.
+    """
+    m = C.shape[0]
+    c = max(1, int(chunk_size))
+    best = torch.full((m, k), float("inf"))
+
+    def merge(lo: int, hi: int, block: torch.Tensor) -> None:
+        both = torch.cat([best[lo:hi], block], dim=1)
+        best[lo:hi] = torch.topk(both, k, dim=1, largest=False, sorted=True).values
+
+    for s in range(0, m, c):
+        e = min(s + c, m)
+        strip = _sq_dists(C[s:e], C[s:])  # (e - s, m - s): rows s:e against rows s:
+        diag = strip[:, : e - s]
+        diag.copy_((diag + diag.T).mul_(0.5)).fill_diagonal_(float("inf"))  # its own row is not a neighbour
+        merge(s, e, strip)
+        if e < m:
+            merge(e, m, strip[:, e - s :].T)
+    return _density(best, k)
 
 
 def _density(d2: torch.Tensor, k: int) -> np.ndarray:

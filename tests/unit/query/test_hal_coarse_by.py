@@ -59,7 +59,8 @@ def test_hal_picks_follow_the_class_groups(how: str) -> None:
     # every group's picks are its own rows, as many as its budget
     np.testing.assert_array_equal(np.bincount(groups[picks], minlength=k), b)
     # the same seed gives the same batch; the k-means coarse level gives another one
-    np.testing.assert_array_equal(HierarchicalQuery(**{**GLOBAL_HAL, "coarse_by": how}).select(pool, 30), picks)
+    again = HierarchicalQuery(**{**GLOBAL_HAL, "coarse_by": how}).select(pool, 30)
+    np.testing.assert_array_equal(again, picks)
     assert not np.array_equal(np.sort(HierarchicalQuery(**GLOBAL_HAL).select(pool, 30)), np.sort(picks))
 
 
@@ -86,7 +87,8 @@ def test_nan_embeddings_are_a_clear_error() -> None:
 
 def test_config_flat_variant_ignores_it_and_bad_values_are_rejected() -> None:
     assert load_config(None, ["query.coarse_by=confusion"]).query.coarse_by == "confusion"
-    assert "query.coarse_by" in unused_keys(load_config(None, ["query.strategy=hal_flat", "query.coarse_by=predicted"]))
+    flat = load_config(None, ["query.strategy=hal_flat", "query.coarse_by=predicted"])
+    assert "query.coarse_by" in unused_keys(flat)
     assert "query.coarse_by" not in unused_keys(load_config(None, ["query.coarse_by=predicted"]))
     with pytest.raises(Exception, match="coarse_by"):
         load_config(None, ["query.coarse_by=classes"])

@@ -79,6 +79,26 @@ def test_mutual_nearest_neighbours_tie_exactly() -> None:
     np.testing.assert_allclose(t, reference_typicality(X, X, np.arange(len(X)), 1), rtol=1e-5)
 
 
+def test_mutual_nearest_neighbours_tie_exactly_above_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hssal_ray.query import hal_steps
+
+    monkeypatch.setattr(hal_steps, "SYMMETRIC_ROWS", 150)  # the blocked path on a small set
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((530, 256)).astype(np.float16).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    d = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    nn = d.argmin(1)
+    mutual = np.flatnonzero(nn[nn] == np.arange(len(X)))
+    assert mutual.size > 20
+    for chunk in (64, 100, 530):  # blocks that split the pairs across the diagonal and off it
+        t = typicality(X, n_neighbors=1, chunk_size=chunk)
+        assert (t[mutual] == t[nn[mutual]]).all()
+    ref = hal_steps.reference_typicality(X, X, np.arange(len(X)), 7)
+    np.testing.assert_allclose(typicality(X, n_neighbors=7, chunk_size=64), ref, rtol=1e-5)
+    assert (typicality(X[:1], chunk_size=64) == 1.0).all()
+
+
 def test_the_profiles_hal_still_picks_one_per_fine_cluster() -> None:
     pool, _ = blob_pool(n=800, n_blobs=6, seed=1, fp16=True)
     q = HierarchicalQuery(
