@@ -134,6 +134,8 @@ def _columns(path: str, cfg: Any, requires_embeddings: bool, ucols: list[str]) -
     if _needs_probs(cfg, names, ucols):
         cols.append("probs")
     cols += [c for c in ("confident",) if c in names]
+    if cfg.strategy == "hal" and cfg.coarse_by == "predicted" and "pred" in names:
+        cols.append("pred")  # the coarse level's classes, as the loop reads them
     return [c for c in cols if c in names or c == "embedding"]
 
 

@@ -94,3 +94,25 @@ def test_config_flat_variant_ignores_it_and_bad_values_are_rejected() -> None:
         load_config(None, ["query.coarse_by=classes"])
     with pytest.raises(Exception, match="coarse_by"):
         HierarchicalQuery(coarse_by="classes")._check_params()
+
+
+def test_cli_reads_the_classes_from_pred_or_probs(tmp_path, capsys) -> None:
+    from hssal_ray.query import write_scores
+    from hssal_ray.query.__main__ import main
+
+    pool, _ = blob_pool(n=300, seed=7)
+    pred = pool.probs.argmax(1)
+    with_pred = tmp_path / "pred.parquet"  # no probs: the coarse level must come from the pred column
+    write_scores(str(with_pred), pool.ids, pool.embeddings, scores=pool.scores, pred=pred)
+    with_probs = tmp_path / "probs.parquet"
+    write_scores(str(with_probs), pool.ids, pool.embeddings, pool.probs, pool.scores)
+    bare = tmp_path / "bare.parquet"
+    write_scores(str(bare), pool.ids, pool.embeddings, scores=pool.scores)
+    outs = []
+    for path in (with_pred, with_probs):
+        argv = [str(path), "--budget", "12", "--backend", "torch", "--set", "query.coarse_by=predicted"]
+        assert main(argv) == 0
+        outs.append(capsys.readouterr().out.strip().splitlines()[1:])
+    assert len(outs[0]) == 12 and outs[0] == outs[1]  # pred is the argmax of probs: the same batch
+    assert main([str(bare), "--budget", "12", "--set", "query.coarse_by=predicted"]) == 2
+    assert "'pred' or 'probs'" in capsys.readouterr().err
