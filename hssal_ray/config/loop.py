@@ -85,6 +85,9 @@ class QueryConfig:
             model's classes without a k-means: ``predicted`` (one group per predicted class) or
             ``confusion`` (one per unordered pair of the two most probable classes, i.e. per
             decision boundary); needs the scores file's ``pred``/``probs`` columns.
+        coarse_min_classes: With ``coarse_k: 0`` HAL's automatic K1 (``ceil(B / 3)``, at most 64) is
+            at least the number of classes, so the coarse k-means never has fewer clusters than the
+            label space has classes (the profile's; needs the ``probs`` column).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -119,6 +122,7 @@ class QueryConfig:
     alloc_flips: bool | Literal["mass"] = _added(False)
     alloc_purity: bool = _added(False)
     coarse_by: Literal["kmeans", "predicted", "confusion"] = _added("kmeans")
+    coarse_min_classes: bool = _added(False)
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:

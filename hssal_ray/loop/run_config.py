@@ -46,6 +46,7 @@ _FLAT_IGNORES = frozenset(
         "alloc_flips",
         "alloc_purity",
         "coarse_by",
+        "coarse_min_classes",
     }
 )
 """Constructor parameters of ``hal_flat`` that its ``select`` never reads (it has no coarse level)."""

@@ -115,10 +115,10 @@ def query_config(args: argparse.Namespace) -> Any:
 def _needs_probs(cfg: Any, names: set[str], ucols: list[str]) -> bool:
     """Whether the strategy reads class probabilities: BADGE, a score the file lacks, or a pick
     rule that counts the classes (``auto``) or spreads labels (``eer``), or HAL's coarse level read
-    from the classes (``coarse_by``)."""
+    from the classes (``coarse_by``) or floored at their number (``coarse_min_classes``)."""
     return (
         cfg.strategy == "badge"
-        or (cfg.strategy == "hal" and cfg.coarse_by != "kmeans")
+        or (cfg.strategy == "hal" and (cfg.coarse_by != "kmeans" or cfg.coarse_min_classes))
         or any(c not in names for c in ucols)
         or cfg.pick in ("auto", "auto_local", "eer")
         or cfg.late_pick == "eer"

@@ -75,8 +75,12 @@ MAX_AUTO_COARSE_K = 64
 FIT_ROWS_PER_CENTROID = 256
 
 
-def auto_coarse_k(n_available: int, budget: int) -> int:
+def auto_coarse_k(n_available: int, budget: int, n_classes: int = 0) -> int:
     """Default number of coarse clusters: ``ceil(budget / 3)`` clipped to ``[2, 64]``, <= budget, <= pool.
+
+    With ``n_classes`` (HAL's ``coarse_min_classes``) K1 is at least the number of classes (still at
+    most 64, the budget and the pool): a coarse level with fewer clusters than the label space has
+    classes must merge some of them.
 
     Every non-empty coarse cluster gets at least one pick, so K1 sets how many distinct regions the
     batch is guaranteed to touch (coverage) while the uncertainty-proportional allocation decides
@@ -84,7 +88,7 @@ def auto_coarse_k(n_available: int, budget: int) -> int:
     the assignment pass near its floor on large pools. See the K1 sweep (time, cluster coverage,
     mean uncertainty) in ``benchmarks/results/query_speed.md``.
     """
-    k = min(max(2, math.ceil(budget / PICKS_PER_COARSE)), MAX_AUTO_COARSE_K)
+    k = min(max(2, math.ceil(budget / PICKS_PER_COARSE), int(n_classes)), MAX_AUTO_COARSE_K)
     return int(max(1, min(k, budget, n_available)))
 
 
@@ -304,6 +308,7 @@ class _HALBase(QueryStrategy):
         "alloc_flips": (True, False, "mass"),
         "alloc_purity": (True, False),
         "coarse_by": ("kmeans", "predicted", "confusion"),
+        "coarse_min_classes": (True, False),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -332,6 +337,7 @@ class _HALBase(QueryStrategy):
         alloc_flips: bool | str = False,
         alloc_purity: bool = False,
         coarse_by: str = "kmeans",
+        coarse_min_classes: bool = False,
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -358,6 +364,7 @@ class _HALBase(QueryStrategy):
         self.alloc_flips = alloc_flips  # hal only, as alloc_temper
         self.alloc_purity = alloc_purity  # hal only, as alloc_temper
         self.coarse_by = coarse_by  # hal only, as alloc_temper
+        self.coarse_min_classes = coarse_min_classes  # hal only, as alloc_temper
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -646,6 +653,9 @@ class HierarchicalQuery(_HALBase):
             uncertain, and the fine level spreads the picks inside each), or ``"confusion"``, one
             per unordered pair of the two most probable classes (a group is one decision boundary).
             ``coarse_k`` and ``coarse_fit_sample`` are then not read.
+        coarse_min_classes: with ``coarse_k=0``, the automatic K1 is at least the number of classes
+            (``pool.probs``' width; :func:`auto_coarse_k`): a k-means coarser than the label space
+            merges classes into one coarse cluster, whose budget then follows their summed mass.
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -654,6 +664,14 @@ class HierarchicalQuery(_HALBase):
         info_: diagnostics: ``coarse_k``, ``backend``, ``budget_per_cluster`` (K,), ``cluster_sizes``
             (K,), ``cluster_mass`` (K,), ``pick_coarse_cluster`` (budget,), ``n_candidates``, ``seconds``.
     """
+
+    def _class_floor(self, pool: Pool) -> int:
+        """The number of classes K1 may not go below (``coarse_min_classes``), else 0."""
+        if not self.coarse_min_classes or self.coarse_k:
+            return 0
+        if pool.probs is None:
+            raise DataError("query.coarse_min_classes needs the pool's class probabilities ('probs' column)")
+        return int(np.shape(pool.probs)[1])
 
     def _coarse_kmeans(
         self, pool: Pool, avail: np.ndarray, budget: int, backend: str, rng: np.random.Generator
@@ -665,7 +683,7 @@ class HierarchicalQuery(_HALBase):
         """
         emb = pool.embeddings
         n_av = avail.size
-        k1 = int(min(self.coarse_k or auto_coarse_k(n_av, budget), n_av))
+        k1 = int(min(self.coarse_k or auto_coarse_k(n_av, budget, self._class_floor(pool)), n_av))
         seed = int(rng.integers(2**31 - 1))
         n_fit = int(min(self.coarse_fit_sample, FIT_ROWS_PER_CENTROID * k1))
         sample = avail if n_av <= n_fit else np.sort(rng.choice(avail, size=n_fit, replace=False))
