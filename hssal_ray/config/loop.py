@@ -87,7 +87,7 @@ class QueryConfig:
             decision boundary); needs the scores file's ``pred``/``probs`` columns.
         coarse_min_classes: With ``coarse_k: 0`` HAL's automatic K1 (``ceil(B / 3)``, at most 64) is
             at least the number of classes, so the coarse k-means never has fewer clusters than the
-            label space has classes (the profile's; needs the ``probs`` column).
+            label space has classes (measured, not in the profile; needs the ``probs`` column).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 

@@ -48,8 +48,7 @@ def test_needs_probabilities() -> None:
     assert HierarchicalQuery(**KW).select(bare, 10).size == 10
 
 
-def test_config_and_the_profile() -> None:
-    assert load_config("configs/ucm_cpu.yaml").query.coarse_min_classes is True
+def test_config() -> None:
     flat = load_config(None, ["query.strategy=hal_flat", "query.coarse_min_classes=true"])
     assert "query.coarse_min_classes" in unused_keys(flat)
     assert "query.coarse_min_classes" not in unused_keys(load_config(None, ["query.coarse_min_classes=true"]))
