@@ -60,12 +60,43 @@ def labels_setting(base: Any, fraction: float, n_train: int) -> int | float:
     return float(fraction) if budget_unit(base.loop) == "fraction" else label_count(float(fraction), n_train)
 
 
+def budgets_as_in_test(cfg: Any) -> list[str]:
+    """Overrides that fix the budgets at the label counts a test run of ``cfg`` queries.
+
+    A test run applies the budget fractions to the whole training split; a validation run to the
+    training split less its validation carve, i.e. smaller batches (UCM 2%: 27 instead of 34), so an
+    option that depends on the batch size can act differently on the two (``[]`` when the budgets
+    are counts already).
+    """
+    from hssal_ray.config.loop import budget_unit, label_count
+    from hssal_ray.data.catalog import scan
+
+    if budget_unit(cfg.loop) != "fraction":
+        return []
+    d = cfg.data
+    n = scan(d.root, test_fraction=d.test_fraction, seed=0, val_fraction=0.0).split_table("train").num_rows
+    keys = {
+        "loop.initial_labeled": cfg.loop.initial_labeled,
+        "query.budget": cfg.query.budget,
+        "loop.total_budget": cfg.loop.total_budget,
+    }
+    return [f"{k}={label_count(v, n)}" for k, v in keys.items()]
+
+
 def add_product_arguments(p: Any, tag: str) -> None:
     """The arguments every product benchmark takes (profile, data, seeds, validation split, where)."""
     p.add_argument("--profile", default="configs/ucm_cpu.yaml", help="loop config every trial runs")
     p.add_argument("--data", default="../shared/data/ucm")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--val-fraction", type=float, default=0.0, help="evaluate on a validation split of train")
+    p.add_argument(
+        "--val-budgets",
+        choices=("fraction", "test"),
+        default="fraction",
+        help="with --val-fraction: the profile's budget fractions of the smaller carved training pool "
+        "(default), or the test runs' label counts, so that what depends on the batch size or on labels "
+        "per class (HAL's K1, pick: auto's switch) acts as it will on the test split",
+    )
     p.add_argument("--run-dir", default="runs/benchmarks", help="where the sweeps' run directories go")
     p.add_argument("--tag", default=tag)
     p.add_argument("--out", default="benchmarks/results")
@@ -85,6 +116,8 @@ def start(args: Any) -> tuple[Any, str, float, int]:
     set_ray_env()
     over = [f"data.root={args.data}", *args.overrides]
     if args.val_fraction > 0:
+        if getattr(args, "val_budgets", "fraction") == "test":
+            over += budgets_as_in_test(base_config(args.profile, over))
         over += [f"data.val_fraction={args.val_fraction}", "data.eval_split=val"]
     base = base_config(args.profile, over)
     ensure_ray(type(base.resources)(num_cpus=2 * args.concurrent))
