@@ -116,7 +116,7 @@ def start(args: Any) -> tuple[Any, str, float, int]:
     set_ray_env()
     over = [f"data.root={args.data}", *args.overrides]
     if args.val_fraction > 0:
-        if getattr(args, "val_budgets", "fraction") == "test":
+        if args.val_budgets == "test":
             over += budgets_as_in_test(base_config(args.profile, over))
         over += [f"data.val_fraction={args.val_fraction}", "data.eval_split=val"]
     base = base_config(args.profile, over)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._common import emit_report
 from benchmarks._sampler import peak_mb, proc_status, reset_peak_rss
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -273,11 +274,9 @@ def cli_only(out: Path) -> int:
         f"Date: {res['date']}",
         "",
         f"The same pool and call as the standard set's `cli:hal` row (d={d} fp16, {N_CLUSTERS} clusters, "
-        f"budget {budget}, `python -m hssal_ray.query SCORES --strategy hal --budget {budget} "
-        "--out query.csv`, "
-        "single-threaded), once per embedding format, run alone so that its wall time means something; the "
-        "1-minute load average just "
-        "before the call says how idle the machine was.",
+        f"budget {budget}, `python -m hssal_ray.query SCORES --strategy hal --budget {budget} --out "
+        "query.csv`, single-threaded), once per embedding format, run alone so that its wall time means "
+        "something; the 1-minute load average just before the call says how idle the machine was.",
         "",
         "| n | embedding column | CPU s (user+sys) | wall s | peak RSS (MB) | peak / embedding matrix "
         "| load avg before |",
@@ -295,10 +294,7 @@ def cli_only(out: Path) -> int:
         *(f"- {r['embedding_column']}: `{r['stderr']}`" for r in rows),
         "",
     ]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "query_speed_cli.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "query_speed_cli.md").write_text("\n".join(md))
-    print("\n".join(md))
+    emit_report(str(out / "query_speed_cli"), res, "\n".join(md))
     return 0
 
 

@@ -38,28 +38,27 @@ def take_rows(emb: Any, rows: np.ndarray) -> np.ndarray:
 #: relative margin below the squared radius of :func:`cross_cluster_duplicates` (float32 rounding is ~1e-7)
 RADIUS_MARGIN = 1e-4
 
-#: :func:`typicality` of at most this many points builds the whole (m, m) distance matrix and makes it
-#: exactly symmetric (64 MB at the bound); above it, blocks of the upper triangle, each used for both
-#: of its row ranges (:func:`_blocked_density`)
+#: :func:`typicality` of at most this many points computes the whole (m, m) distance matrix in one strip
+#: (64 MB at the bound); above it, strips of ``chunk_size`` rows (:func:`_blocked_density`)
 SYMMETRIC_ROWS = 4096
 
 
 def typicality(X: np.ndarray, n_neighbors: int = TYPICAL_NEIGHBORS, chunk_size: int = 1024) -> np.ndarray:
     """TypiClust typicality: ``1 / (mean Euclidean distance to the k nearest neighbours + 1e-8)``.
 
-    The points' density among themselves: :func:`reference_typicality` with ``X`` as its own reference.
-    Up to :data:`SYMMETRIC_ROWS` points the distance matrix is made exactly symmetric first
-    (``(D + D.T) / 2``): a matrix product rounds ``d(a, b)`` and ``d(b, a)`` differently, and with few
-    neighbours (``k = 1`` is common at the flat variant's scale) two mutual nearest neighbours have
-    the same typicality, so which of them was "more typical" was decided by the last bit, which
-    differs between CPUs (AVX2 and AVX-512 kernels); symmetric, they tie exactly and the pick rule's
-    tie-break (priority order) decides, on every CPU. Above the bound the same holds block by block
-    (:func:`_blocked_density`: HAL's coarse clusters hold that many candidates on an archive).
+    The points' density among themselves: :func:`reference_typicality` with ``X`` as its own reference,
+    but with exactly symmetric distances (:func:`_blocked_density`): a matrix product rounds
+    ``d(a, b)`` and ``d(b, a)`` differently, and with few neighbours (``k = 1`` is common at the flat
+    variant's scale) two mutual nearest neighbours have the same typicality, so which of them was
+    "more typical" was decided by the last bit, which differs between CPUs (AVX2 and AVX-512 kernels);
+    symmetric, they tie exactly and the pick rule's tie-break (priority order) decides, on every CPU.
+    Up to :data:`SYMMETRIC_ROWS` points in one strip, above it in strips of ``chunk_size`` rows
+    (HAL's coarse clusters hold that many candidates on an archive).
 
     Args:
         X: (m, d) points (float32 is used internally).
         n_neighbors: k, clipped to ``m - 1``.
-        chunk_size: rows per (chunk, chunk) distance block above :data:`SYMMETRIC_ROWS`.
+        chunk_size: rows per distance strip above :data:`SYMMETRIC_ROWS`.
 
     Returns:
         (m,) float32; a single point gets 1.0.
@@ -69,12 +68,7 @@ def typicality(X: np.ndarray, n_neighbors: int = TYPICAL_NEIGHBORS, chunk_size: 
     if k < 1:
         return np.ones(m, dtype=np.float32)
     C = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
-    if m > SYMMETRIC_ROWS:
-        return _blocked_density(C, k, chunk_size)
-    d2 = _sq_dists(C, C)
-    d2 = (d2 + d2.T).mul_(0.5)
-    d2.fill_diagonal_(float("inf"))  # its own row is not a neighbour
-    return _density(d2, k)
+    return _blocked_density(C, k, m if m <= SYMMETRIC_ROWS else chunk_size)
 
 
 def _blocked_density(C: torch.Tensor, k: int, chunk_size: int) -> np.ndarray:
@@ -82,7 +76,7 @@ def _blocked_density(C: torch.Tensor, k: int, chunk_size: int) -> np.ndarray:
 
     Strip ``s`` computes only its distances to rows ``>= s`` (the upper triangle); they serve its own
     rows and, transposed, the later rows, so ``d(a, b)`` and ``d(b, a)`` are one number (the strip's
-    diagonal block is symmetrised as the whole matrix is below :data:`SYMMETRIC_ROWS`). Each row keeps
+    diagonal block is symmetrised: ``(D + D.T) / 2``). Each row keeps
     its ``k`` smallest distances so far, sorted, so the mean adds them in one order whichever strip they
     came from. Memory: ``(m, k)`` plus one ``(chunk, m)`` strip, as a row-chunked pass; half its products.
     """

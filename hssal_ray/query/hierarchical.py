@@ -124,6 +124,14 @@ def class_groups(pool: Pool, how: str) -> tuple[np.ndarray, int]:
     return groups, int(groups.max(initial=-1) + 1)
 
 
+def _nonfinite_error(pool: Pool, bad: np.ndarray) -> DataError:
+    """The error for pool rows ``bad`` whose embeddings hold NaN or inf (the first five, with their ids)."""
+    return DataError(
+        f"embeddings have NaN or inf in {bad.size} rows: {bad[:5].tolist()} "
+        f"(ids {[str(pool.ids[r]) for r in bad[:5]]})"
+    )
+
+
 def _largest_remainder(q: np.ndarray, total: int, tiebreak: np.ndarray) -> np.ndarray:
     fl = np.floor(q + 1e-9).astype(np.int64)
     rem = int(total - fl.sum())
@@ -704,10 +712,7 @@ class HierarchicalQuery(_HALBase):
             labels, _ = assign_chunked(emb, km.cluster_centers_)
         bad = np.flatnonzero(labels < 0)
         if bad.size:
-            raise DataError(
-                f"embeddings have NaN or inf in {bad.size} rows: {bad[:5].tolist()} "
-                f"(ids {[str(pool.ids[r]) for r in bad[:5]]})"
-            )
+            raise _nonfinite_error(pool, bad)
         return labels, k1, seed, np.asarray(km.cluster_centers_), t_fit
 
     def select(self, pool: Pool, budget: int) -> np.ndarray:
@@ -724,10 +729,7 @@ class HierarchicalQuery(_HALBase):
         if self.coarse_by != "kmeans":  # the coarse level is the model's classes: no fit, no pass
             bad = nonfinite_rows(emb)  # what the k-means pass checks for free
             if bad.size:
-                raise DataError(
-                    f"embeddings have NaN or inf in {bad.size} rows: {bad[:5].tolist()} "
-                    f"(ids {[str(pool.ids[r]) for r in bad[:5]]})"
-                )
+                raise _nonfinite_error(pool, bad)
             labels, k1 = class_groups(pool, self.coarse_by)
             seed = int(rng.integers(2**31 - 1))
             centers = None

@@ -62,15 +62,20 @@ def test_hal_batches_are_the_same_with_avx2_and_avx512_kernels() -> None:
     assert len(wide) == SEEDS and wide == narrow
 
 
-def test_mutual_nearest_neighbours_tie_exactly() -> None:
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((400, 256)).astype(np.float16).astype(np.float32)
+def _mutual_pairs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X, nn, mutual)``: n fp16-rounded unit vectors in 256-d, each row's nearest neighbour, and the
+    rows whose nearest neighbour has them as its own (exact distances, float32 numpy)."""
+    X = np.random.default_rng(seed).standard_normal((n, 256)).astype(np.float16).astype(np.float32)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
-    t = typicality(X, n_neighbors=1)
     d = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
     np.fill_diagonal(d, np.inf)
     nn = d.argmin(1)
-    mutual = np.flatnonzero(nn[nn] == np.arange(len(X)))
+    return X, nn, np.flatnonzero(nn[nn] == np.arange(n))
+
+
+def test_mutual_nearest_neighbours_tie_exactly() -> None:
+    X, nn, mutual = _mutual_pairs(400, seed=0)
+    t = typicality(X, n_neighbors=1)
     assert mutual.size > 20
     assert (t[mutual] == t[nn[mutual]]).all()  # bit for bit: the pick rule's tie-break decides between them
     # the same numbers as the chunked path up to rounding (the bound only changes how they are computed)
@@ -83,13 +88,7 @@ def test_mutual_nearest_neighbours_tie_exactly_above_the_bound(monkeypatch: pyte
     from hssal_ray.query import hal_steps
 
     monkeypatch.setattr(hal_steps, "SYMMETRIC_ROWS", 150)  # the blocked path on a small set
-    rng = np.random.default_rng(1)
-    X = rng.standard_normal((530, 256)).astype(np.float16).astype(np.float32)
-    X /= np.linalg.norm(X, axis=1, keepdims=True)
-    d = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(d, np.inf)
-    nn = d.argmin(1)
-    mutual = np.flatnonzero(nn[nn] == np.arange(len(X)))
+    X, nn, mutual = _mutual_pairs(530, seed=1)
     assert mutual.size > 20
     for chunk in (64, 100, 530):  # blocks that split the pairs across the diagonal and off it
         t = typicality(X, n_neighbors=1, chunk_size=chunk)
