@@ -28,6 +28,10 @@ class QueryConfig:
             :func:`hssal_ray.query.uncertainty.committee`).
         coarse_k: Coarse clusters K1 (0 = automatic from pool size and budget).
         candidate_ratio: r: candidates kept per coarse cluster = ceil(r * b_k).
+        late_candidate_ratio: With ``pick: auto``/``auto_local``: r once the picks are ``late_pick``
+            (0 = ``candidate_ratio`` in every round). TypiClust's low/high-budget finding says
+            diversity matters less as labels grow, so a smaller late r keeps the picks nearer the
+            most uncertain rows (measured, not in the profile).
         fine_method: Fine clustering of the candidates.
         pick: Which sample of each fine cluster is queried: the most ``uncertain``, the most
             ``typical`` (TypiClust density), ``balanced`` (best sum of its uncertainty rank and its
@@ -100,6 +104,7 @@ class QueryConfig:
     )
     coarse_k: int = 0
     candidate_ratio: float = 3.0
+    late_candidate_ratio: float = _added(0.0)
     fine_method: Literal["kmeans", "spectral"] = "kmeans"
     pick: Literal["uncertain", "typical", "balanced", "eer", "cover", "auto", "auto_local"] = "uncertain"
     typical_until: float = _added(3.0)

@@ -64,7 +64,7 @@ def _strategy_keys(name: str, q: Any) -> set[str]:
         keys -= _FLAT_IGNORES
     auto = q.pick in ("auto", "auto_local")
     if not auto:
-        keys -= {"typical_until", "late_uncertainty", "late_pick", "early_pick"}
+        keys -= {"typical_until", "late_uncertainty", "late_pick", "early_pick", "late_candidate_ratio"}
     if not (q.pick == "cover" or (auto and q.early_pick == "cover")):
         keys -= {"cover_by"}
     return keys

@@ -296,6 +296,7 @@ class _HALBase(QueryStrategy):
         "uncertainty": UNCERTAINTIES,
         "coarse_k": lambda v: isinstance(v, int | np.integer) and v >= 0,
         "candidate_ratio": lambda v: isinstance(v, int | float) and v >= 1.0,
+        "late_candidate_ratio": lambda v: isinstance(v, int | float) and (v == 0 or v >= 1.0),
         "fine_method": ("kmeans", "spectral"),
         "pick": ("uncertain", "typical", "balanced", "eer", "cover", "auto", "auto_local"),
         "early_pick": ("typical", "cover"),
@@ -325,6 +326,7 @@ class _HALBase(QueryStrategy):
         uncertainty: str = "badge",
         coarse_k: int = 0,
         candidate_ratio: float = 3.0,
+        late_candidate_ratio: float = 0.0,
         fine_method: str = "kmeans",
         pick: str = "uncertain",
         coarse_fit_sample: int = 100_000,
@@ -352,6 +354,7 @@ class _HALBase(QueryStrategy):
         self.uncertainty = uncertainty
         self.coarse_k = coarse_k
         self.candidate_ratio = candidate_ratio
+        self.late_candidate_ratio = late_candidate_ratio
         self.fine_method = fine_method
         self.pick = pick
         self.coarse_fit_sample = coarse_fit_sample
@@ -403,6 +406,13 @@ class _HALBase(QueryStrategy):
     def ranking(self, pool: Pool) -> str:
         """The uncertainty this round ranks by: ``late_uncertainty`` once ``auto`` picks uncertain."""
         return self._ranking_for(self.pick_rule(pool))
+
+    def _ratio_for(self, rule: str) -> float:
+        """The candidate ratio r this round: ``late_candidate_ratio`` once ``auto`` picks late."""
+        late = self.late_candidate_ratio
+        if not late or self.pick not in ("auto", "auto_local") or rule == self.early_pick:
+            return float(self.candidate_ratio)
+        return float(late)
 
     def _ranking_for(self, rule: str) -> str:
         late = self.late_uncertainty
@@ -589,6 +599,8 @@ class HierarchicalQuery(_HALBase):
         uncertainty: which ``u_<name>`` score drives allocation, filtering and picks.
         coarse_k: number of coarse clusters; 0 = :func:`auto_coarse_k`.
         candidate_ratio: r; each coarse cluster keeps ``ceil(r * b_k)`` candidates.
+        late_candidate_ratio: with ``pick="auto"``/``"auto_local"``: r in the rounds that pick
+            ``late_pick`` (0 = ``candidate_ratio`` throughout); the flat variant reads it too.
         fine_method: ``"kmeans"`` or ``"spectral"`` (kNN affinity) at the fine level.
         pick: ``"uncertain"`` (most uncertain per fine cluster), ``"typical"`` (TypiClust density),
             ``"balanced"`` (best sum of the uncertainty rank and the typicality rank: information
@@ -749,7 +761,8 @@ class HierarchicalQuery(_HALBase):
         if over == "auto":
             over = "candidates" if pick in ("uncertain", "eer") else "pool"
         shared, cap = None, counts  # cap: the most picks a cluster can take
-        m_all = int(min(math.ceil(self.candidate_ratio * budget), n_av))  # the flat variant's r * B
+        ratio = self._ratio_for(pick)
+        m_all = int(min(math.ceil(ratio * budget), n_av))  # the flat variant's r * B
         if over == "global":  # the flat variant's candidates, each coarse cluster clustering its share
             shared = _top_candidates(u_all[avail], avail, None if conf is None else conf[avail], m_all)
             cap = np.bincount(labels[shared], minlength=k1)
@@ -787,7 +800,7 @@ class HierarchicalQuery(_HALBase):
             cands = []
             for k in ks:
                 rows = avail[order[starts[k] : starts[k + 1]]]
-                m = int(min(math.ceil(self.candidate_ratio * b[k]), rows.size))
+                m = int(min(math.ceil(ratio * b[k]), rows.size))
                 cands.append(_top_candidates(u_all[rows], rows, None if conf is None else conf[rows], m))
         rules = [pick if picks_by_cluster is None else picks_by_cluster[k] for k in ks]
         gains: list[np.ndarray | None] = [None] * len(ks)
@@ -882,7 +895,7 @@ class FlatHierarchicalQuery(_HALBase):
         avail = self._validate(pool, budget)
         pick = self.pick_rule(pool)
         u_all = pool.uncertainty(self._ranking_for(pick))
-        m = int(min(math.ceil(self.candidate_ratio * budget), avail.size))
+        m = int(min(math.ceil(self._ratio_for(pick) * budget), avail.size))
         conf = self._confident(pool)
         cand = _top_candidates(u_all[avail], avail, None if conf is None else conf[avail], m)
         seed = int(self._rng().integers(2**31 - 1))
