@@ -19,7 +19,8 @@ settings (``configs/ucm.yaml``: bf16 autocast, channels_last; the profile does n
   cuML backend's cupy hand-off (``CumlKMeans._to_cupy``; cuML itself is not installed there).
 * ``knn``: the k-NN graph of 1M x 1280 fp16 nodes (:func:`hssal_ray.frozen.knn_torch.knn_cosine`,
   tiled float16 products re-scored in float32), its recall against an exact float32 search, and
-  the affinity matrix.
+  the affinity matrix; then the sharded graph's search as a GPU shard actor runs it
+  (:func:`hssal_ray.frozen.shards.block_topk`, float32 on the device), timed and checked against the CPU.
 * ``finetune``: :func:`hssal_ray.ssl.train_loop.run_worker` (the worker loop that Ray Train runs)
   on the GPU: full FixMatch fine-tuning of Lite0 at the same 8% labels, batches made by the
   product's per-sample augmentation in DataLoader worker processes; then

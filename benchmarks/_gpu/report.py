@@ -145,4 +145,7 @@ def render_markdown(res: dict[str, Any]) -> str:
                 if k not in ("settings", "status", "metrics", "columns") and not isinstance(v, list | dict)
             }
             lines.append(_table([flat], list(flat)))
+            if isinstance(sec.get("shard_search"), dict):  # knn: the sharded path's search
+                lines += ["", "sharded graph search (`resources.use_gpu` with `store_shards`):", ""]
+                lines.append(_table([sec["shard_search"]], list(sec["shard_search"])))
     return "\n".join(lines) + "\n"

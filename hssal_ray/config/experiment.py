@@ -35,7 +35,8 @@ class ResourcesConfig:
         store_shards: ``ssl.finetune=frozen`` beyond one machine: ``>= 2`` builds the k-NN graph
             (exactly) and scores each round on that many Ray actors, each holding one row range
             of the embedding store (:mod:`hssal_ray.frozen.sharded`); the store must be on a path
-            every node reads (or a URI). ``0``: everything in the driver.
+            every node reads (or a URI). ``0``: everything in the driver. With ``use_gpu`` the
+            graph actors search on GPUs (one each, or an equal share of the cluster's).
     """
 
     address: str | None = _runtime(None)

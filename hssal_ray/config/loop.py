@@ -141,6 +141,11 @@ class QueryConfig:
             "query.coarse_fit_sample",
             f"must be >= {MIN_COARSE_FIT_SAMPLE}",
         )
+        _check(
+            self.late_candidate_ratio == 0 or self.late_candidate_ratio >= 1.0,
+            "query.late_candidate_ratio",
+            f"must be 0 (= candidate_ratio) or >= 1, got {self.late_candidate_ratio}",
+        )
         _check(self.kmeans_iters >= 1, "query.kmeans_iters", "must be >= 1")
         _check(0.0 <= self.alloc_temper <= 1.0, "query.alloc_temper", "must be in [0, 1]")
         _check(self.typical_until >= 0, "query.typical_until", f"must be >= 0, got {self.typical_until}")

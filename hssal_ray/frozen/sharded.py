@@ -12,7 +12,9 @@ views on a shared path, or a URI), so the driver never reads the features:
   ``k`` best neighbours of each of those nodes; the driver merges the ``S`` lists
   (:func:`~hssal_ray.frozen.shards.merge_topk`). The result is the exact k-NN graph, equal to the
   single-machine exact search; the driver holds the graph (``n * k`` similarities and indices) and
-  one shard's candidate lists.
+  one shard's candidate lists. With ``resources.use_gpu`` each graph actor also takes a GPU (an
+  equal share when the cluster has fewer GPUs than shards: :func:`~hssal_ray.frozen.shards.gpus_per_shard`),
+  keeps its rows there and searches in float32 on it (TF32 off: still exact).
 - **scores**: the scored rows are split into ``S`` contiguous ranges; shard ``j`` scores range
   ``j`` with the evaluation head (:func:`~hssal_ray.frozen.head.score_rows`) and writes
   ``part-0000j.parquet``. The parts are written into a temporary directory that is renamed into
@@ -59,15 +61,31 @@ class StoreShard:
         self.cfg = cfg
         self.store = open_store(store_path)
         self.z: np.ndarray | None = None
+        self.z_dev: Any = None  # the same rows on the GPU, for a graph actor given one
+        self.device: str | None = None
         self.start = 0
 
-    def load_nodes(self, rows: np.ndarray, start: int, stats: tuple[Any, Any]) -> int:
-        """Keep the graph features of store rows ``rows`` (nodes ``start..``); returns their count."""
+    def load_nodes(self, rows: np.ndarray, start: int, stats: tuple[Any, Any], gpu: bool = False) -> int:
+        """Keep the graph features of store rows ``rows`` (nodes ``start..``); returns their count.
+
+        ``gpu``: the actor was given a GPU (``resources.use_gpu``): the rows are also copied to it
+        once and every :meth:`search` runs there.
+        """
         from hssal_ray.frozen.head import graph_features
 
         feats = graph_features(self.cfg, self.store.views, rows, stats)
         self.z = feats(np.arange(len(rows)))
         self.start = int(start)
+        if gpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError(
+                    "a graph shard actor was given a GPU (resources.use_gpu) but torch sees no CUDA "
+                    f"device on its node (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+                )
+            self.device = "cuda"
+            self.z_dev = torch.from_numpy(np.ascontiguousarray(self.z, dtype=np.float32)).to(self.device)
         return len(rows)
 
     def features(self) -> np.ndarray:
@@ -80,7 +98,8 @@ class StoreShard:
         from hssal_ray.frozen.shards import block_topk
 
         assert self.z is not None, "load_nodes first"
-        return block_topk(q, q_start, self.z, self.start, k)
+        x = self.z if self.z_dev is None else self.z_dev
+        return block_topk(q, q_start, x, self.start, k, device=self.device)
 
     def score(
         self,
@@ -99,15 +118,26 @@ class StoreShard:
         return write_scores_of(self.cfg, self.store, head.eval(), rows, part, num_classes, members)
 
 
-def _actors(cfg: Any, store_path: str, count: int) -> list[Any]:
-    """``count`` :class:`StoreShard` actors, one CPU each, spread over the nodes."""
+def _actors(cfg: Any, store_path: str, count: int, gpus: float = 0.0) -> list[Any]:
+    """``count`` :class:`StoreShard` actors, one CPU (and ``gpus`` GPU) each, spread over the nodes."""
     import ray
 
     from hssal_ray._ray import ensure_ray
 
     ensure_ray(cfg.resources)
-    cls = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(StoreShard)
+    cls = ray.remote(num_cpus=1, num_gpus=gpus, scheduling_strategy="SPREAD")(StoreShard)
     return [cls.remote(store_path, cfg) for _ in range(count)]
+
+
+def _graph_gpus(cfg: Any, count: int) -> float:
+    """Each graph actor's GPU share: 0 without ``resources.use_gpu``, else :func:`.shards.gpus_per_shard`."""
+    if not cfg.resources.use_gpu:
+        return 0.0
+    import ray
+
+    from hssal_ray.frozen.shards import gpus_per_shard
+
+    return gpus_per_shard(float(ray.cluster_resources().get("GPU", 0.0)), count)
 
 
 def _kill(actors: list[Any]) -> None:
@@ -121,6 +151,7 @@ def sharded_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any]
     """The exact k-NN graph of store rows ``rows`` built by ``shards`` actors (see the module doc)."""
     import ray
 
+    from hssal_ray._ray import ensure_ray
     from hssal_ray.frozen.graph import KnnGraph
     from hssal_ray.frozen.shards import merge_topk, shard_bounds
 
@@ -130,10 +161,17 @@ def sharded_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any]
     if k < 1:
         return KnnGraph(rows=rows, cos=np.zeros((n, 0), np.float32), idx=np.zeros((n, 0), np.int64))
     bounds = shard_bounds(n, shards)
-    actors = _actors(cfg, store.path, len(bounds))
+    ensure_ray(cfg.resources)  # before asking the cluster how many GPUs it has
+    gpus = _graph_gpus(cfg, len(bounds))
+    actors = _actors(cfg, store.path, len(bounds), gpus)
     t0 = time.perf_counter()
     try:
-        ray.get([a.load_nodes.remote(rows[s:e], s, stats) for a, (s, e) in zip(actors, bounds, strict=True)])
+        ray.get(
+            [
+                a.load_nodes.remote(rows[s:e], s, stats, gpus > 0)
+                for a, (s, e) in zip(actors, bounds, strict=True)
+            ]
+        )
         cos = np.empty((n, k), np.float32)
         idx = np.empty((n, k), np.int64)
         for a, (s, e) in zip(actors, bounds, strict=True):
@@ -143,7 +181,9 @@ def sharded_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any]
             del q
     finally:
         _kill(actors)
-    log.info("sharded k-NN graph: %d nodes on %d shards in %.1f s", n, len(bounds), time.perf_counter() - t0)
+    where = f" ({gpus:g} GPU each)" if gpus else ""
+    seconds = time.perf_counter() - t0
+    log.info("sharded k-NN graph: %d nodes on %d shards%s in %.1f s", n, len(bounds), where, seconds)
     return KnnGraph(rows=rows, cos=cos, idx=idx, method="exact")
 
 

@@ -11,11 +11,14 @@ exact top-k over all nodes: the sharded graph is the single-machine exact graph.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["shard_bounds", "block_topk", "merge_topk", "TILE_BYTES"]
+__all__ = ["shard_bounds", "block_topk", "merge_topk", "gpus_per_shard", "TILE_BYTES"]
 
 TILE_BYTES = 256 << 20
 """Bytes of one float32 similarity tile of :func:`block_topk`."""
@@ -34,19 +37,23 @@ def shard_bounds(n: int, shards: int) -> list[tuple[int, int]]:
 
 
 def block_topk(
-    q: np.ndarray, q_start: int, x: np.ndarray, x_start: int, k: int
+    q: np.ndarray, q_start: int, x: Any, x_start: int, k: int, device: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most similar rows of ``x`` to each row of ``q`` (unit float32 rows; inner products).
 
     ``q`` holds nodes ``q_start..``, ``x`` nodes ``x_start..``; a node is never its own neighbour.
-    Returns ``(cos, idx)`` ``(len(q), min(k, len(x)))``: similarities descending and global node
-    indices; a row with fewer candidates than that (its own node excluded) is padded with
-    ``-inf`` and index ``-1``.
+    ``x`` may be a float32 torch tensor already on ``device`` (a GPU shard keeps its rows there).
+    ``device``: where the products run (None: the CPU); on CUDA in float32 with TF32 off, so the
+    search stays exact as on the CPU. Returns ``(cos, idx)`` ``(len(q), min(k, len(x)))`` on the
+    host: similarities descending and global node indices; a row with fewer candidates than that
+    (its own node excluded) is padded with ``-inf`` and index ``-1``.
     """
     import torch
 
-    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).to(dev)
+    xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    xt = xt.to(device=dev, dtype=torch.float32)
     m, nx = len(qt), len(xt)
     kk = min(k, nx)
     cos = np.full((m, kk), -np.inf, np.float32)
@@ -54,17 +61,54 @@ def block_topk(
     if kk == 0 or m == 0:
         return cos, idx
     block = max(1, TILE_BYTES // max(1, 4 * nx))
-    for s in range(0, m, block):
-        sims = qt[s : s + block] @ xt.T
-        rows = torch.arange(len(sims))
-        own = rows + (q_start + s - x_start)  # the query node's column in x, when x holds it
-        inside = (own >= 0) & (own < nx)
-        sims[rows[inside], own[inside]] = -float("inf")
-        top = torch.topk(sims, kk, dim=1, sorted=True)
-        c, i = top.values.numpy(), top.indices.numpy() + x_start
-        i[~np.isfinite(c)] = -1
-        cos[s : s + len(sims)], idx[s : s + len(sims)] = c, i
+    with _exact_float32(dev):
+        for s in range(0, m, block):
+            sims = qt[s : s + block] @ xt.T
+            rows = torch.arange(len(sims), device=dev)
+            own = rows + (q_start + s - x_start)  # the query node's column in x, when x holds it
+            inside = (own >= 0) & (own < nx)
+            sims[rows[inside], own[inside]] = -float("inf")
+            top = torch.topk(sims, kk, dim=1, sorted=True)
+            c, i = top.values.cpu().numpy(), top.indices.cpu().numpy() + x_start
+            i[~np.isfinite(c)] = -1
+            cos[s : s + len(sims)], idx[s : s + len(sims)] = c, i
     return cos, idx
+
+
+@contextlib.contextmanager
+def _exact_float32(dev: Any) -> Iterator[None]:
+    """float32 products on CUDA without TF32 (10-bit mantissas would reorder close neighbours)."""
+    import torch
+
+    if dev.type != "cuda":
+        yield
+        return
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
+def gpus_per_shard(cluster_gpus: float, shards: int) -> float:
+    """The GPU share each of ``shards`` graph actors asks Ray for when ``resources.use_gpu``.
+
+    One GPU each while the cluster has enough, else an equal share (Ray's fractional GPUs, rounded
+    down to its 1e-4 granularity) so every shard is placed at once instead of waiting forever for
+    a GPU that does not exist.
+
+    Raises:
+        ConfigError: the cluster has no GPU.
+    """
+    from hssal_ray.errors import ConfigError
+
+    if cluster_gpus <= 0:
+        raise ConfigError(
+            f"resources.use_gpu with resources.store_shards={shards}: the Ray cluster has no GPU; "
+            "unset resources.use_gpu to build the graph on CPU actors"
+        )
+    return min(1.0, math.floor(cluster_gpus / shards * 1e4) / 1e4)
 
 
 def merge_topk(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:

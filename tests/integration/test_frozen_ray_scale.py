@@ -17,8 +17,10 @@ import torch
 from safetensors.torch import save_file
 
 from hssal_ray.config import load_config
+from hssal_ray.errors import ConfigError
 from hssal_ray.frozen.graph import build_graph
 from hssal_ray.frozen.head import build_head, graph_features
+from hssal_ray.frozen.sharded import sharded_graph
 from hssal_ray.frozen.split_cache import run_graph, run_stats
 from hssal_ray.frozen.store import open_store, view_names, write_arrays
 from hssal_ray.learners.frozen import FrozenLearner
@@ -96,6 +98,9 @@ def test_sharded_graph_and_scores_equal_the_single_machine_path(tmp_path: Path) 
         shard_out = tmp_path / "round_001" / "scores.parquet"
         _learner(shard_cfg, tmp_path, store, scored).score(1, str(shard_out))
         nodes = set(actor_nodes("StoreShard"))
+        gpu_cfg = load_config(None, [*over, "resources.store_shards=2", "resources.use_gpu=true"])
+        with pytest.raises(ConfigError, match="has no GPU"):  # not a wait for GPUs that never come
+            sharded_graph(gpu_cfg, store, rows, stats, 2)
     assert len(nodes) >= 2, "the shard actors ran on one node"
 
     assert graph.method == "exact" and np.array_equal(graph.rows, ref.rows)

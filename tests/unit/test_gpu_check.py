@@ -86,6 +86,8 @@ def test_kmeans_and_knn_sections_run_without_ray(prepared: Path, tmp_path: Path)
     knn = secs["knn"]
     assert knn["status"] == "ok" and knn["recall_at_k"] >= 0.99
     assert knn["affinity_nnz"] >= res["sizes"]["knn_n"] * knn["settings"]["k"]
+    shard = knn["shard_search"]  # the sharded path's search: the CPU twin gives the CPU's lists
+    assert shard["same_index_share"] == 1.0 and shard["max_cos_diff"] <= 1e-6 and shard["search_s"] > 0
     assert res["environment"]["device"] == "cpu" and res["data"]["labeled"] == 3
 
 
