@@ -199,6 +199,7 @@ PINNED = [
             "query.alloc_over=pool",
             "query.boundary_check=false",
             "query.typical_scale=cluster",
+            "query.late_candidate_ratio=0",
         ],
         "25939a226732554e",
         "3dd7640a15934953",
