@@ -31,7 +31,9 @@ class QueryConfig:
         late_candidate_ratio: With ``pick: auto``/``auto_local``: r once the picks are ``late_pick``
             (0 = ``candidate_ratio`` in every round). TypiClust's low/high-budget finding says
             diversity matters less as labels grow, so a smaller late r keeps the picks nearer the
-            most uncertain rows (measured, not in the profile).
+            most uncertain rows (``configs/ucm_cpu.yaml``: 3, the fourteenth study). About r
+            candidates share a fine cluster, so on an archive whose scenes repeat more than r times
+            keep 0: a scene's copies then span two fine clusters and can both be picked.
         fine_method: Fine clustering of the candidates.
         pick: Which sample of each fine cluster is queried: the most ``uncertain``, the most
             ``typical`` (TypiClust density), ``balanced`` (best sum of its uncertainty rank and its
