@@ -5,13 +5,12 @@ Both run the product's strategies with the profile's query recipe (read from ``c
 ``alloc_temper``, ``typical_scale``, ``typical_over``, ``boundary_check``; an archive's first rounds
 have few labels, so ``pick: auto`` picks typical and ``late_candidate_ratio`` does not act) on the
 clustered synthetic pool of :mod:`benchmarks.query_speed` (n rows, d = 512, fp16, 200 true clusters of
-geometric sizes). The flat
-variant clusters the ``r * B`` most uncertain rows into B fine clusters, so its fine k-means costs
-``r * B^2 * d`` per Lloyd iteration and its typicality ``(r * B)^2 * d``; HAL first splits the pool
-into K1 coarse clusters (``auto_coarse_k``: ``ceil(B / 3)`` capped at 64) and solves K1 problems of
-about ``B / K1`` picks each, which divides both terms by about K1. On the label-efficiency
-benchmarks the two pick batches of the same accuracy (``benchmarks/results/label_efficiency*.md``):
-this is what the coarse level buys.
+geometric sizes). The flat variant clusters the ``r * B`` most uncertain rows into B fine clusters, so
+its fine k-means costs ``r * B^2 * d`` per Lloyd iteration and its typicality ``(r * B)^2 * d``; HAL
+first splits the pool into K1 coarse clusters (``auto_coarse_k``: ``ceil(B / 3)`` capped at 64) and
+solves K1 problems of about ``B / K1`` picks each, which divides both terms by about K1. On the
+label-efficiency benchmarks the two pick batches of the same accuracy
+(``benchmarks/results/label_efficiency*.md``): this is what the coarse level buys.
 
 Seconds are single-threaded process CPU seconds of ``select`` in a fresh process (the measure of
 ``query_speed``, robust to other jobs on the machine). Every cell is measured: the flat variant's

@@ -118,26 +118,21 @@ class StoreShard:
         return write_scores_of(self.cfg, self.store, head.eval(), rows, part, num_classes, members)
 
 
-def _actors(cfg: Any, store_path: str, count: int, gpus: float = 0.0) -> list[Any]:
-    """``count`` :class:`StoreShard` actors, one CPU (and ``gpus`` GPU) each, spread over the nodes."""
+def _actors(cfg: Any, store_path: str, count: int, gpu: bool = False) -> tuple[list[Any], float]:
+    """``count`` :class:`StoreShard` actors, one CPU each, spread over the nodes, and their GPU share.
+
+    ``gpu``: each also takes a GPU, or an equal share of the cluster's
+    (:func:`.shards.gpus_per_shard`); the share is 0 otherwise.
+    """
     import ray
 
     from hssal_ray._ray import ensure_ray
-
-    ensure_ray(cfg.resources)
-    cls = ray.remote(num_cpus=1, num_gpus=gpus, scheduling_strategy="SPREAD")(StoreShard)
-    return [cls.remote(store_path, cfg) for _ in range(count)]
-
-
-def _graph_gpus(cfg: Any, count: int) -> float:
-    """Each graph actor's GPU share: 0 without ``resources.use_gpu``, else :func:`.shards.gpus_per_shard`."""
-    if not cfg.resources.use_gpu:
-        return 0.0
-    import ray
-
     from hssal_ray.frozen.shards import gpus_per_shard
 
-    return gpus_per_shard(float(ray.cluster_resources().get("GPU", 0.0)), count)
+    ensure_ray(cfg.resources)
+    gpus = gpus_per_shard(float(ray.cluster_resources().get("GPU", 0.0)), count) if gpu else 0.0
+    cls = ray.remote(num_cpus=1, num_gpus=gpus, scheduling_strategy="SPREAD")(StoreShard)
+    return [cls.remote(store_path, cfg) for _ in range(count)], gpus
 
 
 def _kill(actors: list[Any]) -> None:
@@ -151,7 +146,6 @@ def sharded_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any]
     """The exact k-NN graph of store rows ``rows`` built by ``shards`` actors (see the module doc)."""
     import ray
 
-    from hssal_ray._ray import ensure_ray
     from hssal_ray.frozen.graph import KnnGraph
     from hssal_ray.frozen.shards import merge_topk, shard_bounds
 
@@ -161,9 +155,7 @@ def sharded_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any]
     if k < 1:
         return KnnGraph(rows=rows, cos=np.zeros((n, 0), np.float32), idx=np.zeros((n, 0), np.int64))
     bounds = shard_bounds(n, shards)
-    ensure_ray(cfg.resources)  # before asking the cluster how many GPUs it has
-    gpus = _graph_gpus(cfg, len(bounds))
-    actors = _actors(cfg, store.path, len(bounds), gpus)
+    actors, gpus = _actors(cfg, store.path, len(bounds), gpu=cfg.resources.use_gpu)
     t0 = time.perf_counter()
     try:
         ray.get(
@@ -216,7 +208,7 @@ def sharded_score(
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.", suffix=".parts", dir=parent)
     state = ray.put({k: v.detach().cpu() for k, v in head.state_dict().items()})
-    actors = _actors(cfg, store.path, len(bounds))
+    actors, _ = _actors(cfg, store.path, len(bounds))
     try:
         done = ray.get(
             [

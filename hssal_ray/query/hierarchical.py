@@ -407,18 +407,18 @@ class _HALBase(QueryStrategy):
         """The uncertainty this round ranks by: ``late_uncertainty`` once ``auto`` picks uncertain."""
         return self._ranking_for(self.pick_rule(pool))
 
+    def _past_switch(self, rule: str) -> bool:
+        """Whether ``rule`` is ``auto``'s late rule (where the ``late_*`` settings apply)."""
+        return self.pick in ("auto", "auto_local") and rule != self.early_pick
+
     def _ratio_for(self, rule: str) -> float:
         """The candidate ratio r this round: ``late_candidate_ratio`` once ``auto`` picks late."""
         late = self.late_candidate_ratio
-        if not late or self.pick not in ("auto", "auto_local") or rule == self.early_pick:
-            return float(self.candidate_ratio)
-        return float(late)
+        return float(late if late and self._past_switch(rule) else self.candidate_ratio)
 
     def _ranking_for(self, rule: str) -> str:
         late = self.late_uncertainty
-        if late == "same" or self.pick not in ("auto", "auto_local") or rule == self.early_pick:
-            return self.uncertainty
-        return late
+        return late if late != "same" and self._past_switch(rule) else self.uncertainty
 
     def _task(
         self,
