@@ -72,6 +72,10 @@ class QueryConfig:
             pick of another coarse cluster (near-copies split by a coarse boundary) with the next
             candidate of its own coarse cluster that is not; ``late``: only in rounds whose pick rule
             is not typical (``pick: auto`` past ``typical_until``).
+        copy_check: HAL and its flat variant run that check over every pair of picks, of one coarse
+            cluster too: with few candidates per pick (``late_candidate_ratio``) a scene present more
+            than r times spans two fine clusters and both can be picked; ``late``: only in rounds whose
+            pick rule is not typical.
         typical_scale: HAL's typical picks rank by density among the 20 nearest candidates of
             their coarse cluster (``cluster``) or at the flat variant's scale (``flat``: 20 among
             all the round's candidates, ``20 * m_k / M`` of a coarse cluster's ``m_k``).
@@ -124,6 +128,7 @@ class QueryConfig:
     early_pick: Literal["typical", "cover"] = _added("typical")
     cover_by: Literal["rows", "uncertainty"] = _added("rows")
     boundary_check: bool | Literal["late"] = _added(False)
+    copy_check: bool | Literal["late"] = _added(False)
     typical_scale: Literal["cluster", "flat"] = _added("cluster")
     typical_over: Literal["candidates", "pool"] = _added("candidates")
     alloc_flips: bool | Literal["mass"] = _added(False)

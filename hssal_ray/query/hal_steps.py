@@ -424,6 +424,8 @@ def cross_cluster_duplicates(
     coarse: np.ndarray,
     rank_of: Callable[[int], np.ndarray] | None = None,
     chunk_size: int = 2048,
+    within: bool = False,
+    spares: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Replace picks that duplicate a pick of another coarse cluster (HAL's boundary check).
 
@@ -438,6 +440,17 @@ def cross_cluster_duplicates(
     is, by the candidate farthest from them (if farther than the dropped pick was); else it stays.
     With ``rank_of``, "first" follows the round's pick rule (e.g. the most typical) instead.
 
+    ``within=True`` (``query.copy_check``) compares every pair of picks, of one coarse cluster too:
+    fine clusters keep a cluster's picks apart only while its candidates hold more distinct scenes
+    than it has picks. With few candidates per pick (``late_candidate_ratio``) and a scene present
+    many times, k-means cuts the scene's copies into two fine clusters and both are picked; at the
+    scale of one fine cluster, those two are as much duplicates as a pair across a coarse boundary.
+    One coarse cluster (the flat variant: ``coarse`` all 0) is then checked too. Its candidates then
+    often hold no other scene, so ``spares`` (the next rows of each cluster in priority order, e.g.
+    the ones the early rounds' wider candidate ratio would have taken) are tried after them: a
+    dropped pick is replaced by the first of its cluster's candidates, else of its spares, at least
+    ``radius`` from every pick, and only then by the farthest candidate.
+
     Args:
         emb: pool embeddings (numpy or torch, any device); rows are indexed by ``picks``/``cands``.
         picks: (B,) pool rows in priority order (most uncertain first).
@@ -448,6 +461,11 @@ def cross_cluster_duplicates(
             (lower first, :func:`candidate_rank`); None: priority order. Called only for clusters
             that lost a pick.
         chunk_size: rows per distance block.
+        within: compare picks of the same coarse cluster too (else only across clusters).
+        spares: per entry of ``cands``, more rows of that coarse cluster (priority order, none of
+            them a candidate) for replacements; the radius is then measured over candidates and
+            spares: the scale of a fine cluster at the wider ratio, not of one holding a scene's
+            copies.
 
     Returns:
         ``(picks, info)``: the batch (same size, priority order of the original kept, then the
@@ -456,14 +474,15 @@ def cross_cluster_duplicates(
     picks = np.asarray(picks, dtype=np.int64)
     B = picks.size
     info = {"radius": 0.0, "n_dropped": 0, "n_replaced": 0}
-    if B < 2 or len(cands) < 2:
+    if B < 2 or (len(cands) < 2 and not within):
         return picks, info
     P = torch.from_numpy(take_rows(emb, picks))
     pc = coarse[picks]
     is_pick = set(picks.tolist())
     near = []  # each non-pick candidate's distance to the nearest pick of its coarse cluster
-    for c in cands:
-        rest = np.array([r for r in c.tolist() if r not in is_pick], dtype=np.int64)
+    for i, c in enumerate(cands):
+        wide = c if spares is None else np.concatenate([c, spares[i]])  # the scale at the wider ratio
+        rest = np.array([r for r in wide.tolist() if r not in is_pick], dtype=np.int64)
         own = torch.from_numpy(np.flatnonzero(pc == coarse[c[0]]))
         if rest.size == 0 or own.numel() == 0:
             continue
@@ -476,14 +495,15 @@ def cross_cluster_duplicates(
     # other matrix shapes: compared with r2 itself, that candidate's side of it was the last bit's
     # call and differed between CPUs. A margin far below any scale of the data settles it.
     r2 = r2 * (1.0 - RADIUS_MARGIN)
-    # close cross-cluster pairs (i later than j in priority order), found in blocks
+    # close pairs (i later than j in priority order; across coarse clusters unless within), in blocks
     pairs: list[tuple[int, int]] = []
     pct = torch.from_numpy(pc)
     for s in range(0, B, chunk_size):
         d2 = _sq_dists(P[s : s + chunk_size], P)
         i_idx = torch.arange(s, min(s + chunk_size, B))[:, None]
-        other = pct[s : s + chunk_size, None] != pct[None, :]
-        mask = (d2 < r2) & (torch.arange(B)[None, :] < i_idx) & other
+        mask = (d2 < r2) & (torch.arange(B)[None, :] < i_idx)
+        if not within:
+            mask &= pct[s : s + chunk_size, None] != pct[None, :]
         ii, jj = torch.nonzero(mask, as_tuple=True)
         pairs += list(zip((ii + s).tolist(), jj.tolist(), strict=True))
     if not pairs:
@@ -503,6 +523,8 @@ def cross_cluster_duplicates(
     mins: dict[int, torch.Tensor] = {}  # per coarse cluster: its candidates' distance to the batch
     cx: dict[int, torch.Tensor] = {}  # and their embeddings
     best: dict[int, np.ndarray] = {}  # and their order of preference
+    sx: dict[int, torch.Tensor] = {}  # per coarse cluster: its spares' embeddings
+    smins: dict[int, torch.Tensor] = {}  # and their distance to the batch
     taken = set(kept.tolist())
     out = [*kept.tolist()]
     for i in np.flatnonzero(dropped):
@@ -520,14 +542,23 @@ def cross_cluster_duplicates(
         m = torch.where(free, mins[k], torch.full_like(mins[k], -1.0))
         far = (m >= r2).numpy()[best[k]]
         ok = best[k][far]
+        spare = spares[index_of[k]] if spares is not None else np.empty(0, dtype=np.int64)
+        if not ok.size and spare.size and k not in smins:
+            sx[k] = torch.from_numpy(take_rows(emb, spare))
+            smins[k] = _nearest_sq(sx[k], buf[:n_in])
+        s_ok = np.empty(0, dtype=np.int64)
+        if not ok.size and k in smins:
+            s_free = torch.from_numpy(np.array([r not in taken for r in spare.tolist()]))
+            s_ok = np.flatnonzero((s_free & (smins[k] >= r2)).numpy())
         dp = float(_nearest_sq(P[i : i + 1], buf[:n_in])[0]) if n_in else 0.0
         if ok.size:
-            pos = int(ok[0])
+            row = int(c[int(ok[0])])
+        elif s_ok.size:  # no candidate is another scene: the first spare that is
+            row = int(spare[int(s_ok[0])])
         elif float(m.max()) > dp:
-            pos = int(m.argmax())
+            row = int(c[int(m.argmax())])
         else:  # nothing farther from the batch than the dropped pick: it stays
-            pos = int(np.flatnonzero(c == picks[i])[0])
-        row = int(c[pos])
+            row = int(picks[i])
         if row != picks[i]:
             info["n_replaced"] += 1
         out.append(row)
@@ -537,4 +568,6 @@ def cross_cluster_duplicates(
         n_in += 1
         for kk, v in mins.items():  # the new pick is now part of the batch
             mins[kk] = torch.minimum(v, _nearest_sq(cx[kk], new))
+        for kk, v in smins.items():
+            smins[kk] = torch.minimum(v, _nearest_sq(sx[kk], new))
     return np.asarray(out, dtype=np.int64), info

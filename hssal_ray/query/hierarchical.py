@@ -312,6 +312,7 @@ class _HALBase(QueryStrategy):
         "late_uncertainty": ("same", *UNCERTAINTIES),
         "late_pick": ("uncertain", "eer"),
         "boundary_check": (True, False, "late"),
+        "copy_check": (True, False, "late"),
         "typical_scale": ("cluster", "flat"),
         "typical_over": ("candidates", "pool"),
         "alloc_flips": (True, False, "mass"),
@@ -342,6 +343,7 @@ class _HALBase(QueryStrategy):
         early_pick: str = "typical",
         cover_by: str = "rows",
         boundary_check: bool | str = False,
+        copy_check: bool | str = False,
         typical_scale: str = "cluster",
         typical_over: str = "candidates",
         alloc_flips: bool | str = False,
@@ -370,6 +372,7 @@ class _HALBase(QueryStrategy):
         self.early_pick = early_pick
         self.cover_by = cover_by
         self.boundary_check = boundary_check  # hal only, as alloc_temper
+        self.copy_check = copy_check
         self.typical_scale = typical_scale  # hal only, as alloc_temper
         self.typical_over = typical_over
         self.alloc_flips = alloc_flips  # hal only, as alloc_temper
@@ -415,6 +418,28 @@ class _HALBase(QueryStrategy):
         """The candidate ratio r this round: ``late_candidate_ratio`` once ``auto`` picks late."""
         late = self.late_candidate_ratio
         return float(late if late and self._past_switch(rule) else self.candidate_ratio)
+
+    @staticmethod
+    def _checks(setting: bool | str, rule: str) -> bool:
+        """Whether a ``True``/``"late"`` check setting runs in a round whose pick rule is ``rule``."""
+        return setting is True or (setting == "late" and rule not in ("typical", "cover"))
+
+    def _spares(
+        self,
+        u: np.ndarray,
+        avail: np.ndarray,
+        conf: np.ndarray | None,
+        budget: int,
+        ratio: float,
+        cands: np.ndarray,
+    ) -> np.ndarray:
+        """``copy_check``'s spare rows: the pool's ``ceil(candidate_ratio * B)`` highest-priority rows
+        that are not candidates (priority order); none while this round's r is not below it."""
+        m = int(min(math.ceil(max(self.candidate_ratio, ratio) * budget), avail.size))
+        if m <= cands.size:
+            return np.empty(0, dtype=np.int64)
+        wide = _top_candidates(u[avail], avail, None if conf is None else conf[avail], m)
+        return wide[~np.isin(wide, cands)]
 
     def _ranking_for(self, rule: str) -> str:
         late = self.late_uncertainty
@@ -646,6 +671,11 @@ class HierarchicalQuery(_HALBase):
             that is not (:func:`~hssal_ray.query.hal_steps.cross_cluster_duplicates`): near-copies
             split by a coarse boundary are otherwise picked once on each side. ``"late"``: only in
             rounds whose pick rule is not ``typical``.
+        copy_check: the same check over every pair of picks, of one coarse cluster too
+            (``within`` of :func:`~hssal_ray.query.hal_steps.cross_cluster_duplicates`; the flat
+            variant runs it over its one cluster): with few candidates per pick a scene present many
+            times spans two fine clusters and is picked twice. ``"late"``: only in rounds whose pick
+            rule is not ``typical``. With it on, ``boundary_check`` adds nothing in those rounds.
         typical_scale: the neighbourhood of a typical pick's density: TypiClust's 20 nearest
             candidates of its coarse cluster (``"cluster"``), or ``"flat"``: the flat variant's
             scale, 20 neighbours among all the round's candidates, i.e. ``20 * m_k / M`` among the
@@ -842,10 +872,21 @@ class HierarchicalQuery(_HALBase):
         picks = picks[np.lexsort((picks, -u_all[picks]))]
         t_fine = time.perf_counter()
         boundary = None
-        early = pick in ("typical", "cover")
-        if self.boundary_check is True or (self.boundary_check == "late" and not early):
+        within = self._checks(self.copy_check, pick)
+        if within or self._checks(self.boundary_check, pick):
+            spares = None
+            if within:  # the rows a wider (early) ratio would have added, by coarse cluster
+                wide = self._spares(u_all, avail, conf, budget, ratio, np.concatenate(cands))
+                lab_w = labels[wide]
+                spares = [wide[lab_w == k] for k in ks]
             picks, boundary = cross_cluster_duplicates(
-                emb, picks, cands, labels, rank_of=lambda i: candidate_rank(ts[i])
+                emb,
+                picks,
+                cands,
+                labels,
+                rank_of=lambda i: candidate_rank(ts[i]),
+                within=within,
+                spares=spares,
             )
             picks = picks[np.lexsort((picks, -u_all[picks]))]
         t_end = time.perf_counter()
@@ -884,9 +925,10 @@ class HierarchicalQuery(_HALBase):
 class FlatHierarchicalQuery(_HALBase):
     """One-level HAL: the ``ceil(r * B)`` most uncertain rows, fine clustering into B, one pick each.
 
-    Takes the same parameters as :class:`HierarchicalQuery` (``coarse_k`` and
-    ``coarse_fit_sample`` are ignored). ``info_`` has ``n_candidates``, ``pick_coarse_cluster``
-    (all 0: the whole pool is one coarse cluster) and ``seconds``.
+    Takes the same parameters as :class:`HierarchicalQuery` (``coarse_k``, ``coarse_fit_sample`` and
+    the other coarse-level ones are ignored; ``copy_check`` is read). ``info_`` has ``n_candidates``,
+    ``boundary`` (``copy_check``'s counts, or None), ``pick_coarse_cluster`` (all 0: the whole pool
+    is one coarse cluster) and ``seconds``.
     """
 
     def select(self, pool: Pool, budget: int) -> np.ndarray:
@@ -925,8 +967,21 @@ class FlatHierarchicalQuery(_HALBase):
         picks = cand[self._run([task])[0]]
         picks = picks[np.lexsort((picks, -u_all[picks]))]
         self.coarse_labels_ = np.zeros(len(pool), dtype=np.int64)
+        copies = None
+        if self._checks(self.copy_check, pick):  # one coarse cluster: every pair of picks
+            picks, copies = cross_cluster_duplicates(
+                pool.embeddings,
+                picks,
+                [cand],
+                self.coarse_labels_,
+                rank_of=lambda _: candidate_rank(task),
+                within=True,
+                spares=[self._spares(u_all, avail, conf, budget, self._ratio_for(pick), cand)],
+            )
+            picks = picks[np.lexsort((picks, -u_all[picks]))]
         self.info_ = {
             "n_candidates": int(m),
+            "boundary": copies,
             "pick": task.pick,
             "pick_coarse_cluster": np.zeros(budget, dtype=np.int64),
             "seconds": {"total": time.perf_counter() - t0},
