@@ -33,7 +33,8 @@ class QueryConfig:
             diversity matters less as labels grow, so a smaller late r keeps the picks nearer the
             most uncertain rows (``configs/ucm_cpu.yaml``: 3, the fourteenth study). About r
             candidates share a fine cluster, so on an archive whose scenes repeat more than r times
-            keep 0: a scene's copies then span two fine clusters and can both be picked.
+            keep 0 or set ``copy_check: late``: a scene's copies otherwise span two fine clusters and
+            can both be picked.
         fine_method: Fine clustering of the candidates.
         pick: Which sample of each fine cluster is queried: the most ``uncertain``, the most
             ``typical`` (TypiClust density), ``balanced`` (best sum of its uncertainty rank and its
@@ -74,8 +75,10 @@ class QueryConfig:
             is not typical (``pick: auto`` past ``typical_until``).
         copy_check: HAL and its flat variant run that check over every pair of picks, of one coarse
             cluster too: with few candidates per pick (``late_candidate_ratio``) a scene present more
-            than r times spans two fine clusters and both can be picked; ``late``: only in rounds whose
-            pick rule is not typical.
+            than r times spans two fine clusters and both can be picked; the rows ``candidate_ratio``
+            would add then set the radius and replace a dropped copy. ``late``: only in rounds whose
+            pick rule is not typical. For archives whose scenes repeat; not in the profile (on clean
+            pools it also spreads near-neighbour picks: the fifteenth study).
         typical_scale: HAL's typical picks rank by density among the 20 nearest candidates of
             their coarse cluster (``cluster``) or at the flat variant's scale (``flat``: 20 among
             all the round's candidates, ``20 * m_k / M`` of a coarse cluster's ``m_k``).
