@@ -187,9 +187,9 @@ def sec_knn(run: Run) -> dict[str, Any]:
     xq = F.normalize(x[qt].float(), dim=1)
     best_v = torch.full((len(q), k), -float("inf"), device=run.dev)
     best_i = torch.zeros((len(q), k), dtype=torch.int64, device=run.dev)
-    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    from hssal_ray.frozen.shards import exact_float32
+
+    with exact_float32(run.dev):
         step = 1 << 17
         for s0 in range(0, s.knn_n, step):
             keys = F.normalize(x[s0 : s0 + step].float(), dim=1)
@@ -201,8 +201,6 @@ def sec_knn(run: Run) -> dict[str, Any]:
             best_i = torch.gather(torch.cat([best_i, bi + s0], 1), 1, i)
             best_v = v
             del sims
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
     exact_i, exact_v = best_i.cpu().numpy(), best_v.cpu().numpy()
     recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(idx[q], exact_i, strict=True)]))
     kth_gap = float(np.max(exact_v[:, -1] - cos[q, -1]))

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["shard_bounds", "block_topk", "merge_topk", "gpus_per_shard", "TILE_BYTES"]
+__all__ = ["shard_bounds", "block_topk", "merge_topk", "gpus_per_shard", "exact_float32", "TILE_BYTES"]
 
 TILE_BYTES = 256 << 20
 """Bytes of one float32 similarity tile of :func:`block_topk`."""
@@ -61,7 +61,7 @@ def block_topk(
     if kk == 0 or m == 0:
         return cos, idx
     block = max(1, TILE_BYTES // max(1, 4 * nx))
-    with _exact_float32(dev):
+    with exact_float32(dev):
         for s in range(0, m, block):
             sims = qt[s : s + block] @ xt.T
             rows = torch.arange(len(sims), device=dev)
@@ -76,8 +76,11 @@ def block_topk(
 
 
 @contextlib.contextmanager
-def _exact_float32(dev: Any) -> Iterator[None]:
-    """float32 products on CUDA without TF32 (10-bit mantissas would reorder close neighbours)."""
+def exact_float32(dev: Any) -> Iterator[None]:
+    """float32 products on CUDA without TF32 (10-bit mantissas would reorder close neighbours).
+
+    ``dev``: a ``torch.device``; on any other device type this does nothing.
+    """
     import torch
 
     if dev.type != "cuda":
