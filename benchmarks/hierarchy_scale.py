@@ -19,6 +19,10 @@ extrapolation in ``kmeans_iters`` (as ``query_speed`` does for TypiClust) would 
 
     python -m benchmarks.hierarchy_scale                 # n = 1M, B in {1k, 2k, 4k}
     python -m benchmarks.hierarchy_scale --quick --out /tmp/hs   # n = 100k, B in {500, 2k}
+
+``--late C`` measures a later round instead: the pool gets seeded probabilities of C classes and 5 labeled
+rows a class, so ``pick: auto`` picks uncertain and ``late_candidate_ratio`` acts; ``--set query.KEY=VALUE``
+changes the recipe (e.g. ``query.copy_check=late``). Results then go to ``hierarchy_scale_late[_<tag>]``.
 """
 
 from __future__ import annotations
@@ -57,18 +61,26 @@ def recipe() -> dict[str, Any]:
         "typical_scale",
         "typical_over",
         "boundary_check",
+        "copy_check",
     )
     return {**{k: getattr(q, k) for k in keys}, "uncertainty": "badge"}
 
 
-def measure(paths: dict[str, str], n: int, budgets: list[int]) -> list[dict[str, Any]]:
-    """HAL and hal_flat, the profile's recipe, at each budget (one fresh process each)."""
-    rows, params = [], recipe()
+def measure(
+    paths: dict[str, str], n: int, budgets: list[int], params: dict[str, Any] | None = None, late: int = 0
+) -> list[dict[str, Any]]:
+    """HAL and hal_flat, the profile's recipe (or ``params``), at each budget (one fresh process each)."""
+    rows, params = [], params or recipe()
     for budget in budgets:
-        base = {"paths": paths, "budget": budget, "n": n}
+        base = {"paths": paths, "budget": budget, "n": n, "late": late}
         for strategy in ("hal", "hal_flat"):
             rows.append(run_worker({**base, "strategy": strategy, "params": dict(params)}, timeout=3600))
     return rows
+
+
+def _replaced(row: dict[str, Any]) -> int:
+    """Picks the boundary / copy check replaced in that run (0 when it did not run)."""
+    return int((row.get("boundary") or {}).get("n_replaced", 0))
 
 
 def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -88,6 +100,7 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "flat peak MB": f["peak_rss_mb"],
                 "coverage HAL / flat (of 200)": f"{h['coverage']} / {f['coverage']}",
                 "mean u HAL / flat": f"{h['mean_u']:.3f} / {f['mean_u']:.3f}",
+                "picks replaced HAL / flat": f"{_replaced(h)} / {_replaced(f)}",
             }
         )
     return out
@@ -98,28 +111,39 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="n = 100k, budgets 500 and 2000")
     ap.add_argument("--out", default=str(RESULTS), help="result directory")
+    ap.add_argument("--late", type=int, default=0, metavar="C", help="a later round, C classes")
+    ap.add_argument("--set", action="append", default=[], metavar="query.KEY=VALUE", help="recipe change")
+    ap.add_argument("--tag", default="", help="suffix of the result files")
     args = ap.parse_args(argv)
     n, budgets = (100_000, [500, 2000]) if args.quick else (1_000_000, [1000, 2000, 4000])
+    params = recipe()
+    if args.set:
+        from hssal_ray.config import load_config
+
+        q = load_config(str(PROFILE), list(args.set)).query
+        params.update({k: getattr(q, k) for k in params if k != "uncertainty"})
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hierarchy_scale_") as tmp:
         print(f"n = {n}: generating data", flush=True)
         paths = make_data(n, 512, seed=0, out=Path(tmp))
-        rows = measure(paths, n, budgets)
+        rows = measure(paths, n, budgets, params, args.late)
     lines = table(rows)
-    command = "python -m benchmarks.hierarchy_scale" + (" --quick" if args.quick else "")
+    command = " ".join(["python -m benchmarks.hierarchy_scale", *(sys.argv[1:] if argv is None else argv)])
     res = {
         "benchmark": "hierarchy_scale",
         "command": command,
         "n": n,
         "dim": 512,
-        "recipe": recipe(),
+        "late_classes": args.late,
+        "recipe": params,
         "table": lines,
         "rows": rows,
         "wall_s": round(time.perf_counter() - t0, 1),
         "device": describe_machine(),
     }
     md = [
-        "# HAL against its flat variant as the batch grows (query CPU seconds)",
+        "# HAL against its flat variant as the batch grows (query CPU seconds)"
+        + (f", a later round ({args.late} classes, 5 labels each)" if args.late else ""),
         "",
         f"- command: `{command}`; n = {n:,} rows, d = 512 fp16, 200 true clusters; recipe {res['recipe']}",
         "- seconds: single-threaded process CPU seconds of `select` in a fresh process, every cell measured",
@@ -131,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "hierarchy_scale_quick" if args.quick else "hierarchy_scale"
+    stem = "hierarchy_scale" + ("_late" if args.late else "") + ("_quick" if args.quick else "")
+    stem += f"_{args.tag}" if args.tag else ""
     (out / f"{stem}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     (out / f"{stem}.md").write_text("\n".join(md))
     print("\n".join(md))

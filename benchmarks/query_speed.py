@@ -62,7 +62,14 @@ def make_data(n: int, d: int, seed: int, out: Path) -> dict[str, str]:
     return paths
 
 
-def _pool(paths: dict[str, str], n_rows: int | None = None) -> tuple[Any, np.ndarray]:
+#: with ``late``: labeled rows per class, past the profile's ``typical_until`` (3.5), so that ``pick: auto``
+#: picks uncertain and ``late_candidate_ratio`` acts (an archive's later rounds)
+LATE_LABELS_PER_CLASS = 5
+
+
+def _pool(paths: dict[str, str], n_rows: int | None = None, late: int = 0) -> tuple[Any, np.ndarray]:
+    """The synthetic pool; ``late`` > 0: with seeded class probabilities of ``late`` classes and
+    ``LATE_LABELS_PER_CLASS * late`` labeled rows (``exclude``), a round past ``pick: auto``'s switch."""
     from hssal_ray.query import Pool
 
     emb = np.load(paths["emb"])
@@ -70,7 +77,14 @@ def _pool(paths: dict[str, str], n_rows: int | None = None) -> tuple[Any, np.nda
     if n_rows is not None:
         emb, u, lab, conf = emb[:n_rows].copy(), u[:n_rows], lab[:n_rows], conf[:n_rows]
     ids = np.char.add("s", np.arange(len(u)).astype(str)).astype(object)
-    return Pool(ids=ids, embeddings=emb, scores={"u_badge": u}, confident=conf), lab
+    probs = exclude = None
+    if late:
+        rng = np.random.default_rng(1)
+        probs = rng.dirichlet(np.ones(late), size=len(u)).astype(np.float32)
+        exclude = np.zeros(len(u), dtype=bool)
+        exclude[rng.choice(len(u), LATE_LABELS_PER_CLASS * late, replace=False)] = True
+    pool = Pool(ids=ids, embeddings=emb, probs=probs, scores={"u_badge": u}, confident=conf, exclude=exclude)
+    return pool, lab
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -85,9 +99,10 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(int(spec["threads"]))
         faiss.omp_set_num_threads(int(spec["threads"]))
     cfg = argparse.Namespace(strategy=spec["strategy"], **spec.get("params", {}))
-    tiny, _ = _pool(spec["paths"], 3000)
+    late = int(spec.get("late", 0))
+    tiny, _ = _pool(spec["paths"], 3000, late)
     strategy_from_config(cfg, random_state=0).select(tiny, min(spec["budget"], 50))  # imports, thread pools
-    pool, lab = _pool(spec["paths"])
+    pool, lab = _pool(spec["paths"], late=late)
     strategy = strategy_from_config(cfg, random_state=0)
     rss0 = proc_status("self").get("VmRSS", 0) / 1024
     if reset_peak_rss():  # the peak RSS is now the current RSS
@@ -124,6 +139,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "all_seconds": [round(t, 3) for t in cpus],
         "all_wall_seconds": [round(t, 3) for t in times],
         "coarse_k": info.get("coarse_k"),
+        "pick": info.get("pick"),
+        "boundary": info.get("boundary"),
         "backend": info.get("backend"),
         "peak_note": peak_note,
     }
