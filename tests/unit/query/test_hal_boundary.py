@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hssal_ray.query import HierarchicalQuery, Pool, compute_all
+from hssal_ray.query import FlatHierarchicalQuery, HierarchicalQuery, Pool, compute_all
 from hssal_ray.query.hal_steps import cross_cluster_duplicates
 
 from ._data import blob_pool
@@ -110,21 +110,33 @@ def test_the_replacement_follows_the_pick_rules_rank() -> None:
     assert out[-1] == 12 and asked == [1]  # asked only for the cluster that lost a pick
 
 
+@pytest.mark.parametrize(
+    ("cls", "setting"),
+    [
+        (HierarchicalQuery, "boundary_check"),
+        (HierarchicalQuery, "copy_check"),
+        (FlatHierarchicalQuery, "copy_check"),
+    ],
+)
 @pytest.mark.parametrize(("typical_until", "checked"), [(1e9, False), (0.0, True)])
-def test_late_checks_only_rounds_past_the_typical_regime(typical_until: float, checked: bool) -> None:
+def test_late_checks_only_rounds_past_the_typical_regime(
+    cls: type, setting: str, typical_until: float, checked: bool
+) -> None:
     pool, _ = blob_pool(n=600, seed=1)
-    q = HierarchicalQuery(
+    kw = dict(
         uncertainty="margin",
         pick="auto",
         typical_until=typical_until,
         alloc_over="global",
         candidate_ratio=10,
-        boundary_check="late",
         random_state=0,
     )
-    q.select(pool, 40)
+    q = cls(**{setting: "late"}, **kw)
+    picks = q.select(pool, 40)
     assert q.info_["pick"] == ("uncertain" if checked else "typical")
     assert (q.info_["boundary"] is not None) is checked
+    if not checked:  # a typical round is the run without the check, pick for pick
+        np.testing.assert_array_equal(picks, cls(**kw).select(pool, 40))
 
 
 def test_typical_scale_flat_measures_density_with_the_flat_variants_share_of_neighbours() -> None:

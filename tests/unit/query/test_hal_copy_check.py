@@ -74,27 +74,6 @@ def test_few_candidates_per_pick_on_repeated_scenes_pick_more_scenes_with_the_ch
     assert np.unique(group[checked]).size > np.unique(group[plain]).size
 
 
-@pytest.mark.parametrize("cls", [HierarchicalQuery, FlatHierarchicalQuery])
-@pytest.mark.parametrize(("typical_until", "checked"), [(1e9, False), (0.0, True)])
-def test_late_checks_only_rounds_past_the_typical_regime(
-    cls: type, typical_until: float, checked: bool
-) -> None:
-    pool, _ = blob_pool(n=600, seed=1)
-    kw = dict(
-        uncertainty="margin",
-        pick="auto",
-        typical_until=typical_until,
-        alloc_over="global",
-        candidate_ratio=10,
-        random_state=0,
-    )
-    q = cls(copy_check="late", **kw)
-    picks = q.select(pool, 40)
-    assert (q.info_["boundary"] is not None) is checked
-    if not checked:  # a typical round is the run without the option, pick for pick
-        np.testing.assert_array_equal(picks, cls(**kw).select(pool, 40))
-
-
 def test_a_bad_value_is_rejected_and_only_hal_based_runs_read_it() -> None:
     with pytest.raises(Exception, match="copy_check"):
         load_config(None, ["query.copy_check=sometimes"])
