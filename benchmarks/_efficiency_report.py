@@ -236,7 +236,8 @@ def report_markdown(result: dict[str, Any]) -> str:
             continue
         cells = [f"{a:.3f} ± {d:.3f}" for a, d in zip(m["accuracy_mean"], m["accuracy_std"], strict=True)]
         pct = m.get("pct_of_full_supervision", [float("nan")])[-1]
-        md.append(f"| {method} | {len(m['seeds'])} | " + " | ".join(cells) + f" | {pct:.1f}% |")
+        pct_cell = f"{pct:.1f}%" if pct is not None and np.isfinite(pct) else "— (no full supervision run)"
+        md.append(f"| {method} | {len(m['seeds'])} | " + " | ".join(cells) + f" | {pct_cell} |")
     if "full_supervision" in s:
         f = s["full_supervision"]
         md.append(
