@@ -48,16 +48,17 @@ def _fake_grid(
     return {key: rows for key in product(*space.values())}
 
 
-@pytest.mark.parametrize("dataset_name", [None, "SIRI-WHU"])
+@pytest.mark.parametrize(("dataset_name", "full"), [(None, True), ("SIRI-WHU", True), (None, False)])
 def test_report_and_plot_name_the_dataset_used_and_its_test_split(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset_name: str | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dataset_name: str | None, full: bool
 ) -> None:
     root = make_synthetic_rs(str(tmp_path / "siri_whu"), num_classes=4, per_class=10, size=16)
     base = load_config(None, [f"data.root={root}", "data.test_fraction=0.3"])
     monkeypatch.setattr(le, "start", lambda args: (base, str(tmp_path / "runs"), 0.0, 28))
     monkeypatch.setattr(le, "run_grid", _fake_grid)
     out = tmp_path / "out"
-    argv = ["--data", root, "--seeds", "1", "--out", str(out), "--methods", "hssal", "full_supervision"]
+    argv = ["--data", root, "--seeds", "1", "--out", str(out), "--methods", "hssal"]
+    argv += ["full_supervision"] if full else []
     if dataset_name:
         argv[:0] = ["--dataset-name", dataset_name]
     assert le.main(argv) == 0
@@ -69,6 +70,9 @@ def test_report_and_plot_name_the_dataset_used_and_its_test_split(
     assert md.startswith(f"# Label efficiency on {want} (")
     assert "test split (12 images)" in md
     assert "UCM" not in md and "420" not in md
+    hssal_row = next(line for line in md.splitlines() if line.startswith("| hssal |"))
+    # without a full-supervision run the last cell says so (it printed "nan%")
+    assert hssal_row.endswith("% |" if full else "— (no full supervision run) |") and "nan" not in md
     title = le.efficiency_figure(result).axes[0].get_title()  # the figure saved as the PNG
     assert want in title and "12 images" in title and "UCM" not in title
     assert (out / "label_efficiency.png").read_bytes()[:4] == b"\x89PNG"
