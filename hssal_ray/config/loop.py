@@ -62,7 +62,10 @@ class QueryConfig:
             ``pool`` while the round's pick rule is typical, ``candidates`` once it is uncertain.
         late_uncertainty: With ``pick: auto``/``auto_local``: the score HAL ranks by once picks are
             uncertain (``same`` = ``uncertainty``; ``disagreement`` has the score stage score a strong
-            view too, :func:`hssal_ray.rounds.policy.scores_strong_view`).
+            view too, :func:`hssal_ray.rounds.policy.scores_strong_view`). ``entropy`` gains on
+            SIRI-WHU's validation split and ties on UCM's (``benchmarks/results/hal_recipe_val.md``,
+            studies 16-19); on an archive whose scenes repeat pair it with ``late_candidate_ratio: 0``:
+            at r = 3 its most uncertain rows are more often copies of one scene (22% of UCM x5's batch).
         late_pick: With ``pick: auto``/``auto_local``: the pick once the labeled set is past
             ``typical_until`` (``uncertain`` or ``eer``).
         early_pick: With ``pick: auto``/``auto_local``: the pick before that (``typical`` or
