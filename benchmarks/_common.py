@@ -164,6 +164,33 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+#: CPU flags that choose which kernels torch, oneDNN and MKL run (and so a result's last bits)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16")
+
+
+def _cpu_isa() -> list[str]:
+    """The :data:`ISA_FLAGS` this CPU reports (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [x for x in ISA_FLAGS if x in have]
+    except OSError:
+        pass
+    return []
+
+
+def _cpu_capability() -> str | None:
+    """torch's CPU kernel level (``DEFAULT``, ``AVX2``, ``AVX512``; ``ATEN_CPU_CAPABILITY`` lowers it)."""
+    try:
+        import torch
+
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # noqa: BLE001 - no torch, or a torch without the call
+        return None
+
+
 def _mem_total_gib() -> float | None:
     try:
         with open("/proc/meminfo") as f:
@@ -205,6 +232,8 @@ def describe_machine(*, gpu: bool = False) -> dict[str, Any]:
         "host": platform.node(),
         "platform": platform.platform(),
         "cpu": _cpu_model(),
+        "cpu_isa": _cpu_isa(),
+        "cpu_capability": _cpu_capability(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
         "mem_total_gib": _mem_total_gib(),
@@ -226,7 +255,9 @@ def describe_machine(*, gpu: bool = False) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001
             desc["gpu"] = f"unavailable ({type(e).__name__})"
     desc["summary"] = (
-        f"{desc['cpu']}, {usable} usable CPUs, {desc['mem_total_gib']} GiB RAM"
+        f"{desc['cpu']}"
+        + (f" ({desc['cpu_capability']} kernels)" if desc["cpu_capability"] else "")
+        + f", {usable} usable CPUs, {desc['mem_total_gib']} GiB RAM"
         + (f", GPU {desc['gpu']}" if desc["gpu"] else ", no GPU")
         + f"; Python {desc['python']}, torch {desc['torch']}, Ray {desc['ray']}"
     )

@@ -224,6 +224,11 @@ def report_markdown(result: dict[str, Any]) -> str:
         f"- profile: `{result['profile']}` ({result['recipe']})",
         f"- evaluated on: {result['evaluated_on']}; wall time {result['wall_s'] / 60:.1f} min "
         f"(one-time encode {result['encode_s']:.0f} s) on {result['device']['summary']}",
+        *(
+            [f"- embeddings: store `{st['key']}`, content fingerprint `{st['fingerprint']}`"]
+            if (st := result.get("store"))
+            else []
+        ),
         "",
         "Accuracy, mean ± std over seeds, at each label fraction "
         "(each cell: the loop's own `metrics.jsonl`).",

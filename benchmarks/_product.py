@@ -19,6 +19,9 @@ __all__ = [
     "start",
     "base_config",
     "pre_encode",
+    "store_identity",
+    "store_location",
+    "store_fingerprint",
     "run_grid",
     "stratified_subset",
     "labels_setting",
@@ -156,6 +159,56 @@ def pre_encode(cfg: Any, run_dir: str) -> float:
     _io.makedirs(run_dir)
     learner.prepare_inputs(cfg, cat, run_dir)
     return time.perf_counter() - t0
+
+
+def store_fingerprint(store: Any, block_rows: int = 65_536) -> str:
+    """A hash of what a frozen-path store holds: its ids, which rows are missing and every stored view's
+    float16 values, in that order (20 hex digits). Two results whose stores share it ran on the same
+    embeddings bit for bit; the store *key* only says the same images, encoder and settings went in,
+    and an encode on another CPU can give other last bits under the same key.
+    """
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.blake2b(digest_size=10)
+    for buf in store.id_array.buffers():
+        if buf is not None:
+            h.update(memoryview(buf))
+    h.update(np.ascontiguousarray(store.missing, dtype=np.bool_).tobytes())
+    for name in sorted(store.views):
+        view = store.views[name]
+        h.update(f"{name}:{view.dtype.str}:{view.shape}".encode())
+        for s in range(0, len(view), block_rows):  # memory-mapped: a block at a time
+            h.update(np.ascontiguousarray(view[s : s + block_rows]).tobytes())
+    return h.hexdigest()
+
+
+def store_location(cfg: Any, run_dir: str = "") -> tuple[str, str, int] | None:
+    """Where the loop looks for ``cfg``'s embedding store: ``(path, key, rows)``, or None when the
+    learner shares no store (``run_dir``: where it goes without a ``data.embedding_cache``)."""
+    from hssal_ray.data.catalog import scan
+    from hssal_ray.frozen.encode import store_key, store_path
+    from hssal_ray.learners import learner_class
+
+    if not learner_class(cfg).shares_inputs:
+        return None
+    cat = scan(cfg.data.root, test_fraction=cfg.data.test_fraction, seed=0)  # every row, whatever the split
+    key = store_key(cfg, cat.table.column("sample_id"), cat.root)
+    return str(store_path(cfg, run_dir, key)), key, cat.table.num_rows
+
+
+def store_identity(cfg: Any, run_dir: str) -> dict[str, str] | None:
+    """The store the trials share (``key``, ``path``, content ``fingerprint``, see
+    :func:`store_fingerprint`), or None when the learner shares none. Call after :func:`pre_encode`."""
+    from hssal_ray.frozen.store import open_store, view_names
+
+    where = store_location(cfg, run_dir)
+    if where is None:
+        return None
+    path, key, n = where
+    store = open_store(path, views=view_names(cfg.frozen.embed_views), rows=n)
+    return {"key": key, "path": path, "fingerprint": store_fingerprint(store)}
 
 
 def run_grid(

@@ -9,13 +9,18 @@ merges them (a seed measured twice on one side must agree). For every method and
 hold it compares the accuracies after the cold start (full supervision: its one budget): cells
 identical (bit for bit), the largest difference, and the mean difference ``a - b`` at each budget.
 Runs nothing. It answers "does the product give the same numbers on another machine / cache /
-commit?" from results already written.
+commit?" from results already written, and lists what each side's results record of where they ran:
+the embedding store's content fingerprint (``benchmarks.label_efficiency`` writes it since session 48:
+equal fingerprints mean the same embeddings bit for bit), the CPU, torch's kernel level and ISA
+flags, and the commit, so that a moved cell can be put down to the machine, the store or the code.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +28,7 @@ import numpy as np
 from benchmarks._common import command_line, emit_report, md_table
 from benchmarks.seed_pool import pool_summaries
 
-__all__ = ["compare", "report", "main"]
+__all__ = ["compare", "provenance", "same_store", "report", "main"]
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -56,7 +61,48 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def report(result: dict[str, dict[str, Any]], name: str, command: str) -> str:
+def provenance(specs: list[str]) -> list[dict[str, str]]:
+    """One row per result file of ``RESULT.json:methods`` specs (each file once): its store fingerprint,
+    CPU, kernel level, ISA flags and commit as recorded ("not recorded" where the result predates it)."""
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for spec in specs:
+        path = spec.rpartition(":")[0]
+        if path in seen:
+            continue
+        seen.add(path)
+        data = json.loads(Path(path).read_text())
+        dev = data.get("device") or {}
+        store = data.get("store") or {}
+        rows.append(
+            {
+                "result": path,
+                "store content": store.get("fingerprint", "not recorded"),
+                "cpu": str(dev.get("cpu", "not recorded")),
+                "kernels": str(dev.get("cpu_capability") or "not recorded"),
+                "ISA flags": ", ".join(dev["cpu_isa"]) if dev.get("cpu_isa") is not None else "not recorded",
+                "commit": str(dev.get("git_commit") or "not recorded"),
+            }
+        )
+    return rows
+
+
+def same_store(a: list[dict[str, str]], b: list[dict[str, str]]) -> str:
+    """``yes`` when every result of both sides recorded one and the same store fingerprint, ``no`` when
+    both sides recorded fingerprints and they differ, else ``unknown`` (a result predates the record)."""
+    fa = {r["store content"] for r in a}
+    fb = {r["store content"] for r in b}
+    if "not recorded" in fa | fb:
+        return "unknown (a result does not record its store)"
+    return "yes" if fa == fb and len(fa) == 1 else "no"
+
+
+def report(
+    result: dict[str, dict[str, Any]],
+    name: str,
+    command: str,
+    sides: tuple[list[dict[str, str]], list[dict[str, str]]] | None = None,
+) -> str:
     rows = []
     total = sum(r["cells"] for r in result.values())
     same = sum(r["identical"] for r in result.values())
@@ -73,6 +119,15 @@ def report(result: dict[str, dict[str, Any]], name: str, command: str) -> str:
     longest = max((r["num_labeled"] for r in result.values()), key=len, default=[])
     budgets = " / ".join(str(n) for n in longest)
     share = f"{same} of {total} ({100.0 * same / total:.0f}%)" if total else "none"
+    where = ""
+    if sides is not None:
+        prov = [{"side": side, **r} for side, rs in zip("ab", sides, strict=True) for r in rs]
+        where = (
+            f"- same embeddings on both sides: **{same_store(*sides)}**\n\n"
+            + "Where each side ran (as its results record it):\n\n"
+            + md_table(prov, list(prov[0]))
+            + "\n"
+        )
     return (
         f"# {name}: the same methods measured twice, seed by seed\n\n"
         f"- command: `{command}`\n"
@@ -80,6 +135,7 @@ def report(result: dict[str, dict[str, Any]], name: str, command: str) -> str:
         + f"- budgets after the cold start: {budgets} labels\n\n"
         + md_table(rows, list(rows[0]) if rows else ["method"])
         + "\n"
+        + (f"\n{where}" if where else "")
     )
 
 
@@ -95,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = report(result, args.name, command_line("benchmarks.compare_seeds", argv))
-    emit_report(args.out, result, text)
+    sides = (provenance(args.a), provenance(args.b))
+    text = report(result, args.name, command_line("benchmarks.compare_seeds", argv), sides)
+    emit_report(args.out, {**result, "_provenance": {"a": sides[0], "b": sides[1]}}, text)
     return 0
 
 

@@ -38,7 +38,7 @@ from benchmarks._efficiency_report import (  # noqa: F401  (efficiency_figure: r
     render,
     write_outputs,
 )
-from benchmarks._product import add_product_arguments, labels_setting, run_grid, start
+from benchmarks._product import add_product_arguments, labels_setting, run_grid, start, store_identity
 
 log = logging.getLogger("benchmarks.label_efficiency")
 
@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     t0 = time.perf_counter()
     base, run_dir, encode_s, n_train = start(args)
+    store = store_identity(base, run_dir)  # which embeddings, bit for bit (compare_seeds reads it)
     n_eval = eval_split_size(base)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     want = set(args.methods or known)
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": seeds,
         "summary": summary,
         "encode_s": encode_s,
+        "store": store,
         "wall_s": time.perf_counter() - t0,
         "device": describe_machine(),
     }

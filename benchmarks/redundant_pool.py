@@ -131,15 +131,13 @@ def _config(profile: str, root: str, overrides: list[str]) -> Any:
 
 def store_location(cfg: Any) -> tuple[str, int]:
     """Where the loop looks for ``cfg``'s embedding store, and its row count."""
-    from hssal_ray.data.catalog import scan
-    from hssal_ray.frozen.store import store_key, store_path
-    from hssal_ray.learners import learner_class
+    from benchmarks._product import store_location as locate
 
-    if not learner_class(cfg).shares_inputs or not cfg.data.embedding_cache:  # the frozen learner's store
+    where = locate(cfg) if cfg.data.embedding_cache else None
+    if where is None:  # the frozen learner's store, in a cache the pools share
         raise DataError("the profile must use ssl.finetune=frozen with a data.embedding_cache")
-    cat = scan(cfg.data.root, test_fraction=cfg.data.test_fraction, seed=0)
-    key = store_key(cfg, cat.table.column("sample_id"), cat.root)
-    return store_path(cfg, "", key), cat.table.num_rows
+    path, _, n = where
+    return path, n
 
 
 def write_store(src_cfg: Any, new_cfg: Any) -> str:

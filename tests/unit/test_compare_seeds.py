@@ -49,3 +49,33 @@ def test_other_budgets_and_missing_methods_are_errors(tmp_path: Path, capsys) ->
     assert "budgets differ" in capsys.readouterr().err
     assert main(["--a", f"{a}:nope", "--b", f"{b}:m"]) == 2
     assert "has no 'nope'" in capsys.readouterr().err
+
+
+def test_the_report_says_where_each_side_ran_and_whether_the_embeddings_were_the_same(tmp_path: Path) -> None:
+    from benchmarks.compare_seeds import provenance, same_store
+
+    def stamp(path: str, fingerprint: str | None, isa: list[str] | None) -> None:
+        data = json.loads(Path(path).read_text())
+        data["device"] = {"cpu": "Xeon", "git_commit": "abc1234"}
+        if isa is not None:
+            data["device"].update(cpu_isa=isa, cpu_capability="AVX512")
+        if fingerprint is not None:
+            data["store"] = {"key": "k", "path": "p", "fingerprint": fingerprint}
+        Path(path).write_text(json.dumps(data))
+
+    seeds = {"m": {"0": [0.5, 0.6, 0.7, 0.8]}}
+    a, b, old = (_result(tmp_path / f"{n}.json", seeds) for n in ("a", "b", "old"))
+    stamp(a, "f" * 20, ["avx2", "avx512f"])
+    stamp(b, "f" * 20, ["avx2"])
+    stamp(old, None, None)  # a result from before the record
+    pa_, pb, po = provenance([f"{a}:m", f"{a}:m"]), provenance([f"{b}:m"]), provenance([f"{old}:m"])
+    assert len(pa_) == 1 and pa_[0]["ISA flags"] == "avx2, avx512f" and pa_[0]["kernels"] == "AVX512"
+    assert po[0]["store content"] == "not recorded" and po[0]["ISA flags"] == "not recorded"
+    assert same_store(pa_, pb) == "yes" and same_store(pa_, po).startswith("unknown")
+    stamp(b, "0" * 20, ["avx2"])
+    assert same_store(pa_, provenance([f"{b}:m"])) == "no"
+    out = tmp_path / "rep"
+    assert main(["--a", f"{a}:m", "--b", f"{b}:m", "--out", str(out)]) == 0
+    md = (tmp_path / "rep.md").read_text()
+    assert "same embeddings on both sides: **no**" in md and f"| a | {a} | {'f' * 20} | Xeon | AVX512 |" in md
+    assert json.loads((tmp_path / "rep.json").read_text())["_provenance"]["b"][0]["store content"] == "0" * 20

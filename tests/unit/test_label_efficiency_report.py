@@ -56,6 +56,8 @@ def test_report_and_plot_name_the_dataset_used_and_its_test_split(
     base = load_config(None, [f"data.root={root}", "data.test_fraction=0.3"])
     monkeypatch.setattr(le, "start", lambda args: (base, str(tmp_path / "runs"), 0.0, 28))
     monkeypatch.setattr(le, "run_grid", _fake_grid)
+    store = {"key": "k1", "path": "p", "fingerprint": "ab" * 10}
+    monkeypatch.setattr(le, "store_identity", lambda cfg, run_dir: store)
     out = tmp_path / "out"
     argv = ["--data", root, "--seeds", "1", "--out", str(out), "--methods", "hssal"]
     argv += ["full_supervision"] if full else []
@@ -70,6 +72,7 @@ def test_report_and_plot_name_the_dataset_used_and_its_test_split(
     assert md.startswith(f"# Label efficiency on {want} (")
     assert "test split (12 images)" in md
     assert "UCM" not in md and "420" not in md
+    assert result["store"] == store and f"- embeddings: store `k1`, content fingerprint `{'ab' * 10}`" in md
     hssal_row = next(line for line in md.splitlines() if line.startswith("| hssal |"))
     # without a full-supervision run the last cell says so (it printed "nan%")
     assert hssal_row.endswith("% |" if full else "— (no full supervision run) |") and "nan" not in md
