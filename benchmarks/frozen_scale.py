@@ -16,8 +16,10 @@ For every size N the benchmark
    test split min(N/5, 10,000), 2% of the training split labeled at round 0), the one-time
    statistics and k-NN graph (:func:`hssal_ray.frozen.split_cache.run_stats`, ``run_graph``), then two
    rounds of the frozen learner's :meth:`~hssal_ray.learners.frozen.FrozenLearner.train`, ``score`` and
-   :func:`hssal_ray.loop.query_batch.run_query` (the picks labeled in between, from the synthetic
-   labels) and ``evaluate``, all with the ``configs/ucm_cpu.yaml``
+   :func:`hssal_ray.loop.query_batch.run_query` with the learner's store-read embeddings, as the
+   query stage calls it (the picks labeled in between, from the synthetic labels; the same query
+   reading the scores file's embedding column runs beside it, ``rK_query_column``, outside the
+   round's sum, and must pick the same batch) and ``evaluate``, all with the ``configs/ucm_cpu.yaml``
    recipe (500 steps of a teacher and a student head, graph pseudo-labels, HAL budget 34);
 3. measures per step: CPU seconds (the process, sampled from ``/proc`` by
    :class:`benchmarks._sampler.CpuTracker`; one thread, so they are what one idle core takes), wall
@@ -259,9 +261,19 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
         scores = os.path.join(round_dir(run_dir, r), "scores.parquet")
         step(f"r{r}_score", lambda r=r, scores=scores: ctx.learner.score(r, scores))
         lab_ids = set(LabeledSet.load(run_dir).ids)
+        rows = ctx.learner.query_embeddings  # what the query stage passes: the store's rows
         picked = step(
-            f"r{r}_query", lambda r=r, s=scores, ids=lab_ids: run_query(cfg, s, cfg.query.budget, ids, r)
+            f"r{r}_query",
+            lambda r=r, s=scores, ids=lab_ids, e=rows: run_query(cfg, s, cfg.query.budget, ids, r, e),
         )[0]
+        # the same query reading the scores file's embedding column (the path before session 48),
+        # measured beside it and not counted in the round: it must pick the same batch
+        again = step(
+            f"r{r}_query_column",
+            lambda r=r, s=scores, ids=lab_ids: run_query(cfg, s, cfg.query.budget, ids, r),
+        )[0]
+        if again != picked:
+            raise RuntimeError(f"round {r}: the store-read and column-read queries picked different batches")
         ev = step(f"r{r}_evaluate", lambda r=r: ctx.learner.evaluate(r))
         labeled = LabeledSet.load(run_dir).with_round(r + 1, {s: truth[s] for s in picked}, "benchmark")
         labeled.save(run_dir)
@@ -282,7 +294,7 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
         "steps": steps,
         "round_cpu_s": round(rnd["cpu_s"], 2),
         "round_wall_s": round(rnd["wall_s"], 2),
-        "peak_rss_mb": max(v["peak_rss_mb"] for v in steps.values()),
+        "peak_rss_mb": max(v["peak_rss_mb"] for k, v in steps.items() if not k.endswith("_query_column")),
         "peak_reset_ok": reset_ok,
         "rounds": info,
         "load_1m": round(os.getloadavg()[0], 2),

@@ -17,7 +17,24 @@ from torch import Tensor, nn
 
 from hssal_ray.frozen.head import L2Normalize
 
-__all__ = ["head_predict", "predict_views", "score_rows"]
+__all__ = ["head_predict", "predict_views", "score_rows", "inverse_norms", "unit_into", "UNIT_BLOCK"]
+
+#: Rows per float32 block of the head's inference and of the unit rows (the scores file's embeddings)
+UNIT_BLOCK = 1024
+
+
+def inverse_norms(b: Tensor) -> Tensor:
+    """``1 / |row|`` of a float32 block (norms below 1e-12 count as 1e-12)."""
+    return 1.0 / torch.linalg.vector_norm(b, dim=1).clamp_min(1e-12)
+
+
+def unit_into(b: Tensor, inv: Tensor, out16: np.ndarray) -> None:
+    """The unit rows ``b * inv`` (``b`` is overwritten) converted into the float16 array ``out16``.
+
+    The scores file's ``embedding`` column and the frozen query's
+    :class:`~hssal_ray.frozen.query_rows.StoreUnitRows` both come from here: the same float16 values.
+    """
+    torch.from_numpy(out16).copy_(b.mul_(inv[:, None]))
 
 
 class _Forward:
@@ -30,7 +47,7 @@ class _Forward:
     runs the rest as it is. The result equals the module's forward pass up to float32 rounding.
     """
 
-    SUB = 1024
+    SUB = UNIT_BLOCK
 
     def __init__(self, head: nn.Module) -> None:
         mods = list(head)
@@ -55,11 +72,11 @@ class _Forward:
             b = self.buf[: e - s].copy_(torch.from_numpy(x16[s:e]))
             t = torch.mm(self.w, b.T).T
             if self.l2 or emb is not None:
-                inv = 1.0 / torch.linalg.vector_norm(b, dim=1).clamp_min(1e-12)
+                inv = inverse_norms(b)
                 if self.l2:
                     t = t * inv[:, None]
                 if emb is not None:  # the unit rows, converted into emb (no temporary copies)
-                    torch.from_numpy(emb[s:e]).copy_(b.mul_(inv[:, None]))
+                    unit_into(b, inv, emb[s:e])
             out[s:e] = t + self.b
         return out if self.rest is None else self.rest(out)
 

@@ -225,6 +225,20 @@ class FrozenLearner:
             _io.remove(out_path)
         write_scores_of(cfg, store, head, rows, out_path, nc, members)
 
+    def query_embeddings(self, ids: np.ndarray) -> Any:
+        """The query's embeddings of pool ``ids`` (the scored rows, in the scores file's order), read
+        from the store when indexed (:class:`~hssal_ray.frozen.query_rows.StoreUnitRows`): the scores
+        file's ``embedding`` values, bit for bit, without reading that column (2.5 GB at 1M rows)."""
+        from hssal_ray.errors import DataError
+        from hssal_ray.frozen.query_rows import StoreUnitRows
+
+        store = self.store
+        rows = store.rows_of(ids)
+        if store.missing[rows].any():  # the scores file never holds such rows
+            bad = ids[np.flatnonzero(store.missing[rows])[:5]].tolist()
+            raise DataError(f"the scores file holds samples without features in the store: {bad}")
+        return StoreUnitRows(store.views["none"], rows)
+
     def cold_start_pool(self) -> Any:
         """The train split with the pretrained encoder's clean features (L2-normalised): no scoring pass."""
         return self.feature_pool(self.run.split("train"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,11 +34,15 @@ def run_query(
     budget: int,
     labeled_ids: set[str] | Mapping[str, int],
     round_idx: int,
+    embeddings: Callable[[np.ndarray], Any] | None = None,
 ) -> tuple[list[str], list[float], list[int] | None, dict[str, Any]]:
     """Select ``budget`` pool samples from a scores file.
 
     ``labeled_ids`` are left out of the selection; a mapping id -> class also gives the strategy
     the labeled rows' classes (``Pool.labels``, read by HAL's ``alloc_purity``).
+    ``embeddings``, given the pool's ids, returns its embeddings (e.g. the frozen learner's
+    :class:`~hssal_ray.frozen.query_rows.StoreUnitRows`: the scores file's values, read by row);
+    the file's ``embedding`` column is then not read.
 
     Returns:
         ``(ids, uncertainty, coarse_cluster or None, info)`` where ``info`` goes into metrics.jsonl
@@ -52,7 +56,9 @@ def run_query(
     from hssal_ray.rounds import derive_seed
 
     t0 = time.perf_counter()
-    pool = load_pool(scores_path)
+    pool = load_pool(scores_path, skip=["embedding"] if embeddings is not None else ())
+    if embeddings is not None:
+        pool.embeddings = embeddings(pool.ids)
     if labeled_ids:  # Arrow hash join: no sort of the object id array (np.isin)
         pool.exclude = exclude_mask(pool.ids, sorted(labeled_ids))
         if isinstance(labeled_ids, Mapping):
@@ -85,4 +91,5 @@ def run_query(
     info["query_pool_rows"] = int(len(pool.ids))
     emb = pool.embeddings
     info["query_embedding_mb"] = float(emb.nbytes / 2**20) if emb is not None else 0.0
+    info["query_embeddings_from"] = "store" if embeddings is not None else "scores"
     return [str(pool.ids[i]) for i in idx], u, coarse, info

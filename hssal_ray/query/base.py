@@ -44,6 +44,8 @@ class Pool:
         ids: (n,) sample ids (str, object dtype).
         embeddings: (n, d) L2-normalised embeddings (fp16 or fp32), or None. A torch tensor (CPU or
             CUDA) also works for the embedding strategies: HAL then runs its k-means on that device.
+            A :class:`~hssal_ray.query.rowsource.RowSource` reads rows when indexed (the frozen
+            loop's query: the store's rows, not the scores file's column).
         probs: (n, C) class probabilities, or None.
         scores: uncertainty columns, name (``u_badge``, ...) -> (n,) float.
         confident: (n,) bool, weak and strong views both confidently pseudo-labeled, or None.
@@ -54,7 +56,7 @@ class Pool:
     """
 
     ids: np.ndarray
-    embeddings: np.ndarray | None = None
+    embeddings: Any = None  # np.ndarray | torch.Tensor | RowSource | None
     probs: np.ndarray | None = None
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     confident: np.ndarray | None = None
@@ -98,6 +100,11 @@ def nonfinite_rows(arr: Any, chunk_size: int = 8192) -> np.ndarray:
     """
     import torch
 
+    from hssal_ray.query.rowsource import is_row_source
+
+    if is_row_source(arr):  # block by block, as read: the whole matrix is never held
+        found = [s + nonfinite_rows(rows, chunk_size) for s, rows in arr.blocks(chunk_size)]
+        return np.concatenate(found).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
     if isinstance(arr, torch.Tensor):
         t = arr.detach()
     else:

@@ -48,6 +48,7 @@ from hssal_ray.query.hal_steps import (
     take_rows,
     typicality,
 )
+from hssal_ray.query.rowsource import is_row_source
 from hssal_ray.query.uncertainty import UNCERTAINTIES
 
 __all__ = [
@@ -748,8 +749,10 @@ class HierarchicalQuery(_HALBase):
         del xs
         t_fit = time.perf_counter()
         if backend == "cuml":
-            labels = km.predict(emb)
-            labels[nonfinite_rows(emb)] = -1  # cuML does not flag NaN rows itself
+            whole = np.asarray(emb) if is_row_source(emb) else emb  # cuML reads arrays only
+            labels = km.predict(whole)
+            labels[nonfinite_rows(whole)] = -1  # cuML does not flag NaN rows itself
+            del whole
         else:  # one streamed pass; rows with NaN/inf come back as -1 (the check is free)
             labels, _ = assign_chunked(emb, km.cluster_centers_)
         bad = np.flatnonzero(labels < 0)

@@ -93,9 +93,27 @@ def assign_chunked(
         ``(labels, sqdist)``: labels (n,) int64 with ``-1`` for rows holding NaN/inf; sqdist (n,)
         float32 or None.
     """
+    from hssal_ray.query.rowsource import is_row_source
+
+    if is_row_source(X):  # read block by block: the blocks _blocks would convert, the same float32
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        n, d = X.shape
+        with limit_threads(float(n) * len(centers) * d):
+            return _assign_blocks(n, _source_blocks(X, dev, chunk_size), centers, dev, return_distances)
     Xt = _to_torch(X)
     with limit_threads(float(Xt.shape[0]) * len(centers) * Xt.shape[1]):
         return _assign(Xt, centers, chunk_size, device, return_distances)
+
+
+def _source_blocks(X: Any, dev: torch.device, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`_blocks` of a :class:`~hssal_ray.query.rowsource.RowSource` (each block read when reached)."""
+    n, d = X.shape
+    m0 = max(1, min(chunk_size, n))
+    buf = torch.empty((m0, d), dtype=torch.float32, device=dev)
+    for s, rows in X.blocks(m0):
+        m = len(rows)
+        buf[:m].copy_(torch.from_numpy(np.ascontiguousarray(rows)))
+        yield s, buf[:m]
 
 
 def _blocks(Xt: torch.Tensor, dev: torch.device, chunk_size: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -124,13 +142,25 @@ def _assign(
     Xt: torch.Tensor, centers: ArrayLike, chunk_size: int, device: Any, return_distances: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     dev = torch.device(device) if device is not None else Xt.device
+    return _assign_blocks(Xt.shape[0], _blocks(Xt, dev, chunk_size), centers, dev, return_distances)
+
+
+def _assign_blocks(
+    n: int,
+    blocks: Iterator[tuple[int, torch.Tensor]],
+    centers: ArrayLike,
+    dev: torch.device,
+    return_distances: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Nearest centre of every row of ``blocks`` (``(start, float32 block on dev)``, ``n`` rows in all)."""
     C = torch.as_tensor(np.asarray(centers) if not isinstance(centers, torch.Tensor) else centers)
     C = C.to(device=dev, dtype=torch.float32)
-    n = Xt.shape[0]
     labels = torch.empty(n, dtype=torch.int64, device=dev)
     sq = torch.empty(n, dtype=torch.float32, device=dev) if return_distances else None
-    dist = torch.empty((max(1, min(chunk_size, n)), C.shape[0]), dtype=torch.float32, device=dev)
-    for s, xb in _blocks(Xt, dev, chunk_size):
+    dist: torch.Tensor | None = None
+    for s, xb in blocks:
+        if dist is None:  # the first block is the largest
+            dist = torch.empty((max(1, xb.shape[0]), C.shape[0]), dtype=torch.float32, device=dev)
         mins, lab = _nearest(xb, C, dist)
         finite = torch.isfinite(mins)  # NaN/inf anywhere in a row makes its distances non-finite
         labels[s : s + xb.shape[0]] = torch.where(finite, lab, torch.full_like(lab, -1))

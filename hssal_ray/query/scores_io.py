@@ -162,7 +162,13 @@ def scores_columns(path: str) -> list[str]:
         return list(pf.schema_arrow.names)
 
 
-def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: int = 65_536) -> Pool:
+def load_pool(
+    path: str,
+    columns: Sequence[str] | None = None,
+    *,
+    batch_size: int = 65_536,
+    skip: Sequence[str] = (),
+) -> Pool:
     """Read a scores file (Parquet file or directory, local or URI) into a :class:`Pool`.
 
     Args:
@@ -170,6 +176,8 @@ def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: in
         columns: columns to read besides ``sample_id`` (e.g. ``["embedding", "u_badge"]``); None =
             every known column present (``embedding``, ``probs``, ``u_*``, ``confident``, ``pred``).
         batch_size: rows per streamed record batch.
+        skip: columns not to read even when present (e.g. ``["embedding"]`` when the embeddings
+            come from elsewhere: :class:`~hssal_ray.query.rowsource.RowSource`).
 
     Returns:
         A Pool with ``ids`` (n,) object, ``embeddings`` (n, d) float16/float32, ``probs`` (n, C)
@@ -190,7 +198,7 @@ def load_pool(path: str, columns: Sequence[str] | None = None, *, batch_size: in
                         f"scores file {path!r} has no 'sample_id' column (columns: {', '.join(names)})"
                     )
                 known = [c for c in names if c in LIST_COLUMNS or c in _KNOWN_SCALARS or c.startswith("u_")]
-                want = list(known if columns is None else dict.fromkeys(columns))
+                want = [c for c in (known if columns is None else dict.fromkeys(columns)) if c not in skip]
             missing = [c for c in ["sample_id", *want] if c not in names]
             if missing:
                 raise DataError(f"scores file {path!r} lacks columns {missing} (columns: {', '.join(names)})")

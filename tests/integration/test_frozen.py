@@ -26,6 +26,8 @@ def test_frozen_loop_end_to_end(tmp_path: Path) -> None:
         assert 0.0 <= r["test_accuracy"] <= 1.0
         assert r["test_accuracy"] == r["test_accuracy_ema"] and "test_accuracy_online" in r
         assert r["ema_initial_weight"] < 0.5 and r["step"] == 20
+    # each query read its embeddings from the store, not from the scores file's column
+    assert [r.get("query_embeddings_from") for r in rows] == ["store", "store", None]
     meta = json.loads((run / "embeddings" / "meta.json").read_text())
     assert meta["complete"] and meta["views"] == ["none", "weak_0", "strong_0"]
     assert (run / "round_001" / "checkpoint" / "ema.safetensors").is_file()

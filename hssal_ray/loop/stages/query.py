@@ -36,7 +36,8 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
     labeled = LabeledSet.load(ctx.run_dir)
     budget = round_budget(ctx.cfg, len(labeled), ctx.split("train").num_rows)
     known = labeled.labels() if ctx.cfg.query.reads_classes() else set(labeled.ids)
-    ids, u, coarse, info = run_query(ctx.cfg, _io.join(rd, "scores.parquet"), budget, known, r)
+    rows = getattr(ctx.learner, "query_embeddings", None)  # the frozen path reads them from its store
+    ids, u, coarse, info = run_query(ctx.cfg, _io.join(rd, "scores.parquet"), budget, known, r, rows)
     write_query(rd, ids, u, coarse)
     secs = time.perf_counter() - t0
     ctx.update_metrics(r, {"wall_s.query": secs, **info})

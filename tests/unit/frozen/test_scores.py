@@ -98,3 +98,57 @@ def test_scores_writer_is_atomic_and_checks_blocks(tmp_path: Path) -> None:
         w.write(a)
         w.write(a.drop_columns(["u_entropy"]))
     assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_query_embeddings_from_the_store_are_the_scores_files_values(tmp_path: Path) -> None:
+    """The loop's query reads the store (:class:`StoreUnitRows`), not the scores file's embedding
+    column: the same float16 values bit for bit, for whole reads, gathers of any size and streamed
+    blocks, from a file-backed store (read with ``pread``) with rows in the scores file's order."""
+    from hssal_ray.frozen.query_rows import StoreUnitRows
+    from hssal_ray.frozen.rows import file_backed
+    from hssal_ray.frozen.store import open_store, write_arrays
+    from hssal_ray.query.kmeans_ops import assign_chunked
+
+    cfg = load_config(None, ["ssl.finetune=frozen", "frozen.embed_views=1", "frozen.tta_views=1"])
+    rng = np.random.default_rng(5)
+    n, d, nc = 3000, 40, 4
+    names = view_names(1)
+    feats = {
+        v: (rng.normal(size=(n, d)) * rng.uniform(0.1, 30, size=(n, 1))).astype(np.float16) for v in names
+    }
+    feats["none"][7] = 0.0  # a zero row: its norm is clamped the same way on both paths
+    ids = [f"img{i:05d}" for i in range(n)]
+    path = str(tmp_path / "store")
+    write_arrays(path, ids, [feats], names, meta={"key": "k", "complete": True, "rows": n})
+    store = open_store(path, names, n)
+    assert file_backed(store.views["none"])
+    torch.manual_seed(0)
+    head = build_head(cfg, d, nc, stats=(torch.zeros(d), torch.ones(d)))
+    ckpt = Path(round_dir(str(tmp_path), 1)) / "checkpoint"
+    ckpt.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(ckpt / "ema.safetensors"))
+    order = rng.permutation(n)[: n - 100]  # scored rows in another order than the store's
+    scored = pa.table({"sample_id": pa.array([ids[i] for i in order])})
+    run = types.SimpleNamespace(
+        cfg=cfg,
+        run_dir=str(tmp_path),
+        catalog=types.SimpleNamespace(class_names=["a", "b", "c", "d"]),
+        scored_rows=lambda: scored,
+    )
+    learner = FrozenLearner(run, store=store)
+    out = str(tmp_path / "scores.parquet")
+    learner.score(1, out)
+    pool = load_pool(out)
+    src = learner.query_embeddings(pool.ids)
+    assert isinstance(src, StoreUnitRows) and src.shape == pool.embeddings.shape
+    want = pool.embeddings.view(np.uint16)
+    assert np.array_equal(np.asarray(src).view(np.uint16), want)
+    for size in (1, 5, 1023, 1025, 2500):
+        idx = rng.choice(len(pool), size, replace=False)
+        assert np.array_equal(src[idx].view(np.uint16), want[idx]), size
+    C = pool.embeddings[rng.choice(len(pool), 6)].astype(np.float32)
+    la, da = assign_chunked(pool.embeddings, C, chunk_size=700, return_distances=True)
+    lb, db = assign_chunked(src, C, chunk_size=700, return_distances=True)
+    assert np.array_equal(la, lb) and np.array_equal(da, db)
+    lazy = load_pool(out, skip=["embedding"])
+    assert lazy.embeddings is None and np.array_equal(lazy.probs, pool.probs)

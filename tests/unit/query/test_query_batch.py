@@ -31,3 +31,28 @@ def test_run_query_excludes_labeled_ids_as_np_isin_would(tmp_path) -> None:
     ref.exclude = np.isin(ref.ids, np.asarray(sorted(labeled), dtype=object))
     strat = strategy_from_config(cfg.query, random_state=derive_seed(cfg.seed, 2, "query") % (2**31))
     assert ids == [str(ref.ids[i]) for i in strat.select(ref, 20)]
+
+
+def test_run_query_takes_the_embeddings_from_the_learner_when_it_offers_them(tmp_path) -> None:
+    from tests.unit.query.test_rowsource import ArrayRows
+
+    pool, _ = blob_pool(n=400)
+    path = str(tmp_path / "scores")
+    write_scores(path, pool.ids, pool.embeddings, pool.probs, pool.scores, num_parts=2)
+    cfg = config_from_dict(
+        {"seed": 3, "data": {"root": str(tmp_path)}, "query": {"strategy": "hal", "budget": 20}}
+    )
+    labeled = {str(s) for s in pool.ids[::4]}
+    ref_ids, ref_u, _, ref_info = run_query(cfg, path, 20, labeled, round_idx=1)
+    asked: list[np.ndarray] = []
+    by_id = {str(s): i for i, s in enumerate(pool.ids)}
+
+    def rows_of(ids: np.ndarray) -> ArrayRows:  # the pool's rows in the file's order
+        asked.append(ids)
+        return ArrayRows(pool.embeddings[[by_id[str(s)] for s in ids]])
+
+    ids, u, _, info = run_query(cfg, path, 20, labeled, round_idx=1, embeddings=rows_of)
+    assert len(asked) == 1 and len(asked[0]) == 400
+    assert (ids, u) == (ref_ids, ref_u)
+    assert info["query_embeddings_from"] == "store" and ref_info["query_embeddings_from"] == "scores"
+    assert info["query_embedding_mb"] == ref_info["query_embedding_mb"]
