@@ -13,9 +13,12 @@ For every size N the benchmark
 2. in a *fresh* Python process (peak memory per size), single-threaded (torch, faiss and BLAS on
    one thread), runs the product's own code on it: :func:`hssal_ray.frozen.store.open_store`, a
    :class:`hssal_ray.loop.context.RunContext` holding a synthetic manifest (train split N - test,
-   test split min(N/5, 10,000), 2% of the training split labeled at round 0), the one-time
-   statistics and k-NN graph (:func:`hssal_ray.frozen.split_cache.run_stats`, ``run_graph``), then two
-   rounds of the frozen learner's :meth:`~hssal_ray.learners.frozen.FrozenLearner.train`, ``score`` and
+   test split min(N/5, 10,000), 2% of the training split labeled at round 0), the TypiClust cold start
+   that round 0 would run at that 2% (:func:`hssal_ray.loop.cold_start.select_cold_start`: the train
+   split's clean features, then TypiClust; measured, not used: the rounds start from a random 2%),
+   the one-time statistics and k-NN graph (:func:`hssal_ray.frozen.split_cache.run_stats`,
+   ``run_graph``), then two rounds of the frozen learner's
+   :meth:`~hssal_ray.learners.frozen.FrozenLearner.train`, ``score`` and
    :func:`hssal_ray.loop.query_batch.run_query` with the learner's store-read embeddings, as the
    query stage calls it (the picks labeled in between, from the synthetic labels; the same query
    reading the scores file's embedding column runs beside it, ``rK_query_column``, outside the
@@ -37,6 +40,7 @@ and ``.md`` (``--smoke``: ``frozen_scale_smoke.*``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -44,6 +48,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -199,6 +204,7 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
     from hssal_ray.frozen.split_cache import run_graph, run_stats
     from hssal_ray.frozen.store import open_store
     from hssal_ray.learners.frozen import stored_rows
+    from hssal_ray.loop.cold_start import select_cold_start
     from hssal_ray.loop.context import RunContext
     from hssal_ray.loop.query_batch import run_query
     from hssal_ray.state import LabeledSet, round_dir
@@ -238,6 +244,13 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
     )
     store = step("open_store", lambda: open_store(spec["store"], rows=n))
     ctx.learner.store = store
+    # round 0's TypiClust cold start at the profile's 2% (the rounds below start from a random 2%
+    # instead, so that every size is labeled alike): the product's select_cold_start on the train split
+    n0 = max(1, round(LABELED_FRACTION * ctx.split("train").num_rows))  # the budgets are counts here
+    loop0 = dataclasses.replace(cfg.loop, cold_start="typiclust", initial_labeled=n0, total_budget=n0 + 100)
+    cold_cfg = dataclasses.replace(cfg, loop=loop0)
+    cold = types.SimpleNamespace(cfg=cold_cfg, split=ctx.split, learner=ctx.learner)
+    cold_ids = step("cold_start", lambda: select_cold_start(cold))
     train = ctx.split("train")
     rng = np.random.default_rng([seed, 4])
     first = rng.choice(train.num_rows, max(1, round(LABELED_FRACTION * train.num_rows)), replace=False)
@@ -289,6 +302,7 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
         "n": n,
         "train_rows": int(train.num_rows),
         "labeled_r0": int(len(first)),
+        "cold_start_picks": len(cold_ids),
         "graph_method": graph.method,
         "graph_recall_at_10": round(float(graph.recall), 4),
         "steps": steps,

@@ -51,6 +51,7 @@ __all__ = [
     "limit_threads",
     "TorchKMeans",
     "BACKENDS",
+    "FIT_ROWS_PER_CENTROID",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ class KMeansLike(Protocol):
 
 def _cuda_visible() -> bool:
     return bool(torch.cuda.is_available())
+
+
+#: k-means on many rows is fit on at most this many rows per centroid, then every row is assigned
+#: (faiss' default sampling rule; HAL's coarse level and TypiClust at archive scale)
+FIT_ROWS_PER_CENTROID = 256
 
 
 def resolve_backend(backend: str = "auto") -> str:

@@ -31,7 +31,13 @@ import torch
 
 from hssal_ray.config.loop import MIN_COARSE_FIT_SAMPLE
 from hssal_ray.errors import BudgetError, DataError
-from hssal_ray.query.backends import BACKENDS, assign_chunked, make_kmeans, resolve_backend
+from hssal_ray.query.backends import (
+    BACKENDS,
+    FIT_ROWS_PER_CENTROID,
+    assign_chunked,
+    make_kmeans,
+    resolve_backend,
+)
 from hssal_ray.query.base import Pool, QueryStrategy, find_rows, nonfinite_rows, register, top_k
 from hssal_ray.query.eer import MAX_CONTEXT, context_rows, eer_gain
 from hssal_ray.query.hal_steps import (
@@ -72,8 +78,6 @@ MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 PICKS_PER_COARSE = 3
 #: auto K1 never exceeds this: the assignment pass costs n * K1 * d multiply-adds.
 MAX_AUTO_COARSE_K = 64
-#: the coarse k-means is fit on at most this many rows per centroid (faiss' default sampling rule).
-FIT_ROWS_PER_CENTROID = 256
 
 
 def auto_coarse_k(n_available: int, budget: int, n_classes: int = 0) -> int:

@@ -22,8 +22,9 @@ def test_frozen_scale_smoke(tmp_path: Path) -> None:
     assert data["checks"] is None  # no 1M row: no targets to check
     (row,) = data["rows"]
     assert row["n"] == 2000 and row["train_rows"] == 1600 and row["labeled_r0"] == 32
+    assert row["cold_start_picks"] == 32  # TypiClust at the same 2%
     assert row["graph_method"] == "exact" and row["graph_recall_at_10"] == 1.0
-    want = {"open_store", "stats", "graph_build"}
+    want = {"open_store", "cold_start", "stats", "graph_build"}
     want |= {f"r{r}_{s}" for r in (0, 1) for s in ("train", "score", "query", "query_column", "evaluate")}
     assert set(row["steps"]) == want
     for step in row["steps"].values():

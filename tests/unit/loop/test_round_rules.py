@@ -169,3 +169,33 @@ def test_typiclust_cold_start_picks_with_the_query_sections_kmeans_settings() ->
         kmeans_backend="torch", kmeans_iters=3, random_state=derive_seed(cfg.seed, "cold_start") % (2**31)
     ).select(pool, 8)
     assert _typiclust_pick(cfg, pool, 8) == [str(pool.ids[i]) for i in want]
+
+
+def test_typiclust_at_archive_scale_caps_the_clusters_and_fits_on_a_sample(monkeypatch) -> None:
+    """More picks than ``max_clusters``: the first pick of every cluster, then the next most typical
+    of each, round-robin; a pool above 256 rows a cluster is fitted on a sample and assigned whole."""
+    from hssal_ray.query import TypiClustQuery, baselines
+    from hssal_ray.query import backends as bk
+
+    from ..query._data import blob_pool
+
+    pool, blob = blob_pool(n=3000, n_blobs=4, seed=4)
+    fitted: list[int] = []
+    real = bk.make_kmeans
+
+    def spy(*a, **kw):  # the rows each k-means is fitted on
+        km = real(*a, **kw)
+        fit = km.fit
+        km.fit = lambda X: (fitted.append(len(X)), fit(X))[1]
+        return km
+
+    monkeypatch.setattr(baselines, "make_kmeans", spy)
+    q = TypiClustQuery(kmeans_backend="torch", max_clusters=4, random_state=0)
+    picks = q.select(pool, 10)
+    assert fitted == [4 * baselines.FIT_ROWS_PER_CENTROID] and len(set(picks.tolist())) == 10
+    first = q.info_["pick_cluster"][:4]
+    assert sorted(first.tolist()) == [0, 1, 2, 3]  # one per cluster before any second pick
+    assert len(set(blob[picks[:4]].tolist())) == 4  # the 4 clusters are the 4 blobs
+    fitted.clear()
+    whole = TypiClustQuery(kmeans_backend="torch", random_state=0).select(pool, 12)  # 12 x 256 >= 3,000
+    assert fitted == [3000] and len(set(whole.tolist())) == 12

@@ -15,8 +15,9 @@ from hssal_ray.query import strategy_from_config
 from hssal_ray.query.base import available_strategies, get_strategy_class
 
 CONFIG_DEFAULTS = {f.name: getattr(QueryConfig(), f.name) for f in dataclasses.fields(QueryConfig)}
-# constructor parameters that are not config keys: the seed, HAL's Ray runner, TypiClust's kNN size
-NOT_CONFIG = {"random_state", "map_fn", "n_neighbors"}
+# constructor parameters that are not config keys: the seed, HAL's Ray runner, TypiClust's kNN size and
+# cluster cap (its reference implementation's constants)
+NOT_CONFIG = {"random_state", "map_fn", "n_neighbors", "max_clusters"}
 
 
 @pytest.mark.parametrize("name", available_strategies())
