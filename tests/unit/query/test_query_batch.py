@@ -11,13 +11,19 @@ from hssal_ray.rounds import derive_seed
 from tests.unit.query._data import blob_pool
 
 
-def test_run_query_excludes_labeled_ids_as_np_isin_would(tmp_path) -> None:
+def _hal_scores(tmp_path, parts: int):  # type: ignore[no-untyped-def]
+    """A 400-row scores file in ``parts`` parts, and a config querying 20 of it with HAL."""
     pool, _ = blob_pool(n=400)
     path = str(tmp_path / "scores")
-    write_scores(path, pool.ids, pool.embeddings, pool.probs, pool.scores, num_parts=3)
+    write_scores(path, pool.ids, pool.embeddings, pool.probs, pool.scores, num_parts=parts)
     cfg = config_from_dict(
         {"seed": 3, "data": {"root": str(tmp_path)}, "query": {"strategy": "hal", "budget": 20}}
     )
+    return pool, path, cfg
+
+
+def test_run_query_excludes_labeled_ids_as_np_isin_would(tmp_path) -> None:
+    pool, path, cfg = _hal_scores(tmp_path, parts=3)
     labeled = {str(s) for s in pool.ids[::3]} | {"not-in-the-pool"}
     ids, u, coarse, info = run_query(cfg, path, 20, labeled, round_idx=2)
     assert len(ids) == 20 == len(set(ids)) and not set(ids) & labeled
@@ -36,12 +42,7 @@ def test_run_query_excludes_labeled_ids_as_np_isin_would(tmp_path) -> None:
 def test_run_query_takes_the_embeddings_from_the_learner_when_it_offers_them(tmp_path) -> None:
     from tests.unit.query.test_rowsource import ArrayRows
 
-    pool, _ = blob_pool(n=400)
-    path = str(tmp_path / "scores")
-    write_scores(path, pool.ids, pool.embeddings, pool.probs, pool.scores, num_parts=2)
-    cfg = config_from_dict(
-        {"seed": 3, "data": {"root": str(tmp_path)}, "query": {"strategy": "hal", "budget": 20}}
-    )
+    pool, path, cfg = _hal_scores(tmp_path, parts=2)
     labeled = {str(s) for s in pool.ids[::4]}
     ref_ids, ref_u, _, ref_info = run_query(cfg, path, 20, labeled, round_idx=1)
     asked: list[np.ndarray] = []
