@@ -12,6 +12,7 @@ while HAL reads a sample, one streamed pass and its candidates, and margin or en
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from hssal_ray.frozen.infer import UNIT_BLOCK, inverse_norms, unit_into
 from hssal_ray.frozen.rows import RowReader
@@ -26,9 +27,16 @@ class StoreUnitRows(RowSource):
     Args:
         view: The store's clean view, ``(N, d)`` float16 (memory-mapped; read with ``pread``).
         store_rows: ``(n,)`` store row of each pool row, in the pool's order.
+        arithmetic: ``"scores"``: the scores file's values (:func:`~hssal_ray.frozen.infer.unit_into`,
+            the rounds' queries); ``"normalize"``: ``torch.nn.functional.normalize``'s, which the
+            cold start's features have always used (the two differ in the last bit of ~1% of UCM's
+            rows, so each path keeps its own and its batches stay what they were).
     """
 
-    def __init__(self, view: np.ndarray, store_rows: np.ndarray) -> None:
+    def __init__(self, view: np.ndarray, store_rows: np.ndarray, arithmetic: str = "scores") -> None:
+        if arithmetic not in ("scores", "normalize"):
+            raise ValueError(f"arithmetic must be 'scores' or 'normalize', got {arithmetic!r}")
+        self.arithmetic = arithmetic
         self.view = view
         self.store_rows = np.asarray(store_rows, dtype=np.int64)
         self.shape = (len(self.store_rows), int(view.shape[1]))
@@ -40,7 +48,12 @@ class StoreUnitRows(RowSource):
         src = self.store_rows[np.asarray(idx, dtype=np.int64)]
         for s in range(0, len(src), UNIT_BLOCK):
             b = self._reader.read(self.view, src[s : s + UNIT_BLOCK])  # float32, as the scores path
-            unit_into(b, inverse_norms(b), out[s : s + len(b)])
+            if self.arithmetic == "scores":
+                unit_into(b, inverse_norms(b), out[s : s + len(b)])
+            else:
+                torch.from_numpy(out[s : s + len(b)]).copy_(
+                    torch.nn.functional.normalize(b, dim=1, eps=1e-12)
+                )
         return out
 
     def close(self) -> None:

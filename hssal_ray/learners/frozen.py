@@ -245,15 +245,14 @@ class FrozenLearner:
 
     def feature_pool(self, table: pa.Table) -> Any:
         """A query :class:`~hssal_ray.query.Pool` of the rows of ``table`` with their clean features only."""
-        from hssal_ray.frozen.store import scan_rows
+        from hssal_ray.frozen.query_rows import StoreUnitRows
         from hssal_ray.query import Pool
 
         store = self.store
         rows = stored_rows(store, table)
-        emb = np.empty((len(rows), store.dim), dtype=np.float16)
-        for s, x in scan_rows(store.views["none"], rows):
-            emb[s : s + len(x)] = torch.nn.functional.normalize(x, dim=1, eps=1e-12).half().numpy()
-        return Pool(ids=store.ids[rows], embeddings=emb)
+        # read by row when indexed (an archive's cold start never holds the (n, d) matrix): the values
+        # torch.nn.functional.normalize gives, as when this built the matrix
+        return Pool(ids=store.ids[rows], embeddings=StoreUnitRows(store.views["none"], rows, "normalize"))
 
     @classmethod
     def prepare_inputs(

@@ -20,6 +20,7 @@ from hssal_ray.errors import DataError
 from hssal_ray.query.backends import BACKENDS, FIT_ROWS_PER_CENTROID, _to_torch, assign_chunked, make_kmeans
 from hssal_ray.query.base import Pool, QueryStrategy, register, top_k
 from hssal_ray.query.hal_steps import take_rows, typicality
+from hssal_ray.query.rowsource import is_row_source
 
 __all__ = ["RandomQuery", "EntropyQuery", "MarginQuery", "TypiClustQuery", "CoresetQuery", "BadgeQuery"]
 
@@ -136,8 +137,10 @@ class TypiClustQuery(QueryStrategy):
             self.kmeans_backend, n_clusters=k, max_iter=int(self.kmeans_iters), random_state=seed
         )
         n_fit = FIT_ROWS_PER_CENTROID * k
-        if n <= n_fit:
-            labels_all = np.asarray(km.fit(emb).labels_, dtype=np.int64)
+        if n <= n_fit:  # a row source (the cold start's features) is read whole: every backend takes arrays
+            X = np.asarray(emb) if is_row_source(emb) else emb
+            labels_all = np.asarray(km.fit(X).labels_, dtype=np.int64)
+            del X
         else:  # fit on a seeded sample, then one streamed pass assigns every row
             km.fit(take_rows(emb, np.sort(rng.choice(n, size=n_fit, replace=False))))
             labels_all, _ = assign_chunked(emb, km.cluster_centers_)

@@ -152,3 +152,34 @@ def test_query_embeddings_from_the_store_are_the_scores_files_values(tmp_path: P
     assert np.array_equal(la, lb) and np.array_equal(da, db)
     lazy = load_pool(out, skip=["embedding"])
     assert lazy.embeddings is None and np.array_equal(lazy.probs, pool.probs)
+
+
+def test_the_cold_start_features_are_read_by_row_with_normalize_s_values(tmp_path: Path) -> None:
+    """``feature_pool`` (round 0's TypiClust) reads rows when indexed, with the values
+    ``torch.nn.functional.normalize`` gives (what it computed when it built the whole matrix),
+    which differ from the scores file's arithmetic in the last bit of a few rows."""
+    from hssal_ray.frozen.query_rows import StoreUnitRows
+    from hssal_ray.frozen.store import open_store, write_arrays
+
+    cfg = load_config(None, ["ssl.finetune=frozen", "frozen.embed_views=1"])
+    rng = np.random.default_rng(9)
+    n, d = 2000, 48
+    names = view_names(1)
+    feats = {
+        v: (rng.normal(size=(n, d)) * rng.uniform(0.1, 30, size=(n, 1))).astype(np.float16) for v in names
+    }
+    ids = [f"img{i:05d}" for i in range(n)]
+    path = str(tmp_path / "store")
+    write_arrays(path, ids, [feats], names, meta={"key": "k", "complete": True, "rows": n})
+    store = open_store(path, names, n)
+    run = types.SimpleNamespace(cfg=cfg, run_dir=str(tmp_path))
+    table = pa.table({"sample_id": pa.array([ids[i] for i in rng.permutation(n)[:1500]])})
+    pool = FrozenLearner(run, store=store).feature_pool(table)
+    assert isinstance(pool.embeddings, StoreUnitRows) and pool.embeddings.arithmetic == "normalize"
+    rows = store.rows_of(table.column("sample_id"))
+    x = torch.from_numpy(feats["none"][rows].astype(np.float32))
+    want = torch.nn.functional.normalize(x, dim=1, eps=1e-12).half().numpy()
+    assert np.array_equal(np.asarray(pool.embeddings).view(np.uint16), want.view(np.uint16))
+    idx = rng.choice(1500, 300)
+    assert np.array_equal(pool.embeddings[idx].view(np.uint16), want[idx].view(np.uint16))
+    assert list(pool.ids) == [ids[r] for r in rows]

@@ -100,7 +100,7 @@ def _check_contract(ctx: RunContext) -> list[str]:
 
     cold = learner.cold_start_pool()
     assert sorted(cold.ids) == sorted(train.column("sample_id").to_pylist())
-    norms = np.linalg.norm(cold.embeddings.astype(np.float32), axis=1)
+    norms = np.linalg.norm(np.asarray(cold.embeddings, dtype=np.float32), axis=1)
     assert np.allclose(norms, 1, atol=1e-2)
     return pq.read_schema(out if os.path.isfile(out) else os.path.join(out, os.listdir(out)[0])).names
 
