@@ -3,8 +3,9 @@
 The frozen path's scores file holds each row's clean view, L2-normalised, as float16
 (:func:`hssal_ray.frozen.infer.score_rows`): the same every round, since the encoder is frozen.
 :class:`StoreUnitRows` computes those values from the store's clean view for the rows a strategy
-asks for (the same float32 arithmetic, :func:`hssal_ray.frozen.infer.unit_into`, on the same
-blocks of :data:`~hssal_ray.frozen.infer.UNIT_BLOCK` rows), so the loop's query no longer reads the
+asks for (the same float32 arithmetic, :func:`hssal_ray.frozen.infer.unit_into`, in blocks of
+:data:`~hssal_ray.frozen.infer.UNIT_BLOCK` rows; a row's value does not depend on which rows share its
+block: ``tests/unit/frozen/test_scores.py`` gathers 1 to 2,500 rows), so the loop's query no longer reads the
 scores file's embedding column: at 1M images that column is 2.5 GB read and held for each query,
 while HAL reads a sample, one streamed pass and its candidates, and margin or entropy none.
 """
