@@ -153,15 +153,20 @@ def write_initial_checkpoint(cfg: Any, ckpt_dir: str, num_classes: int) -> int:
     return int(state.model.embed_dim)
 
 
-def _cpu_model() -> str:
+def _proc_field(path: str, key: str) -> str | None:
+    """The value of the first ``key: value`` line of a ``/proc`` file (None: no such line or file)."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(key):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def _cpu_model() -> str:
+    return _proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown"
 
 
 #: CPU flags that choose which kernels torch, oneDNN and MKL run (and so a result's last bits)
@@ -170,15 +175,8 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_t
 
 def _cpu_isa() -> list[str]:
     """The :data:`ISA_FLAGS` this CPU reports (Linux ``/proc/cpuinfo``; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [x for x in ISA_FLAGS if x in have]
-    except OSError:
-        pass
-    return []
+    have = set((_proc_field("/proc/cpuinfo", "flags") or "").split())
+    return [x for x in ISA_FLAGS if x in have]
 
 
 def _cpu_capability() -> str | None:
@@ -192,14 +190,8 @@ def _cpu_capability() -> str | None:
 
 
 def _mem_total_gib() -> float | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    return None
+    total = _proc_field("/proc/meminfo", "MemTotal:")  # "24599748 kB"
+    return round(int(total.split()[0]) / 1024**2, 1) if total else None
 
 
 def _git_commit() -> str | None:
