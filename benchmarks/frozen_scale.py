@@ -274,7 +274,7 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
         scores = os.path.join(round_dir(run_dir, r), "scores.parquet")
         step(f"r{r}_score", lambda r=r, scores=scores: ctx.learner.score(r, scores))
         lab_ids = set(LabeledSet.load(run_dir).ids)
-        rows = ctx.learner.query_embeddings  # what the query stage passes: the store's rows
+        rows = ctx.learner.embedding_source()  # what the query stage passes: the store's rows
         picked = step(
             f"r{r}_query",
             lambda r=r, s=scores, ids=lab_ids, e=rows: run_query(cfg, s, cfg.query.budget, ids, r, e),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import pyarrow as pa
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import nn
 
     from hssal_ray.config import ExperimentConfig
@@ -84,6 +85,11 @@ class Learner(Protocol):
     def cold_start_pool(self) -> Pool:
         """The train split as a query pool with features of the untrained (or pretrained) model,
         for the TypiClust cold start of round 0."""
+        ...
+
+    def embedding_source(self) -> Callable[[np.ndarray], Any] | None:
+        """What gives the round's query its embeddings from the pool's ids instead of the scores
+        file's ``embedding`` column (:func:`hssal_ray.loop.query_batch.run_query`), or None: the column."""
         ...
 
     @classmethod

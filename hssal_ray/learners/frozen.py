@@ -225,6 +225,10 @@ class FrozenLearner:
             _io.remove(out_path)
         write_scores_of(cfg, store, head, rows, out_path, nc, members)
 
+    def embedding_source(self) -> Callable[[np.ndarray], Any]:
+        """:meth:`query_embeddings`: the frozen encoder's query embeddings come from the store."""
+        return self.query_embeddings
+
     def query_embeddings(self, ids: np.ndarray) -> Any:
         """The query's embeddings of pool ``ids`` (the scored rows, in the scores file's order), read
         from the store when indexed (:class:`~hssal_ray.frozen.query_rows.StoreUnitRows`): the scores

@@ -80,6 +80,10 @@ class ImageLearner:
             **self._where(),
         )
 
+    def embedding_source(self) -> None:
+        """None: the query reads the scores file's embeddings (this path's encoder changes every round)."""
+        return None
+
     def cold_start_pool(self) -> Any:
         """Scores of the train split by the untrained (or pretrained) model, under ``RUN/cold_start/``."""
         from hssal_ray.query import load_pool

@@ -36,7 +36,7 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
     labeled = LabeledSet.load(ctx.run_dir)
     budget = round_budget(ctx.cfg, len(labeled), ctx.split("train").num_rows)
     known = labeled.labels() if ctx.cfg.query.reads_classes() else set(labeled.ids)
-    rows = getattr(ctx.learner, "query_embeddings", None)  # the frozen path reads them from its store
+    rows = ctx.learner.embedding_source()  # the frozen path reads them from its store
     ids, u, coarse, info = run_query(ctx.cfg, _io.join(rd, "scores.parquet"), budget, known, r, rows)
     write_query(rd, ids, u, coarse)
     secs = time.perf_counter() - t0

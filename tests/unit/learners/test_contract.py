@@ -98,6 +98,13 @@ def _check_contract(ctx: RunContext) -> list[str]:
     assert sorted(pool.ids) == sorted(ctx.scored_rows().column("sample_id").to_pylist())
     assert pool.probs.shape == (len(pool.ids), 3) and np.allclose(pool.probs.sum(1), 1, atol=1e-3)
 
+    source = learner.embedding_source()  # the query's embeddings: the store's rows, or the file's column
+    if isinstance(learner, FrozenLearner):
+        rows = source(pool.ids)
+        assert np.array_equal(np.asarray(rows).view(np.uint16), pool.embeddings.view(np.uint16))
+    else:
+        assert source is None
+
     cold = learner.cold_start_pool()
     assert sorted(cold.ids) == sorted(train.column("sample_id").to_pylist())
     norms = np.linalg.norm(np.asarray(cold.embeddings, dtype=np.float32), axis=1)
@@ -110,6 +117,7 @@ def test_make_learner_picks_the_path_once_from_the_config(tmp_path) -> None:
     for regime in ("full", "partial"):
         assert learner_class(load_config(None, [f"ssl.finetune={regime}"])) is ImageLearner
     assert isinstance(_ctx(tmp_path).learner, ImageLearner)
+    assert _ctx(tmp_path).learner.embedding_source() is None  # its query reads the scores file's column
     bundles = [{"CPU": 2.0}, {"CPU": 1.0}]
     image = load_config(
         None, ["resources.num_workers=2", "resources.cpus_per_worker=2", "resources.score_actors=1"]
