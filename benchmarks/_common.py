@@ -189,6 +189,16 @@ def _cpu_capability() -> str | None:
         return None
 
 
+def _faiss_blas() -> dict[str, str | None]:
+    """faiss's bundled OpenBLAS kernels: its own choice and those the product loads (``hssal_ray._faiss``)."""
+    try:
+        from hssal_ray._faiss import describe
+
+        return describe()
+    except Exception:  # noqa: BLE001 - provenance only
+        return {"library": None, "used": None}
+
+
 def _mem_total_gib() -> float | None:
     total = _proc_field("/proc/meminfo", "MemTotal:")  # "24599748 kB"
     return round(int(total.split()[0]) / 1024**2, 1) if total else None
@@ -226,6 +236,7 @@ def describe_machine(*, gpu: bool = False) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_isa": _cpu_isa(),
         "cpu_capability": _cpu_capability(),
+        "faiss_blas": _faiss_blas(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
         "mem_total_gib": _mem_total_gib(),
@@ -249,6 +260,7 @@ def describe_machine(*, gpu: bool = False) -> dict[str, Any]:
     desc["summary"] = (
         f"{desc['cpu']}"
         + (f" ({desc['cpu_capability']} kernels)" if desc["cpu_capability"] else "")
+        + (f", faiss BLAS {desc['faiss_blas']['used']}" if desc["faiss_blas"]["used"] else "")
         + f", {usable} usable CPUs, {desc['mem_total_gib']} GiB RAM"
         + (f", GPU {desc['gpu']}" if desc["gpu"] else ", no GPU")
         + f"; Python {desc['python']}, torch {desc['torch']}, Ray {desc['ray']}"

@@ -66,9 +66,9 @@ def run(
 
     torch.set_num_threads(1)
     try:
-        import faiss
+        from hssal_ray._faiss import import_faiss
 
-        faiss.omp_set_num_threads(1)
+        import_faiss().omp_set_num_threads(1)
     except ImportError:  # pragma: no cover - faiss is a dependency
         pass
     pool, y = synthetic_pool(n, dim, seed)

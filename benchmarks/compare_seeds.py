@@ -63,7 +63,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def provenance(specs: list[str]) -> list[dict[str, str]]:
     """One row per result file of ``RESULT.json:methods`` specs (each file once): its store fingerprint,
-    CPU, kernel level, ISA flags and commit as recorded ("not recorded" where the result predates it)."""
+    CPU, kernel level, faiss's BLAS kernels, ISA flags and commit as recorded ("not recorded" where the result predates it)."""
     rows: list[dict[str, str]] = []
     seen: set[str] = set()
     for spec in specs:
@@ -80,6 +80,7 @@ def provenance(specs: list[str]) -> list[dict[str, str]]:
                 "store content": store.get("fingerprint", "not recorded"),
                 "cpu": str(dev.get("cpu", "not recorded")),
                 "kernels": str(dev.get("cpu_capability") or "not recorded"),
+                "faiss BLAS": str((dev.get("faiss_blas") or {}).get("used") or "not recorded"),
                 "ISA flags": ", ".join(dev["cpu_isa"]) if dev.get("cpu_isa") is not None else "not recorded",
                 "commit": str(dev.get("git_commit") or "not recorded"),
             }

@@ -175,8 +175,11 @@ def experiment(spec: dict[str, Any]) -> Any:
 
 def _single_thread() -> tuple[int, int]:
     """torch and faiss on one thread; returns their thread counts before."""
-    import faiss
     import torch
+
+    from hssal_ray._faiss import import_faiss
+
+    faiss = import_faiss()
 
     before = (torch.get_num_threads(), faiss.omp_get_max_threads())
     torch.set_num_threads(1)
@@ -186,8 +189,11 @@ def _single_thread() -> tuple[int, int]:
 
 def run_size(spec: dict[str, Any]) -> dict[str, Any]:
     """Open the store and run the one-time steps and two rounds in this (fresh) process."""
-    import faiss
     import torch
+
+    from hssal_ray._faiss import import_faiss
+
+    faiss = import_faiss()
 
     threads = _single_thread()
     try:

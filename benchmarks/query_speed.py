@@ -94,7 +94,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from hssal_ray.query import strategy_from_config
 
     if spec.get("threads"):
-        import faiss
+        from hssal_ray._faiss import import_faiss
+
+        faiss = import_faiss()
 
         torch.set_num_threads(int(spec["threads"]))
         faiss.omp_set_num_threads(int(spec["threads"]))

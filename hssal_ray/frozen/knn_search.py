@@ -96,8 +96,11 @@ def ivf_knn(
         ``(cos, idx, order)``: ``(n, k')`` float32 similarities (descending) and int64 neighbours,
         ``k' = min(k, n - 1)``, and the positions sorted by list (a memory-friendly node order).
     """
-    import faiss
     import torch
+
+    from hssal_ray._faiss import import_faiss
+
+    faiss = import_faiss()
 
     k = min(k, n - 1)
     if k < 1:
@@ -161,10 +164,10 @@ def ivf_knn(
         q = torch.from_numpy(z[a:b]).float().numpy()
         xb = torch.from_numpy(z[cand] if len(probe) > 1 else z[a:b]).float().numpy()
         kk = min(k + 1, len(cand))
-        # one product and top-k in torch, not faiss.knn: faiss-cpu 1.15's bundled OpenBLAS runs its
-        # Sapphire Rapids sgemm kernel 6x slower than torch on an Emerald Rapids host (a 1,024 x 4,096
-        # list at d=1280: 0.69 s against 0.11 s, one thread; the 1M build took 674 CPU-s there against
-        # 167 on another Xeon); torch's product is the one the exact search uses
+        # one product and top-k in torch (the exact search's product), not faiss.knn: on CPUs its
+        # bundled OpenBLAS 0.3.15 does not know, faiss ran generic Prescott kernels, 6x slower than
+        # torch (a 1,024 x 4,096 list at d=1280: 0.69 s against 0.11 s, one thread; the 1M build took
+        # 674 CPU-s against 223); hssal_ray._faiss now loads the CPU's own kernels for faiss's k-means
         top = torch.topk(torch.from_numpy(q) @ torch.from_numpy(xb).T, kk, dim=1, sorted=True)
         sims, nn = top.values.numpy(), top.indices.numpy()
         own = nn == np.arange(b - a)[:, None]  # the row itself (list c is the first of the candidates)

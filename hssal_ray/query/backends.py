@@ -260,7 +260,9 @@ class FaissKMeans(_KMeansBase):
 
     def fit(self, X: ArrayLike) -> FaissKMeans:
         """Fit on ``X`` (n, d) (converted to one float32 array: faiss needs it)."""
-        import faiss
+        from hssal_ray._faiss import import_faiss
+
+        faiss = import_faiss()
 
         arr = self._float32(X)
         n, d = arr.shape

@@ -58,7 +58,9 @@ def test_the_report_says_where_each_side_ran_and_whether_the_embeddings_were_the
         data = json.loads(Path(path).read_text())
         data["device"] = {"cpu": "Xeon", "git_commit": "abc1234"}
         if isa is not None:
-            data["device"].update(cpu_isa=isa, cpu_capability="AVX512")
+            data["device"].update(
+                cpu_isa=isa, cpu_capability="AVX512", faiss_blas={"library": "Prescott", "used": "SkylakeX"}
+            )
         if fingerprint is not None:
             data["store"] = {"key": "k", "path": "p", "fingerprint": fingerprint}
         Path(path).write_text(json.dumps(data))
@@ -70,6 +72,7 @@ def test_the_report_says_where_each_side_ran_and_whether_the_embeddings_were_the
     stamp(old, None, None)  # a result from before the record
     pa_, pb, po = provenance([f"{a}:m", f"{a}:m"]), provenance([f"{b}:m"]), provenance([f"{old}:m"])
     assert len(pa_) == 1 and pa_[0]["ISA flags"] == "avx2, avx512f" and pa_[0]["kernels"] == "AVX512"
+    assert pa_[0]["faiss BLAS"] == "SkylakeX" and po[0]["faiss BLAS"] == "not recorded"
     assert po[0]["store content"] == "not recorded" and po[0]["ISA flags"] == "not recorded"
     assert same_store(pa_, pb) == "yes" and same_store(pa_, po).startswith("unknown")
     stamp(b, "0" * 20, ["avx2"])
@@ -77,5 +80,8 @@ def test_the_report_says_where_each_side_ran_and_whether_the_embeddings_were_the
     out = tmp_path / "rep"
     assert main(["--a", f"{a}:m", "--b", f"{b}:m", "--out", str(out)]) == 0
     md = (tmp_path / "rep.md").read_text()
-    assert "same embeddings on both sides: **no**" in md and f"| a | {a} | {'f' * 20} | Xeon | AVX512 |" in md
+    assert (
+        "same embeddings on both sides: **no**" in md
+        and f"| a | {a} | {'f' * 20} | Xeon | AVX512 | SkylakeX |" in md
+    )
     assert json.loads((tmp_path / "rep.json").read_text())["_provenance"]["b"][0]["store content"] == "0" * 20
