@@ -13,12 +13,13 @@ kernels are picked when the library loads), the product's steps that run faiss:
 * ``graph``: :func:`hssal_ray.frozen.knn_search.ivf_knn`, the k-NN graph's IVF build above 50k rows
   (faiss PCA + k-means lists + one search of every row against the lists; the lists are searched by
   torch);
-* ``hal_coarse``: the k-means of HAL's coarse level at an archive's batch (``make_kmeans("auto")``,
-  ``K1 = B / 3`` clusters fitted on 256 rows a cluster, as ``query.hierarchical`` does).
+* ``hal_coarse``: the k-means of HAL's coarse level for a ``--batch`` query (``make_kmeans("auto")``,
+  ``auto_coarse_k`` clusters, at most 64, fitted on 256 rows a cluster, as ``query.hierarchical`` does).
 
 Reported: CPU seconds per step and setting, the ratio, and whether the two settings give the same
 result (the same picks, the same neighbour lists, the same cluster labels), since a kernel with
-other rounding may decide a near-tie the other way. Writes ``<out>/faiss_blas.{json,md}``.
+other rounding may decide a near-tie the other way, and the synthetic classes the cold start covers.
+Writes ``<out>/faiss_blas.{json,md}``.
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ def measure(n: int, dim: int, fraction: float, batch: int, seed: int = 0) -> dic
     from benchmarks.cold_start_scale import synthetic_pool
     from hssal_ray._faiss import import_faiss, loaded_coretype
     from hssal_ray.frozen.knn_search import ivf_knn
-    from hssal_ray.query import TypiClustQuery
+    from hssal_ray.query import HierarchicalQuery, TypiClustQuery
     from hssal_ray.query.backends import FIT_ROWS_PER_CENTROID, make_kmeans
+    from hssal_ray.query.hierarchical import auto_coarse_k
 
     faiss = import_faiss()
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
-    pool, _ = synthetic_pool(n, dim, seed)
+    pool, y = synthetic_pool(n, dim, seed)
     cpu = CpuTracker(lambda: [os.getpid()])
     out: dict[str, Any] = {"kernels": loaded_coretype(), "steps": {}}
 
@@ -77,12 +79,19 @@ def measure(n: int, dim: int, fraction: float, batch: int, seed: int = 0) -> dic
         return res
 
     budget = max(1, round(fraction * n))
-    step("cold_start", lambda: np.asarray(TypiClustQuery(random_state=seed).select(pool, budget)))
+    picks = step("cold_start", lambda: np.asarray(TypiClustQuery(random_state=seed).select(pool, budget)))
+    counts = np.bincount(y[picks], minlength=int(y.max()) + 1)
+    out["cold_start"] = {
+        "picks": int(len(picks)),
+        "classes_covered": int((counts > 0).sum()),
+        "classes": len(counts),
+    }
     emb = pool.embeddings
     step("graph", lambda: ivf_knn(lambda pos: emb[pos].astype(np.float32), n, 10, seed=seed)[1])
-    k1 = max(1, -(-batch // 3))
-    rows = np.random.default_rng([seed, 3]).choice(n, min(n, FIT_ROWS_PER_CENTROID * k1), replace=False)
-    x = emb[np.sort(rows)].astype(np.float32)
+    k1 = auto_coarse_k(n, batch)  # HAL's coarse level as HierarchicalQuery fits it (its defaults)
+    fit = min(n, HierarchicalQuery().coarse_fit_sample, FIT_ROWS_PER_CENTROID * k1)
+    x = emb[np.sort(np.random.default_rng([seed, 3]).choice(n, fit, replace=False))].astype(np.float32)
+    out["hal_coarse"] = {"k1": k1, "fit_rows": int(fit)}
     step("hal_coarse", lambda: make_kmeans("auto", n_clusters=k1, random_state=seed).fit(x).labels_)
     return out
 
@@ -139,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"product's (`{prod['kernels']}`), each in its own single-threaded process.\n\n"
         + md_table(rows, list(rows[0]))
         + f"\nall three steps: {total[0]:.1f} vs {total[1]:.1f} CPU-s, **{ratio:.1f}x**\n"
+        + "\ncold start, synthetic classes covered: "
+        + " vs ".join(
+            f"{r['cold_start']['classes_covered']} / {r['cold_start']['classes']}" for r in (lib, prod)
+        )
+        + f"; HAL's coarse k-means: K1 = {prod['hal_coarse']['k1']}, "
+        + f"fitted on {prod['hal_coarse']['fit_rows']:,} rows\n"
     )
     name = "faiss_blas_smoke" if args.smoke else "faiss_blas"
     payload = {

@@ -177,6 +177,8 @@ def import_faiss() -> ModuleType:
         import faiss
 
         return faiss
+    import numpy  # noqa: F401 - numpy's own OpenBLAS must load (and pick its kernels) outside the window
+
     os.environ["OPENBLAS_CORETYPE"] = core  # read once, when the library is loaded by the import
     try:
         import faiss
