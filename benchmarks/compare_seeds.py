@@ -63,7 +63,8 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def provenance(specs: list[str]) -> list[dict[str, str]]:
     """One row per result file of ``RESULT.json:methods`` specs (each file once): its store fingerprint,
-    CPU, kernel level, faiss's BLAS kernels, ISA flags and commit as recorded ("not recorded" where the result predates it)."""
+    CPU, kernel level, faiss's BLAS kernels, ISA flags and commit as recorded ("not recorded" where the
+    result predates it)."""
     rows: list[dict[str, str]] = []
     seen: set[str] = set()
     for spec in specs:

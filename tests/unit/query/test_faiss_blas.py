@@ -49,7 +49,8 @@ from hssal_ray._faiss import describe, import_faiss, loaded_coretype
 faiss = import_faiss()
 km = faiss.Kmeans(8, 3, niter=2, seed=1, verbose=False)
 km.train(np.random.default_rng(0).standard_normal((300, 8)).astype("float32"))
-print(json.dumps({"core": loaded_coretype(), "env": os.environ.get("OPENBLAS_CORETYPE"), "k": int(km.k), "described": describe()}))
+got = {"core": loaded_coretype(), "env": os.environ.get("OPENBLAS_CORETYPE"), "k": int(km.k)}
+print(json.dumps({**got, "described": describe()}))
 """
 
 
