@@ -14,7 +14,8 @@ would pick Prescott on a CPU with AVX2 or AVX-512 (asked of the library in a thr
 subprocess, :func:`library_coretype`), it sets ``OPENBLAS_CORETYPE`` to the matching kernels for
 the import only (:func:`coretype_for`), so that other libraries and child processes are
 untouched. ``OPENBLAS_CORETYPE`` set by the user is left alone, and ``HSSAL_FAISS_CORETYPE=library``
-leaves the library to its own choice (what a plain ``import faiss`` does).
+leaves the library to its own choice (what a plain ``import faiss`` does). If faiss was imported before
+(by other code) and runs Prescott, the first :func:`import_faiss` logs a warning naming the variable to set.
 """
 
 from __future__ import annotations
@@ -126,7 +127,10 @@ def _cpu_flags() -> frozenset[str]:
 
 def _choose(lib: str | None = None, *, quiet: bool = False) -> tuple[str | None, str | None]:
     """``(the library's own kernels, the OPENBLAS_CORETYPE to load it with)``: None where unknown / none."""
-    if "OPENBLAS_CORETYPE" in os.environ or os.environ.get(OPT_OUT, "auto").lower() == "library":
+    mode = os.environ.get(OPT_OUT, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "library"):
+        logger.warning("%s=%r is not 'auto' or 'library'; using 'auto'", OPT_OUT, os.environ[OPT_OUT])
+    if "OPENBLAS_CORETYPE" in os.environ or mode == "library":
         return None, None
     if sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"):
         return None, None
@@ -171,7 +175,10 @@ def import_faiss() -> ModuleType:
     """
     mod = sys.modules.get("faiss")
     if mod is not None:
+        if not _state["imported_here"] and not _state["warned"]:
+            _warn_if_late()
         return mod
+    _state["imported_here"] = True
     _, core = _choose()
     if core is None:
         import faiss
@@ -185,6 +192,22 @@ def import_faiss() -> ModuleType:
     finally:
         os.environ.pop("OPENBLAS_CORETYPE", None)
     return faiss
+
+
+_state = {"imported_here": False, "warned": False}
+
+
+def _warn_if_late() -> None:
+    """faiss was imported before :func:`import_faiss` chose its kernels: say so once if they are Prescott."""
+    _state["warned"] = True
+    _, core = _choose(quiet=True)
+    if core is not None and (loaded_coretype() or "").lower() == "prescott":
+        logger.warning(
+            "faiss was imported before hssal_ray could load its bundled OpenBLAS with this CPU's kernels: "
+            "it runs the generic Prescott ones (~5x slower k-means); import hssal_ray's modules first or "
+            "set OPENBLAS_CORETYPE=%s before starting Python",
+            core,
+        )
 
 
 def loaded_coretype() -> str | None:

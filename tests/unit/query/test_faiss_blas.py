@@ -54,17 +54,17 @@ print(json.dumps({**got, "described": describe()}))
 """
 
 
-def _import_in_child(**env: str) -> dict:
+def _import_in_child(code: str = _CHILD, **env: str) -> dict:
     base = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "HSSAL_FAISS_CORETYPE")}
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD],
+        [sys.executable, "-c", code],
         env={**base, **env},
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "stderr": out.stderr}
 
 
 @needs_lib
@@ -91,3 +91,35 @@ def test_the_users_openblas_coretype_and_the_opt_out_are_respected():
     pinned = _import_in_child(OPENBLAS_CORETYPE="Prescott")
     assert pinned["core"].lower() == "prescott"
     assert pinned["env"] == "Prescott"  # the user's variable stays set
+
+
+@needs_lib
+def test_an_unknown_opt_out_value_is_named_and_the_rule_still_applies():
+    got = _import_in_child(HSSAL_FAISS_CORETYPE="off")
+    assert "HSSAL_FAISS_CORETYPE='off' is not 'auto' or 'library'" in got["stderr"]
+    assert (
+        got["core"].lower()
+        == (coretype_for(library_coretype(LIB), _cpu_flags()) or library_coretype(LIB)).lower()
+    )
+
+
+_LATE = """
+import json, logging
+logging.basicConfig(level=logging.WARNING)
+import faiss  # before hssal_ray: the library picks its own kernels
+from hssal_ray._faiss import import_faiss, loaded_coretype
+assert import_faiss() is faiss and import_faiss() is faiss
+print(json.dumps({"core": loaded_coretype()}))
+"""
+
+
+@needs_lib
+def test_faiss_imported_before_hssal_ray_is_reported_once_when_it_runs_prescott():
+    want = coretype_for(library_coretype(LIB), _cpu_flags())
+    got = _import_in_child(_LATE)
+    late = "faiss was imported before hssal_ray"
+    if want is None:  # the library's own kernels are fine here: nothing to say
+        assert late not in got["stderr"]
+    else:
+        assert got["core"].lower() == "prescott"
+        assert got["stderr"].count(late) == 1 and f"OPENBLAS_CORETYPE={want}" in got["stderr"]
