@@ -175,7 +175,9 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_t
 
 def _cpu_isa() -> list[str]:
     """The :data:`ISA_FLAGS` this CPU reports (Linux ``/proc/cpuinfo``; empty elsewhere)."""
-    have = set((_proc_field("/proc/cpuinfo", "flags") or "").split())
+    from hssal_ray._faiss import cpu_flags
+
+    have = cpu_flags()
     return [x for x in ISA_FLAGS if x in have]
 
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from benchmarks._common import REPO, md_table, setup_logging, write_result
 from benchmarks._sampler import CpuTracker
+from benchmarks.frozen_scale import THREAD_ENV
 
 __all__ = ["main", "measure"]
 
@@ -99,7 +100,7 @@ def measure(n: int, dim: int, fraction: float, batch: int, seed: int = 0) -> dic
 def _child(setting: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "HSSAL_FAISS_CORETYPE")}
     env.update(SETTINGS[setting])
-    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    env.update(THREAD_ENV)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", MODULE, "--worker", json.dumps(args)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -160,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "spec": spec,
         "settings": res,
         "rows": rows,
-        "ratio_total": round(total[0] / max(total[1], 1e-9), 2),
+        "ratio_total": round(ratio, 2),
     }
     write_result(name, payload, text, module=MODULE, out_dir=args.out)
     print(text)

@@ -36,6 +36,7 @@ __all__ = [
     "bundled_openblas",
     "loaded_coretype",
     "describe",
+    "cpu_flags",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ print(f().decode())
 """
 
 
-def coretype_for(library_choice: str | None, cpu_flags: set[str] | frozenset[str]) -> str | None:
+def coretype_for(library_choice: str | None, flags: set[str] | frozenset[str]) -> str | None:
     """The ``OPENBLAS_CORETYPE`` to load faiss's OpenBLAS with (None: leave its own choice).
 
     Only a fallback to Prescott is overridden, and only with kernels the CPU runs: SKYLAKEX
@@ -75,11 +76,11 @@ def coretype_for(library_choice: str | None, cpu_flags: set[str] | frozenset[str
     """
     if library_choice is None or library_choice.strip().lower() != "prescott":
         return None
-    if _AVX512 <= cpu_flags:
+    if _AVX512 <= flags:
         return "SKYLAKEX"
-    if {"avx2", "fma"} <= cpu_flags:
+    if {"avx2", "fma"} <= flags:
         return "HASWELL"
-    if "avx" in cpu_flags:
+    if "avx" in flags:
         return "SANDYBRIDGE"
     return None
 
@@ -114,7 +115,8 @@ def library_coretype(lib: str, timeout: float = 30.0) -> str | None:
     return out.stdout.strip() or None
 
 
-def _cpu_flags() -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -125,20 +127,22 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def _choose(lib: str | None = None, *, quiet: bool = False) -> tuple[str | None, str | None]:
-    """``(the library's own kernels, the OPENBLAS_CORETYPE to load it with)``: None where unknown / none."""
+def _choose(lib: str | None = None, own: str | None = None, *, quiet: bool = False) -> str | None:
+    """The ``OPENBLAS_CORETYPE`` to load faiss's OpenBLAS with (None: none to set).
+
+    ``own``: the library's own choice when the caller has already asked it (:func:`library_coretype`).
+    """
     mode = os.environ.get(OPT_OUT, "auto").strip().lower() or "auto"
     if mode not in ("auto", "library"):
         logger.warning("%s=%r is not 'auto' or 'library'; using 'auto'", OPT_OUT, os.environ[OPT_OUT])
     if "OPENBLAS_CORETYPE" in os.environ or mode == "library":
-        return None, None
+        return None
     if sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"):
-        return None, None
+        return None
     lib = lib or bundled_openblas()
     if lib is None:
-        return None, None
-    own = library_coretype(lib)
-    core = coretype_for(own, _cpu_flags())
+        return None
+    core = coretype_for(own if own is not None else library_coretype(lib), cpu_flags())
     if core is not None and not quiet:
         logger.info(
             "faiss's bundled OpenBLAS (%s) does not know this CPU and would run its generic Prescott "
@@ -148,7 +152,7 @@ def _choose(lib: str | None = None, *, quiet: bool = False) -> tuple[str | None,
             core,
             OPT_OUT,
         )
-    return own, core
+    return core
 
 
 def describe() -> dict[str, str | None]:
@@ -163,8 +167,12 @@ def describe() -> dict[str, str | None]:
     own = library_coretype(lib)
     if "faiss" in sys.modules:
         return {"library": own, "used": loaded_coretype()}
-    _, core = _choose(lib, quiet=True)
+    core = _choose(lib, own, quiet=True)  # the library was asked once, above
     return {"library": own, "used": core or os.environ.get("OPENBLAS_CORETYPE") or own}
+
+
+_state = {"imported_here": False, "warned": False}
+"""``imported_here``: :func:`import_faiss` loaded faiss; ``warned``: a late import was reported."""
 
 
 def import_faiss() -> ModuleType:
@@ -179,7 +187,7 @@ def import_faiss() -> ModuleType:
             _warn_if_late()
         return mod
     _state["imported_here"] = True
-    _, core = _choose()
+    core = _choose()
     if core is None:
         import faiss
 
@@ -194,13 +202,10 @@ def import_faiss() -> ModuleType:
     return faiss
 
 
-_state = {"imported_here": False, "warned": False}
-
-
 def _warn_if_late() -> None:
     """faiss was imported before :func:`import_faiss` chose its kernels: say so once if they are Prescott."""
     _state["warned"] = True
-    _, core = _choose(quiet=True)
+    core = _choose(quiet=True)
     if core is not None and (loaded_coretype() or "").lower() == "prescott":
         logger.warning(
             "faiss was imported before hssal_ray could load its bundled OpenBLAS with this CPU's kernels: "

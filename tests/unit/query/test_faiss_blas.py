@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from hssal_ray._faiss import _cpu_flags, bundled_openblas, coretype_for, library_coretype
+from hssal_ray._faiss import bundled_openblas, coretype_for, cpu_flags, library_coretype
 
 AVX512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma", "avx"}
 
@@ -72,7 +72,7 @@ def test_import_loads_the_kernels_the_rule_picks_and_leaves_the_environment_as_i
     own = library_coretype(LIB)
     assert own, "the bundled OpenBLAS could not be asked for its kernels"
     got = _import_in_child()
-    want = coretype_for(own, _cpu_flags())
+    want = coretype_for(own, cpu_flags())
     assert got["k"] == 3
     assert got["described"] == {"library": own, "used": got["core"]}  # benchmarks record these
     assert got["env"] is None  # set for the import only: numpy's BLAS and child processes keep theirs
@@ -80,7 +80,7 @@ def test_import_loads_the_kernels_the_rule_picks_and_leaves_the_environment_as_i
         assert got["core"].lower() == own.lower()
     else:
         assert got["core"].lower() == want.lower()
-    if {"avx2", "fma"} <= _cpu_flags():
+    if {"avx2", "fma"} <= cpu_flags():
         assert got["core"].lower() != "prescott"
 
 
@@ -99,7 +99,7 @@ def test_an_unknown_opt_out_value_is_named_and_the_rule_still_applies():
     assert "HSSAL_FAISS_CORETYPE='off' is not 'auto' or 'library'" in got["stderr"]
     assert (
         got["core"].lower()
-        == (coretype_for(library_coretype(LIB), _cpu_flags()) or library_coretype(LIB)).lower()
+        == (coretype_for(library_coretype(LIB), cpu_flags()) or library_coretype(LIB)).lower()
     )
 
 
@@ -115,7 +115,7 @@ print(json.dumps({"core": loaded_coretype()}))
 
 @needs_lib
 def test_faiss_imported_before_hssal_ray_is_reported_once_when_it_runs_prescott():
-    want = coretype_for(library_coretype(LIB), _cpu_flags())
+    want = coretype_for(library_coretype(LIB), cpu_flags())
     got = _import_in_child(_LATE)
     late = "faiss was imported before hssal_ray"
     if want is None:  # the library's own kernels are fine here: nothing to say
