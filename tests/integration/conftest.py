@@ -11,10 +11,12 @@ import pytest
 from tests._env import REPO, cli_env  # noqa: F401  (re-exported for the integration tests)
 
 
-def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m hssal_ray.loop ARGS`` and return the finished process."""
+def run_module(
+    module: str, *args: str, timeout: float = 600, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m MODULE ARGS`` from the repository root and return the finished process."""
     proc = subprocess.run(
-        [sys.executable, "-m", "hssal_ray.loop", *args],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         env=cli_env(),
         capture_output=True,
@@ -23,9 +25,15 @@ def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.
     )
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"CLI failed ({proc.returncode}):\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}"
+            f"{module} failed ({proc.returncode}):\n"
+            f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}"
         )
     return proc
+
+
+def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m hssal_ray.loop ARGS`` and return the finished process."""
+    return run_module("hssal_ray.loop", *args, timeout=timeout, check=check)
 
 
 SMOKE = ["--smoke-test", "resources.num_cpus=2"]

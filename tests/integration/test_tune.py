@@ -21,7 +21,7 @@ import pytest
 from hssal_ray.config import load_config
 from hssal_ray.loop.runner import load_run_config, read_metrics, science_sha
 from hssal_ray.tune._space import learning_curve_auc, planned_labels, trial_name
-from tests.integration.conftest import REPO, cli_env, run_cli
+from tests.integration.conftest import REPO, cli_env, run_cli, run_module
 
 pytestmark = pytest.mark.ray
 
@@ -30,20 +30,7 @@ DEMO = ["--config", "configs/sweep_demo.yaml"]
 
 def run_tune(*args: str, timeout: float = 1500, check: bool = True) -> subprocess.CompletedProcess[str]:
     """``python -m hssal_ray.tune ARGS`` in a subprocess (its own Ray runtime)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "hssal_ray.tune", *args],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"sweep failed ({proc.returncode}):\nSTDERR:\n{proc.stderr[-8000:]}\n"
-            f"STDOUT:\n{proc.stdout[-3000:]}"
-        )
-    return proc
+    return run_module("hssal_ray.tune", *args, timeout=timeout, check=check)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -11,6 +11,7 @@ from hssal_ray.errors import ConfigError
 from hssal_ray.frozen.graph import balance_classes, graph_pseudo_labels, knn_affinity, propagate
 from hssal_ray.frozen.head import train_head
 from hssal_ray.ssl.loss import fixmatch_loss
+from tests.unit.frozen._fixtures import graph_cfg, noisy_views
 
 
 def _two_moons_like(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -94,25 +95,11 @@ def test_fixmatch_loss_uses_given_targets_instead_of_the_weak_view() -> None:
 
 
 def _cfg(*over: str):
-    return load_config(
-        None,
-        [
-            "ssl.finetune=frozen",
-            "ssl.steps_per_round=40",
-            "ssl.batch_size=8",
-            "frozen.pseudo_labels=graph",
-            *over,
-        ],
-    )
+    return graph_cfg(*over, steps=40)
 
 
 def _views(x: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    views = {"none": x}
-    for i in range(2):
-        views[f"weak_{i}"] = x + 0.02 * rng.normal(size=x.shape)
-        views[f"strong_{i}"] = x + 0.1 * rng.normal(size=x.shape)
-    return {k: v.astype(np.float16) for k, v in views.items()}
+    return noisy_views(x, weak=0.02, strong=0.1, seed=seed)
 
 
 def test_train_head_graph_mode_trains_a_teacher_and_reports_its_labels() -> None:

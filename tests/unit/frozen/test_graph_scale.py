@@ -19,6 +19,7 @@ from hssal_ray.frozen import graph as g
 from hssal_ray.frozen.graph import KnnGraph, build_graph, graph_pseudo_labels
 from hssal_ray.frozen.head import build_head, feature_stats, graph_features, predict_views, train_head
 from hssal_ray.frozen.knn_search import exact_knn, ivf_knn, recall_at_k, sampled_recall
+from tests.unit.frozen._fixtures import graph_cfg, noisy_views
 
 
 def clustered(n: int, d: int, seed: int = 0, classes: int = 10, noise: float = 1.0) -> np.ndarray:
@@ -71,25 +72,11 @@ def test_ivf_handles_tiny_inputs() -> None:
 
 
 def _cfg(*over: str):
-    return load_config(
-        None,
-        [
-            "ssl.finetune=frozen",
-            "ssl.steps_per_round=30",
-            "ssl.batch_size=8",
-            "frozen.pseudo_labels=graph",
-            *over,
-        ],
-    )
+    return graph_cfg(*over, steps=30)
 
 
 def _views(x: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    views = {"none": x}
-    for i in range(2):
-        views[f"weak_{i}"] = x + 0.05 * rng.normal(size=x.shape)
-        views[f"strong_{i}"] = x + 0.2 * rng.normal(size=x.shape)
-    return {k: v.astype(np.float16) for k, v in views.items()}
+    return noisy_views(x, weak=0.05, strong=0.2, seed=seed)
 
 
 def test_run_graph_gives_the_per_round_exact_smoothing() -> None:
