@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 PYTEST_ARGS ?=
 
-.PHONY: env demo test test-all lint bench clean
+.PHONY: env demo test test-slow test-all lint bench clean
 
 $(VENV)/.synced: pyproject.toml uv.lock
 	@$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install --quiet "uv==$(UV_VERSION)"
@@ -27,6 +27,9 @@ demo: env  ## run the embedded demo (synthetic data, tiny model, 3 rounds, a few
 
 test: env  ## the test suite CI runs (no slow benchmarks, no GPU)
 	$(PYBIN) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: env  ## only what CI leaves out: the slow and Label Studio tests (~22 min on 2 cores), before a release
+	$(PYBIN) -m pytest -q -m "(slow or label_studio) and not gpu" $(PYTEST_ARGS)
 
 test-all: env  ## include slow tests
 	$(PYBIN) -m pytest -q -m "not gpu" $(PYTEST_ARGS)

@@ -1,7 +1,9 @@
 """Fault-injection hooks for the fault tests, all in one place; each is off unless its variable is set.
 
 * ``HSSAL_FAULT_DELAY="train@1=60"``: the driver holds stage ``train`` of round 1 open 60 s before
-  running it (:func:`delay_stage`), so a test can SIGKILL the driver *inside* a stage.
+  running it (:func:`delay_stage`), so a test can SIGKILL the driver *inside* a stage;
+  ``"train@3=until:/tmp/go"`` holds it until the file ``/tmp/go`` exists (at most an hour), so a
+  test can keep a run busy for exactly as long as something beside it takes.
 * ``HSSAL_FAULT_KILL_WORKER="rank=1,step=30,marker=/tmp/f"``: that Ray Train worker SIGKILLs itself
   once (:func:`kill_worker`); the marker file makes it fire on the first attempt only, so the
   restarted worker group (``FailureConfig``) finishes from the last checkpoint.
@@ -27,15 +29,30 @@ KILL_WORKER_ENV = "HSSAL_FAULT_KILL_WORKER"
 KILL_SCORER_ENV = "HSSAL_FAULT_KILL_SCORER"
 
 
-def delay_stage(stage: str, r: int) -> None:
-    """Sleep as ``HSSAL_FAULT_DELAY`` says before stage ``stage`` of round ``r`` (``st@r=secs,...``)."""
+#: the longest ``until:`` hold of :func:`delay_stage`
+HOLD_MAX_S = 3600.0
+
+
+def delay_stage(stage: str, r: int, poll_s: float = 0.2) -> None:
+    """Hold stage ``stage`` of round ``r`` as ``HSSAL_FAULT_DELAY`` says.
+
+    The variable is a comma-separated list of ``stage@round=secs`` or ``stage@round=until:PATH``.
+    """
     spec = os.environ.get(DELAY_ENV, "")
     for item in filter(None, spec.split(",")):
-        where, _, secs = item.partition("=")
+        where, _, how = item.partition("=")
         st, _, rr = where.partition("@")
-        if st == stage and rr and int(rr) == r:
-            log.warning("HSSAL_FAULT_DELAY: holding stage %s of round %d for %s s", stage, r, secs)
-            time.sleep(float(secs or 0))
+        if st != stage or not rr or int(rr) != r:
+            continue
+        if how.startswith("until:"):
+            path = how.removeprefix("until:")
+            log.warning("HSSAL_FAULT_DELAY: holding stage %s of round %d until %s exists", stage, r, path)
+            deadline = time.monotonic() + HOLD_MAX_S
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(poll_s)
+        else:
+            log.warning("HSSAL_FAULT_DELAY: holding stage %s of round %d for %s s", stage, r, how)
+            time.sleep(float(how or 0))
 
 
 def worker_spec() -> str | None:

@@ -251,15 +251,18 @@ def test_loop_runs_to_completion_beside_local_cluster_start_job_and_stop(
     """The loop starts first (its private runtime), then start, a job and stop happen beside it.
 
     Ray's default ports are used for the cluster when they are free, as a user's would be: the
-    loop's runtime must not have taken them. 4 rounds keep the loop busy through the stop.
+    loop's runtime must not have taken them. The loop holds round 2's training until the stop is
+    done (``HSSAL_FAULT_DELAY=train@2=until:FILE``; a smoke round takes seconds, the job minutes),
+    so start, job and stop all happen while it runs.
     """
     args = [*SMOKE, "loop.rounds=4", f"loop.run_dir={tmp_path}", "loop.name=ref"]
     run = tmp_path / "ref"
+    go = tmp_path / "stopped"
     log = (tmp_path / "loop.log").open("w")
     loop = subprocess.Popen(
         [sys.executable, "-m", "hssal_ray.loop", *args],
         cwd=REPO,
-        env=cli_env(),
+        env={**cli_env(), "HSSAL_FAULT_DELAY": f"train@2=until:{go}"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -295,6 +298,7 @@ def test_loop_runs_to_completion_beside_local_cluster_start_job_and_stop(
     finally:
         stop = _local_sh(env, "stop", timeout=120)
         events["stopped"] = where()
+        go.touch()  # the loop goes on
     try:
         rc = loop.wait(timeout=1200)
     finally:
