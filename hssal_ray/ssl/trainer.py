@@ -3,14 +3,24 @@
 The driver turns the labeled set and the unlabeled pool into two seeded, ordered *schedules*
 of manifest rows, hands them to Ray Data (decode + weak/strong augmentation in workers), and
 Ray Train splits them across the DDP workers (gloo on CPU, nccl on GPU).
+
+Ctrl-C: Ray Train's ``fit()`` (2.60) installs its own SIGINT handler, which asks the controller to abort
+and then returns or exits 0, and never puts the driver's handler back; every later Ctrl-C of the
+loop (scoring, querying, waiting for labels) then went to that handler and was lost. ``fit_round``
+runs ``fit()`` with :func:`_interruptible`'s handler instead (the same abort of the workers, then
+``KeyboardInterrupt``: the CLI's "interrupted" line and exit 130, as in every other stage) and restores
+the driver's handler afterwards (:func:`_sigint_restored`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,7 +127,7 @@ def fit_round(
     out = _io.join(rdir, "checkpoint")
     if cfg.resources.in_driver():
         return _fit_local(train_config, datasets, out, round_idx)
-    trainer = TorchTrainer(
+    trainer = _interruptible(TorchTrainer)(
         _entry,
         train_loop_config=train_config,
         scaling_config=ray.train.ScalingConfig(
@@ -138,13 +148,59 @@ def fit_round(
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split="all"),
     )
-    result = trainer.fit()
+    with _sigint_restored():
+        result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"round {round_idx}: training reported no checkpoint")
     with result.checkpoint.as_directory() as d:
         copy_checkpoint_files(d, out)
     metrics = dict(result.metrics or {})
     return TrainResult(checkpoint_dir=out, metrics=metrics)
+
+
+def _abort_then_interrupt(abort: Callable[[], None], signum: int, frame: Any) -> None:
+    """The driver's SIGINT handler while Ray Train runs: abort the worker group, then stop the loop.
+
+    A second Ctrl-C while the abort waits goes to Python's own handler and stops at once.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        abort()
+    except Exception as e:  # the controller exits as it aborts (RayActorError), or was gone already
+        log.debug("Ray Train abort on SIGINT: %s", e)
+    raise KeyboardInterrupt
+
+
+def _interruptible(trainer_cls: type) -> type:
+    """``trainer_cls`` whose ``fit()`` turns Ctrl-C into an abort of its workers and a ``KeyboardInterrupt``.
+
+    Overrides Ray Train's private ``_register_sigint_handler(controller)`` (called by ``fit()`` in the
+    main thread only); ``tests/unit/ssl/test_trainer_sigint.py`` fails if a Ray upgrade renames it.
+    """
+
+    class InterruptibleTrainer(trainer_cls):  # type: ignore[misc, valid-type]
+        def _register_sigint_handler(self, controller: Any) -> None:
+            import ray
+
+            def abort() -> None:
+                ray.get(controller.abort.remote(), timeout=60)
+
+            signal.signal(signal.SIGINT, lambda s, f: _abort_then_interrupt(abort, s, f))
+
+    InterruptibleTrainer.__name__ = InterruptibleTrainer.__qualname__ = f"Interruptible{trainer_cls.__name__}"
+    return InterruptibleTrainer
+
+
+@contextlib.contextmanager
+def _sigint_restored() -> Iterator[None]:
+    """Put this process's SIGINT handler back as it was when the block exits (main thread only)."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if before is not None and signal.getsignal(signal.SIGINT) is not before:
+            signal.signal(signal.SIGINT, before)
 
 
 def _entry(config: dict[str, Any]) -> None:

@@ -147,6 +147,12 @@ def test_stale_lease_of_killed_driver_is_taken_over_and_run_resumes(
 def test_signal_mid_training_exits_cleanly_and_the_same_command_resumes(
     reference_run: Path, tmp_path: Path, sig: int, to_group: bool
 ) -> None:
+    where = (str(tmp_path), str(reference_run))
+    _outside_pytest(_signal_mid_training, *where, str(int(sig)), str(int(to_group)))
+
+
+def _signal_mid_training(tmp: str, reference: str, signum: str, group: str) -> None:
+    tmp_path, reference_run, sig, to_group = Path(tmp), Path(reference), int(signum), group == "1"
     args = [*SMOKE, f"loop.run_dir={tmp_path}", "loop.name=ref"]
     run = tmp_path / "ref"
     log = (tmp_path / "first.err").open("w")
@@ -202,3 +208,78 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def _outside_pytest(scenario: Any, *args: str) -> None:
+    """Run ``scenario(*args)`` (a function of this module) in a plain Python process.
+
+    Under pytest's default fd-level output capture a SIGINT sent to a driver's process group was
+    lost (the driver went on; 7 of 7 sessions, session 50), while the same code passed outside
+    pytest, with ``-s`` and with ``--capture=sys``: the cause is not found, so the Ctrl-C scenarios
+    start their driver from a process pytest does not capture.
+    """
+    name = scenario.__name__
+    code = f"import sys\nfrom tests.integration.test_lease_runs import {name} as f\nf(*sys.argv[1:])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
+
+
+@pytest.mark.parametrize("stage", ["train", "query"])
+def test_ctrl_c_of_a_ray_train_run_exits_130_in_and_after_its_fit(tmp_path: Path, stage: str) -> None:
+    """Two training workers (Ray Train's ``TorchTrainer``): Ctrl-C inside round 1's ``fit()`` or in the
+    stage after it stops the run like anywhere else, and the same command resumes it.
+
+    Ray Train's ``fit()`` installs its own SIGINT handler and leaves it installed: before session 50
+    the first case exited 1 without the "interrupted" line and the second was ignored (the run went
+    on; `hssal_ray/ssl/trainer.py`).
+    """
+    _outside_pytest(_ray_train_ctrl_c, str(tmp_path), stage)
+
+
+def _ray_train_ctrl_c(tmp: str, stage: str) -> None:
+    tmp_path = Path(tmp)
+    args = [*SMOKE, "resources.num_workers=2", "resources.cpus_per_worker=0.5", f"loop.run_dir={tmp_path}",
+            "loop.name=mw"]  # fmt: skip
+    run = tmp_path / "mw"
+    hold = {"HSSAL_FAULT_DELAY": f"query@1=until:{tmp_path / 'never'}"} if stage == "query" else {}
+    log = (tmp_path / "first.err").open("w")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "hssal_ray.loop", *args],
+        cwd=REPO,
+        env={**cli_env(), **hold},
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+    )
+    try:
+
+        def there() -> bool:
+            try:
+                st = json.loads((run / "state.json").read_text())
+            except (FileNotFoundError, json.JSONDecodeError):
+                return False
+            return st.get("round") == 1 and st.get("stage") == stage
+
+        _wait_for(there, f"round 1's {stage} stage", first, timeout=600)
+        time.sleep(5 if stage == "train" else 2)  # train: inside fit() (its workers take ~20 s a round)
+        os.killpg(first.pid, signal.SIGINT)
+        first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        log.close()
+    err = (tmp_path / "first.err").read_text()
+    assert first.returncode == 130, err[-4000:]
+    assert err.rstrip().endswith("interrupted: re-run the same command to resume"), err[-4000:]
+    assert not (run / LEASE_FILE).exists()
+    proc = run_cli(*args)
+    assert "taking over the lease" not in proc.stderr
+    assert json.loads((run / "state.json").read_text())["status"] == "done"
