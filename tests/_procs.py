@@ -73,3 +73,13 @@ def listening_sockets(pids: set[int]) -> set[tuple[str, int, int]]:
                 addr, port = cols[1].rsplit(":", 1)
                 out.add((_address(addr), int(port, 16), inode_pid[cols[9]]))
     return out
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie or a dead process does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

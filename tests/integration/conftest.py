@@ -11,12 +11,10 @@ import pytest
 from tests._env import REPO, cli_env  # noqa: F401  (re-exported for the integration tests)
 
 
-def run_module(
-    module: str, *args: str, timeout: float = 600, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m MODULE ARGS`` from the repository root and return the finished process."""
+def run_python(*argv: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGV`` from the repository root and return the finished process."""
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, *argv],
         cwd=REPO,
         env=cli_env(),
         capture_output=True,
@@ -25,10 +23,17 @@ def run_module(
     )
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"{module} failed ({proc.returncode}):\n"
+            f"python {' '.join(argv[:2])} failed ({proc.returncode}):\n"
             f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-8000:]}"
         )
     return proc
+
+
+def run_module(
+    module: str, *args: str, timeout: float = 600, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m MODULE ARGS`` from the repository root and return the finished process."""
+    return run_python("-m", module, *args, timeout=timeout, check=check)
 
 
 def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -29,8 +29,8 @@ import pytest
 
 from hssal_ray.cli import EXIT_LEASE
 from hssal_ray.loop.lease import LEASE_FILE, read_lease
-from tests._procs import descendants
-from tests.integration.conftest import REPO, SMOKE, cli_env, run_cli
+from tests._procs import alive, descendants
+from tests.integration.conftest import REPO, SMOKE, cli_env, run_cli, run_python
 from tests.integration.test_loop_cli import _kill_when, _labeled
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -155,26 +155,63 @@ def _signal_mid_training(tmp: str, reference: str, signum: str, group: str) -> N
     tmp_path, reference_run, sig, to_group = Path(tmp), Path(reference), int(signum), group == "1"
     args = [*SMOKE, f"loop.run_dir={tmp_path}", "loop.name=ref"]
     run = tmp_path / "ref"
-    log = (tmp_path / "first.err").open("w")
+
+    def training(st: dict[str, Any]) -> bool:
+        return st.get("stage") == "train" and (run / LEASE_FILE).exists()
+
+    # 3 s: inside round 0's fit (Ray Train and Ray Data running)
+    log = tmp_path / "first.err"
+    rc, err, tree = _interrupt(args, run, log, training, "it started training", 3, sig, to_group)
+    assert rc == 128 + sig, err[-4000:]
+    assert err.rstrip().endswith("interrupted: re-run the same command to resume"), err[-4000:]
+    for dump in ("SIGTERM received", "SIGINT received", "Aborted", "Traceback", "Fatal Python error"):
+        assert dump not in err, err[-4000:]
+    assert not (run / LEASE_FILE).exists()
+    assert not list(run.glob(LEASE_FILE + ".*")), list(run.iterdir())
+    deadline = time.monotonic() + 60
+    while (left := [p for p in tree if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes of its Ray runtime still running: {left}"
+    proc = run_cli(*args)
+    assert "taking over the lease" not in proc.stderr
+    _assert_same_run(run, reference_run)
+
+
+def _interrupt(
+    args: list[str],
+    run: Path,
+    log_path: Path,
+    at: Any,
+    what: str,
+    wait_s: float,
+    sig: int,
+    to_group: bool,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str, list[int]]:
+    """Start the loop, wait until ``at(state)`` holds, then ``wait_s`` more, and send ``sig`` (to its group).
+
+    Returns the driver's exit code, its stderr and the process tree it had when the signal went out.
+    """
+    log = log_path.open("w")
     first = subprocess.Popen(
         [sys.executable, "-m", "hssal_ray.loop", *args],
         cwd=REPO,
-        env=cli_env(),
+        env={**cli_env(), **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=log,
         start_new_session=True,
     )
     try:
 
-        def training() -> bool:
+        def reached() -> bool:
             try:
                 st = json.loads((run / "state.json").read_text())
             except (FileNotFoundError, json.JSONDecodeError):
                 return False
-            return st.get("stage") == "train" and (run / LEASE_FILE).exists()
+            return bool(at(st))
 
-        _wait_for(training, "it started training", first)
-        time.sleep(3)  # inside round 0's fit (Ray Train and Ray Data running)
+        _wait_for(reached, what, first, timeout=600)
+        time.sleep(wait_s)
         tree = descendants(first.pid)
         if to_group:
             os.killpg(first.pid, sig)
@@ -186,28 +223,7 @@ def _signal_mid_training(tmp: str, reference: str, signum: str, group: str) -> N
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
         log.close()
-    err = (tmp_path / "first.err").read_text()
-    assert first.returncode == 128 + sig, err[-4000:]
-    assert err.rstrip().endswith("interrupted: re-run the same command to resume"), err[-4000:]
-    for dump in ("SIGTERM received", "SIGINT received", "Aborted", "Traceback", "Fatal Python error"):
-        assert dump not in err, err[-4000:]
-    assert not (run / LEASE_FILE).exists()
-    assert not list(run.glob(LEASE_FILE + ".*")), list(run.iterdir())
-    deadline = time.monotonic() + 60
-    while (left := [p for p in tree if _alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not left, f"processes of its Ray runtime still running: {left}"
-    proc = run_cli(*args)
-    assert "taking over the lease" not in proc.stderr
-    _assert_same_run(run, reference_run)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    return first.returncode, log_path.read_text(), tree
 
 
 def _outside_pytest(scenario: Any, *args: str) -> None:
@@ -220,15 +236,7 @@ def _outside_pytest(scenario: Any, *args: str) -> None:
     """
     name = scenario.__name__
     code = f"import sys\nfrom tests.integration.test_lease_runs import {name} as f\nf(*sys.argv[1:])"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-6000:])
+    run_python("-c", code, *args, timeout=1500)
 
 
 @pytest.mark.parametrize("stage", ["train", "query"])
@@ -249,35 +257,12 @@ def _ray_train_ctrl_c(tmp: str, stage: str) -> None:
             "loop.name=mw"]  # fmt: skip
     run = tmp_path / "mw"
     hold = {"HSSAL_FAULT_DELAY": f"query@1=until:{tmp_path / 'never'}"} if stage == "query" else {}
-    log = (tmp_path / "first.err").open("w")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "hssal_ray.loop", *args],
-        cwd=REPO,
-        env={**cli_env(), **hold},
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        start_new_session=True,
-    )
-    try:
-
-        def there() -> bool:
-            try:
-                st = json.loads((run / "state.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                return False
-            return st.get("round") == 1 and st.get("stage") == stage
-
-        _wait_for(there, f"round 1's {stage} stage", first, timeout=600)
-        time.sleep(5 if stage == "train" else 2)  # train: inside fit() (its workers take ~20 s a round)
-        os.killpg(first.pid, signal.SIGINT)
-        first.wait(timeout=120)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
-        log.close()
-    err = (tmp_path / "first.err").read_text()
-    assert first.returncode == 130, err[-4000:]
+    wait_s = 5 if stage == "train" else 2  # train: inside fit() (its workers take ~20 s a round)
+    rc, err, _ = _interrupt(
+        args, run, tmp_path / "first.err", lambda st: st.get("round") == 1 and st.get("stage") == stage,
+        f"round 1's {stage} stage", wait_s, signal.SIGINT, True, env=hold,
+    )  # fmt: skip
+    assert rc == 130, err[-4000:]
     assert err.rstrip().endswith("interrupted: re-run the same command to resume"), err[-4000:]
     assert not (run / LEASE_FILE).exists()
     proc = run_cli(*args)

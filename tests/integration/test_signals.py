@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from hssal_ray.loop.lease import LEASE_FILE
-from tests._procs import descendants
+from tests._procs import alive, descendants
 from tests.integration.conftest import REPO, cli_env
 
 pytestmark = pytest.mark.ray
@@ -71,14 +71,6 @@ def test_sigterm_during_ray_work_exits_143_releases_the_lease_without_a_dump(tmp
     assert not (run / LEASE_FILE).exists()
     assert sorted(f.name for f in run.iterdir()) == []
     deadline = time.monotonic() + 30  # ray.shutdown() at exit stopped them; the last ones may be exiting
-    while (left := [pid for pid in tree if _alive(pid)]) and time.monotonic() < deadline:
+    while (left := [pid for pid in tree if alive(pid)]) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, f"processes of the runtime still running: {left}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
