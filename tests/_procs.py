@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import signal
+from collections.abc import Iterator
 
 
 def descendants(root: int) -> set[int]:
@@ -83,3 +86,22 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+@contextlib.contextmanager
+def terminal_sigint() -> Iterator[None]:
+    """Processes started inside the block get SIGINT at its default, as a driver started from a terminal.
+
+    A test session started as a background job (``cmd &`` in a script, ``setsid nohup ... &``)
+    inherits SIGINT ignored, and an ignored signal stays ignored across ``exec``: a driver started
+    from it never sees a Ctrl-C (Python does not even install its ``KeyboardInterrupt`` handler).
+    A Python-level handler is reset to the default by ``exec``, so this block puts Python's own in
+    place while the child is started and restores the session's disposition after.
+    """
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if before is not None:  # None: a handler not set from Python, left as it is
+            signal.signal(signal.SIGINT, before)

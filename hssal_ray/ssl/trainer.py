@@ -180,6 +180,8 @@ def _interruptible(trainer_cls: type) -> type:
 
     class InterruptibleTrainer(trainer_cls):  # type: ignore[misc, valid-type]
         def _register_sigint_handler(self, controller: Any) -> None:
+            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+                return  # a background job (`cmd &`) ignores Ctrl-C, inside fit() too
             import ray
 
             def abort() -> None:

@@ -29,9 +29,9 @@ import pytest
 
 from hssal_ray.cli import EXIT_LEASE
 from hssal_ray.loop.lease import LEASE_FILE, read_lease
-from tests._procs import alive, descendants
-from tests.integration.conftest import REPO, SMOKE, cli_env, run_cli, run_python
-from tests.integration.test_loop_cli import _kill_when, _labeled
+from tests._procs import alive
+from tests.integration.conftest import REPO, SMOKE, cli_env, interrupt_loop, run_cli, stage_is, wait_for
+from tests.integration.test_loop_cli import _labeled
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -68,17 +68,6 @@ def _assert_same_run(run: Path, reference: Path) -> None:
     assert not (run / LEASE_FILE).exists()  # released at the end
 
 
-def _wait_for(cond: Any, what: str, proc: subprocess.Popen[Any], timeout: float = 400) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the first driver exited ({proc.returncode}) before {what}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_second_driver_refused_at_once_first_finishes_like_uninterrupted(
     reference_run: Path, tmp_path: Path
 ) -> None:
@@ -103,7 +92,7 @@ def test_second_driver_refused_at_once_first_finishes_like_uninterrupted(
                 return False
             return owner is not None and owner.pid == first.pid and st.get("stage") == "train"
 
-        _wait_for(training, "it started training", first)
+        wait_for(training, "it started training", first)
         t0 = time.monotonic()
         second = run_cli(*args, check=False, timeout=120)
         refused_s = time.monotonic() - t0
@@ -131,7 +120,18 @@ def test_stale_lease_of_killed_driver_is_taken_over_and_run_resumes(
     args = [*SMOKE, f"loop.run_dir={tmp_path}", "loop.name=ref"]
     run = tmp_path / "ref"
     # SIGKILL inside round 1's training: nothing releases the lease
-    _kill_when(run, args, 1, "train", {"HSSAL_FAULT_DELAY": "train@1=120"})
+    hold = {"HSSAL_FAULT_DELAY": "train@1=120"}
+    interrupt_loop(
+        args,
+        run,
+        tmp_path / "first.err",
+        stage_is(1, "train"),
+        "round 1's training",
+        2,
+        signal.SIGKILL,
+        True,
+        hold,
+    )
     owner = read_lease(str(run))
     assert owner is not None, "the killed driver's lease must be left behind"
     assert owner.gone_reason() is not None
@@ -147,12 +147,6 @@ def test_stale_lease_of_killed_driver_is_taken_over_and_run_resumes(
 def test_signal_mid_training_exits_cleanly_and_the_same_command_resumes(
     reference_run: Path, tmp_path: Path, sig: int, to_group: bool
 ) -> None:
-    where = (str(tmp_path), str(reference_run))
-    _outside_pytest(_signal_mid_training, *where, str(int(sig)), str(int(to_group)))
-
-
-def _signal_mid_training(tmp: str, reference: str, signum: str, group: str) -> None:
-    tmp_path, reference_run, sig, to_group = Path(tmp), Path(reference), int(signum), group == "1"
     args = [*SMOKE, f"loop.run_dir={tmp_path}", "loop.name=ref"]
     run = tmp_path / "ref"
 
@@ -161,7 +155,7 @@ def _signal_mid_training(tmp: str, reference: str, signum: str, group: str) -> N
 
     # 3 s: inside round 0's fit (Ray Train and Ray Data running)
     log = tmp_path / "first.err"
-    rc, err, tree = _interrupt(args, run, log, training, "it started training", 3, sig, to_group)
+    rc, err, tree = interrupt_loop(args, run, log, training, "it started training", 3, sig, to_group)
     assert rc == 128 + sig, err[-4000:]
     assert err.rstrip().endswith("interrupted: re-run the same command to resume"), err[-4000:]
     for dump in ("SIGTERM received", "SIGINT received", "Aborted", "Traceback", "Fatal Python error"):
@@ -177,68 +171,6 @@ def _signal_mid_training(tmp: str, reference: str, signum: str, group: str) -> N
     _assert_same_run(run, reference_run)
 
 
-def _interrupt(
-    args: list[str],
-    run: Path,
-    log_path: Path,
-    at: Any,
-    what: str,
-    wait_s: float,
-    sig: int,
-    to_group: bool,
-    env: dict[str, str] | None = None,
-) -> tuple[int, str, list[int]]:
-    """Start the loop, wait until ``at(state)`` holds, then ``wait_s`` more, and send ``sig`` (to its group).
-
-    Returns the driver's exit code, its stderr and the process tree it had when the signal went out.
-    """
-    log = log_path.open("w")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "hssal_ray.loop", *args],
-        cwd=REPO,
-        env={**cli_env(), **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        start_new_session=True,
-    )
-    try:
-
-        def reached() -> bool:
-            try:
-                st = json.loads((run / "state.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                return False
-            return bool(at(st))
-
-        _wait_for(reached, what, first, timeout=600)
-        time.sleep(wait_s)
-        tree = descendants(first.pid)
-        if to_group:
-            os.killpg(first.pid, sig)
-        else:
-            first.send_signal(sig)
-        first.wait(timeout=300)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
-        log.close()
-    return first.returncode, log_path.read_text(), tree
-
-
-def _outside_pytest(scenario: Any, *args: str) -> None:
-    """Run ``scenario(*args)`` (a function of this module) in a plain Python process.
-
-    Under pytest's default fd-level output capture a SIGINT sent to a driver's process group was
-    lost (the driver went on; 7 of 7 sessions, session 50), while the same code passed outside
-    pytest, with ``-s`` and with ``--capture=sys``: the cause is not found, so the Ctrl-C scenarios
-    start their driver from a process pytest does not capture.
-    """
-    name = scenario.__name__
-    code = f"import sys\nfrom tests.integration.test_lease_runs import {name} as f\nf(*sys.argv[1:])"
-    run_python("-c", code, *args, timeout=1500)
-
-
 @pytest.mark.parametrize("stage", ["train", "query"])
 def test_ctrl_c_of_a_ray_train_run_exits_130_in_and_after_its_fit(tmp_path: Path, stage: str) -> None:
     """Two training workers (Ray Train's ``TorchTrainer``): Ctrl-C inside round 1's ``fit()`` or in the
@@ -248,18 +180,13 @@ def test_ctrl_c_of_a_ray_train_run_exits_130_in_and_after_its_fit(tmp_path: Path
     the first case exited 1 without the "interrupted" line and the second was ignored (the run went
     on; `hssal_ray/ssl/trainer.py`).
     """
-    _outside_pytest(_ray_train_ctrl_c, str(tmp_path), stage)
-
-
-def _ray_train_ctrl_c(tmp: str, stage: str) -> None:
-    tmp_path = Path(tmp)
     args = [*SMOKE, "resources.num_workers=2", "resources.cpus_per_worker=0.5", f"loop.run_dir={tmp_path}",
             "loop.name=mw"]  # fmt: skip
     run = tmp_path / "mw"
     hold = {"HSSAL_FAULT_DELAY": f"query@1=until:{tmp_path / 'never'}"} if stage == "query" else {}
     wait_s = 5 if stage == "train" else 2  # train: inside fit() (its workers take ~20 s a round)
-    rc, err, _ = _interrupt(
-        args, run, tmp_path / "first.err", lambda st: st.get("round") == 1 and st.get("stage") == stage,
+    rc, err, _ = interrupt_loop(
+        args, run, tmp_path / "first.err", stage_is(1, stage),
         f"round 1's {stage} stage", wait_s, signal.SIGINT, True, env=hold,
     )  # fmt: skip
     assert rc == 130, err[-4000:]

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.integration.conftest import REPO, SMOKE, cli_env, run_cli
+from tests.integration.conftest import SMOKE, interrupt_loop, run_cli, stage_is
 
 pytestmark = pytest.mark.ray
 
@@ -50,42 +46,6 @@ def test_end_to_end_three_rounds(reference_run: Path) -> None:
     assert "already finished" in proc.stderr
 
 
-def _kill_when(run_dir: Path, args: list[str], round_: int, stage: str, extra_env: dict[str, str]) -> None:
-    env = cli_env()
-    env.update(extra_env)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hssal_ray.loop", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 400
-    try:
-        while time.time() < deadline:
-            sp = run_dir / "state.json"
-            if sp.exists():
-                try:
-                    st = json.loads(sp.read_text())
-                except json.JSONDecodeError:
-                    st = {}
-                if st.get("round") == round_ and st.get("stage") == stage:
-                    time.sleep(2.0)
-                    break
-            if proc.poll() is not None:
-                raise AssertionError("the loop finished before it could be killed")
-            time.sleep(0.2)
-        else:
-            raise AssertionError("never reached the stage to kill")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
 @pytest.mark.slow  # ~5 min on 2 idle cores (4 training stages); run with `pytest -m slow`
 def test_sigkill_during_training_and_query_resumes_to_same_labeled_set(
     reference_run: Path, tmp_path: Path
@@ -94,10 +54,13 @@ def test_sigkill_during_training_and_query_resumes_to_same_labeled_set(
     args = [*SMOKE, f"loop.run_dir={tmp_path}", "loop.name=ref"]
     run = tmp_path / "ref"
     # HSSAL_FAULT_DELAY holds the stage open so the kill lands inside it
-    _kill_when(run, args, 1, "train", {"HSSAL_FAULT_DELAY": "train@1=120"})
+    err = tmp_path / "killed.err"
+    hold = {"HSSAL_FAULT_DELAY": "train@1=120"}
+    interrupt_loop(args, run, err, stage_is(1, "train"), "round 1's training", 2, signal.SIGKILL, True, hold)
     st = json.loads((run / "state.json").read_text())
     assert (st["round"], st["stage"], st["status"]) == (1, "train", "running")
-    _kill_when(run, args, 1, "query", {"HSSAL_FAULT_DELAY": "query@1=120"})
+    hold = {"HSSAL_FAULT_DELAY": "query@1=120"}
+    interrupt_loop(args, run, err, stage_is(1, "query"), "round 1's query", 2, signal.SIGKILL, True, hold)
     st = json.loads((run / "state.json").read_text())
     assert (st["round"], st["stage"], st["status"]) == (1, "query", "running")
     run_cli(*args)

@@ -60,6 +60,13 @@ def test_interruptible_installs_its_handler_in_place_of_the_trainers():
     assert handler is not signal.default_int_handler and callable(handler)
 
 
+def test_a_background_job_s_ignored_sigint_stays_ignored():
+    """``cmd &`` starts the driver with SIGINT ignored: the terminal's Ctrl-C is not for it, in fit() too."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _interruptible(object)()._register_sigint_handler(object())
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 def test_sigint_restored_puts_the_handler_back():
     def mine(signum: int, frame: Any) -> None:
         pass
