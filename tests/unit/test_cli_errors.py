@@ -13,21 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from hssal_ray.cli import EXIT_ERROR, SMOKE_OVERRIDES, loop_main
+from hssal_ray.cli import SMOKE_OVERRIDES, loop_main
 from hssal_ray.config import config_from_dict, config_to_yaml, load_config
 from hssal_ray.errors import ConfigError
 from hssal_ray.loop.run_config import load_run_config
-
-
-def _one_error_line(capsys: pytest.CaptureFixture[str], rc: int, *fragments: str) -> str:
-    err = capsys.readouterr().err
-    lines = [x for x in err.splitlines() if x.startswith("error:")]
-    assert rc == EXIT_ERROR, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-    return lines[0]
-
+from tests._cli import one_error_line
 
 # --------------------------------------------------------------------------- config files
 
@@ -55,11 +45,11 @@ def test_bad_config_file_is_one_line(
 ) -> None:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_bytes(content)
-    _one_error_line(capsys, loop_main(["--config", str(cfg)]), str(cfg), expect)
+    one_error_line(capsys, loop_main(["--config", str(cfg)]), str(cfg), expect)
 
 
 def test_config_directory_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _one_error_line(capsys, loop_main(["--config", str(tmp_path)]), str(tmp_path), "is a directory")
+    one_error_line(capsys, loop_main(["--config", str(tmp_path)]), str(tmp_path), "is a directory")
 
 
 def test_merge_keys_still_override() -> None:
@@ -77,7 +67,7 @@ def test_run_config_with_a_key_given_twice_is_refused(
     text = config_to_yaml(load_config(None, [f"loop.run_dir={tmp_path}", "loop.name=r"]))
     (run / "config.yaml").write_text(text + "seed: 5\n")
     rc = loop_main(["--resume", str(run)])
-    _one_error_line(
+    one_error_line(
         capsys, rc, "config.yaml", f"'seed' is given twice (lines 1 and {len(text.splitlines()) + 1})"
     )
 
@@ -91,7 +81,7 @@ def test_run_name_must_be_one_plain_folder_name(name: str) -> None:
 
 def test_run_name_dot_dot_escapes_no_more(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = loop_main(["loop.name=..", f"loop.run_dir={tmp_path / 'runs'}"])
-    _one_error_line(capsys, rc, "loop.name", "'..'")
+    one_error_line(capsys, rc, "loop.name", "'..'")
     assert not (tmp_path / "config.yaml").exists() and not (tmp_path / "runs").exists()
 
 
@@ -132,7 +122,7 @@ def test_disk_full_while_writing_the_state_is_one_line_and_resumable(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr("hssal_ray._ray.ensure_ray", lambda resources: pytest.fail("Ray was started"))
     run = tmp_path / "r"
-    line = _one_error_line(capsys, loop_main(_new_run(tmp_path)), f"error: {run / 'state.json'}: ")
+    line = one_error_line(capsys, loop_main(_new_run(tmp_path)), f"error: {run / 'state.json'}: ")
     assert "No space left on device; free space on that file system" in line
     assert "re-run the same command to resume" in line
     assert not (run / "state.json").exists() and not list(run.glob(".state.json.*"))  # no temp file left
@@ -161,7 +151,7 @@ def test_read_only_file_system_is_one_line(
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     monkeypatch.setattr("hssal_ray._ray.ensure_ray", lambda resources: pytest.fail("Ray was started"))
-    line = _one_error_line(
+    line = one_error_line(
         capsys,
         loop_main(_new_run(tmp_path)),
         f"error: {tmp_path / 'r' / 'state.json'}: Read-only file system",

@@ -21,12 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from hssal_ray.cli import EXIT_ERROR, loop_main
+from hssal_ray.cli import loop_main
 from hssal_ray.errors import DataError
 from hssal_ray.loop.lease import RunLease
 from hssal_ray.loop.runner import LoopRunner
 from hssal_ray.oracle.labels import MAX_LABEL_FILE_BYTES
 from hssal_ray.state import RunState
+from tests._cli import one_error_line
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +74,7 @@ def _labels(run: Path, path: Path, n: int | None = None, label: str | None = Non
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str], rc: int, *fragments: str) -> str:
-    err = capsys.readouterr().err
-    lines = [x for x in err.splitlines() if x.startswith("error:")]
-    assert rc == EXIT_ERROR, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for frag in fragments:
-        assert frag in err, (frag, err)
-    return lines[0]
+    return one_error_line(capsys, rc, *fragments, in_stderr=True)
 
 
 def _partial(run: Path) -> str:

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from hssal_ray import _io
-from hssal_ray.cli import EXIT_ERROR, SMOKE_OVERRIDES, loop_main
+from hssal_ray.cli import SMOKE_OVERRIDES, loop_main
 from hssal_ray.config import config_to_yaml, load_config
 from hssal_ray.errors import StateError
 from hssal_ray.loop.metrics import read_metrics, update_metrics
 from hssal_ray.loop.run_check import check_run_dir
 from hssal_ray.loop.runner import LoopRunner, science_sha
 from hssal_ray.state import LabeledSet, RunState, round_dir
+from tests._cli import one_error_line
 
 
 def _run_at(
@@ -138,16 +139,6 @@ def _cli_run(runs: Path) -> tuple[Path, list[str]]:
     return run, ["--resume", str(run)]
 
 
-def _one_error_line(capsys: pytest.CaptureFixture[str], rc: int, *fragments: str) -> str:
-    err = capsys.readouterr().err
-    lines = [x for x in err.splitlines() if x.startswith("error:")]
-    assert rc == EXIT_ERROR, err
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("damage", "expect"),
     [
@@ -183,7 +174,7 @@ def test_cli_refuses_a_damaged_run_directory_in_one_line(
     run, args = _cli_run(tmp_path)
     damage(run)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    _one_error_line(capsys, loop_main(args), expect, "restore", "another loop.name")
+    one_error_line(capsys, loop_main(args), expect, "restore", "another loop.name")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing written
 
 
@@ -202,7 +193,7 @@ def test_metrics_deleted_mid_run_stops_the_run_at_the_next_stage(
 
     monkeypatch.setattr(LoopRunner, "_stage_train", train)
     monkeypatch.setattr(LoopRunner, "_stage_evaluate", lambda *a: pytest.fail("evaluate ran"))
-    _one_error_line(capsys, loop_main(args), "round 2 (stage evaluate)", "metrics.jsonl lacks the rows")
+    one_error_line(capsys, loop_main(args), "round 2 (stage evaluate)", "metrics.jsonl lacks the rows")
     assert ran == ["train"]
     assert json.loads((run / "state.json").read_text())["stage"] == "evaluate"
     assert not _io.exists(str(run / "metrics.jsonl"))
