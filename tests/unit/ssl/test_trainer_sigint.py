@@ -52,6 +52,7 @@ def test_interruptible_installs_its_handler_in_place_of_the_trainers():
         def _register_sigint_handler(self, controller: Any) -> None:
             registered.append(controller)  # Ray's own: never reached
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, not a background job
     cls = _interruptible(Trainer)
     assert cls.__name__ == "InterruptibleTrainer" and issubclass(cls, Trainer)
     cls()._register_sigint_handler(object())
