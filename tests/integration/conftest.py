@@ -51,6 +51,24 @@ def run_cli(*args: str, timeout: float = 600, check: bool = True) -> subprocess.
 SMOKE = ["--smoke-test", "resources.num_cpus=2"]
 
 
+def start_loop(
+    args: list[str], stdout: Any, stderr: Any, env: dict[str, str] | None = None
+) -> subprocess.Popen[Any]:
+    """Start ``python -m hssal_ray.loop ARGS`` in its own process group (``env`` on top of :func:`cli_env`).
+
+    SIGINT at its default, as from a terminal, also when this test session runs as a background job.
+    """
+    with terminal_sigint():
+        return subprocess.Popen(
+            [sys.executable, "-m", "hssal_ray.loop", *args],
+            cwd=REPO,
+            env={**cli_env(), **(env or {})},
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+
+
 def wait_for(cond: Callable[[], bool], what: str, proc: subprocess.Popen[Any], timeout: float = 400) -> None:
     """Wait until ``cond()`` holds; fail if ``proc`` exits first or ``timeout`` seconds pass."""
     deadline = time.time() + timeout
@@ -84,15 +102,7 @@ def interrupt_loop(
     Returns the driver's exit code, its stderr and the process tree it had when the signal went out.
     """
     log = log_path.open("w")
-    with terminal_sigint():  # as from a terminal, also when this session runs as a background job
-        first = subprocess.Popen(
-            [sys.executable, "-m", "hssal_ray.loop", *args],
-            cwd=REPO,
-            env={**cli_env(), **(env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
-        )
+    first = start_loop(args, subprocess.DEVNULL, log, env)
     try:
 
         def reached() -> bool:

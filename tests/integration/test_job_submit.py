@@ -30,7 +30,7 @@ import pytest
 
 from hssal_ray._ray import WELL_KNOWN_PORTS
 from tests._procs import descendants, is_loopback, listening_ports, listening_sockets
-from tests.integration.conftest import REPO, SMOKE, cli_env
+from tests.integration.conftest import REPO, SMOKE, cli_env, start_loop
 from tests.integration.test_loop_cli import _labeled
 
 pytestmark = pytest.mark.ray
@@ -259,14 +259,7 @@ def test_loop_runs_to_completion_beside_local_cluster_start_job_and_stop(
     run = tmp_path / "ref"
     go = tmp_path / "stopped"
     log = (tmp_path / "loop.log").open("w")
-    loop = subprocess.Popen(
-        [sys.executable, "-m", "hssal_ray.loop", *args],
-        cwd=REPO,
-        env={**cli_env(), "HSSAL_FAULT_DELAY": f"train@2=until:{go}"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    loop = start_loop(args, log, subprocess.STDOUT, {"HSSAL_FAULT_DELAY": f"train@2=until:{go}"})
     env = _cluster_env(tmp_path, default_ports=True)
     events: dict[str, Any] = {}
 

@@ -20,7 +20,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import pytest
 from hssal_ray.cli import EXIT_LEASE
 from hssal_ray.loop.lease import LEASE_FILE, read_lease
 from tests._procs import alive
-from tests.integration.conftest import REPO, SMOKE, cli_env, interrupt_loop, run_cli, stage_is, wait_for
+from tests.integration.conftest import SMOKE, interrupt_loop, run_cli, stage_is, start_loop, wait_for
 from tests.integration.test_loop_cli import _labeled
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -74,14 +73,7 @@ def test_second_driver_refused_at_once_first_finishes_like_uninterrupted(
     args = [*SMOKE, f"loop.run_dir={tmp_path}", "loop.name=ref"]
     run = tmp_path / "ref"
     log1 = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "hssal_ray.loop", *args],
-        cwd=REPO,
-        env=cli_env(),
-        stdout=log1,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    first = start_loop(args, log1, subprocess.STDOUT)
     try:
         # the first driver is inside round 0's training (state written, Ray running)
         def training() -> bool:
@@ -121,17 +113,8 @@ def test_stale_lease_of_killed_driver_is_taken_over_and_run_resumes(
     run = tmp_path / "ref"
     # SIGKILL inside round 1's training: nothing releases the lease
     hold = {"HSSAL_FAULT_DELAY": "train@1=120"}
-    interrupt_loop(
-        args,
-        run,
-        tmp_path / "first.err",
-        stage_is(1, "train"),
-        "round 1's training",
-        2,
-        signal.SIGKILL,
-        True,
-        hold,
-    )
+    err = tmp_path / "first.err"
+    interrupt_loop(args, run, err, stage_is(1, "train"), "round 1's training", 2, signal.SIGKILL, True, hold)
     owner = read_lease(str(run))
     assert owner is not None, "the killed driver's lease must be left behind"
     assert owner.gone_reason() is not None

@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 
 from tests._procs import descendants, is_loopback, listening_sockets
-from tests.integration.conftest import REPO, SMOKE, cli_env
+from tests.integration.conftest import REPO, SMOKE, cli_env, start_loop
 
 pytestmark = pytest.mark.ray
 
@@ -211,14 +211,8 @@ def test_private_runtime_listens_on_loopback_only_and_refuses_clients_without_it
 
 @pytest.mark.slow  # a whole smoke run (2-3 min on 2 busy cores)
 def test_every_socket_of_a_real_loop_run_is_on_loopback(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hssal_ray.loop", *SMOKE, f"loop.run_dir={tmp_path}", "loop.name=net"],
-        cwd=REPO,
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "loop.err").open("w"),
-        start_new_session=True,
-    )
+    args = [*SMOKE, f"loop.run_dir={tmp_path}", "loop.name=net"]
+    proc = start_loop(args, subprocess.DEVNULL, (tmp_path / "loop.err").open("w"))
     seen: dict[tuple[str, int], int] = {}
     try:
         deadline = time.time() + 900
