@@ -104,6 +104,11 @@ class QueryConfig:
         coarse_min_classes: With ``coarse_k: 0`` HAL's automatic K1 (``ceil(B / 3)``, at most 64) is
             at least the number of classes, so the coarse k-means never has fewer clusters than the
             label space has classes (measured, not in the profile; needs the ``probs`` column).
+        alloc_round_robin: HAL's coarse clusters take picks in turn, the one with the fewest
+            candidates first, until the budget is spent (Cluster-Margin's round robin, Citovsky et
+            al. 2021), instead of in proportion to their uncertainty mass: an equal share for every
+            region the candidates come from. Not with ``alloc_temper < 1``, ``alloc_flips`` or
+            ``alloc_purity`` (they weigh the mass this rule does not read).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -141,6 +146,7 @@ class QueryConfig:
     alloc_purity: bool = _added(False)
     coarse_by: Literal["kmeans", "predicted", "confusion"] = _added("kmeans")
     coarse_min_classes: bool = _added(False)
+    alloc_round_robin: bool = _added(False)
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:
@@ -162,6 +168,12 @@ class QueryConfig:
         _check(self.kmeans_iters >= 1, "query.kmeans_iters", "must be >= 1")
         _check(0.0 <= self.alloc_temper <= 1.0, "query.alloc_temper", "must be in [0, 1]")
         _check(self.typical_until >= 0, "query.typical_until", f"must be >= 0, got {self.typical_until}")
+        _check(
+            not self.alloc_round_robin
+            or (self.alloc_temper == 1.0 and not self.alloc_flips and not self.alloc_purity),
+            "query.alloc_round_robin",
+            "allocates without the uncertainty mass: not with alloc_temper < 1, alloc_flips or alloc_purity",
+        )
 
     def scores_read(self) -> tuple[str, ...]:
         """The uncertainty scores the query reads, ``uncertainty`` first (each a ``u_<name>`` column).

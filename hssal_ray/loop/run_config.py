@@ -47,6 +47,7 @@ _FLAT_IGNORES = frozenset(
         "alloc_purity",
         "coarse_by",
         "coarse_min_classes",
+        "alloc_round_robin",
     }
 )
 """Constructor parameters of ``hal_flat`` that its ``select`` never reads (it has no coarse level)."""

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from hssal_ray.config.loop import MIN_COARSE_FIT_SAMPLE
-from hssal_ray.errors import BudgetError, DataError
+from hssal_ray.errors import BudgetError, ConfigError, DataError
 from hssal_ray.query.backends import (
     BACKENDS,
     FIT_ROWS_PER_CENTROID,
@@ -67,6 +67,7 @@ __all__ = [
     "take_rows",
     "flip_rates",
     "label_impurity",
+    "round_robin_budget",
     "class_groups",
 ]
 
@@ -214,6 +215,44 @@ def allocate_budget(mass: np.ndarray, counts: np.ndarray, budget: int) -> np.nda
     return b
 
 
+def round_robin_budget(counts: np.ndarray, budget: int) -> np.ndarray:
+    """Split ``budget`` over clusters in turn, the smallest first (Cluster-Margin's round robin).
+
+    Citovsky et al. (2021, "Batch Active Learning at Scale") cluster the pool once, keep the
+    ``k_m * B`` lowest-margin rows, and take one from each cluster in turn, clusters ordered by
+    their number of candidates, ascending, until the batch is full: every cluster that holds
+    candidates gets an equal share, capped by what it holds (water-filling), and the remainder
+    goes to the smallest clusters. The mass allocation of :func:`allocate_budget` instead follows
+    where the candidates are; this one spreads the batch over the regions they come from.
+
+    Args:
+        counts: (K,) candidates per cluster (the caps).
+        budget: total picks, ``0 <= budget <= counts.sum()``.
+
+    Returns:
+        (K,) int64 picks per cluster, summing to ``budget``.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    if budget > counts.sum() or budget < 0:
+        raise BudgetError(f"budget {budget} must be between 0 and the {int(counts.sum())} available rows")
+    b = np.zeros(len(counts), dtype=np.int64)
+    if budget == 0:
+        return b
+    level = 0  # full turns every cluster with room can take: sum(min(counts, level)) <= budget
+    for c in np.unique(counts[counts > 0]):
+        if np.minimum(counts, c).sum() > budget:
+            break
+        level = int(c)
+    room = counts > level
+    level += (budget - int(np.minimum(counts, level).sum())) // max(int(room.sum()), 1)
+    b = np.minimum(counts, level)
+    rest = budget - int(b.sum())
+    if rest:  # one more turn, smallest clusters first (ties: lower index)
+        open_ = np.flatnonzero(counts > b)
+        b[open_[np.lexsort((open_, counts[open_]))][:rest]] += 1
+    return b
+
+
 def flip_rates(labels: np.ndarray, flips: np.ndarray, k: int) -> np.ndarray:
     """Each cluster's weak/strong flip rate relative to the pool's, shrunk toward 1.
 
@@ -324,6 +363,7 @@ class _HALBase(QueryStrategy):
         "alloc_purity": (True, False),
         "coarse_by": ("kmeans", "predicted", "confusion"),
         "coarse_min_classes": (True, False),
+        "alloc_round_robin": (True, False),
         "map_fn": lambda v: v is None or callable(v),
     }
 
@@ -355,6 +395,7 @@ class _HALBase(QueryStrategy):
         alloc_purity: bool = False,
         coarse_by: str = "kmeans",
         coarse_min_classes: bool = False,
+        alloc_round_robin: bool = False,
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -384,6 +425,7 @@ class _HALBase(QueryStrategy):
         self.alloc_purity = alloc_purity  # hal only, as alloc_temper
         self.coarse_by = coarse_by  # hal only, as alloc_temper
         self.coarse_min_classes = coarse_min_classes  # hal only, as alloc_temper
+        self.alloc_round_robin = alloc_round_robin  # hal only, as alloc_temper
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -711,6 +753,11 @@ class HierarchicalQuery(_HALBase):
         coarse_min_classes: with ``coarse_k=0``, the automatic K1 is at least the number of classes
             (``pool.probs``' width; :func:`auto_coarse_k`): a k-means coarser than the label space
             merges classes into one coarse cluster, whose budget then follows their summed mass.
+        alloc_round_robin: each coarse cluster holding candidates takes picks in turn, the one with
+            the fewest candidates first, until the budget is spent (:func:`round_robin_budget`,
+            Cluster-Margin's round robin), instead of in proportion to its uncertainty mass; the
+            mass weighings (``alloc_temper``, ``alloc_flips``, ``alloc_purity``) then have nothing
+            to weigh and are rejected with it.
         random_state: seed.
         map_fn: ``map``-like callable used for the per-cluster fine stage (default: builtin map).
 
@@ -719,6 +766,19 @@ class HierarchicalQuery(_HALBase):
         info_: diagnostics: ``coarse_k``, ``backend``, ``budget_per_cluster`` (K,), ``cluster_sizes``
             (K,), ``cluster_mass`` (K,), ``pick_coarse_cluster`` (budget,), ``n_candidates``, ``seconds``.
     """
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        weighed = [
+            f"{k}={getattr(self, k)!r}"
+            for k, off in (("alloc_temper", 1.0), ("alloc_flips", False), ("alloc_purity", False))
+            if getattr(self, k) != off
+        ]
+        if self.alloc_round_robin and weighed:
+            raise ConfigError(
+                f"HierarchicalQuery: alloc_round_robin=True allocates without the uncertainty mass, "
+                f"so {', '.join(weighed)} would weigh nothing; set one or the other"
+            )
 
     def _class_floor(self, pool: Pool) -> int:
         """The number of classes K1 may not go below (``coarse_min_classes``), else 0."""
@@ -822,7 +882,10 @@ class HierarchicalQuery(_HALBase):
         t = float(self.alloc_temper)
         if t < 1.0:  # tempered: between uncertainty mass (t=1) and cluster size (t=0)
             mass = np.power(np.maximum(mass, 0.0), t) * np.power(cap.astype(np.float64), 1.0 - t)
-        b = allocate_budget(mass, cap, budget)
+        if self.alloc_round_robin:
+            b = round_robin_budget(cap, budget)
+        else:
+            b = allocate_budget(mass, cap, budget)
         order = np.argsort(lab_av, kind="stable")
         starts = np.concatenate([[0], np.cumsum(counts)])
         fine_backend = self._fine_backend(backend)

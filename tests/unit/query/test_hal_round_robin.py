@@ -1,0 +1,83 @@
+"""HAL's coarse allocation as Cluster-Margin's round robin (alloc_round_robin)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hssal_ray.config import load_config
+from hssal_ray.errors import BudgetError, ConfigError
+from hssal_ray.loop.run_config import unused_keys
+from hssal_ray.query import HierarchicalQuery
+from hssal_ray.query.hierarchical import round_robin_budget
+
+from ._data import GLOBAL_HAL, blob_pool
+
+
+def _one_at_a_time(counts: np.ndarray, budget: int) -> np.ndarray:
+    """The round robin as written: one pick per cluster per turn, the fewest candidates first."""
+    b = np.zeros_like(counts)
+    order = np.lexsort((np.arange(len(counts)), counts))
+    while b.sum() < budget:
+        for k in order:
+            if b.sum() < budget and b[k] < counts[k]:
+                b[k] += 1
+    return b
+
+
+def test_round_robin_budget_known_answers() -> None:
+    # equal shares while every cluster has room; a cluster that runs out passes its turns on
+    assert round_robin_budget(np.array([10, 10, 10]), 9).tolist() == [3, 3, 3]
+    assert round_robin_budget(np.array([1, 10, 10]), 9).tolist() == [1, 4, 4]
+    # the remainder goes to the clusters with the fewest candidates (ties: lower index)
+    assert round_robin_budget(np.array([9, 5, 7, 5]), 6).tolist() == [1, 2, 1, 2]
+    assert round_robin_budget(np.array([0, 4, 0]), 4).tolist() == [0, 4, 0]
+    assert round_robin_budget(np.array([3, 2]), 0).tolist() == [0, 0]
+    with pytest.raises(BudgetError):
+        round_robin_budget(np.array([3, 2]), 6)
+
+
+def test_round_robin_budget_matches_one_pick_per_turn() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        counts = rng.integers(0, 15, int(rng.integers(1, 12)))
+        budget = int(rng.integers(0, counts.sum() + 1))
+        got = round_robin_budget(counts, budget)
+        np.testing.assert_array_equal(got, _one_at_a_time(counts, budget))
+        assert got.sum() == budget and (got <= counts).all()
+
+
+def test_hal_spreads_the_batch_over_the_coarse_clusters_holding_candidates() -> None:
+    pool, _ = blob_pool(n=800, n_blobs=6, seed=3, fp16=False)
+    plain = HierarchicalQuery(**GLOBAL_HAL)
+    base = plain.select(pool, 30)
+    rr = HierarchicalQuery(alloc_round_robin=True, **GLOBAL_HAL)
+    picks = rr.select(pool, 30)
+    np.testing.assert_array_equal(rr.coarse_labels_, plain.coarse_labels_)  # the same coarse level
+    cap = np.bincount(plain.coarse_labels_[_candidates(pool, plain)], minlength=6)
+    b = rr.info_["budget_per_cluster"]
+    np.testing.assert_array_equal(b, round_robin_budget(cap, 30))
+    assert b.max() - b[cap > b].min() <= 1  # equal shares wherever a cluster has room
+    assert not np.array_equal(b, plain.info_["budget_per_cluster"])  # the mass allocation differs here
+    np.testing.assert_array_equal(np.bincount(rr.coarse_labels_[picks], minlength=6), b)
+    assert len(set(picks.tolist())) == 30 and len(set(base.tolist())) == 30
+
+
+def _candidates(pool, hal: HierarchicalQuery) -> np.ndarray:
+    """The flat variant's candidates, as ``alloc_over: global`` splits them (the r * B most uncertain)."""
+    u = pool.uncertainty(hal.uncertainty)
+    m = int(np.ceil(hal.candidate_ratio * 30))
+    return np.lexsort((np.arange(len(u)), -u))[:m]
+
+
+def test_round_robin_rejects_the_mass_weighings_and_is_not_the_flat_variant_s() -> None:
+    pool, _ = blob_pool(n=300, seed=1)
+    for weighing in ({"alloc_temper": 0.5}, {"alloc_flips": True}, {"alloc_purity": True}):
+        with pytest.raises(ConfigError, match="alloc_round_robin"):
+            HierarchicalQuery(alloc_round_robin=True, **weighing, **GLOBAL_HAL).select(pool, 10)
+        with pytest.raises(ConfigError, match="alloc_round_robin"):
+            key, value = next(iter(weighing.items()))
+            load_config(None, ["query.alloc_round_robin=true", f"query.{key}={str(value).lower()}"])
+    flat = load_config(None, ["query.strategy=hal_flat", "query.alloc_round_robin=true"])
+    assert "query.alloc_round_robin" in unused_keys(flat)
+    assert "query.alloc_round_robin" not in unused_keys(load_config(None, ["query.alloc_round_robin=true"]))
