@@ -10,6 +10,8 @@ from hssal_ray.config._base import _added, _check, _runtime
 
 #: the smallest ``query.coarse_fit_sample``; HAL's constructor checks the same bound
 MIN_COARSE_FIT_SAMPLE = 100
+#: the sharpest ``query.alloc_temper`` (``mean_u**4 * size``: beyond, one cluster takes nearly every pick)
+MAX_ALLOC_TEMPER = 4.0
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,9 @@ class QueryConfig:
         kmeans_backend: ``auto`` = cuML when importable and a GPU is visible, else CPU.
         kmeans_iters: Lloyd iterations.
         ssl_aware: Leave out samples both SSL views already pseudo-label confidently.
-        alloc_temper: HAL's budget per coarse cluster follows ``mass**t * size**(1-t)``:
-            1 = uncertainty mass, 0 = cluster size.
+        alloc_temper: HAL's budget per coarse cluster follows ``mass**t * size**(1-t)``, ``t`` in
+            ``[0, 4]``: 1 = uncertainty mass, 0 = cluster size; above 1 it sharpens toward the
+            clusters whose rows are most uncertain on average (2: ``mean_u**2 * size``).
         cover_labeled: HAL's fine clustering includes the labeled rows (of each coarse cluster) and
             picks only from fine clusters that hold none (TypiClust's coverage rule).
         alloc_over: HAL sums each coarse cluster's uncertainty mass over all its rows (``pool``) or
@@ -107,7 +110,7 @@ class QueryConfig:
         alloc_round_robin: HAL's coarse clusters take picks in turn, the one with the fewest
             candidates first, until the budget is spent (Cluster-Margin's round robin, Citovsky et
             al. 2021), instead of in proportion to their uncertainty mass: an equal share for every
-            region the candidates come from. Not with ``alloc_temper < 1``, ``alloc_flips`` or
+            region the candidates come from. Not with ``alloc_temper != 1``, ``alloc_flips`` or
             ``alloc_purity`` (they weigh the mass this rule does not read).
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
@@ -166,13 +169,13 @@ class QueryConfig:
             f"must be 0 (= candidate_ratio) or >= 1, got {self.late_candidate_ratio}",
         )
         _check(self.kmeans_iters >= 1, "query.kmeans_iters", "must be >= 1")
-        _check(0.0 <= self.alloc_temper <= 1.0, "query.alloc_temper", "must be in [0, 1]")
+        _check(0.0 <= self.alloc_temper <= MAX_ALLOC_TEMPER, "query.alloc_temper", f"must be in [0, {MAX_ALLOC_TEMPER:g}]")
         _check(self.typical_until >= 0, "query.typical_until", f"must be >= 0, got {self.typical_until}")
         _check(
             not self.alloc_round_robin
             or (self.alloc_temper == 1.0 and not self.alloc_flips and not self.alloc_purity),
             "query.alloc_round_robin",
-            "allocates without the uncertainty mass: not with alloc_temper < 1, alloc_flips or alloc_purity",
+            "allocates without the uncertainty mass: not with alloc_temper != 1, alloc_flips or alloc_purity",
         )
 
     def scores_read(self) -> tuple[str, ...]:

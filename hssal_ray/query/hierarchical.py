@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from hssal_ray.config.loop import MIN_COARSE_FIT_SAMPLE
+from hssal_ray.config.loop import MAX_ALLOC_TEMPER, MIN_COARSE_FIT_SAMPLE
 from hssal_ray.errors import BudgetError, ConfigError, DataError
 from hssal_ray.query.backends import (
     BACKENDS,
@@ -350,7 +350,7 @@ class _HALBase(QueryStrategy):
         "kmeans_backend": BACKENDS,
         "kmeans_iters": lambda v: isinstance(v, int | np.integer) and v >= 1,
         "ssl_aware": (True, False),
-        "alloc_temper": lambda v: isinstance(v, int | float) and 0.0 <= v <= 1.0,
+        "alloc_temper": lambda v: isinstance(v, int | float) and 0.0 <= v <= MAX_ALLOC_TEMPER,
         "cover_labeled": (True, False),
         "alloc_over": ("pool", "candidates", "global", "auto"),
         "late_uncertainty": ("same", *UNCERTAINTIES),
@@ -689,9 +689,11 @@ class HierarchicalQuery(_HALBase):
         kmeans_backend: ``auto`` | ``torch`` | ``faiss`` | ``sklearn`` | ``cuml`` (coarse level).
         kmeans_iters: Lloyd iterations at both levels.
         ssl_aware: prefer rows not confidently pseudo-labeled (``pool.confident``) as candidates.
-        alloc_temper: ``t`` in ``[0, 1]``: each coarse cluster's share of the budget is proportional
+        alloc_temper: ``t`` in ``[0, 4]``: each coarse cluster's share of the budget is proportional
             to ``mass**t * size**(1 - t)``; 1 = by uncertainty mass (the paper's reading), 0 = by
-            size (coverage: no cluster starved because a weak model is confident there).
+            size (coverage: no cluster starved because a weak model is confident there); above 1
+            the share sharpens toward the clusters whose rows are most uncertain on average
+            (``mass**t * size**(1 - t) = mean_u**t * size``).
         alloc_over: where a coarse cluster's uncertainty mass is summed: over all its rows
             (``"pool"``), or only over its rows among the pool's ``ceil(r * B)`` most uncertain
             (``"candidates"``, the rows the flat variant would cluster): the budget then follows where
@@ -769,7 +771,7 @@ class HierarchicalQuery(_HALBase):
 
     def _check_params(self) -> None:
         super()._check_params()
-        weighed = [
+        weighed = [  # each one's neutral value
             f"{k}={getattr(self, k)!r}"
             for k, off in (("alloc_temper", 1.0), ("alloc_flips", False), ("alloc_purity", False))
             if getattr(self, k) != off
@@ -880,8 +882,9 @@ class HierarchicalQuery(_HALBase):
             impurity = self._impurity(pool, labels, k1)
             mass = mass * impurity
         t = float(self.alloc_temper)
-        if t < 1.0:  # tempered: between uncertainty mass (t=1) and cluster size (t=0)
-            mass = np.power(np.maximum(mass, 0.0), t) * np.power(cap.astype(np.float64), 1.0 - t)
+        if t != 1.0:  # tempered (t < 1: toward cluster size) or sharpened (t > 1: toward mean uncertainty)
+            size = np.maximum(cap.astype(np.float64), 1.0)  # (a negative power of 0 is inf)
+            mass = np.where(cap > 0, np.power(np.maximum(mass, 0.0), t) * np.power(size, 1.0 - t), 0.0)
         if self.alloc_round_robin:
             b = round_robin_budget(cap, budget)
         else:

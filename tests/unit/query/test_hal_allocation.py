@@ -1,4 +1,4 @@
-"""HAL's coarse allocation as Cluster-Margin's round robin (alloc_round_robin)."""
+"""HAL's budget per coarse cluster: Cluster-Margin's round robin (alloc_round_robin), alloc_temper."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hssal_ray.config import load_config
 from hssal_ray.errors import BudgetError, ConfigError
 from hssal_ray.loop.run_config import unused_keys
-from hssal_ray.query import HierarchicalQuery
-from hssal_ray.query.hierarchical import round_robin_budget
+from hssal_ray.query import HierarchicalQuery, compute_all
+from hssal_ray.query.hierarchical import allocate_budget, round_robin_budget
 
 from ._data import GLOBAL_HAL, blob_pool
 
@@ -81,3 +81,33 @@ def test_round_robin_rejects_the_mass_weighings_and_is_not_the_flat_variant_s() 
     flat = load_config(None, ["query.strategy=hal_flat", "query.alloc_round_robin=true"])
     assert "query.alloc_round_robin" in unused_keys(flat)
     assert "query.alloc_round_robin" not in unused_keys(load_config(None, ["query.alloc_round_robin=true"]))
+
+
+@pytest.mark.parametrize("t", [0.0, 0.5, 2.0, 4.0])
+def test_alloc_temper_weighs_mass_and_size_and_sharpens_above_one(t: float) -> None:
+    pool, blob = blob_pool(n=800, n_blobs=6, seed=3, fp16=False)
+    # each blob its own confidence: the candidates' mean uncertainty differs by coarse cluster
+    logits = np.random.default_rng(1).standard_normal((len(pool), 5)) * (0.5 + blob[:, None])
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    pool.probs = (probs / probs.sum(1, keepdims=True)).astype(np.float32)
+    pool.scores = compute_all(pool.probs, pool.embeddings)
+    plain = HierarchicalQuery(**GLOBAL_HAL)
+    plain.select(pool, 30)
+    hal = HierarchicalQuery(**{**GLOBAL_HAL, "alloc_temper": t})
+    hal.select(pool, 30)
+    np.testing.assert_array_equal(hal.coarse_labels_, plain.coarse_labels_)
+    u = pool.uncertainty("margin")
+    cand = _candidates(pool, plain)
+    lab = plain.coarse_labels_[cand]
+    cap = np.bincount(lab, minlength=6)
+    mass = np.bincount(lab, weights=u[cand].astype(np.float64), minlength=6)
+    mean_u = np.divide(mass, cap, out=np.zeros(6), where=cap > 0)
+    want = allocate_budget(np.where(cap > 0, mean_u**t * cap, 0.0), cap, 30)  # mass**t * size**(1-t)
+    b = hal.info_["budget_per_cluster"]
+    np.testing.assert_array_equal(b, want)
+    b1 = plain.info_["budget_per_cluster"]
+    top, low = np.argmax(np.where(cap > 0, mean_u, -1)), np.argmin(np.where(cap > 0, mean_u, 2))
+    if t > 1:  # sharper: the cluster whose candidates are most uncertain gains, the least loses
+        assert b[top] >= b1[top] and b[low] <= b1[low] and not np.array_equal(b, b1)
+    with pytest.raises(ConfigError, match="alloc_temper"):
+        load_config(None, ["query.alloc_temper=4.5"])
