@@ -169,7 +169,11 @@ class QueryConfig:
             f"must be 0 (= candidate_ratio) or >= 1, got {self.late_candidate_ratio}",
         )
         _check(self.kmeans_iters >= 1, "query.kmeans_iters", "must be >= 1")
-        _check(0.0 <= self.alloc_temper <= MAX_ALLOC_TEMPER, "query.alloc_temper", f"must be in [0, {MAX_ALLOC_TEMPER:g}]")
+        _check(
+            0.0 <= self.alloc_temper <= MAX_ALLOC_TEMPER,
+            "query.alloc_temper",
+            f"must be in [0, {MAX_ALLOC_TEMPER:g}]",
+        )
         _check(self.typical_until >= 0, "query.typical_until", f"must be >= 0, got {self.typical_until}")
         _check(
             not self.alloc_round_robin
