@@ -27,6 +27,7 @@ __all__ = [
     "copy_views",
     "plan_copies",
     "long_tail_subset",
+    "class_subset",
     "check_groups",
     "wasted_picks",
     "waste_summary",
@@ -140,6 +141,24 @@ def long_tail_subset(
         keep.update(ranked[:n])
         kept[int(c)] = n
     return [s for s in ids if s in keep], kept
+
+
+def class_subset(ids: list[str], labels: np.ndarray, n: int, seed: int = 0) -> tuple[list[str], list[int]]:
+    """The images of a seeded random ``n`` of the classes, every image of each kept.
+
+    A few-class version of a dataset: with the same budget fractions each class gets more labels
+    a round, so ``pick: auto`` turns uncertain sooner (the regime of an archive with few classes).
+
+    Returns:
+        (the kept ids in the input's order, the kept classes, ascending).
+    """
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    if not 2 <= n <= classes.size:
+        raise DataError(f"--classes must be between 2 and the {classes.size} classes of the source, got {n}")
+    kept = np.sort(np.random.default_rng(seed).permutation(classes)[:n])
+    keep = np.isin(labels, kept)
+    return [s for s, k in zip(ids, keep, strict=True) if k], [int(c) for c in kept]
 
 
 def plan_copies(

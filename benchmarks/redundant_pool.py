@@ -55,6 +55,7 @@ from benchmarks._redundant import (
     VAL_FRACTIONS,
     accuracy_markdown,
     check_groups,
+    class_subset,
     copy_index,
     copy_name,
     copy_views,
@@ -215,13 +216,18 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     t = cat.table.to_pydict()
     ids, labels = t["sample_id"], np.array(t["label"])
     per_class = None
+    meta: dict[str, Any] = {"source": src, "copies": args.copies, "seeds": args.seeds, "test_fraction": tf}
+    if args.classes:  # a few-class version first: every image of the kept classes
+        ids, kept_classes = class_subset(ids, labels, args.classes)
+        labels = labels[np.isin(t["sample_id"], ids)]
+        meta.update(classes=[cat.class_names[c] for c in kept_classes])
     if args.long_tail > 1:  # a subset of the images first, then the copies of what is kept
+        before = ids
         ids, kept = long_tail_subset(ids, labels, args.long_tail)
-        labels = labels[np.isin(t["sample_id"], ids)]  # the kept ids keep the scan's order
+        labels = labels[np.isin(before, ids)]  # the kept ids keep the scan's order
         per_class = {cat.class_names[c]: n for c, n in kept.items()}
     plan = plan_copies(ids, labels, args.copies, args.seeds, tf)
     got = np.array([len(p) for p in plan.values()])
-    meta = {"source": src, "copies": args.copies, "seeds": args.seeds, "test_fraction": tf}
     if per_class is not None:
         meta.update(long_tail=args.long_tail, images_by_class=per_class)
     meta.update(images=len(plan), pool=len(plan) + int(got.sum()))
@@ -250,6 +256,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
 def build_markdown(r: dict[str, Any]) -> str:
     lo, hi = r["image_test_fraction_range"]
     tail = f", {r['long_tail']:g}:1 long-tailed" if r.get("long_tail") else ""
+    if r.get("classes"):
+        tail = f", {len(r['classes'])} of its classes{tail}"
     lines = [
         f"# Redundant pool: {r['source']}{tail} with up to {r['copies']} near-copies per image",
         "",
@@ -259,6 +267,7 @@ def build_markdown(r: dict[str, Any]) -> str:
         f"- {r['images']} images + {r['copies_made']} copies = pool of {r['pool']} "
         f"(images by copies held: {r['images_by_copies']})",
         f"- {r['checked']}",
+        *([f"- classes kept (seeded): {', '.join(r['classes'])}"] if r.get("classes") else []),
         *(
             [f"- images kept per class (head to tail, seeded order): {r['images_by_class']}"]
             if r.get("long_tail")
@@ -299,6 +308,8 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isfile(os.path.join(path, "meta.json")):
         raise DataError(f"no embedding store for {root} at {path}: run `build` again (the runs would encode)")
     parts = [Path(meta["source"]).name.upper()]
+    if meta.get("classes"):
+        parts.append(f"{len(meta['classes'])} classes")
     if meta.get("long_tail"):
         parts.append(f"{meta['long_tail']:g}:1 long-tailed")
     if meta["copies"]:
@@ -363,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=1.0,
         help="keep a R:1 long-tailed subset of the images first (class i of C keeps R**(-i/(C-1)))",
+    )
+    b.add_argument(
+        "--classes",
+        type=int,
+        default=0,
+        help="keep a seeded random N of the classes first (every image of each): a few-class version",
     )
     b.add_argument(
         "--out", required=True, help="the new root (beside the source's file system, not in the repo)"

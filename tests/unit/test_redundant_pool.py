@@ -191,3 +191,30 @@ def test_build_a_long_tailed_root(tmp_path: Path) -> None:
     for r, sid in enumerate(store.ids):  # every kept image keeps its own views
         assert np.array_equal(store.views["none"][r], feats["none"][src_ids.index(sid)])
     assert "2:1 long-tailed" in (tmp_path / "report.md").read_text()
+
+
+def test_class_subset_keeps_every_image_of_a_seeded_few_classes() -> None:
+    from benchmarks._redundant import class_subset
+
+    ids = [f"c{c}/x{i:03d}.png" for c in range(6) for i in range(10)]
+    labels = np.repeat(np.arange(6), 10)
+    kept, classes = class_subset(ids, labels, 3, seed=1)
+    assert len(classes) == 3 and classes == sorted(classes)
+    assert kept == [s for s, lab in zip(ids, labels, strict=True) if lab in classes]  # all of each, in order
+    assert class_subset(ids, labels, 3, seed=1) == (kept, classes)  # deterministic
+    assert {tuple(class_subset(ids, labels, 3, seed=s)[1]) for s in range(6)} != {tuple(classes)}  # seeded
+    for bad in (1, 7):
+        with pytest.raises(DataError, match="--classes"):
+            class_subset(ids, labels, bad)
+
+
+def test_build_a_few_class_root(tmp_path: Path) -> None:
+    _, images, feats, src_ids, out, over, report = _build(tmp_path, "fc", "--copies", "0", "--classes", "2")
+    assert len(report["classes"]) == 2 and set(report["classes"]) < {"road", "farm", "lake"}
+    files = sorted(str(p.relative_to(out)) for p in Path(out).rglob("*.png"))
+    assert files == sorted(f for f in images if f.split("/")[0] in report["classes"])
+    assert len(files) == report["pool"]
+    store = open_store(rp.store_location(rp._config("configs/ucm_cpu.yaml", out, over))[0])
+    for r, sid in enumerate(store.ids):
+        assert np.array_equal(store.views["none"][r], feats["none"][src_ids.index(sid)])
+    assert "2 of its classes" in (tmp_path / "report.md").read_text()
