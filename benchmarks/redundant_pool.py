@@ -259,7 +259,8 @@ def build_markdown(r: dict[str, Any]) -> str:
     if r.get("classes"):
         tail = f", {len(r['classes'])} of its classes{tail}"
     lines = [
-        f"# Redundant pool: {r['source']}{tail} with up to {r['copies']} near-copies per image",
+        f"# Redundant pool: {r['source']}{tail}, "
+        + (f"with up to {r['copies']} near-copies per image" if r["copies"] else "no near-copies"),
         "",
         f"- command: `{r['command']}`",
         f"- root: `{r['root']}` (hard links)",
