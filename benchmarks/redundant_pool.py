@@ -215,21 +215,20 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     cat = scan(src, test_fraction=tf, seed=0)
     t = cat.table.to_pydict()
     ids, labels = t["sample_id"], np.array(t["label"])
-    per_class = None
     meta: dict[str, Any] = {"source": src, "copies": args.copies, "seeds": args.seeds, "test_fraction": tf}
-    if args.classes:  # a few-class version first: every image of the kept classes
-        ids, kept_classes = class_subset(ids, labels, args.classes)
-        labels = labels[np.isin(t["sample_id"], ids)]
+    # subsets of the images first, then the copies of what is kept (the kept ids keep the scan's order)
+    if args.classes:  # a few-class version: every image of the kept classes
+        kept_ids, kept_classes = class_subset(ids, labels, args.classes)
+        ids, labels = kept_ids, labels[np.isin(ids, kept_ids)]
         meta.update(classes=[cat.class_names[c] for c in kept_classes])
-    if args.long_tail > 1:  # a subset of the images first, then the copies of what is kept
-        before = ids
-        ids, kept = long_tail_subset(ids, labels, args.long_tail)
-        labels = labels[np.isin(before, ids)]  # the kept ids keep the scan's order
-        per_class = {cat.class_names[c]: n for c, n in kept.items()}
+    if args.long_tail > 1:
+        kept_ids, kept = long_tail_subset(ids, labels, args.long_tail)
+        ids, labels = kept_ids, labels[np.isin(ids, kept_ids)]
+        meta.update(
+            long_tail=args.long_tail, images_by_class={cat.class_names[c]: n for c, n in kept.items()}
+        )
     plan = plan_copies(ids, labels, args.copies, args.seeds, tf)
     got = np.array([len(p) for p in plan.values()])
-    if per_class is not None:
-        meta.update(long_tail=args.long_tail, images_by_class=per_class)
     meta.update(images=len(plan), pool=len(plan) + int(got.sum()))
     link_root(src, out, plan, meta)
     checked = check_groups(out, args.seeds, tf)

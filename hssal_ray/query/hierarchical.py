@@ -235,9 +235,8 @@ def round_robin_budget(counts: np.ndarray, budget: int) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.int64)
     if budget > counts.sum() or budget < 0:
         raise BudgetError(f"budget {budget} must be between 0 and the {int(counts.sum())} available rows")
-    b = np.zeros(len(counts), dtype=np.int64)
     if budget == 0:
-        return b
+        return np.zeros(len(counts), dtype=np.int64)
     level = 0  # full turns every cluster with room can take: sum(min(counts, level)) <= budget
     for c in np.unique(counts[counts > 0]):
         if np.minimum(counts, c).sum() > budget:

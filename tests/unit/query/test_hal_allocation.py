@@ -109,5 +109,10 @@ def test_alloc_temper_weighs_mass_and_size_and_sharpens_above_one(t: float) -> N
     top, low = np.argmax(np.where(cap > 0, mean_u, -1)), np.argmin(np.where(cap > 0, mean_u, 2))
     if t > 1:  # sharper: the cluster whose candidates are most uncertain gains, the least loses
         assert b[top] >= b1[top] and b[low] <= b1[low] and not np.array_equal(b, b1)
+
+
+def test_alloc_temper_above_its_bound_is_rejected() -> None:
     with pytest.raises(ConfigError, match="alloc_temper"):
         load_config(None, ["query.alloc_temper=4.5"])
+    with pytest.raises(ConfigError, match="alloc_temper"):
+        HierarchicalQuery(alloc_temper=4.5)._check_params()
