@@ -38,6 +38,11 @@ class QueryConfig:
             keep 0 or set ``copy_check: late``: a scene's copies otherwise span two fine clusters and
             can both be picked.
         fine_method: Fine clustering of the candidates.
+        fine_space: What the fine level clusters (HAL and its flat variant): the candidates'
+            embeddings (``embedding``), or BADGE's gradient embeddings ``(p - onehot(argmax p)) ⊗ h``
+            (the paper's gradient-based fine level): ``gradient`` in every round, ``late`` only in
+            rounds whose pick is not typical (``pick: auto`` past ``typical_until``). Needs the
+            scores' ``probs``; a fine problem then holds ``m * C * d`` floats.
         pick: Which sample of each fine cluster is queried: the most ``uncertain``, the most
             ``typical`` (TypiClust density), ``balanced`` (best sum of its uncertainty rank and its
             typicality rank among the candidates), ``eer`` (the largest expected error reduction on
@@ -126,6 +131,7 @@ class QueryConfig:
     candidate_ratio: float = 3.0
     late_candidate_ratio: float = _added(0.0)
     fine_method: Literal["kmeans", "spectral"] = "kmeans"
+    fine_space: Literal["embedding", "gradient", "late"] = _added("embedding")
     pick: Literal["uncertain", "typical", "balanced", "eer", "cover", "auto", "auto_local"] = "uncertain"
     typical_until: float = _added(3.0)
     coarse_fit_sample: int = 100_000

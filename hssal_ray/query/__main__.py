@@ -122,6 +122,7 @@ def _needs_probs(cfg: Any, names: set[str], ucols: list[str]) -> bool:
         or any(c not in names for c in ucols)
         or cfg.pick in ("auto", "auto_local", "eer")
         or cfg.late_pick == "eer"
+        or (cfg.strategy in ("hal", "hal_flat") and cfg.fine_space != "embedding")
     )
 
 

@@ -174,6 +174,10 @@ class ClusterTask:
             labeled row.
         cover_weight: (R,) weight of each reference row in a ball's gain (``cover_by:
             uncertainty``), or None: each row counts 1.
+        probs: (m, C) class probabilities of the candidates, or None. With them the fine level
+            clusters BADGE's gradient embeddings (:func:`gradient_embedding`, ``fine_space``)
+            instead of ``emb``; densities and the picks' order are unchanged.
+        labeled_probs: (L, C) the same for ``labeled`` (needed with both ``labeled`` and ``probs``).
     """
 
     cluster: int
@@ -192,10 +196,49 @@ class ClusterTask:
     cover: np.ndarray | None = None
     covered: np.ndarray | None = None
     cover_weight: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    labeled_probs: np.ndarray | None = None
+
+
+def gradient_embedding(emb: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """BADGE's last-layer gradient embeddings ``g_i = (p_i - onehot(argmax p_i)) ⊗ h_i`` (Ash et al., 2020).
+
+    Two rows are near in this space when the model predicts them alike (class and confidence) *and*
+    their features are near, so fine clusters in it split a region the features alone would merge
+    along the classes the model hesitates between. Built explicitly: the fine level's problems are a
+    coarse cluster's candidates (``m * C * d`` floats; the BADGE baseline, over the whole pool, never
+    builds them).
+
+    Args:
+        emb: (m, d) features h.
+        probs: (m, C) class probabilities p.
+
+    Returns:
+        (m, C * d) float32.
+    """
+    h = np.asarray(emb, dtype=np.float32)
+    a = np.array(probs, dtype=np.float32)  # a copy: the one-hot is subtracted in place
+    if a.ndim != 2 or h.ndim != 2 or a.shape[0] != h.shape[0]:
+        raise ValueError(f"gradient_embedding needs (m, C) probs, (m, d) features; got {a.shape}, {h.shape}")
+    a[np.arange(a.shape[0]), a.argmax(axis=1)] -= 1.0
+    return (a[:, :, None] * h[:, None, :]).reshape(a.shape[0], -1)
+
+
+def _fine_space(task: ClusterTask) -> tuple[np.ndarray, np.ndarray | None]:
+    """The candidates' and labeled rows' points the fine level clusters: features, or gradients."""
+    if task.probs is None:
+        return task.emb, task.labeled
+    lab = task.labeled
+    if lab is not None and len(lab):
+        if task.labeled_probs is None or len(task.labeled_probs) != len(lab):
+            raise ValueError("a gradient fine level with labeled rows needs their probs (labeled_probs)")
+        lab = gradient_embedding(lab, task.labeled_probs)
+    return gradient_embedding(task.emb, task.probs), lab
 
 
 def _fine_labels(task: ClusterTask) -> np.ndarray:
     m, b = task.emb.shape[0], task.n_picks
+    x, _ = _fine_space(task)
     if task.fine_method == "spectral":
         from sklearn.cluster import SpectralClustering
 
@@ -209,9 +252,9 @@ def _fine_labels(task: ClusterTask) -> np.ndarray:
         )
         with warnings.catch_warnings():  # disconnected kNN graphs are expected (tight clusters)
             warnings.filterwarnings("ignore", message="Graph is not fully connected", category=UserWarning)
-            return np.asarray(sc.fit_predict(task.emb), dtype=np.int64)
+            return np.asarray(sc.fit_predict(x), dtype=np.int64)
     km = make_kmeans(task.backend, n_clusters=b, max_iter=task.max_iter, random_state=task.seed)
-    return np.asarray(km.fit(task.emb).labels_, dtype=np.int64)
+    return np.asarray(km.fit(x).labels_, dtype=np.int64)
 
 
 def _select_in_cluster(task: ClusterTask) -> np.ndarray:
@@ -229,7 +272,8 @@ def _select_in_cluster(task: ClusterTask) -> np.ndarray:
         if task.cover is None or task.covered is None or task.cover.shape != (m, task.covered.size):
             raise ValueError(f"pick 'cover' needs an (m={m}, R) cover matrix and an (R,) covered mask")
         return np.sort(greedy_cover(task.cover, task.covered, b, task.cover_weight))
-    with limit_threads(float(m) * max(b, 20) * task.emb.shape[1]):
+    dim = task.emb.shape[1] * (1 if task.probs is None else task.probs.shape[1])  # C * d for gradients
+    with limit_threads(float(m) * max(b, 20) * dim):
         return _pick(task, m, b)
 
 
@@ -283,9 +327,10 @@ def _uncovered_picks(task: ClusterTask, m: int, b: int, rank: np.ndarray) -> np.
     number of points); a cluster holding a labeled row is covered. Uncovered clusters are taken by
     candidate count (descending), then covered ones by fewest labeled rows, as in TypiClust.
     """
-    lab = np.asarray(task.labeled, dtype=np.float32)
+    pts, lab = _fine_space(task)
+    lab = np.asarray(lab, dtype=np.float32)
     n_lab = lab.shape[0]
-    x = np.concatenate([task.emb, lab])
+    x = np.concatenate([pts, lab])
     k = b + n_lab  # b < m here (the caller returns every candidate when b >= m)
     km = make_kmeans(task.backend, n_clusters=k, max_iter=task.max_iter, random_state=task.seed)
     labels_all = np.asarray(km.fit(x).labels_, dtype=np.int64)

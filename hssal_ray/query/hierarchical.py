@@ -341,6 +341,7 @@ class _HALBase(QueryStrategy):
         "candidate_ratio": lambda v: isinstance(v, int | float) and v >= 1.0,
         "late_candidate_ratio": lambda v: isinstance(v, int | float) and (v == 0 or v >= 1.0),
         "fine_method": ("kmeans", "spectral"),
+        "fine_space": ("embedding", "gradient", "late"),
         "pick": ("uncertain", "typical", "balanced", "eer", "cover", "auto", "auto_local"),
         "early_pick": ("typical", "cover"),
         "cover_by": ("rows", "uncertainty"),
@@ -395,6 +396,7 @@ class _HALBase(QueryStrategy):
         coarse_by: str = "kmeans",
         coarse_min_classes: bool = False,
         alloc_round_robin: bool = False,
+        fine_space: str = "embedding",
         random_state: int | None = None,
         map_fn: MapFn | None = None,
     ) -> None:
@@ -425,6 +427,7 @@ class _HALBase(QueryStrategy):
         self.coarse_by = coarse_by  # hal only, as alloc_temper
         self.coarse_min_classes = coarse_min_classes  # hal only, as alloc_temper
         self.alloc_round_robin = alloc_round_robin  # hal only, as alloc_temper
+        self.fine_space = fine_space
         self.random_state = random_state
         self.map_fn = map_fn
 
@@ -487,6 +490,15 @@ class _HALBase(QueryStrategy):
         wide = _top_candidates(u[avail], avail, None if conf is None else conf[avail], m)
         return wide[~np.isin(wide, cands)]
 
+    def _fine_probs(self, pool: Pool, rule: str) -> np.ndarray | None:
+        """The pool's class probabilities when this round's fine level clusters gradients, else None."""
+        on = {"embedding": False, "gradient": True, "late": "late"}[self.fine_space]
+        if not self._checks(on, rule):
+            return None
+        if pool.probs is None:
+            raise DataError(f"query.fine_space={self.fine_space} needs the class probabilities ('probs')")
+        return np.asarray(pool.probs)
+
     def _ranking_for(self, rule: str) -> str:
         late = self.late_uncertainty
         return late if late != "same" and self._past_switch(rule) else self.uncertainty
@@ -506,6 +518,7 @@ class _HALBase(QueryStrategy):
         n_neighbors: int = TYPICAL_NEIGHBORS,
         density: np.ndarray | None = None,
         cover: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+        probs: np.ndarray | None = None,
     ) -> ClusterTask:
         return ClusterTask(
             cluster=cluster,
@@ -524,6 +537,12 @@ class _HALBase(QueryStrategy):
             cover=None if cover is None else cover[0],
             covered=None if cover is None else cover[1],
             cover_weight=None if cover is None else cover[2],
+            probs=None if probs is None else np.asarray(probs[cand], dtype=np.float32),
+            labeled_probs=(
+                None
+                if probs is None or labeled is None or labeled.size == 0
+                else np.asarray(probs[labeled], dtype=np.float32)
+            ),
         )
 
     def _pool_density(self, emb: Any, cand: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarray:
@@ -673,6 +692,13 @@ class HierarchicalQuery(_HALBase):
         late_candidate_ratio: with ``pick="auto"``/``"auto_local"``: r in the rounds that pick
             ``late_pick`` (0 = ``candidate_ratio`` throughout); the flat variant reads it too.
         fine_method: ``"kmeans"`` or ``"spectral"`` (kNN affinity) at the fine level.
+        fine_space: what the fine level clusters: the candidates' embeddings (``"embedding"``), or
+            BADGE's gradient embeddings ``(p - onehot(argmax p)) ⊗ h``
+            (:func:`~hssal_ray.query.hal_steps.gradient_embedding`; the paper's gradient-based
+            fine level): ``"gradient"`` in every round, ``"late"`` only in rounds whose pick rule
+            is not ``typical``/``cover`` (a model with a few labels per class has gradients that
+            say little). Needs ``pool.probs``; densities, picks' order and the boundary check stay
+            in the embedding space. The flat variant reads it too.
         pick: ``"uncertain"`` (most uncertain per fine cluster), ``"typical"`` (TypiClust density),
             ``"balanced"`` (best sum of the uncertainty rank and the typicality rank: information
             density without a scale), ``"eer"`` (the largest expected error reduction on the k-NN
@@ -894,6 +920,7 @@ class HierarchicalQuery(_HALBase):
         labeled = self._labeled_rows(pool)
         lab_of = labels[labeled] if labeled is not None else None
         picks_by_cluster = self._local_rules(pool, labels, k1) if self.pick == "auto_local" else None
+        probs = self._fine_probs(pool, pick)
         ks = np.flatnonzero(b)
         if shared is not None:  # priority order kept inside each cluster
             lab_sh = labels[shared]
@@ -936,7 +963,7 @@ class HierarchicalQuery(_HALBase):
                 rows_k = np.sort(ord_all[st_all[k] : st_all[k + 1]])
                 cov = self._coverage(emb, cands[i], rows_k, lab_all[lab_all_of == k], radius, seed_k, u_all)
             args = (int(k), emb, cands[i], u_all, b[k], fine_backend, seed_k, rules[i], lab_k, gains[i])
-            task = self._task(*args, n_neighbors=nn, density=dens, cover=cov)
+            task = self._task(*args, n_neighbors=nn, density=dens, cover=cov, probs=probs)
             tasks.append((cands[i], task))
         ts = [t for _, t in tasks]
         results = self._run(ts)
@@ -1035,6 +1062,7 @@ class FlatHierarchicalQuery(_HALBase):
             gain,
             density=dens,
             cover=cov,
+            probs=self._fine_probs(pool, pick),
         )
         picks = cand[self._run([task])[0]]
         picks = picks[np.lexsort((picks, -u_all[picks]))]
