@@ -79,6 +79,10 @@ MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterable[Any]]
 PICKS_PER_COARSE = 3
 #: auto K1 never exceeds this: the assignment pass costs n * K1 * d multiply-adds.
 MAX_AUTO_COARSE_K = 64
+#: ``fine_space: gradient``/``late``: the most bytes one fine problem's (m, C * d) float32 gradient
+#: embeddings may take (a coarse cluster's share of a 1M-image round is ~1k candidates: ~0.1 GB at C = 21,
+#: d = 1280; the flat variant's one problem holds every candidate and can pass it)
+MAX_GRADIENT_BYTES = 2 * 1024**3
 
 
 def auto_coarse_k(n_available: int, budget: int, n_classes: int = 0) -> int:
@@ -520,6 +524,16 @@ class _HALBase(QueryStrategy):
         cover: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
         probs: np.ndarray | None = None,
     ) -> ClusterTask:
+        if probs is not None:  # fail before any fine problem is built, not inside a worker
+            n_cls, dim = int(np.shape(probs)[1]), int(emb.shape[1])
+            n_bytes = 4 * cand.size * n_cls * dim
+            if n_bytes > MAX_GRADIENT_BYTES:
+                raise ConfigError(
+                    f"query.fine_space={self.fine_space}: one fine problem's gradient embeddings would "
+                    f"take {n_bytes / 1024**3:.1f} GiB ({cand.size} candidates x {n_cls} classes "
+                    f"x {dim} dims, limit {MAX_GRADIENT_BYTES / 1024**3:.0f} GiB); use "
+                    "fine_space: embedding, or strategy hal, whose fine problems are one coarse cluster each"
+                )
         return ClusterTask(
             cluster=cluster,
             emb=take_rows(emb, cand),

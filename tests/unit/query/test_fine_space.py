@@ -116,3 +116,17 @@ def test_cli_loads_probs_for_a_gradient_fine_level(tmp_path, capsys) -> None:
     assert main(argv) == 0
     base = capsys.readouterr().out.strip().splitlines()[1:]
     assert len(grad) == len(base) == 12 and grad != base
+
+
+def test_a_fine_problem_too_large_for_gradients_is_refused_before_it_is_built(monkeypatch) -> None:
+    import hssal_ray.query.hierarchical as hier
+    from hssal_ray.errors import ConfigError
+
+    pool, _ = blob_pool(n=300, seed=2)  # d = 16, C = 5: 80 floats per candidate
+    kw = {**GLOBAL_HAL, "pick": "uncertain", "candidate_ratio": 3, "fine_space": "gradient"}
+    monkeypatch.setattr(hier, "MAX_GRADIENT_BYTES", 4 * 80 * 30 - 1)  # 30 candidates: 1 byte over
+    with pytest.raises(ConfigError, match=r"30 candidates x 5 classes x 16 dims"):
+        FlatHierarchicalQuery(**kw).select(pool, 10)
+    assert len(HierarchicalQuery(**kw).select(pool, 10)) == 10  # 6 coarse clusters: smaller problems
+    monkeypatch.setattr(hier, "MAX_GRADIENT_BYTES", 4 * 80 * 30)
+    assert len(FlatHierarchicalQuery(**kw).select(pool, 10)) == 10
