@@ -42,7 +42,8 @@ class QueryConfig:
             embeddings (``embedding``), or BADGE's gradient embeddings ``(p - onehot(argmax p)) ⊗ h``
             (the paper's gradient-based fine level): ``gradient`` in every round, ``late`` only in
             rounds whose pick is not typical (``pick: auto`` past ``typical_until``). Needs the
-            scores' ``probs``; a fine problem then holds ``m * C * d`` floats.
+            scores' ``probs``; a fine problem then holds ``m * C * d`` floats (refused above 2 GiB:
+            the flat variant's one problem on a large pool).
         pick: Which sample of each fine cluster is queried: the most ``uncertain``, the most
             ``typical`` (TypiClust density), ``balanced`` (best sum of its uncertainty rank and its
             typicality rank among the candidates), ``eer`` (the largest expected error reduction on
