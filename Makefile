@@ -28,7 +28,7 @@ demo: env  ## run the embedded demo (synthetic data, tiny model, 3 rounds, a few
 test: env  ## the test suite CI runs (no slow benchmarks, no GPU)
 	$(PYBIN) -m pytest -q $(PYTEST_ARGS)
 
-test-slow: env  ## only what CI leaves out: the slow and Label Studio tests (~24 min on 2 cores), before a release
+test-slow: env  ## only what CI leaves out: the slow and Label Studio tests (24-27 min on 2 cores), before a release
 	$(PYBIN) -m pytest -q -m "(slow or label_studio) and not gpu" $(PYTEST_ARGS)
 
 test-all: env  ## include slow tests
