@@ -526,11 +526,12 @@ class _HALBase(QueryStrategy):
     ) -> ClusterTask:
         if probs is not None:  # fail before any fine problem is built, not inside a worker
             n_cls, dim = int(np.shape(probs)[1]), int(emb.shape[1])
-            n_bytes = 4 * cand.size * n_cls * dim
+            n_rows = cand.size + (0 if labeled is None else labeled.size)  # cover_labeled's rows join it
+            n_bytes = 4 * n_rows * n_cls * dim
             if n_bytes > MAX_GRADIENT_BYTES:
                 raise ConfigError(
                     f"query.fine_space={self.fine_space}: one fine problem's gradient embeddings would "
-                    f"take {n_bytes / 1024**3:.1f} GiB ({cand.size} candidates x {n_cls} classes "
+                    f"take {n_bytes / 1024**3:.1f} GiB ({n_rows} rows x {n_cls} classes "
                     f"x {dim} dims, limit {MAX_GRADIENT_BYTES / 1024**3:.0f} GiB); use "
                     "fine_space: embedding, or strategy hal, whose fine problems are one coarse cluster each"
                 )
@@ -934,7 +935,6 @@ class HierarchicalQuery(_HALBase):
         labeled = self._labeled_rows(pool)
         lab_of = labels[labeled] if labeled is not None else None
         picks_by_cluster = self._local_rules(pool, labels, k1) if self.pick == "auto_local" else None
-        probs = self._fine_probs(pool, pick)
         ks = np.flatnonzero(b)
         if shared is not None:  # priority order kept inside each cluster
             lab_sh = labels[shared]
@@ -977,6 +977,7 @@ class HierarchicalQuery(_HALBase):
                 rows_k = np.sort(ord_all[st_all[k] : st_all[k + 1]])
                 cov = self._coverage(emb, cands[i], rows_k, lab_all[lab_all_of == k], radius, seed_k, u_all)
             args = (int(k), emb, cands[i], u_all, b[k], fine_backend, seed_k, rules[i], lab_k, gains[i])
+            probs = self._fine_probs(pool, rules[i])  # per cluster: auto_local's rules differ
             task = self._task(*args, n_neighbors=nn, density=dens, cover=cov, probs=probs)
             tasks.append((cands[i], task))
         ts = [t for _, t in tasks]

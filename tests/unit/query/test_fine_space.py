@@ -125,8 +125,25 @@ def test_a_fine_problem_too_large_for_gradients_is_refused_before_it_is_built(mo
     pool, _ = blob_pool(n=300, seed=2)  # d = 16, C = 5: 80 floats per candidate
     kw = {**GLOBAL_HAL, "pick": "uncertain", "candidate_ratio": 3, "fine_space": "gradient"}
     monkeypatch.setattr(hier, "MAX_GRADIENT_BYTES", 4 * 80 * 30 - 1)  # 30 candidates: 1 byte over
-    with pytest.raises(ConfigError, match=r"30 candidates x 5 classes x 16 dims"):
+    with pytest.raises(ConfigError, match=r"30 rows x 5 classes x 16 dims"):
         FlatHierarchicalQuery(**kw).select(pool, 10)
     assert len(HierarchicalQuery(**kw).select(pool, 10)) == 10  # 6 coarse clusters: smaller problems
     monkeypatch.setattr(hier, "MAX_GRADIENT_BYTES", 4 * 80 * 30)
     assert len(FlatHierarchicalQuery(**kw).select(pool, 10)) == 10
+
+
+def test_auto_local_takes_the_space_of_each_clusters_own_rule() -> None:
+    # auto_local decides typical/uncertain per coarse cluster: `late` follows each cluster's rule
+    base, blob = blob_pool(n=500, seed=3)
+    exclude = np.zeros(len(base), dtype=bool)
+    exclude[np.flatnonzero(blob == 0)[:15]] = True  # one region's labels: it alone is past the switch
+    pool = Pool(
+        ids=base.ids, embeddings=base.embeddings, probs=base.probs, scores=base.scores, exclude=exclude
+    )
+    kw = {**GLOBAL_HAL, "pick": "auto_local", "typical_until": 3.5, "candidate_ratio": 3}
+    q = HierarchicalQuery(**kw, fine_space="late")
+    got = q.select(pool, 12)
+    assert q.info_["pick"] == "mixed"  # typical and uncertain clusters in one round: the case at hand
+    assert HierarchicalQuery(**kw).pick_rule(pool) == "typical"  # 3 labels a class: the round's rule
+    assert got.tolist() != HierarchicalQuery(**kw).select(pool, 12).tolist()
+    assert got.tolist() != HierarchicalQuery(**kw, fine_space="gradient").select(pool, 12).tolist()
