@@ -7,7 +7,7 @@ import pytest
 
 from hssal_ray.loop.query_batch import ray_map
 from hssal_ray.query import HierarchicalQuery, Pool
-from tests.unit.query._data import blob_pool
+from tests.unit.query._data import blob_pool, with_labeled
 
 pytestmark = pytest.mark.ray
 
@@ -37,11 +37,7 @@ def ray_local():  # type: ignore[no-untyped-def]
 
 def _pool(n_labeled: int) -> Pool:
     pool, _ = blob_pool(n=800, seed=5)
-    exclude = np.zeros(len(pool), dtype=bool)
-    exclude[np.random.default_rng(1).choice(len(pool), n_labeled, replace=False)] = True
-    return Pool(
-        ids=pool.ids, embeddings=pool.embeddings, probs=pool.probs, scores=pool.scores, exclude=exclude
-    )
+    return with_labeled(pool, np.random.default_rng(1).choice(len(pool), n_labeled, replace=False))
 
 
 @pytest.mark.parametrize("extra", [{}, {"fine_space": "late"}, {"copy_check": "late", "cover_labeled": True}])

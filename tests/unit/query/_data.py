@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from hssal_ray.query import Pool, compute_all
@@ -32,6 +34,13 @@ def blob_pool(
         confident=rng.random(n) < 0.3,
     )
     return pool, lab
+
+
+def with_labeled(pool: Pool, rows: np.ndarray) -> Pool:
+    """``pool`` with the rows ``rows`` (indices) labeled (its ``exclude``), every other field kept."""
+    exclude = np.zeros(len(pool), dtype=bool)
+    exclude[np.asarray(rows, dtype=np.int64)] = True
+    return dataclasses.replace(pool, exclude=exclude)
 
 
 #: HAL with the profile's allocation (``alloc_over: global``) on a 6-blob pool: the reference the

@@ -11,7 +11,7 @@ from hssal_ray.loop.run_config import unused_keys
 from hssal_ray.query import FlatHierarchicalQuery, HierarchicalQuery, Pool, write_scores
 from hssal_ray.query.hal_steps import ClusterTask, _select_in_cluster, gradient_embedding
 
-from ._data import GLOBAL_HAL, blob_pool
+from ._data import GLOBAL_HAL, blob_pool, with_labeled
 
 
 def test_gradient_embedding_is_the_last_layer_gradient_at_the_predicted_class() -> None:
@@ -68,12 +68,7 @@ def test_labeled_rows_join_the_gradient_space_too() -> None:
 
 
 def _late_pool(n_labeled: int) -> Pool:
-    pool, _ = blob_pool(n=500, seed=3)
-    exclude = np.zeros(len(pool), dtype=bool)
-    exclude[:n_labeled] = True
-    return Pool(
-        ids=pool.ids, embeddings=pool.embeddings, probs=pool.probs, scores=pool.scores, exclude=exclude
-    )
+    return with_labeled(blob_pool(n=500, seed=3)[0], np.arange(n_labeled))
 
 
 @pytest.mark.parametrize("cls", [HierarchicalQuery, FlatHierarchicalQuery])
@@ -135,11 +130,7 @@ def test_a_fine_problem_too_large_for_gradients_is_refused_before_it_is_built(mo
 def test_auto_local_takes_the_space_of_each_clusters_own_rule() -> None:
     # auto_local decides typical/uncertain per coarse cluster: `late` follows each cluster's rule
     base, blob = blob_pool(n=500, seed=3)
-    exclude = np.zeros(len(base), dtype=bool)
-    exclude[np.flatnonzero(blob == 0)[:15]] = True  # one region's labels: it alone is past the switch
-    pool = Pool(
-        ids=base.ids, embeddings=base.embeddings, probs=base.probs, scores=base.scores, exclude=exclude
-    )
+    pool = with_labeled(base, np.flatnonzero(blob == 0)[:15])  # one region labeled: it alone switches
     kw = {**GLOBAL_HAL, "pick": "auto_local", "typical_until": 3.5, "candidate_ratio": 3}
     q = HierarchicalQuery(**kw, fine_space="late")
     got = q.select(pool, 12)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -12,16 +10,9 @@ from hssal_ray.errors import ConfigError
 from hssal_ray.loop.run_config import unused_keys
 from hssal_ray.query import FlatHierarchicalQuery, HierarchicalQuery, Pool
 
-from ._data import GLOBAL_HAL, blob_pool
+from ._data import GLOBAL_HAL, blob_pool, with_labeled
 
 AUTO = {**GLOBAL_HAL, "pick": "auto", "typical_until": 2.0}
-
-
-def _labeled(pool: Pool, n_labeled: int) -> Pool:
-    """``pool`` with its first ``n_labeled`` rows labeled."""
-    exclude = np.zeros(len(pool), dtype=bool)
-    exclude[:n_labeled] = True
-    return dataclasses.replace(pool, exclude=exclude)
 
 
 def _most_uncertain(pool: Pool, budget: int) -> set[int]:
@@ -33,7 +24,7 @@ def _most_uncertain(pool: Pool, budget: int) -> set[int]:
 @pytest.mark.parametrize("cls", [HierarchicalQuery, FlatHierarchicalQuery])
 def test_late_ratio_one_is_margin_sampling(cls: type) -> None:
     pool, _ = blob_pool(n=900, n_classes=5, seed=3, fp16=False)
-    late = _labeled(pool, 20)  # 4 labels per class >= typical_until 2: the late rule
+    late = with_labeled(pool, np.arange(20))  # 4 labels per class >= typical_until 2: the late rule
     strategy = cls(**AUTO, late_candidate_ratio=1)
     assert strategy.pick_rule(late) == "uncertain"
     picks = strategy.select(late, 15)
@@ -45,7 +36,7 @@ def test_late_ratio_one_is_margin_sampling(cls: type) -> None:
 @pytest.mark.parametrize("cls", [HierarchicalQuery, FlatHierarchicalQuery])
 def test_early_rounds_keep_candidate_ratio(cls: type) -> None:
     pool, _ = blob_pool(n=900, n_classes=5, seed=4, fp16=False)
-    early = _labeled(pool, 5)  # 1 label per class: typical picks
+    early = with_labeled(pool, np.arange(5))  # 1 label per class: typical picks
     a = cls(**AUTO, late_candidate_ratio=1).select(early, 15)
     b = cls(**AUTO).select(early, 15)
     np.testing.assert_array_equal(a, b)
@@ -53,7 +44,7 @@ def test_early_rounds_keep_candidate_ratio(cls: type) -> None:
 
 def test_only_auto_reads_it() -> None:
     pool, _ = blob_pool(n=600, n_classes=5, seed=5, fp16=False)
-    late = _labeled(pool, 20)
+    late = with_labeled(pool, np.arange(20))
     fixed = {**GLOBAL_HAL, "pick": "uncertain"}
     a = HierarchicalQuery(**fixed, late_candidate_ratio=1).select(late, 12)
     np.testing.assert_array_equal(a, HierarchicalQuery(**fixed).select(late, 12))
