@@ -66,15 +66,16 @@ def sec_encode(run: Run) -> dict[str, Any]:
     run.views = {v: np.concatenate(f).astype(np.float16) for v, f in feats.items()}
     dim = int(run.views["none"].shape[1])
 
-    # the backbone alone on a device-resident batch: NCHW (what the actor feeds) vs channels_last
+    # the backbone alone on a device-resident batch: NCHW vs channels_last (what the actor runs by default)
     x = torch.from_numpy(augment_batch(run.images[:bs], seeds[:bs], kind="none", mean=mean, std=std)).to(
         run.dev
     )
     amp = torch.bfloat16 if run.cuda else None
     fwd: dict[str, float] = {}
     for fmt in ("nchw", "channels_last"):
-        bb = enc.backbone.to(memory_format=torch.channels_last) if fmt == "channels_last" else enc.backbone
-        xi = x.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else x
+        layout = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+        bb = enc.backbone.to(memory_format=layout)  # in place: the actor's model is channels_last again after
+        xi = x.contiguous(memory_format=layout)
         with (
             torch.inference_mode(),
             torch.autocast(run.dev.type, dtype=amp or torch.float32, enabled=amp is not None),
@@ -101,7 +102,7 @@ def sec_encode(run: Run) -> dict[str, Any]:
             "views": list(views),
             "batch": bs,
             "amp": "bf16" if run.cuda and cfg.ssl.amp != "none" else "none",
-            "channels_last_in_actor": False,
+            "channels_last_in_actor": bool(cfg.ssl.channels_last),
             "loader_workers": run.workers(1.0),
         },
         "images": n,

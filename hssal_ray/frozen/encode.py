@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 
 
 def store_key(cfg: Any, ids: pa.ChunkedArray | pa.Array, root: str) -> str:
-    """Hash of what determines the embeddings: images (root + manifest ids), backbone, weights, input."""
+    """Hash of what determines the embeddings: images (root + manifest ids), backbone, weights, input, and
+    bfloat16 autocast where the encode runs under it."""
     from hssal_ray.packaged_weights import normalisation
+    from hssal_ray.rounds import amp_dtype
 
     h = hashlib.blake2b(digest_size=10)
     mean, std = normalisation(cfg)
@@ -56,6 +58,10 @@ def store_key(cfg: Any, ids: pa.ChunkedArray | pa.Array, root: str) -> str:
         value = getattr(cfg.data, name, None)
         if value is not None:
             spec[name] = list(value)
+    # bfloat16 autocast moves the features by ~1e-3 (cosine 0.9996 to fp32 for Lite0): its own store.
+    # channels_last is not keyed: it moves them by fp32 rounding only (cosine 1 - 2e-7).
+    if amp_dtype(cfg.ssl.amp, "cuda" if cfg.resources.use_gpu else "cpu") is not None:
+        spec["encode_dtype"] = "bfloat16"
     h.update(json.dumps(spec, sort_keys=True, default=str).encode())
     for chunk in pa.chunked_array([ids]).chunks if isinstance(ids, pa.Array) else ids.chunks:
         for buf in chunk.buffers():
@@ -136,6 +142,7 @@ class Encoder:
         from hssal_ray.config import config_from_dict
         from hssal_ray.models import model_from_config
         from hssal_ray.rounds import amp_dtype
+        from hssal_ray.ssl.steps import prepare_model
 
         cfg = config_from_dict(experiment)
         self.views = views
@@ -143,16 +150,22 @@ class Encoder:
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
         torch.manual_seed(0)  # a backbone without pretrained weights is the same in every actor and run
-        self.backbone = model_from_config(cfg, num_classes=1).backbone.eval().to(self.device)
+        backbone = model_from_config(cfg, num_classes=1).backbone.eval()
+        self.channels_last = cfg.ssl.channels_last
+        self.backbone = prepare_model(backbone, self.device, channels_last=self.channels_last)
         self.amp = amp_dtype(cfg.ssl.amp, self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         import torch
 
+        from hssal_ray.ssl._device import _inputs
+
         cols: dict[str, Any] = {"sample_id": pa.array([str(s) for s in batch["sample_id"]], pa.string())}
         with torch.inference_mode():
             for v in self.views:
-                x = torch.from_numpy(np.ascontiguousarray(batch[f"x_{v}"])).to(self.device)
+                x = _inputs(
+                    torch.from_numpy(np.ascontiguousarray(batch[f"x_{v}"])), self.device, self.channels_last
+                )
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     f = self.backbone(x).float().cpu().numpy().astype(np.float16)
                 cols[v] = pa.FixedSizeListArray.from_arrays(pa.array(f.reshape(-1)), f.shape[1])
@@ -236,6 +249,23 @@ class EncodeProgress:
         )
 
 
+def idle_cpus_hint(actors: int, cluster_cpus: float, use_gpu: bool) -> str | None:
+    """A line for a CPU encode that leaves CPUs idle, else None.
+
+    On CPUs Ray Data fuses the decode into the encode actor (same resources), so each actor decodes
+    and runs the backbone on one core, and ``actors`` cores work. The pool leaves one CPU for
+    Ray Data's other tasks (:func:`hssal_ray.scoring.actor_pool_size`).
+    """
+    most = int(cluster_cpus) - 1
+    if use_gpu or actors >= most:
+        return None
+    return (
+        f"[hssal] encode: {actors} actor(s) on a runtime with {int(cluster_cpus)} CPUs, each decoding and "
+        f"encoding on one core; resources.score_actors={most} would use the rest (each actor holds a copy "
+        "of the backbone)"
+    )
+
+
 def _encode(
     cfg: Any,
     catalog: Any,
@@ -260,6 +290,9 @@ def _encode(
     chunks = _store._chunks(n)
     rows = sum(chunks[i][1] - chunks[i][0] for i in todo)
     emit = progress or log.info
+    hint = idle_cpus_hint(actors, float(ray.cluster_resources().get("CPU", 0.0)), cfg.resources.use_gpu)
+    if hint:
+        emit(hint)
     bar = EncodeProgress(rows, len(todo), emit)
     for i in todo:
         s, e = chunks[i]

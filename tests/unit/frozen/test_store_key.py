@@ -25,3 +25,13 @@ def test_settings_outside_the_encode_keep_the_key() -> None:
     base = key()
     assert key("query.budget=7", "seed=3", "ssl.lr=0.1") == base  # a shared cache across runs and seeds
     assert store_key(load_config(None, ["ssl.finetune=frozen"]), IDS, "/data/other") != base
+
+
+def test_bfloat16_encodes_get_their_own_store_and_channels_last_does_not() -> None:
+    """bf16 autocast moves the features (cosine ~0.98 on real images): a store of its own. channels_last
+    moves them by fp32 rounding: it shares the store, so caches built before it stay in use."""
+    base = key()
+    assert key("ssl.channels_last=false") == key("ssl.channels_last=true") == base
+    assert key("ssl.amp=none") == key("ssl.amp=auto") == base  # auto: no autocast on a CPU encode
+    assert key("ssl.amp=bf16") != base
+    assert key("ssl.amp=auto", "resources.use_gpu=true") == key("ssl.amp=bf16")  # auto on a GPU: bf16

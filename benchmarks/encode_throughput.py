@@ -1,0 +1,228 @@
+"""Encode throughput: the frozen path's one-time encode with the backbone in NCHW, in channels_last, and
+in channels_last under bfloat16 autocast, each measured on the product's own embedding store.
+
+    python -m benchmarks.encode_throughput --data ../shared/data/ucm --per-class 10
+
+Copies the first ``--per-class`` images of each class folder of ``--data`` into ``--work-dir`` (the
+scan rejects links that leave the root), then, for each setting, builds the product's store from
+scratch (:func:`hssal_ray.frozen.store.ensure_store`: Ray Data decode and augmentation, the
+:class:`hssal_ray.frozen.encode.Encoder` actor pool) with the profile's views and input size, timed as
+a user sees it (actor start-up included). The settings take turns, ``--repeats`` times, so each sees
+the same load; the ratios are per repeat, then their median. Then the backbone alone: the product's
+``Encoder`` called in this process on one batch of decoded views (``ssl.eval_batch_size`` images,
+every view), ``--repeats`` times after a warm-up. Each setting's stored features are compared with
+the NCHW fp32 store's, value by value: the share of fp16 values that differ, the largest difference
+and the lowest row cosine.
+
+Settings (config overrides): ``nchw fp32`` = ``ssl.channels_last=false ssl.amp=none`` (the encode
+before channels_last reached the encoder); ``channels_last fp32`` = ``ssl.channels_last=true
+ssl.amp=none`` (the default); ``channels_last bf16`` = ``ssl.channels_last=true ssl.amp=bf16``
+(bfloat16 autocast on the CPU, which also trains the frozen head under it; its store has its own key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from benchmarks._common import md_table, setup_logging, start_local_ray, write_result
+
+log = logging.getLogger("benchmarks.encode_throughput")
+
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "nchw fp32": ("ssl.channels_last=false", "ssl.amp=none"),
+    "channels_last fp32": ("ssl.channels_last=true", "ssl.amp=none"),
+    "channels_last bf16": ("ssl.channels_last=true", "ssl.amp=bf16"),
+}
+REFERENCE = "nchw fp32"
+IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
+
+
+def subset(data: Path, per_class: int, work: Path) -> Path:
+    """The first ``per_class`` images (by name) of each class folder of ``data``, copied under ``work``."""
+    out = work / "images"
+    shutil.rmtree(out, ignore_errors=True)
+    classes = sorted(d for d in data.iterdir() if d.is_dir())
+    if not classes:
+        raise SystemExit(f"{data}: no class folders")
+    for d in classes:
+        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)[:per_class]
+        (out / d.name).mkdir(parents=True)
+        for f in files:
+            shutil.copyfile(f, out / d.name / f.name)
+    return out
+
+
+def config(profile: str, root: Path, cache: Path, setting: str) -> Any:
+    from hssal_ray.config import load_config
+
+    return load_config(profile, [f"data.root={root}", f"data.embedding_cache={cache}", *SETTINGS[setting]])
+
+
+def encode_once(cfg: Any, run_dir: Path) -> tuple[Any, float]:
+    """The product's store for ``cfg`` from an empty cache; (store, wall seconds)."""
+    from hssal_ray.data.catalog import scan
+    from hssal_ray.frozen.store import ensure_store
+
+    shutil.rmtree(cfg.data.embedding_cache, ignore_errors=True)
+    catalog = scan(cfg.data.root, test_fraction=cfg.data.test_fraction, seed=cfg.seed)
+    t0 = time.perf_counter()
+    store = ensure_store(cfg, catalog, str(run_dir), progress=lambda line: None)
+    return store, time.perf_counter() - t0
+
+
+def backbone_rate(cfg: Any, run_dir: Path, repeats: int) -> float:
+    """Images a second of the product's ``Encoder`` alone (every view) on one decoded batch, median of
+    ``repeats`` calls."""
+    from hssal_ray.config import config_to_dict
+    from hssal_ray.data.catalog import scan
+    from hssal_ray.data.pipeline import stream_for
+    from hssal_ray.frozen.encode import Encoder
+    from hssal_ray.frozen.store import view_names
+
+    views = view_names(cfg.frozen.embed_views)
+    catalog = scan(cfg.data.root, test_fraction=cfg.data.test_fraction, seed=cfg.seed)
+    n = min(cfg.ssl.eval_batch_size, catalog.table.num_rows)
+    part = catalog.table.slice(0, n).select(["sample_id", "source", "row", "label"])
+    part = part.append_column("aug_seed", pa.array(np.arange(n, dtype=np.int64)))
+    ds = stream_for(cfg, part, root=catalog.root, kind=catalog.kind, views=views, run_dir=str(run_dir))
+    batch = ds.take_batch(batch_size=n, batch_format="numpy")
+    encoder = Encoder(config_to_dict(cfg), views)
+    encoder(batch)  # warm-up: oneDNN picks its kernels on the first call
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        encoder(batch)
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def compare(store: Any, ref: Any) -> dict[str, float]:
+    """How ``store``'s features differ from ``ref``'s over every view, value by value."""
+    differ, total, worst, cos_min = 0, 0, 0.0, 1.0
+    for v in ref.views:
+        a = np.asarray(ref.views[v][:])
+        b = np.asarray(store.views[v][:])
+        differ += int(np.count_nonzero(a != b))
+        total += a.size
+        a32, b32 = a.astype(np.float32), b.astype(np.float32)
+        worst = max(worst, float(np.abs(a32 - b32).max()))
+        cos = (a32 * b32).sum(1) / np.maximum(
+            np.linalg.norm(a32, axis=1) * np.linalg.norm(b32, axis=1), 1e-12
+        )
+        cos_min = min(cos_min, float(cos.min()))
+    return {"values_differ": differ / max(total, 1), "max_abs_diff": worst, "min_row_cosine": cos_min}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.encode_throughput", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--data", default="../shared/data/ucm", help="a folder of class folders")
+    p.add_argument("--per-class", type=int, default=10, help="images of each class to encode")
+    p.add_argument("--profile", default="configs/ucm_cpu.yaml")
+    p.add_argument(
+        "--repeats", type=int, default=2, help="turns of every setting (and backbone-alone repeats)"
+    )
+    p.add_argument("--work-dir", default="runs/encode_throughput")
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
+    p.add_argument("--name", default="encode_throughput")
+    args = p.parse_args(argv)
+    setup_logging()
+    work = Path(args.work_dir)
+    root = subset(Path(args.data), args.per_class, work)
+    run_dir = work / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfgs = {s: config(args.profile, root, work / f"cache_{i}", s) for i, s in enumerate(SETTINGS)}
+    start_local_ray(num_cpus=cfgs[REFERENCE].resources.num_cpus or len(os.sched_getaffinity(0)))
+
+    walls: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    stores: dict[str, Any] = {}
+    images = 0
+    for rep in range(args.repeats):
+        for s, cfg in cfgs.items():
+            stores[s], secs = encode_once(cfg, run_dir)
+            images = len(stores[s].id_array)
+            walls[s].append(secs)
+            log.info("repeat %d, %s: %d images in %.1f s", rep + 1, s, images, secs)
+    rates = {s: backbone_rate(cfg, run_dir, max(args.repeats, 3)) for s, cfg in cfgs.items()}
+
+    views = len(stores[REFERENCE].views)
+    rows = []
+    for s in SETTINGS:
+        speedup = [walls[REFERENCE][r] / walls[s][r] for r in range(args.repeats)]
+        diff = compare(stores[s], stores[REFERENCE])
+        rows.append(
+            {
+                "setting": s,
+                "overrides": " ".join(SETTINGS[s]),
+                "encode_wall_s": walls[s],
+                "encode_img_s": images / statistics.median(walls[s]),
+                "encode_speedup_vs_nchw": statistics.median(speedup),
+                "backbone_img_s": rates[s],
+                "backbone_speedup_vs_nchw": rates[s] / rates[REFERENCE],
+                **diff,
+            }
+        )
+    table = md_table(
+        [
+            {
+                **r,
+                "encode wall s (each repeat)": " / ".join(f"{w:.1f}" for w in r["encode_wall_s"]),
+                "encode img/s": r["encode_img_s"],
+                "encode speed-up": r["encode_speedup_vs_nchw"],
+                "backbone img/s": r["backbone_img_s"],
+                "backbone speed-up": r["backbone_speedup_vs_nchw"],
+                "fp16 values that differ": f"{100 * r['values_differ']:.2f}%",
+                "largest difference": f"{r['max_abs_diff']:.2g}",
+                "lowest row cosine": f"{r['min_row_cosine']:.7f}",
+            }
+            for r in rows
+        ],
+        [
+            "setting",
+            "encode wall s (each repeat)",
+            "encode img/s",
+            "encode speed-up",
+            "backbone img/s",
+            "backbone speed-up",
+            "fp16 values that differ",
+            "largest difference",
+            "lowest row cosine",
+        ],
+    )
+    cfg = cfgs[REFERENCE]
+    md = (
+        f"{images} images ({args.per_class} of each class of `{args.data}`), {views} views each "
+        f"(`frozen.embed_views={cfg.frozen.embed_views}`), {cfg.data.image_size} px, `{cfg.ssl.model}`, "
+        f"profile `{args.profile}`. *encode*: the product's store from an empty cache (Ray Data decode + "
+        "augmentation + the Encoder actor pool, start-up included), images a second of wall time; speed-up: "
+        "median over repeats of the NCHW run's wall time over this setting's, in the same repeat. "
+        f"*backbone*: the Encoder alone on one decoded batch ({min(cfg.ssl.eval_batch_size, images)} images "
+        f"x {views} views), median of the calls after a warm-up. Differences: every stored fp16 value "
+        "against the NCHW fp32 store's.\n\n"
+        f"{table}\n"
+    )
+    write_result(
+        args.name,
+        {"images": images, "views": views, "settings": SETTINGS, "rows": rows},
+        md,
+        module="benchmarks.encode_throughput",
+        out_dir=args.out,
+    )
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
