@@ -58,8 +58,8 @@ def store_key(cfg: Any, ids: pa.ChunkedArray | pa.Array, root: str) -> str:
         value = getattr(cfg.data, name, None)
         if value is not None:
             spec[name] = list(value)
-    # bfloat16 autocast moves the features by ~1e-3 (cosine 0.9996 to fp32 for Lite0): its own store.
-    # channels_last is not keyed: it moves them by fp32 rounding only (cosine 1 - 2e-7).
+    # bfloat16 autocast moves the features (Lite0 on UCM: 57% of the fp16 values, lowest row cosine 0.94;
+    # benchmarks/encode_throughput.py): its own store. channels_last is not keyed: fp32 rounding only.
     if amp_dtype(cfg.ssl.amp, "cuda" if cfg.resources.use_gpu else "cpu") is not None:
         spec["encode_dtype"] = "bfloat16"
     h.update(json.dumps(spec, sort_keys=True, default=str).encode())
@@ -284,13 +284,12 @@ def _encode(
 
     table = catalog.table
     n = table.num_rows
-    actors = actor_pool_size(
-        cfg.resources.score_actors, float(ray.cluster_resources().get("CPU", 0.0)), cfg.resources.use_gpu
-    )
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    actors = actor_pool_size(cfg.resources.score_actors, cpus, cfg.resources.use_gpu)
     chunks = _store._chunks(n)
     rows = sum(chunks[i][1] - chunks[i][0] for i in todo)
     emit = progress or log.info
-    hint = idle_cpus_hint(actors, float(ray.cluster_resources().get("CPU", 0.0)), cfg.resources.use_gpu)
+    hint = idle_cpus_hint(actors, cpus, cfg.resources.use_gpu)
     if hint:
         emit(hint)
     bar = EncodeProgress(rows, len(todo), emit)

@@ -28,7 +28,7 @@ def test_settings_outside_the_encode_keep_the_key() -> None:
 
 
 def test_bfloat16_encodes_get_their_own_store_and_channels_last_does_not() -> None:
-    """bf16 autocast moves the features (cosine ~0.98 on real images): a store of its own. channels_last
+    """bf16 autocast moves the features (lowest row cosine 0.94 on UCM): a store of its own. channels_last
     moves them by fp32 rounding: it shares the store, so caches built before it stay in use."""
     base = key()
     assert key("ssl.channels_last=false") == key("ssl.channels_last=true") == base
