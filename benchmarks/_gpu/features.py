@@ -74,7 +74,7 @@ def sec_encode(run: Run) -> dict[str, Any]:
     fwd: dict[str, float] = {}
     for fmt in ("nchw", "channels_last"):
         layout = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-        bb = enc.backbone.to(memory_format=layout)  # in place: the actor's model is channels_last again after
+        bb = enc.backbone.to(memory_format=layout)  # in place: the model ends the loop in channels_last
         xi = x.contiguous(memory_format=layout)
         with (
             torch.inference_mode(),
