@@ -45,18 +45,19 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     "channels_last bf16": ("ssl.channels_last=true", "ssl.amp=bf16"),
 }
 REFERENCE = "nchw fp32"
-IMAGE_SUFFIXES = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 
 
 def subset(data: Path, per_class: int, work: Path) -> Path:
     """The first ``per_class`` images (by name) of each class folder of ``data``, copied under ``work``."""
+    from hssal_ray.data.catalog import IMAGE_EXTENSIONS
+
     out = work / "images"
     shutil.rmtree(out, ignore_errors=True)
     classes = sorted(d for d in data.iterdir() if d.is_dir())
     if not classes:
         raise SystemExit(f"{data}: no class folders")
     for d in classes:
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)[:per_class]
+        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)[:per_class]
         (out / d.name).mkdir(parents=True)
         for f in files:
             shutil.copyfile(f, out / d.name / f.name)
@@ -69,35 +70,39 @@ def config(profile: str, root: Path, cache: Path, setting: str) -> Any:
     return load_config(profile, [f"data.root={root}", f"data.embedding_cache={cache}", *SETTINGS[setting]])
 
 
-def encode_once(cfg: Any, run_dir: Path) -> tuple[Any, float]:
+def encode_once(cfg: Any, catalog: Any, run_dir: Path) -> tuple[Any, float]:
     """The product's store for ``cfg`` from an empty cache; (store, wall seconds)."""
-    from hssal_ray.data.catalog import scan
     from hssal_ray.frozen.store import ensure_store
 
     shutil.rmtree(cfg.data.embedding_cache, ignore_errors=True)
-    catalog = scan(cfg.data.root, test_fraction=cfg.data.test_fraction, seed=cfg.seed)
     t0 = time.perf_counter()
     store = ensure_store(cfg, catalog, str(run_dir), progress=lambda line: None)
     return store, time.perf_counter() - t0
 
 
-def backbone_rate(cfg: Any, run_dir: Path, repeats: int) -> float:
-    """Images a second of the product's ``Encoder`` alone (every view) on one decoded batch, median of
-    ``repeats`` calls."""
-    from hssal_ray.config import config_to_dict
-    from hssal_ray.data.catalog import scan
+def decoded_batch(cfg: Any, catalog: Any, run_dir: Path) -> dict[str, np.ndarray]:
+    """One batch (``ssl.eval_batch_size`` images, every stored view) through the product's decode
+    stream; the settings compared here do not change the decode, so every setting gets this batch."""
     from hssal_ray.data.pipeline import stream_for
-    from hssal_ray.frozen.encode import Encoder
     from hssal_ray.frozen.store import view_names
 
-    views = view_names(cfg.frozen.embed_views)
-    catalog = scan(cfg.data.root, test_fraction=cfg.data.test_fraction, seed=cfg.seed)
     n = min(cfg.ssl.eval_batch_size, catalog.table.num_rows)
     part = catalog.table.slice(0, n).select(["sample_id", "source", "row", "label"])
     part = part.append_column("aug_seed", pa.array(np.arange(n, dtype=np.int64)))
+    views = view_names(cfg.frozen.embed_views)
     ds = stream_for(cfg, part, root=catalog.root, kind=catalog.kind, views=views, run_dir=str(run_dir))
-    batch = ds.take_batch(batch_size=n, batch_format="numpy")
-    encoder = Encoder(config_to_dict(cfg), views)
+    return ds.take_batch(batch_size=n, batch_format="numpy")
+
+
+def backbone_rate(cfg: Any, batch: dict[str, np.ndarray], repeats: int) -> float:
+    """Images a second of the product's ``Encoder`` alone (every view) on ``batch``, median of
+    ``repeats`` calls."""
+    from hssal_ray.config import config_to_dict
+    from hssal_ray.frozen.encode import Encoder
+    from hssal_ray.frozen.store import view_names
+
+    n = len(batch["sample_id"])
+    encoder = Encoder(config_to_dict(cfg), view_names(cfg.frozen.embed_views))
     encoder(batch)  # warm-up: oneDNN picks its kernels on the first call
     rates = []
     for _ in range(repeats):
@@ -144,18 +149,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = work / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     cfgs = {s: config(args.profile, root, work / f"cache_{i}", s) for i, s in enumerate(SETTINGS)}
-    start_local_ray(num_cpus=cfgs[REFERENCE].resources.num_cpus or len(os.sched_getaffinity(0)))
+    ref_cfg = cfgs[REFERENCE]
+    start_local_ray(num_cpus=ref_cfg.resources.num_cpus or len(os.sched_getaffinity(0)))
+    from hssal_ray.data.catalog import scan
+
+    catalog = scan(str(root), test_fraction=ref_cfg.data.test_fraction, seed=ref_cfg.seed)
+    images = catalog.table.num_rows
 
     walls: dict[str, list[float]] = {s: [] for s in SETTINGS}
     stores: dict[str, Any] = {}
-    images = 0
     for rep in range(args.repeats):
         for s, cfg in cfgs.items():
-            stores[s], secs = encode_once(cfg, run_dir)
-            images = len(stores[s].id_array)
+            stores[s], secs = encode_once(cfg, catalog, run_dir)
             walls[s].append(secs)
             log.info("repeat %d, %s: %d images in %.1f s", rep + 1, s, images, secs)
-    rates = {s: backbone_rate(cfg, run_dir, max(args.repeats, 3)) for s, cfg in cfgs.items()}
+    batch = decoded_batch(ref_cfg, catalog, run_dir)
+    rates = {s: backbone_rate(cfg, batch, max(args.repeats, 3)) for s, cfg in cfgs.items()}
 
     views = len(stores[REFERENCE].views)
     rows = []
@@ -201,14 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             "lowest row cosine",
         ],
     )
-    cfg = cfgs[REFERENCE]
     md = (
         f"{images} images ({args.per_class} of each class of `{args.data}`), {views} views each "
-        f"(`frozen.embed_views={cfg.frozen.embed_views}`), {cfg.data.image_size} px, `{cfg.ssl.model}`, "
+        f"(`frozen.embed_views={ref_cfg.frozen.embed_views}`), {ref_cfg.data.image_size} px, "
+        f"`{ref_cfg.ssl.model}`, "
         f"profile `{args.profile}`. *encode*: the product's store from an empty cache (Ray Data decode + "
         "augmentation + the Encoder actor pool, start-up included), images a second of wall time; speed-up: "
         "median over repeats of the NCHW run's wall time over this setting's, in the same repeat. "
-        f"*backbone*: the Encoder alone on one decoded batch ({min(cfg.ssl.eval_batch_size, images)} images "
+        f"*backbone*: the Encoder alone on one decoded batch ({len(batch['sample_id'])} images "
         f"x {views} views), median of the calls after a warm-up. Differences: every stored fp16 value "
         "against the NCHW fp32 store's.\n\n"
         f"{table}\n"
