@@ -140,24 +140,18 @@ def base_config(path: str, overrides: Sequence[str]) -> Any:
 
 
 def pre_encode(cfg: Any, run_dir: str) -> float:
-    """Build what the trials' learner shares (the frozen path's embedding store) once, before the
-    trials; returns seconds (0 when the learner shares nothing)."""
+    """What the trials' learner shares (the frozen path's embedding store), built once before the
+    trials as the product's sweep builds it (:func:`hssal_ray.tune.search.prepare_shared_inputs`, which
+    :func:`run_grid` calls again and then finds done); returns seconds (0 when nothing is shared)."""
     import time
 
     from hssal_ray._ray import ensure_ray
-    from hssal_ray.data.catalog import scan
-    from hssal_ray.learners import learner_class
+    from hssal_ray.tune.search import prepare_shared_inputs
 
-    learner = learner_class(cfg)
-    if not learner.shares_inputs:
-        return 0.0
     ensure_ray(cfg.resources)
     t0 = time.perf_counter()
-    cat = scan(
-        cfg.data.root, test_fraction=cfg.data.test_fraction, seed=cfg.seed, val_fraction=cfg.data.val_fraction
-    )
-    _io.makedirs(run_dir)
-    learner.prepare_inputs(cfg, cat, run_dir)
+    if not prepare_shared_inputs(cfg, run_dir, lambda line: log.info("%s", line)):
+        return 0.0
     return time.perf_counter() - t0
 
 

@@ -11,13 +11,17 @@ a user sees it (actor start-up included). The settings take turns, ``--repeats``
 the same load; the ratios are per repeat, then their median. Then the backbone alone: the product's
 ``Encoder`` called in this process on one batch of decoded views (``ssl.eval_batch_size`` images,
 every view), ``--repeats`` times after a warm-up. Each setting's stored features are compared with
-the NCHW fp32 store's, value by value: the share of fp16 values that differ, the largest difference
-and the lowest row cosine.
+the reference's (the first setting: NCHW fp32 unless ``--settings`` names others), value by value:
+the share of fp16 values that differ, the largest difference and the lowest row cosine.
 
 Settings (config overrides): ``nchw fp32`` = ``ssl.channels_last=false ssl.amp=none`` (the encode
 before channels_last reached the encoder); ``channels_last fp32`` = ``ssl.channels_last=true
 ssl.amp=none`` (the default); ``channels_last bf16`` = ``ssl.channels_last=true ssl.amp=bf16``
 (bfloat16 autocast on the CPU, which also trains the frozen head under it; its store has its own key).
+``--actors N ...`` adds the default setting with ``resources.encode_actors=N`` (the Ray runtime gets the
+largest N plus one CPUs), and every pair of stores is checked for the same values bit for bit:
+
+    python -m benchmarks.encode_throughput --per-class 50 --settings "channels_last fp32" --actors 2
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     "channels_last fp32": ("ssl.channels_last=true", "ssl.amp=none"),
     "channels_last bf16": ("ssl.channels_last=true", "ssl.amp=bf16"),
 }
-REFERENCE = "nchw fp32"
 
 
 def subset(data: Path, per_class: int, work: Path) -> Path:
@@ -64,10 +67,43 @@ def subset(data: Path, per_class: int, work: Path) -> Path:
     return out
 
 
-def config(profile: str, root: Path, cache: Path, setting: str) -> Any:
+def settings(actors: Sequence[int], names: Sequence[str] | None = None) -> dict[str, tuple[str, ...]]:
+    """The settings to run: ``names`` of :data:`SETTINGS` (all when None), then the default setting with
+    ``resources.encode_actors`` at each of ``actors``. The first is the reference of the comparisons."""
+    keep = list(SETTINGS) if names is None else list(dict.fromkeys(names))
+    unknown = sorted(set(keep) - set(SETTINGS))
+    if unknown:
+        raise SystemExit(f"unknown setting(s) {unknown}; known: {list(SETTINGS)}")
+    out = {n: SETTINGS[n] for n in keep}
+    for a in actors:
+        out[f"channels_last fp32, {a} actor(s)"] = (
+            *SETTINGS["channels_last fp32"],
+            f"resources.encode_actors={a}",
+        )
+    if not out:
+        raise SystemExit("nothing to run: name --settings or --actors")
+    return out
+
+
+def config(profile: str, root: Path, cache: Path, overrides: Sequence[str]) -> Any:
     from hssal_ray.config import load_config
 
-    return load_config(profile, [f"data.root={root}", f"data.embedding_cache={cache}", *SETTINGS[setting]])
+    return load_config(profile, [f"data.root={root}", f"data.embedding_cache={cache}", *overrides])
+
+
+def same_values(stores: dict[str, Any]) -> dict[str, list[str]]:
+    """For each setting, the other settings whose stores hold the same fp16 values bit for bit."""
+    out: dict[str, list[str]] = {s: [] for s in stores}
+    names = list(stores)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            va, vb = stores[a].views, stores[b].views
+            if set(va) == set(vb) and all(
+                np.array_equal(np.asarray(va[v][:]), np.asarray(vb[v][:])) for v in va
+            ):
+                out[a].append(b)
+                out[b].append(a)
+    return out
 
 
 def encode_once(cfg: Any, catalog: Any, run_dir: Path) -> tuple[Any, float]:
@@ -142,21 +178,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work-dir", default="runs/encode_throughput")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="encode_throughput")
+    p.add_argument(
+        "--settings", nargs="*", default=None, help=f"which of {list(SETTINGS)} to run (default all)"
+    )
+    p.add_argument(
+        "--actors",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run the default setting with resources.encode_actors at each of these (the runtime gets "
+        "the largest plus one CPUs: a CPU pool leaves one to Ray Data)",
+    )
     args = p.parse_args(argv)
+    chosen = settings(args.actors, args.settings)
     setup_logging()
     work = Path(args.work_dir)
     root = subset(Path(args.data), args.per_class, work)
     run_dir = work / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfgs = {s: config(args.profile, root, work / f"cache_{i}", s) for i, s in enumerate(SETTINGS)}
-    ref_cfg = cfgs[REFERENCE]
-    start_local_ray(num_cpus=ref_cfg.resources.num_cpus or len(os.sched_getaffinity(0)))
+    cfgs = {s: config(args.profile, root, work / f"cache_{i}", o) for i, (s, o) in enumerate(chosen.items())}
+    reference = next(iter(chosen))
+    ref_cfg = cfgs[reference]
+    cpus = ref_cfg.resources.num_cpus or len(os.sched_getaffinity(0))
+    start_local_ray(num_cpus=max([cpus, *(a + 1 for a in args.actors)]))
     from hssal_ray.data.catalog import scan
 
     catalog = scan(str(root), test_fraction=ref_cfg.data.test_fraction, seed=ref_cfg.seed)
     images = catalog.table.num_rows
 
-    walls: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    walls: dict[str, list[float]] = {s: [] for s in chosen}
     stores: dict[str, Any] = {}
     for rep in range(args.repeats):
         for s, cfg in cfgs.items():
@@ -166,21 +216,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     batch = decoded_batch(ref_cfg, catalog, run_dir)
     rates = {s: backbone_rate(cfg, batch, max(args.repeats, 3)) for s, cfg in cfgs.items()}
 
-    views = len(stores[REFERENCE].views)
+    views = len(stores[reference].views)
+    same = same_values(stores)
     rows = []
-    for s in SETTINGS:
-        speedup = [walls[REFERENCE][r] / walls[s][r] for r in range(args.repeats)]
-        diff = compare(stores[s], stores[REFERENCE])
+    for s in chosen:
+        speedup = [walls[reference][r] / walls[s][r] for r in range(args.repeats)]
+        diff = compare(stores[s], stores[reference])
         rows.append(
             {
                 "setting": s,
-                "overrides": " ".join(SETTINGS[s]),
+                "overrides": " ".join(chosen[s]),
                 "encode_wall_s": walls[s],
                 "encode_img_s": images / statistics.median(walls[s]),
-                "encode_speedup_vs_nchw": statistics.median(speedup),
+                "encode_speedup": statistics.median(speedup),
                 "backbone_img_s": rates[s],
-                "backbone_speedup_vs_nchw": rates[s] / rates[REFERENCE],
+                "backbone_speedup": rates[s] / rates[reference],
                 **diff,
+                "same_values_as": same[s],
             }
         )
     table = md_table(
@@ -189,12 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 **r,
                 "encode wall s (each repeat)": " / ".join(f"{w:.1f}" for w in r["encode_wall_s"]),
                 "encode img/s": r["encode_img_s"],
-                "encode speed-up": r["encode_speedup_vs_nchw"],
+                "encode speed-up": r["encode_speedup"],
                 "backbone img/s": r["backbone_img_s"],
-                "backbone speed-up": r["backbone_speedup_vs_nchw"],
+                "backbone speed-up": r["backbone_speedup"],
                 "fp16 values that differ": f"{100 * r['values_differ']:.2f}%",
                 "largest difference": f"{r['max_abs_diff']:.2g}",
                 "lowest row cosine": f"{r['min_row_cosine']:.7f}",
+                "bit for bit as": ", ".join(r["same_values_as"]) or "-",
             }
             for r in rows
         ],
@@ -208,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "fp16 values that differ",
             "largest difference",
             "lowest row cosine",
+            "bit for bit as",
         ],
     )
     md = (
@@ -216,15 +270,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"`{ref_cfg.ssl.model}`, "
         f"profile `{args.profile}`. *encode*: the product's store from an empty cache (Ray Data decode + "
         "augmentation + the Encoder actor pool, start-up included), images a second of wall time; speed-up: "
-        "median over repeats of the NCHW run's wall time over this setting's, in the same repeat. "
+        f"median over repeats of the reference's ({reference}) wall time over this setting's, in the same "
+        "repeat. "
         f"*backbone*: the Encoder alone on one decoded batch ({len(batch['sample_id'])} images "
         f"x {views} views), median of the calls after a warm-up. Differences: every stored fp16 value "
-        "against the NCHW fp32 store's.\n\n"
+        "against the reference store's; *bit for bit as*: the settings whose stores hold the same values. "
+        f"Ray runtime: {max([cpus, *(a + 1 for a in args.actors)])} CPUs on a host with "
+        f"{len(os.sched_getaffinity(0))} cores.\n\n"
         f"{table}\n"
     )
     write_result(
         args.name,
-        {"images": images, "views": views, "settings": SETTINGS, "rows": rows},
+        {"images": images, "views": views, "reference": reference, "settings": chosen, "rows": rows},
         md,
         module="benchmarks.encode_throughput",
         out_dir=args.out,

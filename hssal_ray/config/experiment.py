@@ -24,6 +24,9 @@ class ResourcesConfig:
         use_gpu: One GPU per training worker and per scoring actor.
         cpus_per_worker: CPUs reserved per training worker.
         score_actors: Scoring actors (one per GPU when ``use_gpu``).
+        encode_actors: Actors of the frozen path's one-time encode (one backbone each; on CPUs each
+            decodes and encodes on one core). 0 = auto: one per GPU with ``use_gpu``, else one per
+            free CPU less one, as many as memory holds at ~2 GiB each (one inside a Tune trial).
         max_failures: Ray Train restarts from the last checkpoint after a worker failure.
         object_store_memory: Bytes for a local runtime's object store (``None`` = Ray's default).
         executor: Where the model runs. ``ray``: training as a Ray Train ``TorchTrainer`` and
@@ -45,6 +48,7 @@ class ResourcesConfig:
     use_gpu: bool = _runtime(False)
     cpus_per_worker: float = _runtime(1.0)
     score_actors: int = _runtime(1)
+    encode_actors: int = _runtime(0)
     max_failures: int = _runtime(2)
     object_store_memory: int | None = _runtime(None)
     executor: Literal["auto", "ray", "driver"] = _runtime("auto")
@@ -54,6 +58,7 @@ class ResourcesConfig:
         _check(self.num_workers >= 1, "resources.num_workers", f"must be >= 1, got {self.num_workers}")
         _check(self.cpus_per_worker > 0, "resources.cpus_per_worker", "must be > 0")
         _check(self.score_actors >= 1, "resources.score_actors", "must be >= 1")
+        _check(self.encode_actors >= 0, "resources.encode_actors", "must be >= 0 (0 = auto)")
         _check(self.max_failures >= 0, "resources.max_failures", "must be >= 0")
         _check(self.num_cpus is None or self.num_cpus >= 1, "resources.num_cpus", "must be >= 1")
         _check(self.store_shards >= 0, "resources.store_shards", "must be >= 0")

@@ -36,14 +36,7 @@ def ensure(cfg: Any, run_dir: str, progress: Callable[[str], None]) -> Catalog:
     if root is None:
         root = _synthetic_root(cfg, run_dir)
         progress(f"[hssal] no data.root given: generated the synthetic demo dataset in {root}")
-    cat = scan(
-        root,
-        test_fraction=cfg.data.test_fraction,
-        seed=cfg.seed,
-        layout=cfg.data.layout,
-        val_fraction=cfg.data.val_fraction,
-        follow_symlinks=cfg.data.follow_symlinks,
-    )
+    cat = scan_config(cfg, root)
     refused = ""
     if cat.refused:
         from hssal_ray.data.pipeline import BAD_DIR, collect_bad_samples, write_bad_part
@@ -56,6 +49,20 @@ def ensure(cfg: Any, run_dir: str, progress: Callable[[str], None]) -> Catalog:
     loaded = Catalog.load(path)
     progress(f"[hssal] catalog: {cat.summary()}{refused}")
     return loaded
+
+
+def scan_config(cfg: Any, root: str | None = None) -> Catalog:
+    """:func:`~hssal_ray.data.catalog.scan` of ``root`` (default ``data.root``) with the run's
+    ``data.*`` settings and seed: the catalog a run of ``cfg`` builds."""
+    d = cfg.data
+    return scan(
+        d.root if root is None else root,
+        test_fraction=d.test_fraction,
+        seed=cfg.seed,
+        layout=d.layout,
+        val_fraction=d.val_fraction,
+        follow_symlinks=d.follow_symlinks,
+    )
 
 
 def _synthetic_root(cfg: Any, run_dir: str) -> str:

@@ -260,6 +260,7 @@ def stream(
     follow_symlinks: bool = False,
     select: Sequence[int] | None = None,
     value_range: Sequence[float] | None = None,
+    rows_per_block: int | None = None,
 ) -> Any:
     """Manifest rows -> Ray Dataset of decoded, augmented arrays (lazy, streaming).
 
@@ -279,12 +280,14 @@ def stream(
         follow_symlinks: Read files that resolve outside the root (``data.follow_symlinks``).
         select: Bands kept, 1-based (``data.band_select``).
         value_range: Fixed scaling of non-8-bit images (``data.value_range``).
+        rows_per_block: Manifest rows per block, the unit a task (or a fused actor) takes; None = 4
+            decode batches.
     """
     # Only the columns the decode step reads go into the object store (not e.g. class_name, split).
     keep = [c for c in (*_MANIFEST_COLS, "aug_seed") if c in table.column_names]
     if len(keep) < table.num_columns:
         table = table.select(keep)
-    ds = manifest_dataset(table, rows_per_block=max(batch_size, 1) * 4)
+    ds = manifest_dataset(table, rows_per_block=rows_per_block or max(batch_size, 1) * 4)
     ds = ds.map_batches(
         _decode_augment,
         fn_kwargs=dict(
@@ -331,11 +334,21 @@ def decode_settings(cfg: Any, *, root: str, kind: str, bad_dir: str | None) -> d
     )
 
 
-def stream_for(cfg: Any, table: pa.Table, *, root: str, kind: str, views: Sequence[str], run_dir: str) -> Any:
+def stream_for(
+    cfg: Any,
+    table: pa.Table,
+    *,
+    root: str,
+    kind: str,
+    views: Sequence[str],
+    run_dir: str,
+    rows_per_block: int | None = None,
+) -> Any:
     """:func:`stream` with the run's settings (:func:`decode_settings`) and decode batch size."""
     return stream(
         table,
         views=views,
         batch_size=cfg.data.decode_batch_size,
+        rows_per_block=rows_per_block,
         **decode_settings(cfg, root=root, kind=kind, bad_dir=_io.join(run_dir, BAD_DIR)),
     )

@@ -3,9 +3,9 @@
 :func:`ensure_store` keys the store (:func:`store_key`: images, backbone, weights, size,
 normalisation, views), finds it (:func:`store_path`), checks the parts already written (row count
 and ids; a damaged part is encoded again) and encodes what is missing: decode + augment tasks feed
-an actor pool holding the backbone (:class:`Encoder`; one actor per GPU with
-``resources.use_gpu``), each chunk written as one part atomically, with a progress line per chunk
-(:class:`EncodeProgress`). Then it opens the store.
+an actor pool holding the backbone (:class:`Encoder`; ``resources.encode_actors``, by default one
+per GPU or one per free CPU less one: :func:`encode_pool_size`), each chunk written as one part
+atomically, with a progress line per chunk (:class:`EncodeProgress`). Then it opens the store.
 """
 
 from __future__ import annotations
@@ -249,20 +249,77 @@ class EncodeProgress:
         )
 
 
-def idle_cpus_hint(actors: int, cluster_cpus: float, use_gpu: bool) -> str | None:
-    """A line for a CPU encode that leaves CPUs idle, else None.
+# What one CPU encode actor holds at its peak, for ``resources.encode_actors: 0`` (auto): measured on the
+# default recipe (Lite0, 224 px, ssl.eval_batch_size 64, clean + 2 weak + 2 strong views) while it encoded
+# UCM, peak RSS 2.2 GB, of which 1.0 GB private (the decoded batch, activations, queued blocks) and the rest
+# shared libraries. A larger backbone or batch needs more: set resources.encode_actors.
+ENCODE_ACTOR_BYTES = 2 * 2**30
 
-    On CPUs Ray Data fuses the decode into the encode actor (same resources), so each actor decodes
-    and runs the backbone on one core, and ``actors`` cores work. The pool leaves one CPU for
-    Ray Data's other tasks (:func:`hssal_ray.scoring.actor_pool_size`).
+
+def encode_pool_size(
+    requested: int,
+    *,
+    use_gpu: bool,
+    cpus: float,
+    gpus: float = 0.0,
+    memory: float = float("inf"),
+    host_cores: int | None = None,
+    in_trial: bool = False,
+) -> tuple[int, str]:
+    """The one-time encode's actor pool, and why: ``(actors, reason)``.
+
+    On CPUs Ray Data runs the decode inside each encode actor, so an actor keeps one core busy and the
+    encode scales with the pool. ``requested`` > 0 is taken as given (on CPUs at most ``cpus - 1``:
+    :func:`hssal_ray.scoring.actor_pool_size`). 0 (auto): one actor per GPU with ``use_gpu``; on CPUs
+    one per free CPU less one (left for Ray Data's tasks), counting at most ``host_cores`` on a runtime
+    that is this host alone, and no more than ``memory`` holds at :data:`ENCODE_ACTOR_BYTES` each;
+    inside a Tune trial one (the trial reserves one CPU for it).
+
+    Args:
+        requested: ``resources.encode_actors``.
+        use_gpu: ``resources.use_gpu``.
+        cpus: CPUs of the runtime free now.
+        gpus: GPUs of the runtime free now.
+        memory: Bytes of Ray's ``memory`` resource free now.
+        host_cores: Cores this process may use, when the runtime is this host alone (else None).
+        in_trial: Whether the encode runs inside a placement group (a Tune trial).
     """
-    most = int(cluster_cpus) - 1
-    if use_gpu or actors >= most:
-        return None
-    return (
-        f"[hssal] encode: {actors} actor(s) on a runtime with {int(cluster_cpus)} CPUs, each decoding and "
-        f"encoding on one core; resources.score_actors={most} would use the rest (each actor holds a copy "
-        "of the backbone)"
+    from hssal_ray.scoring import actor_pool_size
+
+    if requested > 0:
+        n = actor_pool_size(requested, cpus, use_gpu)
+        return n, f"resources.encode_actors={requested}"
+    if in_trial:
+        return 1, "auto: inside a Tune trial, which holds one CPU for it"
+    if use_gpu:
+        n = max(1, int(gpus))
+        return n, f"auto: one per GPU ({gpus:g} free)"
+    usable = cpus if host_cores is None else min(cpus, float(host_cores))
+    by_cpu = max(1, int(usable) - 1)
+    by_memory = max(1, int(memory // ENCODE_ACTOR_BYTES)) if memory < float("inf") else by_cpu
+    n = min(by_cpu, by_memory)
+    why = f"auto: {usable:g} free CPU(s) less one"
+    if by_memory < by_cpu:
+        why += f", memory for {by_memory} at {ENCODE_ACTOR_BYTES / 2**30:g} GiB each"
+    return n, why
+
+
+def _encode_pool(cfg: Any) -> tuple[int, str]:
+    """:func:`encode_pool_size` from the running Ray runtime."""
+    import ray
+    import ray.util
+
+    free = ray.available_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    local = len(nodes) == 1 and nodes[0].get("NodeID") == ray.get_runtime_context().get_node_id()
+    return encode_pool_size(
+        cfg.resources.encode_actors,
+        use_gpu=cfg.resources.use_gpu,
+        cpus=float(free.get("CPU", 0.0)),
+        gpus=float(free.get("GPU", 0.0)),
+        memory=float(free.get("memory", float("inf"))),
+        host_cores=len(os.sched_getaffinity(0)) if local else None,
+        in_trial=ray.util.get_current_placement_group() is not None,
     )
 
 
@@ -280,25 +337,33 @@ def _encode(
 
     from hssal_ray.config import config_to_dict
     from hssal_ray.data.pipeline import collect_bad_samples, stream_for
-    from hssal_ray.scoring import actor_pool_size
 
     table = catalog.table
     n = table.num_rows
-    cpus = float(ray.cluster_resources().get("CPU", 0.0))
-    actors = actor_pool_size(cfg.resources.score_actors, cpus, cfg.resources.use_gpu)
+    actors, why = _encode_pool(cfg)
     chunks = _store._chunks(n)
     rows = sum(chunks[i][1] - chunks[i][0] for i in todo)
     emit = progress or log.info
-    hint = idle_cpus_hint(actors, cpus, cfg.resources.use_gpu)
-    if hint:
-        emit(hint)
+    device = "GPU" if cfg.resources.use_gpu else "CPU"
+    emit(f"[hssal] encode: {actors} {device} actor(s) ({why}), each holding a copy of the backbone")
     bar = EncodeProgress(rows, len(todo), emit)
     for i in todo:
         s, e = chunks[i]
         part = table.slice(s, e - s).select(["sample_id", "source", "row", "label"])
         # per-image augmentation seeds from the manifest position: the same views for every run
         part = part.append_column("aug_seed", pa.array(np.arange(s, e, dtype=np.int64) * 7919 + 17))
-        ds = stream_for(cfg, part, root=catalog.root, kind=catalog.kind, views=views, run_dir=run_dir)
+        # One Encoder batch a block: a chunk is 64 blocks at the default batch, work for every actor of a
+        # large pool (4 batches a block left 16 blocks, so a 15-actor pool ran 2 waves of mostly idle
+        # actors), and each batch holds the same rows whatever the pool, so the features do not depend on it.
+        ds = stream_for(
+            cfg,
+            part,
+            root=catalog.root,
+            kind=catalog.kind,
+            views=views,
+            run_dir=run_dir,
+            rows_per_block=cfg.ssl.eval_batch_size,
+        )
         ds = ds.map_batches(
             Encoder,
             fn_constructor_kwargs=dict(experiment=config_to_dict(cfg), views=views),

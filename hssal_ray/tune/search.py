@@ -132,6 +132,26 @@ def _start_ray(cfg: ExperimentConfig) -> None:
     )
 
 
+def prepare_shared_inputs(cfg: ExperimentConfig, sweep_dir: str, say: Callable[[str], None]) -> bool:
+    """Build what the trials share before any starts (the frozen path's embedding store); True if built.
+
+    Here, in the sweep's driver, the encode gets the cluster's free CPUs or GPUs
+    (``resources.encode_actors: 0``); inside a trial it would get one actor, and trials running at once
+    would each encode the same store. A trial whose swept keys change what the store is keyed by
+    (images, backbone, input) still encodes its own. Not for the generated demo data (each trial
+    generates its own under its run directory).
+    """
+    from hssal_ray.data.bootstrap import scan_config
+    from hssal_ray.learners import learner_class
+
+    learner = learner_class(cfg)
+    if not learner.shares_inputs or cfg.data.root is None:
+        return False
+    _io.makedirs(sweep_dir)
+    learner.prepare_inputs(cfg, scan_config(cfg), sweep_dir, progress=say)
+    return True
+
+
 def _trial_name_of(trial: Any) -> str:
     cfg = dict(trial.config)
     return trial_name({k: v for k, v in cfg.items() if k != REPEAT_KEY}, int(cfg.get(REPEAT_KEY, 0)))
@@ -277,6 +297,7 @@ def run_sweep(
     # Tune propagates this variable from the driver to the trial actors.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     _start_ray(cfg)
+    prepare_shared_inputs(cfg, plan.sweep_dir, say)
     limit = _concurrency(plan)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=config_to_dict(cfg), sweep_dir=plan.sweep_dir),

@@ -79,3 +79,41 @@ def test_half_written_store_is_detected_and_finished(ray_local, tmp_path: Path, 
         np.testing.assert_array_equal(again.views[v], first.views[v])  # the same, seeded views
     meta = json.loads((path / "meta.json").read_text())
     assert meta["complete"] and meta["arrays"]["rows"] == 30
+
+
+def test_a_sweep_encodes_the_shared_store_once_before_its_trials(
+    ray_local, tmp_path: Path, monkeypatch
+) -> None:
+    """The sweep's driver builds the store its trials share (with the auto actor pool), and a trial's
+    own catalog (another split seed) then finds it complete: nothing is encoded again."""
+    from hssal_ray.config import load_config
+    from hssal_ray.data.bootstrap import scan_config
+    from hssal_ray.data.synthetic import make_synthetic_rs
+    from hssal_ray.frozen import encode
+    from hssal_ray.tune.search import prepare_shared_inputs
+
+    root = tmp_path / "data"
+    make_synthetic_rs(str(root), num_classes=3, per_class=4, size=16, seed=0)
+    over = [
+        f"data.root={root}",
+        "data.image_size=16",
+        "frozen.embed_views=1",
+        f"data.embedding_cache={tmp_path}/c",
+    ]
+    cfg = load_config(None, [*over, "ssl.finetune=frozen"])
+    said: list[str] = []
+    assert prepare_shared_inputs(cfg, str(tmp_path / "sweep"), said.append)
+    # 2 CPUs (fewer while the previous test's actors go): one actor, the pool's size said with its reason
+    assert any("encode: 1 CPU actor(s) (auto: " in line for line in said), said
+
+    def no_encode(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the store was encoded again")
+
+    monkeypatch.setattr(encode, "_encode", no_encode)
+    trial = load_config(None, [*over, "ssl.finetune=frozen", "seed=3"])
+    store = encode.ensure_store(trial, scan_config(trial), str(tmp_path / "trial"))
+    assert len(store.ids) == 12
+    # nothing shared: the image path, and the demo data each trial generates for itself
+    assert not prepare_shared_inputs(load_config(None, over), str(tmp_path / "s2"), said.append)
+    no_root = load_config(None, ["ssl.finetune=frozen", "frozen.embed_views=1"])
+    assert not prepare_shared_inputs(no_root, str(tmp_path / "s3"), said.append)

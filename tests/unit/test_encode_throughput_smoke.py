@@ -11,7 +11,7 @@ import pytest
 from hssal_ray.data.synthetic import make_synthetic_rs
 
 
-@pytest.mark.slow  # six Ray Data runs, about 30 s
+@pytest.mark.slow  # eight Ray Data runs, about 40 s
 def test_encode_throughput_smoke(tmp_path: Path) -> None:
     from benchmarks.encode_throughput import SETTINGS, main
 
@@ -19,17 +19,20 @@ def test_encode_throughput_smoke(tmp_path: Path) -> None:
     make_synthetic_rs(str(data), num_classes=2, per_class=3, size=24, seed=0)
     profile = tmp_path / "profile.yaml"
     profile.write_text(
-        "ssl: {model: hssal_small_cnn, finetune: frozen, eval_batch_size: 4}\n"
+        "ssl: {model: hssal_small_cnn, finetune: frozen, eval_batch_size: 2}\n"
         "data: {image_size: 16}\nfrozen: {embed_views: 1}\nresources: {num_cpus: 2}\n"
     )
-    argv = ["--data", str(data), "--per-class", "2", "--profile", str(profile), "--repeats", "1"]
+    argv = ["--data", str(data), "--per-class", "3", "--profile", str(profile), "--repeats", "1"]
+    argv += ["--actors", "2"]  # 3 batches of 2 images over 2 actors
     assert main([*argv, "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "encode_throughput.json").read_text())
-    assert result["images"] == 4 and result["views"] == 3  # none, weak_0, strong_0
+    assert result["images"] == 6 and result["views"] == 3  # none, weak_0, strong_0
     rows = {r["setting"]: r for r in result["rows"]}
-    assert list(rows) == list(SETTINGS)
+    assert list(rows) == [*SETTINGS, "channels_last fp32, 2 actor(s)"]
     ref = rows["nchw fp32"]
-    assert ref["values_differ"] == 0 and ref["max_abs_diff"] == 0 and ref["encode_speedup_vs_nchw"] == 1
+    assert ref["values_differ"] == 0 and ref["max_abs_diff"] == 0 and ref["encode_speedup"] == 1
     assert rows["channels_last fp32"]["min_row_cosine"] > 0.99999  # fp32 rounding apart
+    # two encode actors split the batches between them: the same store, bit for bit
+    assert "channels_last fp32" in rows["channels_last fp32, 2 actor(s)"]["same_values_as"]
     assert all(r["encode_img_s"] > 0 and r["backbone_img_s"] > 0 for r in rows.values())
     assert "channels_last bf16" in (tmp_path / "out" / "encode_throughput.md").read_text()
