@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from hssal_ray.errors import DataError
-from hssal_ray.predict import Predictor, _part_path, _Progress, _write_part, predictions_table
+from hssal_ray.predict import Predictor, _part_path, _Progress, _write_part, log, predictions_table
 from hssal_ray.scoring import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES
 
 __all__ = ["predict_ray", "route"]
@@ -97,14 +97,13 @@ def predict_ray(
 
     from hssal_ray._ray import ensure_ray
     from hssal_ray.data.pipeline import stream_for
-    from hssal_ray.scoring import actor_pool_size
+    from hssal_ray.scoring import runtime_pool_size
 
     cfg = rm.cfg
     ensure_ray(resources if resources is not None else cfg.resources)
     use_gpu = float(ray.cluster_resources().get("GPU", 0.0)) > 0 if gpu is None else gpu
-    n_gpu = int(ray.cluster_resources().get("GPU", 0.0))
-    want = actors or (n_gpu if use_gpu else cfg.resources.score_actors)
-    size = actor_pool_size(max(1, want), float(ray.cluster_resources().get("CPU", 0.0)), use_gpu)
+    size, why = runtime_pool_size(actors or 0, use_gpu)  # auto: every free GPU, or the free CPUs less one
+    log.info("predict: %d %s actor(s) (%s)", size, "GPU" if use_gpu else "CPU", why)
     DataContext.get_current().execution_options.preserve_order = True  # parts follow the chunk order
     table = pa.concat_tables([chunks[i] for i in todo])
     ds = stream_for(cfg, table, root=cat.root, kind=cat.kind, views=("none",), run_dir=out)

@@ -349,7 +349,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--batch-size", type=int, default=None, help="images per model batch (ssl.eval_batch_size)"
     )
-    p.add_argument("--actors", type=int, default=None, help="model actors (default: GPUs, else resources)")
+    p.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="model actors (default: each free GPU, else the free CPUs less one)",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--gpu", dest="gpu", action="store_true", default=None, help="one GPU per actor")
     g.add_argument("--cpu", dest="gpu", action="store_false", help="CPU actors even on a GPU cluster")

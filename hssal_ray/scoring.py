@@ -147,6 +147,76 @@ def actor_pool_size(requested: int, cluster_cpus: float, use_gpu: bool) -> int:
     return capped
 
 
+# What one CPU inference actor holds at its peak, for an auto pool (:func:`auto_pool_size`): measured on the
+# frozen path's encode actor of the default recipe (Lite0, 224 px, ssl.eval_batch_size 64, clean + 2 weak +
+# 2 strong views) while it encoded UCM: peak RSS 2.2 GB, of which 1.0 GB private (the decoded batch,
+# activations, queued blocks), the rest shared libraries. Predict's actors (one view) hold less. A larger
+# backbone or batch needs more: set the pool's size.
+ACTOR_BYTES = 2 * 2**30
+
+
+def auto_pool_size(
+    requested: int,
+    *,
+    use_gpu: bool,
+    cpus: float,
+    gpus: float = 0.0,
+    memory: float = float("inf"),
+    host_cores: int | None = None,
+    in_trial: bool = False,
+) -> tuple[int, str]:
+    """An inference pool over a whole archive (the frozen encode, predict), and why: ``(actors, reason)``.
+
+    On CPUs Ray Data runs the decode inside each actor, so an actor keeps one core busy and the pass
+    scales with the pool. ``requested`` > 0 is taken as given (on CPUs at most ``cpus - 1``:
+    :func:`actor_pool_size`). 0 (auto): one actor per free GPU with ``use_gpu``; on CPUs one per free CPU
+    less one (left for Ray Data's tasks), counting at most ``host_cores`` on a runtime that is this host
+    alone, and no more than ``memory`` holds at :data:`ACTOR_BYTES` each; inside a Tune trial one (the
+    trial's footprint holds one CPU for it).
+
+    Args:
+        requested: The pool's size as set (``resources.encode_actors``, ``predict --actors``), 0 = auto.
+        use_gpu: GPU actors.
+        cpus: CPUs of the runtime free now.
+        gpus: GPUs of the runtime free now.
+        memory: Bytes of Ray's ``memory`` resource free now.
+        host_cores: Cores this process may use, when the runtime is this host alone (else None).
+        in_trial: Whether the pass runs inside a placement group (a Tune trial).
+    """
+    if requested > 0:
+        return actor_pool_size(requested, cpus, use_gpu), f"set to {requested}"
+    if in_trial:
+        return 1, "auto: inside a Tune trial, which holds one CPU for it"
+    if use_gpu:
+        return max(1, int(gpus)), f"auto: one per GPU ({gpus:g} free)"
+    usable = cpus if host_cores is None else min(cpus, float(host_cores))
+    by_cpu = max(1, int(usable) - 1)
+    by_memory = max(1, int(memory // ACTOR_BYTES)) if memory < float("inf") else by_cpu
+    why = f"auto: {usable:g} free CPU(s) less one"
+    if by_memory < by_cpu:
+        why += f", memory for {by_memory} at {ACTOR_BYTES / 2**30:g} GiB each"
+    return min(by_cpu, by_memory), why
+
+
+def runtime_pool_size(requested: int, use_gpu: bool) -> tuple[int, str]:
+    """:func:`auto_pool_size` from what the running Ray runtime has free now."""
+    import ray
+    import ray.util
+
+    free = ray.available_resources()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    local = len(nodes) == 1 and nodes[0].get("NodeID") == ray.get_runtime_context().get_node_id()
+    return auto_pool_size(
+        requested,
+        use_gpu=use_gpu,
+        cpus=float(free.get("CPU", 0.0)),
+        gpus=float(free.get("GPU", 0.0)),
+        memory=float(free.get("memory", float("inf"))),
+        host_cores=len(os.sched_getaffinity(0)) if local else None,
+        in_trial=ray.util.get_current_placement_group() is not None,
+    )
+
+
 def _on_actors(ds: Any, cfg: ExperimentConfig, ckpt_dir: str, num_classes: int, mode: str) -> Any:
     """The decode stream mapped by a pool of :class:`Scorer` actors (a lazy Ray Dataset of result tables)."""
     import ray

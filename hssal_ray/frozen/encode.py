@@ -4,8 +4,9 @@
 normalisation, views), finds it (:func:`store_path`), checks the parts already written (row count
 and ids; a damaged part is encoded again) and encodes what is missing: decode + augment tasks feed
 an actor pool holding the backbone (:class:`Encoder`; ``resources.encode_actors``, by default one
-per GPU or one per free CPU less one: :func:`encode_pool_size`), each chunk written as one part
-atomically, with a progress line per chunk (:class:`EncodeProgress`). Then it opens the store.
+per GPU or one per free CPU less one: :func:`hssal_ray.scoring.auto_pool_size`), each chunk written
+as one part atomically, with a progress line per chunk (:class:`EncodeProgress`). Then it opens the
+store.
 """
 
 from __future__ import annotations
@@ -249,80 +250,6 @@ class EncodeProgress:
         )
 
 
-# What one CPU encode actor holds at its peak, for ``resources.encode_actors: 0`` (auto): measured on the
-# default recipe (Lite0, 224 px, ssl.eval_batch_size 64, clean + 2 weak + 2 strong views) while it encoded
-# UCM, peak RSS 2.2 GB, of which 1.0 GB private (the decoded batch, activations, queued blocks) and the rest
-# shared libraries. A larger backbone or batch needs more: set resources.encode_actors.
-ENCODE_ACTOR_BYTES = 2 * 2**30
-
-
-def encode_pool_size(
-    requested: int,
-    *,
-    use_gpu: bool,
-    cpus: float,
-    gpus: float = 0.0,
-    memory: float = float("inf"),
-    host_cores: int | None = None,
-    in_trial: bool = False,
-) -> tuple[int, str]:
-    """The one-time encode's actor pool, and why: ``(actors, reason)``.
-
-    On CPUs Ray Data runs the decode inside each encode actor, so an actor keeps one core busy and the
-    encode scales with the pool. ``requested`` > 0 is taken as given (on CPUs at most ``cpus - 1``:
-    :func:`hssal_ray.scoring.actor_pool_size`). 0 (auto): one actor per GPU with ``use_gpu``; on CPUs
-    one per free CPU less one (left for Ray Data's tasks), counting at most ``host_cores`` on a runtime
-    that is this host alone, and no more than ``memory`` holds at :data:`ENCODE_ACTOR_BYTES` each;
-    inside a Tune trial one (the trial reserves one CPU for it).
-
-    Args:
-        requested: ``resources.encode_actors``.
-        use_gpu: ``resources.use_gpu``.
-        cpus: CPUs of the runtime free now.
-        gpus: GPUs of the runtime free now.
-        memory: Bytes of Ray's ``memory`` resource free now.
-        host_cores: Cores this process may use, when the runtime is this host alone (else None).
-        in_trial: Whether the encode runs inside a placement group (a Tune trial).
-    """
-    from hssal_ray.scoring import actor_pool_size
-
-    if requested > 0:
-        n = actor_pool_size(requested, cpus, use_gpu)
-        return n, f"resources.encode_actors={requested}"
-    if in_trial:
-        return 1, "auto: inside a Tune trial, which holds one CPU for it"
-    if use_gpu:
-        n = max(1, int(gpus))
-        return n, f"auto: one per GPU ({gpus:g} free)"
-    usable = cpus if host_cores is None else min(cpus, float(host_cores))
-    by_cpu = max(1, int(usable) - 1)
-    by_memory = max(1, int(memory // ENCODE_ACTOR_BYTES)) if memory < float("inf") else by_cpu
-    n = min(by_cpu, by_memory)
-    why = f"auto: {usable:g} free CPU(s) less one"
-    if by_memory < by_cpu:
-        why += f", memory for {by_memory} at {ENCODE_ACTOR_BYTES / 2**30:g} GiB each"
-    return n, why
-
-
-def _encode_pool(cfg: Any) -> tuple[int, str]:
-    """:func:`encode_pool_size` from the running Ray runtime."""
-    import ray
-    import ray.util
-
-    free = ray.available_resources()
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    local = len(nodes) == 1 and nodes[0].get("NodeID") == ray.get_runtime_context().get_node_id()
-    return encode_pool_size(
-        cfg.resources.encode_actors,
-        use_gpu=cfg.resources.use_gpu,
-        cpus=float(free.get("CPU", 0.0)),
-        gpus=float(free.get("GPU", 0.0)),
-        memory=float(free.get("memory", float("inf"))),
-        host_cores=len(os.sched_getaffinity(0)) if local else None,
-        in_trial=ray.util.get_current_placement_group() is not None,
-    )
-
-
 def _encode(
     cfg: Any,
     catalog: Any,
@@ -337,10 +264,11 @@ def _encode(
 
     from hssal_ray.config import config_to_dict
     from hssal_ray.data.pipeline import collect_bad_samples, stream_for
+    from hssal_ray.scoring import runtime_pool_size
 
     table = catalog.table
     n = table.num_rows
-    actors, why = _encode_pool(cfg)
+    actors, why = runtime_pool_size(cfg.resources.encode_actors, cfg.resources.use_gpu)
     chunks = _store._chunks(n)
     rows = sum(chunks[i][1] - chunks[i][0] for i in todo)
     emit = progress or log.info

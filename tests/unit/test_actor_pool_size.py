@@ -1,6 +1,7 @@
-"""Scoring actors never take every CPU of a CPU-only cluster (Ray Data would hang)."""
+"""Actor pools: never every CPU of a CPU-only cluster (Ray Data would hang); an archive-wide pass (the
+frozen encode, predict) sizes its own from the runtime."""
 
-from hssal_ray.scoring import actor_pool_size
+from hssal_ray.scoring import ACTOR_BYTES, actor_pool_size, auto_pool_size
 
 
 def test_cpu_pool_leaves_one_cpu_for_data_tasks() -> None:
@@ -13,3 +14,29 @@ def test_cpu_pool_leaves_one_cpu_for_data_tasks() -> None:
 def test_gpu_pool_is_left_alone_and_one_actor_is_the_floor() -> None:
     assert actor_pool_size(4, 2.0, use_gpu=True) == 4
     assert actor_pool_size(2, 1.0, use_gpu=False) == 1
+
+
+def test_auto_pool_uses_the_free_cpus_less_one() -> None:
+    n, why = auto_pool_size(0, use_gpu=False, cpus=16.0)
+    assert n == 15 and why == "auto: 16 free CPU(s) less one"
+    assert auto_pool_size(0, use_gpu=False, cpus=2.0)[0] == 1  # 2 CPUs: one actor, one CPU for Ray Data
+    assert auto_pool_size(0, use_gpu=False, cpus=1.0)[0] == 1  # never fewer than one
+
+
+def test_auto_pool_counts_the_hosts_cores_and_memory() -> None:
+    # a local runtime declared with more CPUs than the host has: the host's cores count
+    assert auto_pool_size(0, use_gpu=False, cpus=4.0, host_cores=2)[0] == 1
+    assert auto_pool_size(0, use_gpu=False, cpus=64.0, host_cores=8)[0] == 7
+    # memory for 5 actors on 16 CPUs: 5, and the reason says memory decided
+    n, why = auto_pool_size(0, use_gpu=False, cpus=16.0, memory=5.5 * ACTOR_BYTES)
+    assert n == 5 and "memory for 5" in why
+    assert auto_pool_size(0, use_gpu=False, cpus=16.0, memory=0.5 * ACTOR_BYTES)[0] == 1
+
+
+def test_pool_on_gpus_in_a_trial_and_as_set() -> None:
+    assert auto_pool_size(0, use_gpu=True, cpus=16.0, gpus=4.0) == (4, "auto: one per GPU (4 free)")
+    assert auto_pool_size(0, use_gpu=True, cpus=16.0, gpus=0.0)[0] == 1
+    assert auto_pool_size(0, use_gpu=False, cpus=16.0, in_trial=True)[0] == 1
+    assert auto_pool_size(3, use_gpu=False, cpus=16.0) == (3, "set to 3")
+    assert auto_pool_size(8, use_gpu=False, cpus=4.0)[0] == 3  # never every CPU (Ray Data would hang)
+    assert auto_pool_size(2, use_gpu=True, cpus=1.0, gpus=8.0)[0] == 2
