@@ -2,73 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from hssal_ray.errors import DataError
+from hssal_ray.data.pipeline import route
 from hssal_ray.predict import Predictor, _part_path, _Progress, _write_part, log, predictions_table
 from hssal_ray.scoring import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES
 
-__all__ = ["predict_ray", "route"]
-
-
-def route(
-    batches: Iterable[pa.Table], chunk_ids: Iterable[Any], seen: Callable[[int], None] | None = None
-) -> Iterator[tuple[int, pa.Table | None]]:
-    """Group an ordered stream of result batches into the chunks they belong to.
-
-    Args:
-        batches: Result tables with a ``sample_id`` column, in the order of the chunks' rows
-            (rows may be missing: images that failed to decode).
-        chunk_ids: Each chunk's ``sample_id`` values, in order (read one chunk at a time).
-        seen: Called with the row count of each batch (progress).
-
-    Yields:
-        ``(k, table)`` for every chunk ``k`` in order, as soon as the stream has moved past it;
-        ``table`` is None when none of its rows came back. Only one chunk's ids and results are
-        held at a time.
-
-    Raises:
-        DataError: A row of no remaining chunk (the stream was not in chunk order).
-    """
-    chunk_iter = iter(chunk_ids)
-    n = -1
-    current: set[str] = set()
-    buf: list[pa.Table] = []
-
-    def advance() -> bool:
-        nonlocal n, current
-        nxt = next(chunk_iter, None)
-        if nxt is None:
-            return False
-        n, current = n + 1, set(nxt.to_pylist() if hasattr(nxt, "to_pylist") else nxt)
-        return True
-
-    if not advance():
-        return
-    for b in batches:
-        if seen is not None:
-            seen(b.num_rows)
-        ids = b.column("sample_id").to_pylist()
-        s = 0
-        while s < len(ids):
-            e = s
-            while e < len(ids) and ids[e] in current:
-                e += 1
-            if e > s:
-                buf.append(b.slice(s, e - s))
-            if e < len(ids):  # the stream moved on: this chunk is complete
-                yield n, pa.concat_tables(buf) if buf else None
-                buf = []
-                if not advance():
-                    raise DataError(f"prediction for {ids[e]!r}, which is in no pending chunk")
-            s = e
-    yield n, pa.concat_tables(buf) if buf else None
-    while advance():
-        yield n, None
+__all__ = ["predict_ray"]
 
 
 def predict_ray(

@@ -261,9 +261,10 @@ def _encode(
 ) -> None:
     import ray
     import ray.data
+    from ray.data import DataContext
 
     from hssal_ray.config import config_to_dict
-    from hssal_ray.data.pipeline import collect_bad_samples, stream_for
+    from hssal_ray.data.pipeline import collect_bad_samples, route, stream_for
     from hssal_ray.scoring import runtime_pool_size
 
     table = catalog.table
@@ -275,40 +276,52 @@ def _encode(
     device = "GPU" if cfg.resources.use_gpu else "CPU"
     emit(f"[hssal] encode: {actors} {device} actor(s) ({why}), each holding a copy of the backbone")
     bar = EncodeProgress(rows, len(todo), emit)
+    batch = cfg.ssl.eval_batch_size
+    parts = {}
     for i in todo:
         s, e = chunks[i]
         part = table.slice(s, e - s).select(["sample_id", "source", "row", "label"])
         # per-image augmentation seeds from the manifest position: the same views for every run
-        part = part.append_column("aug_seed", pa.array(np.arange(s, e, dtype=np.int64) * 7919 + 17))
-        # One Encoder batch a block: a chunk is 64 blocks at the default batch, work for every actor of a
-        # large pool (4 batches a block left 16 blocks, so a 15-actor pool ran 2 waves of mostly idle
-        # actors), and each batch holds the same rows whatever the pool, so the features do not depend on it.
-        ds = stream_for(
-            cfg,
-            part,
-            root=catalog.root,
-            kind=catalog.kind,
-            views=views,
-            run_dir=run_dir,
-            rows_per_block=cfg.ssl.eval_batch_size,
-        )
-        ds = ds.map_batches(
-            Encoder,
-            fn_constructor_kwargs=dict(experiment=config_to_dict(cfg), views=views),
-            batch_size=cfg.ssl.eval_batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=1 if cfg.resources.use_gpu else 0,
-            num_cpus=1,
-        )
-        got = []
-        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):  # as actors finish them
-            got.append(block)
-            bar.batch(block.num_rows)
-        out = pa.concat_tables(got) if got else None
-        _io.makedirs(path)
-        _io.atomic_write_parquet(_part(path, i), _align(part, out, views))
-        bar.chunk(e - s)
+        parts[i] = part.append_column("aug_seed", pa.array(np.arange(s, e, dtype=np.int64) * 7919 + 17))
+    # One Ray Data run over every pending chunk, so the pool starts once and never waits on a chunk's last
+    # block; results come back in order and each chunk is written as the stream passes it. That keeps
+    # each Encoder batch inside one chunk (the same rows as a chunk encoded alone, so a resumed encode
+    # gives the same store) when batches tile a chunk; otherwise each chunk is its own run.
+    runs = [todo] if _store.CHUNK_ROWS % batch == 0 else [[i] for i in todo]
+    _io.makedirs(path)
+    ctx = DataContext.get_current()
+    was = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True
+    try:
+        for run in runs:
+            # One Encoder batch a block: a chunk is 64 blocks at the default batch, work for every actor of
+            # a large pool, and each batch holds the same rows whatever the pool, so the features do not
+            # depend on its size.
+            ds = stream_for(
+                cfg,
+                pa.concat_tables([parts[i] for i in run]),
+                root=catalog.root,
+                kind=catalog.kind,
+                views=views,
+                run_dir=run_dir,
+                rows_per_block=batch,
+            )
+            ds = ds.map_batches(
+                Encoder,
+                fn_constructor_kwargs=dict(experiment=config_to_dict(cfg), views=views),
+                batch_size=batch,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_gpus=1 if cfg.resources.use_gpu else 0,
+                num_cpus=1,
+            )
+            stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+            for k, out in route(stream, (parts[i].column("sample_id") for i in run), bar.batch):
+                i = run[k]
+                _io.atomic_write_parquet(_part(path, i), _align(parts[i], out, views))
+                bar.chunk(parts[i].num_rows)
+    finally:
+        ctx.execution_options.preserve_order = was
     secs = bar.close()
     collect_bad_samples(run_dir)
     rate = rows / max(secs, 1e-9)

@@ -43,20 +43,34 @@ def ray_local():  # type: ignore[no-untyped-def]
     ray.shutdown()
 
 
-def test_half_written_store_is_detected_and_finished(ray_local, tmp_path: Path, monkeypatch) -> None:
+# Encoder batches that tile a chunk (4 of 8 rows): one Ray Data run over every pending chunk; batches that
+# do not (the default 64): a run a chunk. Either way a resumed encode gives the same store.
+@pytest.mark.parametrize("batch, runs", [(None, [4, 2]), (4, [1, 1])])
+def test_half_written_store_is_detected_and_finished(
+    ray_local, tmp_path: Path, monkeypatch, batch: int | None, runs: list[int]
+) -> None:
     from hssal_ray.config import load_config
+    from hssal_ray.data import pipeline
     from hssal_ray.data.catalog import scan
     from hssal_ray.data.synthetic import make_synthetic_rs
     from hssal_ray.frozen import store as st
 
     root = tmp_path / "data"
     make_synthetic_rs(str(root), num_classes=3, per_class=10, size=16, seed=0)
-    cfg = load_config(
-        None, [f"data.root={root}", "data.image_size=16", "ssl.finetune=frozen", "frozen.embed_views=1"]
-    )
+    over = [f"data.root={root}", "data.image_size=16", "ssl.finetune=frozen", "frozen.embed_views=1"]
+    cfg = load_config(None, over + ([f"ssl.eval_batch_size={batch}"] if batch else []))
     cat = scan(str(root), seed=0)
     monkeypatch.setattr(st, "CHUNK_ROWS", 8)  # 30 images -> 4 parts
+    streams: list[int] = []
+    real = pipeline.stream_for
+
+    def counted(cfg, table, **kw):  # type: ignore[no-untyped-def]
+        streams.append(table.num_rows)
+        return real(cfg, table, **kw)
+
+    monkeypatch.setattr(pipeline, "stream_for", counted)
     first = st.ensure_store(cfg, cat, str(tmp_path / "run"))
+    assert len(streams) == runs[0] and sum(streams) == 30
     path = Path(first.path)
     parts = sorted(path.glob("part-*.parquet"))
     assert len(parts) == 4 and json.loads((path / "meta.json").read_text())["complete"]
@@ -72,7 +86,9 @@ def test_half_written_store_is_detected_and_finished(ray_local, tmp_path: Path, 
     parts[1].unlink()
     parts[2].write_bytes(b"not parquet")
     kept = {p.name: os.stat(p).st_mtime_ns for p in (parts[0], parts[3])}
+    streams.clear()
     again = st.ensure_store(cfg, cat, str(tmp_path / "run"))
+    assert len(streams) == runs[1] and sum(streams) == 16  # the two parts to redo
     assert {p.name: os.stat(p).st_mtime_ns for p in (parts[0], parts[3])} == kept  # whole parts trusted
     np.testing.assert_array_equal(again.ids, first.ids)
     for v in first.views:

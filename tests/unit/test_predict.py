@@ -115,7 +115,7 @@ def _batch(ids):
 
 
 def test_route_groups_an_ordered_stream_into_chunks_with_missing_rows_and_empty_chunks():
-    from hssal_ray._predict_ray import route
+    from hssal_ray.data.pipeline import route
 
     chunks = [["a1", "a2", "a3"], ["b1", "b2"], ["c1"], ["d1", "d2"], ["e1"]]
     # a2 failed to decode; chunk c and chunk e came back empty; batches straddle chunk boundaries
@@ -130,7 +130,7 @@ def test_route_groups_an_ordered_stream_into_chunks_with_missing_rows_and_empty_
 
 
 def test_route_refuses_a_stream_out_of_chunk_order():
-    from hssal_ray._predict_ray import route
+    from hssal_ray.data.pipeline import route
     from hssal_ray.errors import DataError
 
     with pytest.raises(DataError, match="in no pending chunk"):
