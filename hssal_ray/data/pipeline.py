@@ -405,7 +405,7 @@ def route(
                 yield n, pa.concat_tables(buf) if buf else None
                 buf = []
                 if not advance():
-                    raise DataError(f"prediction for {ids[e]!r}, which is in no pending chunk")
+                    raise DataError(f"a result for {ids[e]!r}, which is in no pending chunk")
             s = e
     yield n, pa.concat_tables(buf) if buf else None
     while advance():
