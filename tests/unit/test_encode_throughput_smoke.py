@@ -24,7 +24,12 @@ def test_encode_throughput_smoke(tmp_path: Path) -> None:
     )
     argv = ["--data", str(data), "--per-class", "3", "--profile", str(profile), "--repeats", "1"]
     argv += ["--actors", "2"]  # 3 batches of 2 images over 2 actors
-    assert main([*argv, "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == 0
+    try:
+        assert main([*argv, "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]) == 0
+    finally:  # the benchmark starts Ray in this process: leave none behind for the tests after it
+        import ray
+
+        ray.shutdown()
     result = json.loads((tmp_path / "out" / "encode_throughput.json").read_text())
     assert result["images"] == 6 and result["views"] == 3  # none, weak_0, strong_0
     rows = {r["setting"]: r for r in result["rows"]}
