@@ -40,6 +40,10 @@ __all__ = [
     "evaluate_split",
     "ACTOR_MAX_RESTARTS",
     "ACTOR_MAX_TASK_RETRIES",
+    "ACTOR_BYTES",
+    "actor_pool_size",
+    "auto_pool_size",
+    "runtime_pool_size",
 ]
 
 log = logging.getLogger(__name__)

@@ -58,6 +58,7 @@ __all__ = [
     "SweepPlan",
     "load_sweep_config",
     "plan_sweep",
+    "prepare_shared_inputs",
     "run_sweep",
     "run_trial",
     "row_is_final",
