@@ -9,7 +9,7 @@ temporary data directory, one user and a generated legacy API token, and is stop
 By hand (what the fixture does)::
 
     python3 -m venv ~/.cache/hssal_ray/label-studio-1.23.2
-    ~/.cache/hssal_ray/label-studio-1.23.2/bin/pip install label-studio==1.23.2
+    ~/.cache/hssal_ray/label-studio-1.23.2/bin/pip install label-studio==1.23.2 "sentry-sdk>=2.16,<3"
     LABEL_STUDIO_BASE_DATA_DIR=/tmp/ls LATEST_VERSION_CHECK=false \\
         ~/.cache/hssal_ray/label-studio-1.23.2/bin/label-studio start --no-browser \\
         --internal-host 127.0.0.1 -p 8080 --username me@example.com --password ... \\
@@ -34,6 +34,10 @@ from pathlib import Path
 from typing import Any
 
 VERSION = "1.23.2"
+# Label Studio 1.23.2 asks for sentry-sdk>=2.16 with no upper bound, and sentry-sdk 3.0 dropped the
+# `send_default_pii` option its settings pass: `manage.py migrate` fails with "Unknown option" (seen
+# 2026-12-07 on a fresh install). Installed together with the server; a change reinstalls the venv.
+REQUIREMENTS = (f"label-studio=={VERSION}", "sentry-sdk>=2.16,<3")
 START_TIMEOUT_S = 240.0
 
 
@@ -48,7 +52,7 @@ def ensure_installed() -> tuple[Path | None, str]:
     venv = venv_dir()
     exe = venv / "bin" / "label-studio"
     marker = venv / ".installed"
-    if exe.exists() and marker.exists():
+    if exe.exists() and marker.exists() and marker.read_text().split() == list(REQUIREMENTS):
         return exe, ""
     if venv.exists():
         shutil.rmtree(venv)  # a half-finished install
@@ -58,7 +62,7 @@ def ensure_installed() -> tuple[Path | None, str]:
             [sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300
         )
         proc = subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "--quiet", f"label-studio=={VERSION}"],
+            [str(venv / "bin" / "pip"), "install", "--quiet", *REQUIREMENTS],
             capture_output=True,
             text=True,
             timeout=1800,
@@ -68,7 +72,7 @@ def ensure_installed() -> tuple[Path | None, str]:
     if proc.returncode != 0 or not exe.exists():
         tail = (proc.stderr or proc.stdout)[-600:]
         return None, f"`pip install label-studio=={VERSION}` failed (no network to PyPI?): {tail}"
-    marker.write_text(VERSION + "\n")
+    marker.write_text("\n".join(REQUIREMENTS) + "\n")
     return exe, ""
 
 
