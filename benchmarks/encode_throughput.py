@@ -21,7 +21,8 @@ ssl.amp=none`` (the default); ``channels_last bf16`` = ``ssl.channels_last=true 
 ``--actors N ...`` adds the default setting with ``resources.encode_actors=N`` (the Ray runtime gets the
 largest N plus one CPUs), and every pair of stores is checked for the same values bit for bit:
 
-    python -m benchmarks.encode_throughput --per-class 50 --settings "channels_last fp32" --actors 2
+    python -m benchmarks.encode_throughput --per-class 50 --settings "channels_last fp32" --actors 2 \
+        --name encode_actors
 """
 
 from __future__ import annotations
