@@ -40,7 +40,7 @@ def predict_ray(
 
     from hssal_ray._ray import ensure_ray
     from hssal_ray.data.pipeline import stream_for
-    from hssal_ray.scoring import runtime_pool_size
+    from hssal_ray.scoring import pool_failures, runtime_pool_size
 
     cfg = rm.cfg
     ensure_ray(resources if resources is not None else cfg.resources)
@@ -63,10 +63,14 @@ def predict_ray(
     )
     written = 0
     ids_of = (chunks[i].column("sample_id") for i in todo)
-    for k, preds in route(ds.iter_batches(batch_size=None, batch_format="pyarrow"), ids_of, progress.batch):
-        i = todo[k]
-        if preds is None:
-            preds = predictions_table([], np.zeros((0, len(rm.classes))), rm.classes, top_k)
-        written += _write_part(_part_path(out, i), chunks[i], preds, tags[i], cat.root, cat.kind == "shards")
-        progress.chunk(preds.num_rows, chunks[i].column("source")[0].as_py())
+    kept = "The parts written so far are kept: rerunning the command resumes from them."
+    stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    with pool_failures("predict", kept):
+        for k, preds in route(stream, ids_of, progress.batch):
+            i = todo[k]
+            if preds is None:
+                preds = predictions_table([], np.zeros((0, len(rm.classes))), rm.classes, top_k)
+            shards = cat.kind == "shards"
+            written += _write_part(_part_path(out, i), chunks[i], preds, tags[i], cat.root, shards)
+            progress.chunk(preds.num_rows, chunks[i].column("source")[0].as_py())
     return written

@@ -19,6 +19,7 @@ __all__ = [
     "LeaseLostError",
     "DownloadError",
     "MissingOptionalDependencyError",
+    "ActorPoolError",
 ]
 
 
@@ -64,6 +65,10 @@ class LeaseLostError(LeaseError):
 
 class DownloadError(HSSALError):
     """A dataset download failed or did not match its checksum."""
+
+
+class ActorPoolError(HSSALError):
+    """A pool of Ray actors (encode, scoring, predict) lost actors more often than their restarts allow."""
 
 
 class MissingOptionalDependencyError(HSSALError, ImportError):

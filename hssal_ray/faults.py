@@ -9,6 +9,9 @@
   restarted worker group (``FailureConfig``) finishes from the last checkpoint.
 * ``HSSAL_FAULT_KILL_SCORER="batch=2,marker=/tmp/f"``: the scoring actor exits (``os._exit``, no
   clean-up) when it is handed its ``batch``-th batch (:func:`kill_scorer`), once (marker file).
+* ``HSSAL_FAULT_KILL_ENCODER="batch=2,marker=/tmp/f"``: the same for the frozen path's encode actors;
+  ``times=N`` in either spec fires on the first ``N`` actors that reach that batch (the marker file
+  counts them), so a test can exhaust the actors' restarts.
 
 The driver reads the kill specs (:func:`worker_spec`, :func:`scorer_spec`) and hands them to the
 workers and actors with their config, so they also fire on other nodes.
@@ -20,13 +23,14 @@ import logging
 import os
 import time
 
-__all__ = ["delay_stage", "worker_spec", "scorer_spec", "kill_worker", "kill_scorer"]
+__all__ = ["delay_stage", "worker_spec", "scorer_spec", "encoder_spec", "kill_worker", "kill_scorer"]
 
 log = logging.getLogger(__name__)
 
 DELAY_ENV = "HSSAL_FAULT_DELAY"
 KILL_WORKER_ENV = "HSSAL_FAULT_KILL_WORKER"
 KILL_SCORER_ENV = "HSSAL_FAULT_KILL_SCORER"
+KILL_ENCODER_ENV = "HSSAL_FAULT_KILL_ENCODER"
 
 
 #: the longest ``until:`` hold of :func:`delay_stage`
@@ -65,15 +69,29 @@ def scorer_spec() -> str | None:
     return os.environ.get(KILL_SCORER_ENV)
 
 
+def encoder_spec() -> str | None:
+    """The driver's ``HSSAL_FAULT_KILL_ENCODER`` (forwarded to the encode actors)."""
+    return os.environ.get(KILL_ENCODER_ENV)
+
+
 def _parse(spec: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
 
 
-def _first_time(marker: str, note: str) -> bool:
-    """Write ``marker`` and say True, unless there is no marker path or the marker exists."""
-    if not marker or os.path.exists(marker):
+def _first_time(marker: str, note: str, times: int = 1) -> bool:
+    """Add ``note`` to ``marker``; True while it held fewer than ``times`` notes (never without a marker).
+
+    A marker that exists counts as at least one firing, whatever it holds.
+    """
+    if not marker:
         return False
-    with open(marker, "w") as f:
+    fired = 0
+    if os.path.exists(marker):
+        with open(marker) as f:
+            fired = max(1, sum(1 for _ in f))
+    if fired >= times:
+        return False
+    with open(marker, "a") as f:
         f.write(note)
     return True
 
@@ -93,14 +111,15 @@ def kill_worker(rank: int, step: int, spec: str | None) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_scorer(batch: int, spec: str | None) -> None:
-    """Exit this scoring actor if ``spec`` names its ``batch`` (once, by marker)."""
+def kill_scorer(batch: int, spec: str | None, what: str = "scoring") -> None:
+    """Exit this ``what`` actor if ``spec`` names its ``batch`` (``times`` actors by marker, default 1)."""
     if not spec:
         return
     kv = _parse(spec)
     if int(kv.get("batch", -1)) != batch:
         return
-    if not _first_time(kv.get("marker", ""), f"killed scoring actor {os.getpid()} at batch {batch}\n"):
+    note = f"killed {what} actor {os.getpid()} at batch {batch}\n"
+    if not _first_time(kv.get("marker", ""), note, int(kv.get("times", 1))):
         return
-    log.warning("HSSAL_FAULT_KILL_SCORER: exiting scoring actor at batch %d", batch)
+    log.warning("HSSAL_FAULT_KILL: exiting %s actor at batch %d", what, batch)
     os._exit(1)

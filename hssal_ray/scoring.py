@@ -9,13 +9,17 @@ the workers as Parquet parts (``round_XXX/scores.parquet/``): the driver never h
 Faults: a scoring actor that dies (node lost, OOM kill, ``os._exit``) is restarted and its
 unfinished batches are retried (``ACTOR_MAX_RESTARTS`` / ``ACTOR_MAX_TASK_RETRIES``); a
 retried write task rewrites its own Parquet part, so every pool id is written exactly once.
+Actors that keep dying past those bounds end the stage with an :class:`~hssal_ray.errors.ActorPoolError`
+(:func:`pool_failures`) that says what to try, instead of Ray's restarts going on forever (its default).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,6 +29,7 @@ import torch
 from hssal_ray import _io, faults
 from hssal_ray.config import ExperimentConfig, config_from_dict, config_to_dict
 from hssal_ray.data.pipeline import stream_for
+from hssal_ray.errors import ActorPoolError
 from hssal_ray.rounds import (
     WEIGHT_FILES,
     amp_dtype,
@@ -44,6 +49,7 @@ __all__ = [
     "actor_pool_size",
     "auto_pool_size",
     "runtime_pool_size",
+    "pool_failures",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,27 @@ ACTOR_MAX_RESTARTS = 4
 """How often Ray restarts a dead scoring actor (finite: a deterministic crash must fail the stage)."""
 ACTOR_MAX_TASK_RETRIES = 4
 """How often a batch that was running on a dead scoring actor is retried."""
+
+
+@contextlib.contextmanager
+def pool_failures(what: str, after: str) -> Iterator[None]:
+    """An actor pool that died past its restarts (Ray's ``RayActorError``) as an :class:`ActorPoolError`.
+
+    ``what`` names the stage ("the encode"), ``after`` says what is kept and how to go on.
+    """
+    import ray.exceptions
+
+    try:
+        yield
+    except ray.exceptions.RayActorError as e:
+        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise ActorPoolError(
+            f"{what}: its Ray actors kept dying ({ACTOR_MAX_RESTARTS} restarts of an actor and "
+            f"{ACTOR_MAX_TASK_RETRIES} retries of a batch used up). The usual causes are memory (each actor "
+            f"holds a copy of the model, about {ACTOR_BYTES / 2**30:g} GiB for the packaged Lite0 at 224 px: "
+            "lower resources.encode_actors / resources.score_actors or ssl.eval_batch_size) or an input that "
+            f"crashes the decoder; the Ray logs of the dead workers say which. {after} Ray said: {first}"
+        ) from e
 
 
 class Scorer:
@@ -296,15 +323,18 @@ def score_pool(
         _io.atomic_write_parquet(_io.join(out_path, "part-00000.parquet"), pa.concat_tables(tables))
         return
     ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "score")
+    lost = pool_failures("scoring the pool", "Rerunning the command scores this round's pool again.")
     if _io.is_uri(out_path):
         if _io.exists(out_path):
             _io.remove(out_path)
-        ds.write_parquet(out_path, use_dictionary=False)
+        with lost:
+            ds.write_parquet(out_path, use_dictionary=False)
         return
     tmp = out_path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     # no dictionary encoding: fp16 list columns read ~4x faster (benchmarks/query_speed notes)
-    ds.write_parquet(os.path.abspath(tmp), use_dictionary=False)
+    with lost:
+        ds.write_parquet(os.path.abspath(tmp), use_dictionary=False)
     shutil.rmtree(out_path, ignore_errors=True)
     os.replace(tmp, out_path)
 
@@ -330,7 +360,8 @@ def evaluate_split(
         import ray
 
         ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "eval")
-        tables = ray.get(ds.select_columns(["label", "pred", "pred_other"]).to_arrow_refs())
+        with pool_failures("the evaluation", "Rerunning the command resumes at this round's evaluation."):
+            tables = ray.get(ds.select_columns(["label", "pred", "pred_other"]).to_arrow_refs())
     if not tables:
         return classification_metrics(np.zeros(0, np.int64), np.zeros(0, np.int64), num_classes)
     t = pa.concat_tables(tables)

@@ -137,7 +137,9 @@ def ensure_store(cfg: Any, catalog: Any, run_dir: str, progress: Any = None) -> 
 class Encoder:
     """Ray Data actor: the frozen backbone in memory; decoded views -> pooled fp16 features."""
 
-    def __init__(self, experiment: dict[str, Any], views: tuple[str, ...]) -> None:
+    def __init__(
+        self, experiment: dict[str, Any], views: tuple[str, ...], fault_kill: str | None = None
+    ) -> None:
         import torch
 
         from hssal_ray.config import config_from_dict
@@ -147,6 +149,8 @@ class Encoder:
 
         cfg = config_from_dict(experiment)
         self.views = views
+        self.fault_kill = fault_kill  # testing hook: hssal_ray.faults.kill_scorer
+        self.batches = 0
         self.device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
@@ -159,8 +163,11 @@ class Encoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         import torch
 
+        from hssal_ray import faults
         from hssal_ray.ssl._device import _inputs
 
+        self.batches += 1
+        faults.kill_scorer(self.batches, self.fault_kill, "encode")
         cols: dict[str, Any] = {"sample_id": pa.array([str(s) for s in batch["sample_id"]], pa.string())}
         with torch.inference_mode():
             for v in self.views:
@@ -263,9 +270,10 @@ def _encode(
     import ray.data
     from ray.data import DataContext
 
+    from hssal_ray import faults
     from hssal_ray.config import config_to_dict
     from hssal_ray.data.pipeline import collect_bad_samples, route, stream_for
-    from hssal_ray.scoring import runtime_pool_size
+    from hssal_ray.scoring import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES, pool_failures, runtime_pool_size
 
     table = catalog.table
     n = table.num_rows
@@ -308,18 +316,25 @@ def _encode(
             )
             ds = ds.map_batches(
                 Encoder,
-                fn_constructor_kwargs=dict(experiment=config_to_dict(cfg), views=views),
+                fn_constructor_kwargs=dict(
+                    experiment=config_to_dict(cfg), views=views, fault_kill=faults.encoder_spec()
+                ),
                 batch_size=batch,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 num_gpus=1 if cfg.resources.use_gpu else 0,
                 num_cpus=1,
+                # bounded, as the scoring actors': Ray Data's own defaults restart a dying actor forever
+                max_restarts=ACTOR_MAX_RESTARTS,
+                max_task_retries=ACTOR_MAX_TASK_RETRIES,
             )
             stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
-            for k, out in route(stream, (parts[i].column("sample_id") for i in run), bar.batch):
-                i = run[k]
-                _io.atomic_write_parquet(_part(path, i), _align(parts[i], out, views))
-                bar.chunk(parts[i].num_rows)
+            kept = "The chunks of the store written so far are kept: rerunning the command resumes from them."
+            with pool_failures("the encode", kept):
+                for k, out in route(stream, (parts[i].column("sample_id") for i in run), bar.batch):
+                    i = run[k]
+                    _io.atomic_write_parquet(_part(path, i), _align(parts[i], out, views))
+                    bar.chunk(parts[i].num_rows)
     finally:
         ctx.execution_options.preserve_order = was
     secs = bar.close()

@@ -126,6 +126,22 @@ def test_killed_scoring_actor_scores_every_pool_id_exactly_once(
     os.environ.pop("HSSAL_FAULT_KILL_SCORER", None)
 
 
+def test_scoring_actors_that_keep_dying_end_the_stage_with_a_clear_error(
+    ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every scoring actor dies at its first batch: the stage ends once the bounded restarts are used up,
+    with one product error that names the stage and what to try, and leaves no scores behind."""
+    from hssal_ray.errors import ActorPoolError
+    from hssal_ray.scoring import ACTOR_MAX_RESTARTS
+
+    marker = tmp_path / "scorers_killed"
+    with pytest.raises(ActorPoolError, match="^scoring the pool: its Ray actors kept dying"):
+        _score(tmp_path, "doomed", f"batch=1,times=1000,marker={marker}", monkeypatch)
+    assert len(marker.read_text().splitlines()) >= ACTOR_MAX_RESTARTS + 1
+    assert not (tmp_path / "doomed" / "scores.parquet").exists()
+    os.environ.pop("HSSAL_FAULT_KILL_SCORER", None)
+
+
 @pytest.mark.slow  # ~4 min on 2 busy cores: a single-node reference run + a 4-node run
 def test_worker_node_lost_in_query_stage_run_finishes_with_same_labeled_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -97,6 +97,47 @@ def test_half_written_store_is_detected_and_finished(
     assert meta["complete"] and meta["arrays"]["rows"] == 30
 
 
+def test_encode_actors_that_die_lose_nothing(ray_local, tmp_path: Path, monkeypatch) -> None:
+    """An encode actor killed mid-stream is restarted and its batch retried: the store is the same bit for
+    bit. Actors that die at every batch end the encode with a clear error within their bounded restarts
+    (Ray Data's own default restarts them forever), leave no store marked complete, and a rerun finishes
+    it."""
+    from hssal_ray.config import load_config
+    from hssal_ray.data.catalog import scan
+    from hssal_ray.data.synthetic import make_synthetic_rs
+    from hssal_ray.errors import ActorPoolError
+    from hssal_ray.faults import KILL_ENCODER_ENV
+    from hssal_ray.frozen import store as st
+    from hssal_ray.scoring import ACTOR_MAX_RESTARTS
+
+    root = tmp_path / "data"
+    make_synthetic_rs(str(root), num_classes=3, per_class=6, size=16, seed=1)
+    over = [f"data.root={root}", "data.image_size=16", "ssl.finetune=frozen", "frozen.embed_views=1"]
+    cfg = load_config(None, [*over, "ssl.eval_batch_size=4"])
+    cat = scan(str(root), seed=0)
+    monkeypatch.setattr(st, "CHUNK_ROWS", 8)  # 18 images: 3 chunks, 5 batches in one stream
+    monkeypatch.delenv(KILL_ENCODER_ENV, raising=False)
+    clean = st.ensure_store(cfg, cat, str(tmp_path / "clean"))
+
+    once = tmp_path / "killed_once"
+    monkeypatch.setenv(KILL_ENCODER_ENV, f"batch=2,marker={once}")
+    again = st.ensure_store(cfg, cat, str(tmp_path / "once"))
+    assert once.read_text().startswith("killed encode actor "), "the encode actor was never killed"
+    for v in clean.views:
+        np.testing.assert_array_equal(again.views[v], clean.views[v])
+
+    always = tmp_path / "killed_always"
+    monkeypatch.setenv(KILL_ENCODER_ENV, f"batch=1,times=1000,marker={always}")
+    with pytest.raises(ActorPoolError, match="^the encode: its Ray actors kept dying .*rerunning the"):
+        st.ensure_store(cfg, cat, str(tmp_path / "doomed"))
+    assert len(always.read_text().splitlines()) >= ACTOR_MAX_RESTARTS + 1
+    assert not list((tmp_path / "doomed").rglob("meta.json"))  # nothing claims to be a whole store
+    monkeypatch.delenv(KILL_ENCODER_ENV)
+    rerun = st.ensure_store(cfg, cat, str(tmp_path / "doomed"))
+    for v in clean.views:
+        np.testing.assert_array_equal(rerun.views[v], clean.views[v])
+
+
 def test_a_sweep_encodes_the_shared_store_once_before_its_trials(
     ray_local, tmp_path: Path, monkeypatch
 ) -> None:

@@ -139,3 +139,38 @@ def test_kill_hooks_fire_once(tmp_path, call: str, code: int) -> None:
     assert os.path.exists(marker)
     second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert second.returncode == 0 and "alive" in second.stdout
+
+
+def test_kill_hook_fires_on_as_many_actors_as_times_says(tmp_path) -> None:
+    """``times=3``: the first three actors that reach the batch exit, the fourth goes on; the marker
+    holds one line per actor killed (each a fresh process, as Ray's restarted actors are)."""
+    marker = str(tmp_path / "m")
+    spec = f"batch=2,times=3,marker={marker}"
+    script = f"from hssal_ray import faults\nfaults.kill_scorer(2, {spec!r}, 'encode')\nprint('alive')\n"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = [sys.executable, "-c", script]
+    codes = [subprocess.run(run, env=env, capture_output=True).returncode for _ in range(4)]
+    assert codes == [1, 1, 1, 0]
+    lines = open(marker).read().splitlines()
+    assert len(lines) == 3 and all(line.startswith("killed encode actor ") for line in lines)
+
+
+def test_pool_failures_names_the_stage_and_what_is_kept() -> None:
+    """Ray's error for a pool that died past its restarts becomes one clear product error; others pass."""
+    import ray.exceptions
+
+    from hssal_ray.errors import ActorPoolError, HSSALError
+    from hssal_ray.scoring import ACTOR_MAX_RESTARTS, pool_failures
+
+    with pytest.raises(ActorPoolError) as err:
+        with pool_failures("the encode", "The chunks written so far are kept."):
+            raise ray.exceptions.ActorDiedError()
+    msg = str(err.value)
+    assert isinstance(err.value, HSSALError)
+    assert isinstance(err.value.__cause__, ray.exceptions.ActorDiedError)
+    assert msg.startswith("the encode: its Ray actors kept dying") and f"{ACTOR_MAX_RESTARTS} restarts" in msg
+    assert "The chunks written so far are kept." in msg and "resources.encode_actors" in msg
+    assert msg.endswith("Ray said: The actor died unexpectedly before finishing this task.")
+    with pytest.raises(KeyError):  # not an actor's death: untouched
+        with pool_failures("the encode", ""):
+            raise KeyError("x")
