@@ -130,7 +130,8 @@ class Scorer:
 
     @torch.inference_mode()
     def _forward(self, x: np.ndarray, model: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device, non_blocking=True)
+        # a writable copy of Ray Data's read-only batch: torch warns about read-only buffers
+        t = torch.from_numpy(np.require(x, requirements=("C", "W"))).to(self.device, non_blocking=True)
         if self.cfg.ssl.channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):

@@ -171,9 +171,10 @@ class Encoder:
         cols: dict[str, Any] = {"sample_id": pa.array([str(s) for s in batch["sample_id"]], pa.string())}
         with torch.inference_mode():
             for v in self.views:
-                x = _inputs(
-                    torch.from_numpy(np.ascontiguousarray(batch[f"x_{v}"])), self.device, self.channels_last
-                )
+                # Ray Data's batches are read-only views: a writable copy keeps torch from warning
+                # (once an actor, "undefined behavior") about a buffer it never writes anyway
+                x = np.require(batch[f"x_{v}"], requirements=("C", "W"))
+                x = _inputs(torch.from_numpy(x), self.device, self.channels_last)
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     f = self.backbone(x).float().cpu().numpy().astype(np.float16)
                 cols[v] = pa.FixedSizeListArray.from_arrays(pa.array(f.reshape(-1)), f.shape[1])
