@@ -9,7 +9,6 @@ import pyarrow as pa
 
 from hssal_ray.data.pipeline import route
 from hssal_ray.predict import Predictor, _part_path, _Progress, _write_part, log, predictions_table
-from hssal_ray.scoring import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES
 
 __all__ = ["predict_ray"]
 
@@ -40,7 +39,7 @@ def predict_ray(
 
     from hssal_ray._ray import ensure_ray
     from hssal_ray.data.pipeline import stream_for
-    from hssal_ray.scoring import pool_failures, runtime_pool_size
+    from hssal_ray.scoring import map_on_actors, pool_failures, runtime_pool_size
 
     cfg = rm.cfg
     ensure_ray(resources if resources is not None else cfg.resources)
@@ -50,7 +49,8 @@ def predict_ray(
     DataContext.get_current().execution_options.preserve_order = True  # parts follow the chunk order
     table = pa.concat_tables([chunks[i] for i in todo])
     ds = stream_for(cfg, table, root=cat.root, kind=cat.kind, views=("none",), run_dir=out)
-    ds = ds.map_batches(
+    ds = map_on_actors(
+        ds,
         Predictor,
         fn_constructor_kwargs=dict(run_dir=rm.run_dir, round_idx=rm.round, top_k=top_k, use_gpu=use_gpu),
         batch_size=batch,
@@ -58,8 +58,6 @@ def predict_ray(
         compute=ray.data.ActorPoolStrategy(size=size),
         num_gpus=1 if use_gpu else 0,
         num_cpus=0 if use_gpu else 1,
-        max_restarts=ACTOR_MAX_RESTARTS,
-        max_task_retries=ACTOR_MAX_TASK_RETRIES,
     )
     written = 0
     ids_of = (chunks[i].column("sample_id") for i in todo)

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,6 +51,7 @@ __all__ = [
     "auto_pool_size",
     "runtime_pool_size",
     "pool_failures",
+    "map_on_actors",
 ]
 
 log = logging.getLogger(__name__)
@@ -249,6 +251,21 @@ def runtime_pool_size(requested: int, use_gpu: bool) -> tuple[int, str]:
     )
 
 
+def map_on_actors(ds: Any, fn: type, **kwargs: Any) -> Any:
+    """``ds.map_batches(fn, **kwargs)`` on actors restarted at most :data:`ACTOR_MAX_RESTARTS` times.
+
+    Ray Data's own defaults are unbounded (-1: an actor that dies at every batch is restarted forever).
+    Ray 2.60 takes the bounds only as extra remote args, which it warns are deprecated while naming no
+    parameter to use instead; that one warning is silenced here (check again when Ray is upgraded: 2.64
+    removes them).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return ds.map_batches(
+            fn, max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES, **kwargs
+        )
+
+
 def _on_actors(ds: Any, cfg: ExperimentConfig, ckpt_dir: str, num_classes: int, mode: str) -> Any:
     """The decode stream mapped by a pool of :class:`Scorer` actors (a lazy Ray Dataset of result tables)."""
     import ray
@@ -258,7 +275,8 @@ def _on_actors(ds: Any, cfg: ExperimentConfig, ckpt_dir: str, num_classes: int, 
     actors = actor_pool_size(
         cfg.resources.score_actors, float(ray.cluster_resources().get("CPU", 0.0)), cfg.resources.use_gpu
     )
-    return ds.map_batches(
+    return map_on_actors(
+        ds,
         Scorer,
         fn_constructor_kwargs=dict(
             ckpt_dir=ckpt_dir,
@@ -272,10 +290,6 @@ def _on_actors(ds: Any, cfg: ExperimentConfig, ckpt_dir: str, num_classes: int, 
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if cfg.resources.use_gpu else 0,
         num_cpus=1,
-        # Ray Data's own defaults are unbounded (-1); Ray 2.60 still takes these as (deprecated,
-        # warned) extra remote args and has no named parameter for them.
-        max_restarts=ACTOR_MAX_RESTARTS,
-        max_task_retries=ACTOR_MAX_TASK_RETRIES,
     )
 
 

@@ -274,7 +274,7 @@ def _encode(
     from hssal_ray import faults
     from hssal_ray.config import config_to_dict
     from hssal_ray.data.pipeline import collect_bad_samples, route, stream_for
-    from hssal_ray.scoring import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES, pool_failures, runtime_pool_size
+    from hssal_ray.scoring import map_on_actors, pool_failures, runtime_pool_size
 
     table = catalog.table
     n = table.num_rows
@@ -315,7 +315,8 @@ def _encode(
                 run_dir=run_dir,
                 rows_per_block=batch,
             )
-            ds = ds.map_batches(
+            ds = map_on_actors(
+                ds,
                 Encoder,
                 fn_constructor_kwargs=dict(
                     experiment=config_to_dict(cfg), views=views, fault_kill=faults.encoder_spec()
@@ -325,9 +326,6 @@ def _encode(
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 num_gpus=1 if cfg.resources.use_gpu else 0,
                 num_cpus=1,
-                # bounded, as the scoring actors': Ray Data's own defaults restart a dying actor forever
-                max_restarts=ACTOR_MAX_RESTARTS,
-                max_task_retries=ACTOR_MAX_TASK_RETRIES,
             )
             stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
             kept = "The chunks of the store written so far are kept: rerunning the command resumes from them."
