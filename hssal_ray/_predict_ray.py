@@ -35,10 +35,9 @@ def predict_ray(
     """
     import ray
     import ray.data
-    from ray.data import DataContext
 
     from hssal_ray._ray import ensure_ray
-    from hssal_ray.data.pipeline import stream_for
+    from hssal_ray.data.pipeline import in_order, stream_for
     from hssal_ray.scoring import map_on_actors, pool_failures, runtime_pool_size
 
     cfg = rm.cfg
@@ -46,29 +45,29 @@ def predict_ray(
     use_gpu = float(ray.cluster_resources().get("GPU", 0.0)) > 0 if gpu is None else gpu
     size, why = runtime_pool_size(actors or 0, use_gpu)  # auto: every free GPU, or the free CPUs less one
     log.info("predict: %d %s actor(s) (%s)", size, "GPU" if use_gpu else "CPU", why)
-    DataContext.get_current().execution_options.preserve_order = True  # parts follow the chunk order
-    table = pa.concat_tables([chunks[i] for i in todo])
-    ds = stream_for(cfg, table, root=cat.root, kind=cat.kind, views=("none",), run_dir=out)
-    ds = map_on_actors(
-        ds,
-        Predictor,
-        fn_constructor_kwargs=dict(run_dir=rm.run_dir, round_idx=rm.round, top_k=top_k, use_gpu=use_gpu),
-        batch_size=batch,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=size),
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=0 if use_gpu else 1,
-    )
-    written = 0
-    ids_of = (chunks[i].column("sample_id") for i in todo)
-    kept = "The parts written so far are kept: rerunning the command resumes from them."
-    stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
-    with pool_failures("predict", kept):
-        for k, preds in route(stream, ids_of, progress.batch):
-            i = todo[k]
-            if preds is None:
-                preds = predictions_table([], np.zeros((0, len(rm.classes))), rm.classes, top_k)
-            shards = cat.kind == "shards"
-            written += _write_part(_part_path(out, i), chunks[i], preds, tags[i], cat.root, shards)
-            progress.chunk(preds.num_rows, chunks[i].column("source")[0].as_py())
+    with in_order():  # parts follow the chunk order
+        table = pa.concat_tables([chunks[i] for i in todo])
+        ds = stream_for(cfg, table, root=cat.root, kind=cat.kind, views=("none",), run_dir=out)
+        ds = map_on_actors(
+            ds,
+            Predictor,
+            fn_constructor_kwargs=dict(run_dir=rm.run_dir, round_idx=rm.round, top_k=top_k, use_gpu=use_gpu),
+            batch_size=batch,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=size),
+            num_gpus=1 if use_gpu else 0,
+            num_cpus=0 if use_gpu else 1,
+        )
+        written = 0
+        ids_of = (chunks[i].column("sample_id") for i in todo)
+        kept = "The parts written so far are kept: rerunning the command resumes from them."
+        stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        with pool_failures("predict", kept):
+            for k, preds in route(stream, ids_of, progress.batch):
+                i = todo[k]
+                if preds is None:
+                    preds = predictions_table([], np.zeros((0, len(rm.classes))), rm.classes, top_k)
+                shards = cat.kind == "shards"
+                written += _write_part(_part_path(out, i), chunks[i], preds, tags[i], cat.root, shards)
+                progress.chunk(preds.num_rows, chunks[i].column("source")[0].as_py())
     return written

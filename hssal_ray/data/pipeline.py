@@ -11,6 +11,7 @@ batches with the same augmentations.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -37,6 +38,7 @@ __all__ = [
     "stream_for",
     "decode_settings",
     "route",
+    "in_order",
 ]
 
 log = logging.getLogger(__name__)
@@ -354,6 +356,21 @@ def stream_for(
         rows_per_block=rows_per_block,
         **decode_settings(cfg, root=root, kind=kind, bad_dir=_io.join(run_dir, BAD_DIR)),
     )
+
+
+@contextlib.contextmanager
+def in_order() -> Iterator[None]:
+    """Ray Data streams created and run inside return their results in input order (``preserve_order``);
+    the setting is restored on exit, so nothing else in the process inherits it (:func:`route`'s callers)."""
+    from ray.data import DataContext
+
+    opts = DataContext.get_current().execution_options
+    was = opts.preserve_order
+    opts.preserve_order = True
+    try:
+        yield
+    finally:
+        opts.preserve_order = was
 
 
 def route(

@@ -269,11 +269,10 @@ def _encode(
 ) -> None:
     import ray
     import ray.data
-    from ray.data import DataContext
 
     from hssal_ray import faults
     from hssal_ray.config import config_to_dict
-    from hssal_ray.data.pipeline import collect_bad_samples, route, stream_for
+    from hssal_ray.data.pipeline import collect_bad_samples, in_order, route, stream_for
     from hssal_ray.scoring import map_on_actors, pool_failures, runtime_pool_size
 
     table = catalog.table
@@ -298,10 +297,7 @@ def _encode(
     # gives the same store) when batches tile a chunk; otherwise each chunk is its own run.
     runs = [todo] if _store.CHUNK_ROWS % batch == 0 else [[i] for i in todo]
     _io.makedirs(path)
-    ctx = DataContext.get_current()
-    was = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True
-    try:
+    with in_order():
         for run in runs:
             # One Encoder batch a block: a chunk is 64 blocks at the default batch, work for every actor of
             # a large pool, and each batch holds the same rows whatever the pool, so the features do not
@@ -334,8 +330,6 @@ def _encode(
                     i = run[k]
                     _io.atomic_write_parquet(_part(path, i), _align(parts[i], out, views))
                     bar.chunk(parts[i].num_rows)
-    finally:
-        ctx.execution_options.preserve_order = was
     secs = bar.close()
     collect_bad_samples(run_dir)
     rate = rows / max(secs, 1e-9)

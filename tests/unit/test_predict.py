@@ -129,6 +129,25 @@ def test_route_groups_an_ordered_stream_into_chunks_with_missing_rows_and_empty_
     assert seen == [1, 3, 2]
 
 
+def test_in_order_sets_preserve_order_only_inside_and_restores_it_after_an_error():
+    from ray.data import DataContext
+
+    from hssal_ray.data.pipeline import in_order
+
+    opts = DataContext.get_current().execution_options
+    was = opts.preserve_order
+    try:
+        opts.preserve_order = False
+        with in_order():
+            assert opts.preserve_order is True
+        assert opts.preserve_order is False
+        with pytest.raises(KeyError), in_order():
+            raise KeyError("a failed stream")
+        assert opts.preserve_order is False
+    finally:
+        opts.preserve_order = was
+
+
 def test_route_refuses_a_stream_out_of_chunk_order():
     from hssal_ray.data.pipeline import route
     from hssal_ray.errors import DataError
