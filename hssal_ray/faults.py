@@ -8,7 +8,7 @@
   once (:func:`kill_worker`); the marker file makes it fire on the first attempt only, so the
   restarted worker group (``FailureConfig``) finishes from the last checkpoint.
 * ``HSSAL_FAULT_KILL_SCORER="batch=2,marker=/tmp/f"``: the scoring actor exits (``os._exit``, no
-  clean-up) when it is handed its ``batch``-th batch (:func:`kill_scorer`), once (marker file).
+  clean-up) when it is handed its ``batch``-th batch (:func:`kill_actor`), once (marker file).
 * ``HSSAL_FAULT_KILL_ENCODER="batch=2,marker=/tmp/f"``: the same for the frozen path's encode actors;
   ``times=N`` in either spec fires on the first ``N`` actors that reach that batch (the marker file
   counts them), so a test can exhaust the actors' restarts.
@@ -23,7 +23,7 @@ import logging
 import os
 import time
 
-__all__ = ["delay_stage", "worker_spec", "scorer_spec", "encoder_spec", "kill_worker", "kill_scorer"]
+__all__ = ["delay_stage", "worker_spec", "scorer_spec", "encoder_spec", "kill_worker", "kill_actor"]
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def kill_worker(rank: int, step: int, spec: str | None) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_scorer(batch: int, spec: str | None, what: str = "scoring") -> None:
+def kill_actor(batch: int, spec: str | None, what: str = "scoring") -> None:
     """Exit this ``what`` actor if ``spec`` names its ``batch`` (``times`` actors by marker, default 1)."""
     if not spec:
         return

@@ -95,7 +95,7 @@ class Scorer:
         experiment: The resolved config as a dict.
         num_classes: Number of classes.
         mode: ``score`` (pool scores table) or ``eval`` (``sample_id, label, pred``).
-        fault_kill: Testing hook, see :func:`hssal_ray.faults.kill_scorer` (forwarded from the driver's
+        fault_kill: Testing hook, see :func:`hssal_ray.faults.kill_actor` (forwarded from the driver's
             ``HSSAL_FAULT_KILL_SCORER``).
     """
 
@@ -144,7 +144,7 @@ class Scorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         self.batches += 1
-        faults.kill_scorer(self.batches, self.fault_kill)
+        faults.kill_actor(self.batches, self.fault_kill)
         emb, probs = self._forward(batch["x_none"])
         if self.mode == "eval":
             pred = probs.argmax(1).astype(np.int32)

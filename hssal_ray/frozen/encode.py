@@ -149,7 +149,7 @@ class Encoder:
 
         cfg = config_from_dict(experiment)
         self.views = views
-        self.fault_kill = fault_kill  # testing hook: hssal_ray.faults.kill_scorer
+        self.fault_kill = fault_kill  # testing hook: hssal_ray.faults.kill_actor
         self.batches = 0
         self.device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
@@ -167,7 +167,7 @@ class Encoder:
         from hssal_ray.ssl._device import _inputs
 
         self.batches += 1
-        faults.kill_scorer(self.batches, self.fault_kill, "encode")
+        faults.kill_actor(self.batches, self.fault_kill, "encode")
         cols: dict[str, Any] = {"sample_id": pa.array([str(s) for s in batch["sample_id"]], pa.string())}
         with torch.inference_mode():
             for v in self.views:

@@ -113,20 +113,20 @@ def test_delay_stage_parses_its_spec(monkeypatch) -> None:
 
 def test_kill_hooks_do_nothing_unless_named(tmp_path) -> None:
     marker = str(tmp_path / "m")
-    faults.kill_scorer(1, None)
-    faults.kill_scorer(1, f"batch=2,marker={marker}")
+    faults.kill_actor(1, None)
+    faults.kill_actor(1, f"batch=2,marker={marker}")
     faults.kill_worker(0, 3, f"rank=1,step=3,marker={marker}")
     faults.kill_worker(1, 4, f"rank=1,step=3,marker={marker}")
-    faults.kill_scorer(2, "batch=2")  # no marker: would fire forever, so it never fires
+    faults.kill_actor(2, "batch=2")  # no marker: would fire forever, so it never fires
     assert not os.path.exists(marker)
     open(marker, "w").close()
-    faults.kill_scorer(2, f"batch=2,marker={marker}")  # the marker exists: fired before
+    faults.kill_actor(2, f"batch=2,marker={marker}")  # the marker exists: fired before
     faults.kill_worker(1, 3, f"rank=1,step=3,marker={marker}")
 
 
 @pytest.mark.parametrize(
     ("call", "code"),
-    [("kill_scorer(2, spec)", 1), ("kill_worker(1, 3, spec)", -9)],
+    [("kill_actor(2, spec)", 1), ("kill_worker(1, 3, spec)", -9)],
     ids=["scorer", "worker"],
 )
 def test_kill_hooks_fire_once(tmp_path, call: str, code: int) -> None:
@@ -146,7 +146,7 @@ def test_kill_hook_fires_on_as_many_actors_as_times_says(tmp_path) -> None:
     holds one line per actor killed (each a fresh process, as Ray's restarted actors are)."""
     marker = str(tmp_path / "m")
     spec = f"batch=2,times=3,marker={marker}"
-    script = f"from hssal_ray import faults\nfaults.kill_scorer(2, {spec!r}, 'encode')\nprint('alive')\n"
+    script = f"from hssal_ray import faults\nfaults.kill_actor(2, {spec!r}, 'encode')\nprint('alive')\n"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     run = [sys.executable, "-c", script]
     codes = [subprocess.run(run, env=env, capture_output=True).returncode for _ in range(4)]
