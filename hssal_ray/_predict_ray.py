@@ -62,7 +62,7 @@ def predict_ray(
         ids_of = (chunks[i].column("sample_id") for i in todo)
         kept = "The parts written so far are kept: rerunning the command resumes from them."
         stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
-        with pool_failures("predict", kept):
+        with pool_failures("predict", kept, "--actors or --batch-size"):
             for k, preds in route(stream, ids_of, progress.batch):
                 i = todo[k]
                 if preds is None:

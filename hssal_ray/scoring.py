@@ -63,10 +63,11 @@ ACTOR_MAX_TASK_RETRIES = 4
 
 
 @contextlib.contextmanager
-def pool_failures(what: str, after: str) -> Iterator[None]:
+def pool_failures(what: str, after: str, knobs: str) -> Iterator[None]:
     """An actor pool that died past its restarts (Ray's ``RayActorError``) as an :class:`ActorPoolError`.
 
-    ``what`` names the stage ("the encode"), ``after`` says what is kept and how to go on.
+    ``what`` names the stage ("the encode"), ``after`` says what is kept and how to go on, ``knobs`` what
+    sets the pool's size and batch.
     """
     import ray.exceptions
 
@@ -78,8 +79,8 @@ def pool_failures(what: str, after: str) -> Iterator[None]:
             f"{what}: its Ray actors kept dying ({ACTOR_MAX_RESTARTS} restarts of an actor and "
             f"{ACTOR_MAX_TASK_RETRIES} retries of a batch used up). The usual causes are memory (each actor "
             f"holds a copy of the model, about {ACTOR_BYTES / 2**30:g} GiB for the packaged Lite0 at 224 px: "
-            "lower resources.encode_actors / resources.score_actors or ssl.eval_batch_size) or an input that "
-            f"crashes the decoder; the Ray logs of the dead workers say which. {after} Ray said: {first}"
+            f"lower {knobs}) or an input that crashes the decoder; the Ray logs of the dead workers say "
+            f"which. {after} Ray said: {first}"
         ) from e
 
 
@@ -338,7 +339,8 @@ def score_pool(
         _io.atomic_write_parquet(_io.join(out_path, "part-00000.parquet"), pa.concat_tables(tables))
         return
     ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "score")
-    lost = pool_failures("scoring the pool", "Rerunning the command scores this round's pool again.")
+    again = "Rerunning the command scores this round's pool again."
+    lost = pool_failures("scoring the pool", again, "resources.score_actors or ssl.eval_batch_size")
     if _io.is_uri(out_path):
         if _io.exists(out_path):
             _io.remove(out_path)
@@ -375,7 +377,8 @@ def evaluate_split(
         import ray
 
         ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "eval")
-        with pool_failures("the evaluation", "Rerunning the command resumes at this round's evaluation."):
+        again = "Rerunning the command resumes at this round's evaluation."
+        with pool_failures("the evaluation", again, "resources.score_actors or ssl.eval_batch_size"):
             tables = ray.get(ds.select_columns(["label", "pred", "pred_other"]).to_arrow_refs())
     if not tables:
         return classification_metrics(np.zeros(0, np.int64), np.zeros(0, np.int64), num_classes)

@@ -325,7 +325,7 @@ def _encode(
             )
             stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
             kept = "The chunks of the store written so far are kept: rerunning the command resumes from them."
-            with pool_failures("the encode", kept):
+            with pool_failures("the encode", kept, "resources.encode_actors or ssl.eval_batch_size"):
                 for k, out in route(stream, (parts[i].column("sample_id") for i in run), bar.batch):
                     i = run[k]
                     _io.atomic_write_parquet(_part(path, i), _align(parts[i], out, views))

@@ -163,14 +163,14 @@ def test_pool_failures_names_the_stage_and_what_is_kept() -> None:
     from hssal_ray.scoring import ACTOR_MAX_RESTARTS, pool_failures
 
     with pytest.raises(ActorPoolError) as err:
-        with pool_failures("the encode", "The chunks written so far are kept."):
+        with pool_failures("the encode", "The chunks written so far are kept.", "resources.encode_actors"):
             raise ray.exceptions.ActorDiedError()
     msg = str(err.value)
     assert isinstance(err.value, HSSALError)
     assert isinstance(err.value.__cause__, ray.exceptions.ActorDiedError)
     assert msg.startswith("the encode: its Ray actors kept dying") and f"{ACTOR_MAX_RESTARTS} restarts" in msg
-    assert "The chunks written so far are kept." in msg and "resources.encode_actors" in msg
+    assert "The chunks written so far are kept." in msg and "lower resources.encode_actors)" in msg
     assert msg.endswith("Ray said: The actor died unexpectedly before finishing this task.")
     with pytest.raises(KeyError):  # not an actor's death: untouched
-        with pool_failures("the encode", ""):
+        with pool_failures("the encode", "", ""):
             raise KeyError("x")
