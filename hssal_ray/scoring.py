@@ -57,9 +57,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ACTOR_MAX_RESTARTS = 4
-"""How often Ray restarts a dead scoring actor (finite: a deterministic crash must fail the stage)."""
+"""How often Ray restarts a dead actor of a pool (scoring, encode, predict: :func:`map_on_actors`); finite,
+so that a deterministic crash fails the stage."""
 ACTOR_MAX_TASK_RETRIES = 4
-"""How often a batch that was running on a dead scoring actor is retried."""
+"""How often a batch that was running on a dead actor of a pool is retried."""
 
 
 @contextlib.contextmanager
