@@ -62,12 +62,12 @@ def predict_ray(
         ids_of = (chunks[i].column("sample_id") for i in todo)
         kept = "The parts written so far are kept: rerunning the command resumes from them."
         stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        shards = cat.kind == "shards"
         with pool_failures("predict", kept, "--actors or --batch-size"):
             for k, preds in route(stream, ids_of, progress.batch):
                 i = todo[k]
                 if preds is None:
                     preds = predictions_table([], np.zeros((0, len(rm.classes))), rm.classes, top_k)
-                shards = cat.kind == "shards"
                 written += _write_part(_part_path(out, i), chunks[i], preds, tags[i], cat.root, shards)
                 progress.chunk(preds.num_rows, chunks[i].column("source")[0].as_py())
     return written

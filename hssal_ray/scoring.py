@@ -253,6 +253,10 @@ def runtime_pool_size(requested: int, use_gpu: bool) -> tuple[int, str]:
     )
 
 
+_SCORER_KNOBS = "resources.score_actors or ssl.eval_batch_size"
+"""What sizes the :class:`Scorer` pool and its batches (named by :func:`pool_failures`)."""
+
+
 def map_on_actors(ds: Any, fn: type, **kwargs: Any) -> Any:
     """``ds.map_batches(fn, **kwargs)`` on actors restarted at most :data:`ACTOR_MAX_RESTARTS` times.
 
@@ -341,7 +345,7 @@ def score_pool(
         return
     ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "score")
     again = "Rerunning the command scores this round's pool again."
-    lost = pool_failures("scoring the pool", again, "resources.score_actors or ssl.eval_batch_size")
+    lost = pool_failures("scoring the pool", again, _SCORER_KNOBS)
     if _io.is_uri(out_path):
         if _io.exists(out_path):
             _io.remove(out_path)
@@ -379,7 +383,7 @@ def evaluate_split(
 
         ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "eval")
         again = "Rerunning the command resumes at this round's evaluation."
-        with pool_failures("the evaluation", again, "resources.score_actors or ssl.eval_batch_size"):
+        with pool_failures("the evaluation", again, _SCORER_KNOBS):
             tables = ray.get(ds.select_columns(["label", "pred", "pred_other"]).to_arrow_refs())
     if not tables:
         return classification_metrics(np.zeros(0, np.int64), np.zeros(0, np.int64), num_classes)

@@ -297,6 +297,7 @@ def _encode(
     # gives the same store) when batches tile a chunk; otherwise each chunk is its own run.
     runs = [todo] if _store.CHUNK_ROWS % batch == 0 else [[i] for i in todo]
     _io.makedirs(path)
+    kept = "The chunks of the store written so far are kept: rerunning the command resumes from them."
     with in_order():
         for run in runs:
             # One Encoder batch a block: a chunk is 64 blocks at the default batch, work for every actor of
@@ -324,7 +325,6 @@ def _encode(
                 num_cpus=1,
             )
             stream = ds.iter_batches(batch_size=None, batch_format="pyarrow")
-            kept = "The chunks of the store written so far are kept: rerunning the command resumes from them."
             with pool_failures("the encode", kept, "resources.encode_actors or ssl.eval_batch_size"):
                 for k, out in route(stream, (parts[i].column("sample_id") for i in run), bar.batch):
                     i = run[k]
