@@ -10,7 +10,9 @@
 * ``HSSAL_FAULT_KILL_SCORER="batch=2,marker=/tmp/f"``: the scoring actor exits (``os._exit``, no
   clean-up) when it is handed its ``batch``-th batch (:func:`kill_actor`), once (marker file).
 * ``HSSAL_FAULT_KILL_ENCODER="batch=2,marker=/tmp/f"``: the same for the frozen path's encode actors;
-  ``times=N`` in either spec fires on the first ``N`` actors that reach that batch (the marker file
+  ``HSSAL_FAULT_KILL_SHARD="batch=2,marker=/tmp/f"``: the same for the store's shard actors
+  (``resources.store_shards``), ``batch`` counting an actor's graph searches or scoring calls;
+  ``times=N`` in any of these specs fires on the first ``N`` actors that reach that batch (the marker file
   counts them), so a test can exhaust the actors' restarts.
 
 The driver reads the kill specs (:func:`worker_spec`, :func:`scorer_spec`) and hands them to the
@@ -23,7 +25,15 @@ import logging
 import os
 import time
 
-__all__ = ["delay_stage", "worker_spec", "scorer_spec", "encoder_spec", "kill_worker", "kill_actor"]
+__all__ = [
+    "delay_stage",
+    "worker_spec",
+    "scorer_spec",
+    "encoder_spec",
+    "shard_spec",
+    "kill_worker",
+    "kill_actor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +41,7 @@ DELAY_ENV = "HSSAL_FAULT_DELAY"
 KILL_WORKER_ENV = "HSSAL_FAULT_KILL_WORKER"
 KILL_SCORER_ENV = "HSSAL_FAULT_KILL_SCORER"
 KILL_ENCODER_ENV = "HSSAL_FAULT_KILL_ENCODER"
+KILL_SHARD_ENV = "HSSAL_FAULT_KILL_SHARD"
 
 
 #: the longest ``until:`` hold of :func:`delay_stage`
@@ -72,6 +83,11 @@ def scorer_spec() -> str | None:
 def encoder_spec() -> str | None:
     """The driver's ``HSSAL_FAULT_KILL_ENCODER`` (forwarded to the encode actors)."""
     return os.environ.get(KILL_ENCODER_ENV)
+
+
+def shard_spec() -> str | None:
+    """The driver's ``HSSAL_FAULT_KILL_SHARD`` (forwarded to the store's shard actors)."""
+    return os.environ.get(KILL_SHARD_ENV)
 
 
 def _parse(spec: str) -> dict[str, str]:

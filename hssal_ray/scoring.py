@@ -64,24 +64,32 @@ ACTOR_MAX_TASK_RETRIES = 4
 
 
 @contextlib.contextmanager
-def pool_failures(what: str, after: str, knobs: str) -> Iterator[None]:
+def pool_failures(what: str, after: str, knobs: str, holds: str | None = None) -> Iterator[None]:
     """An actor pool that died past its restarts (Ray's ``RayActorError``) as an :class:`ActorPoolError`.
 
     ``what`` names the stage ("the encode"), ``after`` says what is kept and how to go on, ``knobs`` what
-    sets the pool's size and batch.
+    sets the pool's size and batch, ``holds`` what each actor keeps in memory (default: a copy of the model).
+    An actor whose constructor raised is not restarted: the error says so, with the constructor's own error.
     """
     import ray.exceptions
 
     try:
         yield
     except ray.exceptions.RayActorError as e:
-        first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        if e.actor_init_failed:
+            raise ActorPoolError(
+                f"{what}: its Ray actors failed to start. {after} Ray said: {lines[-1]}"
+            ) from e
+        holds = (
+            holds
+            or f"a copy of the model, about {ACTOR_BYTES / 2**30:g} GiB for the packaged Lite0 at 224 px"
+        )
         raise ActorPoolError(
             f"{what}: its Ray actors kept dying ({ACTOR_MAX_RESTARTS} restarts of an actor and "
             f"{ACTOR_MAX_TASK_RETRIES} retries of a batch used up). The usual causes are memory (each actor "
-            f"holds a copy of the model, about {ACTOR_BYTES / 2**30:g} GiB for the packaged Lite0 at 224 px: "
-            f"lower {knobs}) or an input that crashes the decoder; the Ray logs of the dead workers say "
-            f"which. {after} Ray said: {first}"
+            f"holds {holds}: lower {knobs}) or an input that crashes an actor; the Ray logs of the dead "
+            f"workers say which. {after} Ray said: {lines[0]}"
         ) from e
 
 

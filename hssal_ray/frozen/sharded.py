@@ -53,9 +53,20 @@ class StoreShard:
     Args:
         store_path: The store directory (shared by every node, or a URI).
         cfg: The experiment config (feature normalisation, TTA views, the head's shape).
+        nodes: A graph shard's ``(rows, start, stats, gpu)``: the graph features of store rows ``rows``
+            (nodes ``start..``) are loaded here, on the GPU too with ``gpu``; none for a scoring shard.
+        fault_kill: Testing hook (:func:`hssal_ray.faults.kill_actor`, its ``batch`` counted in calls of
+            :meth:`search` and :meth:`score`).
+
+    A shard that dies (node lost, OOM kill) is restarted, its constructor loading its rows again, and its
+    unfinished calls are retried (:data:`~hssal_ray.scoring.ACTOR_MAX_RESTARTS` /
+    :data:`~hssal_ray.scoring.ACTOR_MAX_TASK_RETRIES`); both calls are pure (a retried :meth:`score`
+    rewrites its own part, renamed into place when whole), so a retry gives the same graph and scores.
     """
 
-    def __init__(self, store_path: str, cfg: Any) -> None:
+    def __init__(
+        self, store_path: str, cfg: Any, nodes: tuple[Any, ...] | None = None, fault_kill: str | None = None
+    ) -> None:
         from hssal_ray.frozen.store import open_store
 
         self.cfg = cfg
@@ -64,9 +75,13 @@ class StoreShard:
         self.z_dev: Any = None  # the same rows on the GPU, for a graph actor given one
         self.device: str | None = None
         self.start = 0
+        self.calls = 0
+        self.fault_kill = fault_kill  # testing hook: hssal_ray.faults.kill_actor, per call
+        if nodes is not None:  # in the constructor, so that a restarted actor has its rows again
+            self._load_nodes(*nodes)
 
-    def load_nodes(self, rows: np.ndarray, start: int, stats: tuple[Any, Any], gpu: bool = False) -> int:
-        """Keep the graph features of store rows ``rows`` (nodes ``start..``); returns their count.
+    def _load_nodes(self, rows: np.ndarray, start: int, stats: tuple[Any, Any], gpu: bool = False) -> None:
+        """Keep the graph features of store rows ``rows`` (nodes ``start..``).
 
         ``gpu``: the actor was given a GPU (``resources.use_gpu``): the rows are also copied to it
         once and every :meth:`search` runs there.
@@ -86,18 +101,24 @@ class StoreShard:
                 )
             self.device = "cuda"
             self.z_dev = torch.from_numpy(np.ascontiguousarray(self.z, dtype=np.float32)).to(self.device)
-        return len(rows)
+
+    def _call(self) -> None:
+        from hssal_ray import faults
+
+        self.calls += 1
+        faults.kill_actor(self.calls, self.fault_kill, "store shard")
 
     def features(self) -> np.ndarray:
         """This shard's node features (sent to the other shards through the object store)."""
-        assert self.z is not None, "load_nodes first"
+        assert self.z is not None, "a graph shard: constructed with its nodes"
         return self.z
 
     def search(self, q: np.ndarray, q_start: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         """This shard's ``k`` best neighbours of query nodes ``q`` (:func:`.shards.block_topk`)."""
         from hssal_ray.frozen.shards import block_topk
 
-        assert self.z is not None, "load_nodes first"
+        assert self.z is not None, "a graph shard: constructed with its nodes"
+        self._call()
         x = self.z if self.z_dev is None else self.z_dev
         return block_topk(q, q_start, x, self.start, k, device=self.device)
 
@@ -113,26 +134,45 @@ class StoreShard:
         from hssal_ray.frozen.head import build_head
         from hssal_ray.frozen.scores import write_scores_of
 
+        self._call()
         head = build_head(self.cfg, self.store.dim, num_classes)
         head.load_state_dict(head_state)
         return write_scores_of(self.cfg, self.store, head.eval(), rows, part, num_classes, members)
 
 
-def _actors(cfg: Any, store_path: str, count: int, gpu: bool = False) -> tuple[list[Any], float]:
+def _actors(
+    cfg: Any, store_path: str, count: int, nodes: list[tuple[Any, ...]] | None = None, gpu: bool = False
+) -> tuple[list[Any], float]:
     """``count`` :class:`StoreShard` actors, one CPU each, spread over the nodes, and their GPU share.
 
-    ``gpu``: each also takes a GPU, or an equal share of the cluster's
-    (:func:`.shards.gpus_per_shard`); the share is 0 otherwise.
+    ``nodes``: each graph shard's constructor ``nodes`` (:class:`StoreShard`). ``gpu``: each also takes a
+    GPU, or an equal share of the cluster's (:func:`.shards.gpus_per_shard`); the share is 0 otherwise.
+    Restarts are bounded as the other actor pools' (:mod:`hssal_ray.scoring`).
     """
     import ray
 
+    from hssal_ray import faults
     from hssal_ray._ray import ensure_ray
     from hssal_ray.frozen.shards import gpus_per_shard
+    from hssal_ray.scoring import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES
 
     ensure_ray(cfg.resources)
     gpus = gpus_per_shard(float(ray.cluster_resources().get("GPU", 0.0)), count) if gpu else 0.0
-    cls = ray.remote(num_cpus=1, num_gpus=gpus, scheduling_strategy="SPREAD")(StoreShard)
-    return [cls.remote(store_path, cfg) for _ in range(count)], gpus
+    cls = ray.remote(
+        num_cpus=1,
+        num_gpus=gpus,
+        scheduling_strategy="SPREAD",
+        max_restarts=ACTOR_MAX_RESTARTS,
+        max_task_retries=ACTOR_MAX_TASK_RETRIES,
+    )(StoreShard)
+    spec = faults.shard_spec()
+    args = [(None if nodes is None else (*nodes[i], gpus > 0)) for i in range(count)]
+    return [cls.remote(store_path, cfg, a, spec) for a in args], gpus
+
+
+_SHARD_KNOBS = "resources.store_shards (more shards, fewer rows each)"
+"""What sizes a :class:`StoreShard`'s share (named by :func:`~hssal_ray.scoring.pool_failures`)."""
+_SHARD_HOLDS = "its shard's rows of the store (the graph's features, or the scored rows' views)"
 
 
 def _kill(actors: list[Any]) -> None:
@@ -148,6 +188,7 @@ def sharded_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any]
 
     from hssal_ray.frozen.graph import KnnGraph
     from hssal_ray.frozen.shards import merge_topk, shard_bounds
+    from hssal_ray.scoring import pool_failures
 
     rows = np.asarray(rows, dtype=np.int64)
     n = len(rows)
@@ -155,22 +196,19 @@ def sharded_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any]
     if k < 1:
         return KnnGraph(rows=rows, cos=np.zeros((n, 0), np.float32), idx=np.zeros((n, 0), np.int64))
     bounds = shard_bounds(n, shards)
-    actors, gpus = _actors(cfg, store.path, len(bounds), gpu=cfg.resources.use_gpu)
+    nodes = [(rows[s:e], s, stats) for s, e in bounds]
     t0 = time.perf_counter()
+    actors, gpus = _actors(cfg, store.path, len(bounds), nodes, gpu=cfg.resources.use_gpu)
+    again = "Nothing is saved of this graph; the round's rerun builds it again."
     try:
-        ray.get(
-            [
-                a.load_nodes.remote(rows[s:e], s, stats, gpus > 0)
-                for a, (s, e) in zip(actors, bounds, strict=True)
-            ]
-        )
-        cos = np.empty((n, k), np.float32)
-        idx = np.empty((n, k), np.int64)
-        for a, (s, e) in zip(actors, bounds, strict=True):
-            q = a.features.remote()  # stays in the object store: the shards fetch it, the driver does not
-            parts = ray.get([b.search.remote(q, s, k) for b in actors])
-            cos[s:e], idx[s:e] = merge_topk(parts, k)
-            del q
+        with pool_failures("the sharded k-NN graph", again, _SHARD_KNOBS, _SHARD_HOLDS):
+            cos = np.empty((n, k), np.float32)
+            idx = np.empty((n, k), np.int64)
+            for a, (s, e) in zip(actors, bounds, strict=True):
+                q = a.features.remote()  # stays in the object store: the shards fetch it, the driver does not
+                parts = ray.get([b.search.remote(q, s, k) for b in actors])
+                cos[s:e], idx[s:e] = merge_topk(parts, k)
+                del q
     finally:
         _kill(actors)
     where = f" ({gpus:g} GPU each)" if gpus else ""
@@ -196,6 +234,7 @@ def sharded_score(
     import ray
 
     from hssal_ray.frozen.shards import shard_bounds
+    from hssal_ray.scoring import pool_failures
 
     rows = np.asarray(rows, dtype=np.int64)
     bounds = shard_bounds(len(rows), shards)
@@ -209,19 +248,21 @@ def sharded_score(
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.", suffix=".parts", dir=parent)
     state = ray.put({k: v.detach().cpu() for k, v in head.state_dict().items()})
     actors, _ = _actors(cfg, store.path, len(bounds))
+    again = "No scores file is written; the round's rerun scores the pool again."
     try:
-        done = ray.get(
-            [
-                a.score.remote(
-                    state,
-                    num_classes,
-                    rows[s:e],
-                    _io.join(tmp, f"part-{i:05d}.parquet"),
-                    None if members is None else [m[s:e] for m in members],
-                )
-                for i, (a, (s, e)) in enumerate(zip(actors, bounds, strict=True))
-            ]
-        )
+        with pool_failures("the sharded scoring", again, _SHARD_KNOBS, _SHARD_HOLDS):
+            done = ray.get(
+                [
+                    a.score.remote(
+                        state,
+                        num_classes,
+                        rows[s:e],
+                        _io.join(tmp, f"part-{i:05d}.parquet"),
+                        None if members is None else [m[s:e] for m in members],
+                    )
+                    for i, (a, (s, e)) in enumerate(zip(actors, bounds, strict=True))
+                ]
+            )
     except BaseException:
         if not uri:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -2,7 +2,9 @@
 
 A small store (on a path both nodes read) is processed by :mod:`hssal_ray.frozen.sharded` through
 the rounds' own entry points (``resources.store_shards=2``); the merged graph must equal the
-single-machine exact graph and the scores the single-machine scores file, row for row.
+single-machine exact graph and the scores the single-machine scores file, row for row, with one
+shard actor killed in each (it is restarted with its rows and its call retried); shards that keep
+dying, or cannot start, end the stage with one clear error.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from hssal_ray import faults
 from hssal_ray.config import load_config
-from hssal_ray.errors import ConfigError
+from hssal_ray.errors import ActorPoolError, ConfigError
 from hssal_ray.frozen.graph import build_graph
 from hssal_ray.frozen.head import build_head, graph_features
-from hssal_ray.frozen.sharded import sharded_graph
+from hssal_ray.frozen.sharded import sharded_graph, sharded_score
 from hssal_ray.frozen.split_cache import run_graph, run_stats
 from hssal_ray.frozen.store import open_store, view_names, write_arrays
 from hssal_ray.learners.frozen import FrozenLearner
@@ -57,7 +60,7 @@ def _learner(cfg, run_dir: Path, store, scored: pa.Table) -> FrozenLearner:
     return FrozenLearner(run, store=store)
 
 
-def test_sharded_graph_and_scores_equal_the_single_machine_path(tmp_path: Path) -> None:
+def test_sharded_graph_and_scores_equal_the_single_machine_path(tmp_path: Path, monkeypatch) -> None:
     import ray
 
     over = [
@@ -94,14 +97,29 @@ def test_sharded_graph_and_scores_equal_the_single_machine_path(tmp_path: Path) 
     with local_cluster() as (cluster, _):
         ray.init(address=cluster.address)
         store.cache.clear()
+        # one shard actor dies (os._exit) at its second search, one at its scoring call
+        monkeypatch.setenv(faults.KILL_SHARD_ENV, f"batch=2,marker={tmp_path / 'kill_graph'}")
         graph = run_graph(shard_cfg, store, rows, stats)
+        monkeypatch.setenv(faults.KILL_SHARD_ENV, f"batch=1,marker={tmp_path / 'kill_score'}")
         shard_out = tmp_path / "round_001" / "scores.parquet"
         _learner(shard_cfg, tmp_path, store, scored).score(1, str(shard_out))
+        monkeypatch.setenv(faults.KILL_SHARD_ENV, f"batch=1,times=99,marker={tmp_path / 'kill_all'}")
+        with pytest.raises(ActorPoolError, match="the sharded k-NN graph: its Ray actors kept dying"):
+            sharded_graph(shard_cfg, store, rows, stats, 2)
+        monkeypatch.delenv(faults.KILL_SHARD_ENV)
+        gone, out = types.SimpleNamespace(path=str(tmp_path / "gone")), tmp_path / "s_out"
+        with pytest.raises(
+            ActorPoolError, match=r"the sharded scoring: its Ray actors failed to start.*gone"
+        ):
+            sharded_score(shard_cfg, gone, rows, head, NC, str(out), 2)
+        assert not out.exists() and not list(tmp_path.glob(".s_out.*")), "a failed scoring leaves no parts"
         nodes = set(actor_nodes("StoreShard"))
         gpu_cfg = load_config(None, [*over, "resources.store_shards=2", "resources.use_gpu=true"])
         with pytest.raises(ConfigError, match="has no GPU"):  # not a wait for GPUs that never come
             sharded_graph(gpu_cfg, store, rows, stats, 2)
     assert len(nodes) >= 2, "the shard actors ran on one node"
+    for marker in ("kill_graph", "kill_score"):  # each fault fired once, and the results below still hold
+        assert len((tmp_path / marker).read_text().splitlines()) == 1
 
     assert graph.method == "exact" and np.array_equal(graph.rows, ref.rows)
     np.testing.assert_array_equal(graph.idx, ref.idx)

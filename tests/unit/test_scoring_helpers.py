@@ -174,3 +174,23 @@ def test_pool_failures_names_the_stage_and_what_is_kept() -> None:
     with pytest.raises(KeyError):  # not an actor's death: untouched
         with pool_failures("the encode", "", ""):
             raise KeyError("x")
+
+
+def test_pool_failures_says_when_the_actors_could_not_start() -> None:
+    """An actor whose constructor raised is not 'kept dying': the error ends with the constructor's error."""
+    import ray.exceptions
+
+    from hssal_ray.errors import ActorPoolError
+    from hssal_ray.scoring import pool_failures
+
+    said = (
+        "The actor died because of an error raised in its creation task\n  File x\nDataError: store is gone\n"
+    )
+    with pytest.raises(ActorPoolError) as err:
+        with pool_failures("the sharded scoring", "Nothing is written.", "resources.store_shards"):
+            raise ray.exceptions.RayActorError(error_msg=said, actor_init_failed=True)
+    msg = str(err.value)
+    assert msg == (
+        "the sharded scoring: its Ray actors failed to start. Nothing is written. "
+        "Ray said: DataError: store is gone"
+    )
