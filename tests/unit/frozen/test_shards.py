@@ -91,7 +91,7 @@ def test_a_gpu_shard_without_cuda_says_so(tmp_path) -> None:
     from hssal_ray.frozen.head import graph_features
     from hssal_ray.frozen.sharded import StoreShard
     from hssal_ray.frozen.split_cache import run_stats
-    from hssal_ray.frozen.store import view_names, write_arrays
+    from hssal_ray.frozen.store import open_store, view_names, write_arrays
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the message is for one without")
@@ -101,11 +101,11 @@ def test_a_gpu_shard_without_cuda_says_so(tmp_path) -> None:
     blocks = {v: rng.standard_normal((40, 8)).astype(np.float16) for v in views}
     meta = {"key": "gpu-shard-test", "views": list(views), "rows": 40, "complete": True}
     write_arrays(str(tmp_path / "emb"), [f"img{i:03d}" for i in range(40)], [blocks], views, meta=meta)
-    shard = StoreShard(str(tmp_path / "emb"), cfg)
     rows = np.arange(20, dtype=np.int64)
-    stats = run_stats(cfg, shard.store, rows)
-    assert shard.load_nodes(rows, 0, stats) == 20 and shard.device is None
+    stats = run_stats(cfg, open_store(str(tmp_path / "emb")), rows)
+    shard = StoreShard(str(tmp_path / "emb"), cfg, (rows, 0, stats))
+    assert len(shard.z) == 20 and shard.device is None
     with pytest.raises(RuntimeError, match="torch sees no CUDA"):
-        shard.load_nodes(rows, 0, stats, gpu=True)
+        StoreShard(str(tmp_path / "emb"), cfg, (rows, 0, stats, True))
     ref = graph_features(cfg, shard.store.views, rows, stats)(np.arange(20))
     np.testing.assert_array_equal(shard.features(), ref)
