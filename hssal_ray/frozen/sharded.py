@@ -199,7 +199,7 @@ def sharded_graph(cfg: Any, store: Any, rows: np.ndarray, stats: tuple[Any, Any]
     nodes = [(rows[s:e], s, stats) for s, e in bounds]
     t0 = time.perf_counter()
     actors, gpus = _actors(cfg, store.path, len(bounds), nodes, gpu=cfg.resources.use_gpu)
-    again = "Nothing is saved of this graph; the round's rerun builds it again."
+    again = "Nothing of this graph is saved; rerunning the command builds it again."
     try:
         with pool_failures("the sharded k-NN graph", again, _SHARD_KNOBS, _SHARD_HOLDS):
             cos = np.empty((n, k), np.float32)
@@ -248,7 +248,7 @@ def sharded_score(
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_path)}.", suffix=".parts", dir=parent)
     state = ray.put({k: v.detach().cpu() for k, v in head.state_dict().items()})
     actors, _ = _actors(cfg, store.path, len(bounds))
-    again = "No scores file is written; the round's rerun scores the pool again."
+    again = "No scores file is written; rerunning the command scores this round again."
     try:
         with pool_failures("the sharded scoring", again, _SHARD_KNOBS, _SHARD_HOLDS):
             done = ray.get(
