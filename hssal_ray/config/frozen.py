@@ -20,7 +20,10 @@ class FrozenConfig:
 
     Args:
         embed_views: Seeded weak and strong augmented views cached per image (each); the head
-            trains on them, so ``ssl.finetune=frozen`` needs at least 1.
+            trains on them, so ``ssl.finetune=frozen`` needs at least 1. The encode and the store
+            grow with ``1 + 2 * embed_views``; measured with ``tta_views`` (studies 23-25 of
+            ``benchmarks/results/hal_recipe_val.md``): 1 and 1 cost HSSAL 1.0-1.6 points against 2 and 2,
+            3 and 3 gain it 0.2-0.5.
         feature_norm: ``l2`` divides each cached feature vector by its norm before the head
             standardises it (better with few labels, equal with all); ``none`` keeps raw features.
         tta_views: Evaluation and scoring average the head's probabilities over the clean view and
