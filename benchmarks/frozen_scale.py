@@ -24,8 +24,8 @@ For every size N the benchmark
    reading the scores file's embedding column runs beside it, ``rK_query_column``, outside the
    round's sum, and must pick the same batch) and ``evaluate``, all with the ``configs/ucm_cpu.yaml``
    recipe (500 steps of a teacher and a student head, graph pseudo-labels, HAL budget 34);
-3. measures per step: CPU seconds (the process, sampled from ``/proc`` by
-   :class:`benchmarks._sampler.CpuTracker`; one thread, so they are what one idle core takes), wall
+3. measures per step: CPU seconds (the process's own clock, ``time.process_time``, nanoseconds: ``/proc``'s
+   10 ms ticks would read a tiny step as 0; one thread, so they are what one idle core takes), wall
    seconds (meaningless on a shared machine, kept for the record) and peak RSS (``VmHWM``, reset
    before each step: :func:`benchmarks._sampler.reset_peak_rss`); and the graph's recall@10
    against the exact search as the build measures it (100 sampled rows).
@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._common import md_table, setup_logging, write_result
-from benchmarks._sampler import CpuTracker, peak_mb, reset_peak_rss
+from benchmarks._sampler import peak_mb, reset_peak_rss
 
 log = logging.getLogger("benchmarks.frozen_scale")
 
@@ -222,16 +222,15 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
     os.makedirs(run_dir)
     for old in Path(spec["store"]).glob("graph-*.npz"):
         old.unlink()  # the one-time build is measured, not read back
-    cpu = CpuTracker(lambda: [os.getpid()])
     steps: dict[str, dict[str, Any]] = {}
     reset_ok = reset_peak_rss()
 
     def step(name: str, fn: Any) -> Any:
         reset_peak_rss()
-        t0, c0 = time.perf_counter(), cpu.total()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         steps[name] = {
-            "cpu_s": round(cpu.total() - c0, 2),
+            "cpu_s": round(time.process_time() - c0, 3),
             "wall_s": round(time.perf_counter() - t0, 2),
             "peak_rss_mb": round(peak_mb(), 1),
         }
@@ -312,7 +311,7 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
         "graph_method": graph.method,
         "graph_recall_at_10": round(float(graph.recall), 4),
         "steps": steps,
-        "round_cpu_s": round(rnd["cpu_s"], 2),
+        "round_cpu_s": round(rnd["cpu_s"], 3),
         "round_wall_s": round(rnd["wall_s"], 2),
         "peak_rss_mb": max(v["peak_rss_mb"] for k, v in steps.items() if not k.endswith("_query_column")),
         "peak_reset_ok": reset_ok,
