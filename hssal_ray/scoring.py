@@ -194,7 +194,8 @@ def actor_pool_size(requested: int, cluster_cpus: float, use_gpu: bool) -> int:
 # What one CPU inference actor holds at its peak, for an auto pool (:func:`auto_pool_size`): measured on the
 # frozen path's encode actor of the default recipe (Lite0, 224 px, ssl.eval_batch_size 64, clean + 2 weak +
 # 2 strong views) while it encoded UCM: peak RSS 2.2 GB, of which 1.0 GB private (the decoded batch,
-# activations, queued blocks), the rest shared libraries. Predict's actors (one view) hold less. A larger
+# activations, queued blocks), the rest shared libraries. Predict's and the image path's scoring actors (one
+# or two views) hold less. A larger
 # backbone or batch needs more: set the pool's size.
 ACTOR_BYTES = 2 * 2**30
 
@@ -286,9 +287,13 @@ def _on_actors(ds: Any, cfg: ExperimentConfig, ckpt_dir: str, num_classes: int, 
     import ray.data
 
     fault = faults.scorer_spec() if mode == "score" else None
-    actors = actor_pool_size(
-        cfg.resources.score_actors, float(ray.cluster_resources().get("CPU", 0.0)), cfg.resources.use_gpu
-    )
+    r = cfg.resources
+    if r.score_actors:
+        actors = actor_pool_size(r.score_actors, float(ray.cluster_resources().get("CPU", 0.0)), r.use_gpu)
+        why = f"resources.score_actors={r.score_actors}"
+    else:  # auto: sized from what the runtime has free now (training has given its workers back)
+        actors, why = runtime_pool_size(0, r.use_gpu)
+    log.info("%s: %d %s actor(s) (%s)", mode, actors, "GPU" if r.use_gpu else "CPU", why)
     return map_on_actors(
         ds,
         Scorer,

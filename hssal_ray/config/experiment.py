@@ -23,7 +23,11 @@ class ResourcesConfig:
         num_workers: Ray Train workers (DDP ranks).
         use_gpu: One GPU per training worker and per scoring actor.
         cpus_per_worker: CPUs reserved per training worker.
-        score_actors: Scoring actors (one per GPU when ``use_gpu``).
+        score_actors: Actors of the image path's scoring and evaluation each round (one backbone
+            each, one GPU each with ``use_gpu``). 0 = auto, as ``encode_actors``: one per free GPU,
+            else one per free CPU less one (memory permitting), one inside a Tune trial; sized when
+            each stage starts, from what the runtime has free then. With ``executor: auto`` on a
+            local runtime, 0 and 1 both run in the driver for one CPU training worker.
         encode_actors: Actors of the frozen path's one-time encode (one backbone each; on CPUs each
             decodes and encodes on one core). 0 = auto: one per GPU with ``use_gpu``, else one per
             free CPU less one, as many as memory holds at ~2 GiB each (one inside a Tune trial).
@@ -34,7 +38,7 @@ class ResourcesConfig:
             the same scorer in the driver process, fed by the same Ray Data decode streams (no
             worker-group or actor start-up each round; no automatic worker
             restarts: a failed stage is rerun by the loop). ``auto`` = ``driver`` for one CPU
-            training worker and one scoring actor on a local runtime, else ``ray``.
+            training worker and one scoring actor (or auto) on a local runtime, else ``ray``.
         store_shards: ``ssl.finetune=frozen`` beyond one machine: ``>= 2`` builds the k-NN graph
             (exactly) and scores each round on that many Ray actors, each holding one row range
             of the embedding store (:mod:`hssal_ray.frozen.sharded`); the store must be on a path
@@ -47,7 +51,7 @@ class ResourcesConfig:
     num_workers: int = 1  # science: the global batch is num_workers * ssl.batch_size
     use_gpu: bool = _runtime(False)
     cpus_per_worker: float = _runtime(1.0)
-    score_actors: int = _runtime(1)
+    score_actors: int = _runtime(0)
     encode_actors: int = _runtime(0)
     max_failures: int = _runtime(2)
     object_store_memory: int | None = _runtime(None)
@@ -57,7 +61,7 @@ class ResourcesConfig:
     def __post_init__(self) -> None:
         _check(self.num_workers >= 1, "resources.num_workers", f"must be >= 1, got {self.num_workers}")
         _check(self.cpus_per_worker > 0, "resources.cpus_per_worker", "must be > 0")
-        _check(self.score_actors >= 1, "resources.score_actors", "must be >= 1")
+        _check(self.score_actors >= 0, "resources.score_actors", "must be >= 0 (0 = auto)")
         _check(self.encode_actors >= 0, "resources.encode_actors", "must be >= 0 (0 = auto)")
         _check(self.max_failures >= 0, "resources.max_failures", "must be >= 0")
         _check(self.num_cpus is None or self.num_cpus >= 1, "resources.num_cpus", "must be >= 1")
@@ -69,7 +73,7 @@ class ResourcesConfig:
 
         if self.executor != "auto":
             return self.executor == "driver"
-        one = self.num_workers == 1 and self.score_actors == 1 and not self.use_gpu
+        one = self.num_workers == 1 and self.score_actors <= 1 and not self.use_gpu
         return one and not (self.address or os.environ.get("RAY_ADDRESS"))
 
 

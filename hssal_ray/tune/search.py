@@ -22,7 +22,8 @@ Tune only sees the first part, so letting it run as many trials as its groups fi
 trials' groups take every CPU and each trial's ``TorchTrainer`` (or its decode tasks) waits forever.
 So the sweep counts a trial's whole footprint,
 ``head (+1 with query.parallel) + 1 decode CPU + max(training workers x cpus_per_worker,
-score_actors)`` CPUs (training and scoring never overlap) and the GPUs likewise, and caps the
+score_actors)`` CPUs (training and scoring never overlap; an auto scoring pool, ``score_actors: 0``, is
+one actor inside a trial) and the GPUs likewise, and caps the
 trials running at once at ``floor(cluster resources / footprint)`` through the search generator
 (``tune.max_concurrent_trials``: 0 = that cap; a larger value is lowered to it with a warning). Then
 the long-lived holders (heads, training groups, scoring actors) always leave at least one CPU per
@@ -102,8 +103,8 @@ def _concurrency(plan: SweepPlan) -> int:
         raise ConfigError(
             f"one trial needs {fp['CPU']:g} CPUs and {fp['GPU']:g} GPUs (tune.cpus_per_trial "
             f"{plan.cfg.tune.cpus_per_trial:g} + 1 for decoding + the larger of {r.num_workers} training "
-            f"worker(s) x {r.cpus_per_worker:g} and {r.score_actors} scoring actor(s)), but the Ray cluster "
-            "has "
+            f"worker(s) x {r.cpus_per_worker:g} and {r.score_actors or 1} scoring actor(s)), but the Ray "
+            "cluster has "
             f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; start Ray with more "
             "(resources.num_cpus) or lower the per-trial resources"
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import threading
 import time
@@ -49,8 +50,9 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
-def _score(tmp_path: Path, name: str, fault: str | None, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """Score the train split of a small synthetic dataset with an untrained model's EMA weights."""
+def _score(tmp_path: Path, name: str, fault: str | None, monkeypatch: pytest.MonkeyPatch, actors: int = 1):  # type: ignore[no-untyped-def]
+    """Score the train split of a small synthetic dataset with an untrained model's EMA weights
+    (``actors``: ``resources.score_actors``, 0 = auto)."""
     from safetensors.torch import save_file
 
     from hssal_ray.config import load_config
@@ -71,7 +73,7 @@ def _score(tmp_path: Path, name: str, fault: str | None, monkeypatch: pytest.Mon
             "data.image_size=16",
             "data.decode_batch_size=8",
             "ssl.eval_batch_size=6",
-            "resources.score_actors=1",
+            f"resources.score_actors={actors}",
             "resources.executor=ray",  # the actor pool is what this test kills
         ],
     )
@@ -100,7 +102,7 @@ def _score(tmp_path: Path, name: str, fault: str | None, monkeypatch: pytest.Mon
 
 
 def test_killed_scoring_actor_scores_every_pool_id_exactly_once(
-    ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     marker = tmp_path / "scorer_killed"
     ids, scores = _score(tmp_path, "faulty", f"batch=3,marker={marker}", monkeypatch)
@@ -115,8 +117,15 @@ def test_killed_scoring_actor_scores_every_pool_id_exactly_once(
     assert not extra, f"not in the pool: {extra}"
     assert scores.num_rows == len(ids)
 
-    # the retried batches give the same numbers as an undisturbed run
-    ref_ids, ref = _score(tmp_path, "clean", None, monkeypatch)
+    # the retried batches give the same numbers as an undisturbed run, this one on an auto-sized pool
+    from hssal_ray.scoring import runtime_pool_size
+
+    caplog.set_level(logging.INFO, logger="hssal_ray.scoring")
+    want_actors, why = runtime_pool_size(0, use_gpu=False)
+    ref_ids, ref = _score(tmp_path, "clean", None, monkeypatch, actors=0)
+    said = [r.getMessage() for r in caplog.records if r.name == "hssal_ray.scoring"]
+    assert f"score: {want_actors} CPU actor(s) ({why})" in said, said
+    assert why.startswith("auto: ")
     assert ref_ids == ids
     order = {s: i for i, s in enumerate(ref.column("sample_id").to_pylist())}
     perm = [order[s] for s in scores.column("sample_id").to_pylist()]

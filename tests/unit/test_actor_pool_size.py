@@ -40,3 +40,27 @@ def test_pool_on_gpus_in_a_trial_and_as_set() -> None:
     assert auto_pool_size(3, use_gpu=False, cpus=16.0) == (3, "set to 3")
     assert auto_pool_size(8, use_gpu=False, cpus=4.0)[0] == 3  # never every CPU (Ray Data would hang)
     assert auto_pool_size(2, use_gpu=True, cpus=1.0, gpus=8.0)[0] == 2
+
+
+def test_score_actors_auto_is_the_default_and_keeps_one_machine_in_the_driver(monkeypatch) -> None:
+    """``resources.score_actors: 0`` (auto) sizes the image path's scoring pool from the runtime; on one
+    machine with one CPU worker the auto executor still scores in the driver; a trial counts one actor."""
+    import pytest
+
+    from hssal_ray.config import load_config
+    from hssal_ray.errors import ConfigError
+    from hssal_ray.learners.image import ImageLearner
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = load_config(None, [])
+    assert cfg.resources.score_actors == 0 and cfg.resources.in_driver()
+    assert load_config(None, ["resources.score_actors=1"]).resources.in_driver()
+    assert not load_config(None, ["resources.score_actors=2"]).resources.in_driver()
+    assert not load_config(None, ["resources.address=auto"]).resources.in_driver()
+    with pytest.raises(ConfigError, match="score_actors"):
+        load_config(None, ["resources.score_actors=-1"])
+    bundles = [{"CPU": 1.0}]
+    auto = load_config(None, ["resources.use_gpu=true", "resources.num_workers=1"])
+    assert ImageLearner.trial_footprint(auto, bundles) == {"CPU": 1.0 + 1.0 + 1.0, "GPU": 1.0}
+    three = load_config(None, ["resources.use_gpu=true", "resources.score_actors=3"])
+    assert ImageLearner.trial_footprint(three, bundles) == {"CPU": 1.0 + 1.0 + 3.0, "GPU": 3.0}
