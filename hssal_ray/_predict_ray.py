@@ -37,16 +37,17 @@ def predict_ray(
     import ray.data
 
     from hssal_ray._ray import ensure_ray
-    from hssal_ray.data.pipeline import in_order, stream_for
+    from hssal_ray.data.pipeline import in_order, stream_blocks, stream_for
     from hssal_ray.scoring import map_on_actors, pool_failures, runtime_pool_size
 
     cfg = rm.cfg
     ensure_ray(resources if resources is not None else cfg.resources)
     use_gpu = float(ray.cluster_resources().get("GPU", 0.0)) > 0 if gpu is None else gpu
-    size, why = runtime_pool_size(actors or 0, use_gpu)  # auto: every free GPU, or the free CPUs less one
+    table = pa.concat_tables([chunks[i] for i in todo])
+    blocks = stream_blocks(table.num_rows, cfg.data.decode_batch_size)
+    size, why = runtime_pool_size(actors or 0, use_gpu, blocks)  # auto: every free GPU, or the CPUs less one
     log.info("predict: %d %s actor(s) (%s)", size, "GPU" if use_gpu else "CPU", why)
     with in_order():  # parts follow the chunk order
-        table = pa.concat_tables([chunks[i] for i in todo])
         ds = stream_for(cfg, table, root=cat.root, kind=cat.kind, views=("none",), run_dir=out)
         ds = map_on_actors(
             ds,

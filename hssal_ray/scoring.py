@@ -29,7 +29,7 @@ import torch
 
 from hssal_ray import _io, faults
 from hssal_ray.config import ExperimentConfig, config_from_dict, config_to_dict
-from hssal_ray.data.pipeline import stream_for
+from hssal_ray.data.pipeline import stream_blocks, stream_for
 from hssal_ray.errors import ActorPoolError
 from hssal_ray.rounds import (
     WEIGHT_FILES,
@@ -209,6 +209,7 @@ def auto_pool_size(
     memory: float = float("inf"),
     host_cores: int | None = None,
     in_trial: bool = False,
+    blocks: int | None = None,
 ) -> tuple[int, str]:
     """An inference pool over a whole archive (the frozen encode, predict), and why: ``(actors, reason)``.
 
@@ -217,7 +218,8 @@ def auto_pool_size(
     :func:`actor_pool_size`). 0 (auto): one actor per free GPU with ``use_gpu``; on CPUs one per free CPU
     less one (left for Ray Data's tasks), counting at most ``host_cores`` on a runtime that is this host
     alone, and no more than ``memory`` holds at :data:`ACTOR_BYTES` each; inside a Tune trial one (the
-    trial's footprint holds one CPU for it).
+    trial's footprint holds one CPU for it); never more than the stream's ``blocks`` (an actor takes a
+    block at a time: more would only load the model and wait).
 
     Args:
         requested: The pool's size as set (``resources.encode_actors``, ``predict --actors``), 0 = auto.
@@ -227,23 +229,27 @@ def auto_pool_size(
         memory: Bytes of Ray's ``memory`` resource free now.
         host_cores: Cores this process may use, when the runtime is this host alone (else None).
         in_trial: Whether the pass runs inside a placement group (a Tune trial).
+        blocks: Blocks of the stream the pool maps (None: not known).
     """
     if requested > 0:
         return actor_pool_size(requested, cpus, use_gpu), f"set to {requested}"
     if in_trial:
         return 1, "auto: inside a Tune trial, which holds one CPU for it"
     if use_gpu:
-        return max(1, int(gpus)), f"auto: one per GPU ({gpus:g} free)"
-    usable = cpus if host_cores is None else min(cpus, float(host_cores))
-    by_cpu = max(1, int(usable) - 1)
-    by_memory = max(1, int(memory // ACTOR_BYTES)) if memory < float("inf") else by_cpu
-    why = f"auto: {usable:g} free CPU(s) less one"
-    if by_memory < by_cpu:
-        why += f", memory for {by_memory} at {ACTOR_BYTES / 2**30:g} GiB each"
-    return min(by_cpu, by_memory), why
+        n, why = max(1, int(gpus)), f"auto: one per GPU ({gpus:g} free)"
+    else:
+        usable = cpus if host_cores is None else min(cpus, float(host_cores))
+        n = max(1, int(usable) - 1)
+        by_memory = max(1, int(memory // ACTOR_BYTES)) if memory < float("inf") else n
+        why = f"auto: {usable:g} free CPU(s) less one"
+        if by_memory < n:
+            n, why = by_memory, f"{why}, memory for {by_memory} at {ACTOR_BYTES / 2**30:g} GiB each"
+    if blocks is not None and blocks < n:
+        n, why = max(1, blocks), f"{why}, at most one per block of the stream ({blocks})"
+    return n, why
 
 
-def runtime_pool_size(requested: int, use_gpu: bool) -> tuple[int, str]:
+def runtime_pool_size(requested: int, use_gpu: bool, blocks: int | None = None) -> tuple[int, str]:
     """:func:`auto_pool_size` from what the running Ray runtime has free now."""
     import ray
     import ray.util
@@ -259,6 +265,7 @@ def runtime_pool_size(requested: int, use_gpu: bool) -> tuple[int, str]:
         memory=float(free.get("memory", float("inf"))),
         host_cores=len(os.sched_getaffinity(0)) if local else None,
         in_trial=ray.util.get_current_placement_group() is not None,
+        blocks=blocks,
     )
 
 
@@ -281,8 +288,9 @@ def map_on_actors(ds: Any, fn: type, **kwargs: Any) -> Any:
         )
 
 
-def _on_actors(ds: Any, cfg: ExperimentConfig, ckpt_dir: str, num_classes: int, mode: str) -> Any:
-    """The decode stream mapped by a pool of :class:`Scorer` actors (a lazy Ray Dataset of result tables)."""
+def _on_actors(ds: Any, cfg: ExperimentConfig, ckpt_dir: str, num_classes: int, mode: str, rows: int) -> Any:
+    """The decode stream of ``rows`` rows mapped by a pool of :class:`Scorer` actors (a lazy Ray Dataset of
+    result tables)."""
     import ray
     import ray.data
 
@@ -292,7 +300,7 @@ def _on_actors(ds: Any, cfg: ExperimentConfig, ckpt_dir: str, num_classes: int, 
         actors = actor_pool_size(r.score_actors, float(ray.cluster_resources().get("CPU", 0.0)), r.use_gpu)
         why = f"resources.score_actors={r.score_actors}"
     else:  # auto: sized from what the runtime has free now (training has given its workers back)
-        actors, why = runtime_pool_size(0, r.use_gpu)
+        actors, why = runtime_pool_size(0, r.use_gpu, blocks=stream_blocks(rows, cfg.data.decode_batch_size))
     log.info("%s: %d %s actor(s) (%s)", mode, actors, "GPU" if r.use_gpu else "CPU", why)
     return map_on_actors(
         ds,
@@ -356,7 +364,7 @@ def score_pool(
             _io.remove(out_path)
         _io.atomic_write_parquet(_io.join(out_path, "part-00000.parquet"), pa.concat_tables(tables))
         return
-    ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "score")
+    ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "score", pool.num_rows)
     again = "Rerunning the command scores this round's pool again."
     lost = pool_failures("scoring the pool", again, _SCORER_KNOBS)
     if _io.is_uri(out_path):
@@ -394,7 +402,7 @@ def evaluate_split(
     else:
         import ray
 
-        ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "eval")
+        ds = _on_actors(ds, cfg, ckpt_dir, num_classes, "eval", table.num_rows)
         again = "Rerunning the command resumes at this round's evaluation."
         with pool_failures("the evaluation", again, _SCORER_KNOBS):
             tables = ray.get(ds.select_columns(["label", "pred", "pred_other"]).to_arrow_refs())

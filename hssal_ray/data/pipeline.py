@@ -291,7 +291,7 @@ def stream(
     keep = [c for c in (*_MANIFEST_COLS, "aug_seed") if c in table.column_names]
     if len(keep) < table.num_columns:
         table = table.select(keep)
-    ds = manifest_dataset(table, rows_per_block=rows_per_block or max(batch_size, 1) * 4)
+    ds = manifest_dataset(table, rows_per_block=rows_per_block or default_rows_per_block(batch_size))
     ds = ds.map_batches(
         _decode_augment,
         fn_kwargs=dict(
@@ -336,6 +336,16 @@ def decode_settings(cfg: Any, *, root: str, kind: str, bad_dir: str | None) -> d
         select=cfg.data.band_select,
         value_range=cfg.data.value_range,
     )
+
+
+def default_rows_per_block(batch_size: int) -> int:
+    """Manifest rows per block of :func:`stream` when not set: 4 decode batches."""
+    return max(batch_size, 1) * 4
+
+
+def stream_blocks(rows: int, batch_size: int, rows_per_block: int | None = None) -> int:
+    """Blocks of a :func:`stream` of ``rows`` rows (what an actor pool over it can keep busy)."""
+    return -(-rows // (rows_per_block or default_rows_per_block(batch_size)))
 
 
 def stream_for(

@@ -272,19 +272,21 @@ def _encode(
 
     from hssal_ray import faults
     from hssal_ray.config import config_to_dict
-    from hssal_ray.data.pipeline import collect_bad_samples, in_order, route, stream_for
+    from hssal_ray.data.pipeline import collect_bad_samples, in_order, route, stream_blocks, stream_for
     from hssal_ray.scoring import map_on_actors, pool_failures, runtime_pool_size
 
     table = catalog.table
     n = table.num_rows
-    actors, why = runtime_pool_size(cfg.resources.encode_actors, cfg.resources.use_gpu)
     chunks = _store._chunks(n)
     rows = sum(chunks[i][1] - chunks[i][0] for i in todo)
+    batch = cfg.ssl.eval_batch_size
+    actors, why = runtime_pool_size(  # a block is one Encoder batch (below)
+        cfg.resources.encode_actors, cfg.resources.use_gpu, blocks=stream_blocks(rows, batch, batch)
+    )
     emit = progress or log.info
     device = "GPU" if cfg.resources.use_gpu else "CPU"
     emit(f"[hssal] encode: {actors} {device} actor(s) ({why}), each holding a copy of the backbone")
     bar = EncodeProgress(rows, len(todo), emit)
-    batch = cfg.ssl.eval_batch_size
     parts = {}
     for i in todo:
         s, e = chunks[i]

@@ -118,10 +118,11 @@ def test_killed_scoring_actor_scores_every_pool_id_exactly_once(
     assert scores.num_rows == len(ids)
 
     # the retried batches give the same numbers as an undisturbed run, this one on an auto-sized pool
+    from hssal_ray.data.pipeline import stream_blocks
     from hssal_ray.scoring import runtime_pool_size
 
     caplog.set_level(logging.INFO, logger="hssal_ray.scoring")
-    want_actors, why = runtime_pool_size(0, use_gpu=False)
+    want_actors, why = runtime_pool_size(0, use_gpu=False, blocks=stream_blocks(len(ids), 8))
     ref_ids, ref = _score(tmp_path, "clean", None, monkeypatch, actors=0)
     said = [r.getMessage() for r in caplog.records if r.name == "hssal_ray.scoring"]
     assert f"score: {want_actors} CPU actor(s) ({why})" in said, said

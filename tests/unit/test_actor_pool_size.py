@@ -42,6 +42,21 @@ def test_pool_on_gpus_in_a_trial_and_as_set() -> None:
     assert auto_pool_size(2, use_gpu=True, cpus=1.0, gpus=8.0)[0] == 2
 
 
+def test_auto_pool_is_at_most_one_actor_per_block() -> None:
+    """A small stream (a test split, a few images to predict) on a large machine: one actor per block,
+    not one per CPU that would each load the model and wait; a size set by hand is kept."""
+    from hssal_ray.data.pipeline import stream_blocks
+
+    assert stream_blocks(420, 64) == 2 and stream_blocks(256, 64) == 1 and stream_blocks(257, 64) == 2
+    assert stream_blocks(100, 64, rows_per_block=10) == 10
+    n, why = auto_pool_size(0, use_gpu=False, cpus=64.0, blocks=2)
+    assert n == 2 and why == "auto: 64 free CPU(s) less one, at most one per block of the stream (2)"
+    assert auto_pool_size(0, use_gpu=True, cpus=64.0, gpus=8.0, blocks=3)[0] == 3
+    assert auto_pool_size(0, use_gpu=False, cpus=64.0, blocks=0)[0] == 1
+    assert auto_pool_size(0, use_gpu=False, cpus=8.0, blocks=100)[0] == 7
+    assert auto_pool_size(5, use_gpu=False, cpus=64.0, blocks=2)[0] == 5
+
+
 def test_score_actors_auto_is_the_default_and_keeps_one_machine_in_the_driver(monkeypatch) -> None:
     """``resources.score_actors: 0`` (auto) sizes the image path's scoring pool from the runtime; on one
     machine with one CPU worker the auto executor still scores in the driver; a trial counts one actor."""
