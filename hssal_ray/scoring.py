@@ -195,8 +195,7 @@ def actor_pool_size(requested: int, cluster_cpus: float, use_gpu: bool) -> int:
 # frozen path's encode actor of the default recipe (Lite0, 224 px, ssl.eval_batch_size 64, clean + 2 weak +
 # 2 strong views) while it encoded UCM: peak RSS 2.2 GB, of which 1.0 GB private (the decoded batch,
 # activations, queued blocks), the rest shared libraries. Predict's and the image path's scoring actors (one
-# or two views) hold less. A larger
-# backbone or batch needs more: set the pool's size.
+# or two views) hold less. A larger backbone or batch needs more: set the pool's size.
 ACTOR_BYTES = 2 * 2**30
 
 
@@ -211,7 +210,7 @@ def auto_pool_size(
     in_trial: bool = False,
     blocks: int | None = None,
 ) -> tuple[int, str]:
-    """An inference pool over a whole archive (the frozen encode, predict), and why: ``(actors, reason)``.
+    """An inference pool (the frozen encode, the image path's scoring, predict) and why: ``(actors, why)``.
 
     On CPUs Ray Data runs the decode inside each actor, so an actor keeps one core busy and the pass
     scales with the pool. ``requested`` > 0 is taken as given (on CPUs at most ``cpus - 1``:
@@ -222,7 +221,8 @@ def auto_pool_size(
     block at a time: more would only load the model and wait).
 
     Args:
-        requested: The pool's size as set (``resources.encode_actors``, ``predict --actors``), 0 = auto.
+        requested: The pool's size as set (``resources.encode_actors``, ``resources.score_actors``,
+            ``predict --actors``), 0 = auto.
         use_gpu: GPU actors.
         cpus: CPUs of the runtime free now.
         gpus: GPUs of the runtime free now.
