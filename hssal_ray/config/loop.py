@@ -118,6 +118,14 @@ class QueryConfig:
             al. 2021), instead of in proportion to their uncertainty mass: an equal share for every
             region the candidates come from. Not with ``alloc_temper != 1``, ``alloc_flips`` or
             ``alloc_purity`` (they weigh the mass this rule does not read).
+        pool_sample: Unlabeled rows the score stage scores for the round's query: 0 = every one; a
+            count, or a fraction of the training split (as ``budget``), drawn uniformly at random
+            without replacement, seeded by ``seed`` and the round (a rerun or resumed round draws the
+            same rows). The labeled rows are always scored. For an archive whose full scoring pass each
+            round (decode + forward of every image on the fine-tuning path) costs more than the query
+            needs (baal's ``max_sample``): the query then picks among the sampled rows. At least the
+            round's batch; a sample below ``candidate_ratio`` x the batch leaves HAL's ranking nothing
+            to choose from (a warning says so). Training still reads the whole pool.
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
@@ -157,10 +165,12 @@ class QueryConfig:
     coarse_by: Literal["kmeans", "predicted", "confusion"] = _added("kmeans")
     coarse_min_classes: bool = _added(False)
     alloc_round_robin: bool = _added(False)
+    pool_sample: int | float = _added(0)
     parallel: bool = _runtime(False)
 
     def __post_init__(self) -> None:
         _check_count("query.budget", self.budget, minimum=1)
+        _check_count("query.pool_sample", self.pool_sample, minimum=0)
         _check(self.coarse_k >= 0, "query.coarse_k", f"must be >= 0 (0 = auto), got {self.coarse_k}")
         _check(
             self.candidate_ratio >= 1.0, "query.candidate_ratio", f"must be >= 1, got {self.candidate_ratio}"

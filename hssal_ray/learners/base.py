@@ -52,8 +52,9 @@ class RunView(Protocol):
         """The unlabeled pool."""
         ...
 
-    def scored_rows(self) -> pa.Table:
-        """What the score stage scores (the pool and the labeled rows)."""
+    def scored_rows(self, round_idx: int | None = None) -> pa.Table:
+        """What the score stage scores (the pool and the labeled rows; round ``round_idx``'s sample of
+        the pool with ``query.pool_sample``)."""
         ...
 
 

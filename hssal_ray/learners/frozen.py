@@ -211,7 +211,7 @@ class FrozenLearner:
         from hssal_ray.frozen.sharded import shard_count, sharded_score
 
         cfg, store = self.run.cfg, self.store
-        rows = stored_rows(store, self.run.scored_rows())
+        rows = stored_rows(store, self.run.scored_rows(round_idx))
         nc = self._num_classes()
         head = self._load_head(
             _io.join(round_dir(self.run.run_dir, round_idx), "checkpoint"), cfg.ssl.eval_model

@@ -74,7 +74,7 @@ class ImageLearner:
 
         score_pool(
             self.run.cfg,
-            self.run.scored_rows(),
+            self.run.scored_rows(round_idx),
             ckpt_dir=_io.join(round_dir(self.run.run_dir, round_idx), "checkpoint"),
             out_path=out_path,
             **self._where(),

@@ -9,7 +9,8 @@ start call it); and it answers which manifest rows a stage works on:
 * :meth:`RunContext.split`: the rows of a split (``train``, ``test``, ``val``);
 * :meth:`RunContext.labeled_rows`: the readable labeled train rows, carrying the *oracle's* labels;
 * :meth:`RunContext.pool_rows`: the unlabeled pool (train rows neither labeled nor unreadable);
-* :meth:`RunContext.scored_rows`: what the score stage scores (the pool *and* the labeled rows).
+* :meth:`RunContext.scored_rows`: what the score stage scores (the pool *and* the labeled rows; with
+  ``query.pool_sample``, a seeded sample of the pool).
 
 Rows listed in ``RUN/bad_samples.csv`` (images that failed to decode) are left out of the pool.
 """
@@ -127,13 +128,38 @@ class RunContext:
         """The unlabeled pool: train rows that are neither labeled nor unreadable."""
         return self._train_rows_without(set(labeled.ids) | self.bad_ids())
 
-    def scored_rows(self) -> pa.Table:
+    def scored_rows(self, round_idx: int | None = None) -> pa.Table:
         """What the score stage scores: the unlabeled pool *and* the labeled set.
 
         The query stage marks the labeled rows (``Pool.exclude``) so that no strategy selects them,
         while coreset starts from them as centres and TypiClust skips the clusters holding them.
+        With ``query.pool_sample`` and a round, the labeled set and that round's seeded sample of the
+        pool (:func:`hssal_ray.rounds.pool_sample_rows`), in the split's order.
         """
-        return self._train_rows_without(self.bad_ids())
+        rows = self._train_rows_without(self.bad_ids())
+        sample = self.cfg.query.pool_sample
+        if not sample or round_idx is None:
+            return rows
+        from hssal_ray.config.loop import label_count
+        from hssal_ray.loop.stages.query import round_budget
+        from hssal_ray.rounds import pool_sample_rows
+
+        n_train = self.split("train").num_rows
+        labeled_ids = LabeledSet.load(self.run_dir).ids
+        labeled = pc.is_in(rows.column("sample_id"), value_set=pa.array(sorted(labeled_ids), pa.string()))
+        mask = labeled.to_numpy(zero_copy_only=False).astype(bool)
+        q = self.cfg.query
+        ratio = q.candidate_ratio if q.strategy in ("hal", "hal_flat") else 1.0
+        budget = round_budget(self.cfg, len(labeled_ids), n_train)
+        keep = pool_sample_rows(mask, label_count(sample, n_train), budget, self.cfg.seed, round_idx, ratio)
+        if keep is None:
+            return rows
+        n_lab = int(mask.sum())
+        self.progress(
+            f"[hssal] round {round_idx}: scoring {len(keep) - n_lab:,} of the {len(mask) - n_lab:,} "
+            f"unlabeled rows (query.pool_sample={sample}) and the {n_lab:,} labeled"
+        )
+        return rows.take(pa.array(keep))
 
     def _train_rows_without(self, exclude: set[str]) -> pa.Table:
         train = self.split("train")

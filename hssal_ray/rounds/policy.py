@@ -11,6 +11,7 @@ import hashlib
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "build_optimization",
     "scores_strong_view",
     "scores_committee",
+    "pool_sample_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,3 +103,43 @@ def scores_committee(cfg: Any) -> bool:
     smoothed labels exist.
     """
     return "committee" in cfg.query.scores_read()
+
+
+def pool_sample_rows(
+    labeled: np.ndarray, size: int, budget: int, seed: int, round_idx: int, candidate_ratio: float = 1.0
+) -> np.ndarray | None:
+    """The rows the score stage scores under ``query.pool_sample``: every labeled row and ``size``
+    unlabeled rows drawn uniformly without replacement (seeded by ``seed`` and ``round_idx``), sorted;
+    None when the sample would hold the whole pool (``size`` 0 or at least the unlabeled count).
+
+    Args:
+        labeled: Boolean mask over the scorable rows: which are labeled.
+        size: Unlabeled rows to draw (``query.pool_sample`` resolved to a count).
+        budget: The round's batch: a sample smaller than it is an error.
+        seed: The run's seed.
+        round_idx: The round (the same round draws the same rows).
+        candidate_ratio: HAL's candidates per pick: a sample below ``candidate_ratio * budget``
+            is logged as a warning (the ranking would have nothing to leave out).
+    """
+    from hssal_ray.errors import ConfigError
+
+    unlabeled = np.flatnonzero(~labeled)
+    if size <= 0 or size >= len(unlabeled):
+        return None
+    if size < budget:
+        raise ConfigError(
+            f"query.pool_sample: {size} unlabeled rows would be scored, fewer than this round's batch of "
+            f"{budget}; raise query.pool_sample (0 scores the whole pool)"
+        )
+    if size < candidate_ratio * budget:
+        log.warning(
+            "query.pool_sample: %d rows scored for a batch of %d: fewer than the query's %g x %d candidates, "
+            "so the uncertainty ranking leaves nothing out",
+            size,
+            budget,
+            candidate_ratio,
+            budget,
+        )
+    rng = np.random.default_rng(derive_seed(seed, "pool_sample", round_idx))
+    picked = rng.choice(unlabeled, size=size, replace=False)
+    return np.sort(np.concatenate([np.flatnonzero(labeled), picked]))

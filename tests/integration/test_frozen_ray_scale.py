@@ -55,7 +55,7 @@ def _learner(cfg, run_dir: Path, store, scored: pa.Table) -> FrozenLearner:
         cfg=cfg,
         run_dir=str(run_dir),
         catalog=types.SimpleNamespace(class_names=[f"c{i}" for i in range(NC)]),
-        scored_rows=lambda: scored,
+        scored_rows=lambda *_: scored,
     )
     return FrozenLearner(run, store=store)
 

@@ -44,7 +44,7 @@ def test_streamed_scores_equal_the_whole_pool_table(tmp_path: Path, monkeypatch,
         cfg=cfg,
         run_dir=str(tmp_path),
         catalog=types.SimpleNamespace(class_names=["a", "b", "c"]),
-        scored_rows=lambda: scored,
+        scored_rows=lambda *_: scored,
     )
     monkeypatch.setattr(frozen_scores, "SCORE_BLOCK_ROWS", 7)  # 48 rows -> 7 blocks
     out = tmp_path / "round_001" / "scores.parquet"
@@ -133,7 +133,7 @@ def test_query_embeddings_from_the_store_are_the_scores_files_values(tmp_path: P
         cfg=cfg,
         run_dir=str(tmp_path),
         catalog=types.SimpleNamespace(class_names=["a", "b", "c", "d"]),
-        scored_rows=lambda: scored,
+        scored_rows=lambda *_: scored,
     )
     learner = FrozenLearner(run, store=store)
     out = str(tmp_path / "scores.parquet")

@@ -10,6 +10,7 @@ actor class in this process against the frozen learner's file.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterator
 
@@ -228,3 +229,39 @@ def test_the_committee_is_kept_only_when_the_query_reads_it() -> None:
     assert scores_committee(load_config(None, [*late, "query.pick=auto_local"]))
     assert not scores_committee(load_config(None, [*late, "query.pick=uncertain"]))  # never read
     assert not scores_committee(load_config(None, graph))
+
+
+def test_pool_sample_scores_the_labeled_rows_and_the_rounds_draw_and_the_query_picks_among_them(
+    tmp_path,
+) -> None:
+    """``query.pool_sample``: the score stage scores every labeled row and that round's seeded draw of the
+    pool (the same rows again when the round is rerun, others the next round), says so, and the round's
+    query (the product's stage) picks only scored rows."""
+    from hssal_ray.loop.stages import query as query_stage
+    from hssal_ray.state import RunState
+
+    ctx = _frozen_ctx(tmp_path, "query.pool_sample=4", "query.budget=2", "query.strategy=margin")
+    lines: list[str] = []
+    ctx.progress = lines.append
+    _label_some(ctx)
+    labeled = set(LabeledSet.load(ctx.run_dir).ids)
+    train = set(ctx.split("train").column("sample_id").to_pylist())
+    assert len(train) - len(labeled) > 4
+    ctx.learner.train(0, None)
+    out = _io.join(round_dir(ctx.run_dir, 0), "scores.parquet")
+    ctx.learner.score(0, out)
+    scored = set(load_pool(out).ids)
+    assert labeled <= scored and len(scored - labeled) == 4 and scored <= train
+    assert lines == [
+        f"[hssal] round 0: scoring 4 of the {len(train) - len(labeled)} unlabeled rows "
+        f"(query.pool_sample=4) and the {len(labeled)} labeled"
+    ]
+    again = set(ctx.scored_rows(0).column("sample_id").to_pylist())
+    assert again == scored
+    assert set(ctx.scored_rows(1).column("sample_id").to_pylist()) != scored
+    assert set(ctx.scored_rows().column("sample_id").to_pylist()) == train  # no round: every row
+
+    query_stage.run(ctx, RunState(round=0, stage="query"), 0.0)
+    with open(_io.join(round_dir(ctx.run_dir, 0), "query.csv"), newline="") as f:
+        picked = {row["sample_id"] for row in csv.DictReader(f)}
+    assert len(picked) == 2 and picked <= scored - labeled
