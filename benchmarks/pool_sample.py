@@ -79,7 +79,8 @@ def _check_rounds(run: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]
         d = run / f"round_{r['round']:03d}"
         if not (d / "query.csv").exists():
             continue
-        scored = set(pq.read_table(d / "scores.parquet", columns=["sample_id"]).column("sample_id").to_pylist())
+        ids = pq.read_table(d / "scores.parquet", columns=["sample_id"]).column("sample_id")
+        scored = set(ids.to_pylist())
         with open(d / "query.csv", newline="") as f:
             picked = {row["sample_id"] for row in csv.DictReader(f)}
         out.append(
@@ -145,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         mine = [t["score_s"] for t in table if t["pool_sample"] == run["sample"] and t["score_s"] != "-"]
         if base and mine:
             lines.append(
-                f"- `query.pool_sample={run['sample']}`: score stage {sum(mine):.1f} s over its rounds against "
-                f"{sum(base):.1f} s for `{runs[0]['sample']}` ({sum(base) / max(sum(mine), 1e-9):.1f}x)."
+                f"- `query.pool_sample={run['sample']}`: score stage {sum(mine):.1f} s over its rounds "
+                f"against {sum(base):.1f} s for `{runs[0]['sample']}` ({sum(base) / max(sum(mine), 1e-9):.1f}x)."
             )
     text = "\n".join(lines) + "\n"
     write_result(
