@@ -145,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs[1:]:
         mine = [t["score_s"] for t in table if t["pool_sample"] == run["sample"] and t["score_s"] != "-"]
         if base and mine:
+            ratio = sum(base) / max(sum(mine), 1e-9)
             lines.append(
                 f"- `query.pool_sample={run['sample']}`: score stage {sum(mine):.1f} s over its rounds "
-                f"against {sum(base):.1f} s for `{runs[0]['sample']}` ({sum(base) / max(sum(mine), 1e-9):.1f}x)."
+                f"against {sum(base):.1f} s for `{runs[0]['sample']}` ({ratio:.1f}x)."
             )
     text = "\n".join(lines) + "\n"
     write_result(
