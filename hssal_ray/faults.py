@@ -98,16 +98,27 @@ def _first_time(marker: str, note: str, times: int = 1) -> bool:
     """Add ``note`` to ``marker``; True while it held fewer than ``times`` notes (never without a marker).
 
     A marker that exists counts as at least one firing, whatever it holds.
+    The count and the note are taken under an exclusive lock of the marker, so actors that reach the
+    same batch at once fire ``times`` times in all, not once each (a check-then-append let two store
+    shards both fire at ``times=1``).
     """
     if not marker:
         return False
-    fired = 0
-    if os.path.exists(marker):
-        with open(marker) as f:
-            fired = max(1, sum(1 for _ in f))
-    if fired >= times:
-        return False
-    with open(marker, "a") as f:
+    import fcntl
+
+    try:
+        fd, created = os.open(marker, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:
+        fd, created = os.open(marker, os.O_RDWR), False
+    with os.fdopen(fd, "r+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        lines = sum(1 for _ in f)
+        # a marker this call did not create counts as one firing even when empty (another caller may
+        # have created it an instant ago: counting it as fired only ever fires fewer times)
+        fired = lines if created else max(1, lines)
+        if fired >= times:
+            return False
+        f.seek(0, os.SEEK_END)
         f.write(note)
     return True
 

@@ -44,3 +44,41 @@ def test_until_gives_up_after_the_longest_hold(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv(faults.DELAY_ENV, f"train@0=until:{tmp_path / 'never'}")
     monkeypatch.setattr(faults, "HOLD_MAX_S", 0.2)
     assert 0.2 <= _held("train", 0) < 5.0
+
+
+def _fire(marker: str, times: int, start: float, out: object) -> None:
+    while time.time() < start:  # every process reaches the marker at the same moment
+        pass
+    out.put(faults._first_time(marker, f"fired {__import__('os').getpid()}\n", times))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("times", [1, 3])
+def test_a_marker_fires_its_times_in_all_when_processes_race_for_it(tmp_path: Path, times: int) -> None:
+    """Actors reaching the same batch at once (two store shards did, in CI) fire ``times`` times in all."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for attempt in range(5):
+        marker = str(tmp_path / f"m{attempt}")
+        q = ctx.Queue()
+        start = time.time() + 0.3
+        procs = [ctx.Process(target=_fire, args=(marker, times, start, q)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        fired = sum(q.get(timeout=30) for _ in procs)
+        for p in procs:
+            p.join(timeout=30)
+        assert fired == times, f"attempt {attempt}: {fired} firings for times={times}"
+        assert len(Path(marker).read_text().splitlines()) == times
+
+
+def test_an_existing_marker_counts_as_one_firing(tmp_path: Path) -> None:
+    marker = tmp_path / "m"
+    marker.write_text("")
+    assert not faults._first_time(str(marker), "x\n")
+    assert faults._first_time(str(marker), "x\n", times=2) and marker.read_text() == "x\n"
+    assert faults._first_time(str(marker), "y\n", times=2)  # one line counts one firing
+    assert not faults._first_time(str(marker), "z\n", times=2) and marker.read_text() == "x\ny\n"
+    fresh = tmp_path / "fresh"
+    assert faults._first_time(str(fresh), "a\n") and not faults._first_time(str(fresh), "b\n")
+    assert not faults._first_time("", "a\n")
