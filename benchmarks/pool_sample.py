@@ -6,10 +6,12 @@
 Runs the real CLI (``python -m hssal_ray.loop``, the fine-tuning path with its default small CNN) on one
 seeded synthetic archive (``--classes`` x ``--per-class`` images of ``--size`` px, generated once under
 ``--work-dir``, never in the repository) once per ``query.pool_sample`` value, the same seed, budget and
-rounds, and reads each round's stage wall times from the run's own ``metrics.jsonl``. It also checks, from
-the run directory, that every round's ``scores.parquet`` holds the labeled rows plus the sample's size
-and that the round's query picked only scored rows. Wall times: compare only the rows of one run (a shared
-2-core machine); what the sample changes is the score stage, linear in the rows it decodes and forwards.
+rounds, a TypiClust cold start, and reads each round's stage wall times from the run's own
+``metrics.jsonl``. It also checks, from the run directory, that every round's ``scores.parquet`` holds the
+labeled rows plus the sample's size, that the round's query picked only scored rows, and the same of the
+cold start (``cold_start/scores.parquet``, the labeled set's round-0 rows). Wall times: compare only the
+rows of one run (a shared 2-core machine); what the sample changes is the score stage, linear in the rows it
+decodes and forwards.
 Writes ``<out>/pool_sample.json`` and ``.md`` (``--smoke``: ``pool_sample_smoke.*``).
 """
 
@@ -42,6 +44,8 @@ def _archive(work: Path, classes: int, per_class: int, size: int) -> Path:
 
 
 def _run(root: Path, run_dir: Path, sample: float, args: argparse.Namespace) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
     name = f"ps_{sample:g}".replace(".", "_")
     shutil.rmtree(run_dir / name, ignore_errors=True)  # a finished run there would resume, not re-measure
     value = sample if 0 < sample < 1 else int(sample)  # a count, or a fraction of the training split
@@ -58,6 +62,7 @@ def _run(root: Path, run_dir: Path, sample: float, args: argparse.Namespace) -> 
         f"query.budget={args.budget}",
         f"ssl.steps_per_round={args.steps}",
         f"query.pool_sample={value}",
+        "loop.cold_start=typiclust",  # the cold start's scoring pass, which the sample bounds too
         "loop.report=false",
     ]
     t0 = time.perf_counter()
@@ -67,22 +72,41 @@ def _run(root: Path, run_dir: Path, sample: float, args: argparse.Namespace) -> 
         raise SystemExit(f"the loop failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     run = run_dir / name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {"sample": value, "wall_s": wall, "rounds": rows, "checks": _check_rounds(run, rows)}
+    cold = _scored_ids(run / "cold_start" / "scores.parquet")
+    lab = pq.read_table(run / "labeled.parquet", columns=["sample_id", "round_added"]).to_pylist()
+    first = {r["sample_id"] for r in lab if r["round_added"] == 0}  # the cold start's picks
+    history = json.loads((run / "state.json").read_text())["history"]
+    return {
+        "sample": value,
+        "wall_s": wall,
+        "rounds": rows,
+        "checks": _check_rounds(run, rows),
+        "cold_start_scored_rows": len(cold),
+        "cold_start_s": next(h[2] for h in history if h[1] == "init"),  # the init stage is the cold start
+        "cold_start_picks": len(first),
+        "cold_start_picks_all_scored": first <= cold,
+    }
+
+
+def _scored_ids(path: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    return set(pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist())
+
+
+def _picked(path: Path) -> set[str]:
+    with open(path, newline="") as f:
+        return {row["sample_id"] for row in csv.DictReader(f)}
 
 
 def _check_rounds(run: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per queried round: rows scored, of them labeled, and whether the picks are all scored rows."""
-    import pyarrow.parquet as pq
-
     out = []
     for r in rows:
         d = run / f"round_{r['round']:03d}"
         if not (d / "query.csv").exists():
             continue
-        ids = pq.read_table(d / "scores.parquet", columns=["sample_id"]).column("sample_id")
-        scored = set(ids.to_pylist())
-        with open(d / "query.csv", newline="") as f:
-            picked = {row["sample_id"] for row in csv.DictReader(f)}
+        scored, picked = _scored_ids(d / "scores.parquet"), _picked(d / "query.csv")
         out.append(
             {
                 "round": r["round"],
@@ -142,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         md_table(table, list(table[0])),
         "",
     ]
+    for run in runs:
+        lines.append(
+            f"- `query.pool_sample={run['sample']}`: the TypiClust cold start ({run['cold_start_s']:.1f} s) "
+            f"scored {run['cold_start_scored_rows']:,} rows and picked {run['cold_start_picks']} of them "
+            f"(all among the scored: {run['cold_start_picks_all_scored']})."
+        )
     for run in runs[1:]:
         mine = [t["score_s"] for t in table if t["pool_sample"] == run["sample"] and t["score_s"] != "-"]
         if base and mine:

@@ -52,6 +52,10 @@ class RunView(Protocol):
         """The unlabeled pool."""
         ...
 
+    def cold_start_rows(self) -> pa.Table:
+        """What the cold start reads (the train split; a sample of it with ``query.pool_sample``)."""
+        ...
+
     def scored_rows(self, round_idx: int | None = None) -> pa.Table:
         """What the score stage scores (the pool and the labeled rows; round ``round_idx``'s sample of
         the pool with ``query.pool_sample``)."""

@@ -85,7 +85,8 @@ class ImageLearner:
         return None
 
     def cold_start_pool(self) -> Any:
-        """Scores of the train split by the untrained (or pretrained) model, under ``RUN/cold_start/``."""
+        """Scores of the train split (a sample of it with ``query.pool_sample``) by the untrained (or
+        pretrained) model, under ``RUN/cold_start/``."""
         from hssal_ray.query import load_pool
         from hssal_ray.rounds import derive_seed, write_checkpoint
         from hssal_ray.scoring import score_pool
@@ -99,7 +100,7 @@ class ImageLearner:
         state = build_train_state(cfg, where["num_classes"], torch.device("cpu"), total_steps=1)
         write_checkpoint(state, ckpt, {"step": 0, "round": "cold_start"})
         out = _io.join(d, "scores.parquet")
-        score_pool(cfg, self.run.split("train"), ckpt_dir=ckpt, out_path=out, **where)
+        score_pool(cfg, self.run.cold_start_rows(), ckpt_dir=ckpt, out_path=out, **where)
         return load_pool(out)
 
     @classmethod

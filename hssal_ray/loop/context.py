@@ -10,7 +10,8 @@ start call it); and it answers which manifest rows a stage works on:
 * :meth:`RunContext.labeled_rows`: the readable labeled train rows, carrying the *oracle's* labels;
 * :meth:`RunContext.pool_rows`: the unlabeled pool (train rows neither labeled nor unreadable);
 * :meth:`RunContext.scored_rows`: what the score stage scores (the pool *and* the labeled rows; with
-  ``query.pool_sample``, a seeded sample of the pool).
+  ``query.pool_sample``, a seeded sample of the pool), and :meth:`RunContext.cold_start_rows` what the cold
+  start reads (the train split, or its sample).
 
 Rows listed in ``RUN/bad_samples.csv`` (images that failed to decode) are left out of the pool.
 """
@@ -137,27 +138,43 @@ class RunContext:
         pool (:func:`hssal_ray.rounds.pool_sample_rows`), in the split's order.
         """
         rows = self._train_rows_without(self.bad_ids())
-        sample = self.cfg.query.pool_sample
-        if not sample or round_idx is None:
+        if not self.cfg.query.pool_sample or round_idx is None:
             return rows
-        from hssal_ray.config.loop import label_count
         from hssal_ray.loop.stages.query import round_budget
+
+        labeled = LabeledSet.load(self.run_dir).ids
+        budget = round_budget(self.cfg, len(labeled), self.split("train").num_rows)
+        return self._pool_sample(rows, labeled, budget, round_idx, f"round {round_idx}")
+
+    def cold_start_rows(self) -> pa.Table:
+        """The train split, which the cold start's TypiClust reads; with ``query.pool_sample`` a seeded
+        sample of it, at least ``loop.initial_labeled`` rows (the image path scores these once)."""
+        from hssal_ray.config.loop import label_count
+
+        train = self.split("train")
+        if not self.cfg.query.pool_sample:
+            return train
+        n = label_count(self.cfg.loop.initial_labeled, train.num_rows)
+        return self._pool_sample(train, [], n, "cold_start", "cold start")
+
+    def _pool_sample(self, rows: pa.Table, labeled: list[str], budget: int, key: Any, what: str) -> pa.Table:
+        """``rows`` less what ``query.pool_sample`` leaves out (the ``labeled`` ids kept); a line says so."""
+        from hssal_ray.config.loop import label_count
         from hssal_ray.rounds import pool_sample_rows
 
-        n_train = self.split("train").num_rows
-        labeled_ids = LabeledSet.load(self.run_dir).ids
-        labeled = pc.is_in(rows.column("sample_id"), value_set=pa.array(sorted(labeled_ids), pa.string()))
-        mask = labeled.to_numpy(zero_copy_only=False).astype(bool)
         q = self.cfg.query
+        in_labeled = pc.is_in(rows.column("sample_id"), value_set=pa.array(sorted(labeled), pa.string()))
+        mask = in_labeled.to_numpy(zero_copy_only=False).astype(bool)
         ratio = q.candidate_ratio if q.strategy in ("hal", "hal_flat") else 1.0
-        budget = round_budget(self.cfg, len(labeled_ids), n_train)
-        keep = pool_sample_rows(mask, label_count(sample, n_train), budget, self.cfg.seed, round_idx, ratio)
+        size = label_count(q.pool_sample, self.split("train").num_rows)
+        keep = pool_sample_rows(mask, size, budget, self.cfg.seed, key, ratio)
         if keep is None:
             return rows
         n_lab = int(mask.sum())
+        tail = f" and the {n_lab:,} labeled" if n_lab else ""
         self.progress(
-            f"[hssal] round {round_idx}: scoring {len(keep) - n_lab:,} of the {len(mask) - n_lab:,} "
-            f"unlabeled rows (query.pool_sample={sample}) and the {n_lab:,} labeled"
+            f"[hssal] {what}: scoring {len(keep) - n_lab:,} of the {len(mask) - n_lab:,} unlabeled rows "
+            f"(query.pool_sample={q.pool_sample}){tail}"
         )
         return rows.take(pa.array(keep))
 

@@ -106,7 +106,7 @@ def scores_committee(cfg: Any) -> bool:
 
 
 def pool_sample_rows(
-    labeled: np.ndarray, size: int, budget: int, seed: int, round_idx: int, candidate_ratio: float = 1.0
+    labeled: np.ndarray, size: int, budget: int, seed: int, round_idx: Any, candidate_ratio: float = 1.0
 ) -> np.ndarray | None:
     """The rows the score stage scores under ``query.pool_sample``: every labeled row and ``size``
     unlabeled rows drawn uniformly without replacement (seeded by ``seed`` and ``round_idx``), sorted;
@@ -117,7 +117,7 @@ def pool_sample_rows(
         size: Unlabeled rows to draw (``query.pool_sample`` resolved to a count).
         budget: The round's batch: a sample smaller than it is an error.
         seed: The run's seed.
-        round_idx: The round (the same round draws the same rows).
+        round_idx: The round, or ``"cold_start"`` (the same round draws the same rows).
         candidate_ratio: HAL's candidates per pick: a sample below ``candidate_ratio * budget``
             is logged as a warning (the ranking would have nothing to leave out).
     """
@@ -128,8 +128,8 @@ def pool_sample_rows(
         return None
     if size < budget:
         raise ConfigError(
-            f"query.pool_sample: {size} unlabeled rows would be scored, fewer than this round's batch of "
-            f"{budget}; raise query.pool_sample (0 scores the whole pool)"
+            f"query.pool_sample: {size} unlabeled rows would be scored, fewer than the {budget} this query "
+            "picks; raise query.pool_sample (0 scores the whole pool)"
         )
     if size < candidate_ratio * budget:
         log.warning(

@@ -23,4 +23,7 @@ def test_pool_sample_smoke_scores_the_sample_and_picks_inside_it(tmp_path) -> No
         (check,) = run["checks"]  # one query round (round 0's)
         assert check["picks_all_scored"] and check["picks"] == 6
         assert check["scored_rows"] == 6 + unlabeled
+        assert run["cold_start_picks_all_scored"] and run["cold_start_picks"] == 6
+    assert whole["cold_start_scored_rows"] == n_train  # the cold start: the split, or its draw
+    assert sampled["cold_start_scored_rows"] == round(0.1 * n_train)
     assert "pool_sample=0.1" in (out / "pool_sample_smoke.md").read_text()

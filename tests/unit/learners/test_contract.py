@@ -21,6 +21,7 @@ import torch
 
 from hssal_ray import _io
 from hssal_ray.config import config_to_dict, load_config
+from hssal_ray.errors import ConfigError
 from hssal_ray.frozen.store import EmbeddingStore, view_names
 from hssal_ray.learners import learner_class
 from hssal_ray.learners.frozen import FrozenLearner
@@ -240,7 +241,9 @@ def test_pool_sample_scores_the_labeled_rows_and_the_rounds_draw_and_the_query_p
     from hssal_ray.loop.stages import query as query_stage
     from hssal_ray.state import RunState
 
-    ctx = _frozen_ctx(tmp_path, "query.pool_sample=4", "query.budget=2", "query.strategy=margin")
+    ctx = _frozen_ctx(
+        tmp_path, "query.pool_sample=4", "query.budget=2", "loop.initial_labeled=2", "query.strategy=margin"
+    )
     lines: list[str] = []
     ctx.progress = lines.append
     _label_some(ctx)
@@ -260,6 +263,13 @@ def test_pool_sample_scores_the_labeled_rows_and_the_rounds_draw_and_the_query_p
     assert again == scored
     assert set(ctx.scored_rows(1).column("sample_id").to_pylist()) != scored
     assert set(ctx.scored_rows().column("sample_id").to_pylist()) == train  # no round: every row
+
+    cold = ctx.cold_start_rows()  # what the image path's cold start scores: a seeded draw of the split
+    assert cold.num_rows == 4 and set(cold.column("sample_id").to_pylist()) <= train
+    assert cold.equals(ctx.cold_start_rows()) and lines[-1].startswith("[hssal] cold start: scoring 4 of the")
+    small = _frozen_ctx(tmp_path / "small", "query.pool_sample=4", "loop.initial_labeled=5")
+    with pytest.raises(ConfigError, match="query.pool_sample: 4 unlabeled rows .* fewer than the 5"):
+        small.cold_start_rows()
 
     query_stage.run(ctx, RunState(round=0, stage="query"), 0.0)
     with open(_io.join(round_dir(ctx.run_dir, 0), "query.csv"), newline="") as f:

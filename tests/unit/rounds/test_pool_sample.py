@@ -53,7 +53,7 @@ def test_no_sample_when_it_would_hold_the_whole_pool() -> None:
 
 def test_a_sample_below_the_batch_is_an_error_and_below_the_candidates_a_warning(caplog) -> None:
     mask = _mask()
-    with pytest.raises(ConfigError, match=r"query.pool_sample: 19 unlabeled rows .* batch of 20"):
+    with pytest.raises(ConfigError, match=r"19 unlabeled rows .* fewer than the 20 this query"):
         pool_sample_rows(mask, 19, budget=20, seed=0, round_idx=1)
     caplog.set_level(logging.WARNING, logger="hssal_ray.rounds.policy")
     pool_sample_rows(mask, 50, budget=20, seed=0, round_idx=1, candidate_ratio=3.0)
