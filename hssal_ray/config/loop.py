@@ -125,8 +125,9 @@ class QueryConfig:
             round (decode + forward of every image on the fine-tuning path) costs more than the query
             needs (baal's ``max_sample``): the query then picks among the sampled rows. At least the
             round's batch; a sample below ``candidate_ratio`` x the batch leaves HAL's ranking nothing
-            to choose from (a warning says so). Training still reads the whole pool, and the cold
-            start the whole training split.
+            to choose from (a warning says so). Training still reads the whole pool. On the
+            fine-tuning path the TypiClust cold start scores a sample of the split of this size too
+            (at least ``loop.initial_labeled``); the frozen path's reads its stored features.
         parallel: Run HAL's per-coarse-cluster steps as parallel Ray tasks.
     """
 
