@@ -67,6 +67,11 @@ class ResourcesConfig:
         _check(self.num_cpus is None or self.num_cpus >= 1, "resources.num_cpus", "must be >= 1")
         _check(self.store_shards >= 0, "resources.store_shards", "must be >= 0")
 
+    def trial_score_actors(self) -> int:
+        """Scoring actors a Tune trial holds: as set, or one for auto (``scoring.auto_pool_size`` gives a
+        trial's auto pool one actor)."""
+        return self.score_actors or 1
+
     def in_driver(self) -> bool:
         """Whether training, scoring and evaluation run in the driver process (see ``executor``)."""
         import os

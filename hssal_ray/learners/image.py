@@ -114,7 +114,7 @@ class ImageLearner:
         """Tune's bundles, one decode CPU, and the Ray Train worker group or the scoring actor pool,
         whichever is larger (training and scoring never run at once; an auto pool is one actor in a trial)."""
         r = cfg.resources
-        scorers = r.score_actors or 1
+        scorers = r.trial_score_actors()
         cpu = sum(b.get("CPU", 0.0) for b in bundles) + 1.0 + max(r.num_workers * r.cpus_per_worker, scorers)
         gpu = sum(b.get("GPU", 0.0) for b in bundles) + (max(r.num_workers, scorers) if r.use_gpu else 0)
         return {"CPU": float(cpu), "GPU": float(gpu)}

@@ -143,10 +143,11 @@ class RunContext:
         from hssal_ray.loop.stages.query import round_budget
 
         labeled = LabeledSet.load(self.run_dir).ids
-        budget = round_budget(self.cfg, len(labeled), self.split("train").num_rows)
+        n_train = self.split("train").num_rows
+        budget = round_budget(self.cfg, len(labeled), n_train)
         q = self.cfg.query
         ratio = q.candidate_ratio if q.strategy in ("hal", "hal_flat") else 1.0  # HAL ranks its candidates
-        return self._pool_sample(rows, labeled, budget, round_idx, f"round {round_idx}", ratio)
+        return self._pool_sample(rows, labeled, n_train, budget, round_idx, f"round {round_idx}", ratio)
 
     def cold_start_rows(self) -> pa.Table:
         """The train split, which the cold start's TypiClust reads; with ``query.pool_sample`` a seeded
@@ -157,19 +158,21 @@ class RunContext:
         if not self.cfg.query.pool_sample:
             return train
         n = label_count(self.cfg.loop.initial_labeled, train.num_rows)
-        return self._pool_sample(train, [], n, "cold_start", "cold start", 1.0)  # TypiClust: no candidates
+        # TypiClust has no candidates: ratio 1
+        return self._pool_sample(train, [], train.num_rows, n, "cold_start", "cold start", 1.0)
 
     def _pool_sample(
-        self, rows: pa.Table, labeled: list[str], budget: int, key: Any, what: str, ratio: float
+        self, rows: pa.Table, labeled: list[str], n_train: int, budget: int, key: Any, what: str, ratio: float
     ) -> pa.Table:
-        """``rows`` less what ``query.pool_sample`` leaves out (the ``labeled`` ids kept); a line says so."""
+        """``rows`` less what ``query.pool_sample`` (a count, or a fraction of the ``n_train`` training rows)
+        leaves out, the ``labeled`` ids kept; a line says so."""
         from hssal_ray.config.loop import label_count
         from hssal_ray.rounds import pool_sample_rows
 
         q = self.cfg.query
         in_labeled = pc.is_in(rows.column("sample_id"), value_set=pa.array(sorted(labeled), pa.string()))
         mask = in_labeled.to_numpy(zero_copy_only=False).astype(bool)
-        size = label_count(q.pool_sample, self.split("train").num_rows)
+        size = label_count(q.pool_sample, n_train)
         keep = pool_sample_rows(mask, size, budget, self.cfg.seed, key, ratio)
         if keep is None:
             return rows

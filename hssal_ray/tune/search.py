@@ -103,7 +103,7 @@ def _concurrency(plan: SweepPlan) -> int:
         raise ConfigError(
             f"one trial needs {fp['CPU']:g} CPUs and {fp['GPU']:g} GPUs (tune.cpus_per_trial "
             f"{plan.cfg.tune.cpus_per_trial:g} + 1 for decoding + the larger of {r.num_workers} training "
-            f"worker(s) x {r.cpus_per_worker:g} and {r.score_actors or 1} scoring actor(s)), but the Ray "
+            f"worker(s) x {r.cpus_per_worker:g} and {r.trial_score_actors()} scoring actor(s)), but the Ray "
             "cluster has "
             f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; start Ray with more "
             "(resources.num_cpus) or lower the per-trial resources"
