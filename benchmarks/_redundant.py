@@ -188,6 +188,7 @@ def plan_copies(
     labels = np.asarray(labels)
     vf = max(VAL_FRACTIONS)
     codes = np.stack([_codes(ids, labels, s, test_fraction, vf) for s in range(seeds)])  # (seeds, n)
+    _check_feasible(codes, test_fraction, vf, tries)
     plan: dict[str, dict[int, str]] = {}
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
@@ -235,6 +236,34 @@ def plan_copies(
         for i, g, k in zip(rows, found, x, strict=True):
             plan[ids[i]] = {j + 1: name for j, name in enumerate(g[:k])}
     return {s: plan[s] for s in ids}
+
+
+def placeable_share(codes: np.ndarray, test_fraction: float, val_fraction: float, tries: int) -> float:
+    """The expected share of copies :func:`plan_copies` can name, before it searches.
+
+    A salted name falls on a side of a split with about that side's share of the hash space, so a
+    copy of an image whose sides over the seeds are ``codes[:, i]`` is found within ``tries`` names
+    with ``1 - (1 - p_i) ** tries``, ``p_i`` the product of those shares: it shrinks geometrically
+    with the seeds (about 0.4x a seed at the default fractions).
+    """
+    tf, vf = test_fraction, val_fraction
+    share = np.array([(1 - tf) * (1 - vf), tf, (1 - tf) * vf])  # code 0 train, 1 test, 2 val
+    p = np.prod(share[codes], axis=0)
+    return float(np.mean(-np.expm1(tries * np.log1p(-np.minimum(p, 1.0 - 1e-12)))))
+
+
+def _check_feasible(codes: np.ndarray, test_fraction: float, val_fraction: float, tries: int) -> None:
+    """Refuse, before hours of salting, a seed count whose copies mostly cannot be placed."""
+    seeds = codes.shape[0]
+    if placeable_share(codes, test_fraction, val_fraction, tries) >= 0.9:
+        return
+    ok = [s for s in range(1, seeds) if placeable_share(codes[:s], test_fraction, val_fraction, tries) >= 0.9]
+    raise DataError(
+        f"--seeds {seeds}: a copy's name must hash to its image's split in every seed, and with {seeds} "
+        f"seeds only {placeable_share(codes, test_fraction, val_fraction, tries):.0%} of the copies "
+        f"would be found in {tries:,} names each (the search would run for hours and make a pool with "
+        f"few copies); use --seeds {max(ok, default=1)} or fewer"
+    )
 
 
 def _side(name: str, seed: int, cuts: tuple[int, int]) -> int:

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import redundant_pool as rp
-from benchmarks._redundant import _codes
+from benchmarks._redundant import _codes, placeable_share, plan_copies
 from hssal_ray.data.catalog import scan
 from hssal_ray.errors import DataError
 from hssal_ray.frozen.store import open_store, view_names, write_arrays
@@ -218,3 +218,16 @@ def test_build_a_few_class_root(tmp_path: Path) -> None:
     for r, sid in enumerate(store.ids):
         assert np.array_equal(store.views["none"][r], feats["none"][src_ids.index(sid)])
     assert "2 of its classes" in (tmp_path / "report.md").read_text()
+
+
+def test_a_seed_count_whose_copies_cannot_be_placed_is_refused_before_the_search() -> None:
+    ids = [f"c{c}/img{i:03d}.png" for c in range(2) for i in range(60)]
+    labels = np.repeat(np.arange(2), 60)
+    codes = np.stack([_codes(ids, labels, s, 0.2, 0.2) for s in range(20)])
+    few, many = placeable_share(codes[:3], 0.2, 0.2, 1 << 16), placeable_share(codes, 0.2, 0.2, 1 << 16)
+    assert few > 0.99 and many < 0.5  # geometric in the seeds
+    # the share is what the search finds: 3 seeds place (nearly) every copy
+    plan = plan_copies(ids, labels, copies=1, seeds=3, test_fraction=0.2)
+    assert sum(len(v) for v in plan.values()) >= 0.9 * len(ids)
+    with pytest.raises(DataError, match=r"--seeds 20: .* use --seeds \d+ or fewer"):
+        plan_copies(ids, labels, copies=1, seeds=20, test_fraction=0.2)
