@@ -26,6 +26,7 @@ __all__ = [
     "copy_name",
     "copy_views",
     "plan_copies",
+    "placeable_share",
     "long_tail_subset",
     "class_subset",
     "check_groups",
@@ -255,12 +256,13 @@ def placeable_share(codes: np.ndarray, test_fraction: float, val_fraction: float
 def _check_feasible(codes: np.ndarray, test_fraction: float, val_fraction: float, tries: int) -> None:
     """Refuse, before hours of salting, a seed count whose copies mostly cannot be placed."""
     seeds = codes.shape[0]
-    if placeable_share(codes, test_fraction, val_fraction, tries) >= 0.9:
+    got = placeable_share(codes, test_fraction, val_fraction, tries)
+    if got >= 0.9:
         return
     ok = [s for s in range(1, seeds) if placeable_share(codes[:s], test_fraction, val_fraction, tries) >= 0.9]
     raise DataError(
         f"--seeds {seeds}: a copy's name must hash to its image's split in every seed, and with {seeds} "
-        f"seeds only {placeable_share(codes, test_fraction, val_fraction, tries):.0%} of the copies "
+        f"seeds only {got:.0%} of the copies "
         f"would be found in {tries:,} names each (the search would run for hours and make a pool with "
         f"few copies); use --seeds {max(ok, default=1)} or fewer"
     )
