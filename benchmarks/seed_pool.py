@@ -69,7 +69,10 @@ def pool_summaries(specs: list[str], require: str | None = METHOD) -> dict[str, 
                 got["per_seed"][seed] = acc
             got["sources"].append(path)
     if require is not None and require not in out:
-        raise ValueError(f"no result gives {require!r}")
+        raise ValueError(
+            f"no result gives {require!r}, the method the others are compared with: name one as it, "
+            f"e.g. RESULT.json:hssal_flat={require}"
+        )
     return out
 
 

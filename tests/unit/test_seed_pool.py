@@ -85,3 +85,13 @@ def test_a_variant_is_compared_with_the_profile_under_another_name(tmp_path: Pat
     assert main(args) == 0
     assert json.loads((tmp_path / "out.json").read_text())["pass_chance"]["all"] == 0.0  # behind the profile
     assert main([*args, "--not-in-chance", "nope"]) == 2
+
+
+def test_any_method_can_stand_in_the_hssal_column_and_the_error_says_how(tmp_path: Path) -> None:
+    h = {str(s): [0.5, 0.80, 0.90] for s in range(3)}
+    flat = _result(tmp_path / "f.json", {"hssal_flat": h})
+    ref = _result(tmp_path / "r.json", {"hssal": {s: [0.5, 0.79, 0.89] for s in h}})
+    with pytest.raises(ValueError, match=r"no result gives 'hssal'.*RESULT.json:hssal_flat=hssal"):
+        pool_summaries([f"{flat}:hssal_flat", f"{ref}:hssal=profile"])
+    s = pool_summaries([f"{flat}:hssal_flat=hssal", f"{ref}:hssal=profile"])
+    assert s["hssal"]["per_seed"]["0"] == [0.5, 0.80, 0.90] and sorted(s) == ["hssal", "profile"]
