@@ -262,9 +262,8 @@ def _check_feasible(codes: np.ndarray, test_fraction: float, val_fraction: float
     ok = [s for s in range(1, seeds) if placeable_share(codes[:s], test_fraction, val_fraction, tries) >= 0.9]
     raise DataError(
         f"--seeds {seeds}: a copy's name must hash to its image's split in every seed, and with {seeds} "
-        f"seeds only {got:.0%} of the copies "
-        f"would be found in {tries:,} names each (the search would run for hours and make a pool with "
-        f"few copies); use --seeds {max(ok, default=1)} or fewer"
+        f"seeds only {got:.0%} of the copies would be found in {tries:,} names each (the search would "
+        f"run for hours and make a pool with few copies); use --seeds {max(ok, default=1)} or fewer"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ def test_until_gives_up_after_the_longest_hold(monkeypatch: pytest.MonkeyPatch, 
 def _fire(marker: str, times: int, start: float, out: object) -> None:
     while time.time() < start:  # every process reaches the marker at the same moment
         pass
-    out.put(faults._first_time(marker, f"fired {__import__('os').getpid()}\n", times))  # type: ignore[attr-defined]
+    out.put(faults._first_time(marker, f"fired {os.getpid()}\n", times))  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("times", [1, 3])
