@@ -64,6 +64,11 @@ class QueryConfig:
             clusters whose rows are most uncertain on average (2: ``mean_u**2 * size``).
         cover_labeled: HAL's fine clustering includes the labeled rows (of each coarse cluster) and
             picks only from fine clusters that hold none (TypiClust's coverage rule).
+        cover_scale: With ``cover_labeled``, HAL: ``cluster`` = each coarse cluster clusters its
+            candidates and labeled rows into ``b_k + L_k`` (``b_k`` by uncertainty mass) and takes
+            ``b_k`` uncovered ones; ``flat`` = the flat variant's ``B + L`` fine clusters spread over
+            the coarse clusters by candidate count, the budget going to the largest uncovered fine
+            clusters of all of them together (needs ``alloc_over: global``).
         alloc_over: HAL sums each coarse cluster's uncertainty mass over all its rows (``pool``) or
             only over its rows among the pool's ``ceil(candidate_ratio * budget)`` most uncertain
             (``candidates``); ``global``: those rows are also the candidates, each coarse cluster
@@ -151,6 +156,7 @@ class QueryConfig:
     ssl_aware: bool = False
     alloc_temper: float = 1.0
     cover_labeled: bool = _added(False)
+    cover_scale: Literal["cluster", "flat"] = _added("cluster")
     alloc_over: Literal["pool", "candidates", "global", "auto"] = _added("pool")
     late_uncertainty: Literal[
         "same", "badge", "entropy", "margin", "least_confidence", "disagreement", "committee"
@@ -199,6 +205,20 @@ class QueryConfig:
             or (self.alloc_temper == 1.0 and not self.alloc_flips and not self.alloc_purity),
             "query.alloc_round_robin",
             "allocates without the uncertainty mass: not with alloc_temper != 1, alloc_flips or alloc_purity",
+        )
+        _check(
+            self.cover_scale == "cluster"
+            or self.strategy != "hal"
+            or (
+                self.cover_labeled
+                and self.alloc_over == "global"
+                and not self.alloc_round_robin
+                and (self.alloc_temper == 1.0 and not self.alloc_flips and not self.alloc_purity)
+                and "cover" not in (self.pick, self.early_pick if self.pick in ("auto", "auto_local") else "")
+            ),
+            "query.cover_scale",
+            "flat needs cover_labeled: true and alloc_over: global, and takes the budget by coverage: not with "
+            "alloc_round_robin, alloc_temper != 1, alloc_flips, alloc_purity or a 'cover' pick",
         )
 
     def scores_read(self) -> tuple[str, ...]:

@@ -43,6 +43,7 @@ _FLAT_IGNORES = frozenset(
         "alloc_over",
         "boundary_check",
         "typical_scale",
+        "cover_scale",
         "alloc_flips",
         "alloc_purity",
         "coarse_by",

@@ -327,11 +327,25 @@ def _uncovered_picks(task: ClusterTask, m: int, b: int, rank: np.ndarray) -> np.
     number of points); a cluster holding a labeled row is covered. Uncovered clusters are taken by
     candidate count (descending), then covered ones by fewest labeled rows, as in TypiClust.
     """
+    heads, c, n_lab, n_cand = _cluster_heads(task, rank)
+    prio = np.lexsort((c, -n_cand, n_lab))  # fewest labeled, then largest, then id
+    return heads[prio][:b]
+
+
+def _cluster_heads(
+    task: ClusterTask, rank: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """TypiClust's joint clustering of the candidates and the labeled rows, one head per cluster.
+
+    The task's candidates and its labeled rows (none: only the candidates) are clustered together
+    into ``n_picks + L`` clusters (at most the number of points). Returns, for every fine cluster
+    holding a candidate: its best-ranked candidate (position into ``task.emb``), the cluster's id,
+    and the labeled rows and candidates it holds, all (h,) int64.
+    """
     pts, lab = _fine_space(task)
-    lab = np.asarray(lab, dtype=np.float32)
-    n_lab = lab.shape[0]
-    x = np.concatenate([pts, lab])
-    k = b + n_lab  # b < m here (the caller returns every candidate when b >= m)
+    m = pts.shape[0]
+    x = pts if lab is None or len(lab) == 0 else np.concatenate([pts, np.asarray(lab, dtype=np.float32)])
+    k = int(min(task.n_picks + x.shape[0] - m, x.shape[0]))
     km = make_kmeans(task.backend, n_clusters=k, max_iter=task.max_iter, random_state=task.seed)
     labels_all = np.asarray(km.fit(x).labels_, dtype=np.int64)
     labels, lab_labels = labels_all[:m], labels_all[m:]
@@ -342,8 +356,41 @@ def _uncovered_picks(task: ClusterTask, m: int, b: int, rank: np.ndarray) -> np.
     first[1:] = labels[order][1:] != labels[order][:-1]
     heads = order[first]  # best candidate of each non-empty candidate cluster
     c = labels[heads]
-    prio = np.lexsort((c, -n_cand[c], n_lab_in[c]))  # fewest labeled, then largest, then id
-    return heads[prio][:b]
+    return heads, c, n_lab_in[c], n_cand[c]
+
+
+def fine_heads(task: ClusterTask) -> np.ndarray:
+    """HAL's ``cover_scale: flat`` fine step: every fine cluster's head, with its coverage counts.
+
+    :func:`_cluster_heads` of the task (candidates and the coarse cluster's labeled rows into
+    ``n_picks + L`` fine clusters, the best candidate of each under the task's pick rule), without
+    choosing among them: HAL ranks the heads of all its coarse clusters together
+    (:func:`merge_heads`), so a coarse cluster whose fine clusters the labels already cover gives
+    its picks to one whose fine clusters they do not, as one clustering of all the candidates would.
+
+    Returns:
+        (h, 3) int64 rows ``[position into task.emb, labeled rows in its fine cluster, candidates
+        in it]``, one per fine cluster holding a candidate.
+    """
+    m = task.emb.shape[0]
+    if task.pick == "cover":
+        raise ValueError("fine_heads clusters the candidates; pick 'cover' has no fine clusters")
+    dim = task.emb.shape[1] * (1 if task.probs is None else task.probs.shape[1])
+    with limit_threads(float(m) * max(task.n_picks, 20) * dim):
+        heads, _, n_lab, n_cand = _cluster_heads(task, candidate_rank(task))
+    return np.stack([heads, n_lab, n_cand], axis=1).astype(np.int64)
+
+
+def merge_heads(rows: np.ndarray, n_lab: np.ndarray, n_cand: np.ndarray, u: np.ndarray, budget: int) -> np.ndarray:
+    """The ``budget`` heads TypiClust's rule takes first, over every coarse cluster's fine clusters.
+
+    Fine clusters holding no labeled row before covered ones (fewest labeled rows first), then the
+    fine clusters with the most candidates, then the head's uncertainty ``u`` (higher first), then
+    the row. ``rows``, ``n_lab``, ``n_cand`` and ``u`` are (h,) arrays, one entry per head; returns
+    at most ``budget`` rows of ``rows`` in that order.
+    """
+    order = np.lexsort((rows, -np.asarray(u, dtype=np.float64), -n_cand, n_lab))
+    return np.asarray(rows, dtype=np.int64)[order][:budget]
 
 
 def kth_neighbor_distance(X: np.ndarray, k: int, chunk_size: int = 1024) -> np.ndarray:

@@ -49,7 +49,9 @@ from hssal_ray.query.hal_steps import (
     candidate_rank,
     coverage,
     cross_cluster_duplicates,
+    fine_heads,
     kth_neighbor_distance,
+    merge_heads,
     reference_typicality,
     take_rows,
     typicality,
@@ -356,6 +358,7 @@ class _HALBase(QueryStrategy):
         "ssl_aware": (True, False),
         "alloc_temper": lambda v: isinstance(v, int | float) and 0.0 <= v <= MAX_ALLOC_TEMPER,
         "cover_labeled": (True, False),
+        "cover_scale": ("cluster", "flat"),
         "alloc_over": ("pool", "candidates", "global", "auto"),
         "late_uncertainty": ("same", *UNCERTAINTIES),
         "late_pick": ("uncertain", "eer"),
@@ -386,6 +389,7 @@ class _HALBase(QueryStrategy):
         alloc_temper: float = 1.0,
         typical_until: float = 3.0,
         cover_labeled: bool = False,
+        cover_scale: str = "cluster",
         alloc_over: str = "pool",
         late_uncertainty: str = "same",
         late_pick: str = "uncertain",
@@ -417,6 +421,7 @@ class _HALBase(QueryStrategy):
         self.alloc_temper = alloc_temper  # hal only (hal_flat has no coarse level to allocate over)
         self.typical_until = typical_until
         self.cover_labeled = cover_labeled
+        self.cover_scale = cover_scale  # hal only, as alloc_temper
         self.alloc_over = alloc_over  # hal only, as alloc_temper
         self.late_uncertainty = late_uncertainty
         self.late_pick = late_pick
@@ -760,6 +765,15 @@ class HierarchicalQuery(_HALBase):
             that is not (:func:`~hssal_ray.query.hal_steps.cross_cluster_duplicates`): near-copies
             split by a coarse boundary are otherwise picked once on each side. ``"late"``: only in
             rounds whose pick rule is not ``typical``.
+        cover_scale: with ``cover_labeled``: the scale of TypiClust's coverage rule. ``"cluster"``:
+            each coarse cluster clusters its candidates and labeled rows into ``b_k + L_k`` and takes
+            its ``b_k`` (by uncertainty mass) from the fine clusters without a label. ``"flat"``: the
+            flat variant's scale: the ``B + L`` fine clusters are spread over the coarse clusters as
+            the candidates are (``b_k`` by candidate count, plus ``L_k``), and the budget goes to the
+            uncovered fine clusters of all coarse clusters together, largest first
+            (:func:`~hssal_ray.query.hal_steps.merge_heads`), so a coarse cluster the labels cover
+            yields its picks to one they do not. Needs ``alloc_over="global"``; the mass weighings,
+            round robin and ``cover`` picks are rejected with it. The flat variant ignores it.
         copy_check: the same check over every pair of picks, of one coarse cluster too
             (``within`` of :func:`~hssal_ray.query.hal_steps.cross_cluster_duplicates`; the flat
             variant runs it over its one cluster): with few candidates per pick a scene present many
@@ -821,6 +835,44 @@ class HierarchicalQuery(_HALBase):
                 f"HierarchicalQuery: alloc_round_robin=True allocates without the uncertainty mass, "
                 f"so {', '.join(weighed)} would weigh nothing; set one or the other"
             )
+        if self.cover_scale == "flat":
+            cover_pick = self.pick == "cover" or (
+                self.pick in ("auto", "auto_local") and self.early_pick == "cover"
+            )
+            clash = [
+                *([] if self.cover_labeled else ["cover_labeled=False (cover_scale sets its scale)"]),
+                *([] if self.alloc_over == "global" else [f"alloc_over={self.alloc_over!r} (needs 'global')"]),
+                *(["a 'cover' pick (no fine clusters to cover)"] if cover_pick else []),
+                *(["alloc_round_robin=True"] if self.alloc_round_robin else []),
+                *weighed,
+            ]
+            if clash:
+                raise ConfigError(
+                    "HierarchicalQuery: cover_scale='flat' takes the picks from the fine clusters the "
+                    "labels leave uncovered, over all coarse clusters at once (not by uncertainty mass), "
+                    f"and cannot run with {', '.join(clash)}"
+                )
+
+    def _merged_heads(
+        self, tasks: list[tuple[np.ndarray, ClusterTask]], u: np.ndarray, budget: int, shared: np.ndarray
+    ) -> np.ndarray:
+        """``cover_scale: flat``: the budget's picks among every coarse cluster's fine-cluster heads.
+
+        Each task clusters its candidates and labeled rows (:func:`fine_heads`); the heads of all of
+        them are ranked together by TypiClust's rule (:func:`merge_heads`). Too few heads (fine
+        clusters that hold no candidate) are made up with the most uncertain candidates left
+        (``shared``, in priority order).
+        """
+        fn = self.map_fn if self.map_fn is not None else map
+        found = [np.asarray(r, dtype=np.int64).reshape(-1, 3) for r in fn(fine_heads, [t for _, t in tasks])]
+        rows = np.concatenate([cand[h[:, 0]] for (cand, _), h in zip(tasks, found, strict=True)])
+        n_lab = np.concatenate([h[:, 1] for h in found])
+        n_cand = np.concatenate([h[:, 2] for h in found])
+        picks = merge_heads(rows, n_lab, n_cand, u[rows], budget)
+        if picks.size < budget:
+            rest = shared[np.isin(shared, picks, invert=True)]
+            picks = np.concatenate([picks, rest[: budget - picks.size]])
+        return picks
 
     def _class_floor(self, pool: Pool) -> int:
         """The number of classes K1 may not go below (``coarse_min_classes``), else 0."""
@@ -925,8 +977,11 @@ class HierarchicalQuery(_HALBase):
         if t != 1.0:  # tempered (t < 1: toward cluster size) or sharpened (t > 1: toward mean uncertainty)
             size = np.maximum(cap.astype(np.float64), 1.0)  # (a negative power of 0 is inf)
             mass = np.where(cap > 0, np.power(np.maximum(mass, 0.0), t) * np.power(size, 1.0 - t), 0.0)
+        flat_cover = self.cover_scale == "flat"
         if self.alloc_round_robin:
             b = round_robin_budget(cap, budget)
+        elif flat_cover:  # fine clusters spread as the candidates are: the flat variant's B + L clusters
+            b = allocate_budget(cap.astype(np.float64), cap, budget)
         else:
             b = allocate_budget(mass, cap, budget)
         order = np.argsort(lab_av, kind="stable")
@@ -981,8 +1036,12 @@ class HierarchicalQuery(_HALBase):
             task = self._task(*args, n_neighbors=nn, density=dens, cover=cov, probs=probs)
             tasks.append((cands[i], task))
         ts = [t for _, t in tasks]
-        results = self._run(ts)
-        picks = np.concatenate([cand[r] for (cand, _), r in zip(tasks, results, strict=True)])
+        if flat_cover:
+            picks = self._merged_heads(tasks, u_all, budget, shared)
+            b = np.bincount(labels[picks], minlength=k1)  # what the coverage gave each coarse cluster
+        else:
+            results = self._run(ts)
+            picks = np.concatenate([cand[r] for (cand, _), r in zip(tasks, results, strict=True)])
         picks = picks[np.lexsort((picks, -u_all[picks]))]
         t_fine = time.perf_counter()
         boundary = None

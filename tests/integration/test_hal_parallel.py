@@ -40,7 +40,15 @@ def _pool(n_labeled: int) -> Pool:
     return with_labeled(pool, np.random.default_rng(1).choice(len(pool), n_labeled, replace=False))
 
 
-@pytest.mark.parametrize("extra", [{}, {"fine_space": "late"}, {"copy_check": "late", "cover_labeled": True}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"fine_space": "late"},
+        {"copy_check": "late", "cover_labeled": True},
+        {"cover_labeled": True, "cover_scale": "flat"},
+    ],
+)
 def test_ray_tasks_pick_what_the_driver_picks(ray_local, extra: dict) -> None:
     calls: list[int] = []
 

@@ -10,9 +10,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hssal_ray.errors import BudgetError, DataError
+from hssal_ray.config import load_config
+from hssal_ray.errors import BudgetError, ConfigError, DataError
+from hssal_ray.loop.run_config import unused_keys
 from hssal_ray.query import FlatHierarchicalQuery, HierarchicalQuery, Pool, RandomQuery, allocate_budget
-from hssal_ray.query.hierarchical import ClusterTask, _select_in_cluster, auto_coarse_k
+from hssal_ray.query.hierarchical import ClusterTask, _select_in_cluster, auto_coarse_k, merge_heads
 
 from ._data import blob_pool
 
@@ -266,6 +268,64 @@ def test_cover_labeled_moves_picks_away_from_labeled_rows(cls: type) -> None:
     assert not pool.exclude[cover].any() and len(set(cover.tolist())) == 8
     assert (lab[cover] >= 4).sum() > (lab[base] >= 4).sum()
     assert (lab[cover] >= 4).sum() >= 6
+
+
+def test_cover_scale_flat_gives_a_covered_coarse_cluster_s_picks_to_an_uncovered_one() -> None:
+    """Eight blobs in two coarse clusters: A (blobs 0-3) the more uncertain, each of its blobs
+    holding a label; B (blobs 4-7) without labels. By mass A takes 5 of the 8 picks and the
+    cluster-scale coverage must spend them in A, leaving a blob of B without a pick; at the flat
+    variant's scale B's uncovered fine clusters are the largest and every blob of B gets one."""
+    rng = np.random.default_rng(0)
+    centers = [(20, 0), (20, 8), (28, 0), (28, 8), (-20, 0), (-20, 8), (-28, 0), (-28, 8)]
+    emb = np.concatenate([rng.normal(size=(50, 2)) + c for c in centers]).astype(np.float32)
+    blob = np.repeat(np.arange(8), 50)
+    u = np.where(blob < 4, 0.9, 0.5).astype(np.float32) + rng.uniform(0, 0.01, 400).astype(np.float32)
+    exclude = np.zeros(400, dtype=bool)
+    exclude[[0, 50, 100, 150]] = True
+    pool = Pool(ids=np.arange(400).astype(str), embeddings=emb, scores={"u_margin": u}, exclude=exclude)
+    kw = {"uncertainty": "margin", "coarse_k": 2, "candidate_ratio": 50, "alloc_over": "global"}
+    kw |= {"cover_labeled": True, "kmeans_backend": "torch", "random_state": 0}
+    by_mass = HierarchicalQuery(**kw).select(pool, 8)
+    flat = HierarchicalQuery(cover_scale="flat", **kw)
+    picks = flat.select(pool, 8)
+    assert len(set(blob[by_mass[blob[by_mass] >= 4]].tolist())) == 3
+    assert set(blob[picks[blob[picks] >= 4]].tolist()) == {4, 5, 6, 7}
+    assert len(set(picks.tolist())) == 8 and not exclude[picks].any()
+    assert sorted(flat.info_["budget_per_cluster"].tolist()) == [4, 4]  # what the coverage gave each
+
+
+def test_merge_heads_takes_uncovered_then_largest_then_most_uncertain() -> None:
+    rows = np.array([10, 11, 12, 13, 14])
+    n_lab = np.array([0, 1, 0, 0, 2])
+    n_cand = np.array([3, 9, 5, 5, 1])
+    u = np.array([0.1, 0.9, 0.2, 0.7, 0.5])
+    np.testing.assert_array_equal(merge_heads(rows, n_lab, n_cand, u, 4), [13, 12, 10, 11])
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"cover_labeled": False}, "cover_labeled=False"),
+        ({"alloc_over": "pool"}, "alloc_over='pool'"),
+        ({"pick": "auto", "early_pick": "cover"}, "'cover' pick"),
+        ({"alloc_temper": 2.0}, "alloc_temper=2.0"),
+        ({"alloc_round_robin": True}, "alloc_round_robin"),
+    ],
+)
+def test_cover_scale_flat_rejects_what_it_cannot_run_with(extra: dict, match: str) -> None:
+    kw = {"cover_labeled": True, "alloc_over": "global", "cover_scale": "flat"} | extra
+    with pytest.raises(ConfigError, match=match):
+        HierarchicalQuery(**kw)._check_params()
+    FlatHierarchicalQuery(**kw)._check_params()  # one clustering: the option changes nothing there
+    with pytest.raises(ConfigError, match="query.cover_scale"):  # the loop says so before it trains
+        load_config(None, [f"query.{k}={str(v).lower()}" for k, v in kw.items()])
+
+
+def test_cover_scale_is_read_by_hal_only_and_loads_from_a_config() -> None:
+    args = ["query.cover_scale=flat", "query.cover_labeled=true", "query.alloc_over=global"]
+    assert load_config(None, args).query.cover_scale == "flat"
+    assert "query.cover_scale" not in unused_keys(load_config(None, args))
+    assert "query.cover_scale" in unused_keys(load_config(None, [*args, "query.strategy=hal_flat"]))
 
 
 def test_alloc_over_candidates_follows_the_most_uncertain_rows() -> None:
