@@ -217,8 +217,8 @@ class QueryConfig:
                 and "cover" not in (self.pick, self.early_pick if self.pick in ("auto", "auto_local") else "")
             ),
             "query.cover_scale",
-            "flat needs cover_labeled: true and alloc_over: global, and takes the budget by coverage: not with "
-            "alloc_round_robin, alloc_temper != 1, alloc_flips, alloc_purity or a 'cover' pick",
+            "flat needs cover_labeled: true and alloc_over: global, and takes the budget by coverage: "
+            "not with alloc_round_robin, alloc_temper != 1, alloc_flips, alloc_purity or a 'cover' pick",
         )
 
     def scores_read(self) -> tuple[str, ...]:

@@ -381,7 +381,9 @@ def fine_heads(task: ClusterTask) -> np.ndarray:
     return np.stack([heads, n_lab, n_cand], axis=1).astype(np.int64)
 
 
-def merge_heads(rows: np.ndarray, n_lab: np.ndarray, n_cand: np.ndarray, u: np.ndarray, budget: int) -> np.ndarray:
+def merge_heads(
+    rows: np.ndarray, n_lab: np.ndarray, n_cand: np.ndarray, u: np.ndarray, budget: int
+) -> np.ndarray:
     """The ``budget`` heads TypiClust's rule takes first, over every coarse cluster's fine clusters.
 
     Fine clusters holding no labeled row before covered ones (fewest labeled rows first), then the

@@ -841,7 +841,7 @@ class HierarchicalQuery(_HALBase):
             )
             clash = [
                 *([] if self.cover_labeled else ["cover_labeled=False (cover_scale sets its scale)"]),
-                *([] if self.alloc_over == "global" else [f"alloc_over={self.alloc_over!r} (needs 'global')"]),
+                *([] if self.alloc_over == "global" else [f"alloc_over={self.alloc_over!r} (not 'global')"]),
                 *(["a 'cover' pick (no fine clusters to cover)"] if cover_pick else []),
                 *(["alloc_round_robin=True"] if self.alloc_round_robin else []),
                 *weighed,
