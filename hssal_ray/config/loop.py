@@ -98,7 +98,8 @@ class QueryConfig:
             pools it also spreads near-neighbour picks: the fifteenth study).
         typical_scale: HAL's typical picks rank by density among the 20 nearest candidates of
             their coarse cluster (``cluster``) or at the flat variant's scale (``flat``: 20 among
-            all the round's candidates, ``20 * m_k / M`` of a coarse cluster's ``m_k``).
+            all the round's candidates, ``20 * m_k / M`` of a coarse cluster's ``m_k``), or as the flat
+            variant does (``global``: the 20 nearest of all the round's candidates).
         typical_over: A typical pick's density is measured among the round's candidates
             (``candidates``) or, as TypiClust does, among the pool (``pool``: the 20 nearest rows of
             the candidate's coarse cluster, labeled ones included; the whole pool for ``hal_flat``).
@@ -166,7 +167,7 @@ class QueryConfig:
     cover_by: Literal["rows", "uncertainty"] = _added("rows")
     boundary_check: bool | Literal["late"] = _added(False)
     copy_check: bool | Literal["late"] = _added(False)
-    typical_scale: Literal["cluster", "flat"] = _added("cluster")
+    typical_scale: Literal["cluster", "flat", "global"] = _added("cluster")
     typical_over: Literal["candidates", "pool"] = _added("candidates")
     alloc_flips: bool | Literal["mass"] = _added(False)
     alloc_purity: bool = _added(False)

@@ -364,7 +364,7 @@ class _HALBase(QueryStrategy):
         "late_pick": ("uncertain", "eer"),
         "boundary_check": (True, False, "late"),
         "copy_check": (True, False, "late"),
-        "typical_scale": ("cluster", "flat"),
+        "typical_scale": ("cluster", "flat", "global"),
         "typical_over": ("candidates", "pool"),
         "alloc_flips": (True, False, "mass"),
         "alloc_purity": (True, False),
@@ -783,7 +783,10 @@ class HierarchicalQuery(_HALBase):
             candidates of its coarse cluster (``"cluster"``), or ``"flat"``: the flat variant's
             scale, 20 neighbours among all the round's candidates, i.e. ``20 * m_k / M`` among the
             ``m_k`` of a coarse cluster (at least 1). With a few dozen candidates per coarse cluster
-            the first is the cluster's centre, the second a local density as in the flat variant.
+            the first is the cluster's centre, the second a local density as in the flat variant,
+            taken over 1-2 neighbours. ``"global"``: the flat variant's density itself, the 20
+            nearest of all ``M`` candidates whatever their coarse cluster (against a sample of
+            4,096 of them above that many, k scaled: :meth:`_candidate_density`).
         typical_over: what a typical pick's density is measured among: the round's candidates
             (``"candidates"``, scaled by ``typical_scale``), or ``"pool"``: TypiClust's own density,
             the 20 nearest pool rows of the candidate's coarse cluster (labeled rows included; a
@@ -852,6 +855,21 @@ class HierarchicalQuery(_HALBase):
                     "labels leave uncovered, over all coarse clusters at once (not by uncertainty mass), "
                     f"and cannot run with {', '.join(clash)}"
                 )
+
+    def _candidate_density(self, emb: Any, cands: list[np.ndarray], seed: int) -> list[np.ndarray]:
+        """``typical_scale: global``: each candidate's typicality among all the round's candidates.
+
+        The flat variant's density (20 nearest of the ``M`` candidates, :func:`typicality`) while
+        ``M`` is at most :data:`DENSITY_REFERENCE_ROWS`; above it against a seeded sample of that many
+        candidates with k scaled by its share (:meth:`_pool_density`), so the cost is ``M * 4096``
+        instead of ``M**2``. Returned split as ``cands``.
+        """
+        allc = np.concatenate(cands)
+        if allc.size <= DENSITY_REFERENCE_ROWS:
+            dens = typicality(take_rows(emb, allc), TYPICAL_NEIGHBORS)
+        else:
+            dens = self._pool_density(emb, allc, np.sort(allc), seed)
+        return np.split(dens, np.cumsum([c.size for c in cands])[:-1])
 
     def _merged_heads(
         self, tasks: list[tuple[np.ndarray, ClusterTask]], u: np.ndarray, budget: int, shared: np.ndarray
@@ -1016,6 +1034,13 @@ class HierarchicalQuery(_HALBase):
             radius = self._cover_radius(emb, len(pool), seed)
             lab_all = self._labeled(pool)
             lab_all_of = labels[lab_all]
+        dens_global = None
+        if (
+            self.typical_scale == "global"
+            and not by_density
+            and any(r in ("typical", "balanced") for r in rules)
+        ):
+            dens_global = self._candidate_density(emb, cands, seed)
         tasks = []
         for i, k in enumerate(ks):
             lab_k = None if labeled is None else labeled[lab_of == k]
@@ -1023,7 +1048,7 @@ class HierarchicalQuery(_HALBase):
             nn = TYPICAL_NEIGHBORS
             if self.typical_scale == "flat":  # the flat variant's 20 neighbours among all candidates
                 nn = max(1, round(TYPICAL_NEIGHBORS * cands[i].size / max(n_flat, 1)))
-            dens = None
+            dens = None if dens_global is None else dens_global[i]
             if by_density and rules[i] in ("typical", "balanced") and b[k] < cands[i].size:
                 rows_k = np.sort(ord_all[st_all[k] : st_all[k + 1]])
                 dens = self._pool_density(emb, cands[i], rows_k, seed_k)

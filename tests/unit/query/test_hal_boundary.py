@@ -162,6 +162,36 @@ def test_typical_scale_flat_measures_density_with_the_flat_variants_share_of_nei
     np.testing.assert_array_equal(*one)
 
 
+def test_typical_scale_global_gives_every_task_the_flat_variants_density() -> None:
+    from hssal_ray.query.hal_steps import typicality
+
+    pool, _ = blob_pool(n=2000, seed=2)
+    seen: list = []
+
+    def record(fn, tasks):  # a map_fn that keeps the tasks it runs
+        tasks = list(tasks)
+        seen.extend(tasks)
+        return map(fn, tasks)
+
+    kw = dict(uncertainty="margin", pick="typical", candidate_ratio=10, alloc_over="global", random_state=0)
+    q = HierarchicalQuery(typical_scale="global", coarse_k=8, map_fn=record, **kw)
+    q.select(pool, 40)
+    assert len(seen) > 1 and sum(t.emb.shape[0] for t in seen) == 400
+    whole = typicality(np.concatenate([t.emb for t in seen]))  # 20 neighbours among all 400 candidates
+    np.testing.assert_allclose(np.concatenate([t.density for t in seen]), whole, rtol=1e-5)
+    flat_scale = [typicality(t.emb, max(1, round(20 * t.emb.shape[0] / 400))) for t in seen]
+    assert not np.allclose(whole, np.concatenate(flat_scale))  # not "flat": 1-4 neighbours of a cluster
+    # above 4,096 candidates: against a sample of them, k scaled; the same ranking in the large
+    cands = [np.arange(0, 5000, 2), np.arange(1, 5000, 2)]
+    emb = np.random.default_rng(0).normal(size=(5000, 8)).astype(np.float32)
+    approx = np.concatenate(q._candidate_density(emb, cands, 0))
+    exact = typicality(emb[np.concatenate(cands)])
+    assert approx.shape == (5000,) and np.corrcoef(approx, exact)[0, 1] > 0.9
+    # one coarse cluster: the same picks as the flat variant's scale
+    one = [HierarchicalQuery(typical_scale=s, coarse_k=1, **kw).select(pool, 40) for s in ("flat", "global")]
+    np.testing.assert_array_equal(*one)
+
+
 def test_reference_typicality_is_the_density_of_the_reference_rows_around_each_candidate() -> None:
     from hssal_ray.query.hal_steps import reference_typicality
 
