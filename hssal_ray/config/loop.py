@@ -69,6 +69,8 @@ class QueryConfig:
             ``b_k`` uncovered ones; ``flat`` = the flat variant's ``B + L`` fine clusters spread over
             the coarse clusters by candidate count, the budget going to the largest uncovered fine
             clusters of all of them together (needs ``alloc_over: global``).
+        coarse_fit: HAL's coarse k-means is fitted on a sample of the pool (``pool``) or, with
+            ``alloc_over: global``, on the round's candidates, the rows it splits (``candidates``).
         alloc_over: HAL sums each coarse cluster's uncertainty mass over all its rows (``pool``) or
             only over its rows among the pool's ``ceil(candidate_ratio * budget)`` most uncertain
             (``candidates``); ``global``: those rows are also the candidates, each coarse cluster
@@ -158,6 +160,7 @@ class QueryConfig:
     alloc_temper: float = 1.0
     cover_labeled: bool = _added(False)
     cover_scale: Literal["cluster", "flat"] = _added("cluster")
+    coarse_fit: Literal["pool", "candidates"] = _added("pool")
     alloc_over: Literal["pool", "candidates", "global", "auto"] = _added("pool")
     late_uncertainty: Literal[
         "same", "badge", "entropy", "margin", "least_confidence", "disagreement", "committee"
@@ -206,6 +209,13 @@ class QueryConfig:
             or (self.alloc_temper == 1.0 and not self.alloc_flips and not self.alloc_purity),
             "query.alloc_round_robin",
             "allocates without the uncertainty mass: not with alloc_temper != 1, alloc_flips or alloc_purity",
+        )
+        _check(
+            self.coarse_fit == "pool"
+            or self.strategy != "hal"
+            or (self.alloc_over == "global" and self.coarse_by == "kmeans"),
+            "query.coarse_fit",
+            "candidates needs alloc_over: global and coarse_by: kmeans",
         )
         _check(
             self.cover_scale == "cluster"

@@ -44,6 +44,7 @@ _FLAT_IGNORES = frozenset(
         "boundary_check",
         "typical_scale",
         "cover_scale",
+        "coarse_fit",
         "alloc_flips",
         "alloc_purity",
         "coarse_by",

@@ -359,6 +359,7 @@ class _HALBase(QueryStrategy):
         "alloc_temper": lambda v: isinstance(v, int | float) and 0.0 <= v <= MAX_ALLOC_TEMPER,
         "cover_labeled": (True, False),
         "cover_scale": ("cluster", "flat"),
+        "coarse_fit": ("pool", "candidates"),
         "alloc_over": ("pool", "candidates", "global", "auto"),
         "late_uncertainty": ("same", *UNCERTAINTIES),
         "late_pick": ("uncertain", "eer"),
@@ -390,6 +391,7 @@ class _HALBase(QueryStrategy):
         typical_until: float = 3.0,
         cover_labeled: bool = False,
         cover_scale: str = "cluster",
+        coarse_fit: str = "pool",
         alloc_over: str = "pool",
         late_uncertainty: str = "same",
         late_pick: str = "uncertain",
@@ -422,6 +424,7 @@ class _HALBase(QueryStrategy):
         self.typical_until = typical_until
         self.cover_labeled = cover_labeled
         self.cover_scale = cover_scale  # hal only, as alloc_temper
+        self.coarse_fit = coarse_fit  # hal only, as alloc_temper
         self.alloc_over = alloc_over  # hal only, as alloc_temper
         self.late_uncertainty = late_uncertainty
         self.late_pick = late_pick
@@ -774,6 +777,11 @@ class HierarchicalQuery(_HALBase):
             (:func:`~hssal_ray.query.hal_steps.merge_heads`), so a coarse cluster the labels cover
             yields its picks to one they do not. Needs ``alloc_over="global"``; the mass weighings,
             round robin and ``cover`` picks are rejected with it. The flat variant ignores it.
+        coarse_fit: what the coarse k-means is fitted on (every pool row is then assigned to it):
+            a sample of the pool (``"pool"``), or with ``alloc_over="global"`` the round's candidates
+            themselves (``"candidates"``), whose split it is: the pool's dense regions set the
+            coarse boundaries otherwise, and uncertain candidates lie between them, so a coarse
+            boundary can cut one group of candidates in two.
         copy_check: the same check over every pair of picks, of one coarse cluster too
             (``within`` of :func:`~hssal_ray.query.hal_steps.cross_cluster_duplicates`; the flat
             variant runs it over its one cluster): with few candidates per pick a scene present many
@@ -838,6 +846,12 @@ class HierarchicalQuery(_HALBase):
                 f"HierarchicalQuery: alloc_round_robin=True allocates without the uncertainty mass, "
                 f"so {', '.join(weighed)} would weigh nothing; set one or the other"
             )
+        if self.coarse_fit == "candidates" and (self.alloc_over != "global" or self.coarse_by != "kmeans"):
+            raise ConfigError(
+                "HierarchicalQuery: coarse_fit='candidates' fits the coarse k-means on the flat variant's "
+                f"candidates, which needs alloc_over='global' and coarse_by='kmeans' (got {self.alloc_over!r}, "
+                f"{self.coarse_by!r})"
+            )
         if self.cover_scale == "flat":
             cover_pick = self.pick == "cover" or (
                 self.pick in ("auto", "auto_local") and self.early_pick == "cover"
@@ -855,6 +869,14 @@ class HierarchicalQuery(_HALBase):
                     "labels leave uncovered, over all coarse clusters at once (not by uncertainty mass), "
                     f"and cannot run with {', '.join(clash)}"
                 )
+
+    def _global_candidates(
+        self, pool: Pool, avail: np.ndarray, u: np.ndarray, pick: str, budget: int
+    ) -> np.ndarray:
+        """``alloc_over: global``'s candidates: the flat variant's ``ceil(r * B)``, in priority order."""
+        conf = self._confident(pool)
+        m_all = int(min(math.ceil(self._ratio_for(pick) * budget), avail.size))
+        return _top_candidates(u[avail], avail, None if conf is None else conf[avail], m_all)
 
     def _candidate_density(self, emb: Any, cands: list[np.ndarray], seed: int) -> list[np.ndarray]:
         """``typical_scale: global``: each candidate's typicality among all the round's candidates.
@@ -901,19 +923,27 @@ class HierarchicalQuery(_HALBase):
         return int(np.shape(pool.probs)[1])
 
     def _coarse_kmeans(
-        self, pool: Pool, avail: np.ndarray, budget: int, backend: str, rng: np.random.Generator
+        self,
+        pool: Pool,
+        avail: np.ndarray,
+        budget: int,
+        backend: str,
+        rng: np.random.Generator,
+        fit_from: np.ndarray | None = None,
     ) -> tuple[np.ndarray, int, int, np.ndarray, float]:
-        """The coarse k-means: fit on a sample of the available rows, one pass assigns every row.
+        """The coarse k-means: fit on a sample of the available rows (of ``fit_from``, the round's
+        candidates with ``coarse_fit: candidates``), one pass assigns every row.
 
         Returns ``(labels (n,), K1, seed, centers (K1, d), time the fit ended)``; the seed, drawn
         from ``rng`` first, also seeds the fine level.
         """
         emb = pool.embeddings
         n_av = avail.size
-        k1 = int(min(self.coarse_k or auto_coarse_k(n_av, budget, self._class_floor(pool)), n_av))
+        rows = avail if fit_from is None else np.sort(fit_from)
+        k1 = int(min(self.coarse_k or auto_coarse_k(n_av, budget, self._class_floor(pool)), rows.size))
         seed = int(rng.integers(2**31 - 1))
         n_fit = int(min(self.coarse_fit_sample, FIT_ROWS_PER_CENTROID * k1))
-        sample = avail if n_av <= n_fit else np.sort(rng.choice(avail, size=n_fit, replace=False))
+        sample = rows if rows.size <= n_fit else np.sort(rng.choice(rows, size=n_fit, replace=False))
         xs = emb[torch.from_numpy(sample).to(emb.device)] if isinstance(emb, torch.Tensor) else emb[sample]
         bad = nonfinite_rows(xs)
         if bad.size:
@@ -956,7 +986,12 @@ class HierarchicalQuery(_HALBase):
             centers = None
             t_fit = t_assign = time.perf_counter()
         else:
-            labels, k1, seed, centers, t_fit = self._coarse_kmeans(pool, avail, budget, backend, rng)
+            fit_from = None
+            if self.coarse_fit == "candidates":  # the coarse level splits the candidates: fit it on them
+                fit_from = self._global_candidates(pool, avail, u_all, pick, budget)
+            labels, k1, seed, centers, t_fit = self._coarse_kmeans(
+                pool, avail, budget, backend, rng, fit_from
+            )
             t_assign = time.perf_counter()
 
         every = n_av == len(pool)  # then ``avail`` is arange(n): no per-row gathered copies
@@ -973,7 +1008,7 @@ class HierarchicalQuery(_HALBase):
         ratio = self._ratio_for(pick)
         m_all = int(min(math.ceil(ratio * budget), n_av))  # the flat variant's r * B
         if over == "global":  # the flat variant's candidates, each coarse cluster clustering its share
-            shared = _top_candidates(u_all[avail], avail, None if conf is None else conf[avail], m_all)
+            shared = self._global_candidates(pool, avail, u_all, pick, budget)
             cap = np.bincount(labels[shared], minlength=k1)
             mass = np.bincount(labels[shared], weights=u_all[shared].astype(np.float64), minlength=k1)
         elif over == "candidates":  # only the pool's r * B most uncertain rows carry mass

@@ -457,3 +457,29 @@ def test_alloc_over_global_splits_the_flat_candidates() -> None:
     b = q.info_["budget_per_cluster"]
     assert b.sum() == 20 and (b <= held).all() and (b[held == 0] == 0).all()
     assert (held == 0).any()  # this pool has coarse clusters without candidates: they get nothing
+
+
+def test_coarse_fit_candidates_splits_the_candidates_along_their_own_groups() -> None:
+    """Two dense confident blobs (x = -10, +10) and two groups of uncertain rows between them
+    (y = +5, -5). A coarse level fitted on the pool puts its boundary between the blobs, through
+    both groups; fitted on the candidates it puts each group in one coarse cluster."""
+    rng = np.random.default_rng(0)
+    blobs = np.concatenate([rng.normal(size=(500, 2)) + (-10, 0), rng.normal(size=(500, 2)) + (10, 0)])
+    groups = np.concatenate([rng.normal(size=(20, 2)) + (0, 5), rng.normal(size=(20, 2)) + (0, -5)])
+    emb = np.concatenate([blobs, groups]).astype(np.float32)
+    u = np.concatenate([np.full(1000, 0.1), np.full(40, 0.9)]).astype(np.float32)
+    pool = Pool(ids=np.arange(1040).astype(str), embeddings=emb, scores={"u_margin": u})
+    kw = {"uncertainty": "margin", "coarse_k": 2, "candidate_ratio": 4, "alloc_over": "global"}
+    kw |= {"kmeans_backend": "torch", "random_state": 0}
+    group = np.repeat([0, 1], 20)
+    for fit, split in (("pool", True), ("candidates", False)):
+        q = HierarchicalQuery(coarse_fit=fit, **kw)
+        picks = q.select(pool, 10)
+        coarse = q.coarse_labels_[1000:]
+        cut = any(len(set(coarse[group == g].tolist())) > 1 for g in (0, 1))
+        assert cut is split, fit
+        assert len(set(picks.tolist())) == 10 and (picks >= 1000).all()
+    with pytest.raises(ConfigError, match="coarse_fit='candidates'"):
+        HierarchicalQuery(coarse_fit="candidates", alloc_over="pool")._check_params()
+    with pytest.raises(ConfigError, match="query.coarse_fit"):
+        load_config(None, ["query.coarse_fit=candidates", "query.alloc_over=pool"])
