@@ -849,8 +849,8 @@ class HierarchicalQuery(_HALBase):
         if self.coarse_fit == "candidates" and (self.alloc_over != "global" or self.coarse_by != "kmeans"):
             raise ConfigError(
                 "HierarchicalQuery: coarse_fit='candidates' fits the coarse k-means on the flat variant's "
-                f"candidates, which needs alloc_over='global' and coarse_by='kmeans' (got {self.alloc_over!r}, "
-                f"{self.coarse_by!r})"
+                "candidates, which needs alloc_over='global' and coarse_by='kmeans' "
+                f"(got {self.alloc_over!r}, {self.coarse_by!r})"
             )
         if self.cover_scale == "flat":
             cover_pick = self.pick == "cover" or (
