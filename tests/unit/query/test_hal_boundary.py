@@ -139,7 +139,9 @@ def test_late_checks_only_rounds_past_the_typical_regime(
         np.testing.assert_array_equal(picks, cls(**kw).select(pool, 40))
 
 
-def test_typical_scale_flat_measures_density_with_the_flat_variants_share_of_neighbours() -> None:
+def test_typical_scale_sets_the_neighbourhood_of_a_typical_picks_density() -> None:
+    from hssal_ray.query.hal_steps import typicality
+
     pool, _ = blob_pool(n=2000, seed=2)
     seen: list = []
 
@@ -157,23 +159,15 @@ def test_typical_scale_flat_measures_density_with_the_flat_variants_share_of_nei
     seen.clear()
     HierarchicalQuery(coarse_k=8, map_fn=record, **kw).select(pool, 40)
     assert {t.n_neighbors for t in seen} == {20}  # the default: TypiClust's 20 in every coarse cluster
-    # one coarse cluster holds all the candidates: both scales are the flat variant's
-    one = [HierarchicalQuery(typical_scale=s, coarse_k=1, **kw).select(pool, 40) for s in ("flat", "cluster")]
-    np.testing.assert_array_equal(*one)
-
-
-def test_typical_scale_global_gives_every_task_the_flat_variants_density() -> None:
-    from hssal_ray.query.hal_steps import typicality
-
-    pool, _ = blob_pool(n=2000, seed=2)
-    seen: list = []
-
-    def record(fn, tasks):  # a map_fn that keeps the tasks it runs
-        tasks = list(tasks)
-        seen.extend(tasks)
-        return map(fn, tasks)
-
-    kw = dict(uncertainty="margin", pick="typical", candidate_ratio=10, alloc_over="global", random_state=0)
+    # one coarse cluster holds all the candidates: every scale is the flat variant's
+    one = [
+        HierarchicalQuery(typical_scale=s, coarse_k=1, **kw).select(pool, 40)
+        for s in ("flat", "cluster", "global")
+    ]
+    np.testing.assert_array_equal(one[0], one[1])
+    np.testing.assert_array_equal(one[0], one[2])
+    # global: every task gets the flat variant's density, 20 neighbours among all the candidates
+    seen.clear()
     q = HierarchicalQuery(typical_scale="global", coarse_k=8, map_fn=record, **kw)
     q.select(pool, 40)
     assert len(seen) > 1 and sum(t.emb.shape[0] for t in seen) == 400
@@ -187,9 +181,6 @@ def test_typical_scale_global_gives_every_task_the_flat_variants_density() -> No
     approx = np.concatenate(q._candidate_density(emb, cands, 0))
     exact = typicality(emb[np.concatenate(cands)])
     assert approx.shape == (5000,) and np.corrcoef(approx, exact)[0, 1] > 0.9
-    # one coarse cluster: the same picks as the flat variant's scale
-    one = [HierarchicalQuery(typical_scale=s, coarse_k=1, **kw).select(pool, 40) for s in ("flat", "global")]
-    np.testing.assert_array_equal(*one)
 
 
 def test_reference_typicality_is_the_density_of_the_reference_rows_around_each_candidate() -> None:
