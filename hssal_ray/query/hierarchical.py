@@ -619,9 +619,11 @@ class _HALBase(QueryStrategy):
             else np.zeros(0, dtype=np.int64)
         )
 
-    def _run(self, tasks: list[ClusterTask]) -> list[np.ndarray]:
+    def _run(
+        self, tasks: list[ClusterTask], step: Callable[[ClusterTask], Any] = _select_in_cluster
+    ) -> list[np.ndarray]:
         fn = self.map_fn if self.map_fn is not None else map
-        return [np.asarray(r, dtype=np.int64) for r in fn(_select_in_cluster, tasks)]
+        return [np.asarray(r, dtype=np.int64) for r in fn(step, tasks)]
 
     def _local_rules(self, pool: Pool, labels: np.ndarray, k1: int) -> list[str]:
         """``auto_local``: the ``auto`` rule applied inside each coarse cluster.
@@ -903,8 +905,7 @@ class HierarchicalQuery(_HALBase):
         clusters that hold no candidate) are made up with the most uncertain candidates left
         (``shared``, in priority order).
         """
-        fn = self.map_fn if self.map_fn is not None else map
-        found = [np.asarray(r, dtype=np.int64).reshape(-1, 3) for r in fn(fine_heads, [t for _, t in tasks])]
+        found = [h.reshape(-1, 3) for h in self._run([t for _, t in tasks], fine_heads)]
         rows = np.concatenate([cand[h[:, 0]] for (cand, _), h in zip(tasks, found, strict=True)])
         n_lab = np.concatenate([h[:, 1] for h in found])
         n_cand = np.concatenate([h[:, 2] for h in found])
@@ -977,6 +978,7 @@ class HierarchicalQuery(_HALBase):
         u_all = pool.uncertainty(score)
         n_av = avail.size
         backend = resolve_backend(self.kmeans_backend)
+        fit_from = None  # coarse_fit: candidates: the rows the coarse k-means is fitted on
         if self.coarse_by != "kmeans":  # the coarse level is the model's classes: no fit, no pass
             bad = nonfinite_rows(emb)  # what the k-means pass checks for free
             if bad.size:
@@ -986,7 +988,6 @@ class HierarchicalQuery(_HALBase):
             centers = None
             t_fit = t_assign = time.perf_counter()
         else:
-            fit_from = None
             if self.coarse_fit == "candidates":  # the coarse level splits the candidates: fit it on them
                 fit_from = self._global_candidates(pool, avail, u_all, pick, budget)
             labels, k1, seed, centers, t_fit = self._coarse_kmeans(
@@ -1008,7 +1009,11 @@ class HierarchicalQuery(_HALBase):
         ratio = self._ratio_for(pick)
         m_all = int(min(math.ceil(ratio * budget), n_av))  # the flat variant's r * B
         if over == "global":  # the flat variant's candidates, each coarse cluster clustering its share
-            shared = self._global_candidates(pool, avail, u_all, pick, budget)
+            shared = (
+                fit_from
+                if fit_from is not None
+                else self._global_candidates(pool, avail, u_all, pick, budget)
+            )
             cap = np.bincount(labels[shared], minlength=k1)
             mass = np.bincount(labels[shared], weights=u_all[shared].astype(np.float64), minlength=k1)
         elif over == "candidates":  # only the pool's r * B most uncertain rows carry mass
