@@ -173,7 +173,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     proc = subprocess.Popen(
         [sys.executable, "-m", "hssal_ray.tune", *args],
         cwd=REPO,
-        env=cli_env(),
+        # Tune saves the experiment state the test watches every 10 s at most ("auto"); trials of a
+        # rounds=0 loop can all end inside one such gap (session 60: the sweep ended unseen), so
+        # this sweep saves it every second
+        env={**cli_env(), "TUNE_GLOBAL_CHECKPOINT_S": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
