@@ -66,6 +66,22 @@ def recipe() -> dict[str, Any]:
     return {**{k: getattr(q, k) for k in keys}, "uncertainty": "badge"}
 
 
+def recipe_with(sets: list[str]) -> dict[str, Any]:
+    """:func:`recipe` with ``--set query.KEY=VALUE`` changes, any query key (not only the recipe's)."""
+    params = recipe()
+    if not sets:
+        return params
+    from hssal_ray.config import load_config
+
+    keys = [item.partition("=")[0] for item in sets]
+    if not all(k.startswith("query.") for k in keys):
+        raise ValueError(f"--set takes query.KEY=VALUE, got {sets}")
+    q = load_config(str(PROFILE), list(sets)).query
+    changed = {k.removeprefix("query.") for k in keys}
+    params.update({k: getattr(q, k) for k in (set(params) - {"uncertainty"}) | changed})
+    return params
+
+
 def measure(
     paths: dict[str, str], n: int, budgets: list[int], params: dict[str, Any] | None = None, late: int = 0
 ) -> list[dict[str, Any]]:
@@ -116,12 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", default="", help="suffix of the result files")
     args = ap.parse_args(argv)
     n, budgets = (100_000, [500, 2000]) if args.quick else (1_000_000, [1000, 2000, 4000])
-    params = recipe()
-    if args.set:
-        from hssal_ray.config import load_config
-
-        q = load_config(str(PROFILE), list(args.set)).query
-        params.update({k: getattr(q, k) for k in params if k != "uncertainty"})
+    try:
+        params = recipe_with(args.set)
+    except ValueError as e:
+        ap.error(str(e))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hierarchy_scale_") as tmp:
         print(f"n = {n}: generating data", flush=True)

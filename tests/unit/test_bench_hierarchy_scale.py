@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.hierarchy_scale import measure, recipe, table
+from benchmarks.hierarchy_scale import measure, recipe, recipe_with, table
 from benchmarks.query_speed import make_data
 
 
@@ -41,3 +41,13 @@ def test_a_late_round_picks_uncertain_and_runs_the_copy_check(tmp_path) -> None:
     assert table(rows)[0]["picks replaced HAL / flat"] == (
         f"{rows[0]['boundary']['n_replaced']} / {rows[1]['boundary']['n_replaced']}"
     )
+
+
+def test_set_changes_any_query_key_and_refuses_others() -> None:
+    params = recipe_with(["query.coarse_fit=candidates", "query.typical_scale=global"])
+    assert params["coarse_fit"] == "candidates" and params["typical_scale"] == "global"  # not in recipe()
+    assert {k: v for k, v in params.items() if k not in ("coarse_fit", "typical_scale")} == {
+        k: v for k, v in recipe().items() if k != "typical_scale"
+    }
+    with pytest.raises(ValueError, match="query.KEY=VALUE"):
+        recipe_with(["ssl.steps_per_round=5"])
