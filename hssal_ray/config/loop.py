@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from hssal_ray.config._base import _added, _check, _runtime
 
@@ -12,6 +12,8 @@ from hssal_ray.config._base import _added, _check, _runtime
 MIN_COARSE_FIT_SAMPLE = 100
 #: the sharpest ``query.alloc_temper`` (``mean_u**4 * size``: beyond, one cluster takes nearly every pick)
 MAX_ALLOC_TEMPER = 4.0
+#: HAL's weighings of a coarse cluster's uncertainty mass, each with its neutral value
+MASS_WEIGHINGS = (("alloc_temper", 1.0), ("alloc_flips", False), ("alloc_purity", False))
 
 
 @dataclass(frozen=True)
@@ -205,32 +207,20 @@ class QueryConfig:
         )
         _check(self.typical_until >= 0, "query.typical_until", f"must be >= 0, got {self.typical_until}")
         _check(
-            not self.alloc_round_robin
-            or (self.alloc_temper == 1.0 and not self.alloc_flips and not self.alloc_purity),
+            not self.alloc_round_robin or all(getattr(self, k) == off for k, off in MASS_WEIGHINGS),
             "query.alloc_round_robin",
             "allocates without the uncertainty mass: not with alloc_temper != 1, alloc_flips or alloc_purity",
         )
-        _check(
-            self.coarse_fit == "pool"
-            or self.strategy != "hal"
-            or (self.alloc_over == "global" and self.coarse_by == "kmeans"),
-            "query.coarse_fit",
-            "candidates needs alloc_over: global and coarse_by: kmeans",
-        )
-        _check(
-            self.cover_scale == "cluster"
-            or self.strategy != "hal"
-            or (
-                self.cover_labeled
-                and self.alloc_over == "global"
-                and not self.alloc_round_robin
-                and (self.alloc_temper == 1.0 and not self.alloc_flips and not self.alloc_purity)
-                and "cover" not in (self.pick, self.early_pick if self.pick in ("auto", "auto_local") else "")
-            ),
-            "query.cover_scale",
-            "flat needs cover_labeled: true and alloc_over: global, and takes the budget by coverage: "
-            "not with alloc_round_robin, alloc_temper != 1, alloc_flips, alloc_purity or a 'cover' pick",
-        )
+        if self.strategy == "hal":
+            clash = coarse_fit_clashes(self)
+            _check(not clash, "query.coarse_fit", f"candidates cannot run with {', '.join(clash)}")
+            clash = cover_scale_clashes(self)
+            _check(
+                not clash,
+                "query.cover_scale",
+                "flat takes the budget by coverage, not by uncertainty mass, and cannot run with "
+                + ", ".join(clash),
+            )
 
     def scores_read(self) -> tuple[str, ...]:
         """The uncertainty scores the query reads, ``uncertainty`` first (each a ``u_<name>`` column).
@@ -317,6 +307,38 @@ class OracleConfig:
         )
         _check(self.wait_s >= 0, "oracle.wait_s", f"must be >= 0 seconds (0 = look once), got {self.wait_s}")
         _check(self.poll_s >= 0.1, "oracle.poll_s", f"must be >= 0.1 seconds, got {self.poll_s}")
+
+
+def coarse_fit_clashes(q: Any) -> list[str]:
+    """What ``coarse_fit: candidates`` cannot run with (empty: nothing, or the option is off).
+
+    ``q`` is a :class:`QueryConfig` or HAL itself (the same attribute names): both ask this.
+    """
+    if q.coarse_fit != "candidates":
+        return []
+    return [
+        *([] if q.alloc_over == "global" else [f"alloc_over={q.alloc_over!r} (needs 'global')"]),
+        *([] if q.coarse_by == "kmeans" else [f"coarse_by={q.coarse_by!r} (needs 'kmeans')"]),
+    ]
+
+
+def cover_scale_clashes(q: Any) -> list[str]:
+    """What ``cover_scale: flat`` cannot run with (empty: nothing, or the option is off).
+
+    It takes the picks from the fine clusters the labels leave uncovered, over all coarse clusters at
+    once, so it needs ``cover_labeled`` and ``alloc_over: global`` and has no use for the mass
+    weighings, round robin or a ``cover`` pick. ``q`` as for :func:`coarse_fit_clashes`.
+    """
+    if q.cover_scale != "flat":
+        return []
+    cover_pick = q.pick == "cover" or (q.pick in ("auto", "auto_local") and q.early_pick == "cover")
+    return [
+        *([] if q.cover_labeled else ["cover_labeled=False (cover_scale sets its scale)"]),
+        *([] if q.alloc_over == "global" else [f"alloc_over={q.alloc_over!r} (not 'global')"]),
+        *(["a 'cover' pick (no fine clusters to cover)"] if cover_pick else []),
+        *(["alloc_round_robin=True"] if q.alloc_round_robin else []),
+        *(f"{k}={getattr(q, k)!r}" for k, off in MASS_WEIGHINGS if getattr(q, k) != off),
+    ]
 
 
 def _check_count(key: str, value: int | float, minimum: int) -> None:

@@ -29,7 +29,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from hssal_ray.config.loop import MAX_ALLOC_TEMPER, MIN_COARSE_FIT_SAMPLE
+from hssal_ray.config.loop import (
+    MASS_WEIGHINGS,
+    MAX_ALLOC_TEMPER,
+    MIN_COARSE_FIT_SAMPLE,
+    coarse_fit_clashes,
+    cover_scale_clashes,
+)
 from hssal_ray.errors import BudgetError, ConfigError, DataError
 from hssal_ray.query.backends import (
     BACKENDS,
@@ -838,39 +844,25 @@ class HierarchicalQuery(_HALBase):
 
     def _check_params(self) -> None:
         super()._check_params()
-        weighed = [  # each one's neutral value
-            f"{k}={getattr(self, k)!r}"
-            for k, off in (("alloc_temper", 1.0), ("alloc_flips", False), ("alloc_purity", False))
-            if getattr(self, k) != off
-        ]
+        weighed = [f"{k}={getattr(self, k)!r}" for k, off in MASS_WEIGHINGS if getattr(self, k) != off]
         if self.alloc_round_robin and weighed:
             raise ConfigError(
                 f"HierarchicalQuery: alloc_round_robin=True allocates without the uncertainty mass, "
                 f"so {', '.join(weighed)} would weigh nothing; set one or the other"
             )
-        if self.coarse_fit == "candidates" and (self.alloc_over != "global" or self.coarse_by != "kmeans"):
+        clash = coarse_fit_clashes(self)
+        if clash:
             raise ConfigError(
                 "HierarchicalQuery: coarse_fit='candidates' fits the coarse k-means on the flat variant's "
-                "candidates, which needs alloc_over='global' and coarse_by='kmeans' "
-                f"(got {self.alloc_over!r}, {self.coarse_by!r})"
+                f"candidates and cannot run with {', '.join(clash)}"
             )
-        if self.cover_scale == "flat":
-            cover_pick = self.pick == "cover" or (
-                self.pick in ("auto", "auto_local") and self.early_pick == "cover"
+        clash = cover_scale_clashes(self)
+        if clash:
+            raise ConfigError(
+                "HierarchicalQuery: cover_scale='flat' takes the picks from the fine clusters the "
+                "labels leave uncovered, over all coarse clusters at once (not by uncertainty mass), "
+                f"and cannot run with {', '.join(clash)}"
             )
-            clash = [
-                *([] if self.cover_labeled else ["cover_labeled=False (cover_scale sets its scale)"]),
-                *([] if self.alloc_over == "global" else [f"alloc_over={self.alloc_over!r} (not 'global')"]),
-                *(["a 'cover' pick (no fine clusters to cover)"] if cover_pick else []),
-                *(["alloc_round_robin=True"] if self.alloc_round_robin else []),
-                *weighed,
-            ]
-            if clash:
-                raise ConfigError(
-                    "HierarchicalQuery: cover_scale='flat' takes the picks from the fine clusters the "
-                    "labels leave uncovered, over all coarse clusters at once (not by uncertainty mass), "
-                    f"and cannot run with {', '.join(clash)}"
-                )
 
     def _global_candidates(
         self, pool: Pool, avail: np.ndarray, u: np.ndarray, pick: str, budget: int
