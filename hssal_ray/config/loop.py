@@ -401,6 +401,13 @@ class LoopConfig:
         cold_start: ``random`` (seeded), ``typiclust`` (clusters of the untrained encoder's
             features) or ``stratified`` (simulation only: uses the true labels).
         report: Write the HTML/PNG report at the end of every round.
+        stop_kappa: Stop once the model's predictions have settled (0 = never; e.g. ``0.99``): after
+            each round's scoring, Cohen's kappa between its and the previous round's predicted classes
+            on the unlabeled rows both scored (``metrics.jsonl``: ``stability_kappa``); the run ends
+            when the mean of the last ``stop_window`` kappas reaches this, before the next query
+            (Bloodgood & Vijay-Shanker 2009: 0.99 over 3 rounds; :mod:`hssal_ray.rounds.stability`).
+            A runtime setting, like ``rounds`` and ``total_budget``.
+        stop_window: How many rounds' kappas ``stop_kappa`` averages (>= 1).
         lease_timeout_s: Run-directory lease (one driver per run): a driver whose lease
             heartbeat is older than this may be taken over by another. A runtime setting, not
             part of the run's science (``hssal_ray/loop/lease.py``).
@@ -413,6 +420,8 @@ class LoopConfig:
     initial_labeled: int | float = 20
     cold_start: Literal["random", "typiclust", "stratified"] = "random"
     report: bool = _runtime(True)
+    stop_kappa: float = _runtime(0.0)
+    stop_window: int = _runtime(3)
     lease_timeout_s: float = _runtime(60.0)
 
     def __post_init__(self) -> None:
@@ -432,4 +441,10 @@ class LoopConfig:
             f"must be >= loop.initial_labeled ({self.initial_labeled}) or 0 (no limit), "
             f"got {self.total_budget}: the cold start alone would exceed it",
         )
+        _check(
+            0.0 <= self.stop_kappa <= 1.0,
+            "loop.stop_kappa",
+            f"must be in [0, 1] (0 = never stop early; e.g. 0.99), got {self.stop_kappa}",
+        )
+        _check(self.stop_window >= 1, "loop.stop_window", f"must be >= 1, got {self.stop_window}")
         _check(self.lease_timeout_s > 0, "loop.lease_timeout_s", f"must be > 0, got {self.lease_timeout_s}")

@@ -152,6 +152,8 @@ class LoopRunner(RunContext):
                 self.progress(
                     f"[hssal] round {r} {stage}: {time.perf_counter() - t0:.1f} s{self._figure(r, stage)}"
                 )
+        if state.status == "done":
+            self.progress(f"[hssal] done: {self.run_dir}")
         self._write_config()
         return state
 
@@ -173,6 +175,21 @@ class LoopRunner(RunContext):
             return f" ({int(m.get('step', 0))} steps, loss {m.get('loss', float('nan')):.3f})"
         if stage == "query":
             return f" ({self.cfg.query.strategy}, mean u {row.get('query_mean_u', float('nan')):.3f})"
+        if stage == "score" and row.get("stability_rows") is not None:
+            k, n = row.get("stability_kappa"), row["stability_rows"]
+            out = (
+                f" (predictions changed on {row['stability_changed']:.1%} of {n:,} unlabeled rows since "
+                f"round {r - 1}, kappa {k:.4f})"
+                if n
+                else f" (no unlabeled row scored in both round {r - 1} and round {r}: no kappa)"
+            )
+            if row.get("stopped") == "stable":
+                lp = self.cfg.loop
+                out += (
+                    f"; settled: mean kappa {row['stability_window_kappa']:.4f} over the last "
+                    f"{lp.stop_window} rounds >= loop.stop_kappa {lp.stop_kappa}, so the run stops here"
+                )
+            return out
         return ""
 
     # ------------------------------------------------------------------ stages (overridable in tests)

@@ -161,7 +161,8 @@ def _status(run: RunData) -> str:
 
 def _rounds_table(run: RunData) -> Table:
     stages = run.stages()
-    head = ["Round", "Labels", "Label fraction", "Test accuracy", "Mask rate", "Pseudo-label acc"]
+    head = ["Round", "Labels", "Label fraction", "Test accuracy", "Kappa vs last round"]
+    head += ["Predictions changed", "Mask rate", "Pseudo-label acc"]
     head += ["Sup loss", "Unsup loss", *[f"{s} s" for s in stages], "Total s", "Coarse coverage"]
     rows = []
     for r in run.rounds:
@@ -172,6 +173,8 @@ def _rounds_table(run: RunData) -> Table:
                 _fixed(r["num_labeled"], 0),
                 _pct(r.get("label_fraction")),
                 _pct(r["test_accuracy"]),
+                _fixed(r.get("stability_kappa"), 4),
+                _pct(r.get("stability_changed")),
                 _pct(r.get("mask_rate")),
                 _pct(r.get("pseudo_label_acc")),
                 _fixed(r.get("sup_loss"), 4),
@@ -197,7 +200,8 @@ def _queries_table(run: RunData) -> Table:
 
 def _rounds_csv(runs: Sequence[RunData]) -> str:
     stages = list(dict.fromkeys(s for run in runs for s in run.stages()))
-    keys = ["label_fraction", "test_accuracy", "mask_rate", "pseudo_label_acc", "sup_loss", "unsup_loss"]
+    keys = ["label_fraction", "test_accuracy", "stability_kappa", "stability_changed", "mask_rate"]
+    keys += ["pseudo_label_acc", "sup_loss", "unsup_loss"]
     buf = io.StringIO()
     writer = _csv.writer(buf, lineterminator="\n")
     writer.writerow(

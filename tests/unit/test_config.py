@@ -76,6 +76,10 @@ def test_range_checks_name_the_key():
         load_config(None, ["data.image_size=4"])
     with pytest.raises(ConfigError, match=r"resources\.num_workers: must be >= 1, got 0"):
         load_config(None, ["resources.num_workers=0"])
+    with pytest.raises(ConfigError, match=r"loop\.stop_kappa: must be in \[0, 1\] \(0 = never stop early"):
+        load_config(None, ["loop.stop_kappa=1.5"])
+    with pytest.raises(ConfigError, match=r"loop\.stop_window: must be >= 1, got 0"):
+        load_config(None, ["loop.stop_window=0"])
 
 
 def test_bad_override_strings():

@@ -6,7 +6,9 @@ carries the round's training figures (``train_metrics.json``) and wall times. ``
 counts the labeled images the round could train on; labeled images listed in ``bad_samples.csv``
 are counted apart (``num_labeled_unreadable``)
 and still count against ``loop.total_budget`` (they were asked for). :func:`is_final_round` is the
-one rule for the last round; after it the run is ``done`` and the report is built (``loop.report``).
+one rule for the last round by count; after it the run is ``done`` and the report is built (``loop.report``).
+With ``loop.stop_kappa`` the score stage may end a run earlier (its predictions have settled), so a
+round that is not last by count is reported to ``ctx.on_round`` (Ray Tune) there, once that is decided.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from hssal_ray.loop.context import RunContext
 from hssal_ray.loop.metrics import read_metrics
 from hssal_ray.state import LabeledSet, RunState, round_dir
 
-__all__ = ["run", "is_final_round", "build_report"]
+__all__ = ["run", "is_final_round", "build_report", "finish"]
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +101,21 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
         f"EMA {ev.get('test_accuracy_ema', float('nan')):.4f}), "
         f"mask rate {train_m.get('mask_rate', float('nan')):.2f}"
     )
-    if ctx.on_round is not None:
-        ctx.on_round(read_metrics(ctx.run_dir))
+    if ctx.on_round is not None and (final or cfg.loop.stop_kappa <= 0):
+        ctx.on_round(read_metrics(ctx.run_dir))  # else the score stage reports, once it has decided
     if final:
-        state.history.append([r, "evaluate", round(time.perf_counter() - t0, 3)])
-        state.stage, state.status = "done", "done"
-        state.save(ctx.run_dir)
-        build_report(ctx)
-        ctx.progress(f"[hssal] done: {ctx.run_dir}")
+        finish(ctx, state, "evaluate", time.perf_counter() - t0)
     else:
         state.advance(ctx.run_dir, "evaluate", time.perf_counter() - t0)
         build_report(ctx)
+
+
+def finish(ctx: RunContext, state: RunState, stage: str, seconds: float) -> None:
+    """End the run after ``stage`` of its last round: ``state.json`` says done, the report is built."""
+    state.history.append([state.round, stage, round(seconds, 3)])
+    state.stage, state.status = "done", "done"
+    state.save(ctx.run_dir)
+    build_report(ctx)
 
 
 def build_report(ctx: RunContext) -> None:

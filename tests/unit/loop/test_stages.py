@@ -206,6 +206,72 @@ def test_score_stage_leaves_out_bad_samples(tmp_path, monkeypatch) -> None:
     assert "score" in read_metrics(ctx.run_dir)[0]["wall_s"] and state.stage == "query"
 
 
+def _score_rounds(tmp_path, monkeypatch, preds: list[np.ndarray], *extra: str):
+    """Rounds 1.. of the score stage, each writing ``preds[r]`` for every train row (round 0's given)."""
+    ctx = _ctx(tmp_path, "loop.rounds=10", *extra)
+    train = ctx.split("train").column("sample_id").to_pylist()
+    LabeledSet().with_round(0, {s: 0 for s in train[:3]}, "oracle").save(ctx.run_dir)
+    write_scores(_io.join(round_dir(ctx.run_dir, 0), "scores.parquet"), train, pred=preds[0])
+    monkeypatch.setattr(
+        ctx.learner, "score", lambda r, out: write_scores(out, train[::-1], pred=preds[r][::-1])
+    )
+    reports: list = []
+    ctx.on_round = reports.append
+    states = []
+    for r in range(1, len(preds)):
+        update_metrics(ctx.run_dir, r, {"round": r, "final": False})  # the evaluate stage's row
+        state = _state("score", r)
+        score_stage.run(ctx, state, 0.0)
+        states.append(state)
+        if state.status == "done":
+            break
+    return ctx, states, reports, train
+
+
+def test_score_stage_measures_how_far_the_predictions_moved(tmp_path, monkeypatch) -> None:
+    n = 15
+    p0 = np.arange(n) % 3
+    p1 = p0.copy()
+    p1[[0, 5]] = (p1[[0, 5]] + 1) % 3  # row 0 is labeled: only row 5 counts
+    ctx, states, reports, _ = _score_rounds(tmp_path, monkeypatch, [p0, p1, p1])
+    rows = {m["round"]: m for m in read_metrics(ctx.run_dir)}
+    from hssal_ray.rounds.stability import kappa
+
+    assert rows[1]["stability_rows"] == n - 3 and rows[1]["stability_changed"] == pytest.approx(1 / (n - 3))
+    assert rows[1]["stability_kappa"] == pytest.approx(kappa(p0[3:], p1[3:]))
+    assert rows[2]["stability_kappa"] == 1.0 and rows[2]["stability_changed"] == 0.0
+    assert [s.stage for s in states] == ["query", "query"]  # loop.stop_kappa=0: never stops here
+    assert reports == []  # and the evaluate stage reports the round
+
+
+def test_score_stage_stops_the_run_once_the_predictions_settle(tmp_path, monkeypatch) -> None:
+    n = 15
+    p0 = np.arange(n) % 3
+    p1 = p0.copy()
+    p1[[4, 5, 6, 7]] = (p1[[4, 5, 6, 7]] + 1) % 3  # kappa 0.50: not settled
+    p2 = p1.copy()
+    p2[5] = p0[5]  # kappa 0.87: with 0.50 a mean of 0.69 < 0.8
+    ctx, states, reports, _ = _score_rounds(
+        tmp_path, monkeypatch, [p0, p1, p2, p2, p2], "loop.stop_kappa=0.8", "loop.stop_window=2"
+    )
+    rows = {m["round"]: m for m in read_metrics(ctx.run_dir)}
+    assert [s.stage for s in states] == ["query", "query", "done"]  # round 3: (0.87 + 1.0) / 2 >= 0.8
+    assert rows[3]["final"] is True and rows[3]["stopped"] == "stable"
+    assert not any(rows[r].get("final") for r in (1, 2)) and "stopped" not in rows[2]
+    assert len(reports) == 3 and reports[-1][-1]["final"] is True  # one report a round, with the decision
+    saved = RunState.load(ctx.run_dir)
+    assert saved is not None and saved.status == "done" and saved.history[-1][:2] == [3, "score"]
+
+
+def test_evaluate_stage_leaves_the_report_to_the_score_stage_under_the_stop_rule(
+    tmp_path, monkeypatch
+) -> None:
+    _, state, reports = _evaluated(tmp_path, monkeypatch, "loop.rounds=2", "loop.stop_kappa=0.99")
+    assert reports == [] and state.stage == "score"
+    _, state, reports = _evaluated(tmp_path / "last", monkeypatch, "loop.rounds=0", "loop.stop_kappa=0.99")
+    assert len(reports) == 1 and state.status == "done"  # the last round by count: reported here
+
+
 # --------------------------------------------------------------------------- query
 
 
