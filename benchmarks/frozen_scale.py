@@ -30,7 +30,8 @@ For every size N the benchmark
    before each step: :func:`benchmarks._sampler.reset_peak_rss`); and the graph's recall@10
    against the exact search as the build measures it (100 sampled rows).
 
-The round is round 1 (warm-started from round 0, as every later round): train + score + query.
+The round is round 1 (warm-started from round 0, as every later round): train + score (with the score
+stage's stability measure against round 0, :func:`hssal_ray.loop.stages.score.prediction_change`) + query.
 Checks (targets of issue 28): a 1M round <= 60 CPU-s after the one-time graph build; the graph
 build for 1M <= 10 min; peak RSS at 1M <= 6 GB; round CPU time 1M / (10 x 100k) <= 1.2.
 ``--smoke`` runs one tiny size in this process (a test runs it). Writes ``<out>/frozen_scale.json``
@@ -213,6 +214,7 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
     from hssal_ray.loop.cold_start import select_cold_start
     from hssal_ray.loop.context import RunContext
     from hssal_ray.loop.query_batch import run_query
+    from hssal_ray.loop.stages.score import prediction_change
     from hssal_ray.state import LabeledSet, round_dir
 
     n, seed = int(spec["n"]), int(spec["seed"])
@@ -278,6 +280,8 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
         m = step(f"r{r}_train", lambda r=r, init=init: ctx.learner.train(r, init))
         scores = os.path.join(round_dir(run_dir, r), "scores.parquet")
         step(f"r{r}_score", lambda r=r, scores=scores: ctx.learner.score(r, scores))
+        if r >= 1:  # the score stage's stability measure against the round before (loop.stop_kappa)
+            moved = step(f"r{r}_stability", lambda r=r: prediction_change(run_dir, r))
         lab_ids = set(LabeledSet.load(run_dir).ids)
         rows = ctx.learner.embedding_source()  # what the query stage passes: the store's rows
         picked = step(
@@ -301,8 +305,10 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
             "graph_label_acc": m.get("graph_label_acc"),
             "teacher_label_acc": m.get("teacher_label_acc"),
             "graph_pool_rows": m.get("graph_pool_rows"),
+            **(moved if r >= 1 else {}),
         }
-    rnd = {k: sum(steps[f"r1_{s}"][k] for s in ("train", "score", "query")) for k in ("cpu_s", "wall_s")}
+    parts = ("train", "score", "stability", "query")
+    rnd = {k: sum(steps[f"r1_{s}"][k] for s in parts) for k in ("cpu_s", "wall_s")}
     return {
         "n": n,
         "train_rows": int(train.num_rows),
@@ -384,6 +390,7 @@ def report(rows: list[dict[str, Any]], payload: dict[str, Any], out_dir: str, na
                 "round wall_s": r["round_wall_s"],
                 "train cpu_s": s["r1_train"]["cpu_s"],
                 "score cpu_s": s["r1_score"]["cpu_s"],
+                "stability cpu_s": s["r1_stability"]["cpu_s"],
                 "query cpu_s": s["r1_query"]["cpu_s"],
                 "peak RSS MB": r["peak_rss_mb"],
             }
@@ -394,7 +401,8 @@ def report(rows: list[dict[str, Any]], payload: dict[str, Any], out_dir: str, na
         f"Synthetic stores of the real shape (d={payload['dim']}, float16, clean + {EMBED_VIEWS} weak + "
         f"{EMBED_VIEWS} strong views, {LABELED_FRACTION:.0%} of the training split labeled), "
         "`configs/ucm_cpu.yaml` recipe, the product's round functions, one thread. "
-        "Round = round 1 (warm-started): train + score + query.",
+        "Round = round 1 (warm-started): train + score (+ how its predictions changed since round 0) "
+        "+ query.",
         "",
         md_table(table_rows, cols),
         "",

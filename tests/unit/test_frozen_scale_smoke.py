@@ -26,12 +26,14 @@ def test_frozen_scale_smoke(tmp_path: Path) -> None:
     assert row["graph_method"] == "exact" and row["graph_recall_at_10"] == 1.0
     want = {"open_store", "cold_start", "stats", "graph_build"}
     want |= {f"r{r}_{s}" for r in (0, 1) for s in ("train", "score", "query", "query_column", "evaluate")}
-    assert set(row["steps"]) == want
+    assert set(row["steps"]) == want | {"r1_stability"}  # round 0 has no round before it
     for step in row["steps"].values():
         assert step["cpu_s"] >= 0 and step["wall_s"] >= 0 and step["peak_rss_mb"] > 0
     assert row["round_cpu_s"] == pytest.approx(
-        sum(row["steps"][f"r1_{s}"]["cpu_s"] for s in ("train", "score", "query")), abs=0.02
+        sum(row["steps"][f"r1_{s}"]["cpu_s"] for s in ("train", "score", "stability", "query")), abs=0.02
     )
+    r1 = row["rounds"]["r1"]  # the predictions of 1,600 - 32 - 10 unlabeled rows, round 1 against 0
+    assert r1["stability_rows"] == 1600 - 32 - 10 and -1 <= r1["stability_kappa"] <= 1
     assert row["rounds"]["r1"]["picks"] == 10 and row["rounds"]["r0"]["graph_pool_rows"] == 1600 - 32
     assert not list(work.glob("store-*"))  # the synthetic store is removed after use
     md = (out / "frozen_scale_smoke.md").read_text()

@@ -23,7 +23,7 @@ from hssal_ray.loop.context import RunContext
 from hssal_ray.loop.metrics import read_metrics
 from hssal_ray.state import LabeledSet, RunState, round_dir
 
-__all__ = ["run"]
+__all__ = ["run", "prediction_change"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
     path = _io.join(round_dir(ctx.run_dir, r), "scores.parquet")
     ctx.learner.score(r, path)
     collect_bad_samples(ctx.run_dir)
-    moved = _stability(ctx, r, path)
+    moved = prediction_change(ctx.run_dir, r)
     secs = time.perf_counter() - t0
     ctx.update_metrics(r, {"wall_s.score": secs, **moved})
     loop = ctx.cfg.loop
@@ -59,20 +59,21 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
         state.advance(ctx.run_dir, "score", secs)
 
 
-def _stability(ctx: RunContext, r: int, path: str) -> dict[str, Any]:
-    """Round ``r``'s predictions against round ``r - 1``'s on the unlabeled rows both scored; {} for
-    round 0 or when the previous round's scores are gone (the run stays unstoppable that round)."""
+def prediction_change(run_dir: str, r: int) -> dict[str, Any]:
+    """Round ``r``'s predictions (its ``scores.parquet``) against round ``r - 1``'s on the unlabeled rows
+    both scored, as ``metrics.jsonl`` fields; {} for round 0 or when the previous round's scores are gone
+    (the run cannot stop on stability that round)."""
     from hssal_ray.rounds.stability import prediction_agreement, read_predictions
 
     if r < 1:
         return {}
-    prev = _io.join(round_dir(ctx.run_dir, r - 1), "scores.parquet")
+    prev = _io.join(round_dir(run_dir, r - 1), "scores.parquet")
     if not _io.exists(prev):
         log.warning("round %d: no %s, so no stability measure this round", r, prev)
         return {}
-    moved = prediction_agreement(
-        *read_predictions(prev), *read_predictions(path), LabeledSet.load(ctx.run_dir).ids
-    )
+    path = _io.join(round_dir(run_dir, r), "scores.parquet")
+    labeled = LabeledSet.load(run_dir).ids
+    moved = prediction_agreement(*read_predictions(prev), *read_predictions(path), labeled)
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in moved.items()}  # JSON
 
 
