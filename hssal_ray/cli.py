@@ -58,13 +58,21 @@ def summary(run_dir: str, state: object) -> str:
     st: Any = state
     lines = [f"[hssal] status: {st.status} (round {st.round}, next stage {st.stage})"]
     if rows:
-        lines.append("  round  labels  accuracy  (online)  mask  wall s")
+        lines.append("  round  labels  accuracy  (online)  mask  wall s  kappa")
         for r in rows:
             wall = sum((r.get("wall_s") or {}).values())
+            k = r.get("stability_kappa")
             lines.append(
                 f"  {r['round']:>5}  {r['num_labeled']:>6}  {r['test_accuracy']:>8.4f}  "
                 f"({r.get('test_accuracy_online', float('nan')):.4f})  "
-                f"{r.get('mask_rate', float('nan')):>4.2f}  {wall:>6.1f}"
+                f"{r.get('mask_rate', float('nan')):>4.2f}  {wall:>6.1f}  "
+                + ("     -" if k is None else f"{k:>6.4f}")
+            )
+        last = rows[-1]
+        if last.get("stopped") == "stable":
+            lines.append(
+                f"  stopped after round {last['round']}: its predictions settled (mean kappa "
+                f"{last.get('stability_window_kappa', float('nan')):.4f} >= loop.stop_kappa)"
             )
     report = _io.join(run_dir, "report", "index.html")
     if _io.exists(report):

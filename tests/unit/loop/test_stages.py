@@ -219,7 +219,8 @@ def _score_rounds(tmp_path, monkeypatch, preds: list[np.ndarray], *extra: str):
     ctx.on_round = reports.append
     states = []
     for r in range(1, len(preds)):
-        update_metrics(ctx.run_dir, r, {"round": r, "final": False})  # the evaluate stage's row
+        row = {"round": r, "num_labeled": 3, "test_accuracy": 0.5, "final": False}  # the evaluate stage's
+        update_metrics(ctx.run_dir, r, row)
         state = _state("score", r)
         score_stage.run(ctx, state, 0.0)
         states.append(state)
@@ -261,6 +262,11 @@ def test_score_stage_stops_the_run_once_the_predictions_settle(tmp_path, monkeyp
     assert len(reports) == 3 and reports[-1][-1]["final"] is True  # one report a round, with the decision
     saved = RunState.load(ctx.run_dir)
     assert saved is not None and saved.status == "done" and saved.history[-1][:2] == [3, "score"]
+    from hssal_ray.cli import summary
+
+    text = summary(ctx.run_dir, saved)
+    assert "stopped after round 3: its predictions settled (mean kappa 0.9355 >= loop.stop_kappa)" in text
+    assert text.splitlines()[2].endswith("0.5000") and text.splitlines()[1].endswith("kappa")  # round 1
 
 
 def test_evaluate_stage_leaves_the_report_to_the_score_stage_under_the_stop_rule(
