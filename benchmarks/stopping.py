@@ -33,7 +33,7 @@ from benchmarks._product import add_product_arguments, run_grid, start, store_id
 
 __all__ = ["stop_points", "summarize_rule", "report", "main"]
 
-THRESHOLDS = (0.95, 0.97, 0.98, 0.99)
+THRESHOLDS = (0.95, 0.97, 0.98, 0.99, 0.995, 0.998)
 WINDOWS = (1, 2, 3)
 #: the metrics fields a result keeps of each round
 KEEP = ("round", "num_labeled", "test_accuracy", "stability_kappa", "stability_changed", "stability_rows")
@@ -174,11 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", nargs="*", default=["hssal"], choices=sorted(STRATEGIES))
     p.add_argument("--dataset-name", default=None)
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--render", metavar="RESULT_JSON", default=None, help="run nothing: rebuild the report")
+    p.add_argument(
+        "--render",
+        metavar="RESULT_JSON",
+        default=None,
+        help="run nothing: rebuild a finished result's report (this version's thresholds and windows)",
+    )
     args = p.parse_args(argv)
     if args.render:
         path = Path(args.render)
-        text = report(json.loads(path.read_text()))
+        result = json.loads(path.read_text())
+        result.update(thresholds=list(THRESHOLDS), windows=list(WINDOWS))  # the rules read off the kappas
+        path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+        text = report(result)
         path.with_suffix(".md").write_text(text)
         print(text)
         return 0

@@ -149,3 +149,9 @@ def test_a_different_config_is_still_refused(tmp_path: Path) -> None:
         with pytest.raises(StateError, match="started with a different config"):
             LoopRunner(other, progress=lambda s: None)._setup()
     assert (run / "state.json").read_bytes() == before
+
+
+def test_the_stop_rule_is_a_runtime_setting() -> None:
+    """Like ``loop.rounds``: a resume may switch ``loop.stop_kappa`` on without a new run identity."""
+    on = load_config(None, ["loop.stop_kappa=0.99", "loop.stop_window=2"])
+    assert science_sha(on) == science_sha(load_config(None))
