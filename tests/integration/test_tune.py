@@ -166,7 +166,6 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
         "resources.num_cpus=3",
         "loop.rounds=0",
         "loop.total_budget=0",
-        "tune.scheduler=fifo",
         "tune.search_space={ssl.p_cutoff: {grid: [0.6, 0.7, 0.8]}}",
     ]
     sweep, exp = tmp_path / "sweep_demo", tmp_path / "tune" / "sweep_demo"
@@ -214,3 +213,28 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: P
     # the same place with a different search space is refused (before Ray starts)
     changed = run_tune(*args[:-1], "tune.search_space={ssl.p_cutoff: {grid: [0.5]}}", check=False)
     assert changed.returncode == 2 and "different sweep" in changed.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_trial_that_stops_on_settled_predictions_reports_its_last_round_as_final(tmp_path: Path) -> None:
+    """``loop.stop_kappa``: the score stage ends the trial's loop; Tune gets that round once, marked final."""
+    args = [
+        *DEMO,
+        f"loop.run_dir={tmp_path}",
+        "loop.rounds=4",
+        "loop.total_budget=0",
+        "loop.stop_kappa=0.01",  # any agreement at all: the first kappa settles it
+        "loop.stop_window=1",
+        "tune.search_space={ssl.p_cutoff: {grid: [0.7]}}",
+    ]
+    run_tune(*args)
+    sweep = tmp_path / "sweep_demo"
+    (row,) = _rows(sweep / "trials.csv")
+    metrics = read_metrics(row["run_dir"])
+    assert row["status"] == "completed" and int(row["rounds"]) == 1  # stopped after round 1 of 4
+    assert [m["round"] for m in metrics] == [0, 1] and metrics[-1]["stopped"] == "stable"
+    assert metrics[-1]["final"] is True and metrics[-1]["stability_kappa"] >= 0.01
+    reports = [(d["round"], d["final"]) for d in _decisions(sweep) if d["trial_id"] == row["trial_id"]]
+    assert reports == [(0, False), (1, True)]  # each round reported once, the last with the decision
+    assert json.loads((Path(row["run_dir"]) / "state.json").read_text())["status"] == "done"
