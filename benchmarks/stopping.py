@@ -183,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.render:
         path = Path(args.render)
+        if not path.is_file():
+            p.error(f"--render: no result file {path}")
         result = json.loads(path.read_text())
         result.update(thresholds=list(THRESHOLDS), windows=list(WINDOWS))  # the rules read off the kappas
         path.write_text(json.dumps(result, indent=1, default=str) + "\n")
