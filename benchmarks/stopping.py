@@ -52,14 +52,11 @@ def _kappa(row: Mapping[str, Any]) -> float:
 def stop_points(rows: Sequence[Mapping[str, Any]], threshold: float, window: int) -> int:
     """The index (into ``rows``, one metrics row a round from round 0) of the round a run with this rule
     stops at: the first round whose last ``window`` kappas settle; the last row if none does."""
-    from hssal_ray.rounds.stability import settled
+    from hssal_ray.rounds.stability import kappas_of, settled
 
-    kappas: list[float] = []
-    for i, row in enumerate(rows):
-        if int(row["round"]) >= 1:
-            kappas.append(_kappa(row))
-            if settled(kappas, threshold, window) is not None:
-                return i
+    for i in range(len(rows)):
+        if settled(kappas_of(rows[: i + 1]), threshold, window) is not None:
+            return i
     return len(rows) - 1
 
 
@@ -92,10 +89,9 @@ def summarize_rule(
 
 
 def _settles_at_end(rows: Sequence[Mapping[str, Any]], threshold: float, window: int) -> bool:
-    from hssal_ray.rounds.stability import settled
+    from hssal_ray.rounds.stability import kappas_of, settled
 
-    kappas = [_kappa(r) for r in rows if int(r["round"]) >= 1]
-    return settled(kappas, threshold, window) is not None
+    return settled(kappas_of(rows), threshold, window) is not None
 
 
 def per_round(per_seed: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:

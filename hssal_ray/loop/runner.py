@@ -128,7 +128,7 @@ class LoopRunner(RunContext):
     def _run(self, labels_file: str | None) -> RunState:
         state = self._setup()
         state.set_write_guard(self.check_lease)
-        if state.status == "done":
+        if state.status == "done" and (labels_file is not None or not self._reopen(state)):
             self.progress(
                 f"[hssal] run {self.run_dir} is already finished ({state.round} rounds); nothing to do"
             )
@@ -156,6 +156,37 @@ class LoopRunner(RunContext):
             self.progress(f"[hssal] done: {self.run_dir}")
         self._write_config()
         return state
+
+    def _reopen(self, state: RunState) -> bool:
+        """Go on with a finished run whose end this invocation's loop settings undo (``resume_stage``):
+        the last round's row is no longer final and ``state.json`` names the stage to run.
+        False: the run stays done."""
+        from hssal_ray.loop.stages.evaluate import resume_stage
+        from hssal_ray.oracle.factory import check_oracle
+        from hssal_ray.state import LabeledSet
+
+        rows = read_metrics(self.run_dir)
+        labeled = LabeledSet.load(self.run_dir)
+        remaining = self.pool_rows(labeled).num_rows
+        stage = resume_stage(self.cfg, state, rows, len(labeled), remaining, self.split("train").num_rows)
+        if stage is None:
+            return False
+        settled = rows[-1].get("stopped") == "stable"
+        why = "its predictions had settled" if settled else "its last round by count"
+        state.stage, state.status = stage, "running"
+        check_run_dir(self.run_dir, state)  # the files a run at that stage must have
+        check_oracle(self.cfg.oracle)
+        row = {k: v for k, v in rows[-1].items() if k not in ("stopped", "stability_window_kappa")}
+        self.update_metrics(state.round, {**row, "final": False}, replace=True)
+        state.config_sha, state.run_id = science_sha(self.cfg), state.run_id or new_run_id()
+        state.save(self.run_dir)
+        lp = self.cfg.loop
+        self.progress(
+            f"[hssal] run {self.run_dir} ended after round {state.round} ({why}); with "
+            f"loop.rounds={lp.rounds}, loop.total_budget={lp.total_budget}, loop.stop_kappa={lp.stop_kappa} "
+            f"it goes on at round {state.round}'s {stage} stage"
+        )
+        return True
 
     def _write_config(self) -> None:
         """Write this invocation's config to ``config.yaml`` (if it differs), after the lease check."""

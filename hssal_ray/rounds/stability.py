@@ -15,13 +15,14 @@ was told the class of. Kappa is sklearn's :func:`~sklearn.metrics.cohen_kappa_sc
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["prediction_agreement", "kappa", "settled", "read_predictions"]
+__all__ = ["prediction_agreement", "kappa", "settled", "kappas_of", "read_predictions"]
 
 
 def kappa(a: np.ndarray, b: np.ndarray) -> float:
@@ -85,6 +86,16 @@ def settled(kappas: Sequence[float], threshold: float, window: int) -> float | N
         return None
     mean = sum(last) / window
     return mean if mean >= threshold else None
+
+
+def kappas_of(rows: Sequence[Mapping[str, Any]]) -> list[float]:
+    """The ``stability_kappa`` of each ``metrics.jsonl`` row from round 1 on (NaN where a round has none)."""
+    out = []
+    for row in rows:
+        if int(row["round"]) >= 1:
+            k = row.get("stability_kappa")
+            out.append(float("nan") if k is None else float(k))
+    return out
 
 
 def read_predictions(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ from hssal_ray.loop.context import RunContext
 from hssal_ray.loop.metrics import read_metrics
 from hssal_ray.state import LabeledSet, RunState, round_dir
 
-__all__ = ["run", "is_final_round", "build_report", "finish"]
+__all__ = ["run", "is_final_round", "build_report", "finish", "resume_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,34 @@ def is_final_round(
     """
     total = label_count(cfg.loop.total_budget, n_train)
     return round_idx >= cfg.loop.rounds or (total > 0 and num_labeled >= total) or pool_remaining <= 0
+
+
+def resume_stage(
+    cfg: ExperimentConfig,
+    state: RunState,
+    rows: list[dict],
+    asked: int,
+    pool_remaining: int,
+    n_train: int,
+) -> str | None:
+    """Where a finished run goes on when this invocation's loop settings no longer end it, else None.
+
+    A run that ended at its last round's ``evaluate`` (by count: ``loop.rounds``, ``loop.total_budget``)
+    goes on at that round's ``score``; one that ended at its ``score`` (its predictions settled,
+    ``loop.stop_kappa``) at its ``query``. It goes on only if neither rule ends it now, with the
+    labels it has (``asked``, unreadable ones included) and the pool that is left: e.g.
+    ``--resume RUN loop.rounds=6`` after 3 rounds, or ``loop.stop_kappa=0`` after a settled stop.
+    """
+    from hssal_ray.rounds.stability import kappas_of, settled
+
+    if state.status != "done" or not state.history or not rows or int(rows[-1]["round"]) != state.round:
+        return None
+    ended = state.history[-1][1]
+    if ended not in ("evaluate", "score") or is_final_round(cfg, state.round, asked, pool_remaining, n_train):
+        return None
+    if ended == "score" and settled(kappas_of(rows), cfg.loop.stop_kappa, cfg.loop.stop_window) is not None:
+        return None
+    return "score" if ended == "evaluate" else "query"
 
 
 def run(ctx: RunContext, state: RunState, t0: float) -> None:

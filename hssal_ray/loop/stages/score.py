@@ -44,11 +44,9 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
     if loop.stop_kappa <= 0:
         state.advance(ctx.run_dir, "score", secs)
         return
-    from hssal_ray.rounds.stability import settled
+    from hssal_ray.rounds.stability import kappas_of, settled
 
-    rows = read_metrics(ctx.run_dir)
-    kappas = [_number(m.get("stability_kappa")) for m in rows if int(m["round"]) >= 1]
-    mean = settled(kappas, loop.stop_kappa, loop.stop_window)
+    mean = settled(kappas_of(read_metrics(ctx.run_dir)), loop.stop_kappa, loop.stop_window)
     if mean is not None:
         ctx.update_metrics(r, {"final": True, "stopped": "stable", "stability_window_kappa": mean})
     if ctx.on_round is not None:  # the evaluate stage left this round's report to the decision here
@@ -75,8 +73,3 @@ def prediction_change(run_dir: str, r: int) -> dict[str, Any]:
     labeled = LabeledSet.load(run_dir).ids
     moved = prediction_agreement(*read_predictions(prev), *read_predictions(path), labeled)
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in moved.items()}  # JSON
-
-
-def _number(v: Any) -> float:
-    """A metrics value as a float; NaN where the round has none."""
-    return float("nan") if v is None else float(v)

@@ -14,7 +14,7 @@ from hssal_ray import _io
 from hssal_ray.config import load_config
 from hssal_ray.errors import ConfigError
 from hssal_ray.loop.runner import LoopRunner, is_final_round, science_sha
-from hssal_ray.state import LabeledSet
+from hssal_ray.state import LabeledSet, RunState
 from hssal_ray.tune.search import row_is_final
 
 SMALL = [
@@ -199,3 +199,46 @@ def test_typiclust_at_archive_scale_caps_the_clusters_and_fits_on_a_sample(monke
     fitted.clear()
     whole = TypiClustQuery(kmeans_backend="torch", random_state=0).select(pool, 12)  # 12 x 256 >= 3,000
     assert fitted == [3000] and len(set(whole.tolist())) == 12
+
+
+def _finished(tmp_path, ended: str, row: dict, *extra: str) -> tuple[LoopRunner, RunState]:
+    """A run of ``SMALL`` finished after round 1 at stage ``ended``, resumed with ``extra``."""
+    from hssal_ray.loop.metrics import update_metrics
+
+    runner = _runner(tmp_path, *extra)
+    ids = runner.split("train").column("sample_id").to_pylist()
+    labeled = LabeledSet().with_round(0, {s: 0 for s in ids[:3]}, "seed").with_round(1, {ids[3]: 1}, "o")
+    labeled.save(runner.run_dir)
+    update_metrics(runner.run_dir, 0, {"round": 0, "num_labeled": 3, "test_accuracy": 0.5, "final": False})
+    last = {"round": 1, "num_labeled": 4, "test_accuracy": 0.6, "final": True, **row}
+    update_metrics(runner.run_dir, 1, last)
+    state = RunState(round=1, stage="done", status="done", config_sha=science_sha(runner.cfg))
+    state.history += [[1, "evaluate", 0.1]] + ([[1, "score", 0.1]] if ended == "score" else [])
+    state.save(runner.run_dir)
+    return runner, state
+
+
+def test_a_finished_run_goes_on_when_its_resume_asks_for_more_rounds(tmp_path) -> None:
+    from hssal_ray.loop.metrics import read_metrics
+
+    runner, state = _finished(tmp_path / "same", "evaluate", {}, "loop.rounds=1")
+    assert not runner._reopen(state) and state.status == "done"  # the same settings: it stays done
+    runner, state = _finished(tmp_path / "more", "evaluate", {}, "loop.rounds=3")
+    assert runner._reopen(state) and (state.stage, state.status) == ("score", "running")
+    assert read_metrics(runner.run_dir)[-1]["final"] is False
+    assert RunState.load(runner.run_dir).stage == "score"  # saved
+    runner, state = _finished(tmp_path / "budget", "evaluate", {}, "loop.rounds=3", "loop.total_budget=4")
+    assert not runner._reopen(state)  # 4 labels reached: still the last round
+
+
+def test_a_settled_stop_goes_on_only_when_the_rule_no_longer_holds(tmp_path) -> None:
+    from hssal_ray.loop.metrics import read_metrics
+
+    stopped = {"stability_kappa": 0.9, "stopped": "stable", "stability_window_kappa": 0.9}
+    rule = ("loop.rounds=5", "loop.stop_window=1")
+    runner, state = _finished(tmp_path / "same", "score", stopped, *rule, "loop.stop_kappa=0.8")
+    assert not runner._reopen(state)
+    runner, state = _finished(tmp_path / "stricter", "score", stopped, *rule, "loop.stop_kappa=0.95")
+    assert runner._reopen(state) and state.stage == "query"
+    row = read_metrics(runner.run_dir)[-1]
+    assert row["final"] is False and "stopped" not in row and row["stability_kappa"] == 0.9
