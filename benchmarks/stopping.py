@@ -129,8 +129,10 @@ def report(result: Mapping[str, Any]) -> str:
         f"`{(result.get('store') or {}).get('fingerprint', '-')}`",
         "",
     ]
-    for method, per_seed in result["runs"].items():
-        per_seed = {int(s): rows for s, rows in per_seed.items()}
+    runs = {m: {int(s): rows for s, rows in by_seed.items()} for m, by_seed in result["runs"].items()}
+    if len(runs) > 1:
+        lines += _methods_section(runs, result)
+    for method, per_seed in runs.items():
         lines += [f"## {method}", "", "Each round, mean over the seeds (kappa: against the round before):"]
         lines.append("")
         lines.append(md_table(per_round(per_seed), ["round", "labels", "accuracy", "kappa", "changed_pct"]))
@@ -160,6 +162,49 @@ def report(result: Mapping[str, Any]) -> str:
         )
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+#: the rules the across-methods table shows
+COMPARED = ((0.99, 3), (0.998, 3))
+
+
+def _methods_section(runs: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]], result: Any) -> list[str]:
+    """Every method's mean accuracy each round, and where each compared rule stops it."""
+    n = min(len(rows) for by_seed in runs.values() for rows in by_seed.values())
+    first = next(iter(runs.values()))
+    curve = []
+    for i in range(n):
+        labels = np.mean([rows[i]["num_labeled"] for rows in first.values()])
+        row: dict[str, Any] = {"labels": f"{labels:.0f}"}
+        for m, by_seed in runs.items():
+            row[m] = f"{np.mean([rows[i]['test_accuracy'] for rows in by_seed.values()]):.4f}"
+        curve.append(row)
+    stops = []
+    for m, by_seed in runs.items():
+        entry: dict[str, Any] = {"method": m, "seeds": len(by_seed)}
+        for t, w in COMPARED:
+            idx = {s: stop_points(rows, t, w) for s, rows in by_seed.items()}
+            labels = [by_seed[s][i]["num_labeled"] for s, i in idx.items()]
+            acc = [by_seed[s][i]["test_accuracy"] for s, i in idx.items()]
+            entry[f"{t}/{w} labels"] = float(np.mean(labels))
+            entry[f"{t}/{w} accuracy"] = f"{np.mean(acc):.4f} ± {np.std(acc):.4f}"
+        end = [rows[-1]["test_accuracy"] for rows in by_seed.values()]
+        entry[f"at {result['until']:.0%}"] = f"{np.mean(end):.4f} ± {np.std(end):.4f}"
+        stops.append(entry)
+    cols = ["method", "seeds"] + [f"{t}/{w} {k}" for t, w in COMPARED for k in ("labels", "accuracy")]
+    return [
+        "## Every method",
+        "",
+        "Mean accuracy each round (the same seeds, splits and cold start for every method):",
+        "",
+        md_table(curve, ["labels", *runs]),
+        "",
+        "Where the rule `loop.stop_kappa / loop.stop_window` stops each method (labels and accuracy at the "
+        "stop, mean over seeds), and the accuracy at the end:",
+        "",
+        md_table(stops, [*cols, f"at {result['until']:.0%}"]),
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

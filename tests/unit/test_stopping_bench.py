@@ -47,4 +47,8 @@ def test_summarize_rule_counts_labels_and_accuracy_given_up() -> None:
         "windows": [1],
         "runs": {"hssal": {"0": per_seed[0], "1": per_seed[1]}},
     }
-    assert "| 0.95 | 1 | 1/2 |" in report(result)
+    assert "| 0.95 | 1 | 1/2 |" in report(result) and "## Every method" not in report(result)
+    result["runs"]["other"] = {"0": per_seed[1], "1": per_seed[1]}
+    text = report(result)
+    assert "| labels | hssal | other |" in text and "| 20 | 0.7000 | 0.7000 |" in text
+    assert "| other | 2 | 40.0 | 0.8200 ± 0.0000 |" in text  # 0.99/3 never settles: both run to the end
