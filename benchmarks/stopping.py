@@ -109,7 +109,9 @@ def per_round(per_seed: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[dict[
                 "accuracy": float(np.mean([float(r["test_accuracy"]) for r in rs])),
                 "kappa": float(np.nanmean(kap)) if not all(math.isnan(k) for k in kap) else None,
                 "changed_pct": (
-                    100 * float(np.mean([c for c in changed if c is not None])) if any(changed) else None
+                    100 * float(np.mean([c for c in changed if c is not None]))
+                    if any(c is not None for c in changed)
+                    else None
                 ),
             }
         )
