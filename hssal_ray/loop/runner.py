@@ -105,7 +105,7 @@ class LoopRunner(RunContext):
                 "(science settings changed). "
                 "Use another loop.name, or `--resume RUN` to continue it with its own config."
             )
-        if state is None or state.status != "done":  # resuming a finished run writes nothing
+        if state is None or state.status != "done":  # a finished run: checked in _reopen if it goes on
             check_run_dir(self.run_dir, state)
             from hssal_ray.oracle.factory import check_oracle
 
