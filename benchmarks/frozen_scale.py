@@ -280,7 +280,8 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
         m = step(f"r{r}_train", lambda r=r, init=init: ctx.learner.train(r, init))
         scores = os.path.join(round_dir(run_dir, r), "scores.parquet")
         step(f"r{r}_score", lambda r=r, scores=scores: ctx.learner.score(r, scores))
-        if r >= 1:  # the score stage's stability measure against the round before (loop.stop_kappa)
+        moved = {}  # the score stage's stability measure against the round before (loop.stop_kappa)
+        if r >= 1:
             moved = step(f"r{r}_stability", lambda r=r: prediction_change(run_dir, r))
         lab_ids = set(LabeledSet.load(run_dir).ids)
         rows = ctx.learner.embedding_source()  # what the query stage passes: the store's rows
@@ -305,7 +306,7 @@ def _run_size(spec: dict[str, Any]) -> dict[str, Any]:
             "graph_label_acc": m.get("graph_label_acc"),
             "teacher_label_acc": m.get("teacher_label_acc"),
             "graph_pool_rows": m.get("graph_pool_rows"),
-            **(moved if r >= 1 else {}),
+            **moved,
         }
     parts = ("train", "score", "stability", "query")
     rnd = {k: sum(steps[f"r1_{s}"][k] for s in parts) for k in ("cpu_s", "wall_s")}

@@ -44,11 +44,6 @@ def _kept(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{k: r.get(k) for k in KEEP} for r in rows]
 
 
-def _kappa(row: Mapping[str, Any]) -> float:
-    k = row.get("stability_kappa")
-    return float("nan") if k is None else float(k)
-
-
 def stop_points(rows: Sequence[Mapping[str, Any]], threshold: float, window: int) -> int:
     """The index (into ``rows``, one metrics row a round from round 0) of the round a run with this rule
     stops at: the first round whose last ``window`` kappas settle; the last row if none does."""
@@ -64,10 +59,12 @@ def summarize_rule(
     per_seed: Mapping[int, Sequence[Mapping[str, Any]]], threshold: float, window: int
 ) -> dict[str, Any]:
     """What the rule does to each seed's run, and over the seeds (accuracy differences in points)."""
+    from hssal_ray.rounds.stability import kappas_of, settled
+
     stops, labels, vs_end, vs_best, fired = [], [], [], [], 0
     for rows in per_seed.values():
         i = stop_points(rows, threshold, window)
-        fired += i < len(rows) - 1 or _settles_at_end(rows, threshold, window)
+        fired += settled(kappas_of(rows[: i + 1]), threshold, window) is not None  # not just run to the end
         acc = [float(r["test_accuracy"]) for r in rows]
         stops.append(int(rows[i]["round"]))
         labels.append(int(rows[i]["num_labeled"]))
@@ -88,19 +85,15 @@ def summarize_rule(
     }
 
 
-def _settles_at_end(rows: Sequence[Mapping[str, Any]], threshold: float, window: int) -> bool:
-    from hssal_ray.rounds.stability import kappas_of, settled
-
-    return settled(kappas_of(rows), threshold, window) is not None
-
-
 def per_round(per_seed: Mapping[int, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """Mean labels, accuracy, kappa and changed share of each round over the seeds."""
+    from hssal_ray.rounds.stability import row_kappa
+
     n = min(len(rows) for rows in per_seed.values())
     out = []
     for i in range(n):
         rs = [rows[i] for rows in per_seed.values()]
-        kap = [_kappa(r) for r in rs]
+        kap = [row_kappa(r) for r in rs]
         changed = [r.get("stability_changed") for r in rs]
         out.append(
             {

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["prediction_agreement", "kappa", "settled", "kappas_of", "read_predictions"]
+__all__ = ["prediction_agreement", "kappa", "settled", "row_kappa", "kappas_of", "read_predictions"]
 
 
 def kappa(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,14 +88,15 @@ def settled(kappas: Sequence[float], threshold: float, window: int) -> float | N
     return mean if mean >= threshold else None
 
 
+def row_kappa(row: Mapping[str, Any]) -> float:
+    """A ``metrics.jsonl`` row's ``stability_kappa``; NaN where the round has none (round 0, unscored)."""
+    k = row.get("stability_kappa")
+    return float("nan") if k is None else float(k)
+
+
 def kappas_of(rows: Sequence[Mapping[str, Any]]) -> list[float]:
     """The ``stability_kappa`` of each ``metrics.jsonl`` row from round 1 on (NaN where a round has none)."""
-    out = []
-    for row in rows:
-        if int(row["round"]) >= 1:
-            k = row.get("stability_kappa")
-            out.append(float("nan") if k is None else float(k))
-    return out
+    return [row_kappa(row) for row in rows if int(row["round"]) >= 1]
 
 
 def read_predictions(path: str) -> tuple[np.ndarray, np.ndarray]:
