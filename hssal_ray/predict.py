@@ -12,7 +12,7 @@ ARCHIVE is anything the loop reads (ImageFolder tree, flat folder, Parquet shard
   (``geopandas.read_parquet("PRED/predictions.parquet")``; QGIS opens each part);
 * ``PRED/predictions.geojson``: the footprints with class and confidence (geo archives;
   ``--no-geojson`` for very large ones, where the GeoParquet parts are the better format);
-* ``PRED/predict.json``: run, round, weights digest, archive, counts; ``PRED/bad_samples.csv``
+* ``PRED/predict.json``: run, round, weights digest, class names, archive, counts; ``PRED/bad_samples.csv``
   lists images that could not be decoded.
 
 How: one Ray Data stream over the archive's pending images (the loop's decode stream,
@@ -298,6 +298,7 @@ def predict(
         "round": rm.round,
         "weights": cfg.ssl.eval_model,
         "weights_digest": digest,
+        "classes": list(rm.classes),
         "data": str(data),
         "images": len(cat),
         "chunks": len(chunks),

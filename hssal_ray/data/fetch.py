@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from hssal_ray import _io
 
-__all__ = ["load_bytes", "root_fs", "inside", "file_kind"]
+__all__ = ["load_bytes", "load_image_hwc", "root_fs", "inside", "file_kind"]
 
 log = logging.getLogger(__name__)
 
@@ -228,3 +228,35 @@ def load_bytes(
             if blob is None:
                 why[pos] = reason or f"no image in row {row_ids[pos]} of shard {src}"
     return out
+
+
+def load_image_hwc(catalog: Any, data_cfg: Any, sample_id: str) -> Any:
+    """One image of ``catalog`` as an HWC uint8 array with 3 bands, decoded with the run's data
+    settings ``data_cfg`` (bands, ``band_select``, ``value_range``): what the hand-off files that
+    people label from embed (the loop's human oracles, ``python -m hssal_ray.assess``).
+
+    Raises:
+        DataError: The image cannot be read.
+    """
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from hssal_ray.data.decode import decode_image
+    from hssal_ray.errors import DataError
+
+    t = catalog.table
+    row = t.filter(pc.equal(t.column("sample_id"), sample_id))
+    why: dict[int, str] = {}
+    data = load_bytes(
+        catalog.root, catalog.kind, row, follow_symlinks=data_cfg.follow_symlinks, unreadable=why
+    )[0]
+    if data is None:
+        raise DataError(f"cannot read {sample_id}: {why.get(0, 'missing')}")
+    img = decode_image(
+        data,
+        bands=data_cfg.bands,
+        max_pixels=data_cfg.max_image_pixels,
+        select=data_cfg.band_select,
+        value_range=data_cfg.value_range,
+    )
+    return np.transpose(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0), (1, 2, 0))

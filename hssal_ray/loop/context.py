@@ -28,7 +28,6 @@ import pyarrow.compute as pc
 
 from hssal_ray import _csv, _io
 from hssal_ray.config import ExperimentConfig
-from hssal_ray.errors import DataError
 from hssal_ray.learners import Learner, make_learner
 from hssal_ray.loop.metrics import update_metrics
 from hssal_ray.state import LabeledSet
@@ -195,27 +194,6 @@ class RunContext:
 
     def load_image_hwc(self, sample_id: str) -> np.ndarray:
         """One image as HWC with 3 bands (what human oracles embed in their hand-off files)."""
-        from hssal_ray.data.decode import decode_image
-        from hssal_ray.data.fetch import load_bytes
+        from hssal_ray.data.fetch import load_image_hwc
 
-        t = self.catalog.table
-        row = t.filter(pc.equal(t.column("sample_id"), sample_id))
-        why: dict[int, str] = {}
-        data = load_bytes(
-            self.catalog.root,
-            self.catalog.kind,
-            row,
-            follow_symlinks=self.cfg.data.follow_symlinks,
-            unreadable=why,
-        )[0]
-        if data is None:
-            raise DataError(f"cannot read {sample_id}: {why.get(0, 'missing')}")
-        d = self.cfg.data
-        img = decode_image(
-            data,
-            bands=d.bands,
-            max_pixels=d.max_image_pixels,
-            select=d.band_select,
-            value_range=d.value_range,
-        )
-        return np.transpose(img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, 0), (1, 2, 0))
+        return load_image_hwc(self.catalog, self.cfg.data, sample_id)

@@ -50,6 +50,11 @@ def _read_query(round_dir: str) -> dict[str, dict[str, str]]:
     return rows
 
 
+def task_ref(run_name: str, batch: str, rank: int) -> str:
+    """The opaque ref people see instead of a sample id (``<run>:<batch>:<rank>``)."""
+    return f"{run_name}:{batch}:{rank}"
+
+
 def _centre(ring: Sequence[Sequence[float]]) -> tuple[float, float]:
     pts = np.asarray(ring[:-1], dtype=np.float64)
     return float(pts[:, 0].mean()), float(pts[:, 1].mean())
@@ -177,7 +182,7 @@ def run_history(run_dir: str, current: str) -> tuple[dict[str, str], dict[str, i
             continue
         rows = _read_query(_io.join(run_dir, name))
         for pos, (sid, row) in enumerate(rows.items(), start=1):
-            refs[f"{run_name}:{name}:{_int_or(row.get('rank'), pos)}"] = sid
+            refs[task_ref(run_name, name, _int_or(row.get("rank"), pos))] = sid
             if name != current:
                 earlier_ids.append(sid)
     stored = LabeledSet.load(run_dir).labels() if _io.exists(LabeledSet.path(run_dir)) else {}

@@ -41,6 +41,7 @@ from hssal_ray.oracle._handoff import (
     read_predictions,
     reveals_folder,
     run_history,
+    task_ref,
 )
 from hssal_ray.oracle._images import IMAGE_FORMATS, image_data_uri, png_data_uri
 from hssal_ray.oracle._label_studio import LABEL_FROM_NAME
@@ -164,7 +165,10 @@ class HumanOracle(Oracle):
         preds = read_predictions(round_dir, ids, self.class_names)
         tasks = []
         for sid in sorted(ids, key=lambda s: ranks[s]):
-            data: dict[str, Any] = {"image": images.get(sid, ""), "ref": f"{run_name}:{batch}:{ranks[sid]}"}
+            data: dict[str, Any] = {
+                "image": images.get(sid, ""),
+                "ref": task_ref(run_name, batch, ranks[sid]),
+            }
             if not self.hide_sample_id:
                 data["sample_id"] = sid
             data.update(rank=ranks[sid], hssal_run=run_name, hssal_batch=batch)

@@ -126,6 +126,24 @@ def test_scenes_to_map(tmp_path: Path) -> None:
     accuracy = np.mean([r["class"] == r["truth"] for r in rows.values()])
     assert accuracy > 0.8  # three well-separated spectral classes
 
+    # how accurate is the map: a stratified sample handed over blind, labeled, estimated
+    assess = tmp_path / "assess"
+    _module(
+        "hssal_ray.assess", "sample", str(pred), "--out", str(assess), "--n", "30", "--min-per-class", "5"
+    )
+    sample = pq.read_table(assess / "sample.parquet").to_pylist()
+    feats = json.loads((assess / "sample" / "query.geojson").read_text())["features"]
+    assert len(feats) == 30 and all(set(f["properties"]) == {"sample_id", "rank"} for f in feats)
+    sheet = (assess / "sample" / "contact_sheet.html").read_text()
+    assert sheet.count("<img ") == 30 and " N, " in sheet  # thumbnails with the run's bands, coordinates
+    filled = tmp_path / "reference.csv"
+    filled.write_text(
+        "sample_id,label\n" + "".join(f"{r['sample_id']},{rows[r['sample_id']]['truth']}\n" for r in sample)
+    )
+    _module("hssal_ray.assess", "estimate", str(assess), "--labels", str(filled))
+    oa = json.loads((assess / "assessment.json").read_text())["overall_accuracy"]
+    assert oa["low"] <= accuracy <= oa["high"]
+
     # and the exported model, in a fresh process without the package, gives the same classes
     shard = pq.read_table(chips / "wgs84_scene" / "shard-00000.parquet", columns=["sample_id", "image"])
     files = []

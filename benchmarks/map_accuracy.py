@@ -1,0 +1,302 @@
+"""Can a user trust the map accuracy ``python -m hssal_ray.assess`` reports? Coverage on real maps.
+
+    python -m benchmarks.map_accuracy                      # UCM and SIRI-WHU, ~10 min on 2 cores
+    python -m benchmarks.map_accuracy --datasets ucm --draws 500
+
+For each data set: the product's loop (``configs/ucm_cpu.yaml``, seed 0, 8% of the training labels)
+and ``python -m hssal_ray.predict --local`` over the whole archive give a real map; its true accuracy
+and areas are known because the archive is labeled. Then:
+
+* once, the product's CLI end to end: ``python -m hssal_ray.assess sample`` + the labels a person would
+  give (the archive's labels, written into the filled template) + ``... estimate``: estimate vs truth;
+* ``--draws`` times, the product's own sampling and estimators (:func:`hssal_ray.assess.allocate`,
+  :func:`~hssal_ray.assess.draw`, :func:`~hssal_ray.assess.estimate`,
+  :func:`~hssal_ray.assess.estimators.intervals`: what the CLI calls) with fresh seeds: how often each
+  reported 95% interval holds the truth (coverage), its mean width, the bias and RMSE of overall accuracy,
+  for proportional and minimum-per-class allocation, on the map as it is and on a long-tailed part of it
+  (the chips of true class k kept with probability ``ratio ** (-k / (C - 1))``, classes in a seeded order:
+  the rarest class keeps 1/``--imbalance`` of its chips; the predictions are the same).
+
+What a user has without a labeled sample is reported beside it: the map's mean confidence (the model's
+own estimate of its accuracy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks._common import md_table, write_result
+
+__all__ = ["population_truth", "coverage", "main"]
+
+DATASETS = {"ucm": "../shared/data/ucm", "siri_whu": "../shared/data/siri_whu"}
+METHODS = ("normal", "product")
+
+
+def population_truth(pred: np.ndarray, ref: np.ndarray, c: int) -> dict[str, np.ndarray | float]:
+    """The map's true overall, user's and producer's accuracy and area shares (all chips known)."""
+    cm = np.zeros((c, c), np.int64)
+    np.add.at(cm, (pred, ref), 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "overall": float(np.trace(cm) / cm.sum()),
+            "users": np.diag(cm) / cm.sum(axis=1),
+            "producers": np.diag(cm) / cm.sum(axis=0),
+            "area": cm.sum(axis=0) / cm.sum(),
+        }
+
+
+def coverage(
+    pred: np.ndarray, ref: np.ndarray, c: int, n: int, min_per_class: int, draws: int, seed0: int
+) -> dict[str, Any]:
+    """Coverage and width of both interval methods and the error of overall accuracy over ``draws``
+    stratified samples of the map ``pred`` (truth ``ref``)."""
+    from hssal_ray.assess import allocate, draw, estimate
+    from hssal_ray.assess.estimators import intervals, normal_intervals
+
+    truth = population_truth(pred, ref, c)
+    strata = np.bincount(pred, minlength=c)
+    sizes = allocate(strata, n, min_per_class)
+    figures = ("overall", "users", "producers", "area")
+    hits: dict[tuple[str, str], list[np.ndarray]] = {(m, k): [] for m in METHODS for k in figures}
+    widths: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in hits}
+    oa = []
+    for s in range(draws):
+        idx = draw(pred, sizes, seed0 + s)
+        e = estimate(pred[idx], ref[idx], strata)
+        oa.append(e.overall)
+        for method, ci in (("normal", normal_intervals(e)), ("product", intervals(e, seed=s))):
+            for name, (lo, hi) in ci.items():
+                t = np.asarray(truth[name], dtype=np.float64)
+                ok = np.isfinite(lo) & np.isfinite(t)
+                hits[method, name].append(np.where(ok, (lo <= t + 1e-12) & (t <= hi + 1e-12), np.nan))
+                widths[method, name].append(np.where(ok, hi - lo, np.nan))
+    out: dict[str, Any] = {
+        "n": int(sizes.sum()),
+        "min_per_class": min_per_class,
+        "sample_sizes": sizes.tolist(),
+        "true_overall": truth["overall"],
+        "overall_bias": float(np.mean(oa) - truth["overall"]),
+        "overall_rmse": float(np.sqrt(np.mean((np.asarray(oa) - truth["overall"]) ** 2))),
+    }
+    rare = int(np.argmin(np.bincount(ref, minlength=c)))
+    for (method, name), hv in hits.items():
+        h = np.asarray(hv, dtype=np.float64)
+        w = np.asarray(widths[method, name], dtype=np.float64)
+        key = f"{method}.{name}"
+        out[f"{key}_coverage"] = _mean(h)
+        out[f"{key}_width"] = _mean(w)
+        out[f"{key}_undefined"] = float(np.mean(np.isnan(h)))
+        if h.ndim == 2:  # per class: the worst class and the rarest true class
+            per = np.array([_mean(h[:, j]) for j in range(h.shape[1])])
+            out[f"{key}_coverage_worst"] = float(np.nanmin(per)) if np.isfinite(per).any() else None
+            out[f"{key}_coverage_rarest"] = _mean(h[:, rare])
+    return out
+
+
+def _mean(x: np.ndarray) -> float | None:
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else None
+
+
+def _long_tail(ref: np.ndarray, c: int, imbalance: float, seed: int) -> np.ndarray:
+    """Positions kept: class k (in a seeded order) keeps each chip with probability imbalance**(-k/(c-1))."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(c)
+    keep_p = np.empty(c)
+    keep_p[order] = imbalance ** (-np.arange(c) / max(c - 1, 1))
+    return np.flatnonzero(rng.random(len(ref)) < keep_p[ref])
+
+
+def _run(cmd: list[str], log: Path) -> float:
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({r.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+def _map(ds: str, data: str, work: Path, config: str) -> tuple[Path, dict[str, float]]:
+    """The product's run and its prediction of the whole archive (reused when already there)."""
+    py = sys.executable
+    secs: dict[str, float] = {}
+    run, pred = work / ds, work / f"{ds}_pred"
+    if not (run / "state.json").exists() or '"done"' not in (run / "state.json").read_text():
+        secs["loop_s"] = _run(
+            [py, "-m", "hssal_ray.loop", "--config", config, f"data.root={data}", f"loop.run_dir={work}",
+             f"loop.name={ds}", "loop.report=false"],
+            work / f"{ds}_loop.log",
+        )  # fmt: skip
+    secs["predict_s"] = _run(
+        [py, "-m", "hssal_ray.predict", str(run), "--data", data, "--out", str(pred), "--local"],
+        work / f"{ds}_predict.log",
+    )
+    return pred, secs
+
+
+def _end_to_end(
+    pred: Path, work: Path, ds: str, truth_of: dict[str, int], classes: list[str], n: int
+) -> dict:
+    """The CLI once: sample, the archive's labels as the person's answer, estimate."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    out = work / f"{ds}_assess"
+    py = sys.executable
+    _run([py, "-m", "hssal_ray.assess", "sample", str(pred), "--out", str(out), "--n", str(n),
+          "--min-per-class", "10", "--no-images"], work / f"{ds}_assess_sample.log")  # fmt: skip
+    rows = pq.read_table(out / "sample.parquet").to_pylist()
+    labels = work / f"{ds}_assess_labels.csv"
+    with labels.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ref", "label"])
+        w.writerows([r["ref"], classes[truth_of[r["sample_id"]]]] for r in rows)
+    _run([py, "-m", "hssal_ray.assess", "estimate", str(out), "--labels", str(labels)],
+         work / f"{ds}_assess_estimate.log")  # fmt: skip
+    return json.loads((out / "assessment.json").read_text())["overall_accuracy"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; returns 0."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.map_accuracy", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--config", default="configs/ucm_cpu.yaml")
+    p.add_argument("--work", default="runs/benchmarks/map_accuracy")
+    p.add_argument("--draws", type=int, default=2000)
+    p.add_argument("--sizes", type=int, nargs="+", default=[200, 400])
+    p.add_argument("--min-per-class", type=int, nargs="+", default=[0, 10])
+    p.add_argument("--imbalance", type=float, default=20.0)
+    p.add_argument("--tag", default="map_accuracy")
+    args = p.parse_args(argv)
+    from hssal_ray.assess import read_map
+    from hssal_ray.data.catalog import scan
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"draws": args.draws, "imbalance": args.imbalance, "datasets": {}}
+    rows = []
+    for ds in args.datasets:
+        data = DATASETS[ds]
+        pred_dir, secs = _map(ds, data, work, args.config)
+        mt = read_map(str(pred_dir))
+        cat = scan(data, test_fraction=0.0)
+        names = list(cat.class_names)
+        assert names == mt.classes, (names, mt.classes)
+        lab = dict(
+            zip(cat.table.column("sample_id").to_pylist(), cat.table.column("label").to_pylist(), strict=True)
+        )
+        ids = mt.ids.to_pylist()
+        ref = np.array([lab[s] for s in ids], dtype=np.int64)
+        pred = mt.class_id
+        c = len(names)
+        conf = float(np.mean(_confidence(pred_dir)))
+        e2e = _end_to_end(pred_dir, work, ds, lab, names, args.sizes[0])
+        truth = population_truth(pred, ref, c)
+        entry: dict[str, Any] = {
+            "chips": len(ids),
+            "true_overall": truth["overall"],
+            "mean_confidence": conf,
+            "cli_estimate": e2e,
+            "seconds": secs,
+            "designs": [],
+        }
+        pops = {
+            "as is": np.arange(len(ids)),
+            f"long tail 1:{args.imbalance:g}": _long_tail(ref, c, args.imbalance, 7),
+        }
+        for pop, keep in pops.items():
+            pp, rr = pred[keep], ref[keep]
+            for n in args.sizes:
+                for m in args.min_per_class:
+                    r = coverage(pp, rr, c, n, m, args.draws, seed0=1000)
+                    r.update(dataset=ds, population=pop, chips=len(keep))
+                    entry["designs"].append(r)
+                    rows.append(r)
+                    print(
+                        f"{ds} {pop} n={n} min={m}: coverage OA / PA / area, normal "
+                        f"{r['normal.overall_coverage']:.3f} / {r['normal.producers_coverage']:.3f} / "
+                        f"{r['normal.area_coverage']:.3f}, product {r['product.overall_coverage']:.3f} / "
+                        f"{r['product.producers_coverage']:.3f} / {r['product.area_coverage']:.3f}",
+                        flush=True,
+                    )
+        results["datasets"][ds] = entry
+    head = [
+        "dataset",
+        "population",
+        "chips",
+        "n",
+        "min_per_class",
+        "true_overall",
+        "overall_bias",
+        "overall_rmse",
+    ]
+    per = [
+        "overall_coverage",
+        "users_coverage",
+        "users_coverage_worst",
+        "producers_coverage",
+        "producers_coverage_worst",
+        "area_coverage",
+        "area_coverage_worst",
+        "area_coverage_rarest",
+    ]
+    md = [
+        f"Coverage of 95% intervals over {args.draws} stratified samples per row (per-class figures pooled "
+        "over classes; `worst`: the class with the lowest coverage; `rarest`: the rarest true class). A 95% "
+        "interval should hold the truth in about 0.95 of samples. `normal`: estimate +- 1.96 SE for every "
+        "figure (Olofsson et al. 2014); `product`: what `python -m hssal_ray.assess` reports "
+        "(`hssal_ray.assess.estimators.intervals`: the normal interval for overall accuracy, Wilson's for "
+        "user's accuracy, the error matrix's posterior for producer's accuracy and area).",
+        "",
+        md_table(rows, head),
+        "",
+    ]
+    for method in METHODS:
+        renamed = [{**r, **{k: r[f"{method}.{k}"] for k in per}} for r in rows]
+        md += [
+            f"**{method}**",
+            "",
+            md_table(renamed, ["dataset", "population", "n", "min_per_class", *per]),
+            "",
+        ]
+    md += [
+        "| data set | chips | true map accuracy | CLI estimate (n = "
+        f"{args.sizes[0]}, min 10 per class) | the model's mean confidence |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for ds, e in results["datasets"].items():
+        ci = e["cli_estimate"]
+        md.append(
+            f"| {ds} | {e['chips']} | {e['true_overall']:.3f} | {ci['estimate']:.3f} "
+            f"({ci['low']:.3f}-{ci['high']:.3f}) | {e['mean_confidence']:.3f} |"
+        )
+    results["rows"] = rows
+    write_result(args.tag, results, "\n".join(md) + "\n", module="benchmarks.map_accuracy")
+    print("\n".join(md))
+    return 0
+
+
+def _confidence(pred_dir: Path) -> np.ndarray:
+    import pyarrow.dataset as pds
+
+    return (
+        pds.dataset(str(pred_dir / "predictions.parquet"))
+        .to_table(columns=["confidence"])["confidence"]
+        .to_numpy()
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

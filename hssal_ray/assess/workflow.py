@@ -1,0 +1,502 @@
+"""How accurate is the map? A stratified sample of a prediction for a person to label, then estimates.
+
+``python -m hssal_ray.predict`` gives every chip of an archive a class: a map. Its accuracy cannot
+be read off the run (the actively labeled chips are the hard ones, not a random sample) nor off a
+test split (an archive nobody has labeled has none). :func:`draw_sample` draws a stratified random
+sample of the map (strata = the map's classes, :func:`~hssal_ray.assess.estimators.allocate`) and
+hands it to a person exactly as the loop hands over a query batch (``labels_template.csv``, a
+contact sheet, Label Studio tasks), **without the map's class** (the person labels blind, so that
+the map cannot steer the answer) and in a random order; :func:`estimate_accuracy` reads the labels
+back (the loop's label-file rules: :func:`hssal_ray.oracle.labels.parse_label_file`) and writes the
+map's overall, user's and producer's accuracy and each class's area with 95% intervals
+(:func:`~hssal_ray.assess.estimators.estimate`).
+
+The assessment folder ``ASSESS``::
+
+    design.json        the map (predictions folder, run, round, weights digest, a digest of every
+                       chip's class), strata sizes, sample sizes, seed
+    sample.parquet     sample_id, map_class_id, rank (the order the person sees), ref
+    sample/            the hand-off: labels_template.csv, contact_sheet.html, label_studio_tasks.json,
+                       label_config.xml, INSTRUCTIONS.txt, query.csv (ranks), query.geojson (chips
+                       with footprints); after the estimate, labels.csv (the labels read)
+    assessment.json    the estimates (every figure, the error matrix in counts and proportions)
+    assessment.md      the same as tables
+
+A sample is drawn once: drawing again into the same folder with other settings is refused (a person
+may be labeling it); with the same settings it gives the same sample. The estimate refuses a map that
+changed since the sample was drawn (predictions redone with other weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from hssal_ray import _csv, _io
+from hssal_ray.assess.estimators import Estimates, allocate, draw, estimate, intervals
+from hssal_ray.errors import HSSALError, StateError
+from hssal_ray.oracle.human import HumanOracle
+
+__all__ = ["read_map", "draw_sample", "estimate_accuracy", "render", "MapTable", "DESIGN_FILE", "SAMPLE_FILE"]
+
+log = logging.getLogger(__name__)
+
+DESIGN_FILE = "design.json"
+SAMPLE_FILE = "sample.parquet"
+SAMPLE_DIR = "sample"
+RESULT_JSON = "assessment.json"
+RESULT_MD = "assessment.md"
+_PARTS = "predictions.parquet"
+
+
+class MapTable:
+    """Every chip's class in a prediction folder, sorted by sample id.
+
+    Attributes:
+        pred_dir: The folder ``python -m hssal_ray.predict`` wrote.
+        info: Its ``predict.json``.
+        classes: The class names (index = ``class_id``).
+        ids: Sample ids (Arrow string array, sorted).
+        class_id: The map's class of each (int64).
+    """
+
+    def __init__(self, pred_dir: str, info: dict[str, Any], classes: list[str], ids: pa.Array, cls: Any):
+        self.pred_dir = pred_dir
+        self.info = info
+        self.classes = classes
+        self.ids = ids
+        self.class_id = np.asarray(cls, dtype=np.int64)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """``N_i``: chips per map class."""
+        return np.bincount(self.class_id, minlength=len(self.classes)).astype(np.int64)
+
+    def digest(self) -> str:
+        """A digest of every (sample id, class) pair: the map the sample was drawn from."""
+        h = hashlib.sha256()
+        for chunk in range(0, len(self.ids), 100_000):
+            h.update("\0".join(self.ids[chunk : chunk + 100_000].to_pylist()).encode())
+            h.update(b"\1")
+        h.update(self.class_id.astype("<i8").tobytes())
+        return h.hexdigest()[:16]
+
+
+def read_map(pred_dir: str) -> MapTable:
+    """Read the map of ``pred_dir`` (``predict.json`` and the ``predictions.parquet`` parts).
+
+    Raises:
+        StateError: No finished prediction there (no ``predict.json``, or fewer chips in the parts
+            than it counts: a prediction that was stopped; rerun the predict command, it resumes).
+    """
+    meta = _io.join(pred_dir, "predict.json")
+    parts = _io.join(pred_dir, _PARTS)
+    if not _io.exists(meta) or not _io.exists(parts):
+        raise StateError(
+            f"{pred_dir} is not a finished prediction (no predict.json or {_PARTS}/): "
+            "run `python -m hssal_ray.predict RUN --data ARCHIVE --out PRED` first"
+        )
+    info = _io.read_json(meta)
+    classes = info.get("classes")
+    if not classes:  # a prediction written before predict.json named its classes
+        cpath = _io.join(str(info.get("run", "")), "classes.json")
+        if not info.get("run") or not _io.exists(cpath):
+            raise StateError(
+                f"{meta} names no classes and its run's classes.json is not readable: rerun predict"
+            )
+        classes = _io.read_json(cpath)
+    names = sorted(n for n in _io.listdir(parts) if n.startswith("part-") and n.endswith(".parquet"))
+    tables = [_io.read_parquet(_io.join(parts, n), columns=["sample_id", "class_id"]) for n in names]
+    t = (
+        pa.concat_tables(tables)
+        if tables
+        else pa.table({"sample_id": pa.array([], pa.string()), "class_id": []})
+    )
+    expected = int(info.get("images", 0)) - int(info.get("bad_samples") or 0)
+    if t.num_rows != expected:
+        raise StateError(
+            f"{pred_dir} holds {t.num_rows} predictions where predict.json counts {expected} readable "
+            "images: the prediction did not finish; rerun the same predict command (it resumes)"
+        )
+    if t.num_rows == 0:
+        raise StateError(f"{pred_dir} holds no predictions")
+    t = t.take(pc.sort_indices(t, sort_keys=[("sample_id", "ascending")]))
+    ids = t.column("sample_id").combine_chunks()
+    cls = t.column("class_id").to_numpy()
+    if (cls < 0).any() or (cls >= len(classes)).any():
+        raise StateError(f"{pred_dir}: a class_id is outside the {len(classes)} classes of predict.json")
+    return MapTable(str(pred_dir), info, [str(c) for c in classes], ids, cls)
+
+
+def _design(mt: MapTable, n: int, min_per_class: int, seed: int) -> dict[str, Any]:
+    sizes = allocate(mt.sizes, n, min_per_class)
+    return {
+        "predictions": mt.pred_dir,
+        "run": mt.info.get("run"),
+        "round": mt.info.get("round"),
+        "weights_digest": mt.info.get("weights_digest"),
+        "map_digest": mt.digest(),
+        "classes": mt.classes,
+        "chips": int(len(mt.ids)),
+        "strata_sizes": mt.sizes.tolist(),
+        "sample_sizes": sizes.tolist(),
+        "n": int(n),
+        "min_per_class": int(min_per_class),
+        "seed": int(seed),
+    }
+
+
+def draw_sample(
+    pred_dir: str,
+    out: str,
+    n: int,
+    *,
+    min_per_class: int = 50,
+    seed: int = 0,
+    images: bool = True,
+    progress: Callable[[str], None] = log.info,
+) -> dict[str, Any]:
+    """Draw the stratified sample of the map in ``pred_dir`` into ``out`` and hand it over for labeling.
+
+    Args:
+        pred_dir: A finished ``python -m hssal_ray.predict`` output folder.
+        out: The assessment folder (module docstring).
+        n: Sample size (all chips if the map has fewer).
+        min_per_class: Chips at least per map class (the whole class if it has fewer).
+        seed: The draw's seed.
+        images: Embed thumbnails (read from the archive ``predict.json`` names, with the run's
+            decoding settings); off, or the archive unreadable: the hand-off names the ids only.
+        progress: Where one-line progress goes.
+
+    Returns:
+        The design (``design.json``).
+
+    Raises:
+        StateError: ``pred_dir`` is not a finished prediction, or ``out`` holds a sample drawn with
+            other settings or from another map.
+        ValueError: ``n < 2`` or ``min_per_class < 0``.
+    """
+    if n < 2 or min_per_class < 0:
+        raise ValueError(f"--n must be >= 2 and --min-per-class >= 0, got {n}, {min_per_class}")
+    mt = read_map(pred_dir)
+    present = int((mt.sizes > 0).sum())
+    if n < min(2 * present, len(mt.ids)):
+        raise ValueError(
+            f"--n {n} is too small for a map of {present} classes: every class needs at least 2 sampled "
+            f"chips for a standard error (--n {2 * present} at the least; 50 a class or more is usual)"
+        )
+    design = _design(mt, n, min_per_class, seed)
+    dpath = _io.join(out, DESIGN_FILE)
+    if _io.exists(dpath):
+        old = _io.read_json(dpath)
+        keys = ("map_digest", "n", "min_per_class", "seed")
+        if any(old.get(k) != design[k] for k in keys):
+            diff = ", ".join(f"{k} {old.get(k)} -> {design[k]}" for k in keys if old.get(k) != design[k])
+            raise StateError(
+                f"{out} already holds a sample drawn with other settings or from another map ({diff}); "
+                "a person may be labeling it: use another --out folder, or delete that one first"
+            )
+    pos = draw(mt.class_id, np.asarray(design["sample_sizes"]), seed)
+    ids = mt.ids.take(pa.array(pos)).to_pylist()
+    ranks = {sid: i + 1 for i, sid in enumerate(ids)}
+    handoff = _io.join(out, SAMPLE_DIR)
+    _io.makedirs(handoff)
+    from hssal_ray.oracle._handoff import _basename, reveals_folder, task_ref
+
+    name = _basename(out)
+
+    hide = reveals_folder(mt.ids)
+    table = pa.table(
+        {
+            "sample_id": pa.array(ids, pa.string()),
+            "map_class_id": pa.array(mt.class_id[pos], pa.int32()),
+            "rank": pa.array(np.arange(1, len(ids) + 1), pa.int32()),
+            "ref": pa.array([task_ref(name, SAMPLE_DIR, ranks[s]) for s in ids], pa.string()),
+        }
+    )
+    _io.atomic_write_parquet(_io.join(out, SAMPLE_FILE), table)
+    buf = io.StringIO()
+    w = _csv.writer(buf, lineterminator="\n")
+    w.writerow(["sample_id", "rank"])
+    w.writerows([s, ranks[s]] for s in ids)
+    _io.atomic_write_text(_io.join(handoff, "query.csv"), buf.getvalue())
+    footprints = _write_footprints(mt, handoff, ids)
+    load = _image_loader(mt.info, progress) if images else None
+    oracle = _SampleHandOff(out, mt.classes, load_image=load, hide_sample_id=hide)
+    oracle.request(handoff, ids, {"run_dir": out, "ranks": ranks})
+    design["hide_sample_id"] = hide
+    design["footprints"] = footprints
+    _io.atomic_write_json(dpath, design)
+    progress(
+        f"[hssal] accuracy sample: {len(ids)} of {len(mt.ids)} chips, per map class "
+        + ", ".join(
+            f"{c} {k}/{N}" for c, k, N in zip(mt.classes, design["sample_sizes"], mt.sizes, strict=True)
+        )
+        + f"; label them blind: {_io.join(handoff, 'INSTRUCTIONS.txt')}"
+    )
+    return design
+
+
+def _write_footprints(mt: MapTable, handoff: str, ids: list[str]) -> int:
+    """``query.geojson`` of the sampled chips (geo-referenced archives): sample id and rank only."""
+    from hssal_ray.data.geo import feature, write_geojson
+
+    if not mt.info.get("geo"):
+        return 0
+    parts = _io.join(mt.pred_dir, _PARTS)
+    want = pa.array(ids, pa.string())
+    geo: dict[str, bytes] = {}
+    for n in sorted(_io.listdir(parts)):
+        if not (n.startswith("part-") and n.endswith(".parquet")):
+            continue
+        t = _io.read_parquet(_io.join(parts, n), columns=["sample_id", "geometry"])
+        t = t.filter(pc.is_in(t.column("sample_id"), value_set=want))
+        geo.update(zip(t.column("sample_id").to_pylist(), t.column("geometry").to_pylist(), strict=True))
+    rank = {s: i + 1 for i, s in enumerate(ids)}
+    feats = (feature(geo[s], {"sample_id": s, "rank": rank[s]}) for s in ids if geo.get(s))
+    return write_geojson(_io.join(handoff, "query.geojson"), feats)
+
+
+def _image_loader(info: dict[str, Any], progress: Callable[[str], None]) -> Callable[[str], Any] | None:
+    """``sample_id -> HWC image`` of the predicted archive with the run's decoding, or None."""
+    from hssal_ray.data.catalog import scan
+    from hssal_ray.data.fetch import load_image_hwc
+    from hssal_ray.loop.run_config import load_run_config
+
+    try:
+        cfg = load_run_config(str(info["run"]))
+        cat = scan(str(info["data"]), test_fraction=0.0, follow_symlinks=cfg.data.follow_symlinks)
+    except (HSSALError, OSError, KeyError) as e:
+        progress(f"[hssal] no thumbnails in the hand-off: the archive or the run cannot be read ({e})")
+        return None
+    return lambda sid: load_image_hwc(cat, cfg.data, sid)
+
+
+class _SampleHandOff(HumanOracle):
+    """The loop's hand-off files for a sample to label, with the assessment's instructions."""
+
+    def __init__(self, out: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.out = out
+
+    def _instructions(self, round_dir: str, run_dir: str, round_name: str, n: int) -> str:
+        template = _io.join(round_dir, "labels_template.csv")
+        key = "ref" if self.hide_sample_id else "sample_id"
+        classes = "\n".join(f"  {i:>3}  {c}" for i, c in enumerate(self.class_names))
+        command = " ".join(
+            shlex.quote(a)
+            for a in ("python", "-m", "hssal_ray.assess", "estimate", self.out, "--labels", template)
+        )
+        return (
+            f"An accuracy assessment of a map is waiting for reference labels ({n} chips).\n\n"
+            "The chips are a random sample of the map, stratified by the map's classes, in a random order.\n"
+            "The map's class is not shown on purpose: label what you see, not what the model said.\n\n"
+            f"1. Label every chip. Either\n"
+            f"   a) fill the 'label' column of\n        {template}\n"
+            f"      (header '{key},label'; the thumbnails are in\n"
+            f"      {_io.join(round_dir, 'contact_sheet.html')}), or\n"
+            f"   b) import {_io.join(round_dir, 'label_studio_tasks.json')} into a Label Studio project set\n"
+            f"      up with {_io.join(round_dir, 'label_config.xml')}, label, and export (JSON, JSON_MIN,\n"
+            "      CSV or TSV).\n"
+            "   Write each label as one of the class names below, exactly (case-sensitive). Leave none out:\n"
+            "   chips skipped because they are hard to label would make the map look better than it is.\n\n"
+            f"2. Estimate the map's accuracy and areas:\n\n   {command}\n\n"
+            "   An invalid file is rejected with the offending rows listed; nothing is written then.\n\n"
+            f"Allowed class names ({len(self.class_names)}):\n{classes}\n"
+        )
+
+
+def estimate_accuracy(
+    out: str,
+    labels: str,
+    *,
+    partial: str = "wait",
+    progress: Callable[[str], None] = log.info,
+) -> dict[str, Any]:
+    """Read the person's labels of the sample in ``out`` and write ``assessment.json`` / ``.md``.
+
+    Args:
+        out: The assessment folder :func:`draw_sample` wrote.
+        labels: The filled ``labels_template.csv`` or a Label Studio export.
+        partial: ``wait``: every sampled chip needs a label. ``continue``: estimate from the labeled
+            ones (they then stand for their whole stratum: biased if the skipped chips differ).
+        progress: Where one-line progress goes.
+
+    Returns:
+        The content of ``assessment.json``.
+
+    Raises:
+        StateError: ``out`` holds no sample, or the map changed since it was drawn.
+        LabelFileError: The labels file is invalid (nothing is written).
+        ValueError: With ``partial='continue'``, a map class with no labeled chip.
+    """
+    from hssal_ray.oracle.labels import parse_label_file, write_labels_csv
+
+    dpath = _io.join(out, DESIGN_FILE)
+    if not _io.exists(dpath) or not _io.exists(_io.join(out, SAMPLE_FILE)):
+        raise StateError(
+            f"{out} holds no accuracy sample: run `python -m hssal_ray.assess sample PRED --out {out}`"
+        )
+    design = _io.read_json(dpath)
+    mt = read_map(design["predictions"])
+    if mt.digest() != design["map_digest"]:
+        raise StateError(
+            f"the map in {design['predictions']} changed since the sample was drawn (predictions redone, "
+            f"now round {mt.info.get('round')}, drawn on round {design.get('round')}): its accuracy is not "
+            "what this sample measures; draw a new sample for the new map"
+        )
+    sample = _io.read_parquet(_io.join(out, SAMPLE_FILE))
+    ids = sample.column("sample_id").to_pylist()
+    refs = dict(zip(sample.column("ref").to_pylist(), ids, strict=True))
+    classes = design["classes"]
+    answer = parse_label_file(
+        labels,
+        query_ids=ids,
+        class_names=classes,
+        partial=partial,  # type: ignore[arg-type]
+        refs=refs,
+        partial_hint="or estimate from the labels given: add --partial continue "
+        "(biased if the skipped chips differ)",
+    )
+    stratum = dict(zip(ids, sample.column("map_class_id").to_pylist(), strict=True))
+    done = [s for s in ids if s in answer.labels]
+    sizes = np.asarray(design["strata_sizes"], dtype=np.int64)
+    try:
+        e = estimate(
+            np.array([stratum[s] for s in done], dtype=np.int64),
+            np.array([answer.labels[s] for s in done], dtype=np.int64),
+            sizes,
+        )
+    except ValueError as err:
+        raise ValueError(f"{labels}: {err} (label at least 2 chips of every map class)") from None
+    write_labels_csv(_io.join(out, SAMPLE_DIR, "labels.csv"), answer.labels, classes, order=ids)
+    result = _result(design, e, labels, len(done), answer.missing)
+    _io.atomic_write_json(_io.join(out, RESULT_JSON), result)
+    _io.atomic_write_text(_io.join(out, RESULT_MD), render(result))
+    ci = result["overall_accuracy"]
+    progress(
+        f"[hssal] map accuracy from {len(done)} labeled chips: {ci['estimate']:.3f} "
+        f"(95% CI {ci['low']:.3f}-{ci['high']:.3f}); {_io.join(out, RESULT_MD)}"
+    )
+    return result
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+def _ci(est: float, se: float, low: float, high: float, scale: float = 1.0) -> dict[str, float | None]:
+    """Estimate, SE and the 95% interval (:func:`~hssal_ray.assess.estimators.intervals`), times ``scale``."""
+    if not math.isfinite(est):
+        return {"estimate": None, "se": None, "low": None, "high": None}
+    return {
+        "estimate": est * scale,
+        "se": _num(se * scale),
+        "low": _num(low * scale),
+        "high": _num(high * scale),
+    }
+
+
+def _result(
+    design: dict[str, Any], e: Estimates, labels: str, labeled: int, missing: Sequence[str]
+) -> dict[str, Any]:
+    N = int(design["chips"])
+    ci = intervals(e, seed=int(design["seed"]))
+
+    def one(name: str, i: int, scale: float = 1.0) -> dict[str, float | None]:
+        low, high = ci[name]
+        est, se = getattr(e, name)[i], getattr(e, f"se_{name}")[i]
+        return _ci(float(est), float(se), float(low[i]), float(high[i]), scale)
+
+    per_class = [
+        {
+            "class": name,
+            "map_chips": int(design["strata_sizes"][i]),
+            "sampled": int(design["sample_sizes"][i]),
+            "labeled": int(e.counts[i].sum()),
+            "users_accuracy": one("users", i),
+            "producers_accuracy": one("producers", i),
+            "area_share": one("area", i),
+            "area_chips": one("area", i, scale=N),
+        }
+        for i, name in enumerate(design["classes"])
+    ]
+    low, high = ci["overall"]
+    return {
+        "design": design,
+        "labels": str(labels),
+        "labeled": labeled,
+        "unlabeled": list(missing),
+        "overall_accuracy": _ci(e.overall, e.se_overall, float(low), float(high)),
+        "per_class": per_class,
+        "error_matrix_counts": e.counts.tolist(),
+        "error_matrix_proportions": [[round(float(v), 8) for v in row] for row in e.proportions],
+        "method": "stratified estimators of Olofsson et al. (2014) with a finite-population correction; "
+        "95% intervals: estimate +- 1.96 SE for overall accuracy, Wilson's for user's accuracy, the "
+        "error matrix's posterior (Jeffreys prior on each stratum's accuracy) for producer's accuracy "
+        "and area",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _fmt(ci: dict[str, Any], digits: int = 3) -> str:
+    if ci["estimate"] is None:
+        return "-"
+    if ci["low"] is None:
+        return f"{ci['estimate']:.{digits}f} (no interval: 1 chip)"
+    return f"{ci['estimate']:.{digits}f} ({ci['low']:.{digits}f}-{ci['high']:.{digits}f})"
+
+
+def render(result: dict[str, Any]) -> str:
+    """``assessment.md``: the estimates as tables."""
+    d = result["design"]
+    oa = result["overall_accuracy"]
+    lines = [
+        f"# Accuracy of the map {d['predictions']}",
+        "",
+        f"Run {d.get('run')}, round {d.get('round')} (weights {d.get('weights_digest')}); "
+        f"{d['chips']} chips. Stratified random sample by map class: {sum(d['sample_sizes'])} chips "
+        f"(at least {d['min_per_class']} per class, the rest in proportion; seed {d['seed']}), "
+        f"{result['labeled']} labeled blind "
+        f"({result['labels']}). Method: {result['method']}.",
+        "",
+        f"**Overall accuracy: {oa['estimate']:.3f}** (95% CI {oa['low']:.3f}-{oa['high']:.3f})",
+        "",
+        "| class | chips in the map | sampled / labeled | user's accuracy | producer's accuracy "
+        "| chips of the class, estimated (95% CI) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in result["per_class"]:
+        a = c["area_chips"]
+        area = f"{a['estimate']:,.0f} ({a['low']:,.0f}-{a['high']:,.0f})" if a["low"] is not None else "-"
+        lines.append(
+            f"| {c['class']} | {c['map_chips']:,} | {c['sampled']} / {c['labeled']} "
+            f"| {_fmt(c['users_accuracy'])} | {_fmt(c['producers_accuracy'])} | {area} |"
+        )
+    names = d["classes"]
+    lines += [
+        "",
+        "User's accuracy: of the chips the map calls a class, the share that are it; producer's: of the",
+        "chips that are a class, the share the map calls it. The estimated chips of a class correct the",
+        "map's count for its errors (the error-adjusted area). In brackets: the 95% interval.",
+        "",
+        "Error matrix, sampled chips (rows: map class, columns: reference class):",
+        "",
+        "| map \\ reference | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for name, row in zip(names, result["error_matrix_counts"], strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    if result["unlabeled"]:
+        lines += ["", f"{len(result['unlabeled'])} sampled chips were left unlabeled (--partial continue)."]
+    return "\n".join(lines) + "\n"

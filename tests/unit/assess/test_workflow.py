@@ -1,0 +1,146 @@
+"""``python -m hssal_ray.assess``: the sample's hand-off (blind, reproducible, never redrawn over a
+person's work), the estimate from a label file (the loop's rules: bad files change nothing), and the
+refusals (an unfinished prediction, a map that changed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from hssal_ray.assess.__main__ import main
+from hssal_ray.assess.workflow import draw_sample, estimate_accuracy, read_map
+from hssal_ray.errors import LabelFileError, StateError
+
+CLASSES = ["field", "forest", "water"]
+
+
+def _prediction(root: Path, seed: int = 0, n: int = 300, round_idx: int = 2) -> tuple[Path, dict[str, str]]:
+    """A prediction folder as ``hssal_ray.predict`` writes it, over ImageFolder-style ids; the truth."""
+    rng = np.random.default_rng(seed)
+    truth = rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
+    pred = np.where(rng.random(n) < 0.85, truth, rng.integers(0, 3, n))
+    ids = [f"{CLASSES[t]}/img{i:04d}.png" for i, t in enumerate(truth)]
+    out = root / "pred"
+    (out / "predictions.parquet").mkdir(parents=True, exist_ok=True)
+    half = n // 2
+    for k, sl in enumerate((slice(0, half), slice(half, n))):
+        pq.write_table(
+            pa.table(
+                {
+                    "sample_id": ids[sl],
+                    "class": [CLASSES[p] for p in pred[sl]],
+                    "class_id": pa.array(pred[sl], pa.int32()),
+                    "confidence": pa.array(np.full(len(ids[sl]), 0.9), pa.float32()),
+                }
+            ),
+            out / "predictions.parquet" / f"part-{k:05d}.parquet",
+        )
+    info = {"run": str(root / "run"), "round": round_idx, "weights_digest": "abc", "classes": CLASSES,
+            "data": str(root / "nowhere"), "images": n, "bad_samples": 0, "geo": False}  # fmt: skip
+    (out / "predict.json").write_text(json.dumps(info))
+    return out, {s: CLASSES[t] for s, t in zip(ids, truth, strict=True)}
+
+
+def _labels(assess: Path, truth: dict[str, str], path: Path, skip: int = 0, bad: bool = False) -> Path:
+    rows = pq.read_table(assess / "sample.parquet").to_pylist()
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ref", "label"])
+        for i, r in enumerate(rows):
+            label = "" if i < skip else ("lake" if bad and i == 5 else truth[r["sample_id"]])
+            w.writerow([r["ref"], label])
+    return path
+
+
+def test_sample_is_blind_reproducible_and_stratified(tmp_path: Path) -> None:
+    pred, _ = _prediction(tmp_path)
+    out = tmp_path / "assess"
+    design = draw_sample(str(pred), str(out), 60, min_per_class=15, seed=1, images=False)
+    sizes = read_map(str(pred)).sizes
+    assert design["strata_sizes"] == sizes.tolist() and sum(design["sample_sizes"]) == 60
+    assert min(design["sample_sizes"]) >= 15 and design["hide_sample_id"]  # ids name the class folder
+    sample = pq.read_table(out / "sample.parquet").to_pylist()
+    assert [r["rank"] for r in sample] == list(range(1, 61))
+    template = (out / "sample" / "labels_template.csv").read_text().splitlines()
+    assert template[0] == "ref,label" and "/" not in "".join(template)  # no id, so no class folder
+    tasks = json.loads((out / "sample" / "label_studio_tasks.json").read_text())
+    assert len(tasks) == 60 and not any("predictions" in t for t in tasks)  # the map's class is not shown
+    assert not any(c in (out / "sample" / "contact_sheet.html").read_text() for c in ("field/", "water/"))
+    assert "hssal_ray.assess estimate" in (out / "sample" / "INSTRUCTIONS.txt").read_text()
+    # the same settings give the same sample; other settings are refused (a person may be labeling it)
+    draw_sample(str(pred), str(out), 60, min_per_class=15, seed=1, images=False)
+    assert pq.read_table(out / "sample.parquet").to_pylist() == sample
+    with pytest.raises(StateError, match="seed 1 -> 2"):
+        draw_sample(str(pred), str(out), 60, min_per_class=15, seed=2, images=False)
+    with pytest.raises(ValueError, match="too small for a map of 3 classes"):
+        draw_sample(str(pred), str(tmp_path / "tiny"), 5, images=False)
+
+
+def test_estimate_from_the_filled_template(tmp_path: Path) -> None:
+    pred, truth = _prediction(tmp_path)
+    out = tmp_path / "assess"
+    draw_sample(str(pred), str(out), 90, min_per_class=20, images=False)
+    result = estimate_accuracy(str(out), str(_labels(out, truth, tmp_path / "l.csv")))
+    mt = read_map(str(pred))
+    true_oa = np.mean([CLASSES[c] == truth[s] for s, c in zip(mt.ids.to_pylist(), mt.class_id, strict=True)])
+    oa = result["overall_accuracy"]
+    assert oa["low"] <= true_oa <= oa["high"] and abs(oa["estimate"] - true_oa) < 0.1
+    assert result["labeled"] == 90 and sum(map(sum, result["error_matrix_counts"])) == 90
+    per = {c["class"]: c for c in result["per_class"]}
+    assert sum(c["area_chips"]["estimate"] for c in per.values()) == pytest.approx(300)
+    assert all(c["users_accuracy"]["low"] <= c["users_accuracy"]["estimate"] <= c["users_accuracy"]["high"]
+               for c in per.values())  # fmt: skip
+    saved = json.loads((out / "assessment.json").read_text())
+    assert saved["overall_accuracy"] == oa
+    assert "**Overall accuracy:" in (out / "assessment.md").read_text()
+    assert (out / "sample" / "labels.csv").read_text().startswith("sample_id,label")
+
+
+def test_a_bad_or_partial_label_file_changes_nothing(tmp_path: Path) -> None:
+    pred, truth = _prediction(tmp_path)
+    out = tmp_path / "assess"
+    draw_sample(str(pred), str(out), 60, images=False)
+    with pytest.raises(LabelFileError, match="lake"):
+        estimate_accuracy(str(out), str(_labels(out, truth, tmp_path / "bad.csv", bad=True)))
+    partial = _labels(out, truth, tmp_path / "partial.csv", skip=4)
+    with pytest.raises(LabelFileError, match="--partial continue"):
+        estimate_accuracy(str(out), str(partial))
+    assert not (out / "assessment.json").exists() and not (out / "sample" / "labels.csv").exists()
+    result = estimate_accuracy(str(out), str(partial), partial="continue")
+    assert result["labeled"] == 56 and len(result["unlabeled"]) == 4
+
+
+def test_a_changed_or_unfinished_map_is_refused(tmp_path: Path) -> None:
+    pred, truth = _prediction(tmp_path)
+    out = tmp_path / "assess"
+    draw_sample(str(pred), str(out), 60, images=False)
+    labels = _labels(out, truth, tmp_path / "l.csv")
+    _prediction(tmp_path, seed=1, round_idx=3)  # predictions redone with other weights
+    with pytest.raises(StateError, match="changed since the sample was drawn"):
+        estimate_accuracy(str(out), str(labels))
+    info = json.loads((pred / "predict.json").read_text())
+    (pred / "predict.json").write_text(json.dumps({**info, "images": 400}))
+    with pytest.raises(StateError, match="did not finish"):
+        read_map(str(pred))
+    with pytest.raises(StateError, match="not a finished prediction"):
+        read_map(str(tmp_path))
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pred, truth = _prediction(tmp_path)
+    out = tmp_path / "assess"
+    assert (
+        main(["sample", str(pred), "--out", str(out), "--n", "45", "--min-per-class", "10", "--no-images"])
+        == 0
+    )
+    assert "accuracy sample: 45 of 300 chips" in capsys.readouterr().out
+    assert main(["estimate", str(out), "--labels", str(_labels(out, truth, tmp_path / "l.csv"))]) == 0
+    assert "Overall accuracy" in capsys.readouterr().out
+    assert main(["estimate", str(tmp_path / "nothing"), "--labels", str(tmp_path / "l.csv")]) == 2
+    assert "holds no accuracy sample" in capsys.readouterr().err
