@@ -29,6 +29,7 @@ __all__ = [
     "estimate",
     "intervals",
     "normal_intervals",
+    "overall_interval",
     "posterior_intervals",
     "wilson",
     "Z95",
@@ -263,20 +264,39 @@ def normal_intervals(e: Estimates) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def overall_interval(e: Estimates) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson's interval of overall accuracy at the stratified design's effective sample size, capped
+    at the chips labeled: ``n_eff = min(n, OA (1 - OA) / SE^2)`` (Korn & Graubard 1998, Survey
+    Methodology 24, 193-201, who cap the design effect at 1 for the same reason). When most strata show
+    no error in the sample their variance terms are 0 and the normal interval too narrow (the
+    stratified SE is then an underestimate); the cap keeps the interval at least as wide as that of a
+    simple random sample of the same size. Strata sampled whole are exact and do not count in ``n``."""
+    n_i = e.counts.sum(axis=1)
+    partial = n_i < e.sizes
+    n = float(n_i[partial].sum())
+    if n == 0:  # every stratum sampled whole: the map's accuracy is known
+        return np.asarray(e.overall), np.asarray(e.overall)
+    var = e.se_overall**2
+    if not math.isfinite(var):
+        return np.asarray(np.nan), np.asarray(np.nan)
+    n_eff = min(n, e.overall * (1 - e.overall) / var) if var > 0 else n
+    lo, hi = wilson(e.overall, n_eff)
+    return np.asarray(lo), np.asarray(hi)
+
+
 def intervals(e: Estimates, *, draws: int = 4000, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The 95% intervals the product reports, ``name -> (low, high)``, each from the method that holds
     its nominal coverage on real maps (``benchmarks/map_accuracy.py``):
 
-    * overall accuracy: ``estimate +- 1.96 SE`` (:func:`normal_intervals`): its standard error sums
-      every stratum's, and a posterior's prior would shift it by the sum of every stratum's shrinkage;
+    * overall accuracy: Wilson's interval at the design's effective sample size (:func:`overall_interval`;
+      a posterior's prior would shift it by the sum of every stratum's shrinkage);
     * user's accuracy: Wilson's interval (:func:`wilson`), which does not shrink to a point at 14 of 14;
     * producer's accuracy and area: the posterior of the error matrix (:func:`posterior_intervals`),
       whose normal interval is a point whenever the sample shows no error of a class.
     """
-    normal = normal_intervals(e)
     post = posterior_intervals(e.counts, e.sizes, draws=draws, seed=seed)
     return {
-        "overall": normal["overall"],
+        "overall": overall_interval(e),
         "users": (e.users_low, e.users_high),
         "producers": post["producers"],
         "area": post["area"],

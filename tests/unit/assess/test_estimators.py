@@ -13,6 +13,7 @@ from hssal_ray.assess.estimators import (
     estimate,
     intervals,
     normal_intervals,
+    overall_interval,
     posterior_intervals,
     wilson,
 )
@@ -126,7 +127,8 @@ def test_intervals_do_not_collapse_where_the_sample_shows_no_error() -> None:
         lo, hi = reported[name]
         est = getattr(e, name)
         assert (lo <= est + 1e-9).all() and (est <= hi + 1e-9).all(), name
-    np.testing.assert_array_equal(reported["overall"][0], normal["overall"][0])
+    (lo, hi), (nlo, nhi) = reported["overall"], normal["overall"]
+    assert lo <= e.overall <= hi and hi - lo >= nhi - nlo  # never narrower than a simple random sample's
     again = intervals(e, seed=0)
     np.testing.assert_array_equal(again["area"][0], reported["area"][0])  # seeded: the same report twice
 
@@ -140,3 +142,19 @@ def test_posterior_of_a_map_sampled_whole_is_the_map() -> None:
         lo, hi = post[name]
         np.testing.assert_allclose(lo, hi)
         np.testing.assert_allclose(lo, getattr(e, name))
+
+
+def test_overall_interval_is_capped_at_a_simple_random_sample() -> None:
+    """Every sampled chip right in 3 of 4 strata: the stratified SE counts only the 4th stratum's
+    errors and is below a simple random sample's; the reported interval is Wilson's for the 40 chips."""
+    m = np.repeat(np.arange(4), 10)
+    r = m.copy()
+    r[[35, 36]] = 0
+    e = estimate(m, r, np.array([500, 500, 500, 500]))
+    lo, hi = overall_interval(e)
+    n_eff = 40
+    wlo, whi = wilson(e.overall, n_eff)
+    assert lo == pytest.approx(wlo) and hi == pytest.approx(whi)
+    assert normal_intervals(e)["overall"][0] > lo  # the normal one is narrower than that
+    census = estimate(m, r, np.array([10, 10, 10, 10]))  # the whole map labeled: known exactly
+    assert overall_interval(census) == (pytest.approx(0.95), pytest.approx(0.95))
