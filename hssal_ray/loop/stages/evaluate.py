@@ -122,12 +122,20 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
         ctx.progress("[hssal] the unlabeled pool is exhausted: stopping")
     ctx.update_metrics(r, {"pool_remaining": pool_remaining, "final": bool(final)})
     lost = f"; {unreadable} more labeled but unreadable" if unreadable else ""
+    if ev.get("test_samples") == 0:  # an archive nobody labeled: no split to test on
+        acc = (
+            f"no labeled {cfg.data.eval_split} images (the map's accuracy: python -m hssal_ray.predict, "
+            "then python -m hssal_ray.assess)"
+        )
+    else:
+        acc = (
+            f"{cfg.data.eval_split} accuracy {ev['test_accuracy']:.4f} "
+            f"({cfg.ssl.eval_model}; online {ev.get('test_accuracy_online', float('nan')):.4f}, "
+            f"EMA {ev.get('test_accuracy_ema', float('nan')):.4f})"
+        )
     ctx.progress(
         f"[hssal] round {r} evaluate: {time.perf_counter() - t0:.1f} s; {usable} labels "
-        f"({row['label_fraction']:.1%}{lost}), {cfg.data.eval_split} accuracy {ev['test_accuracy']:.4f} "
-        f"({cfg.ssl.eval_model}; online {ev.get('test_accuracy_online', float('nan')):.4f}, "
-        f"EMA {ev.get('test_accuracy_ema', float('nan')):.4f}), "
-        f"mask rate {train_m.get('mask_rate', float('nan')):.2f}"
+        f"({row['label_fraction']:.1%}{lost}), {acc}, mask rate {train_m.get('mask_rate', float('nan')):.2f}"
     )
     if ctx.on_round is not None and (final or cfg.loop.stop_kappa <= 0):
         ctx.on_round(read_metrics(ctx.run_dir))  # else the score stage reports, once it has decided

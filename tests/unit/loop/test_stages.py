@@ -179,6 +179,21 @@ def test_evaluate_stage_writes_the_metrics_row(tmp_path, monkeypatch) -> None:
     assert reports == [read_metrics(ctx.run_dir)]
 
 
+def test_evaluate_stage_says_where_an_unlabeled_archive_gets_its_accuracy(tmp_path, monkeypatch) -> None:
+    ctx = _ctx(tmp_path, "loop.rounds=2")
+    train = ctx.split("train").column("sample_id").to_pylist()
+    LabeledSet().with_round(0, {s: 0 for s in train[:3]}, "oracle").save(ctx.run_dir)
+    _io.atomic_write_json(_io.join(round_dir(ctx.run_dir, 0), "train_metrics.json"), {"loss": 1.0})
+    monkeypatch.setattr(ctx.learner, "evaluate", lambda r: {"test_accuracy": float("nan"), "test_samples": 0})
+    lines: list[str] = []
+    ctx.progress = lines.append  # type: ignore[method-assign]
+    evaluate_stage.run(ctx, _state("evaluate", 0), 0.0)
+    (line,) = [x for x in lines if "evaluate:" in x]
+    assert (
+        "no labeled test images" in line and "hssal_ray.assess" in line and "nan" not in line.split("),")[0]
+    )
+
+
 def test_evaluate_stage_finishes_the_last_round(tmp_path, monkeypatch) -> None:
     ctx, state, _ = _evaluated(tmp_path, monkeypatch, "loop.rounds=0")
     assert read_metrics(ctx.run_dir)[0]["final"] is True
