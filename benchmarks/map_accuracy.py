@@ -251,11 +251,14 @@ def main(argv: list[str] | None = None) -> int:
         "area_coverage",
         "area_coverage_worst",
         "area_coverage_rarest",
+        "overall_width",
+        "producers_width",
+        "area_width",
     ]
     md = [
         f"Coverage of 95% intervals over {args.draws} stratified samples per row (per-class figures pooled "
         "over classes; `worst`: the class with the lowest coverage; `rarest`: the rarest true class). A 95% "
-        "interval should hold the truth in about 0.95 of samples. `normal`: estimate +- 1.96 SE for every "
+        "interval should hold the truth in about 0.95 of samples; `width`: its mean width. `normal`: estimate +- 1.96 SE for every "
         "figure (Olofsson et al. 2014); `product`: what `python -m hssal_ray.assess` reports "
         "(`hssal_ray.assess.estimators.intervals`: the normal interval for overall accuracy, Wilson's for "
         "user's accuracy, the error matrix's posterior for producer's accuracy and area).",

@@ -266,11 +266,12 @@ def normal_intervals(e: Estimates) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def overall_interval(e: Estimates) -> tuple[np.ndarray, np.ndarray]:
     """Wilson's interval of overall accuracy at the stratified design's effective sample size, capped
-    at the chips labeled: ``n_eff = min(n, OA (1 - OA) / SE^2)`` (Korn & Graubard 1998, Survey
-    Methodology 24, 193-201, who cap the design effect at 1 for the same reason). When most strata show
-    no error in the sample their variance terms are 0 and the normal interval too narrow (the
-    stratified SE is then an underestimate); the cap keeps the interval at least as wide as that of a
-    simple random sample of the same size. Strata sampled whole are exact and do not count in ``n``."""
+    at a simple random sample's: ``n_eff = min(n / (1 - n / N), OA (1 - OA) / SE^2)`` (Korn & Graubard
+    1998, Survey Methodology 24, 193-201, who cap the design effect at 1 for the same reason; ``1 - n/N``
+    the finite-population correction). When most strata show no error in the sample their variance
+    terms are 0 and the normal interval too narrow (the stratified SE is then an underestimate); the
+    cap keeps the interval at least as wide as that of a simple random sample of the same size from the
+    same map. Strata sampled whole are exact and count in neither ``n`` nor ``N``."""
     n_i = e.counts.sum(axis=1)
     partial = n_i < e.sizes
     n = float(n_i[partial].sum())
@@ -279,7 +280,8 @@ def overall_interval(e: Estimates) -> tuple[np.ndarray, np.ndarray]:
     var = e.se_overall**2
     if not math.isfinite(var):
         return np.asarray(np.nan), np.asarray(np.nan)
-    n_eff = min(n, e.overall * (1 - e.overall) / var) if var > 0 else n
+    cap = n / (1 - n / float(e.sizes[partial].sum()))  # a simple random sample's, finite population
+    n_eff = min(cap, e.overall * (1 - e.overall) / var) if var > 0 else cap
     lo, hi = wilson(e.overall, n_eff)
     return np.asarray(lo), np.asarray(hi)
 
