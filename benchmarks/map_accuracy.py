@@ -258,10 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         f"Coverage of 95% intervals over {args.draws} stratified samples per row (per-class figures pooled "
         "over classes; `worst`: the class with the lowest coverage; `rarest`: the rarest true class). A 95% "
-        "interval should hold the truth in about 0.95 of samples; `width`: its mean width. `normal`: estimate +- 1.96 SE for every "
-        "figure (Olofsson et al. 2014); `product`: what `python -m hssal_ray.assess` reports "
-        "(`hssal_ray.assess.estimators.intervals`: the normal interval for overall accuracy, Wilson's for "
-        "user's accuracy, the error matrix's posterior for producer's accuracy and area).",
+        "interval should hold the truth in about 0.95 of samples; `width`: its mean width. `normal`: "
+        "estimate +- 1.96 SE for every figure (Olofsson et al. 2014); `product`: what `python -m "
+        "hssal_ray.assess` reports (`hssal_ray.assess.estimators.intervals`: Wilson's interval at the "
+        "design's effective sample size for overall accuracy, Wilson's for user's accuracy, the error "
+        "matrix's posterior for producer's accuracy and area).",
         "",
         md_table(rows, head),
         "",
