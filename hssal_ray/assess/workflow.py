@@ -442,9 +442,9 @@ def _result(
         "error_matrix_counts": e.counts.tolist(),
         "error_matrix_proportions": [[round(float(v), 8) for v in row] for row in e.proportions],
         "method": "stratified estimators of Olofsson et al. (2014) with a finite-population correction; "
-        "95% intervals: estimate +- 1.96 SE for overall accuracy, Wilson's for user's accuracy, the "
-        "error matrix's posterior (Jeffreys prior on each stratum's accuracy) for producer's accuracy "
-        "and area",
+        "95% intervals: Wilson's at the design's effective sample size for overall accuracy (Korn & "
+        "Graubard 1998), Wilson's for user's accuracy, the error matrix's posterior (Jeffreys prior on "
+        "each stratum's accuracy) for producer's accuracy and area",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
