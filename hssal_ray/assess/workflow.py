@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import math
 import shlex
@@ -96,8 +97,9 @@ def read_map(pred_dir: str) -> MapTable:
     """Read the map of ``pred_dir`` (``predict.json`` and the ``predictions.parquet`` parts).
 
     Raises:
-        StateError: No finished prediction there (no ``predict.json``, or fewer chips in the parts
-            than it counts: a prediction that was stopped; rerun the predict command, it resumes).
+        StateError: No finished prediction there: no ``predict.json``, or parts that do not add up to
+            it (fewer chips or parts than it counts, or parts by other weights: a predict command that
+            was stopped; rerun it, it resumes).
     """
     meta = _io.join(pred_dir, "predict.json")
     parts = _io.join(pred_dir, _PARTS)
@@ -117,25 +119,35 @@ def read_map(pred_dir: str) -> MapTable:
         classes = _io.read_json(cpath)
     names = sorted(n for n in _io.listdir(parts) if n.startswith("part-") and n.endswith(".parquet"))
     tables = [_io.read_parquet(_io.join(parts, n), columns=["sample_id", "class_id"]) for n in names]
-    t = (
-        pa.concat_tables(tables)
-        if tables
-        else pa.table({"sample_id": pa.array([], pa.string()), "class_id": []})
-    )
+    stale = [n for n, t in zip(names, tables, strict=True) if _part_weights(t) != info.get("weights_digest")]
     expected = int(info.get("images", 0)) - int(info.get("bad_samples") or 0)
-    if t.num_rows != expected:
+    rows = sum(t.num_rows for t in tables)
+    if stale or len(names) != info.get("chunks") or rows != expected:
         raise StateError(
-            f"{pred_dir} holds {t.num_rows} predictions where predict.json counts {expected} readable "
-            "images: the prediction did not finish; rerun the same predict command (it resumes)"
+            f"{pred_dir} is not one finished prediction: {len(names)} parts for {info.get('chunks')} chunks, "
+            f"{rows} predictions for {expected} readable images, {len(stale)} parts by other weights than "
+            "predict.json's (a predict command that did not finish); rerun the same predict command "
+            "(it resumes)"
         )
-    if t.num_rows == 0:
+    if rows == 0:
         raise StateError(f"{pred_dir} holds no predictions")
+    t = pa.concat_tables(tables)
     t = t.take(pc.sort_indices(t, sort_keys=[("sample_id", "ascending")]))
     ids = t.column("sample_id").combine_chunks()
     cls = t.column("class_id").to_numpy()
     if (cls < 0).any() or (cls >= len(classes)).any():
         raise StateError(f"{pred_dir}: a class_id is outside the {len(classes)} classes of predict.json")
     return MapTable(str(pred_dir), info, [str(c) for c in classes], ids, cls)
+
+
+def _part_weights(t: pa.Table) -> str | None:
+    """The weights' digest a prediction part records (``hssal_ray.predict``'s part tag)."""
+    from hssal_ray.predict import PART_KEY
+
+    try:
+        return json.loads((t.schema.metadata or {}).get(PART_KEY, b"{}")).get("weights")
+    except ValueError:
+        return None
 
 
 def _design(mt: MapTable, n: int, min_per_class: int, seed: int) -> dict[str, Any]:

@@ -16,12 +16,14 @@ import pytest
 from hssal_ray.assess.__main__ import main
 from hssal_ray.assess.workflow import draw_sample, estimate_accuracy, read_map
 from hssal_ray.errors import LabelFileError, StateError
+from hssal_ray.predict import PART_KEY
 
 CLASSES = ["field", "forest", "water"]
 
 
 def _prediction(root: Path, seed: int = 0, n: int = 300, round_idx: int = 2) -> tuple[Path, dict[str, str]]:
     """A prediction folder as ``hssal_ray.predict`` writes it, over ImageFolder-style ids; the truth."""
+    weights = f"w{round_idx}"  # the run's weights' digest
     rng = np.random.default_rng(seed)
     truth = rng.choice(3, size=n, p=[0.6, 0.3, 0.1])
     pred = np.where(rng.random(n) < 0.85, truth, rng.integers(0, 3, n))
@@ -30,19 +32,21 @@ def _prediction(root: Path, seed: int = 0, n: int = 300, round_idx: int = 2) -> 
     (out / "predictions.parquet").mkdir(parents=True, exist_ok=True)
     half = n // 2
     for k, sl in enumerate((slice(0, half), slice(half, n))):
+        table = pa.table(
+            {
+                "sample_id": ids[sl],
+                "class": [CLASSES[p] for p in pred[sl]],
+                "class_id": pa.array(pred[sl], pa.int32()),
+                "confidence": pa.array(np.full(len(ids[sl]), 0.9), pa.float32()),
+            }
+        )
+        tag = json.dumps({"rows": table.num_rows, "weights": weights})
         pq.write_table(
-            pa.table(
-                {
-                    "sample_id": ids[sl],
-                    "class": [CLASSES[p] for p in pred[sl]],
-                    "class_id": pa.array(pred[sl], pa.int32()),
-                    "confidence": pa.array(np.full(len(ids[sl]), 0.9), pa.float32()),
-                }
-            ),
+            table.replace_schema_metadata({PART_KEY: tag.encode()}),
             out / "predictions.parquet" / f"part-{k:05d}.parquet",
         )
-    info = {"run": str(root / "run"), "round": round_idx, "weights_digest": "abc", "classes": CLASSES,
-            "data": str(root / "nowhere"), "images": n, "bad_samples": 0, "geo": False}  # fmt: skip
+    info = {"run": str(root / "run"), "round": round_idx, "weights_digest": weights, "classes": CLASSES,
+            "data": str(root / "nowhere"), "images": n, "chunks": 2, "bad_samples": 0}  # fmt: skip
     (out / "predict.json").write_text(json.dumps(info))
     return out, {s: CLASSES[t] for s, t in zip(ids, truth, strict=True)}
 
@@ -126,7 +130,12 @@ def test_a_changed_or_unfinished_map_is_refused(tmp_path: Path) -> None:
         estimate_accuracy(str(out), str(labels))
     info = json.loads((pred / "predict.json").read_text())
     (pred / "predict.json").write_text(json.dumps({**info, "images": 400}))
-    with pytest.raises(StateError, match="did not finish"):
+    with pytest.raises(StateError, match="300 predictions for 400 readable images"):
+        read_map(str(pred))
+    (pred / "predict.json").write_text(json.dumps(info))
+    read_map(str(pred))
+    (pred / "predict.json").write_text(json.dumps({**info, "weights_digest": "new"}))  # stopped midway
+    with pytest.raises(StateError, match="2 parts by other weights"):
         read_map(str(pred))
     with pytest.raises(StateError, match="not a finished prediction"):
         read_map(str(tmp_path))
