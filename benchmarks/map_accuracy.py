@@ -2,6 +2,7 @@
 
     python -m benchmarks.map_accuracy                      # UCM and SIRI-WHU, ~10 min on 2 cores
     python -m benchmarks.map_accuracy --datasets ucm --draws 500
+    python -m benchmarks.map_accuracy --scale 1000000     # the CLI's time and memory on a 1M-chip map
 
 For each data set: the product's loop (``configs/ucm_cpu.yaml``, seed 0, 8% of the training labels)
 and ``python -m hssal_ray.predict --local`` over the whole archive give a real map; its true accuracy
@@ -19,6 +20,11 @@ and areas are known because the archive is labeled. Then:
 
 What a user has without a labeled sample is reported beside it: the map's mean confidence (the model's
 own estimate of its accuracy).
+
+``--scale N`` instead writes a synthetic prediction folder of N chips (30 classes, 10 parts, as
+``hssal_ray.predict`` writes them) and times ``assess sample`` (n = 1,500) and ``assess estimate`` (labels
+90% equal to the map's class) as separate processes: wall seconds and peak RSS
+(``map_accuracy_scale.{md,json}``).
 """
 
 from __future__ import annotations
@@ -166,6 +172,72 @@ def _end_to_end(
     return json.loads((out / "assessment.json").read_text())["overall_accuracy"]
 
 
+_WRAP = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+)
+
+
+def _timed(cmd: list[str]) -> dict[str, float]:
+    """Wall seconds and peak RSS (MB) of one process (run under a wrapper of its own, so that the
+    peak is that process's, not the largest of every child this benchmark has waited for)."""
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", _WRAP, *cmd], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {r.stderr[-2000:]}")
+    return {"wall_s": time.perf_counter() - t0, "peak_rss_mb": int(r.stdout.split()[-1]) / 1024}
+
+
+def scale(chips: int, work: Path, classes: int = 30, n: int = 1500) -> dict[str, Any]:
+    """Time the CLI on a synthetic map of ``chips`` chips (the parts and ``predict.json`` of a real one)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hssal_ray.prediction_files import PART_KEY
+
+    pred = work / f"scale_{chips}" / "pred"
+    parts = pred / "predictions.parquet"
+    parts.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    per = -(-chips // 10)
+    for k, start in enumerate(range(0, chips, per)):
+        m = min(per, chips - start)
+        t = pa.table(
+            {
+                "sample_id": [f"scene{k:03d}/shard-00000.parquet:{i}" for i in range(m)],
+                "class_id": pa.array(rng.integers(0, classes, m), pa.int32()),
+                "confidence": pa.array(rng.random(m), pa.float32()),
+            }
+        )
+        tag = json.dumps({"rows": m, "weights": "synthetic"}).encode()
+        pq.write_table(t.replace_schema_metadata({PART_KEY: tag}), parts / f"part-{k:05d}.parquet")
+    names = [f"class{i}" for i in range(classes)]
+    info = {"run": "", "round": 0, "weights_digest": "synthetic", "classes": names, "data": "",
+            "images": chips, "chunks": k + 1, "bad_samples": 0}  # fmt: skip
+    (pred / "predict.json").write_text(json.dumps(info))
+    out = pred.parent / "assess"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    py = sys.executable
+    sample = _timed(
+        [py, "-m", "hssal_ray.assess", "sample", str(pred), "--out", str(out), "--n", str(n), "--no-images"]
+    )
+    rows = pq.read_table(out / "sample.parquet").to_pylist()
+    labels = pred.parent / "labels.csv"
+    with labels.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sample_id", "label"])
+        for r in rows:
+            c = r["map_class_id"] if rng.random() < 0.9 else int(rng.integers(0, classes))
+            w.writerow([r["sample_id"], f"class{c}"])
+    est = _timed([py, "-m", "hssal_ray.assess", "estimate", str(out), "--labels", str(labels)])
+    return {"chips": chips, "classes": classes, "n": n, "sample": sample, "estimate": est}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0."""
     p = argparse.ArgumentParser(
@@ -179,7 +251,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-per-class", type=int, nargs="+", default=[0, 10])
     p.add_argument("--imbalance", type=float, default=20.0)
     p.add_argument("--tag", default="map_accuracy")
+    p.add_argument(
+        "--scale", type=int, default=None, help="time the CLI on a synthetic map of this many chips"
+    )
     args = p.parse_args(argv)
+    if args.scale:
+        r = scale(args.scale, Path(args.work))
+        md = (
+            f"`python -m hssal_ray.assess` on a synthetic map of {r['chips']:,} chips, {r['classes']} "
+            f"classes, n = {r['n']} (each a separate process, imports included):\n\n"
+            + md_table(
+                [{"step": k, **r[k]} for k in ("sample", "estimate")], ["step", "wall_s", "peak_rss_mb"]
+            )
+            + "\n"
+        )
+        write_result(f"{args.tag}_scale", r, md, module="benchmarks.map_accuracy")
+        print(md)
+        return 0
     from hssal_ray.assess import read_map
     from hssal_ray.data.catalog import scan
 

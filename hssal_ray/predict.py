@@ -48,13 +48,13 @@ import torch
 from hssal_ray import _io
 from hssal_ray._progress import duration
 from hssal_ray.errors import HSSALError
+from hssal_ray.prediction_files import PART_KEY, PARTS, SUMMARY
 from hssal_ray.scoring import Scorer
 
 __all__ = ["Predictor", "predictions_table", "predict", "main"]
 
 log = logging.getLogger(__name__)
 
-PART_KEY = b"hssal_predict"
 _GEO_OUT = ["scene", "row_off", "col_off", "crs", "bounds_wgs84", "geometry"]
 
 
@@ -125,10 +125,6 @@ def _chunk_tag(chunk: pa.Table, digest: str) -> str:
     return json.dumps(
         {"rows": chunk.num_rows, "first": ids[0].as_py(), "last": ids[-1].as_py(), "weights": digest}
     )
-
-
-PARTS = "predictions.parquet"
-"""The folder of prediction parts under ``PRED`` (a Parquet/GeoParquet dataset)."""
 
 
 def _part_path(out: str, i: int) -> str:
@@ -310,7 +306,7 @@ def predict(
     }
     if geo and geojson:
         summary["geojson_features"] = _geojson(out, len(chunks))
-    _io.atomic_write_json(_io.join(out, "predict.json"), summary)
+    _io.atomic_write_json(_io.join(out, SUMMARY), summary)
     return summary
 
 

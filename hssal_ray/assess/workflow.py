@@ -47,6 +47,7 @@ from hssal_ray import _csv, _io
 from hssal_ray.assess.estimators import Estimates, allocate, draw, estimate, intervals
 from hssal_ray.errors import HSSALError, StateError
 from hssal_ray.oracle.human import HumanOracle
+from hssal_ray.prediction_files import PART_KEY, PARTS, SUMMARY
 
 __all__ = ["read_map", "draw_sample", "estimate_accuracy", "render", "MapTable", "DESIGN_FILE", "SAMPLE_FILE"]
 
@@ -57,7 +58,6 @@ SAMPLE_FILE = "sample.parquet"
 SAMPLE_DIR = "sample"
 RESULT_JSON = "assessment.json"
 RESULT_MD = "assessment.md"
-_PARTS = "predictions.parquet"
 
 
 class MapTable:
@@ -101,11 +101,11 @@ def read_map(pred_dir: str) -> MapTable:
             it (fewer chips or parts than it counts, or parts by other weights: a predict command that
             was stopped; rerun it, it resumes).
     """
-    meta = _io.join(pred_dir, "predict.json")
-    parts = _io.join(pred_dir, _PARTS)
+    meta = _io.join(pred_dir, SUMMARY)
+    parts = _io.join(pred_dir, PARTS)
     if not _io.exists(meta) or not _io.exists(parts):
         raise StateError(
-            f"{pred_dir} is not a finished prediction (no predict.json or {_PARTS}/): "
+            f"{pred_dir} is not a finished prediction (no predict.json or {PARTS}/): "
             "run `python -m hssal_ray.predict RUN --data ARCHIVE --out PRED` first"
         )
     info = _io.read_json(meta)
@@ -142,8 +142,6 @@ def read_map(pred_dir: str) -> MapTable:
 
 def _part_weights(t: pa.Table) -> str | None:
     """The weights' digest a prediction part records (``hssal_ray.predict``'s part tag)."""
-    from hssal_ray.predict import PART_KEY
-
     try:
         return json.loads((t.schema.metadata or {}).get(PART_KEY, b"{}")).get("weights")
     except ValueError:
@@ -265,7 +263,7 @@ def _write_footprints(mt: MapTable, handoff: str, ids: list[str]) -> int:
 
     if not mt.info.get("geo"):
         return 0
-    parts = _io.join(mt.pred_dir, _PARTS)
+    parts = _io.join(mt.pred_dir, PARTS)
     want = pa.array(ids, pa.string())
     geo: dict[str, bytes] = {}
     for n in sorted(_io.listdir(parts)):

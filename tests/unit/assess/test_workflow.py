@@ -16,7 +16,7 @@ import pytest
 from hssal_ray.assess.__main__ import main
 from hssal_ray.assess.workflow import draw_sample, estimate_accuracy, read_map
 from hssal_ray.errors import LabelFileError, StateError
-from hssal_ray.predict import PART_KEY
+from hssal_ray.prediction_files import PART_KEY
 
 CLASSES = ["field", "forest", "water"]
 
