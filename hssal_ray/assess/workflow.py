@@ -393,10 +393,10 @@ def estimate_accuracy(
     result = _result(design, e, labels, len(done), answer.missing)
     _io.atomic_write_json(_io.join(out, RESULT_JSON), result)
     _io.atomic_write_text(_io.join(out, RESULT_MD), render(result))
-    ci = result["overall_accuracy"]
+    overall = _fmt(result["overall_accuracy"], OVERALL_GAP)
     progress(
-        f"[hssal] map accuracy from {len(done)} labeled chips: {ci['estimate']:.3f} "
-        f"(95% CI {ci['low']:.3f}-{ci['high']:.3f}); {_io.join(out, RESULT_MD)}"
+        f"[hssal] map accuracy from {len(done)} labeled chips: {overall} (in brackets: the 95% interval); "
+        f"{_io.join(out, RESULT_MD)}"
     )
     return result
 
@@ -459,11 +459,15 @@ def _result(
     }
 
 
-def _fmt(ci: dict[str, Any], digits: int = 3) -> str:
+OVERALL_GAP = "a class has 1 labeled chip"
+
+
+def _fmt(ci: dict[str, Any], gap: str = "1 chip", digits: int = 3) -> str:
+    """``0.912 (0.880-0.936)``; ``-`` without an estimate; ``(no interval: <gap>)`` without an interval."""
     if ci["estimate"] is None:
         return "-"
     if ci["low"] is None:
-        return f"{ci['estimate']:.{digits}f} (no interval: 1 chip)"
+        return f"{ci['estimate']:.{digits}f} (no interval: {gap})"
     return f"{ci['estimate']:.{digits}f} ({ci['low']:.{digits}f}-{ci['high']:.{digits}f})"
 
 
@@ -480,7 +484,7 @@ def render(result: dict[str, Any]) -> str:
         f"{result['labeled']} labeled blind "
         f"({result['labels']}). Method: {result['method']}.",
         "",
-        f"**Overall accuracy: {oa['estimate']:.3f}** (95% CI {oa['low']:.3f}-{oa['high']:.3f})",
+        f"**Overall accuracy: {_fmt(oa, OVERALL_GAP)}** (in brackets: the 95% interval)",
         "",
         "| class | chips in the map | sampled / labeled | user's accuracy | producer's accuracy "
         "| chips of the class, estimated (95% CI) |",

@@ -153,3 +153,30 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "Overall accuracy" in capsys.readouterr().out
     assert main(["estimate", str(tmp_path / "nothing"), "--labels", str(tmp_path / "l.csv")]) == 2
     assert "holds no accuracy sample" in capsys.readouterr().err
+
+
+def test_a_class_left_with_one_labeled_chip_reports_no_interval(tmp_path: Path) -> None:
+    """--partial continue down to one labeled chip of a class: its standard errors are unknown; the
+    report says so instead of failing, and a class with none labeled is a clear error."""
+    pred, truth = _prediction(tmp_path)
+    out = tmp_path / "assess"
+    draw_sample(str(pred), str(out), 30, min_per_class=10, images=False)
+    rows = pq.read_table(out / "sample.parquet").to_pylist()
+    water = [r["ref"] for r in rows if r["map_class_id"] == 2]
+    path = tmp_path / "some.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ref", "label"])
+        for r in rows:
+            keep = r["map_class_id"] != 2 or r["ref"] == water[0]
+            w.writerow([r["ref"], truth[r["sample_id"]] if keep else ""])
+    result = estimate_accuracy(str(out), str(path), partial="continue")
+    assert result["overall_accuracy"]["low"] is None and result["overall_accuracy"]["estimate"] is not None
+    text = (out / "assessment.md").read_text()
+    assert "no interval" in text and "**Overall accuracy:" in text
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ref", "label"])
+        w.writerows([r["ref"], "" if r["map_class_id"] == 2 else truth[r["sample_id"]]] for r in rows)
+    with pytest.raises(ValueError, match=r"map classes \[2\] have chips in the map but none in the sample"):
+        estimate_accuracy(str(out), str(path), partial="continue")
