@@ -23,8 +23,9 @@ The assessment folder ``ASSESS``::
     assessment.md      the same as tables
 
 A sample is drawn once: drawing again into the same folder with other settings is refused (a person
-may be labeling it); with the same settings it gives the same sample. The estimate refuses a map that
-changed since the sample was drawn (predictions redone with other weights).
+may be labeling it), with the same settings it changes nothing (not even the template being filled).
+The estimate refuses a map that changed since the sample was drawn (predictions redone with other
+weights).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import pyarrow.compute as pc
 from hssal_ray import _csv, _io
 from hssal_ray.assess.estimators import Estimates, allocate, draw, estimate, intervals
 from hssal_ray.errors import HSSALError, StateError
+from hssal_ray.oracle._handoff import _basename, reveals_folder, task_ref
 from hssal_ray.oracle.human import HumanOracle
 from hssal_ray.prediction_files import PART_KEY, PARTS, SUMMARY
 
@@ -207,8 +209,8 @@ def draw_sample(
         )
     design = _design(mt, n, min_per_class, seed)
     dpath = _io.join(out, DESIGN_FILE)
-    if _io.exists(dpath):
-        old = _io.read_json(dpath)
+    if _io.exists(dpath):  # drawn before: never redrawn, and no hand-off file rewritten (the template
+        old = _io.read_json(dpath)  # may be being filled in place)
         keys = ("map_digest", "n", "min_per_class", "seed")
         if any(old.get(k) != design[k] for k in keys):
             diff = ", ".join(f"{k} {old.get(k)} -> {design[k]}" for k in keys if old.get(k) != design[k])
@@ -216,15 +218,14 @@ def draw_sample(
                 f"{out} already holds a sample drawn with other settings or from another map ({diff}); "
                 "a person may be labeling it: use another --out folder, or delete that one first"
             )
+        progress(f"[hssal] {out} holds this sample already: {_io.join(out, SAMPLE_DIR, 'INSTRUCTIONS.txt')}")
+        return old
     pos = draw(mt.class_id, np.asarray(design["sample_sizes"]), seed)
     ids = mt.ids.take(pa.array(pos)).to_pylist()
     ranks = {sid: i + 1 for i, sid in enumerate(ids)}
     handoff = _io.join(out, SAMPLE_DIR)
     _io.makedirs(handoff)
-    from hssal_ray.oracle._handoff import _basename, reveals_folder, task_ref
-
     name = _basename(out)
-
     hide = reveals_folder(mt.ids)
     table = pa.table(
         {

@@ -77,9 +77,13 @@ def test_sample_is_blind_reproducible_and_stratified(tmp_path: Path) -> None:
     assert len(tasks) == 60 and not any("predictions" in t for t in tasks)  # the map's class is not shown
     assert not any(c in (out / "sample" / "contact_sheet.html").read_text() for c in ("field/", "water/"))
     assert "hssal_ray.assess estimate" in (out / "sample" / "INSTRUCTIONS.txt").read_text()
-    # the same settings give the same sample; other settings are refused (a person may be labeling it)
-    draw_sample(str(pred), str(out), 60, min_per_class=15, seed=1, images=False)
-    assert pq.read_table(out / "sample.parquet").to_pylist() == sample
+    # the same settings change nothing, not even a template being filled in place; other settings
+    # are refused (a person may be labeling it)
+    filled = out / "sample" / "labels_template.csv"
+    filled.write_text(filled.read_text().replace(",\n", ",water\n", 3))
+    before = filled.read_text()
+    assert draw_sample(str(pred), str(out), 60, min_per_class=15, seed=1, images=False) == design
+    assert pq.read_table(out / "sample.parquet").to_pylist() == sample and filled.read_text() == before
     with pytest.raises(StateError, match="seed 1 -> 2"):
         draw_sample(str(pred), str(out), 60, min_per_class=15, seed=2, images=False)
     with pytest.raises(ValueError, match="too small for a map of 3 classes"):
