@@ -18,6 +18,7 @@ estimated proportion of the archive that is map ``i`` and reference ``j`` is ``p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +77,7 @@ def allocate(sizes: np.ndarray, n: int, min_per_stratum: int = 50) -> np.ndarray
     return _round_to(share, n, N)
 
 
-def _solve(f, n: int, hi: float) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _solve(f: Callable[[float], np.ndarray], n: int, hi: float) -> np.ndarray:
     """``f(x)`` for the ``x`` in ``[0, hi]`` where ``f(x).sum() == n`` (f non-decreasing; bisection)."""
     lo = 0.0
     for _ in range(100):
