@@ -158,6 +158,10 @@ def _end_to_end(
     import pyarrow.parquet as pq
 
     out = work / f"{ds}_assess"
+    if out.exists():  # a fresh sample of this map (a folder holding another map's sample is refused)
+        import shutil
+
+        shutil.rmtree(out)
     py = sys.executable
     _run([py, "-m", "hssal_ray.assess", "sample", str(pred), "--out", str(out), "--n", str(n),
           "--min-per-class", "10", "--no-images"], work / f"{ds}_assess_sample.log")  # fmt: skip
