@@ -216,7 +216,7 @@ def test_worker_node_lost_in_query_stage_run_finishes_with_same_labeled_set(
     assert alive[killed["node_id"]] is False
     assert len(trained_on) == 4, trained_on  # round 1 trained both ranks after the loss
     # round 1 ran nothing on the dead node: it holds round 0's ranks only (the state API lists actors
-    # in no set order, so count rather than slice: slicing failed 1 run in ~10 of test-slow)
+    # in no set order, so count rather than slice: the slice failed one test-slow run in session 62)
     on_victim_in_round_0 = killed["trained_on"].count(killed["name"])  # type: ignore[union-attr]
     assert trained_on.count(killed["node_id"]) == on_victim_in_round_0, (killed, trained_on)
     assert json.loads((run / "state.json").read_text())["status"] == "done"
