@@ -31,7 +31,6 @@ weights).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -44,11 +43,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hssal_ray import _csv, _io
+from hssal_ray import _io
 from hssal_ray.assess.estimators import Estimates, allocate, draw, estimate, intervals
 from hssal_ray.errors import HSSALError, StateError
+from hssal_ray.loop.query_files import write_query
 from hssal_ray.oracle._handoff import _basename, reveals_folder, task_ref
-from hssal_ray.oracle.human import HumanOracle
+from hssal_ray.oracle.base import LABELS_FILE
+from hssal_ray.oracle.human import (
+    CONTACT_SHEET_FILE,
+    INSTRUCTIONS_FILE,
+    LABEL_CONFIG_FILE,
+    TASKS_FILE,
+    TEMPLATE_FILE,
+    HumanOracle,
+)
 from hssal_ray.prediction_files import PART_KEY, PARTS, SUMMARY
 
 __all__ = ["read_map", "draw_sample", "estimate_accuracy", "render", "MapTable", "DESIGN_FILE", "SAMPLE_FILE"]
@@ -71,10 +79,20 @@ class MapTable:
         classes: The class names (index = ``class_id``).
         ids: Sample ids (Arrow string array, sorted).
         class_id: The map's class of each (int64).
+        parts: The paths of its ``predictions.parquet`` parts.
     """
 
-    def __init__(self, pred_dir: str, info: dict[str, Any], classes: list[str], ids: pa.Array, cls: Any):
+    def __init__(
+        self,
+        pred_dir: str,
+        info: dict[str, Any],
+        classes: list[str],
+        ids: pa.Array,
+        cls: Any,
+        parts: list[str],
+    ):
         self.pred_dir = pred_dir
+        self.parts = parts
         self.info = info
         self.classes = classes
         self.ids = ids
@@ -119,8 +137,12 @@ def read_map(pred_dir: str) -> MapTable:
                 f"{meta} names no classes and its run's classes.json is not readable: rerun predict"
             )
         classes = _io.read_json(cpath)
-    names = sorted(n for n in _io.listdir(parts) if n.startswith("part-") and n.endswith(".parquet"))
-    tables = [_io.read_parquet(_io.join(parts, n), columns=["sample_id", "class_id"]) for n in names]
+    names = [
+        _io.join(parts, n)
+        for n in sorted(_io.listdir(parts))
+        if n.startswith("part-") and n.endswith(".parquet")
+    ]
+    tables = [_io.read_parquet(n, columns=["sample_id", "class_id"]) for n in names]
     stale = [n for n, t in zip(names, tables, strict=True) if _part_weights(t) != info.get("weights_digest")]
     expected = int(info.get("images", 0)) - int(info.get("bad_samples") or 0)
     rows = sum(t.num_rows for t in tables)
@@ -139,7 +161,7 @@ def read_map(pred_dir: str) -> MapTable:
     cls = t.column("class_id").to_numpy()
     if (cls < 0).any() or (cls >= len(classes)).any():
         raise StateError(f"{pred_dir}: a class_id is outside the {len(classes)} classes of predict.json")
-    return MapTable(str(pred_dir), info, [str(c) for c in classes], ids, cls)
+    return MapTable(str(pred_dir), info, [str(c) for c in classes], ids, cls, names)
 
 
 def _part_weights(t: pa.Table) -> str | None:
@@ -218,7 +240,7 @@ def draw_sample(
                 f"{out} already holds a sample drawn with other settings or from another map ({diff}); "
                 "a person may be labeling it: use another --out folder, or delete that one first"
             )
-        progress(f"[hssal] {out} holds this sample already: {_io.join(out, SAMPLE_DIR, 'INSTRUCTIONS.txt')}")
+        progress(f"[hssal] {out} holds this sample already: {_io.join(out, SAMPLE_DIR, INSTRUCTIONS_FILE)}")
         return old
     pos = draw(mt.class_id, np.asarray(design["sample_sizes"]), seed)
     ids = mt.ids.take(pa.array(pos)).to_pylist()
@@ -236,11 +258,7 @@ def draw_sample(
         }
     )
     _io.atomic_write_parquet(_io.join(out, SAMPLE_FILE), table)
-    buf = io.StringIO()
-    w = _csv.writer(buf, lineterminator="\n")
-    w.writerow(["sample_id", "rank"])
-    w.writerows([s, ranks[s]] for s in ids)
-    _io.atomic_write_text(_io.join(handoff, "query.csv"), buf.getvalue())
+    write_query(handoff, ids, None, None)  # the loop's query.csv: ids in rank order
     footprints = _write_footprints(mt, handoff, ids)
     load = _image_loader(mt.info, progress) if images else None
     oracle = _SampleHandOff(out, mt.classes, load_image=load, hide_sample_id=hide)
@@ -253,7 +271,7 @@ def draw_sample(
         + ", ".join(
             f"{c} {k}/{N}" for c, k, N in zip(mt.classes, design["sample_sizes"], mt.sizes, strict=True)
         )
-        + f"; label them blind: {_io.join(handoff, 'INSTRUCTIONS.txt')}"
+        + f"; label them blind: {_io.join(handoff, INSTRUCTIONS_FILE)}"
     )
     return design
 
@@ -264,13 +282,10 @@ def _write_footprints(mt: MapTable, handoff: str, ids: list[str]) -> int:
 
     if not mt.info.get("geo"):
         return 0
-    parts = _io.join(mt.pred_dir, PARTS)
     want = pa.array(ids, pa.string())
     geo: dict[str, bytes] = {}
-    for n in sorted(_io.listdir(parts)):
-        if not (n.startswith("part-") and n.endswith(".parquet")):
-            continue
-        t = _io.read_parquet(_io.join(parts, n), columns=["sample_id", "geometry"])
+    for part in mt.parts:
+        t = _io.read_parquet(part, columns=["sample_id", "geometry"])
         t = t.filter(pc.is_in(t.column("sample_id"), value_set=want))
         geo.update(zip(t.column("sample_id").to_pylist(), t.column("geometry").to_pylist(), strict=True))
     rank = {s: i + 1 for i, s in enumerate(ids)}
@@ -301,7 +316,7 @@ class _SampleHandOff(HumanOracle):
         self.out = out
 
     def _instructions(self, round_dir: str, run_dir: str, round_name: str, n: int) -> str:
-        template = _io.join(round_dir, "labels_template.csv")
+        template = _io.join(round_dir, TEMPLATE_FILE)
         key = "ref" if self.hide_sample_id else "sample_id"
         classes = "\n".join(f"  {i:>3}  {c}" for i, c in enumerate(self.class_names))
         command = " ".join(
@@ -315,9 +330,9 @@ class _SampleHandOff(HumanOracle):
             f"1. Label every chip. Either\n"
             f"   a) fill the 'label' column of\n        {template}\n"
             f"      (header '{key},label'; the thumbnails are in\n"
-            f"      {_io.join(round_dir, 'contact_sheet.html')}), or\n"
-            f"   b) import {_io.join(round_dir, 'label_studio_tasks.json')} into a Label Studio project set\n"
-            f"      up with {_io.join(round_dir, 'label_config.xml')}, label, and export (JSON, JSON_MIN,\n"
+            f"      {_io.join(round_dir, CONTACT_SHEET_FILE)}), or\n"
+            f"   b) import {_io.join(round_dir, TASKS_FILE)} into a Label Studio project set\n"
+            f"      up with {_io.join(round_dir, LABEL_CONFIG_FILE)}, label, and export (JSON, JSON_MIN,\n"
             "      CSV or TSV).\n"
             "   Write each label as one of the class names below, exactly (case-sensitive). Leave none out:\n"
             "   chips skipped because they are hard to label would make the map look better than it is.\n\n"
@@ -390,7 +405,7 @@ def estimate_accuracy(
         )
     except ValueError as err:
         raise ValueError(f"{labels}: {err} (label at least 2 chips of every map class)") from None
-    write_labels_csv(_io.join(out, SAMPLE_DIR, "labels.csv"), answer.labels, classes, order=ids)
+    write_labels_csv(_io.join(out, SAMPLE_DIR, LABELS_FILE), answer.labels, classes, order=ids)
     result = _result(design, e, labels, len(done), answer.missing)
     _io.atomic_write_json(_io.join(out, RESULT_JSON), result)
     _io.atomic_write_text(_io.join(out, RESULT_MD), render(result))
