@@ -3,6 +3,7 @@
     python -m benchmarks.map_accuracy                      # UCM and SIRI-WHU, ~10 min on 2 cores
     python -m benchmarks.map_accuracy --datasets ucm --draws 500
     python -m benchmarks.map_accuracy --scale 1000000     # the CLI's time and memory on a 1M-chip map
+    python -m benchmarks.map_accuracy --plan --draws 1000  # does `assess plan`'s n give the width it plans?
 
 For each data set: the product's loop (``configs/ucm_cpu.yaml``, seed 0, 8% of the training labels)
 and ``python -m hssal_ray.predict --local`` over the whole archive give a real map; its true accuracy
@@ -105,6 +106,65 @@ def coverage(
             per = np.array([_mean(h[:, j]) for j in range(h.shape[1])])
             out[f"{key}_coverage_worst"] = float(np.nanmin(per)) if np.isfinite(per).any() else None
             out[f"{key}_coverage_rarest"] = _mean(h[:, rare])
+    return out
+
+
+def planned(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    conf: np.ndarray,
+    c: int,
+    halfwidth: float,
+    class_halfwidth: float | None,
+    min_per_class: int,
+    draws: int,
+    seed0: int,
+) -> list[dict[str, Any]]:
+    """``assess plan``'s sample size checked on a real map: plan with each class's mean confidence (what
+    the CLI does) and with its true user's accuracy (a perfect guess), then draw ``draws`` samples of the
+    planned size and measure the intervals the estimate reports (overall: Wilson at the effective n;
+    user's: Wilson)."""
+    from hssal_ray.assess import allocate, draw, estimate
+    from hssal_ray.assess.estimators import overall_interval
+    from hssal_ray.assess.planning import plan_sample
+
+    truth = population_truth(pred, ref, c)
+    strata = np.bincount(pred, minlength=c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(pred, weights=conf, minlength=c) / strata
+    out = []
+    for source, u in (("mean confidence", mean_conf), ("true user's accuracy", truth["users"])):
+        plan = plan_sample(
+            strata, u, halfwidth=halfwidth, class_halfwidth=class_halfwidth, min_per_class=min_per_class
+        )
+        sizes = allocate(strata, plan.n, plan.min_per_class)
+        oa_half, hit, ua_half = [], [], []
+        for s in range(draws):
+            idx = draw(pred, sizes, seed0 + s)
+            e = estimate(pred[idx], ref[idx], strata)
+            lo, hi = overall_interval(e)
+            oa_half.append((float(hi) - float(lo)) / 2)
+            hit.append(float(lo) <= truth["overall"] + 1e-12 and truth["overall"] <= float(hi) + 1e-12)
+            ua_half.append((e.users_high - e.users_low) / 2)
+        oa_half_a = np.asarray(oa_half)
+        ua = np.asarray(ua_half)
+        row: dict[str, Any] = {
+            "planned_from": source,
+            "target": halfwidth,
+            "class_target": class_halfwidth,
+            "n": plan.n,
+            "min_per_class": plan.min_per_class,
+            "expected_halfwidth": plan.overall_halfwidth,
+            "halfwidth_mean": float(oa_half_a.mean()),
+            "halfwidth_p90": float(np.quantile(oa_half_a, 0.9)),
+            "within_target": float(np.mean(oa_half_a <= halfwidth + 1e-12)),
+            "overall_coverage": float(np.mean(hit)),
+        }
+        if class_halfwidth is not None:
+            per_class = np.nanmean(ua, axis=0)
+            row["class_halfwidth_worst_mean"] = float(np.nanmax(per_class))
+            row["class_within_target"] = float(np.nanmean(ua <= class_halfwidth + 1e-12))
+        out.append(row)
     return out
 
 
@@ -258,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--scale", type=int, default=None, help="time the CLI on a synthetic map of this many chips"
     )
+    p.add_argument(
+        "--plan", action="store_true", help="check `assess plan`'s sample sizes (map_accuracy_plan.{md,json})"
+    )
     args = p.parse_args(argv)
     if args.scale:
         r = scale(args.scale, Path(args.work))
@@ -272,26 +335,14 @@ def main(argv: list[str] | None = None) -> int:
         write_result(f"{args.tag}_scale", r, md, module="benchmarks.map_accuracy")
         print(md)
         return 0
-    from hssal_ray.assess import read_map
-    from hssal_ray.data.catalog import scan
-
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.plan:
+        return _plan_main(args, work)
     results: dict[str, Any] = {"draws": args.draws, "imbalance": args.imbalance, "datasets": {}}
     rows = []
     for ds in args.datasets:
-        data = DATASETS[ds]
-        pred_dir, secs = _map(ds, data, work, args.config)
-        mt = read_map(str(pred_dir))
-        cat = scan(data, test_fraction=0.0)
-        names = list(cat.class_names)
-        assert names == mt.classes, (names, mt.classes)
-        lab = dict(
-            zip(cat.table.column("sample_id").to_pylist(), cat.table.column("label").to_pylist(), strict=True)
-        )
-        ids = mt.ids.to_pylist()
-        ref = np.array([lab[s] for s in ids], dtype=np.int64)
-        pred = mt.class_id
+        pred_dir, secs, names, lab, ids, pred, ref = _labeled_map(ds, work, args.config)
         c = len(names)
         conf = float(np.mean(_confidence(pred_dir)))
         e2e = _end_to_end(pred_dir, work, ds, lab, names, args.sizes[0])
@@ -384,14 +435,103 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _labeled_map(
+    ds: str, work: Path, config: str
+) -> tuple[Path, dict[str, float], list[str], dict, list, Any, Any]:
+    """The product's map of ``ds`` (:func:`_map`) beside the archive's labels, both in the map's order."""
+    from hssal_ray.assess import read_map
+    from hssal_ray.data.catalog import scan
+
+    data = DATASETS[ds]
+    pred_dir, secs = _map(ds, data, work, config)
+    mt = read_map(str(pred_dir))
+    cat = scan(data, test_fraction=0.0)
+    names = list(cat.class_names)
+    assert names == mt.classes, (names, mt.classes)
+    lab = dict(
+        zip(cat.table.column("sample_id").to_pylist(), cat.table.column("label").to_pylist(), strict=True)
+    )
+    ids = mt.ids.to_pylist()
+    ref = np.array([lab[s] for s in ids], dtype=np.int64)
+    return pred_dir, secs, names, lab, ids, mt.class_id, ref
+
+
 def _confidence(pred_dir: Path) -> np.ndarray:
+    """Every chip's confidence, in the map's order (sorted by sample id, as :func:`read_map` sorts)."""
     import pyarrow.dataset as pds
 
-    return (
-        pds.dataset(str(pred_dir / "predictions.parquet"))
-        .to_table(columns=["confidence"])["confidence"]
-        .to_numpy()
-    )
+    t = pds.dataset(str(pred_dir / "predictions.parquet")).to_table(columns=["sample_id", "confidence"])
+    return t.sort_by("sample_id")["confidence"].to_numpy()
+
+
+PLAN_TARGETS = ((0.03, None), (0.02, None), (0.02, 0.10))
+"""(overall, every class's user's accuracy) half-widths ``--plan`` checks."""
+
+
+def _plan_main(args: argparse.Namespace, work: Path) -> int:
+    """``--plan``: each target on each map (as is and long-tailed), planned by confidence and by truth."""
+    import json
+
+    rows = []
+    cli = {}
+    for ds in args.datasets:
+        pred_dir, _, names, _, _, pred, ref = _labeled_map(ds, work, args.config)
+        c = len(names)
+        conf = _confidence(pred_dir)
+        out = subprocess.run(
+            [sys.executable, "-m", "hssal_ray.assess", "plan", str(pred_dir), "--halfwidth", "0.02",
+             "--min-per-class", "10", "--json"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        cli[ds] = json.loads(out.stdout)
+        pops = {
+            "as is": np.arange(len(pred)),
+            f"long tail 1:{args.imbalance:g}": _long_tail(ref, c, args.imbalance, 7),
+        }
+        for pop, keep in pops.items():
+            for h, ch in PLAN_TARGETS:
+                for r in planned(pred[keep], ref[keep], conf[keep], c, h, ch, 10, args.draws, seed0=5000):
+                    r.update(
+                        dataset=ds,
+                        population=pop,
+                        chips=len(keep),
+                        true_overall=float(np.mean(pred[keep] == ref[keep])),
+                    )
+                    rows.append(r)
+                    print(
+                        f"{ds} {pop} +-{h} ({r['planned_from']}): n {r['n']}, "
+                        f"expected +-{r['expected_halfwidth']:.4f}, "
+                        f"measured +-{r['halfwidth_mean']:.4f}, within {r['within_target']:.2f}",
+                        flush=True,
+                    )
+        # the CLI's plan is the library's plan on the whole map
+        as_is = next(r for r in rows if (r["dataset"], r["population"], r["target"], r["class_target"],
+                     r["planned_from"]) == (ds, "as is", 0.02, None, "mean confidence"))  # fmt: skip
+        assert cli[ds]["n"] == as_is["n"], (cli[ds]["n"], as_is["n"])
+    cols = ["dataset", "population", "chips", "true_overall", "target", "class_target", "planned_from", "n",
+            "min_per_class", "expected_halfwidth", "halfwidth_mean", "halfwidth_p90", "within_target",
+            "overall_coverage", "class_halfwidth_worst_mean", "class_within_target"]  # fmt: skip
+    md = [
+        f"`python -m hssal_ray.assess plan` on the product's maps: the sample size it plans for a target 95% "
+        f"half-width (`target`: overall accuracy; `class_target`: every class's user's accuracy), with "
+        f"at least 10 chips a class, then {args.draws} stratified samples of that size drawn and estimated "
+        "as `assess sample` / `estimate` do. `planned_from`: each class's anticipated user's accuracy, the "
+        "model's mean confidence (what the CLI uses) or the truth (a perfect guess). `expected_halfwidth`: "
+        "what the plan promises; `halfwidth_mean` / `_p90`: the overall half-width the estimates reported "
+        "(mean, 90th percentile); `within_target`: the share of samples whose half-width met the target; "
+        "`class_halfwidth_worst_mean`: the class with the widest mean user's-accuracy half-width; "
+        "`class_within_target`: the share of (class, sample) pairs that met the class target.",
+        "",
+        md_table(rows, cols),
+        "",
+        "The CLI (`assess plan PRED --halfwidth 0.02 --min-per-class 10`) plans n = "
+        + ", ".join(f"{cli[ds]['n']} on {ds}" for ds in cli)
+        + ", the same as the library on the whole map (checked).",
+    ]
+    write_result(f"{args.tag}_plan", {"rows": rows, "cli": cli, "draws": args.draws}, "\n".join(md) + "\n",
+                 module="benchmarks.map_accuracy")  # fmt: skip
+    print("\n".join(md))
+    return 0
 
 
 if __name__ == "__main__":

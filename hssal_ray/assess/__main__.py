@@ -1,15 +1,17 @@
 """``python -m hssal_ray.assess sample PRED --out ASSESS --n N`` then ``... estimate ASSESS --labels FILE``.
 
 How accurate is the map ``python -m hssal_ray.predict`` made, and how much of each class is really
-there? ``sample`` draws a stratified random sample of the map's chips and writes the files a person
-labels them from (blind to the map's class); ``estimate`` reads the labels back and writes the
-overall, user's and producer's accuracy and the error-adjusted area of each class with 95% intervals
-(Olofsson et al. 2014). See :mod:`hssal_ray.assess.workflow`.
+there? ``plan`` says how many chips to label for intervals of a given width; ``sample`` draws a
+stratified random sample of the map's chips and writes the files a person labels them from (blind
+to the map's class); ``estimate`` reads the labels back and writes the overall, user's and
+producer's accuracy and the error-adjusted area of each class with 95% intervals (Olofsson et al.
+2014). See :mod:`hssal_ray.assess.workflow`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -17,11 +19,30 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad input)."""
-    from hssal_ray.assess.workflow import draw_sample, estimate_accuracy
+    from hssal_ray.assess.workflow import draw_sample, estimate_accuracy, plan_assessment, render, render_plan
     from hssal_ray.errors import HSSALError
 
     p = argparse.ArgumentParser(prog="python -m hssal_ray.assess", description=__doc__.split("\n\n")[1])
     sub = p.add_subparsers(dest="command", required=True)
+    pl = sub.add_parser("plan", help="how many chips to label for 95%% intervals of a given width")
+    pl.add_argument("predictions", help="the --out folder of python -m hssal_ray.predict")
+    pl.add_argument(
+        "--halfwidth", type=float, default=0.02, help="overall accuracy within +- this (default 0.02)"
+    )
+    pl.add_argument(
+        "--class-halfwidth",
+        type=float,
+        default=None,
+        help="and every class's user's accuracy within +- this (e.g. 0.1; raises --min-per-class)",
+    )
+    pl.add_argument("--min-per-class", type=int, default=50, help="as for sample (default 50)")
+    pl.add_argument(
+        "--accuracy",
+        type=float,
+        default=None,
+        help="the user's accuracy to plan for, every class (default: each class's mean confidence)",
+    )
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     s = sub.add_parser("sample", help="draw the sample to label from a prediction folder")
     s.add_argument("predictions", help="the --out folder of python -m hssal_ray.predict")
     s.add_argument("--out", required=True, help="the assessment folder to create")
@@ -29,8 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--n",
         type=int,
         required=True,
-        help="chips to label in all: overall accuracy's 95%% interval is about +-1.96 sqrt(A (1 - A) / n) "
-        "(A = 0.9: n = 400 gives +-0.03, 900 +-0.02); per-class figures want 50 a class or more",
+        help="chips to label in all (`plan` computes it for a target width; roughly, overall accuracy A's "
+        "95%% interval is +-1.96 sqrt(A (1 - A) / n): A = 0.9, n = 900 gives +-0.02); per-class figures "
+        "want 50 a class or more",
     )
     s.add_argument(
         "--min-per-class",
@@ -57,7 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, flush=True)
 
     try:
-        if args.command == "sample":
+        if args.command == "plan":
+            plan = plan_assessment(
+                args.predictions,
+                halfwidth=args.halfwidth,
+                class_halfwidth=args.class_halfwidth,
+                min_per_class=args.min_per_class,
+                accuracy=args.accuracy,
+            )
+            print(
+                json.dumps(plan, indent=1) if args.json else render_plan(plan), end="\n" if args.json else ""
+            )
+        elif args.command == "sample":
             draw_sample(
                 args.predictions,
                 args.out,
@@ -69,8 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             r = estimate_accuracy(args.assessment, args.labels, partial=args.partial, progress=say)
-            from hssal_ray.assess.workflow import render
-
             print(render(r))
     except (HSSALError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -30,8 +30,11 @@ __all__ = [
     "estimate",
     "intervals",
     "normal_intervals",
+    "overall_bounds",
     "overall_interval",
     "posterior_intervals",
+    "users_bounds",
+    "variance_factor",
     "wilson",
     "Z95",
 ]
@@ -216,9 +219,7 @@ def estimate(map_class: np.ndarray, ref_class: np.ndarray, sizes: np.ndarray) ->
     W = N / N.sum()
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.where(n[:, None] > 0, counts / n[:, None], 0.0)  # n_ij / n_i
-        # per-stratum variance factor (1 - n_i/N_i) / (n_i - 1): 0 for a stratum sampled whole
-        # (or absent from the map), NaN for one sampled once out of more
-        fpc = np.where(n >= N, 0.0, np.where(n > 1, (1 - n / np.maximum(N, 1)) / (n - 1), np.nan))
+        fpc = variance_factor(n, N)
         p = W[:, None] * q
         overall = float(np.trace(p))
         d = np.diag(q)
@@ -233,9 +234,7 @@ def estimate(map_class: np.ndarray, ref_class: np.ndarray, sizes: np.ndarray) ->
         off_sum = off.sum(axis=0) - np.diag(off)
         var_p = (W**2 * (1 - producers) ** 2 * d * (1 - d) * fpc + producers**2 * off_sum) / area**2
         se_producers = np.sqrt(np.where(area > 0, var_p, np.nan))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        n_eff = np.where(n >= N, np.inf, np.where(n > 1, (n - 1) / (1 - n / np.maximum(N, 1)), 0.0))
-    bounds = np.array([wilson(float(u), float(k)) for u, k in zip(users, n_eff, strict=True)]).reshape(c, 2)
+    bounds = users_bounds(users, n, N)
     return Estimates(
         counts=counts,
         proportions=p,
@@ -252,6 +251,30 @@ def estimate(map_class: np.ndarray, ref_class: np.ndarray, sizes: np.ndarray) ->
         users_high=bounds[:, 1],
         sizes=N.astype(np.int64),
     )
+
+
+def variance_factor(n: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Each stratum's ``(1 - n_i / N_i) / (n_i - 1)``, the factor of ``q (1 - q)`` in a proportion's
+    variance: 0 for a stratum sampled whole (or absent from the map), NaN for one sampled once out of
+    more."""
+    n = np.asarray(n, dtype=np.float64)
+    N = np.asarray(sizes, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n >= N, 0.0, np.where(n > 1, (1 - n / np.maximum(N, 1)) / (n - 1), np.nan))
+
+
+def users_bounds(users: np.ndarray, n: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Wilson's 95% interval of each user's accuracy, ``(C, 2)``: ``users[i]`` seen in ``n[i]`` of the
+    ``sizes[i]`` chips of stratum ``i``, at ``n_eff = (n_i - 1) / (1 - n_i / N_i)`` (:func:`wilson`;
+    infinite for a stratum sampled whole, 0, so NaN, for one sampled once out of more)."""
+    n = np.asarray(n, dtype=np.float64)
+    N = np.asarray(sizes, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n_eff = np.where(n >= N, np.inf, np.where(n > 1, (n - 1) / (1 - n / np.maximum(N, 1)), 0.0))
+    out = [
+        wilson(float(u), float(k)) for u, k in zip(np.asarray(users, dtype=np.float64), n_eff, strict=True)
+    ]
+    return np.array(out, dtype=np.float64).reshape(len(N), 2)
 
 
 def normal_intervals(e: Estimates) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -273,18 +296,23 @@ def overall_interval(e: Estimates) -> tuple[np.ndarray, np.ndarray]:
     terms are 0 and the normal interval too narrow (the stratified SE is then an underestimate); the
     cap keeps the interval at least as wide as that of a simple random sample of the same size from the
     same map. Strata sampled whole are exact and count in neither ``n`` nor ``N``."""
-    n_i = e.counts.sum(axis=1)
-    partial = n_i < e.sizes
-    n = float(n_i[partial].sum())
-    if n == 0:  # every stratum sampled whole: the map's accuracy is known
-        return np.asarray(e.overall), np.asarray(e.overall)
-    var = e.se_overall**2
-    if not math.isfinite(var):
-        return np.asarray(np.nan), np.asarray(np.nan)
-    cap = n / (1 - n / float(e.sizes[partial].sum()))  # a simple random sample's, finite population
-    n_eff = min(cap, e.overall * (1 - e.overall) / var) if var > 0 else cap
-    lo, hi = wilson(e.overall, n_eff)
+    lo, hi = overall_bounds(e.overall, e.se_overall**2, e.counts.sum(axis=1), e.sizes)
     return np.asarray(lo), np.asarray(hi)
+
+
+def overall_bounds(overall: float, var: float, n: np.ndarray, sizes: np.ndarray) -> tuple[float, float]:
+    """:func:`overall_interval` from its parts: overall accuracy, its variance, ``n_i`` and ``N_i``."""
+    n_i = np.asarray(n)
+    N = np.asarray(sizes)
+    partial = n_i < N
+    n_part = float(n_i[partial].sum())
+    if n_part == 0:  # every stratum sampled whole: the map's accuracy is known
+        return overall, overall
+    if not math.isfinite(var):
+        return float("nan"), float("nan")
+    cap = n_part / (1 - n_part / float(N[partial].sum()))  # a simple random sample's, finite population
+    n_eff = min(cap, overall * (1 - overall) / var) if var > 0 else cap
+    return wilson(overall, n_eff)
 
 
 def intervals(e: Estimates, *, draws: int = 4000, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -59,7 +59,18 @@ from hssal_ray.oracle.human import (
 )
 from hssal_ray.prediction_files import PART_KEY, PARTS, SUMMARY
 
-__all__ = ["read_map", "draw_sample", "estimate_accuracy", "render", "MapTable", "DESIGN_FILE", "SAMPLE_FILE"]
+__all__ = [
+    "read_map",
+    "draw_sample",
+    "estimate_accuracy",
+    "plan_assessment",
+    "render",
+    "render_plan",
+    "class_confidence",
+    "MapTable",
+    "DESIGN_FILE",
+    "SAMPLE_FILE",
+]
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +351,120 @@ class _SampleHandOff(HumanOracle):
             "   An invalid file is rejected with the offending rows listed; nothing is written then.\n\n"
             f"Allowed class names ({len(self.class_names)}):\n{classes}\n"
         )
+
+
+LOWER_BY = 0.05
+"""The plan's check: how wide the interval gets if every class is this much less accurate than anticipated."""
+
+
+def class_confidence(mt: MapTable) -> np.ndarray:
+    """Each map class's mean confidence (the model's top probability) over the chips it gives the class."""
+    total = np.zeros(len(mt.classes))
+    for part in mt.parts:
+        t = _io.read_parquet(part, columns=["class_id", "confidence"])
+        cls = t.column("class_id").to_numpy()
+        total += np.bincount(cls, weights=t.column("confidence").to_numpy(), minlength=len(mt.classes))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / mt.sizes
+
+
+def plan_assessment(
+    pred_dir: str,
+    *,
+    halfwidth: float = 0.02,
+    class_halfwidth: float | None = None,
+    min_per_class: int = 50,
+    accuracy: float | None = None,
+) -> dict[str, Any]:
+    """How many chips of the map in ``pred_dir`` to label for intervals of a given width
+    (:func:`~hssal_ray.assess.planning.plan_sample`); reads the map, writes nothing.
+
+    Args:
+        pred_dir: A finished ``python -m hssal_ray.predict`` output folder.
+        halfwidth: Overall accuracy's 95% interval within +- this.
+        class_halfwidth: Every class's user's accuracy within +- this (None: no target).
+        min_per_class: The floor per map class (raised if ``class_halfwidth`` needs more).
+        accuracy: Every class's anticipated user's accuracy; None: each class's mean confidence.
+
+    Returns:
+        The plan (``n``, ``min_per_class``, the anticipated and expected figures, per class), and
+        ``lower``: the expected half-width at that ``n`` if each class were :data:`LOWER_BY` less
+        accurate, with the ``n`` that would then be needed.
+    """
+    from hssal_ray.assess.planning import expected_halfwidths, plan_sample
+
+    mt = read_map(pred_dir)
+    sizes = mt.sizes
+    conf = class_confidence(mt)
+    u = np.where(sizes > 0, conf if accuracy is None else np.full(len(sizes), float(accuracy)), np.nan)
+    plan = plan_sample(
+        sizes, u, halfwidth=halfwidth, class_halfwidth=class_halfwidth, min_per_class=min_per_class
+    )
+    low = np.clip(u - LOWER_BY, 0.0, 1.0)
+    low_half = expected_halfwidths(sizes, plan.sample_sizes, low)[1]
+    low_plan = plan_sample(
+        sizes, low, halfwidth=halfwidth, class_halfwidth=class_halfwidth, min_per_class=min_per_class
+    )
+    return {
+        "predictions": pred_dir,
+        "chips": int(len(mt.ids)),
+        "accuracy_from": "mean confidence" if accuracy is None else "given",
+        "halfwidth": halfwidth,
+        "class_halfwidth": class_halfwidth,
+        "n": plan.n,
+        "min_per_class": plan.min_per_class,
+        "overall": plan.overall,
+        "overall_halfwidth": plan.overall_halfwidth,
+        "lower": {"by": LOWER_BY, "overall_halfwidth": low_half, "n": low_plan.n},
+        "per_class": [
+            {
+                "class": c,
+                "map_chips": int(N),
+                "mean_confidence": _num(k),
+                "accuracy": _num(a),
+                "sampled": int(n),
+                "users_halfwidth": _num(h),
+            }
+            for c, N, k, a, n, h in zip(
+                mt.classes, sizes, conf, u, plan.sample_sizes, plan.users_halfwidth, strict=True
+            )
+        ],
+    }
+
+
+def render_plan(p: dict[str, Any]) -> str:
+    """The plan as the lines ``assess plan`` prints."""
+    src = "each class's mean confidence" if p["accuracy_from"] == "mean confidence" else "given"
+    target = f"+-{p['halfwidth']:.3f} overall" + (
+        f", +-{p['class_halfwidth']:.3f} each class's user's accuracy" if p["class_halfwidth"] else ""
+    )
+    lo = p["lower"]
+    lines = [
+        f"Map {p['predictions']}: {p['chips']:,} chips. Target: {target} (95% intervals).",
+        f"Anticipated user's accuracy: {src}; overall {p['overall']:.3f}.",
+        "",
+        f"**Label n = {p['n']:,} chips** (at least {p['min_per_class']} a class, the rest in proportion): "
+        f"overall accuracy about {p['overall']:.3f} +- {p['overall_halfwidth']:.3f}.",
+        f"If every class were {lo['by']:.2f} less accurate than anticipated: "
+        f"+- {lo['overall_halfwidth']:.3f} at this n ({lo['n']:,} chips for the target).",
+        "",
+        "| class | chips in the map | mean confidence | anticipated user's accuracy | to label "
+        "| expected +- |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in p["per_class"]:
+        if not c["map_chips"]:
+            continue
+        lines.append(
+            f"| {c['class']} | {c['map_chips']:,} | {c['mean_confidence']:.3f} | {c['accuracy']:.3f} "
+            f"| {c['sampled']} | {c['users_halfwidth']:.3f} |"
+        )
+    cmd = (
+        f"python -m hssal_ray.assess sample {shlex.quote(p['predictions'])} --out ASSESS --n {p['n']} "
+        f"--min-per-class {p['min_per_class']}"
+    )
+    lines += ["", f"Draw it: {cmd}"]
+    return "\n".join(lines) + "\n"
 
 
 def estimate_accuracy(

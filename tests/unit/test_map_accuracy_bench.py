@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.map_accuracy import _long_tail, coverage, population_truth
+from benchmarks.map_accuracy import _long_tail, coverage, planned, population_truth
 
 
 def test_population_truth() -> None:
@@ -39,3 +39,19 @@ def test_coverage_shows_where_the_normal_interval_fails() -> None:
     assert r["normal.producers_coverage"] < 0.8 < r["product.producers_coverage"]
     assert r["product.area_coverage"] > 0.85 and r["product.users_coverage"] > 0.85
     assert abs(r["overall_bias"]) < 0.01
+
+
+def test_planned_separates_a_good_guess_from_an_overconfident_one() -> None:
+    """Planning with the truth gives the promised width; a model 10 points overconfident on every class
+    plans too few chips, and the measured width says so."""
+    rng = np.random.default_rng(2)
+    ref = np.repeat(np.arange(4), [3000, 2000, 1000, 500])
+    pred = np.where(rng.random(len(ref)) < 0.85, ref, rng.integers(0, 4, len(ref)))
+    conf = np.full(len(ref), 0.95)  # the map is about 0.87 right: 0.95 is overconfident
+    rows = planned(pred, ref, conf, 4, 0.03, 0.12, 10, draws=80, seed0=0)
+    by = {r["planned_from"]: r for r in rows}
+    truth, conf_row = by["true user's accuracy"], by["mean confidence"]
+    assert truth["halfwidth_mean"] == pytest.approx(truth["expected_halfwidth"], rel=0.05)
+    assert conf_row["n"] < truth["n"] and conf_row["halfwidth_mean"] > 1.2 * conf_row["expected_halfwidth"]
+    assert conf_row["within_target"] < 0.2 < truth["within_target"]
+    assert truth["class_halfwidth_worst_mean"] == pytest.approx(0.12, abs=0.012)

@@ -184,3 +184,34 @@ def test_a_class_left_with_one_labeled_chip_reports_no_interval(tmp_path: Path) 
         w.writerows([r["ref"], "" if r["map_class_id"] == 2 else truth[r["sample_id"]]] for r in rows)
     with pytest.raises(ValueError, match=r"map classes \[2\] have chips in the map but none in the sample"):
         estimate_accuracy(str(out), str(path), partial="continue")
+
+
+def test_plan_from_the_maps_confidence_then_draw_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``assess plan`` reads the map's class sizes and mean confidence (0.9 on every chip here), plans
+    on them, and prints the ``sample`` command that draws the plan; a given accuracy overrides the
+    confidence; it writes nothing."""
+    from hssal_ray.assess.planning import plan_sample
+
+    pred, _ = _prediction(tmp_path, n=3000)
+    sizes = read_map(str(pred)).sizes
+    before = sorted(p.name for p in pred.rglob("*"))
+    assert main(["plan", str(pred), "--halfwidth", "0.03", "--min-per-class", "10", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    want = plan_sample(sizes, np.full(3, 0.9), halfwidth=0.03, min_per_class=10)
+    assert plan["n"] == want.n and plan["min_per_class"] == 10
+    assert [c["mean_confidence"] for c in plan["per_class"]] == pytest.approx([0.9] * 3)
+    assert plan["lower"]["n"] > plan["n"] and plan["lower"]["overall_halfwidth"] > 0.03
+    assert main(["plan", str(pred), "--halfwidth", "0.03", "--min-per-class", "10", "--accuracy", "0.8"]) == 0
+    text = capsys.readouterr().out
+    n_80 = plan_sample(sizes, np.full(3, 0.8), halfwidth=0.03, min_per_class=10).n
+    assert f"**Label n = {n_80:,} chips**" in text and n_80 > want.n
+    assert sorted(p.name for p in pred.rglob("*")) == before
+    cmd = text.strip().splitlines()[-1].split("Draw it: ")[1].split()
+    assert cmd[:4] == ["python", "-m", "hssal_ray.assess", "sample"]
+    out = tmp_path / "assess"
+    assert main([*[a.replace("ASSESS", str(out)) for a in cmd[3:]], "--no-images"]) == 0
+    assert json.loads((out / "design.json").read_text())["n"] == n_80
+    assert main(["plan", str(pred), "--halfwidth", "0.7"]) == 2
+    assert "half-widths must be in (0, 0.5)" in capsys.readouterr().err
