@@ -19,7 +19,14 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 2 bad input)."""
-    from hssal_ray.assess.workflow import draw_sample, estimate_accuracy, plan_assessment, render, render_plan
+    from hssal_ray.assess.workflow import (
+        LabelStudioTarget,
+        draw_sample,
+        estimate_accuracy,
+        plan_assessment,
+        render,
+        render_plan,
+    )
     from hssal_ray.errors import HSSALError
 
     p = argparse.ArgumentParser(prog="python -m hssal_ray.assess", description=__doc__.split("\n\n")[1])
@@ -63,9 +70,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     s.add_argument("--seed", type=int, default=0, help="the draw's seed (default 0)")
     s.add_argument("--no-images", action="store_true", help="no thumbnails (the hand-off names the ids only)")
+    s.add_argument(
+        "--label-studio",
+        metavar="URL",
+        default=None,
+        help="also import the sample into this Label Studio server (blind tasks; a project of its own "
+        "unless --project-id); a sample drawn before is imported as it is",
+    )
+    s.add_argument("--project-id", type=int, default=None, help="an existing Label Studio project to use")
+    s.add_argument(
+        "--token-env",
+        default="LABEL_STUDIO_API_KEY",
+        help="the environment variable holding the Label Studio API token (default LABEL_STUDIO_API_KEY)",
+    )
     e = sub.add_parser("estimate", help="estimate accuracy and areas from the labeled sample")
     e.add_argument("assessment", help="the folder `sample` wrote")
-    e.add_argument("--labels", required=True, help="the filled labels_template.csv or a Label Studio export")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--labels", help="the filled labels_template.csv or a Label Studio export")
+    src.add_argument(
+        "--label-studio",
+        action="store_true",
+        help="pull the annotations from the Label Studio project `sample --label-studio` imported into",
+    )
+    e.add_argument(
+        "--wait-s",
+        type=float,
+        default=0.0,
+        help="with --label-studio: poll this many seconds for the missing annotations (default: look once)",
+    )
     e.add_argument(
         "--partial",
         choices=("wait", "continue"),
@@ -98,10 +130,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 min_per_class=args.min_per_class,
                 seed=args.seed,
                 images=not args.no_images,
+                label_studio=(
+                    LabelStudioTarget(args.label_studio, args.project_id, args.token_env)
+                    if args.label_studio
+                    else None
+                ),
                 progress=say,
             )
         else:
-            r = estimate_accuracy(args.assessment, args.labels, partial=args.partial, progress=say)
+            r = estimate_accuracy(
+                args.assessment, args.labels, partial=args.partial, wait_s=args.wait_s, progress=say
+            )
             print(render(r))
     except (HSSALError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -18,14 +18,19 @@ The assessment folder ``ASSESS``::
     sample.parquet     sample_id, map_class_id, rank (the order the person sees), ref
     sample/            the hand-off: labels_template.csv, contact_sheet.html, label_studio_tasks.json,
                        label_config.xml, INSTRUCTIONS.txt, query.csv (ranks), query.geojson (chips
-                       with footprints); after the estimate, labels.csv (the labels read)
+                       with footprints); after the estimate, labels.csv (the labels read);
+                       with Label Studio, label_studio_push.json (task ids, samples, image digests)
+    label_studio.json  with Label Studio: the project the assessment created (URL, id, its random id)
     assessment.json    the estimates (every figure, the error matrix in counts and proportions)
     assessment.md      the same as tables
 
 A sample is drawn once: drawing again into the same folder with other settings is refused (a person
 may be labeling it), with the same settings it changes nothing (not even the template being filled).
 The estimate refuses a map that changed since the sample was drawn (predictions redone with other
-weights).
+weights). ``draw_sample(..., label_studio=LabelStudioTarget(url))`` also imports the sample into a
+Label Studio project (the loop's :class:`~hssal_ray.oracle.label_studio.LabelStudioOracle`: tasks
+tagged with the assessment's random id, blind like the files), and ``estimate_accuracy(out, None)``
+pulls the annotations from it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import secrets
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +64,7 @@ from hssal_ray.oracle.human import (
     TEMPLATE_FILE,
     HumanOracle,
 )
+from hssal_ray.oracle.label_studio import PROJECT_FILE, LabelStudioOracle
 from hssal_ray.prediction_files import PART_KEY, PARTS, SUMMARY
 
 __all__ = [
@@ -68,6 +76,7 @@ __all__ = [
     "render_plan",
     "class_confidence",
     "MapTable",
+    "LabelStudioTarget",
     "DESIGN_FILE",
     "SAMPLE_FILE",
 ]
@@ -209,6 +218,7 @@ def draw_sample(
     min_per_class: int = 50,
     seed: int = 0,
     images: bool = True,
+    label_studio: LabelStudioTarget | None = None,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Draw the stratified sample of the map in ``pred_dir`` into ``out`` and hand it over for labeling.
@@ -221,6 +231,8 @@ def draw_sample(
         seed: The draw's seed.
         images: Embed thumbnails (read from the archive ``predict.json`` names, with the run's
             decoding settings); off, or the archive unreadable: the hand-off names the ids only.
+        label_studio: Also import the sample into a Label Studio project (blind tasks, tagged with the
+            assessment's id; a sample drawn before is imported as it is, its files unchanged).
         progress: Where one-line progress goes.
 
     Returns:
@@ -252,7 +264,26 @@ def draw_sample(
                 "a person may be labeling it: use another --out folder, or delete that one first"
             )
         progress(f"[hssal] {out} holds this sample already: {_io.join(out, SAMPLE_DIR, INSTRUCTIONS_FILE)}")
+        if label_studio is not None:
+            tasks = _io.read_json(_io.join(out, SAMPLE_DIR, TASKS_FILE))
+            if not all(t["data"].get("image") for t in tasks):
+                raise ValueError(
+                    f"the sample in {out} was drawn without images (--no-images, or an unreadable archive): "
+                    "Label Studio tasks need them; draw it into another --out folder with --label-studio"
+                )
+            old.setdefault("assessment_id", secrets.token_hex(8))  # a sample drawn before ids were given
+            oracle = _sample_label_studio(out, old, label_studio, progress=progress)
+            old["label_studio"] = label_studio.record(oracle.push(_io.join(out, SAMPLE_DIR), out))
+            _io.atomic_write_json(dpath, old)
+            progress(f"[hssal] the sample is in Label Studio: {_project_url(old)}")
         return old
+    load = _image_loader(mt.info, progress) if images else None
+    if label_studio is not None and load is None:
+        raise ValueError(
+            "Label Studio tasks need the chips' images and "
+            + ("--no-images leaves them out" if not images else "the archive cannot be read (see above)")
+            + ": drop --label-studio and hand the sample over by file, or make the archive readable"
+        )
     pos = draw(mt.class_id, np.asarray(design["sample_sizes"]), seed)
     ids = mt.ids.take(pa.array(pos)).to_pylist()
     ranks = {sid: i + 1 for i, sid in enumerate(ids)}
@@ -271,11 +302,17 @@ def draw_sample(
     _io.atomic_write_parquet(_io.join(out, SAMPLE_FILE), table)
     write_query(handoff, ids, None, None)  # the loop's query.csv: ids in rank order
     footprints = _write_footprints(mt, handoff, ids)
-    load = _image_loader(mt.info, progress) if images else None
-    oracle = _SampleHandOff(out, mt.classes, load_image=load, hide_sample_id=hide)
-    oracle.request(handoff, ids, {"run_dir": out, "ranks": ranks})
     design["hide_sample_id"] = hide
     design["footprints"] = footprints
+    design["assessment_id"] = secrets.token_hex(8)
+    oracle: _SampleHandOff
+    if label_studio is None:
+        oracle = _SampleHandOff(out, mt.classes, load_image=load, hide_sample_id=hide)
+    else:
+        oracle = _sample_label_studio(out, design, label_studio, load_image=load, progress=progress)
+    oracle.request(handoff, ids, {"run_dir": out, "ranks": ranks})
+    if isinstance(oracle, LabelStudioOracle):
+        design["label_studio"] = label_studio.record(oracle.push(handoff, out))  # type: ignore[union-attr]
     _io.atomic_write_json(dpath, design)
     progress(
         f"[hssal] accuracy sample: {len(ids)} of {len(mt.ids)} chips, per map class "
@@ -283,6 +320,7 @@ def draw_sample(
             f"{c} {k}/{N}" for c, k, N in zip(mt.classes, design["sample_sizes"], mt.sizes, strict=True)
         )
         + f"; label them blind: {_io.join(handoff, INSTRUCTIONS_FILE)}"
+        + (f" (in Label Studio: {_project_url(design)})" if label_studio is not None else "")
     )
     return design
 
@@ -326,31 +364,136 @@ class _SampleHandOff(HumanOracle):
         super().__init__(*args, **kwargs)
         self.out = out
 
-    def _instructions(self, round_dir: str, run_dir: str, round_name: str, n: int) -> str:
+    def _how_to_label(self, round_dir: str, key: str) -> str:
         template = _io.join(round_dir, TEMPLATE_FILE)
-        key = "ref" if self.hide_sample_id else "sample_id"
-        classes = "\n".join(f"  {i:>3}  {c}" for i, c in enumerate(self.class_names))
-        command = " ".join(
-            shlex.quote(a)
-            for a in ("python", "-m", "hssal_ray.assess", "estimate", self.out, "--labels", template)
-        )
         return (
-            f"An accuracy assessment of a map is waiting for reference labels ({n} chips).\n\n"
-            "The chips are a random sample of the map, stratified by the map's classes, in a random order.\n"
-            "The map's class is not shown on purpose: label what you see, not what the model said.\n\n"
-            f"1. Label every chip. Either\n"
             f"   a) fill the 'label' column of\n        {template}\n"
             f"      (header '{key},label'; the thumbnails are in\n"
             f"      {_io.join(round_dir, CONTACT_SHEET_FILE)}), or\n"
             f"   b) import {_io.join(round_dir, TASKS_FILE)} into a Label Studio project set\n"
             f"      up with {_io.join(round_dir, LABEL_CONFIG_FILE)}, label, and export (JSON, JSON_MIN,\n"
             "      CSV or TSV).\n"
+        )
+
+    def _estimate_args(self, round_dir: str) -> list[str]:
+        return ["--labels", _io.join(round_dir, TEMPLATE_FILE)]
+
+    def _instructions(self, round_dir: str, run_dir: str, round_name: str, n: int) -> str:
+        key = "ref" if self.hide_sample_id else "sample_id"
+        classes = "\n".join(f"  {i:>3}  {c}" for i, c in enumerate(self.class_names))
+        argv = ("python", "-m", "hssal_ray.assess", "estimate", self.out, *self._estimate_args(round_dir))
+        return (
+            f"An accuracy assessment of a map is waiting for reference labels ({n} chips).\n\n"
+            "The chips are a random sample of the map, stratified by the map's classes, in a random order.\n"
+            "The map's class is not shown on purpose: label what you see, not what the model said.\n\n"
+            f"1. Label every chip. Either\n{self._how_to_label(round_dir, key)}"
             "   Write each label as one of the class names below, exactly (case-sensitive). Leave none out:\n"
             "   chips skipped because they are hard to label would make the map look better than it is.\n\n"
-            f"2. Estimate the map's accuracy and areas:\n\n   {command}\n\n"
-            "   An invalid file is rejected with the offending rows listed; nothing is written then.\n\n"
+            f"2. Estimate the map's accuracy and areas:\n\n   {' '.join(shlex.quote(a) for a in argv)}\n\n"
+            "   An invalid answer is rejected with the offending rows listed; nothing is written then.\n\n"
             f"Allowed class names ({len(self.class_names)}):\n{classes}\n"
         )
+
+
+class LabelStudioTarget:
+    """Where ``assess sample --label-studio`` imports the sample (the token stays in the environment).
+
+    Args:
+        url: The server's base URL.
+        project_id: An existing project to import into (its label config must fit); None: the
+            assessment creates its own, recorded in ``ASSESS/label_studio.json``.
+        token_env: The environment variable holding the API token.
+    """
+
+    def __init__(self, url: str, project_id: int | None = None, token_env: str = "LABEL_STUDIO_API_KEY"):
+        self.url = url.rstrip("/")
+        self.project_id = project_id
+        self.token_env = token_env
+
+    def record(self, project: int) -> dict[str, Any]:
+        """What ``design.json`` keeps: URL, the project given (None: the assessment's own), the project
+        the sample is in, and the token's variable (never the token)."""
+        return {
+            "url": self.url,
+            "project_id": self.project_id,
+            "project": int(project),
+            "token_env": self.token_env,
+        }
+
+
+class _SampleLabelStudio(_SampleHandOff, LabelStudioOracle):
+    """The sample as Label Studio tasks: blind (no pre-annotation: the sample has no scores), tagged
+    with the assessment's id, and pulled again at every estimate (a person may go on labeling)."""
+
+    reuse_stored_answer = False
+    project_purpose = "A blind random sample for the accuracy assessment {run_dir} (hssal_ray)"
+
+    def __init__(self, out: str, assessment_id: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(out, *args, **kwargs)
+        self.assessment_id = assessment_id
+
+    def _run_id(self, run_dir: str) -> str:
+        return self.assessment_id
+
+    def _history(self, run_dir: str, batch: str) -> tuple[dict[str, str], dict[str, int | None]]:
+        t = _io.read_parquet(_io.join(run_dir, SAMPLE_FILE), columns=["ref", "sample_id"])
+        return dict(zip(t.column("ref").to_pylist(), t.column("sample_id").to_pylist(), strict=True)), {}
+
+    def resume_command(self, run_dir: str, labels: str | None) -> str:
+        src = f"--labels {shlex.quote(labels)}" if labels else "--label-studio"
+        return f"python -m hssal_ray.assess estimate {shlex.quote(self.out)} {src}"
+
+    def _how_to_label(self, round_dir: str, key: str) -> str:
+        return (
+            f"   label the tasks of the Label Studio project {self._where()}\n"
+            f"   (or fill {_io.join(round_dir, TEMPLATE_FILE)}, header '{key},label', and use --labels).\n"
+        )
+
+    def _estimate_args(self, round_dir: str) -> list[str]:
+        return ["--label-studio"]
+
+    def _where(self) -> str:
+        """The project's page (the project is looked up before the hand-off files are written)."""
+        pid = self.project_id
+        path = _io.join(self.out, PROJECT_FILE)
+        if pid is None and _io.exists(path):
+            pid = _io.read_json(path).get("project_id")
+        return _project_url({"label_studio": {"url": self.url, "project": pid}})
+
+
+def _project_url(design: dict[str, Any]) -> str:
+    ls = design.get("label_studio") or {}
+    pid = ls.get("project")
+    return f"{ls.get('url')}/projects/{pid}/data" if pid is not None else str(ls.get("url"))
+
+
+def _sample_label_studio(
+    out: str,
+    design: dict[str, Any],
+    target: LabelStudioTarget,
+    *,
+    load_image: Callable[[str], Any] | None = None,
+    progress: Callable[[str], None] = log.info,
+    **kwargs: Any,
+) -> _SampleLabelStudio:
+    """The Label Studio hand-off of the assessment ``out`` (the token read from ``target.token_env``).
+
+    Raises:
+        ValueError: The token's environment variable is empty.
+    """
+    return _SampleLabelStudio(
+        out,
+        design["assessment_id"],
+        design["classes"],
+        url=target.url,
+        token=os.environ.get(target.token_env, ""),
+        token_env=target.token_env,
+        project_id=target.project_id,
+        load_image=load_image,
+        hide_sample_id=bool(design.get("hide_sample_id")),
+        progress=progress,
+        **kwargs,
+    )
 
 
 LOWER_BY = 0.05
@@ -469,26 +612,32 @@ def render_plan(p: dict[str, Any]) -> str:
 
 def estimate_accuracy(
     out: str,
-    labels: str,
+    labels: str | None,
     *,
     partial: str = "wait",
+    wait_s: float = 0.0,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Read the person's labels of the sample in ``out`` and write ``assessment.json`` / ``.md``.
 
     Args:
         out: The assessment folder :func:`draw_sample` wrote.
-        labels: The filled ``labels_template.csv`` or a Label Studio export.
+        labels: The filled ``labels_template.csv`` or a Label Studio export; None: pull the
+            annotations from the Label Studio project the sample was imported into (the token from
+            the environment variable ``design.json`` names), every time anew.
         partial: ``wait``: every sampled chip needs a label. ``continue``: estimate from the labeled
             ones (they then stand for their whole stratum: biased if the skipped chips differ).
+        wait_s: With ``labels=None``: poll Label Studio this long for the missing annotations.
         progress: Where one-line progress goes.
 
     Returns:
         The content of ``assessment.json``.
 
     Raises:
-        StateError: ``out`` holds no sample, or the map changed since it was drawn.
-        LabelFileError: The labels file is invalid (nothing is written).
+        StateError: ``out`` holds no sample, or the map changed since it was drawn, or (Label Studio)
+            the sample was never imported there or is not labeled yet.
+        LabelFileError: The labels file or an annotation is invalid (nothing is written).
+        LabelStudioError: The server cannot be reached or refuses the token.
         ValueError: With ``partial='continue'``, a map class with no labeled chip.
     """
     from hssal_ray.oracle.labels import parse_label_file, write_labels_csv
@@ -510,15 +659,18 @@ def estimate_accuracy(
     ids = sample.column("sample_id").to_pylist()
     refs = dict(zip(sample.column("ref").to_pylist(), ids, strict=True))
     classes = design["classes"]
-    answer = parse_label_file(
-        labels,
-        query_ids=ids,
-        class_names=classes,
-        partial=partial,  # type: ignore[arg-type]
-        refs=refs,
-        partial_hint="or estimate from the labels given: add --partial continue "
-        "(biased if the skipped chips differ)",
-    )
+    gaps = "or estimate from the labels given: add --partial continue (biased if the skipped chips differ)"
+    if labels is None:
+        answer, labels = _pull(out, design, ids, partial, wait_s, gaps, progress)
+    else:
+        answer = parse_label_file(
+            labels,
+            query_ids=ids,
+            class_names=classes,
+            partial=partial,  # type: ignore[arg-type]
+            refs=refs,
+            partial_hint=gaps,
+        )
     stratum = dict(zip(ids, sample.column("map_class_id").to_pylist(), strict=True))
     done = [s for s in ids if s in answer.labels]
     sizes = np.asarray(design["strata_sizes"], dtype=np.int64)
@@ -540,6 +692,35 @@ def estimate_accuracy(
         f"{_io.join(out, RESULT_MD)}"
     )
     return result
+
+
+def _pull(
+    out: str,
+    design: dict[str, Any],
+    ids: list[str],
+    partial: str,
+    wait_s: float,
+    gaps: str,
+    progress: Callable[[str], None],
+) -> tuple[Any, str]:
+    """The validated answer from the sample's Label Studio project, and where it came from."""
+    ls = design.get("label_studio")
+    if not ls:
+        raise StateError(
+            f"the sample in {out} was not imported into Label Studio: import it with `python -m "
+            f"hssal_ray.assess sample {design['predictions']} --out {out} --n {design['n']} --min-per-class "
+            f"{design['min_per_class']} --seed {design['seed']} --label-studio URL`, or give --labels FILE"
+        )
+    target = LabelStudioTarget(ls["url"], ls.get("project_id"), ls.get("token_env") or "LABEL_STUDIO_API_KEY")
+    oracle = _sample_label_studio(out, design, target, partial=partial, wait_s=wait_s, progress=progress)
+    handoff = _io.join(out, SAMPLE_DIR)
+    answer = oracle.collect(handoff, ids)
+    if answer is None:
+        raise StateError(
+            f"the sample is not labeled yet in Label Studio ({oracle.last_status(handoff)}): label the rest, "
+            f"{gaps}, or wait for them: --wait-s SECONDS"
+        )
+    return answer, f"Label Studio project {ls.get('project')} at {ls['url']}"
 
 
 def _num(x: float) -> float | None:

@@ -135,6 +135,13 @@ class LabelStudioOracle(HumanOracle):
     """
 
     pulls_labels: ClassVar[bool] = True
+    reuse_stored_answer: ClassVar[bool] = True
+    """Once a batch's answer is stored (``labels.csv``), ``collect`` reads it instead of the server
+    (the loop: a round's labels are final). False: every ``collect`` pulls again."""
+    project_purpose: ClassVar[str] = (
+        "Active-learning queries of the hssal_ray run {run_dir}, one batch per round"
+    )
+    """The project description of a project the oracle creates (its run-id marker is appended)."""
 
     def __init__(
         self,
@@ -199,9 +206,25 @@ class LabelStudioOracle(HumanOracle):
         ctx = dict(context or {})
         run_dir = str(ctx.get("run_dir") or _parent(round_dir))
         ctx["run_dir"] = run_dir
-        pid = self._retrying(run_dir, "looking up the project", lambda: self._project(run_dir))
+        self._retrying(run_dir, "looking up the project", lambda: self._project(run_dir))
         super().request(round_dir, ids, ctx)
+        self.push(round_dir, run_dir)
+
+    def push(self, round_dir: str, run_dir: str | None = None) -> int:
+        """Import a batch whose hand-off files are written into the project (idempotent: tasks already
+        there are not imported twice); returns the project id. :meth:`request` ends with it.
+
+        Raises:
+            LabelStudioError, ConfigError, StateError: As :meth:`request`.
+        """
+        run_dir = run_dir or _parent(round_dir)
+        pid = self._retrying(run_dir, "looking up the project", lambda: self._project(run_dir))
         self._retrying(run_dir, "pushing the batch", lambda: self._push(round_dir, run_dir, pid))
+        return pid
+
+    def last_status(self, round_dir: str) -> str | None:
+        """What the last pull of the batch found (``3 of 10 tasks labeled, ...``), None before one."""
+        return self._status.get(round_dir)
 
     def collect(self, round_dir: str, ids: Sequence[str]) -> OracleAnswer | None:
         """The validated answer, pulled from Label Studio (polling up to ``wait_s``), or ``None``.
@@ -211,7 +234,7 @@ class LabelStudioOracle(HumanOracle):
                 Label Studio; nothing was written (the run is unchanged).
             LabelStudioError: The server cannot be reached (after :data:`RETRY_S` of retries).
         """
-        if _io.exists(_io.join(round_dir, LABELS_FILE)):
+        if self.reuse_stored_answer and _io.exists(_io.join(round_dir, LABELS_FILE)):
             return super().collect(round_dir, ids)
         run_dir = _parent(round_dir)
         pid = self._retrying(run_dir, "looking up the project", lambda: self._project(run_dir))
@@ -315,6 +338,10 @@ class LabelStudioOracle(HumanOracle):
             self._run_ids[run_dir] = state.run_id
         return self._run_ids[run_dir]
 
+    def _history(self, run_dir: str, batch: str) -> tuple[dict[str, str], dict[str, int | None]]:
+        """``(refs, earlier)`` of the run's batches (:func:`~hssal_ray.oracle._handoff.run_history`)."""
+        return run_history(run_dir, batch)
+
     # ------------------------------------------------------------------ project
     def _project(self, run_dir: str) -> int:
         if run_dir in self._projects:
@@ -391,10 +418,7 @@ class LabelStudioOracle(HumanOracle):
         project = self.client.create_project(
             title,
             self.label_config(),
-            description=(
-                f"Active-learning queries of the hssal_ray run {run_dir}, one batch per round "
-                f"({self._marker(run_dir)})."
-            ),
+            description=f"{self.project_purpose.format(run_dir=run_dir)} ({self._marker(run_dir)}).",
         )
         pid = int(project["id"])
         record = {"url": self.url, "project_id": pid, "title": title, "run_id": self._run_id(run_dir)}
@@ -516,7 +540,7 @@ class LabelStudioOracle(HumanOracle):
         """``ref -> sample id`` of the hand-off's tasks (their ``sample_id``, or the ref resolved)."""
         refs: dict[str, str] = {}
         if any(not t["data"].get("sample_id") for t in wanted.values()):
-            refs, _ = run_history(_parent(round_dir), _basename(round_dir))
+            refs, _ = self._history(_parent(round_dir), _basename(round_dir))
         return {ref: str(t["data"].get("sample_id") or refs.get(ref, "")) for ref, t in wanted.items()}
 
     def _same(self, data: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
@@ -633,7 +657,7 @@ class LabelStudioOracle(HumanOracle):
             )
         if not answered and not shape_problems:
             return None
-        refs, earlier = run_history(run_dir, batch)
+        refs, earlier = self._history(run_dir, batch)
         answer = parse_label_rows(
             rows,
             source=f"Label Studio project {pid} at {self.url} (tasks of {_basename(run_dir)}:{batch})",

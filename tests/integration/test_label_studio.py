@@ -19,6 +19,8 @@ The tests skip only when Label Studio cannot be installed (no network to PyPI).
   data set is built (the real CLI).
 * ``test_live_wait_prints_progress_and_survives_a_server_restart``: while the oracle waits it prints
   the project URL, what is left and its progress; the server restarted mid-wait is retried, not fatal.
+* ``test_map_accuracy_sample_through_label_studio``: ``assess sample --label-studio`` imports the map
+  sample blind and tagged; ``estimate --label-studio`` pulls anew each time, equals the file route.
 * ``test_loop_two_rounds_through_label_studio`` (slow: several CLI runs of the loop): the real CLI,
   two batches labeled in Label Studio, a rejected bad round, the token nowhere in the run.
 """
@@ -564,3 +566,68 @@ def test_loop_two_rounds_through_label_studio(
             assert ls_server.token.encode() not in p.read_bytes(), p
     assert not any(ls_server.token in out for out in outputs)
     print(f"[label studio] loop, two rounds: {time.monotonic() - t0:.1f} s")
+
+
+def test_map_accuracy_sample_through_label_studio(
+    ls_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``assess sample --label-studio`` imports the sample blind (no map class, no pre-annotation, no
+    sample id that names a class folder), tagged with the assessment's id; ``estimate --label-studio``
+    pulls the annotations anew each time (a person may go on labeling after a partial estimate) and
+    gives the figures a label file gives; the token is read from the environment, written nowhere."""
+    from hssal_ray.assess import workflow
+    from hssal_ray.assess.__main__ import main
+    from hssal_ray.errors import StateError
+    from tests.unit.assess.test_workflow import _prediction
+
+    pred, truth = _prediction(tmp_path, n=300)
+    out = tmp_path / "assess"
+    monkeypatch.setenv("LS_TOKEN_FOR_ASSESS", ls_server.token)
+    monkeypatch.setattr(workflow, "_image_loader", lambda info, progress: _noise)  # the archive's chips
+    argv = ["sample", str(pred), "--out", str(out), "--n", "30", "--min-per-class", "5"]
+    ls = ["--label-studio", ls_server.url, "--token-env", "LS_TOKEN_FOR_ASSESS"]
+    assert main([*argv, "--no-images", *ls]) == 2  # tasks without images: refused, nothing drawn
+    assert "need the chips' images" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, *ls]) == 0
+    assert "in Label Studio: " in capsys.readouterr().out
+    design = json.loads((out / "design.json").read_text())
+    pid = design["label_studio"]["project"]
+    tasks = _tasks(ls_server, pid)
+    sample = {r["ref"]: r for r in pq.read_table(out / "sample.parquet").to_pylist()}
+    assert len(tasks) == 30 and {t["data"]["ref"] for t in tasks} == set(sample)
+    assert all(t["predictions"] == [] for t in tasks)  # blind: no pre-annotation
+    assert all(t["data"][RUN_ID_FIELD] == design["assessment_id"] for t in tasks)
+    blob = json.dumps([t["data"] for t in tasks])
+    assert not any(r["sample_id"] in blob for r in sample.values())  # ids name class folders: hidden
+    assert main([*argv, *ls]) == 0 and len(_tasks(ls_server, pid)) == 30  # again: nothing imported twice
+    capsys.readouterr()
+
+    def label(task: dict[str, Any]) -> None:
+        _annotate(ls_server, task["id"], truth[sample[task["data"]["ref"]]["sample_id"]])
+
+    for t in tasks[:-1]:
+        label(t)
+    estimate = ["estimate", str(out), "--label-studio"]
+    assert main(estimate) == 2  # one task left: --partial wait refuses, nothing written
+    assert "not labeled yet in Label Studio (29 of 30 tasks labeled" in capsys.readouterr().err
+    assert not (out / "assessment.json").exists()
+    assert main([*estimate, "--partial", "continue"]) == 0
+    partial = json.loads((out / "assessment.json").read_text())
+    assert partial["labeled"] == 29 and partial["labels"] == f"Label Studio project {pid} at {ls_server.url}"
+    label(tasks[-1])  # the person goes on: the next estimate pulls again, not the stored labels.csv
+    assert main(estimate) == 0
+    full = json.loads((out / "assessment.json").read_text())
+    assert full["labeled"] == 30
+    labels = tmp_path / "labels.csv"
+    labels.write_text("ref,label\n" + "".join(f"{r},{truth[x['sample_id']]}\n" for r, x in sample.items()))
+    by_file = workflow.estimate_accuracy(str(out), str(labels))
+    assert by_file["overall_accuracy"] == full["overall_accuracy"]
+    assert by_file["per_class"] == full["per_class"]
+    assert ls_server.token not in "".join(p.read_text(errors="ignore") for p in out.rglob("*") if p.is_file())
+    monkeypatch.delenv("LS_TOKEN_FOR_ASSESS")
+    assert main(estimate) == 2 and "LS_TOKEN_FOR_ASSESS is empty" in capsys.readouterr().err
+    # a sample handed over by file has no project to pull from
+    other = tmp_path / "by_file"
+    assert main(["sample", str(pred), "--out", str(other), "--n", "30", "--min-per-class", "5"]) == 0
+    with pytest.raises(StateError, match="was not imported into Label Studio"):
+        workflow.estimate_accuracy(str(other), None)
