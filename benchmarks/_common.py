@@ -36,6 +36,7 @@ __all__ = [
     "setup_logging",
     "start_local_ray",
     "summarize",
+    "timed_process",
     "sweep_round_means",
     "write_initial_checkpoint",
     "write_result",
@@ -268,6 +269,22 @@ def describe_machine(*, gpu: bool = False) -> dict[str, Any]:
         + f"; Python {desc['python']}, torch {desc['torch']}, Ray {desc['ray']}"
     )
     return desc
+
+
+_WRAP = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
+)
+
+
+def timed_process(cmd: list[str]) -> dict[str, float]:
+    """Wall seconds and peak RSS (MB) of one process (run under a wrapper of its own, so that the
+    peak is that process's, not the largest of every child the benchmark has waited for)."""
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", _WRAP, *cmd], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {r.stderr[-2000:]}")
+    return {"wall_s": time.perf_counter() - t0, "peak_rss_mb": int(r.stdout.split()[-1]) / 1024}
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:

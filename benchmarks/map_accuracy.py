@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import md_table, write_result
+from benchmarks._common import md_table, timed_process, write_result
 
 __all__ = ["population_truth", "coverage", "main"]
 
@@ -236,22 +236,6 @@ def _end_to_end(
     return json.loads((out / "assessment.json").read_text())["overall_accuracy"]
 
 
-_WRAP = (
-    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)"
-)
-
-
-def _timed(cmd: list[str]) -> dict[str, float]:
-    """Wall seconds and peak RSS (MB) of one process (run under a wrapper of its own, so that the
-    peak is that process's, not the largest of every child this benchmark has waited for)."""
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", _WRAP, *cmd], capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {r.stderr[-2000:]}")
-    return {"wall_s": time.perf_counter() - t0, "peak_rss_mb": int(r.stdout.split()[-1]) / 1024}
-
-
 def scale(chips: int, work: Path, classes: int = 30, n: int = 1500) -> dict[str, Any]:
     """Time the CLI on a synthetic map of ``chips`` chips (the parts and ``predict.json`` of a real one)."""
     import json
@@ -287,7 +271,7 @@ def scale(chips: int, work: Path, classes: int = 30, n: int = 1500) -> dict[str,
 
         shutil.rmtree(out)
     py = sys.executable
-    sample = _timed(
+    sample = timed_process(
         [py, "-m", "hssal_ray.assess", "sample", str(pred), "--out", str(out), "--n", str(n), "--no-images"]
     )
     rows = pq.read_table(out / "sample.parquet").to_pylist()
@@ -298,7 +282,7 @@ def scale(chips: int, work: Path, classes: int = 30, n: int = 1500) -> dict[str,
         for r in rows:
             c = r["map_class_id"] if rng.random() < 0.9 else int(rng.integers(0, classes))
             w.writerow([r["sample_id"], f"class{c}"])
-    est = _timed([py, "-m", "hssal_ray.assess", "estimate", str(out), "--labels", str(labels)])
+    est = timed_process([py, "-m", "hssal_ray.assess", "estimate", str(out), "--labels", str(labels)])
     return {"chips": chips, "classes": classes, "n": n, "sample": sample, "estimate": est}
 
 

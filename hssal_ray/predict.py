@@ -7,11 +7,14 @@ ARCHIVE is anything the loop reads (ImageFolder tree, flat folder, Parquet shard
 * ``PRED/predictions.parquet/part-NNNNN.parquet``: ``sample_id``, ``class``, ``class_id``,
   ``confidence`` (the top probability), ``top_classes`` / ``top_probs`` (the ``--top-k`` most
   probable classes); for geo-referenced chips also ``scene``, ``row_off``, ``col_off``,
-  ``crs``, ``bounds_wgs84`` and the WGS84 footprint ``geometry`` (WKB), with GeoParquet 1.1
-  metadata: the folder is a GeoParquet dataset
+  ``width``, ``height``, ``crs``, ``transform`` (the chip's), ``bounds_wgs84`` and the WGS84
+  footprint ``geometry`` (WKB), with GeoParquet 1.1 metadata: the folder is a GeoParquet dataset
   (``geopandas.read_parquet("PRED/predictions.parquet")``; QGIS opens each part);
 * ``PRED/predictions.geojson``: the footprints with class and confidence (geo archives;
   ``--no-geojson`` for very large ones, where the GeoParquet parts are the better format);
+* ``PRED/map/<scene>.tif``: the map as a GeoTIFF per scene, a cell per chip (class with a colour table,
+  confidence in percent; :mod:`hssal_ray.map_raster`; geo archives, ``--no-geotiff`` to skip), and
+  ``PRED/map/legend.csv``;
 * ``PRED/predict.json``: run, round, weights digest, class names, archive, counts; ``PRED/bad_samples.csv``
   lists images that could not be decoded.
 
@@ -47,7 +50,8 @@ import torch
 
 from hssal_ray import _io
 from hssal_ray._progress import duration
-from hssal_ray.errors import HSSALError
+from hssal_ray.errors import HSSALError, StateError
+from hssal_ray.map_raster import MAP_DIR
 from hssal_ray.prediction_files import PART_KEY, PARTS, SUMMARY
 from hssal_ray.scoring import Scorer
 
@@ -55,7 +59,7 @@ __all__ = ["Predictor", "predictions_table", "predict", "main"]
 
 log = logging.getLogger(__name__)
 
-_GEO_OUT = ["scene", "row_off", "col_off", "crs", "bounds_wgs84", "geometry"]
+_GEO_OUT = ["scene", "row_off", "col_off", "width", "height", "crs", "transform", "bounds_wgs84", "geometry"]
 
 
 def predictions_table(ids: Sequence[str], probs: np.ndarray, classes: Sequence[str], top_k: int) -> pa.Table:
@@ -220,6 +224,7 @@ def predict(
     gpu: bool | None = None,
     local: bool = False,
     geojson: bool = True,
+    geotiff: bool = True,
     resources: Any = None,
 ) -> dict[str, Any]:
     """Predict every image of ``data`` with the model of ``run_dir`` into ``out`` (module docstring).
@@ -306,6 +311,13 @@ def predict(
     }
     if geo and geojson:
         summary["geojson_features"] = _geojson(out, len(chunks))
+    if geo and geotiff:
+        from hssal_ray.map_raster import write_map_rasters
+
+        try:
+            summary["map_rasters"] = write_map_rasters(out, rm.classes, cat.root)
+        except StateError as e:  # parts of an older predict: the predictions stand, the rasters wait
+            log.warning("no map rasters: %s", e)
     _io.atomic_write_json(_io.join(out, SUMMARY), summary)
     return summary
 
@@ -357,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--cpu", dest="gpu", action="store_false", help="CPU actors even on a GPU cluster")
     p.add_argument("--local", action="store_true", help="predict in this process (no Ray)")
     p.add_argument("--no-geojson", action="store_true", help="no predictions.geojson (GeoParquet parts only)")
+    p.add_argument("--no-geotiff", action="store_true", help="no map/<scene>.tif rasters (geo archives)")
     p.add_argument("--address", default=None, help="Ray cluster to join (default: the run's resources)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray runtime")
     args = p.parse_args(argv)
@@ -377,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gpu=args.gpu,
             local=args.local,
             geojson=not args.no_geojson,
+            geotiff=not args.no_geotiff,
             resources=resources,
         )
     except (HSSALError, ValueError) as e:
@@ -387,6 +401,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"predicted {s['predicted_now']} of {s['images']} images (round {s['round']}{rate}) into {args.out}"
         + (f"; {s['bad_samples']} unreadable (bad_samples.csv)" if s["bad_samples"] else "")
         + (f"; {s['geojson_features']} footprints in predictions.geojson" if "geojson_features" in s else "")
+        + (
+            f"; map rasters of {s['map_rasters']['scenes']} scene(s) in {MAP_DIR}/"
+            if "map_rasters" in s
+            else ""
+        )
     )
     return 0
 

@@ -60,6 +60,23 @@ def test_geo_archive_gives_geoparquet_and_geojson_footprints_of_every_chip(archi
     f0 = fc["features"][0]
     assert f0["geometry"]["coordinates"][0] == wkb_ring(by_id[f0["properties"]["sample_id"]]["geometry"])
     assert json.loads((out / "predict.json").read_text())["images"] == 40
+    # the map as one GeoTIFF per scene, in its CRS, each chip's class in the cell under its centre
+    import rasterio
+
+    assert s["map_rasters"]["scenes"] == 2 and sorted(p.name for p in (out / "map").iterdir()) == [
+        "legend.csv",
+        "utm_scene.tif",
+        "wgs84_scene.tif",
+    ]
+    for scene, epsg in (("utm_scene", 32633), ("wgs84_scene", 4326)):
+        with rasterio.open(out / "map" / f"{scene}.tif") as ds:
+            assert ds.crs.to_epsg() == epsg
+            cls = ds.read(1)
+            rows = [r for r in table.to_pylist() if r["sample_id"].startswith(scene + "/")]
+            assert (cls != ds.nodata).sum() == len(rows)
+            for r in rows:
+                a, b, c, d, e, f = r["transform"]
+                assert cls[ds.index(a * 16 + b * 16 + c, d * 16 + e * 16 + f)] == r["class_id"]
 
 
 def test_a_rerun_predicts_only_chunks_without_a_valid_part(archive, tmp_path):
