@@ -192,6 +192,40 @@ def _part_weights(t: pa.Table) -> str | None:
         return None
 
 
+AREA_TOLERANCE = 0.01
+"""Chips count as one size when their ground areas differ by at most this fraction."""
+
+
+def chip_area_km2(mt: MapTable) -> float | None:
+    """The ground area of one chip in km² when every chip of the map has the same (geo-referenced
+    chips, within :data:`AREA_TOLERANCE`), else None (areas are then reported in chips only)."""
+    from hssal_ray.data.geo import chip_areas_m2
+
+    if not mt.info.get("geo"):
+        return None
+    cols = ["crs", "transform", "width", "height"]
+    areas = []
+    for part in mt.parts:
+        try:
+            t = _io.read_parquet(part, columns=cols)
+        except (pa.ArrowInvalid, KeyError):
+            return None  # predicted before the chips' transforms were recorded
+        transform = np.asarray(t.column("transform").combine_chunks().flatten()).reshape(-1, 6)
+        areas.append(
+            chip_areas_m2(
+                t.column("crs").to_pylist(),
+                transform,
+                t.column("width").to_numpy(),
+                t.column("height").to_numpy(),
+            )
+        )
+    a = np.concatenate(areas) if areas else np.zeros(0)
+    if not len(a) or a.min() <= 0 or a.max() / a.min() - 1 > AREA_TOLERANCE:
+        log.info("chips of different ground areas: the areas are reported in chips")
+        return None
+    return float(a.mean() / 1e6)
+
+
 def _design(mt: MapTable, n: int, min_per_class: int, seed: int) -> dict[str, Any]:
     sizes = allocate(mt.sizes, n, min_per_class)
     return {
@@ -305,6 +339,7 @@ def draw_sample(
     design["hide_sample_id"] = hide
     design["footprints"] = footprints
     design["assessment_id"] = secrets.token_hex(8)
+    design["chip_area_km2"] = chip_area_km2(mt)
     oracle: _SampleHandOff
     if label_studio is None:
         oracle = _SampleHandOff(out, mt.classes, load_image=load, hide_sample_id=hide)
@@ -743,6 +778,7 @@ def _result(
     design: dict[str, Any], e: Estimates, labels: str, labeled: int, missing: Sequence[str]
 ) -> dict[str, Any]:
     N = int(design["chips"])
+    km2 = design.get("chip_area_km2")
     ci = intervals(e, seed=int(design["seed"]))
 
     def one(name: str, i: int, scale: float = 1.0) -> dict[str, float | None]:
@@ -760,6 +796,11 @@ def _result(
             "producers_accuracy": one("producers", i),
             "area_share": one("area", i),
             "area_chips": one("area", i, scale=N),
+            **(
+                {"map_km2": design["strata_sizes"][i] * km2, "area_km2": one("area", i, scale=N * km2)}
+                if km2
+                else {}
+            ),
         }
         for i, name in enumerate(design["classes"])
     ]
@@ -793,10 +834,18 @@ def _fmt(ci: dict[str, Any], gap: str = "1 chip", digits: int = 3) -> str:
     return f"{ci['estimate']:.{digits}f} ({ci['low']:.{digits}f}-{ci['high']:.{digits}f})"
 
 
+def _amount(ci: dict[str, Any], digits: int) -> str:
+    """``1,234 (1,100-1,380)`` of an area interval, ``-`` without one."""
+    if ci["low"] is None:
+        return "-"
+    return f"{ci['estimate']:,.{digits}f} ({ci['low']:,.{digits}f}-{ci['high']:,.{digits}f})"
+
+
 def render(result: dict[str, Any]) -> str:
     """``assessment.md``: the estimates as tables."""
     d = result["design"]
     oa = result["overall_accuracy"]
+    km2 = d.get("chip_area_km2")
     lines = [
         f"# Accuracy of the map {d['predictions']}",
         "",
@@ -809,22 +858,26 @@ def render(result: dict[str, Any]) -> str:
         f"**Overall accuracy: {_fmt(oa, OVERALL_GAP)}** (in brackets: the 95% interval)",
         "",
         "| class | chips in the map | sampled / labeled | user's accuracy | producer's accuracy "
-        "| chips of the class, estimated (95% CI) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| chips of the class, estimated (95% CI) |"
+        + (" area, km² (95% CI) | map's area, km² |" if km2 else ""),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if km2 else ""),
     ]
     for c in result["per_class"]:
-        a = c["area_chips"]
-        area = f"{a['estimate']:,.0f} ({a['low']:,.0f}-{a['high']:,.0f})" if a["low"] is not None else "-"
-        lines.append(
+        line = (
             f"| {c['class']} | {c['map_chips']:,} | {c['sampled']} / {c['labeled']} "
-            f"| {_fmt(c['users_accuracy'])} | {_fmt(c['producers_accuracy'])} | {area} |"
+            f"| {_fmt(c['users_accuracy'])} | {_fmt(c['producers_accuracy'])} "
+            f"| {_amount(c['area_chips'], 0)} |"
         )
+        if km2:
+            line += f" {_amount(c['area_km2'], 2)} | {c['map_km2']:,.2f} |"
+        lines.append(line)
     names = d["classes"]
     lines += [
         "",
         "User's accuracy: of the chips the map calls a class, the share that are it; producer's: of the",
         "chips that are a class, the share the map calls it. The estimated chips of a class correct the",
-        "map's count for its errors (the error-adjusted area). In brackets: the 95% interval.",
+        "map's count for its errors (the error-adjusted area). In brackets: the 95% interval."
+        + (f" One chip is {km2:.4g} km² of ground." if km2 else ""),
         "",
         "Error matrix, sampled chips (rows: map class, columns: reference class):",
         "",

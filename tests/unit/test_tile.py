@@ -9,7 +9,7 @@ import pytest
 from hssal_ray.data.catalog import scan
 from hssal_ray.data.decode import decode_image
 from hssal_ray.data.fetch import load_bytes
-from hssal_ray.data.geo import chip_offsets, wkb_ring
+from hssal_ray.data.geo import EARTH_RADIUS_M, chip_areas_m2, chip_offsets, wkb_ring
 from hssal_ray.data.tile import main, tile
 from hssal_ray.errors import DataError
 from tests.data.make_scenes import CLASSES, block_classes, two_scenes
@@ -40,6 +40,19 @@ def test_chip_offsets_cover_the_scene_and_shift_the_last_chip_to_the_edge():
     assert chip_offsets(96, 32, 32) == [0, 32, 64]
     assert chip_offsets(20, 32, 32) == []
     assert chip_offsets(64, 32, 16) == [0, 16, 32]
+
+
+def test_chip_ground_areas_in_projected_and_geographic_crs():
+    t = np.array(
+        [[10, 0, 500000, 0, -10, 4500000], [1e-4, 0, 12, 0, -1e-4, 41], [0.3048, 0, 0, 0, -0.3048, 0]]
+    )
+    crs = ["EPSG:32633", "EPSG:4326", "EPSG:2263"]  # UTM metres, WGS84 degrees, NY state plane feet
+    a = chip_areas_m2(crs, t, np.array([256, 32, 1000]), np.array([256, 32, 1000]))
+    assert a[0] == pytest.approx(2560.0**2)
+    side = np.radians(32e-4) * EARTH_RADIUS_M  # 32 pixels of 1e-4 degrees near 41 N
+    assert a[1] == pytest.approx(side * side * np.cos(np.radians(41 - 16e-4)), rel=1e-6)
+    us_foot = 1200 / 3937  # EPSG:2263's unit, the US survey foot, in metres
+    assert a[2] == pytest.approx((0.3048 * 1000 * us_foot) ** 2, rel=1e-9)
 
 
 def test_nodata_chips_are_skipped_and_counted(tiled):

@@ -215,3 +215,52 @@ def test_plan_from_the_maps_confidence_then_draw_it(
     assert json.loads((out / "design.json").read_text())["n"] == n_80
     assert main(["plan", str(pred), "--halfwidth", "0.7"]) == 2
     assert "half-widths must be in (0, 0.5)" in capsys.readouterr().err
+
+
+def _geo(pred: Path, pixel_m: tuple[float, float] = (10.0, 10.0)) -> None:
+    """Give the prediction the geo columns predict writes for tiled chips (UTM, 256 px chips; the
+    second part's pixels ``pixel_m[1]`` m)."""
+    from hssal_ray.data.geo import polygon_coords, polygon_wkb
+
+    parts = sorted((pred / "predictions.parquet").iterdir())
+    for part, px in zip(parts, pixel_m, strict=True):
+        t = pq.read_table(part)
+        n = t.num_rows
+        x0 = 500000.0 + np.arange(n) * 256 * px
+        affine = np.stack(
+            [np.full(n, px), np.zeros(n), x0, np.zeros(n), np.full(n, -px), np.full(n, 4.5e6)], 1
+        )
+        ring = polygon_coords([12.0, 12.01, 12.01, 12.0], [41.0, 41.0, 41.01, 41.01])
+        t = (
+            t.append_column("crs", pa.array(["EPSG:32633"] * n))
+            .append_column("transform", pa.FixedSizeListArray.from_arrays(pa.array(affine.reshape(-1)), 6))
+            .append_column("width", pa.array(np.full(n, 256), pa.int32()))
+            .append_column("height", pa.array(np.full(n, 256), pa.int32()))
+            .append_column("geometry", pa.array([polygon_wkb(ring)] * n))
+        )
+        pq.write_table(t.replace_schema_metadata(pq.read_schema(part).metadata), part)
+    info = json.loads((pred / "predict.json").read_text())
+    (pred / "predict.json").write_text(json.dumps({**info, "geo": True}))
+
+
+def test_areas_in_square_kilometres_for_geo_chips_of_one_size(tmp_path: Path) -> None:
+    """Geo-referenced chips of one ground size: each class's map area and error-adjusted area in km²
+    (256 x 256 pixels of 10 m = 6.5536 km² a chip); chips of different sizes: areas in chips only."""
+    pred, truth = _prediction(tmp_path)
+    _geo(pred)
+    out = tmp_path / "assess"
+    design = draw_sample(str(pred), str(out), 60, min_per_class=10, images=False)
+    assert design["chip_area_km2"] == pytest.approx(6.5536)
+    r = estimate_accuracy(str(out), str(_labels(out, truth, tmp_path / "l.csv")))
+    for c in r["per_class"]:
+        assert c["map_km2"] == pytest.approx(c["map_chips"] * 6.5536)
+        for k in ("estimate", "low", "high"):
+            assert c["area_km2"][k] == pytest.approx(c["area_chips"][k] * 6.5536)
+    text = (out / "assessment.md").read_text()
+    assert "area, km² (95% CI)" in text and "One chip is 6.554 km²" in text
+    mixed, truth2 = _prediction(tmp_path / "mixed")
+    _geo(mixed, (10.0, 20.0))
+    out2 = tmp_path / "assess2"
+    assert draw_sample(str(mixed), str(out2), 60, min_per_class=10, images=False)["chip_area_km2"] is None
+    r2 = estimate_accuracy(str(out2), str(_labels(out2, truth2, tmp_path / "l2.csv")))
+    assert "area_km2" not in r2["per_class"][0] and "km²" not in (out2 / "assessment.md").read_text()
