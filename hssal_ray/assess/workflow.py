@@ -35,11 +35,8 @@ pulls the annotations from it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
 import secrets
 import shlex
 import time
@@ -52,20 +49,20 @@ import pyarrow.compute as pc
 
 from hssal_ray import _io
 from hssal_ray.assess.estimators import Estimates, allocate, draw, estimate, intervals
-from hssal_ray.errors import HSSALError, StateError
+from hssal_ray.assess.handoff import (
+    LabelStudioTarget,
+    SampleHandOff,
+    image_loader,
+    project_url,
+    sample_label_studio,
+)
+from hssal_ray.assess.maptable import MapTable, chip_area_km2, class_confidence, read_map
+from hssal_ray.errors import StateError
 from hssal_ray.loop.query_files import write_query
 from hssal_ray.oracle._handoff import _basename, reveals_folder, task_ref
 from hssal_ray.oracle.base import LABELS_FILE
-from hssal_ray.oracle.human import (
-    CONTACT_SHEET_FILE,
-    INSTRUCTIONS_FILE,
-    LABEL_CONFIG_FILE,
-    TASKS_FILE,
-    TEMPLATE_FILE,
-    HumanOracle,
-)
-from hssal_ray.oracle.label_studio import PROJECT_FILE, LabelStudioOracle
-from hssal_ray.prediction_files import PART_KEY, PARTS, SUMMARY
+from hssal_ray.oracle.human import INSTRUCTIONS_FILE, TASKS_FILE
+from hssal_ray.oracle.label_studio import LabelStudioOracle
 
 __all__ = [
     "read_map",
@@ -88,142 +85,6 @@ SAMPLE_FILE = "sample.parquet"
 SAMPLE_DIR = "sample"
 RESULT_JSON = "assessment.json"
 RESULT_MD = "assessment.md"
-
-
-class MapTable:
-    """Every chip's class in a prediction folder, sorted by sample id.
-
-    Attributes:
-        pred_dir: The folder ``python -m hssal_ray.predict`` wrote.
-        info: Its ``predict.json``.
-        classes: The class names (index = ``class_id``).
-        ids: Sample ids (Arrow string array, sorted).
-        class_id: The map's class of each (int64).
-        parts: The paths of its ``predictions.parquet`` parts.
-    """
-
-    def __init__(
-        self,
-        pred_dir: str,
-        info: dict[str, Any],
-        classes: list[str],
-        ids: pa.Array,
-        cls: Any,
-        parts: list[str],
-    ):
-        self.pred_dir = pred_dir
-        self.parts = parts
-        self.info = info
-        self.classes = classes
-        self.ids = ids
-        self.class_id = np.asarray(cls, dtype=np.int64)
-
-    @property
-    def sizes(self) -> np.ndarray:
-        """``N_i``: chips per map class."""
-        return np.bincount(self.class_id, minlength=len(self.classes)).astype(np.int64)
-
-    def digest(self) -> str:
-        """A digest of every (sample id, class) pair: the map the sample was drawn from."""
-        h = hashlib.sha256()
-        for chunk in range(0, len(self.ids), 100_000):
-            h.update("\0".join(self.ids[chunk : chunk + 100_000].to_pylist()).encode())
-            h.update(b"\1")
-        h.update(self.class_id.astype("<i8").tobytes())
-        return h.hexdigest()[:16]
-
-
-def read_map(pred_dir: str) -> MapTable:
-    """Read the map of ``pred_dir`` (``predict.json`` and the ``predictions.parquet`` parts).
-
-    Raises:
-        StateError: No finished prediction there: no ``predict.json``, or parts that do not add up to
-            it (fewer chips or parts than it counts, or parts by other weights: a predict command that
-            was stopped; rerun it, it resumes).
-    """
-    meta = _io.join(pred_dir, SUMMARY)
-    parts = _io.join(pred_dir, PARTS)
-    if not _io.exists(meta) or not _io.exists(parts):
-        raise StateError(
-            f"{pred_dir} is not a finished prediction (no predict.json or {PARTS}/): "
-            "run `python -m hssal_ray.predict RUN --data ARCHIVE --out PRED` first"
-        )
-    info = _io.read_json(meta)
-    classes = info.get("classes")
-    if not classes:  # a prediction written before predict.json named its classes
-        cpath = _io.join(str(info.get("run", "")), "classes.json")
-        if not info.get("run") or not _io.exists(cpath):
-            raise StateError(
-                f"{meta} names no classes and its run's classes.json is not readable: rerun predict"
-            )
-        classes = _io.read_json(cpath)
-    names = [
-        _io.join(parts, n)
-        for n in sorted(_io.listdir(parts))
-        if n.startswith("part-") and n.endswith(".parquet")
-    ]
-    tables = [_io.read_parquet(n, columns=["sample_id", "class_id"]) for n in names]
-    stale = [n for n, t in zip(names, tables, strict=True) if _part_weights(t) != info.get("weights_digest")]
-    expected = int(info.get("images", 0)) - int(info.get("bad_samples") or 0)
-    rows = sum(t.num_rows for t in tables)
-    if stale or len(names) != info.get("chunks") or rows != expected:
-        raise StateError(
-            f"{pred_dir} is not one finished prediction: {len(names)} parts for {info.get('chunks')} chunks, "
-            f"{rows} predictions for {expected} readable images, {len(stale)} parts by other weights than "
-            "predict.json's (a predict command that did not finish); rerun the same predict command "
-            "(it resumes)"
-        )
-    if rows == 0:
-        raise StateError(f"{pred_dir} holds no predictions")
-    t = pa.concat_tables(tables)
-    t = t.take(pc.sort_indices(t, sort_keys=[("sample_id", "ascending")]))
-    ids = t.column("sample_id").combine_chunks()
-    cls = t.column("class_id").to_numpy()
-    if (cls < 0).any() or (cls >= len(classes)).any():
-        raise StateError(f"{pred_dir}: a class_id is outside the {len(classes)} classes of predict.json")
-    return MapTable(str(pred_dir), info, [str(c) for c in classes], ids, cls, names)
-
-
-def _part_weights(t: pa.Table) -> str | None:
-    """The weights' digest a prediction part records (``hssal_ray.predict``'s part tag)."""
-    try:
-        return json.loads((t.schema.metadata or {}).get(PART_KEY, b"{}")).get("weights")
-    except ValueError:
-        return None
-
-
-AREA_TOLERANCE = 0.01
-"""Chips count as one size when their ground areas differ by at most this fraction."""
-
-
-def chip_area_km2(mt: MapTable) -> float | None:
-    """The ground area of one chip in km² when every chip of the map has the same (geo-referenced
-    chips, within :data:`AREA_TOLERANCE`), else None (areas are then reported in chips only)."""
-    from hssal_ray.data.geo import chip_areas_m2
-
-    if not mt.info.get("geo"):
-        return None
-    cols = ["crs", "transform", "width", "height"]
-    areas = []
-    for part in mt.parts:
-        try:
-            t = _io.read_parquet(part, columns=cols)
-        except (pa.ArrowInvalid, KeyError):
-            return None  # predicted before the chips' transforms were recorded
-        transform = np.asarray(t.column("transform").combine_chunks().flatten()).reshape(-1, 6)
-        areas.append(
-            chip_areas_m2(
-                t.column("crs").to_pylist(),
-                transform,
-                t.column("width").to_numpy(),
-                t.column("height").to_numpy(),
-            )
-        )
-    a = np.concatenate(areas) if areas else np.zeros(0)
-    if not len(a) or a.min() <= 0 or a.max() / a.min() - 1 > AREA_TOLERANCE:
-        log.info("chips of different ground areas: the areas are reported in chips")
-        return None
-    return float(a.mean() / 1e6)
 
 
 def _design(mt: MapTable, n: int, min_per_class: int, seed: int) -> dict[str, Any]:
@@ -306,12 +167,14 @@ def draw_sample(
                     "Label Studio tasks need them; draw it into another --out folder with --label-studio"
                 )
             old.setdefault("assessment_id", secrets.token_hex(8))  # a sample drawn before ids were given
-            oracle = _sample_label_studio(out, old, label_studio, progress=progress)
+            t = _io.read_parquet(_io.join(out, SAMPLE_FILE), columns=["ref", "sample_id"])
+            refs = dict(zip(t.column("ref").to_pylist(), t.column("sample_id").to_pylist(), strict=True))
+            oracle = sample_label_studio(out, old, refs, label_studio, progress=progress)
             old["label_studio"] = label_studio.record(oracle.push(_io.join(out, SAMPLE_DIR), out))
             _io.atomic_write_json(dpath, old)
-            progress(f"[hssal] the sample is in Label Studio: {_project_url(old)}")
+            progress(f"[hssal] the sample is in Label Studio: {project_url(old)}")
         return old
-    load = _image_loader(mt.info, progress) if images else None
+    load = image_loader(mt.info, progress) if images else None
     if label_studio is not None and load is None:
         raise ValueError(
             "Label Studio tasks need the chips' images and "
@@ -340,11 +203,12 @@ def draw_sample(
     design["footprints"] = footprints
     design["assessment_id"] = secrets.token_hex(8)
     design["chip_area_km2"] = chip_area_km2(mt)
-    oracle: _SampleHandOff
+    oracle: SampleHandOff
     if label_studio is None:
-        oracle = _SampleHandOff(out, mt.classes, load_image=load, hide_sample_id=hide)
+        oracle = SampleHandOff(out, mt.classes, load_image=load, hide_sample_id=hide)
     else:
-        oracle = _sample_label_studio(out, design, label_studio, load_image=load, progress=progress)
+        refs = dict(zip(table.column("ref").to_pylist(), ids, strict=True))
+        oracle = sample_label_studio(out, design, refs, label_studio, load_image=load, progress=progress)
     oracle.request(handoff, ids, {"run_dir": out, "ranks": ranks})
     if isinstance(oracle, LabelStudioOracle):
         design["label_studio"] = label_studio.record(oracle.push(handoff, out))  # type: ignore[union-attr]
@@ -355,7 +219,7 @@ def draw_sample(
             f"{c} {k}/{N}" for c, k, N in zip(mt.classes, design["sample_sizes"], mt.sizes, strict=True)
         )
         + f"; label them blind: {_io.join(handoff, INSTRUCTIONS_FILE)}"
-        + (f" (in Label Studio: {_project_url(design)})" if label_studio is not None else "")
+        + (f" (in Label Studio: {project_url(design)})" if label_studio is not None else "")
     )
     return design
 
@@ -377,173 +241,8 @@ def _write_footprints(mt: MapTable, handoff: str, ids: list[str]) -> int:
     return write_geojson(_io.join(handoff, "query.geojson"), feats)
 
 
-def _image_loader(info: dict[str, Any], progress: Callable[[str], None]) -> Callable[[str], Any] | None:
-    """``sample_id -> HWC image`` of the predicted archive with the run's decoding, or None."""
-    from hssal_ray.data.catalog import scan
-    from hssal_ray.data.fetch import load_image_hwc
-    from hssal_ray.loop.run_config import load_run_config
-
-    try:
-        cfg = load_run_config(str(info["run"]))
-        cat = scan(str(info["data"]), test_fraction=0.0, follow_symlinks=cfg.data.follow_symlinks)
-    except (HSSALError, OSError, KeyError) as e:
-        progress(f"[hssal] no thumbnails in the hand-off: the archive or the run cannot be read ({e})")
-        return None
-    return lambda sid: load_image_hwc(cat, cfg.data, sid)
-
-
-class _SampleHandOff(HumanOracle):
-    """The loop's hand-off files for a sample to label, with the assessment's instructions."""
-
-    def __init__(self, out: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.out = out
-
-    def _how_to_label(self, round_dir: str, key: str) -> str:
-        template = _io.join(round_dir, TEMPLATE_FILE)
-        return (
-            f"   a) fill the 'label' column of\n        {template}\n"
-            f"      (header '{key},label'; the thumbnails are in\n"
-            f"      {_io.join(round_dir, CONTACT_SHEET_FILE)}), or\n"
-            f"   b) import {_io.join(round_dir, TASKS_FILE)} into a Label Studio project set\n"
-            f"      up with {_io.join(round_dir, LABEL_CONFIG_FILE)}, label, and export (JSON, JSON_MIN,\n"
-            "      CSV or TSV).\n"
-        )
-
-    def _estimate_args(self, round_dir: str) -> list[str]:
-        return ["--labels", _io.join(round_dir, TEMPLATE_FILE)]
-
-    def _instructions(self, round_dir: str, run_dir: str, round_name: str, n: int) -> str:
-        key = "ref" if self.hide_sample_id else "sample_id"
-        classes = "\n".join(f"  {i:>3}  {c}" for i, c in enumerate(self.class_names))
-        argv = ("python", "-m", "hssal_ray.assess", "estimate", self.out, *self._estimate_args(round_dir))
-        return (
-            f"An accuracy assessment of a map is waiting for reference labels ({n} chips).\n\n"
-            "The chips are a random sample of the map, stratified by the map's classes, in a random order.\n"
-            "The map's class is not shown on purpose: label what you see, not what the model said.\n\n"
-            f"1. Label every chip. Either\n{self._how_to_label(round_dir, key)}"
-            "   Write each label as one of the class names below, exactly (case-sensitive). Leave none out:\n"
-            "   chips skipped because they are hard to label would make the map look better than it is.\n\n"
-            f"2. Estimate the map's accuracy and areas:\n\n   {' '.join(shlex.quote(a) for a in argv)}\n\n"
-            "   An invalid answer is rejected with the offending rows listed; nothing is written then.\n\n"
-            f"Allowed class names ({len(self.class_names)}):\n{classes}\n"
-        )
-
-
-class LabelStudioTarget:
-    """Where ``assess sample --label-studio`` imports the sample (the token stays in the environment).
-
-    Args:
-        url: The server's base URL.
-        project_id: An existing project to import into (its label config must fit); None: the
-            assessment creates its own, recorded in ``ASSESS/label_studio.json``.
-        token_env: The environment variable holding the API token.
-    """
-
-    def __init__(self, url: str, project_id: int | None = None, token_env: str = "LABEL_STUDIO_API_KEY"):
-        self.url = url.rstrip("/")
-        self.project_id = project_id
-        self.token_env = token_env
-
-    def record(self, project: int) -> dict[str, Any]:
-        """What ``design.json`` keeps: URL, the project given (None: the assessment's own), the project
-        the sample is in, and the token's variable (never the token)."""
-        return {
-            "url": self.url,
-            "project_id": self.project_id,
-            "project": int(project),
-            "token_env": self.token_env,
-        }
-
-
-class _SampleLabelStudio(_SampleHandOff, LabelStudioOracle):
-    """The sample as Label Studio tasks: blind (no pre-annotation: the sample has no scores), tagged
-    with the assessment's id, and pulled again at every estimate (a person may go on labeling)."""
-
-    reuse_stored_answer = False
-    project_purpose = "A blind random sample for the accuracy assessment {run_dir} (hssal_ray)"
-
-    def __init__(self, out: str, assessment_id: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(out, *args, **kwargs)
-        self.assessment_id = assessment_id
-
-    def _run_id(self, run_dir: str) -> str:
-        return self.assessment_id
-
-    def _history(self, run_dir: str, batch: str) -> tuple[dict[str, str], dict[str, int | None]]:
-        t = _io.read_parquet(_io.join(run_dir, SAMPLE_FILE), columns=["ref", "sample_id"])
-        return dict(zip(t.column("ref").to_pylist(), t.column("sample_id").to_pylist(), strict=True)), {}
-
-    def resume_command(self, run_dir: str, labels: str | None) -> str:
-        src = f"--labels {shlex.quote(labels)}" if labels else "--label-studio"
-        return f"python -m hssal_ray.assess estimate {shlex.quote(self.out)} {src}"
-
-    def _how_to_label(self, round_dir: str, key: str) -> str:
-        return (
-            f"   label the tasks of the Label Studio project {self._where()}\n"
-            f"   (or fill {_io.join(round_dir, TEMPLATE_FILE)}, header '{key},label', and use --labels).\n"
-        )
-
-    def _estimate_args(self, round_dir: str) -> list[str]:
-        return ["--label-studio"]
-
-    def _where(self) -> str:
-        """The project's page (the project is looked up before the hand-off files are written)."""
-        pid = self.project_id
-        path = _io.join(self.out, PROJECT_FILE)
-        if pid is None and _io.exists(path):
-            pid = _io.read_json(path).get("project_id")
-        return _project_url({"label_studio": {"url": self.url, "project": pid}})
-
-
-def _project_url(design: dict[str, Any]) -> str:
-    ls = design.get("label_studio") or {}
-    pid = ls.get("project")
-    return f"{ls.get('url')}/projects/{pid}/data" if pid is not None else str(ls.get("url"))
-
-
-def _sample_label_studio(
-    out: str,
-    design: dict[str, Any],
-    target: LabelStudioTarget,
-    *,
-    load_image: Callable[[str], Any] | None = None,
-    progress: Callable[[str], None] = log.info,
-    **kwargs: Any,
-) -> _SampleLabelStudio:
-    """The Label Studio hand-off of the assessment ``out`` (the token read from ``target.token_env``).
-
-    Raises:
-        ValueError: The token's environment variable is empty.
-    """
-    return _SampleLabelStudio(
-        out,
-        design["assessment_id"],
-        design["classes"],
-        url=target.url,
-        token=os.environ.get(target.token_env, ""),
-        token_env=target.token_env,
-        project_id=target.project_id,
-        load_image=load_image,
-        hide_sample_id=bool(design.get("hide_sample_id")),
-        progress=progress,
-        **kwargs,
-    )
-
-
 LOWER_BY = 0.05
 """The plan's check: how wide the interval gets if every class is this much less accurate than anticipated."""
-
-
-def class_confidence(mt: MapTable) -> np.ndarray:
-    """Each map class's mean confidence (the model's top probability) over the chips it gives the class."""
-    total = np.zeros(len(mt.classes))
-    for part in mt.parts:
-        t = _io.read_parquet(part, columns=["class_id", "confidence"])
-        cls = t.column("class_id").to_numpy()
-        total += np.bincount(cls, weights=t.column("confidence").to_numpy(), minlength=len(mt.classes))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return total / mt.sizes
 
 
 def plan_assessment(
@@ -696,7 +395,7 @@ def estimate_accuracy(
     classes = design["classes"]
     gaps = "or estimate from the labels given: add --partial continue (biased if the skipped chips differ)"
     if labels is None:
-        answer, labels = _pull(out, design, ids, partial, wait_s, gaps, progress)
+        answer, labels = _pull(out, design, ids, refs, partial, wait_s, gaps, progress)
     else:
         answer = parse_label_file(
             labels,
@@ -733,6 +432,7 @@ def _pull(
     out: str,
     design: dict[str, Any],
     ids: list[str],
+    refs: dict[str, str],
     partial: str,
     wait_s: float,
     gaps: str,
@@ -747,7 +447,7 @@ def _pull(
             f"{design['min_per_class']} --seed {design['seed']} --label-studio URL`, or give --labels FILE"
         )
     target = LabelStudioTarget(ls["url"], ls.get("project_id"), ls.get("token_env") or "LABEL_STUDIO_API_KEY")
-    oracle = _sample_label_studio(out, design, target, partial=partial, wait_s=wait_s, progress=progress)
+    oracle = sample_label_studio(out, design, refs, target, partial=partial, wait_s=wait_s, progress=progress)
     handoff = _io.join(out, SAMPLE_DIR)
     answer = oracle.collect(handoff, ids)
     if answer is None:

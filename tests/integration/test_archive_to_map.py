@@ -115,6 +115,15 @@ def test_scenes_to_map(tmp_path: Path) -> None:
                 r["truth"] = truth
     geo = json.loads((pred / "predictions.geojson").read_text())
     assert len(geo["features"]) == 112
+    # the map as a GeoTIFF per scene: each chip's class in the cell under its centre, in the scene's CRS
+    for scene, _ in scenes:
+        with rasterio.open(pred / "map" / f"{scene.stem}.tif") as ds, rasterio.open(scene) as src:
+            assert ds.crs == src.crs and (ds.read(1) != ds.nodata).sum() == 56
+            cls = ds.read(1)
+            for r in (r for r in rows.values() if r["scene"] == str(scene)):
+                assert (
+                    cls[ds.index(*(src.transform @ (r["col_off"] + 16, r["row_off"] + 16)))] == r["class_id"]
+                )
 
     # the predictions are the run's own: round 1's scores of the same chips
     scores = pq.read_table(run / "round_001" / "scores.parquet")
@@ -143,6 +152,8 @@ def test_scenes_to_map(tmp_path: Path) -> None:
     _module("hssal_ray.assess", "estimate", str(assess), "--labels", str(filled))
     oa = json.loads((assess / "assessment.json").read_text())["overall_accuracy"]
     assert oa["low"] <= accuracy <= oa["high"]
+    # 10 m UTM chips and 1e-4 degree chips cover different ground: areas stay in chips
+    assert json.loads((assess / "design.json").read_text())["chip_area_km2"] is None
 
     # and the exported model, in a fresh process without the package, gives the same classes
     shard = pq.read_table(chips / "wgs84_scene" / "shard-00000.parquet", columns=["sample_id", "image"])

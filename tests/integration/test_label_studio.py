@@ -583,7 +583,7 @@ def test_map_accuracy_sample_through_label_studio(
     pred, truth = _prediction(tmp_path, n=300)
     out = tmp_path / "assess"
     monkeypatch.setenv("LS_TOKEN_FOR_ASSESS", ls_server.token)
-    monkeypatch.setattr(workflow, "_image_loader", lambda info, progress: _noise)  # the archive's chips
+    monkeypatch.setattr(workflow, "image_loader", lambda info, progress: _noise)  # the archive's chips
     argv = ["sample", str(pred), "--out", str(out), "--n", "30", "--min-per-class", "5"]
     ls = ["--label-studio", ls_server.url, "--token-env", "LS_TOKEN_FOR_ASSESS"]
     assert main([*argv, "--no-images", *ls]) == 2  # tasks without images: refused, nothing drawn
