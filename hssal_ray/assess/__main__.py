@@ -32,7 +32,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hssal_ray.assess", description=__doc__.split("\n\n")[1])
     sub = p.add_subparsers(dest="command", required=True)
     pl = sub.add_parser("plan", help="how many chips to label for 95%% intervals of a given width")
-    pl.add_argument("predictions", help="the --out folder of python -m hssal_ray.predict")
+    pl.add_argument(
+        "predictions", nargs="?", default=None, help="the --out folder of python -m hssal_ray.predict"
+    )
+    pl.add_argument(
+        "--from",
+        dest="assessment",
+        default=None,
+        help="an assessment folder with a (partial) estimate: plan from the user's accuracies its labels "
+        "measured, and print the --extend command that adds the chips",
+    )
     pl.add_argument(
         "--halfwidth", type=float, default=0.02, help="overall accuracy within +- this (default 0.02)"
     )
@@ -42,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="and every class's user's accuracy within +- this (e.g. 0.1; raises --min-per-class)",
     )
-    pl.add_argument("--min-per-class", type=int, default=50, help="as for sample (default 50)")
+    pl.add_argument(
+        "--min-per-class", type=int, default=None, help="as for sample (default 50, or the assessment's)"
+    )
     pl.add_argument(
         "--accuracy",
         type=float,
@@ -77,6 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also import the sample into this Label Studio server (blind tasks; a project of its own "
         "unless --project-id); a sample drawn before is imported as it is",
     )
+    s.add_argument(
+        "--extend",
+        action="store_true",
+        help="ASSESS holds a smaller sample of this map with these settings: add chips to it until it is "
+        "--n (a new batch to label, sample_2/, ...; the chips drawn and labeled so far stay)",
+    )
     s.add_argument("--project-id", type=int, default=None, help="an existing Label Studio project to use")
     s.add_argument(
         "--token-env",
@@ -86,7 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     e = sub.add_parser("estimate", help="estimate accuracy and areas from the labeled sample")
     e.add_argument("assessment", help="the folder `sample` wrote")
     src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--labels", help="the filled labels_template.csv or a Label Studio export")
+    src.add_argument(
+        "--labels",
+        nargs="+",
+        help="the filled labels_template.csv or a Label Studio export (several: one per batch of an "
+        "extended sample)",
+    )
     src.add_argument(
         "--label-studio",
         action="store_true",
@@ -118,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 class_halfwidth=args.class_halfwidth,
                 min_per_class=args.min_per_class,
                 accuracy=args.accuracy,
+                assessment=args.assessment,
             )
             print(
                 json.dumps(plan, indent=1) if args.json else render_plan(plan), end="\n" if args.json else ""
@@ -130,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 min_per_class=args.min_per_class,
                 seed=args.seed,
                 images=not args.no_images,
+                extend=args.extend,
                 label_studio=(
                     LabelStudioTarget(args.label_studio, args.project_id, args.token_env)
                     if args.label_studio

@@ -21,6 +21,7 @@ from hssal_ray.oracle.human import (
 from hssal_ray.oracle.label_studio import PROJECT_FILE, LabelStudioOracle
 
 __all__ = [
+    "TOKEN_ENV",
     "SampleHandOff",
     "SampleLabelStudio",
     "LabelStudioTarget",
@@ -30,6 +31,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+TOKEN_ENV = "LABEL_STUDIO_API_KEY"
+"""The environment variable the Label Studio API token is read from unless told otherwise."""
 
 
 def image_loader(info: dict[str, Any], progress: Callable[[str], None]) -> Callable[[str], Any] | None:
@@ -50,9 +54,10 @@ def image_loader(info: dict[str, Any], progress: Callable[[str], None]) -> Calla
 class SampleHandOff(HumanOracle):
     """The loop's hand-off files for a sample to label, with the assessment's instructions."""
 
-    def __init__(self, out: str, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, out: str, *args: Any, templates: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.out = out
+        self.templates = templates  # every batch's template, for the estimate command (None: this one)
 
     def _how_to_label(self, round_dir: str, key: str) -> str:
         template = _io.join(round_dir, TEMPLATE_FILE)
@@ -66,7 +71,7 @@ class SampleHandOff(HumanOracle):
         )
 
     def _estimate_args(self, round_dir: str) -> list[str]:
-        return ["--labels", _io.join(round_dir, TEMPLATE_FILE)]
+        return ["--labels", *(self.templates or [_io.join(round_dir, TEMPLATE_FILE)])]
 
     def _instructions(self, round_dir: str, run_dir: str, round_name: str, n: int) -> str:
         key = "ref" if self.hide_sample_id else "sample_id"
@@ -95,7 +100,7 @@ class LabelStudioTarget:
         token_env: The environment variable holding the API token.
     """
 
-    def __init__(self, url: str, project_id: int | None = None, token_env: str = "LABEL_STUDIO_API_KEY"):
+    def __init__(self, url: str, project_id: int | None = None, token_env: str = TOKEN_ENV):
         self.url = url.rstrip("/")
         self.project_id = project_id
         self.token_env = token_env

@@ -26,6 +26,8 @@ The assessment folder ``ASSESS``::
 
 A sample is drawn once: drawing again into the same folder with other settings is refused (a person
 may be labeling it), with the same settings it changes nothing (not even the template being filled).
+``extend=True`` with a larger ``n`` adds a batch (``sample_2/``, ...: the same hand-off files, the new
+chips only; ``sample.parquet`` gains its rows, tagged ``batch``); the estimate reads every batch.
 The estimate refuses a map that changed since the sample was drawn (predictions redone with other
 weights). ``draw_sample(..., label_studio=LabelStudioTarget(url))`` also imports the sample into a
 Label Studio project (the loop's :class:`~hssal_ray.oracle.label_studio.LabelStudioOracle`: tasks
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import secrets
 import shlex
 import time
@@ -50,6 +53,7 @@ import pyarrow.compute as pc
 from hssal_ray import _io
 from hssal_ray.assess.estimators import Estimates, allocate, draw, estimate, intervals
 from hssal_ray.assess.handoff import (
+    TOKEN_ENV,
     LabelStudioTarget,
     SampleHandOff,
     image_loader,
@@ -57,11 +61,11 @@ from hssal_ray.assess.handoff import (
     sample_label_studio,
 )
 from hssal_ray.assess.maptable import MapTable, chip_area_km2, class_confidence, read_map
-from hssal_ray.errors import StateError
+from hssal_ray.errors import LabelFileError, StateError
 from hssal_ray.loop.query_files import write_query
 from hssal_ray.oracle._handoff import _basename, reveals_folder, task_ref
-from hssal_ray.oracle.base import LABELS_FILE
-from hssal_ray.oracle.human import INSTRUCTIONS_FILE, TASKS_FILE
+from hssal_ray.oracle.base import LABELS_FILE, OracleAnswer
+from hssal_ray.oracle.human import INSTRUCTIONS_FILE, TASKS_FILE, TEMPLATE_FILE
 from hssal_ray.oracle.label_studio import LabelStudioOracle
 
 __all__ = [
@@ -114,6 +118,7 @@ def draw_sample(
     seed: int = 0,
     images: bool = True,
     label_studio: LabelStudioTarget | None = None,
+    extend: bool = False,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Draw the stratified sample of the map in ``pred_dir`` into ``out`` and hand it over for labeling.
@@ -128,6 +133,10 @@ def draw_sample(
             decoding settings); off, or the archive unreadable: the hand-off names the ids only.
         label_studio: Also import the sample into a Label Studio project (blind tasks, tagged with the
             assessment's id; a sample drawn before is imported as it is, its files unchanged).
+        extend: ``out`` holds a smaller sample of this map with these settings: add chips to it (a
+            new batch, ``sample_2/`` then ``sample_3/``, ...) until it is ``n``; the chips drawn and
+            labeled before stay (each class's new chips are a random sample of its chips not yet
+            drawn, so every class's sample stays a simple random sample).
         progress: Where one-line progress goes.
 
     Returns:
@@ -135,8 +144,8 @@ def draw_sample(
 
     Raises:
         StateError: ``pred_dir`` is not a finished prediction, or ``out`` holds a sample drawn with
-            other settings or from another map.
-        ValueError: ``n < 2`` or ``min_per_class < 0``.
+            other settings or from another map (or a larger one, with ``extend``).
+        ValueError: ``n < 2`` or ``min_per_class < 0``; Label Studio without images.
     """
     if n < 2 or min_per_class < 0:
         raise ValueError(f"--n must be >= 2 and --min-per-class >= 0, got {n}, {min_per_class}")
@@ -152,28 +161,75 @@ def draw_sample(
     if _io.exists(dpath):  # drawn before: never redrawn, and no hand-off file rewritten (the template
         old = _io.read_json(dpath)  # may be being filled in place)
         keys = ("map_digest", "n", "min_per_class", "seed")
-        if any(old.get(k) != design[k] for k in keys):
-            diff = ", ".join(f"{k} {old.get(k)} -> {design[k]}" for k in keys if old.get(k) != design[k])
+        diff = [k for k in keys if old.get(k) != design[k]]
+        more = set(diff) <= {"n", "min_per_class"} and n > old["n"] and min_per_class >= old["min_per_class"]
+        if extend and diff and more:
+            return _extend(mt, out, old, n, min_per_class, images, label_studio, progress)
+        if diff:
+            said = ", ".join(f"{k} {old.get(k)} -> {design[k]}" for k in diff)
             raise StateError(
-                f"{out} already holds a sample drawn with other settings or from another map ({diff}); "
-                "a person may be labeling it: use another --out folder, or delete that one first"
+                f"{out} already holds a sample drawn with other settings or from another map ({said}); "
+                + (
+                    "to label more chips of it, add --extend (the chips drawn so far stay)"
+                    if more
+                    else "a person may be labeling it: use another --out folder, or delete that one first"
+                )
             )
         progress(f"[hssal] {out} holds this sample already: {_io.join(out, SAMPLE_DIR, INSTRUCTIONS_FILE)}")
         if label_studio is not None:
-            tasks = _io.read_json(_io.join(out, SAMPLE_DIR, TASKS_FILE))
-            if not all(t["data"].get("image") for t in tasks):
-                raise ValueError(
-                    f"the sample in {out} was drawn without images (--no-images, or an unreadable archive): "
-                    "Label Studio tasks need them; draw it into another --out folder with --label-studio"
-                )
+            for batch in _batches(old):
+                tasks = _io.read_json(_io.join(out, batch, TASKS_FILE))
+                if not all(t["data"].get("image") for t in tasks):
+                    raise ValueError(
+                        f"the sample in {out} was drawn without images (--no-images, or an unreadable "
+                        "archive): Label Studio tasks need them; draw it into another --out folder with "
+                        "--label-studio"
+                    )
             old.setdefault("assessment_id", secrets.token_hex(8))  # a sample drawn before ids were given
-            t = _io.read_parquet(_io.join(out, SAMPLE_FILE), columns=["ref", "sample_id"])
-            refs = dict(zip(t.column("ref").to_pylist(), t.column("sample_id").to_pylist(), strict=True))
-            oracle = sample_label_studio(out, old, refs, label_studio, progress=progress)
-            old["label_studio"] = label_studio.record(oracle.push(_io.join(out, SAMPLE_DIR), out))
+            oracle = sample_label_studio(out, old, _sample_refs(out, old), label_studio, progress=progress)
+            for batch in _batches(old):
+                old["label_studio"] = label_studio.record(oracle.push(_io.join(out, batch), out))
             _io.atomic_write_json(dpath, old)
             progress(f"[hssal] the sample is in Label Studio: {project_url(old)}")
         return old
+    load = _loader(mt, images, label_studio, progress)
+    pos = draw(mt.class_id, np.asarray(design["sample_sizes"]), seed)
+    design["hide_sample_id"] = reveals_folder(mt.ids)
+    design["assessment_id"] = secrets.token_hex(8)
+    design["chip_area_km2"] = chip_area_km2(mt)
+    design["batches"] = [SAMPLE_DIR]
+    table = _batch_table(out, mt, pos, SAMPLE_DIR)
+    design["footprints"] = _hand_over(out, mt, design, table, load, label_studio, progress)
+    _io.atomic_write_parquet(_io.join(out, SAMPLE_FILE), table)
+    _io.atomic_write_json(dpath, design)
+    _say_drawn(out, mt, design, table, label_studio, progress)
+    return design
+
+
+def _batches(design: dict[str, Any]) -> list[str]:
+    """The sample's batch folders, in order (a design from before extensions has one)."""
+    return list(design.get("batches") or [SAMPLE_DIR])
+
+
+def _sample_table(out: str, design: dict[str, Any]) -> pa.Table:
+    """``sample.parquet``'s rows of the design's batches (rows of an extension that did not finish
+    are left out: it is drawn again, the same, by the next ``--extend``)."""
+    t = _io.read_parquet(_io.join(out, SAMPLE_FILE))
+    if "batch" not in t.column_names:
+        t = t.append_column("batch", pa.array([SAMPLE_DIR] * t.num_rows, pa.string()))
+    return t.filter(pc.is_in(t.column("batch"), value_set=pa.array(_batches(design), pa.string())))
+
+
+def _sample_refs(out: str, design: dict[str, Any]) -> dict[str, str]:
+    """``ref -> sample_id`` of every sampled chip."""
+    t = _sample_table(out, design)
+    return dict(zip(t.column("ref").to_pylist(), t.column("sample_id").to_pylist(), strict=True))
+
+
+def _loader(
+    mt: MapTable, images: bool, label_studio: LabelStudioTarget | None, progress: Callable[[str], None]
+) -> Callable[[str], Any] | None:
+    """The thumbnails' image loader (None without images), checked before anything is written."""
     load = image_loader(mt.info, progress) if images else None
     if label_studio is not None and load is None:
         raise ValueError(
@@ -181,46 +237,120 @@ def draw_sample(
             + ("--no-images leaves them out" if not images else "the archive cannot be read (see above)")
             + ": drop --label-studio and hand the sample over by file, or make the archive readable"
         )
-    pos = draw(mt.class_id, np.asarray(design["sample_sizes"]), seed)
+    return load
+
+
+def _batch_table(out: str, mt: MapTable, pos: np.ndarray, batch: str) -> pa.Table:
+    """One batch's rows of ``sample.parquet``: its chips in the order drawn (random), ranks from 1."""
     ids = mt.ids.take(pa.array(pos)).to_pylist()
-    ranks = {sid: i + 1 for i, sid in enumerate(ids)}
-    handoff = _io.join(out, SAMPLE_DIR)
-    _io.makedirs(handoff)
     name = _basename(out)
-    hide = reveals_folder(mt.ids)
-    table = pa.table(
+    return pa.table(
         {
             "sample_id": pa.array(ids, pa.string()),
             "map_class_id": pa.array(mt.class_id[pos], pa.int32()),
             "rank": pa.array(np.arange(1, len(ids) + 1), pa.int32()),
-            "ref": pa.array([task_ref(name, SAMPLE_DIR, ranks[s]) for s in ids], pa.string()),
+            "ref": pa.array([task_ref(name, batch, i + 1) for i in range(len(ids))], pa.string()),
+            "batch": pa.array([batch] * len(ids), pa.string()),
         }
     )
-    _io.atomic_write_parquet(_io.join(out, SAMPLE_FILE), table)
+
+
+def _hand_over(
+    out: str,
+    mt: MapTable,
+    design: dict[str, Any],
+    table: pa.Table,
+    load: Callable[[str], Any] | None,
+    label_studio: LabelStudioTarget | None,
+    progress: Callable[[str], None],
+) -> int:
+    """Write one batch's hand-off (and import it into Label Studio); returns its footprints."""
+    batch = table.column("batch")[0].as_py()
+    ids = table.column("sample_id").to_pylist()
+    handoff = _io.join(out, batch)
+    _io.makedirs(handoff)
     write_query(handoff, ids, None, None)  # the loop's query.csv: ids in rank order
     footprints = _write_footprints(mt, handoff, ids)
-    design["hide_sample_id"] = hide
-    design["footprints"] = footprints
-    design["assessment_id"] = secrets.token_hex(8)
-    design["chip_area_km2"] = chip_area_km2(mt)
+    templates = [_io.join(out, b, TEMPLATE_FILE) for b in _batches(design)]
     oracle: SampleHandOff
     if label_studio is None:
-        oracle = SampleHandOff(out, mt.classes, load_image=load, hide_sample_id=hide)
+        oracle = SampleHandOff(
+            out, mt.classes, load_image=load, hide_sample_id=design["hide_sample_id"], templates=templates
+        )
     else:
         refs = dict(zip(table.column("ref").to_pylist(), ids, strict=True))
         oracle = sample_label_studio(out, design, refs, label_studio, load_image=load, progress=progress)
-    oracle.request(handoff, ids, {"run_dir": out, "ranks": ranks})
+    oracle.request(handoff, ids, {"run_dir": out, "ranks": {s: i + 1 for i, s in enumerate(ids)}})
     if isinstance(oracle, LabelStudioOracle):
         design["label_studio"] = label_studio.record(oracle.push(handoff, out))  # type: ignore[union-attr]
-    _io.atomic_write_json(dpath, design)
+    return footprints
+
+
+def _say_drawn(
+    out: str,
+    mt: MapTable,
+    design: dict[str, Any],
+    table: pa.Table,
+    label_studio: LabelStudioTarget | None,
+    progress: Callable[[str], None],
+) -> None:
+    batch = table.column("batch")[0].as_py()
     progress(
-        f"[hssal] accuracy sample: {len(ids)} of {len(mt.ids)} chips, per map class "
+        f"[hssal] accuracy sample: {table.num_rows} chips to label in {_io.join(out, batch)} "
+        f"({sum(design['sample_sizes'])} of {len(mt.ids)} in all), per map class "
         + ", ".join(
             f"{c} {k}/{N}" for c, k, N in zip(mt.classes, design["sample_sizes"], mt.sizes, strict=True)
         )
-        + f"; label them blind: {_io.join(handoff, INSTRUCTIONS_FILE)}"
-        + (f" (in Label Studio: {project_url(design)})" if label_studio is not None else "")
+        + f"; label them blind: {_io.join(out, batch, INSTRUCTIONS_FILE)}"
+        + (f" (in Label Studio: {project_url(design)})" if design.get("label_studio") else "")
     )
+
+
+def _extend(
+    mt: MapTable,
+    out: str,
+    design: dict[str, Any],
+    n: int,
+    min_per_class: int,
+    images: bool,
+    label_studio: LabelStudioTarget | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Add a batch to the sample in ``out`` so that it holds ``n`` chips, at least ``min_per_class``
+    a class (:func:`draw_sample`)."""
+    ls = design.get("label_studio")
+    if label_studio is None and ls:  # the sample is in Label Studio: so is the new batch
+        label_studio = LabelStudioTarget(ls["url"], ls.get("project_id"), ls.get("token_env") or TOKEN_ENV)
+    load = _loader(mt, images, label_studio, progress)
+    batches = _batches(design)
+    batch = f"{SAMPLE_DIR}_{len(batches) + 1}"
+    old = _sample_table(out, design)
+    old_sizes = np.asarray(design["sample_sizes"], dtype=np.int64)
+    sizes = np.maximum(allocate(mt.sizes, n, min_per_class), old_sizes)
+    taken = np.zeros(len(mt.ids), dtype=bool)
+    where = pc.index_in(old.column("sample_id"), value_set=mt.ids).to_numpy(zero_copy_only=False)
+    taken[where] = True
+    rng = np.random.default_rng([int(design["seed"]), len(batches) + 1])
+    picked = []
+    for i, add in enumerate(sizes - old_sizes):
+        if add:
+            free = np.flatnonzero((mt.class_id == i) & ~taken)
+            picked.append(rng.choice(free, size=int(add), replace=False))
+    pos = np.concatenate(picked) if picked else np.zeros(0, np.int64)
+    pos = pos[rng.permutation(len(pos))]
+    design = {
+        **design,
+        "n": int(n),
+        "min_per_class": int(min_per_class),
+        "sample_sizes": sizes.tolist(),
+        "batches": [*batches, batch],
+    }
+    table = _batch_table(out, mt, pos, batch)
+    footprints = _hand_over(out, mt, design, table, load, label_studio, progress)
+    design["footprints"] = int(design.get("footprints") or 0) + footprints
+    _io.atomic_write_parquet(_io.join(out, SAMPLE_FILE), pa.concat_tables([old, table]))
+    _io.atomic_write_json(_io.join(out, DESIGN_FILE), design)
+    _say_drawn(out, mt, design, table, label_studio, progress)
     return design
 
 
@@ -246,46 +376,74 @@ LOWER_BY = 0.05
 
 
 def plan_assessment(
-    pred_dir: str,
+    pred_dir: str | None,
     *,
     halfwidth: float = 0.02,
     class_halfwidth: float | None = None,
-    min_per_class: int = 50,
+    min_per_class: int | None = None,
     accuracy: float | None = None,
+    assessment: str | None = None,
 ) -> dict[str, Any]:
     """How many chips of the map in ``pred_dir`` to label for intervals of a given width
     (:func:`~hssal_ray.assess.planning.plan_sample`); reads the map, writes nothing.
 
     Args:
-        pred_dir: A finished ``python -m hssal_ray.predict`` output folder.
+        pred_dir: A finished ``python -m hssal_ray.predict`` output folder (None: ``assessment``'s).
         halfwidth: Overall accuracy's 95% interval within +- this.
         class_halfwidth: Every class's user's accuracy within +- this (None: no target).
-        min_per_class: The floor per map class (raised if ``class_halfwidth`` needs more).
+        min_per_class: The floor per map class (raised if ``class_halfwidth`` needs more); default 50,
+            or the assessment's.
         accuracy: Every class's anticipated user's accuracy; None: each class's mean confidence.
+        assessment: An assessment folder with an estimate (``--partial continue`` will do): plan from
+            the user's accuracies its labels measured (Jeffreys' ``(x + 1/2) / (n + 1)``, so that a
+            class with no error seen yet is not planned as perfect; the model's confidence where a
+            class has no label), for an ``--extend`` of its sample.
 
     Returns:
         The plan (``n``, ``min_per_class``, the anticipated and expected figures, per class), and
         ``lower``: the expected half-width at that ``n`` if each class were :data:`LOWER_BY` less
-        accurate, with the ``n`` that would then be needed.
+        accurate, with the ``n`` that would then be needed; with ``assessment``, ``extend``: its
+        folder, current size and seed.
+
+    Raises:
+        StateError: ``assessment`` has no estimate yet, or its map changed.
+        ValueError: ``pred_dir`` is not ``assessment``'s map.
     """
     from hssal_ray.assess.planning import expected_halfwidths, plan_sample
 
+    design = result = None
+    if assessment is not None:
+        design, result = _assessment_files(assessment)
+        if pred_dir is not None and not _same_place(pred_dir, design["predictions"]):
+            raise ValueError(f"{assessment} assesses the map {design['predictions']}, not {pred_dir}")
+        pred_dir = design["predictions"]
+    if pred_dir is None:
+        raise ValueError("give the prediction folder, or --from an assessment folder")
     mt = read_map(pred_dir)
     sizes = mt.sizes
     conf = class_confidence(mt)
     u = np.where(sizes > 0, conf if accuracy is None else np.full(len(sizes), float(accuracy)), np.nan)
-    plan = plan_sample(
-        sizes, u, halfwidth=halfwidth, class_halfwidth=class_halfwidth, min_per_class=min_per_class
-    )
+    source = "mean confidence" if accuracy is None else "given"
+    if design is not None and result is not None:
+        if mt.digest() != design["map_digest"]:
+            raise StateError(f"the map in {pred_dir} changed since {assessment}'s sample was drawn")
+        counts = np.asarray(result["error_matrix_counts"], dtype=np.float64)
+        n_i = counts.sum(axis=1)
+        measured = (np.diag(counts) + 0.5) / (n_i + 1)
+        u = np.where((sizes > 0) & (n_i > 0), measured, u)
+        source = f"the labeled sample ({int(n_i.sum())} chips)"
+        min_per_class = max(min_per_class or 0, int(design["min_per_class"]))
+    floor = 50 if min_per_class is None else min_per_class
+    plan = plan_sample(sizes, u, halfwidth=halfwidth, class_halfwidth=class_halfwidth, min_per_class=floor)
     low = np.clip(u - LOWER_BY, 0.0, 1.0)
     low_half = expected_halfwidths(sizes, plan.sample_sizes, low)[1]
     low_plan = plan_sample(
-        sizes, low, halfwidth=halfwidth, class_halfwidth=class_halfwidth, min_per_class=min_per_class
+        sizes, low, halfwidth=halfwidth, class_halfwidth=class_halfwidth, min_per_class=floor
     )
-    return {
+    out: dict[str, Any] = {
         "predictions": pred_dir,
         "chips": int(len(mt.ids)),
-        "accuracy_from": "mean confidence" if accuracy is None else "given",
+        "accuracy_from": source,
         "halfwidth": halfwidth,
         "class_halfwidth": class_halfwidth,
         "n": plan.n,
@@ -307,11 +465,35 @@ def plan_assessment(
             )
         ],
     }
+    if design is not None:
+        out["extend"] = {"assessment": assessment, "n": int(design["n"]), "seed": int(design["seed"])}
+    return out
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Whether two paths (or URIs) name one folder."""
+    if a.rstrip("/") == b.rstrip("/"):
+        return True
+    return "://" not in a + b and os.path.realpath(a) == os.path.realpath(b)
+
+
+def _assessment_files(out: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``design.json`` and ``assessment.json`` of an assessment folder with an estimate."""
+    if not _io.exists(_io.join(out, DESIGN_FILE)):
+        raise StateError(f"{out} holds no accuracy sample (no {DESIGN_FILE})")
+    if not _io.exists(_io.join(out, RESULT_JSON)):
+        raise StateError(
+            f"{out} has no estimate yet: run `python -m hssal_ray.assess estimate {out} --labels FILE "
+            "--partial continue` on the chips labeled so far, then plan from it"
+        )
+    return _io.read_json(_io.join(out, DESIGN_FILE)), _io.read_json(_io.join(out, RESULT_JSON))
 
 
 def render_plan(p: dict[str, Any]) -> str:
     """The plan as the lines ``assess plan`` prints."""
-    src = "each class's mean confidence" if p["accuracy_from"] == "mean confidence" else "given"
+    src = {"mean confidence": "each class's mean confidence", "given": "given"}.get(
+        p["accuracy_from"], p["accuracy_from"]
+    )
     target = f"+-{p['halfwidth']:.3f} overall" + (
         f", +-{p['class_halfwidth']:.3f} each class's user's accuracy" if p["class_halfwidth"] else ""
     )
@@ -336,17 +518,31 @@ def render_plan(p: dict[str, Any]) -> str:
             f"| {c['class']} | {c['map_chips']:,} | {c['mean_confidence']:.3f} | {c['accuracy']:.3f} "
             f"| {c['sampled']} | {c['users_halfwidth']:.3f} |"
         )
-    cmd = (
-        f"python -m hssal_ray.assess sample {shlex.quote(p['predictions'])} --out ASSESS --n {p['n']} "
-        f"--min-per-class {p['min_per_class']}"
-    )
-    lines += ["", f"Draw it: {cmd}"]
+    ext = p.get("extend")
+    if ext is None:
+        cmd = (
+            f"python -m hssal_ray.assess sample {shlex.quote(p['predictions'])} --out ASSESS --n {p['n']} "
+            f"--min-per-class {p['min_per_class']}"
+        )
+        lines += ["", f"Draw it: {cmd}"]
+    elif p["n"] <= ext["n"]:
+        lines += [
+            "",
+            f"The sample in {ext['assessment']} ({ext['n']:,} chips) is large enough for the target.",
+        ]
+    else:
+        cmd = (
+            f"python -m hssal_ray.assess sample {shlex.quote(p['predictions'])} --out "
+            f"{shlex.quote(ext['assessment'])} --n {p['n']} --min-per-class {p['min_per_class']} "
+            f"--seed {ext['seed']} --extend"
+        )
+        lines += ["", f"Extend it by {p['n'] - ext['n']:,} chips: {cmd}"]
     return "\n".join(lines) + "\n"
 
 
 def estimate_accuracy(
     out: str,
-    labels: str | None,
+    labels: str | Sequence[str] | None,
     *,
     partial: str = "wait",
     wait_s: float = 0.0,
@@ -356,7 +552,8 @@ def estimate_accuracy(
 
     Args:
         out: The assessment folder :func:`draw_sample` wrote.
-        labels: The filled ``labels_template.csv`` or a Label Studio export; None: pull the
+        labels: The filled ``labels_template.csv`` or a Label Studio export, or several (one per batch
+            of an extended sample, in any order; a chip labeled in two must agree); None: pull the
             annotations from the Label Studio project the sample was imported into (the token from
             the environment variable ``design.json`` names), every time anew.
         partial: ``wait``: every sampled chip needs a label. ``continue``: estimate from the labeled
@@ -370,7 +567,7 @@ def estimate_accuracy(
     Raises:
         StateError: ``out`` holds no sample, or the map changed since it was drawn, or (Label Studio)
             the sample was never imported there or is not labeled yet.
-        LabelFileError: The labels file or an annotation is invalid (nothing is written).
+        LabelFileError: A labels file or an annotation is invalid, or two disagree (nothing is written).
         LabelStudioError: The server cannot be reached or refuses the token.
         ValueError: With ``partial='continue'``, a map class with no labeled chip.
     """
@@ -389,22 +586,28 @@ def estimate_accuracy(
             f"now round {mt.info.get('round')}, drawn on round {design.get('round')}): its accuracy is not "
             "what this sample measures; draw a new sample for the new map"
         )
-    sample = _io.read_parquet(_io.join(out, SAMPLE_FILE))
+    sample = _sample_table(out, design)
     ids = sample.column("sample_id").to_pylist()
     refs = dict(zip(sample.column("ref").to_pylist(), ids, strict=True))
     classes = design["classes"]
     gaps = "or estimate from the labels given: add --partial continue (biased if the skipped chips differ)"
     if labels is None:
-        answer, labels = _pull(out, design, ids, refs, partial, wait_s, gaps, progress)
+        answer, source = _pull(out, design, sample, refs, partial, wait_s, gaps, progress)
     else:
-        answer = parse_label_file(
-            labels,
-            query_ids=ids,
-            class_names=classes,
-            partial=partial,  # type: ignore[arg-type]
-            refs=refs,
-            partial_hint=gaps,
-        )
+        files = [labels] if isinstance(labels, str) else list(labels)
+        source = ", ".join(files)
+        answers = [
+            parse_label_file(
+                f,
+                query_ids=ids,
+                class_names=classes,
+                partial=partial if len(files) == 1 else "continue",  # type: ignore[arg-type]
+                refs=refs,
+                partial_hint=gaps,
+            )
+            for f in files
+        ]
+        answer = _merge(answers, ids, partial, source, gaps)
     stratum = dict(zip(ids, sample.column("map_class_id").to_pylist(), strict=True))
     done = [s for s in ids if s in answer.labels]
     sizes = np.asarray(design["strata_sizes"], dtype=np.int64)
@@ -415,9 +618,9 @@ def estimate_accuracy(
             sizes,
         )
     except ValueError as err:
-        raise ValueError(f"{labels}: {err} (label at least 2 chips of every map class)") from None
+        raise ValueError(f"{source}: {err} (label at least 2 chips of every map class)") from None
     write_labels_csv(_io.join(out, SAMPLE_DIR, LABELS_FILE), answer.labels, classes, order=ids)
-    result = _result(design, e, labels, len(done), answer.missing)
+    result = _result(design, e, source, len(done), answer.missing)
     _io.atomic_write_json(_io.join(out, RESULT_JSON), result)
     _io.atomic_write_text(_io.join(out, RESULT_MD), render(result))
     overall = _fmt(result["overall_accuracy"], OVERALL_GAP)
@@ -428,17 +631,48 @@ def estimate_accuracy(
     return result
 
 
+def _merge(answers: list[OracleAnswer], ids: list[str], partial: str, source: str, gaps: str) -> OracleAnswer:
+    """One answer from the answers of several files or batches (one answer: itself).
+
+    Raises:
+        LabelFileError: A chip labeled differently in two of them, or (``partial='wait'``) chips left
+            without a label in all.
+    """
+    if len(answers) == 1:
+        return answers[0]
+    labels: dict[str, int] = {}
+    clash = []
+    for a in answers:
+        for sid, c in a.labels.items():
+            if labels.setdefault(sid, c) != c:
+                clash.append(sid)
+    if clash:
+        raise LabelFileError(
+            f"{source}: {len(clash)} sampled chip(s) have different labels in two of the answers "
+            f"({', '.join(clash[:5])}{' ...' if len(clash) > 5 else ''}); make them agree. "
+            "Nothing was written"
+        )
+    missing = [s for s in ids if s not in labels]
+    if missing and partial == "wait":
+        raise LabelFileError(
+            f"{source}: {len(missing)} of {len(ids)} sampled chips have no label in any of them "
+            f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); label them, {gaps}. "
+            "Nothing was written"
+        )
+    return OracleAnswer(labels, missing, source="human")
+
+
 def _pull(
     out: str,
     design: dict[str, Any],
-    ids: list[str],
+    sample: pa.Table,
     refs: dict[str, str],
     partial: str,
     wait_s: float,
     gaps: str,
     progress: Callable[[str], None],
-) -> tuple[Any, str]:
-    """The validated answer from the sample's Label Studio project, and where it came from."""
+) -> tuple[OracleAnswer, str]:
+    """The validated answer from the sample's Label Studio project (every batch), and its source."""
     ls = design.get("label_studio")
     if not ls:
         raise StateError(
@@ -446,16 +680,22 @@ def _pull(
             f"hssal_ray.assess sample {design['predictions']} --out {out} --n {design['n']} --min-per-class "
             f"{design['min_per_class']} --seed {design['seed']} --label-studio URL`, or give --labels FILE"
         )
-    target = LabelStudioTarget(ls["url"], ls.get("project_id"), ls.get("token_env") or "LABEL_STUDIO_API_KEY")
+    target = LabelStudioTarget(ls["url"], ls.get("project_id"), ls.get("token_env") or TOKEN_ENV)
     oracle = sample_label_studio(out, design, refs, target, partial=partial, wait_s=wait_s, progress=progress)
-    handoff = _io.join(out, SAMPLE_DIR)
-    answer = oracle.collect(handoff, ids)
-    if answer is None:
-        raise StateError(
-            f"the sample is not labeled yet in Label Studio ({oracle.last_status(handoff)}): label the rest, "
-            f"{gaps}, or wait for them: --wait-s SECONDS"
-        )
-    return answer, f"Label Studio project {ls.get('project')} at {ls['url']}"
+    batch_of = sample.column("batch").to_pylist()
+    ids = sample.column("sample_id").to_pylist()
+    answers = []
+    for batch in _batches(design):
+        handoff = _io.join(out, batch)
+        answer = oracle.collect(handoff, [s for s, b in zip(ids, batch_of, strict=True) if b == batch])
+        if answer is None:
+            raise StateError(
+                f"the sample is not labeled yet in Label Studio ({batch}: {oracle.last_status(handoff)}): "
+                f"label the rest, {gaps}, or wait for them: --wait-s SECONDS"
+            )
+        answers.append(answer)
+    source = f"Label Studio project {ls.get('project')} at {ls['url']}"
+    return _merge(answers, ids, partial, source, gaps), source
 
 
 def _num(x: float) -> float | None:

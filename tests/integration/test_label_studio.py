@@ -609,7 +609,7 @@ def test_map_accuracy_sample_through_label_studio(
         label(t)
     estimate = ["estimate", str(out), "--label-studio"]
     assert main(estimate) == 2  # one task left: --partial wait refuses, nothing written
-    assert "not labeled yet in Label Studio (29 of 30 tasks labeled" in capsys.readouterr().err
+    assert "not labeled yet in Label Studio (sample: 29 of 30 tasks labeled" in capsys.readouterr().err
     assert not (out / "assessment.json").exists()
     assert main([*estimate, "--partial", "continue"]) == 0
     partial = json.loads((out / "assessment.json").read_text())
@@ -624,6 +624,19 @@ def test_map_accuracy_sample_through_label_studio(
     assert by_file["overall_accuracy"] == full["overall_accuracy"]
     assert by_file["per_class"] == full["per_class"]
     assert ls_server.token not in "".join(p.read_text(errors="ignore") for p in out.rglob("*") if p.is_file())
+    # ten more chips: the extension goes to the same project as a new batch; the estimate pulls both
+    assert (
+        main(["sample", str(pred), "--out", str(out), "--n", "40", "--min-per-class", "5", "--extend"]) == 0
+    )
+    capsys.readouterr()
+    sample.update({r["ref"]: r for r in pq.read_table(out / "sample.parquet").to_pylist()})
+    new = [t for t in _tasks(ls_server, pid) if t["data"]["hssal_batch"] == "sample_2"]
+    assert len(new) == 10 and len(_tasks(ls_server, pid)) == 40 and all(t["predictions"] == [] for t in new)
+    assert main(estimate) == 2 and "sample_2: 0 of 10 tasks labeled" in capsys.readouterr().err
+    for t in new:
+        label(t)
+    assert main(estimate) == 0
+    assert json.loads((out / "assessment.json").read_text())["labeled"] == 40
     monkeypatch.delenv("LS_TOKEN_FOR_ASSESS")
     assert main(estimate) == 2 and "LS_TOKEN_FOR_ASSESS is empty" in capsys.readouterr().err
     # a sample handed over by file has no project to pull from

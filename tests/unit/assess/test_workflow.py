@@ -152,7 +152,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         main(["sample", str(pred), "--out", str(out), "--n", "45", "--min-per-class", "10", "--no-images"])
         == 0
     )
-    assert "accuracy sample: 45 of 300 chips" in capsys.readouterr().out
+    assert "accuracy sample: 45 chips to label" in capsys.readouterr().out
     assert main(["estimate", str(out), "--labels", str(_labels(out, truth, tmp_path / "l.csv"))]) == 0
     assert "Overall accuracy" in capsys.readouterr().out
     assert main(["estimate", str(tmp_path / "nothing"), "--labels", str(tmp_path / "l.csv")]) == 2
@@ -264,3 +264,128 @@ def test_areas_in_square_kilometres_for_geo_chips_of_one_size(tmp_path: Path) ->
     assert draw_sample(str(mixed), str(out2), 60, min_per_class=10, images=False)["chip_area_km2"] is None
     r2 = estimate_accuracy(str(out2), str(_labels(out2, truth2, tmp_path / "l2.csv")))
     assert "area_km2" not in r2["per_class"][0] and "km²" not in (out2 / "assessment.md").read_text()
+
+
+def _write_labels(path: Path, rows: list[dict], truth: dict[str, str], wrong: str | None = None) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ref", "label"])
+        for r in rows:
+            label = truth[r["sample_id"]]
+            if r["sample_id"] == wrong:  # another class than the truth
+                label = CLASSES[(CLASSES.index(label) + 1) % len(CLASSES)]
+            w.writerow([r["ref"], label])
+    return path
+
+
+def test_extend_adds_a_batch_and_keeps_what_was_drawn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--extend``: more chips of each class from those not drawn yet, in a new batch folder; the first
+    batch's files untouched; a rerun changes nothing; the estimate reads one file per batch (a chip
+    labeled twice must agree); an extension that died before its design was written is drawn again,
+    the same."""
+    pred, truth = _prediction(tmp_path, n=600)
+    out = tmp_path / "assess"
+    first = draw_sample(str(pred), str(out), 60, min_per_class=10, images=False)
+    before = {p.name: p.read_bytes() for p in (out / "sample").iterdir()}
+    batch1 = pq.read_table(out / "sample.parquet").to_pylist()
+    with pytest.raises(StateError, match="add --extend"):
+        draw_sample(str(pred), str(out), 150, min_per_class=10, images=False)
+    with pytest.raises(StateError, match="other settings"):
+        draw_sample(str(pred), str(out), 30, min_per_class=10, images=False, extend=True)
+    design_before = (out / "design.json").read_bytes()
+    d = draw_sample(str(pred), str(out), 150, min_per_class=10, images=False, extend=True)
+    assert d["batches"] == ["sample", "sample_2"] and d["n"] == 150 and sum(d["sample_sizes"]) == 150
+    assert all(b >= a for a, b in zip(first["sample_sizes"], d["sample_sizes"], strict=True))
+    assert {p.name: p.read_bytes() for p in (out / "sample").iterdir()} == before
+    rows = pq.read_table(out / "sample.parquet").to_pylist()
+    batch2 = [r for r in rows if r["batch"] == "sample_2"]
+    assert rows[: len(batch1)] == [{**r, "batch": "sample"} for r in batch1] and len(batch2) == 90
+    assert len({r["sample_id"] for r in rows}) == 150 and len({r["ref"] for r in rows}) == 150
+    per_class = np.bincount([r["map_class_id"] for r in rows], minlength=3)
+    assert per_class.tolist() == d["sample_sizes"]
+    text = (out / "sample_2" / "INSTRUCTIONS.txt").read_text()
+    assert (
+        "90 chips" in text and "sample/labels_template.csv" in text and "sample_2/labels_template.csv" in text
+    )
+    snapshot = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert draw_sample(str(pred), str(out), 150, min_per_class=10, images=False, extend=True)["n"] == 150
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == snapshot  # nothing redrawn
+
+    f1 = _write_labels(tmp_path / "b1.csv", batch1, truth)
+    with pytest.raises(LabelFileError):  # 90 chips unlabeled: refused under --partial wait
+        estimate_accuracy(str(out), str(f1))
+    assert not (out / "assessment.json").exists()
+    f2 = _write_labels(tmp_path / "b2.csv", batch2, truth)
+    assert main(["estimate", str(out), "--labels", str(f1), str(f2)]) == 0
+    r = json.loads((out / "assessment.json").read_text())
+    assert r["labeled"] == 150
+    clash = _write_labels(tmp_path / "clash.csv", [*batch2, batch1[0]], truth, wrong=batch1[0]["sample_id"])
+    with pytest.raises(LabelFileError, match="different labels"):
+        estimate_accuracy(str(out), [str(f1), str(clash)])
+    assert json.loads((out / "assessment.json").read_text()) == r
+
+    # an extension killed after sample.parquet but before design.json: the next --extend draws it again
+    (out / "design.json").write_bytes(design_before)
+    again = draw_sample(str(pred), str(out), 150, min_per_class=10, images=False, extend=True)
+    assert again["sample_sizes"] == d["sample_sizes"]
+    assert pq.read_table(out / "sample.parquet").to_pylist() == rows
+
+
+def test_extended_samples_estimate_the_map_without_bias() -> None:
+    """Each class's chips after an extension are a simple random sample of the class: over many draws
+    the overall accuracy estimated from sample + extension averages the map's true accuracy."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        pred, truth = _prediction(root, n=400, seed=5)
+        ids = read_map(str(pred)).ids.to_pylist()
+        mt = read_map(str(pred))
+        true_oa = np.mean([CLASSES[c] == truth[s] for s, c in zip(ids, mt.class_id, strict=True)])
+        got = []
+        for seed in range(30):
+            out = root / f"a{seed}"
+            draw_sample(str(pred), str(out), 24, min_per_class=6, seed=seed, images=False)
+            draw_sample(str(pred), str(out), 60, min_per_class=6, seed=seed, images=False, extend=True)
+            rows = pq.read_table(out / "sample.parquet").to_pylist()
+            files = [
+                _write_labels(root / f"{seed}_{b}.csv", [r for r in rows if r["batch"] == b], truth)
+                for b in ("sample", "sample_2")
+            ]
+            got.append(estimate_accuracy(str(out), [str(f) for f in files])["overall_accuracy"]["estimate"])
+        assert abs(np.mean(got) - true_oa) < 0.02, (np.mean(got), true_oa)
+
+
+def test_plan_from_a_labeled_sample_then_extend_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``plan --from ASSESS`` plans on the user's accuracies the labels measured (Jeffreys' estimate),
+    keeps the assessment's floor, and prints the ``--extend`` command; that command adds the chips."""
+    from hssal_ray.assess.planning import plan_sample
+
+    pred, truth = _prediction(tmp_path, n=3000)
+    out = tmp_path / "assess"
+    draw_sample(str(pred), str(out), 60, min_per_class=10, images=False)
+    assert main(["plan", "--from", str(out), "--halfwidth", "0.04"]) == 2
+    assert "has no estimate yet" in capsys.readouterr().err
+    estimate_accuracy(str(out), str(_labels(out, truth, tmp_path / "l.csv")))
+    counts = np.asarray(json.loads((out / "assessment.json").read_text())["error_matrix_counts"], float)
+    u = (np.diag(counts) + 0.5) / (counts.sum(axis=1) + 1)
+    assert main(["plan", "--from", str(out), "--halfwidth", "0.04", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    want = plan_sample(read_map(str(pred)).sizes, u, halfwidth=0.04, min_per_class=10)
+    assert plan["n"] == want.n > 60 and plan["min_per_class"] == 10
+    assert plan["accuracy_from"] == "the labeled sample (60 chips)"
+    assert [c["accuracy"] for c in plan["per_class"]] == pytest.approx(u.tolist())
+    assert main(["plan", str(tmp_path), "--from", str(out)]) == 2
+    assert "not " + str(tmp_path) in capsys.readouterr().err
+    assert main(["plan", "--from", str(out), "--halfwidth", "0.04"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"Extend it by {want.n - 60:,} chips: python -m hssal_ray.assess sample ")
+    assert main([*line.split(": ", 1)[1].split()[3:], "--no-images"]) == 0
+    design = json.loads((out / "design.json").read_text())
+    assert design["n"] == want.n and design["batches"] == ["sample", "sample_2"]
+    assert main(["plan", "--from", str(out), "--halfwidth", "0.3"]) == 0
+    assert "is large enough for the target" in capsys.readouterr().out
