@@ -213,6 +213,13 @@ def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(p, filesystem=fs, columns=columns)
 
 
+def parquet_columns(path: str) -> list[str]:
+    """The column names of a Parquet file (its footer only), local path or URI."""
+    fs, p = resolve_fs(path)
+    with fs.open_input_file(p) as f:
+        return list(pq.ParquetFile(f).schema_arrow.names)
+
+
 def unique_name(prefix: str = "part", suffix: str = "") -> str:
     """A collision-free file name for writers running in parallel workers."""
     return f"{prefix}-{uuid.uuid4().hex}{suffix}"

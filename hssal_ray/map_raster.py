@@ -138,14 +138,14 @@ def write_map_rasters(
     names = sorted(n for n in _io.listdir(parts_dir) if n.startswith("part-") and n.endswith(".parquet"))
     tables = []
     for n in names:
-        t = _io.read_parquet(_io.join(parts_dir, n))
-        missing = [c for c in COLUMNS if c not in t.column_names]
+        path = _io.join(parts_dir, n)
+        missing = [c for c in COLUMNS if c not in _io.parquet_columns(path)]
         if missing:
             raise StateError(
-                f"{_io.join(parts_dir, n)} has no {', '.join(missing)}: rasters need a prediction of a tiled "
-                "archive by this version of predict (predict again into a new --out folder)"
+                f"{path} has no {', '.join(missing)}: rasters need a prediction of a tiled archive by this "
+                "version of predict (predict again into a new --out folder)"
             )
-        tables.append(t.select(COLUMNS))
+        tables.append(_io.read_parquet(path, columns=COLUMNS))  # not the footprints, not the top-k
     folder = _io.join(pred_dir, MAP_DIR)
     _io.makedirs(folder)
     colours = palette(len(classes))
@@ -157,14 +157,17 @@ def write_map_rasters(
     if not tables:
         return {"folder": folder, "scenes": 0, "cells": 0, "chips": 0}
     t = pa.concat_tables(tables)
-    scenes = t.column("scene").to_numpy(zero_copy_only=False)
-    uniq, inverse = np.unique(scenes, return_inverse=True)
-    cells = 0
-    for k in range(len(uniq)):
-        rows = t.take(pa.array(np.flatnonzero(inverse == k)))
-        cells += _write_scene(folder, rows, classes, colours, data_root)
-    progress(f"[hssal] map rasters: {len(uniq)} scene(s), {t.num_rows} chips in {folder}")
-    return {"folder": folder, "scenes": int(len(uniq)), "cells": int(cells), "chips": int(t.num_rows)}
+    # scenes by dictionary codes (not a Python string per chip: a million chips stay a few arrays)
+    codes = t.column("scene").combine_chunks().dictionary_encode().indices.to_numpy()
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(codes.max() + 2))
+    cells = scenes = 0
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if b > a:
+            cells += _write_scene(folder, t.take(pa.array(order[a:b])), classes, colours, data_root)
+            scenes += 1
+    progress(f"[hssal] map rasters: {scenes} scene(s), {t.num_rows} chips in {folder}")
+    return {"folder": folder, "scenes": scenes, "cells": int(cells), "chips": int(t.num_rows)}
 
 
 def _write_scene(

@@ -137,10 +137,9 @@ def chip_area_km2(mt: MapTable) -> float | None:
     cols = ["crs", "transform", "width", "height"]
     areas = []
     for part in mt.parts:
-        try:
-            t = _io.read_parquet(part, columns=cols)
-        except (pa.ArrowInvalid, KeyError):
+        if not set(cols) <= set(_io.parquet_columns(part)):
             return None  # predicted before the chips' transforms were recorded
+        t = _io.read_parquet(part, columns=cols)
         transform = np.asarray(t.column("transform").combine_chunks().flatten()).reshape(-1, 6)
         areas.append(
             chip_areas_m2(
