@@ -4,6 +4,7 @@
     python -m benchmarks.map_accuracy --datasets ucm --draws 500
     python -m benchmarks.map_accuracy --scale 1000000     # the CLI's time and memory on a 1M-chip map
     python -m benchmarks.map_accuracy --plan --draws 1000  # does `assess plan`'s n give the width it plans?
+    python -m benchmarks.map_accuracy --other --draws 1000  # another map assessed from the same sample
 
 For each data set: the product's loop (``configs/ucm_cpu.yaml``, seed 0, 8% of the training labels)
 and ``python -m hssal_ray.predict --local`` over the whole archive give a real map; its true accuracy
@@ -168,6 +169,58 @@ def planned(
     return out
 
 
+def other_coverage(
+    a: np.ndarray, b: np.ndarray, ref: np.ndarray, c: int, n: int, min_per_class: int, draws: int, seed0: int
+) -> dict[str, Any]:
+    """Coverage and width of the intervals of map ``b``'s accuracy (``assess estimate --map``: Stehman's
+    estimators, :func:`hssal_ray.assess.other_map.estimate_other_map`) over ``draws`` samples stratified
+    by map ``a``, beside the normal interval ``estimate +- 1.96 SE``."""
+    from hssal_ray.assess import allocate, draw
+    from hssal_ray.assess.estimators import Z95
+    from hssal_ray.assess.other_map import estimate_other_map
+
+    truth = population_truth(b, ref, c)
+    sizes, b_sizes = np.bincount(a, minlength=c), np.bincount(b, minlength=c)
+    n_i = allocate(sizes, n, min_per_class)
+    agree = float(np.mean(a == b))
+    keys = [(m, k) for m in ("normal", "product") for k in ("overall", "users", "producers")]
+    hits: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
+    widths: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
+    oa = []
+    for s in range(draws):
+        idx = draw(a, n_i, seed0 + s)
+        o = estimate_other_map(a[idx], ref[idx], b[idx], sizes, b_sizes, agree)
+        oa.append(o.overall)
+        for name in ("overall", "users", "producers"):
+            est = np.asarray(getattr(o, name), dtype=np.float64)
+            half = Z95 * np.asarray(getattr(o, f"se_{name}"), dtype=np.float64)
+            bounds = {
+                "normal": (np.clip(est - half, 0, 1), np.clip(est + half, 0, 1)),
+                "product": (np.asarray(getattr(o, f"{name}_low")), np.asarray(getattr(o, f"{name}_high"))),
+            }
+            t = np.asarray(truth[name], dtype=np.float64)
+            for method, (lo, hi) in bounds.items():
+                ok = np.isfinite(lo) & np.isfinite(t)
+                hits[method, name].append(np.where(ok, (lo <= t + 1e-12) & (t <= hi + 1e-12), np.nan))
+                widths[method, name].append(np.where(ok, hi - lo, np.nan))
+    out: dict[str, Any] = {
+        "n": int(n_i.sum()),
+        "min_per_class": min_per_class,
+        "agreement": agree,
+        "true_overall": truth["overall"],
+        "overall_bias": float(np.mean(oa) - truth["overall"]),
+        "overall_rmse": float(np.sqrt(np.mean((np.asarray(oa) - truth["overall"]) ** 2))),
+    }
+    for (method, name), hv in hits.items():
+        h = np.asarray(hv, dtype=np.float64)
+        out[f"{method}.{name}_coverage"] = _mean(h)
+        out[f"{method}.{name}_width"] = _mean(np.asarray(widths[method, name], dtype=np.float64))
+        if h.ndim == 2:
+            per = np.array([_mean(h[:, j]) for j in range(h.shape[1])], dtype=np.float64)
+            out[f"{method}.{name}_coverage_worst"] = float(np.nanmin(per)) if np.isfinite(per).any() else None
+    return out
+
+
 def _mean(x: np.ndarray) -> float | None:
     x = x[np.isfinite(x)]
     return float(x.mean()) if len(x) else None
@@ -210,9 +263,16 @@ def _map(ds: str, data: str, work: Path, config: str) -> tuple[Path, dict[str, f
 
 
 def _end_to_end(
-    pred: Path, work: Path, ds: str, truth_of: dict[str, int], classes: list[str], n: int
+    pred: Path,
+    work: Path,
+    ds: str,
+    truth_of: dict[str, int],
+    classes: list[str],
+    n: int,
+    other: Path | None = None,
 ) -> dict:
-    """The CLI once: sample, the archive's labels as the person's answer, estimate."""
+    """The CLI once: sample, the archive's labels as the person's answer, estimate (with ``other``: also
+    ``--map other``, whose overall accuracy is returned instead)."""
     import json
 
     import pyarrow.parquet as pq
@@ -231,9 +291,11 @@ def _end_to_end(
         w = csv.writer(f)
         w.writerow(["ref", "label"])
         w.writerows([r["ref"], classes[truth_of[r["sample_id"]]]] for r in rows)
-    _run([py, "-m", "hssal_ray.assess", "estimate", str(out), "--labels", str(labels)],
+    extra = ["--map", str(other)] if other is not None else []
+    _run([py, "-m", "hssal_ray.assess", "estimate", str(out), "--labels", str(labels), *extra],
          work / f"{ds}_assess_estimate.log")  # fmt: skip
-    return json.loads((out / "assessment.json").read_text())["overall_accuracy"]
+    name = f"assessment-of-{other.name}.json" if other is not None else "assessment.json"
+    return json.loads((out / name).read_text())["overall_accuracy"]
 
 
 def scale(chips: int, work: Path, classes: int = 30, n: int = 1500) -> dict[str, Any]:
@@ -305,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--plan", action="store_true", help="check `assess plan`'s sample sizes (map_accuracy_plan.{md,json})"
     )
+    p.add_argument(
+        "--other",
+        action="store_true",
+        help="check `assess estimate --map`: round 0's map assessed from samples of round 3's "
+        "(map_accuracy_other.{md,json})",
+    )
     args = p.parse_args(argv)
     if args.scale:
         r = scale(args.scale, Path(args.work))
@@ -323,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.plan:
         return _plan_main(args, work)
+    if args.other:
+        return _other_main(args, work)
     results: dict[str, Any] = {"draws": args.draws, "imbalance": args.imbalance, "datasets": {}}
     rows = []
     for ds in args.datasets:
@@ -513,6 +583,76 @@ def _plan_main(args: argparse.Namespace, work: Path) -> int:
         + ", the same as the library on the whole map (checked).",
     ]
     write_result(f"{args.tag}_plan", {"rows": rows, "cli": cli, "draws": args.draws}, "\n".join(md) + "\n",
+                 module="benchmarks.map_accuracy")  # fmt: skip
+    print("\n".join(md))
+    return 0
+
+
+def _other_main(args: argparse.Namespace, work: Path) -> int:
+    """``--other``: the map of the run's round 0 (``predict --round 0``) assessed from samples stratified
+    by the final map (round 3), on each data set, as is and long-tailed; and once through the CLI."""
+    from hssal_ray.assess import read_map
+
+    rows, cli = [], {}
+    for ds in args.datasets:
+        pred_dir, _, names, lab, _, a, ref = _labeled_map(ds, work, args.config)
+        c = len(names)
+        early = work / f"{ds}_pred_round0"
+        _run([sys.executable, "-m", "hssal_ray.predict", str(work / ds), "--data", DATASETS[ds], "--out",
+              str(early), "--round", "0", "--local"], work / f"{ds}_predict_round0.log")  # fmt: skip
+        b = read_map(str(early)).class_id
+        e2e = _end_to_end(pred_dir, work, ds, lab, names, args.sizes[0], other=early)
+        cli[ds] = {"estimate": e2e, "true_overall": float(np.mean(b == ref))}
+        pops = {
+            "as is": np.arange(len(a)),
+            f"long tail 1:{args.imbalance:g}": _long_tail(ref, c, args.imbalance, 7),
+        }
+        for pop, keep in pops.items():
+            for n in args.sizes:
+                for m in args.min_per_class:
+                    r = other_coverage(a[keep], b[keep], ref[keep], c, n, m, args.draws, seed0=7000)
+                    r.update(dataset=ds, population=pop, chips=len(keep))
+                    rows.append(r)
+                    print(
+                        f"{ds} {pop} n={n} min={m}: round 0's map, coverage OA / UA / PA normal "
+                        f"{r['normal.overall_coverage']:.3f} / {r['normal.users_coverage']:.3f} / "
+                        f"{r['normal.producers_coverage']:.3f}, "
+                        f"product {r['product.overall_coverage']:.3f} / "
+                        f"{r['product.users_coverage']:.3f} / {r['product.producers_coverage']:.3f}",
+                        flush=True,
+                    )
+    head = ["dataset", "population", "chips", "n", "min_per_class", "agreement", "true_overall",
+            "overall_bias", "overall_rmse"]  # fmt: skip
+    per = ["overall_coverage", "overall_width", "users_coverage", "users_coverage_worst", "users_width",
+           "producers_coverage", "producers_coverage_worst", "producers_width"]  # fmt: skip
+    md = [
+        f"`python -m hssal_ray.assess estimate ASSESS --labels FILE --map PRED2` checked on real maps: the "
+        f"sample is stratified by the run's final map (round 3), the map assessed is round 0's (`predict "
+        f"--round 0`, the model after the cold start), {args.draws} samples per row; `agreement`: the share "
+        "of chips the two maps give one class. Coverage of the 95% intervals (per-class figures pooled; "
+        "`worst`: the class with the lowest); `normal`: Stehman's (2014) estimate +- 1.96 SE; `product`: "
+        "what `assess` reports (Wilson's interval at the effective sample size, capped at the chips the "
+        "figure rests on).",
+        "",
+        md_table(rows, head),
+        "",
+    ]
+    for method in ("normal", "product"):
+        renamed = [{**r, **{k: r.get(f"{method}.{k}") for k in per}} for r in rows]
+        md += [
+            f"**{method}**",
+            "",
+            md_table(renamed, ["dataset", "population", "n", "min_per_class", *per]),
+            "",
+        ]
+    md += ["| data set | round 0's map, true accuracy | CLI estimate from the round-3 sample (n = "
+           f"{args.sizes[0]}, min 10 per class) |", "|---|---:|---:|"]  # fmt: skip
+    for ds, e in cli.items():
+        est = e["estimate"]
+        md.append(
+            f"| {ds} | {e['true_overall']:.3f} | {est['estimate']:.3f} ({est['low']:.3f}-{est['high']:.3f}) |"
+        )
+    write_result(f"{args.tag}_other", {"rows": rows, "cli": cli, "draws": args.draws}, "\n".join(md) + "\n",
                  module="benchmarks.map_accuracy")  # fmt: skip
     print("\n".join(md))
     return 0

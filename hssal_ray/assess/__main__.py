@@ -115,6 +115,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="pull the annotations from the Label Studio project `sample --label-studio` imported into",
     )
     e.add_argument(
+        "--map",
+        dest="other_maps",
+        action="append",
+        default=[],
+        metavar="PRED",
+        help="also assess this other map of the same chips (another round's or run's predict folder) "
+        "with the same labels; repeat for several (assessment-of-<name>.md each)",
+    )
+    e.add_argument(
         "--wait-s",
         type=float,
         default=0.0,
@@ -163,7 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         else:
             r = estimate_accuracy(
-                args.assessment, args.labels, partial=args.partial, wait_s=args.wait_s, progress=say
+                args.assessment,
+                args.labels,
+                partial=args.partial,
+                wait_s=args.wait_s,
+                other_maps=args.other_maps,
+                progress=say,
             )
             print(render(r))
     except (HSSALError, ValueError) as err:

@@ -546,6 +546,7 @@ def estimate_accuracy(
     *,
     partial: str = "wait",
     wait_s: float = 0.0,
+    other_maps: Sequence[str] = (),
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Read the person's labels of the sample in ``out`` and write ``assessment.json`` / ``.md``.
@@ -559,10 +560,13 @@ def estimate_accuracy(
         partial: ``wait``: every sampled chip needs a label. ``continue``: estimate from the labeled
             ones (they then stand for their whole stratum: biased if the skipped chips differ).
         wait_s: With ``labels=None``: poll Label Studio this long for the missing annotations.
+        other_maps: Prediction folders of other maps of the same chips (another round, another run):
+            each is assessed with the same labels too (:mod:`hssal_ray.assess.compare`), into
+            ``assessment-of-<name>.json`` / ``.md``; the result lists them under ``other_maps``.
         progress: Where one-line progress goes.
 
     Returns:
-        The content of ``assessment.json``.
+        The content of ``assessment.json`` (plus ``other_maps``: the other maps' results).
 
     Raises:
         StateError: ``out`` holds no sample, or the map changed since it was drawn, or (Label Studio)
@@ -611,14 +615,15 @@ def estimate_accuracy(
     stratum = dict(zip(ids, sample.column("map_class_id").to_pylist(), strict=True))
     done = [s for s in ids if s in answer.labels]
     sizes = np.asarray(design["strata_sizes"], dtype=np.int64)
+    strata = np.array([stratum[s] for s in done], dtype=np.int64)
+    truth = np.array([answer.labels[s] for s in done], dtype=np.int64)
     try:
-        e = estimate(
-            np.array([stratum[s] for s in done], dtype=np.int64),
-            np.array([answer.labels[s] for s in done], dtype=np.int64),
-            sizes,
-        )
+        e = estimate(strata, truth, sizes)
     except ValueError as err:
         raise ValueError(f"{source}: {err} (label at least 2 chips of every map class)") from None
+    from hssal_ray.assess.compare import assess_other_map, load_other
+
+    loaded = [load_other(other, mt, design) for other in other_maps]  # checked before anything is written
     write_labels_csv(_io.join(out, SAMPLE_DIR, LABELS_FILE), answer.labels, classes, order=ids)
     result = _result(design, e, source, len(done), answer.missing)
     _io.atomic_write_json(_io.join(out, RESULT_JSON), result)
@@ -628,7 +633,8 @@ def estimate_accuracy(
         f"[hssal] map accuracy from {len(done)} labeled chips: {overall} (in brackets: the 95% interval); "
         f"{_io.join(out, RESULT_MD)}"
     )
-    return result
+    others = [assess_other_map(out, design, mt, o, done, strata, truth, source, progress) for o in loaded]
+    return {**result, "other_maps": others} if others else result
 
 
 def _merge(answers: list[OracleAnswer], ids: list[str], partial: str, source: str, gaps: str) -> OracleAnswer:

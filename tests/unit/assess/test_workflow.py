@@ -389,3 +389,55 @@ def test_plan_from_a_labeled_sample_then_extend_it(
     assert design["n"] == want.n and design["batches"] == ["sample", "sample_2"]
     assert main(["plan", "--from", str(out), "--halfwidth", "0.3"]) == 0
     assert "is large enough for the target" in capsys.readouterr().out
+
+
+def _other_prediction(pred: Path, root: Path, flip: float, seed: int = 9) -> Path:
+    """Another map of the same chips: ``pred`` with a share ``flip`` of its classes changed."""
+    rng = np.random.default_rng(seed)
+    other = root / "pred_other"
+    (other / "predictions.parquet").mkdir(parents=True)
+    for part in sorted((pred / "predictions.parquet").iterdir()):
+        t = pq.read_table(part)
+        cls = t.column("class_id").to_numpy().copy()
+        change = rng.random(len(cls)) < flip
+        cls[change] = (cls[change] + 1) % 3
+        t = t.set_column(t.schema.get_field_index("class_id"), "class_id", pa.array(cls, pa.int32()))
+        tag = json.dumps({"rows": t.num_rows, "weights": "w9"}).encode()
+        pq.write_table(t.replace_schema_metadata({PART_KEY: tag}), other / "predictions.parquet" / part.name)
+    info = json.loads((pred / "predict.json").read_text())
+    (other / "predict.json").write_text(json.dumps({**info, "weights_digest": "w9", "round": 9}))
+    return other
+
+
+def test_another_map_of_the_same_chips_from_the_same_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``estimate --map PRED2``: the sample's labels assess another map of the same chips (Stehman's
+    estimators on the sampled chips' classes in it); a map of other chips is refused before anything
+    is written."""
+    from hssal_ray.assess.other_map import estimate_other_map
+
+    pred, truth = _prediction(tmp_path, n=600)
+    other = _other_prediction(pred, tmp_path, flip=0.3)
+    out = tmp_path / "assess"
+    draw_sample(str(pred), str(out), 90, min_per_class=10, images=False)
+    labels = _labels(out, truth, tmp_path / "l.csv")
+    stranger, _ = _prediction(tmp_path / "else", seed=4)
+    assert main(["estimate", str(out), "--labels", str(labels), "--map", str(stranger)]) == 2
+    assert "is not a map of the chips" in capsys.readouterr().err and not (out / "assessment.json").exists()
+    assert main(["estimate", str(out), "--labels", str(labels), "--map", str(other)]) == 0
+    assert "(round 9): overall accuracy" in capsys.readouterr().out
+    r = json.loads((out / "assessment-of-pred_other.json").read_text())
+    first, second = read_map(str(pred)), read_map(str(other))
+    rows = pq.read_table(out / "sample.parquet").to_pylist()
+    pos = {s: i for i, s in enumerate(first.ids.to_pylist())}
+    at = np.array([pos[x["sample_id"]] for x in rows])
+    ref = np.array([CLASSES.index(truth[x["sample_id"]]) for x in rows])
+    agree = float(np.mean(first.class_id == second.class_id))
+    want = estimate_other_map(first.class_id[at], ref, second.class_id[at], first.sizes, second.sizes, agree)
+    assert r["overall_accuracy"]["estimate"] == pytest.approx(want.overall)
+    assert r["agreement_with_sampled_map"] == pytest.approx(agree) and 0.6 < agree < 0.8
+    assert [c["users_accuracy"]["estimate"] for c in r["per_class"]] == pytest.approx(want.users.tolist())
+    assert r["round"] == 9 and "Stehman" in (out / "assessment-of-pred_other.md").read_text()
+    own = json.loads((out / "assessment.json").read_text())["overall_accuracy"]["estimate"]
+    assert r["overall_accuracy"]["estimate"] < own  # the map with 30% of its classes changed is worse
