@@ -73,41 +73,61 @@ def coverage(
     truth = population_truth(pred, ref, c)
     strata = np.bincount(pred, minlength=c)
     sizes = allocate(strata, n, min_per_class)
-    figures = ("overall", "users", "producers", "area")
-    hits: dict[tuple[str, str], list[np.ndarray]] = {(m, k): [] for m in METHODS for k in figures}
-    widths: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in hits}
-    oa = []
+    tally = _Tally(truth)
     for s in range(draws):
         idx = draw(pred, sizes, seed0 + s)
         e = estimate(pred[idx], ref[idx], strata)
-        oa.append(e.overall)
+        tally.oa.append(e.overall)
         for method, ci in (("normal", normal_intervals(e)), ("product", intervals(e, seed=s))):
             for name, (lo, hi) in ci.items():
-                t = np.asarray(truth[name], dtype=np.float64)
-                ok = np.isfinite(lo) & np.isfinite(t)
-                hits[method, name].append(np.where(ok, (lo <= t + 1e-12) & (t <= hi + 1e-12), np.nan))
-                widths[method, name].append(np.where(ok, hi - lo, np.nan))
+                tally.add(method, name, lo, hi)
     out: dict[str, Any] = {
         "n": int(sizes.sum()),
         "min_per_class": min_per_class,
         "sample_sizes": sizes.tolist(),
-        "true_overall": truth["overall"],
-        "overall_bias": float(np.mean(oa) - truth["overall"]),
-        "overall_rmse": float(np.sqrt(np.mean((np.asarray(oa) - truth["overall"]) ** 2))),
     }
-    rare = int(np.argmin(np.bincount(ref, minlength=c)))
-    for (method, name), hv in hits.items():
-        h = np.asarray(hv, dtype=np.float64)
-        w = np.asarray(widths[method, name], dtype=np.float64)
-        key = f"{method}.{name}"
-        out[f"{key}_coverage"] = _mean(h)
-        out[f"{key}_width"] = _mean(w)
-        out[f"{key}_undefined"] = float(np.mean(np.isnan(h)))
-        if h.ndim == 2:  # per class: the worst class and the rarest true class
-            per = np.array([_mean(h[:, j]) for j in range(h.shape[1])])
-            out[f"{key}_coverage_worst"] = float(np.nanmin(per)) if np.isfinite(per).any() else None
-            out[f"{key}_coverage_rarest"] = _mean(h[:, rare])
-    return out
+    return tally.summary(out, rare=int(np.argmin(np.bincount(ref, minlength=c))))
+
+
+class _Tally:
+    """Whether each draw's intervals held the truth, and their widths, per (method, figure)."""
+
+    def __init__(self, truth: dict[str, Any]) -> None:
+        self.truth = truth
+        self.hits: dict[tuple[str, str], list[np.ndarray]] = {}
+        self.widths: dict[tuple[str, str], list[np.ndarray]] = {}
+        self.oa: list[float] = []
+
+    def add(self, method: str, name: str, lo: Any, hi: Any) -> None:
+        t = np.asarray(self.truth[name], dtype=np.float64)
+        lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+        ok = np.isfinite(lo) & np.isfinite(t)
+        self.hits.setdefault((method, name), []).append(
+            np.where(ok, (lo <= t + 1e-12) & (t <= hi + 1e-12), np.nan)
+        )
+        self.widths.setdefault((method, name), []).append(np.where(ok, hi - lo, np.nan))
+
+    def summary(self, out: dict[str, Any], rare: int | None = None) -> dict[str, Any]:
+        """``out`` plus bias and RMSE of overall accuracy, and coverage, width, the share without an
+        interval, the worst class's coverage (and the rarest true class's) per (method, figure)."""
+        oa, true = np.asarray(self.oa), self.truth["overall"]
+        out.update(
+            true_overall=true,
+            overall_bias=float(np.mean(oa) - true),
+            overall_rmse=float(np.sqrt(np.mean((oa - true) ** 2))),
+        )
+        for (method, name), hv in self.hits.items():
+            h = np.asarray(hv, dtype=np.float64)
+            key = f"{method}.{name}"
+            out[f"{key}_coverage"] = _mean(h)
+            out[f"{key}_width"] = _mean(np.asarray(self.widths[method, name], dtype=np.float64))
+            out[f"{key}_undefined"] = float(np.mean(np.isnan(h)))
+            if h.ndim == 2:  # per class: the worst class and the rarest true class
+                per = np.array([_mean(h[:, j]) for j in range(h.shape[1])], dtype=np.float64)
+                out[f"{key}_coverage_worst"] = float(np.nanmin(per)) if np.isfinite(per).any() else None
+                if rare is not None:
+                    out[f"{key}_coverage_rarest"] = _mean(h[:, rare])
+        return out
 
 
 def planned(
@@ -183,42 +203,17 @@ def other_coverage(
     sizes, b_sizes = np.bincount(a, minlength=c), np.bincount(b, minlength=c)
     n_i = allocate(sizes, n, min_per_class)
     agree = float(np.mean(a == b))
-    keys = [(m, k) for m in ("normal", "product") for k in ("overall", "users", "producers")]
-    hits: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
-    widths: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in keys}
-    oa = []
+    tally = _Tally(truth)
     for s in range(draws):
         idx = draw(a, n_i, seed0 + s)
         o = estimate_other_map(a[idx], ref[idx], b[idx], sizes, b_sizes, agree)
-        oa.append(o.overall)
+        tally.oa.append(o.overall)
         for name in ("overall", "users", "producers"):
             est = np.asarray(getattr(o, name), dtype=np.float64)
             half = Z95 * np.asarray(getattr(o, f"se_{name}"), dtype=np.float64)
-            bounds = {
-                "normal": (np.clip(est - half, 0, 1), np.clip(est + half, 0, 1)),
-                "product": (np.asarray(getattr(o, f"{name}_low")), np.asarray(getattr(o, f"{name}_high"))),
-            }
-            t = np.asarray(truth[name], dtype=np.float64)
-            for method, (lo, hi) in bounds.items():
-                ok = np.isfinite(lo) & np.isfinite(t)
-                hits[method, name].append(np.where(ok, (lo <= t + 1e-12) & (t <= hi + 1e-12), np.nan))
-                widths[method, name].append(np.where(ok, hi - lo, np.nan))
-    out: dict[str, Any] = {
-        "n": int(n_i.sum()),
-        "min_per_class": min_per_class,
-        "agreement": agree,
-        "true_overall": truth["overall"],
-        "overall_bias": float(np.mean(oa) - truth["overall"]),
-        "overall_rmse": float(np.sqrt(np.mean((np.asarray(oa) - truth["overall"]) ** 2))),
-    }
-    for (method, name), hv in hits.items():
-        h = np.asarray(hv, dtype=np.float64)
-        out[f"{method}.{name}_coverage"] = _mean(h)
-        out[f"{method}.{name}_width"] = _mean(np.asarray(widths[method, name], dtype=np.float64))
-        if h.ndim == 2:
-            per = np.array([_mean(h[:, j]) for j in range(h.shape[1])], dtype=np.float64)
-            out[f"{method}.{name}_coverage_worst"] = float(np.nanmin(per)) if np.isfinite(per).any() else None
-    return out
+            tally.add("normal", name, np.clip(est - half, 0, 1), np.clip(est + half, 0, 1))
+            tally.add("product", name, getattr(o, f"{name}_low"), getattr(o, f"{name}_high"))
+    return tally.summary({"n": int(n_i.sum()), "min_per_class": min_per_class, "agreement": agree})
 
 
 def _mean(x: np.ndarray) -> float | None:
