@@ -105,6 +105,17 @@ class LabelStudioTarget:
         self.project_id = project_id
         self.token_env = token_env
 
+    def token(self) -> str:
+        """The API token from the environment.
+
+        Raises:
+            ValueError: The variable is unset or empty.
+        """
+        token = os.environ.get(self.token_env, "")
+        if not token:
+            raise ValueError(f"no Label Studio API token (environment variable {self.token_env} is empty)")
+        return token
+
     def record(self, project: int) -> dict[str, Any]:
         """What ``design.json`` keeps: URL, the project given (None: the assessment's own), the project
         the sample is in, and the token's variable (never the token)."""
@@ -183,7 +194,7 @@ def sample_label_studio(
         refs,
         design["classes"],
         url=target.url,
-        token=os.environ.get(target.token_env, ""),
+        token=target.token(),
         token_env=target.token_env,
         project_id=target.project_id,
         load_image=load_image,

@@ -229,7 +229,10 @@ def _sample_refs(out: str, design: dict[str, Any]) -> dict[str, str]:
 def _loader(
     mt: MapTable, images: bool, label_studio: LabelStudioTarget | None, progress: Callable[[str], None]
 ) -> Callable[[str], Any] | None:
-    """The thumbnails' image loader (None without images), checked before anything is written."""
+    """The thumbnails' image loader (None without images), checked before anything is written (with
+    Label Studio: the token too)."""
+    if label_studio is not None:
+        label_studio.token()
     load = image_loader(mt.info, progress) if images else None
     if label_studio is not None and load is None:
         raise ValueError(

@@ -441,3 +441,16 @@ def test_another_map_of_the_same_chips_from_the_same_labels(
     assert r["round"] == 9 and "Stehman" in (out / "assessment-of-pred_other.md").read_text()
     own = json.loads((out / "assessment.json").read_text())["overall_accuracy"]["estimate"]
     assert r["overall_accuracy"]["estimate"] < own  # the map with 30% of its classes changed is worse
+
+
+def test_label_studio_without_a_token_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hssal_ray.assess.handoff import LabelStudioTarget
+
+    pred, _ = _prediction(tmp_path)
+    monkeypatch.delenv("NO_SUCH_TOKEN", raising=False)
+    target = LabelStudioTarget("http://127.0.0.1:9", token_env="NO_SUCH_TOKEN")
+    with pytest.raises(ValueError, match="NO_SUCH_TOKEN is empty"):
+        draw_sample(str(pred), str(tmp_path / "a"), 30, min_per_class=5, label_studio=target)
+    assert not (tmp_path / "a").exists()
