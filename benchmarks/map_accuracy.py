@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import subprocess
 import sys
 import time
@@ -244,7 +245,8 @@ def _map(ds: str, data: str, work: Path, config: str) -> tuple[Path, dict[str, f
     py = sys.executable
     secs: dict[str, float] = {}
     run, pred = work / ds, work / f"{ds}_pred"
-    if not (run / "state.json").exists() or '"done"' not in (run / "state.json").read_text():
+    state = run / "state.json"
+    if not state.exists() or json.loads(state.read_text()).get("status") != "done":
         secs["loop_s"] = _run(
             [py, "-m", "hssal_ray.loop", "--config", config, f"data.root={data}", f"loop.run_dir={work}",
              f"loop.name={ds}", "loop.report=false"],
@@ -268,8 +270,6 @@ def _end_to_end(
 ) -> dict:
     """The CLI once: sample, the archive's labels as the person's answer, estimate (with ``other``: also
     ``--map other``, whose overall accuracy is returned instead)."""
-    import json
-
     import pyarrow.parquet as pq
 
     out = work / f"{ds}_assess"
@@ -295,8 +295,6 @@ def _end_to_end(
 
 def scale(chips: int, work: Path, classes: int = 30, n: int = 1500) -> dict[str, Any]:
     """Time the CLI on a synthetic map of ``chips`` chips (the parts and ``predict.json`` of a real one)."""
-    import json
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -519,8 +517,6 @@ PLAN_TARGETS = ((0.03, None), (0.02, None), (0.02, 0.10))
 
 def _plan_main(args: argparse.Namespace, work: Path) -> int:
     """``--plan``: each target on each map (as is and long-tailed), planned by confidence and by truth."""
-    import json
-
     rows = []
     cli = {}
     for ds in args.datasets:
