@@ -198,9 +198,10 @@ def other_coverage(
     by map ``a``, beside the normal interval ``estimate +- 1.96 SE``."""
     from hssal_ray.assess import allocate, draw
     from hssal_ray.assess.estimators import Z95
-    from hssal_ray.assess.other_map import estimate_other_map
+    from hssal_ray.assess.other_map import estimate_other_map, stratified_ratio
 
     truth = population_truth(b, ref, c)
+    truth["change"] = truth["overall"] - float(np.mean(a == ref))  # what `assess curve` reports per round
     sizes, b_sizes = np.bincount(a, minlength=c), np.bincount(b, minlength=c)
     n_i = allocate(sizes, n, min_per_class)
     agree = float(np.mean(a == b))
@@ -214,7 +215,18 @@ def other_coverage(
             half = Z95 * np.asarray(getattr(o, f"se_{name}"), dtype=np.float64)
             tally.add("normal", name, np.clip(est - half, 0, 1), np.clip(est + half, 0, 1))
             tally.add("product", name, getattr(o, f"{name}_low"), getattr(o, f"{name}_high"))
-    return tally.summary({"n": int(n_i.sum()), "min_per_class": min_per_class, "agreement": agree})
+        d = (b[idx] == ref[idx]).astype(np.float64) - (a[idx] == ref[idx])
+        change, var, _ = stratified_ratio(a[idx], d, np.ones(len(idx)), sizes)
+        half = Z95 * np.sqrt(var)
+        tally.add("product", "change", change - half, change + half)  # the paired difference's interval
+    return tally.summary(
+        {
+            "n": int(n_i.sum()),
+            "min_per_class": min_per_class,
+            "agreement": agree,
+            "sampled_overall": float(np.mean(a == ref)),
+        }
+    )
 
 
 def _mean(x: np.ndarray) -> float | None:
@@ -581,7 +593,8 @@ def _plan_main(args: argparse.Namespace, work: Path) -> int:
 
 def _other_main(args: argparse.Namespace, work: Path) -> int:
     """``--other``: the map of the run's round 0 (``predict --round 0``) assessed from samples stratified
-    by the final map (round 3), on each data set, as is and long-tailed; and once through the CLI."""
+    by the final map (round 3), on each data set, as is and long-tailed, with the change between the two
+    maps (``assess curve``'s paired difference); and once through the CLI."""
     from hssal_ray.assess import read_map
 
     rows, cli = [], {}
@@ -636,6 +649,24 @@ def _other_main(args: argparse.Namespace, work: Path) -> int:
             md_table(renamed, ["dataset", "population", "n", "min_per_class", *per]),
             "",
         ]
+    md += [
+        "**the change in overall accuracy from the sampled map to the other** (`assess curve`'s paired "
+        "difference: the stratified mean of `right_other - right_sampled` on the same chips, +- 1.96 SE)",
+        "",
+        md_table(
+            [{**r, "true_change": r["true_overall"] - r["sampled_overall"]} for r in rows],
+            [
+                "dataset",
+                "population",
+                "n",
+                "min_per_class",
+                "true_change",
+                "product.change_coverage",
+                "product.change_width",
+            ],
+        ),  # fmt: skip
+        "",
+    ]
     md += ["| data set | round 0's map, true accuracy | CLI estimate from the round-3 sample (n = "
            f"{args.sizes[0]}, min 10 per class) |", "|---|---:|---:|"]  # fmt: skip
     for ds, e in cli.items():

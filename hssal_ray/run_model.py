@@ -23,6 +23,7 @@ __all__ = [
     "FrozenClassifier",
     "RunModel",
     "run_model",
+    "trained_rounds",
     "eval_model",
     "preprocess_spec",
     "decoder",
@@ -62,6 +63,22 @@ class RunModel:
     weights: str
 
 
+def trained_rounds(run_dir: str, cfg: Any = None) -> list[int]:
+    """The rounds of ``run_dir`` with a checkpoint of the evaluation model, in order."""
+    from hssal_ray.loop.run_config import load_run_config
+    from hssal_ray.rounds import WEIGHT_FILES
+    from hssal_ray.state import round_dir
+
+    cfg = cfg if cfg is not None else load_run_config(run_dir)
+    rounds = sorted(
+        int(n[len("round_") :])
+        for n in _io.listdir(run_dir)
+        if n.startswith("round_") and n[len("round_") :].isdigit()
+    )
+    weights = WEIGHT_FILES[cfg.ssl.eval_model]
+    return [r for r in rounds if _io.exists(_io.join(round_dir(run_dir, r), "checkpoint", weights))]
+
+
 def run_model(run_dir: str, round_idx: int | None = None) -> RunModel:
     """The evaluation model of ``run_dir``: the last round with a checkpoint, or ``round_idx``.
 
@@ -78,14 +95,7 @@ def run_model(run_dir: str, round_idx: int | None = None) -> RunModel:
         raise StateError(f"{run_dir} has no classes.json: the run has not scanned its data yet")
     classes = [str(c) for c in _io.read_json(cpath)]
     which = cfg.ssl.eval_model
-    rounds = sorted(
-        int(n[len("round_") :])
-        for n in _io.listdir(run_dir)
-        if n.startswith("round_") and n[len("round_") :].isdigit()
-    )
-    done = [
-        r for r in rounds if _io.exists(_io.join(round_dir(run_dir, r), "checkpoint", WEIGHT_FILES[which]))
-    ]
+    done = trained_rounds(run_dir, cfg)
     if round_idx is None:
         if not done:
             raise StateError(f"{run_dir} has no trained round yet (no round_XXX/checkpoint/)")

@@ -100,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="LABEL_STUDIO_API_KEY",
         help="the environment variable holding the Label Studio API token (default LABEL_STUDIO_API_KEY)",
     )
+    c = sub.add_parser(
+        "curve", help="every round's accuracy of the run, from the labels of the last estimate"
+    )
+    c.add_argument("assessment", help="an assessment folder with an estimate")
+    c.add_argument("--run", default=None, help="the run (default: the one the sampled map came from)")
+    c.add_argument("--rounds", type=int, nargs="+", default=None, help="these rounds (default: all trained)")
     e = sub.add_parser("estimate", help="estimate accuracy and areas from the labeled sample")
     e.add_argument("assessment", help="the folder `sample` wrote")
     src = e.add_mutually_exclusive_group(required=True)
@@ -154,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 json.dumps(plan, indent=1) if args.json else render_plan(plan), end="\n" if args.json else ""
             )
+        elif args.command == "curve":
+            from hssal_ray.assess.curve import assess_curve, render_curve
+
+            print(render_curve(assess_curve(args.assessment, run=args.run, rounds=args.rounds, progress=say)))
         elif args.command == "sample":
             draw_sample(
                 args.predictions,

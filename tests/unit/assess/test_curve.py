@@ -1,0 +1,119 @@
+"""``assess curve``: every round's accuracy from the labels of one assessment sample (no Ray: the
+rounds' models run in process), consistent with ``predict --round k`` and ``estimate --map``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from hssal_ray.assess.__main__ import main
+from hssal_ray.assess.curve import assess_curve, learning_curve
+from hssal_ray.assess.workflow import draw_sample, estimate_accuracy, read_map
+from hssal_ray.predict import predict
+from tests.data.make_scenes import CLASSES, fake_run, two_scenes
+
+
+@pytest.fixture(scope="module")
+def frozen_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Tiled chips and a frozen run with two trained rounds (round 1's head another seed's)."""
+    from hssal_ray.data.tile import tile
+
+    root = tmp_path_factory.mktemp("curve")
+    scenes = two_scenes(root / "scenes")
+    tile([str(s) for s, _ in scenes], str(root / "chips"), size=32, classes=CLASSES, local=True)
+    run = fake_run(root / "run", root / "chips", frozen=True, band_select=[4, 3, 1], value_range=[0, 4000])
+    other = fake_run(
+        root / "other", root / "chips", frozen=True, seed=3, band_select=[4, 3, 1], value_range=[0, 4000]
+    )
+    shutil.copytree(other / "round_000" / "checkpoint", run / "round_001" / "checkpoint")
+    return root / "chips", run
+
+
+def _truth(sid: str) -> str:
+    """Reference labels for the test: a fixed class per chip position."""
+    row, col = (int(v) for v in sid.rsplit("/", 1)[1].split("_"))
+    return CLASSES[(row // 32 + 2 * (col // 32)) % 3]
+
+
+def test_every_round_from_one_labeled_sample(frozen_run: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    chips, run = frozen_run
+    maps = {k: tmp_path / f"pred{k}" for k in (0, 1)}
+    for k, out in maps.items():
+        predict(str(run), str(chips), str(out), round_idx=k, local=True, geojson=False, geotiff=False)
+    assess = tmp_path / "assess"
+    assert main(["curve", str(assess)]) == 2 and "has no estimate yet" in capsys.readouterr().err
+    draw_sample(str(maps[1]), str(assess), 24, min_per_class=4, images=False)
+    rows = pq.read_table(assess / "sample.parquet").to_pylist()
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as f:
+        csv.writer(f).writerows(
+            [["sample_id", "label"], *([r["sample_id"], _truth(r["sample_id"])] for r in rows)]
+        )
+    own = estimate_accuracy(str(assess), str(labels), other_maps=[str(maps[0])])
+    r = assess_curve(str(assess))
+    assert [x["round"] for x in r["rounds"]] == [0, 1] and r["labeled"] == 24
+    # round 1 is the sampled map: its figures are the estimate's own
+    assert r["rounds"][1]["overall_accuracy"] == pytest.approx(own["overall_accuracy"])
+    # round 0 gives what `estimate --map` gives from round 0's whole prediction
+    other = own["other_maps"][0]["overall_accuracy"]
+    assert r["rounds"][0]["overall_accuracy"]["estimate"] == pytest.approx(other["estimate"])
+    assert (
+        r["rounds"][0]["overall_accuracy"]["low"],
+        r["rounds"][0]["overall_accuracy"]["high"],
+    ) == pytest.approx((other["low"], other["high"]))
+    change = r["rounds"][1]["change"]
+    assert change["estimate"] == pytest.approx(
+        r["rounds"][1]["overall_accuracy"]["estimate"] - r["rounds"][0]["overall_accuracy"]["estimate"]
+    )
+    assert change["low"] < change["estimate"] < change["high"]
+    assert json.loads((assess / "curve.json").read_text())["rounds"] == r["rounds"]
+    assert main(["curve", str(assess), "--rounds", "0", "7"]) == 2 and "not of [7]" in capsys.readouterr().err
+
+
+def test_the_frozen_encoder_once_gives_predicts_classes(
+    frozen_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The features computed once and each round's head give the classes `predict --round k` gives."""
+    from hssal_ray.assess.curve import round_classes
+
+    chips, run = frozen_run
+    ids = sorted(pq.read_table(chips / "utm_scene" / "shard-00000.parquet").column("sample_id").to_pylist())[
+        :20
+    ]
+    got = round_classes(str(run), [0, 1], str(chips), ids, str(tmp_path))
+    for k in (0, 1):
+        predict(
+            str(run),
+            str(chips),
+            str(tmp_path / f"p{k}"),
+            round_idx=k,
+            local=True,
+            geojson=False,
+            geotiff=False,
+        )
+        mt = read_map(str(tmp_path / f"p{k}"))
+        by_id = dict(zip(mt.ids.to_pylist(), mt.class_id.tolist(), strict=True))
+        assert got[k].tolist() == [by_id[s] for s in ids]
+    assert got[0].tolist() != got[1].tolist()  # two heads, two maps
+
+
+def test_learning_curve_changes_are_paired() -> None:
+    """The change between rounds is the mean of paired differences: two rounds that differ on few chips
+    get an interval much narrower than either round's accuracy interval."""
+    rng = np.random.default_rng(0)
+    strata = np.repeat(np.arange(3), 40)
+    ref = strata.copy()
+    r0 = np.where(rng.random(120) < 0.8, ref, (ref + 1) % 3)
+    r1 = r0.copy()
+    fix = np.flatnonzero(r0 != ref)[:6]
+    r1[fix] = ref[fix]  # round 1 fixes six chips, breaks none
+    rows = learning_curve(strata, ref, {0: r0, 1: r1}, np.array([1000, 1000, 1000]))
+    ch, oa = rows[1]["change"], rows[1]["overall_accuracy"]
+    assert ch["changed"] == 6 and ch["estimate"] == pytest.approx(6 / 120)
+    assert ch["high"] - ch["low"] < 0.6 * (oa["high"] - oa["low"])
