@@ -1,11 +1,13 @@
-"""``python -m hssal_ray.assess sample PRED --out ASSESS --n N`` then ``... estimate ASSESS --labels FILE``.
+"""``python -m hssal_ray.assess {plan,sample,estimate,curve}``: how accurate is the map, with intervals.
 
 How accurate is the map ``python -m hssal_ray.predict`` made, and how much of each class is really
-there? ``plan`` says how many chips to label for intervals of a given width; ``sample`` draws a
-stratified random sample of the map's chips and writes the files a person labels them from (blind
-to the map's class); ``estimate`` reads the labels back and writes the overall, user's and
-producer's accuracy and the error-adjusted area of each class with 95% intervals (Olofsson et al.
-2014). See :mod:`hssal_ray.assess.workflow`.
+there? ``plan`` says how many chips to label for intervals of a given width (``--from ASSESS``: from
+the labels so far); ``sample`` draws a stratified random sample of the map's chips and hands it to a
+person (files or Label Studio), blind to the map's class (``--extend``: more chips); ``estimate``
+reads the labels back and writes the overall, user's and producer's accuracy and the error-adjusted
+area of each class with 95% intervals (Olofsson et al. 2014; ``--map PRED2``: another map of the same
+chips); ``curve`` gives every round's accuracy of the run from the same labels. The workflow:
+docs/MAP_ACCURACY.md.
 """
 
 from __future__ import annotations
@@ -100,12 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="LABEL_STUDIO_API_KEY",
         help="the environment variable holding the Label Studio API token (default LABEL_STUDIO_API_KEY)",
     )
-    c = sub.add_parser(
-        "curve", help="every round's accuracy of the run, from the labels of the last estimate"
-    )
-    c.add_argument("assessment", help="an assessment folder with an estimate")
-    c.add_argument("--run", default=None, help="the run (default: the one the sampled map came from)")
-    c.add_argument("--rounds", type=int, nargs="+", default=None, help="these rounds (default: all trained)")
     e = sub.add_parser("estimate", help="estimate accuracy and areas from the labeled sample")
     e.add_argument("assessment", help="the folder `sample` wrote")
     src = e.add_mutually_exclusive_group(required=True)
@@ -141,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="wait",
         help="continue: estimate from the chips labeled so far (wait, the default, needs every one)",
     )
+    c = sub.add_parser(
+        "curve", help="every round's accuracy of the run, from the labels of the last estimate"
+    )
+    c.add_argument("assessment", help="an assessment folder with an estimate")
+    c.add_argument("--run", default=None, help="the run (default: the one the sampled map came from)")
+    c.add_argument("--rounds", type=int, nargs="+", default=None, help="these rounds (default: all trained)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
