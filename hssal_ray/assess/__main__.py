@@ -30,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         render_plan,
     )
     from hssal_ray.errors import HSSALError
+    from hssal_ray.oracle.label_studio import TOKEN_ENV
 
     p = argparse.ArgumentParser(prog="python -m hssal_ray.assess", description=__doc__.split("\n\n")[1])
     sub = p.add_subparsers(dest="command", required=True)
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--project-id", type=int, default=None, help="an existing Label Studio project to use")
     s.add_argument(
         "--token-env",
-        default="LABEL_STUDIO_API_KEY",
+        default=TOKEN_ENV,
         help="the environment variable holding the Label Studio API token (default LABEL_STUDIO_API_KEY)",
     )
     e = sub.add_parser("estimate", help="estimate accuracy and areas from the labeled sample")

@@ -18,7 +18,7 @@ from hssal_ray.oracle.human import (
     TEMPLATE_FILE,
     HumanOracle,
 )
-from hssal_ray.oracle.label_studio import PROJECT_FILE, LabelStudioOracle
+from hssal_ray.oracle.label_studio import PROJECT_FILE, TOKEN_ENV, LabelStudioOracle
 
 __all__ = [
     "TOKEN_ENV",
@@ -31,9 +31,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-TOKEN_ENV = "LABEL_STUDIO_API_KEY"
-"""The environment variable the Label Studio API token is read from unless told otherwise."""
 
 
 def image_loader(info: dict[str, Any], progress: Callable[[str], None]) -> Callable[[str], Any] | None:

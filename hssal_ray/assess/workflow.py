@@ -177,20 +177,7 @@ def draw_sample(
             )
         progress(f"[hssal] {out} holds this sample already: {_io.join(out, SAMPLE_DIR, INSTRUCTIONS_FILE)}")
         if label_studio is not None:
-            for batch in _batches(old):
-                tasks = _io.read_json(_io.join(out, batch, TASKS_FILE))
-                if not all(t["data"].get("image") for t in tasks):
-                    raise ValueError(
-                        f"the sample in {out} was drawn without images (--no-images, or an unreadable "
-                        "archive): Label Studio tasks need them; draw it into another --out folder with "
-                        "--label-studio"
-                    )
-            old.setdefault("assessment_id", secrets.token_hex(8))  # a sample drawn before ids were given
-            oracle = sample_label_studio(out, old, _sample_refs(out, old), label_studio, progress=progress)
-            for batch in _batches(old):
-                old["label_studio"] = label_studio.record(oracle.push(_io.join(out, batch), out))
-            _io.atomic_write_json(dpath, old)
-            progress(f"[hssal] the sample is in Label Studio: {project_url(old)}")
+            _import(out, old, label_studio, progress)
         return old
     load = _loader(mt, images, label_studio, progress)
     pos = draw(mt.class_id, np.asarray(design["sample_sizes"]), seed)
@@ -202,8 +189,27 @@ def draw_sample(
     design["footprints"] = _hand_over(out, mt, design, table, load, label_studio, progress)
     _io.atomic_write_parquet(_io.join(out, SAMPLE_FILE), table)
     _io.atomic_write_json(dpath, design)
-    _say_drawn(out, mt, design, table, label_studio, progress)
+    _say_drawn(out, mt, design, table, progress)
     return design
+
+
+def _import(
+    out: str, design: dict[str, Any], label_studio: LabelStudioTarget, progress: Callable[[str], None]
+) -> None:
+    """Import a sample drawn before (every batch, its files as they are) into Label Studio."""
+    for batch in _batches(design):
+        tasks = _io.read_json(_io.join(out, batch, TASKS_FILE))
+        if not all(t["data"].get("image") for t in tasks):
+            raise ValueError(
+                f"the sample in {out} was drawn without images (--no-images, or an unreadable archive): "
+                "Label Studio tasks need them; draw it into another --out folder with --label-studio"
+            )
+    design.setdefault("assessment_id", secrets.token_hex(8))  # a sample drawn before ids were given
+    oracle = sample_label_studio(out, design, _sample_refs(out, design), label_studio, progress=progress)
+    for batch in _batches(design):
+        design["label_studio"] = label_studio.record(oracle.push(_io.join(out, batch), out))
+    _io.atomic_write_json(_io.join(out, DESIGN_FILE), design)
+    progress(f"[hssal] the sample is in Label Studio: {project_url(design)}")
 
 
 def _batches(design: dict[str, Any]) -> list[str]:
@@ -290,12 +296,7 @@ def _hand_over(
 
 
 def _say_drawn(
-    out: str,
-    mt: MapTable,
-    design: dict[str, Any],
-    table: pa.Table,
-    label_studio: LabelStudioTarget | None,
-    progress: Callable[[str], None],
+    out: str, mt: MapTable, design: dict[str, Any], table: pa.Table, progress: Callable[[str], None]
 ) -> None:
     batch = table.column("batch")[0].as_py()
     progress(
@@ -353,7 +354,7 @@ def _extend(
     design["footprints"] = int(design.get("footprints") or 0) + footprints
     _io.atomic_write_parquet(_io.join(out, SAMPLE_FILE), pa.concat_tables([old, table]))
     _io.atomic_write_json(_io.join(out, DESIGN_FILE), design)
-    _say_drawn(out, mt, design, table, label_studio, progress)
+    _say_drawn(out, mt, design, table, progress)
     return design
 
 

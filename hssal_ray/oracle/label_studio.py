@@ -72,6 +72,7 @@ __all__ = [
     "PUSH_FILE",
     "EXPORT_FILE",
     "RUN_ID_FIELD",
+    "TOKEN_ENV",
     "RETRY_S",
     "PROGRESS_EVERY_S",
 ]
@@ -87,6 +88,8 @@ PUSH_FILE = "label_studio_push.json"
 "samples": {ref: sample id}, "image_sha256": {ref: digest}}`` of the pushed batch."""
 EXPORT_FILE = "label_studio_export.json"
 """In a round directory: the pulled tasks and annotations that were accepted (images left out)."""
+TOKEN_ENV = "LABEL_STUDIO_API_KEY"
+"""The environment variable the API token is read from unless told otherwise (``oracle.token_env``)."""
 RUN_ID_FIELD = "hssal_run_id"
 """The task data field holding the run's identity (``RunState.run_id``)."""
 RETRY_S = 600.0
@@ -149,7 +152,7 @@ class LabelStudioOracle(HumanOracle):
         *,
         url: str,
         token: str,
-        token_env: str = "LABEL_STUDIO_API_KEY",
+        token_env: str = TOKEN_ENV,
         project_id: int | None = None,
         wait_s: float = 0.0,
         poll_s: float = 10.0,
