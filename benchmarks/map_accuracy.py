@@ -229,6 +229,20 @@ def other_coverage(
     )
 
 
+def _method_tables(rows: list[dict[str, Any]], per: list[str]) -> list[str]:
+    """One Markdown table per interval method of the figures ``per`` (``<method>.<figure>`` in ``rows``)."""
+    md = []
+    for method in METHODS:
+        renamed = [{**r, **{k: r.get(f"{method}.{k}") for k in per}} for r in rows]
+        md += [
+            f"**{method}**",
+            "",
+            md_table(renamed, ["dataset", "population", "n", "min_per_class", *per]),
+            "",
+        ]
+    return md
+
+
 def _mean(x: np.ndarray) -> float | None:
     x = x[np.isfinite(x)]
     return float(x.mean()) if len(x) else None
@@ -469,14 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         md_table(rows, head),
         "",
     ]
-    for method in METHODS:
-        renamed = [{**r, **{k: r[f"{method}.{k}"] for k in per}} for r in rows]
-        md += [
-            f"**{method}**",
-            "",
-            md_table(renamed, ["dataset", "population", "n", "min_per_class", *per]),
-            "",
-        ]
+    md += _method_tables(rows, per)
     md += [
         "| data set | chips | true map accuracy | CLI estimate (n = "
         f"{args.sizes[0]}, min 10 per class) | the model's mean confidence |",
@@ -641,14 +648,7 @@ def _other_main(args: argparse.Namespace, work: Path) -> int:
         md_table(rows, head),
         "",
     ]
-    for method in ("normal", "product"):
-        renamed = [{**r, **{k: r.get(f"{method}.{k}") for k in per}} for r in rows]
-        md += [
-            f"**{method}**",
-            "",
-            md_table(renamed, ["dataset", "population", "n", "min_per_class", *per]),
-            "",
-        ]
+    md += _method_tables(rows, per)
     md += [
         "**the change in overall accuracy from the sampled map to the other** (`assess curve`'s paired "
         "difference: the stratified mean of `right_other - right_sampled` on the same chips, +- 1.96 SE)",

@@ -10,9 +10,7 @@ of active learning helped, is then read off one labeled sample, with no new labe
 
 from __future__ import annotations
 
-import math
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +21,11 @@ import pyarrow.compute as pc
 from hssal_ray import _io
 from hssal_ray.assess.maptable import MapTable, read_map
 from hssal_ray.assess.other_map import OtherMapEstimates, estimate_other_map
+from hssal_ray.assess.report import created, fmt, interval
 from hssal_ray.errors import StateError
+
+GAP = "too few labeled chips of the class"
+"""Why a figure of the other map has no interval."""
 
 __all__ = ["load_other", "assess_other_map", "render_other", "other_file"]
 
@@ -32,14 +34,6 @@ def other_file(out: str, pred_dir: str, suffix: str) -> str:
     """``ASSESS/assessment-of-<name>.<suffix>`` of another map (its folder's name, made file-safe)."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", pred_dir.rstrip("/").rsplit("/", 1)[-1]) or "map"
     return _io.join(out, f"assessment-of-{name}.{suffix}")
-
-
-def _num(x: float) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)
-
-
-def _ci(est: float, se: float, low: float, high: float) -> dict[str, float | None]:
-    return {"estimate": _num(est), "se": _num(se), "low": _num(low), "high": _num(high)}
 
 
 def load_other(other_dir: str, first: MapTable, design: dict[str, Any]) -> MapTable:
@@ -92,8 +86,8 @@ def assess_other_map(
     _io.atomic_write_text(other_file(out, other.pred_dir, "md"), render_other(result))
     oa = result["overall_accuracy"]
     progress(
-        f"[hssal] {other.pred_dir} (round {other.info.get('round')}): overall accuracy {_fmt(oa)} from the "
-        f"same {len(sample_ids)} labeled chips; {other_file(out, other.pred_dir, 'md')}"
+        f"[hssal] {other.pred_dir} (round {other.info.get('round')}): overall accuracy {fmt(oa, GAP)} "
+        f"from the same {len(sample_ids)} labeled chips; {other_file(out, other.pred_dir, 'md')}"
     )
     return result
 
@@ -111,14 +105,14 @@ def _result(
         "labels": source,
         "labeled": labeled,
         "agreement_with_sampled_map": e.agreement,
-        "overall_accuracy": _ci(e.overall, e.se_overall, e.overall_low, e.overall_high),
+        "overall_accuracy": interval(e.overall, e.se_overall, e.overall_low, e.overall_high),
         "per_class": [
             {
                 "class": name,
                 "map_chips": int(other.sizes[k]),
                 "sampled_as_class": int(e.counts[k].sum()),
-                "users_accuracy": _ci(e.users[k], e.se_users[k], e.users_low[k], e.users_high[k]),
-                "producers_accuracy": _ci(
+                "users_accuracy": interval(e.users[k], e.se_users[k], e.users_low[k], e.users_high[k]),
+                "producers_accuracy": interval(
                     e.producers[k], e.se_producers[k], e.producers_low[k], e.producers_high[k]
                 ),
             }
@@ -129,16 +123,8 @@ def _result(
         "from the map's classes; overall accuracy a stratified mean, user's and producer's accuracy "
         "combined ratio estimators, with a finite-population correction; 95% intervals: Wilson's at "
         "the effective sample size, capped at the chips the figure rests on",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": created(),
     }
-
-
-def _fmt(ci: dict[str, Any]) -> str:
-    if ci["estimate"] is None:
-        return "-"
-    if ci["low"] is None:
-        return f"{ci['estimate']:.3f} (no interval)"
-    return f"{ci['estimate']:.3f} ({ci['low']:.3f}-{ci['high']:.3f})"
 
 
 def render_other(r: dict[str, Any]) -> str:
@@ -151,7 +137,7 @@ def render_other(r: dict[str, Any]) -> str:
         f"stratified by that map's classes; the two maps give one class to "
         f"{r['agreement_with_sampled_map']:.1%} of the chips. Method: {r['method']}.",
         "",
-        f"**Overall accuracy: {_fmt(r['overall_accuracy'])}** (in brackets: the 95% interval)",
+        f"**Overall accuracy: {fmt(r['overall_accuracy'], GAP)}** (in brackets: the 95% interval)",
         "",
         "| class | chips in this map | sampled chips this map calls it | user's accuracy "
         "| producer's accuracy |",
@@ -159,8 +145,8 @@ def render_other(r: dict[str, Any]) -> str:
     ]
     for c in r["per_class"]:
         lines.append(
-            f"| {c['class']} | {c['map_chips']:,} | {c['sampled_as_class']} | {_fmt(c['users_accuracy'])} "
-            f"| {_fmt(c['producers_accuracy'])} |"
+            f"| {c['class']} | {c['map_chips']:,} | {c['sampled_as_class']} "
+            f"| {fmt(c['users_accuracy'], GAP)} | {fmt(c['producers_accuracy'], GAP)} |"
         )
     lines += [
         "",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 from hssal_ray import _io
 from hssal_ray.assess.estimators import Z95, estimate, overall_interval
 from hssal_ray.assess.other_map import estimate_other_map, stratified_ratio
+from hssal_ray.assess.report import created, number
 from hssal_ray.errors import StateError
 
 __all__ = ["learning_curve", "render_curve", "round_classes", "CURVE_JSON", "CURVE_MD"]
@@ -102,10 +102,6 @@ def _features(p: Any, x: np.ndarray) -> Any:
         return p.model.backbone(t)
 
 
-def _num(x: float) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)
-
-
 def learning_curve(
     strata: np.ndarray,
     ref: np.ndarray,
@@ -144,10 +140,10 @@ def learning_curve(
             "round": int(k),
             "labels": (labels_by_round or {}).get(k),
             "overall_accuracy": {
-                "estimate": _num(e.overall),
-                "se": _num(e.se_overall),
-                "low": _num(low),
-                "high": _num(high),
+                "estimate": number(e.overall),
+                "se": number(e.se_overall),
+                "low": number(low),
+                "high": number(high),
             },
             "change": None,
         }
@@ -156,10 +152,10 @@ def learning_curve(
             est, var, _ = stratified_ratio(strata, d, ones, sizes)
             se = math.sqrt(var) if math.isfinite(var) else float("nan")
             row["change"] = {
-                "estimate": _num(est),
-                "se": _num(se),
-                "low": _num(est - Z95 * se),
-                "high": _num(est + Z95 * se),
+                "estimate": number(est),
+                "se": number(se),
+                "low": number(est - Z95 * se),
+                "high": number(est + Z95 * se),
                 "changed": int(np.count_nonzero(d)),
             }
         rows.append(row)
@@ -218,10 +214,6 @@ def labels_by_round(run_dir: str) -> dict[int, int]:
         except (ValueError, KeyError, TypeError):
             continue
     return out
-
-
-def created() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def assess_curve(

@@ -38,11 +38,9 @@ pulls the annotations from it.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import shlex
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,6 +59,7 @@ from hssal_ray.assess.handoff import (
     sample_label_studio,
 )
 from hssal_ray.assess.maptable import MapTable, chip_area_km2, class_confidence, read_map
+from hssal_ray.assess.report import created, fmt, interval, number
 from hssal_ray.errors import LabelFileError, StateError
 from hssal_ray.loop.query_files import write_query
 from hssal_ray.oracle._handoff import _basename, reveals_folder, task_ref
@@ -459,10 +458,10 @@ def plan_assessment(
             {
                 "class": c,
                 "map_chips": int(N),
-                "mean_confidence": _num(k),
-                "accuracy": _num(a),
+                "mean_confidence": number(k),
+                "accuracy": number(a),
                 "sampled": int(n),
-                "users_halfwidth": _num(h),
+                "users_halfwidth": number(h),
             }
             for c, N, k, a, n, h in zip(
                 mt.classes, sizes, conf, u, plan.sample_sizes, plan.users_halfwidth, strict=True
@@ -632,7 +631,7 @@ def estimate_accuracy(
     result = _result(design, e, source, len(done), answer.missing)
     _io.atomic_write_json(_io.join(out, RESULT_JSON), result)
     _io.atomic_write_text(_io.join(out, RESULT_MD), render(result))
-    overall = _fmt(result["overall_accuracy"], OVERALL_GAP)
+    overall = fmt(result["overall_accuracy"], OVERALL_GAP)
     progress(
         f"[hssal] map accuracy from {len(done)} labeled chips: {overall} (in brackets: the 95% interval); "
         f"{_io.join(out, RESULT_MD)}"
@@ -708,22 +707,6 @@ def _pull(
     return _merge(answers, ids, partial, source, gaps), source
 
 
-def _num(x: float) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)
-
-
-def _ci(est: float, se: float, low: float, high: float, scale: float = 1.0) -> dict[str, float | None]:
-    """Estimate, SE and the 95% interval (:func:`~hssal_ray.assess.estimators.intervals`), times ``scale``."""
-    if not math.isfinite(est):
-        return {"estimate": None, "se": None, "low": None, "high": None}
-    return {
-        "estimate": est * scale,
-        "se": _num(se * scale),
-        "low": _num(low * scale),
-        "high": _num(high * scale),
-    }
-
-
 def _result(
     design: dict[str, Any], e: Estimates, labels: str, labeled: int, missing: Sequence[str]
 ) -> dict[str, Any]:
@@ -734,7 +717,7 @@ def _result(
     def one(name: str, i: int, scale: float = 1.0) -> dict[str, float | None]:
         low, high = ci[name]
         est, se = getattr(e, name)[i], getattr(e, f"se_{name}")[i]
-        return _ci(float(est), float(se), float(low[i]), float(high[i]), scale)
+        return interval(float(est), float(se), float(low[i]), float(high[i]), scale)
 
     per_class = [
         {
@@ -760,7 +743,7 @@ def _result(
         "labels": str(labels),
         "labeled": labeled,
         "unlabeled": list(missing),
-        "overall_accuracy": _ci(e.overall, e.se_overall, float(low), float(high)),
+        "overall_accuracy": interval(e.overall, e.se_overall, float(low), float(high)),
         "per_class": per_class,
         "error_matrix_counts": e.counts.tolist(),
         "error_matrix_proportions": [[round(float(v), 8) for v in row] for row in e.proportions],
@@ -768,20 +751,11 @@ def _result(
         "95% intervals: Wilson's at the design's effective sample size for overall accuracy (Korn & "
         "Graubard 1998), Wilson's for user's accuracy, the error matrix's posterior (Jeffreys prior on "
         "each stratum's accuracy) for producer's accuracy and area",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": created(),
     }
 
 
 OVERALL_GAP = "a class has 1 labeled chip"
-
-
-def _fmt(ci: dict[str, Any], gap: str = "1 chip", digits: int = 3) -> str:
-    """``0.912 (0.880-0.936)``; ``-`` without an estimate; ``(no interval: <gap>)`` without an interval."""
-    if ci["estimate"] is None:
-        return "-"
-    if ci["low"] is None:
-        return f"{ci['estimate']:.{digits}f} (no interval: {gap})"
-    return f"{ci['estimate']:.{digits}f} ({ci['low']:.{digits}f}-{ci['high']:.{digits}f})"
 
 
 def _amount(ci: dict[str, Any], digits: int) -> str:
@@ -805,7 +779,7 @@ def render(result: dict[str, Any]) -> str:
         f"{result['labeled']} labeled blind "
         f"({result['labels']}). Method: {result['method']}.",
         "",
-        f"**Overall accuracy: {_fmt(oa, OVERALL_GAP)}** (in brackets: the 95% interval)",
+        f"**Overall accuracy: {fmt(oa, OVERALL_GAP)}** (in brackets: the 95% interval)",
         "",
         "| class | chips in the map | sampled / labeled | user's accuracy | producer's accuracy "
         "| chips of the class, estimated (95% CI) |"
@@ -815,7 +789,7 @@ def render(result: dict[str, Any]) -> str:
     for c in result["per_class"]:
         line = (
             f"| {c['class']} | {c['map_chips']:,} | {c['sampled']} / {c['labeled']} "
-            f"| {_fmt(c['users_accuracy'])} | {_fmt(c['producers_accuracy'])} "
+            f"| {fmt(c['users_accuracy'])} | {fmt(c['producers_accuracy'])} "
             f"| {_amount(c['area_chips'], 0)} |"
         )
         if km2:
