@@ -20,19 +20,28 @@ from tests.data.make_scenes import CLASSES, fake_run, two_scenes
 
 
 @pytest.fixture(scope="module")
-def frozen_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Tiled chips and a frozen run with two trained rounds (round 1's head another seed's)."""
+def chips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hssal_ray.data.tile import tile
 
     root = tmp_path_factory.mktemp("curve")
     scenes = two_scenes(root / "scenes")
     tile([str(s) for s, _ in scenes], str(root / "chips"), size=32, classes=CLASSES, local=True)
-    run = fake_run(root / "run", root / "chips", frozen=True, band_select=[4, 3, 1], value_range=[0, 4000])
-    other = fake_run(
-        root / "other", root / "chips", frozen=True, seed=3, band_select=[4, 3, 1], value_range=[0, 4000]
-    )
+    return root / "chips"
+
+
+def _two_rounds(chips: Path, root: Path, frozen: bool) -> Path:
+    """A run with two trained rounds on ``chips`` (round 1's weights another seed's)."""
+    kw = {"band_select": [4, 3, 1], "value_range": [0, 4000]}
+    run = fake_run(root / "run", chips, frozen=frozen, **kw)
+    other = fake_run(root / "other", chips, frozen=frozen, seed=3, **kw)
     shutil.copytree(other / "round_000" / "checkpoint", run / "round_001" / "checkpoint")
-    return root / "chips", run
+    return run
+
+
+@pytest.fixture(scope="module")
+def frozen_run(chips: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Tiled chips and a frozen run with two trained rounds."""
+    return chips, _two_rounds(chips, tmp_path_factory.mktemp("frozen"), frozen=True)
 
 
 def _truth(sid: str) -> str:
@@ -76,13 +85,13 @@ def test_every_round_from_one_labeled_sample(frozen_run: tuple[Path, Path], tmp_
     assert main(["curve", str(assess), "--rounds", "0", "7"]) == 2 and "not of [7]" in capsys.readouterr().err
 
 
-def test_the_frozen_encoder_once_gives_predicts_classes(
-    frozen_run: tuple[Path, Path], tmp_path: Path
-) -> None:
-    """The features computed once and each round's head give the classes `predict --round k` gives."""
+@pytest.mark.parametrize("frozen", [True, False])
+def test_each_rounds_classes_are_predicts(chips: Path, tmp_path: Path, frozen: bool) -> None:
+    """A frozen run's features computed once with each round's head, and a fine-tuned run's full model
+    each round, give the classes `predict --round k` gives."""
     from hssal_ray.assess.curve import round_classes
 
-    chips, run = frozen_run
+    run = _two_rounds(chips, tmp_path / "runs", frozen=frozen)
     ids = sorted(pq.read_table(chips / "utm_scene" / "shard-00000.parquet").column("sample_id").to_pylist())[
         :20
     ]
