@@ -125,7 +125,7 @@ def run(ctx: RunContext, state: RunState, t0: float) -> None:
     if ev.get("test_samples") == 0:  # an archive nobody labeled: no split to test on
         acc = (
             f"no labeled {cfg.data.eval_split} images (the map's accuracy: python -m hssal_ray.predict, "
-            "then python -m hssal_ray.assess)"
+            "then python -m hssal_ray.assess; every round's: assess curve, docs/MAP_ACCURACY.md)"
         )
     else:
         acc = (
