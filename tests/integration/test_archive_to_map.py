@@ -154,6 +154,11 @@ def test_scenes_to_map(tmp_path: Path) -> None:
     assert oa["low"] <= accuracy <= oa["high"]
     # 10 m UTM chips and 1e-4 degree chips cover different ground: areas stay in chips
     assert json.loads((assess / "design.json").read_text())["chip_area_km2"] is None
+    # every round's accuracy from the same labels: the sampled map's round gives the estimate's own figure
+    _module("hssal_ray.assess", "curve", str(assess))
+    curve = json.loads((assess / "curve.json").read_text())["rounds"]
+    assert [c["round"] for c in curve] == [0, 1, 2] and curve[1]["change"] is not None  # predicted: round 1
+    assert curve[1]["overall_accuracy"] == pytest.approx(oa)
 
     # and the exported model, in a fresh process without the package, gives the same classes
     shard = pq.read_table(chips / "wgs84_scene" / "shard-00000.parquet", columns=["sample_id", "image"])
