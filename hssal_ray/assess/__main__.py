@@ -117,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="pull the annotations from the Label Studio project `sample --label-studio` imported into",
     )
+    src.add_argument(
+        "--labels-from-archive",
+        action="store_true",
+        help="the archive's own labels instead of a person's (a labeled benchmark archive, the demo)",
+    )
     e.add_argument(
         "--map",
         dest="other_maps",
@@ -190,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 partial=args.partial,
                 wait_s=args.wait_s,
                 other_maps=args.other_maps,
+                from_archive=args.labels_from_archive,
                 progress=say,
             )
             print(render(r))

@@ -133,8 +133,8 @@ def render_other(r: dict[str, Any]) -> str:
         f"# Accuracy of the map {r['map']}, from the sample of {r['sample_of']}",
         "",
         f"Run {r.get('run')}, round {r.get('round')} (weights {r.get('weights_digest')}). The "
-        f"{r['labeled']} chips labeled blind for the map of round {r.get('sample_round')} ({r['labels']}), "
-        f"stratified by that map's classes; the two maps give one class to "
+        f"{r['labeled']} chips labeled for the sample of round {r.get('sample_round')}'s map "
+        f"({r['labels']}), stratified by that map's classes; the two maps give one class to "
         f"{r['agreement_with_sampled_map']:.1%} of the chips. Method: {r['method']}.",
         "",
         f"**Overall accuracy: {fmt(r['overall_accuracy'], GAP)}** (in brackets: the 95% interval)",

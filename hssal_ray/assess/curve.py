@@ -122,7 +122,8 @@ def learning_curve(
         One row per round: ``round``, ``labels``, ``overall_accuracy`` (estimate, se, low, high: Wilson's
         interval of :func:`~hssal_ray.assess.other_map.estimate_other_map`), ``change`` from the round
         before (the stratified mean of ``right_k - right_(k-1)`` on the same chips, its SE and
-        ``estimate +- 1.96 SE``; ``changed``: labeled chips whose rightness differs between the two).
+        ``estimate +- 1.96 SE``, or ``+- 3 / n`` when no labeled chip changed; ``changed``: labeled chips
+        whose rightness differs between the two).
     """
     rows: list[dict[str, Any]] = []
     prev: np.ndarray | None = None
@@ -151,11 +152,14 @@ def learning_curve(
             d = right - prev
             est, var, _ = stratified_ratio(strata, d, ones, sizes)
             se = math.sqrt(var) if math.isfinite(var) else float("nan")
+            # no labeled chip changed: the SE is 0, yet some chips of the archive may have; the rule of
+            # three (Hanley & Lippman-Hand 1983) bounds the share that changed, and so the change, by 3 / n
+            half = Z95 * se if np.count_nonzero(d) else 3.0 / len(d)
             row["change"] = {
                 "estimate": number(est),
                 "se": number(se),
-                "low": number(est - Z95 * se),
-                "high": number(est + Z95 * se),
+                "low": number(est - half),
+                "high": number(est + half),
                 "changed": int(np.count_nonzero(d)),
             }
         rows.append(row)
@@ -168,7 +172,7 @@ def render_curve(r: dict[str, Any]) -> str:
     lines = [
         f"# Learning curve of the run {r['run']}, from the accuracy sample {r['assessment']}",
         "",
-        f"Every round's model classified the {r['labeled']} chips labeled blind for the sample "
+        f"Every round's model classified the {r['labeled']} chips labeled for the sample "
         f"({r['labels']}); overall accuracy on the whole archive with its 95% interval (Stehman 2014), and "
         "the change from the round before measured on the same chips (paired: its interval is much "
         "narrower than the two accuracies' side by side).",

@@ -550,6 +550,7 @@ def estimate_accuracy(
     partial: str = "wait",
     wait_s: float = 0.0,
     other_maps: Sequence[str] = (),
+    from_archive: bool = False,
     progress: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Read the person's labels of the sample in ``out`` and write ``assessment.json`` / ``.md``.
@@ -563,6 +564,8 @@ def estimate_accuracy(
         partial: ``wait``: every sampled chip needs a label. ``continue``: estimate from the labeled
             ones (they then stand for their whole stratum: biased if the skipped chips differ).
         wait_s: With ``labels=None``: poll Label Studio this long for the missing annotations.
+        from_archive: Take the archive's own labels instead of a person's (``labels`` unused): for a
+            labeled benchmark archive or the demo, what the loop's simulated oracle is to a person.
         other_maps: Prediction folders of other maps of the same chips (another round, another run):
             each is assessed with the same labels too (:mod:`hssal_ray.assess.compare`), into
             ``assessment-of-<name>.json`` / ``.md``; the result lists them under ``other_maps``.
@@ -598,7 +601,9 @@ def estimate_accuracy(
     refs = dict(zip(sample.column("ref").to_pylist(), ids, strict=True))
     classes = design["classes"]
     gaps = "or estimate from the labels given: add --partial continue (biased if the skipped chips differ)"
-    if labels is None:
+    if from_archive:
+        answer, source = _archive_labels(mt, ids, partial, gaps)
+    elif labels is None:
         answer, source = _pull(out, design, sample, refs, partial, wait_s, gaps, progress)
     else:
         files = [labels] if isinstance(labels, str) else list(labels)
@@ -638,6 +643,35 @@ def estimate_accuracy(
     )
     others = [assess_other_map(out, design, mt, o, done, strata, truth, source, progress) for o in loaded]
     return {**result, "other_maps": others} if others else result
+
+
+def _archive_labels(mt: MapTable, ids: list[str], partial: str, gaps: str) -> tuple[OracleAnswer, str]:
+    """The archive's own labels of the sampled chips (``--labels-from-archive``).
+
+    Raises:
+        LabelFileError: The archive has no label for some chips (``partial='wait'``) or for any.
+    """
+    from hssal_ray.data.catalog import scan
+
+    data = str(mt.info.get("data"))
+    cat = scan(data, test_fraction=0.0)
+    t = cat.table.select(["sample_id", "label"])
+    t = t.filter(pc.is_in(t.column("sample_id"), value_set=pa.array(ids, pa.string())))
+    names = list(cat.class_names)
+    by_id = dict(zip(t.column("sample_id").to_pylist(), t.column("label").to_pylist(), strict=True))
+    labels = {}
+    for sid in ids:
+        k = by_id.get(sid)
+        if k is not None and k >= 0 and names[k] in mt.classes:
+            labels[sid] = mt.classes.index(names[k])
+    missing = [s for s in ids if s not in labels]
+    source = f"the archive's own labels ({data})"
+    if not labels or (missing and partial == "wait"):
+        raise LabelFileError(
+            f"{source}: {len(missing)} of {len(ids)} sampled chips have no label of the map's classes there "
+            f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); {gaps}"
+        )
+    return OracleAnswer(labels, missing, source="oracle"), source
 
 
 def _merge(answers: list[OracleAnswer], ids: list[str], partial: str, source: str, gaps: str) -> OracleAnswer:
@@ -776,7 +810,7 @@ def render(result: dict[str, Any]) -> str:
         f"Run {d.get('run')}, round {d.get('round')} (weights {d.get('weights_digest')}); "
         f"{d['chips']} chips. Stratified random sample by map class: {sum(d['sample_sizes'])} chips "
         f"(at least {d['min_per_class']} per class, the rest in proportion; seed {d['seed']}), "
-        f"{result['labeled']} labeled blind "
+        f"{result['labeled']} labeled "
         f"({result['labels']}). Method: {result['method']}.",
         "",
         f"**Overall accuracy: {fmt(oa, OVERALL_GAP)}** (in brackets: the 95% interval)",

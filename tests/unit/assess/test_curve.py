@@ -25,7 +25,14 @@ def chips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("curve")
     scenes = two_scenes(root / "scenes")
-    tile([str(s) for s, _ in scenes], str(root / "chips"), size=32, classes=CLASSES, local=True)
+    tile(
+        [str(s) for s, _ in scenes],
+        str(root / "chips"),
+        size=32,
+        classes=CLASSES,
+        label_rasters=[str(lab) for _, lab in scenes],
+        local=True,
+    )
     return root / "chips"
 
 
@@ -126,3 +133,48 @@ def test_learning_curve_changes_are_paired() -> None:
     ch, oa = rows[1]["change"], rows[1]["overall_accuracy"]
     assert ch["changed"] == 6 and ch["estimate"] == pytest.approx(6 / 120)
     assert ch["high"] - ch["low"] < 0.6 * (oa["high"] - oa["low"])
+    same = learning_curve(strata, ref, {0: r0, 1: r0.copy()}, np.array([1000, 1000, 1000]))[1]["change"]
+    assert same["changed"] == 0 and (same["low"], same["high"]) == pytest.approx((-3 / 120, 3 / 120))
+
+
+def test_the_archives_own_labels_stand_in_for_a_person(frozen_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """``estimate --labels-from-archive`` (a labeled archive, the demo) gives what a file of the
+    archive's labels gives; an archive without labels is a clear error."""
+    from hssal_ray.data.catalog import scan
+    from hssal_ray.errors import LabelFileError
+
+    chips, run = frozen_run
+    pred = tmp_path / "pred"
+    predict(str(run), str(chips), str(pred), round_idx=0, local=True, geojson=False, geotiff=False)
+    assess = tmp_path / "assess"
+    draw_sample(str(pred), str(assess), 24, min_per_class=4, images=False)
+    assert main(["estimate", str(assess), "--labels-from-archive"]) == 0
+    got = json.loads((assess / "assessment.json").read_text())
+    assert got["labels"].startswith("the archive's own labels") and got["labeled"] == 24
+    cat = scan(str(chips), test_fraction=0.0)
+    truth = dict(
+        zip(cat.table.column("sample_id").to_pylist(), cat.table.column("label").to_pylist(), strict=True)
+    )
+    path = tmp_path / "l.csv"
+    ids = pq.read_table(assess / "sample.parquet").column("sample_id").to_pylist()
+    path.write_text("sample_id,label\n" + "".join(f"{s},{cat.class_names[truth[s]]}\n" for s in ids))
+    by_file = estimate_accuracy(str(assess), str(path))
+    assert by_file["overall_accuracy"] == got["overall_accuracy"]
+    unlabeled, _ = _prediction_of_unlabeled(tmp_path)
+    with pytest.raises(LabelFileError, match="have no label of the map's classes"):
+        estimate_accuracy(str(unlabeled), None, from_archive=True)
+
+
+def _prediction_of_unlabeled(root: Path) -> tuple[Path, Path]:
+    """An assessment of a map of chips tiled without labels."""
+    from hssal_ray.data.tile import tile
+
+    scenes = two_scenes(root / "scenes2")
+    chips = root / "chips2"
+    tile([str(s) for s, _ in scenes], str(chips), size=32, classes=CLASSES, local=True)
+    run = _two_rounds(chips, root / "runs2", frozen=True)
+    pred = root / "pred2"
+    predict(str(run), str(chips), str(pred), local=True, geojson=False, geotiff=False)
+    out = root / "assess2"
+    draw_sample(str(pred), str(out), 24, min_per_class=4, images=False)
+    return out, pred
