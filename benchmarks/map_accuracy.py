@@ -642,8 +642,8 @@ def _other_main(args: argparse.Namespace, work: Path) -> int:
         f"--round 0`, the model after the cold start), {args.draws} samples per row; `agreement`: the share "
         "of chips the two maps give one class. Coverage of the 95% intervals (per-class figures pooled; "
         "`worst`: the class with the lowest); `normal`: Stehman's (2014) estimate +- 1.96 SE; `product`: "
-        "what `assess` reports (Wilson's interval at the effective sample size, capped at the chips the "
-        "figure rests on).",
+        "what `assess` reports (Wilson's interval at the effective sample size: for overall accuracy at a "
+        "per-stratum smoothed variance, for user's and producer's capped at the chips the figure rests on).",
         "",
         md_table(rows, head),
         "",
