@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 CURVE_JSON = "curve.json"
 CURVE_MD = "curve.md"
+CURVE_PNG = "curve.png"
 
 
 def round_classes(
@@ -119,7 +120,8 @@ def learning_curve(
         labels_by_round: ``round -> labels the model was trained on`` (for the table).
 
     Returns:
-        One row per round: ``round``, ``labels``, ``overall_accuracy`` (estimate, se, low, high: Wilson's
+        One row per round: ``round``, ``labels``, ``per_class`` (user's and producer's accuracy with
+        their intervals), ``overall_accuracy`` (estimate, se, low, high: Wilson's
         interval of :func:`~hssal_ray.assess.other_map.estimate_other_map`), ``change`` from the round
         before (the stratified mean of ``right_k - right_(k-1)`` on the same chips, its SE and
         ``estimate +- 1.96 SE``, or ``+- 3 / n`` when no labeled chip changed; ``changed``: labeled chips
@@ -147,6 +149,21 @@ def learning_curve(
                 "high": number(high),
             },
             "change": None,
+            "per_class": [
+                {
+                    "users_accuracy": {"estimate": number(u), "low": number(ul), "high": number(uh)},
+                    "producers_accuracy": {"estimate": number(pa), "low": number(pl), "high": number(ph)},
+                }
+                for u, ul, uh, pa, pl, ph in zip(
+                    e.users,
+                    e.users_low,
+                    e.users_high,
+                    e.producers,
+                    e.producers_low,
+                    e.producers_high,
+                    strict=True,
+                )
+            ],
         }
         if prev is not None:
             d = right - prev
@@ -288,8 +305,13 @@ def assess_curve(
         "stratified mean of the paired difference, estimate +- 1.96 SE",
         "created": created(),
     }
+    from hssal_ray.report._plots import assessed_curve_png
+
     _io.atomic_write_json(_io.join(out, CURVE_JSON), result)
     _io.atomic_write_text(_io.join(out, CURVE_MD), render_curve(result))
+    _io.atomic_write_bytes(
+        _io.join(out, CURVE_PNG), assessed_curve_png(rows, f"{run}: accuracy on the archive")
+    )
     progress(
         f"[hssal] learning curve of {len(rows)} rounds from {len(done)} labeled chips: "
         f"{_io.join(out, CURVE_MD)}"

@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 
 from hssal_ray.report._data import RunData
 
-__all__ = ["learning_curve_png", "query_classes_png", "query_classes_figure"]
+__all__ = ["learning_curve_png", "assessed_curve_png", "query_classes_png", "query_classes_figure"]
 
 NO_ROUNDS = "no completed rounds yet"
 MAX_LABEL_CHARS = 28
@@ -65,6 +65,33 @@ def learning_curve_png(runs: Sequence[RunData]) -> bytes:
     else:
         _placeholder(ax, NO_ROUNDS)
     ax.set_title("Learning curve")
+    return _png(fig)
+
+
+def assessed_curve_png(rows: Sequence[dict], title: str) -> bytes:
+    """Each round's overall accuracy from an assessment sample (``assess curve``) with its 95% interval,
+    against the labels it was trained on (or the round, when the run's metrics are gone).
+
+    Args:
+        rows: ``curve.json``'s ``rounds``.
+        title: The plot's title.
+    """
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    rows = [r for r in rows if r["overall_accuracy"]["estimate"] is not None]
+    if rows:
+        by_labels = all(r.get("labels") is not None for r in rows)
+        xs = [float(r["labels"] if by_labels else r["round"]) for r in rows]
+        ys = [r["overall_accuracy"]["estimate"] for r in rows]
+        lo = [y - (r["overall_accuracy"]["low"] or y) for y, r in zip(ys, rows, strict=True)]
+        hi = [(r["overall_accuracy"]["high"] or y) - y for y, r in zip(ys, rows, strict=True)]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", markersize=4, linewidth=1.6, capsize=3)
+        ax.set_xlabel("labeled samples" if by_labels else "round")
+        ax.set_ylabel("overall accuracy on the archive (95% CI)")
+        ax.grid(True, alpha=0.3)
+    else:
+        _placeholder(ax, NO_ROUNDS)
+    ax.set_title(title)
     return _png(fig)
 
 

@@ -89,6 +89,10 @@ def test_every_round_from_one_labeled_sample(frozen_run: tuple[Path, Path], tmp_
     )
     assert change["low"] < change["estimate"] < change["high"]
     assert json.loads((assess / "curve.json").read_text())["rounds"] == r["rounds"]
+    assert (assess / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(r["rounds"][0]["per_class"]) == len(CLASSES)
+    ua = [c["users_accuracy"]["estimate"] for c in r["rounds"][0]["per_class"]]
+    assert ua == pytest.approx([c["users_accuracy"]["estimate"] for c in own["other_maps"][0]["per_class"]])
     assert main(["curve", str(assess), "--rounds", "0", "7"]) == 2 and "not of [7]" in capsys.readouterr().err
 
 
