@@ -60,7 +60,8 @@ def round_classes(
     from hssal_ray.predict import Predictor, _local_batches
     from hssal_ray.run_model import FrozenClassifier
 
-    first = Predictor(run_dir, rounds[0], 1, False)
+    gpu = torch.cuda.is_available()  # the same forward as predict's actors: one GPU when there is one
+    first = Predictor(run_dir, rounds[0], 1, gpu)
     cfg = first.cfg
     cat = scan(data, test_fraction=0.0, follow_symlinks=cfg.data.follow_symlinks)
     table = cat.table.select(["sample_id", "source", "row", "label"])
@@ -79,7 +80,7 @@ def round_classes(
     feats: list[torch.Tensor] | None = None
     out: dict[int, np.ndarray] = {}
     for k in rounds:
-        p = first if k == rounds[0] else Predictor(run_dir, k, 1, False)
+        p = first if k == rounds[0] else Predictor(run_dir, k, 1, gpu)
         if isinstance(p.model, FrozenClassifier):
             if feats is None:  # the encoder once: every round of a frozen run has the same one
                 feats = [_features(p, b["x_none"]) for b in batches]
