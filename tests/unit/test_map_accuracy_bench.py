@@ -55,3 +55,19 @@ def test_planned_separates_a_good_guess_from_an_overconfident_one() -> None:
     assert conf_row["n"] < truth["n"] and conf_row["halfwidth_mean"] > 1.2 * conf_row["expected_halfwidth"]
     assert conf_row["within_target"] < 0.2 < truth["within_target"]
     assert truth["class_halfwidth_worst_mean"] == pytest.approx(0.12, abs=0.012)
+
+
+def test_other_coverage_measures_another_map_and_the_change() -> None:
+    """Another map assessed from samples of the first: its intervals and the paired change hold about
+    their level; the bias of its overall accuracy is small."""
+    from benchmarks.map_accuracy import other_coverage
+
+    rng = np.random.default_rng(3)
+    ref = np.repeat(np.arange(5), 400)
+    a = np.where(rng.random(len(ref)) < 0.9, ref, rng.integers(0, 5, len(ref)))
+    b = np.where(rng.random(len(ref)) < 0.75, ref, rng.integers(0, 5, len(ref)))
+    r = other_coverage(a, b, ref, 5, 250, 20, draws=80, seed0=0)
+    assert r["true_overall"] == pytest.approx((b == ref).mean()) and abs(r["overall_bias"]) < 0.01
+    assert r["product.overall_coverage"] > 0.85 and r["product.users_coverage"] > 0.85
+    assert r["product.change_coverage"] > 0.85
+    assert r["agreement"] == pytest.approx((a == b).mean())

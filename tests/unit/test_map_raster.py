@@ -119,3 +119,21 @@ def test_cli_rewrites_the_rasters_of_a_prediction_folder(
     (pred / SUMMARY).write_text(json.dumps({"classes": CLASSES, "data": str(chips)}))
     assert main([str(pred)]) == 0
     assert "1 scene(s)" in capsys.readouterr().out and (pred / "map" / "a.tif").stat().st_size > 0
+
+
+def test_the_benchmarks_synthetic_prediction_is_what_the_rasters_read(tmp_path: Path) -> None:
+    from benchmarks.map_raster import synthetic_prediction
+    from hssal_ray.map_raster import main
+
+    pred = synthetic_prediction(tmp_path, 1000, scenes=4, classes=5)
+    assert main([str(pred)]) == 0
+    tifs = sorted((pred / "map").glob("*.tif"))
+    assert len(tifs) == 4
+    import rasterio
+
+    total = 0
+    for t in tifs:
+        with rasterio.open(t) as ds:
+            total += int((ds.read(1) != ds.nodata).sum())
+            assert ds.res == (2560.0, 2560.0)  # 256 px chips of 10 m
+    assert total == 1000
