@@ -51,7 +51,7 @@ import torch
 from hssal_ray import _io
 from hssal_ray._progress import duration
 from hssal_ray.errors import HSSALError, StateError
-from hssal_ray.map_raster import MAP_DIR
+from hssal_ray.map_raster import MAP_DIR, write_map_rasters
 from hssal_ray.prediction_files import PART_KEY, PARTS, SUMMARY
 from hssal_ray.scoring import Scorer
 
@@ -312,8 +312,6 @@ def predict(
     if geo and geojson:
         summary["geojson_features"] = _geojson(out, len(chunks))
     if geo and geotiff:
-        from hssal_ray.map_raster import write_map_rasters
-
         try:
             summary["map_rasters"] = write_map_rasters(out, rm.classes, cat.root)
         except StateError as e:  # parts of an older predict: the predictions stand, the rasters wait

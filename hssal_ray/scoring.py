@@ -140,12 +140,17 @@ class Scorer:
         self.other = load(other) if mode == "eval" and has_other else None
         self.amp = amp_dtype(cfg.ssl.amp, self.device)
 
-    @torch.inference_mode()
-    def _forward(self, x: np.ndarray, model: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _tensor(self, x: np.ndarray) -> torch.Tensor:
+        """A batch of images on the model's device, in its memory format."""
         # a writable copy of Ray Data's read-only batch: torch warns about read-only buffers
         t = torch.from_numpy(np.require(x, requirements=("C", "W"))).to(self.device, non_blocking=True)
         if self.cfg.ssl.channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+    @torch.inference_mode()
+    def _forward(self, x: np.ndarray, model: torch.nn.Module | None = None) -> tuple[np.ndarray, np.ndarray]:
+        t = self._tensor(x)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             emb, logits = (model or self.model).forward_features_logits(t)
         emb = torch.nn.functional.normalize(emb.float(), dim=1)

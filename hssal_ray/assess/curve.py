@@ -97,11 +97,8 @@ def _features(p: Any, x: np.ndarray) -> Any:
     """The frozen encoder's pooled features of a batch, as :meth:`Scorer._forward` computes them."""
     import torch
 
-    t = torch.from_numpy(np.require(x, requirements=("C", "W"))).to(p.device)
-    if p.cfg.ssl.channels_last:
-        t = t.contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast(p.device.type, dtype=p.amp, enabled=p.amp is not None):
-        return p.model.backbone(t)
+        return p.model.backbone(p._tensor(x))
 
 
 def learning_curve(
@@ -263,6 +260,7 @@ def assess_curve(
     from hssal_ray.assess.workflow import DESIGN_FILE, SAMPLE_DIR, _sample_table
     from hssal_ray.oracle.base import LABELS_FILE
     from hssal_ray.oracle.labels import parse_label_file
+    from hssal_ray.prediction_files import SUMMARY
     from hssal_ray.run_model import run_model, trained_rounds
 
     dpath, lpath = _io.join(out, DESIGN_FILE), _io.join(out, SAMPLE_DIR, LABELS_FILE)
@@ -286,7 +284,7 @@ def assess_curve(
         raise StateError(f"{run} has checkpoints of rounds {have}, not of {sorted(set(picked) - set(have))}")
     if run_model(run, picked[0]).classes != design["classes"]:
         raise StateError(f"{run} classifies into other classes than the sampled map")
-    data = str(_io.read_json(_io.join(design["predictions"], "predict.json"))["data"])
+    data = str(_io.read_json(_io.join(design["predictions"], SUMMARY))["data"])
     classes = round_classes(run, picked, data, done, out, progress)
     rows = learning_curve(
         np.array([stratum[s] for s in done], dtype=np.int64),

@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "allocate",
+    "capped_wilson",
     "draw",
     "Estimates",
     "estimate",
@@ -308,11 +309,18 @@ def overall_bounds(overall: float, var: float, n: np.ndarray, sizes: np.ndarray)
     n_part = float(n_i[partial].sum())
     if n_part == 0:  # every stratum sampled whole: the map's accuracy is known
         return overall, overall
-    if not math.isfinite(var):
+    return capped_wilson(overall, var, n_part, float(N[partial].sum()))
+
+
+def capped_wilson(p: float, var: float, n: float, units: float) -> tuple[float, float]:
+    """Wilson's interval of ``p`` at the effective sample size ``p (1 - p) / var``, capped at that of a
+    simple random sample of ``n`` of ``units`` chips (``n / (1 - n / units)``, the finite-population
+    correction; no cap when ``n >= units``). NaN without an estimate, a variance or a chip."""
+    if not math.isfinite(p) or not math.isfinite(var) or n <= 0:
         return float("nan"), float("nan")
-    cap = n_part / (1 - n_part / float(N[partial].sum()))  # a simple random sample's, finite population
-    n_eff = min(cap, overall * (1 - overall) / var) if var > 0 else cap
-    return wilson(overall, n_eff)
+    cap = math.inf if n >= units else n / (1 - n / units)
+    n_eff = min(cap, p * (1 - p) / var) if var > 0 else cap
+    return wilson(p, n_eff)
 
 
 def intervals(e: Estimates, *, draws: int = 4000, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:

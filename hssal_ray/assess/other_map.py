@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hssal_ray.assess.estimators import wilson
+from hssal_ray.assess.estimators import capped_wilson, variance_factor, wilson
 
 __all__ = ["OtherMapEstimates", "estimate_other_map", "stratified_ratio"]
 
@@ -97,15 +97,6 @@ def stratified_ratio(
     return R, float(np.sum(term)) / X**2, m
 
 
-def _bounds(p: float, var: float, m: float, units: float) -> tuple[float, float]:
-    """Wilson's interval at ``p (1 - p) / var`` capped at ``m`` sampled chips of ``units`` (FPC)."""
-    if not np.isfinite(p) or not np.isfinite(var) or m <= 0:
-        return float("nan"), float("nan")
-    cap = np.inf if m >= units else m / (1 - m / units)
-    n_eff = min(cap, p * (1 - p) / var) if var > 0 else cap
-    return wilson(p, n_eff)
-
-
 def _overall_bounds(overall: float, h: np.ndarray, right: np.ndarray, N: np.ndarray) -> tuple[float, float]:
     """Wilson's interval of overall accuracy at ``p (1 - p) / V~``, where ``V~`` is the stratified
     variance with each stratum's share right smoothed to Jeffreys' ``(x_h + 1/2) / (n_h + 1)``: a
@@ -118,10 +109,8 @@ def _overall_bounds(overall: float, h: np.ndarray, right: np.ndarray, N: np.ndar
     n = np.bincount(h, minlength=len(N)).astype(np.float64)
     x = np.bincount(h, weights=right, minlength=len(N))
     W = N / N.sum()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = (x + 0.5) / (n + 1)
-        fpc = np.where(n >= N, 0.0, (1 - n / N) / (n - 1))
-    var = float(np.sum(np.where(N > 0, W**2 * p * (1 - p) * fpc, 0.0)))
+    p = (x + 0.5) / (n + 1)
+    var = float(np.sum(W**2 * p * (1 - p) * variance_factor(n, N)))
     if not np.isfinite(overall) or not np.isfinite(var):
         return float("nan"), float("nan")
     return wilson(overall, overall * (1 - overall) / var) if var > 0 else (overall, overall)
@@ -160,10 +149,10 @@ def estimate_other_map(
     out: dict[str, list[float]] = {k: [] for k in ("u", "su", "ul", "uh", "p", "sp", "pl", "ph")}
     for k in range(c):
         hit = ((b == k) & (r == k)).astype(np.float64)
-        for key, x, units in (("u", b == k, other_sizes[k]), ("p", r == k, np.nan)):
+        for key, x, units in (("u", b == k, other_sizes[k]), ("p", r == k, np.inf)):
             est, var, m = stratified_ratio(h, hit, x.astype(np.float64), sizes)
             # a reference class's chips in the archive are unknown: no finite-population cap for it
-            low, high = _bounds(est, var, m, float(units) if np.isfinite(units) else np.inf)
+            low, high = capped_wilson(est, var, m, float(units))
             out[key].append(est)
             out["s" + key].append(float(np.sqrt(var)) if np.isfinite(var) else float("nan"))
             out[key + "l"].append(low)
